@@ -2,14 +2,27 @@
 //!
 //! Three or five master replicas elect a leader with Raft (openraft), replicate the job queue
 //! through the Raft log into sled on every replica, and serve clients and workers over gRPC.
+//! Architecture and invariants: DESIGN.md; what runs where: `docs/architecture.md`.
 //!
 //! # Layout
 //! - [`queue`]: the domain model, pure and deterministic; commands in, results out.
 //! - [`raft`]: openraft glue: type config, sled log store and state machine, gRPC transport.
 //! - [`master`]: the replica process: gRPC services, leader redirect, group commit.
-//! - [`client`]: the client library (CLI, tests): endpoint list, redirect following.
+//! - [`client`]: the client library (CLI, demo, tests): endpoint list, redirect following.
 //! - [`config`]: replica configuration, validated with clear errors.
 //! - [`pb`]: generated protobuf types and their conversions to the domain.
-//! - [`cli`], [`demo`], [`bench`], [`harness`]: what the binary runs.
+//! - [`telemetry`]: logging, every line naming the replica and its term.
+//! - [`cli`], [`demo`], [`bench`]: what the binary runs; [`harness`] starts local clusters of
+//!   real replica processes for them and for the tests.
 
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod harness;
+pub mod master;
+pub mod pb;
 pub mod queue;
+pub mod raft;
+pub mod telemetry;

@@ -1,1 +1,171 @@
-fn main() {}
+//! The `scaleout` binary: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use scaleout::cli::{self, ClientArgs, JobSubmitArgs, Output};
+use scaleout::telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "scaleout",
+    version,
+    about = "A highly available SSIS Scale Out master"
+)]
+struct Cli {
+    /// Log format on stderr; RUST_LOG filters (default: info for replicas, warn otherwise).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master replica.
+    Master {
+        #[arg(long, env = "SCALEOUT_CONFIG")]
+        config: PathBuf,
+        /// Override a config key, e.g. --set raft.heartbeat_interval_ms=150 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Submit, inspect and cancel jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Start three local replicas, submit jobs, kill the leader, and show that nothing was lost.
+    Demo {
+        /// Jobs to submit in all.
+        #[arg(long, default_value_t = 30)]
+        jobs: u32,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term, and commit/applied index per replica.
+    Status(ClientArgs),
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Submit a job: scaleout job submit [options] -- CMD [ARGS...]
+    Submit(JobSubmitArgs),
+    /// Show one job.
+    Get {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List jobs, optionally in one state.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many (all when not given).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a queued job.
+    Cancel {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Submits per second and latency with many concurrent submitters.
+    Submit(BenchSubmitArgs),
+}
+
+#[derive(Args)]
+struct BenchSubmitArgs {
+    /// Replicas to load; when not given, a local 3-replica cluster is started in a temp dir.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    submitters: usize,
+    /// Submits in all.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Stop after this many seconds even if `count` is not reached.
+    #[arg(long, default_value_t = 120)]
+    max_seconds: u64,
+    /// After the load, measure a replica's resident memory and its restart time.
+    #[arg(long)]
+    measure_restart: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_replica = matches!(cli.command, Command::Master { .. });
+    scaleout::telemetry::init(cli.log_format, if is_replica { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Master { config, overrides } => cli::master(&config, &overrides).await,
+            Command::Cluster {
+                command: ClusterCommand::Status(client),
+            } => cli::cluster_status(&client).await,
+            Command::Job { command } => match command {
+                JobCommand::Submit(args) => cli::job_submit(&args).await,
+                JobCommand::Get { id, client } => cli::job_get(id, &client).await,
+                JobCommand::List {
+                    state,
+                    limit,
+                    client,
+                } => cli::job_list(state.as_deref(), limit, &client).await,
+                JobCommand::Cancel { id, client } => cli::job_cancel(id, &client).await,
+            },
+            Command::Demo { jobs } => scaleout::demo::run(jobs)
+                .await
+                .map_err(cli::CliError::failed),
+            Command::Bench {
+                command: BenchCommand::Submit(args),
+            } => {
+                let options = scaleout::bench::SubmitBench {
+                    endpoints: args.endpoints,
+                    submitters: args.submitters,
+                    count: args.count,
+                    max_seconds: args.max_seconds,
+                    measure_restart: args.measure_restart,
+                    json: matches!(args.output, Output::Json),
+                };
+                scaleout::bench::submit(options)
+                    .await
+                    .map_err(cli::CliError::failed)
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {:#}", error.error);
+            ExitCode::from(error.code)
+        }
+    }
+}

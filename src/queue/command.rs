@@ -12,6 +12,10 @@ pub struct ApplyContext {
     pub now_ms: u64,
 }
 
+/// A change to the queue, as it travels through the Raft log.
+// A command is built once, serialized into the log and applied: boxing the spec would save
+// nothing worth an allocation per submit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     SubmitJob {

@@ -68,7 +68,10 @@ impl JobSpec {
             }
         }
         if self.argv.len() > MAX_ARGV_LEN {
-            return invalid(format!("argv has {} items; at most {MAX_ARGV_LEN}", self.argv.len()));
+            return invalid(format!(
+                "argv has {} items; at most {MAX_ARGV_LEN}",
+                self.argv.len()
+            ));
         }
         if let Some(arg) = self.argv.iter().find(|a| a.len() > MAX_ARG_BYTES) {
             return invalid(format!(
@@ -85,7 +88,10 @@ impl JobSpec {
             }
         }
         if self.name.len() > MAX_NAME_LEN {
-            return invalid(format!("name is {} bytes; at most {MAX_NAME_LEN}", self.name.len()));
+            return invalid(format!(
+                "name is {} bytes; at most {MAX_NAME_LEN}",
+                self.name.len()
+            ));
         }
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS {
             return invalid(format!(
@@ -171,7 +177,10 @@ impl JobState {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// The only state changes the queue ever makes. A running job goes back to queued when an
@@ -253,20 +262,75 @@ mod tests {
     #[test]
     fn rejects_what_cannot_run() {
         let cases: Vec<(JobSpec, &str)> = vec![
-            (JobSpec { argv: vec![], ..spec() }, "argv is empty"),
-            (JobSpec { argv: vec![" ".into()], ..spec() }, "argv[0]"),
-            (JobSpec { max_attempts: 0, ..spec() }, "max_attempts is 0"),
-            (JobSpec { max_attempts: 101, ..spec() }, "max_attempts is 101"),
-            (JobSpec { timeout_secs: Some(0), ..spec() }, "timeout is 0"),
-            (JobSpec { timeout_secs: Some(MAX_TIMEOUT_SECS + 1), ..spec() }, "7 days"),
-            (JobSpec { package: Some("".into()), argv: vec![], ..spec() }, "package is empty"),
             (
-                JobSpec { env: [("A=B".to_string(), "x".to_string())].into(), ..spec() },
+                JobSpec {
+                    argv: vec![],
+                    ..spec()
+                },
+                "argv is empty",
+            ),
+            (
+                JobSpec {
+                    argv: vec![" ".into()],
+                    ..spec()
+                },
+                "argv[0]",
+            ),
+            (
+                JobSpec {
+                    max_attempts: 0,
+                    ..spec()
+                },
+                "max_attempts is 0",
+            ),
+            (
+                JobSpec {
+                    max_attempts: 101,
+                    ..spec()
+                },
+                "max_attempts is 101",
+            ),
+            (
+                JobSpec {
+                    timeout_secs: Some(0),
+                    ..spec()
+                },
+                "timeout is 0",
+            ),
+            (
+                JobSpec {
+                    timeout_secs: Some(MAX_TIMEOUT_SECS + 1),
+                    ..spec()
+                },
+                "7 days",
+            ),
+            (
+                JobSpec {
+                    package: Some("".into()),
+                    argv: vec![],
+                    ..spec()
+                },
+                "package is empty",
+            ),
+            (
+                JobSpec {
+                    env: [("A=B".to_string(), "x".to_string())].into(),
+                    ..spec()
+                },
                 "env key",
             ),
-            (JobSpec { tags: vec!["".into()], ..spec() }, "tag"),
             (
-                JobSpec { allowed_workers: vec![Uuid::nil(), Uuid::nil()], ..spec() },
+                JobSpec {
+                    tags: vec!["".into()],
+                    ..spec()
+                },
+                "tag",
+            ),
+            (
+                JobSpec {
+                    allowed_workers: vec![Uuid::nil(), Uuid::nil()],
+                    ..spec()
+                },
                 "listed twice",
             ),
         ];
@@ -278,7 +342,11 @@ mod tests {
 
     #[test]
     fn a_package_needs_no_argv() {
-        let package = JobSpec { argv: vec![], package: Some("/p/load.dtsx".into()), ..spec() };
+        let package = JobSpec {
+            argv: vec![],
+            package: Some("/p/load.dtsx".into()),
+            ..spec()
+        };
         assert_eq!(package.validate(), Ok(()));
     }
 

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ApplyContext, Command, CommandOutput, CommandResult, Job, JobId, JobState, QueueError};
+use super::{
+    ApplyContext, Command, CommandOutput, CommandResult, Job, JobId, JobState, QueueError,
+};
 
 /// The most jobs one page of a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -36,7 +38,10 @@ pub struct JobPage {
 
 impl QueueState {
     pub fn new() -> Self {
-        QueueState { next_job_id: 1, ..QueueState::default() }
+        QueueState {
+            next_job_id: 1,
+            ..QueueState::default()
+        }
     }
 
     /// Rebuilds the state from persisted jobs and the persisted id sequence.
@@ -58,16 +63,25 @@ impl QueueState {
     /// Applies one committed command. A rejection changes nothing.
     pub fn apply(&mut self, ctx: &ApplyContext, command: Command) -> CommandResult {
         match command {
-            Command::SubmitJob { spec, idempotency_key } => {
+            Command::SubmitJob {
+                spec,
+                idempotency_key,
+            } => {
                 spec.validate()?;
                 if let Some(key) = &idempotency_key {
                     validate_idempotency_key(key)?;
                     if let Some(&job_id) = self.idempotency.get(key) {
                         let same = self.jobs.get(&job_id).is_some_and(|job| job.spec == spec);
                         return if same {
-                            Ok(CommandOutput::Submitted { job_id, deduplicated: true })
+                            Ok(CommandOutput::Submitted {
+                                job_id,
+                                deduplicated: true,
+                            })
                         } else {
-                            Err(QueueError::IdempotencyKeyConflict { key: key.clone(), job_id })
+                            Err(QueueError::IdempotencyKeyConflict {
+                                key: key.clone(),
+                                job_id,
+                            })
                         };
                     }
                 }
@@ -88,16 +102,27 @@ impl QueueState {
                 self.index(&job);
                 self.jobs.insert(job_id, job);
                 self.changed.insert(job_id);
-                Ok(CommandOutput::Submitted { job_id, deduplicated: false })
+                Ok(CommandOutput::Submitted {
+                    job_id,
+                    deduplicated: false,
+                })
             }
             Command::CancelJob { job_id } => {
-                let state = self.jobs.get(&job_id).ok_or(QueueError::JobNotFound(job_id))?.state;
+                let state = self
+                    .jobs
+                    .get(&job_id)
+                    .ok_or(QueueError::JobNotFound(job_id))?
+                    .state;
                 match state {
                     JobState::Cancelled => {}
                     JobState::Queued => self.transition(job_id, JobState::Cancelled, ctx.now_ms),
                     state => return Err(QueueError::NotCancellable { job_id, state }),
                 }
-                let job = self.jobs.get(&job_id).cloned().ok_or(QueueError::JobNotFound(job_id))?;
+                let job = self
+                    .jobs
+                    .get(&job_id)
+                    .cloned()
+                    .ok_or(QueueError::JobNotFound(job_id))?;
                 Ok(CommandOutput::Cancelled { job: Box::new(job) })
             }
         }
@@ -107,12 +132,19 @@ impl QueueState {
         self.jobs.get(&job_id)
     }
 
+    /// Every job in id order (the state machine persists and snapshots them).
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> + '_ {
+        self.jobs.values()
+    }
+
     pub fn job_count(&self) -> usize {
         self.jobs.len()
     }
 
     pub fn count_in(&self, state: JobState) -> usize {
-        self.by_state.range((state, 0)..=(state, JobId::MAX)).count()
+        self.by_state
+            .range((state, 0)..=(state, JobId::MAX))
+            .count()
     }
 
     /// Jobs in id order after `after` (exclusive), optionally only those in `state`.
@@ -137,9 +169,16 @@ impl QueueState {
                 .collect(),
         };
         let more = ids.len() > limit;
-        let jobs: Vec<Job> =
-            ids.iter().take(limit).filter_map(|id| self.jobs.get(id).cloned()).collect();
-        let next_after = if more { jobs.last().map(|job| job.id) } else { None };
+        let jobs: Vec<Job> = ids
+            .iter()
+            .take(limit)
+            .filter_map(|id| self.jobs.get(id).cloned())
+            .collect();
+        let next_after = if more {
+            jobs.last().map(|job| job.id)
+        } else {
+            None
+        };
         JobPage { jobs, next_after }
     }
 
@@ -151,8 +190,14 @@ impl QueueState {
     /// Every state change goes through here, so the index stays right and illegal moves are
     /// caught in tests.
     fn transition(&mut self, job_id: JobId, next: JobState, now_ms: u64) {
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
-        debug_assert!(job.state.can_become(next), "illegal transition {} -> {next}", job.state);
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        debug_assert!(
+            job.state.can_become(next),
+            "illegal transition {} -> {next}",
+            job.state
+        );
         self.by_state.remove(&(job.state, job_id));
         job.state = next;
         job.updated_at_ms = now_ms;

@@ -6,17 +6,27 @@ use super::*;
 use crate::queue::JobSpec;
 
 fn ctx(log_index: u64) -> ApplyContext {
-    ApplyContext { log_index, now_ms: 1_700_000_000_000 + log_index }
+    ApplyContext {
+        log_index,
+        now_ms: 1_700_000_000_000 + log_index,
+    }
 }
 
 fn spec(program: &str) -> JobSpec {
-    JobSpec { argv: vec![program.into()], max_attempts: 1, ..JobSpec::default() }
+    JobSpec {
+        argv: vec![program.into()],
+        max_attempts: 1,
+        ..JobSpec::default()
+    }
 }
 
 fn submit(state: &mut QueueState, index: u64, program: &str, key: Option<&str>) -> CommandResult {
     state.apply(
         &ctx(index),
-        Command::SubmitJob { spec: spec(program), idempotency_key: key.map(String::from) },
+        Command::SubmitJob {
+            spec: spec(program),
+            idempotency_key: key.map(String::from),
+        },
     )
 }
 
@@ -30,7 +40,9 @@ fn submitted_id(result: CommandResult) -> JobId {
 #[test]
 fn ids_start_at_one_and_increase() {
     let mut state = QueueState::new();
-    let ids: Vec<JobId> = (1..=3).map(|i| submitted_id(submit(&mut state, i, "a", None))).collect();
+    let ids: Vec<JobId> = (1..=3)
+        .map(|i| submitted_id(submit(&mut state, i, "a", None)))
+        .collect();
     assert_eq!(ids, vec![1, 2, 3]);
     let job = state.job(2).expect("job 2");
     assert_eq!(job.state, JobState::Queued);
@@ -42,14 +54,29 @@ fn ids_start_at_one_and_increase() {
 fn the_same_key_returns_the_same_job() {
     let mut state = QueueState::new();
     let first = submit(&mut state, 1, "a", Some("k"));
-    assert_eq!(first, Ok(CommandOutput::Submitted { job_id: 1, deduplicated: false }));
+    assert_eq!(
+        first,
+        Ok(CommandOutput::Submitted {
+            job_id: 1,
+            deduplicated: false
+        })
+    );
     let again = submit(&mut state, 2, "a", Some("k"));
-    assert_eq!(again, Ok(CommandOutput::Submitted { job_id: 1, deduplicated: true }));
+    assert_eq!(
+        again,
+        Ok(CommandOutput::Submitted {
+            job_id: 1,
+            deduplicated: true
+        })
+    );
     assert_eq!(state.job_count(), 1);
     let other_spec = submit(&mut state, 3, "b", Some("k"));
     assert_eq!(
         other_spec,
-        Err(QueueError::IdempotencyKeyConflict { key: "k".into(), job_id: 1 })
+        Err(QueueError::IdempotencyKeyConflict {
+            key: "k".into(),
+            job_id: 1
+        })
     );
     assert_eq!(state.job_count(), 1);
 }
@@ -60,7 +87,13 @@ fn an_invalid_spec_changes_nothing() {
     let before = state.clone();
     let result = state.apply(
         &ctx(1),
-        Command::SubmitJob { spec: JobSpec { argv: vec![], ..spec("x") }, idempotency_key: None },
+        Command::SubmitJob {
+            spec: JobSpec {
+                argv: vec![],
+                ..spec("x")
+            },
+            idempotency_key: None,
+        },
     );
     assert!(matches!(result, Err(QueueError::InvalidSpec(_))));
     assert_eq!(state, before);
@@ -73,12 +106,16 @@ fn cancel_a_queued_job_then_again() {
     let id = submitted_id(submit(&mut state, 1, "a", None));
     state.take_changed();
     let cancelled = state.apply(&ctx(2), Command::CancelJob { job_id: id });
-    let Ok(CommandOutput::Cancelled { job }) = cancelled else { panic!("{cancelled:?}") };
+    let Ok(CommandOutput::Cancelled { job }) = cancelled else {
+        panic!("{cancelled:?}")
+    };
     assert_eq!(job.state, JobState::Cancelled);
     assert_eq!(job.updated_at_ms, ctx(2).now_ms);
     assert_eq!(state.take_changed(), BTreeSet::from([id]));
     // Cancelling twice is answered with the job as it is: a retried cancel must not fail.
-    assert!(state.apply(&ctx(3), Command::CancelJob { job_id: id }).is_ok());
+    assert!(state
+        .apply(&ctx(3), Command::CancelJob { job_id: id })
+        .is_ok());
     assert_eq!(
         state.apply(&ctx(4), Command::CancelJob { job_id: 99 }),
         Err(QueueError::JobNotFound(99))
@@ -91,15 +128,23 @@ fn listing_pages_and_filters() {
     for i in 1..=5 {
         submit(&mut state, i, "a", None).expect("submit");
     }
-    state.apply(&ctx(6), Command::CancelJob { job_id: 2 }).expect("cancel");
+    state
+        .apply(&ctx(6), Command::CancelJob { job_id: 2 })
+        .expect("cancel");
     let page = state.list(None, 0, 2);
-    assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(page.next_after, Some(2));
     let page = state.list(None, 4, 2);
     assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![5]);
     assert_eq!(page.next_after, None);
     let queued = state.list(Some(JobState::Queued), 0, 0);
-    assert_eq!(queued.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![1, 3, 4, 5]);
+    assert_eq!(
+        queued.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![1, 3, 4, 5]
+    );
     assert_eq!(state.count_in(JobState::Cancelled), 1);
 }
 
@@ -109,7 +154,9 @@ fn rebuilding_from_parts_gives_the_same_state() {
     for i in 1..=4 {
         submit(&mut state, i, "a", Some(&format!("k{i}"))).expect("submit");
     }
-    state.apply(&ctx(5), Command::CancelJob { job_id: 3 }).expect("cancel");
+    state
+        .apply(&ctx(5), Command::CancelJob { job_id: 3 })
+        .expect("cancel");
     state.take_changed();
     let jobs: Vec<Job> = state.list(None, 0, 0).jobs;
     let rebuilt = QueueState::from_parts(jobs, state.next_job_id());

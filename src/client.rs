@@ -1,0 +1,376 @@
+//! The client library used by the CLI, the demo, the benchmarks and the tests.
+//!
+//! It holds a list of replica endpoints (any of them will do) and one reused channel per address.
+//! Writes and linearizable reads follow leader redirects: a follower's NOT_LEADER answer names
+//! the leader's API address and the call goes there at once; during an election (no address) or
+//! when a replica does not answer, the call moves to the next endpoint after a jittered backoff.
+//! Hops and backoffs are bounded by an overall deadline. The last leader seen is remembered, so
+//! later calls go straight to it.
+//!
+//! Submits are made safe to retry: when the caller gives no idempotency key, the client makes
+//! one, so a submit whose answer was lost and is retried on the new leader cannot create a
+//! second job.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
+use crate::pb::v1::admin_service_client::AdminServiceClient;
+use crate::pb::v1::job_service_client::JobServiceClient;
+use crate::pb::v1::{
+    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, GetJobRequest, Job, JobSpec,
+    JobState, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+};
+
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+const PER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+const MAX_REDIRECT_HOPS: usize = 16;
+const BACKOFF_START: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(400);
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoints given: pass --endpoints host:port,... or set SCALEOUT_ENDPOINTS")]
+    NoEndpoints,
+    #[error("endpoint {endpoint:?} is not a valid address: {message}")]
+    BadEndpoint { endpoint: String, message: String },
+    /// No replica could serve the call before the deadline: the cluster is down or has no leader.
+    #[error("the cluster is unavailable: no replica served the request within {deadline:?} (last error: {last_error})")]
+    Unavailable {
+        deadline: Duration,
+        last_error: String,
+    },
+    /// A replica answered with an error that retrying will not fix.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rejected(Status),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Rejected(status) => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// Where a failed call should go next.
+enum Next {
+    Leader(String),
+    OtherEndpoint(String),
+    GiveUp(Status),
+}
+
+fn classify(status: Status) -> Next {
+    if status.code() == Code::Unavailable {
+        if let Some(info) = status.get_details_error_info() {
+            if info.reason == REASON_NOT_LEADER {
+                if let Some(addr) = info.metadata.get("leader_addr") {
+                    return Next::Leader(addr.clone());
+                }
+            }
+        }
+        if let Some(addr) = status
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            return Next::Leader(addr.to_string());
+        }
+        return Next::OtherEndpoint(status.message().to_string());
+    }
+    let transport = matches!(status.code(), Code::Unknown | Code::Cancelled)
+        && (status.message().contains("transport") || status.message().contains("connection"));
+    if transport || status.code() == Code::DeadlineExceeded {
+        return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
+    }
+    Next::GiveUp(status)
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Mutex<BTreeMap<String, Channel>>,
+    /// The leader's address as last seen, tried first.
+    leader: Mutex<Option<String>>,
+    deadline: Duration,
+}
+
+impl Client {
+    /// A client of the replicas at `endpoints` (host:port).
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, ClientError> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.as_ref().trim().trim_start_matches("http://").to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        for endpoint in &endpoints {
+            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| {
+                ClientError::BadEndpoint {
+                    endpoint: endpoint.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        Ok(Client {
+            endpoints,
+            channels: Mutex::default(),
+            leader: Mutex::default(),
+            deadline: DEFAULT_DEADLINE,
+        })
+    }
+
+    /// How long one call may take in all, redirects and retries included.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn remembered_leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn remember_leader(&self, addr: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// Runs `op` against the leader, following redirects, until it succeeds, fails for good, or
+    /// the deadline passes.
+    async fn on_leader<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.deadline;
+        let mut next_endpoint = 0;
+        let mut target = self
+            .remembered_leader()
+            .unwrap_or_else(|| self.endpoints[0].clone());
+        if target == self.endpoints[0] {
+            next_endpoint = 1;
+        }
+        let mut hops = 0;
+        let mut backoff = BACKOFF_START;
+        let mut last_error = String::from("none");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ClientError::Unavailable {
+                    deadline: self.deadline,
+                    last_error,
+                });
+            }
+            let outcome = match self.channel(&target) {
+                Ok(channel) => op(channel, remaining.min(PER_CALL_TIMEOUT)).await,
+                Err(status) => Err(status),
+            };
+            let status = match outcome {
+                Ok(reply) => {
+                    self.remember_leader(Some(target));
+                    return Ok(reply.into_inner());
+                }
+                Err(status) => status,
+            };
+            match classify(status) {
+                Next::GiveUp(status) => return Err(ClientError::Rejected(status)),
+                Next::Leader(addr) if addr != target && hops < MAX_REDIRECT_HOPS => {
+                    tracing::debug!(from = %target, to = %addr, "following leader redirect");
+                    hops += 1;
+                    target = addr;
+                    continue;
+                }
+                Next::Leader(addr) => last_error = format!("{target} redirected to {addr}"),
+                Next::OtherEndpoint(message) => last_error = format!("{target}: {message}"),
+            }
+            self.remember_leader(None);
+            let pause = jitter(backoff).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            target = self.endpoints[next_endpoint % self.endpoints.len()].clone();
+            next_endpoint += 1;
+        }
+    }
+
+    /// Runs `op` against the endpoints in order, without redirects, until one answers.
+    async fn on_any<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.deadline;
+        let mut last_error = String::from("none");
+        let mut backoff = BACKOFF_START;
+        loop {
+            for endpoint in &self.endpoints {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(ClientError::Unavailable {
+                        deadline: self.deadline,
+                        last_error,
+                    });
+                }
+                let outcome = match self.channel(endpoint) {
+                    Ok(channel) => op(channel, remaining.min(PER_CALL_TIMEOUT)).await,
+                    Err(status) => Err(status),
+                };
+                match outcome.map_err(classify) {
+                    Ok(reply) => return Ok(reply.into_inner()),
+                    Err(Next::GiveUp(status)) => return Err(ClientError::Rejected(status)),
+                    Err(Next::Leader(_)) => last_error = format!("{endpoint}: not the leader"),
+                    Err(Next::OtherEndpoint(message)) => {
+                        last_error = format!("{endpoint}: {message}")
+                    }
+                }
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn job_client(channel: Channel) -> JobServiceClient<Channel> {
+        JobServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Submits a job; with no key given, one is made so retries cannot duplicate the job.
+    pub async fn submit_job(
+        &self,
+        spec: JobSpec,
+        idempotency_key: Option<String>,
+    ) -> Result<SubmitJobResponse, ClientError> {
+        let idempotency_key = idempotency_key
+            .filter(|key| !key.is_empty())
+            .unwrap_or_else(|| format!("auto-{}", uuid::Uuid::new_v4()));
+        let request = SubmitJobRequest {
+            spec: Some(spec),
+            idempotency_key,
+        };
+        self.on_leader(|channel, timeout| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timeout);
+            async move { Self::job_client(channel).submit_job(call).await }
+        })
+        .await
+    }
+
+    pub async fn get_job(&self, job_id: u64, stale: bool) -> Result<Job, ClientError> {
+        let op = |channel, timeout| {
+            let mut call = tonic::Request::new(GetJobRequest { job_id, stale });
+            call.set_timeout(timeout);
+            async move { Self::job_client(channel).get_job(call).await }
+        };
+        let reply = if stale {
+            self.on_any(op).await?
+        } else {
+            self.on_leader(op).await?
+        };
+        reply
+            .job
+            .ok_or_else(|| ClientError::Rejected(Status::internal("the reply had no job")))
+    }
+
+    pub async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        after_id: u64,
+        limit: u32,
+        stale: bool,
+    ) -> Result<ListJobsResponse, ClientError> {
+        let request = ListJobsRequest {
+            state: state.unwrap_or(JobState::Unspecified) as i32,
+            after_id,
+            limit,
+            stale,
+        };
+        let op = |channel, timeout| {
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(timeout);
+            async move { Self::job_client(channel).list_jobs(call).await }
+        };
+        if stale {
+            self.on_any(op).await
+        } else {
+            self.on_leader(op).await
+        }
+    }
+
+    /// Every job in the given state (or all), following pages.
+    pub async fn list_all_jobs(
+        &self,
+        state: Option<JobState>,
+        stale: bool,
+    ) -> Result<Vec<Job>, ClientError> {
+        let mut jobs = Vec::new();
+        let mut after_id = 0;
+        loop {
+            let page = self.list_jobs(state, after_id, 1000, stale).await?;
+            jobs.extend(page.jobs);
+            if page.next_after_id == 0 {
+                return Ok(jobs);
+            }
+            after_id = page.next_after_id;
+        }
+    }
+
+    pub async fn cancel_job(&self, job_id: u64) -> Result<Job, ClientError> {
+        let reply = self
+            .on_leader(|channel, timeout| {
+                let mut call = tonic::Request::new(CancelJobRequest { job_id });
+                call.set_timeout(timeout);
+                async move { Self::job_client(channel).cancel_job(call).await }
+            })
+            .await?;
+        reply
+            .job
+            .ok_or_else(|| ClientError::Rejected(Status::internal("the reply had no job")))
+    }
+
+    /// The cluster as the first replica that answers sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.on_any(|channel, timeout| {
+            let mut call = tonic::Request::new(ClusterStatusRequest {});
+            call.set_timeout(timeout);
+            async move { AdminServiceClient::new(channel).cluster_status(call).await }
+        })
+        .await
+    }
+}
+
+fn jitter(base: Duration) -> Duration {
+    let factor = rand::thread_rng().gen_range(0.5..1.5);
+    base.mul_f64(factor)
+}

@@ -1,0 +1,1832 @@
+//! Replica configuration: the TOML file given to `scaleout master --config FILE`.
+//!
+//! # Example
+//! ```toml
+//! id = 1                                # this replica's id; must be one of the member ids
+//! data_dir = "data/master-1"            # Raft log, vote and state machine (sled)
+//! insecure = true                       # plaintext gRPC; required until TLS lands
+//! api_listen = "0.0.0.0:7101"           # optional, default: this replica's `api` address
+//! peer_listen = "0.0.0.0:7201"          # optional, default: this replica's `peer` address
+//!
+//! [[members]]                           # one table per replica, the same list in every file
+//! id = 1
+//! api = "10.0.0.1:7101"
+//! peer = "10.0.0.1:7201"
+//! # ... one [[members]] table per replica
+//!
+//! [raft]
+//! heartbeat_interval_ms = 100
+//! ```
+//!
+//! # Keys
+//! Required: `id`, `data_dir`, `members`. Everything else has a default (shown in brackets).
+//!
+//! | key | meaning |
+//! |-----|---------|
+//! | `id` | This replica's Raft node id, a non-negative integer; one of the `members` ids. |
+//! | `data_dir` | Directory for the Raft log, vote and state machine. Created if missing; must be writable. A relative path in the file is relative to the **config file's directory**; a relative path given by env or `--set` is relative to the current directory. |
+//! | `insecure` | [`false`] Serve and dial plaintext gRPC without authentication. TLS is not available in this version yet, so this must be set to `true`. |
+//! | `api_listen` | [this replica's `api`] Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
+//! | `peer_listen` | [this replica's `peer`] Socket address the Raft (replica to replica) service binds. |
+//! | `members` | The static bootstrap member list, an array of tables (`[[members]]`), identical in every replica's file. Each entry has `id`, `api` (host:port that clients and workers dial) and `peer` (host:port that other replicas dial). All ids and all addresses must be distinct. |
+//! | `raft.heartbeat_interval_ms` | [100] Leader heartbeat interval; also openraft's append RPC deadline. |
+//! | `raft.election_timeout_min_ms` | [400] Lower bound of the randomized election timeout; at least twice the heartbeat interval. |
+//! | `raft.election_timeout_max_ms` | [800] Upper bound of the election timeout; greater than the minimum. |
+//! | `raft.snapshot_every_logs` | [10000] Build a snapshot after this many log entries since the last one. |
+//! | `raft.keep_logs_after_snapshot` | [1000] Log entries kept behind a snapshot so lagging followers can catch up without one. |
+//! | `raft.install_snapshot_timeout_ms` | [10000] Deadline for sending one snapshot to a follower. |
+//! | `proposals.max_batch` | [512] Group commit: at most this many commands per Raft entry (1..=10000). |
+//! | `proposals.linger_us` | [500] How long a batch waits for more commands before it is proposed (at most 100000 µs). |
+//! | `proposals.max_in_flight` | [4] Batches proposed concurrently (at least 1). |
+//! | `storage.cache_capacity_mb` | [64] sled page cache size in MiB (at least 1). |
+//! | `api.max_message_bytes` | [4194304] Largest gRPC message accepted or sent, on both the API and the peer service (64 KiB..=256 MiB). |
+//!
+//! # Overrides
+//! Every key can be overridden. Sources, in increasing precedence:
+//! 1. the file;
+//! 2. environment variables `SCALEOUT_<KEY>`: the dotted key path upper-cased with `.` replaced by
+//!    `__`, e.g. `SCALEOUT_RAFT__HEARTBEAT_INTERVAL_MS=150`, `SCALEOUT_DATA_DIR=/var/lib/scaleout`,
+//!    `SCALEOUT_MEMBERS__0__API=10.0.0.1:7101` (array entries by 0-based index). Variables whose
+//!    names do not map to a key (such as `SCALEOUT_ENDPOINTS`, `SCALEOUT_LOG`, `SCALEOUT_CONFIG`,
+//!    used by the CLI) are ignored;
+//! 3. `--set key.path=value` flags, in order, e.g. `--set raft.heartbeat_interval_ms=150`,
+//!    `--set members[0].api=10.0.0.1:7101` (or `members.0.api`).
+//!
+//! A value is read as a TOML literal (number, boolean, array, inline table, quoted string) when it
+//! parses as one, else as a plain string; keys that take a string always accept the raw text.
+//! Setting a table merges into it (`--set 'raft={heartbeat_interval_ms=150}'`); setting an array
+//! replaces it (`--set 'members=[{id=1,api="a:1",peer="a:2"}]'`).
+//!
+//! # Errors
+//! Every [`ConfigError`] names the file and the key (and, for overridden values, the environment
+//! variable or flag that set it) and says what would be accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "SCALEOUT_";
+
+/// `SCALEOUT_*` variables used elsewhere by the CLI; never read as config keys.
+const IGNORED_ENV: &[&str] = &["SCALEOUT_ENDPOINTS", "SCALEOUT_LOG", "SCALEOUT_CONFIG"];
+
+/// The file name shown in errors for configs that did not come from a file.
+const INLINE: &str = "<inline config>";
+
+/// A replica's validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MasterConfig {
+    /// This replica's Raft node id; one of `members`.
+    pub id: u64,
+    /// Where the Raft log and state machine live; absolute after loading.
+    pub data_dir: PathBuf,
+    /// Plaintext gRPC without authentication (must be `true` until TLS lands).
+    pub insecure: bool,
+    /// Address the client/worker API binds (defaults to this replica's `api`).
+    pub api_listen: String,
+    /// Address the Raft peer service binds (defaults to this replica's `peer`).
+    pub peer_listen: String,
+    /// The static bootstrap member list.
+    pub members: Vec<MemberConfig>,
+    pub raft: RaftSettings,
+    pub proposals: ProposalSettings,
+    pub storage: StorageSettings,
+    pub api: ApiSettings,
+}
+
+/// One replica of the cluster, as every replica's file lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    /// host:port that clients and workers dial.
+    pub api: String,
+    /// host:port that other replicas dial for Raft.
+    pub peer: String,
+}
+
+/// `[raft]`: timing and log compaction, passed to openraft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many logs since the last one.
+    pub snapshot_every_logs: u64,
+    /// Logs kept behind a snapshot for lagging followers.
+    pub keep_logs_after_snapshot: u64,
+    pub install_snapshot_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_logs: 10_000,
+            keep_logs_after_snapshot: 1_000,
+            install_snapshot_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl RaftSettings {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn election_timeout_min(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_min_ms)
+    }
+    pub fn election_timeout_max(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_max_ms)
+    }
+    pub fn install_snapshot_timeout(&self) -> Duration {
+        Duration::from_millis(self.install_snapshot_timeout_ms)
+    }
+}
+
+/// `[proposals]`: group commit of client commands into Raft entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProposalSettings {
+    /// Most commands in one Raft entry.
+    pub max_batch: usize,
+    /// How long a batch waits for more commands, in microseconds.
+    pub linger_us: u64,
+    /// Batches proposed concurrently.
+    pub max_in_flight: usize,
+}
+
+impl Default for ProposalSettings {
+    fn default() -> Self {
+        ProposalSettings {
+            max_batch: 512,
+            linger_us: 500,
+            max_in_flight: 4,
+        }
+    }
+}
+
+impl ProposalSettings {
+    pub fn linger(&self) -> Duration {
+        Duration::from_micros(self.linger_us)
+    }
+}
+
+/// `[storage]`: sled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// sled page cache, MiB.
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            cache_capacity_mb: 64,
+        }
+    }
+}
+
+impl StorageSettings {
+    pub fn cache_capacity_bytes(&self) -> u64 {
+        self.cache_capacity_mb << 20
+    }
+}
+
+/// `[api]`: gRPC limits, for both the API and the peer service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    pub max_message_bytes: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. Every message names the file and, where there is
+/// one, the key, and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}; check the path given to --config", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "unknown key `{key}` in {}{}: expected one of {expected}; fix the spelling or remove it",
+        path.display(),
+        origin_note(.origin)
+    )]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        /// The env variable or `--set` flag the key came from, if not the file.
+        origin: Option<String>,
+        /// The keys allowed at that place, formatted for the message.
+        expected: String,
+    },
+    #[error("invalid `{key}` in {}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("cannot apply `{arg}` to {}: {message}", path.display())]
+    Override {
+        path: PathBuf,
+        arg: String,
+        message: String,
+    },
+}
+
+fn origin_note(origin: &Option<String>) -> String {
+    match origin {
+        Some(origin) => format!(" (set by {origin})"),
+        None => String::new(),
+    }
+}
+
+impl ConfigError {
+    /// The key the error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::UnknownKey { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl MasterConfig {
+    /// Reads `path`, applies `SCALEOUT_*` environment variables and then `overrides`
+    /// (`"key.path=value"`, as given to `--set`), and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        load_with_env(path, overrides, env)
+    }
+
+    /// Parses a config from text (no environment variables are read); relative paths in `text`
+    /// are relative to `base_dir`. Validates the result.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        build(
+            text,
+            Path::new(INLINE),
+            base_dir,
+            overrides,
+            std::iter::empty(),
+        )
+    }
+
+    /// Checks the rules in the module documentation; creates `data_dir` and probes that it is
+    /// writable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|(key, message)| ConfigError::Invalid {
+            path: PathBuf::from("<in-memory config>"),
+            key,
+            message,
+        })
+    }
+
+    /// This replica's own entry in `members`.
+    ///
+    /// # Panics
+    /// If `id` is not among the members, which [`MasterConfig::validate`] rules out.
+    pub fn me(&self) -> &MemberConfig {
+        self.member(self.id)
+            .unwrap_or_else(|| panic!("replica id {} is not among the configured members", self.id))
+    }
+
+    /// The member with id `id`.
+    pub fn member(&self, id: u64) -> Option<&MemberConfig> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// The other members.
+    pub fn peers(&self) -> impl Iterator<Item = &MemberConfig> + '_ {
+        self.members.iter().filter(move |m| m.id != self.id)
+    }
+
+    /// The validation rules, returning (key, message) of the first violation.
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((key.to_string(), message));
+
+        if self.members.is_empty() {
+            return bad(
+                "members",
+                "the member list is empty; add one [[members]] table (id, api, peer) per replica, \
+                 the same list in every replica's file"
+                    .into(),
+            );
+        }
+        let mut ids = BTreeMap::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(first) = ids.insert(m.id, i) {
+                return bad(
+                    "members",
+                    format!(
+                        "member id {} is listed twice (members[{first}] and members[{i}]); \
+                         every replica needs its own id",
+                        m.id
+                    ),
+                );
+            }
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            check_addr(&m.api, false).or_else(|e| bad(&format!("members[{i}].api"), e))?;
+            check_addr(&m.peer, false).or_else(|e| bad(&format!("members[{i}].peer"), e))?;
+        }
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (i, m) in self.members.iter().enumerate() {
+            for (which, addr) in [("api", &m.api), ("peer", &m.peer)] {
+                let here = format!("members[{i}].{which}");
+                if let Some(first) = seen.insert(addr.to_ascii_lowercase(), here.clone()) {
+                    return bad(
+                        "members",
+                        format!(
+                            "address {addr} is used twice ({first} and {here}); every api and \
+                             peer address must be distinct"
+                        ),
+                    );
+                }
+            }
+        }
+        if self.member(self.id).is_none() {
+            let listed: Vec<String> = self.members.iter().map(|m| m.id.to_string()).collect();
+            return bad(
+                "id",
+                format!(
+                    "id {} is not among the members (ids {}); set id to this replica's entry \
+                     in [[members]]",
+                    self.id,
+                    listed.join(", ")
+                ),
+            );
+        }
+        check_addr(&self.api_listen, true).or_else(|e| bad("api_listen", e))?;
+        check_addr(&self.peer_listen, true).or_else(|e| bad("peer_listen", e))?;
+        if self.api_listen.eq_ignore_ascii_case(&self.peer_listen) {
+            return bad(
+                "peer_listen",
+                format!(
+                    "{} is also api_listen; the API and the peer service need different addresses",
+                    self.peer_listen
+                ),
+            );
+        }
+        if !self.insecure {
+            return bad(
+                "insecure",
+                "TLS is not available in this version yet; set insecure = true".into(),
+            );
+        }
+
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return bad(
+                "raft.heartbeat_interval_ms",
+                "must be greater than 0 (e.g. 100)".into(),
+            );
+        }
+        let min_election = r.heartbeat_interval_ms.saturating_mul(2);
+        if r.election_timeout_min_ms < min_election {
+            return bad(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "is {} ms but must be at least twice raft.heartbeat_interval_ms ({} ms), i.e. \
+                     at least {min_election} ms, or followers start elections under a healthy leader",
+                    r.election_timeout_min_ms, r.heartbeat_interval_ms
+                ),
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad(
+                "raft.election_timeout_max_ms",
+                format!(
+                    "is {} ms but must be greater than raft.election_timeout_min_ms ({} ms), \
+                     e.g. twice the minimum",
+                    r.election_timeout_max_ms, r.election_timeout_min_ms
+                ),
+            );
+        }
+        if r.snapshot_every_logs == 0 {
+            return bad(
+                "raft.snapshot_every_logs",
+                "must be greater than 0 (e.g. 10000)".into(),
+            );
+        }
+        if r.install_snapshot_timeout_ms == 0 {
+            return bad(
+                "raft.install_snapshot_timeout_ms",
+                "must be greater than 0 (e.g. 10000)".into(),
+            );
+        }
+
+        let p = &self.proposals;
+        if !(1..=10_000).contains(&p.max_batch) {
+            return bad(
+                "proposals.max_batch",
+                format!(
+                    "is {} but must be between 1 and 10000 (e.g. 512)",
+                    p.max_batch
+                ),
+            );
+        }
+        if p.linger_us > 100_000 {
+            return bad(
+                "proposals.linger_us",
+                format!(
+                    "is {} but must be at most 100000 (100 ms; e.g. 500)",
+                    p.linger_us
+                ),
+            );
+        }
+        if p.max_in_flight == 0 {
+            return bad(
+                "proposals.max_in_flight",
+                "must be at least 1 (e.g. 4)".into(),
+            );
+        }
+        if !(1..=1 << 20).contains(&self.storage.cache_capacity_mb) {
+            return bad(
+                "storage.cache_capacity_mb",
+                format!(
+                    "is {} but must be between 1 and 1048576 MiB (e.g. 64)",
+                    self.storage.cache_capacity_mb
+                ),
+            );
+        }
+        const MIN_MSG: usize = 64 << 10;
+        const MAX_MSG: usize = 256 << 20;
+        if !(MIN_MSG..=MAX_MSG).contains(&self.api.max_message_bytes) {
+            return bad(
+                "api.max_message_bytes",
+                format!(
+                    "is {} but must be between {MIN_MSG} (64 KiB) and {MAX_MSG} (256 MiB); the \
+                     default is 4194304",
+                    self.api.max_message_bytes
+                ),
+            );
+        }
+
+        // Last: the only check with a side effect.
+        probe_data_dir(&self.data_dir).or_else(|e| bad("data_dir", e))
+    }
+}
+
+/// [`MasterConfig::load`] with the environment given explicitly (tests must not touch the
+/// process environment).
+pub(crate) fn load_with_env(
+    path: &Path,
+    overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<MasterConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    build(&text, path, base_dir, overrides, env)
+}
+
+/// Parse, merge overrides, check the shape, deserialize, resolve defaults and paths, validate.
+fn build(
+    text: &str,
+    file: &Path,
+    base_dir: &Path,
+    overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<MasterConfig, ConfigError> {
+    let mut tree: Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: file.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let mut origins = Origins::default();
+
+    // Environment: only names that map to keys; shallow keys first so `SCALEOUT_MEMBERS` is
+    // applied before `SCALEOUT_MEMBERS__0__API`.
+    let mut from_env: Vec<(Vec<Seg>, Kind, String, String)> = env
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix(ENV_PREFIX)?;
+            if IGNORED_ENV.contains(&name.as_str()) || rest.is_empty() {
+                return None;
+            }
+            let segs: Option<Vec<Seg>> = rest
+                .split("__")
+                .map(|part| parse_segment(&part.to_ascii_lowercase()))
+                .collect();
+            let segs = segs?;
+            let kind = lookup(&segs).ok()?;
+            Some((segs, kind, name, value))
+        })
+        .collect();
+    from_env.sort_by(|a, b| (a.0.len(), &a.2).cmp(&(b.0.len(), &b.2)));
+    for (segs, kind, name, raw) in from_env {
+        let origin = format!("environment variable {name}");
+        apply(&mut tree, &segs, parse_value(&raw, kind), file, &origin)?;
+        origins.set(&segs, origin);
+    }
+
+    for arg in overrides {
+        let bad = |message: String| ConfigError::Override {
+            path: file.to_path_buf(),
+            arg: format!("--set {arg}"),
+            message,
+        };
+        let (key, raw) = arg.split_once('=').ok_or_else(|| {
+            bad("expected key.path=value, e.g. raft.heartbeat_interval_ms=150".into())
+        })?;
+        let key = key.trim();
+        let segs = parse_key(key).ok_or_else(|| {
+            bad(format!(
+                "`{key}` is not a key path; write dotted keys like raft.heartbeat_interval_ms or \
+                 members[0].api"
+            ))
+        })?;
+        let origin = format!("--set {arg}");
+        let kind = match lookup(&segs) {
+            Ok(kind) => kind,
+            Err(LookupError::Unknown { at, expected }) => {
+                return Err(ConfigError::UnknownKey {
+                    path: file.to_path_buf(),
+                    key: display_path(&segs[..=at]),
+                    origin: Some(origin),
+                    expected: expected_list(expected),
+                })
+            }
+            Err(LookupError::Shape { at, message }) => {
+                return Err(bad(format!("`{}` {message}", display_path(&segs[..at]))))
+            }
+        };
+        apply(&mut tree, &segs, parse_value(raw, kind), file, &origin)?;
+        origins.set(&segs, origin);
+    }
+
+    check_table(&tree, TOP, &mut Vec::new(), file, &origins)?;
+
+    let raw: RawConfig = Value::Table(tree)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+
+    let data_dir_origin = origins.get("data_dir");
+    if raw.data_dir.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            path: file.to_path_buf(),
+            key: "data_dir".into(),
+            message: format!(
+                "must not be empty; name the directory for this replica's Raft log{}",
+                origin_note(&data_dir_origin)
+            ),
+        });
+    }
+    let data_dir = PathBuf::from(&raw.data_dir);
+    let data_dir = if data_dir.is_absolute() {
+        data_dir
+    } else if data_dir_origin.is_some() {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(&data_dir))
+            .unwrap_or(data_dir)
+    } else {
+        base_dir.join(data_dir)
+    };
+    let me = raw.members.iter().find(|m| m.id == raw.id);
+    let mut config = MasterConfig {
+        id: raw.id,
+        data_dir,
+        insecure: raw.insecure,
+        api_listen: raw
+            .api_listen
+            .or_else(|| me.map(|m| m.api.clone()))
+            .unwrap_or_default(),
+        peer_listen: raw
+            .peer_listen
+            .or_else(|| me.map(|m| m.peer.clone()))
+            .unwrap_or_default(),
+        members: raw.members,
+        raft: raw.raft,
+        proposals: raw.proposals,
+        storage: raw.storage,
+        api: raw.api,
+    };
+    config.check().map_err(|(key, message)| {
+        let note = origins.note(&key, &message);
+        ConfigError::Invalid {
+            path: file.to_path_buf(),
+            key,
+            message: format!("{message}{note}"),
+        }
+    })?;
+    if let Ok(absolute) = std::fs::canonicalize(&config.data_dir) {
+        config.data_dir = absolute;
+    }
+    Ok(config)
+}
+
+/// The file as written, before defaults are resolved.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: u64,
+    data_dir: String,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    api_listen: Option<String>,
+    #[serde(default)]
+    peer_listen: Option<String>,
+    members: Vec<MemberConfig>,
+    #[serde(default)]
+    raft: RaftSettings,
+    #[serde(default)]
+    proposals: ProposalSettings,
+    #[serde(default)]
+    storage: StorageSettings,
+    #[serde(default)]
+    api: ApiSettings,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schema: what keys exist and what they hold. Checked before deserializing so errors can
+// name the full key path; `schema_matches_structs` keeps it in step with the structs.
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Int,
+    Bool,
+    Str,
+    Table(&'static [Field]),
+    TableArray(&'static [Field]),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name: &'static str,
+    kind: Kind,
+    /// `Some(hint)` when the key is required; the hint says what to write.
+    required: Option<&'static str>,
+}
+
+const fn opt(name: &'static str, kind: Kind) -> Field {
+    Field {
+        name,
+        kind,
+        required: None,
+    }
+}
+
+const fn req(name: &'static str, kind: Kind, hint: &'static str) -> Field {
+    Field {
+        name,
+        kind,
+        required: Some(hint),
+    }
+}
+
+const MEMBER_HINT: &str = "every [[members]] entry needs id, api (host:port for clients and \
+                           workers) and peer (host:port for Raft)";
+
+const MEMBER: &[Field] = &[
+    req("id", Kind::Int, MEMBER_HINT),
+    req("api", Kind::Str, MEMBER_HINT),
+    req("peer", Kind::Str, MEMBER_HINT),
+];
+
+const RAFT: &[Field] = &[
+    opt("heartbeat_interval_ms", Kind::Int),
+    opt("election_timeout_min_ms", Kind::Int),
+    opt("election_timeout_max_ms", Kind::Int),
+    opt("snapshot_every_logs", Kind::Int),
+    opt("keep_logs_after_snapshot", Kind::Int),
+    opt("install_snapshot_timeout_ms", Kind::Int),
+];
+
+const PROPOSALS: &[Field] = &[
+    opt("max_batch", Kind::Int),
+    opt("linger_us", Kind::Int),
+    opt("max_in_flight", Kind::Int),
+];
+
+const STORAGE: &[Field] = &[opt("cache_capacity_mb", Kind::Int)];
+
+const API: &[Field] = &[opt("max_message_bytes", Kind::Int)];
+
+const TOP: &[Field] = &[
+    req(
+        "id",
+        Kind::Int,
+        "add `id = N`, this replica's id among the [[members]] ids",
+    ),
+    req(
+        "data_dir",
+        Kind::Str,
+        "add `data_dir = \"...\"`, the directory for this replica's Raft log (relative to the \
+         config file's directory)",
+    ),
+    opt("insecure", Kind::Bool),
+    opt("api_listen", Kind::Str),
+    opt("peer_listen", Kind::Str),
+    req(
+        "members",
+        Kind::TableArray(MEMBER),
+        "add one [[members]] table (id, api, peer) per replica, the same list in every \
+         replica's file",
+    ),
+    opt("raft", Kind::Table(RAFT)),
+    opt("proposals", Kind::Table(PROPOSALS)),
+    opt("storage", Kind::Table(STORAGE)),
+    opt("api", Kind::Table(API)),
+];
+
+/// One step of a key path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn display_path(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in segs {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn parse_segment(part: &str) -> Option<Seg> {
+    if part.is_empty() {
+        None
+    } else if part.bytes().all(|b| b.is_ascii_digit()) {
+        part.parse().ok().map(Seg::Index)
+    } else {
+        Some(Seg::Key(part.to_string()))
+    }
+}
+
+/// `raft.heartbeat_interval_ms`, `members[0].api`, `members.0.api`.
+fn parse_key(key: &str) -> Option<Vec<Seg>> {
+    let mut segs = Vec::new();
+    for part in key.split('.') {
+        let (name, mut rest) = match part.find('[') {
+            Some(i) => part.split_at(i),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            segs.push(parse_segment(name)?);
+        } else if rest.is_empty() {
+            return None;
+        }
+        while !rest.is_empty() {
+            let inner = rest.strip_prefix('[')?;
+            let close = inner.find(']')?;
+            segs.push(Seg::Index(inner[..close].trim().parse().ok()?));
+            rest = &inner[close + 1..];
+        }
+    }
+    (!segs.is_empty()).then_some(segs)
+}
+
+enum LookupError {
+    /// `segs[at]` is not a key of the table it names; `expected` are the keys that are.
+    Unknown {
+        at: usize,
+        expected: Vec<&'static str>,
+    },
+    /// `segs[..at]` cannot be indexed by `segs[at]`.
+    Shape { at: usize, message: &'static str },
+}
+
+/// The kind of value at a key path.
+fn lookup(segs: &[Seg]) -> Result<Kind, LookupError> {
+    let mut kind = Kind::Table(TOP);
+    for (at, seg) in segs.iter().enumerate() {
+        kind = match (kind, seg) {
+            (Kind::Table(fields), Seg::Key(k)) => match fields.iter().find(|f| f.name == k) {
+                Some(field) => field.kind,
+                None => {
+                    return Err(LookupError::Unknown {
+                        at,
+                        expected: fields.iter().map(|f| f.name).collect(),
+                    })
+                }
+            },
+            (Kind::TableArray(fields), Seg::Index(_)) => Kind::Table(fields),
+            (Kind::TableArray(_), Seg::Key(_)) => {
+                return Err(LookupError::Shape {
+                    at,
+                    message: "is an array: pick an entry by index, e.g. members[0].api",
+                })
+            }
+            (Kind::Table(_), Seg::Index(_)) => {
+                return Err(LookupError::Shape {
+                    at,
+                    message: "is a table, not an array",
+                })
+            }
+            (_, _) => {
+                return Err(LookupError::Shape {
+                    at,
+                    message: "is a single value and has no keys inside it",
+                })
+            }
+        };
+    }
+    Ok(kind)
+}
+
+fn expected_list(names: Vec<&'static str>) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An override's text as a TOML value: a TOML literal if it parses as one, else a string;
+/// string keys take the raw text unless it is a quoted TOML string.
+fn parse_value(raw: &str, kind: Kind) -> Value {
+    let literal = toml::from_str::<Table>(&format!("v = {}", raw.trim()))
+        .ok()
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"));
+    match (kind, literal) {
+        (Kind::Str, Some(Value::String(s))) => Value::String(s),
+        (Kind::Str, _) | (_, None) => Value::String(raw.to_string()),
+        (_, Some(value)) => value,
+    }
+}
+
+/// Sets `value` at `segs` in the tree: tables merge, anything else replaces.
+fn apply(
+    tree: &mut Table,
+    segs: &[Seg],
+    value: Value,
+    file: &Path,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    fn set(
+        cur: &mut Value,
+        segs: &[Seg],
+        depth: usize,
+        value: Value,
+    ) -> Result<(), (usize, String)> {
+        let Some((first, rest)) = segs.split_first() else {
+            merge(cur, value);
+            return Ok(());
+        };
+        match first {
+            Seg::Key(k) => {
+                let Value::Table(table) = cur else {
+                    return Err((depth, format!("is {}, not a table", describe(cur))));
+                };
+                if rest.is_empty() && !table.contains_key(k) {
+                    table.insert(k.clone(), value);
+                    return Ok(());
+                }
+                let child = table
+                    .entry(k.clone())
+                    .or_insert_with(|| match rest.first() {
+                        Some(Seg::Index(_)) => Value::Array(Vec::new()),
+                        _ => Value::Table(Table::new()),
+                    });
+                set(child, rest, depth + 1, value)
+            }
+            Seg::Index(i) => {
+                let Value::Array(items) = cur else {
+                    return Err((depth, format!("is {}, not an array", describe(cur))));
+                };
+                if *i > items.len() {
+                    return Err((
+                        depth,
+                        format!(
+                            "has {} entries, so there is no index {i} (index {} adds one)",
+                            items.len(),
+                            items.len()
+                        ),
+                    ));
+                }
+                if *i == items.len() {
+                    items.push(Value::Table(Table::new()));
+                }
+                set(&mut items[*i], rest, depth + 1, value)
+            }
+        }
+    }
+    fn merge(cur: &mut Value, value: Value) {
+        match (cur, value) {
+            (Value::Table(existing), Value::Table(new)) => {
+                for (k, v) in new {
+                    match existing.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            existing.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (cur, value) => *cur = value,
+        }
+    }
+
+    let mut root = Value::Table(std::mem::take(tree));
+    let result = set(&mut root, segs, 0, value);
+    if let Value::Table(table) = root {
+        *tree = table;
+    }
+    result.map_err(|(depth, message)| ConfigError::Override {
+        path: file.to_path_buf(),
+        arg: origin.to_string(),
+        message: format!("`{}` {message}", display_path(&segs[..depth])),
+    })
+}
+
+/// Which override last set each key (by display path); the file otherwise.
+#[derive(Default)]
+struct Origins(BTreeMap<String, String>);
+
+impl Origins {
+    fn set(&mut self, segs: &[Seg], origin: String) {
+        let key = display_path(segs);
+        let (dot, bracket) = (format!("{key}."), format!("{key}["));
+        self.0
+            .retain(|k, _| !k.starts_with(&dot) && !k.starts_with(&bracket));
+        self.0.insert(key, origin);
+    }
+
+    /// Where the value of `key`, and of any other overridden key path that `message` mentions
+    /// (e.g. the heartbeat an election timeout is compared with), came from; empty if from the file.
+    fn note(&self, key: &str, message: &str) -> String {
+        let mut notes: Vec<String> = self
+            .get(key)
+            .map(|o| format!("set by {o}"))
+            .into_iter()
+            .collect();
+        for (other, origin) in &self.0 {
+            let nested = other.contains(['.', '[']);
+            if other != key && nested && mentions(message, other) {
+                notes.push(format!("{other} set by {origin}"));
+            }
+        }
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        }
+    }
+
+    /// The origin of `key` or of the closest enclosing key that was overridden.
+    fn get(&self, key: &str) -> Option<String> {
+        let mut key = key;
+        loop {
+            if let Some(origin) = self.0.get(key) {
+                return Some(origin.clone());
+            }
+            key = &key[..key.rfind(['.', '['])?];
+        }
+    }
+}
+
+/// Whether `text` names the key path `key` as a whole word.
+fn mentions(text: &str, key: &str) -> bool {
+    let part_of_key = |c: char| c.is_ascii_alphanumeric() || "_.[]".contains(c);
+    text.match_indices(key).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + key.len()..].chars().next();
+        !before.is_some_and(part_of_key) && !after.is_some_and(|c| part_of_key(c) && c != '.')
+    })
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Integer(i) => format!("the integer {i}"),
+        Value::Float(f) => format!("the float {f}"),
+        Value::Boolean(b) => format!("the boolean {b}"),
+        Value::Datetime(d) => format!("the date-time {d}"),
+        Value::Array(_) => "an array".into(),
+        Value::Table(_) => "a table".into(),
+    }
+}
+
+fn check_table(
+    table: &Table,
+    fields: &'static [Field],
+    path: &mut Vec<Seg>,
+    file: &Path,
+    origins: &Origins,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        path.push(Seg::Key(k.clone()));
+        let key = display_path(path);
+        let Some(field) = fields.iter().find(|f| f.name == k) else {
+            return Err(ConfigError::UnknownKey {
+                path: file.to_path_buf(),
+                origin: origins.get(&key),
+                key,
+                expected: expected_list(fields.iter().map(|f| f.name).collect()),
+            });
+        };
+        let wrong = |what: &str| ConfigError::Invalid {
+            path: file.to_path_buf(),
+            key: key.clone(),
+            message: format!(
+                "must be {what}, found {}{}",
+                describe(v),
+                origin_note(&origins.get(&key))
+            ),
+        };
+        match (field.kind, v) {
+            (Kind::Int, Value::Integer(i)) if *i >= 0 => {}
+            (Kind::Int, _) => return Err(wrong("a whole number, 0 or more")),
+            (Kind::Bool, Value::Boolean(_)) => {}
+            (Kind::Bool, _) => return Err(wrong("true or false")),
+            (Kind::Str, Value::String(_)) => {}
+            (Kind::Str, _) => return Err(wrong("a string in quotes")),
+            (Kind::Table(inner), Value::Table(t)) => check_table(t, inner, path, file, origins)?,
+            (Kind::Table(_), _) => return Err(wrong(&format!("a table ([{key}])"))),
+            (Kind::TableArray(inner), Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    match item {
+                        Value::Table(t) => check_table(t, inner, path, file, origins)?,
+                        other => {
+                            let key = display_path(path);
+                            return Err(ConfigError::Invalid {
+                                path: file.to_path_buf(),
+                                message: format!(
+                                    "must be a table ([[{}]] entry), found {}{}",
+                                    k,
+                                    describe(other),
+                                    origin_note(&origins.get(&key))
+                                ),
+                                key,
+                            });
+                        }
+                    }
+                    path.pop();
+                }
+            }
+            (Kind::TableArray(_), _) => {
+                return Err(wrong(&format!("an array of tables ([[{key}]] entries)")))
+            }
+        }
+        path.pop();
+    }
+    for field in fields {
+        if let (Some(hint), false) = (field.required, table.contains_key(field.name)) {
+            path.push(Seg::Key(field.name.to_string()));
+            let key = display_path(path);
+            path.pop();
+            return Err(ConfigError::Invalid {
+                path: file.to_path_buf(),
+                message: format!("is missing; {hint}{}", origin_note(&origins.get(&key))),
+                key,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `host:port` (or `[v6]:port`) with a numeric port; port 0 only when `allow_port_zero`.
+fn check_addr(addr: &str, allow_port_zero: bool) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. 127.0.0.1:7101 or replica-1.example.net:7101";
+    if addr.contains("://") {
+        return Err(format!(
+            "`{addr}` has a scheme; write only host:port, {EXAMPLE}"
+        ));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "`{addr}` is not host:port (the :port is missing), {EXAMPLE}"
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!("`{addr}` has no host, {EXAMPLE}"));
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let ok = inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
+        if !ok {
+            return Err(format!(
+                "`{addr}`: `{host}` is not a bracketed IPv6 address like [::1]"
+            ));
+        }
+    } else if host.contains(':') {
+        return Err(format!(
+            "`{addr}`: write IPv6 addresses in brackets, e.g. [::1]:7101"
+        ));
+    } else if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        return Err(format!(
+            "`{addr}`: `{host}` is not a host name or IP address, {EXAMPLE}"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) if !allow_port_zero => Err(format!(
+            "`{addr}` has port 0; members need a fixed port other replicas and clients can dial"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "`{addr}`: port `{port}` is not a number between 1 and 65535, {EXAMPLE}"
+        )),
+    }
+}
+
+/// Creates `dir` and checks a file can be written and removed in it.
+fn probe_data_dir(dir: &Path) -> Result<(), String> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create directory {}: {e}; choose a directory this user can write",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(format!(
+        ".scaleout-write-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&probe, b"probe").map_err(|e| {
+        format!(
+            "directory {} is not writable: {e}; choose a directory this user can write",
+            dir.display()
+        )
+    })?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
+}
+
+impl fmt::Display for MemberConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (api {}, peer {})", self.id, self.api, self.peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const VALID: &str = r#"
+id = 2
+data_dir = "data/m2"
+insecure = true
+
+[[members]]
+id = 1
+api = "127.0.0.1:7101"
+peer = "127.0.0.1:7201"
+
+[[members]]
+id = 2
+api = "127.0.0.1:7102"
+peer = "127.0.0.1:7202"
+
+[[members]]
+id = 3
+api = "127.0.0.1:7103"
+peer = "127.0.0.1:7203"
+
+[raft]
+heartbeat_interval_ms = 100
+"#;
+
+    fn sets(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn parse(dir: &Path, text: &str, overrides: &[&str]) -> Result<MasterConfig, ConfigError> {
+        MasterConfig::from_toml_str(text, dir, &sets(overrides))
+    }
+
+    fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn valid_file_parses_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(dir.path(), VALID, &[]).unwrap();
+        assert_eq!(c.id, 2);
+        assert!(c.insecure);
+        assert_eq!(c.members.len(), 3);
+        assert_eq!(c.me().api, "127.0.0.1:7102");
+        assert_eq!(c.api_listen, "127.0.0.1:7102");
+        assert_eq!(c.peer_listen, "127.0.0.1:7202");
+        assert_eq!(c.peers().map(|m| m.id).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(c.raft, RaftSettings::default());
+        assert_eq!(c.proposals, ProposalSettings::default());
+        assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
+        assert_eq!(c.api.max_message_bytes, 4 << 20);
+        assert!(c.data_dir.is_absolute());
+        assert!(c.data_dir.is_dir());
+        assert_eq!(
+            c.data_dir,
+            dir.path().canonicalize().unwrap().join("data/m2")
+        );
+        // The probe file is gone.
+        assert_eq!(std::fs::read_dir(&c.data_dir).unwrap().count(), 0);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn explicit_listen_addresses_and_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{VALID}\n[proposals]\nmax_batch = 64\nlinger_us = 0\nmax_in_flight = 1\n\
+             [storage]\ncache_capacity_mb = 8\n[api]\nmax_message_bytes = 65536\n"
+        );
+        let c = parse(
+            dir.path(),
+            &text,
+            &[
+                "api_listen=0.0.0.0:7102",
+                "peer_listen=[::]:7202",
+                "raft.keep_logs_after_snapshot=0",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api_listen, "0.0.0.0:7102");
+        assert_eq!(c.peer_listen, "[::]:7202");
+        assert_eq!(
+            c.proposals,
+            ProposalSettings {
+                max_batch: 64,
+                linger_us: 0,
+                max_in_flight: 1
+            }
+        );
+        assert_eq!(c.storage.cache_capacity_mb, 8);
+        assert_eq!(c.api.max_message_bytes, 65536);
+        assert_eq!(c.raft.keep_logs_after_snapshot, 0);
+    }
+
+    /// Each rule: overrides applied to VALID, the key the error must name, and a fragment of
+    /// its message.
+    #[test]
+    fn each_validation_rule_names_its_key() {
+        let members = |list: &str| format!("members=[{list}]");
+        let m =
+            |id: u64, api: &str, peer: &str| format!("{{id={id},api=\"{api}\",peer=\"{peer}\"}}");
+        let one = m(2, "127.0.0.1:7102", "127.0.0.1:7202");
+        let cases: Vec<(Vec<String>, &str, &str)> = vec![
+            (vec![members("")], "members", "empty"),
+            (
+                vec![members(&format!(
+                    "{one},{}",
+                    m(2, "127.0.0.1:7103", "127.0.0.1:7203")
+                ))],
+                "members",
+                "member id 2 is listed twice",
+            ),
+            (
+                vec!["members[0].api=127.0.0.1:7102".into()],
+                "members",
+                "address 127.0.0.1:7102",
+            ),
+            (
+                vec!["members[2].peer=127.0.0.1:7102".into()],
+                "members",
+                "used twice",
+            ),
+            (vec!["id=9".into()], "id", "not among the members"),
+            (
+                vec!["members[2].peer=127.0.0.1".into()],
+                "members[2].peer",
+                "not host:port",
+            ),
+            (
+                vec!["members[2].peer=127.0.0.1:peer".into()],
+                "members[2].peer",
+                "port `peer`",
+            ),
+            (
+                vec!["members[1].api=127.0.0.1:0".into()],
+                "members[1].api",
+                "port 0",
+            ),
+            (
+                vec!["members[0].api=http://a:1".into()],
+                "members[0].api",
+                "scheme",
+            ),
+            (
+                vec!["members[0].api=::1:7101".into()],
+                "members[0].api",
+                "brackets",
+            ),
+            (
+                vec!["api_listen=localhost".into()],
+                "api_listen",
+                "not host:port",
+            ),
+            (
+                vec!["peer_listen=127.0.0.1:7102".into()],
+                "peer_listen",
+                "also api_listen",
+            ),
+            (
+                vec!["insecure=false".into()],
+                "insecure",
+                "TLS is not available",
+            ),
+            (
+                vec!["raft.heartbeat_interval_ms=0".into()],
+                "raft.heartbeat_interval_ms",
+                "greater than 0",
+            ),
+            (
+                vec!["raft.election_timeout_min_ms=150".into()],
+                "raft.election_timeout_min_ms",
+                "at least twice",
+            ),
+            (
+                vec!["raft.election_timeout_max_ms=400".into()],
+                "raft.election_timeout_max_ms",
+                "greater than raft.election_timeout_min_ms",
+            ),
+            (
+                vec!["raft.snapshot_every_logs=0".into()],
+                "raft.snapshot_every_logs",
+                "greater than 0",
+            ),
+            (
+                vec!["raft.install_snapshot_timeout_ms=0".into()],
+                "raft.install_snapshot_timeout_ms",
+                "greater than 0",
+            ),
+            (
+                vec!["proposals.max_batch=0".into()],
+                "proposals.max_batch",
+                "between 1 and 10000",
+            ),
+            (
+                vec!["proposals.max_batch=10001".into()],
+                "proposals.max_batch",
+                "between 1 and 10000",
+            ),
+            (
+                vec!["proposals.linger_us=100001".into()],
+                "proposals.linger_us",
+                "at most 100000",
+            ),
+            (
+                vec!["proposals.max_in_flight=0".into()],
+                "proposals.max_in_flight",
+                "at least 1",
+            ),
+            (
+                vec!["storage.cache_capacity_mb=0".into()],
+                "storage.cache_capacity_mb",
+                "between 1",
+            ),
+            (
+                vec!["api.max_message_bytes=65535".into()],
+                "api.max_message_bytes",
+                "64 KiB",
+            ),
+            (
+                vec!["api.max_message_bytes=268435457".into()],
+                "api.max_message_bytes",
+                "256 MiB",
+            ),
+            // Shape errors, caught before deserializing.
+            (
+                vec!["raft.heartbeat_interval_ms=fast".into()],
+                "raft.heartbeat_interval_ms",
+                "whole number",
+            ),
+            (
+                vec!["raft.heartbeat_interval_ms=-5".into()],
+                "raft.heartbeat_interval_ms",
+                "whole number",
+            ),
+            (vec!["insecure=yes".into()], "insecure", "true or false"),
+            (vec!["raft=3".into()], "raft", "a table"),
+            (
+                vec!["members=[1]".into()],
+                "members[0]",
+                "[[members]] entry",
+            ),
+            (
+                vec![members("{id=2,api=\"127.0.0.1:7102\"}")],
+                "members[0].peer",
+                "is missing",
+            ),
+        ];
+        for (overrides, key, fragment) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let err = MasterConfig::from_toml_str(VALID, dir.path(), &overrides)
+                .expect_err(&format!("{overrides:?} should be rejected"));
+            let text = err.to_string();
+            assert_eq!(err.key(), Some(key), "{overrides:?}: {text}");
+            assert!(text.contains(&format!("`{key}`")), "{overrides:?}: {text}");
+            assert!(text.contains(fragment), "{overrides:?}: {text}");
+            assert!(text.contains("<inline config>"), "{overrides:?}: {text}");
+            if key != "members" {
+                assert!(
+                    text.contains("(set by --set"),
+                    "{overrides:?} names its origin: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        for (key, text) in [
+            ("id", VALID.replacen("id = 2\n", "", 1)),
+            ("data_dir", VALID.replace("data_dir = \"data/m2\"\n", "")),
+            (
+                "members",
+                "id = 1\ndata_dir = \"d\"\ninsecure = true\n".to_string(),
+            ),
+        ] {
+            let err = parse(dir.path(), &text, &[]).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains("is missing"), "{err}");
+        }
+        let err = parse(dir.path(), VALID, &["data_dir="]).unwrap_err();
+        assert_eq!(err.key(), Some("data_dir"), "{err}");
+    }
+
+    #[test]
+    fn unwritable_data_dir_names_path_and_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = write_file(dir.path(), "not-a-dir", "x");
+        let text = VALID.replace("data/m2", "not-a-dir/m2");
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("data_dir"), "{msg}");
+        assert!(
+            msg.contains(&blocker.join("m2").display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.to_lowercase().contains("not a directory"), "{msg}");
+    }
+
+    #[test]
+    fn insecure_defaults_to_false_and_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = parse(dir.path(), &VALID.replace("insecure = true\n", ""), &[]).unwrap_err();
+        assert_eq!(err.key(), Some("insecure"));
+        assert!(err.to_string().contains("set insecure = true"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_full_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            dir.path(),
+            "m.toml",
+            &VALID.replace("heartbeat_interval_ms", "heartbeat_ms"),
+        );
+        let err = load_with_env(&file, &[], std::iter::empty()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{msg}");
+        assert!(msg.contains("unknown key `raft.heartbeat_ms`"), "{msg}");
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(msg.contains("`heartbeat_interval_ms`"), "{msg}");
+
+        let text = VALID.replacen(
+            "peer = \"127.0.0.1:7202\"",
+            "peer = \"127.0.0.1:7202\"\nadress = \"x\"",
+            1,
+        );
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key `members[1].adress`"),
+            "{err}"
+        );
+
+        let err = parse(dir.path(), &VALID.replace("[raft]", "[rafts]"), &[]).unwrap_err();
+        assert!(err.to_string().contains("unknown key `rafts`"), "{err}");
+
+        let err = parse(dir.path(), VALID, &["raft.heartbeat=1"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown key `raft.heartbeat`"), "{msg}");
+        assert!(msg.contains("set by --set raft.heartbeat=1"), "{msg}");
+
+        let err = parse(dir.path(), VALID, &["raft={heartbeat=1}"]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key `raft.heartbeat`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_overrides_and_syntax_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for (arg, fragment) in [
+            ("raft.heartbeat_interval_ms", "key.path=value"),
+            ("raft..x=1", "not a key path"),
+            ("members.api=x:1", "pick an entry by index"),
+            ("members[7].api=x:1", "no index 7"),
+            ("id.x=1", "single value"),
+        ] {
+            let err = parse(dir.path(), VALID, &[arg]).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(arg) || msg.contains("members"), "{arg}: {msg}");
+            assert!(msg.contains(fragment), "{arg}: {msg}");
+        }
+        let err = parse(dir.path(), "id = = 1", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+
+        let err =
+            load_with_env(&dir.path().join("absent.toml"), &[], std::iter::empty()).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_and_set_overrides_apply_in_precedence_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(dir.path(), "conf/m2.toml", VALID);
+        let abs = dir.path().join("elsewhere");
+        let env = |extra: &[(&str, &str)]| {
+            let mut vars = vec![
+                (
+                    "SCALEOUT_RAFT__HEARTBEAT_INTERVAL_MS".to_string(),
+                    "150".to_string(),
+                ),
+                ("SCALEOUT_DATA_DIR".to_string(), abs.display().to_string()),
+                (
+                    "SCALEOUT_PROPOSALS__MAX_BATCH".to_string(),
+                    "64".to_string(),
+                ),
+                (
+                    "SCALEOUT_MEMBERS__1__API".to_string(),
+                    "localhost:7302".to_string(),
+                ),
+                // Used by the CLI or unrelated: ignored.
+                ("SCALEOUT_ENDPOINTS".to_string(), "a:1,b:2".to_string()),
+                ("SCALEOUT_LOG".to_string(), "debug".to_string()),
+                ("SCALEOUT_CONFIG".to_string(), "/nowhere.toml".to_string()),
+                ("SCALEOUT_SOMETHING_ELSE".to_string(), "1".to_string()),
+                ("SCALEOUT_RAFT__NOPE".to_string(), "1".to_string()),
+                ("PATH".to_string(), "/bin".to_string()),
+            ];
+            vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            vars
+        };
+
+        let c = load_with_env(&file, &[], env(&[])).unwrap();
+        assert_eq!(c.raft.heartbeat_interval_ms, 150, "env beats the file");
+        assert_eq!(c.proposals.max_batch, 64);
+        assert_eq!(c.data_dir, abs.canonicalize().unwrap());
+        assert_eq!(c.me().api, "localhost:7302");
+        assert_eq!(
+            c.api_listen, "localhost:7302",
+            "listen default follows the overridden member"
+        );
+
+        let c = load_with_env(
+            &file,
+            &sets(&[
+                "raft.heartbeat_interval_ms=180",
+                "proposals.max_batch=32",
+                "proposals.max_batch=16",
+            ]),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.raft.heartbeat_interval_ms, 180, "--set beats env");
+        assert_eq!(c.proposals.max_batch, 16, "later --set wins");
+
+        // A whole-array env override applies before an indexed one.
+        let c = load_with_env(
+            &file,
+            &[],
+            env(&[(
+                "SCALEOUT_MEMBERS",
+                r#"[{id=2,api="127.0.0.1:7402",peer="127.0.0.1:7502"},{id=3,api="127.0.0.1:7403",peer="127.0.0.1:7503"}]"#,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.members.len(), 2);
+        assert_eq!(c.members[1].api, "localhost:7302");
+
+        // Bad values name the variable that set them.
+        let err = load_with_env(
+            &file,
+            &[],
+            env(&[("SCALEOUT_RAFT__ELECTION_TIMEOUT_MAX_MS", "200")]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("raft.election_timeout_max_ms"), "{msg}");
+        assert!(
+            msg.contains("environment variable SCALEOUT_RAFT__ELECTION_TIMEOUT_MAX_MS"),
+            "{msg}"
+        );
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        // A rule comparing two keys also names the source of the other one.
+        let err =
+            load_with_env(&file, &sets(&["raft.heartbeat_interval_ms=250"]), env(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("raft.election_timeout_min_ms"), "{msg}");
+        assert!(
+            msg.contains(
+                "(raft.heartbeat_interval_ms set by --set raft.heartbeat_interval_ms=250)"
+            ),
+            "{msg}"
+        );
+        let err = load_with_env(&file, &[], env(&[("SCALEOUT_ID", "two")])).unwrap_err();
+        assert!(err.to_string().contains("SCALEOUT_ID"), "{err}");
+    }
+
+    #[test]
+    fn string_keys_take_raw_text_and_literals_parse() {
+        assert_eq!(parse_value("150", Kind::Int), Value::Integer(150));
+        assert_eq!(parse_value("true", Kind::Bool), Value::Boolean(true));
+        assert_eq!(parse_value("150", Kind::Str), Value::String("150".into()));
+        assert_eq!(
+            parse_value("\"a b\"", Kind::Str),
+            Value::String("a b".into())
+        );
+        assert_eq!(
+            parse_value("/var/lib/x", Kind::Str),
+            Value::String("/var/lib/x".into())
+        );
+        assert_eq!(
+            parse_value("1\nx = 2", Kind::Int),
+            Value::String("1\nx = 2".into())
+        );
+        assert!(matches!(parse_value("[1, 2]", Kind::Int), Value::Array(_)));
+        assert_eq!(parse_key("members[0].api"), parse_key("members.0.api"));
+        assert_eq!(
+            parse_key("members[1].peer").unwrap(),
+            vec![
+                Seg::Key("members".into()),
+                Seg::Index(1),
+                Seg::Key("peer".into())
+            ]
+        );
+        assert_eq!(parse_key(""), None);
+        assert_eq!(parse_key("a..b"), None);
+    }
+
+    #[test]
+    fn relative_data_dir_resolves_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            dir.path(),
+            "etc/scaleout/m2.toml",
+            &VALID.replace("data/m2", "../../var/m2"),
+        );
+        let c = load_with_env(&file, &[], std::iter::empty()).unwrap();
+        assert_eq!(
+            c.data_dir,
+            dir.path().canonicalize().unwrap().join("var/m2")
+        );
+        assert!(c.data_dir.is_dir());
+    }
+
+    /// The schema used for key checks and overrides lists exactly the structs' fields.
+    #[test]
+    fn schema_matches_structs() {
+        fn leaves(value: &Value, prefix: String, out: &mut BTreeSet<String>) {
+            match value {
+                Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        leaves(v, key, out);
+                    }
+                }
+                Value::Array(items) => {
+                    for item in items {
+                        leaves(item, format!("{prefix}[]"), out);
+                    }
+                }
+                _ => {
+                    out.insert(prefix);
+                }
+            }
+        }
+        fn schema(fields: &[Field], prefix: &str, out: &mut BTreeSet<String>) {
+            for f in fields {
+                let key = if prefix.is_empty() {
+                    f.name.to_string()
+                } else {
+                    format!("{prefix}.{}", f.name)
+                };
+                match f.kind {
+                    Kind::Table(inner) => schema(inner, &key, out),
+                    Kind::TableArray(inner) => schema(inner, &format!("{key}[]"), out),
+                    _ => {
+                        out.insert(key);
+                    }
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(dir.path(), VALID, &[]).unwrap();
+        let mut from_structs = BTreeSet::new();
+        leaves(
+            &Value::try_from(&c).unwrap(),
+            String::new(),
+            &mut from_structs,
+        );
+        let mut from_schema = BTreeSet::new();
+        schema(TOP, "", &mut from_schema);
+        assert_eq!(from_structs, from_schema);
+    }
+
+    /// Lexically resolves `.` and `..`.
+    fn normalize(path: &Path) -> PathBuf {
+        let mut out = PathBuf::new();
+        for part in path.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sample_local_configs_agree() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let local = root.join("deploy/config/local");
+        let scratch = tempfile::tempdir().unwrap();
+        let mut member_lists = Vec::new();
+        for n in 1..=3u64 {
+            let file = local.join(format!("master-{n}.toml"));
+            // Keep the test hermetic: data_dir goes to a scratch directory ...
+            let data = scratch.path().join(format!("master-{n}"));
+            let set = vec![format!("data_dir={}", data.display())];
+            let c = load_with_env(&file, &set, std::iter::empty())
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(c.id, n, "{} has the id of its name", file.display());
+            assert_eq!(c.me().api, format!("127.0.0.1:710{n}"));
+            assert_eq!(c.me().peer, format!("127.0.0.1:720{n}"));
+            assert_eq!(c.api_listen, c.me().api);
+            assert_eq!(c.peer_listen, c.me().peer);
+            assert!(c.insecure);
+            member_lists.push(c.members.clone());
+            // ... while the file's own data_dir points into <repo>/target/scaleout-local.
+            let text = std::fs::read_to_string(&file).unwrap();
+            let raw: Table = toml::from_str(&text).unwrap();
+            let dir = raw["data_dir"].as_str().unwrap();
+            assert_eq!(
+                normalize(&local.join(dir)),
+                normalize(&root.join(format!("target/scaleout-local/master-{n}")))
+            );
+        }
+        assert_eq!(member_lists[0].len(), 3);
+        assert!(
+            member_lists.iter().all(|list| *list == member_lists[0]),
+            "{member_lists:?}"
+        );
+    }
+}

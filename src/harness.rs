@@ -1,0 +1,353 @@
+//! Local clusters of real replica processes, for the demo, the benchmarks and the tests.
+//!
+//! Each replica is the `scaleout master` binary started as a child process with its own config
+//! and data dir under one directory. Ports are picked by binding port 0 and are released just
+//! before the replicas start. Children are killed when the cluster is dropped, so nothing is
+//! left behind even when a test fails.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use crate::client::Client;
+use crate::pb::v1::ClusterStatusResponse;
+
+pub struct ReplicaProcess {
+    pub id: u64,
+    pub api_addr: String,
+    pub peer_addr: String,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl ReplicaProcess {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub replicas: u64,
+    /// `key=value` config overrides given to every replica (`--set`).
+    pub overrides: Vec<String>,
+    /// RUST_LOG of the replicas.
+    pub log_filter: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            replicas: 3,
+            overrides: Vec::new(),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+pub struct LocalCluster {
+    binary: PathBuf,
+    root: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    options: ClusterOptions,
+    pub replicas: Vec<ReplicaProcess>,
+}
+
+/// Picks `n` free loopback ports by binding port 0, holding all of them until every one is
+/// chosen so none is picked twice.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .context("cannot bind a loopback port")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+impl LocalCluster {
+    /// Writes configs for a new cluster in a fresh temp dir and starts every replica.
+    pub fn start(binary: &Path, options: ClusterOptions) -> anyhow::Result<LocalCluster> {
+        let mut cluster = LocalCluster::configure_in_temp_dir(binary, options)?;
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
+    /// Writes configs in a fresh temp dir (removed on drop) without starting anything.
+    pub fn configure_in_temp_dir(
+        binary: &Path,
+        options: ClusterOptions,
+    ) -> anyhow::Result<LocalCluster> {
+        let temp = tempfile::Builder::new()
+            .prefix("scaleout-cluster-")
+            .tempdir()?;
+        let mut cluster = LocalCluster::configure(binary, temp.path(), options)?;
+        cluster._temp = Some(temp);
+        Ok(cluster)
+    }
+
+    /// Writes configs under `root` without starting anything.
+    pub fn configure(
+        binary: &Path,
+        root: &Path,
+        options: ClusterOptions,
+    ) -> anyhow::Result<LocalCluster> {
+        let n = options.replicas as usize;
+        let ports = free_ports(2 * n)?;
+        let mut members = String::new();
+        for i in 0..n {
+            members.push_str(&format!(
+                "\n[[members]]\nid = {}\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
+                i + 1,
+                ports[2 * i],
+                ports[2 * i + 1]
+            ));
+        }
+        let mut replicas = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let dir = root.join(format!("replica-{id}"));
+            fs::create_dir_all(&dir)?;
+            let config_path = dir.join("master.toml");
+            let data_dir = dir.join("data");
+            fs::write(
+                &config_path,
+                format!(
+                    "id = {id}\ndata_dir = \"{}\"\ninsecure = true\n{members}",
+                    data_dir.display()
+                ),
+            )?;
+            replicas.push(ReplicaProcess {
+                id,
+                api_addr: format!("127.0.0.1:{}", ports[2 * i]),
+                peer_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                config_path,
+                data_dir,
+                log_path: dir.join("replica.log"),
+                child: None,
+            });
+        }
+        Ok(LocalCluster {
+            binary: binary.to_path_buf(),
+            root: root.to_path_buf(),
+            _temp: None,
+            options,
+            replicas,
+        })
+    }
+
+    /// Starts every replica that is not running.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.replicas.len() {
+            if self.replicas[index].child.is_none() {
+                self.start_replica(index)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.api_addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.endpoints())?)
+    }
+
+    pub fn replica(&self, id: u64) -> anyhow::Result<&ReplicaProcess> {
+        self.replicas
+            .iter()
+            .find(|r| r.id == id)
+            .with_context(|| format!("no replica {id}"))
+    }
+
+    fn index(&self, id: u64) -> anyhow::Result<usize> {
+        self.replicas
+            .iter()
+            .position(|r| r.id == id)
+            .with_context(|| format!("no replica {id}"))
+    }
+
+    fn start_replica(&mut self, index: usize) -> anyhow::Result<()> {
+        let replica = &mut self.replicas[index];
+        if replica.child.is_some() {
+            bail!("replica {} is already running", replica.id);
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&replica.log_path)?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("master")
+            .arg("--config")
+            .arg(&replica.config_path)
+            .env("RUST_LOG", &self.options.log_filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for key_value in &self.options.overrides {
+            command.arg("--set").arg(key_value);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        replica.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts a replica that was killed or stopped, on its existing data dir.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let index = self.index(id)?;
+        self.start_replica(index)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let index = self.index(id)?;
+        if let Some(mut child) = self.replicas[index].child.take() {
+            child.kill().context("kill -9 failed")?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for a clean exit (kill -9 after `grace`).
+    pub async fn stop(&mut self, id: u64, grace: Duration) -> anyhow::Result<()> {
+        let index = self.index(id)?;
+        let Some(mut child) = self.replicas[index].child.take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT.
+    pub fn pause(&self, id: u64, pause: bool) -> anyhow::Result<()> {
+        let pid = self.replica(id)?.pid().context("replica is not running")?;
+        let signal = if pause {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    /// The last lines a replica logged, for failure messages.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Ok(replica) = self.replica(id) else {
+            return String::new();
+        };
+        let text = fs::read_to_string(&replica.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Cluster status as one replica sees it.
+    pub async fn status_of(&self, id: u64) -> anyhow::Result<ClusterStatusResponse> {
+        let replica = self.replica(id)?;
+        let client = Client::new(std::slice::from_ref(&replica.api_addr))?
+            .with_deadline(Duration::from_secs(2));
+        Ok(client.cluster_status().await?)
+    }
+
+    /// Waits until every running replica reports the same leader (one of the running ones) and
+    /// the same term; returns (leader id, term).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match self.agreed_leader().await {
+                Ok(found) => return Ok(found),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no agreed leader within {timeout:?}: {last}")
+    }
+
+    async fn agreed_leader(&self) -> anyhow::Result<(u64, u64)> {
+        let mut seen = None;
+        for replica in self.replicas.iter().filter(|r| r.is_running()) {
+            let status = self.status_of(replica.id).await?;
+            let leader = status.leader_id.context("no leader known")?;
+            let view = (leader, status.term);
+            if seen.is_some_and(|s| s != view) {
+                bail!("replicas disagree: {seen:?} vs {view:?}");
+            }
+            seen = Some(view);
+        }
+        let (leader, term) = seen.context("no replica is running")?;
+        if !self.replica(leader)?.is_running() {
+            bail!("the reported leader {leader} is not running");
+        }
+        Ok((leader, term))
+    }
+
+    /// Waits until `id` has applied at least `index`.
+    pub async fn wait_for_applied(
+        &self,
+        id: u64,
+        index: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Ok(status) = self.status_of(id).await {
+                last = status
+                    .replicas
+                    .iter()
+                    .find(|r| r.id == id)
+                    .and_then(|r| r.applied_index);
+                if last.is_some_and(|applied| applied >= index) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("replica {id} applied {last:?}, not {index}, within {timeout:?}")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            if let Some(mut child) = replica.child.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! JobService: submit, get, list and cancel jobs.
+//!
+//! Writes go through the [`Proposer`]; reads are linearizable (a ReadIndex round through
+//! `ensure_linearizable`) unless the caller asks for `stale`, which reads this replica's own state
+//! and is the only thing a follower answers itself.
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::proposer::{ProposeError, Proposer};
+use super::status::{from_queue_error, not_leader};
+use crate::pb::v1::job_service_server::JobService;
+use crate::pb::v1::{
+    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest,
+    ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+};
+use crate::pb::{spec_from_pb, state_from_pb};
+use crate::queue::{Command, CommandOutput, QueueError, QueueState};
+use crate::raft::{NodeId, Raft, ReplicaNode, SharedQueue};
+
+#[derive(Clone)]
+pub struct JobApi {
+    raft: Raft,
+    proposer: Proposer,
+    queue: SharedQueue,
+}
+
+impl JobApi {
+    pub fn new(raft: Raft, proposer: Proposer, queue: SharedQueue) -> Self {
+        JobApi {
+            raft,
+            proposer,
+            queue,
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
+        match self.proposer.propose(command).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(rejection)) => Err(from_queue_error(&rejection)),
+            Err(error) => Err(propose_error_status(error)),
+        }
+    }
+
+    /// Waits until this replica may answer a read: for a linearizable one, until it has applied
+    /// everything committed when the read arrived, as confirmed by a quorum.
+    async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(read_error_status)
+    }
+
+    fn with_queue<T>(&self, read: impl FnOnce(&QueueState) -> T) -> T {
+        let queue = self
+            .queue
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        read(&queue)
+    }
+}
+
+pub fn propose_error_status(error: ProposeError) -> Status {
+    match error {
+        ProposeError::NotLeader { leader_id, leader } => not_leader(leader_id, leader.as_ref()),
+        ProposeError::ShuttingDown => {
+            Status::unavailable("the replica is shutting down; retry another replica")
+        }
+        ProposeError::Raft(message) => Status::unavailable(format!(
+            "the write could not be committed ({message}); it may or may not have been applied: \
+             retry with the same idempotency key"
+        )),
+    }
+}
+
+pub fn read_error_status(
+    error: RaftError<NodeId, CheckIsLeaderError<NodeId, ReplicaNode>>,
+) -> Status {
+    match error {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
+            not_leader(forward.leader_id, forward.leader_node.as_ref())
+        }
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
+            Status::unavailable(format!(
+                "this replica could not confirm it still leads ({e}); retry, or read with --stale"
+            ))
+        }
+        RaftError::Fatal(fatal) => Status::unavailable(format!("the replica is stopping: {fatal}")),
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| from_queue_error(&QueueError::InvalidSpec("spec is missing".into())))
+            .and_then(|spec| spec_from_pb(spec).map_err(|e| from_queue_error(&e)))?;
+        // Checked here too so a bad spec costs no Raft round; apply checks again.
+        spec.validate().map_err(|e| from_queue_error(&e))?;
+        let idempotency_key = Some(request.idempotency_key).filter(|key| !key.is_empty());
+        match self
+            .propose(Command::SubmitJob {
+                spec,
+                idempotency_key,
+            })
+            .await?
+        {
+            CommandOutput::Submitted {
+                job_id,
+                deduplicated,
+            } => {
+                if deduplicated {
+                    info!(job_id, "submit matched an earlier idempotency key");
+                }
+                Ok(Response::new(SubmitJobResponse {
+                    job_id,
+                    deduplicated,
+                }))
+            }
+            other => Err(Status::internal(format!("a submit returned {other:?}"))),
+        }
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobResponse>, Status> {
+        let request = request.into_inner();
+        self.read_barrier(request.stale).await?;
+        let job = self
+            .with_queue(|queue| queue.job(request.job_id).map(Into::into))
+            .ok_or_else(|| from_queue_error(&QueueError::JobNotFound(request.job_id)))?;
+        Ok(Response::new(GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let state = state_from_pb(request.state).map_err(Status::invalid_argument)?;
+        self.read_barrier(request.stale).await?;
+        let page =
+            self.with_queue(|queue| queue.list(state, request.after_id, request.limit as usize));
+        Ok(Response::new(ListJobsResponse {
+            jobs: page.jobs.iter().map(Into::into).collect(),
+            next_after_id: page.next_after.unwrap_or(0),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        match self.propose(Command::CancelJob { job_id }).await? {
+            CommandOutput::Cancelled { job } => {
+                info!(job_id, "job cancelled");
+                Ok(Response::new(CancelJobResponse {
+                    job: Some(job.as_ref().into()),
+                }))
+            }
+            other => Err(Status::internal(format!("a cancel returned {other:?}"))),
+        }
+    }
+}

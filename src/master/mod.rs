@@ -1,0 +1,20 @@
+//! The replica process: storage, the Raft node, the two listeners and the services on them.
+//!
+//! A replica listens on two addresses, like etcd: `api` for clients and workers (JobService,
+//! AdminService) and `peer` for Raft traffic between replicas. Any replica answers; a follower
+//! redirects writes and linearizable reads to the leader (see [`status::not_leader`]).
+//!
+//! Start-up order: open the data dir, start the Raft node, bind both listeners, then bootstrap:
+//! a pristine replica of a pristine cluster initializes it with the static member list (the
+//! same on every replica, so the first membership entry is identical everywhere); a replica
+//! with state on disk never initializes again.
+
+mod admin_service;
+mod bootstrap;
+mod job_service;
+mod proposer;
+mod replica;
+pub mod status;
+
+pub use proposer::{now_ms, ProposeError, Proposer};
+pub use replica::{run, MasterError};

@@ -1,0 +1,165 @@
+//! Group commit: concurrent proposals coalesce into one Raft entry.
+//!
+//! openraft waits for each append's flush before the next, so one command per entry would cap
+//! throughput at one fsync per command. Callers hand their command to the proposer task; it takes
+//! as many as are waiting (up to `max_batch`, lingering briefly for more), proposes them as one
+//! [`Proposal`] stamped with this leader's clock, and hands each caller its own result. Up to
+//! `max_in_flight` entries are in the pipeline at once; while they are, new commands pile up and
+//! form the next, larger batch.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, warn};
+
+use crate::config::ProposalSettings;
+use crate::queue::{Command, CommandResult};
+use crate::raft::{NodeId, Proposal, Raft, ReplicaNode};
+
+/// Why a command got no result from the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this replica is not the leader")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<ReplicaNode>,
+    },
+    #[error("the replica is shutting down")]
+    ShuttingDown,
+    #[error("raft could not commit the proposal: {0}")]
+    Raft(String),
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
+}
+
+/// The handle services use to propose commands.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batching task; it ends when every handle is dropped.
+    pub fn start(raft: Raft, settings: &ProposalSettings) -> Proposer {
+        let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
+        let batcher = Batcher {
+            raft,
+            max_batch: settings.max_batch.max(1),
+            linger: Duration::from_micros(settings.linger_us),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+        };
+        tokio::spawn(batcher.run(rx));
+        Proposer { queue: tx }
+    }
+
+    /// Proposes one command and waits until it is committed and applied.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let (reply, result) = oneshot::channel();
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        result.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+}
+
+struct Batcher {
+    raft: Raft,
+    max_batch: usize,
+    linger: Duration,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Batcher {
+    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            // Waiting for a pipeline slot before gathering is what makes batches grow under load.
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() < self.max_batch && !self.linger.is_zero() {
+                let deadline = tokio::time::Instant::now() + self.linger;
+                while batch.len() < self.max_batch {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(pending)) => batch.push(pending),
+                        _ => break,
+                    }
+                }
+            }
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                commit(raft, batch).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn commit(raft: Raft, batch: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let count = commands.len();
+    let proposal = Proposal {
+        now_ms: now_ms(),
+        commands,
+    };
+    match raft.client_write(proposal).await {
+        Ok(response) => {
+            debug!(
+                log_index = response.log_id.index,
+                commands = count,
+                "batch committed"
+            );
+            let mut results = response.data.results.into_iter();
+            for reply in replies {
+                let result = results.next().ok_or_else(|| {
+                    ProposeError::Raft(
+                        "the state machine returned fewer results than commands".into(),
+                    )
+                });
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            let error = classify(error);
+            if !matches!(error, ProposeError::NotLeader { .. }) {
+                warn!(%error, commands = count, "proposal failed");
+            }
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn classify(error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) -> ProposeError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ProposeError::NotLeader {
+                leader_id: forward.leader_id,
+                leader: forward.leader_node,
+            }
+        }
+        RaftError::Fatal(openraft::error::Fatal::Stopped) => ProposeError::ShuttingDown,
+        other => ProposeError::Raft(other.to_string()),
+    }
+}
+
+/// The leader's clock, put into every proposal so apply never reads one.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,212 @@
+//! Wires one replica together and runs it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tracing::{error, info, warn};
+
+use super::admin_service::AdminApi;
+use super::bootstrap::bootstrap;
+use super::job_service::JobApi;
+use super::proposer::Proposer;
+use crate::config::MasterConfig;
+use crate::pb::raft::raft_service_server::RaftServiceServer;
+use crate::pb::v1::admin_service_server::AdminServiceServer;
+use crate::pb::v1::job_service_server::JobServiceServer;
+use crate::raft::{open_storage, PeerNetwork, Raft, RaftGrpcService, StorageOpenError};
+use crate::telemetry;
+
+/// Why a replica could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Storage(#[from] StorageOpenError),
+    #[error("invalid raft settings: {0}; check the [raft] section of the config")]
+    RaftConfig(String),
+    #[error("cannot start the raft node: {0}")]
+    RaftStart(String),
+    #[error("cannot listen on {addr} ({which}): {source}; is another process using it?")]
+    Bind {
+        which: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Bootstrap(String),
+    #[error("the {which} server failed: {source}")]
+    Serve {
+        which: &'static str,
+        source: tonic::transport::Error,
+    },
+}
+
+fn raft_config(config: &MasterConfig) -> Result<openraft::Config, MasterError> {
+    let raft = &config.raft;
+    openraft::Config {
+        cluster_name: "scaleout".into(),
+        heartbeat_interval: raft.heartbeat_interval_ms,
+        election_timeout_min: raft.election_timeout_min_ms,
+        election_timeout_max: raft.election_timeout_max_ms,
+        install_snapshot_timeout: raft.install_snapshot_timeout_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_every_logs),
+        max_in_snapshot_log_to_keep: raft.keep_logs_after_snapshot,
+        ..openraft::Config::default()
+    }
+    .validate()
+    .map_err(|e| MasterError::RaftConfig(e.to_string()))
+}
+
+async fn bind(which: &'static str, addr: &str) -> Result<TcpListener, MasterError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MasterError::Bind {
+            which,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Runs a replica until `shutdown` resolves, then stops it gracefully.
+pub async fn run(
+    config: MasterConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), MasterError> {
+    telemetry::set_replica(config.id);
+    if config.insecure {
+        warn!(
+            "INSECURE: insecure = true, so clients, workers and peers talk in plaintext without \
+             authentication; use this only on a trusted loopback or test network"
+        );
+    }
+    let raft_settings = Arc::new(raft_config(&config)?);
+    let (log_store, state_machine) = open_storage(
+        &config.data_dir.join("sled"),
+        config.storage.cache_capacity_mb << 20,
+    )?;
+    let queue = state_machine.queue();
+    let committed = {
+        let log_store = log_store.clone();
+        Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
+    };
+    let network = PeerNetwork::new(config.id, config.api.max_message_bytes);
+    let raft = Raft::new(
+        config.id,
+        raft_settings,
+        network.clone(),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| MasterError::RaftStart(e.to_string()))?;
+
+    let api_listener = bind("api", &config.api_listen).await?;
+    let peer_listener = bind("peer", &config.peer_listen).await?;
+    let api_addr = local_addr(&api_listener);
+    let peer_addr = local_addr(&peer_listener);
+    info!(api = %api_addr, peer = %peer_addr, data_dir = %config.data_dir.display(), "replica listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let max_bytes = config.api.max_message_bytes;
+    let peer_server = Server::builder()
+        .add_service(
+            RaftServiceServer::new(RaftGrpcService::new(raft.clone(), committed.clone()))
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
+    let peer_task = tokio::spawn(peer_server);
+
+    let proposer = Proposer::start(raft.clone(), &config.proposals);
+    let api_server = Server::builder()
+        .add_service(
+            JobServiceServer::new(JobApi::new(raft.clone(), proposer, queue))
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(raft.clone(), network.clone(), committed))
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming(api_listener), stopped(stop_rx.clone()));
+    let api_task = tokio::spawn(api_server);
+
+    let watcher = tokio::spawn(watch_role(raft.clone()));
+    if let Err(error) = bootstrap(&raft, &config, &network)
+        .await
+        .map_err(MasterError::Bootstrap)
+    {
+        error!(%error, "bootstrap failed");
+        let _ = stop_tx.send(true);
+        let _ = raft.shutdown().await;
+        return Err(error);
+    }
+
+    // Run until asked to stop, or until a server dies.
+    let served = tokio::select! {
+        () = shutdown => Ok(()),
+        result = wait_server("api", api_task) => result,
+        result = wait_server("peer", peer_task) => result,
+    };
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    watcher.abort();
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft did not shut down cleanly");
+    }
+    served
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// TCP_NODELAY on accepted connections: without it a lone request waits ~40 ms for Nagle.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+async fn wait_server(
+    which: &'static str,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) -> Result<(), MasterError> {
+    match task.await {
+        Ok(Ok(())) => std::future::pending().await,
+        Ok(Err(source)) => Err(MasterError::Serve { which, source }),
+        Err(join) => {
+            error!(server = which, error = %join, "server task ended");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Keeps the term in every log line current and logs leadership changes.
+async fn watch_role(raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut last = (0, None, openraft::ServerState::Learner);
+    loop {
+        let (term, leader, state) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader, m.state)
+        };
+        telemetry::set_term(term);
+        if (term, leader, state) != last {
+            info!(term, leader = ?leader, role = crate::raft::role_name(state), "raft role");
+            last = (term, leader, state);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The Raft transport's client side: one reused gRPC channel per peer, a deadline on every call,
+//! and errors classified so openraft backs off from dead peers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{NodeId, ReplicaNode, TypeConfig};
+use crate::pb::raft::raft_service_client::RaftServiceClient;
+use crate::pb::raft::RaftPayload;
+
+/// openraft derives the append deadline from the heartbeat interval (100 ms by default); on a
+/// loaded machine a follower's fsync alone can take longer, and a timed-out append is sent again,
+/// so calls get at least this long.
+pub const PEER_RPC_TIMEOUT_FLOOR: Duration = Duration::from_millis(1000);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+type RpcError<E = openraft::error::Infallible> =
+    RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>;
+
+/// Creates the per-peer clients openraft asks for, sharing one channel per peer address.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    my_id: NodeId,
+    max_message_bytes: usize,
+    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(my_id: NodeId, max_message_bytes: usize) -> Self {
+        PeerNetwork {
+            my_id,
+            max_message_bytes,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The channel to `peer_addr`, created on first use. The channel reconnects by itself, so a
+    /// restarted peer is reached again without a new one.
+    pub fn channel(&self, peer_addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(peer_addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{peer_addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(peer_addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &ReplicaNode) -> PeerClient {
+        let client = self.channel(&node.peer_addr).map(|channel| {
+            RaftServiceClient::new(channel)
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes)
+        });
+        PeerClient {
+            my_id: self.my_id,
+            target,
+            peer_addr: node.peer_addr.clone(),
+            client: client.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// One peer as openraft sees it.
+pub struct PeerClient {
+    my_id: NodeId,
+    target: NodeId,
+    peer_addr: String,
+    /// An invalid address is reported on every call rather than panicking at creation.
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TransportError {
+    #[error("peer address {addr:?} is not valid: {message}")]
+    BadAddress { addr: String, message: String },
+    #[error("peer {addr}: {status}")]
+    Status { addr: String, status: tonic::Status },
+    #[error("cannot encode or decode a raft message: {0}")]
+    Codec(#[from] bincode::Error),
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let timeout = option.hard_ttl().max(PEER_RPC_TIMEOUT_FLOOR);
+        let mut client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(message) => {
+                let error = TransportError::BadAddress {
+                    addr: self.peer_addr.clone(),
+                    message: message.clone(),
+                };
+                return Err(RPCError::Unreachable(Unreachable::new(&error)));
+            }
+        };
+        let data = bincode::serialize(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Codec(e))))?;
+        let mut grpc_request = tonic::Request::new(RaftPayload { data });
+        grpc_request.set_timeout(timeout);
+        let call = async {
+            match action {
+                RPCTypes::Vote => client.vote(grpc_request).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(grpc_request).await,
+                _ => client.append_entries(grpc_request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: self.my_id,
+                    target: self.target,
+                    timeout,
+                }))
+            }
+            Ok(Err(status)) => {
+                let unreachable = matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                );
+                let error = TransportError::Status {
+                    addr: self.peer_addr.clone(),
+                    status,
+                };
+                return Err(if unreachable {
+                    RPCError::Unreachable(Unreachable::new(&error))
+                } else {
+                    RPCError::Network(NetworkError::new(&error))
+                });
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Codec(e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.call(RPCTypes::Vote, &rpc, &option).await
+    }
+
+    /// After `Unreachable`, openraft waits along this sequence before trying the peer again:
+    /// quick at first so a restarted peer rejoins fast, then capped so a dead one costs little.
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0..).map(|attempt: u32| Duration::from_millis(50u64 << attempt.min(3))))
+    }
+}

@@ -1,0 +1,520 @@
+//! The replicated queue as openraft's [`RaftStateMachine`]: applies committed proposals to the
+//! in-memory [`QueueState`], persists what changed in sled, and builds and installs snapshots.
+//!
+//! Storage, in the replica's one sled database:
+//! - tree `sm`: everything the state machine knows, under key prefixes
+//!   `meta/last_applied`, `meta/membership`, `meta/next_job_id` and `job/<id, 8 bytes BE>`;
+//! - tree `snapshot`: the current snapshot, `meta` (its [`SnapshotMeta`]) and `data`.
+//!
+//! All of `sm` lives in one tree so that each apply call's writes (job rows, id sequence, last
+//! applied) go to disk in one atomic batch. If job rows and `last_applied` could be persisted
+//! separately, a crash between them would leave jobs whose creating entry is then applied again
+//! on restart, and the replay would hand out different job ids than the other replicas did.
+//!
+//! The API services read the queue through [`StateMachine::queue`]; the lock is held only for
+//! in-memory work, never across an `.await`.
+
+// Helpers here return openraft's `StorageError`, the type every storage trait method must return;
+// boxing it in between would only move the allocation.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::storage::{decode, decode_loaded, encode, LoadError};
+use super::{
+    Entry, LogId, ProposalOutcome, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+use crate::queue::{ApplyContext, Job, JobId, QueueState};
+
+/// The queue as the API services see it. Take the lock briefly and never hold it across `.await`.
+pub type SharedQueue = Arc<RwLock<QueueState>>;
+
+const SM_TREE: &str = "sm";
+const SNAPSHOT_TREE: &str = "snapshot";
+const LAST_APPLIED_KEY: &[u8] = b"meta/last_applied";
+const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
+const NEXT_JOB_ID_KEY: &[u8] = b"meta/next_job_id";
+const JOB_PREFIX: &[u8] = b"job/";
+const SNAPSHOT_META_KEY: &[u8] = b"meta";
+const SNAPSHOT_DATA_KEY: &[u8] = b"data";
+
+/// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
+/// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
+/// with another layout before trying to decode it.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// What a snapshot carries besides its [`SnapshotMeta`] (which holds last applied and
+/// membership).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    queue: QueueState,
+}
+
+fn job_key(id: JobId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(JOB_PREFIX.len() + 8);
+    key.extend_from_slice(JOB_PREFIX);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn sm_write_error(e: impl Into<AnyError>) -> StorageError {
+    StorageIOError::write_state_machine(e).into()
+}
+
+fn snapshot_error(
+    meta: Option<&SnapshotMeta>,
+    verb: ErrorVerb,
+    e: impl Into<AnyError>,
+) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(meta.map(|m| m.signature())), verb, e).into()
+}
+
+/// The replica's state machine. Owned by openraft's state machine task; the API reaches the
+/// queue through [`StateMachine::queue`].
+pub struct StateMachine {
+    sm: sled::Tree,
+    snapshots: SnapshotStore,
+    queue: SharedQueue,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl StateMachine {
+    /// Loads the persisted state: meta keys and every job row.
+    pub(super) fn open(db: &sled::Db) -> Result<Self, LoadError> {
+        let sm = db.open_tree(SM_TREE)?;
+        let snapshots = SnapshotStore {
+            db: db.clone(),
+            tree: db.open_tree(SNAPSHOT_TREE)?,
+        };
+        let mut last_applied = None;
+        let mut membership = StoredMembership::default();
+        let mut next_job_id = None;
+        let mut jobs = Vec::new();
+        for item in sm.iter() {
+            let (key, value) = item?;
+            match key.as_ref() {
+                LAST_APPLIED_KEY => {
+                    last_applied = Some(decode_loaded::<LogId>(&value, "the last applied log id")?)
+                }
+                MEMBERSHIP_KEY => membership = decode_loaded(&value, "the applied membership")?,
+                NEXT_JOB_ID_KEY => next_job_id = Some(decode_loaded(&value, "the next job id")?),
+                key => {
+                    let id = key
+                        .strip_prefix(JOB_PREFIX)
+                        .and_then(|id| <[u8; 8]>::try_from(id).ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| {
+                            LoadError::Corrupt(format!(
+                                "unexpected key {:?} in the state machine",
+                                String::from_utf8_lossy(key)
+                            ))
+                        })?;
+                    let job: Job = decode_loaded(&value, &format!("job {id}"))?;
+                    if job.id != id {
+                        return Err(LoadError::Corrupt(format!(
+                            "job {} is stored under id {id}",
+                            job.id
+                        )));
+                    }
+                    jobs.push(job);
+                }
+            }
+        }
+        // The stored snapshot is read whenever openraft asks; check it decodes now.
+        snapshots
+            .load_meta()
+            .map_err(|e| LoadError::Corrupt(format!("the stored snapshot's metadata: {e}")))?;
+        let queue = QueueState::from_parts(jobs, next_job_id.unwrap_or(1));
+        Ok(StateMachine {
+            sm,
+            snapshots,
+            queue: Arc::new(RwLock::new(queue)),
+            last_applied,
+            membership,
+        })
+    }
+
+    /// The queue, for the API services' reads. Applies change it in place.
+    pub fn queue(&self) -> SharedQueue {
+        Arc::clone(&self.queue)
+    }
+
+    /// The write lock, refused if an earlier holder panicked: that apply may have stopped half
+    /// way, and applying more on top would make this replica diverge from the others.
+    fn lock_for_apply(&self) -> Result<RwLockWriteGuard<'_, QueueState>, StorageError> {
+        self.queue.write().map_err(|_| {
+            sm_write_error(AnyError::error(
+                "the queue lock was poisoned by a panic during an earlier apply",
+            ))
+        })
+    }
+
+    /// The writes that make the sm tree hold exactly `queue`, `last_applied` and `membership`,
+    /// removing every other key first (batch entries for the same key: the last one wins).
+    fn replace_all_batch(
+        &self,
+        queue: &QueueState,
+        last_applied: Option<LogId>,
+        membership: &StoredMembership,
+    ) -> Result<sled::Batch, StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self.sm.iter().keys() {
+            batch.remove(key.map_err(|e| sm_write_error(&e))?);
+        }
+        for job in queue.jobs() {
+            batch.insert(
+                job_key(job.id),
+                encode(job).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        put_meta(
+            &mut batch,
+            last_applied,
+            Some(membership),
+            queue.next_job_id(),
+        )?;
+        Ok(batch)
+    }
+}
+
+/// Adds the meta keys to `batch`; the membership only when it changed (it rarely does).
+fn put_meta(
+    batch: &mut sled::Batch,
+    last_applied: Option<LogId>,
+    membership: Option<&StoredMembership>,
+    next_job_id: JobId,
+) -> Result<(), StorageError> {
+    match last_applied {
+        Some(log_id) => batch.insert(
+            LAST_APPLIED_KEY,
+            encode(&log_id).map_err(|e| sm_write_error(&e))?,
+        ),
+        None => batch.remove(LAST_APPLIED_KEY),
+    }
+    if let Some(membership) = membership {
+        batch.insert(
+            MEMBERSHIP_KEY,
+            encode(membership).map_err(|e| sm_write_error(&e))?,
+        );
+    }
+    batch.insert(
+        NEXT_JOB_ID_KEY,
+        encode(&next_job_id).map_err(|e| sm_write_error(&e))?,
+    );
+    Ok(())
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProposalOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        let mut last_applied = self.last_applied;
+        let mut membership = None;
+        // In-memory work under the lock; the sled write after releasing it.
+        let (changed, next_job_id) = {
+            let mut queue = self.lock_for_apply()?;
+            for entry in entries {
+                last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => ProposalOutcome::default(),
+                    EntryPayload::Normal(proposal) => {
+                        // The log index and the leader's clock reading come from the entry, so
+                        // every replica computes the same results.
+                        let ctx = ApplyContext {
+                            log_index: entry.log_id.index,
+                            now_ms: proposal.now_ms,
+                        };
+                        let results = proposal
+                            .commands
+                            .into_iter()
+                            .map(|cmd| queue.apply(&ctx, cmd))
+                            .collect();
+                        ProposalOutcome { results }
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        ProposalOutcome::default()
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            let changed: Vec<(JobId, Option<Job>)> = queue
+                .take_changed()
+                .into_iter()
+                .map(|id| (id, queue.job(id).cloned()))
+                .collect();
+            (changed, queue.next_job_id())
+        };
+        if outcomes.is_empty() {
+            return Ok(outcomes);
+        }
+        self.last_applied = last_applied;
+        let membership_changed = membership.is_some();
+        if let Some(membership) = membership {
+            self.membership = membership;
+        }
+
+        // One atomic batch: job rows, the id sequence and last_applied reach disk together or
+        // not at all (see the module docs).
+        //
+        // No flush: sled recovers a prefix of the writes to this database, and every entry applied
+        // here was written to the log (and is committed on a majority) before this batch. After a
+        // crash the state machine is exactly as of the end of some earlier apply call, its log
+        // entries are still there (locally, or on the majority that committed them), and openraft
+        // re-applies the entries after the recovered `last_applied`, producing the same rows and
+        // ids again.
+        let mut batch = sled::Batch::default();
+        for (id, job) in changed {
+            match job {
+                Some(job) => {
+                    batch.insert(job_key(id), encode(&job).map_err(|e| sm_write_error(&e))?)
+                }
+                None => batch.remove(job_key(id)),
+            }
+        }
+        let membership = membership_changed.then_some(&self.membership);
+        put_meta(&mut batch, self.last_applied, membership, next_job_id)?;
+        // An error here leaves memory ahead of disk; openraft stops this replica on a storage
+        // error, and on restart the log replays what is missing.
+        self.sm.apply_batch(batch).map_err(|e| sm_write_error(&e))?;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // openraft calls this on the state machine task between applies, so the clone below is
+        // a consistent view as of `last_applied`; the builder then runs while later entries are
+        // applied.
+        let queue = self
+            .queue
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        SnapshotBuilder {
+            payload: SnapshotPayload { queue },
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let payload = decode_snapshot(&data)
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Read, AnyError::error(e)))?;
+        let queue = payload.queue;
+
+        // The sm tree is rewritten to hold exactly the snapshot's state (old jobs the snapshot
+        // does not have must go), and the snapshot is stored as the current one, in one
+        // transaction: a crash leaves either the old state with the old snapshot or the new
+        // state with the new snapshot, never a state machine ahead of or behind its snapshot.
+        let sm_batch = self.replace_all_batch(&queue, meta.last_log_id, &meta.last_membership)?;
+        let snapshot_batch = SnapshotStore::batch(meta, data)
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
+        (&self.sm, &self.snapshots.tree)
+            .transaction(|(sm, snap)| {
+                sm.apply_batch(&sm_batch)?;
+                snap.apply_batch(&snapshot_batch)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| {
+                snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(tx_error(e)))
+            })?;
+
+        *self.lock_for_apply()? = queue;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+
+        // Once this returns openraft purges the log up to the snapshot, so the new state must
+        // be durable first.
+        self.snapshots
+            .db
+            .flush_async()
+            .await
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            last_log_index = meta.last_log_id.map(|id| id.index),
+            jobs = self.lock_for_apply()?.job_count(),
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.snapshots.load()
+    }
+}
+
+fn tx_error(e: TransactionError<()>) -> String {
+    match e {
+        TransactionError::Storage(e) => e.to_string(),
+        TransactionError::Abort(()) => "transaction aborted".into(),
+    }
+}
+
+fn encode_snapshot(payload: &SnapshotPayload) -> Result<Vec<u8>, bincode::Error> {
+    let mut data = SNAPSHOT_FORMAT.to_be_bytes().to_vec();
+    data.extend(encode(payload)?);
+    Ok(data)
+}
+
+fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
+    let (version, body) = data
+        .split_first_chunk::<4>()
+        .ok_or_else(|| format!("snapshot data of {} bytes is too short", data.len()))?;
+    let version = u32::from_be_bytes(*version);
+    if version != SNAPSHOT_FORMAT {
+        return Err(format!(
+            "snapshot format {version} is not the format {SNAPSHOT_FORMAT} this build reads"
+        ));
+    }
+    decode(body).map_err(|e| format!("snapshot data does not decode: {e}"))
+}
+
+/// The `snapshot` tree: the one current snapshot. Shared by the state machine and its builders.
+#[derive(Clone)]
+struct SnapshotStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SnapshotStore {
+    fn batch(meta: &SnapshotMeta, data: Vec<u8>) -> Result<sled::Batch, bincode::Error> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META_KEY, encode(meta)?);
+        batch.insert(SNAPSHOT_DATA_KEY, data);
+        Ok(batch)
+    }
+
+    fn load_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        let read_err = |e: AnyError| snapshot_error(None, ErrorVerb::Read, e);
+        match self
+            .tree
+            .get(SNAPSHOT_META_KEY)
+            .map_err(|e| read_err(AnyError::new(&e)))?
+        {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(
+                decode(&bytes).map_err(|e| read_err(AnyError::new(&e)))?,
+            )),
+        }
+    }
+
+    /// The current snapshot. Meta and data are read in one transaction so a concurrent save
+    /// cannot pair one snapshot's meta with another's data.
+    fn load(&self) -> Result<Option<Snapshot>, StorageError> {
+        let read_err = |e: AnyError| snapshot_error(None, ErrorVerb::Read, e);
+        let (meta, data) = self
+            .tree
+            .transaction(|tx| {
+                Ok::<_, ConflictableTransactionError<()>>((
+                    tx.get(SNAPSHOT_META_KEY)?,
+                    tx.get(SNAPSHOT_DATA_KEY)?,
+                ))
+            })
+            .map_err(|e| read_err(AnyError::error(tx_error(e))))?;
+        match (meta, data) {
+            (Some(meta), Some(data)) => {
+                let meta: SnapshotMeta = decode(&meta).map_err(|e| read_err(AnyError::new(&e)))?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data.to_vec())),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Stores a snapshot built by a [`SnapshotBuilder`] as the current one, unless a newer one
+    /// was stored meanwhile (an install, or a later build that finished first): the current
+    /// snapshot never goes backwards. Then flushes, so it survives the log purge that follows.
+    async fn save_built(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        let write_err = |e: AnyError| snapshot_error(Some(meta), ErrorVerb::Write, e);
+        let batch = Self::batch(meta, data).map_err(|e| write_err(AnyError::new(&e)))?;
+        self.tree
+            .transaction(|tx| {
+                if let Some(bytes) = tx.get(SNAPSHOT_META_KEY)? {
+                    // An undecodable stored meta is replaced rather than trusted.
+                    if let Ok(current) = decode::<SnapshotMeta>(&bytes) {
+                        if current.last_log_id > meta.last_log_id {
+                            return Ok(());
+                        }
+                    }
+                }
+                tx.apply_batch(&batch)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| write_err(AnyError::error(tx_error(e))))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| write_err(AnyError::new(&e)))?;
+        Ok(())
+    }
+}
+
+/// Builds a snapshot from the view taken by `get_snapshot_builder`; runs concurrently with
+/// later applies.
+pub struct SnapshotBuilder {
+    payload: SnapshotPayload,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshots: SnapshotStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let build_err = |e: AnyError| snapshot_error(None, ErrorVerb::Write, e);
+        let data = encode_snapshot(&self.payload).map_err(|e| build_err(AnyError::new(&e)))?;
+        // sled's id generator is monotonic across restarts, so two snapshots at the same log id
+        // still get different ids.
+        let seq = self
+            .snapshots
+            .db
+            .generate_id()
+            .map_err(|e| build_err(AnyError::new(&e)))?;
+        let snapshot_id = match self.last_applied {
+            Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id.term, log_id.index),
+            None => format!("0-0-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        self.snapshots.save_built(&meta, data.clone()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

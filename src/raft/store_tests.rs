@@ -1,0 +1,441 @@
+//! Tests of the sled log store and state machine: openraft's storage conformance suite, plus
+//! what the suite cannot check for us: persistence across reopen, snapshot install replacing
+//! old state, and damaged data reported as an error rather than a panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StorageIOError,
+};
+use tempfile::TempDir;
+
+use super::storage::DATA_FORMAT_VERSION;
+use super::*;
+use crate::queue::{Command, CommandOutput, JobSpec, JobState, QueueState};
+
+const CACHE_BYTES: u64 = 8 << 20;
+
+/// Opens storage in a fresh temporary directory, which lives as long as the guard.
+struct TempStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
+        let (log_store, state_machine) =
+            open_storage(dir.path(), CACHE_BYTES).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, log_store, state_machine))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    // The suite runs each case in its own tokio runtime, so this is a plain test.
+    Suite::test_all(TempStoreBuilder).expect("openraft storage suite");
+}
+
+fn open(dir: &Path) -> (LogStore, StateMachine) {
+    open_storage(dir, CACHE_BYTES).expect("open storage")
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn spec(program: &str) -> JobSpec {
+    JobSpec {
+        argv: vec![program.into()],
+        max_attempts: 1,
+        ..JobSpec::default()
+    }
+}
+
+fn submit(program: &str, key: Option<&str>) -> Command {
+    Command::SubmitJob {
+        spec: spec(program),
+        idempotency_key: key.map(String::from),
+    }
+}
+
+fn normal(term: u64, index: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Proposal {
+            now_ms: 1_700_000_000_000 + index,
+            commands,
+        }),
+    }
+}
+
+fn membership_entry(term: u64, index: u64) -> Entry {
+    let nodes: BTreeMap<NodeId, ReplicaNode> = (1..=3)
+        .map(|id| {
+            let node = ReplicaNode {
+                api_addr: format!("127.0.0.1:{}", 7000 + id),
+                peer_addr: format!("127.0.0.1:{}", 8000 + id),
+            };
+            (id, node)
+        })
+        .collect();
+    let voters: BTreeSet<NodeId> = nodes.keys().copied().collect();
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+    }
+}
+
+fn queue_of(sm: &StateMachine) -> QueueState {
+    sm.queue().read().expect("queue lock").clone()
+}
+
+fn submitted_ids(outcome: &ProposalOutcome) -> Vec<u64> {
+    outcome
+        .results
+        .iter()
+        .map(|r| match r {
+            Ok(CommandOutput::Submitted { job_id, .. }) => *job_id,
+            other => panic!("expected a submit, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Membership at 1, three submits at 2, a cancel and a duplicate submit at 3.
+async fn apply_sample(sm: &mut StateMachine) -> Vec<ProposalOutcome> {
+    sm.apply([
+        membership_entry(1, 1),
+        normal(
+            1,
+            2,
+            vec![
+                submit("a", Some("k-a")),
+                submit("b", None),
+                submit("c", None),
+            ],
+        ),
+        normal(
+            1,
+            3,
+            vec![Command::CancelJob { job_id: 2 }, submit("a", Some("k-a"))],
+        ),
+    ])
+    .await
+    .expect("apply")
+}
+
+#[tokio::test]
+async fn applied_state_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (queue, applied) = {
+        let (_log, mut sm) = open(dir.path());
+        let outcomes = apply_sample(&mut sm).await;
+        assert_eq!(outcomes.len(), 3);
+        assert!(
+            outcomes[0].results.is_empty(),
+            "membership entries have no results"
+        );
+        assert_eq!(submitted_ids(&outcomes[1]), vec![1, 2, 3]);
+        assert!(matches!(
+            outcomes[2].results[1],
+            Ok(CommandOutput::Submitted {
+                job_id: 1,
+                deduplicated: true
+            })
+        ));
+        (queue_of(&sm), sm.applied_state().await.unwrap())
+    };
+    assert_eq!(queue.job(2).unwrap().state, JobState::Cancelled);
+    assert_eq!(applied.0, Some(log_id(1, 3)));
+    assert_eq!(applied.1.log_id(), &Some(log_id(1, 1)));
+
+    let (_log, mut sm) = open(dir.path());
+    assert_eq!(
+        queue_of(&sm),
+        queue,
+        "same jobs, indexes and id sequence after reopen"
+    );
+    assert_eq!(sm.applied_state().await.unwrap(), applied);
+
+    // The id sequence continues where it stopped, and the idempotency index was rebuilt.
+    let outcomes = sm
+        .apply([normal(
+            1,
+            4,
+            vec![submit("d", None), submit("a", Some("k-a"))],
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcomes[0].results[0],
+        Ok(CommandOutput::Submitted {
+            job_id: 4,
+            deduplicated: false
+        })
+    ));
+    assert!(matches!(
+        outcomes[0].results[1],
+        Ok(CommandOutput::Submitted {
+            job_id: 1,
+            deduplicated: true
+        })
+    ));
+}
+
+#[tokio::test]
+async fn installed_snapshot_replaces_old_state() {
+    let source_dir = TempDir::new().unwrap();
+    let target_dir = TempDir::new().unwrap();
+    let (_source_log, mut source) = open(source_dir.path());
+    apply_sample(&mut source).await;
+
+    // The target has jobs the source does not, with ids the snapshot also uses.
+    let (_target_log, mut target) = open(target_dir.path());
+    let jobs: Vec<Command> = (0..10)
+        .map(|i| submit(&format!("old-{i}"), Some(&format!("old-{i}"))))
+        .collect();
+    target.apply([normal(1, 1, jobs)]).await.unwrap();
+    assert_eq!(queue_of(&target).job_count(), 10);
+
+    let snapshot = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 3)));
+    let mut received = target.begin_receiving_snapshot().await.unwrap();
+    *received = *snapshot.snapshot;
+    target
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+
+    let expected = queue_of(&source);
+    assert_eq!(queue_of(&target), expected);
+    assert_eq!(
+        target.applied_state().await.unwrap(),
+        source.applied_state().await.unwrap()
+    );
+    assert_eq!(
+        target.get_current_snapshot().await.unwrap().unwrap().meta,
+        snapshot.meta
+    );
+
+    // And on disk: no row of the old jobs comes back.
+    drop((_target_log, target));
+    let (_target_log, mut target) = open(target_dir.path());
+    assert_eq!(queue_of(&target), expected);
+    assert_eq!(
+        target.applied_state().await.unwrap(),
+        source.applied_state().await.unwrap()
+    );
+    assert_eq!(
+        target.get_current_snapshot().await.unwrap().unwrap().meta,
+        snapshot.meta
+    );
+}
+
+#[tokio::test]
+async fn snapshot_is_a_view_at_builder_creation() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    let mut older_builder = sm.get_snapshot_builder().await;
+    let at_builder = queue_of(&sm);
+    sm.apply([normal(1, 4, vec![submit("later", None)])])
+        .await
+        .unwrap();
+
+    // A snapshot built after the later apply; then the older builder finishes.
+    let newer = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(newer.meta.last_log_id, Some(log_id(1, 4)));
+    let older = older_builder.build_snapshot().await.unwrap();
+    assert_eq!(older.meta.last_log_id, Some(log_id(1, 3)));
+    assert_ne!(older.meta.snapshot_id, newer.meta.snapshot_id);
+    assert_eq!(
+        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        newer.meta,
+        "the current snapshot never goes back to an older one"
+    );
+
+    // The older snapshot holds the state as of its builder's creation, not the later apply.
+    let other_dir = TempDir::new().unwrap();
+    let (_other_log, mut other) = open(other_dir.path());
+    other
+        .install_snapshot(&older.meta, older.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(queue_of(&other), at_builder);
+}
+
+#[tokio::test]
+async fn bad_snapshot_data_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    let before = queue_of(&sm);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id(2, 10)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "2-10-1".into(),
+    };
+    for data in [
+        vec![],
+        vec![0, 0, 0, 1, 0xff, 0xff],
+        vec![0, 0, 0, 9, 1, 2, 3],
+    ] {
+        let result = sm
+            .install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
+            .await;
+        assert!(result.is_err());
+    }
+    assert_eq!(queue_of(&sm), before, "a rejected snapshot changes nothing");
+}
+
+/// Writes a record behind the store's back; `tree` "" is sled's default tree.
+fn raw_tree(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
+    let db = sled::open(dir).unwrap();
+    if tree.is_empty() {
+        db.insert(key, value).unwrap();
+    } else {
+        db.open_tree(tree).unwrap().insert(key, value).unwrap();
+    }
+    db.flush().unwrap();
+}
+
+fn expect_corrupt(dir: &Path) -> String {
+    match open_storage(dir, CACHE_BYTES) {
+        Err(e @ StorageOpenError::Corrupt { .. }) => e.to_string(),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("expected Corrupt, got an open store"),
+    }
+}
+
+#[tokio::test]
+async fn corrupt_job_row_is_an_open_error() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+    }
+    let mut key = b"job/".to_vec();
+    key.extend_from_slice(&2u64.to_be_bytes());
+    raw_tree(dir.path(), "sm", &key, &[0xff; 5]);
+    let message = expect_corrupt(dir.path());
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("job 2"), "{message}");
+    assert!(message.contains("move it aside"), "{message}");
+}
+
+#[tokio::test]
+async fn corrupt_meta_and_log_records_are_open_errors() {
+    for (tree, key, value) in [
+        ("sm", b"meta/last_applied".to_vec(), vec![1u8, 2]),
+        ("sm", b"unknown".to_vec(), vec![1u8]),
+        ("raft_meta", b"vote".to_vec(), vec![7u8]),
+        ("raft_log", 5u64.to_be_bytes().to_vec(), vec![0xffu8; 3]),
+        ("snapshot", b"meta".to_vec(), vec![0xffu8; 3]),
+    ] {
+        let dir = TempDir::new().unwrap();
+        drop(open(dir.path()));
+        raw_tree(dir.path(), tree, &key, &value);
+        expect_corrupt(dir.path());
+    }
+}
+
+#[test]
+fn foreign_or_newer_directories_are_refused() {
+    let dir = TempDir::new().unwrap();
+    raw_tree(dir.path(), "someone-else", b"k", b"v");
+    assert!(expect_corrupt(dir.path()).contains("format marker"));
+
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path()));
+    raw_tree(
+        dir.path(),
+        "",
+        b"scaleout/format",
+        &(DATA_FORMAT_VERSION + 1).to_be_bytes(),
+    );
+    match open_storage(dir.path(), CACHE_BYTES) {
+        Err(StorageOpenError::UnsupportedFormat { found, .. }) => {
+            assert_eq!(found, DATA_FORMAT_VERSION + 1)
+        }
+        Err(other) => panic!("expected UnsupportedFormat, got {other}"),
+        Ok(_) => panic!("expected UnsupportedFormat, got an open store"),
+    }
+}
+
+#[test]
+fn a_directory_in_use_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let _first = open(dir.path());
+    match open_storage(dir.path(), CACHE_BYTES) {
+        Err(e @ StorageOpenError::Locked { .. }) => {
+            assert!(e.to_string().contains("in use"), "{e}")
+        }
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("expected Locked, got a second open store"),
+    }
+}
+
+#[tokio::test]
+async fn log_and_vote_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let entries = vec![
+        membership_entry(1, 1),
+        Entry {
+            log_id: log_id(1, 2),
+            payload: EntryPayload::Blank,
+        },
+        normal(2, 3, vec![submit("a", None)]),
+        normal(2, 4, vec![submit("b", None), submit("c", None)]),
+    ];
+    let vote = Vote::new_committed(2, 1);
+    {
+        let (mut log, _sm) = open(dir.path());
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.save_vote(&vote).await.unwrap();
+        assert_eq!(log.committed_index(), None);
+        log.save_committed(Some(log_id(2, 3))).await.unwrap();
+        assert_eq!(log.clone().committed_index(), Some(3), "clones share it");
+    }
+    let (mut log, _sm) = open(dir.path());
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 3)));
+    assert_eq!(
+        log.committed_index(),
+        Some(3),
+        "the status read is loaded at open"
+    );
+    assert_eq!(log.try_get_log_entries(1..=4).await.unwrap(), entries);
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(2, 4)));
+    assert_eq!(state.last_purged_log_id, None);
+
+    // Purge and truncate, then reopen again: no hole, the purge point is remembered.
+    log.purge(log_id(1, 2)).await.unwrap();
+    log.truncate(log_id(2, 4)).await.unwrap();
+    drop((log, _sm));
+    let (mut log, _sm) = open(dir.path());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 3)));
+    assert_eq!(
+        log.try_get_log_entries(..).await.unwrap(),
+        entries[2..3].to_vec()
+    );
+    assert_eq!(
+        log.try_get_log_entries(3..3).await.unwrap(),
+        Vec::<Entry>::new()
+    );
+}

@@ -1,0 +1,454 @@
+//! Multi-replica tests against real `scaleout master` processes.
+//!
+//! They run one at a time (a lock): on a 2-core machine, clusters started in parallel starve
+//! each other's elections. Every wait is a condition with a deadline that tolerates a loaded
+//! machine; every process is killed when its cluster is dropped.
+
+use std::path::Path;
+use std::time::Duration;
+
+use scaleout::client::Client;
+use scaleout::harness::{ClusterOptions, LocalCluster};
+use scaleout::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
+use scaleout::pb::v1::job_service_client::JobServiceClient;
+use scaleout::pb::v1::{self, SubmitJobRequest};
+use tokio::sync::Mutex;
+use tonic_types::StatusExt;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+const ELECTION: Duration = Duration::from_secs(60);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scaleout"))
+}
+
+fn spec(n: u64) -> v1::JobSpec {
+    v1::JobSpec {
+        argv: vec!["/bin/echo".into(), format!("job {n}")],
+        name: format!("job-{n}"),
+        max_attempts: 1,
+        ..Default::default()
+    }
+}
+
+async fn submit_many(client: &Client, range: std::ops::Range<u64>) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for n in range {
+        let reply = client
+            .submit_job(spec(n), Some(format!("key-{n}")))
+            .await
+            .expect("submit");
+        ids.push(reply.job_id);
+    }
+    ids
+}
+
+fn followers(cluster: &LocalCluster, leader: u64) -> Vec<u64> {
+    cluster
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .filter(|id| *id != leader)
+        .collect()
+}
+
+async fn applied_on_leader(cluster: &LocalCluster, leader: u64) -> u64 {
+    let status = cluster.status_of(leader).await.expect("leader status");
+    status
+        .replicas
+        .iter()
+        .find(|r| r.id == leader)
+        .and_then(|r| r.applied_index)
+        .expect("leader applied index")
+}
+
+/// Reads every job on one replica's local state.
+async fn assert_jobs_on(cluster: &LocalCluster, id: u64, jobs: &[u64]) {
+    let client =
+        Client::new(&[cluster.replica(id).expect("replica").api_addr.clone()]).expect("client");
+    for job in jobs {
+        let found = client.get_job(*job, true).await;
+        assert!(
+            found.is_ok(),
+            "job {job} missing on replica {id}: {found:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_configs_elect_exactly_one_leader_seen_by_all() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::configure_in_temp_dir(binary(), ClusterOptions::default())
+        .expect("configure");
+    // Use the shipped sample configs, moved onto free ports and a temp data dir.
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/local");
+    for replica in &cluster.replicas {
+        let mut text = std::fs::read_to_string(samples.join(format!("master-{}.toml", replica.id)))
+            .expect("sample config");
+        for (index, other) in cluster.replicas.iter().enumerate() {
+            text = text
+                .replace(&format!("127.0.0.1:710{}", index + 1), &other.api_addr)
+                .replace(&format!("127.0.0.1:720{}", index + 1), &other.peer_addr);
+        }
+        let text: String = text
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("data_dir") {
+                    format!("data_dir = \"{}\"", replica.data_dir.display())
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&replica.config_path, text).expect("write config");
+    }
+    cluster.start_all().expect("start");
+    let (leader, term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+
+    // Ask each replica through the CLI, as a user would.
+    let mut leaders = 0;
+    for replica in &cluster.replicas {
+        let output = std::process::Command::new(binary())
+            .args([
+                "cluster",
+                "status",
+                "--output",
+                "json",
+                "--endpoints",
+                &replica.api_addr,
+            ])
+            .output()
+            .expect("run cluster status");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(
+            status["leader_id"], leader,
+            "replica {} sees another leader",
+            replica.id
+        );
+        assert_eq!(
+            status["term"], term,
+            "replica {} sees another term",
+            replica.id
+        );
+        assert_eq!(status["answered_by"], replica.id);
+        let replicas = status["replicas"].as_array().expect("replicas");
+        assert_eq!(replicas.len(), 3);
+        let own = replicas
+            .iter()
+            .find(|r| r["id"] == replica.id)
+            .expect("own row");
+        assert_eq!(own["api_addr"], replica.api_addr.as_str());
+        assert_eq!(own["peer_addr"], replica.peer_addr.as_str());
+        assert!(own["applied_index"].as_u64().is_some());
+        if own["role"] == "leader" {
+            leaders += 1;
+        }
+    }
+    assert_eq!(leaders, 1, "exactly one replica calls itself leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_redirects_to_the_leader() {
+    let _serial = SERIAL.lock().await;
+    let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
+    let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let follower = followers(&cluster, leader)[0];
+    let follower_addr = cluster
+        .replica(follower)
+        .expect("follower")
+        .api_addr
+        .clone();
+    let leader_addr = cluster.replica(leader).expect("leader").api_addr.clone();
+
+    // The raw answer of a follower.
+    let mut raw = JobServiceClient::connect(format!("http://{follower_addr}"))
+        .await
+        .expect("dial");
+    let status = raw
+        .submit_job(SubmitJobRequest {
+            spec: Some(spec(1)),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect_err("a follower does not accept writes");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, REASON_NOT_LEADER);
+    assert_eq!(info.metadata.get("leader_addr"), Some(&leader_addr));
+    assert_eq!(info.metadata.get("leader_id"), Some(&leader.to_string()));
+    let header = status
+        .metadata()
+        .get(LEADER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(header, Some(leader_addr.as_str()));
+
+    // The client, given only the follower, follows the redirect.
+    let client = Client::new(&[follower_addr]).expect("client");
+    let reply = client
+        .submit_job(spec(2), None)
+        .await
+        .expect("submit through a follower");
+    let job = client
+        .get_job(reply.job_id, false)
+        .await
+        .expect("linearizable read");
+    assert_eq!(job.id, reply.job_id);
+
+    // Resubmitting with the same key returns the same job.
+    let first = client
+        .submit_job(spec(3), Some("same-key".into()))
+        .await
+        .expect("submit");
+    let again = client
+        .submit_job(spec(3), Some("same-key".into()))
+        .await
+        .expect("resubmit");
+    assert_eq!(first.job_id, again.job_id);
+    assert!(!first.deduplicated);
+    assert!(again.deduplicated);
+    let other = client.submit_job(spec(4), Some("same-key".into())).await;
+    let rejected = other
+        .expect_err("same key, other spec")
+        .status()
+        .map(|s| s.code());
+    assert_eq!(rejected, Some(tonic::Code::AlreadyExists));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_nothing_and_it_rejoins() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
+    let (old_leader, old_term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    let before = submit_many(&client, 0..40).await;
+
+    cluster.kill(old_leader).expect("kill -9");
+    let after = submit_many(&client, 40..60).await;
+    let (new_leader, new_term) = cluster
+        .wait_for_leader(ELECTION)
+        .await
+        .expect("a new leader");
+    assert_ne!(new_leader, old_leader);
+    assert!(new_term > old_term);
+    for job in &before {
+        client
+            .get_job(*job, false)
+            .await
+            .expect("acknowledged before the kill");
+    }
+
+    cluster.restart(old_leader).expect("restart");
+    let applied = applied_on_leader(&cluster, new_leader).await;
+    cluster
+        .wait_for_applied(old_leader, applied, ELECTION)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{e}\n{}", cluster.log_tail(old_leader, 30));
+        });
+    let (leader_now, _) = cluster.wait_for_leader(ELECTION).await.expect("leader");
+    assert_ne!(
+        leader_now, old_leader,
+        "the restarted replica rejoins as a follower"
+    );
+    assert_jobs_on(&cluster, old_leader, &[before.clone(), after].concat()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_restart_keeps_every_job_without_reinitializing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
+    cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    let jobs = submit_many(&client, 0..30).await;
+    client.cancel_job(jobs[3]).await.expect("cancel");
+
+    for id in 1..=3 {
+        cluster.kill(id).expect("kill -9");
+    }
+    cluster.start_all().expect("restart all");
+    cluster
+        .wait_for_leader(ELECTION)
+        .await
+        .expect("a leader after restart");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    let listed = client.list_all_jobs(None, false).await.expect("list");
+    let ids: Vec<u64> = listed.iter().map(|j| j.id).collect();
+    assert_eq!(ids, jobs, "every acknowledged job, in order, nothing else");
+    let cancelled = listed
+        .iter()
+        .find(|j| j.id == jobs[3])
+        .expect("cancelled job");
+    assert_eq!(cancelled.state, v1::JobState::Cancelled as i32);
+    // Ids continue after the restart: the sequence was persisted, not re-initialized.
+    let next = client.submit_job(spec(99), None).await.expect("submit");
+    assert!(next.job_id > *jobs.iter().max().expect("jobs"));
+    for replica in &cluster.replicas {
+        let log = std::fs::read_to_string(&replica.log_path).expect("log");
+        assert!(log.matches("initialized a new cluster").count() <= 1);
+        assert!(
+            log.contains("rejoining the cluster without initializing"),
+            "replica {} should have found its state on restart",
+            replica.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_catches_up_by_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let options = ClusterOptions {
+        overrides: vec![
+            "raft.snapshot_every_logs=20".into(),
+            "raft.keep_logs_after_snapshot=0".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = LocalCluster::start(binary(), options).expect("start");
+    let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let lagging = followers(&cluster, leader)[1];
+    cluster.kill(lagging).expect("kill");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    // One submit per entry: enough entries for several snapshots and purges.
+    let jobs = submit_many(&client, 0..120).await;
+
+    cluster.restart(lagging).expect("restart");
+    let applied = applied_on_leader(&cluster, leader).await;
+    cluster
+        .wait_for_applied(lagging, applied, ELECTION)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{e}\n{}", cluster.log_tail(lagging, 30));
+        });
+    assert_jobs_on(&cluster, lagging, &jobs).await;
+    let log =
+        std::fs::read_to_string(&cluster.replica(lagging).expect("replica").log_path).expect("log");
+    assert!(
+        log.contains("installed snapshot"),
+        "the catch-up went through a snapshot install"
+    );
+}
+
+/// Sends raw bytes as a gRPC request body, to test what a replica does with garbage.
+mod raw {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Default)]
+    pub struct BytesCodec;
+
+    pub struct BytesCoder;
+
+    impl Encoder for BytesCoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            use bytes::BufMut;
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for BytesCoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            use bytes::Buf;
+            let mut out = vec![0; src.remaining()];
+            src.copy_to_slice(&mut out);
+            Ok(Some(out))
+        }
+    }
+
+    impl Codec for BytesCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = BytesCoder;
+        type Decoder = BytesCoder;
+
+        fn encoder(&mut self) -> BytesCoder {
+            BytesCoder
+        }
+
+        fn decoder(&mut self) -> BytesCoder {
+            BytesCoder
+        }
+    }
+
+    pub async fn call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(usize::MAX);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+        grpc.unary(tonic::Request::new(body), path, BytesCodec)
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_messages_get_an_error_and_the_replica_keeps_serving() {
+    let _serial = SERIAL.lock().await;
+    let options = ClusterOptions {
+        replicas: 1,
+        ..ClusterOptions::default()
+    };
+    let cluster = LocalCluster::start(binary(), options).expect("start");
+    cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let addr = cluster.replica(1).expect("replica").api_addr.clone();
+    let peer = cluster.replica(1).expect("replica").peer_addr.clone();
+
+    let garbage = raw::call(&addr, "/scaleout.v1.JobService/SubmitJob", vec![0xff; 64]).await;
+    let status = garbage.expect_err("garbage is refused");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::Internal | tonic::Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+
+    let oversize = raw::call(&addr, "/scaleout.v1.JobService/SubmitJob", vec![0; 5 << 20]).await;
+    let status = oversize.expect_err("an oversize message is refused");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+        ),
+        "{status:?}"
+    );
+
+    let raft_garbage = raw::call(
+        &peer,
+        "/scaleout.raft.v1.RaftService/AppendEntries",
+        vec![0x0a, 0x03, 1, 2, 3],
+    )
+    .await;
+    let status = raft_garbage.expect_err("an undecodable raft message is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    let client = cluster.client().expect("client");
+    let reply = client
+        .submit_job(spec(1), None)
+        .await
+        .expect("still serving");
+    client
+        .get_job(reply.job_id, false)
+        .await
+        .expect("still reading");
+}

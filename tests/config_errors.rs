@@ -1,0 +1,157 @@
+//! A replica given a bad config exits with code 2 and an error that names the key.
+
+use std::path::Path;
+use std::process::Command;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scaleout"))
+}
+
+const MEMBERS: &str = r#"
+[[members]]
+id = 1
+api = "127.0.0.1:17101"
+peer = "127.0.0.1:17201"
+[[members]]
+id = 2
+api = "127.0.0.1:17102"
+peer = "127.0.0.1:17202"
+"#;
+
+/// Runs `scaleout master` on `config` and returns (exit code, stderr).
+fn run_master(config: &str, dir: &Path) -> (Option<i32>, String) {
+    let path = dir.join("master.toml");
+    std::fs::write(&path, config).expect("write config");
+    let output = Command::new(binary())
+        .args(["master", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run scaleout master");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_config_mistake_exits_2_and_names_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let base = format!(
+        "id = 1\ndata_dir = \"{}\"\ninsecure = true\n",
+        data.display()
+    );
+    let unwritable = dir.path().join("file-not-dir");
+    std::fs::write(&unwritable, "x").expect("write");
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{base}heartbeat_ms = 5\n{MEMBERS}"), "heartbeat_ms"),
+        (format!("{base}{MEMBERS}[raft]\nheartbeat_ms = 5\n"), "raft.heartbeat_ms"),
+        (
+            format!("{base}{MEMBERS}[[members]]\nid = 2\napi = \"127.0.0.1:17103\"\npeer = \"127.0.0.1:17203\"\n"),
+            "members",
+        ),
+        (
+            format!("{base}{MEMBERS}[[members]]\nid = 3\napi = \"127.0.0.1:17101\"\npeer = \"127.0.0.1:17203\"\n"),
+            "127.0.0.1:17101",
+        ),
+        (format!("id = 9\ndata_dir = \"{}\"\ninsecure = true\n{MEMBERS}", data.display()), "id"),
+        (
+            format!("id = 1\ndata_dir = \"{}\"\ninsecure = true\n{MEMBERS}", unwritable.join("sub").display()),
+            "data_dir",
+        ),
+        (format!("{base}{MEMBERS}[raft]\nheartbeat_interval_ms = 0\n"), "heartbeat_interval_ms"),
+        (
+            format!("{base}{MEMBERS}[raft]\nelection_timeout_min_ms = 900\nelection_timeout_max_ms = 500\n"),
+            "election_timeout_max_ms",
+        ),
+        (
+            format!("{base}{MEMBERS}[raft]\nheartbeat_interval_ms = 300\nelection_timeout_min_ms = 400\n"),
+            "election_timeout_min_ms",
+        ),
+        (format!("{base}{MEMBERS}").replace("127.0.0.1:17202", "127.0.0.1:port"), "members[1].peer"),
+        (format!("{base}[raft\n"), "master.toml"),
+    ];
+    for (config, key) in cases {
+        let (code, stderr) = run_master(&config, dir.path());
+        assert_eq!(code, Some(2), "exit code for a mistake in {key}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "the error should name {key:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_exits_2_and_names_the_file() {
+    let output = Command::new(binary())
+        .args(["master", "--config", "/nonexistent/master.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/master.toml"));
+}
+
+#[test]
+fn a_corrupt_data_dir_exits_2_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("sled")).expect("mkdir");
+    std::fs::write(data.join("sled").join("conf"), b"\xff\xfe garbage").expect("corrupt");
+    std::fs::write(
+        data.join("sled").join("db"),
+        b"\x00\x01\x02 not a sled file",
+    )
+    .expect("corrupt");
+    let config = format!(
+        "id = 1\ndata_dir = \"{}\"\ninsecure = true\n{MEMBERS}",
+        data.display()
+    );
+    let (code, stderr) = run_master(&config, dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&data.join("sled").display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn client_commands_exit_3_when_the_cluster_is_unreachable() {
+    let output = Command::new(binary())
+        .args([
+            "job",
+            "get",
+            "1",
+            "--endpoints",
+            "127.0.0.1:1",
+            "--timeout-secs",
+            "1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn an_invalid_job_spec_exits_2_before_any_network_call() {
+    let output = Command::new(binary())
+        .args([
+            "job",
+            "submit",
+            "--worker",
+            "not-a-uuid",
+            "--endpoints",
+            "127.0.0.1:1",
+            "--",
+            "echo",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not-a-uuid"));
+}
