@@ -105,6 +105,9 @@ impl LoadError {
     }
 }
 
+/// How long opening waits for another holder of the data dir's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Opens (creating it if needed) the sled database in `dir` and loads the log store and the state
 /// machine from it.
 ///
@@ -117,12 +120,22 @@ pub fn open_storage(
     // Durability comes from explicit `flush_async` calls (log appends, votes, snapshots); sled's
     // periodic background flush (`flush_every_ms`, default 500 ms) is left as it is but nothing
     // relies on it.
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(cache_capacity_bytes)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .map_err(|e| sled_open_error(dir, e))?;
+        .mode(sled::Mode::HighThroughput);
+    // sled releases its file lock only when its background flusher lets go of the dropped
+    // database, a moment after the last handle is gone; a replica restarted in the same process
+    // (or a previous process still exiting) would otherwise be refused. Wait for that, briefly.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match config.open().map_err(|e| sled_open_error(dir, e)) {
+            Err(StorageOpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other?,
+        }
+    };
     check_format(&db).map_err(|e| e.at(dir))?;
     let log_store = LogStore::open(&db).map_err(|e| e.at(dir))?;
     let state_machine = StateMachine::open(&db).map_err(|e| e.at(dir))?;
