@@ -35,7 +35,7 @@ const PER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const MAX_REDIRECT_HOPS: usize = 16;
 const BACKOFF_START: Duration = Duration::from_millis(25);
-const BACKOFF_MAX: Duration = Duration::from_millis(400);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]

@@ -19,27 +19,27 @@
 //! ```
 //!
 //! # Keys
-//! Required: `id`, `data_dir`, `members`. Everything else has a default (shown in brackets).
+//! Required: `id`, `data_dir`, `members`. Everything else has a default (shown in parentheses).
 //!
 //! | key | meaning |
 //! |-----|---------|
 //! | `id` | This replica's Raft node id, a non-negative integer; one of the `members` ids. |
 //! | `data_dir` | Directory for the Raft log, vote and state machine. Created if missing; must be writable. A relative path in the file is relative to the **config file's directory**; a relative path given by env or `--set` is relative to the current directory. |
-//! | `insecure` | [`false`] Serve and dial plaintext gRPC without authentication. TLS is not available in this version yet, so this must be set to `true`. |
-//! | `api_listen` | [this replica's `api`] Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
-//! | `peer_listen` | [this replica's `peer`] Socket address the Raft (replica to replica) service binds. |
+//! | `insecure` | (default: `false`) Serve and dial plaintext gRPC without authentication. TLS is not available in this version yet, so this must be set to `true`. |
+//! | `api_listen` | (default: this replica's `api`) Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
+//! | `peer_listen` | (default: this replica's `peer`) Socket address the Raft (replica to replica) service binds. |
 //! | `members` | The static bootstrap member list, an array of tables (`[[members]]`), identical in every replica's file. Each entry has `id`, `api` (host:port that clients and workers dial) and `peer` (host:port that other replicas dial). All ids and all addresses must be distinct. |
-//! | `raft.heartbeat_interval_ms` | [100] Leader heartbeat interval; also openraft's append RPC deadline. |
-//! | `raft.election_timeout_min_ms` | [400] Lower bound of the randomized election timeout; at least twice the heartbeat interval. |
-//! | `raft.election_timeout_max_ms` | [800] Upper bound of the election timeout; greater than the minimum. |
-//! | `raft.snapshot_every_logs` | [10000] Build a snapshot after this many log entries since the last one. |
-//! | `raft.keep_logs_after_snapshot` | [1000] Log entries kept behind a snapshot so lagging followers can catch up without one. |
-//! | `raft.install_snapshot_timeout_ms` | [10000] Deadline for sending one snapshot to a follower. |
-//! | `proposals.max_batch` | [512] Group commit: at most this many commands per Raft entry (1..=10000). |
-//! | `proposals.linger_us` | [500] How long a batch waits for more commands before it is proposed (at most 100000 µs). |
-//! | `proposals.max_in_flight` | [4] Batches proposed concurrently (at least 1). |
-//! | `storage.cache_capacity_mb` | [64] sled page cache size in MiB (at least 1). |
-//! | `api.max_message_bytes` | [4194304] Largest gRPC message accepted or sent, on both the API and the peer service (64 KiB..=256 MiB). |
+//! | `raft.heartbeat_interval_ms` | (default: 100) Leader heartbeat interval; also openraft's append RPC deadline. |
+//! | `raft.election_timeout_min_ms` | (default: 400) Lower bound of the randomized election timeout; at least twice the heartbeat interval. |
+//! | `raft.election_timeout_max_ms` | (default: 800) Upper bound of the election timeout; greater than the minimum. |
+//! | `raft.snapshot_every_logs` | (default: 10000) Build a snapshot after this many log entries since the last one. |
+//! | `raft.keep_logs_after_snapshot` | (default: 1000) Log entries kept behind a snapshot so lagging followers can catch up without one. |
+//! | `raft.install_snapshot_timeout_ms` | (default: 10000) Deadline for sending one snapshot to a follower. |
+//! | `proposals.max_batch` | (default: 512) Group commit: at most this many commands per Raft entry (1..=10000). |
+//! | `proposals.linger_us` | (default: 500) How long a batch waits for more commands before it is proposed (at most 100000 µs). |
+//! | `proposals.max_in_flight` | (default: 4) Batches proposed concurrently (at least 1). |
+//! | `storage.cache_capacity_mb` | (default: 64) sled page cache size in MiB (at least 1). |
+//! | `api.max_message_bytes` | (default: 4194304) Largest gRPC message accepted or sent, on both the API and the peer service (64 KiB..=256 MiB). |
 //!
 //! # Overrides
 //! Every key can be overridden. Sources, in increasing precedence:

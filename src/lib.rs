@@ -12,7 +12,7 @@
 //! - [`config`]: replica configuration, validated with clear errors.
 //! - [`pb`]: generated protobuf types and their conversions to the domain.
 //! - [`telemetry`]: logging, every line naming the replica and its term.
-//! - [`cli`], [`demo`], [`bench`]: what the binary runs; [`harness`] starts local clusters of
+//! - [`cli`], [`demo`], [`bench`](mod@bench): what the binary runs; [`harness`] starts local clusters of
 //!   real replica processes for them and for the tests.
 
 pub mod bench;
