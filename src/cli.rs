@@ -80,14 +80,14 @@ pub struct ClientArgs {
     #[arg(long)]
     pub stale: bool,
     /// Give up after this many seconds (redirects and retries included).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
 }
 
 impl ClientArgs {
     fn client(&self) -> Result<Client, CliError> {
         Ok(Client::new(&self.endpoints)?
-            .with_deadline(std::time::Duration::from_secs(self.timeout_secs.max(1))))
+            .with_deadline(std::time::Duration::from_secs(self.timeout_secs)))
     }
 }
 

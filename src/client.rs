@@ -31,6 +31,7 @@ use crate::pb::v1::{
 };
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 const PER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const MAX_REDIRECT_HOPS: usize = 16;
@@ -89,9 +90,11 @@ fn classify(status: Status) -> Next {
         }
         return Next::OtherEndpoint(status.message().to_string());
     }
-    let transport = matches!(status.code(), Code::Unknown | Code::Cancelled)
+    // A call cut short (our own per-call timeout shows as CANCELLED) or a broken connection:
+    // another replica may serve it. UNKNOWN is retried only when the transport says it failed.
+    let transport = status.code() == Code::Unknown
         && (status.message().contains("transport") || status.message().contains("connection"));
-    if transport || status.code() == Code::DeadlineExceeded {
+    if transport || matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded) {
         return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
     }
     Next::GiveUp(status)
@@ -132,9 +135,9 @@ impl Client {
         })
     }
 
-    /// How long one call may take in all, redirects and retries included.
+    /// How long one call may take in all, redirects and retries included (at most a day).
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+        self.deadline = deadline.min(MAX_DEADLINE);
         self
     }
 

@@ -208,6 +208,18 @@ impl LocalCluster {
         for key_value in &self.options.overrides {
             command.arg("--set").arg(key_value);
         }
+        // If this process dies without unwinding (SIGKILL, a CI timeout), the kernel kills the
+        // replicas too, so none is left holding its ports. The signal follows the spawning
+        // *thread*: clusters are started from a test's or the CLI's main thread, which lives as
+        // long as the cluster.
+        // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
+        // system call.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;

@@ -44,7 +44,7 @@ enum Command {
     /// Start three local replicas, submit jobs, kill the leader, and show that nothing was lost.
     Demo {
         /// Jobs to submit in all.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=10_000))]
         jobs: u32,
     },
     /// Benchmarks.
@@ -99,13 +99,13 @@ struct BenchSubmitArgs {
     /// Replicas to load; when not given, a local 3-replica cluster is started in a temp dir.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
-    #[arg(long, default_value_t = 64)]
-    submitters: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    submitters: u64,
     /// Submits in all.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     count: u64,
     /// Stop after this many seconds even if `count` is not reached.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_seconds: u64,
     /// After the load, measure a replica's resident memory and its restart time.
     #[arg(long)]
@@ -117,7 +117,13 @@ struct BenchSubmitArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_replica = matches!(cli.command, Command::Master { .. });
-    scaleout::telemetry::init(cli.log_format, if is_replica { "info" } else { "warn" });
+    // openraft narrates every vote and replication step at info; its warnings are what matter.
+    let default_filter = if is_replica {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
+    scaleout::telemetry::init(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -149,7 +155,7 @@ fn main() -> ExitCode {
             } => {
                 let options = scaleout::bench::SubmitBench {
                     endpoints: args.endpoints,
-                    submitters: args.submitters,
+                    submitters: args.submitters as usize,
                     count: args.count,
                     max_seconds: args.max_seconds,
                     measure_restart: args.measure_restart,

@@ -62,15 +62,36 @@ async fn applied_on_leader(cluster: &LocalCluster, leader: u64) -> u64 {
         .expect("leader applied index")
 }
 
-/// Reads every job on one replica's local state.
-async fn assert_jobs_on(cluster: &LocalCluster, id: u64, jobs: &[u64]) {
+/// The jobs as one replica's local state has them: (id, name, state, created index).
+async fn local_jobs(cluster: &LocalCluster, id: u64) -> Vec<(u64, String, i32, u64)> {
     let client =
         Client::new(&[cluster.replica(id).expect("replica").api_addr.clone()]).expect("client");
-    for job in jobs {
-        let found = client.get_job(*job, true).await;
+    let jobs = client.list_all_jobs(None, true).await.expect("stale list");
+    jobs.into_iter()
+        .map(|job| {
+            (
+                job.id,
+                job.spec.unwrap_or_default().name,
+                job.state,
+                job.created_index,
+            )
+        })
+        .collect()
+}
+
+/// Every acknowledged job is on replica `id`, and its state equals the leader's row for row:
+/// a replayed or re-ordered entry would show as a different id, state or created index.
+async fn assert_same_jobs(cluster: &LocalCluster, id: u64, leader: u64, acknowledged: &[u64]) {
+    let on_replica = local_jobs(cluster, id).await;
+    let on_leader = local_jobs(cluster, leader).await;
+    assert_eq!(
+        on_replica, on_leader,
+        "replica {id} differs from leader {leader}"
+    );
+    for job in acknowledged {
         assert!(
-            found.is_ok(),
-            "job {job} missing on replica {id}: {found:?}"
+            on_replica.iter().any(|row| row.0 == *job),
+            "acknowledged job {job} missing on replica {id}"
         );
     }
 }
@@ -256,7 +277,7 @@ async fn killing_the_leader_loses_nothing_and_it_rejoins() {
         leader_now, old_leader,
         "the restarted replica rejoins as a follower"
     );
-    assert_jobs_on(&cluster, old_leader, &[before.clone(), after].concat()).await;
+    assert_same_jobs(&cluster, old_leader, leader_now, &[before, after].concat()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,13 +346,48 @@ async fn a_lagging_replica_catches_up_by_snapshot() {
         .unwrap_or_else(|e| {
             panic!("{e}\n{}", cluster.log_tail(lagging, 30));
         });
-    assert_jobs_on(&cluster, lagging, &jobs).await;
+    assert_same_jobs(&cluster, lagging, leader, &jobs).await;
     let log =
         std::fs::read_to_string(&cluster.replica(lagging).expect("replica").log_path).expect("log");
     assert!(
         log.contains("installed snapshot"),
         "the catch-up went through a snapshot install"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_a_backlog_larger_than_one_message() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
+    let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let lagging = followers(&cluster, leader)[0];
+    cluster.kill(lagging).expect("kill");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    // About 6 MiB of backlog, more than the 4 MiB API limit and any one append.
+    let payload = "x".repeat(20_000);
+    let mut jobs = Vec::new();
+    for n in 0..300u64 {
+        let mut job = spec(n);
+        job.argv.push(payload.clone());
+        jobs.push(
+            client
+                .submit_job(job, Some(format!("big-{n}")))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    cluster.restart(lagging).expect("restart");
+    let applied = applied_on_leader(&cluster, leader).await;
+    cluster
+        .wait_for_applied(lagging, applied, ELECTION)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{e}\n{}", cluster.log_tail(lagging, 30));
+        });
+    assert_same_jobs(&cluster, lagging, leader, &jobs).await;
+    let (leader_now, _) = cluster.wait_for_leader(ELECTION).await.expect("leader");
+    assert_eq!(leader_now, leader, "the catch-up caused no election");
 }
 
 /// Sends raw bytes as a gRPC request body, to test what a replica does with garbage.

@@ -24,14 +24,22 @@ pub struct JobApi {
     raft: Raft,
     proposer: Proposer,
     queue: SharedQueue,
+    /// Replies are kept under this size (half the message limit: room for framing).
+    max_reply_bytes: usize,
 }
 
 impl JobApi {
-    pub fn new(raft: Raft, proposer: Proposer, queue: SharedQueue) -> Self {
+    pub fn new(
+        raft: Raft,
+        proposer: Proposer,
+        queue: SharedQueue,
+        max_message_bytes: usize,
+    ) -> Self {
         JobApi {
             raft,
             proposer,
             queue,
+            max_reply_bytes: max_message_bytes / 2,
         }
     }
 
@@ -152,9 +160,23 @@ impl JobService for JobApi {
         self.read_barrier(request.stale).await?;
         let page =
             self.with_queue(|queue| queue.list(state, request.after_id, request.limit as usize));
+        // A page of large jobs can outgrow one message: stop early and let the caller page on.
+        let mut jobs = Vec::with_capacity(page.jobs.len());
+        let mut bytes = 0;
+        let mut next_after_id = page.next_after.unwrap_or(0);
+        for job in &page.jobs {
+            let job = crate::pb::v1::Job::from(job);
+            let size = prost::Message::encoded_len(&job) + 8;
+            if !jobs.is_empty() && bytes + size > self.max_reply_bytes {
+                next_after_id = jobs.last().map_or(0, |last: &crate::pb::v1::Job| last.id);
+                break;
+            }
+            bytes += size;
+            jobs.push(job);
+        }
         Ok(Response::new(ListJobsResponse {
-            jobs: page.jobs.iter().map(Into::into).collect(),
-            next_after_id: page.next_after.unwrap_or(0),
+            jobs,
+            next_after_id,
         }))
     }
 

@@ -32,8 +32,14 @@ pub enum ProposeError {
     Raft(String),
 }
 
+/// How long a proposal may wait for its commit before its callers are told the outcome is
+/// unknown (they retry with the same idempotency key).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Pending {
     command: Command,
+    /// Encoded size, measured in the caller's task so the batcher only adds.
+    bytes: usize,
     reply: oneshot::Sender<Result<CommandResult, ProposeError>>,
 }
 
@@ -44,12 +50,15 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task; it ends when every handle is dropped.
-    pub fn start(raft: Raft, settings: &ProposalSettings) -> Proposer {
+    /// Starts the batching task; it ends when every handle is dropped. A batch holds at most
+    /// `max_batch_bytes` of encoded commands (but always at least one command), so one log
+    /// entry always fits in one replica-to-replica message.
+    pub fn start(raft: Raft, settings: &ProposalSettings, max_batch_bytes: usize) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
         let batcher = Batcher {
             raft,
             max_batch: settings.max_batch.max(1),
+            max_batch_bytes,
             linger: Duration::from_micros(settings.linger_us),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
         };
@@ -60,8 +69,13 @@ impl Proposer {
     /// Proposes one command and waits until it is committed and applied.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
         let (reply, result) = oneshot::channel();
+        let bytes = bincode::serialized_size(&command).map_or(usize::MAX, |n| n as usize);
         self.queue
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                bytes,
+                reply,
+            })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         result.await.map_err(|_| ProposeError::ShuttingDown)?
@@ -71,32 +85,46 @@ impl Proposer {
 struct Batcher {
     raft: Raft,
     max_batch: usize,
+    max_batch_bytes: usize,
     linger: Duration,
     in_flight: Arc<Semaphore>,
 }
 
 impl Batcher {
     async fn run(self, mut rx: mpsc::Receiver<Pending>) {
-        while let Some(first) = rx.recv().await {
+        // A command that did not fit the previous batch starts the next one.
+        let mut carried: Option<Pending> = None;
+        loop {
+            let first = match carried.take() {
+                Some(pending) => pending,
+                None => match rx.recv().await {
+                    Some(pending) => pending,
+                    None => return,
+                },
+            };
             // Waiting for a pipeline slot before gathering is what makes batches grow under load.
             let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                 return;
             };
+            let mut bytes = first.bytes;
             let mut batch = vec![first];
+            let linger_until = tokio::time::Instant::now() + self.linger;
             while batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
+                let next = match rx.try_recv() {
+                    Ok(pending) => Some(pending),
+                    Err(_) if self.linger.is_zero() => None,
+                    Err(_) => tokio::time::timeout_at(linger_until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                let Some(pending) = next else { break };
+                if bytes.saturating_add(pending.bytes) > self.max_batch_bytes {
+                    carried = Some(pending);
+                    break;
                 }
-            }
-            if batch.len() < self.max_batch && !self.linger.is_zero() {
-                let deadline = tokio::time::Instant::now() + self.linger;
-                while batch.len() < self.max_batch {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(pending)) => batch.push(pending),
-                        _ => break,
-                    }
-                }
+                bytes += pending.bytes;
+                batch.push(pending);
             }
             let raft = self.raft.clone();
             tokio::spawn(async move {
@@ -115,7 +143,15 @@ async fn commit(raft: Raft, batch: Vec<Pending>) {
         now_ms: now_ms(),
         commands,
     };
-    match raft.client_write(proposal).await {
+    // openraft answers only once the entry commits or is truncated; a leader cut off from the
+    // majority would hold its callers (and a pipeline slot) forever without this bound.
+    let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(proposal)).await {
+        Ok(outcome) => outcome.map_err(classify),
+        Err(_) => Err(ProposeError::Raft(format!(
+            "not committed within {COMMIT_TIMEOUT:?}; the outcome is unknown"
+        ))),
+    };
+    match outcome {
         Ok(response) => {
             debug!(
                 log_index = response.log_id.index,
@@ -133,7 +169,6 @@ async fn commit(raft: Raft, batch: Vec<Pending>) {
             }
         }
         Err(error) => {
-            let error = classify(error);
             if !matches!(error, ProposeError::NotLeader { .. }) {
                 warn!(%error, commands = count, "proposal failed");
             }

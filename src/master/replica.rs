@@ -37,11 +37,35 @@ pub enum MasterError {
     },
     #[error("{0}")]
     Bootstrap(String),
+    #[error("the {which} server stopped unexpectedly ({reason}); restart the replica")]
+    ServerStopped { which: &'static str, reason: String },
     #[error("the {which} server failed: {source}")]
     Serve {
         which: &'static str,
         source: tonic::transport::Error,
     },
+}
+
+/// A last bound on any one call (handlers bound their own waits well below this).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a stopping replica waits for calls in flight.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Entries per append. openraft gives each append one heartbeat interval to complete, follower
+/// fsync included, so a catch-up is sent in modest steps rather than openraft's default 300.
+const MAX_APPEND_ENTRIES: u64 = 64;
+
+/// The largest replica-to-replica message. One log entry holds at most one proposal batch, which
+/// the proposer keeps under the API limit (a single command can be as large as an API message),
+/// so twice that plus room for framing always carries at least one entry; larger appends are
+/// split (`PayloadTooLarge`).
+fn peer_message_limit(config: &MasterConfig) -> usize {
+    config
+        .api
+        .max_message_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
 }
 
 fn raft_config(config: &MasterConfig) -> Result<openraft::Config, MasterError> {
@@ -54,6 +78,8 @@ fn raft_config(config: &MasterConfig) -> Result<openraft::Config, MasterError> {
         install_snapshot_timeout: raft.install_snapshot_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_every_logs),
         max_in_snapshot_log_to_keep: raft.keep_logs_after_snapshot,
+        max_payload_entries: MAX_APPEND_ENTRIES,
+        snapshot_max_chunk_size: (peer_message_limit(config) / 2) as u64,
         ..openraft::Config::default()
     }
     .validate()
@@ -83,6 +109,10 @@ pub async fn run(
         );
     }
     let raft_settings = Arc::new(raft_config(&config)?);
+    // Bound before the Raft node starts, so a taken port stops the replica before it can vote.
+    let api_listener = bind("api", &config.api_listen).await?;
+    let peer_listener = bind("peer", &config.peer_listen).await?;
+
     let (log_store, state_machine) = open_storage(
         &config.data_dir.join("sled"),
         config.storage.cache_capacity_mb << 20,
@@ -92,7 +122,8 @@ pub async fn run(
         let log_store = log_store.clone();
         Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
     };
-    let network = PeerNetwork::new(config.id, config.api.max_message_bytes);
+    let peer_max_bytes = peer_message_limit(&config);
+    let network = PeerNetwork::new(config.id, peer_max_bytes);
     let raft = Raft::new(
         config.id,
         raft_settings,
@@ -102,9 +133,8 @@ pub async fn run(
     )
     .await
     .map_err(|e| MasterError::RaftStart(e.to_string()))?;
+    let watcher = tokio::spawn(watch_role(raft.clone()));
 
-    let api_listener = bind("api", &config.api_listen).await?;
-    let peer_listener = bind("peer", &config.peer_listen).await?;
     let api_addr = local_addr(&api_listener);
     let peer_addr = local_addr(&peer_listener);
     info!(api = %api_addr, peer = %peer_addr, data_dir = %config.data_dir.display(), "replica listening");
@@ -116,18 +146,20 @@ pub async fn run(
 
     let max_bytes = config.api.max_message_bytes;
     let peer_server = Server::builder()
+        .timeout(REQUEST_TIMEOUT)
         .add_service(
             RaftServiceServer::new(RaftGrpcService::new(raft.clone(), committed.clone()))
-                .max_decoding_message_size(max_bytes)
-                .max_encoding_message_size(max_bytes),
+                .max_decoding_message_size(peer_max_bytes)
+                .max_encoding_message_size(peer_max_bytes),
         )
         .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
-    let peer_task = tokio::spawn(peer_server);
+    let mut peer_task = tokio::spawn(peer_server);
 
-    let proposer = Proposer::start(raft.clone(), &config.proposals);
+    let proposer = Proposer::start(raft.clone(), &config.proposals, max_bytes);
     let api_server = Server::builder()
+        .timeout(REQUEST_TIMEOUT)
         .add_service(
-            JobServiceServer::new(JobApi::new(raft.clone(), proposer, queue))
+            JobServiceServer::new(JobApi::new(raft.clone(), proposer, queue, max_bytes))
                 .max_decoding_message_size(max_bytes)
                 .max_encoding_message_size(max_bytes),
         )
@@ -137,9 +169,8 @@ pub async fn run(
                 .max_encoding_message_size(max_bytes),
         )
         .serve_with_incoming_shutdown(incoming(api_listener), stopped(stop_rx.clone()));
-    let api_task = tokio::spawn(api_server);
+    let mut api_task = tokio::spawn(api_server);
 
-    let watcher = tokio::spawn(watch_role(raft.clone()));
     if let Err(error) = bootstrap(&raft, &config, &network)
         .await
         .map_err(MasterError::Bootstrap)
@@ -153,11 +184,25 @@ pub async fn run(
     // Run until asked to stop, or until a server dies.
     let served = tokio::select! {
         () = shutdown => Ok(()),
-        result = wait_server("api", api_task) => result,
-        result = wait_server("peer", peer_task) => result,
+        result = wait_server("api", &mut api_task) => result,
+        result = wait_server("peer", &mut peer_task) => result,
     };
     info!("shutting down");
     let _ = stop_tx.send(true);
+    // Let in-flight calls finish (bounded), then stop Raft.
+    let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+        if !api_task.is_finished() {
+            let _ = (&mut api_task).await;
+        }
+        if !peer_task.is_finished() {
+            let _ = (&mut peer_task).await;
+        }
+    });
+    if drained.await.is_err() {
+        warn!(after = ?SHUTDOWN_DRAIN, "calls still in flight at shutdown; closing them");
+        api_task.abort();
+        peer_task.abort();
+    }
     watcher.abort();
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");
@@ -177,17 +222,22 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Resolves when a server stops on its own: a replica without its API or peer service must
+/// exit (and be restarted by its supervisor) rather than keep voting or leading.
 async fn wait_server(
     which: &'static str,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    task: &mut tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) -> Result<(), MasterError> {
     match task.await {
-        Ok(Ok(())) => std::future::pending().await,
+        Ok(Ok(())) => Err(MasterError::ServerStopped {
+            which,
+            reason: "it returned".into(),
+        }),
         Ok(Err(source)) => Err(MasterError::Serve { which, source }),
-        Err(join) => {
-            error!(server = which, error = %join, "server task ended");
-            std::future::pending().await
-        }
+        Err(join) => Err(MasterError::ServerStopped {
+            which,
+            reason: join.to_string(),
+        }),
     }
 }
 

@@ -25,7 +25,7 @@ use openraft::StorageIOError;
 use openraft::{AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
 
-use super::storage::{decode, decode_loaded, encode, LoadError};
+use super::storage::{decode, decode_loaded, encode, DurableDb, LoadError};
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const LOG_TREE: &str = "raft_log";
@@ -39,7 +39,7 @@ const LAST_PURGED_KEY: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     /// For `flush_async`, which covers every tree of the database.
-    db: sled::Db,
+    db: DurableDb,
     log: sled::Tree,
     meta: sled::Tree,
     /// The last saved committed index plus one (0: none), shared by all clones, so status
@@ -51,7 +51,7 @@ impl LogStore {
     /// Opens the trees and decodes what openraft reads first at startup (vote, committed, last
     /// purged, first and last entry), so damage there fails the open with a clear message
     /// instead of stopping Raft later.
-    pub(super) fn open(db: &sled::Db) -> Result<Self, LoadError> {
+    pub(super) fn open(db: &DurableDb) -> Result<Self, LoadError> {
         let store = LogStore {
             db: db.clone(),
             log: db.open_tree(LOG_TREE)?,

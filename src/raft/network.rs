@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -21,9 +22,9 @@ use super::{NodeId, ReplicaNode, TypeConfig};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftPayload;
 
-/// openraft derives the append deadline from the heartbeat interval (100 ms by default); on a
-/// loaded machine a follower's fsync alone can take longer, and a timed-out append is sent again,
-/// so calls get at least this long.
+/// Votes and snapshot chunks get at least this long. (Appends cannot: openraft 0.9 wraps each
+/// append in its own timeout of one heartbeat interval, which is why appends are kept small:
+/// see `MAX_APPEND_ENTRIES` in the replica's raft settings.)
 pub const PEER_RPC_TIMEOUT_FLOOR: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -79,6 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         });
         PeerClient {
             my_id: self.my_id,
+            max_message_bytes: self.max_message_bytes,
             target,
             peer_addr: node.peer_addr.clone(),
             client: client.map_err(|e| e.to_string()),
@@ -89,6 +91,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 /// One peer as openraft sees it.
 pub struct PeerClient {
     my_id: NodeId,
+    max_message_bytes: usize,
     target: NodeId,
     peer_addr: String,
     /// An invalid address is reported on every call rather than panicking at creation.
@@ -103,13 +106,18 @@ enum TransportError {
     Status { addr: String, status: tonic::Status },
     #[error("cannot encode or decode a raft message: {0}")]
     Codec(#[from] bincode::Error),
+    #[error("a raft message of {bytes} bytes is over the peer message limit of {limit} bytes")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl PeerClient {
+    /// `entries`: how many log entries the request carries, so an append too large for one
+    /// message can be split (openraft resends fewer entries on `PayloadTooLarge`).
     async fn call<Req, Resp, E>(
         &mut self,
         action: RPCTypes,
         request: &Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RpcError<E>>
     where
@@ -130,6 +138,21 @@ impl PeerClient {
         };
         let data = bincode::serialize(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Codec(e))))?;
+        if data.len() > self.max_message_bytes {
+            if entries > 1 {
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint((entries / 2) as u64),
+                ));
+            }
+            // One entry is at most one proposal batch, which the proposer keeps well under the
+            // peer limit; reaching this means the limits were set inconsistently.
+            let error = TransportError::TooLarge {
+                bytes: data.len(),
+                limit: self.max_message_bytes,
+            };
+            tracing::error!(%error, target = self.target, "cannot send a raft message");
+            return Err(RPCError::Network(NetworkError::new(&error)));
+        }
         let mut grpc_request = tonic::Request::new(RaftPayload { data });
         grpc_request.set_timeout(timeout);
         let call = async {
@@ -177,7 +200,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.call(RPCTypes::AppendEntries, &rpc, entries, &option)
+            .await
     }
 
     async fn install_snapshot(
@@ -185,7 +210,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
+        self.call(RPCTypes::InstallSnapshot, &rpc, 1, &option).await
     }
 
     async fn vote(
@@ -193,7 +218,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(RPCTypes::Vote, &rpc, &option).await
+        self.call(RPCTypes::Vote, &rpc, 1, &option).await
     }
 
     /// After `Unreachable`, openraft waits along this sequence before trying the peer again:

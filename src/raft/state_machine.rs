@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::storage::{decode, decode_loaded, encode, LoadError};
+use super::storage::{decode, decode_loaded, encode, DurableDb, LoadError};
 use super::{
     Entry, LogId, ProposalOutcome, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -92,7 +92,7 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Loads the persisted state: meta keys and every job row.
-    pub(super) fn open(db: &sled::Db) -> Result<Self, LoadError> {
+    pub(super) fn open(db: &DurableDb) -> Result<Self, LoadError> {
         let sm = db.open_tree(SM_TREE)?;
         let snapshots = SnapshotStore {
             db: db.clone(),
@@ -403,7 +403,7 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
 /// The `snapshot` tree: the one current snapshot. Shared by the state machine and its builders.
 #[derive(Clone)]
 struct SnapshotStore {
-    db: sled::Db,
+    db: DurableDb,
     tree: sled::Tree,
 }
 

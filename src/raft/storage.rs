@@ -105,6 +105,31 @@ impl LoadError {
     }
 }
 
+/// The database, with every flush serialized: sled 0.34's `flush_async` can deadlock when
+/// called concurrently (spacejam/sled#1308), and the log store, the snapshot builder and snapshot
+/// install all flush from different tasks.
+#[derive(Clone)]
+pub(super) struct DurableDb {
+    db: sled::Db,
+    flush_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl DurableDb {
+    /// Makes every write made so far durable.
+    pub(super) async fn flush_async(&self) -> sled::Result<usize> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        self.db.flush_async().await
+    }
+}
+
+impl std::ops::Deref for DurableDb {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
 /// How long opening waits for another holder of the data dir's lock to let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -137,6 +162,10 @@ pub fn open_storage(
         }
     };
     check_format(&db).map_err(|e| e.at(dir))?;
+    let db = DurableDb {
+        db,
+        flush_lock: std::sync::Arc::default(),
+    };
     let log_store = LogStore::open(&db).map_err(|e| e.at(dir))?;
     let state_machine = StateMachine::open(&db).map_err(|e| e.at(dir))?;
     Ok((log_store, state_machine))
