@@ -44,6 +44,7 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     let client = Arc::new(Client::new(&endpoints)?.with_deadline(Duration::from_secs(30)));
     // Warm up: find the leader and open the connection.
     client.submit_job(bench_spec(0), None).await?;
+    let term_before = client.cluster_status().await?.term;
 
     let issued = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + Duration::from_secs(options.max_seconds);
@@ -74,6 +75,8 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
         errors += task_errors;
     }
     let elapsed = started.elapsed();
+    // A busy follower must not call an election: the term before and after the load must match.
+    let term_after = client.cluster_status().await?.term;
     let done = latencies.len();
     let rate = done as f64 / elapsed.as_secs_f64();
     let ms = |us: u64| us as f64 / 1000.0;
@@ -84,6 +87,7 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
         "errors": errors,
         "seconds": elapsed.as_secs_f64(),
         "submits_per_sec": rate,
+        "elections_during_load": term_after.saturating_sub(term_before),
         "latency_ms": {
             "p50": ms(latencies.value_at_quantile(0.50)),
             "p99": ms(latencies.value_at_quantile(0.99)),
@@ -101,9 +105,10 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     } else {
         println!(
             "submit: {done} submits in {:.1} s from {} submitters = {rate:.0} submits/s \
-             (errors {errors}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+             (errors {errors}, elections {}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             elapsed.as_secs_f64(),
             options.submitters,
+            term_after.saturating_sub(term_before),
             ms(latencies.value_at_quantile(0.50)),
             ms(latencies.value_at_quantile(0.99)),
             ms(latencies.max())

@@ -390,6 +390,42 @@ async fn a_follower_catches_up_a_backlog_larger_than_one_message() {
     assert_eq!(leader_now, leader, "the catch-up caused no election");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_load_triggers_no_election() {
+    let _serial = SERIAL.lock().await;
+    let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
+    let (leader, term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let client = std::sync::Arc::new(cluster.client().expect("client").with_deadline(ELECTION));
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let load = (0..32u64).map(|worker| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            // Bounded by time and count.
+            while tokio::time::Instant::now() < until && done < 5_000 {
+                client
+                    .submit_job(spec(worker * 10_000 + done), None)
+                    .await
+                    .expect("submit");
+                done += 1;
+            }
+            done
+        })
+    });
+    let submitted: u64 = futures::future::join_all(load)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .sum();
+    assert!(submitted > 0);
+    let (leader_after, term_after) = cluster.wait_for_leader(ELECTION).await.expect("leader");
+    assert_eq!(
+        (leader_after, term_after),
+        (leader, term),
+        "{submitted} submits in 3 s caused an election"
+    );
+}
+
 /// Sends raw bytes as a gRPC request body, to test what a replica does with garbage.
 mod raw {
     use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
