@@ -1590,7 +1590,7 @@ heartbeat_interval_ms = 100
             let mut vars = vec![
                 (
                     "SCALEOUT_RAFT__HEARTBEAT_INTERVAL_MS".to_string(),
-                    "150".to_string(),
+                    "110".to_string(),
                 ),
                 ("SCALEOUT_DATA_DIR".to_string(), abs.display().to_string()),
                 (
@@ -1614,7 +1614,7 @@ heartbeat_interval_ms = 100
         };
 
         let c = load_with_env(&file, &[], env(&[])).unwrap();
-        assert_eq!(c.raft.heartbeat_interval_ms, 150, "env beats the file");
+        assert_eq!(c.raft.heartbeat_interval_ms, 110, "env beats the file");
         assert_eq!(c.proposals.max_batch, 64);
         assert_eq!(c.data_dir, abs.canonicalize().unwrap());
         assert_eq!(c.me().api, "localhost:7302");
@@ -1626,14 +1626,14 @@ heartbeat_interval_ms = 100
         let c = load_with_env(
             &file,
             &sets(&[
-                "raft.heartbeat_interval_ms=180",
+                "raft.heartbeat_interval_ms=120",
                 "proposals.max_batch=32",
                 "proposals.max_batch=16",
             ]),
             env(&[]),
         )
         .unwrap();
-        assert_eq!(c.raft.heartbeat_interval_ms, 180, "--set beats env");
+        assert_eq!(c.raft.heartbeat_interval_ms, 120, "--set beats env");
         assert_eq!(c.proposals.max_batch, 16, "later --set wins");
 
         // A whole-array env override applies before an indexed one.
