@@ -102,12 +102,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), MasterError> {
     telemetry::set_replica(config.id);
-    if config.insecure {
-        warn!(
-            "INSECURE: insecure = true, so clients, workers and peers talk in plaintext without \
-             authentication; use this only on a trusted loopback or test network"
-        );
-    }
     let raft_settings = Arc::new(raft_config(&config)?);
     // Bound before the Raft node starts, so a taken port stops the replica before it can vote.
     let api_listener = bind("api", &config.api_listen).await?;
@@ -117,6 +111,18 @@ pub async fn run(
         &config.data_dir.join("sled"),
         config.storage.cache_capacity_mb << 20,
     )?;
+    // Name the persisted term in the log lines written before the Raft node reports its own.
+    if let Ok(Some(vote)) =
+        openraft::storage::RaftLogStorage::read_vote(&mut log_store.clone()).await
+    {
+        telemetry::set_term(vote.leader_id().term);
+    }
+    if config.insecure {
+        warn!(
+            "INSECURE: insecure = true, so clients, workers and peers talk in plaintext without \
+             authentication; use this only on a trusted loopback or test network"
+        );
+    }
     let queue = state_machine.queue();
     let committed = {
         let log_store = log_store.clone();
