@@ -62,6 +62,15 @@ async fn applied_on_leader(cluster: &LocalCluster, leader: u64) -> u64 {
         .expect("leader applied index")
 }
 
+/// Restarts replica `id` from its data dir and waits until it has applied all the leader has.
+async fn restart_and_catch_up(cluster: &mut LocalCluster, id: u64, leader: u64) {
+    cluster.restart(id).expect("restart");
+    let applied = applied_on_leader(cluster, leader).await;
+    if let Err(e) = cluster.wait_for_applied(id, applied, ELECTION).await {
+        panic!("{e}\n{}", cluster.log_tail(id, 30));
+    }
+}
+
 /// The jobs as one replica's local state has them: (id, name, state, created index).
 async fn local_jobs(cluster: &LocalCluster, id: u64) -> Vec<(u64, String, i32, u64)> {
     let client =
@@ -264,14 +273,7 @@ async fn killing_the_leader_loses_nothing_and_it_rejoins() {
             .expect("acknowledged before the kill");
     }
 
-    cluster.restart(old_leader).expect("restart");
-    let applied = applied_on_leader(&cluster, new_leader).await;
-    cluster
-        .wait_for_applied(old_leader, applied, ELECTION)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("{e}\n{}", cluster.log_tail(old_leader, 30));
-        });
+    restart_and_catch_up(&mut cluster, old_leader, new_leader).await;
     let (leader_now, _) = cluster.wait_for_leader(ELECTION).await.expect("leader");
     assert_ne!(
         leader_now, old_leader,
@@ -338,14 +340,7 @@ async fn a_lagging_replica_catches_up_by_snapshot() {
     // One submit per entry: enough entries for several snapshots and purges.
     let jobs = submit_many(&client, 0..120).await;
 
-    cluster.restart(lagging).expect("restart");
-    let applied = applied_on_leader(&cluster, leader).await;
-    cluster
-        .wait_for_applied(lagging, applied, ELECTION)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("{e}\n{}", cluster.log_tail(lagging, 30));
-        });
+    restart_and_catch_up(&mut cluster, lagging, leader).await;
     assert_same_jobs(&cluster, lagging, leader, &jobs).await;
     let log =
         std::fs::read_to_string(&cluster.replica(lagging).expect("replica").log_path).expect("log");
@@ -377,14 +372,7 @@ async fn a_follower_catches_up_a_backlog_larger_than_one_message() {
                 .job_id,
         );
     }
-    cluster.restart(lagging).expect("restart");
-    let applied = applied_on_leader(&cluster, leader).await;
-    cluster
-        .wait_for_applied(lagging, applied, ELECTION)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("{e}\n{}", cluster.log_tail(lagging, 30));
-        });
+    restart_and_catch_up(&mut cluster, lagging, leader).await;
     assert_same_jobs(&cluster, lagging, leader, &jobs).await;
     let (leader_now, _) = cluster.wait_for_leader(ELECTION).await.expect("leader");
     assert_eq!(leader_now, leader, "the catch-up caused no election");
