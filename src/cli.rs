@@ -121,6 +121,9 @@ pub struct JobSubmitArgs {
     pub package: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub priority: i32,
+    /// Wait this many seconds before a failed or expired attempt runs again.
+    #[arg(long, value_name = "SECS")]
+    pub retry_delay: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// The command and its arguments, after `--`.
@@ -138,6 +141,14 @@ pub async fn master(config_path: &Path, overrides: &[String]) -> Result<(), CliE
             }
             other => CliError::failed(other),
         })
+}
+
+pub async fn worker(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
+    let config =
+        crate::worker::WorkerConfig::load(config_path, overrides).map_err(CliError::usage)?;
+    crate::worker::run(config, shutdown_signal())
+        .await
+        .map_err(CliError::failed)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -179,6 +190,7 @@ pub fn spec_from_args(args: &JobSubmitArgs) -> Result<v1::JobSpec, CliError> {
         tags: args.tags.clone(),
         timeout_secs: args.timeout.unwrap_or(0),
         priority: args.priority,
+        retry_delay_secs: args.retry_delay.unwrap_or(0),
     };
     // Same checks the replica makes, so a typo fails fast and names the field.
     crate::pb::spec_from_pb(spec.clone())
@@ -213,7 +225,7 @@ pub async fn job_get(id: u64, args: &ClientArgs) -> Result<(), CliError> {
     let job = args.client()?.get_job(id, args.stale).await?;
     match args.output {
         Output::Json => println!("{}", job_json(&job)),
-        Output::Table => print_jobs(&[job]),
+        Output::Table => print_job_detail(&job),
     }
     Ok(())
 }
@@ -256,6 +268,251 @@ pub async fn job_cancel(id: u64, args: &ClientArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Prints a job's log lines; with `follow`, keeps printing until the job ends.
+pub async fn job_logs(id: u64, follow: bool, args: &ClientArgs) -> Result<(), CliError> {
+    let client = args.client()?;
+    let mut after = 0;
+    loop {
+        let reply = client.get_job_logs(id, after, args.stale).await?;
+        for line in &reply.lines {
+            after = after.max(line.sequence);
+            let text = line.line.as_ref().map_or("", |l| l.text.as_str());
+            let level = line
+                .line
+                .as_ref()
+                .and_then(|l| v1::LogLevel::try_from(l.level).ok())
+                .map_or("info", |l| match l {
+                    v1::LogLevel::Verbose => "verbose",
+                    v1::LogLevel::Warning => "warning",
+                    v1::LogLevel::Error => "error",
+                    _ => "info",
+                });
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "sequence": line.sequence,
+                        "attempt": line.attempt,
+                        "at_ms": line.line.as_ref().map_or(0, |l| l.at_ms),
+                        "level": level,
+                        "text": text,
+                        "late": line.late,
+                    })
+                ),
+                Output::Table => {
+                    let late = if line.late { " (late)" } else { "" };
+                    println!("[attempt {}] {level}{late}: {text}", line.attempt)
+                }
+            }
+        }
+        if !follow || reply.complete {
+            return Ok(());
+        }
+        if reply.lines.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Waits until the job ends; exits 0 if it succeeded, 1 otherwise.
+pub async fn job_wait(id: u64, args: &ClientArgs) -> Result<(), CliError> {
+    let client = args.client()?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    loop {
+        let job = client.get_job(id, args.stale).await?;
+        let state = crate::pb::state_from_pb(job.state).ok().flatten();
+        if state.is_some_and(JobState::is_terminal) {
+            match args.output {
+                Output::Json => println!("{}", job_json(&job)),
+                Output::Table => print_job_detail(&job),
+            }
+            return if state == Some(JobState::Succeeded) {
+                Ok(())
+            } else {
+                Err(CliError::failed(anyhow!(
+                    "job {id} ended {}",
+                    state_name(job.state)
+                )))
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError {
+                code: EXIT_FAILED,
+                error: anyhow!(
+                    "job {id} is still {} after {} s (raise --timeout-secs to wait longer)",
+                    state_name(job.state),
+                    args.timeout_secs
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// `workers list`.
+pub async fn workers_list(args: &ClientArgs) -> Result<(), CliError> {
+    let workers = args.client()?.list_workers(args.stale).await?;
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::Value::Array(workers.iter().map(worker_json).collect())
+        ),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = workers
+                .iter()
+                .map(|w| {
+                    let info = w.info.clone().unwrap_or_default();
+                    let state = match (w.enabled, w.draining) {
+                        (false, _) => "disabled",
+                        (true, true) => "draining",
+                        (true, false) => "enabled",
+                    };
+                    vec![
+                        info.worker_id,
+                        info.display_name,
+                        if w.online { "online" } else { "offline" }.to_string(),
+                        state.to_string(),
+                        format!("{}/{}", w.running_jobs.len(), info.max_tasks),
+                        info.tags.join(","),
+                        format_ms(w.last_heartbeat_ms),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "NAME",
+                    "STATUS",
+                    "STATE",
+                    "RUNNING",
+                    "TAGS",
+                    "LAST HEARTBEAT",
+                ],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `workers enable|disable|drain ID`.
+pub async fn workers_set(
+    id: &str,
+    action: v1::WorkerAction,
+    args: &ClientArgs,
+) -> Result<(), CliError> {
+    let worker = args.client()?.set_worker_state(id, action).await?;
+    match args.output {
+        Output::Json => println!("{}", worker_json(&worker)),
+        Output::Table => {
+            let state = match (worker.enabled, worker.draining) {
+                (false, _) => "disabled",
+                (true, true) => "draining",
+                (true, false) => "enabled",
+            };
+            println!("worker {id} is {state}");
+        }
+    }
+    Ok(())
+}
+
+/// `workers remove ID`.
+pub async fn workers_remove(id: &str, args: &ClientArgs) -> Result<(), CliError> {
+    args.client()?.remove_worker(id).await?;
+    if args.output == Output::Table {
+        println!("worker {id} removed");
+    } else {
+        println!("{}", json!({"removed": id}));
+    }
+    Ok(())
+}
+
+pub fn worker_json(worker: &v1::Worker) -> serde_json::Value {
+    let info = worker.info.clone().unwrap_or_default();
+    json!({
+        "id": info.worker_id,
+        "display_name": info.display_name,
+        "description": info.description,
+        "machine_name": info.machine_name,
+        "tags": info.tags,
+        "max_tasks": info.max_tasks,
+        "version": info.version,
+        "enabled": worker.enabled,
+        "draining": worker.draining,
+        "online": worker.online,
+        "registered_at_ms": worker.registered_at_ms,
+        "last_heartbeat_ms": worker.last_heartbeat_ms,
+        "running_jobs": worker.running_jobs,
+        "cpu_percent": worker.cpu_percent,
+        "free_memory_mb": worker.free_memory_mb,
+    })
+}
+
+fn format_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let age = crate::master::now_ms().saturating_sub(ms);
+    format!("{:.1} s ago", age as f64 / 1000.0)
+}
+
+fn outcome_name(outcome: i32) -> &'static str {
+    match v1::AttemptOutcome::try_from(outcome) {
+        Ok(v1::AttemptOutcome::Succeeded) => "succeeded",
+        Ok(v1::AttemptOutcome::Failed) => "failed",
+        Ok(v1::AttemptOutcome::Expired) => "expired",
+        Ok(v1::AttemptOutcome::Cancelled) => "cancelled",
+        _ => "running",
+    }
+}
+
+fn attempts_json(job: &Job) -> serde_json::Value {
+    serde_json::Value::Array(
+        job.attempts
+            .iter()
+            .map(|a| {
+                json!({
+                    "number": a.number,
+                    "worker_id": a.worker_id,
+                    "lease_token": a.lease_token,
+                    "started_at_ms": a.started_at_ms,
+                    "ended_at_ms": a.ended_at_ms,
+                    "outcome": outcome_name(a.outcome),
+                    "exit_code": a.exit_code,
+                    "error": a.error,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One job with its attempts.
+pub fn print_job_detail(job: &Job) {
+    print_jobs(std::slice::from_ref(job));
+    if job.attempts.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = job
+        .attempts
+        .iter()
+        .map(|a| {
+            vec![
+                a.number.to_string(),
+                a.worker_id.clone(),
+                a.lease_token.to_string(),
+                outcome_name(a.outcome).to_string(),
+                a.exit_code.map_or("-".into(), |c| c.to_string()),
+                a.error.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ATTEMPT", "WORKER", "LEASE", "OUTCOME", "EXIT", "ERROR"],
+        &rows,
+    );
+}
+
 pub async fn cluster_status(args: &ClientArgs) -> Result<(), CliError> {
     let status = args.client()?.cluster_status().await?;
     match args.output {
@@ -291,6 +548,10 @@ pub fn job_json(job: &Job) -> serde_json::Value {
         "created_at_ms": job.created_at_ms,
         "updated_at_ms": job.updated_at_ms,
         "created_index": job.created_index,
+        "retry_delay_secs": spec.retry_delay_secs,
+        "cancel_requested": job.cancel_requested,
+        "ready_at_ms": job.ready_at_ms,
+        "attempts": attempts_json(job),
     })
 }
 
@@ -353,12 +614,12 @@ fn print_jobs(jobs: &[Job]) {
                 job.id.to_string(),
                 state_name(job.state).to_string(),
                 spec.name,
-                spec.max_attempts.to_string(),
+                format!("{}/{}", job.attempts.len(), spec.max_attempts),
                 truncate(&what, 60),
             ]
         })
         .collect();
-    print_table(&["ID", "STATE", "NAME", "MAX ATTEMPTS", "COMMAND"], &rows);
+    print_table(&["ID", "STATE", "NAME", "ATTEMPTS", "COMMAND"], &rows);
 }
 
 fn print_cluster(status: &ClusterStatusResponse) {

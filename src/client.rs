@@ -26,8 +26,10 @@ use crate::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
 use crate::pb::v1::admin_service_client::AdminServiceClient;
 use crate::pb::v1::job_service_client::JobServiceClient;
 use crate::pb::v1::{
-    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, GetJobRequest, Job, JobSpec,
-    JobState, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, GetJobLogsRequest,
+    GetJobLogsResponse, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, ListJobsResponse,
+    ListWorkersRequest, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
+    SubmitJobResponse, Worker, WorkerAction,
 };
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
@@ -360,6 +362,83 @@ impl Client {
         reply
             .job
             .ok_or_else(|| ClientError::Rejected(Status::internal("the reply had no job")))
+    }
+
+    /// A job's log lines after `after_sequence`.
+    pub async fn get_job_logs(
+        &self,
+        job_id: u64,
+        after_sequence: u64,
+        stale: bool,
+    ) -> Result<GetJobLogsResponse, ClientError> {
+        let op = |channel, timeout| {
+            let mut call = tonic::Request::new(GetJobLogsRequest {
+                job_id,
+                after_sequence,
+                limit: 0,
+                stale,
+            });
+            call.set_timeout(timeout);
+            async move { Self::job_client(channel).get_job_logs(call).await }
+        };
+        if stale {
+            self.on_any(op).await
+        } else {
+            self.on_leader(op).await
+        }
+    }
+
+    pub async fn list_workers(&self, stale: bool) -> Result<Vec<Worker>, ClientError> {
+        let op = |channel, timeout| {
+            let mut call = tonic::Request::new(ListWorkersRequest { stale });
+            call.set_timeout(timeout);
+            async move { AdminServiceClient::new(channel).list_workers(call).await }
+        };
+        let reply = if stale {
+            self.on_any(op).await?
+        } else {
+            self.on_leader(op).await?
+        };
+        Ok(reply.workers)
+    }
+
+    /// Enables, disables or drains a worker; returns it as it is now.
+    pub async fn set_worker_state(
+        &self,
+        worker_id: &str,
+        action: WorkerAction,
+    ) -> Result<Worker, ClientError> {
+        let request = SetWorkerStateRequest {
+            worker_id: worker_id.to_string(),
+            action: action as i32,
+        };
+        let reply = self
+            .on_leader(|channel, timeout| {
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(timeout);
+                async move {
+                    AdminServiceClient::new(channel)
+                        .set_worker_state(call)
+                        .await
+                }
+            })
+            .await?;
+        reply
+            .worker
+            .ok_or_else(|| ClientError::Rejected(Status::internal("the reply had no worker")))
+    }
+
+    pub async fn remove_worker(&self, worker_id: &str) -> Result<(), ClientError> {
+        let request = RemoveWorkerRequest {
+            worker_id: worker_id.to_string(),
+        };
+        self.on_leader(|channel, timeout| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timeout);
+            async move { AdminServiceClient::new(channel).remove_worker(call).await }
+        })
+        .await?;
+        Ok(())
     }
 
     /// The cluster as the first replica that answers sees it.

@@ -39,6 +39,11 @@
 //! | `proposals.linger_us` | (default: 500) How long a batch waits for more commands before it is proposed (at most 100000 µs). |
 //! | `proposals.max_in_flight` | (default: 4) Batches proposed concurrently (at least 1). |
 //! | `storage.cache_capacity_mb` | (default: 64) sled page cache size in MiB (at least 1). |
+//! | `workers.lease_interval_ms` | (default: 30000) How long a task's lease lasts without a renewal (SSIS LeaseInterval). An expired lease consumes an attempt and requeues the task. |
+//! | `workers.offline_after_ms` | (default: 60000) A worker with no heartbeat for this long shows offline. |
+//! | `workers.approval` | (default: `manual`) `manual` keeps a new worker disabled until an admin enables it (`scaleout workers enable ID`), as SSIS does; `auto` enables it when it registers. |
+//! | `workers.max_acquire_wait_ms` | (default: 10000) The longest an AcquireTasks long-poll waits for work (at most 60000). |
+//! | `workers.expiry_check_interval_ms` | (default: 500) How often the leader looks for expired leases (10..=60000). |
 //! | `api.max_message_bytes` | (default: 4194304) Largest gRPC message accepted or sent, on both the API and the peer service (64 KiB..=256 MiB). |
 //!
 //! # Overrides
@@ -99,6 +104,7 @@ pub struct MasterConfig {
     pub proposals: ProposalSettings,
     pub storage: StorageSettings,
     pub api: ApiSettings,
+    pub workers: WorkerSettings,
 }
 
 /// One replica of the cluster, as every replica's file lists it.
@@ -215,6 +221,44 @@ impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How new workers are admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerApproval {
+    /// As in SSIS: a new worker stays disabled until an admin enables it.
+    Manual,
+    /// A new worker is enabled when it registers.
+    Auto,
+}
+
+/// `[workers]`: leases, offline detection and admission of worker agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// How long a task's lease lasts without a renewal (SSIS LeaseInterval, 60 s there).
+    pub lease_interval_ms: u64,
+    /// A worker with no heartbeat for this long shows offline.
+    pub offline_after_ms: u64,
+    /// `manual` (SSIS's behaviour) or `auto`.
+    pub approval: WorkerApproval,
+    /// The longest an AcquireTasks long-poll waits for work.
+    pub max_acquire_wait_ms: u64,
+    /// How often the leader checks for expired leases.
+    pub expiry_check_interval_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            lease_interval_ms: 30_000,
+            offline_after_ms: 60_000,
+            approval: WorkerApproval::Manual,
+            max_acquire_wait_ms: 10_000,
+            expiry_check_interval_ms: 500,
         }
     }
 }
@@ -490,6 +534,35 @@ impl MasterConfig {
             );
         }
 
+        let w = &self.workers;
+        if !(1_000..=86_400_000).contains(&w.lease_interval_ms) {
+            return bad(
+                "workers.lease_interval_ms",
+                format!(
+                    "is {} but must be between 1000 (1 s) and 86400000 (1 day); e.g. 30000",
+                    w.lease_interval_ms
+                ),
+            );
+        }
+        if w.offline_after_ms < 1_000 {
+            return bad(
+                "workers.offline_after_ms",
+                "must be at least 1000 (1 s); e.g. 60000".into(),
+            );
+        }
+        if w.max_acquire_wait_ms > 60_000 {
+            return bad(
+                "workers.max_acquire_wait_ms",
+                "must be at most 60000 (1 min); e.g. 10000".into(),
+            );
+        }
+        if !(10..=60_000).contains(&w.expiry_check_interval_ms) {
+            return bad(
+                "workers.expiry_check_interval_ms",
+                "must be between 10 and 60000; e.g. 500".into(),
+            );
+        }
+
         // Last: the only check with a side effect.
         probe_data_dir(&self.data_dir).or_else(|e| bad("data_dir", e))
     }
@@ -635,6 +708,7 @@ fn build(
         proposals: raw.proposals,
         storage: raw.storage,
         api: raw.api,
+        workers: raw.workers,
     };
     config.check().map_err(|(key, message)| {
         let note = origins.note(&key, &message);
@@ -671,6 +745,8 @@ struct RawConfig {
     storage: StorageSettings,
     #[serde(default)]
     api: ApiSettings,
+    #[serde(default)]
+    workers: WorkerSettings,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -738,6 +814,14 @@ const STORAGE: &[Field] = &[opt("cache_capacity_mb", Kind::Int)];
 
 const API: &[Field] = &[opt("max_message_bytes", Kind::Int)];
 
+const WORKERS: &[Field] = &[
+    opt("lease_interval_ms", Kind::Int),
+    opt("offline_after_ms", Kind::Int),
+    opt("approval", Kind::Str),
+    opt("max_acquire_wait_ms", Kind::Int),
+    opt("expiry_check_interval_ms", Kind::Int),
+];
+
 const TOP: &[Field] = &[
     req(
         "id",
@@ -763,6 +847,7 @@ const TOP: &[Field] = &[
     opt("proposals", Kind::Table(PROPOSALS)),
     opt("storage", Kind::Table(STORAGE)),
     opt("api", Kind::Table(API)),
+    opt("workers", Kind::Table(WORKERS)),
 ];
 
 /// One step of a key path.

@@ -65,6 +65,43 @@ pub struct LocalCluster {
     _temp: Option<tempfile::TempDir>,
     options: ClusterOptions,
     pub replicas: Vec<ReplicaProcess>,
+    pub workers: Vec<WorkerProcess>,
+}
+
+/// A worker agent process of a local cluster.
+pub struct WorkerProcess {
+    pub name: String,
+    pub agent_id: uuid::Uuid,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// How to start a worker of a local cluster.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub max_tasks: u32,
+    /// Extra `key = value` lines for the worker's config file.
+    pub extra_config: Vec<String>,
+}
+
+impl WorkerOptions {
+    pub fn named(name: &str) -> Self {
+        WorkerOptions {
+            name: name.to_string(),
+            tags: Vec::new(),
+            max_tasks: 4,
+            extra_config: Vec::new(),
+        }
+    }
 }
 
 /// Picks `n` free loopback ports by binding port 0, holding all of them until every one is
@@ -128,7 +165,8 @@ impl LocalCluster {
             fs::write(
                 &config_path,
                 format!(
-                    "id = {id}\ndata_dir = \"{}\"\ninsecure = true\n{members}",
+                    "id = {id}\ndata_dir = \"{}\"\ninsecure = true\n{members}\n\
+                     [workers]\napproval = \"auto\"\n",
                     data_dir.display()
                 ),
             )?;
@@ -148,6 +186,7 @@ impl LocalCluster {
             _temp: None,
             options,
             replicas,
+            workers: Vec::new(),
         })
     }
 
@@ -208,23 +247,125 @@ impl LocalCluster {
         for key_value in &self.options.overrides {
             command.arg("--set").arg(key_value);
         }
-        // If this process dies without unwinding (SIGKILL, a CI timeout), the kernel kills the
-        // replicas too, so none is left holding its ports. The signal follows the spawning
-        // *thread*: clusters are started from a test's or the CLI's main thread, which lives as
-        // long as the cluster.
-        // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
-        // system call.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
         replica.child = Some(child);
         Ok(())
+    }
+
+    /// Writes a worker config under the cluster's root and starts the worker agent.
+    pub fn start_worker(&mut self, options: WorkerOptions) -> anyhow::Result<uuid::Uuid> {
+        let dir = self.root.join(format!("worker-{}", options.name));
+        fs::create_dir_all(&dir)?;
+        let agent_id = uuid::Uuid::new_v4();
+        let endpoints: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        let tags: Vec<String> = options.tags.iter().map(|t| format!("\"{t}\"")).collect();
+        let mut config = format!(
+            "agent_id = \"{agent_id}\"\ndisplay_name = \"{}\"\nendpoints = [{}]\ntags = [{}]\n\
+             max_task_count = {}\ninsecure = true\nstate_dir = \"{}\"\ntasks_root_folder = \"{}\"\n",
+            options.name,
+            endpoints.join(", "),
+            tags.join(", "),
+            options.max_tasks,
+            dir.join("state").display(),
+            dir.join("tasks").display(),
+        );
+        for line in &options.extra_config {
+            config.push_str(line);
+            config.push('\n');
+        }
+        let config_path = dir.join("worker.toml");
+        fs::write(&config_path, config)?;
+        self.workers.push(WorkerProcess {
+            name: options.name,
+            agent_id,
+            config_path,
+            log_path: dir.join("worker.log"),
+            child: None,
+        });
+        let index = self.workers.len() - 1;
+        self.spawn_worker(index)?;
+        Ok(agent_id)
+    }
+
+    fn spawn_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        let worker = &mut self.workers[index];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&worker.log_path)?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("worker")
+            .arg("--config")
+            .arg(&worker.config_path)
+            .env("RUST_LOG", &self.options.log_filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        die_with_parent(&mut command);
+        worker.child = Some(command.spawn().context("cannot start a worker")?);
+        Ok(())
+    }
+
+    pub fn worker(&self, name: &str) -> anyhow::Result<&WorkerProcess> {
+        self.workers
+            .iter()
+            .find(|w| w.name == name)
+            .with_context(|| format!("no worker {name}"))
+    }
+
+    fn worker_index(&self, name: &str) -> anyhow::Result<usize> {
+        self.workers
+            .iter()
+            .position(|w| w.name == name)
+            .with_context(|| format!("no worker {name}"))
+    }
+
+    /// kill -9 of a worker.
+    pub fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.worker_index(name)?;
+        if let Some(mut child) = self.workers[index].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a worker again with the same config (and agent id).
+    pub fn restart_worker(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.worker_index(name)?;
+        if self.workers[index].child.is_some() {
+            bail!("worker {name} is already running");
+        }
+        self.spawn_worker(index)
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT of a worker.
+    pub fn pause_worker(&self, name: &str, pause: bool) -> anyhow::Result<()> {
+        let pid = self.worker(name)?.pid().context("worker is not running")?;
+        let signal = if pause {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    pub fn worker_log_tail(&self, name: &str, lines: usize) -> String {
+        let Ok(worker) = self.worker(name) else {
+            return String::new();
+        };
+        let text = fs::read_to_string(&worker.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Starts a replica that was killed or stopped, on its existing data dir.
@@ -352,8 +493,28 @@ impl LocalCluster {
     }
 }
 
+/// If this process dies without unwinding (SIGKILL, a CI timeout), the kernel kills the child
+/// too, so none is left holding its ports. The signal follows the spawning *thread*: clusters
+/// are started from a test's or the CLI's main thread, which lives as long as the cluster.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and makes one async-signal-safe system call.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        for worker in &mut self.workers {
+            if let Some(mut child) = worker.child.take() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         for replica in &mut self.replicas {
             if let Some(mut child) = replica.child.take() {
                 let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);

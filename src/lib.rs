@@ -26,3 +26,4 @@ pub mod pb;
 pub mod queue;
 pub mod raft;
 pub mod telemetry;
+pub mod worker;

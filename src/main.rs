@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use scaleout::cli::{self, ClientArgs, JobSubmitArgs, Output};
+use scaleout::pb::v1::WorkerAction;
 use scaleout::telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -31,6 +32,19 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Run a worker agent: it pulls tasks from the cluster and runs them.
+    Worker {
+        #[arg(long, env = "SCALEOUT_WORKER_CONFIG")]
+        config: PathBuf,
+        /// Override a config key, e.g. --set max_task_count=4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// The worker registry: list, enable, disable, drain, remove.
+    Workers {
+        #[command(subcommand)]
+        command: WorkersCommand,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]
@@ -51,6 +65,36 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkersCommand {
+    /// Every registered worker: online or offline, last heartbeat, running tasks.
+    List(ClientArgs),
+    /// Let a worker take tasks (a new worker starts disabled when approval is manual).
+    Enable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop giving a worker tasks.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a worker finish what it runs and take nothing new.
+    Drain {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove an idle worker from the registry.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -80,7 +124,22 @@ enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Cancel a queued job.
+    /// Show a job's log lines.
+    Logs {
+        id: u64,
+        /// Keep printing new lines until the job ends.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Wait until a job ends; exit 0 if it succeeded, 1 otherwise.
+    Wait {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job: a queued one at once, a running one on its worker's next heartbeat.
     Cancel {
         id: u64,
         #[command(flatten)]
@@ -116,7 +175,7 @@ struct BenchSubmitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_replica = matches!(cli.command, Command::Master { .. });
+    let is_replica = matches!(cli.command, Command::Master { .. } | Command::Worker { .. });
     // openraft narrates every vote and replication step at info; its warnings are what matter.
     let default_filter = if is_replica {
         "info,openraft=warn"
@@ -134,6 +193,20 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Master { config, overrides } => cli::master(&config, &overrides).await,
+            Command::Worker { config, overrides } => cli::worker(&config, &overrides).await,
+            Command::Workers { command } => match command {
+                WorkersCommand::List(client) => cli::workers_list(&client).await,
+                WorkersCommand::Enable { id, client } => {
+                    cli::workers_set(&id, WorkerAction::Enable, &client).await
+                }
+                WorkersCommand::Disable { id, client } => {
+                    cli::workers_set(&id, WorkerAction::Disable, &client).await
+                }
+                WorkersCommand::Drain { id, client } => {
+                    cli::workers_set(&id, WorkerAction::Drain, &client).await
+                }
+                WorkersCommand::Remove { id, client } => cli::workers_remove(&id, &client).await,
+            },
             Command::Cluster {
                 command: ClusterCommand::Status(client),
             } => cli::cluster_status(&client).await,
@@ -146,6 +219,8 @@ fn main() -> ExitCode {
                     client,
                 } => cli::job_list(state.as_deref(), limit, &client).await,
                 JobCommand::Cancel { id, client } => cli::job_cancel(id, &client).await,
+                JobCommand::Logs { id, follow, client } => cli::job_logs(id, follow, &client).await,
+                JobCommand::Wait { id, client } => cli::job_wait(id, &client).await,
             },
             Command::Demo { jobs } => scaleout::demo::run(jobs)
                 .await

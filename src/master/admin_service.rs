@@ -1,8 +1,22 @@
-//! AdminService: the cluster as this replica sees it, with every member asked for its own indexes.
+//! AdminService: the cluster as this replica sees it, with every member asked for its own
+//! indexes, and the worker registry (list, enable, disable, drain, remove).
 
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::job_service::{propose_error_status, read_error_status};
+use super::proposer::{now_ms, Proposer};
+use super::status::from_queue_error;
+use crate::config::WorkerSettings;
+use crate::pb::v1::{
+    ListWorkersRequest, ListWorkersResponse, RemoveWorkerRequest, RemoveWorkerResponse,
+    SetWorkerStateRequest, SetWorkerStateResponse, WorkerAction,
+};
+use crate::pb::{worker_id_from_pb, worker_to_pb};
+use crate::queue::{Command, CommandOutput};
+use crate::raft::SharedQueue;
 
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::{NodeStatusRequest, NodeStatusResponse};
@@ -17,6 +31,9 @@ pub struct AdminApi {
     raft: Raft,
     network: PeerNetwork,
     committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    proposer: Proposer,
+    queue: SharedQueue,
+    workers: WorkerSettings,
 }
 
 impl AdminApi {
@@ -24,11 +41,25 @@ impl AdminApi {
         raft: Raft,
         network: PeerNetwork,
         committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+        proposer: Proposer,
+        queue: SharedQueue,
+        workers: WorkerSettings,
     ) -> Self {
         AdminApi {
             raft,
             network,
             committed,
+            proposer,
+            queue,
+            workers,
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
+        match self.proposer.propose(command).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(rejection)) => Err(from_queue_error(&rejection)),
+            Err(error) => Err(propose_error_status(error)),
         }
     }
 
@@ -107,5 +138,78 @@ impl AdminService for AdminApi {
             replicas,
             answered_by: metrics.id,
         }))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        if !request.into_inner().stale {
+            self.raft
+                .ensure_linearizable()
+                .await
+                .map_err(read_error_status)?;
+        }
+        let now = now_ms();
+        let offline_after = self.workers.offline_after_ms;
+        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        let workers = queue
+            .workers()
+            .map(|w| worker_to_pb(w, now, offline_after))
+            .collect();
+        Ok(Response::new(ListWorkersResponse { workers }))
+    }
+
+    async fn set_worker_state(
+        &self,
+        request: Request<SetWorkerStateRequest>,
+    ) -> Result<Response<SetWorkerStateResponse>, Status> {
+        let request = request.into_inner();
+        let worker = worker_id_from_pb(&request.worker_id).map_err(|e| from_queue_error(&e))?;
+        let (enabled, draining) = match WorkerAction::try_from(request.action) {
+            Ok(WorkerAction::Enable) => (Some(true), Some(false)),
+            Ok(WorkerAction::Disable) => (Some(false), None),
+            Ok(WorkerAction::Drain) => (None, Some(true)),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "action must be enable, disable or drain",
+                ))
+            }
+        };
+        match self
+            .propose(Command::SetWorkerState {
+                worker,
+                enabled,
+                draining,
+            })
+            .await?
+        {
+            CommandOutput::WorkerUpdated { worker: updated } => {
+                info!(%worker, enabled = updated.enabled, draining = updated.draining, "worker state changed");
+                Ok(Response::new(SetWorkerStateResponse {
+                    worker: Some(worker_to_pb(
+                        &updated,
+                        now_ms(),
+                        self.workers.offline_after_ms,
+                    )),
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected output {other:?}"))),
+        }
+    }
+
+    async fn remove_worker(
+        &self,
+        request: Request<RemoveWorkerRequest>,
+    ) -> Result<Response<RemoveWorkerResponse>, Status> {
+        let worker =
+            worker_id_from_pb(&request.into_inner().worker_id).map_err(|e| from_queue_error(&e))?;
+        match self.propose(Command::RemoveWorker { worker }).await? {
+            CommandOutput::WorkerRemoved => {
+                info!(%worker, "worker removed");
+                Ok(Response::new(RemoveWorkerResponse {}))
+            }
+            other => Err(Status::internal(format!("unexpected output {other:?}"))),
+        }
     }
 }

@@ -12,8 +12,8 @@ use super::proposer::{ProposeError, Proposer};
 use super::status::{from_queue_error, not_leader};
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
-    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest,
-    ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+    CancelJobRequest, CancelJobResponse, GetJobLogsRequest, GetJobLogsResponse, GetJobRequest,
+    GetJobResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
 };
 use crate::pb::{spec_from_pb, state_from_pb};
 use crate::queue::{Command, CommandOutput, QueueError, QueueState};
@@ -194,5 +194,43 @@ impl JobService for JobApi {
             }
             other => Err(Status::internal(format!("a cancel returned {other:?}"))),
         }
+    }
+
+    async fn get_job_logs(
+        &self,
+        request: Request<GetJobLogsRequest>,
+    ) -> Result<Response<GetJobLogsResponse>, Status> {
+        let request = request.into_inner();
+        self.read_barrier(request.stale).await?;
+        let limit = match request.limit {
+            0 => 1000,
+            n => (n as usize).min(10_000),
+        };
+        let (lines, terminal) = self
+            .with_queue(|queue| {
+                let job = queue
+                    .job(request.job_id)
+                    .ok_or(QueueError::JobNotFound(request.job_id))?;
+                let lines = queue.job_logs(request.job_id, request.after_sequence, limit);
+                Ok::<_, QueueError>((lines, job.state.is_terminal()))
+            })
+            .map_err(|e| from_queue_error(&e))?;
+        // Bounded by size like a job listing; `complete` only when nothing was held back.
+        let mut reply = Vec::with_capacity(lines.len());
+        let mut bytes = 0;
+        for line in &lines {
+            let line = crate::pb::v1::JobLogLine::from(line);
+            let size = prost::Message::encoded_len(&line) + 8;
+            if !reply.is_empty() && bytes + size > self.max_reply_bytes {
+                break;
+            }
+            bytes += size;
+            reply.push(line);
+        }
+        let complete = terminal && reply.len() == lines.len() && lines.len() < limit;
+        Ok(Response::new(GetJobLogsResponse {
+            lines: reply,
+            complete,
+        }))
     }
 }

@@ -12,9 +12,12 @@
 mod admin_service;
 mod bootstrap;
 mod job_service;
+mod leader;
 mod proposer;
 mod replica;
 pub mod status;
+mod worker_service;
 
 pub use proposer::{now_ms, ProposeError, Proposer};
 pub use replica::{run, MasterError};
+pub use worker_service::REASON_LEASE_LOST;

@@ -13,10 +13,12 @@ use super::admin_service::AdminApi;
 use super::bootstrap::bootstrap;
 use super::job_service::JobApi;
 use super::proposer::Proposer;
+use super::worker_service::WorkerApi;
 use crate::config::MasterConfig;
 use crate::pb::raft::raft_service_server::RaftServiceServer;
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::job_service_server::JobServiceServer;
+use crate::pb::v1::worker_service_server::WorkerServiceServer;
 use crate::raft::{open_storage, PeerNetwork, Raft, RaftGrpcService, StorageOpenError};
 use crate::telemetry;
 
@@ -165,14 +167,36 @@ pub async fn run(
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .add_service(
-            JobServiceServer::new(JobApi::new(raft.clone(), proposer, queue, max_bytes))
-                .max_decoding_message_size(max_bytes)
-                .max_encoding_message_size(max_bytes),
+            JobServiceServer::new(JobApi::new(
+                raft.clone(),
+                proposer.clone(),
+                queue.clone(),
+                max_bytes,
+            ))
+            .max_decoding_message_size(max_bytes)
+            .max_encoding_message_size(max_bytes),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(raft.clone(), network.clone(), committed))
-                .max_decoding_message_size(max_bytes)
-                .max_encoding_message_size(max_bytes),
+            AdminServiceServer::new(AdminApi::new(
+                raft.clone(),
+                network.clone(),
+                committed,
+                proposer.clone(),
+                queue.clone(),
+                config.workers.clone(),
+            ))
+            .max_decoding_message_size(max_bytes)
+            .max_encoding_message_size(max_bytes),
+        )
+        .add_service(
+            WorkerServiceServer::new(WorkerApi::new(
+                raft.clone(),
+                proposer.clone(),
+                queue.clone(),
+                config.workers.clone(),
+            ))
+            .max_decoding_message_size(max_bytes)
+            .max_encoding_message_size(max_bytes),
         )
         .serve_with_incoming_shutdown(incoming(api_listener), stopped(stop_rx.clone()));
     let mut api_task = tokio::spawn(api_server);
@@ -186,6 +210,12 @@ pub async fn run(
         let _ = raft.shutdown().await;
         return Err(error);
     }
+    let leader_duties = tokio::spawn(super::leader::run(
+        raft.clone(),
+        proposer.clone(),
+        queue.clone(),
+        config.workers.clone(),
+    ));
 
     // Run until asked to stop, or until a server dies.
     let served = tokio::select! {
@@ -210,6 +240,7 @@ pub async fn run(
         peer_task.abort();
     }
     watcher.abort();
+    leader_duties.abort();
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");
     }

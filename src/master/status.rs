@@ -64,6 +64,11 @@ pub fn from_queue_error(error: &QueueError) -> Status {
         QueueError::IdempotencyKeyConflict { .. } => {
             (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
         }
+        QueueError::WorkerNotFound(_) => (Code::NotFound, "WORKER_NOT_FOUND"),
+        QueueError::WorkerBusy { .. } => (Code::FailedPrecondition, "WORKER_BUSY"),
+        QueueError::LeaseLost { .. } => (Code::FailedPrecondition, "LEASE_LOST"),
+        QueueError::InvalidWorker(_) => (Code::InvalidArgument, "INVALID_WORKER"),
+        QueueError::InvalidRequest(_) => (Code::InvalidArgument, "INVALID_REQUEST"),
     };
     with_reason(code, reason, error.to_string(), HashMap::new())
 }

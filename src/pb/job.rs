@@ -23,6 +23,7 @@ pub fn spec_from_pb(spec: v1::JobSpec) -> Result<JobSpec, QueueError> {
         tags: spec.tags,
         timeout_secs: (spec.timeout_secs != 0).then_some(spec.timeout_secs),
         priority: spec.priority,
+        retry_delay_secs: (spec.retry_delay_secs != 0).then_some(spec.retry_delay_secs),
     })
 }
 
@@ -43,6 +44,7 @@ impl From<&JobSpec> for v1::JobSpec {
             tags: spec.tags.clone(),
             timeout_secs: spec.timeout_secs.unwrap_or(0),
             priority: spec.priority,
+            retry_delay_secs: spec.retry_delay_secs.unwrap_or(0),
         }
     }
 }
@@ -51,6 +53,7 @@ impl From<JobState> for v1::JobState {
     fn from(state: JobState) -> Self {
         match state {
             JobState::Queued => v1::JobState::Queued,
+            JobState::PickedUp => v1::JobState::PickedUp,
             JobState::Running => v1::JobState::Running,
             JobState::Succeeded => v1::JobState::Succeeded,
             JobState::Failed => v1::JobState::Failed,
@@ -68,6 +71,7 @@ pub fn state_from_pb(value: i32) -> Result<Option<JobState>, String> {
         Ok(v1::JobState::Succeeded) => Ok(Some(JobState::Succeeded)),
         Ok(v1::JobState::Failed) => Ok(Some(JobState::Failed)),
         Ok(v1::JobState::Cancelled) => Ok(Some(JobState::Cancelled)),
+        Ok(v1::JobState::PickedUp) => Ok(Some(JobState::PickedUp)),
         Err(_) => Err(format!("unknown job state {value}")),
     }
 }
@@ -82,6 +86,9 @@ impl From<&Job> for v1::Job {
             created_at_ms: job.created_at_ms,
             updated_at_ms: job.updated_at_ms,
             created_index: job.created_index,
+            attempts: job.attempts.iter().map(Into::into).collect(),
+            cancel_requested: job.cancel_requested,
+            ready_at_ms: job.ready_at_ms,
         }
     }
 }
@@ -103,6 +110,7 @@ mod tests {
             tags: vec!["etl".into()],
             timeout_secs: Some(60),
             priority: 5,
+            retry_delay_secs: Some(30),
         };
         assert_eq!(spec_from_pb(v1::JobSpec::from(&spec)), Ok(spec));
     }

@@ -2,6 +2,7 @@
 //! here so that `crate::queue` never sees a wire type.
 
 mod job;
+mod worker;
 
 /// The public API (`proto/scaleout.proto`).
 pub mod v1 {
@@ -14,3 +15,7 @@ pub mod raft {
 }
 
 pub use job::{spec_from_pb, state_from_pb};
+pub use worker::{
+    lease_from_pb, level_from_pb, log_line_from_pb, outcome_from_pb, percent_x10,
+    worker_id_from_pb, worker_info_from_pb, worker_to_pb,
+};

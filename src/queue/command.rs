@@ -1,8 +1,14 @@
 //! Commands that change the queue, and what applying one returns.
+//!
+//! Commands travel through the Raft log (bincode), so variants are only ever appended: an
+//! existing variant's position is its encoding.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Job, JobId, JobSpec, QueueError};
+use super::{
+    Assignment, AttemptOutcome, Job, JobId, JobSpec, JobState, LeaseRef, LeaseStatus, LogLine,
+    QueueError, Worker, WorkerId, WorkerInfo,
+};
 
 /// What a committed log entry carries besides its commands: the leader's clock reading when it
 /// proposed them, and the entry's log index. Apply uses these instead of reading a clock.
@@ -22,15 +28,111 @@ pub enum Command {
         spec: JobSpec,
         idempotency_key: Option<String>,
     },
-    CancelJob {
-        job_id: JobId,
+    /// A queued job is cancelled at once; a leased one gets `cancel_requested`, which its
+    /// worker learns from its next heartbeat or renewal.
+    CancelJob { job_id: JobId },
+    /// Adds a worker (enabled when `auto_enable`) or refreshes a known one's description.
+    RegisterWorker { info: WorkerInfo, auto_enable: bool },
+    /// The agent heartbeat: records its load and compares the leases it runs with the master's.
+    WorkerHeartbeat {
+        worker: WorkerId,
+        running: Vec<LeaseRef>,
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
     },
+    /// Leases up to `free_slots` eligible tasks to the worker for `lease_ms`.
+    AcquireTasks {
+        worker: WorkerId,
+        free_slots: u32,
+        lease_ms: u64,
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
+        max_cpu_percent_x10: u32,
+        min_free_memory_mb: u64,
+    },
+    /// The task heartbeat: extends each current lease to now + `lease_ms`.
+    RenewLeases {
+        worker: WorkerId,
+        leases: Vec<LeaseRef>,
+        lease_ms: u64,
+    },
+    AppendLogs {
+        worker: WorkerId,
+        lease: LeaseRef,
+        lines: Vec<LogLine>,
+    },
+    CompleteTask {
+        worker: WorkerId,
+        lease: LeaseRef,
+        /// Succeeded, Failed or Cancelled; Expired is the master's to decide.
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        error: String,
+    },
+    /// Ends every lease whose expiry is at or before the entry's clock. Proposed by the leader's
+    /// lease tick only.
+    ExpireLeases,
+    /// Pushes every live lease to max(expiry, now) + `lease_ms`. A new leader applies this
+    /// before anything else, so a failover never expires running work.
+    ExtendLeases { lease_ms: u64 },
+    SetWorkerState {
+        worker: WorkerId,
+        enabled: Option<bool>,
+        draining: Option<bool>,
+    },
+    /// Forgets an idle worker.
+    RemoveWorker { worker: WorkerId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandOutput {
-    Submitted { job_id: JobId, deduplicated: bool },
-    Cancelled { job: Box<Job> },
+    Submitted {
+        job_id: JobId,
+        deduplicated: bool,
+    },
+    /// The job as it is after the cancel.
+    Cancelled {
+        job: Box<Job>,
+    },
+    WorkerRegistered {
+        enabled: bool,
+    },
+    Heartbeat {
+        enabled: bool,
+        draining: bool,
+        /// The worker's current leases whose job was cancelled: kill those tasks.
+        cancel: Vec<LeaseRef>,
+        /// Leases it reported that are not current: kill those tasks, their results will be
+        /// refused.
+        lost: Vec<LeaseRef>,
+    },
+    Acquired {
+        tasks: Vec<Assignment>,
+    },
+    /// One status per lease asked about, in the same order.
+    Renewed {
+        leases: Vec<LeaseStatus>,
+    },
+    LogsAppended {
+        /// The lease was not current: the lines were kept, flagged late.
+        late: bool,
+    },
+    Completed {
+        /// The job's state after the attempt ended (queued again when it will be retried).
+        state: JobState,
+    },
+    /// Jobs whose lease expired, in expiry order.
+    Expired {
+        jobs: Vec<JobId>,
+    },
+    /// How many leases were extended.
+    Extended {
+        leases: u64,
+    },
+    WorkerUpdated {
+        worker: Box<Worker>,
+    },
+    WorkerRemoved,
 }
 
 pub type CommandResult = Result<CommandOutput, QueueError>;

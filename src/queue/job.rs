@@ -1,4 +1,7 @@
-//! A job: what to run (the spec), and where it stands (the state).
+//! A job: what to run (the spec), and where it stands (the state, its attempts and its lease).
+//!
+//! A job has exactly one task (SSIS Scale Out's model: one execution, one task), so the task id
+//! is the job id and the task's history is the job's [`Attempt`] list.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -6,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::QueueError;
+use super::{Attempt, Lease, QueueError, WorkerId};
 
 /// Assigned in apply, increasing from 1, never reused (like SSIS's execution_id).
 pub type JobId = u64;
@@ -20,6 +23,9 @@ const MAX_ARG_BYTES: usize = 32 * 1024;
 const MAX_MAP_ENTRIES: usize = 256;
 const MAX_TAGS: usize = 64;
 const MAX_KEY_LEN: usize = 256;
+/// The longest retry delay a job may ask for: one day. Longer waits are better expressed by
+/// submitting later.
+pub const MAX_RETRY_DELAY_SECS: u64 = 24 * 3600;
 
 /// What to run and where it may run. Validated by [`JobSpec::validate`] at the API edge and
 /// again in apply, so no replica ever stores an invalid spec.
@@ -43,6 +49,9 @@ pub struct JobSpec {
     pub timeout_secs: Option<u64>,
     /// Higher runs first.
     pub priority: i32,
+    /// How long a failed or expired attempt waits before the task is eligible again; `None`
+    /// requeues it at once.
+    pub retry_delay_secs: Option<u64>,
 }
 
 impl JobSpec {
@@ -110,24 +119,38 @@ impl JobSpec {
         }
         validate_map("env", &self.env, |k| !k.contains('=') && !k.contains('\0'))?;
         validate_map("params", &self.params, |k| !k.contains(';'))?;
-        if self.tags.len() > MAX_TAGS {
-            return invalid(format!("{} tags; at most {MAX_TAGS}", self.tags.len()));
+        if let Some(delay) = self.retry_delay_secs {
+            if delay > MAX_RETRY_DELAY_SECS {
+                return invalid(format!(
+                    "retry delay of {delay} seconds is more than the limit of \
+                     {MAX_RETRY_DELAY_SECS} (1 day)"
+                ));
+            }
         }
-        if let Some(tag) = self
-            .tags
-            .iter()
-            .find(|t| t.trim().is_empty() || t.len() > MAX_KEY_LEN || t.contains(','))
-        {
-            return invalid(format!(
-                "tag {tag:?} is not valid: tags are non-empty, without commas, at most {MAX_KEY_LEN} bytes"
-            ));
-        }
+        validate_tags(&self.tags).map_err(QueueError::InvalidSpec)?;
         let mut seen = std::collections::BTreeSet::new();
         if let Some(dup) = self.allowed_workers.iter().find(|w| !seen.insert(**w)) {
             return invalid(format!("worker {dup} is listed twice"));
         }
         Ok(())
     }
+}
+
+/// Tag rules shared by job specs (tags required) and workers (tags offered), so that a tag one
+/// accepts the other can match.
+pub(super) fn validate_tags(tags: &[String]) -> Result<(), String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("{} tags; at most {MAX_TAGS}", tags.len()));
+    }
+    if let Some(tag) = tags
+        .iter()
+        .find(|t| t.trim().is_empty() || t.len() > MAX_KEY_LEN || t.contains(','))
+    {
+        return Err(format!(
+            "tag {tag:?} is not valid: tags are non-empty, without commas, at most {MAX_KEY_LEN} bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_map(
@@ -157,10 +180,15 @@ fn validate_map(
     Ok(())
 }
 
-/// Where a job stands. The status codes of SSIS's `internal.tasks` map onto these.
+/// Where a job stands. The status codes of SSIS's `internal.tasks` map onto these (1 queued,
+/// 2 picked up, 3 running, 4 failed, 5 succeeded, 6 cancelled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum JobState {
+    /// Waiting for a worker (possibly until its `ready_at_ms`).
     Queued,
+    /// Leased to a worker that has not yet confirmed, by a renewal, that it started the task.
+    PickedUp,
+    /// Leased, and the worker has renewed the lease at least once.
     Running,
     Succeeded,
     Failed,
@@ -168,8 +196,9 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Queued,
+        JobState::PickedUp,
         JobState::Running,
         JobState::Succeeded,
         JobState::Failed,
@@ -183,15 +212,25 @@ impl JobState {
         )
     }
 
-    /// The only state changes the queue ever makes. A running job goes back to queued when an
-    /// attempt fails or expires and attempts remain.
+    /// Whether a job in this state holds a lease (and a worker slot).
+    pub fn is_leased(self) -> bool {
+        matches!(self, JobState::PickedUp | JobState::Running)
+    }
+
+    /// The only state changes the queue ever makes. A leased job goes back to queued when an
+    /// attempt fails or expires and attempts remain; a queued job can only be leased or
+    /// cancelled (it fails only through an attempt).
     pub fn can_become(self, next: JobState) -> bool {
         use JobState::*;
         matches!(
             (self, next),
-            (Queued, Running)
+            (Queued, PickedUp)
                 | (Queued, Cancelled)
-                | (Queued, Failed)
+                | (PickedUp, Running)
+                | (PickedUp, Succeeded)
+                | (PickedUp, Failed)
+                | (PickedUp, Queued)
+                | (PickedUp, Cancelled)
                 | (Running, Succeeded)
                 | (Running, Failed)
                 | (Running, Queued)
@@ -202,6 +241,7 @@ impl JobState {
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
+            JobState::PickedUp => "picked_up",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
@@ -224,7 +264,10 @@ impl std::str::FromStr for JobState {
             .into_iter()
             .find(|state| state.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                format!("unknown job state {s:?}: expected queued, running, succeeded, failed or cancelled")
+                format!(
+                    "unknown job state {s:?}: expected queued, picked_up, running, succeeded, \
+                     failed or cancelled"
+                )
             })
     }
 }
@@ -240,6 +283,43 @@ pub struct Job {
     pub updated_at_ms: u64,
     /// Log index of the entry that created the job.
     pub created_index: u64,
+    /// Every attempt so far, oldest first; the last one is the live one while the job is leased.
+    pub attempts: Vec<Attempt>,
+    /// The current lease; `Some` exactly while the job is picked up or running.
+    pub lease: Option<Lease>,
+    /// A cancel arrived while the job was leased: the worker is told to kill the task, and the
+    /// attempt's end (whatever it reports, unless it succeeded) cancels the job.
+    pub cancel_requested: bool,
+    /// When the job may next be dispatched: `created_at_ms` at submit, later the requeue time
+    /// plus the retry delay.
+    pub ready_at_ms: u64,
+    /// Log lines stored for this job, the truncation notice included (see `logs.rs`).
+    pub log_lines: u64,
+    /// Log lines refused because the job reached [`MAX_LOG_LINES_PER_JOB`](super::MAX_LOG_LINES_PER_JOB).
+    pub log_lines_dropped: u64,
+}
+
+impl Job {
+    /// The attempt the current lease belongs to.
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        let lease = self.lease.as_ref()?;
+        self.attempts.iter().rev().find(|a| a.token == lease.token)
+    }
+
+    /// Whether `token`, presented by `worker`, is this job's current lease: the fencing check
+    /// every renew and complete goes through.
+    pub fn holds_lease(&self, worker: WorkerId, token: u64) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|l| l.token == token && l.worker == worker)
+    }
+
+    /// The attempt that was granted `token` to `worker`, if any ever was.
+    pub fn attempt_with(&self, worker: WorkerId, token: u64) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .find(|a| a.token == token && a.worker == worker)
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +386,13 @@ mod tests {
             ),
             (
                 JobSpec {
+                    retry_delay_secs: Some(MAX_RETRY_DELAY_SECS + 1),
+                    ..spec()
+                },
+                "1 day",
+            ),
+            (
+                JobSpec {
                     package: Some("".into()),
                     argv: vec![],
                     ..spec()
@@ -364,6 +451,32 @@ mod tests {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }
         }
+    }
+
+    #[test]
+    fn only_leases_lead_out_of_queued_and_only_attempts_end_them() {
+        use JobState::*;
+        let legal: Vec<(JobState, JobState)> = JobState::ALL
+            .into_iter()
+            .flat_map(|from| JobState::ALL.into_iter().map(move |to| (from, to)))
+            .filter(|(from, to)| from.can_become(*to))
+            .collect();
+        assert_eq!(
+            legal,
+            vec![
+                (Queued, PickedUp),
+                (Queued, Cancelled),
+                (PickedUp, Queued),
+                (PickedUp, Running),
+                (PickedUp, Succeeded),
+                (PickedUp, Failed),
+                (PickedUp, Cancelled),
+                (Running, Queued),
+                (Running, Succeeded),
+                (Running, Failed),
+                (Running, Cancelled),
+            ]
+        );
     }
 
     #[test]

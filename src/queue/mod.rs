@@ -1,24 +1,41 @@
-//! The domain model: the replicated job queue, pure and deterministic.
+//! The domain model: the replicated job queue, its workers and their leases, pure and
+//! deterministic.
 //!
 //! Every replica holds a [`QueueState`] and changes it only by applying committed [`Command`]s in
 //! log order. Apply never reads a clock, the network, the disk or a random source: whatever it
 //! needs that varies (the leader's clock reading, the log index) arrives in the [`ApplyContext`],
-//! so every replica that applies the same log ends in the same state. Ids (job ids) are sequences
-//! assigned here, in apply.
+//! so every replica that applies the same log ends in the same state. Ids (job ids, lease
+//! tokens) are sequences assigned here, in apply.
 //!
-//! A rejected command (unknown job, invalid spec, a job that can no longer be cancelled) is a
-//! normal, deterministic result ([`QueueError`]) returned to the caller; it changes nothing.
+//! A job has one task (as in SSIS Scale Out), so the task id is the job id. A worker leases the
+//! task (`attempt.rs`), picked by the dispatch rules (`dispatch.rs`) among the registered workers
+//! (`worker.rs`); its output lines are stored per job (`logs.rs`).
+//!
+//! A rejected command (unknown job, invalid spec, stale lease, ...) is a normal, deterministic
+//! result ([`QueueError`]) returned to the caller; it changes nothing.
 //!
 //! What this module deliberately does not do: persistence (the sled state machine in
-//! `crate::raft` writes what [`QueueState::take_changed`] reports), protobuf (converted in
-//! `crate::pb`), and anything leader-only such as proposal batching.
+//! `crate::raft` writes what [`QueueState::take_changes`] reports), protobuf (converted in
+//! `crate::pb`), and anything leader-only such as proposal batching or the lease tick.
 
+mod attempt;
 mod command;
+mod dispatch;
 mod error;
 mod job;
+mod logs;
 mod state;
+mod worker;
 
+pub use attempt::{
+    Assignment, Attempt, AttemptOutcome, Lease, LeaseRef, LeaseStatus, MAX_ATTEMPT_ERROR_BYTES,
+    MAX_LEASE_MS,
+};
 pub use command::{ApplyContext, Command, CommandOutput, CommandResult};
 pub use error::QueueError;
-pub use job::{Job, JobId, JobSpec, JobState, MAX_TIMEOUT_SECS};
-pub use state::{JobPage, QueueState, MAX_PAGE_SIZE};
+pub use job::{Job, JobId, JobSpec, JobState, MAX_RETRY_DELAY_SECS, MAX_TIMEOUT_SECS};
+pub use logs::{
+    truncation_notice, JobLogLine, LogLevel, LogLine, MAX_LOG_LINES_PER_JOB, MAX_LOG_LINE_BYTES,
+};
+pub use state::{Changes, JobPage, Parts, QueueState, MAX_LOG_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use worker::{Worker, WorkerId, WorkerInfo, MAX_WORKER_TASKS};

@@ -1,31 +1,90 @@
-//! The queue's whole state and the one function that changes it.
+//! The queue's whole state, its indexes, and the few primitives that change it.
+//!
+//! [`QueueState::apply`] routes each command to a handler (jobs in `state/jobs.rs`, workers in
+//! `state/workers.rs`, leases in `state/leases.rs`, logs in `state/logs.rs`). Handlers validate
+//! everything first and only then mutate, so a rejection changes nothing; and they mutate only
+//! through the primitives at the bottom of this file (`transition`, `requeue`, `grant_lease`,
+//! `end_attempt`, `set_lease_expiry`, ...), which keep every index and the change set right.
+//!
+//! Indexes, all derived from jobs and rebuilt by [`QueueState::from_parts`]:
+//! - `by_state`: listing by state;
+//! - `dispatch`: queued jobs in dispatch order (see `dispatch.rs`);
+//! - `expiry`: live leases by expiry time, for `ExpireLeases` and the leader's tick;
+//! - `idempotency`: key -> job.
+//!
+//! Each worker's `running` set is part of the worker row (persisted with it) and always equals
+//! the jobs whose lease names that worker.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    ApplyContext, Command, CommandOutput, CommandResult, Job, JobId, JobState, QueueError,
+use super::dispatch::{
+    dispatch_key, job_eligible, ready_jobs, worker_capacity, DispatchIndex, LoadLimits,
 };
+use super::{
+    ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, Job, JobId,
+    JobLogLine, JobState, Lease, Worker, WorkerId,
+};
+
+mod jobs;
+mod leases;
+mod logs;
+mod workers;
 
 /// The most jobs one page of a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
 const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// The most log lines one [`QueueState::job_logs`] call returns.
+pub const MAX_LOG_PAGE_SIZE: usize = 10_000;
+const DEFAULT_LOG_PAGE_SIZE: usize = 1000;
 
 /// Everything the replicated queue knows. Changed only by [`QueueState::apply`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct QueueState {
     jobs: BTreeMap<JobId, Job>,
+    workers: BTreeMap<WorkerId, Worker>,
+    /// Log lines by (job, sequence); kept apart from the jobs so a job row stays small.
+    logs: BTreeMap<(JobId, u64), JobLogLine>,
     /// The id the next submitted job gets.
     next_job_id: JobId,
-    /// Idempotency key -> the job it created.
+    /// The token the next lease gets: only grows, never reused (fencing, invariant 2).
+    next_lease_token: u64,
     idempotency: BTreeMap<String, JobId>,
-    /// (state, id) of every job: listing by state and, later, dispatch scan only what they need.
     by_state: BTreeSet<(JobState, JobId)>,
-    /// Jobs changed since the last [`QueueState::take_changed`]; not part of the state proper.
-    #[serde(skip)]
-    changed: BTreeSet<JobId>,
+    dispatch: DispatchIndex,
+    /// (expires_at_ms, job) of every live lease.
+    expiry: BTreeSet<(u64, JobId)>,
+    /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
+    /// not state (ignored by `==`).
+    changes: Changes,
+}
+
+/// What changed since the last [`QueueState::take_changes`]: the state machine rewrites these
+/// rows (or deletes them, for a job or worker that no longer exists).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub jobs: BTreeSet<JobId>,
+    pub workers: BTreeSet<WorkerId>,
+    /// (job, sequence) of each log line written; the same line may appear more than once (the
+    /// truncation notice is rewritten in place).
+    pub log_lines: Vec<(JobId, u64)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.workers.is_empty() && self.log_lines.is_empty()
+    }
+}
+
+/// The state without its indexes: what is persisted, row by row, and what a snapshot carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parts {
+    pub jobs: Vec<Job>,
+    pub workers: Vec<Worker>,
+    pub log_lines: Vec<JobLogLine>,
+    pub next_job_id: JobId,
+    pub next_lease_token: u64,
 }
 
 /// One page of a job listing.
@@ -36,97 +95,168 @@ pub struct JobPage {
     pub next_after: Option<JobId>,
 }
 
+impl Default for QueueState {
+    fn default() -> Self {
+        QueueState::new()
+    }
+}
+
+impl PartialEq for QueueState {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a new field cannot be forgotten here.
+        let QueueState {
+            jobs,
+            workers,
+            logs,
+            next_job_id,
+            next_lease_token,
+            idempotency,
+            by_state,
+            dispatch,
+            expiry,
+            changes: _,
+        } = self;
+        *jobs == other.jobs
+            && *workers == other.workers
+            && *logs == other.logs
+            && *next_job_id == other.next_job_id
+            && *next_lease_token == other.next_lease_token
+            && *idempotency == other.idempotency
+            && *by_state == other.by_state
+            && *dispatch == other.dispatch
+            && *expiry == other.expiry
+    }
+}
+
+impl Eq for QueueState {}
+
 impl QueueState {
     pub fn new() -> Self {
         QueueState {
+            jobs: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            logs: BTreeMap::new(),
             next_job_id: 1,
-            ..QueueState::default()
+            next_lease_token: 1,
+            idempotency: BTreeMap::new(),
+            by_state: BTreeSet::new(),
+            dispatch: DispatchIndex::new(),
+            expiry: BTreeSet::new(),
+            changes: Changes::default(),
         }
     }
 
-    /// Rebuilds the state from persisted jobs and the persisted id sequence.
-    pub fn from_parts(jobs: impl IntoIterator<Item = Job>, next_job_id: JobId) -> Self {
+    /// Rebuilds the state, every index included, from persisted rows. The counters never go
+    /// below what the rows prove was already handed out.
+    pub fn from_parts(parts: Parts) -> Self {
         let mut state = QueueState::new();
-        for job in jobs {
-            state.index(&job);
+        let mut highest_token = 0;
+        for job in parts.jobs {
+            highest_token = job
+                .attempts
+                .iter()
+                .map(|a| a.token)
+                .fold(highest_token, u64::max);
+            state.index_job(&job);
             state.jobs.insert(job.id, job);
         }
+        for worker in parts.workers {
+            state.workers.insert(worker.info.id, worker);
+        }
+        for line in parts.log_lines {
+            state.logs.insert((line.job_id, line.sequence), line);
+        }
         let after_last = state.jobs.keys().next_back().map_or(1, |id| id + 1);
-        state.next_job_id = next_job_id.max(after_last);
+        state.next_job_id = parts.next_job_id.max(after_last);
+        state.next_lease_token = parts.next_lease_token.max(highest_token + 1);
         state
+    }
+
+    /// The state without indexes (a copy), for snapshots.
+    pub fn to_parts(&self) -> Parts {
+        Parts {
+            jobs: self.jobs.values().cloned().collect(),
+            workers: self.workers.values().cloned().collect(),
+            log_lines: self.logs.values().cloned().collect(),
+            next_job_id: self.next_job_id,
+            next_lease_token: self.next_lease_token,
+        }
     }
 
     pub fn next_job_id(&self) -> JobId {
         self.next_job_id
     }
 
+    pub fn next_lease_token(&self) -> u64 {
+        self.next_lease_token
+    }
+
     /// Applies one committed command. A rejection changes nothing.
     pub fn apply(&mut self, ctx: &ApplyContext, command: Command) -> CommandResult {
+        let now = ctx.now_ms;
         match command {
             Command::SubmitJob {
                 spec,
                 idempotency_key,
-            } => {
-                spec.validate()?;
-                if let Some(key) = &idempotency_key {
-                    validate_idempotency_key(key)?;
-                    if let Some(&job_id) = self.idempotency.get(key) {
-                        let same = self.jobs.get(&job_id).is_some_and(|job| job.spec == spec);
-                        return if same {
-                            Ok(CommandOutput::Submitted {
-                                job_id,
-                                deduplicated: true,
-                            })
-                        } else {
-                            Err(QueueError::IdempotencyKeyConflict {
-                                key: key.clone(),
-                                job_id,
-                            })
-                        };
-                    }
-                }
-                let job_id = self.next_job_id;
-                self.next_job_id += 1;
-                let job = Job {
-                    id: job_id,
-                    spec,
-                    state: JobState::Queued,
-                    idempotency_key,
-                    created_at_ms: ctx.now_ms,
-                    updated_at_ms: ctx.now_ms,
-                    created_index: ctx.log_index,
-                };
-                if let Some(key) = &job.idempotency_key {
-                    self.idempotency.insert(key.clone(), job_id);
-                }
-                self.index(&job);
-                self.jobs.insert(job_id, job);
-                self.changed.insert(job_id);
-                Ok(CommandOutput::Submitted {
-                    job_id,
-                    deduplicated: false,
-                })
+            } => self.submit(ctx, spec, idempotency_key),
+            Command::CancelJob { job_id } => self.cancel(job_id, now),
+            Command::RegisterWorker { info, auto_enable } => {
+                self.register_worker(info, auto_enable, now)
             }
-            Command::CancelJob { job_id } => {
-                let state = self
-                    .jobs
-                    .get(&job_id)
-                    .ok_or(QueueError::JobNotFound(job_id))?
-                    .state;
-                match state {
-                    JobState::Cancelled => {}
-                    JobState::Queued => self.transition(job_id, JobState::Cancelled, ctx.now_ms),
-                    state => return Err(QueueError::NotCancellable { job_id, state }),
-                }
-                let job = self
-                    .jobs
-                    .get(&job_id)
-                    .cloned()
-                    .ok_or(QueueError::JobNotFound(job_id))?;
-                Ok(CommandOutput::Cancelled { job: Box::new(job) })
-            }
+            Command::WorkerHeartbeat {
+                worker,
+                running,
+                cpu_percent_x10,
+                free_memory_mb,
+            } => self.heartbeat(worker, &running, cpu_percent_x10, free_memory_mb, now),
+            Command::AcquireTasks {
+                worker,
+                free_slots,
+                lease_ms,
+                cpu_percent_x10,
+                free_memory_mb,
+                max_cpu_percent_x10,
+                min_free_memory_mb,
+            } => self.acquire(
+                worker,
+                free_slots,
+                lease_ms,
+                (cpu_percent_x10, free_memory_mb),
+                LoadLimits {
+                    max_cpu_percent_x10,
+                    min_free_memory_mb,
+                },
+                now,
+            ),
+            Command::RenewLeases {
+                worker,
+                leases,
+                lease_ms,
+            } => self.renew(worker, &leases, lease_ms, now),
+            Command::AppendLogs {
+                worker,
+                lease,
+                lines,
+            } => self.append_logs(worker, lease, lines),
+            Command::CompleteTask {
+                worker,
+                lease,
+                outcome,
+                exit_code,
+                error,
+            } => self.complete(worker, lease, outcome, exit_code, error, now),
+            Command::ExpireLeases => Ok(self.expire(now)),
+            Command::ExtendLeases { lease_ms } => self.extend(lease_ms, now),
+            Command::SetWorkerState {
+                worker,
+                enabled,
+                draining,
+            } => self.set_worker_state(worker, enabled, draining),
+            Command::RemoveWorker { worker } => self.remove_worker(worker),
         }
     }
+
+    // ---- Queries ----
 
     pub fn job(&self, job_id: JobId) -> Option<&Job> {
         self.jobs.get(&job_id)
@@ -182,46 +312,354 @@ impl QueueState {
         JobPage { jobs, next_after }
     }
 
-    /// The jobs changed since the last call, for the state machine to persist.
-    pub fn take_changed(&mut self) -> BTreeSet<JobId> {
-        std::mem::take(&mut self.changed)
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get(&id)
     }
 
-    /// Every state change goes through here, so the index stays right and illegal moves are
-    /// caught in tests.
+    /// Every registered worker, in id order.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> + '_ {
+        self.workers.values()
+    }
+
+    /// A job's log lines with a sequence after `after_sequence`, in order. `limit` 0 means the
+    /// default page; it is capped at [`MAX_LOG_PAGE_SIZE`]. The truncation notice (the last
+    /// line of a capped job) is rewritten in place as more lines are dropped.
+    pub fn job_logs(&self, job_id: JobId, after_sequence: u64, limit: usize) -> Vec<JobLogLine> {
+        let limit = match limit {
+            0 => DEFAULT_LOG_PAGE_SIZE,
+            n => n.min(MAX_LOG_PAGE_SIZE),
+        };
+        self.logs
+            .range((job_id, after_sequence.saturating_add(1))..=(job_id, u64::MAX))
+            .take(limit)
+            .map(|(_, line)| line.clone())
+            .collect()
+    }
+
+    pub fn log_line(&self, job_id: JobId, sequence: u64) -> Option<&JobLogLine> {
+        self.logs.get(&(job_id, sequence))
+    }
+
+    /// Every stored log line, by job then sequence.
+    pub fn log_lines(&self) -> impl Iterator<Item = &JobLogLine> + '_ {
+        self.logs.values()
+    }
+
+    pub fn live_leases(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// When the next lease expires: the leader's tick proposes `ExpireLeases` once its clock
+    /// passes this.
+    pub fn next_lease_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|&(at, _)| at)
+    }
+
+    /// Whether `AcquireTasks` from `worker` at `now_ms` would grant anything, judged on the
+    /// worker's last recorded load. The leader asks before proposing, so an idle long-poll
+    /// costs no log entry; apply uses the same rules.
+    pub fn has_eligible_task(
+        &self,
+        worker: WorkerId,
+        now_ms: u64,
+        max_cpu_percent_x10: u32,
+        min_free_memory_mb: u64,
+    ) -> bool {
+        let Some(w) = self.workers.get(&worker) else {
+            return false;
+        };
+        self.has_eligible_task_at_load(
+            worker,
+            now_ms,
+            w.cpu_percent_x10,
+            w.free_memory_mb,
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+        )
+    }
+
+    /// As [`QueueState::has_eligible_task`], but with the load the worker reports in the request
+    /// at hand (which `AcquireTasks` records before it checks the limits).
+    pub fn has_eligible_task_at_load(
+        &self,
+        worker: WorkerId,
+        now_ms: u64,
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
+        max_cpu_percent_x10: u32,
+        min_free_memory_mb: u64,
+    ) -> bool {
+        let Some(w) = self.workers.get(&worker) else {
+            return false;
+        };
+        let w = Worker {
+            cpu_percent_x10,
+            free_memory_mb,
+            ..w.clone()
+        };
+        let limits = LoadLimits {
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+        };
+        worker_capacity(&w, limits) > 0 && self.eligible_jobs(&w, now_ms).next().is_some()
+    }
+
+    /// What changed since the last call, for the state machine to persist.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Queued jobs `worker` may take at `now_ms`, in dispatch order.
+    fn eligible_jobs<'a>(
+        &'a self,
+        worker: &'a Worker,
+        now_ms: u64,
+    ) -> impl Iterator<Item = JobId> + 'a {
+        ready_jobs(&self.dispatch, now_ms).filter(move |id| {
+            self.jobs
+                .get(id)
+                .is_some_and(|job| job_eligible(job, worker, now_ms))
+        })
+    }
+
+    // ---- Primitives: the only code that changes jobs, leases and running sets ----
+
+    /// Moves a job to `next`, keeping `by_state` and `dispatch` right. Illegal moves are bugs:
+    /// every caller checks the state first, and tests run with this assertion on.
     fn transition(&mut self, job_id: JobId, next: JobState, now_ms: u64) {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
         debug_assert!(
             job.state.can_become(next),
-            "illegal transition {} -> {next}",
+            "illegal transition {} -> {next} of job {job_id}",
             job.state
         );
+        if job.state == JobState::Queued {
+            self.dispatch.remove(&dispatch_key(job));
+        }
         self.by_state.remove(&(job.state, job_id));
         job.state = next;
         job.updated_at_ms = now_ms;
         self.by_state.insert((next, job_id));
-        self.changed.insert(job_id);
+        if next == JobState::Queued {
+            self.dispatch.insert(dispatch_key(job));
+        }
+        self.changes.jobs.insert(job_id);
     }
 
-    fn index(&mut self, job: &Job) {
+    /// Puts a job whose attempt ended back in the queue, eligible from `ready_at_ms`.
+    fn requeue(&mut self, job_id: JobId, ready_at_ms: u64, now_ms: u64) {
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            // Not in the dispatch index while leased, so its key may change here.
+            job.ready_at_ms = ready_at_ms;
+            self.transition(job_id, JobState::Queued, now_ms);
+        }
+    }
+
+    /// Leases a queued job to `worker`: a fresh token, a new attempt, the job picked up and
+    /// the worker's slot taken.
+    fn grant_lease(
+        &mut self,
+        job_id: JobId,
+        worker: WorkerId,
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> Option<Assignment> {
+        let job = self.jobs.get(&job_id)?;
+        if job.state != JobState::Queued || !self.workers.contains_key(&worker) {
+            return None;
+        }
+        self.transition(job_id, JobState::PickedUp, now_ms);
+        let token = self.next_lease_token;
+        self.next_lease_token += 1;
+        let expires_at_ms = now_ms.saturating_add(lease_ms);
+        let job = self.jobs.get_mut(&job_id)?;
+        let number = u32::try_from(job.attempts.len() + 1).unwrap_or(u32::MAX);
+        job.attempts.push(Attempt {
+            number,
+            worker,
+            token,
+            started_at_ms: now_ms,
+            ended_at_ms: None,
+            outcome: None,
+            exit_code: None,
+            error: String::new(),
+        });
+        job.lease = Some(Lease {
+            token,
+            worker,
+            expires_at_ms,
+        });
+        let assignment = Assignment {
+            job_id,
+            token,
+            attempt: number,
+            spec: job.spec.clone(),
+            expires_at_ms,
+        };
+        self.expiry.insert((expires_at_ms, job_id));
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.running.insert(job_id);
+            self.changes.workers.insert(worker);
+        }
+        Some(assignment)
+    }
+
+    /// Moves a live lease's expiry, keeping the `expiry` index right.
+    fn set_lease_expiry(&mut self, job_id: JobId, expires_at_ms: u64) {
+        let Some(lease) = self.jobs.get_mut(&job_id).and_then(|j| j.lease.as_mut()) else {
+            return;
+        };
+        self.expiry.remove(&(lease.expires_at_ms, job_id));
+        lease.expires_at_ms = expires_at_ms;
+        self.expiry.insert((expires_at_ms, job_id));
+        self.changes.jobs.insert(job_id);
+    }
+
+    /// Ends the live attempt of a leased job and releases its lease and worker slot, then
+    /// settles the job: done, cancelled, failed, or queued again while attempts remain.
+    /// Returns the job's new state.
+    fn end_attempt(
+        &mut self,
+        job_id: JobId,
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        error: String,
+        now_ms: u64,
+    ) -> Option<JobState> {
+        let job = self.jobs.get_mut(&job_id)?;
+        let lease = job.lease.take()?;
+        if let Some(attempt) = job
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.token == lease.token)
+        {
+            attempt.ended_at_ms = Some(now_ms);
+            attempt.outcome = Some(outcome);
+            attempt.exit_code = exit_code;
+            attempt.error = error;
+        }
+        self.expiry.remove(&(lease.expires_at_ms, job_id));
+        if let Some(worker) = self.workers.get_mut(&lease.worker) {
+            worker.running.remove(&job_id);
+            self.changes.workers.insert(lease.worker);
+        }
+        self.changes.jobs.insert(job_id);
+
+        let attempts_left = job.attempts.len() < job.spec.max_attempts as usize;
+        let next = match outcome {
+            AttemptOutcome::Succeeded => JobState::Succeeded,
+            AttemptOutcome::Cancelled => JobState::Cancelled,
+            AttemptOutcome::Failed | AttemptOutcome::Expired if job.cancel_requested => {
+                JobState::Cancelled
+            }
+            AttemptOutcome::Failed | AttemptOutcome::Expired if attempts_left => JobState::Queued,
+            AttemptOutcome::Failed | AttemptOutcome::Expired => JobState::Failed,
+        };
+        if next == JobState::Queued {
+            let delay_ms = job.spec.retry_delay_secs.unwrap_or(0).saturating_mul(1000);
+            self.requeue(job_id, now_ms.saturating_add(delay_ms), now_ms);
+        } else {
+            self.transition(job_id, next, now_ms);
+        }
+        Some(next)
+    }
+
+    /// A worker, marked changed: for handlers that update its registry fields.
+    fn worker_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        let worker = self.workers.get_mut(&id)?;
+        self.changes.workers.insert(id);
+        Some(worker)
+    }
+
+    fn index_job(&mut self, job: &Job) {
         self.by_state.insert((job.state, job.id));
+        if job.state == JobState::Queued {
+            self.dispatch.insert(dispatch_key(job));
+        }
+        if let Some(lease) = &job.lease {
+            self.expiry.insert((lease.expires_at_ms, job.id));
+        }
         if let Some(key) = &job.idempotency_key {
             self.idempotency.insert(key.clone(), job.id);
         }
     }
-}
 
-fn validate_idempotency_key(key: &str) -> Result<(), QueueError> {
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(QueueError::InvalidSpec(format!(
-            "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}",
-            key.len()
-        )));
+    /// Checks every index and cross-reference against the rows; a description of the first
+    /// inconsistency found. Tests call it after every command.
+    #[cfg(test)]
+    pub(crate) fn check_consistency(&self) -> Result<(), String> {
+        let rebuilt = QueueState::from_parts(self.to_parts());
+        if rebuilt.by_state != self.by_state
+            || rebuilt.dispatch != self.dispatch
+            || rebuilt.expiry != self.expiry
+            || rebuilt.idempotency != self.idempotency
+        {
+            return Err("an index disagrees with the jobs".into());
+        }
+        for job in self.jobs.values() {
+            if job.state.is_leased() != job.lease.is_some() {
+                return Err(format!(
+                    "job {} is {} with lease {:?}",
+                    job.id, job.state, job.lease
+                ));
+            }
+            if job.attempts.len() > job.spec.max_attempts as usize {
+                return Err(format!("job {} has too many attempts", job.id));
+            }
+            let live = job.attempts.iter().filter(|a| a.outcome.is_none()).count();
+            if live != usize::from(job.lease.is_some()) {
+                return Err(format!("job {} has {live} live attempts", job.id));
+            }
+            if let Some(lease) = &job.lease {
+                if lease.token >= self.next_lease_token {
+                    return Err(format!("job {} holds a token not yet handed out", job.id));
+                }
+                let holder = self.workers.get(&lease.worker);
+                if !holder.is_some_and(|w| w.running.contains(&job.id)) {
+                    return Err(format!("job {}'s worker does not list it", job.id));
+                }
+                if job
+                    .current_attempt()
+                    .is_none_or(|a| a.worker != lease.worker)
+                {
+                    return Err(format!("job {}'s lease has no matching attempt", job.id));
+                }
+            }
+            let stored = self.logs.range((job.id, 0)..=(job.id, u64::MAX)).count() as u64;
+            if stored != job.log_lines {
+                return Err(format!(
+                    "job {} counts {} lines, {stored} stored",
+                    job.id, job.log_lines
+                ));
+            }
+        }
+        for worker in self.workers.values() {
+            for id in &worker.running {
+                let holds = self
+                    .jobs
+                    .get(id)
+                    .and_then(|j| j.lease.as_ref())
+                    .is_some_and(|l| l.worker == worker.info.id);
+                if !holds {
+                    return Err(format!(
+                        "worker {} lists job {id} without its lease",
+                        worker.info.id
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
+#[cfg(test)]
+mod property_tests;
+#[cfg(test)]
+mod scenario_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;

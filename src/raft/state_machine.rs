@@ -2,14 +2,17 @@
 //! in-memory [`QueueState`], persists what changed in sled, and builds and installs snapshots.
 //!
 //! Storage, in the replica's one sled database:
-//! - tree `sm`: everything the state machine knows, under key prefixes
-//!   `meta/last_applied`, `meta/membership`, `meta/next_job_id` and `job/<id, 8 bytes BE>`;
+//! - tree `sm`: everything the state machine knows, under the keys
+//!   `meta/last_applied`, `meta/membership`, `meta/next_job_id`, `meta/next_lease_token`,
+//!   `job/<id, 8 bytes BE>`, `worker/<uuid, 16 bytes>` and `log/<job id BE><sequence BE>`
+//!   (big-endian, so a job's lines are contiguous and in order);
 //! - tree `snapshot`: the current snapshot, `meta` (its [`SnapshotMeta`]) and `data`.
 //!
-//! All of `sm` lives in one tree so that each apply call's writes (job rows, id sequence, last
-//! applied) go to disk in one atomic batch. If job rows and `last_applied` could be persisted
-//! separately, a crash between them would leave jobs whose creating entry is then applied again
-//! on restart, and the replay would hand out different job ids than the other replicas did.
+//! All of `sm` lives in one tree so that each apply call's writes (job, worker and log rows, the
+//! counters, last applied) go to disk in one atomic batch. If rows and `last_applied` could be
+//! persisted separately, a crash between them would leave jobs whose creating entry is then
+//! applied again on restart, and the replay would hand out different job ids or lease tokens
+//! than the other replicas did.
 //!
 //! The API services read the queue through [`StateMachine::queue`]; the lock is held only for
 //! in-memory work, never across an `.await`.
@@ -35,7 +38,7 @@ use super::{
     Entry, LogId, ProposalOutcome, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
-use crate::queue::{ApplyContext, Job, JobId, QueueState};
+use crate::queue::{ApplyContext, Job, JobId, JobLogLine, Parts, QueueState, Worker, WorkerId};
 
 /// The queue as the API services see it. Take the lock briefly and never hold it across `.await`.
 pub type SharedQueue = Arc<RwLock<QueueState>>;
@@ -45,20 +48,25 @@ const SNAPSHOT_TREE: &str = "snapshot";
 const LAST_APPLIED_KEY: &[u8] = b"meta/last_applied";
 const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
 const NEXT_JOB_ID_KEY: &[u8] = b"meta/next_job_id";
+const NEXT_LEASE_TOKEN_KEY: &[u8] = b"meta/next_lease_token";
 const JOB_PREFIX: &[u8] = b"job/";
+const WORKER_PREFIX: &[u8] = b"worker/";
+const LOG_PREFIX: &[u8] = b"log/";
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
 /// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
 /// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
-/// with another layout before trying to decode it.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// with another layout before trying to decode it. Format 2: the queue as [`Parts`] (rows and
+/// counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an index that
+/// disagrees with its rows).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// What a snapshot carries besides its [`SnapshotMeta`] (which holds last applied and
 /// membership).
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
-    queue: QueueState,
+    queue: Parts,
 }
 
 fn job_key(id: JobId) -> Vec<u8> {
@@ -66,6 +74,107 @@ fn job_key(id: JobId) -> Vec<u8> {
     key.extend_from_slice(JOB_PREFIX);
     key.extend_from_slice(&id.to_be_bytes());
     key
+}
+
+fn worker_key(id: WorkerId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(WORKER_PREFIX.len() + 16);
+    key.extend_from_slice(WORKER_PREFIX);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn log_key(job_id: JobId, sequence: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(LOG_PREFIX.len() + 16);
+    key.extend_from_slice(LOG_PREFIX);
+    key.extend_from_slice(&job_id.to_be_bytes());
+    key.extend_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// A row of the `sm` tree, by its key.
+enum Row {
+    Job(JobId),
+    Worker(WorkerId),
+    Log(JobId, u64),
+}
+
+fn parse_row_key(key: &[u8]) -> Option<Row> {
+    if let Some(id) = key.strip_prefix(JOB_PREFIX) {
+        return Some(Row::Job(u64::from_be_bytes(id.try_into().ok()?)));
+    }
+    if let Some(id) = key.strip_prefix(WORKER_PREFIX) {
+        return Some(Row::Worker(WorkerId::from_bytes(id.try_into().ok()?)));
+    }
+    let rest = key.strip_prefix(LOG_PREFIX)?;
+    let (job, sequence) = rest.split_first_chunk::<8>()?;
+    Some(Row::Log(
+        u64::from_be_bytes(*job),
+        u64::from_be_bytes(sequence.try_into().ok()?),
+    ))
+}
+
+/// The rows changed by one apply call, read under the queue lock and written after it.
+struct ChangedRows {
+    jobs: Vec<(JobId, Option<Job>)>,
+    workers: Vec<(WorkerId, Option<Worker>)>,
+    log_lines: Vec<JobLogLine>,
+    next_job_id: JobId,
+    next_lease_token: u64,
+}
+
+impl ChangedRows {
+    fn take(queue: &mut QueueState) -> Self {
+        let changes = queue.take_changes();
+        ChangedRows {
+            jobs: changes
+                .jobs
+                .into_iter()
+                .map(|id| (id, queue.job(id).cloned()))
+                .collect(),
+            workers: changes
+                .workers
+                .into_iter()
+                .map(|id| (id, queue.worker(id).cloned()))
+                .collect(),
+            // A line written twice in one call (the truncation notice) is read once, as it is now.
+            log_lines: changes
+                .log_lines
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|(job, seq)| queue.log_line(job, seq).cloned())
+                .collect(),
+            next_job_id: queue.next_job_id(),
+            next_lease_token: queue.next_lease_token(),
+        }
+    }
+
+    fn write(self, batch: &mut sled::Batch) -> Result<(), StorageError> {
+        for (id, job) in self.jobs {
+            match job {
+                Some(job) => {
+                    batch.insert(job_key(id), encode(&job).map_err(|e| sm_write_error(&e))?)
+                }
+                None => batch.remove(job_key(id)),
+            }
+        }
+        for (id, worker) in self.workers {
+            match worker {
+                Some(worker) => batch.insert(
+                    worker_key(id),
+                    encode(&worker).map_err(|e| sm_write_error(&e))?,
+                ),
+                None => batch.remove(worker_key(id)),
+            }
+        }
+        for line in self.log_lines {
+            batch.insert(
+                log_key(line.job_id, line.sequence),
+                encode(&line).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        Ok(())
+    }
 }
 
 fn sm_write_error(e: impl Into<AnyError>) -> StorageError {
@@ -91,7 +200,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the persisted state: meta keys and every job row.
+    /// Loads the persisted state: meta keys and every job, worker and log row.
     pub(super) fn open(db: &DurableDb) -> Result<Self, LoadError> {
         let sm = db.open_tree(SM_TREE)?;
         let snapshots = SnapshotStore {
@@ -100,8 +209,11 @@ impl StateMachine {
         };
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
-        let mut next_job_id = None;
-        let mut jobs = Vec::new();
+        let mut parts = Parts {
+            next_job_id: 1,
+            next_lease_token: 1,
+            ..Parts::default()
+        };
         for item in sm.iter() {
             let (key, value) = item?;
             match key.as_ref() {
@@ -109,34 +221,56 @@ impl StateMachine {
                     last_applied = Some(decode_loaded::<LogId>(&value, "the last applied log id")?)
                 }
                 MEMBERSHIP_KEY => membership = decode_loaded(&value, "the applied membership")?,
-                NEXT_JOB_ID_KEY => next_job_id = Some(decode_loaded(&value, "the next job id")?),
-                key => {
-                    let id = key
-                        .strip_prefix(JOB_PREFIX)
-                        .and_then(|id| <[u8; 8]>::try_from(id).ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or_else(|| {
-                            LoadError::Corrupt(format!(
-                                "unexpected key {:?} in the state machine",
-                                String::from_utf8_lossy(key)
-                            ))
-                        })?;
-                    let job: Job = decode_loaded(&value, &format!("job {id}"))?;
-                    if job.id != id {
-                        return Err(LoadError::Corrupt(format!(
-                            "job {} is stored under id {id}",
-                            job.id
-                        )));
-                    }
-                    jobs.push(job);
+                NEXT_JOB_ID_KEY => parts.next_job_id = decode_loaded(&value, "the next job id")?,
+                NEXT_LEASE_TOKEN_KEY => {
+                    parts.next_lease_token = decode_loaded(&value, "the next lease token")?
                 }
+                key => match parse_row_key(key) {
+                    Some(Row::Job(id)) => {
+                        let job: Job = decode_loaded(&value, &format!("job {id}"))?;
+                        if job.id != id {
+                            return Err(LoadError::Corrupt(format!(
+                                "job {} is stored under id {id}",
+                                job.id
+                            )));
+                        }
+                        parts.jobs.push(job);
+                    }
+                    Some(Row::Worker(id)) => {
+                        let worker: Worker = decode_loaded(&value, &format!("worker {id}"))?;
+                        if worker.info.id != id {
+                            return Err(LoadError::Corrupt(format!(
+                                "worker {} is stored under id {id}",
+                                worker.info.id
+                            )));
+                        }
+                        parts.workers.push(worker);
+                    }
+                    Some(Row::Log(job_id, sequence)) => {
+                        let what = format!("log line {sequence} of job {job_id}");
+                        let line: JobLogLine = decode_loaded(&value, &what)?;
+                        if (line.job_id, line.sequence) != (job_id, sequence) {
+                            return Err(LoadError::Corrupt(format!(
+                                "{what} holds line {} of job {}",
+                                line.sequence, line.job_id
+                            )));
+                        }
+                        parts.log_lines.push(line);
+                    }
+                    None => {
+                        return Err(LoadError::Corrupt(format!(
+                            "unexpected key {:?} in the state machine",
+                            String::from_utf8_lossy(key)
+                        )))
+                    }
+                },
             }
         }
         // The stored snapshot is read whenever openraft asks; check it decodes now.
         snapshots
             .load_meta()
             .map_err(|e| LoadError::Corrupt(format!("the stored snapshot's metadata: {e}")))?;
-        let queue = QueueState::from_parts(jobs, next_job_id.unwrap_or(1));
+        let queue = QueueState::from_parts(parts);
         Ok(StateMachine {
             sm,
             snapshots,
@@ -179,11 +313,24 @@ impl StateMachine {
                 encode(job).map_err(|e| sm_write_error(&e))?,
             );
         }
+        for worker in queue.workers() {
+            batch.insert(
+                worker_key(worker.info.id),
+                encode(worker).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        for line in queue.log_lines() {
+            batch.insert(
+                log_key(line.job_id, line.sequence),
+                encode(line).map_err(|e| sm_write_error(&e))?,
+            );
+        }
         put_meta(
             &mut batch,
             last_applied,
             Some(membership),
             queue.next_job_id(),
+            queue.next_lease_token(),
         )?;
         Ok(batch)
     }
@@ -195,6 +342,7 @@ fn put_meta(
     last_applied: Option<LogId>,
     membership: Option<&StoredMembership>,
     next_job_id: JobId,
+    next_lease_token: u64,
 ) -> Result<(), StorageError> {
     match last_applied {
         Some(log_id) => batch.insert(
@@ -212,6 +360,10 @@ fn put_meta(
     batch.insert(
         NEXT_JOB_ID_KEY,
         encode(&next_job_id).map_err(|e| sm_write_error(&e))?,
+    );
+    batch.insert(
+        NEXT_LEASE_TOKEN_KEY,
+        encode(&next_lease_token).map_err(|e| sm_write_error(&e))?,
     );
     Ok(())
 }
@@ -232,7 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_applied = self.last_applied;
         let mut membership = None;
         // In-memory work under the lock; the sled write after releasing it.
-        let (changed, next_job_id) = {
+        let changed = {
             let mut queue = self.lock_for_apply()?;
             for entry in entries {
                 last_applied = Some(entry.log_id);
@@ -259,12 +411,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 outcomes.push(outcome);
             }
-            let changed: Vec<(JobId, Option<Job>)> = queue
-                .take_changed()
-                .into_iter()
-                .map(|id| (id, queue.job(id).cloned()))
-                .collect();
-            (changed, queue.next_job_id())
+            ChangedRows::take(&mut queue)
         };
         if outcomes.is_empty() {
             return Ok(outcomes);
@@ -275,8 +422,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.membership = membership;
         }
 
-        // One atomic batch: job rows, the id sequence and last_applied reach disk together or
-        // not at all (see the module docs).
+        // One atomic batch: job, worker and log rows, the counters and last_applied reach disk
+        // together or not at all (see the module docs).
         //
         // No flush: sled recovers a prefix of the writes to this database, and every entry applied
         // here was written to the log (and is committed on a majority) before this batch. After a
@@ -285,16 +432,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // re-applies the entries after the recovered `last_applied`, producing the same rows and
         // ids again.
         let mut batch = sled::Batch::default();
-        for (id, job) in changed {
-            match job {
-                Some(job) => {
-                    batch.insert(job_key(id), encode(&job).map_err(|e| sm_write_error(&e))?)
-                }
-                None => batch.remove(job_key(id)),
-            }
-        }
+        let (next_job_id, next_lease_token) = (changed.next_job_id, changed.next_lease_token);
+        changed.write(&mut batch)?;
         let membership = membership_changed.then_some(&self.membership);
-        put_meta(&mut batch, self.last_applied, membership, next_job_id)?;
+        put_meta(
+            &mut batch,
+            self.last_applied,
+            membership,
+            next_job_id,
+            next_lease_token,
+        )?;
         // An error here leaves memory ahead of disk; openraft stops this replica on a storage
         // error, and on restart the log replays what is missing.
         self.sm.apply_batch(batch).map_err(|e| sm_write_error(&e))?;
@@ -309,7 +456,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .queue
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .to_parts();
         SnapshotBuilder {
             payload: SnapshotPayload { queue },
             last_applied: self.last_applied,
@@ -330,7 +477,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let payload = decode_snapshot(&data)
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Read, AnyError::error(e)))?;
-        let queue = payload.queue;
+        let queue = QueueState::from_parts(payload.queue);
 
         // The sm tree is rewritten to hold exactly the snapshot's state (old jobs the snapshot
         // does not have must go), and the snapshot is stored as the current one, in one

@@ -14,7 +14,10 @@ use tempfile::TempDir;
 
 use super::storage::DATA_FORMAT_VERSION;
 use super::*;
-use crate::queue::{Command, CommandOutput, JobSpec, JobState, QueueState};
+use crate::queue::{
+    AttemptOutcome, Command, CommandOutput, JobSpec, JobState, LeaseRef, LogLevel, LogLine,
+    QueueState, WorkerId, WorkerInfo,
+};
 
 const CACHE_BYTES: u64 = 8 << 20;
 
@@ -182,20 +185,185 @@ async fn applied_state_survives_reopen() {
     ));
 }
 
+fn worker(n: u128) -> WorkerId {
+    WorkerId::from_u128(0xabc0_0000 + n)
+}
+
+fn register(n: u128) -> Command {
+    Command::RegisterWorker {
+        info: WorkerInfo {
+            id: worker(n),
+            display_name: format!("worker {n}"),
+            description: String::new(),
+            machine_name: "host".into(),
+            tags: vec!["sql".into()],
+            max_tasks: 4,
+            version: "test".into(),
+        },
+        auto_enable: true,
+    }
+}
+
+fn acquire(n: u128, free_slots: u32) -> Command {
+    Command::AcquireTasks {
+        worker: worker(n),
+        free_slots,
+        lease_ms: 30_000,
+        cpu_percent_x10: 0,
+        free_memory_mb: 4096,
+        max_cpu_percent_x10: 700,
+        min_free_memory_mb: 100,
+    }
+}
+
+fn log_lines(n: u128, job_id: u64, token: u64, count: usize) -> Command {
+    Command::AppendLogs {
+        worker: worker(n),
+        lease: LeaseRef { job_id, token },
+        lines: (0..count)
+            .map(|i| LogLine {
+                at_ms: 1,
+                level: LogLevel::Info,
+                text: format!("line {i}"),
+            })
+            .collect(),
+    }
+}
+
+/// After [`apply_sample`] (jobs 1 and 3 queued): worker 1 leases both (tokens 1, 2), logs on
+/// job 1, completes job 3; worker 2 registers and is removed again.
+async fn apply_worker_sample(sm: &mut StateMachine) -> Vec<ProposalOutcome> {
+    sm.apply([
+        normal(1, 4, vec![register(1), register(2), acquire(1, 2)]),
+        normal(
+            1,
+            5,
+            vec![
+                log_lines(1, 1, 1, 3),
+                Command::CompleteTask {
+                    worker: worker(1),
+                    lease: LeaseRef {
+                        job_id: 3,
+                        token: 2,
+                    },
+                    outcome: AttemptOutcome::Succeeded,
+                    exit_code: Some(0),
+                    error: String::new(),
+                },
+                Command::RemoveWorker { worker: worker(2) },
+            ],
+        ),
+    ])
+    .await
+    .expect("apply")
+}
+
+#[tokio::test]
+async fn workers_leases_tokens_and_logs_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let queue = {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        let outcomes = apply_worker_sample(&mut sm).await;
+        assert!(
+            outcomes.iter().flat_map(|o| &o.results).all(|r| r.is_ok()),
+            "{outcomes:?}"
+        );
+        queue_of(&sm)
+    };
+    let job = queue.job(1).unwrap();
+    assert_eq!(job.state, JobState::PickedUp);
+    assert_eq!(job.lease.as_ref().map(|l| l.token), Some(1));
+    assert_eq!(queue.job(3).unwrap().state, JobState::Succeeded);
+    assert_eq!(queue.job_logs(1, 0, 0).len(), 3);
+    assert!(queue.worker(worker(2)).is_none());
+
+    let (_log, mut sm) = open(dir.path());
+    assert_eq!(
+        queue_of(&sm),
+        queue,
+        "same jobs, workers, leases, logs, counters and indexes after reopen"
+    );
+    assert_eq!(queue_of(&sm).worker(worker(1)).unwrap().running.len(), 1);
+    assert_eq!(
+        queue_of(&sm).next_lease_expiry(),
+        Some(1_700_000_000_004 + 30_000)
+    );
+
+    // The token sequence continues where it stopped: never a reused token.
+    let outcomes = sm
+        .apply([normal(1, 6, vec![submit("d", None), acquire(1, 1)])])
+        .await
+        .unwrap();
+    match &outcomes[0].results[1] {
+        Ok(CommandOutput::Acquired { tasks }) => {
+            assert_eq!(
+                tasks
+                    .iter()
+                    .map(|t| (t.job_id, t.token))
+                    .collect::<Vec<_>>(),
+                vec![(4, 3)]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // The old lease is still fenced after the restart, and its log sequence continues.
+    let outcomes = sm
+        .apply([normal(
+            1,
+            7,
+            vec![
+                Command::CompleteTask {
+                    worker: worker(1),
+                    lease: LeaseRef {
+                        job_id: 3,
+                        token: 2,
+                    },
+                    outcome: AttemptOutcome::Succeeded,
+                    exit_code: None,
+                    error: String::new(),
+                },
+                log_lines(1, 1, 1, 1),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcomes[0].results[0],
+        Err(crate::queue::QueueError::LeaseLost {
+            job_id: 3,
+            token: 2
+        })
+    ));
+    let lines = queue_of(&sm).job_logs(1, 0, 0);
+    assert_eq!(
+        lines.iter().map(|l| l.sequence).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+}
+
 #[tokio::test]
 async fn installed_snapshot_replaces_old_state() {
     let source_dir = TempDir::new().unwrap();
     let target_dir = TempDir::new().unwrap();
     let (_source_log, mut source) = open(source_dir.path());
     apply_sample(&mut source).await;
+    apply_worker_sample(&mut source).await;
 
-    // The target has jobs the source does not, with ids the snapshot also uses.
+    // The target has jobs the source does not, with ids the snapshot also uses, and a worker,
+    // leases and log lines the source does not have.
     let (_target_log, mut target) = open(target_dir.path());
-    let jobs: Vec<Command> = (0..10)
+    let mut commands: Vec<Command> = (0..10)
         .map(|i| submit(&format!("old-{i}"), Some(&format!("old-{i}"))))
         .collect();
-    target.apply([normal(1, 1, jobs)]).await.unwrap();
+    commands.extend([register(7), acquire(7, 4)]);
+    target.apply([normal(1, 1, commands)]).await.unwrap();
+    target
+        .apply([normal(1, 2, vec![log_lines(7, 4, 4, 5)])])
+        .await
+        .unwrap();
     assert_eq!(queue_of(&target).job_count(), 10);
+    assert_eq!(queue_of(&target).job_logs(4, 0, 0).len(), 5);
 
     let snapshot = source
         .get_snapshot_builder()
@@ -203,7 +371,7 @@ async fn installed_snapshot_replaces_old_state() {
         .build_snapshot()
         .await
         .unwrap();
-    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 3)));
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 5)));
     let mut received = target.begin_receiving_snapshot().await.unwrap();
     *received = *snapshot.snapshot;
     target
@@ -222,7 +390,10 @@ async fn installed_snapshot_replaces_old_state() {
         snapshot.meta
     );
 
-    // And on disk: no row of the old jobs comes back.
+    assert!(expected.worker(worker(7)).is_none());
+    assert_eq!(expected.live_leases(), 1);
+
+    // And on disk: no row of the old jobs, worker or log lines comes back.
     drop((_target_log, target));
     let (_target_log, mut target) = open(target_dir.path());
     assert_eq!(queue_of(&target), expected);

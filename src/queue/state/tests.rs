@@ -1,9 +1,10 @@
-//! Scenario and property tests of the queue model.
+//! Tests of job submission, cancel and listing (workers and leases: `scenario_tests.rs` and
+//! `property_tests.rs`).
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::queue::JobSpec;
+use crate::queue::{CommandOutput, JobSpec, QueueError};
 
 fn ctx(log_index: u64) -> ApplyContext {
     ApplyContext {
@@ -97,21 +98,21 @@ fn an_invalid_spec_changes_nothing() {
     );
     assert!(matches!(result, Err(QueueError::InvalidSpec(_))));
     assert_eq!(state, before);
-    assert!(state.take_changed().is_empty());
+    assert!(state.take_changes().is_empty());
 }
 
 #[test]
 fn cancel_a_queued_job_then_again() {
     let mut state = QueueState::new();
     let id = submitted_id(submit(&mut state, 1, "a", None));
-    state.take_changed();
+    state.take_changes();
     let cancelled = state.apply(&ctx(2), Command::CancelJob { job_id: id });
     let Ok(CommandOutput::Cancelled { job }) = cancelled else {
         panic!("{cancelled:?}")
     };
     assert_eq!(job.state, JobState::Cancelled);
     assert_eq!(job.updated_at_ms, ctx(2).now_ms);
-    assert_eq!(state.take_changed(), BTreeSet::from([id]));
+    assert_eq!(state.take_changes().jobs, BTreeSet::from([id]));
     // Cancelling twice is answered with the job as it is: a retried cancel must not fail.
     assert!(state
         .apply(&ctx(3), Command::CancelJob { job_id: id })
@@ -157,9 +158,12 @@ fn rebuilding_from_parts_gives_the_same_state() {
     state
         .apply(&ctx(5), Command::CancelJob { job_id: 3 })
         .expect("cancel");
-    state.take_changed();
-    let jobs: Vec<Job> = state.list(None, 0, 0).jobs;
-    let rebuilt = QueueState::from_parts(jobs, state.next_job_id());
+    state.take_changes();
+    let rebuilt = QueueState::from_parts(Parts {
+        jobs: state.list(None, 0, 0).jobs,
+        next_job_id: state.next_job_id(),
+        ..Parts::default()
+    });
     assert_eq!(rebuilt, state);
 }
 
@@ -248,8 +252,12 @@ proptest! {
             prop_assert_eq!(indexed, state.job_count());
         }
         // The persisted form rebuilds the very same state.
-        state.take_changed();
-        let rebuilt = QueueState::from_parts(state.list(None, 0, MAX_PAGE_SIZE).jobs, state.next_job_id());
+        state.take_changes();
+        let rebuilt = QueueState::from_parts(Parts {
+            jobs: state.list(None, 0, MAX_PAGE_SIZE).jobs,
+            next_job_id: state.next_job_id(),
+            ..Parts::default()
+        });
         prop_assert_eq!(rebuilt, state);
     }
 

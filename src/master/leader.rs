@@ -1,0 +1,97 @@
+//! The leader-only loop: lease grace on taking office, then lease expiry by committed time.
+//!
+//! Nothing here trusts `metrics().state` alone: a restarted old leader may believe it still leads
+//! until it hears otherwise. On becoming leader of term T, this loop first commits an
+//! `ExtendLeases` entry; that entry committing proves leadership in T (a majority accepted an
+//! entry of T) and, because it pushes every live lease out by one lease interval, a failover
+//! never expires work that kept running while no leader could take renewals. Only then does the
+//! expiry check run, proposing `ExpireLeases` (stamped with this leader's clock) whenever a lease
+//! is due. When the term or the role changes, the loop starts over.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::proposer::{now_ms, Proposer};
+use crate::config::WorkerSettings;
+use crate::queue::{Command, CommandOutput};
+use crate::raft::{Raft, SharedQueue};
+
+/// Runs until the Raft node shuts down.
+pub async fn run(raft: Raft, proposer: Proposer, queue: SharedQueue, settings: WorkerSettings) {
+    let mut metrics = raft.metrics();
+    loop {
+        // Wait to lead.
+        let term = loop {
+            let (state, term) = {
+                let m = metrics.borrow_and_update();
+                (m.state, m.current_term)
+            };
+            if state == openraft::ServerState::Leader {
+                break term;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        };
+        match proposer
+            .propose(Command::ExtendLeases {
+                lease_ms: settings.lease_interval_ms,
+            })
+            .await
+        {
+            Ok(Ok(CommandOutput::Extended { leases })) => {
+                info!(
+                    term,
+                    leases, "leading: live leases extended by one lease interval"
+                );
+            }
+            other => {
+                // Lost the leadership meanwhile, or the entry did not commit: start over.
+                warn!(term, outcome = ?other, "could not take office");
+                tokio::time::sleep(Duration::from_millis(settings.expiry_check_interval_ms)).await;
+                continue;
+            }
+        }
+        expire_while_leading(&raft, &proposer, &queue, &settings, term).await;
+    }
+}
+
+async fn expire_while_leading(
+    raft: &Raft,
+    proposer: &Proposer,
+    queue: &SharedQueue,
+    settings: &WorkerSettings,
+    term: u64,
+) {
+    let mut interval =
+        tokio::time::interval(Duration::from_millis(settings.expiry_check_interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let still_leading = {
+            let m = raft.metrics().borrow().clone();
+            m.state == openraft::ServerState::Leader && m.current_term == term
+        };
+        if !still_leading {
+            info!(term, "no longer leading");
+            return;
+        }
+        let due = {
+            let queue = queue.read().unwrap_or_else(|p| p.into_inner());
+            queue.next_lease_expiry().is_some_and(|at| at <= now_ms())
+        };
+        if !due {
+            continue;
+        }
+        match proposer.propose(Command::ExpireLeases).await {
+            Ok(Ok(CommandOutput::Expired { jobs })) if !jobs.is_empty() => {
+                for job_id in jobs {
+                    warn!(job_id, term, "lease expired");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, term, "could not propose lease expiry"),
+        }
+    }
+}

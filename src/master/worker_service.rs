@@ -1,0 +1,349 @@
+//! WorkerService: what worker agents call. Every call that changes the queue (registration,
+//! heartbeats, acquisition, renewals, logs, completions) is a command through the Raft log, so
+//! leases and their fencing tokens are decided in apply, identically on every replica.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Request, Response, Status};
+use tracing::{debug, info};
+
+use super::job_service::propose_error_status;
+use super::proposer::{now_ms, Proposer};
+use super::status::{from_queue_error, not_leader, with_reason};
+use crate::config::{WorkerApproval, WorkerSettings};
+use crate::pb::v1::worker_service_server::WorkerService;
+use crate::pb::v1::{
+    AcquireTasksRequest, AcquireTasksResponse, AppendLogsRequest, AppendLogsResponse,
+    CompleteTaskRequest, CompleteTaskResponse, HeartbeatRequest, HeartbeatResponse,
+    RegisterWorkerRequest, RegisterWorkerResponse, RenewLeasesRequest, RenewLeasesResponse,
+};
+use crate::pb::{
+    lease_from_pb, log_line_from_pb, outcome_from_pb, percent_x10, worker_id_from_pb,
+    worker_info_from_pb,
+};
+use crate::queue::{Command, CommandOutput, LeaseRef, LogLevel, LogLine, QueueError};
+use crate::raft::{Raft, SharedQueue};
+
+/// ErrorInfo reason of a call that carries a lease which is no longer current.
+pub const REASON_LEASE_LOST: &str = "LEASE_LOST";
+/// How often a waiting long-poll looks again when nothing was applied (a retry delay may have
+/// made a task ready in the meantime).
+const POLL_RECHECK: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+pub struct WorkerApi {
+    raft: Raft,
+    proposer: Proposer,
+    queue: SharedQueue,
+    settings: WorkerSettings,
+}
+
+fn lease_lost(lease: &LeaseRef, what: &str) -> Status {
+    let metadata = HashMap::from([
+        ("job_id".to_string(), lease.job_id.to_string()),
+        ("lease_token".to_string(), lease.token.to_string()),
+    ]);
+    with_reason(
+        Code::FailedPrecondition,
+        REASON_LEASE_LOST,
+        format!(
+            "the lease {} of job {} is no longer current ({what}); stop the task: it expired and \
+             may run elsewhere, or the job ended",
+            lease.token, lease.job_id
+        ),
+        metadata,
+    )
+}
+
+fn rejection(error: QueueError) -> Status {
+    match error {
+        QueueError::LeaseLost { job_id, token } => {
+            lease_lost(&LeaseRef { job_id, token }, "refused")
+        }
+        other => from_queue_error(&other),
+    }
+}
+
+impl WorkerApi {
+    pub fn new(
+        raft: Raft,
+        proposer: Proposer,
+        queue: SharedQueue,
+        settings: WorkerSettings,
+    ) -> Self {
+        WorkerApi {
+            raft,
+            proposer,
+            queue,
+            settings,
+        }
+    }
+
+    async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
+        match self.proposer.propose(command).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(rejection_error)) => Err(rejection(rejection_error)),
+            Err(error) => Err(propose_error_status(error)),
+        }
+    }
+
+    /// A follower's local state may lag, so only the leader decides a long-poll has nothing.
+    fn require_leader(&self) -> Result<(), Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state == openraft::ServerState::Leader {
+            return Ok(());
+        }
+        let leader = metrics.current_leader;
+        let node = leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        });
+        Err(not_leader(leader, node.as_ref()))
+    }
+
+    fn has_eligible_task(
+        &self,
+        request: &AcquireTasksRequest,
+        worker: crate::queue::WorkerId,
+    ) -> bool {
+        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        queue.has_eligible_task(
+            worker,
+            now_ms(),
+            percent_x10(request.task_request_max_cpu),
+            request.task_request_min_memory_mb,
+        )
+    }
+}
+
+fn unexpected(output: CommandOutput) -> Status {
+    Status::internal(format!("unexpected command output {output:?}"))
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let info = request
+            .into_inner()
+            .info
+            .ok_or_else(|| rejection(QueueError::InvalidWorker("info is missing".into())))?;
+        let info = worker_info_from_pb(info).map_err(rejection)?;
+        info.validate().map_err(rejection)?;
+        let worker = info.id;
+        let auto_enable = self.settings.approval == WorkerApproval::Auto;
+        match self
+            .propose(Command::RegisterWorker { info, auto_enable })
+            .await?
+        {
+            CommandOutput::WorkerRegistered { enabled } => {
+                info!(%worker, enabled, "worker registered");
+                Ok(Response::new(RegisterWorkerResponse {
+                    enabled,
+                    lease_interval_ms: self.settings.lease_interval_ms,
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
+        let running = request
+            .running
+            .iter()
+            .map(|lease| LeaseRef {
+                job_id: lease.job_id,
+                token: lease.lease_token,
+            })
+            .collect();
+        let command = Command::WorkerHeartbeat {
+            worker,
+            running,
+            cpu_percent_x10: percent_x10(request.cpu_percent),
+            free_memory_mb: request.free_memory_mb,
+        };
+        match self.propose(command).await? {
+            CommandOutput::Heartbeat {
+                enabled,
+                draining,
+                cancel,
+                lost,
+            } => Ok(Response::new(HeartbeatResponse {
+                enabled,
+                draining,
+                cancel: cancel.iter().map(Into::into).collect(),
+                lost: lost.iter().map(Into::into).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn acquire_tasks(
+        &self,
+        request: Request<AcquireTasksRequest>,
+    ) -> Result<Response<AcquireTasksResponse>, Status> {
+        let request = request.into_inner();
+        let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
+        let wait = Duration::from_millis(
+            u64::from(request.wait_ms).min(self.settings.max_acquire_wait_ms),
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut applied = self.raft.metrics();
+        let mut first = true;
+        loop {
+            self.require_leader()?;
+            // The first call always goes through the log: it is also the worker's liveness
+            // signal. Later rounds propose only when the leader's state shows work for it.
+            if first || self.has_eligible_task(&request, worker) {
+                first = false;
+                let command = Command::AcquireTasks {
+                    worker,
+                    free_slots: request.free_slots,
+                    lease_ms: self.settings.lease_interval_ms,
+                    cpu_percent_x10: percent_x10(request.cpu_percent),
+                    free_memory_mb: request.free_memory_mb,
+                    max_cpu_percent_x10: percent_x10(request.task_request_max_cpu),
+                    min_free_memory_mb: request.task_request_min_memory_mb,
+                };
+                match self.propose(command).await? {
+                    CommandOutput::Acquired { tasks } if !tasks.is_empty() => {
+                        for task in &tasks {
+                            info!(job_id = task.job_id, lease = task.token, attempt = task.attempt, %worker, "task leased");
+                        }
+                        return Ok(Response::new(AcquireTasksResponse {
+                            tasks: tasks.iter().map(Into::into).collect(),
+                        }));
+                    }
+                    CommandOutput::Acquired { .. } => {}
+                    other => return Err(unexpected(other)),
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(AcquireTasksResponse::default()));
+            }
+            // Wake on the next apply (a submit, a requeue) or recheck shortly for retry delays.
+            let nap = (deadline - now).min(POLL_RECHECK);
+            let _ = tokio::time::timeout(nap, applied.changed()).await;
+            debug!(%worker, "long-poll recheck");
+        }
+    }
+
+    async fn renew_leases(
+        &self,
+        request: Request<RenewLeasesRequest>,
+    ) -> Result<Response<RenewLeasesResponse>, Status> {
+        let request = request.into_inner();
+        let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
+        let leases = request
+            .leases
+            .iter()
+            .map(|lease| LeaseRef {
+                job_id: lease.job_id,
+                token: lease.lease_token,
+            })
+            .collect();
+        let command = Command::RenewLeases {
+            worker,
+            leases,
+            lease_ms: self.settings.lease_interval_ms,
+        };
+        match self.propose(command).await? {
+            CommandOutput::Renewed { leases } => Ok(Response::new(RenewLeasesResponse {
+                leases: leases.iter().map(Into::into).collect(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn append_logs(
+        &self,
+        request: Request<AppendLogsRequest>,
+    ) -> Result<Response<AppendLogsResponse>, Status> {
+        let request = request.into_inner();
+        let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
+        let lease = lease_from_pb(request.lease).map_err(rejection)?;
+        let lines = request.lines.into_iter().map(log_line_from_pb).collect();
+        match self
+            .propose(Command::AppendLogs {
+                worker,
+                lease,
+                lines,
+            })
+            .await?
+        {
+            CommandOutput::LogsAppended { late: false } => Ok(Response::new(AppendLogsResponse {})),
+            CommandOutput::LogsAppended { late: true } => {
+                Err(lease_lost(&lease, "the lines were recorded as late"))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<CompleteTaskRequest>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        let request = request.into_inner();
+        let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
+        let lease = lease_from_pb(request.lease).map_err(rejection)?;
+        let outcome = outcome_from_pb(request.outcome).map_err(rejection)?;
+        let command = Command::CompleteTask {
+            worker,
+            lease,
+            outcome,
+            exit_code: request.exit_code,
+            error: request.error.clone(),
+        };
+        match self
+            .proposer
+            .propose(command)
+            .await
+            .map_err(propose_error_status)?
+        {
+            Ok(CommandOutput::Completed { state }) => {
+                info!(job_id = lease.job_id, lease = lease.token, %worker, ?outcome, state = %state, "task completed");
+                Ok(Response::new(CompleteTaskResponse {
+                    job_state: crate::pb::v1::JobState::from(state) as i32,
+                }))
+            }
+            Err(QueueError::LeaseLost { .. }) => {
+                // Recorded, never applied: the task's history shows what the late worker said.
+                let text = format!(
+                    "late result from worker {worker} (lease {}): {outcome:?}, exit code {:?}, {}",
+                    lease.token, request.exit_code, request.error
+                );
+                let line = LogLine {
+                    at_ms: now_ms(),
+                    level: LogLevel::Warning,
+                    text,
+                };
+                let _ = self
+                    .propose(Command::AppendLogs {
+                        worker,
+                        lease,
+                        lines: vec![line],
+                    })
+                    .await;
+                info!(job_id = lease.job_id, lease = lease.token, %worker, "stale completion refused");
+                Err(lease_lost(
+                    &lease,
+                    "the result was recorded as late and not applied",
+                ))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(other) => Err(rejection(other)),
+        }
+    }
+}

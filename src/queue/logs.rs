@@ -1,0 +1,159 @@
+//! Task log lines: what workers stream while a task runs, stored per job in sequence order.
+//!
+//! Lines are replicated like everything else (so `job logs` works on any replica and SSISDB
+//! shipping can resume anywhere), which is why each job's share is capped: past
+//! [`MAX_LOG_LINES_PER_JOB`] lines are dropped and a single notice line after them counts how
+//! many, rewritten in place as more are dropped. Lines that arrive under a lease that is no
+//! longer current are still kept, flagged `late`: they describe what really ran, but nothing
+//! they say changes the job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::attempt::truncate_utf8;
+use super::{Job, JobId};
+
+/// Lines kept per job; the truncation notice, when there is one, is one more (sequence
+/// `MAX_LOG_LINES_PER_JOB + 1`).
+pub const MAX_LOG_LINES_PER_JOB: u64 = 10_000;
+/// Longest text one line keeps; longer lines are cut at a character boundary.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// SSIS's TaskLogLevel flags for the levels a task's output maps onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LogLevel {
+    Verbose,
+    Info,
+    Warning,
+    Error,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 4] = [
+        LogLevel::Verbose,
+        LogLevel::Info,
+        LogLevel::Warning,
+        LogLevel::Error,
+    ];
+
+    /// The SSIS bit value: Verbose 1, Info 2, Warning 4, Error 8.
+    pub fn bits(self) -> u32 {
+        match self {
+            LogLevel::Verbose => 1,
+            LogLevel::Info => 2,
+            LogLevel::Warning => 4,
+            LogLevel::Error => 8,
+        }
+    }
+
+    /// The level with exactly these bits; `None` for any other value.
+    pub fn from_bits(bits: u32) -> Option<LogLevel> {
+        LogLevel::ALL.into_iter().find(|level| level.bits() == bits)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Verbose => "verbose",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// One line as a worker sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The worker's clock when the line was produced (display only; order is the sequence).
+    pub at_ms: u64,
+    pub level: LogLevel,
+    pub text: String,
+}
+
+/// A stored line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogLine {
+    pub job_id: JobId,
+    /// Per job, from 1, in the order lines were applied.
+    pub sequence: u64,
+    /// The attempt that produced it (1-based).
+    pub attempt: u32,
+    pub line: LogLine,
+    /// Sent under a lease that was no longer current.
+    pub late: bool,
+}
+
+/// The text of the notice that replaces dropped lines.
+pub fn truncation_notice(dropped: u64) -> String {
+    format!("log truncated: {dropped} more lines dropped")
+}
+
+/// Stores `lines` for `job` (updating its counters) and returns the keys written.
+pub(super) fn append(
+    store: &mut BTreeMap<(JobId, u64), JobLogLine>,
+    job: &mut Job,
+    attempt: u32,
+    late: bool,
+    lines: Vec<LogLine>,
+) -> Vec<(JobId, u64)> {
+    let mut written = Vec::new();
+    let mut last_dropped = None;
+    for mut line in lines {
+        if job.log_lines < MAX_LOG_LINES_PER_JOB {
+            line.text = truncate_utf8(line.text, MAX_LOG_LINE_BYTES);
+            job.log_lines += 1;
+            let sequence = job.log_lines;
+            store.insert(
+                (job.id, sequence),
+                JobLogLine {
+                    job_id: job.id,
+                    sequence,
+                    attempt,
+                    line,
+                    late,
+                },
+            );
+            written.push((job.id, sequence));
+        } else {
+            job.log_lines_dropped += 1;
+            last_dropped = Some(line.at_ms);
+        }
+    }
+    if let Some(at_ms) = last_dropped {
+        // One notice, rewritten with the running count, so a runaway task costs one row.
+        let sequence = MAX_LOG_LINES_PER_JOB + 1;
+        job.log_lines = sequence;
+        store.insert(
+            (job.id, sequence),
+            JobLogLine {
+                job_id: job.id,
+                sequence,
+                attempt,
+                line: LogLine {
+                    at_ms,
+                    level: LogLevel::Warning,
+                    text: truncation_notice(job.log_lines_dropped),
+                },
+                late,
+            },
+        );
+        written.push((job.id, sequence));
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_round_trip_through_their_bits() {
+        for level in LogLevel::ALL {
+            assert_eq!(LogLevel::from_bits(level.bits()), Some(level));
+        }
+        assert_eq!(LogLevel::from_bits(0), None);
+        assert_eq!(LogLevel::from_bits(3), None);
+        assert_eq!(LogLevel::from_bits(16), None);
+    }
+}

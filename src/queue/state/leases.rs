@@ -1,0 +1,173 @@
+//! Leases: granting tasks, renewing, completing, expiring and extending.
+//!
+//! The fencing rule (invariant 2) lives in [`Job::holds_lease`](crate::queue::Job::holds_lease):
+//! a renew or complete counts only when the job's current lease has the presented token and
+//! names the presenting worker. Everything else is answered, per lease, as lost.
+
+use super::QueueState;
+use crate::queue::attempt::{truncate_utf8, MAX_ATTEMPT_ERROR_BYTES, MAX_LEASE_MS};
+use crate::queue::dispatch::{worker_capacity, LoadLimits};
+use crate::queue::{
+    AttemptOutcome, CommandOutput, CommandResult, JobId, JobState, LeaseRef, LeaseStatus,
+    QueueError, WorkerId,
+};
+
+impl QueueState {
+    pub(super) fn acquire(
+        &mut self,
+        worker: WorkerId,
+        free_slots: u32,
+        lease_ms: u64,
+        (cpu_percent_x10, free_memory_mb): (u32, u64),
+        limits: LoadLimits,
+        now_ms: u64,
+    ) -> CommandResult {
+        validate_lease_ms(lease_ms)?;
+        self.record_load(worker, cpu_percent_x10, free_memory_mb, now_ms)?;
+        let w = self
+            .workers
+            .get(&worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?;
+        let wanted = free_slots.min(worker_capacity(w, limits)) as usize;
+        let chosen: Vec<JobId> = if wanted == 0 {
+            Vec::new()
+        } else {
+            self.eligible_jobs(w, now_ms).take(wanted).collect()
+        };
+        let tasks = chosen
+            .into_iter()
+            .filter_map(|job_id| self.grant_lease(job_id, worker, lease_ms, now_ms))
+            .collect();
+        Ok(CommandOutput::Acquired { tasks })
+    }
+
+    /// Each current lease runs on to now + `lease_ms`, and a picked-up task counts as running
+    /// from its first renewal. A lease that is not current is answered `renewed: false`, never
+    /// an error: the worker kills that task and carries on with the others.
+    pub(super) fn renew(
+        &mut self,
+        worker: WorkerId,
+        leases: &[LeaseRef],
+        lease_ms: u64,
+        now_ms: u64,
+    ) -> CommandResult {
+        validate_lease_ms(lease_ms)?;
+        self.worker_mut(worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?
+            .last_heartbeat_ms = now_ms;
+        let expires_at_ms = now_ms.saturating_add(lease_ms);
+        let mut statuses = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let current = self
+                .jobs
+                .get(&lease.job_id)
+                .filter(|job| job.holds_lease(worker, lease.token));
+            let Some(job) = current else {
+                statuses.push(LeaseStatus {
+                    job_id: lease.job_id,
+                    token: lease.token,
+                    renewed: false,
+                    cancel_requested: false,
+                    expires_at_ms: 0,
+                });
+                continue;
+            };
+            let (state, cancel_requested) = (job.state, job.cancel_requested);
+            self.set_lease_expiry(lease.job_id, expires_at_ms);
+            if state == JobState::PickedUp {
+                self.transition(lease.job_id, JobState::Running, now_ms);
+            }
+            statuses.push(LeaseStatus {
+                job_id: lease.job_id,
+                token: lease.token,
+                renewed: true,
+                cancel_requested,
+                expires_at_ms,
+            });
+        }
+        Ok(CommandOutput::Renewed { leases: statuses })
+    }
+
+    /// The worker's verdict on its attempt. Only the current lease's holder may give it, once:
+    /// the lease is cleared here, so a second complete (or one from a superseded attempt) is
+    /// `LeaseLost` and changes nothing.
+    pub(super) fn complete(
+        &mut self,
+        worker: WorkerId,
+        lease: LeaseRef,
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        error: String,
+        now_ms: u64,
+    ) -> CommandResult {
+        if outcome == AttemptOutcome::Expired {
+            return Err(QueueError::InvalidRequest(
+                "a worker cannot complete a task as expired (only the master expires leases); \
+                 report succeeded, failed or cancelled"
+                    .into(),
+            ));
+        }
+        let job = self
+            .jobs
+            .get(&lease.job_id)
+            .ok_or(QueueError::JobNotFound(lease.job_id))?;
+        if !job.holds_lease(worker, lease.token) {
+            return Err(QueueError::LeaseLost {
+                job_id: lease.job_id,
+                token: lease.token,
+            });
+        }
+        let error = truncate_utf8(error, MAX_ATTEMPT_ERROR_BYTES);
+        let state = self
+            .end_attempt(lease.job_id, outcome, exit_code, error, now_ms)
+            .ok_or(QueueError::LeaseLost {
+                job_id: lease.job_id,
+                token: lease.token,
+            })?;
+        Ok(CommandOutput::Completed { state })
+    }
+
+    /// Ends every lease due at or before `now_ms` (the leader's clock in the entry: expiry is
+    /// decided by committed time, invariant 4). Each expiry consumes the attempt.
+    pub(super) fn expire(&mut self, now_ms: u64) -> CommandOutput {
+        let due: Vec<JobId> = self
+            .expiry
+            .range(..=(now_ms, JobId::MAX))
+            .map(|&(_, id)| id)
+            .collect();
+        for &job_id in &due {
+            self.end_attempt(
+                job_id,
+                AttemptOutcome::Expired,
+                None,
+                "the lease expired: the worker did not renew it in time".into(),
+                now_ms,
+            );
+        }
+        CommandOutput::Expired { jobs: due }
+    }
+
+    /// Gives every live lease `lease_ms` more, counted from now if it is already due: what a
+    /// new leader applies first, since no worker could renew while there was no leader.
+    pub(super) fn extend(&mut self, lease_ms: u64, now_ms: u64) -> CommandResult {
+        validate_lease_ms(lease_ms)?;
+        let live: Vec<(u64, JobId)> = self.expiry.iter().copied().collect();
+        for &(expires_at_ms, job_id) in &live {
+            let extended = expires_at_ms.max(now_ms).saturating_add(lease_ms);
+            self.set_lease_expiry(job_id, extended);
+        }
+        Ok(CommandOutput::Extended {
+            leases: live.len() as u64,
+        })
+    }
+}
+
+fn validate_lease_ms(lease_ms: u64) -> Result<(), QueueError> {
+    if lease_ms == 0 || lease_ms > MAX_LEASE_MS {
+        return Err(QueueError::InvalidRequest(format!(
+            "a lease of {lease_ms} ms is out of range: give 1 to {MAX_LEASE_MS} ms (one day); \
+             check the master's lease settings"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Property test: random histories of every command, with 2–3 workers and a clock that only
+//! moves forward, keep the invariants of DESIGN.md (2: fencing, 3: bounded attempts) and the
+//! model's own (legal transitions, consistent indexes, persisted rows that rebuild the state,
+//! replicas that agree).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::test_support::*;
+use super::QueueState;
+use crate::queue::{
+    ApplyContext, AttemptOutcome, Command, CommandOutput, JobId, JobSpec, JobState, LeaseRef,
+    QueueError, WorkerId,
+};
+
+const TAGS: [&str; 2] = ["sql", "gpu"];
+
+fn tags(mask: u8) -> Vec<String> {
+    TAGS.iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, t)| t.to_string())
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit {
+        priority: i32,
+        max_attempts: u32,
+        retry_delay_secs: Option<u64>,
+        pin: Option<u8>,
+        tag_mask: u8,
+    },
+    Cancel {
+        job: u64,
+    },
+    Register {
+        worker: u8,
+        auto_enable: bool,
+        tag_mask: u8,
+        max_tasks: u32,
+    },
+    Heartbeat {
+        worker: u8,
+        report: Vec<usize>,
+        cpu: u32,
+    },
+    Acquire {
+        worker: u8,
+        free_slots: u32,
+        cpu: u32,
+        mem: u64,
+    },
+    Renew {
+        worker: u8,
+        leases: Vec<usize>,
+    },
+    AppendLogs {
+        pick: usize,
+        own: bool,
+        worker: u8,
+        lines: u8,
+    },
+    Complete {
+        pick: usize,
+        own: bool,
+        worker: u8,
+        outcome: u8,
+    },
+    Expire,
+    Extend,
+    SetState {
+        worker: u8,
+        enabled: Option<bool>,
+        draining: Option<bool>,
+    },
+    Remove {
+        worker: u8,
+    },
+}
+
+fn op(workers: u8) -> impl Strategy<Value = Op> {
+    let w = 0..workers;
+    prop_oneof![
+        4 => (0i32..3, 1u32..4, proptest::option::of(0u64..3), proptest::option::weighted(0.2, 0..workers), 0u8..4)
+            .prop_map(|(priority, max_attempts, retry_delay_secs, pin, tag_mask)| Op::Submit {
+                priority, max_attempts, retry_delay_secs, pin, tag_mask,
+            }),
+        1 => (1u64..25).prop_map(|job| Op::Cancel { job }),
+        1 => (w.clone(), any::<bool>(), 0u8..4, 1u32..4).prop_map(|(worker, auto_enable, tag_mask, max_tasks)| {
+            Op::Register { worker, auto_enable, tag_mask, max_tasks }
+        }),
+        1 => (w.clone(), proptest::collection::vec(any::<usize>(), 0..3), 0u32..1000)
+            .prop_map(|(worker, report, cpu)| Op::Heartbeat { worker, report, cpu }),
+        4 => (w.clone(), 0u32..4, 0u32..760, 60u64..1000)
+            .prop_map(|(worker, free_slots, cpu, mem)| Op::Acquire { worker, free_slots, cpu, mem }),
+        3 => (w.clone(), proptest::collection::vec(any::<usize>(), 0..4))
+            .prop_map(|(worker, leases)| Op::Renew { worker, leases }),
+        2 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..4)
+            .prop_map(|(pick, own, worker, lines)| Op::AppendLogs { pick, own, worker, lines }),
+        5 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..8)
+            .prop_map(|(pick, own, worker, outcome)| Op::Complete { pick, own, worker, outcome }),
+        2 => Just(Op::Expire),
+        1 => Just(Op::Extend),
+        1 => (w.clone(), proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()))
+            .prop_map(|(worker, enabled, draining)| Op::SetState { worker, enabled, draining }),
+        1 => w.prop_map(|worker| Op::Remove { worker }),
+    ]
+}
+
+/// Turns an op into a command. Leases are picked mostly among the live ones (`live`), else from
+/// every lease ever granted (`granted`, mostly stale by now).
+fn to_command(
+    op: &Op,
+    granted: &[(LeaseRef, WorkerId)],
+    live: &[(LeaseRef, WorkerId)],
+    max_tasks: &BTreeMap<u8, u32>,
+) -> Command {
+    let wid = |w: u8| worker_id(u128::from(w));
+    let pick = |i: usize| {
+        let from = if i % 4 == 0 || live.is_empty() {
+            granted
+        } else {
+            live
+        };
+        from.get((i / 4) % from.len().max(1)).copied()
+    };
+    let no_lease = (
+        LeaseRef {
+            job_id: 1,
+            token: 999,
+        },
+        wid(0),
+    );
+    match op.clone() {
+        Op::Submit {
+            priority,
+            max_attempts,
+            retry_delay_secs,
+            pin,
+            tag_mask,
+        } => Command::SubmitJob {
+            spec: JobSpec {
+                priority,
+                max_attempts,
+                retry_delay_secs,
+                allowed_workers: pin.map(wid).into_iter().collect(),
+                tags: tags(tag_mask),
+                ..spec()
+            },
+            idempotency_key: None,
+        },
+        Op::Cancel { job } => Command::CancelJob { job_id: job },
+        Op::Register {
+            worker,
+            auto_enable,
+            tag_mask,
+            max_tasks: asked,
+        } => {
+            // A worker keeps its MaxTaskCount across re-registrations, so "never more than
+            // max_tasks" stays checkable.
+            let max = max_tasks.get(&worker).copied().unwrap_or(asked);
+            let tag_list = tags(tag_mask);
+            let tag_refs: Vec<&str> = tag_list.iter().map(String::as_str).collect();
+            Command::RegisterWorker {
+                info: worker_info(wid(worker), &tag_refs, max),
+                auto_enable,
+            }
+        }
+        Op::Heartbeat {
+            worker,
+            report,
+            cpu,
+        } => Command::WorkerHeartbeat {
+            worker: wid(worker),
+            running: report
+                .iter()
+                .filter_map(|&i| pick(i))
+                .map(|(l, _)| l)
+                .collect(),
+            cpu_percent_x10: cpu,
+            free_memory_mb: 4096,
+        },
+        Op::Acquire {
+            worker,
+            free_slots,
+            cpu,
+            mem,
+        } => Command::AcquireTasks {
+            worker: wid(worker),
+            free_slots,
+            lease_ms: LEASE_MS,
+            cpu_percent_x10: cpu,
+            free_memory_mb: mem,
+            max_cpu_percent_x10: MAX_CPU,
+            min_free_memory_mb: MIN_MEM,
+        },
+        Op::Renew { worker, leases } => Command::RenewLeases {
+            worker: wid(worker),
+            leases: leases
+                .iter()
+                .filter_map(|&i| pick(i))
+                .map(|(l, _)| l)
+                .collect(),
+            lease_ms: LEASE_MS,
+        },
+        Op::AppendLogs {
+            pick: i,
+            own,
+            worker,
+            lines,
+        } => {
+            let (lease, holder) = pick(i).unwrap_or(no_lease);
+            Command::AppendLogs {
+                worker: if own { holder } else { wid(worker) },
+                lease,
+                lines: (0..lines).map(|n| line(&format!("l{n}"))).collect(),
+            }
+        }
+        Op::Complete {
+            pick: i,
+            own,
+            worker,
+            outcome,
+        } => {
+            let (lease, holder) = pick(i).unwrap_or(no_lease);
+            // Expired (refused from a worker) now and then.
+            let outcome = [
+                AttemptOutcome::Succeeded,
+                AttemptOutcome::Failed,
+                AttemptOutcome::Failed,
+                AttemptOutcome::Succeeded,
+                AttemptOutcome::Failed,
+                AttemptOutcome::Cancelled,
+                AttemptOutcome::Succeeded,
+                AttemptOutcome::Expired,
+            ][usize::from(outcome) % 8];
+            Command::CompleteTask {
+                worker: if own { holder } else { wid(worker) },
+                lease,
+                outcome,
+                exit_code: None,
+                error: "e".into(),
+            }
+        }
+        Op::Expire => Command::ExpireLeases,
+        Op::Extend => Command::ExtendLeases { lease_ms: LEASE_MS },
+        Op::SetState {
+            worker,
+            enabled,
+            draining,
+        } => Command::SetWorkerState {
+            worker: wid(worker),
+            enabled,
+            draining,
+        },
+        Op::Remove { worker } => Command::RemoveWorker {
+            worker: wid(worker),
+        },
+    }
+}
+
+/// The number of workers, each one's initial MaxTaskCount and tags (they register first, as
+/// agents do at start), then (clock step, op) pairs.
+#[allow(clippy::type_complexity)]
+fn history() -> impl Strategy<Value = (Vec<(u32, u8)>, Vec<(u64, Op)>)> {
+    (2u8..=3).prop_flat_map(|workers| {
+        (
+            proptest::collection::vec((1u32..4, 0u8..4), usize::from(workers)),
+            proptest::collection::vec((0u64..20_000, op(workers)), 1..150),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn random_histories_keep_every_invariant((workers, ops) in history()) {
+        let mut sim = Sim::new();
+        let mut max_tasks: BTreeMap<u8, u32> = BTreeMap::new();
+        for (n, &(max, tag_mask)) in workers.iter().enumerate() {
+            let tag_list = tags(tag_mask);
+            let tag_refs: Vec<&str> = tag_list.iter().map(String::as_str).collect();
+            sim.register(n as u128, &tag_refs, max);
+            max_tasks.insert(n as u8, max);
+        }
+        let mut replica = sim.state.clone();
+        let mut granted: Vec<(LeaseRef, WorkerId)> = Vec::new();
+        let mut last_token = 0;
+        let mut terminal: BTreeMap<JobId, JobState> = BTreeMap::new();
+
+        for (dt, op) in &ops {
+            sim.advance(*dt);
+            let live: Vec<(LeaseRef, WorkerId)> = sim
+                .state
+                .jobs()
+                .filter_map(|j| {
+                    let lease = j.lease.as_ref()?;
+                    Some((LeaseRef { job_id: j.id, token: lease.token }, lease.worker))
+                })
+                .collect();
+            let command = to_command(op, &granted, &live, &max_tasks);
+            let before = sim.state.clone();
+            let eligible_before = match op {
+                Op::Acquire { worker, cpu, mem, .. } => before.has_eligible_task_at_load(
+                    worker_id(u128::from(*worker)), sim.now, *cpu, *mem, MAX_CPU, MIN_MEM,
+                ),
+                _ => false,
+            };
+            // `Sim::apply` checks the indexes and cross-references after every command, that a
+            // rejection changes nothing, and persists the changed rows.
+            let result = sim.apply(command.clone());
+            let other = replica.apply(&ApplyContext { log_index: sim.index, now_ms: sim.now }, command.clone());
+            prop_assert_eq!(&result, &other, "replicas disagree on {:?}", op);
+
+            match (&command, &result) {
+                (Command::RegisterWorker { info, .. }, Ok(_)) => {
+                    let w = (0..3u8).find(|w| worker_id(u128::from(*w)) == info.id).expect("ours");
+                    max_tasks.entry(w).or_insert(info.max_tasks);
+                }
+                (Command::AcquireTasks { worker, free_slots, .. }, Ok(CommandOutput::Acquired { tasks })) => {
+                    // The leader's pre-check agrees with apply.
+                    prop_assert_eq!(!tasks.is_empty(), *free_slots > 0 && eligible_before);
+                    prop_assert!(tasks.len() <= *free_slots as usize);
+                    for task in tasks {
+                        // Fencing tokens: strictly increasing, hence unique.
+                        prop_assert!(task.token > last_token, "token {} after {}", task.token, last_token);
+                        last_token = task.token;
+                        let job = before.job(task.job_id).expect("granted job existed");
+                        prop_assert_eq!(job.state, JobState::Queued);
+                        prop_assert!(job.ready_at_ms <= sim.now);
+                        granted.push((LeaseRef { job_id: task.job_id, token: task.token }, *worker));
+                    }
+                }
+                (Command::CompleteTask { worker, lease, .. }, Ok(CommandOutput::Completed { .. })) => {
+                    let job = before.job(lease.job_id).expect("job");
+                    prop_assert!(job.holds_lease(*worker, lease.token), "a stale complete was applied");
+                }
+                (Command::CompleteTask { worker, lease, outcome, .. }, Err(QueueError::LeaseLost { .. })) => {
+                    prop_assert!(*outcome != AttemptOutcome::Expired);
+                    let held = before.job(lease.job_id).is_some_and(|j| j.holds_lease(*worker, lease.token));
+                    prop_assert!(!held, "a current lease was refused");
+                }
+                (Command::RenewLeases { worker, leases, .. }, Ok(CommandOutput::Renewed { leases: statuses })) => {
+                    prop_assert_eq!(leases.len(), statuses.len());
+                    for (lease, status) in leases.iter().zip(statuses) {
+                        let held = before.job(lease.job_id).is_some_and(|j| j.holds_lease(*worker, lease.token));
+                        prop_assert_eq!(status.renewed, held);
+                    }
+                }
+                (Command::AppendLogs { worker, lease, .. }, Ok(CommandOutput::LogsAppended { late })) => {
+                    let job = before.job(lease.job_id).expect("job");
+                    prop_assert!(job.attempt_with(*worker, lease.token).is_some());
+                    prop_assert_eq!(*late, !job.holds_lease(*worker, lease.token));
+                }
+                (Command::ExpireLeases, Ok(CommandOutput::Expired { jobs })) => {
+                    for id in jobs {
+                        let lease = before.job(*id).and_then(|j| j.lease.clone()).expect("was leased");
+                        prop_assert!(lease.expires_at_ms <= sim.now);
+                    }
+                    prop_assert!(sim.state.next_lease_expiry().is_none_or(|at| at > sim.now));
+                }
+                _ => {}
+            }
+
+            prop_assert!(sim.state.next_lease_token() >= before.next_lease_token());
+            for old in before.jobs() {
+                let new = sim.state.job(old.id).expect("jobs are never dropped");
+                // Only legal transitions; a terminal job never changes state again.
+                prop_assert!(
+                    new.state == old.state || old.state.can_become(new.state),
+                    "illegal {} -> {} on {:?}", old.state, new.state, op
+                );
+                // Attempt history is append-only: ended attempts never change.
+                prop_assert!(new.attempts.len() >= old.attempts.len());
+                for (a, b) in old.attempts.iter().zip(&new.attempts) {
+                    if a.outcome.is_some() {
+                        prop_assert_eq!(a, b);
+                    }
+                }
+                prop_assert!(new.attempts.len() <= new.spec.max_attempts as usize);
+            }
+            for job in sim.state.jobs() {
+                if job.state.is_terminal() {
+                    let first = *terminal.entry(job.id).or_insert(job.state);
+                    prop_assert_eq!(first, job.state, "job {} completed twice", job.id);
+                }
+            }
+            for worker in sim.state.workers() {
+                let grew = before
+                    .worker(worker.info.id)
+                    .is_none_or(|old| worker.running.len() > old.running.len());
+                if grew {
+                    prop_assert!(worker.running.len() <= worker.info.max_tasks as usize);
+                }
+            }
+        }
+        // Tokens are unique across the whole history.
+        let unique: BTreeSet<u64> = granted.iter().map(|(l, _)| l.token).collect();
+        prop_assert_eq!(unique.len(), granted.len());
+        // The rows the state machine would have written rebuild the very same state.
+        prop_assert_eq!(sim.rows.rebuild(), sim.state.clone());
+        prop_assert_eq!(QueueState::from_parts(sim.state.to_parts()), sim.state.clone());
+        // Two replicas applying the same log agree.
+        prop_assert_eq!(replica, sim.state);
+    }
+}

@@ -1,0 +1,243 @@
+//! A small driver for tests: applies commands with a clock the test moves, checks every index
+//! after each command, and keeps the rows a state machine would have persisted.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::{Parts, QueueState};
+use crate::queue::{
+    ApplyContext, Assignment, AttemptOutcome, Command, CommandOutput, CommandResult, Job, JobId,
+    JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, Worker, WorkerId, WorkerInfo,
+};
+
+pub const T0: u64 = 1_700_000_000_000;
+pub const LEASE_MS: u64 = 30_000;
+pub const MAX_CPU: u32 = 700;
+pub const MIN_MEM: u64 = 100;
+
+pub fn worker_id(n: u128) -> WorkerId {
+    Uuid::from_u128(0x5ca1e000_0000_4000_8000_000000000000 + n)
+}
+
+pub fn worker_info(id: WorkerId, tags: &[&str], max_tasks: u32) -> WorkerInfo {
+    WorkerInfo {
+        id,
+        display_name: format!("w-{id}"),
+        description: String::new(),
+        machine_name: "host".into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        max_tasks,
+        version: "test".into(),
+    }
+}
+
+pub fn spec() -> JobSpec {
+    JobSpec {
+        argv: vec!["run".into()],
+        max_attempts: 1,
+        ..JobSpec::default()
+    }
+}
+
+pub fn lease_of(a: &Assignment) -> LeaseRef {
+    LeaseRef {
+        job_id: a.job_id,
+        token: a.token,
+    }
+}
+
+pub fn line(text: &str) -> LogLine {
+    LogLine {
+        at_ms: T0,
+        level: LogLevel::Info,
+        text: text.into(),
+    }
+}
+
+/// The rows a state machine holds after persisting every change set.
+#[derive(Debug, Default, Clone)]
+pub struct Rows {
+    pub jobs: BTreeMap<JobId, Job>,
+    pub workers: BTreeMap<WorkerId, Worker>,
+    pub logs: BTreeMap<(JobId, u64), JobLogLine>,
+    pub next_job_id: JobId,
+    pub next_lease_token: u64,
+}
+
+impl Rows {
+    /// Writes what `state` reports as changed, as the sled state machine does.
+    pub fn persist(&mut self, state: &mut QueueState) {
+        let changes = state.take_changes();
+        for id in changes.jobs {
+            match state.job(id) {
+                Some(job) => self.jobs.insert(id, job.clone()),
+                None => self.jobs.remove(&id),
+            };
+        }
+        for id in changes.workers {
+            match state.worker(id) {
+                Some(worker) => self.workers.insert(id, worker.clone()),
+                None => self.workers.remove(&id),
+            };
+        }
+        for (job, seq) in changes.log_lines {
+            let line = state
+                .log_line(job, seq)
+                .expect("a written line exists")
+                .clone();
+            self.logs.insert((job, seq), line);
+        }
+        self.next_job_id = state.next_job_id();
+        self.next_lease_token = state.next_lease_token();
+    }
+
+    pub fn rebuild(&self) -> QueueState {
+        QueueState::from_parts(Parts {
+            jobs: self.jobs.values().cloned().collect(),
+            workers: self.workers.values().cloned().collect(),
+            log_lines: self.logs.values().cloned().collect(),
+            next_job_id: self.next_job_id,
+            next_lease_token: self.next_lease_token,
+        })
+    }
+}
+
+pub struct Sim {
+    pub state: QueueState,
+    pub now: u64,
+    pub index: u64,
+    pub rows: Rows,
+}
+
+impl Sim {
+    pub fn new() -> Self {
+        Sim {
+            state: QueueState::new(),
+            now: T0,
+            index: 0,
+            rows: Rows::default(),
+        }
+    }
+
+    pub fn advance(&mut self, ms: u64) {
+        self.now += ms;
+    }
+
+    /// Applies one command as the next log entry; checks the indexes and that a rejection
+    /// changed nothing; persists the changes.
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        self.index += 1;
+        let before = self.state.clone();
+        let ctx = ApplyContext {
+            log_index: self.index,
+            now_ms: self.now,
+        };
+        let result = self.state.apply(&ctx, command);
+        if let Err(e) = self.state.check_consistency() {
+            panic!("after {result:?}: {e}");
+        }
+        if result.is_err() {
+            assert_eq!(self.state, before, "a rejection changed the state");
+            assert!(
+                self.state.changes.is_empty(),
+                "a rejection reported changes"
+            );
+        }
+        self.rows.persist(&mut self.state);
+        result
+    }
+
+    pub fn submit(&mut self, spec: JobSpec) -> JobId {
+        match self.apply(Command::SubmitJob {
+            spec,
+            idempotency_key: None,
+        }) {
+            Ok(CommandOutput::Submitted { job_id, .. }) => job_id,
+            other => panic!("submit: {other:?}"),
+        }
+    }
+
+    /// Registers (auto-enabled) and heartbeats a light load, as an agent does at start: until
+    /// then its load is unknown (0 % CPU, 0 MB free).
+    pub fn register(&mut self, n: u128, tags: &[&str], max_tasks: u32) -> WorkerId {
+        let id = worker_id(n);
+        self.apply(Command::RegisterWorker {
+            info: worker_info(id, tags, max_tasks),
+            auto_enable: true,
+        })
+        .expect("register");
+        self.apply(Command::WorkerHeartbeat {
+            worker: id,
+            running: vec![],
+            cpu_percent_x10: 100,
+            free_memory_mb: 4096,
+        })
+        .expect("heartbeat");
+        id
+    }
+
+    pub fn acquire_at_load(
+        &mut self,
+        worker: WorkerId,
+        free_slots: u32,
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
+    ) -> Vec<Assignment> {
+        match self.apply(Command::AcquireTasks {
+            worker,
+            free_slots,
+            lease_ms: LEASE_MS,
+            cpu_percent_x10,
+            free_memory_mb,
+            max_cpu_percent_x10: MAX_CPU,
+            min_free_memory_mb: MIN_MEM,
+        }) {
+            Ok(CommandOutput::Acquired { tasks }) => tasks,
+            other => panic!("acquire: {other:?}"),
+        }
+    }
+
+    pub fn acquire(&mut self, worker: WorkerId, free_slots: u32) -> Vec<Assignment> {
+        self.acquire_at_load(worker, free_slots, 100, 4096)
+    }
+
+    pub fn renew(&mut self, worker: WorkerId, leases: &[LeaseRef]) -> Vec<LeaseStatus> {
+        match self.apply(Command::RenewLeases {
+            worker,
+            leases: leases.to_vec(),
+            lease_ms: LEASE_MS,
+        }) {
+            Ok(CommandOutput::Renewed { leases }) => leases,
+            other => panic!("renew: {other:?}"),
+        }
+    }
+
+    pub fn complete(
+        &mut self,
+        worker: WorkerId,
+        lease: LeaseRef,
+        outcome: AttemptOutcome,
+    ) -> CommandResult {
+        self.apply(Command::CompleteTask {
+            worker,
+            lease,
+            outcome,
+            exit_code: Some(i32::from(outcome != AttemptOutcome::Succeeded)),
+            error: String::new(),
+        })
+    }
+
+    pub fn job(&self, id: JobId) -> &Job {
+        self.state.job(id).expect("job exists")
+    }
+
+    pub fn worker(&self, id: WorkerId) -> &Worker {
+        self.state.worker(id).expect("worker exists")
+    }
+
+    /// The persisted rows rebuild exactly the live state.
+    pub fn assert_rows_rebuild(&self) {
+        assert_eq!(self.rows.rebuild(), self.state);
+    }
+}

@@ -1,0 +1,143 @@
+//! The worker registry: registration, heartbeats, enable/disable/drain, removal.
+
+use std::collections::BTreeSet;
+
+use super::QueueState;
+use crate::queue::{
+    CommandOutput, CommandResult, LeaseRef, QueueError, Worker, WorkerId, WorkerInfo,
+};
+
+impl QueueState {
+    /// A new worker starts enabled only under automatic approval. A known one (the agent
+    /// restarted, or re-registers after a master failover) keeps the admin's decisions and the
+    /// tasks it holds: its running tasks may well still be running.
+    pub(super) fn register_worker(
+        &mut self,
+        info: WorkerInfo,
+        auto_enable: bool,
+        now_ms: u64,
+    ) -> CommandResult {
+        info.validate()?;
+        let info = info.normalized();
+        let id = info.id;
+        let worker = self.workers.entry(id).or_insert_with(|| Worker {
+            info: info.clone(),
+            enabled: auto_enable,
+            draining: false,
+            registered_at_ms: now_ms,
+            last_heartbeat_ms: now_ms,
+            cpu_percent_x10: 0,
+            free_memory_mb: 0,
+            running: BTreeSet::new(),
+        });
+        worker.info = info;
+        worker.last_heartbeat_ms = now_ms;
+        let enabled = worker.enabled;
+        self.changes.workers.insert(id);
+        Ok(CommandOutput::WorkerRegistered { enabled })
+    }
+
+    pub(super) fn heartbeat(
+        &mut self,
+        worker: WorkerId,
+        running: &[LeaseRef],
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
+        now_ms: u64,
+    ) -> CommandResult {
+        self.record_load(worker, cpu_percent_x10, free_memory_mb, now_ms)?;
+        let w = self
+            .workers
+            .get(&worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?;
+        let cancel = w
+            .running
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|job| job.cancel_requested)
+            .filter_map(|job| {
+                job.lease.as_ref().map(|lease| LeaseRef {
+                    job_id: job.id,
+                    token: lease.token,
+                })
+            })
+            .collect();
+        let lost = running
+            .iter()
+            .filter(|lease| {
+                !self
+                    .jobs
+                    .get(&lease.job_id)
+                    .is_some_and(|job| job.holds_lease(worker, lease.token))
+            })
+            .copied()
+            .collect();
+        Ok(CommandOutput::Heartbeat {
+            enabled: w.enabled,
+            draining: w.draining,
+            cancel,
+            lost,
+        })
+    }
+
+    /// Records what a worker just told us about itself; an unknown worker is refused (it must
+    /// register first).
+    pub(super) fn record_load(
+        &mut self,
+        worker: WorkerId,
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
+        now_ms: u64,
+    ) -> Result<(), QueueError> {
+        let w = self
+            .worker_mut(worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?;
+        w.last_heartbeat_ms = now_ms;
+        w.cpu_percent_x10 = cpu_percent_x10;
+        w.free_memory_mb = free_memory_mb;
+        Ok(())
+    }
+
+    /// Enabling also ends a drain (the admin wants the worker fully back); `draining` is applied
+    /// after `enabled`, so asking for both leaves it enabled and draining.
+    pub(super) fn set_worker_state(
+        &mut self,
+        worker: WorkerId,
+        enabled: Option<bool>,
+        draining: Option<bool>,
+    ) -> CommandResult {
+        let w = self
+            .worker_mut(worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?;
+        if let Some(enabled) = enabled {
+            w.enabled = enabled;
+            if enabled {
+                w.draining = false;
+            }
+        }
+        if let Some(draining) = draining {
+            w.draining = draining;
+        }
+        Ok(CommandOutput::WorkerUpdated {
+            worker: Box::new(w.clone()),
+        })
+    }
+
+    /// Only an idle worker may go: removing one that holds leases would leave tasks no worker
+    /// slot accounts for.
+    pub(super) fn remove_worker(&mut self, worker: WorkerId) -> CommandResult {
+        let w = self
+            .workers
+            .get(&worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?;
+        if !w.running.is_empty() {
+            return Err(QueueError::WorkerBusy {
+                worker,
+                running: w.running.len(),
+            });
+        }
+        self.workers.remove(&worker);
+        self.changes.workers.insert(worker);
+        Ok(CommandOutput::WorkerRemoved)
+    }
+}

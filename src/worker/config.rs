@@ -1,0 +1,917 @@
+//! Worker agent configuration: the TOML file given to `scaleout worker --config FILE`.
+//!
+//! Keys follow SSIS's `WorkerSettings.config` where they fit (snake_case, intervals in
+//! milliseconds), with our defaults where they differ.
+//!
+//! # Example
+//! ```toml
+//! endpoints = ["10.0.0.1:7101", "10.0.0.2:7101", "10.0.0.3:7101"]  # any replicas' api addresses
+//! state_dir = "data/worker-1"          # agent_id and the spool
+//! insecure = true                      # plaintext gRPC; required until TLS lands
+//! tags = ["etl", "linux"]
+//! max_task_count = 4
+//! ```
+//!
+//! # Keys
+//! Required: `endpoints`, `state_dir`, `insecure = true`. Everything else has a default.
+//!
+//! | key | SSIS WorkerSettings | default | meaning |
+//! |-----|---------------------|---------|---------|
+//! | `agent_id` | AgentId | generated | The worker's persistent identity, a UUID. When absent, one is generated on first start and kept in `<state_dir>/agent_id`. |
+//! | `display_name` | DisplayName | machine name | Shown by `scaleout workers list`. |
+//! | `description` | Description | empty | |
+//! | `endpoints` | MasterEndpoint | (required) | The replicas' `api` addresses (host:port); any of them will do, leader redirects are followed. |
+//! | `tags` | (catalog tags) | `[]` | A job that requires tags runs only on workers that have all of them. |
+//! | `max_task_count` | MaxTaskCount | 10 | Tasks run at once (1..=1000). |
+//! | `agent_heartbeat_interval_ms` | AgentHeartbeatInterval | 5000 | Worker heartbeat. SSIS uses 60 s; we report more often so an offline worker shows sooner. |
+//! | `task_heartbeat_interval_ms` | TaskHeartbeatInterval | 10000 | Lease renewal of every running task, in one call. Keep it well under the master's `workers.lease_interval_ms`. |
+//! | `heartbeat_error_tolerance_ms` | HeartbeatErrorTolerance | 600000 | A task with no successful renewal for this long is killed (the master will have expired its lease). |
+//! | `task_request_max_cpu` | TaskRequestMaxCPU | 70.0 | No new task while CPU use is above this percentage. |
+//! | `task_request_min_memory_mb` | TaskRequestMinMemory | 100 | No new task while free memory is below this many MiB. |
+//! | `tasks_root_folder` | TasksRootFolder | `<state_dir>/tasks` | Each attempt runs in `<tasks_root_folder>/<job_id>-<attempt>`, created fresh. |
+//! | `state_dir` | (ExecutionLogCacheFolder) | (required) | Holds `agent_id` and `spool/`, the on-disk queue of logs and results not yet delivered. |
+//! | `executor` | (ISServerExec) | `["/opt/ssis/bin/dtexec", "/F", "{package}"]` | How a `package` job runs: `{package}` is replaced by the package path, then `/Par` `name;value` is appended for each parameter, then the job's argv, if any. |
+//! | `insecure` | | `false` | Plaintext gRPC. TLS is not available yet, so this must be `true`. |
+//! | `acquire_wait_ms` | | 10000 | How long one AcquireTasks long-poll waits for work (the master caps it). |
+//!
+//! Relative paths in the file are relative to the config file's directory; relative paths given
+//! with `--set` are relative to the current directory.
+//!
+//! # Overrides
+//! `--set key=value` (repeatable, later wins). The value is read as a TOML literal (number,
+//! boolean, array, quoted string) when it parses as one, else as plain text; string keys always
+//! take the raw text, and `endpoints` and `tags` also take a comma-separated list
+//! (`--set endpoints=a:7101,b:7101`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+use uuid::Uuid;
+
+/// The file name shown in errors for configs that did not come from a file.
+const INLINE: &str = "<inline config>";
+
+/// The name of the file in `state_dir` that keeps a generated agent id.
+pub const AGENT_ID_FILE: &str = "agent_id";
+
+/// SSIS's "all workers" GUID: it means "any worker" in a job, so no worker may use it.
+const ALL_WORKERS: Uuid = Uuid::from_u128(0x11111111_1111_1111_1111_111111111111);
+
+/// Every key, for unknown-key messages and for telling string keys from others in `--set`.
+const KEYS: &[(&str, Kind)] = &[
+    ("agent_id", Kind::Str),
+    ("display_name", Kind::Str),
+    ("description", Kind::Str),
+    ("endpoints", Kind::List),
+    ("tags", Kind::List),
+    ("max_task_count", Kind::Other),
+    ("agent_heartbeat_interval_ms", Kind::Other),
+    ("task_heartbeat_interval_ms", Kind::Other),
+    ("heartbeat_error_tolerance_ms", Kind::Other),
+    ("task_request_max_cpu", Kind::Other),
+    ("task_request_min_memory_mb", Kind::Other),
+    ("tasks_root_folder", Kind::Str),
+    ("state_dir", Kind::Str),
+    ("executor", Kind::Other),
+    ("insecure", Kind::Other),
+    ("acquire_wait_ms", Kind::Other),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Takes the raw text of an override.
+    Str,
+    /// A list of strings; an override may be comma-separated.
+    List,
+    /// Anything else: a TOML literal.
+    Other,
+}
+
+/// A worker's validated configuration. Paths are absolute; `agent_id` is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    pub agent_id: Uuid,
+    pub display_name: String,
+    pub description: String,
+    /// This host's name (reported as the machine name; the default display name).
+    pub machine_name: String,
+    pub endpoints: Vec<String>,
+    pub tags: Vec<String>,
+    pub max_task_count: u32,
+    pub agent_heartbeat_interval_ms: u64,
+    pub task_heartbeat_interval_ms: u64,
+    pub heartbeat_error_tolerance_ms: u64,
+    pub task_request_max_cpu: f64,
+    pub task_request_min_memory_mb: u64,
+    pub tasks_root_folder: PathBuf,
+    pub state_dir: PathBuf,
+    pub executor: Vec<String>,
+    pub insecure: bool,
+    pub acquire_wait_ms: u32,
+}
+
+impl WorkerConfig {
+    pub fn agent_heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.agent_heartbeat_interval_ms)
+    }
+    pub fn task_heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.task_heartbeat_interval_ms)
+    }
+    pub fn heartbeat_error_tolerance(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_error_tolerance_ms)
+    }
+    pub fn acquire_wait(&self) -> Duration {
+        Duration::from_millis(u64::from(self.acquire_wait_ms))
+    }
+    /// Where undelivered logs and results wait.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
+}
+
+/// The file as written; `None` means "use the default".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent_id: Option<String>,
+    display_name: Option<String>,
+    description: Option<String>,
+    endpoints: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+    max_task_count: Option<u32>,
+    agent_heartbeat_interval_ms: Option<u64>,
+    task_heartbeat_interval_ms: Option<u64>,
+    heartbeat_error_tolerance_ms: Option<u64>,
+    task_request_max_cpu: Option<f64>,
+    task_request_min_memory_mb: Option<u64>,
+    tasks_root_folder: Option<String>,
+    state_dir: Option<String>,
+    executor: Option<Vec<String>>,
+    insecure: Option<bool>,
+    acquire_wait_ms: Option<u32>,
+}
+
+/// Why a worker configuration could not be loaded. Every message names the file and, where
+/// there is one, the key, and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerConfigError {
+    #[error("cannot read worker config file {}: {source}; check the path given to --config", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse worker config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "unknown key `{key}` in {}{}: expected one of {}; fix the spelling or remove it",
+        path.display(),
+        origin_note(.origin),
+        expected_keys()
+    )]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        /// The `--set` flag the key came from, if not the file.
+        origin: Option<String>,
+    },
+    #[error("invalid `{key}` in {}{}: {message}", path.display(), origin_note(.origin))]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        origin: Option<String>,
+        message: String,
+    },
+    #[error("cannot apply `{arg}` to {}: {message}", path.display())]
+    Override {
+        path: PathBuf,
+        arg: String,
+        message: String,
+    },
+}
+
+impl WorkerConfigError {
+    /// The key the error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            WorkerConfigError::UnknownKey { key, .. } | WorkerConfigError::Invalid { key, .. } => {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn origin_note(origin: &Option<String>) -> String {
+    match origin {
+        Some(origin) => format!(" (set by {origin})"),
+        None => String::new(),
+    }
+}
+
+fn expected_keys() -> String {
+    KEYS.iter()
+        .map(|(k, _)| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl WorkerConfig {
+    /// Reads `path`, applies `overrides` (`"key=value"`, as given to `--set`), fills in defaults,
+    /// validates, creates `state_dir` and `tasks_root_folder`, and settles the agent id
+    /// (generating and persisting one on first start).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, WorkerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WorkerConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        build(&text, path, base_dir, overrides)
+    }
+
+    /// Like [`WorkerConfig::load`] for text; relative paths in `text` are relative to `base_dir`.
+    pub fn from_toml_str(
+        text: &str,
+        base_dir: &Path,
+        overrides: &[String],
+    ) -> Result<Self, WorkerConfigError> {
+        build(text, Path::new(INLINE), base_dir, overrides)
+    }
+}
+
+/// Parse, merge overrides, check keys, deserialize, fill defaults, validate, settle the id.
+fn build(
+    text: &str,
+    file: &Path,
+    base_dir: &Path,
+    overrides: &[String],
+) -> Result<WorkerConfig, WorkerConfigError> {
+    let mut table: Table = toml::from_str(text).map_err(|e| WorkerConfigError::Parse {
+        path: file.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    // Which keys came from `--set`, so errors can say so and paths resolve against the cwd.
+    let mut origins: Vec<(String, String)> = Vec::new();
+    for arg in overrides {
+        let bad = |message: String| WorkerConfigError::Override {
+            path: file.to_path_buf(),
+            arg: format!("--set {arg}"),
+            message,
+        };
+        let (key, raw) = arg
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value, e.g. max_task_count=4".into()))?;
+        let key = key.trim();
+        let Some((_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
+            return Err(WorkerConfigError::UnknownKey {
+                path: file.to_path_buf(),
+                key: key.to_string(),
+                origin: Some(format!("--set {arg}")),
+            });
+        };
+        table.insert(key.to_string(), parse_value(raw, *kind));
+        origins.retain(|(k, _)| k != key);
+        origins.push((key.to_string(), format!("--set {arg}")));
+    }
+    let origin_of = |key: &str| {
+        origins
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, origin)| origin.clone())
+    };
+    for key in table.keys() {
+        if !KEYS.iter().any(|(k, _)| k == key) {
+            return Err(WorkerConfigError::UnknownKey {
+                path: file.to_path_buf(),
+                key: key.clone(),
+                origin: origin_of(key),
+            });
+        }
+    }
+    let raw: RawConfig = Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            let message = e.to_string().trim_end().to_string();
+            // toml names the key as "...\nin `key`"; lift it into the message's key slot.
+            match message.rsplit_once("\nin `") {
+                Some((what, key)) => {
+                    let key = key.trim_end_matches('`').to_string();
+                    WorkerConfigError::Invalid {
+                        path: file.to_path_buf(),
+                        origin: origin_of(&key),
+                        key,
+                        message: what.to_string(),
+                    }
+                }
+                None => WorkerConfigError::Parse {
+                    path: file.to_path_buf(),
+                    message,
+                },
+            }
+        })?;
+
+    let invalid = |key: &str, message: String| WorkerConfigError::Invalid {
+        path: file.to_path_buf(),
+        key: key.to_string(),
+        origin: origin_of(key),
+        message,
+    };
+    let resolve = |key: &str, value: &str| -> PathBuf {
+        let path = PathBuf::from(value);
+        if path.is_absolute() {
+            path
+        } else if origin_of(key).is_some() {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(&path))
+                .unwrap_or(path)
+        } else {
+            base_dir.join(path)
+        }
+    };
+
+    let state_dir = match raw.state_dir.as_deref().map(str::trim) {
+        Some(dir) if !dir.is_empty() => resolve("state_dir", dir),
+        _ => {
+            return Err(invalid(
+                "state_dir",
+                "is missing or empty; name a directory for the agent id and the spool, e.g. \
+                 state_dir = \"/var/lib/scaleout/worker\""
+                    .into(),
+            ))
+        }
+    };
+    let tasks_root_folder = match raw.tasks_root_folder.as_deref().map(str::trim) {
+        Some(dir) if !dir.is_empty() => resolve("tasks_root_folder", dir),
+        Some(_) => {
+            return Err(invalid(
+                "tasks_root_folder",
+                "must not be empty; leave it out for <state_dir>/tasks".into(),
+            ))
+        }
+        None => state_dir.join("tasks"),
+    };
+    let machine_name = machine_name();
+    let config = WorkerConfig {
+        // Settled below, once state_dir is known to be usable.
+        agent_id: Uuid::nil(),
+        display_name: raw
+            .display_name
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| machine_name.clone()),
+        description: raw.description.unwrap_or_default(),
+        machine_name,
+        endpoints: raw
+            .endpoints
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.trim().to_string())
+            .collect(),
+        tags: raw
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.trim().to_string())
+            .collect(),
+        max_task_count: raw.max_task_count.unwrap_or(10),
+        agent_heartbeat_interval_ms: raw.agent_heartbeat_interval_ms.unwrap_or(5_000),
+        task_heartbeat_interval_ms: raw.task_heartbeat_interval_ms.unwrap_or(10_000),
+        heartbeat_error_tolerance_ms: raw.heartbeat_error_tolerance_ms.unwrap_or(600_000),
+        task_request_max_cpu: raw.task_request_max_cpu.unwrap_or(70.0),
+        task_request_min_memory_mb: raw.task_request_min_memory_mb.unwrap_or(100),
+        tasks_root_folder,
+        state_dir,
+        executor: raw.executor.unwrap_or_else(|| {
+            ["/opt/ssis/bin/dtexec", "/F", "{package}"]
+                .map(String::from)
+                .to_vec()
+        }),
+        insecure: raw.insecure.unwrap_or(false),
+        acquire_wait_ms: raw.acquire_wait_ms.unwrap_or(10_000),
+    };
+    check(&config).map_err(|(key, message)| invalid(key, message))?;
+    probe_dir(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
+    probe_dir(&config.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
+    let agent_id = match raw.agent_id.as_deref().map(str::trim) {
+        Some(text) => parse_agent_id(text).map_err(|e| invalid("agent_id", e))?,
+        None => persistent_agent_id(&config.state_dir).map_err(|e| invalid("agent_id", e))?,
+    };
+    Ok(WorkerConfig { agent_id, ..config })
+}
+
+/// An override's value: a TOML literal when it parses as one, else the raw text.
+fn parse_value(raw: &str, kind: Kind) -> Value {
+    let literal = toml::from_str::<Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    match (kind, literal) {
+        (Kind::Str, Some(Value::String(s))) => Value::String(s),
+        (Kind::Str, _) => Value::String(raw.to_string()),
+        (Kind::List, Some(Value::Array(items))) => Value::Array(items),
+        (Kind::List, _) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        (Kind::Other, Some(value)) => value,
+        (Kind::Other, None) => Value::String(raw.to_string()),
+    }
+}
+
+/// The validation rules, returning (key, message) of the first violation.
+fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
+    if c.endpoints.is_empty() {
+        return Err((
+            "endpoints",
+            "no replica endpoints given; list the replicas' api addresses, e.g. endpoints = \
+             [\"10.0.0.1:7101\", \"10.0.0.2:7101\", \"10.0.0.3:7101\"]"
+                .into(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for endpoint in &c.endpoints {
+        check_addr(endpoint).map_err(|e| ("endpoints", e))?;
+        if !seen.insert(endpoint.to_ascii_lowercase()) {
+            return Err(("endpoints", format!("`{endpoint}` is listed twice")));
+        }
+    }
+    if c.display_name.is_empty() {
+        return Err((
+            "display_name",
+            "must not be empty; leave it out to use the machine name".into(),
+        ));
+    }
+    let mut tags = BTreeSet::new();
+    for tag in &c.tags {
+        if tag.is_empty() {
+            return Err(("tags", "a tag is empty".into()));
+        }
+        if !tags.insert(tag.as_str()) {
+            return Err(("tags", format!("tag `{tag}` is listed twice")));
+        }
+    }
+    if !(1..=1000).contains(&c.max_task_count) {
+        return Err((
+            "max_task_count",
+            format!(
+                "is {} but must be between 1 and 1000 (SSIS default: 10)",
+                c.max_task_count
+            ),
+        ));
+    }
+    if !(100..=3_600_000).contains(&c.agent_heartbeat_interval_ms) {
+        return Err((
+            "agent_heartbeat_interval_ms",
+            format!(
+                "is {} but must be between 100 and 3600000 (1 h); e.g. 5000",
+                c.agent_heartbeat_interval_ms
+            ),
+        ));
+    }
+    if !(100..=3_600_000).contains(&c.task_heartbeat_interval_ms) {
+        return Err((
+            "task_heartbeat_interval_ms",
+            format!(
+                "is {} but must be between 100 and 3600000 (1 h); e.g. 10000, well under the \
+                 master's lease interval",
+                c.task_heartbeat_interval_ms
+            ),
+        ));
+    }
+    if c.heartbeat_error_tolerance_ms <= c.task_heartbeat_interval_ms {
+        return Err((
+            "heartbeat_error_tolerance_ms",
+            format!(
+                "is {} ms but must be greater than task_heartbeat_interval_ms ({} ms), or every \
+                 task is killed before its first renewal; e.g. 600000",
+                c.heartbeat_error_tolerance_ms, c.task_heartbeat_interval_ms
+            ),
+        ));
+    }
+    if !(c.task_request_max_cpu > 0.0 && c.task_request_max_cpu <= 100.0) {
+        return Err((
+            "task_request_max_cpu",
+            format!(
+                "is {} but must be a percentage above 0 and at most 100; e.g. 70.0",
+                c.task_request_max_cpu
+            ),
+        ));
+    }
+    if c.executor.is_empty() || c.executor[0].trim().is_empty() {
+        return Err((
+            "executor",
+            "must start with a program, e.g. [\"/opt/ssis/bin/dtexec\", \"/F\", \"{package}\"]"
+                .into(),
+        ));
+    }
+    if !c.executor.iter().any(|arg| arg.contains("{package}")) {
+        return Err((
+            "executor",
+            "has no `{package}` placeholder, so a package job could not name its package; \
+             e.g. [\"/opt/ssis/bin/dtexec\", \"/F\", \"{package}\"]"
+                .into(),
+        ));
+    }
+    if !c.insecure {
+        return Err((
+            "insecure",
+            "TLS is not available in this version yet; set insecure = true".into(),
+        ));
+    }
+    if c.acquire_wait_ms > 60_000 {
+        return Err((
+            "acquire_wait_ms",
+            format!(
+                "is {} but must be at most 60000 (1 min); e.g. 10000",
+                c.acquire_wait_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// host:port, as the master's config accepts for member addresses.
+fn check_addr(addr: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. 10.0.0.1:7101 or replica-1.example.net:7101";
+    if addr.contains("://") {
+        return Err(format!(
+            "`{addr}` has a scheme; write only host:port, {EXAMPLE}"
+        ));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "`{addr}` is not host:port (the :port is missing), {EXAMPLE}"
+        ));
+    };
+    let host_ok = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        }
+    };
+    if !host_ok {
+        return Err(format!(
+            "`{addr}`: `{host}` is not a host name or IP address (IPv6 in brackets), {EXAMPLE}"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(()),
+        _ => Err(format!(
+            "`{addr}`: `{port}` is not a port between 1 and 65535, {EXAMPLE}"
+        )),
+    }
+}
+
+fn parse_agent_id(text: &str) -> Result<Uuid, String> {
+    let id = Uuid::parse_str(text).map_err(|e| {
+        format!("`{text}` is not a UUID ({e}); e.g. 6f1c2b9e-5d1a-4a67-9d0e-2f4b8c3a7e10, or leave it out to generate one")
+    })?;
+    if id.is_nil() || id == ALL_WORKERS {
+        return Err(format!(
+            "`{text}` is reserved (it means no worker or any worker); use another UUID"
+        ));
+    }
+    Ok(id)
+}
+
+/// The id kept in `<state_dir>/agent_id`, generated and written (atomically, fsynced) the first
+/// time, so the worker keeps its identity, and so its enabled state, across restarts.
+fn persistent_agent_id(state_dir: &Path) -> Result<Uuid, String> {
+    let path = state_dir.join(AGENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return parse_agent_id(text.trim()).map_err(|e| {
+                format!(
+                    "{} holds an invalid id: {e}; fix or delete the file (a new id means a new \
+                     worker that must be enabled again)",
+                    path.display()
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    let id = Uuid::new_v4();
+    let tmp = state_dir.join(format!("{AGENT_ID_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        writeln!(file, "{id}")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        // The rename itself must survive a crash too.
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("cannot write a new agent id to {}: {e}", path.display()))?;
+    Ok(id)
+}
+
+/// Creates `dir` and checks it is writable.
+fn probe_dir(dir: &Path) -> Result<(), String> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create directory {}: {e}; choose a directory this user can write",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(format!(
+        ".scaleout-write-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&probe, b"probe").map_err(|e| {
+        format!(
+            "directory {} is not writable: {e}; choose a directory this user can write",
+            dir.display()
+        )
+    })?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
+}
+
+/// This host's name: /etc/hostname, else the kernel's, else `hostname`, else "localhost".
+pub fn machine_name() -> String {
+    let from_file = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    from_file("/etc/hostname")
+        .or_else(|| from_file("/proc/sys/kernel/hostname"))
+        .or_else(|| {
+            std::process::Command::new("hostname")
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+endpoints = ["127.0.0.1:7101", "127.0.0.1:7102"]
+state_dir = "state"
+insecure = true
+"#;
+
+    fn parse(dir: &Path, text: &str, sets: &[&str]) -> Result<WorkerConfig, WorkerConfigError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        WorkerConfig::from_toml_str(text, dir, &sets)
+    }
+
+    #[test]
+    fn defaults_follow_ssis_worker_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(dir.path(), MINIMAL, &[]).unwrap();
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        assert_eq!(c.tasks_root_folder, dir.path().join("state/tasks"));
+        assert!(c.tasks_root_folder.is_dir());
+        assert_eq!(c.max_task_count, 10);
+        assert_eq!(c.agent_heartbeat_interval_ms, 5_000);
+        assert_eq!(c.task_heartbeat_interval_ms, 10_000);
+        assert_eq!(c.heartbeat_error_tolerance_ms, 600_000);
+        assert_eq!(c.task_request_max_cpu, 70.0);
+        assert_eq!(c.task_request_min_memory_mb, 100);
+        assert_eq!(c.acquire_wait_ms, 10_000);
+        assert_eq!(c.executor, vec!["/opt/ssis/bin/dtexec", "/F", "{package}"]);
+        assert_eq!(c.display_name, c.machine_name);
+        assert!(!c.display_name.is_empty());
+        assert_eq!(c.description, "");
+        assert!(c.tags.is_empty());
+        assert!(!c.agent_id.is_nil());
+        assert_eq!(c.spool_dir(), dir.path().join("state/spool"));
+    }
+
+    #[test]
+    fn agent_id_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = parse(dir.path(), MINIMAL, &[]).unwrap().agent_id;
+        let second = parse(dir.path(), MINIMAL, &[]).unwrap().agent_id;
+        assert_eq!(first, second, "the id survives a restart");
+        let stored = std::fs::read_to_string(dir.path().join("state/agent_id")).unwrap();
+        assert_eq!(stored.trim(), first.to_string());
+
+        // An explicit id wins and does not touch the file.
+        let explicit = "6f1c2b9e-5d1a-4a67-9d0e-2f4b8c3a7e10";
+        let c = parse(
+            dir.path(),
+            &format!("{MINIMAL}agent_id = \"{explicit}\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.agent_id.to_string(), explicit);
+        let stored = std::fs::read_to_string(dir.path().join("state/agent_id")).unwrap();
+        assert_eq!(stored.trim(), first.to_string());
+
+        // A damaged file is an error naming it, not a silent new identity.
+        std::fs::write(dir.path().join("state/agent_id"), "garbage\n").unwrap();
+        let err = parse(dir.path(), MINIMAL, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("agent_id"), "{err}");
+        assert!(err.to_string().contains("agent_id"), "{err}");
+    }
+
+    #[test]
+    fn each_mistake_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file_in_the_way = dir.path().join("a-file");
+        std::fs::write(&file_in_the_way, "x").unwrap();
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                format!("{MINIMAL}max_tasks = 3\n"),
+                "max_tasks",
+                "unknown key",
+            ),
+            (
+                MINIMAL.replace("insecure = true", "insecure = false"),
+                "insecure",
+                "TLS",
+            ),
+            (
+                MINIMAL.replace("state_dir = \"state\"", ""),
+                "state_dir",
+                "missing",
+            ),
+            (MINIMAL.replace(":7102", ""), "endpoints", "host:port"),
+            (MINIMAL.replace(":7102", ":7101"), "endpoints", "twice"),
+            (
+                MINIMAL.replace("127.0.0.1:7102", "http://a:1"),
+                "endpoints",
+                "scheme",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:7102", "a:0"),
+                "endpoints",
+                "port",
+            ),
+            (
+                MINIMAL.replace(
+                    "endpoints = [\"127.0.0.1:7101\", \"127.0.0.1:7102\"]",
+                    "endpoints = []",
+                ),
+                "endpoints",
+                "no replica",
+            ),
+            (
+                format!("{MINIMAL}max_task_count = 0\n"),
+                "max_task_count",
+                "between 1 and 1000",
+            ),
+            (
+                format!("{MINIMAL}max_task_count = \"ten\"\n"),
+                "max_task_count",
+                "invalid type",
+            ),
+            (
+                format!("{MINIMAL}max_task_count = -1\n"),
+                "max_task_count",
+                "u32",
+            ),
+            (
+                format!("{MINIMAL}task_heartbeat_interval_ms = 50\n"),
+                "task_heartbeat_interval_ms",
+                "between",
+            ),
+            (
+                format!("{MINIMAL}heartbeat_error_tolerance_ms = 10000\n"),
+                "heartbeat_error_tolerance_ms",
+                "greater than",
+            ),
+            (
+                format!("{MINIMAL}task_request_max_cpu = 150.0\n"),
+                "task_request_max_cpu",
+                "percentage",
+            ),
+            (
+                format!("{MINIMAL}executor = [\"/bin/run\"]\n"),
+                "executor",
+                "{package}",
+            ),
+            (format!("{MINIMAL}executor = []\n"), "executor", "program"),
+            (
+                format!("{MINIMAL}agent_id = \"not-a-uuid\"\n"),
+                "agent_id",
+                "UUID",
+            ),
+            (
+                format!("{MINIMAL}agent_id = \"11111111-1111-1111-1111-111111111111\"\n"),
+                "agent_id",
+                "reserved",
+            ),
+            (format!("{MINIMAL}tags = [\"a\", \"a\"]\n"), "tags", "twice"),
+            (
+                format!("{MINIMAL}acquire_wait_ms = 120000\n"),
+                "acquire_wait_ms",
+                "60000",
+            ),
+            (
+                format!("{MINIMAL}display_name = \" \"\n"),
+                "display_name",
+                "empty",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"state\"",
+                    &format!("\"{}\"", file_in_the_way.join("sub").display()),
+                ),
+                "state_dir",
+                "cannot create",
+            ),
+        ];
+        for (text, key, fragment) in cases {
+            let err = parse(dir.path(), &text, &[]).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.key(), Some(key), "{msg}");
+            assert!(msg.contains(&format!("`{key}`")), "{key}: {msg}");
+            assert!(msg.contains(fragment), "{key}: {fragment:?} not in {msg}");
+            assert!(msg.contains(INLINE), "{msg}");
+        }
+        let err = parse(dir.path(), "endpoints = [", &[]).unwrap_err();
+        assert!(matches!(err, WorkerConfigError::Parse { .. }), "{err}");
+        let err = WorkerConfig::load(&dir.path().join("absent.toml"), &[]).unwrap_err();
+        assert!(matches!(err, WorkerConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_named_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(
+            dir.path(),
+            MINIMAL,
+            &[
+                "max_task_count=4",
+                "max_task_count=5",
+                "display_name=123",
+                "endpoints=a:1, b:2",
+                "tags=[\"x\",\"y\"]",
+                "task_request_max_cpu=90",
+                "executor=[\"/bin/echo\",\"{package}\"]",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.max_task_count, 5, "later --set wins");
+        assert_eq!(c.display_name, "123", "string keys take the raw text");
+        assert_eq!(c.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(c.tags, vec!["x", "y"]);
+        assert_eq!(c.task_request_max_cpu, 90.0);
+        assert_eq!(c.executor, vec!["/bin/echo", "{package}"]);
+
+        let err = parse(dir.path(), MINIMAL, &["max_task_count=0"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("set by --set max_task_count=0"), "{msg}");
+        let err = parse(dir.path(), MINIMAL, &["max_task_count=lots"]).unwrap_err();
+        assert_eq!(err.key(), Some("max_task_count"), "{err}");
+        let err = parse(dir.path(), MINIMAL, &["maxtasks=1"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown key `maxtasks`"), "{msg}");
+        assert!(msg.contains("`max_task_count`"), "{msg}");
+        let err = parse(dir.path(), MINIMAL, &["max_task_count"]).unwrap_err();
+        assert!(matches!(err, WorkerConfigError::Override { .. }), "{err}");
+
+        // A relative path from --set is relative to the current directory.
+        let abs = dir.path().join("elsewhere");
+        let c = parse(
+            dir.path(),
+            MINIMAL,
+            &[&format!("tasks_root_folder={}", abs.display())],
+        )
+        .unwrap();
+        assert_eq!(c.tasks_root_folder, abs);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc");
+        std::fs::create_dir_all(&conf).unwrap();
+        let file = conf.join("worker.toml");
+        std::fs::write(
+            &file,
+            MINIMAL.replace("\"state\"", "\"../var/w1\"") + "tasks_root_folder = \"t\"\n",
+        )
+        .unwrap();
+        let c = WorkerConfig::load(&file, &[]).unwrap();
+        assert_eq!(c.state_dir, conf.join("../var/w1"));
+        assert_eq!(c.tasks_root_folder, conf.join("t"));
+        assert!(dir.path().join("var/w1/agent_id").is_file());
+    }
+}

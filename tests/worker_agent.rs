@@ -1,0 +1,530 @@
+//! The worker agent against an in-process fake WorkerService (no replicas: the end-to-end
+//! tests with real replicas live in tests/workers.rs): tasks run and report, cancel and lost
+//! leases kill the process tree, leader redirects are followed, results wait in the spool while
+//! the cluster is down (even across a worker restart), shutdown reports running tasks as
+//! failed, and config mistakes map to exit code 2.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scaleout::master::status::{not_leader, with_reason};
+use scaleout::master::REASON_LEASE_LOST;
+use scaleout::pb::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use scaleout::pb::v1::*;
+use scaleout::raft::ReplicaNode;
+use scaleout::worker::{run, WorkerConfig, WorkerError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::{Code, Request, Response, Status};
+
+/// What the fake master saw and what it will answer.
+#[derive(Default)]
+struct Seen {
+    /// Tasks handed out by the next AcquireTasks calls.
+    queue: VecDeque<TaskAssignment>,
+    registrations: u32,
+    calls: u32,
+    /// (job id, level, text) of every delivered line.
+    lines: Vec<(u64, i32, String)>,
+    completions: Vec<CompleteTaskRequest>,
+    /// Leases renewed at least once.
+    renewed: BTreeSet<u64>,
+    /// Tokens to refuse (renew: not renewed; logs and complete: LEASE_LOST).
+    lost: BTreeSet<u64>,
+    /// Leases to cancel on the next heartbeat.
+    cancel: Vec<LeaseRef>,
+}
+
+#[derive(Clone, Default)]
+struct Fake {
+    seen: Arc<Mutex<Seen>>,
+    /// Answer NOT_LEADER naming this address instead of serving.
+    redirect_to: Option<String>,
+}
+
+impl Fake {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap()
+    }
+
+    fn gate(&self) -> Result<(), Status> {
+        self.seen().calls += 1;
+        match &self.redirect_to {
+            Some(addr) => Err(not_leader(
+                Some(2),
+                Some(&ReplicaNode {
+                    api_addr: addr.clone(),
+                    peer_addr: "127.0.0.1:1".into(),
+                }),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn check_lease(&self, lease: &Option<LeaseRef>) -> Result<(), Status> {
+        let token = lease.as_ref().map(|l| l.lease_token).unwrap_or_default();
+        if self.seen().lost.contains(&token) {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                REASON_LEASE_LOST,
+                "stale",
+                Default::default(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Fake {
+    async fn register_worker(
+        &self,
+        _: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        self.gate()?;
+        self.seen().registrations += 1;
+        Ok(Response::new(RegisterWorkerResponse {
+            enabled: true,
+            lease_interval_ms: 30_000,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.gate()?;
+        let cancel = std::mem::take(&mut self.seen().cancel);
+        Ok(Response::new(HeartbeatResponse {
+            enabled: true,
+            draining: false,
+            cancel,
+            lost: Vec::new(),
+        }))
+    }
+
+    async fn acquire_tasks(
+        &self,
+        request: Request<AcquireTasksRequest>,
+    ) -> Result<Response<AcquireTasksResponse>, Status> {
+        self.gate()?;
+        let free = request.get_ref().free_slots as usize;
+        let tasks: Vec<TaskAssignment> = {
+            let mut seen = self.seen();
+            let n = free.min(seen.queue.len());
+            seen.queue.drain(..n).collect()
+        };
+        if tasks.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Response::new(AcquireTasksResponse { tasks }))
+    }
+
+    async fn renew_leases(
+        &self,
+        request: Request<RenewLeasesRequest>,
+    ) -> Result<Response<RenewLeasesResponse>, Status> {
+        self.gate()?;
+        let mut seen = self.seen();
+        let leases = request
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|lease| {
+                let renewed = !seen.lost.contains(&lease.lease_token);
+                if renewed {
+                    seen.renewed.insert(lease.lease_token);
+                }
+                LeaseStatus {
+                    lease: Some(lease),
+                    renewed,
+                    cancel_requested: false,
+                    expires_at_ms: 0,
+                }
+            })
+            .collect();
+        Ok(Response::new(RenewLeasesResponse { leases }))
+    }
+
+    async fn append_logs(
+        &self,
+        request: Request<AppendLogsRequest>,
+    ) -> Result<Response<AppendLogsResponse>, Status> {
+        self.gate()?;
+        let request = request.into_inner();
+        self.check_lease(&request.lease)?;
+        let job_id = request.lease.map(|l| l.job_id).unwrap_or_default();
+        let mut seen = self.seen();
+        for line in request.lines {
+            seen.lines.push((job_id, line.level, line.text));
+        }
+        Ok(Response::new(AppendLogsResponse {}))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<CompleteTaskRequest>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        self.gate()?;
+        let request = request.into_inner();
+        self.check_lease(&request.lease)?;
+        self.seen().completions.push(request);
+        Ok(Response::new(CompleteTaskResponse {
+            job_state: JobState::Succeeded as i32,
+        }))
+    }
+}
+
+/// A fake master serving on `addr` (port 0: any) until the sender is dropped or fired.
+async fn serve(fake: Fake, addr: SocketAddr) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(WorkerServiceServer::new(fake))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (addr, stop, server)
+}
+
+fn config(dir: &Path, endpoints: &[SocketAddr], extra: &str) -> WorkerConfig {
+    let endpoints: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "endpoints = [{}]\nstate_dir = \"state\"\ninsecure = true\nmax_task_count = 4\n\
+         agent_heartbeat_interval_ms = 200\ntask_heartbeat_interval_ms = 200\n\
+         heartbeat_error_tolerance_ms = 60000\nacquire_wait_ms = 200\n{extra}",
+        endpoints.join(", ")
+    );
+    WorkerConfig::from_toml_str(&text, dir, &[]).unwrap()
+}
+
+fn task(job_id: u64, token: u64, argv: &[&str]) -> TaskAssignment {
+    TaskAssignment {
+        job_id,
+        lease_token: token,
+        attempt: 1,
+        spec: Some(JobSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        lease_expires_at_ms: 0,
+    }
+}
+
+/// Runs an agent until the returned sender fires.
+fn start_agent(config: WorkerConfig) -> (oneshot::Sender<()>, JoinHandle<Result<(), WorkerError>>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(run(config, async {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+async fn stop_agent(stop: oneshot::Sender<()>, handle: JoinHandle<Result<(), WorkerError>>) {
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("the agent stops")
+        .expect("the agent task")
+        .expect("the agent ran");
+}
+
+/// Polls `check` until it is true or `limit` passes.
+async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test]
+async fn tasks_run_through_a_redirect_and_report_logs_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Fake::default();
+    let (leader_addr, _stop_leader, _) =
+        serve(leader.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let follower = Fake {
+        redirect_to: Some(leader_addr.to_string()),
+        ..Fake::default()
+    };
+    let (follower_addr, _stop_follower, _) =
+        serve(follower.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    {
+        let mut seen = leader.seen();
+        seen.queue.push_back(task(
+            1,
+            11,
+            &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        ));
+        seen.queue.push_back(task(2, 12, &["true"]));
+        let mut package = task(3, 13, &[]);
+        if let Some(spec) = package.spec.as_mut() {
+            spec.package = "/pkgs/load.dtsx".into();
+            spec.params.insert("a".into(), "1".into());
+        }
+        seen.queue.push_back(package);
+        seen.queue.push_back(task(4, 14, &["/nonexistent/program"]));
+        let mut slow = task(5, 15, &["sleep", "600"]);
+        if let Some(spec) = slow.spec.as_mut() {
+            spec.timeout_secs = 1;
+        }
+        seen.queue.push_back(slow);
+    }
+    // The follower comes first: every call must be redirected to the leader.
+    let config = config(
+        dir.path(),
+        &[follower_addr, leader_addr],
+        "executor = [\"/bin/echo\", \"pkg={package}\"]\n",
+    );
+    let (stop, agent) = start_agent(config);
+    eventually(Duration::from_secs(20), "five results", || {
+        leader.seen().completions.len() == 5
+    })
+    .await;
+    stop_agent(stop, agent).await;
+
+    let seen = leader.seen();
+    assert!(follower.seen().calls >= 1);
+    assert_eq!(seen.registrations, 1);
+    let result = |job: u64| {
+        seen.completions
+            .iter()
+            .find(|c| c.lease.as_ref().map(|l| l.job_id) == Some(job))
+            .unwrap_or_else(|| panic!("no result for job {job}"))
+    };
+    assert_eq!(result(1).outcome, AttemptOutcome::Failed as i32);
+    assert_eq!(result(1).exit_code, Some(3));
+    assert_eq!(result(2).outcome, AttemptOutcome::Succeeded as i32);
+    assert_eq!(result(2).exit_code, Some(0));
+    assert_eq!(result(3).outcome, AttemptOutcome::Succeeded as i32);
+    assert_eq!(result(4).outcome, AttemptOutcome::Failed as i32);
+    assert!(
+        result(4).error.contains("/nonexistent/program"),
+        "{}",
+        result(4).error
+    );
+    assert_eq!(result(5).outcome, AttemptOutcome::Failed as i32);
+    assert_eq!(result(5).error, "timed out after 1 s");
+    let lines = |job: u64| -> Vec<(i32, String)> {
+        seen.lines
+            .iter()
+            .filter(|(j, _, _)| *j == job)
+            .map(|(_, level, text)| (*level, text.clone()))
+            .collect()
+    };
+    let job1 = lines(1);
+    assert!(
+        job1.contains(&(LogLevel::Info as i32, "hello".into())),
+        "{job1:?}"
+    );
+    assert!(
+        job1.contains(&(LogLevel::Error as i32, "oops".into())),
+        "{job1:?}"
+    );
+    assert_eq!(
+        lines(3),
+        vec![(LogLevel::Info as i32, "pkg=/pkgs/load.dtsx /Par a;1".into())]
+    );
+    assert!(lines(5)
+        .iter()
+        .any(|(_, text)| text == "[worker] timed out after 1 s"));
+    // Logs are delivered before the result: the attempt's log is complete when it ends.
+    assert!(
+        dir.path()
+            .join("state/spool/spool.jsonl")
+            .metadata()
+            .unwrap()
+            .len()
+            == 0
+    );
+}
+
+#[tokio::test]
+async fn cancel_and_lost_leases_kill_the_process_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (addr, _stop_server, _) = serve(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let script = "sleep 600 & echo $!; echo $$; wait";
+    fake.seen().queue.extend([
+        task(1, 21, &["sh", "-c", script]),
+        task(2, 22, &["sh", "-c", script]),
+    ]);
+    let (stop, agent) = start_agent(config(dir.path(), &[addr], ""));
+    eventually(Duration::from_secs(10), "both tasks to run", || {
+        let seen = fake.seen();
+        seen.renewed.contains(&21) && seen.renewed.contains(&22) && seen.lines.len() == 4
+    })
+    .await;
+    let pids: Vec<i32> = fake
+        .seen()
+        .lines
+        .iter()
+        .map(|(_, _, text)| text.parse().unwrap())
+        .collect();
+
+    // Job 1 is cancelled (heartbeat), job 2's lease is lost (renewal refused).
+    fake.seen().cancel.push(LeaseRef {
+        job_id: 1,
+        lease_token: 21,
+    });
+    fake.seen().lost.insert(22);
+    eventually(Duration::from_secs(10), "the processes to die", || {
+        pids.iter().all(|&p| process_gone(p))
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the cancel result", || {
+        !fake.seen().completions.is_empty()
+    })
+    .await;
+    // Give a wrong report on job 2 time to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_agent(stop, agent).await;
+    let seen = fake.seen();
+    assert_eq!(seen.completions.len(), 1, "a lost lease reports nothing");
+    assert_eq!(
+        seen.completions[0].lease.as_ref().map(|l| l.lease_token),
+        Some(21)
+    );
+    assert_eq!(
+        seen.completions[0].outcome,
+        AttemptOutcome::Cancelled as i32
+    );
+}
+
+#[tokio::test]
+async fn results_wait_in_the_spool_across_an_outage_and_a_worker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (addr, stop_server, server) = serve(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    fake.seen().queue.push_back(task(
+        1,
+        31,
+        &["sh", "-c", "echo started; sleep 2; echo finished; exit 4"],
+    ));
+    fake.seen().queue.push_back(task(2, 32, &["sleep", "600"]));
+    let (stop, agent) = start_agent(config(dir.path(), &[addr], ""));
+    eventually(Duration::from_secs(10), "the first line", || {
+        fake.seen().lines.len() == 1
+    })
+    .await;
+
+    // The whole cluster goes away while the tasks run.
+    let _ = stop_server.send(());
+    server.await.unwrap();
+    let spool = dir.path().join("state/spool/spool.jsonl");
+    eventually(Duration::from_secs(20), "the result to be spooled", || {
+        std::fs::read_to_string(&spool).is_ok_and(|text| text.contains("\"complete\""))
+    })
+    .await;
+    // The worker stops too: job 2 is killed and its result spooled with job 1's.
+    stop_agent(stop, agent).await;
+    let text = std::fs::read_to_string(&spool).unwrap();
+    assert!(text.contains("worker shut down"), "{text}");
+    assert!(fake.seen().completions.is_empty());
+
+    // Cluster and worker come back: everything arrives, in order.
+    let (_, _stop_server, _) = serve(fake.clone(), addr).await;
+    let (stop, agent) = start_agent(config(dir.path(), &[addr], ""));
+    eventually(Duration::from_secs(20), "both results", || {
+        fake.seen().completions.len() == 2
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the spool to empty", || {
+        std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
+    })
+    .await;
+    stop_agent(stop, agent).await;
+    let seen = fake.seen();
+    let texts: Vec<&str> = seen
+        .lines
+        .iter()
+        .filter(|(job, _, _)| *job == 1)
+        .map(|(_, _, t)| t.as_str())
+        .collect();
+    assert_eq!(texts, vec!["started", "finished"]);
+    let job1 = seen
+        .completions
+        .iter()
+        .find(|c| c.lease.as_ref().map(|l| l.job_id) == Some(1))
+        .unwrap();
+    assert_eq!(
+        (job1.outcome, job1.exit_code),
+        (AttemptOutcome::Failed as i32, Some(4))
+    );
+    let job2 = seen
+        .completions
+        .iter()
+        .find(|c| c.lease.as_ref().map(|l| l.job_id) == Some(2))
+        .unwrap();
+    assert_eq!(
+        (job2.outcome, job2.error.as_str()),
+        (AttemptOutcome::Failed as i32, "worker shut down")
+    );
+}
+
+#[tokio::test]
+async fn a_stale_spooled_result_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (addr, stop_server, server) = serve(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    fake.seen().queue.push_back(task(1, 41, &["sleep", "600"]));
+    let (stop, agent) = start_agent(config(dir.path(), &[addr], ""));
+    eventually(Duration::from_secs(10), "the task to run", || {
+        fake.seen().renewed.contains(&41)
+    })
+    .await;
+    let _ = stop_server.send(());
+    server.await.unwrap();
+    stop_agent(stop, agent).await;
+
+    // Meanwhile the master expired the lease: the spooled result is refused and dropped.
+    fake.seen().lost.insert(41);
+    let (_, _stop_server, _) = serve(fake.clone(), addr).await;
+    let (stop, agent) = start_agent(config(dir.path(), &[addr], ""));
+    let spool = dir.path().join("state/spool/spool.jsonl");
+    eventually(Duration::from_secs(20), "the spool to empty", || {
+        std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
+    })
+    .await;
+    stop_agent(stop, agent).await;
+    assert!(fake.seen().completions.is_empty());
+}
+
+#[test]
+fn config_mistakes_are_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("worker.toml");
+    std::fs::write(
+        &path,
+        "endpoints = [\"127.0.0.1:7101\"]\nstate_dir = \"s\"\n",
+    )
+    .unwrap();
+    let error = WorkerError::from(WorkerConfig::load(&path, &[]).unwrap_err());
+    assert_eq!(error.exit_code(), 2);
+    assert!(error.to_string().contains("`insecure`"), "{error}");
+    let error = WorkerError::from(
+        WorkerConfig::load(&path, &["insecure=true".into(), "max_task_count=0".into()])
+            .unwrap_err(),
+    );
+    assert_eq!(error.exit_code(), 2);
+    assert!(error.to_string().contains("`max_task_count`"), "{error}");
+    assert!(WorkerConfig::load(&path, &["insecure=true".into()]).is_ok());
+}

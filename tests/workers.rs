@@ -1,0 +1,518 @@
+//! Workers against real replica and worker processes: leased dispatch, retries, fencing,
+//! cancel, failover and outages.
+//!
+//! One test at a time (a lock): each starts three replicas and its workers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use scaleout::client::Client;
+use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
+use scaleout::pb::v1::{self, AttemptOutcome, JobState};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+const WAIT: Duration = Duration::from_secs(90);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scaleout"))
+}
+
+/// Short leases and fast checks so expiry scenarios finish quickly.
+fn fast_cluster() -> LocalCluster {
+    let options = ClusterOptions {
+        overrides: vec![
+            "workers.lease_interval_ms=3000".into(),
+            "workers.expiry_check_interval_ms=100".into(),
+            "workers.offline_after_ms=3000".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    LocalCluster::start(binary(), options).expect("start replicas")
+}
+
+fn fast_worker(name: &str) -> WorkerOptions {
+    WorkerOptions {
+        extra_config: vec![
+            "agent_heartbeat_interval_ms = 300".into(),
+            "task_heartbeat_interval_ms = 500".into(),
+            "acquire_wait_ms = 1000".into(),
+            "task_request_max_cpu = 100.0".into(),
+            "task_request_min_memory_mb = 0".into(),
+        ],
+        ..WorkerOptions::named(name)
+    }
+}
+
+fn shell(script: &str) -> v1::JobSpec {
+    v1::JobSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        name: "test".into(),
+        max_attempts: 1,
+        ..Default::default()
+    }
+}
+
+fn is_terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+async fn wait_terminal(client: &Client, job_id: u64, cluster: &LocalCluster) -> v1::Job {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = client.get_job(job_id, false).await.expect("get job");
+        if is_terminal(job.state) {
+            return job;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = cluster
+                .workers
+                .iter()
+                .map(|w| cluster.worker_log_tail(&w.name, 20))
+                .collect();
+            panic!(
+                "job {job_id} still {:?} after {WAIT:?}\n{}",
+                job.state,
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every given worker shows online and enabled.
+async fn wait_workers(client: &Client, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let workers = client.list_workers(false).await.expect("list workers");
+        if workers.iter().filter(|w| w.online && w.enabled).count() >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not come online: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn outcomes(job: &v1::Job) -> Vec<AttemptOutcome> {
+    job.attempts
+        .iter()
+        .map(|a| AttemptOutcome::try_from(a.outcome).unwrap_or(AttemptOutcome::Unspecified))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_succeed_fail_and_retry_on_a_worker() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let worker = cluster.start_worker(fast_worker("a")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+
+    let ok = client
+        .submit_job(shell("echo hello from the task"), None)
+        .await
+        .expect("submit");
+    let job = wait_terminal(&client, ok.job_id, &cluster).await;
+    assert_eq!(job.state, JobState::Succeeded as i32);
+    assert_eq!(outcomes(&job), vec![AttemptOutcome::Succeeded]);
+    assert_eq!(job.attempts[0].worker_id, worker.to_string());
+    assert_eq!(job.attempts[0].exit_code, Some(0));
+    let logs = client
+        .get_job_logs(ok.job_id, 0, false)
+        .await
+        .expect("logs");
+    assert!(
+        logs.lines.iter().any(|l| l
+            .line
+            .as_ref()
+            .is_some_and(|l| l.text.contains("hello from the task"))),
+        "stdout reaches the job's log: {logs:?}"
+    );
+
+    let bad = client
+        .submit_job(shell("exit 3"), None)
+        .await
+        .expect("submit");
+    let job = wait_terminal(&client, bad.job_id, &cluster).await;
+    assert_eq!(job.state, JobState::Failed as i32);
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(job.attempts[0].exit_code, Some(3));
+
+    let counter = cluster.root().join("attempts-counter");
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -ge 3 ]",
+        c = counter.display()
+    );
+    let retried = client
+        .submit_job(
+            v1::JobSpec {
+                max_attempts: 3,
+                ..shell(&script)
+            },
+            None,
+        )
+        .await
+        .expect("submit");
+    let job = wait_terminal(&client, retried.job_id, &cluster).await;
+    assert_eq!(job.state, JobState::Succeeded as i32);
+    assert_eq!(
+        outcomes(&job),
+        vec![
+            AttemptOutcome::Failed,
+            AttemptOutcome::Failed,
+            AttemptOutcome::Succeeded
+        ]
+    );
+    let tokens: Vec<u64> = job.attempts.iter().map(|a| a.lease_token).collect();
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens increase: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_tags_disabling_and_max_task_count_are_honoured() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let a = cluster
+        .start_worker(WorkerOptions {
+            max_tasks: 2,
+            ..fast_worker("a")
+        })
+        .expect("worker a");
+    let b = cluster
+        .start_worker(WorkerOptions {
+            tags: vec!["etl".into()],
+            max_tasks: 2,
+            ..fast_worker("b")
+        })
+        .expect("worker b");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 2).await;
+
+    let mut pinned = Vec::new();
+    let mut tagged = Vec::new();
+    let mut any = Vec::new();
+    for n in 0..6 {
+        let spec = v1::JobSpec {
+            allowed_workers: vec![b.to_string()],
+            ..shell("sleep 0.2")
+        };
+        pinned.push(
+            client
+                .submit_job(spec, Some(format!("pin-{n}")))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+        let spec = v1::JobSpec {
+            tags: vec!["etl".into()],
+            ..shell("sleep 0.2")
+        };
+        tagged.push(
+            client
+                .submit_job(spec, Some(format!("tag-{n}")))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+        any.push(
+            client
+                .submit_job(shell("sleep 0.3"), Some(format!("any-{n}")))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    let mut all = Vec::new();
+    for id in pinned.iter().chain(&tagged).chain(&any) {
+        let job = wait_terminal(&client, *id, &cluster).await;
+        assert_eq!(job.state, JobState::Succeeded as i32, "job {id}");
+        all.push(job);
+    }
+    for job in &all {
+        if pinned.contains(&job.id) || tagged.contains(&job.id) {
+            assert!(
+                job.attempts.iter().all(|at| at.worker_id == b.to_string()),
+                "job {} ran off worker b",
+                job.id
+            );
+        }
+    }
+    // MaxTaskCount from the attempt history: never more than 2 overlapping attempts per worker.
+    let mut by_worker: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for job in &all {
+        for at in &job.attempts {
+            by_worker
+                .entry(at.worker_id.clone())
+                .or_default()
+                .push((at.started_at_ms, at.ended_at_ms));
+        }
+    }
+    for (worker, spans) in &by_worker {
+        for (start, _) in spans {
+            let overlapping = spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count();
+            assert!(
+                overlapping <= 2,
+                "worker {worker} ran {overlapping} tasks at once"
+            );
+        }
+    }
+    assert!(
+        by_worker.contains_key(&a.to_string()),
+        "worker a took the unpinned jobs too"
+    );
+
+    // A disabled worker gets nothing.
+    client
+        .set_worker_state(&a.to_string(), v1::WorkerAction::Disable)
+        .await
+        .expect("disable");
+    client
+        .set_worker_state(&b.to_string(), v1::WorkerAction::Disable)
+        .await
+        .expect("disable");
+    let idle = client
+        .submit_job(shell("true"), None)
+        .await
+        .expect("submit");
+    // Both workers have heartbeated several times since (each learned it is disabled, and each
+    // would have polled for work if it were not).
+    let since = scaleout::master::now_ms();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let workers = client.list_workers(false).await.expect("list");
+        if workers.iter().all(|w| w.last_heartbeat_ms > since + 1_000) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers stopped heartbeating");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = client.get_job(idle.job_id, false).await.expect("get");
+    assert_eq!(
+        job.state,
+        JobState::Queued as i32,
+        "no disabled worker took it"
+    );
+    assert!(job.attempts.is_empty());
+    client
+        .set_worker_state(&b.to_string(), v1::WorkerAction::Enable)
+        .await
+        .expect("enable");
+    let job = wait_terminal(&client, idle.job_id, &cluster).await;
+    assert_eq!(job.attempts[0].worker_id, b.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let a = cluster.start_worker(fast_worker("a")).expect("worker a");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+
+    let marker = cluster.root().join("ran");
+    let script = format!("echo run >> {}; sleep 4", marker.display());
+    // The expired attempt consumes one of the two.
+    let spec = v1::JobSpec {
+        max_attempts: 2,
+        ..shell(&script)
+    };
+    let job = client.submit_job(spec, None).await.expect("submit").job_id;
+    // Wait until worker a runs it, then freeze worker a.
+    let deadline = Instant::now() + WAIT;
+    while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.pause_worker("a", true).expect("SIGSTOP");
+    let b = cluster.start_worker(fast_worker("b")).expect("worker b");
+
+    // The lease expires and worker b runs the task again.
+    let done = wait_terminal(&client, job, &cluster).await;
+    cluster.pause_worker("a", false).expect("SIGCONT");
+    assert_eq!(done.state, JobState::Succeeded as i32);
+    assert_eq!(
+        outcomes(&done),
+        vec![AttemptOutcome::Expired, AttemptOutcome::Succeeded],
+        "{done:?}"
+    );
+    assert_eq!(done.attempts[0].worker_id, a.to_string());
+    assert_eq!(done.attempts[1].worker_id, b.to_string());
+
+    // Worker a, resumed, renews and completes with its stale lease: both refused, recorded late.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logs = client.get_job_logs(job, 0, false).await.expect("logs");
+        let late = logs.lines.iter().any(|l| l.late);
+        let worker_a_noticed = std::fs::read_to_string(&cluster.worker("a").expect("a").log_path)
+            .unwrap_or_default()
+            .contains("LEASE_LOST");
+        if late || worker_a_noticed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker a never learned its lease was lost\n{}",
+            cluster.worker_log_tail("a", 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = client.get_job(job, false).await.expect("get");
+    assert_eq!(after.state, JobState::Succeeded as i32);
+    assert_eq!(
+        outcomes(&after),
+        outcomes(&done),
+        "the stale result changed nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_kills_its_process() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(fast_worker("a")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+
+    let pid_file = cluster.root().join("task.pid");
+    let script = format!("echo $$ > {}; exec sleep 600", pid_file.display());
+    let job = client
+        .submit_job(shell(&script), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let deadline = Instant::now() + WAIT;
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let cancelled_at = Instant::now();
+    client.cancel_job(job).await.expect("cancel");
+    // Two task heartbeat intervals (2 x 500 ms), with room for a loaded machine's scheduling.
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    while alive(pid) {
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(5),
+            "sleep 600 still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_after = cancelled_at.elapsed();
+    let job = wait_terminal(&client, job, &cluster).await;
+    assert_eq!(job.state, JobState::Cancelled as i32);
+    assert_eq!(outcomes(&job), vec![AttemptOutcome::Cancelled]);
+    assert!(
+        stopped_after < Duration::from_millis(2_000),
+        "stopped after {stopped_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_under_load_runs_every_job_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster
+        .start_worker(WorkerOptions {
+            max_tasks: 8,
+            ..fast_worker("a")
+        })
+        .expect("worker a");
+    cluster
+        .start_worker(WorkerOptions {
+            max_tasks: 8,
+            ..fast_worker("b")
+        })
+        .expect("worker b");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 2).await;
+
+    let mut jobs = Vec::new();
+    for n in 0..200u64 {
+        let spec = shell("sleep 0.05");
+        jobs.push(
+            client
+                .submit_job(spec, Some(format!("flow-{n}")))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+        if n == 100 {
+            cluster.kill(leader).expect("kill -9 the leader");
+        }
+    }
+    for id in &jobs {
+        let job = wait_terminal(&client, *id, &cluster).await;
+        assert_eq!(job.state, JobState::Succeeded as i32, "job {id}: {job:?}");
+        // Exactly once, and the failover killed nothing: a single, successful attempt.
+        assert_eq!(outcomes(&job), vec![AttemptOutcome::Succeeded], "job {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_and_logs_survive_all_replicas_being_down() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(fast_worker("a")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+
+    let job = client
+        .submit_job(shell("echo before; sleep 6; echo after"), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let deadline = Instant::now() + WAIT;
+    while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
+        assert!(Instant::now() < deadline, "the job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in 1..=3 {
+        cluster.kill(id).expect("kill replica");
+    }
+    // The outage the issue asks for: every replica down for 10 s while the task runs and ends.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cluster.start_all().expect("restart replicas");
+    cluster.wait_for_leader(WAIT).await.expect("leader again");
+
+    let done = wait_terminal(&client, job, &cluster).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}");
+    assert_eq!(outcomes(&done), vec![AttemptOutcome::Succeeded]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logs = client.get_job_logs(job, 0, false).await.expect("logs");
+        let texts: Vec<String> = logs
+            .lines
+            .iter()
+            .filter_map(|l| l.line.as_ref().map(|l| l.text.clone()))
+            .collect();
+        if texts.iter().any(|t| t.contains("before")) && texts.iter().any(|t| t.contains("after")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs incomplete: {texts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
