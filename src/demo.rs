@@ -1,10 +1,13 @@
 //! `scaleout demo`: the product in one command.
 //!
-//! Starts three replicas as real processes in a temp dir, submits sample jobs, kills the leader
-//! with SIGKILL half-way, keeps submitting through the new leader, cancels a job, restarts the
-//! old leader and checks that it caught up and that every acknowledged job is there. Prints
-//! the jobs, the failover and a summary; leaves nothing behind.
+//! Starts three replicas and two worker agents as real processes in a temp dir, submits sample
+//! jobs (some fail and are retried, some fail for good, one is cancelled while it runs), kills
+//! the leader with SIGKILL while work is flowing, keeps submitting through the new leader,
+//! restarts the old leader and checks that it caught up and that every acknowledged job ran to
+//! its end exactly as recorded. Prints the jobs with their attempts, the failover and a summary;
+//! leaves nothing behind.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -12,28 +15,47 @@ use tokio::time::Instant;
 
 use crate::cli::{print_table, state_name};
 use crate::client::Client;
-use crate::harness::{ClusterOptions, LocalCluster};
+use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use crate::pb::v1;
 
-const ELECTION_WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
-fn sample_spec(n: u32) -> v1::JobSpec {
-    let (name, argv) = match n % 3 {
-        0 => (
-            format!("load-sales-{n}"),
-            vec!["/bin/echo".into(), format!("sales batch {n}")],
-        ),
-        1 => (
-            format!("nightly-etl-{n}"),
-            vec!["/bin/sh".into(), "-c".into(), format!("exit {}", n % 2)],
-        ),
-        _ => (format!("sleep-{n}"), vec!["/bin/sleep".into(), "1".into()]),
-    };
+fn shell(name: String, script: String, max_attempts: u32) -> v1::JobSpec {
     v1::JobSpec {
-        argv,
+        argv: vec!["/bin/sh".into(), "-c".into(), script],
         name,
-        max_attempts: 1 + n % 3,
+        max_attempts,
         ..Default::default()
+    }
+}
+
+/// Sample job `n`: a mix of quick loads, flaky jobs that succeed on a retry, and broken ones.
+fn sample_spec(n: u32, dir: &Path) -> v1::JobSpec {
+    match n % 5 {
+        1 => {
+            let counter = dir.join(format!("flaky-{n}"));
+            let script = format!(
+                "c={}; n=$(cat $c 2>/dev/null || echo 0); echo $((n+1)) > $c; \
+                 if [ $n -eq 0 ]; then echo 'source not ready' >&2; exit 1; fi; echo loaded",
+                counter.display()
+            );
+            shell(format!("flaky-extract-{n}"), script, 3)
+        }
+        2 if n % 10 == 2 => shell(
+            format!("broken-package-{n}"),
+            "echo 'login failed for user' >&2; exit 2".into(),
+            2,
+        ),
+        3 => shell(
+            format!("nightly-etl-{n}"),
+            format!("echo etl {n}; sleep 0.5"),
+            1,
+        ),
+        _ => shell(
+            format!("load-sales-{n}"),
+            format!("echo sales batch {n}; sleep 0.2"),
+            1,
+        ),
     }
 }
 
@@ -41,19 +63,44 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
     let options = ClusterOptions {
         log_filter: "warn".into(),
+        overrides: vec!["workers.lease_interval_ms=10000".into()],
         ..ClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(&binary, options)?;
     println!("started 3 replicas in {}", cluster.root().display());
-    let (leader, term) = cluster.wait_for_leader(ELECTION_WAIT).await?;
+    let (leader, term) = cluster.wait_for_leader(WAIT).await?;
     println!("replica {leader} leads in term {term}");
+    for name in ["worker-a", "worker-b"] {
+        cluster.start_worker(WorkerOptions {
+            extra_config: vec![
+                "agent_heartbeat_interval_ms = 1000".into(),
+                "task_heartbeat_interval_ms = 1000".into(),
+                "acquire_wait_ms = 1000".into(),
+                "task_request_max_cpu = 100.0".into(),
+                "task_request_min_memory_mb = 0".into(),
+            ],
+            ..WorkerOptions::named(name)
+        })?;
+    }
+    let client = cluster.client()?.with_deadline(WAIT);
+    wait_for_workers(&client, 2).await?;
+    println!("2 workers online");
 
-    let client = cluster.client()?.with_deadline(Duration::from_secs(20));
+    let dir = cluster.root().to_path_buf();
     let mut acknowledged = Vec::new();
     let first_half = jobs / 2;
     for n in 0..first_half {
-        acknowledged.push(submit(&client, n).await?);
+        acknowledged.push(submit(&client, sample_spec(n, &dir), n).await?);
     }
+    // One of the jobs hangs; it is cancelled while it runs.
+    let samples = jobs - 1;
+    let long = submit(
+        &client,
+        shell("stuck-package".into(), "sleep 600".into(), 1),
+        samples,
+    )
+    .await?;
+    acknowledged.push(long);
     println!(
         "{} jobs acknowledged; killing the leader (replica {leader}) with SIGKILL",
         acknowledged.len()
@@ -62,85 +109,172 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
     let killed_at = Instant::now();
     cluster.kill(leader)?;
     // The first write after the kill measures the failover as a client sees it.
-    acknowledged.push(submit(&client, first_half).await?);
+    acknowledged.push(submit(&client, sample_spec(first_half, &dir), first_half).await?);
     let gap = killed_at.elapsed();
-    let (new_leader, new_term) = cluster.wait_for_leader(ELECTION_WAIT).await?;
+    let (new_leader, new_term) = cluster.wait_for_leader(WAIT).await?;
     println!(
-        "failover: old leader {leader}, new leader {new_leader} (term {new_term}), \
-         first write accepted {} ms after the kill",
+        "failover: new leader {new_leader} (term {new_term}), first write accepted {} ms after the kill",
         gap.as_millis()
     );
-    for n in first_half + 1..jobs {
-        acknowledged.push(submit(&client, n).await?);
+    for n in first_half + 1..samples {
+        acknowledged.push(submit(&client, sample_spec(n, &dir), n).await?);
     }
-    let cancelled = *acknowledged.last().context("no jobs were submitted")?;
-    client.cancel_job(cancelled).await?;
-    println!("cancelled job {cancelled}");
+    wait_for_state(&client, long, v1::JobState::Running).await?;
+    client.cancel_job(long).await?;
+    println!("cancel of running job {long} sent");
+
+    let mut finished = Vec::new();
+    for id in &acknowledged {
+        finished.push(wait_for_end(&client, *id).await?);
+    }
 
     cluster.restart(leader)?;
-    let leader_api = cluster.replica(new_leader)?.api_addr.clone();
-    let applied = Client::new(&[leader_api])?
-        .cluster_status()
+    let applied = cluster
+        .status_of(new_leader)
         .await?
         .replicas
         .iter()
         .find(|r| r.id == new_leader)
         .and_then(|r| r.applied_index)
         .context("the leader reports no applied index")?;
-    cluster
-        .wait_for_applied(leader, applied, ELECTION_WAIT)
-        .await?;
+    cluster.wait_for_applied(leader, applied, WAIT).await?;
     println!("replica {leader} restarted from its data dir and caught up to index {applied}");
-
-    let listed = client.list_all_jobs(None, false).await?;
     let rejoined = Client::new(&[cluster.replica(leader)?.api_addr.clone()])?;
     let mut lost = Vec::new();
-    for id in &acknowledged {
-        let on_leader = listed.iter().any(|job| job.id == *id);
-        let on_rejoined = rejoined.get_job(*id, true).await.is_ok();
-        if !on_leader || !on_rejoined {
-            lost.push(*id);
+    for job in &finished {
+        match rejoined.get_job(job.id, true).await {
+            Ok(copy) if copy == *job => {}
+            _ => lost.push(job.id),
         }
     }
-    let rows: Vec<Vec<String>> = listed
+
+    let workers: Vec<(String, String)> = cluster
+        .workers
+        .iter()
+        .map(|w| (w.agent_id.to_string(), w.name.clone()))
+        .collect();
+    let worker_name = |id: &str| {
+        workers
+            .iter()
+            .find(|(agent, _)| agent == id)
+            .map_or(id.to_string(), |(_, n)| n.clone())
+    };
+    let rows: Vec<Vec<String>> = finished
         .iter()
         .map(|job| {
             let spec = job.spec.clone().unwrap_or_default();
+            let attempts: Vec<String> = job
+                .attempts
+                .iter()
+                .map(|a| format!("{}@{}", outcome(a.outcome), worker_name(&a.worker_id)))
+                .collect();
             vec![
                 job.id.to_string(),
                 spec.name,
                 state_name(job.state).to_string(),
-                spec.max_attempts.to_string(),
-                spec.argv.join(" "),
+                attempts.join(" "),
             ]
         })
         .collect();
     println!();
-    print_table(&["JOB", "NAME", "STATE", "MAX ATTEMPTS", "COMMAND"], &rows);
+    print_table(
+        &["JOB", "NAME", "STATE", "ATTEMPTS (outcome@worker)"],
+        &rows,
+    );
     println!();
+    let count = |state: v1::JobState| finished.iter().filter(|j| j.state == state as i32).count();
+    let retried = finished
+        .iter()
+        .filter(|j| j.state == v1::JobState::Succeeded as i32 && j.attempts.len() > 1)
+        .count();
+    let twice = finished
+        .iter()
+        .filter(|j| {
+            j.attempts
+                .iter()
+                .filter(|a| a.outcome == v1::AttemptOutcome::Succeeded as i32)
+                .count()
+                > 1
+        })
+        .count();
     println!(
         "failover: old leader {leader} -> new leader {new_leader}, gap {} ms",
         gap.as_millis()
     );
     println!(
-        "summary: {} jobs acknowledged, {} readable on the leader and on the restarted replica, \
-         {} lost, 1 cancelled",
-        acknowledged.len(),
-        acknowledged.len() - lost.len(),
-        lost.len()
+        "summary: {} jobs acknowledged: {} succeeded ({} after a retry), {} failed, {} cancelled; \
+         {} lost, {} completed twice",
+        finished.len(),
+        count(v1::JobState::Succeeded),
+        retried,
+        count(v1::JobState::Failed),
+        count(v1::JobState::Cancelled),
+        lost.len(),
+        twice
     );
-    println!("(workers, TLS and SSISDB logging join the demo as their issues land)");
+    println!("(TLS and SSISDB logging join the demo as their issues land)");
     drop(cluster);
-    if !lost.is_empty() {
-        bail!("acknowledged jobs missing after the failover: {lost:?}");
+    if !lost.is_empty() || twice > 0 {
+        bail!("invariants broken: lost {lost:?}, completed twice {twice}");
     }
     Ok(())
 }
 
-async fn submit(client: &Client, n: u32) -> anyhow::Result<u64> {
+fn outcome(value: i32) -> &'static str {
+    match v1::AttemptOutcome::try_from(value) {
+        Ok(v1::AttemptOutcome::Succeeded) => "succeeded",
+        Ok(v1::AttemptOutcome::Failed) => "failed",
+        Ok(v1::AttemptOutcome::Expired) => "expired",
+        Ok(v1::AttemptOutcome::Cancelled) => "cancelled",
+        _ => "running",
+    }
+}
+
+async fn submit(client: &Client, spec: v1::JobSpec, n: u32) -> anyhow::Result<u64> {
     let reply = client
-        .submit_job(sample_spec(n), Some(format!("demo-{n}")))
+        .submit_job(spec, Some(format!("demo-{n}")))
         .await
         .with_context(|| format!("submitting sample job {n}"))?;
     Ok(reply.job_id)
+}
+
+async fn wait_for_workers(client: &Client, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let workers = client.list_workers(false).await?;
+        if workers.iter().filter(|w| w.online && w.enabled).count() >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the workers did not come online within {WAIT:?}")
+}
+
+async fn wait_for_state(client: &Client, id: u64, state: v1::JobState) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if client.get_job(id, false).await?.state == state as i32 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("job {id} did not become {state:?} within {WAIT:?}")
+}
+
+async fn wait_for_end(client: &Client, id: u64) -> anyhow::Result<v1::Job> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = client.get_job(id, false).await?;
+        let terminal = crate::pb::state_from_pb(job.state)
+            .ok()
+            .flatten()
+            .is_some_and(crate::queue::JobState::is_terminal);
+        if terminal {
+            return Ok(job);
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} is still {} after {WAIT:?}", state_name(job.state));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -508,6 +508,45 @@ async fn a_stale_spooled_result_is_dropped() {
     assert!(fake.seen().completions.is_empty());
 }
 
+#[tokio::test]
+async fn a_task_without_renewal_for_the_tolerance_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (addr, stop_server, server) = serve(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    fake.seen()
+        .queue
+        .push_back(task(1, 51, &["sh", "-c", "echo $$; exec sleep 600"]));
+    let config = config(dir.path(), &[addr], "").clone();
+    let config = WorkerConfig {
+        heartbeat_error_tolerance_ms: 1_000,
+        ..config
+    };
+    let (stop, agent) = start_agent(config.clone());
+    eventually(Duration::from_secs(10), "the task to run", || {
+        let seen = fake.seen();
+        seen.renewed.contains(&51) && seen.lines.len() == 1
+    })
+    .await;
+    let pid: i32 = fake.seen().lines[0].2.parse().unwrap();
+    let _ = stop_server.send(());
+    server.await.unwrap();
+    let lost_at = Instant::now();
+    eventually(Duration::from_secs(10), "the kill", || process_gone(pid)).await;
+    assert!(lost_at.elapsed() < Duration::from_secs(5));
+    let (_, _stop_server, _) = serve(fake.clone(), addr).await;
+    eventually(Duration::from_secs(20), "the result", || {
+        !fake.seen().completions.is_empty()
+    })
+    .await;
+    stop_agent(stop, agent).await;
+    let seen = fake.seen();
+    assert_eq!(seen.completions[0].outcome, AttemptOutcome::Failed as i32);
+    assert_eq!(
+        seen.completions[0].error,
+        "killed: no lease renewal succeeded for 1 s"
+    );
+}
+
 #[test]
 fn config_mistakes_are_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();

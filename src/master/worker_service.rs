@@ -111,9 +111,12 @@ impl WorkerApi {
         worker: crate::queue::WorkerId,
     ) -> bool {
         let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
-        queue.has_eligible_task(
+        // The request's own load: a worker that just registered has none stored yet.
+        queue.has_eligible_task_at_load(
             worker,
             now_ms(),
+            percent_x10(request.cpu_percent),
+            request.free_memory_mb,
             percent_x10(request.task_request_max_cpu),
             request.task_request_min_memory_mb,
         )

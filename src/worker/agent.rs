@@ -78,6 +78,8 @@ const DRAIN_RECHECK: Duration = Duration::from_secs(1);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 /// Lines buffered between a task's pipes and its log batcher.
 const LINE_CHANNEL: usize = 1024;
+/// How soon a worker too busy for new tasks looks at its load again.
+const LOAD_RECHECK: Duration = Duration::from_millis(500);
 /// Backoff bounds for registration and for an acquire loop that gets no answer.
 const RETRY_START: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -250,7 +252,6 @@ impl Agent {
         let mut state = lock(&self.state);
         if state.registered {
             warn!(
-                worker_id = %self.worker_id,
                 "the master does not know this worker (removed, or its registration lost); \
                  registering again"
             );
@@ -340,7 +341,6 @@ impl Agent {
                     state.enabled = reply.enabled;
                 }
                 info!(
-                    worker_id = %self.worker_id,
                     display_name = %c.display_name,
                     enabled = reply.enabled,
                     lease_interval_ms = reply.lease_interval_ms,
@@ -349,7 +349,6 @@ impl Agent {
                 );
                 if !reply.enabled {
                     warn!(
-                        worker_id = %self.worker_id,
                         "this worker is disabled and takes no tasks until an admin enables it: \
                          scaleout workers enable {}",
                         self.worker_id
@@ -458,6 +457,7 @@ impl Agent {
 
     async fn acquire_loop(self: &Arc<Self>) {
         let mut backoff = RETRY_START;
+        let mut host_busy = false;
         loop {
             let free_slots = loop {
                 let woken = self.wake_acquire.notified();
@@ -468,6 +468,26 @@ impl Agent {
                 let _ = tokio::time::timeout(Duration::from_secs(1), woken).await;
             };
             let (cpu_percent, free_memory_mb) = self.load();
+            // TaskRequestMaxCPU / TaskRequestMinMemory: the master checks them too, but against
+            // the reading sent with the request, for the whole long-poll; checking here first
+            // re-reads the load soon instead of waiting out a poll on a stale figure, and
+            // spares the cluster a call that cannot get anything.
+            let busy = cpu_percent > self.config.task_request_max_cpu
+                || free_memory_mb < self.config.task_request_min_memory_mb;
+            if busy != host_busy {
+                host_busy = busy;
+                debug!(
+                    cpu_percent,
+                    free_memory_mb,
+                    busy,
+                    "host load {} task_request_max_cpu / task_request_min_memory_mb",
+                    if busy { "beyond" } else { "back within" }
+                );
+            }
+            if busy {
+                tokio::time::sleep(LOAD_RECHECK).await;
+                continue;
+            }
             let request = AcquireTasksRequest {
                 worker_id: self.worker_id.clone(),
                 free_slots,

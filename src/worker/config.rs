@@ -252,6 +252,18 @@ fn build(
     base_dir: &Path,
     overrides: &[String],
 ) -> Result<WorkerConfig, WorkerConfigError> {
+    // Absolute from the start, so task folders and the spool do not depend on the cwd later.
+    let base_dir: PathBuf = if base_dir.is_absolute() {
+        base_dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(base_dir))
+            .unwrap_or_else(|_| base_dir.to_path_buf())
+    }
+    .components()
+    .filter(|c| !matches!(c, std::path::Component::CurDir))
+    .collect();
+    let base_dir = base_dir.as_path();
     let mut table: Table = toml::from_str(text).map_err(|e| WorkerConfigError::Parse {
         path: file.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
