@@ -516,7 +516,7 @@ async fn a_task_without_renewal_for_the_tolerance_is_killed() {
     fake.seen()
         .queue
         .push_back(task(1, 51, &["sh", "-c", "echo $$; exec sleep 600"]));
-    let config = config(dir.path(), &[addr], "").clone();
+    let config = config(dir.path(), &[addr], "");
     let config = WorkerConfig {
         heartbeat_error_tolerance_ms: 1_000,
         ..config

@@ -158,8 +158,18 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
         .expect("complete")
         .into_inner();
     assert_eq!(done.job_state, JobState::Succeeded as i32);
-    let status = raw
+    // The same report again (as after a lost answer) is acknowledged and changes nothing; a
+    // different report under the spent lease is refused.
+    let again = raw
         .complete_task(complete(token))
+        .await
+        .expect("a repeated report")
+        .into_inner();
+    assert_eq!(again.job_state, JobState::Succeeded as i32);
+    let mut failed = complete(token);
+    failed.outcome = v1::AttemptOutcome::Failed as i32;
+    let status = raw
+        .complete_task(failed)
         .await
         .expect_err("a task completes once");
     assert_eq!(reason(&status), REASON_LEASE_LOST);

@@ -105,6 +105,29 @@ impl WorkerApi {
         Err(not_leader(leader, node.as_ref()))
     }
 
+    /// Whether this worker's attempt under this lease already ended with this very report.
+    /// Read right after the refusal was applied, so the state includes any earlier completion.
+    fn already_applied(
+        &self,
+        worker: crate::queue::WorkerId,
+        lease: LeaseRef,
+        outcome: crate::queue::AttemptOutcome,
+        exit_code: Option<i32>,
+    ) -> bool {
+        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        queue
+            .job(lease.job_id)
+            .and_then(|job| job.attempt_with(worker, lease.token))
+            .is_some_and(|attempt| {
+                attempt.outcome == Some(outcome) && attempt.exit_code == exit_code
+            })
+    }
+
+    fn job_state(&self, job_id: crate::queue::JobId) -> Option<crate::queue::JobState> {
+        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        queue.job(job_id).map(|job| job.state)
+    }
+
     fn has_eligible_task(
         &self,
         request: &AcquireTasksRequest,
@@ -218,6 +241,7 @@ impl WorkerService for WorkerApi {
                     free_memory_mb: request.free_memory_mb,
                     max_cpu_percent_x10: percent_x10(request.task_request_max_cpu),
                     min_free_memory_mb: request.task_request_min_memory_mb,
+                    request_id: Some(request.request_id.clone()).filter(|id| !id.is_empty()),
                 };
                 match self.propose(command).await? {
                     CommandOutput::Acquired { tasks } if !tasks.is_empty() => {
@@ -319,6 +343,15 @@ impl WorkerService for WorkerApi {
                 info!(job_id = lease.job_id, lease = lease.token, %worker, ?outcome, state = %state, "task completed");
                 Ok(Response::new(CompleteTaskResponse {
                     job_state: crate::pb::v1::JobState::from(state) as i32,
+                }))
+            }
+            Err(QueueError::LeaseLost { .. })
+                if self.already_applied(worker, lease, outcome, request.exit_code) =>
+            {
+                // The same report arrived before (its answer was lost with a dying leader).
+                let state = self.job_state(lease.job_id);
+                Ok(Response::new(CompleteTaskResponse {
+                    job_state: state.map_or(0, |s| crate::pb::v1::JobState::from(s) as i32),
                 }))
             }
             Err(QueueError::LeaseLost { .. }) => {

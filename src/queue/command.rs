@@ -49,6 +49,10 @@ pub enum Command {
         free_memory_mb: u64,
         max_cpu_percent_x10: u32,
         min_free_memory_mb: u64,
+        /// Chosen by the worker per call and kept when it retries the call: a retry whose first
+        /// try was granted (and whose answer was lost with a dying leader) gets the same leases
+        /// back instead of new ones, so no task is leased to a worker that never heard of it.
+        request_id: Option<String>,
     },
     /// The task heartbeat: extends each current lease to now + `lease_ms`.
     RenewLeases {

@@ -38,4 +38,4 @@ pub use logs::{
     truncation_notice, JobLogLine, LogLevel, LogLine, MAX_LOG_LINES_PER_JOB, MAX_LOG_LINE_BYTES,
 };
 pub use state::{Changes, JobPage, Parts, QueueState, MAX_LOG_PAGE_SIZE, MAX_PAGE_SIZE};
-pub use worker::{Worker, WorkerId, WorkerInfo, MAX_WORKER_TASKS};
+pub use worker::{Grant, Worker, WorkerId, WorkerInfo, MAX_WORKER_TASKS};

@@ -217,6 +217,7 @@ impl QueueState {
                 free_memory_mb,
                 max_cpu_percent_x10,
                 min_free_memory_mb,
+                request_id,
             } => self.acquire(
                 worker,
                 free_slots,
@@ -226,6 +227,7 @@ impl QueueState {
                     max_cpu_percent_x10,
                     min_free_memory_mb,
                 },
+                request_id,
                 now,
             ),
             Command::RenewLeases {

@@ -98,6 +98,16 @@ pub struct Worker {
     pub free_memory_mb: u64,
     /// Jobs it holds a lease on.
     pub running: BTreeSet<JobId>,
+    /// The last AcquireTasks that granted something: its request id and the leases granted.
+    #[serde(default)]
+    pub last_grant: Option<Grant>,
+}
+
+/// What one AcquireTasks call granted, so a retry of the same call gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub request_id: String,
+    pub leases: Vec<crate::queue::LeaseRef>,
 }
 
 impl Worker {
@@ -192,6 +202,7 @@ mod tests {
             cpu_percent_x10: 0,
             free_memory_mb: 0,
             running: BTreeSet::new(),
+            last_grant: None,
         };
         assert!(worker.is_online(1_500, 500));
         assert!(!worker.is_online(1_501, 500));

@@ -213,6 +213,7 @@ fn acquire(n: u128, free_slots: u32) -> Command {
         free_memory_mb: 4096,
         max_cpu_percent_x10: 700,
         min_free_memory_mb: 100,
+        request_id: None,
     }
 }
 

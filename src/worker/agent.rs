@@ -458,6 +458,9 @@ impl Agent {
     async fn acquire_loop(self: &Arc<Self>) {
         let mut backoff = RETRY_START;
         let mut host_busy = false;
+        // Kept until a call is answered: if a leader granted tasks and died before answering,
+        // the retry (even after a long outage) carries the same id and gets those leases back.
+        let mut request_id = uuid::Uuid::new_v4().to_string();
         loop {
             let free_slots = loop {
                 let woken = self.wake_acquire.notified();
@@ -496,7 +499,7 @@ impl Agent {
                 free_memory_mb,
                 task_request_max_cpu: self.config.task_request_max_cpu,
                 task_request_min_memory_mb: self.config.task_request_min_memory_mb,
-                ..Default::default()
+                request_id: request_id.clone(),
             };
             let wait = self.config.acquire_wait();
             let result = self
@@ -514,6 +517,7 @@ impl Agent {
             match result {
                 Ok(reply) => {
                     backoff = RETRY_START;
+                    request_id = uuid::Uuid::new_v4().to_string();
                     self.note_reachable(true, None);
                     for task in reply.tasks {
                         self.start(task);

@@ -7,12 +7,18 @@
 use super::QueueState;
 use crate::queue::attempt::{truncate_utf8, MAX_ATTEMPT_ERROR_BYTES, MAX_LEASE_MS};
 use crate::queue::dispatch::{worker_capacity, LoadLimits};
+use crate::queue::worker::Grant;
 use crate::queue::{
-    AttemptOutcome, CommandOutput, CommandResult, JobId, JobState, LeaseRef, LeaseStatus,
-    QueueError, WorkerId,
+    Assignment, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState, LeaseRef,
+    LeaseStatus, QueueError, WorkerId,
 };
 
+/// Longest request id an AcquireTasks may carry.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
 impl QueueState {
+    // The arguments are the command's fields, one to one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn acquire(
         &mut self,
         worker: WorkerId,
@@ -20,25 +26,73 @@ impl QueueState {
         lease_ms: u64,
         (cpu_percent_x10, free_memory_mb): (u32, u64),
         limits: LoadLimits,
+        request_id: Option<String>,
         now_ms: u64,
     ) -> CommandResult {
         validate_lease_ms(lease_ms)?;
+        if request_id
+            .as_ref()
+            .is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES)
+        {
+            return Err(QueueError::InvalidRequest(format!(
+                "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
+            )));
+        }
         self.record_load(worker, cpu_percent_x10, free_memory_mb, now_ms)?;
         let w = self
             .workers
             .get(&worker)
             .ok_or(QueueError::WorkerNotFound(worker))?;
+        // A retry of a call that was granted: answer with what it was granted and still holds.
+        if let (Some(id), Some(grant)) = (&request_id, &w.last_grant) {
+            if *id == grant.request_id {
+                let tasks = grant
+                    .leases
+                    .iter()
+                    .filter_map(|lease| self.held_assignment(worker, *lease))
+                    .collect();
+                return Ok(CommandOutput::Acquired { tasks });
+            }
+        }
         let wanted = free_slots.min(worker_capacity(w, limits)) as usize;
         let chosen: Vec<JobId> = if wanted == 0 {
             Vec::new()
         } else {
             self.eligible_jobs(w, now_ms).take(wanted).collect()
         };
-        let tasks = chosen
+        let tasks: Vec<Assignment> = chosen
             .into_iter()
             .filter_map(|job_id| self.grant_lease(job_id, worker, lease_ms, now_ms))
             .collect();
+        if let Some(request_id) = request_id.filter(|_| !tasks.is_empty()) {
+            let leases = tasks
+                .iter()
+                .map(|t| LeaseRef {
+                    job_id: t.job_id,
+                    token: t.token,
+                })
+                .collect();
+            if let Some(w) = self.worker_mut(worker) {
+                w.last_grant = Some(Grant { request_id, leases });
+            }
+        }
         Ok(CommandOutput::Acquired { tasks })
+    }
+
+    /// The assignment of a lease `worker` still holds, as it was granted.
+    fn held_assignment(&self, worker: WorkerId, lease: LeaseRef) -> Option<Assignment> {
+        let job = self
+            .jobs
+            .get(&lease.job_id)
+            .filter(|job| job.holds_lease(worker, lease.token))?;
+        let attempt = job.attempt_with(worker, lease.token)?;
+        Some(Assignment {
+            job_id: job.id,
+            token: lease.token,
+            attempt: attempt.number,
+            spec: job.spec.clone(),
+            expires_at_ms: job.lease.as_ref().map_or(0, |l| l.expires_at_ms),
+        })
     }
 
     /// Each current lease runs on to now + `lease_ms`, and a picked-up task counts as running

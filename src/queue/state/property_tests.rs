@@ -196,6 +196,7 @@ fn to_command(
             free_memory_mb: mem,
             max_cpu_percent_x10: MAX_CPU,
             min_free_memory_mb: MIN_MEM,
+            request_id: None,
         },
         Op::Renew { worker, leases } => Command::RenewLeases {
             worker: wid(worker),

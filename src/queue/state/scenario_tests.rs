@@ -639,6 +639,7 @@ fn unknown_workers_and_bad_arguments_are_refused() {
                 free_memory_mb: 4096,
                 max_cpu_percent_x10: MAX_CPU,
                 min_free_memory_mb: MIN_MEM,
+                request_id: None,
             },
             "not registered",
         ),
@@ -733,6 +734,7 @@ fn unknown_workers_and_bad_arguments_are_refused() {
             free_memory_mb: 4096,
             max_cpu_percent_x10: MAX_CPU,
             min_free_memory_mb: MIN_MEM,
+            request_id: None,
         })
         .expect_err("too long");
     assert!(matches!(err, QueueError::InvalidRequest(_)));
@@ -805,6 +807,7 @@ fn changes_name_every_row_a_command_touched() {
                 free_memory_mb: 4096,
                 max_cpu_percent_x10: MAX_CPU,
                 min_free_memory_mb: MIN_MEM,
+                request_id: None,
             },
         )
         .expect("acquire");
@@ -812,4 +815,51 @@ fn changes_name_every_row_a_command_touched() {
     assert_eq!(changes.jobs.into_iter().collect::<Vec<_>>(), vec![id]);
     assert_eq!(changes.workers.into_iter().collect::<Vec<_>>(), vec![w]);
     assert!(changes.log_lines.is_empty());
+}
+
+fn acquire_with_id(
+    sim: &mut Sim,
+    worker: crate::queue::WorkerId,
+    request_id: &str,
+) -> Vec<crate::queue::Assignment> {
+    match sim.apply(Command::AcquireTasks {
+        worker,
+        free_slots: 1,
+        lease_ms: LEASE_MS,
+        cpu_percent_x10: 0,
+        free_memory_mb: 4096,
+        max_cpu_percent_x10: MAX_CPU,
+        min_free_memory_mb: MIN_MEM,
+        request_id: Some(request_id.into()),
+    }) {
+        Ok(CommandOutput::Acquired { tasks }) => tasks,
+        other => panic!("acquire: {other:?}"),
+    }
+}
+
+#[test]
+fn a_retried_acquire_gets_the_same_leases_back() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 4);
+    let first = sim.submit(spec());
+    let second = sim.submit(spec());
+    let granted = acquire_with_id(&mut sim, w, "call-1");
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].job_id, first);
+    // The answer was lost; the worker retries the same call on the new leader.
+    sim.advance(5);
+    let again = acquire_with_id(&mut sim, w, "call-1");
+    assert_eq!(again, granted, "the same lease, not a second one");
+    assert_eq!(sim.job(second).state, JobState::Queued);
+    assert_eq!(sim.state.live_leases(), 1);
+    // A new call gets new work.
+    let next = acquire_with_id(&mut sim, w, "call-2");
+    assert_eq!(next[0].job_id, second);
+    assert!(next[0].token > granted[0].token);
+    // Once the first lease is gone, its replay grants nothing stale.
+    sim.complete(w, lease_of(&granted[0]), AttemptOutcome::Succeeded)
+        .expect("complete");
+    assert!(acquire_with_id(&mut sim, w, "call-2")
+        .iter()
+        .all(|t| t.job_id == second));
 }

@@ -192,6 +192,7 @@ impl Sim {
             free_memory_mb,
             max_cpu_percent_x10: MAX_CPU,
             min_free_memory_mb: MIN_MEM,
+            request_id: None,
         }) {
             Ok(CommandOutput::Acquired { tasks }) => tasks,
             other => panic!("acquire: {other:?}"),

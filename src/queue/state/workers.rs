@@ -29,6 +29,7 @@ impl QueueState {
             cpu_percent_x10: 0,
             free_memory_mb: 0,
             running: BTreeSet::new(),
+            last_grant: None,
         });
         worker.info = info;
         worker.last_heartbeat_ms = now_ms;
