@@ -151,6 +151,26 @@ enum JobCommand {
 enum BenchCommand {
     /// Submits per second and latency with many concurrent submitters.
     Submit(BenchSubmitArgs),
+    /// Submit -> lease -> complete through real workers with a no-op executor.
+    E2e(BenchE2eArgs),
+}
+
+#[derive(Args)]
+struct BenchE2eArgs {
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    slots: u32,
+    /// Jobs in the throughput phase.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    jobs: u64,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    submitters: u64,
+    /// Length of the latency phase at half the measured rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    paced_seconds: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -237,6 +257,21 @@ fn main() -> ExitCode {
                     json: matches!(args.output, Output::Json),
                 };
                 scaleout::bench::submit(options)
+                    .await
+                    .map_err(cli::CliError::failed)
+            }
+            Command::Bench {
+                command: BenchCommand::E2e(args),
+            } => {
+                let options = scaleout::bench::E2eBench {
+                    workers: args.workers as usize,
+                    slots: args.slots,
+                    jobs: args.jobs,
+                    submitters: args.submitters as usize,
+                    paced_seconds: args.paced_seconds,
+                    json: matches!(args.output, Output::Json),
+                };
+                scaleout::bench::e2e(options)
                     .await
                     .map_err(cli::CliError::failed)
             }

@@ -33,6 +33,7 @@
 //! | `executor` | (ISServerExec) | `["/opt/ssis/bin/dtexec", "/F", "{package}"]` | How a `package` job runs: `{package}` is replaced by the package path, then `/Par` `name;value` is appended for each parameter, then the job's argv, if any. |
 //! | `insecure` | | `false` | Plaintext gRPC. TLS is not available yet, so this must be `true`. |
 //! | `acquire_wait_ms` | | 10000 | How long one AcquireTasks long-poll waits for work (the master caps it). |
+//! | `noop_executor` | | false | Benchmarks only: tasks succeed at once without starting a process (`scaleout bench e2e`). |
 //!
 //! Relative paths in the file are relative to the config file's directory; relative paths given
 //! with `--set` are relative to the current directory.
@@ -79,6 +80,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("executor", Kind::Other),
     ("insecure", Kind::Other),
     ("acquire_wait_ms", Kind::Other),
+    ("noop_executor", Kind::Other),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +114,9 @@ pub struct WorkerConfig {
     pub executor: Vec<String>,
     pub insecure: bool,
     pub acquire_wait_ms: u32,
+    /// Benchmarks only: every task succeeds at once without starting a process, so a
+    /// benchmark measures dispatch, not process start-up.
+    pub noop_executor: bool,
 }
 
 impl WorkerConfig {
@@ -153,6 +158,7 @@ struct RawConfig {
     executor: Option<Vec<String>>,
     insecure: Option<bool>,
     acquire_wait_ms: Option<u32>,
+    noop_executor: Option<bool>,
 }
 
 /// Why a worker configuration could not be loaded. Every message names the file and, where
@@ -405,6 +411,7 @@ fn build(
         }),
         insecure: raw.insecure.unwrap_or(false),
         acquire_wait_ms: raw.acquire_wait_ms.unwrap_or(10_000),
+        noop_executor: raw.noop_executor.unwrap_or(false),
     };
     check(&config).map_err(|(key, message)| invalid(key, message))?;
     probe_dir(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
