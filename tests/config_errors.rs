@@ -155,3 +155,18 @@ fn an_invalid_job_spec_exits_2_before_any_network_call() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not-a-uuid"));
 }
+
+#[test]
+fn the_sample_worker_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/local/worker-1.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let overrides = vec![
+        format!("state_dir={}", state.display()),
+        format!("tasks_root_folder={}", state.join("tasks").display()),
+    ];
+    let config =
+        scaleout::worker::WorkerConfig::load(&path, &overrides).expect("sample worker config");
+    assert_eq!(config.endpoints.len(), 3);
+    assert_eq!(config.max_task_count, 4);
+}
