@@ -225,6 +225,10 @@ impl WorkerService for WorkerApi {
             u64::from(request.wait_ms).min(self.settings.max_acquire_wait_ms),
         );
         let deadline = tokio::time::Instant::now() + wait;
+        if request.free_slots == 0 {
+            // Nothing can be granted; waiting would only hold the call.
+            return Ok(Response::new(AcquireTasksResponse::default()));
+        }
         let mut applied = self.raft.metrics();
         let mut first = true;
         loop {
@@ -252,7 +256,16 @@ impl WorkerService for WorkerApi {
                             tasks: tasks.iter().map(Into::into).collect(),
                         }));
                     }
-                    CommandOutput::Acquired { .. } => {}
+                    CommandOutput::Acquired { .. } => {
+                        // The pre-check and apply use the same rules, so this is a race with
+                        // another worker; pause before proposing again rather than spin.
+                        tokio::time::sleep(
+                            POLL_RECHECK.min(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            ),
+                        )
+                        .await;
+                    }
                     other => return Err(unexpected(other)),
                 }
             }

@@ -48,6 +48,19 @@ use tonic_types::StatusExt;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
 use super::config::WorkerConfig;
+
+/// In the state dir: the id of the AcquireTasks call not yet answered.
+const ACQUIRE_REQUEST_FILE: &str = "acquire-request-id";
+
+/// Replaces `path` with `text` (write to a temp file, fsync, rename).
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
 use super::connection::{jitter, CallError, Connection};
 use super::host::{self, CpuSampler};
 use super::runner::{self, Invocation, KillReason, OutputLine, RunOutcome, Stream};
@@ -459,8 +472,15 @@ impl Agent {
         let mut backoff = RETRY_START;
         let mut host_busy = false;
         // Kept until a call is answered: if a leader granted tasks and died before answering,
-        // the retry (even after a long outage) carries the same id and gets those leases back.
-        let mut request_id = uuid::Uuid::new_v4().to_string();
+        // the retry (even after a long outage, or after this agent restarted) carries the same
+        // id and gets those leases back. Kept on disk for the restart case.
+        let id_file = self.config.state_dir.join(ACQUIRE_REQUEST_FILE);
+        let mut request_id = std::fs::read_to_string(&id_file)
+            .ok()
+            .map(|text| text.trim().to_string())
+            .filter(|id| !id.is_empty() && id.len() <= 64)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut id_saved = false;
         loop {
             let free_slots = loop {
                 let woken = self.wake_acquire.notified();
@@ -491,6 +511,12 @@ impl Agent {
                 tokio::time::sleep(LOAD_RECHECK).await;
                 continue;
             }
+            if !id_saved {
+                if let Err(e) = write_atomically(&id_file, &request_id) {
+                    warn!(error = %e, file = %id_file.display(), "cannot save the acquire request id; a restart may orphan a grant");
+                }
+                id_saved = true;
+            }
             let request = AcquireTasksRequest {
                 worker_id: self.worker_id.clone(),
                 free_slots,
@@ -518,6 +544,7 @@ impl Agent {
                 Ok(reply) => {
                     backoff = RETRY_START;
                     request_id = uuid::Uuid::new_v4().to_string();
+                    id_saved = false;
                     self.note_reachable(true, None);
                     for task in reply.tasks {
                         self.start(task);

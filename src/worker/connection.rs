@@ -85,11 +85,14 @@ fn classify(status: Status) -> Next {
         }
         return Next::OtherEndpoint(status.message().to_string());
     }
-    // A call cut short by our per-call timeout (CANCELLED or DEADLINE_EXCEEDED) or a broken
-    // connection: another replica may serve it.
-    let transport = status.code() == Code::Unknown
-        && (status.message().contains("transport") || status.message().contains("connection"));
-    if transport || matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded) {
+    // A call cut short by our per-call timeout (CANCELLED or DEADLINE_EXCEEDED), a broken
+    // connection or HTTP/2 stream (UNKNOWN, INTERNAL), or a replica in trouble (ABORTED): another
+    // replica may serve it, and until the deadline the call is retried rather than its result
+    // dropped. Only answers about the request itself (invalid, not found, lease lost) are final.
+    if matches!(
+        status.code(),
+        Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::Aborted
+    ) {
         return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
     }
     Next::GiveUp(CallError::Rejected(status))

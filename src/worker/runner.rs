@@ -164,6 +164,17 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // If the agent dies without killing its tasks (kill -9), the kernel kills the task's main
+    // process: otherwise it would run on unknown to anyone while its lease expires and the task
+    // runs again elsewhere. (The signal follows the spawning thread: a runtime worker thread,
+    // which lives as long as the agent.)
+    // SAFETY: the closure runs between fork and exec and makes one async-signal-safe call.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return RunOutcome::SpawnFailed(format!("cannot start `{program}`: {e}")),

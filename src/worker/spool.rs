@@ -236,9 +236,17 @@ impl Spool {
             source: io::Error::other(e),
         })?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(io_error(&self.path, "append"))?;
+        // A failed write (disk full) may leave part of the line; cut it off again, or the next
+        // record would be glued onto it and lost on replay.
+        let length = self
+            .file
+            .metadata()
+            .map_err(io_error(&self.path, "stat"))?
+            .len();
+        if let Err(e) = self.file.write_all(&line) {
+            let _ = self.file.set_len(length);
+            return Err(io_error(&self.path, "append")(e));
+        }
         self.file
             .sync_data()
             .map_err(io_error(&self.path, "fsync"))?;

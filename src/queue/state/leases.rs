@@ -44,14 +44,18 @@ impl QueueState {
             .get(&worker)
             .ok_or(QueueError::WorkerNotFound(worker))?;
         // A retry of a call that was granted: answer with what it was granted and still holds.
+        // When none of it is held any more (the worker was away longer than the lease), the
+        // retry is an ordinary request.
         if let (Some(id), Some(grant)) = (&request_id, &w.last_grant) {
             if *id == grant.request_id {
-                let tasks = grant
+                let tasks: Vec<Assignment> = grant
                     .leases
                     .iter()
                     .filter_map(|lease| self.held_assignment(worker, *lease))
                     .collect();
-                return Ok(CommandOutput::Acquired { tasks });
+                if !tasks.is_empty() {
+                    return Ok(CommandOutput::Acquired { tasks });
+                }
             }
         }
         let wanted = free_slots.min(worker_capacity(w, limits)) as usize;
