@@ -616,3 +616,82 @@ async fn a_leaderless_gap_longer_than_the_lease_kills_no_running_task() {
         );
     }
 }
+
+/// Runs the CLI against the cluster and returns (exit code, stdout).
+fn cli(cluster: &LocalCluster, args: &[&str]) -> (Option<i32>, String) {
+    let endpoints = cluster.endpoints().join(",");
+    let output = std::process::Command::new(binary())
+        .args(args)
+        .args(["--endpoints", &endpoints])
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_manual_approval_a_new_worker_waits_for_an_admin() {
+    let _serial = SERIAL.lock().await;
+    let options = ClusterOptions {
+        overrides: vec!["workers.approval=manual".into()],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = LocalCluster::start(binary(), options).expect("start");
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let worker = cluster.start_worker(fast_worker("a")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+
+    // Registered, online, disabled.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, out) = cli(&cluster, &["workers", "list", "--output", "json"]);
+        assert_eq!(code, Some(0));
+        let workers: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let listed = workers.as_array().and_then(|w| w.first()).cloned();
+        if let Some(w) = listed.filter(|w| w["online"] == true) {
+            assert_eq!(w["id"], worker.to_string());
+            assert_eq!(
+                w["enabled"], false,
+                "manual approval keeps a new worker disabled"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never registered: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = client
+        .submit_job(shell("echo approved"), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let (code, _) = cli(
+        &cluster,
+        &["job", "wait", &job.to_string(), "--timeout-secs", "1"],
+    );
+    assert_eq!(code, Some(1), "the job waits: no enabled worker");
+
+    let (code, out) = cli(&cluster, &["workers", "enable", &worker.to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(
+        &cluster,
+        &["job", "wait", &job.to_string(), "--timeout-secs", "60"],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "the job ran once the worker was enabled: {out}"
+    );
+    let (code, out) = cli(&cluster, &["job", "logs", &job.to_string()]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("approved"), "{out}");
+    let (code, _) = cli(&cluster, &["workers", "drain", &worker.to_string()]);
+    assert_eq!(code, Some(0));
+    let (_, out) = cli(&cluster, &["workers", "list", "--output", "json"]);
+    let workers: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(workers[0]["draining"], true, "{out}");
+}
