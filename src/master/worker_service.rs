@@ -30,6 +30,8 @@ pub const REASON_LEASE_LOST: &str = "LEASE_LOST";
 /// How often a waiting long-poll looks again when nothing was applied (a retry delay may have
 /// made a task ready in the meantime).
 const POLL_RECHECK: Duration = Duration::from_millis(250);
+/// After a proposal that granted nothing.
+const RACE_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Clone)]
 pub struct WorkerApi {
@@ -257,10 +259,11 @@ impl WorkerService for WorkerApi {
                         }));
                     }
                     CommandOutput::Acquired { .. } => {
-                        // The pre-check and apply use the same rules, so this is a race with
-                        // another worker; pause before proposing again rather than spin.
+                        // The pre-check and apply use the same rules, so this was a race with
+                        // another worker for the same task; a short pause keeps a run of such
+                        // races from turning into a stream of entries.
                         tokio::time::sleep(
-                            POLL_RECHECK.min(
+                            RACE_PAUSE.min(
                                 deadline.saturating_duration_since(tokio::time::Instant::now()),
                             ),
                         )
