@@ -226,32 +226,35 @@ impl LocalCluster {
             .with_context(|| format!("no replica {id}"))
     }
 
-    fn start_replica(&mut self, index: usize) -> anyhow::Result<()> {
-        let replica = &mut self.replicas[index];
-        if replica.child.is_some() {
-            bail!("replica {} is already running", replica.id);
-        }
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&replica.log_path)?;
+    /// `scaleout <role> --config <config>`, logging to `log` (appended), dying with us.
+    fn command(&self, role: &str, config: &Path, log: &Path) -> anyhow::Result<Command> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(log)?;
         let mut command = Command::new(&self.binary);
         command
-            .arg("master")
+            .arg(role)
             .arg("--config")
-            .arg(&replica.config_path)
+            .arg(config)
             .env("RUST_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        die_with_parent(&mut command);
+        Ok(command)
+    }
+
+    fn start_replica(&mut self, index: usize) -> anyhow::Result<()> {
+        let replica = &self.replicas[index];
+        if replica.child.is_some() {
+            bail!("replica {} is already running", replica.id);
+        }
+        let mut command = self.command("master", &replica.config_path, &replica.log_path)?;
         for key_value in &self.options.overrides {
             command.arg("--set").arg(key_value);
         }
-        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
-        replica.child = Some(child);
+        self.replicas[index].child = Some(child);
         Ok(())
     }
 
@@ -295,22 +298,9 @@ impl LocalCluster {
     }
 
     fn spawn_worker(&mut self, index: usize) -> anyhow::Result<()> {
-        let worker = &mut self.workers[index];
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&worker.log_path)?;
-        let mut command = Command::new(&self.binary);
-        command
-            .arg("worker")
-            .arg("--config")
-            .arg(&worker.config_path)
-            .env("RUST_LOG", &self.options.log_filter)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        die_with_parent(&mut command);
-        worker.child = Some(command.spawn().context("cannot start a worker")?);
+        let worker = &self.workers[index];
+        let mut command = self.command("worker", &worker.config_path, &worker.log_path)?;
+        self.workers[index].child = Some(command.spawn().context("cannot start a worker")?);
         Ok(())
     }
 

@@ -465,7 +465,7 @@ async fn cancelling_a_running_job_kills_its_process() {
     };
     let cancelled_at = Instant::now();
     client.cancel_job(job).await.expect("cancel");
-    // Two task heartbeat intervals (2 x 500 ms), with room for a loaded machine's scheduling.
+    // Poll until the process is gone (bounded); the requirement is asserted below.
     let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     while alive(pid) {
         assert!(
@@ -478,8 +478,9 @@ async fn cancelling_a_running_job_kills_its_process() {
     let job = wait_terminal(&client, job, &cluster).await;
     assert_eq!(job.state, JobState::Cancelled as i32);
     assert_eq!(outcomes(&job), vec![AttemptOutcome::Cancelled]);
+    // Two task heartbeat intervals (2 x 500 ms).
     assert!(
-        stopped_after < Duration::from_millis(2_000),
+        stopped_after < Duration::from_millis(1_000),
         "stopped after {stopped_after:?}"
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::job_service::{propose_error_status, read_error_status};
+use super::job_service::{propose, read_error_status};
 use super::proposer::{now_ms, Proposer};
 use super::status::from_queue_error;
 use crate::config::WorkerSettings;
@@ -56,11 +56,7 @@ impl AdminApi {
     }
 
     async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
-        match self.proposer.propose(command).await {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(rejection)) => Err(from_queue_error(&rejection)),
-            Err(error) => Err(propose_error_status(error)),
-        }
+        propose(&self.proposer, command).await
     }
 
     async fn ask(&self, id: u64, node: &ReplicaNode) -> Result<NodeStatusResponse, String> {

@@ -44,11 +44,7 @@ impl JobApi {
     }
 
     async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
-        match self.proposer.propose(command).await {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(rejection)) => Err(from_queue_error(&rejection)),
-            Err(error) => Err(propose_error_status(error)),
-        }
+        propose(&self.proposer, command).await
     }
 
     /// Waits until this replica may answer a read: for a linearizable one, until it has applied
@@ -70,6 +66,15 @@ impl JobApi {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         read(&queue)
+    }
+}
+
+/// Proposes a command for an API call: its output, or the status the caller gets.
+pub async fn propose(proposer: &Proposer, command: Command) -> Result<CommandOutput, Status> {
+    match proposer.propose(command).await {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(rejection)) => Err(from_queue_error(&rejection)),
+        Err(error) => Err(propose_error_status(error)),
     }
 }
 
