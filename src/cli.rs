@@ -151,6 +151,30 @@ pub async fn worker(config_path: &Path, overrides: &[String]) -> Result<(), CliE
         .map_err(CliError::failed)
 }
 
+/// `certs init`: writes the files and lists them with their roles.
+pub fn certs_init(options: &crate::certs::CertsInit) -> Result<(), CliError> {
+    let report = crate::certs::init(options).map_err(CliError::usage)?;
+    println!(
+        "CA: {} (key {})",
+        report.ca_cert.display(),
+        report.ca_key.display()
+    );
+    let rows: Vec<Vec<String>> = report
+        .issued
+        .iter()
+        .map(|issued| {
+            vec![
+                issued.role.to_string(),
+                issued.cert.display().to_string(),
+                issued.key.display().to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["ROLE", "CERTIFICATE", "KEY (0600)"], &rows);
+    println!("valid until {}", report.not_after);
+    Ok(())
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let terminate = async {

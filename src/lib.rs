@@ -16,6 +16,7 @@
 //!   real replica processes for them and for the tests.
 
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -26,4 +27,5 @@ pub mod pb;
 pub mod queue;
 pub mod raft;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

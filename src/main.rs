@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Start three local replicas, submit jobs, kill the leader, and show that nothing was lost.
     Demo {
         /// Jobs to submit in all.
@@ -66,6 +71,36 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a development CA and certificates for replicas, workers, an operator and an admin.
+    Init(CertsInitArgs),
+}
+
+#[derive(Args)]
+struct CertsInitArgs {
+    /// Where to write the PEM files (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    replicas: u32,
+    /// Worker certificates, each for a new agent id.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    workers: u32,
+    /// A host name or IP address for the replica certificates (repeatable).
+    #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    hosts: Vec<String>,
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    validity_days: u32,
+    #[arg(long, default_value = "operator")]
+    operator: String,
+    #[arg(long, default_value = "admin")]
+    admin: String,
+    /// Replace an existing CA in the directory.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -214,6 +249,22 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Master { config, overrides } => cli::master(&config, &overrides).await,
             Command::Worker { config, overrides } => cli::worker(&config, &overrides).await,
+            Command::Certs {
+                command: CertsCommand::Init(args),
+            } => {
+                let options = scaleout::certs::CertsInit {
+                    dir: args.dir,
+                    replicas: args.replicas,
+                    workers: Vec::new(),
+                    hosts: args.hosts,
+                    validity_days: args.validity_days,
+                    operator: args.operator,
+                    admin: args.admin,
+                    force: args.force,
+                }
+                .with_worker_count(args.workers);
+                cli::certs_init(&options)
+            }
             Command::Workers { command } => match command {
                 WorkersCommand::List(client) => cli::workers_list(&client).await,
                 WorkersCommand::Enable { id, client } => {

@@ -170,3 +170,36 @@ fn the_sample_worker_config_loads() {
     assert_eq!(config.endpoints.len(), 3);
     assert_eq!(config.max_task_count, 4);
 }
+
+#[test]
+fn certs_init_writes_a_ca_and_refuses_to_replace_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("certs");
+    let run = |extra: &[&str]| {
+        Command::new(binary())
+            .args(["certs", "init", "--dir"])
+            .arg(&target)
+            .args(extra)
+            .output()
+            .expect("run certs init")
+    };
+    let first = run(&["--replicas", "3", "--workers", "1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for file in [
+        "ca.pem",
+        "replica-3.pem",
+        "replica-3-key.pem",
+        "operator.pem",
+        "admin-key.pem",
+    ] {
+        assert!(target.join(file).exists(), "{file} missing");
+    }
+    let again = run(&[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(run(&["--force"]).status.success());
+}
