@@ -19,10 +19,9 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
-use tonic_types::StatusExt;
+use tonic::Status;
 
-use crate::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
+use crate::master::status::{is_retryable_elsewhere, redirect_address};
 use crate::pb::v1::admin_service_client::AdminServiceClient;
 use crate::pb::v1::job_service_client::JobServiceClient;
 use crate::pb::v1::{
@@ -75,28 +74,10 @@ enum Next {
 }
 
 fn classify(status: Status) -> Next {
-    if status.code() == Code::Unavailable {
-        if let Some(info) = status.get_details_error_info() {
-            if info.reason == REASON_NOT_LEADER {
-                if let Some(addr) = info.metadata.get("leader_addr") {
-                    return Next::Leader(addr.clone());
-                }
-            }
-        }
-        if let Some(addr) = status
-            .metadata()
-            .get(LEADER_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            return Next::Leader(addr.to_string());
-        }
-        return Next::OtherEndpoint(status.message().to_string());
+    if let Some(addr) = redirect_address(&status) {
+        return Next::Leader(addr);
     }
-    // A call cut short (our own per-call timeout shows as CANCELLED) or a broken connection:
-    // another replica may serve it. UNKNOWN is retried only when the transport says it failed.
-    let transport = status.code() == Code::Unknown
-        && (status.message().contains("transport") || status.message().contains("connection"));
-    if transport || matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded) {
+    if is_retryable_elsewhere(&status) {
         return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
     }
     Next::GiveUp(status)

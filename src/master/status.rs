@@ -55,6 +55,43 @@ pub fn not_leader(leader_id: Option<NodeId>, leader: Option<&ReplicaNode>) -> St
     status
 }
 
+/// Where a client should send a call that got `status`: the leader's API address when the
+/// answer is a NOT_LEADER redirect that names one (ErrorInfo metadata, or the header).
+pub fn redirect_address(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let from_info = status
+        .get_details_error_info()
+        .filter(|info| info.reason == REASON_NOT_LEADER)
+        .and_then(|info| info.metadata.get("leader_addr").cloned());
+    from_info.or_else(|| {
+        status
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    })
+}
+
+/// Whether another replica (or the same one, later) may serve a call that got `status`:
+/// UNAVAILABLE (no leader, shutting down, outcome unknown), a call cut short by the caller's own
+/// timeout (CANCELLED, DEADLINE_EXCEEDED), a broken connection or HTTP/2 stream (UNKNOWN,
+/// INTERNAL), or a replica in trouble (ABORTED). Calls are safe to repeat: submits carry
+/// idempotency keys, acquires request ids, and the rest are idempotent or fenced. Answers about
+/// the request itself (invalid, not found, lease lost, ...) are final.
+pub fn is_retryable_elsewhere(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::Aborted
+    )
+}
+
 /// A deterministic rejection from the queue.
 pub fn from_queue_error(error: &QueueError) -> Status {
     let (code, reason) = match error {

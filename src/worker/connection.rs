@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
+use crate::master::status::{is_retryable_elsewhere, redirect_address};
 /// ErrorInfo reason of a call whose lease token is no longer current.
 pub use crate::master::REASON_LEASE_LOST;
 use crate::pb::v1::worker_service_client::WorkerServiceClient;
@@ -68,31 +68,11 @@ fn classify(status: Status) -> Next {
     if status.code() == Code::FailedPrecondition && reason.as_deref() == Some(REASON_LEASE_LOST) {
         return Next::GiveUp(CallError::LeaseLost(status));
     }
-    if status.code() == Code::Unavailable {
-        if let Some(info) = status.get_details_error_info() {
-            if info.reason == REASON_NOT_LEADER {
-                if let Some(addr) = info.metadata.get("leader_addr") {
-                    return Next::Leader(addr.clone());
-                }
-            }
-        }
-        if let Some(addr) = status
-            .metadata()
-            .get(LEADER_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            return Next::Leader(addr.to_string());
-        }
-        return Next::OtherEndpoint(status.message().to_string());
+    if let Some(addr) = redirect_address(&status) {
+        return Next::Leader(addr);
     }
-    // A call cut short by our per-call timeout (CANCELLED or DEADLINE_EXCEEDED), a broken
-    // connection or HTTP/2 stream (UNKNOWN, INTERNAL), or a replica in trouble (ABORTED): another
-    // replica may serve it, and until the deadline the call is retried rather than its result
-    // dropped. Only answers about the request itself (invalid, not found, lease lost) are final.
-    if matches!(
-        status.code(),
-        Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::Aborted
-    ) {
+    // Until the deadline a call is retried rather than its result dropped.
+    if is_retryable_elsewhere(&status) {
         return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
     }
     Next::GiveUp(CallError::Rejected(status))
