@@ -350,12 +350,8 @@ impl LocalCluster {
     }
 
     pub fn worker_log_tail(&self, name: &str, lines: usize) -> String {
-        let Ok(worker) = self.worker(name) else {
-            return String::new();
-        };
-        let text = fs::read_to_string(&worker.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.worker(name)
+            .map_or(String::new(), |w| tail(&w.log_path, lines))
     }
 
     /// Starts a replica that was killed or stopped, on its existing data dir.
@@ -408,12 +404,8 @@ impl LocalCluster {
 
     /// The last lines a replica logged, for failure messages.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
-        let Ok(replica) = self.replica(id) else {
-            return String::new();
-        };
-        let text = fs::read_to_string(&replica.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.replica(id)
+            .map_or(String::new(), |r| tail(&r.log_path, lines))
     }
 
     /// Cluster status as one replica sees it.
@@ -481,6 +473,13 @@ impl LocalCluster {
         }
         bail!("replica {id} applied {last:?}, not {index}, within {timeout:?}")
     }
+}
+
+/// The last `lines` lines of a log file (empty if it cannot be read: this is for messages).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// If this process dies without unwinding (SIGKILL, a CI timeout), the kernel kills the child

@@ -86,6 +86,15 @@ async fn wait_terminal(client: &Client, job_id: u64, cluster: &LocalCluster) -> 
     }
 }
 
+/// Waits until a worker has started the job (its first renewal was applied).
+async fn wait_running(client: &Client, job_id: u64) {
+    let deadline = Instant::now() + WAIT;
+    while client.get_job(job_id, false).await.expect("get").state != JobState::Running as i32 {
+        assert!(Instant::now() < deadline, "job {job_id} never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every given worker shows online and enabled.
 async fn wait_workers(client: &Client, count: usize) {
     let deadline = Instant::now() + WAIT;
@@ -335,11 +344,7 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     };
     let job = client.submit_job(spec, None).await.expect("submit").job_id;
     // Wait until worker a runs it, then freeze worker a.
-    let deadline = Instant::now() + WAIT;
-    while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
-        assert!(Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_running(&client, job).await;
     cluster.pause_worker("a", true).expect("SIGSTOP");
     let b = cluster.start_worker(fast_worker("b")).expect("worker b");
 
@@ -541,11 +546,7 @@ async fn results_and_logs_survive_all_replicas_being_down() {
         .await
         .expect("submit")
         .job_id;
-    let deadline = Instant::now() + WAIT;
-    while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
-        assert!(Instant::now() < deadline, "the job never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_running(&client, job).await;
     for id in 1..=3 {
         cluster.kill(id).expect("kill replica");
     }
@@ -591,12 +592,8 @@ async fn a_leaderless_gap_longer_than_the_lease_kills_no_running_task() {
                 .job_id,
         );
     }
-    let deadline = Instant::now() + WAIT;
     for id in &jobs {
-        while client.get_job(*id, false).await.expect("get").state != JobState::Running as i32 {
-            assert!(Instant::now() < deadline, "job {id} never started");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_running(&client, *id).await;
     }
     // No replica answers for longer than the 3 s lease; then the leader is gone for good.
     for id in 1..=3 {
