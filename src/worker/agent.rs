@@ -377,6 +377,20 @@ impl Agent {
                          interval: one slow renewal can lose a lease"
                     );
                 }
+                if reply.lease_interval_ms > 0
+                    && c.heartbeat_error_tolerance_ms > reply.lease_interval_ms.saturating_mul(2)
+                {
+                    // Past the lease the master runs the task again elsewhere; until the
+                    // tolerance runs out this worker keeps running its copy (its result will be
+                    // refused, but its side effects happen twice).
+                    warn!(
+                        heartbeat_error_tolerance_ms = c.heartbeat_error_tolerance_ms,
+                        lease_interval_ms = reply.lease_interval_ms,
+                        "heartbeat_error_tolerance_ms is far beyond the master's lease interval: \
+                         a worker cut off from the cluster keeps running tasks that already run \
+                         elsewhere; set it close to the lease interval"
+                    );
+                }
                 self.wake_acquire.notify_one();
                 Ok(())
             }
