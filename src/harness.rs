@@ -339,14 +339,10 @@ impl LocalCluster {
 
     /// SIGSTOP (`pause = true`) or SIGCONT of a worker.
     pub fn pause_worker(&self, name: &str, pause: bool) -> anyhow::Result<()> {
-        let pid = self.worker(name)?.pid().context("worker is not running")?;
-        let signal = if pause {
-            Signal::SIGSTOP
-        } else {
-            Signal::SIGCONT
-        };
-        kill(Pid::from_raw(pid as i32), signal)?;
-        Ok(())
+        stop_or_continue(
+            self.worker(name)?.pid().context("worker is not running")?,
+            pause,
+        )
     }
 
     pub fn worker_log_tail(&self, name: &str, lines: usize) -> String {
@@ -392,14 +388,10 @@ impl LocalCluster {
 
     /// SIGSTOP (`pause = true`) or SIGCONT.
     pub fn pause(&self, id: u64, pause: bool) -> anyhow::Result<()> {
-        let pid = self.replica(id)?.pid().context("replica is not running")?;
-        let signal = if pause {
-            Signal::SIGSTOP
-        } else {
-            Signal::SIGCONT
-        };
-        kill(Pid::from_raw(pid as i32), signal)?;
-        Ok(())
+        stop_or_continue(
+            self.replica(id)?.pid().context("replica is not running")?,
+            pause,
+        )
     }
 
     /// The last lines a replica logged, for failure messages.
@@ -473,6 +465,17 @@ impl LocalCluster {
         }
         bail!("replica {id} applied {last:?}, not {index}, within {timeout:?}")
     }
+}
+
+/// SIGSTOP (`pause = true`) or SIGCONT to a process we started.
+fn stop_or_continue(pid: u32, pause: bool) -> anyhow::Result<()> {
+    let signal = if pause {
+        Signal::SIGSTOP
+    } else {
+        Signal::SIGCONT
+    };
+    kill(Pid::from_raw(pid as i32), signal)?;
+    Ok(())
 }
 
 /// The last `lines` lines of a log file (empty if it cannot be read: this is for messages).
