@@ -12,9 +12,15 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::harness::{ClusterOptions, LocalCluster};
 use crate::pb::v1;
+use crate::transport::Security;
 
 pub struct SubmitBench {
+    /// Replicas to load; empty starts a local cluster.
     pub endpoints: Vec<String>,
+    /// How to connect to `endpoints` (unused for the local cluster).
+    pub security: Security,
+    /// Run the local cluster plaintext (`insecure = true`) instead of mutual TLS.
+    pub insecure: bool,
     pub submitters: usize,
     pub count: u64,
     pub max_seconds: u64,
@@ -25,23 +31,27 @@ pub struct SubmitBench {
 /// Runs `count` submits from `submitters` concurrent tasks and reports rate and latency.
 pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     let mut cluster = None;
-    let endpoints = if options.endpoints.is_empty() {
+    let (endpoints, security) = if options.endpoints.is_empty() {
         let binary = std::env::current_exe()?;
         let local = LocalCluster::start(
             &binary,
             ClusterOptions {
                 log_filter: "warn".into(),
+                tls: !options.insecure,
                 ..ClusterOptions::default()
             },
         )?;
         local.wait_for_leader(Duration::from_secs(30)).await?;
         let endpoints = local.endpoints();
+        let security = local.client_security()?;
         cluster = Some(local);
-        endpoints
+        (endpoints, security)
     } else {
-        options.endpoints.clone()
+        (options.endpoints.clone(), options.security.clone())
     };
-    let client = Arc::new(Client::new(&endpoints)?.with_deadline(Duration::from_secs(30)));
+    let security_is_tls = security.is_tls();
+    let client =
+        Arc::new(Client::new(&endpoints, security)?.with_deadline(Duration::from_secs(30)));
     // Warm up: find the leader and open the connection.
     client.submit_job(bench_spec(0), None).await?;
     let term_before = client.cluster_status().await?.term;
@@ -82,6 +92,7 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     let ms = |us: u64| us as f64 / 1000.0;
     let mut report = json!({
         "benchmark": "submit",
+        "transport": if security_is_tls { "mutual TLS" } else { "plaintext" },
         "submitters": options.submitters,
         "submits": done,
         "errors": errors,
@@ -104,8 +115,9 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "submit: {done} submits in {:.1} s from {} submitters = {rate:.0} submits/s \
+            "submit ({}): {done} submits in {:.1} s from {} submitters = {rate:.0} submits/s \
              (errors {errors}, elections {}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            report["transport"].as_str().unwrap_or("?"),
             elapsed.as_secs_f64(),
             options.submitters,
             term_after.saturating_sub(term_before),
@@ -161,7 +173,8 @@ async fn measure_replicas(
     cluster.stop(follower, Duration::from_secs(10)).await?;
     let started = Instant::now();
     cluster.restart(follower)?;
-    let probe = Client::new(&[cluster.replica(follower)?.api_addr.clone()])?
+    let probe = cluster
+        .client_at(&cluster.replica(follower)?.api_addr)?
         .with_deadline(Duration::from_secs(120));
     let first_job = jobs.jobs.first().map_or(1, |j| j.id);
     probe.get_job(first_job, true).await?;
@@ -195,6 +208,8 @@ pub struct E2eBench {
     pub jobs: u64,
     pub submitters: usize,
     pub paced_seconds: u64,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    pub insecure: bool,
     pub json: bool,
 }
 
@@ -206,6 +221,7 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
         &binary,
         ClusterOptions {
             log_filter: "warn".into(),
+            tls: !options.insecure,
             ..ClusterOptions::default()
         },
     )?;
@@ -303,6 +319,7 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
     }
     let report = json!({
         "benchmark": "e2e",
+        "transport": if options.insecure { "plaintext" } else { "mutual TLS" },
         "workers": options.workers,
         "slots_per_worker": options.slots,
         "jobs": options.jobs,
@@ -321,9 +338,10 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "e2e: {} jobs through {} workers x {} slots in {:.1} s = {rate:.0} jobs/s \
+            "e2e ({}): {} jobs through {} workers x {} slots in {:.1} s = {rate:.0} jobs/s \
              (submitted in {:.1} s); at {paced_rate:.0} jobs/s submit-to-start p50 {} ms, \
              p99 {} ms, max {} ms",
+            report["transport"].as_str().unwrap_or("?"),
             options.jobs,
             options.workers,
             options.slots,

@@ -361,12 +361,7 @@ pub fn init(options: &CertsInit) -> Result<CertsReport, CertsError> {
     write_file(&ca_cert, &ca.pem().cert_pem, false)?;
     let mut issued = Vec::with_capacity(roles.len());
     for (role, pair) in roles.into_iter().zip(pairs) {
-        let stem = file_stem(&role);
-        let key = dir.join(format!("{stem}-key.pem"));
-        let cert = dir.join(format!("{stem}.pem"));
-        write_file(&key, &pair.key_pem, true)?;
-        write_file(&cert, &pair.cert_pem, false)?;
-        issued.push(IssuedCert { role, cert, key });
+        issued.push(write_issued(dir, role, &pair)?);
     }
     Ok(CertsReport {
         ca_cert,
@@ -374,6 +369,16 @@ pub fn init(options: &CertsInit) -> Result<CertsReport, CertsError> {
         issued,
         not_after: validity.not_after,
     })
+}
+
+/// Writes a role's certificate and key into `dir` as `<stem>.pem` and `<stem>-key.pem` (0600).
+pub fn write_issued(dir: &Path, role: Role, pair: &PemPair) -> Result<IssuedCert, CertsError> {
+    let stem = file_stem(&role);
+    let key = dir.join(format!("{stem}-key.pem"));
+    let cert = dir.join(format!("{stem}.pem"));
+    write_file(&key, &pair.key_pem, true)?;
+    write_file(&cert, &pair.cert_pem, false)?;
+    Ok(IssuedCert { role, cert, key })
 }
 
 /// Writes `contents` to `path`; a secret is 0600 from creation on (and made so if the file

@@ -2,7 +2,7 @@
 //! scripts. Exit codes (DESIGN.md): 0 ok, 1 operation failed, 2 usage or config error,
 //! 3 cluster unavailable.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
@@ -12,6 +12,8 @@ use crate::client::{Client, ClientError};
 use crate::config::MasterConfig;
 use crate::pb::v1::{self, ClusterStatusResponse, Job};
 use crate::queue::{JobSpec, JobState};
+use crate::tls::{TlsMaterial, TlsPaths};
+use crate::transport::Security;
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -82,11 +84,73 @@ pub struct ClientArgs {
     /// Give up after this many seconds (redirects and retries included).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// How a client proves who it is: a certificate (mutual TLS), or nothing on an `insecure`
+/// cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
+    /// A directory made by `scaleout certs init`: uses ca.pem, <identity>.pem and
+    /// <identity>-key.pem from it.
+    #[arg(long, env = "SCALEOUT_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Which certificate of --tls-dir to use: operator, admin (or any <name> with <name>.pem).
+    #[arg(long, env = "SCALEOUT_IDENTITY", default_value = "operator")]
+    pub identity: String,
+    /// The CA certificate (PEM) that issued the replicas' certificates (overrides --tls-dir).
+    #[arg(long, env = "SCALEOUT_TLS_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM), with an operator or admin role (overrides --tls-dir).
+    #[arg(long, env = "SCALEOUT_TLS_CERT", value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM) (overrides --tls-dir).
+    #[arg(long, env = "SCALEOUT_TLS_KEY", value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Plaintext without a certificate, for a cluster run with `insecure = true`.
+    #[arg(long, env = "SCALEOUT_CLIENT_INSECURE", conflicts_with_all = ["tls_dir", "ca", "cert", "key"])]
+    pub insecure: bool,
+}
+
+impl ClientTlsArgs {
+    /// The security these flags ask for; a clear usage error when they name no certificate or
+    /// a bad one.
+    pub fn security(&self) -> Result<Security, CliError> {
+        if self.insecure {
+            return Ok(Security::Insecure);
+        }
+        let from_dir = self
+            .tls_dir
+            .as_ref()
+            .map(|dir| TlsPaths::in_dir(dir, &self.identity));
+        let pick = |explicit: &Option<PathBuf>, from_dir: Option<PathBuf>, flag: &str| {
+            explicit.clone().or(from_dir).ok_or_else(|| {
+                CliError::usage(anyhow!(
+                    "no client certificate: --{flag} is missing; pass --tls-dir DIR (made by \
+                     `scaleout certs init --dir DIR`), or --ca, --cert and --key (or \
+                     SCALEOUT_TLS_DIR / SCALEOUT_TLS_CA, _CERT, _KEY), or --insecure for a \
+                     cluster running with insecure = true"
+                ))
+            })
+        };
+        let paths = TlsPaths {
+            ca: pick(&self.ca, from_dir.as_ref().map(|p| p.ca.clone()), "ca")?,
+            cert: pick(
+                &self.cert,
+                from_dir.as_ref().map(|p| p.cert.clone()),
+                "cert",
+            )?,
+            key: pick(&self.key, from_dir.as_ref().map(|p| p.key.clone()), "key")?,
+        };
+        let material = TlsMaterial::load(paths).map_err(CliError::usage)?;
+        Ok(Security::MutualTls(material))
+    }
 }
 
 impl ClientArgs {
     fn client(&self) -> Result<Client, CliError> {
-        Ok(Client::new(&self.endpoints)?
+        Ok(Client::new(&self.endpoints, self.tls.security()?)?
             .with_deadline(std::time::Duration::from_secs(self.timeout_secs)))
     }
 }
@@ -136,9 +200,9 @@ pub async fn master(config_path: &Path, overrides: &[String]) -> Result<(), CliE
     crate::master::run(config, shutdown_signal())
         .await
         .map_err(|e| match e {
-            crate::master::MasterError::Storage(_) | crate::master::MasterError::RaftConfig(_) => {
-                CliError::usage(e)
-            }
+            crate::master::MasterError::Storage(_)
+            | crate::master::MasterError::RaftConfig(_)
+            | crate::master::MasterError::Tls(_) => CliError::usage(e),
             other => CliError::failed(other),
         })
 }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::master::status::{is_retryable_elsewhere, redirect_address};
+use crate::master::status::{describe, is_retryable_elsewhere, redirect_address};
 use crate::pb::v1::admin_service_client::AdminServiceClient;
 use crate::pb::v1::job_service_client::JobServiceClient;
 use crate::pb::v1::{
@@ -30,6 +30,7 @@ use crate::pb::v1::{
     ListWorkersRequest, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
     SubmitJobResponse, Worker, WorkerAction,
 };
+use crate::transport::Security;
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
@@ -78,13 +79,14 @@ fn classify(status: Status) -> Next {
         return Next::Leader(addr);
     }
     if is_retryable_elsewhere(&status) {
-        return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
+        return Next::OtherEndpoint(describe(&status));
     }
     Next::GiveUp(status)
 }
 
 pub struct Client {
     endpoints: Vec<String>,
+    security: Security,
     channels: Mutex<BTreeMap<String, Channel>>,
     /// The leader's address as last seen, tried first.
     leader: Mutex<Option<String>>,
@@ -92,8 +94,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the replicas at `endpoints` (host:port).
-    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, ClientError> {
+    /// A client of the replicas at `endpoints` (host:port), connecting with `security` (an
+    /// operator or admin certificate, or plaintext for an `insecure` cluster).
+    pub fn new<S: AsRef<str>>(endpoints: &[S], security: Security) -> Result<Client, ClientError> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .map(|e| e.as_ref().trim().trim_start_matches("http://").to_string())
@@ -112,6 +115,7 @@ impl Client {
         }
         Ok(Client {
             endpoints,
+            security,
             channels: Mutex::default(),
             leader: Mutex::default(),
             deadline: DEFAULT_DEADLINE,
@@ -133,11 +137,10 @@ impl Client {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self
+            .security
+            .channel(addr, |endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT))
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -4,7 +4,6 @@
 //! ```toml
 //! id = 1                                # this replica's id; must be one of the member ids
 //! data_dir = "data/master-1"            # Raft log, vote and state machine (sled)
-//! insecure = true                       # plaintext gRPC; required until TLS lands
 //! api_listen = "0.0.0.0:7101"           # optional, default: this replica's `api` address
 //! peer_listen = "0.0.0.0:7201"          # optional, default: this replica's `peer` address
 //!
@@ -14,18 +13,27 @@
 //! peer = "10.0.0.1:7201"
 //! # ... one [[members]] table per replica
 //!
+//! [tls]                                 # mutual TLS; or `insecure = true` instead
+//! ca = "certs/ca.pem"
+//! cert = "certs/replica-1.pem"
+//! key = "certs/replica-1-key.pem"
+//!
 //! [raft]
 //! heartbeat_interval_ms = 100
 //! ```
 //!
 //! # Keys
-//! Required: `id`, `data_dir`, `members`. Everything else has a default (shown in parentheses).
+//! Required: `id`, `data_dir`, `members`, and either `[tls]` or `insecure = true`. Everything
+//! else has a default (shown in parentheses).
 //!
 //! | key | meaning |
 //! |-----|---------|
 //! | `id` | This replica's Raft node id, a non-negative integer; one of the `members` ids. |
 //! | `data_dir` | Directory for the Raft log, vote and state machine. Created if missing; must be writable. A relative path in the file is relative to the **config file's directory**; a relative path given by env or `--set` is relative to the current directory. |
-//! | `insecure` | (default: `false`) Serve and dial plaintext gRPC without authentication. TLS is not available in this version yet, so this must be set to `true`. |
+//! | `insecure` | (default: `false`) Serve and dial plaintext gRPC without authentication, on a trusted network only. Exactly one of `insecure = true` and `[tls]` must be given. |
+//! | `tls.ca` | PEM file of the CA that issued every scaleout certificate; the only CA trusted for peers. |
+//! | `tls.cert` | PEM file of this replica's certificate (chain), which must carry the URI SAN `scaleout://replica/<id>` of this `id`. |
+//! | `tls.key` | PEM file of the private key of `tls.cert`. All three `tls` paths are required when `[tls]` is given, and follow the `data_dir` rule for relative paths (the config file's directory, or the current directory when given by env or `--set`). Development certificates: `scaleout certs init --dir certs`. |
 //! | `api_listen` | (default: this replica's `api`) Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
 //! | `peer_listen` | (default: this replica's `peer`) Socket address the Raft (replica to replica) service binds. |
 //! | `members` | The static bootstrap member list, an array of tables (`[[members]]`), identical in every replica's file. Each entry has `id`, `api` (host:port that clients and workers dial) and `peer` (host:port that other replicas dial). All ids and all addresses must be distinct. |
@@ -76,6 +84,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use crate::tls::{load_identity, Role, TlsError, TlsIdentity, TlsPaths};
+
 /// Prefix of the environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SCALEOUT_";
 
@@ -92,8 +102,11 @@ pub struct MasterConfig {
     pub id: u64,
     /// Where the Raft log and state machine live; absolute after loading.
     pub data_dir: PathBuf,
-    /// Plaintext gRPC without authentication (must be `true` until TLS lands).
+    /// Plaintext gRPC without authentication; exclusive with `tls`.
     pub insecure: bool,
+    /// `[tls]`: the CA, certificate and key for mutual TLS; absolute after loading. `None` only
+    /// with `insecure`.
+    pub tls: Option<TlsPaths>,
     /// Address the client/worker API binds (defaults to this replica's `api`).
     pub api_listen: String,
     /// Address the Raft peer service binds (defaults to this replica's `peer`).
@@ -343,8 +356,8 @@ impl MasterConfig {
         )
     }
 
-    /// Checks the rules in the module documentation; creates `data_dir` and probes that it is
-    /// writable.
+    /// Checks the rules in the module documentation; loads the TLS identity (when `tls` is set)
+    /// and checks it is this replica's; creates `data_dir` and probes that it is writable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check().map_err(|(key, message)| ConfigError::Invalid {
             path: PathBuf::from("<in-memory config>"),
@@ -439,11 +452,9 @@ impl MasterConfig {
                 ),
             );
         }
-        if !self.insecure {
-            return bad(
-                "insecure",
-                "TLS is not available in this version yet; set insecure = true".into(),
-            );
+        if let Some((key, message)) = tls_choice_error(self.insecure, self.tls.is_some(), "replica")
+        {
+            return bad(key, message);
         }
 
         let r = &self.raft;
@@ -563,6 +574,29 @@ impl MasterConfig {
             );
         }
 
+        // After the cheap checks: reads and verifies the certificate files.
+        if let Some(paths) = &self.tls {
+            let identity = match load_tls_identity(paths) {
+                Ok(identity) => identity,
+                Err((key, message)) => return bad(key, message),
+            };
+            let want = Role::Replica(self.id);
+            if identity.role() != &want {
+                return bad(
+                    "tls.cert",
+                    format!(
+                        "the certificate in {} is for {}, but this is replica {}; fix: use \
+                         replica-{}.pem (a certificate with the SAN URI {})",
+                        paths.cert.display(),
+                        identity.role().uri(),
+                        self.id,
+                        self.id,
+                        want.uri()
+                    ),
+                );
+            }
+        }
+
         // Last: the only check with a side effect.
         probe_data_dir(&self.data_dir).or_else(|e| bad("data_dir", e))
     }
@@ -680,21 +714,42 @@ fn build(
             ),
         });
     }
-    let data_dir = PathBuf::from(&raw.data_dir);
-    let data_dir = if data_dir.is_absolute() {
-        data_dir
-    } else if data_dir_origin.is_some() {
-        std::env::current_dir()
-            .map(|cwd| cwd.join(&data_dir))
-            .unwrap_or(data_dir)
-    } else {
-        base_dir.join(data_dir)
+    let data_dir = resolve_path(&raw.data_dir, data_dir_origin.is_some(), base_dir);
+    // An error found here, before `check`, reads like one found there.
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: file.to_path_buf(),
+        key: key.to_string(),
+        message: format!("{message}{}", origins.note(key, &message)),
+    };
+    if let (true, Some(_)) = (raw.insecure, &raw.tls) {
+        if let Some((key, message)) = tls_choice_error(true, true, "replica") {
+            return Err(invalid(key, message));
+        }
+    }
+    let tls = match raw.tls {
+        None => None,
+        Some(raw_tls) => {
+            let path =
+                |key: &'static str, value: Option<String>| match value.as_deref().map(str::trim) {
+                    Some(value) if !value.is_empty() => {
+                        let overridden = origins.get(key).is_some();
+                        Ok(absolute(resolve_path(value, overridden, base_dir)))
+                    }
+                    _ => Err(invalid(key, tls_missing_message(key, "replica-N"))),
+                };
+            Some(TlsPaths {
+                ca: path("tls.ca", raw_tls.ca)?,
+                cert: path("tls.cert", raw_tls.cert)?,
+                key: path("tls.key", raw_tls.key)?,
+            })
+        }
     };
     let me = raw.members.iter().find(|m| m.id == raw.id);
     let mut config = MasterConfig {
         id: raw.id,
         data_dir,
         insecure: raw.insecure,
+        tls,
         api_listen: raw
             .api_listen
             .or_else(|| me.map(|m| m.api.clone()))
@@ -733,6 +788,8 @@ struct RawConfig {
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
     api_listen: Option<String>,
     #[serde(default)]
     peer_listen: Option<String>,
@@ -747,6 +804,126 @@ struct RawConfig {
     api: ApiSettings,
     #[serde(default)]
     workers: WorkerSettings,
+}
+
+/// `[tls]` as written; every key is required, which `build` checks to name the missing one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    ca: Option<String>,
+    #[serde(default)]
+    cert: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// A path as configured: absolute stays; relative is relative to the current directory when an
+/// environment variable or `--set` gave it (`overridden`), else to the config file's directory.
+fn resolve_path(value: &str, overridden: bool, base_dir: &Path) -> PathBuf {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        path
+    } else if overridden {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(&path))
+            .unwrap_or(path)
+    } else {
+        base_dir.join(path)
+    }
+}
+
+/// `path` made absolute against the current directory, without resolving symlinks (a
+/// certificate reload must follow a swapped symlink); `.` components dropped.
+fn absolute(path: PathBuf) -> PathBuf {
+    let path = if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(&path))
+            .unwrap_or(path)
+    };
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS settings, shared with the worker's config (`crate::worker::config`).
+
+/// The rule that exactly one of `insecure = true` and `[tls]` is given, as (key, message) of
+/// the violation. `who` is "replica" or "worker", for the hint.
+pub(crate) fn tls_choice_error(
+    insecure: bool,
+    has_tls: bool,
+    who: &str,
+) -> Option<(&'static str, String)> {
+    match (insecure, has_tls) {
+        (true, true) => Some((
+            "insecure",
+            "is true, but a [tls] section is given too; choose one: remove [tls] for plaintext, \
+             or set insecure = false to use TLS"
+                .into(),
+        )),
+        (false, false) => Some((
+            "tls",
+            format!(
+                "no [tls] section: set tls.ca, tls.cert and tls.key (development certificates: \
+                 `scaleout certs init --dir certs`, then this {who}'s files from certs/), or \
+                 insecure = true for plaintext on a trusted network"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The message for a `tls.*` key that `[tls]` lacks; `stem` names the development file, e.g.
+/// `replica-N` or `worker-<uuid>`.
+pub(crate) fn tls_missing_message(key: &str, stem: &str) -> String {
+    let what = match key {
+        "tls.ca" => {
+            "the PEM file of the CA that issued the certificates (development: certs/ca.pem)"
+                .to_string()
+        }
+        "tls.cert" => {
+            format!("the PEM file of this process's certificate (development: certs/{stem}.pem)")
+        }
+        _ => format!(
+            "the PEM file of the private key of tls.cert (development: certs/{stem}-key.pem)"
+        ),
+    };
+    format!("is missing or empty in [tls]; set {key} to {what}; ca, cert and key are all required")
+}
+
+/// The config key a [`TlsError`] from loading the files is most specifically about.
+pub(crate) fn tls_error_key(error: &TlsError) -> &'static str {
+    let by_what = |what: &str| match what {
+        "ca" => "tls.ca",
+        "cert" => "tls.cert",
+        "key" => "tls.key",
+        _ => "tls",
+    };
+    match error {
+        TlsError::Read { what, .. }
+        | TlsError::NotPem { what, .. }
+        | TlsError::NoCertificate { what, .. }
+        | TlsError::Expired { what, .. }
+        | TlsError::NotYetValid { what, .. } => by_what(what),
+        TlsError::NoKey { .. } | TlsError::BadKey { .. } | TlsError::KeyMismatch { .. } => {
+            "tls.key"
+        }
+        TlsError::WrongCa { .. }
+        | TlsError::Rejected { .. }
+        | TlsError::NoRole { .. }
+        | TlsError::BadRole { .. } => "tls.cert",
+        _ => "tls",
+    }
+}
+
+/// Loads and checks the files of `[tls]`; an error as (key, message).
+pub(crate) fn load_tls_identity(paths: &TlsPaths) -> Result<TlsIdentity, (&'static str, String)> {
+    load_identity(&paths.ca, &paths.cert, &paths.key)
+        .map_err(|e| (tls_error_key(&e), e.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,6 +991,12 @@ const STORAGE: &[Field] = &[opt("cache_capacity_mb", Kind::Int)];
 
 const API: &[Field] = &[opt("max_message_bytes", Kind::Int)];
 
+const TLS: &[Field] = &[
+    opt("ca", Kind::Str),
+    opt("cert", Kind::Str),
+    opt("key", Kind::Str),
+];
+
 const WORKERS: &[Field] = &[
     opt("lease_interval_ms", Kind::Int),
     opt("offline_after_ms", Kind::Int),
@@ -835,6 +1018,7 @@ const TOP: &[Field] = &[
          config file's directory)",
     ),
     opt("insecure", Kind::Bool),
+    opt("tls", Kind::Table(TLS)),
     opt("api_listen", Kind::Str),
     opt("peer_listen", Kind::Str),
     req(
@@ -1074,16 +1258,23 @@ impl Origins {
     }
 
     /// Where the value of `key`, and of any other overridden key path that `message` mentions
-    /// (e.g. the heartbeat an election timeout is compared with), came from; empty if from the file.
+    /// (e.g. the heartbeat an election timeout is compared with) or that decides it (`insecure`
+    /// and `[tls]` for each other), came from; empty if from the file.
     fn note(&self, key: &str, message: &str) -> String {
         let mut notes: Vec<String> = self
             .get(key)
             .map(|o| format!("set by {o}"))
             .into_iter()
             .collect();
+        let in_tls = |k: &str| k == "tls" || k.starts_with("tls.");
         for (other, origin) in &self.0 {
             let nested = other.contains(['.', '[']);
-            if other != key && nested && mentions(message, other) {
+            let related = match key {
+                "insecure" => in_tls(other),
+                "tls" => other == "insecure",
+                _ => in_tls(key) && other.starts_with("tls."),
+            };
+            if other != key && (related || nested && mentions(message, other)) {
                 notes.push(format!("{other} set by {origin}"));
             }
         }
@@ -1451,11 +1642,18 @@ heartbeat_interval_ms = 100
                 "peer_listen",
                 "also api_listen",
             ),
+            (vec!["insecure=false".into()], "tls", "no [tls] section"),
             (
-                vec!["insecure=false".into()],
+                vec!["tls={ca=\"ca.pem\",cert=\"c.pem\",key=\"k.pem\"}".into()],
                 "insecure",
-                "TLS is not available",
+                "choose one",
             ),
+            (
+                vec!["insecure=false".into(), "tls.ca=ca.pem".into()],
+                "tls.cert",
+                "is missing",
+            ),
+            (vec!["tls.ca=1".into(), "tls=2".into()], "tls", "a table"),
             (
                 vec!["raft.heartbeat_interval_ms=0".into()],
                 "raft.heartbeat_interval_ms",
@@ -1551,7 +1749,7 @@ heartbeat_interval_ms = 100
             assert!(text.contains("<inline config>"), "{overrides:?}: {text}");
             if key != "members" {
                 assert!(
-                    text.contains("(set by --set"),
+                    text.contains("set by --set"),
                     "{overrides:?} names its origin: {text}"
                 );
             }
@@ -1593,11 +1791,281 @@ heartbeat_interval_ms = 100
     }
 
     #[test]
-    fn insecure_defaults_to_false_and_is_rejected() {
+    fn insecure_defaults_to_false_and_then_tls_is_required() {
         let dir = tempfile::tempdir().unwrap();
         let err = parse(dir.path(), &VALID.replace("insecure = true\n", ""), &[]).unwrap_err();
-        assert_eq!(err.key(), Some("insecure"));
-        assert!(err.to_string().contains("set insecure = true"), "{err}");
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls"), "{msg}");
+        assert!(msg.contains("no [tls] section"), "{msg}");
+        assert!(msg.contains("tls.ca, tls.cert and tls.key"), "{msg}");
+        assert!(msg.contains("scaleout certs init --dir certs"), "{msg}");
+        assert!(msg.contains("insecure = true"), "{msg}");
+        assert!(!msg.contains("set by"), "{msg}");
+
+        // An override that turns insecure off is named.
+        let err = parse(dir.path(), VALID, &["insecure=false"]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls"), "{msg}");
+        assert!(
+            msg.contains("(insecure set by --set insecure=false)"),
+            "{msg}"
+        );
+    }
+
+    /// Development certificates (3 replicas, one worker, operator, admin) in `dir/<name>`.
+    fn dev_certs(dir: &Path, name: &str) -> crate::certs::CertsReport {
+        crate::certs::init(&crate::certs::CertsInit::new(dir.join(name)).with_worker_count(1))
+            .unwrap()
+    }
+
+    /// VALID (replica 2) with `[tls]` instead of `insecure = true`.
+    fn with_tls(ca: &str, cert: &str, key: &str) -> String {
+        format!(
+            "{}\n[tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+            VALID.replace("insecure = true\n", "")
+        )
+    }
+
+    fn replica_2_tls() -> String {
+        with_tls(
+            "certs/ca.pem",
+            "certs/replica-2.pem",
+            "certs/replica-2-key.pem",
+        )
+    }
+
+    #[test]
+    fn tls_identity_of_this_replica_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "certs");
+        let c = parse(dir.path(), &replica_2_tls(), &[]).unwrap();
+        assert!(!c.insecure);
+        let certs = dir.path().join("certs");
+        assert_eq!(
+            c.tls,
+            Some(TlsPaths {
+                ca: certs.join("ca.pem"),
+                cert: certs.join("replica-2.pem"),
+                key: certs.join("replica-2-key.pem"),
+            })
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_paths_resolve_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "etc/certs");
+        let file = write_file(dir.path(), "etc/scaleout/m2.toml", &{
+            with_tls(
+                "../certs/ca.pem",
+                "../certs/replica-2.pem",
+                "../certs/replica-2-key.pem",
+            )
+        });
+        let c = load_with_env(&file, &[], std::iter::empty()).unwrap();
+        let tls = c.tls.unwrap();
+        let conf = dir.path().join("etc/scaleout");
+        assert_eq!(tls.ca, conf.join("../certs/ca.pem"));
+        assert_eq!(tls.cert, conf.join("../certs/replica-2.pem"));
+        assert_eq!(tls.key, conf.join("../certs/replica-2-key.pem"));
+        assert!(tls.ca.is_absolute() && tls.ca.is_file());
+
+        // From the environment or --set: relative to the current directory, like data_dir.
+        let cwd = std::env::current_dir().unwrap();
+        let env = vec![(
+            "SCALEOUT_TLS__CA".to_string(),
+            "no-such-dir/ca.pem".to_string(),
+        )];
+        let err = load_with_env(&file, &[], env).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.ca"), "{msg}");
+        assert!(
+            msg.contains(&cwd.join("no-such-dir/ca.pem").display().to_string()),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("environment variable SCALEOUT_TLS__CA"),
+            "{msg}"
+        );
+        let err = load_with_env(
+            &file,
+            &sets(&["tls.key=no-such-dir/k.pem"]),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.key"), "{msg}");
+        assert!(
+            msg.contains(&cwd.join("no-such-dir/k.pem").display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("set by --set tls.key="), "{msg}");
+    }
+
+    #[test]
+    fn insecure_and_tls_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "certs");
+        let text = format!("insecure = true\n{}", replica_2_tls());
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("insecure"), "{msg}");
+        assert!(msg.contains("remove [tls] for plaintext"), "{msg}");
+        assert!(msg.contains("insecure = false"), "{msg}");
+        // Also when [tls] is incomplete: the conflict is the first thing to fix.
+        let text = format!("{VALID}\n[tls]\nca = \"certs/ca.pem\"\n");
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("insecure"), "{err}");
+        // And via an override.
+        let err = parse(dir.path(), &replica_2_tls(), &["insecure=true"]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("insecure"), "{msg}");
+        assert!(msg.contains("set by --set insecure=true"), "{msg}");
+    }
+
+    #[test]
+    fn missing_tls_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "certs");
+        for missing in ["ca", "cert", "key"] {
+            let text = replica_2_tls()
+                .lines()
+                .filter(|line| !line.starts_with(&format!("{missing} = ")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = parse(dir.path(), &text, &[]).unwrap_err();
+            let msg = err.to_string();
+            let key = format!("tls.{missing}");
+            assert_eq!(err.key(), Some(key.as_str()), "{msg}");
+            assert!(msg.contains("is missing"), "{msg}");
+        }
+        let err = parse(dir.path(), &replica_2_tls(), &["tls.key= "]).unwrap_err();
+        assert_eq!(err.key(), Some("tls.key"), "{err}");
+        let err = parse(
+            dir.path(),
+            &format!("{}keyfile = \"k.pem\"\n", replica_2_tls()),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key `tls.keyfile`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn certificate_of_another_replica_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "certs");
+        let err = parse(dir.path(), &replica_2_tls(), &["id=1"]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.cert"), "{msg}");
+        assert!(msg.contains("replica-2.pem"), "{msg}");
+        assert!(msg.contains("is for scaleout://replica/2"), "{msg}");
+        assert!(msg.contains("this is replica 1"), "{msg}");
+        assert!(msg.contains("use replica-1.pem"), "{msg}");
+        assert!(msg.contains("scaleout://replica/1"), "{msg}");
+
+        // A worker's certificate is not a replica's either.
+        let worker = std::fs::read_dir(dir.path().join("certs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.starts_with("worker-") && !n.ends_with("-key.pem"))
+            .unwrap();
+        let stem = worker.trim_end_matches(".pem");
+        let text = with_tls(
+            "certs/ca.pem",
+            &format!("certs/{stem}.pem"),
+            &format!("certs/{stem}-key.pem"),
+        );
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.cert"), "{msg}");
+        assert!(msg.contains("is for scaleout://worker/"), "{msg}");
+    }
+
+    #[test]
+    fn certificate_from_another_ca_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "certs");
+        dev_certs(dir.path(), "other");
+        let text = with_tls(
+            "certs/ca.pem",
+            "other/replica-2.pem",
+            "other/replica-2-key.pem",
+        );
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.cert"), "{msg}");
+        assert!(msg.contains("wrong CA"), "{msg}");
+        assert!(msg.contains("other/replica-2.pem"), "{msg}");
+
+        // The key of another certificate.
+        let text = with_tls(
+            "certs/ca.pem",
+            "certs/replica-2.pem",
+            "certs/replica-1-key.pem",
+        );
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("tls.key"), "{err}");
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn missing_tls_files_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path(), "certs");
+        for (key, text) in [
+            (
+                "tls.ca",
+                with_tls(
+                    "certs/absent.pem",
+                    "certs/replica-2.pem",
+                    "certs/replica-2-key.pem",
+                ),
+            ),
+            (
+                "tls.cert",
+                with_tls(
+                    "certs/ca.pem",
+                    "certs/absent.pem",
+                    "certs/replica-2-key.pem",
+                ),
+            ),
+            (
+                "tls.key",
+                with_tls("certs/ca.pem", "certs/replica-2.pem", "certs/absent.pem"),
+            ),
+            (
+                "tls.cert",
+                with_tls(
+                    "certs/ca.pem",
+                    "certs/replica-2-key.pem",
+                    "certs/replica-2-key.pem",
+                ),
+            ),
+        ] {
+            let err = parse(dir.path(), &text, &[]).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.key(), Some(key), "{msg}");
+            assert!(msg.contains(&format!("`{key}`")), "{msg}");
+            assert!(
+                msg.contains(&dir.path().join("certs").display().to_string()),
+                "{msg}"
+            );
+        }
+        let err = parse(
+            dir.path(),
+            &with_tls(
+                "certs/absent.pem",
+                "certs/replica-2.pem",
+                "certs/replica-2-key.pem",
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot read the ca file"), "{err}");
     }
 
     #[test]
@@ -1852,7 +2320,9 @@ heartbeat_interval_ms = 100
             }
         }
         let dir = tempfile::tempdir().unwrap();
-        let c = parse(dir.path(), VALID, &[]).unwrap();
+        let mut c = parse(dir.path(), VALID, &[]).unwrap();
+        // Optional tables are left out when unset; fill them so their keys are compared too.
+        c.tls = Some(TlsPaths::in_dir(dir.path(), "replica-2"));
         let mut from_structs = BTreeSet::new();
         leaves(
             &Value::try_from(&c).unwrap(),
@@ -1884,12 +2354,27 @@ heartbeat_interval_ms = 100
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let local = root.join("deploy/config/local");
         let scratch = tempfile::tempdir().unwrap();
+        // The files name development certificates made by `scaleout certs init`, which are
+        // not in the repository: make a set in the scratch directory instead.
+        let certs = scratch.path().join("certs");
+        crate::certs::init(&crate::certs::CertsInit::new(&certs)).unwrap();
         let mut member_lists = Vec::new();
         for n in 1..=3u64 {
             let file = local.join(format!("master-{n}.toml"));
-            // Keep the test hermetic: data_dir goes to a scratch directory ...
+            let text = std::fs::read_to_string(&file).unwrap();
+            let raw: Table = toml::from_str(&text).unwrap();
+            // Keep the test hermetic: data_dir and the certificates come from a scratch
+            // directory ...
             let data = scratch.path().join(format!("master-{n}"));
-            let set = vec![format!("data_dir={}", data.display())];
+            let mut set = vec![format!("data_dir={}", data.display())];
+            let scratch_tls = TlsPaths::in_dir(&certs, &format!("replica-{n}"));
+            if raw.contains_key("tls") {
+                set.extend([
+                    format!("tls.ca={}", scratch_tls.ca.display()),
+                    format!("tls.cert={}", scratch_tls.cert.display()),
+                    format!("tls.key={}", scratch_tls.key.display()),
+                ]);
+            }
             let c = load_with_env(&file, &set, std::iter::empty())
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             assert_eq!(c.id, n, "{} has the id of its name", file.display());
@@ -1897,16 +2382,32 @@ heartbeat_interval_ms = 100
             assert_eq!(c.me().peer, format!("127.0.0.1:720{n}"));
             assert_eq!(c.api_listen, c.me().api);
             assert_eq!(c.peer_listen, c.me().peer);
-            assert!(c.insecure);
+            match &c.tls {
+                Some(tls) => {
+                    assert!(!c.insecure);
+                    assert_eq!(*tls, scratch_tls);
+                }
+                None => assert!(c.insecure),
+            }
             member_lists.push(c.members.clone());
-            // ... while the file's own data_dir points into <repo>/target/scaleout-local.
-            let text = std::fs::read_to_string(&file).unwrap();
-            let raw: Table = toml::from_str(&text).unwrap();
+            // ... while the file's own data_dir points into <repo>/target/scaleout-local ...
             let dir = raw["data_dir"].as_str().unwrap();
             assert_eq!(
                 normalize(&local.join(dir)),
                 normalize(&root.join(format!("target/scaleout-local/master-{n}")))
             );
+            // ... and its certificates are this replica's, in the directory next to it.
+            if let Some(Value::Table(tls)) = raw.get("tls") {
+                let expected = TlsPaths::in_dir(&local.join("certs"), &format!("replica-{n}"));
+                for (key, path) in [
+                    ("ca", &expected.ca),
+                    ("cert", &expected.cert),
+                    ("key", &expected.key),
+                ] {
+                    let value = tls[key].as_str().unwrap();
+                    assert_eq!(normalize(&local.join(value)), *path, "{}", file.display());
+                }
+            }
         }
         assert_eq!(member_lists[0].len(), 3);
         assert!(

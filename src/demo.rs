@@ -17,8 +17,44 @@ use crate::cli::{print_table, state_name};
 use crate::client::Client;
 use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use crate::pb::v1;
+use crate::tls::Role;
+use crate::transport::Security;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// Shows that certificates decide who may do what: a worker's certificate cannot manage
+/// workers, and a client without a certificate is not let in.
+async fn show_refusals(cluster: &LocalCluster) -> anyhow::Result<()> {
+    let Some(certs) = &cluster.certs else {
+        return Ok(());
+    };
+    let worker = cluster.workers.first().context("no worker")?;
+    let as_worker = Client::new(
+        &cluster.endpoints(),
+        certs.security(&Role::Worker(worker.agent_id))?,
+    )?
+    .with_deadline(Duration::from_secs(5));
+    match as_worker
+        .set_worker_state(&worker.agent_id.to_string(), v1::WorkerAction::Disable)
+        .await
+    {
+        Ok(_) => bail!("a worker certificate was allowed to disable a worker"),
+        Err(error) => println!(
+            "worker {}'s certificate asking AdminService to disable a worker: refused ({})",
+            worker.name,
+            error
+                .status()
+                .map_or("no answer", |s| s.code().description())
+        ),
+    }
+    let plaintext = Client::new(&cluster.endpoints(), Security::Insecure)?
+        .with_deadline(Duration::from_secs(2));
+    match plaintext.cluster_status().await {
+        Ok(_) => bail!("a plaintext client without a certificate was served"),
+        Err(_) => println!("a client without a certificate: refused at the TLS handshake"),
+    }
+    Ok(())
+}
 
 fn shell(name: String, script: String, max_attempts: u32) -> v1::JobSpec {
     v1::JobSpec {
@@ -68,6 +104,12 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
     };
     let mut cluster = LocalCluster::start(&binary, options)?;
     println!("started 3 replicas in {}", cluster.root().display());
+    if let Some(certs) = &cluster.certs {
+        println!(
+            "every connection is mutual TLS; development CA and certificates in {}",
+            certs.dir.display()
+        );
+    }
     let (leader, term) = cluster.wait_for_leader(WAIT).await?;
     println!("replica {leader} leads in term {term}");
     for name in ["worker-a", "worker-b"] {
@@ -85,6 +127,7 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
     let client = cluster.client()?.with_deadline(WAIT);
     wait_for_workers(&client, 2).await?;
     println!("2 workers online");
+    show_refusals(&cluster).await?;
 
     let dir = cluster.root().to_path_buf();
     let mut acknowledged = Vec::new();
@@ -139,7 +182,7 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
         .context("the leader reports no applied index")?;
     cluster.wait_for_applied(leader, applied, WAIT).await?;
     println!("replica {leader} restarted from its data dir and caught up to index {applied}");
-    let rejoined = Client::new(&[cluster.replica(leader)?.api_addr.clone()])?;
+    let rejoined = cluster.client_at(&cluster.replica(leader)?.api_addr)?;
     let mut lost = Vec::new();
     for job in &finished {
         match rejoined.get_job(job.id, true).await {

@@ -16,8 +16,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
+use crate::certs::{file_stem, write_file, write_issued, DevCa, Validity, CA_CERT_FILE};
 use crate::client::Client;
 use crate::pb::v1::ClusterStatusResponse;
+use crate::tls::{Role, TlsMaterial, TlsPaths};
+use crate::transport::Security;
 
 pub struct ReplicaProcess {
     pub id: u64,
@@ -47,6 +50,9 @@ pub struct ClusterOptions {
     pub overrides: Vec<String>,
     /// RUST_LOG of the replicas.
     pub log_filter: String,
+    /// Mutual TLS with certificates from a development CA made for this cluster (the default);
+    /// `false` runs everything with `insecure = true`.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -55,8 +61,76 @@ impl Default for ClusterOptions {
             replicas: 3,
             overrides: Vec::new(),
             log_filter: "info".into(),
+            tls: true,
         }
     }
+}
+
+/// The development CA of a TLS cluster and the directory its certificates are written to
+/// (`ca.pem`, `replica-N.pem`, `operator.pem`, `admin.pem`, `worker-<uuid>.pem`, keys beside).
+pub struct ClusterCerts {
+    pub dir: PathBuf,
+    pub ca: DevCa,
+    pub hosts: Vec<String>,
+}
+
+impl ClusterCerts {
+    fn create(dir: PathBuf, replicas: u64) -> anyhow::Result<ClusterCerts> {
+        fs::create_dir_all(&dir)?;
+        let validity = Validity::days_from_now(30);
+        let ca = DevCa::generate(
+            &format!(
+                "scaleout test CA {}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            validity,
+        )?;
+        write_file(&dir.join(CA_CERT_FILE), &ca.pem().cert_pem, false)?;
+        let certs = ClusterCerts {
+            dir,
+            ca,
+            hosts: vec!["127.0.0.1".into(), "localhost".into()],
+        };
+        for id in 1..=replicas {
+            certs.issue(Role::Replica(id))?;
+        }
+        certs.issue(Role::Operator("operator".into()))?;
+        certs.issue(Role::Admin("admin".into()))?;
+        Ok(certs)
+    }
+
+    /// Issues (or re-issues) `role`'s certificate into the directory.
+    pub fn issue(&self, role: Role) -> anyhow::Result<TlsPaths> {
+        let pair = self
+            .ca
+            .issue(&role, &self.hosts, Validity::days_from_now(30))?;
+        let issued = write_issued(&self.dir, role, &pair)?;
+        Ok(TlsPaths {
+            ca: self.dir.join(CA_CERT_FILE),
+            cert: issued.cert,
+            key: issued.key,
+        })
+    }
+
+    /// The files of `role`'s certificate.
+    pub fn paths(&self, role: &Role) -> TlsPaths {
+        TlsPaths::in_dir(&self.dir, &file_stem(role))
+    }
+
+    /// A client connecting with `role`'s certificate.
+    pub fn security(&self, role: &Role) -> anyhow::Result<Security> {
+        Ok(Security::MutualTls(TlsMaterial::load(self.paths(role))?))
+    }
+}
+
+/// The `[tls]` table of a config file for `paths`.
+fn tls_table(paths: &TlsPaths) -> String {
+    format!(
+        "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        paths.ca.display(),
+        paths.cert.display(),
+        paths.key.display()
+    )
 }
 
 pub struct LocalCluster {
@@ -64,6 +138,8 @@ pub struct LocalCluster {
     root: PathBuf,
     _temp: Option<tempfile::TempDir>,
     options: ClusterOptions,
+    /// `None` when the cluster runs `insecure`.
+    pub certs: Option<ClusterCerts>,
     pub replicas: Vec<ReplicaProcess>,
     pub workers: Vec<WorkerProcess>,
 }
@@ -155,6 +231,11 @@ impl LocalCluster {
                 ports[2 * i + 1]
             ));
         }
+        let certs = if options.tls {
+            Some(ClusterCerts::create(root.join("certs"), options.replicas)?)
+        } else {
+            None
+        };
         let mut replicas = Vec::new();
         for i in 0..n {
             let id = i as u64 + 1;
@@ -162,11 +243,20 @@ impl LocalCluster {
             fs::create_dir_all(&dir)?;
             let config_path = dir.join("master.toml");
             let data_dir = dir.join("data");
+            let security = match &certs {
+                Some(certs) => tls_table(&certs.paths(&Role::Replica(id))),
+                None => "insecure = true\n".into(),
+            };
+            let (top, tables) = if certs.is_some() {
+                (String::new(), security)
+            } else {
+                (security, String::new())
+            };
             fs::write(
                 &config_path,
                 format!(
-                    "id = {id}\ndata_dir = \"{}\"\ninsecure = true\n{members}\n\
-                     [workers]\napproval = \"auto\"\n",
+                    "id = {id}\ndata_dir = \"{}\"\n{top}{members}\n\
+                     [workers]\napproval = \"auto\"\n{tables}",
                     data_dir.display()
                 ),
             )?;
@@ -185,6 +275,7 @@ impl LocalCluster {
             root: root.to_path_buf(),
             _temp: None,
             options,
+            certs,
             replicas,
             workers: Vec::new(),
         })
@@ -208,8 +299,48 @@ impl LocalCluster {
         self.replicas.iter().map(|r| r.api_addr.clone()).collect()
     }
 
+    /// A client of every replica with the admin certificate (all rights but the peer port).
     pub fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.endpoints())?)
+        Ok(Client::new(&self.endpoints(), self.client_security()?)?)
+    }
+
+    /// A client of the one replica at `api_addr` (no redirect target but the leader it names).
+    pub fn client_at(&self, api_addr: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(&[api_addr], self.client_security()?)?)
+    }
+
+    /// How the cluster's clients connect: the admin certificate, or plaintext.
+    pub fn client_security(&self) -> anyhow::Result<Security> {
+        match &self.certs {
+            Some(certs) => certs.security(&Role::Admin("admin".into())),
+            None => Ok(Security::Insecure),
+        }
+    }
+
+    /// A raw gRPC channel to `addr` presenting `role`'s certificate (plaintext when the cluster
+    /// is insecure), for tests that speak to a service directly.
+    pub fn channel_as(&self, addr: &str, role: &Role) -> anyhow::Result<tonic::transport::Channel> {
+        let security = match &self.certs {
+            Some(certs) => certs.security(role)?,
+            None => Security::Insecure,
+        };
+        Ok(security.channel(addr, |endpoint| {
+            endpoint.connect_timeout(Duration::from_secs(5))
+        })?)
+    }
+
+    /// The CLI flags that make `scaleout job|workers|cluster ...` talk to this cluster as its
+    /// admin: `--tls-dir DIR --identity admin`, or `--insecure`.
+    pub fn cli_security_args(&self) -> Vec<String> {
+        match &self.certs {
+            Some(certs) => vec![
+                "--tls-dir".into(),
+                certs.dir.display().to_string(),
+                "--identity".into(),
+                "admin".into(),
+            ],
+            None => vec!["--insecure".into()],
+        }
     }
 
     pub fn replica(&self, id: u64) -> anyhow::Result<&ReplicaProcess> {
@@ -271,17 +402,25 @@ impl LocalCluster {
         let tags: Vec<String> = options.tags.iter().map(|t| format!("\"{t}\"")).collect();
         let mut config = format!(
             "agent_id = \"{agent_id}\"\ndisplay_name = \"{}\"\nendpoints = [{}]\ntags = [{}]\n\
-             max_task_count = {}\ninsecure = true\nstate_dir = \"{}\"\ntasks_root_folder = \"{}\"\n",
+             max_task_count = {}\n{}state_dir = \"{}\"\ntasks_root_folder = \"{}\"\n",
             options.name,
             endpoints.join(", "),
             tags.join(", "),
             options.max_tasks,
+            if self.certs.is_some() {
+                ""
+            } else {
+                "insecure = true\n"
+            },
             dir.join("state").display(),
             dir.join("tasks").display(),
         );
         for line in &options.extra_config {
             config.push_str(line);
             config.push('\n');
+        }
+        if let Some(certs) = &self.certs {
+            config.push_str(&tls_table(&certs.issue(Role::Worker(agent_id))?));
         }
         let config_path = dir.join("worker.toml");
         fs::write(&config_path, config)?;
@@ -403,7 +542,8 @@ impl LocalCluster {
     /// Cluster status as one replica sees it.
     pub async fn status_of(&self, id: u64) -> anyhow::Result<ClusterStatusResponse> {
         let replica = self.replica(id)?;
-        let client = Client::new(std::slice::from_ref(&replica.api_addr))?
+        let client = self
+            .client_at(&replica.api_addr)?
             .with_deadline(Duration::from_secs(2));
         Ok(client.cluster_status().await?)
     }

@@ -12,6 +12,7 @@
 //! - [`config`]: replica configuration, validated with clear errors.
 //! - [`pb`]: generated protobuf types and their conversions to the domain.
 //! - [`telemetry`]: logging, every line naming the replica and its term.
+//! - [`tls`], [`transport`]: certificates, roles and how every connection is made (mutual TLS).
 //! - [`cli`], [`demo`], [`bench`](mod@bench): what the binary runs; [`harness`] starts local clusters of
 //!   real replica processes for them and for the tests.
 
@@ -28,4 +29,5 @@ pub mod queue;
 pub mod raft;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 pub mod worker;

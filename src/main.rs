@@ -89,6 +89,9 @@ struct CertsInitArgs {
     /// Worker certificates, each for a new agent id.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1000))]
     workers: u32,
+    /// A worker certificate for this agent id (repeatable), in addition to --workers.
+    #[arg(long = "worker-id", value_name = "UUID")]
+    worker_ids: Vec<uuid::Uuid>,
     /// A host name or IP address for the replica certificates (repeatable).
     #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
     hosts: Vec<String>,
@@ -204,6 +207,9 @@ struct BenchE2eArgs {
     /// Length of the latency phase at half the measured rate.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     paced_seconds: u64,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    #[arg(long)]
+    insecure: bool,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -226,6 +232,10 @@ struct BenchSubmitArgs {
     measure_restart: bool,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
+    /// With --endpoints: the client certificate (or --insecure). Without: --insecure runs the
+    /// local cluster plaintext instead of mutual TLS.
+    #[command(flatten)]
+    tls: cli::ClientTlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -238,6 +248,7 @@ fn main() -> ExitCode {
         "warn"
     };
     scaleout::telemetry::init(cli.log_format, default_filter);
+    scaleout::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -255,7 +266,7 @@ fn main() -> ExitCode {
                 let options = scaleout::certs::CertsInit {
                     dir: args.dir,
                     replicas: args.replicas,
-                    workers: Vec::new(),
+                    workers: args.worker_ids,
                     hosts: args.hosts,
                     validity_days: args.validity_days,
                     operator: args.operator,
@@ -299,17 +310,27 @@ fn main() -> ExitCode {
             Command::Bench {
                 command: BenchCommand::Submit(args),
             } => {
-                let options = scaleout::bench::SubmitBench {
+                let security = if args.endpoints.is_empty() {
+                    Ok(scaleout::transport::Security::Insecure)
+                } else {
+                    args.tls.security()
+                };
+                let options = security.map(|security| scaleout::bench::SubmitBench {
+                    insecure: args.tls.insecure,
+                    security,
                     endpoints: args.endpoints,
                     submitters: args.submitters as usize,
                     count: args.count,
                     max_seconds: args.max_seconds,
                     measure_restart: args.measure_restart,
                     json: matches!(args.output, Output::Json),
-                };
-                scaleout::bench::submit(options)
-                    .await
-                    .map_err(cli::CliError::failed)
+                });
+                match options {
+                    Ok(options) => scaleout::bench::submit(options)
+                        .await
+                        .map_err(cli::CliError::failed),
+                    Err(error) => Err(error),
+                }
             }
             Command::Bench {
                 command: BenchCommand::E2e(args),
@@ -320,6 +341,7 @@ fn main() -> ExitCode {
                     jobs: args.jobs,
                     submitters: args.submitters as usize,
                     paced_seconds: args.paced_seconds,
+                    insecure: args.insecure,
                     json: matches!(args.output, Output::Json),
                 };
                 scaleout::bench::e2e(options)

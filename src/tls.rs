@@ -23,6 +23,10 @@
 //! they do not depend on the process-wide default; [`install_crypto_provider`] still installs
 //! it at start for any other rustls user in the process (tonic, tiberius).
 
+mod material;
+
+pub use material::{ReloadError, TlsMaterial, TlsPaths, FILE_POLL_INTERVAL};
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -12,6 +12,7 @@ use scaleout::harness::{ClusterOptions, LocalCluster};
 use scaleout::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
 use scaleout::pb::v1::job_service_client::JobServiceClient;
 use scaleout::pb::v1::{self, SubmitJobRequest};
+use scaleout::tls::Role;
 use tokio::sync::Mutex;
 use tonic_types::StatusExt;
 
@@ -73,8 +74,9 @@ async fn restart_and_catch_up(cluster: &mut LocalCluster, id: u64, leader: u64) 
 
 /// The jobs as one replica's local state has them: (id, name, state, created index).
 async fn local_jobs(cluster: &LocalCluster, id: u64) -> Vec<(u64, String, i32, u64)> {
-    let client =
-        Client::new(&[cluster.replica(id).expect("replica").api_addr.clone()]).expect("client");
+    let client = cluster
+        .client_at(&cluster.replica(id).expect("replica").api_addr)
+        .expect("client");
     let jobs = client.list_all_jobs(None, true).await.expect("stale list");
     jobs.into_iter()
         .map(|job| {
@@ -112,6 +114,7 @@ async fn sample_configs_elect_exactly_one_leader_seen_by_all() {
         .expect("configure");
     // Use the shipped sample configs, moved onto free ports and a temp data dir.
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/local");
+    let certs_dir = cluster.certs.as_ref().expect("a TLS cluster").dir.clone();
     for replica in &cluster.replicas {
         let mut text = std::fs::read_to_string(samples.join(format!("master-{}.toml", replica.id)))
             .expect("sample config");
@@ -126,7 +129,8 @@ async fn sample_configs_elect_exactly_one_leader_seen_by_all() {
                 if line.trim_start().starts_with("data_dir") {
                     format!("data_dir = \"{}\"", replica.data_dir.display())
                 } else {
-                    line.to_string()
+                    // The sample's certs/ layout is the one the harness wrote for this cluster.
+                    line.replace("\"certs/", &format!("\"{}/", certs_dir.display()))
                 }
             })
             .collect::<Vec<_>>()
@@ -148,6 +152,7 @@ async fn sample_configs_elect_exactly_one_leader_seen_by_all() {
                 "--endpoints",
                 &replica.api_addr,
             ])
+            .args(cluster.cli_security_args())
             .output()
             .expect("run cluster status");
         assert!(
@@ -197,9 +202,11 @@ async fn a_follower_redirects_to_the_leader() {
     let leader_addr = cluster.replica(leader).expect("leader").api_addr.clone();
 
     // The raw answer of a follower.
-    let mut raw = JobServiceClient::connect(format!("http://{follower_addr}"))
-        .await
-        .expect("dial");
+    let mut raw = JobServiceClient::new(
+        cluster
+            .channel_as(&follower_addr, &Role::Admin("admin".into()))
+            .expect("dial"),
+    );
     let status = raw
         .submit_job(SubmitJobRequest {
             spec: Some(spec(1)),
@@ -219,7 +226,7 @@ async fn a_follower_redirects_to_the_leader() {
     assert_eq!(header, Some(leader_addr.as_str()));
 
     // The client, given only the follower, follows the redirect.
-    let client = Client::new(&[follower_addr]).expect("client");
+    let client = cluster.client_at(&follower_addr).expect("client");
     let reply = client
         .submit_job(spec(2), None)
         .await
@@ -462,12 +469,11 @@ mod raw {
         }
     }
 
-    pub async fn call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+    pub async fn call(
+        channel: tonic::transport::Channel,
+        path: &'static str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Status> {
         let mut grpc = tonic::client::Grpc::new(channel)
             .max_encoding_message_size(usize::MAX)
             .max_decoding_message_size(usize::MAX);
@@ -492,8 +498,13 @@ async fn garbage_and_oversize_messages_get_an_error_and_the_replica_keeps_servin
     cluster.wait_for_leader(ELECTION).await.expect("a leader");
     let addr = cluster.replica(1).expect("replica").api_addr.clone();
     let peer = cluster.replica(1).expect("replica").peer_addr.clone();
+    let api = || {
+        cluster
+            .channel_as(&addr, &Role::Admin("admin".into()))
+            .expect("channel")
+    };
 
-    let garbage = raw::call(&addr, "/scaleout.v1.JobService/SubmitJob", vec![0xff; 64]).await;
+    let garbage = raw::call(api(), "/scaleout.v1.JobService/SubmitJob", vec![0xff; 64]).await;
     let status = garbage.expect_err("garbage is refused");
     assert!(
         matches!(
@@ -503,7 +514,7 @@ async fn garbage_and_oversize_messages_get_an_error_and_the_replica_keeps_servin
         "{status:?}"
     );
 
-    let oversize = raw::call(&addr, "/scaleout.v1.JobService/SubmitJob", vec![0; 5 << 20]).await;
+    let oversize = raw::call(api(), "/scaleout.v1.JobService/SubmitJob", vec![0; 5 << 20]).await;
     let status = oversize.expect_err("an oversize message is refused");
     assert!(
         matches!(
@@ -514,7 +525,9 @@ async fn garbage_and_oversize_messages_get_an_error_and_the_replica_keeps_servin
     );
 
     let raft_garbage = raw::call(
-        &peer,
+        cluster
+            .channel_as(&peer, &Role::Replica(1))
+            .expect("channel"),
         "/scaleout.raft.v1.RaftService/AppendEntries",
         vec![0x0a, 0x03, 1, 2, 3],
     )

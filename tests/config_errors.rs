@@ -126,6 +126,7 @@ fn client_commands_exit_3_when_the_cluster_is_unreachable() {
             "127.0.0.1:1",
             "--timeout-secs",
             "1",
+            "--insecure",
         ])
         .output()
         .expect("run");
@@ -147,6 +148,7 @@ fn an_invalid_job_spec_exits_2_before_any_network_call() {
             "not-a-uuid",
             "--endpoints",
             "127.0.0.1:1",
+            "--insecure",
             "--",
             "echo",
         ])
@@ -161,14 +163,32 @@ fn the_sample_worker_config_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config/local/worker-1.toml");
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
+    // The certificates the sample's comments say to make, in a temp dir instead of certs/.
+    let sample_worker: uuid::Uuid = "0b5c4c1e-2f5e-4c7a-9d5e-3a1f7c2b9e10"
+        .parse()
+        .expect("uuid");
+    let certs = dir.path().join("certs");
+    scaleout::certs::init(&scaleout::certs::CertsInit {
+        workers: vec![sample_worker],
+        ..scaleout::certs::CertsInit::new(&certs)
+    })
+    .expect("certs init");
+    let cert = certs.join(format!("worker-{sample_worker}"));
     let overrides = vec![
         format!("state_dir={}", state.display()),
         format!("tasks_root_folder={}", state.join("tasks").display()),
+        format!("tls.ca={}", certs.join("ca.pem").display()),
+        format!("tls.cert={}.pem", cert.display()),
+        format!("tls.key={}-key.pem", cert.display()),
     ];
     let config =
         scaleout::worker::WorkerConfig::load(&path, &overrides).expect("sample worker config");
     assert_eq!(config.endpoints.len(), 3);
     assert_eq!(config.max_task_count, 4);
+    assert_eq!(
+        config.agent_id, sample_worker,
+        "the agent id comes from the certificate"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ use scaleout::client::Client;
 use scaleout::config::MasterConfig;
 use scaleout::harness::free_ports;
 use scaleout::pb::v1;
+use scaleout::transport::Security;
 
 const SUBMITS: u64 = 300;
 
@@ -37,7 +38,7 @@ async fn concurrent_submits_share_entries_and_each_gets_its_own_job() {
     }));
 
     let client = Arc::new(
-        Client::new(&[api])
+        Client::new(&[api], Security::Insecure)
             .expect("client")
             .with_deadline(Duration::from_secs(30)),
     );

@@ -558,7 +558,7 @@ fn config_mistakes_are_exit_code_2() {
     .unwrap();
     let error = WorkerError::from(WorkerConfig::load(&path, &[]).unwrap_err());
     assert_eq!(error.exit_code(), 2);
-    assert!(error.to_string().contains("`insecure`"), "{error}");
+    assert!(error.to_string().contains("`tls`"), "{error}");
     let error = WorkerError::from(
         WorkerConfig::load(&path, &["insecure=true".into(), "max_task_count=0".into()])
             .unwrap_err(),

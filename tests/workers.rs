@@ -10,6 +10,7 @@ use std::time::Duration;
 use scaleout::client::Client;
 use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use scaleout::pb::v1::{self, AttemptOutcome, JobState};
+use scaleout::tls::Role;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic_types::StatusExt;
@@ -366,10 +367,14 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
         job_id: job,
         lease_token: done.attempts[0].lease_token,
     };
-    let addr = format!("http://{}", cluster.replica(1).expect("replica").api_addr);
-    let mut raw = scaleout::pb::v1::worker_service_client::WorkerServiceClient::connect(addr)
-        .await
-        .expect("dial");
+    let as_a = |addr: &str| {
+        scaleout::pb::v1::worker_service_client::WorkerServiceClient::new(
+            cluster
+                .channel_as(addr, &Role::Worker(a))
+                .expect("dial as worker a"),
+        )
+    };
+    let mut raw = as_a(&cluster.replica(1).expect("replica").api_addr);
     let renewal = loop {
         // Any replica: a follower redirects, so try until the leader answers.
         match raw
@@ -382,13 +387,7 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
             Ok(reply) => break reply.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-                let addr = format!(
-                    "http://{}",
-                    cluster.replica(leader).expect("leader").api_addr
-                );
-                raw = scaleout::pb::v1::worker_service_client::WorkerServiceClient::connect(addr)
-                    .await
-                    .expect("dial");
+                raw = as_a(&cluster.replica(leader).expect("leader").api_addr);
             }
             Err(status) => panic!("renew: {status:?}"),
         }
@@ -621,6 +620,7 @@ fn cli(cluster: &LocalCluster, args: &[&str]) -> (Option<i32>, String) {
     let output = std::process::Command::new(binary())
         .args(args)
         .args(["--endpoints", &endpoints])
+        .args(cluster.cli_security_args())
         .output()
         .expect("run the CLI");
     (

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::authz::{authorize, Permission};
 use super::job_service::{propose, read_error_status};
 use super::proposer::{now_ms, Proposer};
 use super::status::from_queue_error;
@@ -83,8 +84,9 @@ impl AdminApi {
 impl AdminService for AdminApi {
     async fn cluster_status(
         &self,
-        _request: Request<ClusterStatusRequest>,
+        request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        authorize(&request, "AdminService.ClusterStatus", Permission::Operate)?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -140,6 +142,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
+        authorize(&request, "AdminService.ListWorkers", Permission::Operate)?;
         if !request.into_inner().stale {
             self.raft
                 .ensure_linearizable()
@@ -160,6 +163,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<SetWorkerStateRequest>,
     ) -> Result<Response<SetWorkerStateResponse>, Status> {
+        authorize(
+            &request,
+            "AdminService.SetWorkerState",
+            Permission::Administer,
+        )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(|e| from_queue_error(&e))?;
         let (enabled, draining) = match WorkerAction::try_from(request.action) {
@@ -198,6 +206,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RemoveWorkerRequest>,
     ) -> Result<Response<RemoveWorkerResponse>, Status> {
+        authorize(
+            &request,
+            "AdminService.RemoveWorker",
+            Permission::Administer,
+        )?;
         let worker =
             worker_id_from_pb(&request.into_inner().worker_id).map_err(|e| from_queue_error(&e))?;
         match self.propose(Command::RemoveWorker { worker }).await? {

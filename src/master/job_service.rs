@@ -8,6 +8,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::authz::{authorize, Permission};
 use super::proposer::{ProposeError, Proposer};
 use super::status::{from_queue_error, not_leader};
 use crate::pb::v1::job_service_server::JobService;
@@ -113,6 +114,7 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
+        authorize(&request, "JobService.SubmitJob", Permission::Operate)?;
         let request = request.into_inner();
         let spec = request
             .spec
@@ -148,6 +150,7 @@ impl JobService for JobApi {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
+        authorize(&request, "JobService.GetJob", Permission::Operate)?;
         let request = request.into_inner();
         self.read_barrier(request.stale).await?;
         let job = self
@@ -160,6 +163,7 @@ impl JobService for JobApi {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
+        authorize(&request, "JobService.ListJobs", Permission::Operate)?;
         let request = request.into_inner();
         let state = state_from_pb(request.state).map_err(Status::invalid_argument)?;
         self.read_barrier(request.stale).await?;
@@ -189,6 +193,7 @@ impl JobService for JobApi {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
+        authorize(&request, "JobService.CancelJob", Permission::Operate)?;
         let job_id = request.into_inner().job_id;
         match self.propose(Command::CancelJob { job_id }).await? {
             CommandOutput::Cancelled { job } => {
@@ -205,6 +210,7 @@ impl JobService for JobApi {
         &self,
         request: Request<GetJobLogsRequest>,
     ) -> Result<Response<GetJobLogsResponse>, Status> {
+        authorize(&request, "JobService.GetJobLogs", Permission::Operate)?;
         let request = request.into_inner();
         self.read_barrier(request.stale).await?;
         let limit = match request.limit {

@@ -10,6 +10,7 @@
 //! with state on disk never initializes again.
 
 mod admin_service;
+pub mod authz;
 mod bootstrap;
 mod job_service;
 mod leader;

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tracing::{error, info, warn};
 
 use super::admin_service::AdminApi;
+use super::authz::{authorize, Permission};
 use super::bootstrap::bootstrap;
 use super::job_service::JobApi;
 use super::proposer::Proposer;
@@ -21,6 +22,8 @@ use crate::pb::v1::job_service_server::JobServiceServer;
 use crate::pb::v1::worker_service_server::WorkerServiceServer;
 use crate::raft::{open_storage, PeerNetwork, Raft, RaftGrpcService, StorageOpenError};
 use crate::telemetry;
+use crate::tls::{TlsError, TlsMaterial};
+use crate::transport::{incoming, warn_insecure_every_minute, Security};
 
 /// Why a replica could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub enum MasterError {
     },
     #[error("{0}")]
     Bootstrap(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("the {which} server stopped unexpectedly ({reason}); restart the replica")]
     ServerStopped { which: &'static str, reason: String },
     #[error("the {which} server failed: {source}")]
@@ -119,19 +124,24 @@ pub async fn run(
     {
         telemetry::set_term(vote.leader_id().term);
     }
-    if config.insecure {
-        warn!(
-            "INSECURE: insecure = true, so clients, workers and peers talk in plaintext without \
-             authentication; use this only on a trusted loopback or test network"
-        );
-    }
+    let security = match &config.tls {
+        Some(paths) => Security::MutualTls(TlsMaterial::load(paths.clone())?),
+        None => Security::Insecure,
+    };
+    let tls_duties = match &security {
+        Security::MutualTls(material) => {
+            info!(role = %material.role(), cert = %material.paths().cert.display(), "mutual TLS on both ports");
+            material.spawn_reloader()
+        }
+        Security::Insecure => tokio::spawn(warn_insecure_every_minute("replica")),
+    };
     let queue = state_machine.queue();
     let committed = {
         let log_store = log_store.clone();
         Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
     };
     let peer_max_bytes = peer_message_limit(&config);
-    let network = PeerNetwork::new(config.id, peer_max_bytes);
+    let network = PeerNetwork::new(config.id, peer_max_bytes, security.clone());
     let raft = Raft::new(
         config.id,
         raft_settings,
@@ -155,12 +165,18 @@ pub async fn run(
     let max_bytes = config.api.max_message_bytes;
     let peer_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
-        .add_service(
+        .add_service(InterceptedService::new(
             RaftServiceServer::new(RaftGrpcService::new(raft.clone(), committed.clone()))
                 .max_decoding_message_size(peer_max_bytes)
                 .max_encoding_message_size(peer_max_bytes),
-        )
-        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
+            |request: tonic::Request<()>| {
+                authorize(&request, "RaftService", Permission::Replicate).map(|()| request)
+            },
+        ))
+        .serve_with_incoming_shutdown(
+            incoming(peer_listener, security.clone(), "peer"),
+            stopped(stop_rx.clone()),
+        );
     let mut peer_task = tokio::spawn(peer_server);
 
     let proposer = Proposer::start(raft.clone(), &config.proposals, max_bytes);
@@ -198,7 +214,10 @@ pub async fn run(
             .max_decoding_message_size(max_bytes)
             .max_encoding_message_size(max_bytes),
         )
-        .serve_with_incoming_shutdown(incoming(api_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            incoming(api_listener, security.clone(), "api"),
+            stopped(stop_rx.clone()),
+        );
     let mut api_task = tokio::spawn(api_server);
 
     if let Err(error) = bootstrap(&raft, &config, &network)
@@ -241,6 +260,7 @@ pub async fn run(
     }
     watcher.abort();
     leader_duties.abort();
+    tls_duties.abort();
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");
     }
@@ -252,11 +272,6 @@ fn local_addr(listener: &TcpListener) -> String {
         .local_addr()
         .map(|a: SocketAddr| a.to_string())
         .unwrap_or_else(|_| "?".into())
-}
-
-/// TCP_NODELAY on accepted connections: without it a lone request waits ~40 ms for Nagle.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Resolves when a server stops on its own: a replica without its API or peer service must

@@ -74,6 +74,22 @@ pub fn redirect_address(status: &Status) -> Option<String> {
     })
 }
 
+/// A status as one line for people: code, message, and the chain of causes behind a transport
+/// error (where a TLS handshake failure says what went wrong, e.g. an unknown CA).
+pub fn describe(status: &Status) -> String {
+    let mut text = format!("{}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Whether another replica (or the same one, later) may serve a call that got `status`:
 /// UNAVAILABLE (no leader, shutting down, outcome unknown), a call cut short by the caller's own
 /// timeout (CANCELLED, DEADLINE_EXCEEDED), a broken connection or HTTP/2 stream (UNKNOWN,

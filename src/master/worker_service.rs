@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info};
 
+use super::authz::{authorize, Permission};
 use super::job_service::propose_error_status;
 use super::proposer::{now_ms, Proposer};
 use super::status::{from_queue_error, not_leader, with_reason};
@@ -158,6 +159,17 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        authorize(
+            &request,
+            "WorkerService.RegisterWorker",
+            Permission::ActAsWorker(
+                request
+                    .get_ref()
+                    .info
+                    .as_ref()
+                    .map_or("", |info| info.worker_id.as_str()),
+            ),
+        )?;
         let info = request
             .into_inner()
             .info
@@ -185,6 +197,11 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        authorize(
+            &request,
+            "WorkerService.Heartbeat",
+            Permission::ActAsWorker(&request.get_ref().worker_id),
+        )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let running = request
@@ -221,6 +238,11 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<AcquireTasksRequest>,
     ) -> Result<Response<AcquireTasksResponse>, Status> {
+        authorize(
+            &request,
+            "WorkerService.AcquireTasks",
+            Permission::ActAsWorker(&request.get_ref().worker_id),
+        )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let wait = Duration::from_millis(
@@ -287,6 +309,11 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<RenewLeasesRequest>,
     ) -> Result<Response<RenewLeasesResponse>, Status> {
+        authorize(
+            &request,
+            "WorkerService.RenewLeases",
+            Permission::ActAsWorker(&request.get_ref().worker_id),
+        )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let leases = request
@@ -314,6 +341,11 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<AppendLogsRequest>,
     ) -> Result<Response<AppendLogsResponse>, Status> {
+        authorize(
+            &request,
+            "WorkerService.AppendLogs",
+            Permission::ActAsWorker(&request.get_ref().worker_id),
+        )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let lease = lease_from_pb(request.lease).map_err(rejection)?;
@@ -338,6 +370,11 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<CompleteTaskRequest>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
+        authorize(
+            &request,
+            "WorkerService.CompleteTask",
+            Permission::ActAsWorker(&request.get_ref().worker_id),
+        )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let lease = lease_from_pb(request.lease).map_err(rejection)?;

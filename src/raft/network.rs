@@ -16,11 +16,12 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{NodeId, ReplicaNode, TypeConfig};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftPayload;
+use crate::transport::Security;
 
 /// Votes and snapshot chunks get at least this long. (Appends cannot: openraft 0.9 wraps each
 /// append in its own timeout of one heartbeat interval, which is why appends are kept small:
@@ -36,14 +37,16 @@ type RpcError<E = openraft::error::Infallible> =
 pub struct PeerNetwork {
     my_id: NodeId,
     max_message_bytes: usize,
+    security: Security,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
 }
 
 impl PeerNetwork {
-    pub fn new(my_id: NodeId, max_message_bytes: usize) -> Self {
+    pub fn new(my_id: NodeId, max_message_bytes: usize, security: Security) -> Self {
         PeerNetwork {
             my_id,
             max_message_bytes,
+            security,
             channels: Arc::default(),
         }
     }
@@ -58,12 +61,12 @@ impl PeerNetwork {
         if let Some(channel) = channels.get(peer_addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{peer_addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = self.security.channel(peer_addr, |endpoint| {
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })?;
         channels.insert(peer_addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -7,17 +7,22 @@
 //! ```toml
 //! endpoints = ["10.0.0.1:7101", "10.0.0.2:7101", "10.0.0.3:7101"]  # any replicas' api addresses
 //! state_dir = "data/worker-1"          # agent_id and the spool
-//! insecure = true                      # plaintext gRPC; required until TLS lands
 //! tags = ["etl", "linux"]
 //! max_task_count = 4
+//!
+//! [tls]                                # mutual TLS; or `insecure = true` instead
+//! ca = "certs/ca.pem"
+//! cert = "certs/worker-6f1c2b9e-5d1a-4a67-9d0e-2f4b8c3a7e10.pem"
+//! key = "certs/worker-6f1c2b9e-5d1a-4a67-9d0e-2f4b8c3a7e10-key.pem"
 //! ```
 //!
 //! # Keys
-//! Required: `endpoints`, `state_dir`, `insecure = true`. Everything else has a default.
+//! Required: `endpoints`, `state_dir`, and either `[tls]` or `insecure = true`. Everything else
+//! has a default.
 //!
 //! | key | SSIS WorkerSettings | default | meaning |
 //! |-----|---------------------|---------|---------|
-//! | `agent_id` | AgentId | generated | The worker's persistent identity, a UUID. When absent, one is generated on first start and kept in `<state_dir>/agent_id`. |
+//! | `agent_id` | AgentId | generated | The worker's persistent identity, a UUID. When absent, one is generated on first start and kept in `<state_dir>/agent_id`. With TLS the id is the one in the certificate (`scaleout://worker/<uuid>`): `agent_id`, if set, and `<state_dir>/agent_id`, if present, must equal it, and the file is written with it on first start. |
 //! | `display_name` | DisplayName | machine name | Shown by `scaleout workers list`. |
 //! | `description` | Description | empty | |
 //! | `endpoints` | MasterEndpoint | (required) | The replicas' `api` addresses (host:port); any of them will do, leader redirects are followed. |
@@ -31,7 +36,10 @@
 //! | `tasks_root_folder` | TasksRootFolder | `<state_dir>/tasks` | Each attempt runs in `<tasks_root_folder>/<job_id>-<attempt>`, created fresh. |
 //! | `state_dir` | (ExecutionLogCacheFolder) | (required) | Holds `agent_id` and `spool/`, the on-disk queue of logs and results not yet delivered. |
 //! | `executor` | (ISServerExec) | `["/opt/ssis/bin/dtexec", "/F", "{package}"]` | How a `package` job runs: `{package}` is replaced by the package path, then `/Par` `name;value` is appended for each parameter, then the job's argv, if any. |
-//! | `insecure` | | `false` | Plaintext gRPC. TLS is not available yet, so this must be `true`. |
+//! | `insecure` | | `false` | Plaintext gRPC without authentication, on a trusted network only. Exactly one of `insecure = true` and `[tls]` must be given. |
+//! | `tls.ca` | | | PEM file of the CA that issued every scaleout certificate. |
+//! | `tls.cert` | | | PEM file of this worker's certificate, with the URI SAN `scaleout://worker/<uuid>`; the uuid is the agent id. |
+//! | `tls.key` | | | PEM file of the private key of `tls.cert`. All three are required when `[tls]` is given. Development certificates: `scaleout certs init --dir certs --workers N`. |
 //! | `acquire_wait_ms` | | 10000 | How long one AcquireTasks long-poll waits for work (the master caps it). |
 //! | `noop_executor` | | false | Benchmarks only: tasks succeed at once without starting a process (`scaleout bench e2e`). |
 //!
@@ -42,7 +50,7 @@
 //! `--set key=value` (repeatable, later wins). The value is read as a TOML literal (number,
 //! boolean, array, quoted string) when it parses as one, else as plain text; string keys always
 //! take the raw text, and `endpoints` and `tags` also take a comma-separated list
-//! (`--set endpoints=a:7101,b:7101`).
+//! (`--set endpoints=a:7101,b:7101`). The `[tls]` keys are set as `--set tls.cert=FILE`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -52,6 +60,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 use uuid::Uuid;
+
+use crate::config::{load_tls_identity, tls_choice_error, tls_missing_message};
+use crate::tls::{Role, TlsPaths};
 
 /// The file name shown in errors for configs that did not come from a file.
 const INLINE: &str = "<inline config>";
@@ -81,7 +92,13 @@ const KEYS: &[(&str, Kind)] = &[
     ("insecure", Kind::Other),
     ("acquire_wait_ms", Kind::Other),
     ("noop_executor", Kind::Other),
+    ("tls.ca", Kind::Str),
+    ("tls.cert", Kind::Str),
+    ("tls.key", Kind::Str),
 ];
+
+/// The one table of the file; its keys are listed in [`KEYS`] as `tls.<key>`.
+const TLS_TABLE: &str = "tls";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -112,7 +129,11 @@ pub struct WorkerConfig {
     pub tasks_root_folder: PathBuf,
     pub state_dir: PathBuf,
     pub executor: Vec<String>,
+    /// Plaintext gRPC without authentication; exclusive with `tls`.
     pub insecure: bool,
+    /// `[tls]`: the CA, certificate and key for mutual TLS; absolute. `None` only with
+    /// `insecure`. The certificate's worker id is `agent_id`.
+    pub tls: Option<TlsPaths>,
     pub acquire_wait_ms: u32,
     /// Benchmarks only: every task succeeds at once without starting a process, so a
     /// benchmark measures dispatch, not process start-up.
@@ -157,8 +178,18 @@ struct RawConfig {
     state_dir: Option<String>,
     executor: Option<Vec<String>>,
     insecure: Option<bool>,
+    tls: Option<RawTls>,
     acquire_wait_ms: Option<u32>,
     noop_executor: Option<bool>,
+}
+
+/// `[tls]` as written; every key is required, which `build` checks to name the missing one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 /// Why a worker configuration could not be loaded. Every message names the file and, where
@@ -293,7 +324,25 @@ fn build(
                 origin: Some(format!("--set {arg}")),
             });
         };
-        table.insert(key.to_string(), parse_value(raw, *kind));
+        let value = parse_value(raw, *kind);
+        match key.split_once('.') {
+            // `tls.cert=...`: into the table, made if missing.
+            Some((name, inner)) => {
+                let slot = table
+                    .entry(name.to_string())
+                    .or_insert_with(|| Value::Table(Table::new()));
+                let Value::Table(inner_table) = slot else {
+                    return Err(bad(format!(
+                        "`{name}` is not a table here, so `{key}` cannot be set in it; write \
+                         [{name}] as a table"
+                    )));
+                };
+                inner_table.insert(inner.to_string(), value);
+            }
+            None => {
+                table.insert(key.to_string(), value);
+            }
+        }
         origins.retain(|(k, _)| k != key);
         origins.push((key.to_string(), format!("--set {arg}")));
     }
@@ -303,8 +352,27 @@ fn build(
             .find(|(k, _)| k == key)
             .map(|(_, origin)| origin.clone())
     };
-    for key in table.keys() {
-        if !KEYS.iter().any(|(k, _)| k == key) {
+    for (key, value) in &table {
+        if key == TLS_TABLE {
+            let Value::Table(inner) = value else {
+                return Err(WorkerConfigError::Invalid {
+                    path: file.to_path_buf(),
+                    key: key.clone(),
+                    origin: origin_of(key),
+                    message: "must be a table ([tls]) with ca, cert and key".into(),
+                });
+            };
+            for inner_key in inner.keys() {
+                let full = format!("{key}.{inner_key}");
+                if !KEYS.iter().any(|(k, _)| *k == full) {
+                    return Err(WorkerConfigError::UnknownKey {
+                        path: file.to_path_buf(),
+                        origin: origin_of(&full),
+                        key: full,
+                    });
+                }
+            }
+        } else if key.contains('.') || !KEYS.iter().any(|(k, _)| k == key) {
             return Err(WorkerConfigError::UnknownKey {
                 path: file.to_path_buf(),
                 key: key.clone(),
@@ -374,6 +442,26 @@ fn build(
         }
         None => state_dir.join("tasks"),
     };
+    let insecure = raw.insecure.unwrap_or(false);
+    if let (true, Some(_)) = (insecure, &raw.tls) {
+        if let Some((key, message)) = tls_choice_error(true, true, "worker") {
+            return Err(invalid(key, message));
+        }
+    }
+    let tls = match raw.tls {
+        None => None,
+        Some(raw_tls) => {
+            let path = |key: &str, value: Option<String>| match value.as_deref().map(str::trim) {
+                Some(value) if !value.is_empty() => Ok(resolve(key, value)),
+                _ => Err(invalid(key, tls_missing_message(key, "worker-<uuid>"))),
+            };
+            Some(TlsPaths {
+                ca: path("tls.ca", raw_tls.ca)?,
+                cert: path("tls.cert", raw_tls.cert)?,
+                key: path("tls.key", raw_tls.key)?,
+            })
+        }
+    };
     let machine_name = machine_name();
     let config = WorkerConfig {
         // Settled below, once state_dir is known to be usable.
@@ -409,18 +497,96 @@ fn build(
                 .map(String::from)
                 .to_vec()
         }),
-        insecure: raw.insecure.unwrap_or(false),
+        insecure,
+        tls,
         acquire_wait_ms: raw.acquire_wait_ms.unwrap_or(10_000),
         noop_executor: raw.noop_executor.unwrap_or(false),
     };
     check(&config).map_err(|(key, message)| invalid(key, message))?;
+    // The certificate, when there is one, decides the agent id: read it before anything could
+    // generate or store another one.
+    let cert_agent_id = match &config.tls {
+        Some(paths) => Some(certificate_agent_id(paths).map_err(|(key, e)| invalid(key, e))?),
+        None => None,
+    };
     probe_dir(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
     probe_dir(&config.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
-    let agent_id = match raw.agent_id.as_deref().map(str::trim) {
-        Some(text) => parse_agent_id(text).map_err(|e| invalid("agent_id", e))?,
-        None => persistent_agent_id(&config.state_dir).map_err(|e| invalid("agent_id", e))?,
+    let explicit = match raw.agent_id.as_deref().map(str::trim) {
+        Some(text) => Some(parse_agent_id(text).map_err(|e| invalid("agent_id", e))?),
+        None => None,
+    };
+    let agent_id = match (cert_agent_id, &config.tls) {
+        (Some(cert_id), Some(paths)) => {
+            settle_tls_agent_id(cert_id, explicit, &paths.cert, &config.state_dir)
+                .map_err(|e| invalid("agent_id", e))?
+        }
+        _ => match explicit {
+            Some(id) => id,
+            None => persistent_agent_id(&config.state_dir).map_err(|e| invalid("agent_id", e))?,
+        },
     };
     Ok(WorkerConfig { agent_id, ..config })
+}
+
+/// Loads the `[tls]` files and returns the worker id of the certificate; an error as
+/// (key, message).
+fn certificate_agent_id(paths: &TlsPaths) -> Result<Uuid, (&'static str, String)> {
+    let identity = load_tls_identity(paths)?;
+    match identity.role() {
+        Role::Worker(id) if !id.is_nil() && *id != ALL_WORKERS => Ok(*id),
+        Role::Worker(_) => Err((
+            "tls.cert",
+            format!(
+                "the certificate in {} is for {}, a reserved id (it means no worker or any \
+                 worker); fix: issue the worker a certificate with another UUID",
+                paths.cert.display(),
+                identity.role().uri()
+            ),
+        )),
+        other => Err((
+            "tls.cert",
+            format!(
+                "the certificate in {} is for {}, but this is a worker; fix: use a worker \
+                 certificate (a SAN URI scaleout://worker/<uuid>, e.g. worker-<uuid>.pem from \
+                 `scaleout certs init --dir certs --workers N`)",
+                paths.cert.display(),
+                other.uri()
+            ),
+        )),
+    }
+}
+
+/// With TLS the agent id is the certificate's: a configured `agent_id` and the one kept in
+/// `<state_dir>/agent_id` must match it; the file is written with it when absent, so the id
+/// stays with the state dir.
+fn settle_tls_agent_id(
+    cert_id: Uuid,
+    explicit: Option<Uuid>,
+    cert: &Path,
+    state_dir: &Path,
+) -> Result<Uuid, String> {
+    if let Some(id) = explicit.filter(|id| *id != cert_id) {
+        return Err(format!(
+            "is {id}, but the certificate in {} is for worker {cert_id}; with TLS the agent id \
+             comes from the certificate; fix: remove agent_id, or use the certificate of worker \
+             {id}",
+            cert.display()
+        ));
+    }
+    match stored_agent_id(state_dir)? {
+        Some(stored) if stored != cert_id => Err(format!(
+            "{} holds agent id {stored}, but the certificate in {} is for worker {cert_id}; \
+             this state dir belongs to another worker; fix: use that worker's certificate \
+             (scaleout://worker/{stored}), or a fresh state_dir for worker {cert_id}",
+            state_dir.join(AGENT_ID_FILE).display(),
+            cert.display()
+        )),
+        Some(_) => Ok(cert_id),
+        None => {
+            store_agent_id(state_dir, cert_id)?;
+            Ok(cert_id)
+        }
+    }
 }
 
 /// An override's value: a TOML literal when it parses as one, else the raw text.
@@ -538,11 +704,8 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
                 .into(),
         ));
     }
-    if !c.insecure {
-        return Err((
-            "insecure",
-            "TLS is not available in this version yet; set insecure = true".into(),
-        ));
+    if let Some(violation) = tls_choice_error(c.insecure, c.tls.is_some(), "worker") {
+        return Err(violation);
     }
     if c.acquire_wait_ms > 60_000 {
         return Err((
@@ -608,21 +771,33 @@ fn parse_agent_id(text: &str) -> Result<Uuid, String> {
 /// The id kept in `<state_dir>/agent_id`, generated and written (atomically, fsynced) the first
 /// time, so the worker keeps its identity, and so its enabled state, across restarts.
 fn persistent_agent_id(state_dir: &Path) -> Result<Uuid, String> {
-    let path = state_dir.join(AGENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            return parse_agent_id(text.trim()).map_err(|e| {
-                format!(
-                    "{} holds an invalid id: {e}; fix or delete the file (a new id means a new \
-                     worker that must be enabled again)",
-                    path.display()
-                )
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    if let Some(id) = stored_agent_id(state_dir)? {
+        return Ok(id);
     }
     let id = Uuid::new_v4();
+    store_agent_id(state_dir, id)?;
+    Ok(id)
+}
+
+/// The id in `<state_dir>/agent_id`; `None` when the file does not exist.
+fn stored_agent_id(state_dir: &Path) -> Result<Option<Uuid>, String> {
+    let path = state_dir.join(AGENT_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_agent_id(text.trim()).map(Some).map_err(|e| {
+            format!(
+                "{} holds an invalid id: {e}; fix or delete the file (a new id means a new \
+                 worker that must be enabled again)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes `id` to `<state_dir>/agent_id`, atomically and fsynced.
+fn store_agent_id(state_dir: &Path, id: Uuid) -> Result<(), String> {
+    let path = state_dir.join(AGENT_ID_FILE);
     let tmp = state_dir.join(format!("{AGENT_ID_FILE}.tmp"));
     let write = || -> std::io::Result<()> {
         use std::io::Write;
@@ -633,8 +808,7 @@ fn persistent_agent_id(state_dir: &Path) -> Result<Uuid, String> {
         // The rename itself must survive a crash too.
         std::fs::File::open(state_dir)?.sync_all()
     };
-    write().map_err(|e| format!("cannot write a new agent id to {}: {e}", path.display()))?;
-    Ok(id)
+    write().map_err(|e| format!("cannot write the agent id to {}: {e}", path.display()))
 }
 
 /// Creates `dir` and checks it is writable.
@@ -761,8 +935,23 @@ insecure = true
             ),
             (
                 MINIMAL.replace("insecure = true", "insecure = false"),
-                "insecure",
-                "TLS",
+                "tls",
+                "no [tls] section",
+            ),
+            (
+                MINIMAL.replace("insecure = true", ""),
+                "tls",
+                "insecure = true",
+            ),
+            (
+                format!("{MINIMAL}tls = \"certs\"\n"),
+                "tls",
+                "must be a table",
+            ),
+            (
+                format!("{MINIMAL}[tls]\ncertificate = \"c.pem\"\n"),
+                "tls.certificate",
+                "unknown key",
             ),
             (
                 MINIMAL.replace("state_dir = \"state\"", ""),
@@ -932,5 +1121,213 @@ insecure = true
         assert_eq!(c.state_dir, conf.join("../var/w1"));
         assert_eq!(c.tasks_root_folder, conf.join("t"));
         assert!(dir.path().join("var/w1/agent_id").is_file());
+    }
+
+    /// The id of the one worker certificate made by [`dev_certs`].
+    const WORKER: Uuid = Uuid::from_u128(0x6f1c2b9e_5d1a_4a67_9d0e_2f4b8c3a7e10);
+
+    /// Development certificates in `dir/certs`: replicas, worker [`WORKER`], operator, admin.
+    fn dev_certs(dir: &Path) {
+        let options = crate::certs::CertsInit {
+            workers: vec![WORKER],
+            ..crate::certs::CertsInit::new(dir.join("certs"))
+        };
+        crate::certs::init(&options).unwrap();
+    }
+
+    /// MINIMAL with `extra` top-level keys and `[tls]` for the certificate `certs/<stem>.pem`
+    /// instead of `insecure = true`.
+    fn with_tls(extra: &str, stem: &str) -> String {
+        format!(
+            "{}{extra}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{stem}.pem\"\n\
+             key = \"certs/{stem}-key.pem\"\n",
+            MINIMAL.replace("insecure = true\n", "")
+        )
+    }
+
+    fn worker_stem() -> String {
+        format!("worker-{WORKER}")
+    }
+
+    #[test]
+    fn tls_certificate_gives_the_agent_id_and_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path());
+        let c = parse(dir.path(), &with_tls("", &worker_stem()), &[]).unwrap();
+        assert_eq!(c.agent_id, WORKER);
+        assert!(!c.insecure);
+        let certs = dir.path().join("certs");
+        assert_eq!(
+            c.tls,
+            Some(TlsPaths {
+                ca: certs.join("ca.pem"),
+                cert: certs.join(format!("{}.pem", worker_stem())),
+                key: certs.join(format!("{}-key.pem", worker_stem())),
+            })
+        );
+        let stored = std::fs::read_to_string(dir.path().join("state").join(AGENT_ID_FILE)).unwrap();
+        assert_eq!(stored.trim(), WORKER.to_string());
+        // A restart agrees with the stored id; so does an explicit, matching agent_id.
+        let c = parse(dir.path(), &with_tls("", &worker_stem()), &[]).unwrap();
+        assert_eq!(c.agent_id, WORKER);
+        let c = parse(
+            dir.path(),
+            &with_tls(&format!("agent_id = \"{WORKER}\"\n"), &worker_stem()),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.agent_id, WORKER);
+        // Without TLS the stored id is used as before.
+        let c = parse(dir.path(), MINIMAL, &[]).unwrap();
+        assert_eq!(c.agent_id, WORKER);
+        assert_eq!(c.tls, None);
+    }
+
+    #[test]
+    fn tls_paths_resolve_against_the_config_file_or_the_cwd() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(&dir.path().join("etc"));
+        let file = dir.path().join("etc/worker.toml");
+        std::fs::write(&file, with_tls("", &worker_stem())).unwrap();
+        let c = WorkerConfig::load(&file, &[]).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca, dir.path().join("etc/certs/ca.pem"));
+        assert!(tls.cert.is_file() && tls.key.is_file());
+        assert!(dir.path().join("etc/state/agent_id").is_file());
+
+        // From --set: relative to the current directory.
+        let err = WorkerConfig::load(&file, &["tls.ca=no-such-dir/ca.pem".into()]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.ca"), "{msg}");
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            msg.contains(&cwd.join("no-such-dir/ca.pem").display().to_string()),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("set by --set tls.ca=no-such-dir/ca.pem"),
+            "{msg}"
+        );
+        // --set can make the whole [tls] table.
+        let certs = dir.path().join("etc/certs");
+        let c = WorkerConfig::load(
+            &dir.path().join("etc/worker.toml"),
+            &[
+                format!("tls.ca={}", certs.join("ca.pem").display()),
+                format!(
+                    "tls.cert={}",
+                    certs.join(format!("{}.pem", worker_stem())).display()
+                ),
+                format!(
+                    "tls.key={}",
+                    certs.join(format!("{}-key.pem", worker_stem())).display()
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.agent_id, WORKER);
+    }
+
+    #[test]
+    fn tls_agent_id_must_match_an_explicit_agent_id() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path());
+        let other = "0b5e7d2c-9a14-4f3e-8c61-7d2a9e4b1f05";
+        let err = parse(
+            dir.path(),
+            &with_tls(&format!("agent_id = \"{other}\"\n"), &worker_stem()),
+            &[],
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("agent_id"), "{msg}");
+        assert!(msg.contains(other), "{msg}");
+        assert!(msg.contains(&WORKER.to_string()), "{msg}");
+        assert!(msg.contains("remove agent_id"), "{msg}");
+        assert!(
+            !dir.path().join("state/agent_id").exists(),
+            "nothing stored"
+        );
+    }
+
+    #[test]
+    fn tls_agent_id_must_match_the_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path());
+        // An earlier plaintext run kept a generated id in this state dir.
+        let old = parse(dir.path(), MINIMAL, &[]).unwrap().agent_id;
+        let err = parse(dir.path(), &with_tls("", &worker_stem()), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("agent_id"), "{msg}");
+        let file = dir.path().join("state").join(AGENT_ID_FILE);
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+        assert!(msg.contains(&old.to_string()), "{msg}");
+        assert!(msg.contains(&WORKER.to_string()), "{msg}");
+        assert!(msg.contains("fresh state_dir"), "{msg}");
+        let stored = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(stored.trim(), old.to_string(), "the file is left alone");
+    }
+
+    #[test]
+    fn a_certificate_that_is_not_a_workers_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path());
+        for (stem, uri) in [
+            ("operator", "scaleout://operator/operator"),
+            ("replica-1", "scaleout://replica/1"),
+        ] {
+            let err = parse(dir.path(), &with_tls("", stem), &[]).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.key(), Some("tls.cert"), "{msg}");
+            assert!(msg.contains(&format!("is for {uri}")), "{msg}");
+            assert!(msg.contains("scaleout://worker/<uuid>"), "{msg}");
+            assert!(msg.contains(&format!("{stem}.pem")), "{msg}");
+        }
+        // The certificate was read before any id could be generated.
+        assert!(!dir.path().join("state/agent_id").exists());
+    }
+
+    #[test]
+    fn tls_mistakes_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        dev_certs(dir.path());
+        // insecure and [tls] together.
+        let text = format!("insecure = true\n{}", with_tls("", &worker_stem()));
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("insecure"), "{msg}");
+        assert!(msg.contains("remove [tls] for plaintext"), "{msg}");
+        let err = parse(
+            dir.path(),
+            &with_tls("", &worker_stem()),
+            &["insecure=true"],
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("insecure"), "{err}");
+
+        // A missing key of [tls].
+        let text = with_tls("", &worker_stem()).replace("key = ", "# key = ");
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("tls.key"), "{msg}");
+        assert!(msg.contains("is missing"), "{msg}");
+        // A missing file, a key of another certificate, another CA.
+        let text = with_tls("", &worker_stem()).replace("certs/ca.pem", "certs/absent.pem");
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("tls.ca"), "{err}");
+        let text = with_tls("", &worker_stem())
+            .replace(&format!("{}-key.pem", worker_stem()), "operator-key.pem");
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("tls.key"), "{err}");
+        let other = tempfile::tempdir().unwrap();
+        dev_certs(other.path());
+        let text = with_tls("", &worker_stem()).replace(
+            "\"certs/ca.pem\"",
+            &format!("\"{}\"", other.path().join("certs/ca.pem").display()),
+        );
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("tls.cert"), "{err}");
+        assert!(err.to_string().contains("wrong CA"), "{err}");
+        assert!(!dir.path().join("state/agent_id").exists());
     }
 }

@@ -21,10 +21,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::master::status::{is_retryable_elsewhere, redirect_address};
+use crate::master::status::{describe, is_retryable_elsewhere, redirect_address};
 /// ErrorInfo reason of a call whose lease token is no longer current.
 pub use crate::master::REASON_LEASE_LOST;
 use crate::pb::v1::worker_service_client::WorkerServiceClient;
+use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const MAX_REDIRECT_HOPS: usize = 16;
@@ -73,7 +74,7 @@ fn classify(status: Status) -> Next {
     }
     // Until the deadline a call is retried rather than its result dropped.
     if is_retryable_elsewhere(&status) {
-        return Next::OtherEndpoint(format!("{}: {}", status.code(), status.message()));
+        return Next::OtherEndpoint(describe(&status));
     }
     Next::GiveUp(CallError::Rejected(status))
 }
@@ -81,13 +82,14 @@ fn classify(status: Status) -> Next {
 /// Channels to the replicas and the last leader seen.
 pub struct Connection {
     endpoints: Vec<String>,
+    security: Security,
     channels: Mutex<BTreeMap<String, Channel>>,
     leader: Mutex<Option<String>>,
 }
 
 impl Connection {
     /// A connection to the replicas at `endpoints` (host:port, validated by the config).
-    pub fn new(endpoints: &[String]) -> Result<Connection, String> {
+    pub fn new(endpoints: &[String], security: Security) -> Result<Connection, String> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .map(|e| e.trim().trim_start_matches("http://").to_string())
@@ -102,6 +104,7 @@ impl Connection {
         }
         Ok(Connection {
             endpoints,
+            security,
             channels: Mutex::default(),
             leader: Mutex::default(),
         })
@@ -128,11 +131,10 @@ impl Connection {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self
+            .security
+            .channel(addr, |endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT))
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -279,7 +281,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().to_string()
         };
-        let connection = Connection::new(&[free(), free()]).unwrap();
+        let connection = Connection::new(&[free(), free()], Security::Insecure).unwrap();
         let started = std::time::Instant::now();
         let result: Result<crate::pb::v1::HeartbeatResponse, _> = connection
             .call(
@@ -300,6 +302,6 @@ mod tests {
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
-        assert!(Connection::new(&[]).is_err());
+        assert!(Connection::new(&[], Security::Insecure).is_err());
     }
 }

@@ -32,6 +32,8 @@ use std::sync::Arc;
 
 use tracing::{info, Instrument};
 
+use crate::transport::Security;
+
 pub use config::{WorkerConfig, WorkerConfigError};
 pub use spool::SpoolError;
 
@@ -44,6 +46,8 @@ pub enum WorkerError {
     Endpoints(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl WorkerError {
@@ -51,7 +55,7 @@ impl WorkerError {
     /// otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            WorkerError::Config(_) | WorkerError::Endpoints(_) => 2,
+            WorkerError::Config(_) | WorkerError::Endpoints(_) | WorkerError::Tls(_) => 2,
             WorkerError::Spool(_) => 1,
         }
     }
@@ -68,8 +72,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
     let spool = spool::Spool::open(&config.spool_dir())?;
+    let (security, tls_duty) = match &config.tls {
+        Some(paths) => {
+            let material = crate::tls::TlsMaterial::load(paths.clone())?;
+            let reloader = material.spawn_reloader();
+            (Security::MutualTls(material), Some(reloader))
+        }
+        None => (
+            Security::Insecure,
+            Some(tokio::spawn(crate::transport::warn_insecure_every_minute(
+                "worker",
+            ))),
+        ),
+    };
     let connection =
-        connection::Connection::new(&config.endpoints).map_err(WorkerError::Endpoints)?;
+        connection::Connection::new(&config.endpoints, security).map_err(WorkerError::Endpoints)?;
     let span = tracing::info_span!("worker", worker_id = %config.agent_id);
     async move {
         info!(
@@ -87,6 +104,9 @@ pub async fn run(
             () = shutdown => {}
         }
         agent.shut_down().await;
+        if let Some(duty) = tls_duty {
+            duty.abort();
+        }
         Ok(())
     }
     .instrument(span)
