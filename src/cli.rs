@@ -92,11 +92,11 @@ pub struct ClientArgs {
 /// cluster.
 #[derive(Debug, Clone, Args)]
 pub struct ClientTlsArgs {
-    /// A directory made by `scaleout certs init`: uses ca.pem, <identity>.pem and
-    /// <identity>-key.pem from it.
+    /// A directory made by `scaleout certs init`: uses ca.pem, IDENTITY.pem and
+    /// IDENTITY-key.pem from it.
     #[arg(long, env = "SCALEOUT_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
-    /// Which certificate of --tls-dir to use: operator, admin (or any <name> with <name>.pem).
+    /// Which certificate of --tls-dir to use: operator, admin (or any NAME with NAME.pem in it).
     #[arg(long, env = "SCALEOUT_IDENTITY", default_value = "operator")]
     pub identity: String,
     /// The CA certificate (PEM) that issued the replicas' certificates (overrides --tls-dir).
