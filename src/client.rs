@@ -145,6 +145,25 @@ impl Client {
         Ok(channel)
     }
 
+    /// The error for a call no replica served, with a hint when the likely cause is a
+    /// plaintext client talking to a TLS cluster.
+    fn unavailable(&self, mut last_error: String) -> ClientError {
+        // What a TLS server's refusal of a plaintext HTTP/2 preface looks like from here.
+        let refused_plaintext = ["h2 protocol error", "broken pipe", "connection reset"]
+            .iter()
+            .any(|sign| last_error.contains(sign));
+        if !self.security.is_tls() && refused_plaintext {
+            last_error.push_str(
+                " (the replicas may be running TLS: give a certificate with --tls-dir or \
+                 --ca/--cert/--key instead of --insecure)",
+            );
+        }
+        ClientError::Unavailable {
+            deadline: self.deadline,
+            last_error,
+        }
+    }
+
     fn remembered_leader(&self) -> Option<String> {
         self.leader
             .lock()
@@ -177,10 +196,7 @@ impl Client {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(ClientError::Unavailable {
-                    deadline: self.deadline,
-                    last_error,
-                });
+                return Err(self.unavailable(last_error));
             }
             let outcome = match self.channel(&target) {
                 Ok(channel) => op(channel, remaining.min(PER_CALL_TIMEOUT)).await,
@@ -226,10 +242,7 @@ impl Client {
             for endpoint in &self.endpoints {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
-                    return Err(ClientError::Unavailable {
-                        deadline: self.deadline,
-                        last_error,
-                    });
+                    return Err(self.unavailable(last_error));
                 }
                 let outcome = match self.channel(endpoint) {
                     Ok(channel) => op(channel, remaining.min(PER_CALL_TIMEOUT)).await,

@@ -255,7 +255,7 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
         lost.len(),
         twice
     );
-    println!("(TLS and SSISDB logging join the demo as their issues land)");
+    println!("(SSISDB logging joins the demo when its issue lands)");
     drop(cluster);
     if !lost.is_empty() || twice > 0 {
         bail!("invariants broken: lost {lost:?}, completed twice {twice}");

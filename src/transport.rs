@@ -162,6 +162,23 @@ fn handshake_error_text(peer: &str, error: &io::Error) -> String {
     format!("TLS handshake with {peer} failed: {text} ({hint})")
 }
 
+/// What a server-side handshake failure most likely means, for the operator reading the log.
+fn refusal_hint(error: &str) -> &'static str {
+    if error.contains("InvalidContentType") || error.contains("InvalidMessage") {
+        "the client speaks plaintext; it needs TLS with a client certificate (or this replica insecure = true)"
+    } else if error.contains("no certificates") || error.contains("CertificateRequired") {
+        "the client sent no certificate; clients, workers and replicas all need one from this CA"
+    } else if error.contains("UnknownIssuer") || error.contains("BadSignature") {
+        "the client's certificate is not from this replica's CA (tls.ca)"
+    } else if error.contains("Expired") {
+        "the client's certificate has expired"
+    } else if error.contains("UnknownCA") || error.contains("BadCertificate") {
+        "the client does not trust this replica's certificate: is its CA file the same as tls.ca here?"
+    } else {
+        "see the error"
+    }
+}
+
 /// Who is on the other end of an accepted connection. Tonic puts it in every request's
 /// extensions.
 #[derive(Debug, Clone)]
@@ -324,7 +341,8 @@ async fn handshake(
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
-            warn!(port, %remote, %error, "TLS handshake refused");
+            let hint = refusal_hint(&error.to_string());
+            warn!(port, %remote, %error, hint, "TLS handshake refused");
             return None;
         }
         Err(_) => {
