@@ -145,37 +145,72 @@ impl tower::Service<Uri> for TlsConnector {
 
 /// A handshake failure with what it most likely means.
 fn handshake_error_text(peer: &str, error: &io::Error) -> String {
-    let text = error.to_string();
-    let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-        "the server's certificate is not from the CA in `tls.ca`"
-    } else if text.contains("NotValidForName") {
-        "the server's certificate does not name this host; dial a name or IP it was issued for, or issue it with that name (`certs init --host`)"
-    } else if text.contains("Expired") {
-        "a certificate has expired; issue a new one"
-    } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
-        "the server does not trust our certificate; is `tls.cert` from the server's CA?"
-    } else if text.contains("CertificateRequired") {
-        "the server requires a client certificate"
-    } else {
-        "is the server running with TLS (and not `insecure = true`)?"
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let hint = match tls {
+        Some(rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature)) => {
+            "the server's certificate is not from the CA in `tls.ca`"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        )) => {
+            "the server's certificate does not name this host: dial a name or IP it was issued \
+             for, or issue it with this one (`certs init --host`)"
+        }
+        Some(rustls::Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. })) => {
+            "the server's certificate has expired; it needs a new one"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            Cert::NotValidYet | Cert::NotValidYetContext { .. },
+        )) => "the server's certificate is not valid yet: check the clocks",
+        Some(rustls::Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate)) => {
+            "the server does not trust our certificate: is `tls.cert` from the server's CA?"
+        }
+        Some(rustls::Error::AlertReceived(Alert::CertificateExpired)) => {
+            "the server says our certificate has expired"
+        }
+        Some(rustls::Error::AlertReceived(Alert::CertificateRequired)) => {
+            "the server requires a client certificate"
+        }
+        Some(rustls::Error::InvalidMessage(_)) | None => {
+            "is the server running with TLS (and not `insecure = true`)?"
+        }
+        Some(_) => "see the error",
     };
-    format!("TLS handshake with {peer} failed: {text} ({hint})")
+    format!("TLS handshake with {peer} failed: {error} ({hint})")
 }
 
 /// What a server-side handshake failure most likely means, for the operator reading the log.
-fn refusal_hint(error: &str) -> &'static str {
-    if error.contains("InvalidContentType") || error.contains("InvalidMessage") {
-        "the client speaks plaintext; it needs TLS with a client certificate (or this replica insecure = true)"
-    } else if error.contains("no certificates") || error.contains("CertificateRequired") {
-        "the client sent no certificate; clients, workers and replicas all need one from this CA"
-    } else if error.contains("UnknownIssuer") || error.contains("BadSignature") {
-        "the client's certificate is not from this replica's CA (tls.ca)"
-    } else if error.contains("Expired") {
-        "the client's certificate has expired"
-    } else if error.contains("UnknownCA") || error.contains("BadCertificate") {
-        "the client does not trust this replica's certificate: is its CA file the same as tls.ca here?"
-    } else {
-        "see the error"
+fn refusal_hint(error: &io::Error) -> &'static str {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "the client speaks plaintext or not TLS; it needs TLS with a client certificate \
+             (or this replica insecure = true)"
+        }
+        Some(rustls::Error::NoCertificatesPresented) => {
+            "the client sent no certificate; clients, workers and replicas all need one from \
+             this CA"
+        }
+        Some(rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature)) => {
+            "the client's certificate is not from this replica's CA (tls.ca)"
+        }
+        Some(rustls::Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. })) => {
+            "the client's certificate has expired"
+        }
+        Some(rustls::Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate)) => {
+            "the client does not trust this replica's certificate: is its CA file this \
+             replica's tls.ca?"
+        }
+        Some(rustls::Error::AlertReceived(Alert::CertificateUnknown)) => {
+            "the client rejected this replica's certificate (wrong host name?)"
+        }
+        _ => "see the error",
     }
 }
 
@@ -341,7 +376,7 @@ async fn handshake(
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
-            let hint = refusal_hint(&error.to_string());
+            let hint = refusal_hint(&error);
             warn!(port, %remote, %error, hint, "TLS handshake refused");
             return None;
         }

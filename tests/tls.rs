@@ -108,7 +108,12 @@ async fn tls_attempt(addr: &str, config: Arc<ClientConfig>) -> Result<Vec<u8>, S
 
 /// Asserts that both ports refuse `config` at the TLS layer with `alert` (as the client sees
 /// it), that the replica logged the refusal, and that it still serves its own clients.
-async fn assert_refused_everywhere(cluster: &LocalCluster, config: Arc<ClientConfig>, alert: &str) {
+async fn assert_refused_everywhere(
+    cluster: &LocalCluster,
+    config: Arc<ClientConfig>,
+    alert: &str,
+    logged_reason: &str,
+) {
     let replica = cluster.replica(1).expect("replica");
     for (port, addr) in [("api", &replica.api_addr), ("peer", &replica.peer_addr)] {
         let error = tls_attempt(addr, config.clone())
@@ -117,6 +122,7 @@ async fn assert_refused_everywhere(cluster: &LocalCluster, config: Arc<ClientCon
         assert!(error.contains(alert), "{port}: {error}");
     }
     wait_for_log(cluster, 1, "TLS handshake refused").await;
+    wait_for_log(cluster, 1, logged_reason).await;
     let client = cluster.client().expect("client");
     assert!(
         client
@@ -137,6 +143,7 @@ async fn a_client_without_a_certificate_is_refused_on_every_port() {
         &cluster,
         client_config(&cluster, None),
         "CertificateRequired",
+        "sent no certificate",
     )
     .await;
 
@@ -166,8 +173,13 @@ async fn a_certificate_from_another_ca_is_refused_on_every_port() {
                 Validity::days_from_now(30),
             )
             .expect("issue");
-        assert_refused_everywhere(&cluster, client_config(&cluster, Some(&pair)), "UnknownCA")
-            .await;
+        assert_refused_everywhere(
+            &cluster,
+            client_config(&cluster, Some(&pair)),
+            "UnknownCA",
+            "not from this replica's CA",
+        )
+        .await;
     }
 }
 
@@ -191,6 +203,7 @@ async fn an_expired_certificate_is_refused_on_every_port() {
             &cluster,
             client_config(&cluster, Some(&pair)),
             "CertificateExpired",
+            "certificate has expired",
         )
         .await;
     }
@@ -531,4 +544,147 @@ fn the_cli_without_a_certificate_says_how_to_give_one() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--tls-dir"), "{stderr}");
     assert!(stderr.contains("--insecure"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refuses_a_server_of_another_ca_or_without_the_dialled_name() {
+    let _serial = SERIAL.lock().await;
+    let cluster = one_replica();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let certs = cluster.certs.as_ref().expect("certs");
+    let api = cluster.replica(1).expect("replica").api_addr.clone();
+
+    // A client whose certificates all come from another CA: the server is not trusted.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    scaleout::certs::init(&scaleout::certs::CertsInit::new(elsewhere.path())).expect("another CA");
+    let foreign = scaleout::tls::TlsMaterial::load(scaleout::tls::TlsPaths::in_dir(
+        elsewhere.path(),
+        "operator",
+    ))
+    .expect("a consistent set from the other CA");
+    let client = Client::new(
+        &[api.as_str()],
+        scaleout::transport::Security::MutualTls(foreign),
+    )
+    .expect("client")
+    .with_deadline(Duration::from_secs(2));
+    let error = client
+        .cluster_status()
+        .await
+        .expect_err("an untrusted server");
+    assert!(
+        error.to_string().contains("not from the CA in `tls.ca`"),
+        "{error}"
+    );
+
+    // A replica certificate that names only `localhost`, dialled as 127.0.0.1.
+    let pair = certs
+        .ca
+        .issue(
+            &Role::Replica(1),
+            &["localhost".to_string()],
+            Validity::days_from_now(1),
+        )
+        .expect("issue");
+    let replica_paths = certs.paths(&Role::Replica(1));
+    std::fs::write(&replica_paths.key, &pair.key_pem).expect("key");
+    std::fs::write(&replica_paths.cert, &pair.cert_pem).expect("cert");
+    let expected = CertificateDer::from_pem_slice(pair.cert_pem.as_bytes())
+        .expect("pem")
+        .as_ref()
+        .to_vec();
+    // The probe dials by IP without checking names; wait until the new certificate is in use.
+    let deadline = Instant::now() + WAIT;
+    while tls_attempt(&api, probe_config(&cluster)).await.ok() != Some(expected.clone()) {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never used"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let by_ip = cluster
+        .client_at(&api)
+        .expect("client")
+        .with_deadline(Duration::from_secs(2));
+    let error = by_ip
+        .cluster_status()
+        .await
+        .expect_err("the name does not match");
+    assert!(
+        error.to_string().contains("does not name this host"),
+        "{error}"
+    );
+    let port = api.rsplit(':').next().expect("port");
+    let by_name = cluster
+        .client_at(&format!("localhost:{port}"))
+        .expect("client");
+    by_name.cluster_status().await.expect("localhost is named");
+}
+
+/// A client config that accepts any server certificate from the cluster's CA whatever name it
+/// carries, to see which certificate a server presents.
+fn probe_config(cluster: &LocalCluster) -> Arc<ClientConfig> {
+    #[derive(Debug)]
+    struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
+    impl rustls::client::danger::ServerCertVerifier for AnyName {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            ocsp: &[u8],
+            now: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            let localhost = ServerName::try_from("localhost").expect("name");
+            self.0
+                .verify_server_cert(end_entity, intermediates, &localhost, ocsp, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(ca_roots(cluster)),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let certs = cluster.certs.as_ref().expect("certs");
+    let admin = certs
+        .ca
+        .issue(
+            &Role::Admin("probe".into()),
+            &["127.0.0.1".to_string()],
+            Validity::days_from_now(1),
+        )
+        .expect("issue");
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyName(verifier)))
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(admin.cert_pem.as_bytes()).expect("cert")],
+            PrivateKeyDer::from_pem_slice(admin.key_pem.as_bytes()).expect("key"),
+        )
+        .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
 }
