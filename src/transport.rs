@@ -77,18 +77,27 @@ impl Security {
 pub const INSECURE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Warns at once and then every minute, for as long as it runs, that `process` (a replica, a
-/// worker) talks plaintext without authentication.
+/// worker) talks plaintext without authentication. Also takes SIGHUP, which would otherwise
+/// end the process, and says there is nothing to reload.
 pub async fn warn_insecure_every_minute(process: &'static str) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut every = tokio::time::interval(INSECURE_WARNING_INTERVAL);
     loop {
-        every.tick().await;
-        warn!(
-            process,
-            "INSECURE: insecure = true, so this {process} talks plaintext without \
-             authentication; anyone who can reach its ports can act as a client, worker or \
-             replica. Use it only on a trusted loopback or test network; set [tls] ca, cert \
-             and key to secure it"
-        );
+        tokio::select! {
+            _ = every.tick() => warn!(
+                process,
+                "INSECURE: insecure = true, so this {process} talks plaintext without \
+                 authentication; anyone who can reach its ports can act as a client, worker or \
+                 replica. Use it only on a trusted loopback or test network; set [tls] ca, cert \
+                 and key to secure it"
+            ),
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => warn!(process, "SIGHUP: no certificates to reload (insecure = true)"),
+        }
     }
 }
 

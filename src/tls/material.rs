@@ -15,6 +15,10 @@ use super::{client_config, load_identity, server_config, Role, TlsError, TlsIden
 /// Kubernetes-style symlink swap or a copy that keeps the mtime is noticed too.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A certificate this close to its end is warned about (at most hourly) until it is replaced.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+const EXPIRY_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
 /// Where a process's CA, certificate and key live (config keys `tls.ca`, `tls.cert`, `tls.key`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TlsPaths {
@@ -172,6 +176,22 @@ impl TlsMaterial {
         tokio::spawn(async move { material.reload_loop().await })
     }
 
+    fn warn_if_expiring(&self, last: &mut Option<tokio::time::Instant>) {
+        let left = self
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let due = last.is_none_or(|at| at.elapsed() >= EXPIRY_WARNING_EVERY);
+        if left < EXPIRY_WARNING && due {
+            warn!(
+                cert = %self.paths.cert.display(),
+                days_left = left.as_secs() / 86_400,
+                "the TLS certificate expires soon; replace the files (they are reloaded without a restart)"
+            );
+            *last = Some(tokio::time::Instant::now());
+        }
+    }
+
     async fn reload_loop(self: Arc<Self>) {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
@@ -184,7 +204,9 @@ impl TlsMaterial {
         let mut poll = tokio::time::interval(FILE_POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error = String::new();
+        let mut expiry_warned: Option<tokio::time::Instant> = None;
         loop {
+            self.warn_if_expiring(&mut expiry_warned);
             let trigger = tokio::select! {
                 _ = poll.tick() => "file change",
                 Some(()) = async {
