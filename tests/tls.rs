@@ -39,6 +39,22 @@ fn one_replica() -> LocalCluster {
     LocalCluster::start(binary(), options).expect("start")
 }
 
+/// One replica and one registered worker agent named `name`; returns its agent id.
+async fn one_replica_with_worker(name: &str) -> (LocalCluster, uuid::Uuid) {
+    let mut cluster = one_replica();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let worker = cluster
+        .start_worker(WorkerOptions::named(name))
+        .expect("worker");
+    let admin = cluster.client().expect("admin client");
+    let deadline = Instant::now() + WAIT;
+    while admin.list_workers(false).await.expect("list").is_empty() {
+        assert!(Instant::now() < deadline, "worker {name} never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (cluster, worker)
+}
+
 fn spec() -> v1::JobSpec {
     v1::JobSpec {
         argv: vec!["/bin/true".into()],
@@ -241,17 +257,8 @@ fn assert_role_refused(status: &tonic::Status, role: &Role) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_certificate_cannot_call_admin_or_job_services() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
-    let worker = cluster
-        .start_worker(WorkerOptions::named("w"))
-        .expect("worker");
+    let (cluster, worker) = one_replica_with_worker("w").await;
     let admin = cluster.client().expect("admin client");
-    let deadline = Instant::now() + WAIT;
-    while admin.list_workers(false).await.expect("list").is_empty() {
-        assert!(Instant::now() < deadline, "the worker never registered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let role = Role::Worker(worker);
     let certs = cluster.certs.as_ref().expect("certs");
@@ -319,17 +326,8 @@ async fn a_worker_certificate_cannot_call_admin_or_job_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_a_cannot_act_as_worker_b() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
-    let b = cluster
-        .start_worker(WorkerOptions::named("b"))
-        .expect("worker b");
+    let (cluster, b) = one_replica_with_worker("b").await;
     let admin = cluster.client().expect("admin client");
-    let deadline = Instant::now() + WAIT;
-    while admin.list_workers(false).await.expect("list").is_empty() {
-        assert!(Instant::now() < deadline, "worker b never registered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let before = admin.list_workers(false).await.expect("list");
 
     // A certificate for worker a (never started), used to speak for b.
