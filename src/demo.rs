@@ -1,6 +1,8 @@
 //! `scaleout demo`: the product in one command.
 //!
-//! Starts three replicas and two worker agents as real processes in a temp dir, submits sample
+//! Starts three replicas and two worker agents as real processes in a temp dir, every
+//! connection mutual TLS with certificates from a development CA made there (and shows a worker
+//! certificate and a certificate-less client being refused), submits sample
 //! jobs (some fail and are retried, some fail for good, one is cancelled while it runs), kills
 //! the leader with SIGKILL while work is flowing, keeps submitting through the new leader,
 //! restarts the old leader and checks that it caught up and that every acknowledged job ran to
