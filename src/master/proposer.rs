@@ -53,7 +53,13 @@ impl Proposer {
     /// Starts the batching task; it ends when every handle is dropped. A batch holds at most
     /// `max_batch_bytes` of encoded commands (but always at least one command), so one log
     /// entry always fits in one replica-to-replica message.
-    pub fn start(raft: Raft, settings: &ProposalSettings, max_batch_bytes: usize) -> Proposer {
+    /// `outbox_limit` goes into every proposal (see `queue::outbox`).
+    pub fn start(
+        raft: Raft,
+        settings: &ProposalSettings,
+        max_batch_bytes: usize,
+        outbox_limit: u64,
+    ) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
         let batcher = Batcher {
             raft,
@@ -61,6 +67,7 @@ impl Proposer {
             max_batch_bytes,
             linger: Duration::from_micros(settings.linger_us),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            outbox_limit,
         };
         tokio::spawn(batcher.run(rx));
         Proposer { queue: tx }
@@ -88,6 +95,7 @@ struct Batcher {
     max_batch_bytes: usize,
     linger: Duration,
     in_flight: Arc<Semaphore>,
+    outbox_limit: u64,
 }
 
 impl Batcher {
@@ -127,20 +135,22 @@ impl Batcher {
                 batch.push(pending);
             }
             let raft = self.raft.clone();
+            let outbox_limit = self.outbox_limit;
             tokio::spawn(async move {
-                commit(raft, batch).await;
+                commit(raft, batch, outbox_limit).await;
                 drop(permit);
             });
         }
     }
 }
 
-async fn commit(raft: Raft, batch: Vec<Pending>) {
+async fn commit(raft: Raft, batch: Vec<Pending>, outbox_limit: u64) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
     let proposal = Proposal {
         now_ms: now_ms(),
+        outbox_limit,
         commands,
     };
     // openraft answers only once the entry commits or is truncated; a leader cut off from the

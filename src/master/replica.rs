@@ -179,7 +179,12 @@ pub async fn run(
         );
     let mut peer_task = tokio::spawn(peer_server);
 
-    let proposer = Proposer::start(raft.clone(), &config.proposals, max_bytes);
+    let proposer = Proposer::start(
+        raft.clone(),
+        &config.proposals,
+        max_bytes,
+        config.ssisdb.max_outbox_events,
+    );
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .add_service(

@@ -11,11 +11,25 @@ use super::{
 };
 
 /// What a committed log entry carries besides its commands: the leader's clock reading when it
-/// proposed them, and the entry's log index. Apply uses these instead of reading a clock.
+/// proposed them, the leader's outbox limit, and the entry's log index. Apply uses these instead
+/// of reading a clock or a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyContext {
     pub log_index: u64,
     pub now_ms: u64,
+    /// Events the outbox keeps before log line events are left out (see `outbox.rs`).
+    pub outbox_limit: u64,
+}
+
+impl ApplyContext {
+    /// A context with no outbox limit (tests, and entries from before the limit existed).
+    pub fn unbounded(log_index: u64, now_ms: u64) -> Self {
+        ApplyContext {
+            log_index,
+            now_ms,
+            outbox_limit: u64::MAX,
+        }
+    }
 }
 
 /// A change to the queue, as it travels through the Raft log.
@@ -86,6 +100,10 @@ pub enum Command {
     },
     /// Forgets an idle worker.
     RemoveWorker { worker: WorkerId },
+    /// Every outbox event up to this id is in SSISDB: drop them and move the shipped cursor.
+    AckOutbox { up_to: u64 },
+    /// Drops outbox events older than this (retention when no SSISDB is configured).
+    PruneOutbox { before_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +155,11 @@ pub enum CommandOutput {
         worker: Box<Worker>,
     },
     WorkerRemoved,
+    /// The shipped cursor after an ack or a prune, and how many events went.
+    OutboxAcked {
+        acked_up_to: u64,
+        removed: u64,
+    },
 }
 
 pub type CommandResult = Result<CommandOutput, QueueError>;

@@ -24,6 +24,7 @@ mod dispatch;
 mod error;
 mod job;
 mod logs;
+mod outbox;
 mod state;
 mod worker;
 
@@ -36,6 +37,9 @@ pub use error::QueueError;
 pub use job::{Job, JobId, JobSpec, JobState, MAX_RETRY_DELAY_SECS, MAX_TIMEOUT_SECS};
 pub use logs::{
     truncation_notice, JobLogLine, LogLevel, LogLine, MAX_LOG_LINES_PER_JOB, MAX_LOG_LINE_BYTES,
+};
+pub use outbox::{
+    event_id, event_origin, EventKind, OutboxEvent, OutboxMeta, WorkerChange, EVENT_SEQUENCE_BITS,
 };
 pub use state::{Changes, JobPage, Parts, QueueState, MAX_LOG_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use worker::{Grant, Worker, WorkerId, WorkerInfo, MAX_WORKER_TASKS};

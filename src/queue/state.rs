@@ -23,13 +23,14 @@ use super::dispatch::{
     dispatch_key, job_eligible, ready_jobs, worker_capacity, DispatchIndex, LoadLimits,
 };
 use super::{
-    ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, Job, JobId,
-    JobLogLine, JobState, Lease, Worker, WorkerId,
+    ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind, Job,
+    JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker, WorkerId,
 };
 
 mod jobs;
 mod leases;
 mod logs;
+mod outbox;
 mod workers;
 
 /// The most jobs one page of a listing returns.
@@ -55,6 +56,13 @@ pub struct QueueState {
     dispatch: DispatchIndex,
     /// (expires_at_ms, job) of every live lease.
     expiry: BTreeSet<(u64, JobId)>,
+    /// Events not yet shipped, by id (see `outbox.rs`).
+    outbox: BTreeMap<u64, OutboxEvent>,
+    outbox_meta: OutboxMeta,
+    /// Index: the pending `LogTruncated` event of each job.
+    truncated_events: BTreeMap<JobId, u64>,
+    /// The context of the command being applied; `None` between applies (not state).
+    applying: Option<ApplyContext>,
     /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
     /// not state (ignored by `==`).
     changes: Changes,
@@ -69,11 +77,19 @@ pub struct Changes {
     /// (job, sequence) of each log line written; the same line may appear more than once (the
     /// truncation notice is rewritten in place).
     pub log_lines: Vec<(JobId, u64)>,
+    /// Outbox events written or removed.
+    pub outbox: BTreeSet<u64>,
+    /// The outbox counters changed.
+    pub outbox_meta: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.workers.is_empty() && self.log_lines.is_empty()
+        self.jobs.is_empty()
+            && self.workers.is_empty()
+            && self.log_lines.is_empty()
+            && self.outbox.is_empty()
+            && !self.outbox_meta
     }
 }
 
@@ -85,6 +101,10 @@ pub struct Parts {
     pub log_lines: Vec<JobLogLine>,
     pub next_job_id: JobId,
     pub next_lease_token: u64,
+    #[serde(default)]
+    pub outbox: Vec<OutboxEvent>,
+    #[serde(default)]
+    pub outbox_meta: OutboxMeta,
 }
 
 /// One page of a job listing.
@@ -114,6 +134,10 @@ impl PartialEq for QueueState {
             by_state,
             dispatch,
             expiry,
+            outbox,
+            outbox_meta,
+            truncated_events,
+            applying: _,
             changes: _,
         } = self;
         *jobs == other.jobs
@@ -125,6 +149,9 @@ impl PartialEq for QueueState {
             && *by_state == other.by_state
             && *dispatch == other.dispatch
             && *expiry == other.expiry
+            && *outbox == other.outbox
+            && *outbox_meta == other.outbox_meta
+            && *truncated_events == other.truncated_events
     }
 }
 
@@ -142,6 +169,10 @@ impl QueueState {
             by_state: BTreeSet::new(),
             dispatch: DispatchIndex::new(),
             expiry: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            outbox_meta: OutboxMeta::default(),
+            truncated_events: BTreeMap::new(),
+            applying: None,
             changes: Changes::default(),
         }
     }
@@ -166,6 +197,13 @@ impl QueueState {
         for line in parts.log_lines {
             state.logs.insert((line.job_id, line.sequence), line);
         }
+        for event in parts.outbox {
+            if let EventKind::LogTruncated { job, .. } = event.kind {
+                state.truncated_events.insert(job, event.id);
+            }
+            state.outbox.insert(event.id, event);
+        }
+        state.outbox_meta = parts.outbox_meta;
         let after_last = state.jobs.keys().next_back().map_or(1, |id| id + 1);
         state.next_job_id = parts.next_job_id.max(after_last);
         state.next_lease_token = parts.next_lease_token.max(highest_token + 1);
@@ -180,6 +218,8 @@ impl QueueState {
             log_lines: self.logs.values().cloned().collect(),
             next_job_id: self.next_job_id,
             next_lease_token: self.next_lease_token,
+            outbox: self.outbox.values().cloned().collect(),
+            outbox_meta: self.outbox_meta.clone(),
         }
     }
 
@@ -193,6 +233,13 @@ impl QueueState {
 
     /// Applies one committed command. A rejection changes nothing.
     pub fn apply(&mut self, ctx: &ApplyContext, command: Command) -> CommandResult {
+        self.applying = Some(*ctx);
+        let result = self.apply_command(ctx, command);
+        self.applying = None;
+        result
+    }
+
+    fn apply_command(&mut self, ctx: &ApplyContext, command: Command) -> CommandResult {
         let now = ctx.now_ms;
         match command {
             Command::SubmitJob {
@@ -255,6 +302,8 @@ impl QueueState {
                 draining,
             } => self.set_worker_state(worker, enabled, draining),
             Command::RemoveWorker { worker } => self.remove_worker(worker),
+            Command::AckOutbox { up_to } => self.ack_outbox(up_to),
+            Command::PruneOutbox { before_ms } => self.prune_outbox(before_ms),
         }
     }
 
@@ -441,6 +490,7 @@ impl QueueState {
             self.dispatch.remove(&dispatch_key(job));
         }
         self.by_state.remove(&(job.state, job_id));
+        let from = job.state;
         job.state = next;
         job.updated_at_ms = now_ms;
         self.by_state.insert((next, job_id));
@@ -448,6 +498,11 @@ impl QueueState {
             self.dispatch.insert(dispatch_key(job));
         }
         self.changes.jobs.insert(job_id);
+        self.record(EventKind::JobStateChanged {
+            job: job_id,
+            from,
+            to: next,
+        });
     }
 
     /// Puts a job whose attempt ended back in the queue, eligible from `ready_at_ms`.
@@ -505,6 +560,12 @@ impl QueueState {
             w.running.insert(job_id);
             self.changes.workers.insert(worker);
         }
+        self.record(EventKind::AttemptStarted {
+            job: job_id,
+            attempt: number,
+            worker,
+            lease_token: token,
+        });
         Some(assignment)
     }
 
@@ -532,6 +593,7 @@ impl QueueState {
     ) -> Option<JobState> {
         let job = self.jobs.get_mut(&job_id)?;
         let lease = job.lease.take()?;
+        let mut ended = None;
         if let Some(attempt) = job
             .attempts
             .iter_mut()
@@ -542,6 +604,7 @@ impl QueueState {
             attempt.outcome = Some(outcome);
             attempt.exit_code = exit_code;
             attempt.error = error;
+            ended = Some(attempt.number);
         }
         self.expiry.remove(&(lease.expires_at_ms, job_id));
         if let Some(worker) = self.workers.get_mut(&lease.worker) {
@@ -551,17 +614,27 @@ impl QueueState {
         self.changes.jobs.insert(job_id);
 
         let attempts_left = job.attempts.len() < job.spec.max_attempts as usize;
+        let cancel_requested = job.cancel_requested;
+        let retry_delay_secs = job.spec.retry_delay_secs;
+        if let Some(attempt) = ended {
+            self.record(EventKind::AttemptEnded {
+                job: job_id,
+                attempt,
+                worker: lease.worker,
+                outcome,
+            });
+        }
         let next = match outcome {
             AttemptOutcome::Succeeded => JobState::Succeeded,
             AttemptOutcome::Cancelled => JobState::Cancelled,
-            AttemptOutcome::Failed | AttemptOutcome::Expired if job.cancel_requested => {
+            AttemptOutcome::Failed | AttemptOutcome::Expired if cancel_requested => {
                 JobState::Cancelled
             }
             AttemptOutcome::Failed | AttemptOutcome::Expired if attempts_left => JobState::Queued,
             AttemptOutcome::Failed | AttemptOutcome::Expired => JobState::Failed,
         };
         if next == JobState::Queued {
-            let delay_ms = job.spec.retry_delay_secs.unwrap_or(0).saturating_mul(1000);
+            let delay_ms = retry_delay_secs.unwrap_or(0).saturating_mul(1000);
             self.requeue(job_id, now_ms.saturating_add(delay_ms), now_ms);
         } else {
             self.transition(job_id, next, now_ms);
@@ -665,3 +738,5 @@ mod scenario_tests;
 mod test_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod outbox_tests;

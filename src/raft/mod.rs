@@ -53,6 +53,8 @@ impl fmt::Display for ReplicaNode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub now_ms: u64,
+    /// The leader's `ssisdb.max_outbox_events`, so every replica bounds the outbox alike.
+    pub outbox_limit: u64,
     pub commands: Vec<Command>,
 }
 

@@ -38,7 +38,10 @@ use super::{
     Entry, LogId, ProposalOutcome, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
-use crate::queue::{ApplyContext, Job, JobId, JobLogLine, Parts, QueueState, Worker, WorkerId};
+use crate::queue::{
+    ApplyContext, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState, Worker,
+    WorkerId,
+};
 
 /// The queue as the API services see it. Take the lock briefly and never hold it across `.await`.
 pub type SharedQueue = Arc<RwLock<QueueState>>;
@@ -52,15 +55,17 @@ const NEXT_LEASE_TOKEN_KEY: &[u8] = b"meta/next_lease_token";
 const JOB_PREFIX: &[u8] = b"job/";
 const WORKER_PREFIX: &[u8] = b"worker/";
 const LOG_PREFIX: &[u8] = b"log/";
+const OUTBOX_PREFIX: &[u8] = b"outbox/";
+const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
 /// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
 /// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
-/// with another layout before trying to decode it. Format 2: the queue as [`Parts`] (rows and
+/// with another layout before trying to decode it. Format 3 (2 plus the outbox): the queue as [`Parts`] (rows and
 /// counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an index that
 /// disagrees with its rows).
-const SNAPSHOT_FORMAT: u32 = 2;
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// What a snapshot carries besides its [`SnapshotMeta`] (which holds last applied and
 /// membership).
@@ -91,14 +96,25 @@ fn log_key(job_id: JobId, sequence: u64) -> Vec<u8> {
     key
 }
 
+fn outbox_key(id: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(OUTBOX_PREFIX.len() + 8);
+    key.extend_from_slice(OUTBOX_PREFIX);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
 /// A row of the `sm` tree, by its key.
 enum Row {
     Job(JobId),
     Worker(WorkerId),
     Log(JobId, u64),
+    Outbox(u64),
 }
 
 fn parse_row_key(key: &[u8]) -> Option<Row> {
+    if let Some(id) = key.strip_prefix(OUTBOX_PREFIX) {
+        return Some(Row::Outbox(u64::from_be_bytes(id.try_into().ok()?)));
+    }
     if let Some(id) = key.strip_prefix(JOB_PREFIX) {
         return Some(Row::Job(u64::from_be_bytes(id.try_into().ok()?)));
     }
@@ -118,6 +134,8 @@ struct ChangedRows {
     jobs: Vec<(JobId, Option<Job>)>,
     workers: Vec<(WorkerId, Option<Worker>)>,
     log_lines: Vec<JobLogLine>,
+    outbox: Vec<(u64, Option<OutboxEvent>)>,
+    outbox_meta: Option<OutboxMeta>,
     next_job_id: JobId,
     next_lease_token: u64,
 }
@@ -144,12 +162,30 @@ impl ChangedRows {
                 .into_iter()
                 .filter_map(|(job, seq)| queue.log_line(job, seq).cloned())
                 .collect(),
+            outbox: changes
+                .outbox
+                .into_iter()
+                .map(|id| (id, queue.outbox_event(id).cloned()))
+                .collect(),
+            outbox_meta: changes.outbox_meta.then(|| queue.outbox_meta().clone()),
             next_job_id: queue.next_job_id(),
             next_lease_token: queue.next_lease_token(),
         }
     }
 
     fn write(self, batch: &mut sled::Batch) -> Result<(), StorageError> {
+        for (id, event) in self.outbox {
+            match event {
+                Some(event) => batch.insert(
+                    outbox_key(id),
+                    encode(&event).map_err(|e| sm_write_error(&e))?,
+                ),
+                None => batch.remove(outbox_key(id)),
+            }
+        }
+        if let Some(meta) = self.outbox_meta {
+            batch.insert(OUTBOX_META_KEY, encode(&meta).map_err(|e| sm_write_error(&e))?);
+        }
         for (id, job) in self.jobs {
             match job {
                 Some(job) => {
@@ -225,6 +261,9 @@ impl StateMachine {
                 NEXT_LEASE_TOKEN_KEY => {
                     parts.next_lease_token = decode_loaded(&value, "the next lease token")?
                 }
+                OUTBOX_META_KEY => {
+                    parts.outbox_meta = decode_loaded(&value, "the outbox counters")?
+                }
                 key => match parse_row_key(key) {
                     Some(Row::Job(id)) => {
                         let job: Job = decode_loaded(&value, &format!("job {id}"))?;
@@ -256,6 +295,17 @@ impl StateMachine {
                             )));
                         }
                         parts.log_lines.push(line);
+                    }
+                    Some(Row::Outbox(id)) => {
+                        let event: OutboxEvent =
+                            decode_loaded(&value, &format!("outbox event {id}"))?;
+                        if event.id != id {
+                            return Err(LoadError::Corrupt(format!(
+                                "outbox event {} is stored under id {id}",
+                                event.id
+                            )));
+                        }
+                        parts.outbox.push(event);
                     }
                     None => {
                         return Err(LoadError::Corrupt(format!(
@@ -325,6 +375,16 @@ impl StateMachine {
                 encode(line).map_err(|e| sm_write_error(&e))?,
             );
         }
+        for event in queue.outbox_events() {
+            batch.insert(
+                outbox_key(event.id),
+                encode(event).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        batch.insert(
+            OUTBOX_META_KEY,
+            encode(queue.outbox_meta()).map_err(|e| sm_write_error(&e))?,
+        );
         put_meta(
             &mut batch,
             last_applied,
@@ -396,6 +456,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let ctx = ApplyContext {
                             log_index: entry.log_id.index,
                             now_ms: proposal.now_ms,
+                            outbox_limit: proposal.outbox_limit,
                         };
                         let results = proposal
                             .commands

@@ -20,7 +20,7 @@ use super::{LogStore, StateMachine};
 
 /// The layout of the data directory this build writes and reads. Bump it when a tree, a key or an
 /// encoded record changes shape, and teach [`open_storage`] to migrate or refuse the old one.
-pub const DATA_FORMAT_VERSION: u32 = 2;
+pub const DATA_FORMAT_VERSION: u32 = 3;
 
 /// Key of the format marker, in sled's default tree (the one no other part of scaleout uses).
 const FORMAT_KEY: &[u8] = b"scaleout/format";

@@ -67,6 +67,7 @@ fn normal(term: u64, index: u64, commands: Vec<Command>) -> Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(Proposal {
             now_ms: 1_700_000_000_000 + index,
+            outbox_limit: u64::MAX,
             commands,
         }),
     }

@@ -2,7 +2,8 @@
 
 use super::QueueState;
 use crate::queue::{
-    ApplyContext, CommandOutput, CommandResult, Job, JobId, JobSpec, JobState, QueueError,
+    ApplyContext, CommandOutput, CommandResult, EventKind, Job, JobId, JobSpec, JobState,
+    QueueError,
 };
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
@@ -52,6 +53,7 @@ impl QueueState {
         self.index_job(&job);
         self.jobs.insert(job_id, job);
         self.changes.jobs.insert(job_id);
+        self.record(EventKind::JobSubmitted { job: job_id });
         Ok(CommandOutput::Submitted {
             job_id,
             deduplicated: false,
@@ -77,6 +79,7 @@ impl QueueState {
                         job.cancel_requested = true;
                         job.updated_at_ms = now_ms;
                         self.changes.jobs.insert(job_id);
+                        self.record(EventKind::CancelRequested { job: job_id });
                     }
                 }
             }

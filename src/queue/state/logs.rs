@@ -2,7 +2,10 @@
 
 use super::QueueState;
 use crate::queue::logs::append;
-use crate::queue::{CommandOutput, CommandResult, LeaseRef, LogLine, QueueError, WorkerId};
+use crate::queue::{
+    CommandOutput, CommandResult, EventKind, LeaseRef, LogLine, QueueError, WorkerId,
+    MAX_LOG_LINES_PER_JOB,
+};
 
 impl QueueState {
     /// Lines count as the attempt whose lease token they carry. A token this worker was once
@@ -27,8 +30,16 @@ impl QueueState {
             .number;
         let late = !job.holds_lease(worker, lease.token);
         if !lines.is_empty() {
+            let notice = MAX_LOG_LINES_PER_JOB + 1;
+            let had_notice = self.logs.contains_key(&(lease.job_id, notice));
             let written = append(&mut self.logs, job, attempt, late, lines);
             self.changes.jobs.insert(lease.job_id);
+            for &(job, sequence) in &written {
+                // The truncation notice is rewritten in place; it is one event, its first.
+                if sequence != notice || !had_notice {
+                    self.record(EventKind::LogLine { job, sequence });
+                }
+            }
             self.changes.log_lines.extend(written);
         }
         Ok(CommandOutput::LogsAppended { late })

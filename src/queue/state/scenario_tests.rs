@@ -791,10 +791,7 @@ fn changes_name_every_row_a_command_touched() {
     let mut sim = Sim::new();
     let w = sim.register(1, &[], 1);
     let id = sim.submit(spec());
-    let ctx = crate::queue::ApplyContext {
-        log_index: 99,
-        now_ms: sim.now,
-    };
+    let ctx = crate::queue::ApplyContext::unbounded(99, sim.now);
     sim.state.take_changes();
     sim.state
         .apply(

@@ -8,7 +8,8 @@ use uuid::Uuid;
 use super::{Parts, QueueState};
 use crate::queue::{
     ApplyContext, Assignment, AttemptOutcome, Command, CommandOutput, CommandResult, Job, JobId,
-    JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, Worker, WorkerId, WorkerInfo,
+    JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, OutboxEvent, OutboxMeta,
+    Worker, WorkerId, WorkerInfo,
 };
 
 pub const T0: u64 = 1_700_000_000_000;
@@ -63,6 +64,8 @@ pub struct Rows {
     pub logs: BTreeMap<(JobId, u64), JobLogLine>,
     pub next_job_id: JobId,
     pub next_lease_token: u64,
+    pub outbox: BTreeMap<u64, OutboxEvent>,
+    pub outbox_meta: OutboxMeta,
 }
 
 impl Rows {
@@ -88,6 +91,15 @@ impl Rows {
                 .clone();
             self.logs.insert((job, seq), line);
         }
+        for id in changes.outbox {
+            match state.outbox_event(id) {
+                Some(event) => self.outbox.insert(id, event.clone()),
+                None => self.outbox.remove(&id),
+            };
+        }
+        if changes.outbox_meta {
+            self.outbox_meta = state.outbox_meta().clone();
+        }
         self.next_job_id = state.next_job_id();
         self.next_lease_token = state.next_lease_token();
     }
@@ -99,6 +111,8 @@ impl Rows {
             log_lines: self.logs.values().cloned().collect(),
             next_job_id: self.next_job_id,
             next_lease_token: self.next_lease_token,
+            outbox: self.outbox.values().cloned().collect(),
+            outbox_meta: self.outbox_meta.clone(),
         })
     }
 }
@@ -108,6 +122,8 @@ pub struct Sim {
     pub now: u64,
     pub index: u64,
     pub rows: Rows,
+    /// Stamped into every command's context, as the leader stamps its config value.
+    pub outbox_limit: u64,
 }
 
 impl Sim {
@@ -117,6 +133,7 @@ impl Sim {
             now: T0,
             index: 0,
             rows: Rows::default(),
+            outbox_limit: u64::MAX,
         }
     }
 
@@ -132,6 +149,7 @@ impl Sim {
         let ctx = ApplyContext {
             log_index: self.index,
             now_ms: self.now,
+            outbox_limit: self.outbox_limit,
         };
         let result = self.state.apply(&ctx, command);
         if let Err(e) = self.state.check_consistency() {

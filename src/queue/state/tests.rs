@@ -7,10 +7,7 @@ use super::*;
 use crate::queue::{CommandOutput, JobSpec, QueueError};
 
 fn ctx(log_index: u64) -> ApplyContext {
-    ApplyContext {
-        log_index,
-        now_ms: 1_700_000_000_000 + log_index,
-    }
+    ApplyContext::unbounded(log_index, 1_700_000_000_000 + log_index)
 }
 
 fn spec(program: &str) -> JobSpec {
@@ -162,6 +159,8 @@ fn rebuilding_from_parts_gives_the_same_state() {
     let rebuilt = QueueState::from_parts(Parts {
         jobs: state.list(None, 0, 0).jobs,
         next_job_id: state.next_job_id(),
+        outbox: state.outbox_events().cloned().collect(),
+        outbox_meta: state.outbox_meta().clone(),
         ..Parts::default()
     });
     assert_eq!(rebuilt, state);
@@ -256,6 +255,8 @@ proptest! {
         let rebuilt = QueueState::from_parts(Parts {
             jobs: state.list(None, 0, MAX_PAGE_SIZE).jobs,
             next_job_id: state.next_job_id(),
+            outbox: state.outbox_events().cloned().collect(),
+            outbox_meta: state.outbox_meta().clone(),
             ..Parts::default()
         });
         prop_assert_eq!(rebuilt, state);

@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use super::QueueState;
 use crate::queue::{
-    CommandOutput, CommandResult, LeaseRef, QueueError, Worker, WorkerId, WorkerInfo,
+    CommandOutput, CommandResult, EventKind, LeaseRef, QueueError, Worker, WorkerChange, WorkerId,
+    WorkerInfo,
 };
 
 impl QueueState {
@@ -20,6 +21,7 @@ impl QueueState {
         info.validate()?;
         let info = info.normalized();
         let id = info.id;
+        let is_new = !self.workers.contains_key(&id);
         let worker = self.workers.entry(id).or_insert_with(|| Worker {
             info: info.clone(),
             enabled: auto_enable,
@@ -35,6 +37,12 @@ impl QueueState {
         worker.last_heartbeat_ms = now_ms;
         let enabled = worker.enabled;
         self.changes.workers.insert(id);
+        if is_new {
+            self.record(EventKind::WorkerChanged {
+                worker: id,
+                change: WorkerChange::Registered,
+            });
+        }
         Ok(CommandOutput::WorkerRegistered { enabled })
     }
 
@@ -110,6 +118,7 @@ impl QueueState {
         let w = self
             .worker_mut(worker)
             .ok_or(QueueError::WorkerNotFound(worker))?;
+        let before = (w.enabled, w.draining);
         if let Some(enabled) = enabled {
             w.enabled = enabled;
             if enabled {
@@ -119,8 +128,21 @@ impl QueueState {
         if let Some(draining) = draining {
             w.draining = draining;
         }
+        let after = (w.enabled, w.draining);
+        let updated = w.clone();
+        let change = match (before, after) {
+            (before, after) if before == after => None,
+            ((_, false), (_, true)) => Some(WorkerChange::Draining),
+            ((false, _), (true, _)) => Some(WorkerChange::Enabled),
+            ((true, _), (false, _)) => Some(WorkerChange::Disabled),
+            // Only the drain ended (by an enable of an enabled worker).
+            _ => Some(WorkerChange::Enabled),
+        };
+        if let Some(change) = change {
+            self.record(EventKind::WorkerChanged { worker, change });
+        }
         Ok(CommandOutput::WorkerUpdated {
-            worker: Box::new(w.clone()),
+            worker: Box::new(updated),
         })
     }
 
@@ -139,6 +161,10 @@ impl QueueState {
         }
         self.workers.remove(&worker);
         self.changes.workers.insert(worker);
+        self.record(EventKind::WorkerChanged {
+            worker,
+            change: WorkerChange::Removed,
+        });
         Ok(CommandOutput::WorkerRemoved)
     }
 }
