@@ -20,6 +20,10 @@
 //!
 //! [raft]
 //! heartbeat_interval_ms = 100
+//!
+//! [ssisdb]                              # optional: ship job events to SSISDB
+//! connection_string = "Server=tcp:ag-listener.corp,1433;Database=SSISDB;User Id=scaleout_master;Encrypt=true"
+//! password_file = "secrets/ssisdb-password"
 //! ```
 //!
 //! # Keys
@@ -53,6 +57,15 @@
 //! | `workers.max_acquire_wait_ms` | (default: 10000) The longest an AcquireTasks long-poll waits for work (at most 60000). |
 //! | `workers.expiry_check_interval_ms` | (default: 500) How often the leader looks for expired leases (10..=60000). |
 //! | `api.max_message_bytes` | (default: 4194304) Largest gRPC message accepted or sent, on both the API and the peer service (64 KiB..=256 MiB). |
+//! | `ssisdb.connection_string` | (default: none) ADO.NET connection string of the SSISDB the leader ships job, attempt, worker and log events to, e.g. `Server=tcp:ag-listener.corp,1433;Database=SSISDB;User Id=scaleout_master;Encrypt=true`: `;`-separated `key=value` pairs (values may be quoted with `"` or `'`). It needs a server (`Server`, `Data Source`, `Address`, `Addr` or `Network Address`) and a SQL login (`User Id`, `UID` or `User`; integrated authentication is not supported), and must not hold the password (`Password`/`Pwd`): give that by `ssisdb.password_file` or `ssisdb.password_env`. Absent or empty: no SSISDB; events stay on the replicas for `ssisdb.retention_secs`, and the other `ssisdb` keys but the numbers are ignored. |
+//! | `ssisdb.password_file` | File holding the SQL login's password (one trailing line break is dropped); follows the `data_dir` rule for relative paths. With a connection string, exactly one of `password_file` and `password_env` is required; the file must be readable and not empty. |
+//! | `ssisdb.password_env` | Name of an environment variable holding the SQL login's password, e.g. `SSISDB_PASSWORD`. Whether it is set is checked when the leader connects, not at load. |
+//! | `ssisdb.ca` | (default: the system's root certificates) PEM file of the CA trusted for the SQL Server's TLS certificate; follows the `data_dir` rule for relative paths. |
+//! | `ssisdb.max_outbox_events` | (default: 100000) Most events kept on the replicas awaiting shipment; past it, worker log line events are dropped (and counted), state events never are (1000..=100000000). |
+//! | `ssisdb.retention_secs` | (default: 604800, 7 days) How long events are kept on the replicas when no SSISDB is configured (60..=31536000). |
+//! | `ssisdb.batch_events` | (default: 1000) Events written to SSISDB per transaction (1..=10000). |
+//! | `ssisdb.connect_timeout_ms` | (default: 15000) Deadline for connecting and logging in to SQL Server (100..=300000). |
+//! | `ssisdb.ship_interval_ms` | (default: 200) How often the leader looks for new events when it has shipped everything (10..=60000). |
 //!
 //! # Overrides
 //! Every key can be overridden. Sources, in increasing precedence:
@@ -118,6 +131,7 @@ pub struct MasterConfig {
     pub storage: StorageSettings,
     pub api: ApiSettings,
     pub workers: WorkerSettings,
+    pub ssisdb: SsisdbSettings,
 }
 
 /// One replica of the cluster, as every replica's file lists it.
@@ -273,6 +287,352 @@ impl Default for WorkerSettings {
             max_acquire_wait_ms: 10_000,
             expiry_check_interval_ms: 500,
         }
+    }
+}
+
+/// `[ssisdb]`: where the leader ships the outbox (job, attempt, worker and log events) and how
+/// much of it the replicas keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SsisdbSettings {
+    /// ADO.NET connection string, without the password; `None` or empty: no SSISDB.
+    pub connection_string: Option<String>,
+    /// File holding the SQL login's password; absolute after loading.
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the SQL login's password.
+    pub password_env: Option<String>,
+    /// PEM CA trusted for the SQL Server's certificate (absolute after loading); `None`: the
+    /// system roots.
+    pub ca: Option<PathBuf>,
+    /// Most events kept in the replicated outbox.
+    pub max_outbox_events: u64,
+    /// How long events are kept when no SSISDB is configured.
+    pub retention_secs: u64,
+    /// Events per shipped transaction.
+    pub batch_events: u32,
+    pub connect_timeout_ms: u64,
+    /// How often the leader looks for new events when idle.
+    pub ship_interval_ms: u64,
+}
+
+impl Default for SsisdbSettings {
+    fn default() -> Self {
+        SsisdbSettings {
+            connection_string: None,
+            password_file: None,
+            password_env: None,
+            ca: None,
+            max_outbox_events: 100_000,
+            retention_secs: 604_800,
+            batch_events: 1_000,
+            connect_timeout_ms: 15_000,
+            ship_interval_ms: 200,
+        }
+    }
+}
+
+impl SsisdbSettings {
+    /// Whether an SSISDB is configured: `connection_string` is set and not blank.
+    pub fn enabled(&self) -> bool {
+        self.connection_string
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty())
+    }
+
+    /// The SQL login's password, from `password_file` (without one trailing line break) or the
+    /// variable named by `password_env`. The error names the file or variable and says what to
+    /// do.
+    pub fn password(&self) -> Result<String, String> {
+        match (&self.password_file, &self.password_env) {
+            (Some(file), None) => read_password_file(file),
+            (None, Some(name)) => {
+                let name = name.trim();
+                if name.is_empty() {
+                    return Err("ssisdb.password_env is empty; set it to the name of the \
+                                environment variable that holds the SSISDB password"
+                        .into());
+                }
+                match std::env::var(name) {
+                    Ok(password) if !password.is_empty() => Ok(password),
+                    Ok(_) => Err(format!(
+                        "environment variable {name} (named by ssisdb.password_env) is empty; \
+                         set it to the SSISDB login's password"
+                    )),
+                    Err(std::env::VarError::NotPresent) => Err(format!(
+                        "environment variable {name} (named by ssisdb.password_env) is not set; \
+                         set it to the SSISDB login's password in the master's environment"
+                    )),
+                    Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                        "environment variable {name} (named by ssisdb.password_env) is not valid \
+                         UTF-8; set it to the SSISDB login's password"
+                    )),
+                }
+            }
+            (None, None) => Err(
+                "no SSISDB password is configured; set ssisdb.password_file to \
+                                 a file holding it, or ssisdb.password_env to the name of an \
+                                 environment variable holding it"
+                    .into(),
+            ),
+            (Some(_), Some(_)) => Err("both ssisdb.password_file and ssisdb.password_env are \
+                                       set; keep only one"
+                .into()),
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn ship_interval(&self) -> Duration {
+        Duration::from_millis(self.ship_interval_ms)
+    }
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+
+    /// The rules of `[ssisdb]`, as (key, message) of the first violation.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let ranges: [(&'static str, u64, std::ops::RangeInclusive<u64>, u64); 5] = [
+            (
+                "ssisdb.max_outbox_events",
+                self.max_outbox_events,
+                1_000..=100_000_000,
+                100_000,
+            ),
+            (
+                "ssisdb.retention_secs",
+                self.retention_secs,
+                60..=31_536_000,
+                604_800,
+            ),
+            (
+                "ssisdb.batch_events",
+                u64::from(self.batch_events),
+                1..=10_000,
+                1_000,
+            ),
+            (
+                "ssisdb.connect_timeout_ms",
+                self.connect_timeout_ms,
+                100..=300_000,
+                15_000,
+            ),
+            (
+                "ssisdb.ship_interval_ms",
+                self.ship_interval_ms,
+                10..=60_000,
+                200,
+            ),
+        ];
+        for (key, value, range, default) in ranges {
+            if !range.contains(&value) {
+                return Err((
+                    key,
+                    format!(
+                        "is {value} but must be between {} and {}; the default is {default}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+        }
+        let Some(text) = self.connection_string.as_deref().filter(|_| self.enabled()) else {
+            // No SSISDB: the password and CA settings are not used.
+            return Ok(());
+        };
+        let key = "ssisdb.connection_string";
+        let pairs = parse_connection_string(text).map_err(|e| (key, e))?;
+        let has = |names: &[&str]| {
+            pairs
+                .iter()
+                .find(|(k, _)| names.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+        };
+        if let Some((name, _)) = has(&["password", "pwd"]) {
+            return Err((
+                key,
+                format!(
+                    "contains a password (the `{name}` key); the password must not be in the \
+                     config file; put it in ssisdb.password_file or the variable named by \
+                     ssisdb.password_env, and remove `{name}=` from the connection string"
+                ),
+            ));
+        }
+        match has(&[
+            "server",
+            "data source",
+            "address",
+            "addr",
+            "network address",
+        ]) {
+            Some((_, v)) if !v.is_empty() => {}
+            _ => {
+                return Err((
+                    key,
+                    "names no server; add Server=<host> (e.g. Server=tcp:ag-listener.corp,1433)"
+                        .into(),
+                ))
+            }
+        }
+        match has(&["user id", "uid", "user"]) {
+            Some((_, v)) if !v.is_empty() => {}
+            _ => {
+                return Err((
+                    key,
+                    "names no SQL login; add User Id=<login> (scaleout logs in with SQL Server \
+                     authentication only, with the password from ssisdb.password_file or \
+                     ssisdb.password_env)"
+                        .into(),
+                ))
+            }
+        }
+        match (&self.password_file, &self.password_env) {
+            (None, None) => {
+                return Err((
+                    "ssisdb.password_file",
+                    "is required with ssisdb.connection_string (or ssisdb.password_env instead); \
+                     set it to a file holding the SQL login's password"
+                        .into(),
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err((
+                    "ssisdb.password_env",
+                    "is set as well as ssisdb.password_file; keep only one of them".into(),
+                ))
+            }
+            (Some(file), None) => {
+                read_password_file(file).map_err(|e| ("ssisdb.password_file", e))?;
+            }
+            (None, Some(name)) => {
+                let name = name.trim();
+                if name.is_empty() || name.contains(['=', '\0']) {
+                    return Err((
+                        "ssisdb.password_env",
+                        format!(
+                            "{name:?} is not an environment variable name; set it to the name of \
+                             the variable that holds the SQL login's password, e.g. \
+                             SSISDB_PASSWORD"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(ca) = &self.ca {
+            check_readable_file(
+                ca,
+                "the PEM file of the CA that issued the SQL Server's certificate",
+            )
+            .map_err(|e| ("ssisdb.ca", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `file` as a regular file that can be opened; the error names it and says what is wanted.
+fn check_readable_file(file: &Path, what: &str) -> Result<(), String> {
+    if file.as_os_str().is_empty() {
+        return Err(format!("is empty; set it to {what}"));
+    }
+    let opened = std::fs::metadata(file).and_then(|meta| {
+        if meta.is_file() {
+            std::fs::File::open(file).map(drop)
+        } else {
+            Err(std::io::Error::other("it is not a regular file"))
+        }
+    });
+    opened.map_err(|e| format!("cannot read {}: {e}; set it to {what}", file.display()))
+}
+
+/// The password in `file`, without one trailing line break.
+fn read_password_file(file: &Path) -> Result<String, String> {
+    const WHAT: &str = "a file (readable by this user) holding the SQL login's password";
+    check_readable_file(file, WHAT)?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}; set it to {WHAT}", file.display()))?;
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(format!(
+            "{} is empty; write the SQL login's password into it",
+            file.display()
+        ));
+    }
+    Ok(password.to_string())
+}
+
+/// An ADO.NET connection string as (key, value) pairs: keys lower-cased with runs of spaces
+/// made one, values trimmed and unquoted. A value quoted with `"` or `'` may hold `;` and the
+/// quote doubled. Errors never repeat the string, which could hold a password.
+fn parse_connection_string(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
+        if rest.is_empty() {
+            return Ok(pairs);
+        }
+        let part = pairs.len() + 1;
+        let eq = match rest.find(['=', ';']) {
+            Some(eq) if rest[eq..].starts_with('=') => eq,
+            _ => {
+                return Err(format!(
+                    "part {part} (counting from 1) has no `=`; write `;`-separated key=value \
+                     pairs like Server=tcp:host,1433;Database=SSISDB;User Id=login"
+                ))
+            }
+        };
+        let key = rest[..eq]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            return Err(format!(
+                "part {part} (counting from 1) has no key before its `=`; write `;`-separated \
+                 key=value pairs like Server=tcp:host,1433;Database=SSISDB;User Id=login"
+            ));
+        }
+        rest = rest[eq + 1..].trim_start();
+        let value = match rest.chars().next() {
+            Some(quote @ ('"' | '\'')) => {
+                let mut value = String::new();
+                let mut chars = rest[1..].char_indices();
+                let mut end = None;
+                while let Some((i, c)) = chars.next() {
+                    if c != quote {
+                        value.push(c);
+                    } else if rest[1 + i + 1..].starts_with(quote) {
+                        value.push(quote);
+                        chars.next();
+                    } else {
+                        end = Some(1 + i + 1);
+                        break;
+                    }
+                }
+                let Some(end) = end else {
+                    return Err(format!(
+                        "the value of `{key}` opens a {quote} quote that is never closed"
+                    ));
+                };
+                rest = rest[end..].trim_start();
+                if !(rest.is_empty() || rest.starts_with(';')) {
+                    return Err(format!(
+                        "the quoted value of `{key}` is followed by more text before the next `;`"
+                    ));
+                }
+                value
+            }
+            _ => {
+                let end = rest.find(';').unwrap_or(rest.len());
+                let value = rest[..end].trim().to_string();
+                rest = &rest[end..];
+                value
+            }
+        };
+        pairs.push((key, value));
     }
 }
 
@@ -573,6 +933,9 @@ impl MasterConfig {
                 "must be between 10 and 60000; e.g. 500".into(),
             );
         }
+        if let Err((key, message)) = self.ssisdb.check() {
+            return bad(key, message);
+        }
 
         // After the cheap checks: reads and verifies the certificate files.
         if let Some(paths) = &self.tls {
@@ -660,9 +1023,10 @@ fn build(
     }
 
     for arg in overrides {
+        let shown = shown_override(arg);
         let bad = |message: String| ConfigError::Override {
             path: file.to_path_buf(),
-            arg: format!("--set {arg}"),
+            arg: format!("--set {shown}"),
             message,
         };
         let (key, raw) = arg.split_once('=').ok_or_else(|| {
@@ -675,7 +1039,7 @@ fn build(
                  members[0].api"
             ))
         })?;
-        let origin = format!("--set {arg}");
+        let origin = format!("--set {shown}");
         let kind = match lookup(&segs) {
             Ok(kind) => kind,
             Err(LookupError::Unknown { at, expected }) => {
@@ -744,6 +1108,19 @@ fn build(
             })
         }
     };
+    let mut ssisdb = raw.ssisdb;
+    // Like data_dir; an empty path stays empty for `check` to name.
+    let ssisdb_path = |key: &str, path: Option<PathBuf>| {
+        path.map(|path| {
+            let text = path.to_string_lossy();
+            match text.trim() {
+                "" => PathBuf::new(),
+                value => absolute(resolve_path(value, origins.get(key).is_some(), base_dir)),
+            }
+        })
+    };
+    ssisdb.password_file = ssisdb_path("ssisdb.password_file", ssisdb.password_file.take());
+    ssisdb.ca = ssisdb_path("ssisdb.ca", ssisdb.ca.take());
     let me = raw.members.iter().find(|m| m.id == raw.id);
     let mut config = MasterConfig {
         id: raw.id,
@@ -764,6 +1141,7 @@ fn build(
         storage: raw.storage,
         api: raw.api,
         workers: raw.workers,
+        ssisdb,
     };
     config.check().map_err(|(key, message)| {
         let note = origins.note(&key, &message);
@@ -804,6 +1182,24 @@ struct RawConfig {
     api: ApiSettings,
     #[serde(default)]
     workers: WorkerSettings,
+    #[serde(default)]
+    ssisdb: SsisdbSettings,
+}
+
+/// A `--set` argument as errors show it: the value of `ssisdb.connection_string` (or of the
+/// whole `ssisdb` table) is hidden, since a rejected one may hold a password.
+fn shown_override(arg: &str) -> String {
+    match arg.split_once('=') {
+        Some((key, _))
+            if matches!(
+                key.trim().to_ascii_lowercase().as_str(),
+                "ssisdb" | "ssisdb.connection_string"
+            ) =>
+        {
+            format!("{}=<hidden>", key.trim())
+        }
+        _ => arg.to_string(),
+    }
 }
 
 /// `[tls]` as written; every key is required, which `build` checks to name the missing one.
@@ -1005,6 +1401,18 @@ const WORKERS: &[Field] = &[
     opt("expiry_check_interval_ms", Kind::Int),
 ];
 
+const SSISDB: &[Field] = &[
+    opt("connection_string", Kind::Str),
+    opt("password_file", Kind::Str),
+    opt("password_env", Kind::Str),
+    opt("ca", Kind::Str),
+    opt("max_outbox_events", Kind::Int),
+    opt("retention_secs", Kind::Int),
+    opt("batch_events", Kind::Int),
+    opt("connect_timeout_ms", Kind::Int),
+    opt("ship_interval_ms", Kind::Int),
+];
+
 const TOP: &[Field] = &[
     req(
         "id",
@@ -1032,6 +1440,7 @@ const TOP: &[Field] = &[
     opt("storage", Kind::Table(STORAGE)),
     opt("api", Kind::Table(API)),
     opt("workers", Kind::Table(WORKERS)),
+    opt("ssisdb", Kind::Table(SSISDB)),
 ];
 
 /// One step of a key path.
@@ -1342,7 +1751,13 @@ fn check_table(
             key: key.clone(),
             message: format!(
                 "must be {what}, found {}{}",
-                describe(v),
+                match v {
+                    // May be a connection string with a password in it.
+                    Value::String(_) if key == "ssisdb" || key.starts_with("ssisdb.") => {
+                        "a string".into()
+                    }
+                    _ => describe(v),
+                },
                 origin_note(&origins.get(&key))
             ),
         };
@@ -2323,6 +2738,13 @@ heartbeat_interval_ms = 100
         let mut c = parse(dir.path(), VALID, &[]).unwrap();
         // Optional tables are left out when unset; fill them so their keys are compared too.
         c.tls = Some(TlsPaths::in_dir(dir.path(), "replica-2"));
+        c.ssisdb = SsisdbSettings {
+            connection_string: Some("Server=h;User Id=u".into()),
+            password_file: Some(dir.path().join("pw")),
+            password_env: Some("PW".into()),
+            ca: Some(dir.path().join("ca.pem")),
+            ..SsisdbSettings::default()
+        };
         let mut from_structs = BTreeSet::new();
         leaves(
             &Value::try_from(&c).unwrap(),
@@ -2332,6 +2754,453 @@ heartbeat_interval_ms = 100
         let mut from_schema = BTreeSet::new();
         schema(TOP, "", &mut from_schema);
         assert_eq!(from_structs, from_schema);
+    }
+
+    const SSISDB_CS: &str =
+        "Server=tcp:ag-listener.corp,1433;Database=SSISDB;User Id=scaleout_master;Encrypt=true";
+
+    #[test]
+    fn ssisdb_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(dir.path(), VALID, &[]).unwrap();
+        let s = &c.ssisdb;
+        assert_eq!(*s, SsisdbSettings::default());
+        assert!(!s.enabled());
+        assert_eq!(s.connection_string, None);
+        assert_eq!(s.password_file, None);
+        assert_eq!(s.password_env, None);
+        assert_eq!(s.ca, None);
+        assert_eq!(s.max_outbox_events, 100_000);
+        assert_eq!(s.retention_secs, 604_800);
+        assert_eq!(s.retention(), Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(s.batch_events, 1_000);
+        assert_eq!(s.connect_timeout(), Duration::from_millis(15_000));
+        assert_eq!(s.ship_interval(), Duration::from_millis(200));
+        let err = s.password().unwrap_err();
+        assert!(err.contains("ssisdb.password_file"), "{err}");
+        // Blank is not configured either.
+        let c = parse(dir.path(), VALID, &["ssisdb.connection_string=\" \""]).unwrap();
+        assert!(!c.ssisdb.enabled());
+        assert!(SsisdbSettings {
+            connection_string: Some(SSISDB_CS.into()),
+            ..SsisdbSettings::default()
+        }
+        .enabled());
+    }
+
+    /// Each rule: overrides applied to VALID, the key the error must name, and a fragment of
+    /// its message.
+    #[test]
+    fn each_ssisdb_rule_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = write_file(dir.path(), "pw", "secret\n");
+        let empty = write_file(dir.path(), "empty-pw", "\n");
+        let absent = dir.path().join("absent");
+        let cs = |text: &str| format!("ssisdb.connection_string={text}");
+        let pw_file = |path: &Path| format!("ssisdb.password_file={}", path.display());
+        let ok_cs = || cs(SSISDB_CS);
+        let ok_pw = || pw_file(&pw);
+        let cases: Vec<(Vec<String>, &str, &str)> = vec![
+            (
+                vec!["ssisdb.max_outbox_events=999".into()],
+                "ssisdb.max_outbox_events",
+                "between 1000 and 100000000",
+            ),
+            (
+                vec!["ssisdb.max_outbox_events=100000001".into()],
+                "ssisdb.max_outbox_events",
+                "between 1000 and 100000000",
+            ),
+            (
+                vec!["ssisdb.retention_secs=59".into()],
+                "ssisdb.retention_secs",
+                "between 60 and 31536000",
+            ),
+            (
+                vec!["ssisdb.retention_secs=31536001".into()],
+                "ssisdb.retention_secs",
+                "between 60 and 31536000",
+            ),
+            (
+                vec!["ssisdb.batch_events=0".into()],
+                "ssisdb.batch_events",
+                "between 1 and 10000",
+            ),
+            (
+                vec!["ssisdb.batch_events=10001".into()],
+                "ssisdb.batch_events",
+                "between 1 and 10000",
+            ),
+            (
+                vec!["ssisdb.connect_timeout_ms=99".into()],
+                "ssisdb.connect_timeout_ms",
+                "between 100 and 300000",
+            ),
+            (
+                vec!["ssisdb.connect_timeout_ms=300001".into()],
+                "ssisdb.connect_timeout_ms",
+                "between 100 and 300000",
+            ),
+            (
+                vec!["ssisdb.ship_interval_ms=9".into()],
+                "ssisdb.ship_interval_ms",
+                "between 10 and 60000",
+            ),
+            (
+                vec!["ssisdb.ship_interval_ms=60001".into()],
+                "ssisdb.ship_interval_ms",
+                "between 10 and 60000",
+            ),
+            (
+                vec![cs("Server=h;User Id=u;Password=hunter2"), ok_pw()],
+                "ssisdb.connection_string",
+                "the password must not be in the config file; put it in ssisdb.password_file \
+                 or the variable named by ssisdb.password_env",
+            ),
+            (
+                vec![cs("Server=h; user id = u ;  PWD = hunter2"), ok_pw()],
+                "ssisdb.connection_string",
+                "must not be in the config file",
+            ),
+            (
+                vec![cs("Database=SSISDB;User Id=u"), ok_pw()],
+                "ssisdb.connection_string",
+                "names no server",
+            ),
+            (
+                vec![cs("Server=;User Id=u"), ok_pw()],
+                "ssisdb.connection_string",
+                "names no server",
+            ),
+            (
+                vec![cs("Server=tcp:h,1433;Database=SSISDB"), ok_pw()],
+                "ssisdb.connection_string",
+                "names no SQL login",
+            ),
+            (
+                vec![cs("Server=h;Integrated Security=true"), ok_pw()],
+                "ssisdb.connection_string",
+                "User Id=",
+            ),
+            (
+                vec![cs("Server=h;User Id=u;hunter2"), ok_pw()],
+                "ssisdb.connection_string",
+                "part 3 (counting from 1) has no `=`",
+            ),
+            (
+                vec![cs("Server=h;=x;User Id=u"), ok_pw()],
+                "ssisdb.connection_string",
+                "no key before",
+            ),
+            (
+                vec![cs("Server='h;User Id=u"), ok_pw()],
+                "ssisdb.connection_string",
+                "never closed",
+            ),
+            (vec![ok_cs()], "ssisdb.password_file", "is required"),
+            (
+                vec![ok_cs(), ok_pw(), "ssisdb.password_env=SSISDB_PW".into()],
+                "ssisdb.password_env",
+                "keep only one",
+            ),
+            (
+                vec![ok_cs(), pw_file(&absent)],
+                "ssisdb.password_file",
+                "cannot read",
+            ),
+            (
+                vec![ok_cs(), pw_file(dir.path())],
+                "ssisdb.password_file",
+                "not a regular file",
+            ),
+            (
+                vec![ok_cs(), pw_file(&empty)],
+                "ssisdb.password_file",
+                "is empty",
+            ),
+            (
+                vec![ok_cs(), "ssisdb.password_env=\"\"".into()],
+                "ssisdb.password_env",
+                "not an environment variable name",
+            ),
+            (
+                vec![ok_cs(), "ssisdb.password_env=A=B".into()],
+                "ssisdb.password_env",
+                "not an environment variable name",
+            ),
+            (
+                vec![ok_cs(), ok_pw(), format!("ssisdb.ca={}", absent.display())],
+                "ssisdb.ca",
+                "cannot read",
+            ),
+            // Shape errors, caught before deserializing.
+            (
+                vec!["ssisdb.batch_events=many".into()],
+                "ssisdb.batch_events",
+                "whole number",
+            ),
+            (vec!["ssisdb=3".into()], "ssisdb", "a table"),
+        ];
+        for (overrides, key, fragment) in cases {
+            let err = MasterConfig::from_toml_str(VALID, dir.path(), &overrides)
+                .expect_err(&format!("{overrides:?} should be rejected"));
+            let text = err.to_string();
+            assert_eq!(err.key(), Some(key), "{overrides:?}: {text}");
+            assert!(text.contains(&format!("`{key}`")), "{overrides:?}: {text}");
+            assert!(text.contains(fragment), "{overrides:?}: {text}");
+            assert!(text.contains("set by --set"), "{overrides:?}: {text}");
+            assert!(!text.contains("hunter2"), "{overrides:?}: {text}");
+        }
+
+        // Errors about files name the file.
+        let err = parse(dir.path(), VALID, &[&ok_cs(), &pw_file(&absent)]).unwrap_err();
+        assert!(
+            err.to_string().contains(&absent.display().to_string()),
+            "{err}"
+        );
+        let err = parse(
+            dir.path(),
+            VALID,
+            &[
+                &ok_cs(),
+                &ok_pw(),
+                &format!("ssisdb.ca={}", absent.display()),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(&absent.display().to_string()),
+            "{err}"
+        );
+
+        // Without a connection string the password and CA settings are not looked at.
+        let c = parse(
+            dir.path(),
+            VALID,
+            &[
+                &pw_file(&absent),
+                "ssisdb.password_env=SSISDB_PW",
+                &format!("ssisdb.ca={}", absent.display()),
+            ],
+        )
+        .unwrap();
+        assert!(!c.ssisdb.enabled());
+
+        // Accepted spellings: other server and login keys, quoted values, a trailing `;`.
+        for text in [
+            SSISDB_CS,
+            "Data Source=tcp:h,1433;UID=u",
+            "address=h;user=u;",
+            "Addr = h ; User ID = u",
+            "Network  Address=h;User Id=u",
+            "Server=\"tcp:h,1433\";User Id='o''brien;x';Application Name=\"a \"\"b\"\"\"",
+        ] {
+            let c = parse(dir.path(), VALID, &[&cs(text), &ok_pw()])
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(c.ssisdb.enabled());
+            assert_eq!(c.ssisdb.password().unwrap(), "secret");
+        }
+    }
+
+    #[test]
+    fn ssisdb_connection_string_parses_into_pairs() {
+        let pairs = parse_connection_string(
+            " Server = tcp:h,1433 ;;USER   ID='o''brien;x'; Database=\"SSIS\"\"DB\" ;Encrypt=true;",
+        )
+        .unwrap();
+        let expect = [
+            ("server", "tcp:h,1433"),
+            ("user id", "o'brien;x"),
+            ("database", "SSIS\"DB"),
+            ("encrypt", "true"),
+        ];
+        assert_eq!(
+            pairs,
+            expect
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(parse_connection_string("").unwrap(), vec![]);
+        assert!(parse_connection_string("Server=\"h\" x;User Id=u")
+            .unwrap_err()
+            .contains("followed by more text"));
+        // The errors never repeat the text, which may hold a password.
+        let err = parse_connection_string("Server=h;hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn ssisdb_connection_string_override_is_hidden_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = parse(
+            dir.path(),
+            VALID,
+            &["ssisdb.connection_string=Server=h;User Id=u;Password=hunter2"],
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("ssisdb.connection_string"), "{msg}");
+        assert!(
+            msg.contains("set by --set ssisdb.connection_string=<hidden>"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let err = parse(
+            dir.path(),
+            VALID,
+            &["ssisdb={connection_string=\"Server=h;User Id=u;Pwd=hunter2\"}"],
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse(dir.path(), VALID, &["ssisdb=Server=h;Pwd=hunter2"]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("ssisdb"), "{msg}");
+        assert!(msg.contains("found a string"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        // From the file: the message does not quote the string either.
+        let text = format!(
+            "{VALID}\n[ssisdb]\nconnection_string = \"Server=h;User Id=u;Password=hunter2\"\n"
+        );
+        let err = parse(dir.path(), &text, &[]).unwrap_err();
+        assert_eq!(err.key(), Some("ssisdb.connection_string"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn ssisdb_password_from_a_file_relative_to_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "etc/secrets/ssisdb-password", "s3 cret\r\n");
+        dev_certs(dir.path(), "etc/certs");
+        let file = write_file(
+            dir.path(),
+            "etc/scaleout/m2.toml",
+            &format!(
+                "{VALID}\n[ssisdb]\nconnection_string = \"{SSISDB_CS}\"\n\
+                 password_file = \"../secrets/ssisdb-password\"\nca = \"../certs/ca.pem\"\n"
+            ),
+        );
+        let c = load_with_env(&file, &[], std::iter::empty()).unwrap();
+        let conf = dir.path().join("etc/scaleout");
+        assert_eq!(
+            c.ssisdb.password_file,
+            Some(conf.join("../secrets/ssisdb-password"))
+        );
+        assert_eq!(c.ssisdb.ca, Some(conf.join("../certs/ca.pem")));
+        assert!(c.ssisdb.enabled());
+        // One trailing line break is dropped; other whitespace is part of the password.
+        assert_eq!(c.ssisdb.password().unwrap(), "s3 cret");
+        let settings = |path: PathBuf| SsisdbSettings {
+            password_file: Some(path),
+            ..c.ssisdb.clone()
+        };
+        let two = write_file(dir.path(), "two-lines", "pw\n\n");
+        assert_eq!(settings(two).password().unwrap(), "pw\n");
+        let absent = dir.path().join("absent");
+        let err = settings(absent.clone()).password().unwrap_err();
+        assert!(err.contains(&absent.display().to_string()), "{err}");
+        assert!(err.contains("password"), "{err}");
+
+        // From --set or the environment: relative to the current directory.
+        let cwd = std::env::current_dir().unwrap();
+        let err = load_with_env(
+            &file,
+            &sets(&["ssisdb.password_file=no-such-dir/pw"]),
+            std::iter::empty(),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("ssisdb.password_file"), "{msg}");
+        assert!(
+            msg.contains(&cwd.join("no-such-dir/pw").display().to_string()),
+            "{msg}"
+        );
+        let env = vec![(
+            "SCALEOUT_SSISDB__CA".to_string(),
+            "no-such-dir/ca.pem".to_string(),
+        )];
+        let err = load_with_env(&file, &[], env).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("ssisdb.ca"), "{msg}");
+        assert!(
+            msg.contains(&cwd.join("no-such-dir/ca.pem").display().to_string()),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("environment variable SCALEOUT_SSISDB__CA"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn ssisdb_password_from_an_environment_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("SCALEOUT_TEST_SSISDB_PASSWORD_{}", std::process::id());
+        let c = parse(
+            dir.path(),
+            VALID,
+            &[
+                &format!("ssisdb.connection_string={SSISDB_CS}"),
+                &format!("ssisdb.password_env={name}"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.ssisdb.password_env.as_deref(), Some(name.as_str()));
+        // Not set: an error at connect time, naming the variable.
+        let err = c.ssisdb.password().unwrap_err();
+        assert!(err.contains(&name) && err.contains("is not set"), "{err}");
+        std::env::set_var(&name, "");
+        let err = c.ssisdb.password().unwrap_err();
+        assert!(err.contains(&name) && err.contains("is empty"), "{err}");
+        std::env::set_var(&name, " pass word\n");
+        assert_eq!(c.ssisdb.password().unwrap(), " pass word\n");
+        std::env::remove_var(&name);
+    }
+
+    #[test]
+    fn ssisdb_table_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "secrets/ssisdb-password", "pw\n");
+        dev_certs(dir.path(), "certs");
+        let text = format!(
+            r#"{VALID}
+[ssisdb]
+connection_string = "{SSISDB_CS}"
+password_file = "secrets/ssisdb-password"
+ca = "certs/ca.pem"
+max_outbox_events = 250000
+retention_secs = 86400
+batch_events = 500
+connect_timeout_ms = 5000
+ship_interval_ms = 50
+"#
+        );
+        let c = parse(dir.path(), &text, &[]).unwrap();
+        assert_eq!(
+            c.ssisdb,
+            SsisdbSettings {
+                connection_string: Some(SSISDB_CS.into()),
+                password_file: Some(dir.path().join("secrets/ssisdb-password")),
+                password_env: None,
+                ca: Some(dir.path().join("certs/ca.pem")),
+                max_outbox_events: 250_000,
+                retention_secs: 86_400,
+                batch_events: 500,
+                connect_timeout_ms: 5_000,
+                ship_interval_ms: 50,
+            }
+        );
+        assert_eq!(c.ssisdb.password().unwrap(), "pw");
+        c.validate().unwrap();
+
+        // Overrides reach into the table; unknown keys are named with their full path.
+        let c = parse(dir.path(), &text, &["ssisdb.batch_events=10000"]).unwrap();
+        assert_eq!(c.ssisdb.batch_events, 10_000);
+        let err = parse(dir.path(), &format!("{text}password = \"x\"\n"), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key `ssisdb.password`"),
+            "{err}"
+        );
     }
 
     /// Lexically resolves `.` and `..`.
