@@ -239,6 +239,49 @@ pub fn certs_init(options: &crate::certs::CertsInit) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The [ssisdb] section of a replica's config, which must name a connection string.
+fn ssisdb_settings(
+    config_path: &Path,
+    overrides: &[String],
+) -> Result<crate::config::SsisdbSettings, CliError> {
+    let config = MasterConfig::load(config_path, overrides).map_err(CliError::usage)?;
+    if !config.ssisdb.enabled() {
+        return Err(CliError::usage(anyhow!(
+            "{} has no ssisdb.connection_string: no SSISDB is configured, so events stay on \
+             the replicas; add an [ssisdb] section to ship them",
+            config_path.display()
+        )));
+    }
+    Ok(config.ssisdb)
+}
+
+/// `scaleout ssisdb check`: exit 0 when everything is in place, 1 (with what to fix) otherwise.
+pub async fn ssisdb_check(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
+    let settings = ssisdb_settings(config_path, overrides)?;
+    let report = crate::ssisdb::check(&settings).await;
+    println!("{report}");
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(CliError::failed(anyhow!(
+            "SSISDB is not ready for scaleout (see above)"
+        )))
+    }
+}
+
+/// `scaleout ssisdb install-schema`.
+pub async fn ssisdb_install_schema(
+    config_path: &Path,
+    overrides: &[String],
+) -> Result<(), CliError> {
+    let settings = ssisdb_settings(config_path, overrides)?;
+    crate::ssisdb::install_schema(&settings)
+        .await
+        .map_err(CliError::failed)?;
+    println!("schema scaleout is installed; `scaleout ssisdb check` verifies it");
+    Ok(())
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let terminate = async {
@@ -649,6 +692,11 @@ pub fn cluster_json(status: &ClusterStatusResponse) -> serde_json::Value {
         "leader_api_addr": status.leader_api_addr,
         "term": status.term,
         "answered_by": status.answered_by,
+        "outbox": {
+            "events": status.outbox_events,
+            "shipped_up_to": status.outbox_shipped_up_to,
+            "dropped_log_events": status.outbox_dropped_log_events,
+        },
         "replicas": status.replicas.iter().map(|r| json!({
             "id": r.id,
             "api_addr": r.api_addr,
@@ -747,6 +795,13 @@ fn print_cluster(status: &ClusterStatusResponse) {
             "ID", "ROLE", "TERM", "COMMIT", "APPLIED", "API", "PEER", "ERROR",
         ],
         &rows,
+    );
+    println!(
+        "outbox (replica {}): {} events waiting for SSISDB, shipped up to event {}, {} log line events left out",
+        status.answered_by,
+        status.outbox_events,
+        status.outbox_shipped_up_to,
+        status.outbox_dropped_log_events
     );
 }
 

@@ -11,6 +11,8 @@
 //! - [`client`]: the client library (CLI, demo, tests): endpoint list, redirect following.
 //! - [`config`]: replica configuration, validated with clear errors.
 //! - [`pb`]: generated protobuf types and their conversions to the domain.
+//! - [`ssisdb`]: the outbox shipper to SSISDB (leader only, exactly once by event id), the
+//!   `scaleout` schema, and `ssisdb check` / `install-schema`.
 //! - [`telemetry`]: logging, every line naming the replica and its term.
 //! - [`tls`], [`transport`]: certificates, roles and how every connection is made (mutual TLS).
 //! - [`cli`], [`demo`], [`bench`](mod@bench): what the binary runs; [`harness`] starts local clusters of
@@ -27,6 +29,7 @@ pub mod master;
 pub mod pb;
 pub mod queue;
 pub mod raft;
+pub mod ssisdb;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// The SSISDB connection of a replica's config: check it, or install the schema.
+    Ssisdb {
+        #[command(subcommand)]
+        command: SsisdbCommand,
+    },
     /// Start three local replicas, submit jobs, kill the leader, and show that nothing was lost.
     Demo {
         /// Jobs to submit in all.
@@ -71,6 +76,25 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SsisdbCommand {
+    /// Connect as the replica would, check the schema version, every table and view, and that
+    /// the login may write; say what is missing and how to fix it.
+    Check(SsisdbArgs),
+    /// Create (or complete) schema `scaleout` in SSISDB; safe to run again.
+    InstallSchema(SsisdbArgs),
+}
+
+#[derive(Args)]
+struct SsisdbArgs {
+    /// A replica's config file; its [ssisdb] section is used.
+    #[arg(long, env = "SCALEOUT_CONFIG")]
+    config: PathBuf,
+    /// Override a config key, e.g. --set ssisdb.password_file=/run/secrets/ssisdb (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -260,6 +284,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Master { config, overrides } => cli::master(&config, &overrides).await,
             Command::Worker { config, overrides } => cli::worker(&config, &overrides).await,
+            Command::Ssisdb {
+                command: SsisdbCommand::Check(args),
+            } => cli::ssisdb_check(&args.config, &args.overrides).await,
+            Command::Ssisdb {
+                command: SsisdbCommand::InstallSchema(args),
+            } => cli::ssisdb_install_schema(&args.config, &args.overrides).await,
             Command::Certs {
                 command: CertsCommand::Init(args),
             } => {

@@ -129,12 +129,22 @@ impl AdminService for AdminApi {
             .current_leader
             .and_then(|id| membership.get_node(&id).map(|node| node.api_addr.clone()))
             .unwrap_or_default();
+        let (outbox_events, meta) = {
+            let queue = self
+                .queue
+                .read()
+                .map_err(|_| Status::internal("the queue lock is poisoned; restart the replica"))?;
+            (queue.outbox_len() as u64, queue.outbox_meta().clone())
+        };
         Ok(Response::new(ClusterStatusResponse {
             leader_id: metrics.current_leader,
             leader_api_addr,
             term: metrics.current_term,
             replicas,
             answered_by: metrics.id,
+            outbox_events,
+            outbox_shipped_up_to: meta.acked_up_to,
+            outbox_dropped_log_events: meta.dropped_log_events,
         }))
     }
 

@@ -240,6 +240,17 @@ pub async fn run(
         queue.clone(),
         config.workers.clone(),
     ));
+    // Ships the outbox to SSISDB while leading (or prunes it when none is configured), and
+    // keeps this replica's row there.
+    let outbox_duties = tokio::spawn(crate::ssisdb::run(
+        raft.clone(),
+        proposer.clone(),
+        queue.clone(),
+        config.ssisdb.clone(),
+        config.id,
+        api_addr.clone(),
+        peer_addr.clone(),
+    ));
 
     // Run until asked to stop, or until a server dies.
     let served = tokio::select! {
@@ -265,6 +276,7 @@ pub async fn run(
     }
     watcher.abort();
     leader_duties.abort();
+    outbox_duties.abort();
     tls_duties.abort();
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");

@@ -674,6 +674,20 @@ impl QueueState {
         {
             return Err("an index disagrees with the jobs".into());
         }
+        if rebuilt.truncated_events != self.truncated_events {
+            return Err("the truncation index disagrees with the outbox".into());
+        }
+        if let Some(&first) = self.outbox.keys().next() {
+            if first <= self.outbox_meta.acked_up_to {
+                return Err(format!(
+                    "outbox event {first} is at or below the shipped cursor {}",
+                    self.outbox_meta.acked_up_to
+                ));
+            }
+        }
+        if self.applying.is_some() {
+            return Err("an apply context outlived its apply".into());
+        }
         for job in self.jobs.values() {
             if job.state.is_leased() != job.lease.is_some() {
                 return Err(format!(
@@ -731,6 +745,8 @@ impl QueueState {
 }
 
 #[cfg(test)]
+mod outbox_tests;
+#[cfg(test)]
 mod property_tests;
 #[cfg(test)]
 mod scenario_tests;
@@ -738,5 +754,3 @@ mod scenario_tests;
 mod test_support;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod outbox_tests;

@@ -184,7 +184,10 @@ impl ChangedRows {
             }
         }
         if let Some(meta) = self.outbox_meta {
-            batch.insert(OUTBOX_META_KEY, encode(&meta).map_err(|e| sm_write_error(&e))?);
+            batch.insert(
+                OUTBOX_META_KEY,
+                encode(&meta).map_err(|e| sm_write_error(&e))?,
+            );
         }
         for (id, job) in self.jobs {
             match job {

@@ -256,7 +256,10 @@ fn pruning_drops_old_events_and_moves_the_cursor() {
     let cutoff = sim.now;
     let result = sim.apply(Command::PruneOutbox { before_ms: cutoff });
     let events = all_events(&sim);
-    assert_eq!(kinds(&events), vec![EventKind::JobSubmitted { job: recent }]);
+    assert_eq!(
+        kinds(&events),
+        vec![EventKind::JobSubmitted { job: recent }]
+    );
     match result {
         Ok(CommandOutput::OutboxAcked {
             acked_up_to,
@@ -277,7 +280,8 @@ fn a_cancel_of_a_running_job_is_an_event() {
     let w = sim.register(1, &[], 4);
     let id = sim.submit(spec());
     sim.acquire(w, 1);
-    sim.apply(Command::CancelJob { job_id: id }).expect("cancel");
+    sim.apply(Command::CancelJob { job_id: id })
+        .expect("cancel");
     sim.apply(Command::CancelJob { job_id: id })
         .expect("cancel again");
     let cancels = all_events(&sim)

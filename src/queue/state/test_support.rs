@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::{Parts, QueueState};
 use crate::queue::{
     ApplyContext, Assignment, AttemptOutcome, Command, CommandOutput, CommandResult, Job, JobId,
-    JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, OutboxEvent, OutboxMeta,
-    Worker, WorkerId, WorkerInfo,
+    JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, OutboxEvent, OutboxMeta, Worker,
+    WorkerId, WorkerInfo,
 };
 
 pub const T0: u64 = 1_700_000_000_000;

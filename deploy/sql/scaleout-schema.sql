@@ -1,0 +1,179 @@
+-- scaleout: schema `scaleout` in SSISDB, written by the scaleout masters (the Raft leader ships
+-- its replicated outbox here; every replica writes its own row in scaleout.replicas).
+--
+-- Re-runnable: every object is created only when missing. Runs on SQL Server 2017+ and on
+-- iridium_server (the tests' in-process SQL Server), so it keeps to what both accept:
+--   * no CREATE OR ALTER / DROP ... IF EXISTS / MERGE / NVARCHAR(MAX) / DATETIME2(n) / INCLUDE;
+--     conditional creation through IF SCHEMA_ID / OBJECT_ID ... IS NULL, views through EXEC.
+--   * times are DATETIME2 in whole seconds (UTC) for people, plus *_ms BIGINT columns holding the
+--     exact leader-clock milliseconds since the Unix epoch for programs.
+--   * worker agent ids are UUID text in NVARCHAR(36) (iridium cannot exchange
+--     UNIQUEIDENTIFIER parameters).
+--   * every key is a single column (iridium does not enforce composite keys).
+-- Batches are separated by GO lines (sqlcmd / SSMS); `scaleout ssisdb install-schema` splits on
+-- them too. Run as a login that may create a schema in SSISDB (e.g. db_owner); the master's own
+-- login needs only deploy/sql/scaleout-login.sql.
+--
+-- Schema version 1. A later version adds its changes below, guarded the same way, and inserts
+-- its row into scaleout.schema_version.
+
+IF SCHEMA_ID(N'scaleout') IS NULL EXEC(N'CREATE SCHEMA scaleout')
+GO
+
+IF OBJECT_ID(N'scaleout.schema_version', N'U') IS NULL
+CREATE TABLE scaleout.schema_version (
+    version INT NOT NULL PRIMARY KEY,
+    description NVARCHAR(256) NOT NULL,
+    installed_time DATETIME2 NULL
+)
+GO
+
+-- One row per master replica, written by the replica itself every few seconds (like the SSIS
+-- Scale Out Master's heartbeat).
+IF OBJECT_ID(N'scaleout.replicas', N'U') IS NULL
+CREATE TABLE scaleout.replicas (
+    replica_id BIGINT NOT NULL PRIMARY KEY,
+    api_address NVARCHAR(256) NOT NULL,
+    peer_address NVARCHAR(256) NOT NULL,
+    role NVARCHAR(16) NOT NULL,
+    term BIGINT NOT NULL,
+    leader_id BIGINT NULL,
+    last_online_time DATETIME2 NOT NULL,
+    last_online_ms BIGINT NOT NULL
+)
+GO
+
+IF OBJECT_ID(N'scaleout.worker_agents', N'U') IS NULL
+CREATE TABLE scaleout.worker_agents (
+    worker_agent_id NVARCHAR(36) NOT NULL PRIMARY KEY,
+    display_name NVARCHAR(256) NOT NULL,
+    description NVARCHAR(256) NOT NULL,
+    machine_name NVARCHAR(256) NOT NULL,
+    tags NVARCHAR(4000) NOT NULL,
+    max_tasks INT NOT NULL,
+    agent_version NVARCHAR(256) NOT NULL,
+    is_enabled BIT NOT NULL,
+    is_draining BIT NOT NULL,
+    is_removed BIT NOT NULL,
+    registered_time DATETIME2 NOT NULL,
+    registered_ms BIGINT NOT NULL,
+    last_online_time DATETIME2 NOT NULL,
+    last_online_ms BIGINT NOT NULL
+)
+GO
+
+-- One row per job (SSIS: one execution). state is the scaleout name, status the SSIS task code.
+IF OBJECT_ID(N'scaleout.jobs', N'U') IS NULL
+CREATE TABLE scaleout.jobs (
+    job_id BIGINT NOT NULL PRIMARY KEY,
+    job_name NVARCHAR(256) NOT NULL,
+    package_path NVARCHAR(4000) NULL,
+    command_line NVARCHAR(4000) NOT NULL,
+    state NVARCHAR(16) NOT NULL,
+    status INT NOT NULL,
+    priority INT NOT NULL,
+    max_attempts INT NOT NULL,
+    attempt_count INT NOT NULL,
+    cancel_requested BIT NOT NULL,
+    worker_agent_id NVARCHAR(36) NULL,
+    created_time DATETIME2 NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_time DATETIME2 NOT NULL,
+    updated_ms BIGINT NOT NULL
+)
+GO
+
+-- One task per job (task_id = job_id), shaped like SSIS's internal.tasks. Status codes:
+-- 1 queued, 2 picked up, 3 running, 4 failed, 5 succeeded, 6 cancelled.
+IF OBJECT_ID(N'scaleout.tasks', N'U') IS NULL
+CREATE TABLE scaleout.tasks (
+    task_id BIGINT NOT NULL PRIMARY KEY,
+    job_id BIGINT NOT NULL,
+    task_type INT NOT NULL,
+    input_data NVARCHAR(4000) NOT NULL,
+    max_executed_count INT NOT NULL,
+    executed_count INT NOT NULL,
+    status INT NOT NULL,
+    is_critical BIT NOT NULL,
+    priority INT NOT NULL,
+    ready_for_dispatch_time DATETIME2 NOT NULL,
+    ready_for_dispatch_ms BIGINT NOT NULL,
+    last_updated_time DATETIME2 NOT NULL,
+    last_updated_ms BIGINT NOT NULL,
+    created_time DATETIME2 NOT NULL,
+    created_ms BIGINT NOT NULL,
+    worker_agent_id NVARCHAR(36) NULL,
+    expired_time DATETIME2 NULL,
+    expired_ms BIGINT NULL,
+    is_cancelled BIT NOT NULL,
+    last_pickup_time DATETIME2 NULL,
+    last_pickup_ms BIGINT NULL
+)
+GO
+
+-- One row per attempt (lease) of a task. task_attempt_id = task_id * 1000 + attempt_number.
+IF OBJECT_ID(N'scaleout.task_attempts', N'U') IS NULL
+CREATE TABLE scaleout.task_attempts (
+    task_attempt_id BIGINT NOT NULL PRIMARY KEY,
+    task_id BIGINT NOT NULL,
+    attempt_number INT NOT NULL,
+    worker_agent_id NVARCHAR(36) NOT NULL,
+    lease_token BIGINT NOT NULL,
+    started_time DATETIME2 NOT NULL,
+    started_ms BIGINT NOT NULL,
+    ended_time DATETIME2 NULL,
+    ended_ms BIGINT NULL,
+    outcome NVARCHAR(16) NULL,
+    exit_code INT NULL,
+    error_message NVARCHAR(4000) NULL
+)
+GO
+
+-- Every outbox event exactly once (event_id = Raft log index * 2^20 + sequence). message_type
+-- follows SSIS: 120 error, 110 warning, 70 information, 10 verbose/debug.
+IF OBJECT_ID(N'scaleout.event_messages', N'U') IS NULL
+CREATE TABLE scaleout.event_messages (
+    event_id BIGINT NOT NULL PRIMARY KEY,
+    event_time DATETIME2 NOT NULL,
+    event_ms BIGINT NOT NULL,
+    event_kind NVARCHAR(32) NOT NULL,
+    message_type INT NOT NULL,
+    job_id BIGINT NULL,
+    attempt_number INT NULL,
+    worker_agent_id NVARCHAR(36) NULL,
+    log_sequence BIGINT NULL,
+    message NVARCHAR(4000) NULL
+)
+GO
+
+-- Event lookups by job (`WHERE job_id = ...`).
+IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'ix_event_messages_job')
+CREATE INDEX ix_event_messages_job ON scaleout.event_messages (job_id)
+GO
+
+-- The SSIS shapes DBAs query: catalog.worker_agents and internal.tasks, same column names and
+-- codes, in schema scaleout (the master's login writes only its own schema).
+IF OBJECT_ID(N'scaleout.catalog_worker_agents', N'V') IS NULL
+EXEC(N'CREATE VIEW scaleout.catalog_worker_agents AS
+SELECT worker_agent_id AS WorkerAgentId, is_enabled AS IsEnabled, display_name AS DisplayName,
+       description AS Description, machine_name AS MachineName, tags AS Tags,
+       N'''' AS UserAccount, last_online_time AS LastOnlineTime
+FROM scaleout.worker_agents WHERE is_removed = 0')
+GO
+
+IF OBJECT_ID(N'scaleout.internal_tasks', N'V') IS NULL
+EXEC(N'CREATE VIEW scaleout.internal_tasks AS
+SELECT task_id AS TaskId, job_id AS JobId, task_type AS TaskType, input_data AS InputData,
+       max_executed_count AS MaxExecutedCount, executed_count AS ExecutedCount, status AS Status,
+       is_critical AS IsCritical, priority AS Priority,
+       ready_for_dispatch_time AS ReadyForDispatchTime, last_updated_time AS LastUpdatedTime,
+       created_time AS CreatedTime, worker_agent_id AS WorkerAgentId, expired_time AS ExpiredTime,
+       is_cancelled AS IsCancelled, last_pickup_time AS LastPickupTime,
+       worker_agent_id AS CandidateWorkerAgentId
+FROM scaleout.tasks')
+GO
+
+IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 1)
+INSERT INTO scaleout.schema_version (version, description, installed_time)
+VALUES (1, N'scaleout schema 1: replicas, worker_agents, jobs, tasks, task_attempts, event_messages', SYSUTCDATETIME())
+GO

@@ -1,0 +1,813 @@
+//! The shipper: every replica runs [`run`]; while it leads, it moves the replicated outbox into
+//! SSISDB, exactly once by event id.
+//!
+//! One batch = up to `ssisdb.batch_events` events after the committed cursor
+//! (`acked_up_to`), with the rows they name as they are now (job, task, attempts, worker, log
+//! line). In ONE SQL transaction: upsert the rows (`IF EXISTS UPDATE ELSE INSERT`), insert each
+//! event `WHERE NOT EXISTS` its event_id, count the batch's ids back (a server that silently
+//! dropped a statement fails the batch instead of losing events), COMMIT. Then propose
+//! `AckOutbox { up_to: last id }`. A leader that dies between the COMMIT and the ack's commit
+//! leaves the cursor behind; the next leader ships the same ids again and the NOT EXISTS makes
+//! that a no-op, so nothing is duplicated and nothing is skipped.
+//!
+//! Without SSISDB, the leader prunes events older than `ssisdb.retention_secs` every minute.
+//! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
+//! every [`HEARTBEAT_EVERY`], like the SSIS Scale Out Master's heartbeat.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use super::connect::{connect_target, target, SqlClient, SsisdbError};
+use super::sql::{big, clip, rollback, send, simple, sql_time, Packer, Param, MAX_STRING};
+use crate::config::SsisdbSettings;
+use crate::master::{now_ms, Proposer};
+use crate::queue::{
+    Command, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, Worker, WorkerId,
+};
+use crate::raft::{Raft, SharedQueue};
+
+/// How often each replica writes its row in scaleout.replicas.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// How often the leader prunes the outbox when no SSISDB is configured.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the outbox lag is logged (debug).
+const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the shipper of this process has done; cheap to read (atomics).
+#[derive(Debug, Default)]
+pub struct ShipperStatus {
+    /// Events written to SSISDB and acked by this process.
+    pub events_shipped: AtomicU64,
+    /// Batches committed by this process.
+    pub batches: AtomicU64,
+    /// Events in the local outbox at the last look.
+    pub lag: AtomicU64,
+    /// The shipped cursor at the last look.
+    pub acked_up_to: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ShipperStatus {
+    /// The process's status (one replica per process).
+    pub fn global() -> Arc<ShipperStatus> {
+        static STATUS: OnceLock<Arc<ShipperStatus>> = OnceLock::new();
+        STATUS.get_or_init(Default::default).clone()
+    }
+
+    /// The last error, `None` once a batch succeeds after it.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records `error`; true when it differs from the previous one (log it then, once).
+    fn set_error(&self, error: Option<String>) -> bool {
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changed = *last != error;
+        *last = error;
+        changed
+    }
+}
+
+/// Runs forever on every replica (spawned by the replica, aborted at shutdown).
+pub async fn run(
+    raft: Raft,
+    proposer: Proposer,
+    queue: SharedQueue,
+    settings: SsisdbSettings,
+    replica_id: u64,
+    replica_api: String,
+    replica_peer: String,
+) {
+    let status = ShipperStatus::global();
+    if settings.enabled() {
+        tokio::spawn(heartbeat(
+            raft.clone(),
+            settings.clone(),
+            replica_id,
+            replica_api,
+            replica_peer,
+        ));
+    }
+    let mut shipper = Shipper {
+        settings,
+        status,
+        client: None,
+        backoff: BACKOFF_MIN,
+        replica_id,
+    };
+    let mut last_prune: Option<tokio::time::Instant> = None;
+    let mut last_lag_log = tokio::time::Instant::now();
+    loop {
+        let leader = is_leader(&raft);
+        let lag = read_queue(&queue, |q| q.outbox_len() as u64);
+        shipper.status.lag.store(lag, Ordering::Relaxed);
+        if last_lag_log.elapsed() >= LAG_LOG_EVERY {
+            debug!(
+                replica = replica_id,
+                leader,
+                outbox_lag = lag,
+                "SSISDB outbox lag"
+            );
+            last_lag_log = tokio::time::Instant::now();
+        }
+        if !leader {
+            // A follower keeps no connection: the new leader must not see two writers.
+            shipper.client = None;
+            tokio::time::sleep(
+                shipper
+                    .settings
+                    .ship_interval()
+                    .max(Duration::from_millis(100)),
+            )
+            .await;
+            continue;
+        }
+        if !shipper.settings.enabled() {
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(tokio::time::Instant::now());
+                let before_ms =
+                    now_ms().saturating_sub(shipper.settings.retention().as_millis() as u64);
+                if let Err(e) = proposer.propose(Command::PruneOutbox { before_ms }).await {
+                    debug!(error = %e, "outbox prune not committed; retrying in a minute");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        match shipper.ship_once(&queue, &proposer).await {
+            Ok(0) => tokio::time::sleep(shipper.settings.ship_interval()).await,
+            Ok(_) => {}
+            Err(e) => {
+                shipper.client = None;
+                if shipper.status.set_error(Some(e.to_string())) {
+                    warn!(replica = replica_id, error = %e, retry_in_ms = shipper.backoff.as_millis() as u64, outbox_lag = lag,
+                        "SSISDB shipping failed; dispatch goes on, events wait in the outbox");
+                } else {
+                    debug!(replica = replica_id, error = %e, "SSISDB shipping still failing");
+                }
+                let wait = jitter(shipper.backoff);
+                shipper.backoff = (shipper.backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn is_leader(raft: &Raft) -> bool {
+    raft.metrics().borrow().state == openraft::ServerState::Leader
+}
+
+fn read_queue<T>(queue: &SharedQueue, f: impl FnOnce(&crate::queue::QueueState) -> T) -> T {
+    let guard = queue.read().unwrap_or_else(PoisonError::into_inner);
+    f(&guard)
+}
+
+/// A wait between `d / 2` and `d`, so replicas and retries do not move in step.
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis().max(2) as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+struct Shipper {
+    settings: SsisdbSettings,
+    status: Arc<ShipperStatus>,
+    client: Option<(SqlClient, String)>,
+    backoff: Duration,
+    replica_id: u64,
+}
+
+/// One batch read from the local state, lock released.
+struct Batch {
+    events: Vec<OutboxEvent>,
+    jobs: BTreeMap<JobId, Job>,
+    /// Workers named by the events; `None` when removed since.
+    workers: BTreeMap<WorkerId, Option<Worker>>,
+    /// (job, attempt number) named by attempt events.
+    attempts: BTreeSet<(JobId, u32)>,
+    lines: BTreeMap<(JobId, u64), JobLogLine>,
+}
+
+impl Shipper {
+    /// Ships one batch; returns how many events it shipped (0: nothing to ship).
+    async fn ship_once(
+        &mut self,
+        queue: &SharedQueue,
+        proposer: &Proposer,
+    ) -> Result<usize, SsisdbError> {
+        let limit = self.settings.batch_events.max(1) as usize;
+        let batch = read_queue(queue, |q| {
+            let acked = q.outbox_meta().acked_up_to;
+            self.status.acked_up_to.store(acked, Ordering::Relaxed);
+            let events = q.outbox_after(acked, limit);
+            let mut batch = Batch {
+                events,
+                jobs: BTreeMap::new(),
+                workers: BTreeMap::new(),
+                attempts: BTreeSet::new(),
+                lines: BTreeMap::new(),
+            };
+            for event in &batch.events {
+                if let Some(job) = event.kind.job() {
+                    if let Some(j) = q.job(job) {
+                        batch.jobs.entry(job).or_insert_with(|| j.clone());
+                    }
+                }
+                if let Some(worker) = event.kind.worker() {
+                    batch
+                        .workers
+                        .entry(worker)
+                        .or_insert_with(|| q.worker(worker).cloned());
+                }
+                match &event.kind {
+                    EventKind::AttemptStarted { job, attempt, .. }
+                    | EventKind::AttemptEnded { job, attempt, .. } => {
+                        batch.attempts.insert((*job, *attempt));
+                    }
+                    EventKind::LogLine { job, sequence } => {
+                        if let Some(line) = q.log_line(*job, *sequence) {
+                            batch.lines.insert((*job, *sequence), line.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            batch
+        });
+        let Some(last) = batch.events.last().map(|e| e.id) else {
+            return Ok(0);
+        };
+        if self.client.is_none() {
+            let t = target(&self.settings)?;
+            let (client, addr) = connect_target(t, self.settings.connect_timeout()).await?;
+            info!(replica = self.replica_id, %addr, "connected to SSISDB; shipping the outbox");
+            self.client = Some((client, addr));
+        }
+        let Some((client, addr)) = self.client.as_mut() else {
+            return Ok(0);
+        };
+        let started = std::time::Instant::now();
+        write_batch(client, addr, &batch, self.replica_id).await?;
+        let n = batch.events.len();
+        match proposer.propose(Command::AckOutbox { up_to: last }).await {
+            Ok(_) => {}
+            // Written but not acked: the next leader (or this one) writes the same ids again,
+            // which the NOT EXISTS makes a no-op.
+            Err(e) => {
+                return Err(SsisdbError::Sql(format!(
+                    "batch up to event {last} is in SSISDB but its cursor was not committed \
+                     ({e}); it will be shipped again, harmlessly"
+                )))
+            }
+        }
+        self.status
+            .events_shipped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.status.batches.fetch_add(1, Ordering::Relaxed);
+        self.status.acked_up_to.store(last, Ordering::Relaxed);
+        if self.status.set_error(None) {
+            info!(replica = self.replica_id, %addr, "SSISDB shipping recovered");
+        }
+        self.backoff = BACKOFF_MIN;
+        debug!(
+            replica = self.replica_id,
+            events = n,
+            up_to = last,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shipped a batch to SSISDB"
+        );
+        Ok(n)
+    }
+}
+
+/// SSIS task status codes (internal.tasks.status).
+pub fn status_code(state: JobState) -> i32 {
+    match state {
+        JobState::Queued => 1,
+        JobState::PickedUp => 2,
+        JobState::Running => 3,
+        JobState::Failed => 4,
+        JobState::Succeeded => 5,
+        JobState::Cancelled => 6,
+    }
+}
+
+/// SSIS message types: 120 error, 110 warning, 70 information, 10 verbose.
+fn message_type(level: LogLevel) -> i32 {
+    match level {
+        LogLevel::Error => 120,
+        LogLevel::Warning => 110,
+        LogLevel::Info => 70,
+        LogLevel::Verbose => 10,
+    }
+}
+
+fn p<T: tiberius::ToSql + 'static>(v: T) -> Param {
+    Box::new(v)
+}
+
+fn opt_ms(ms: Option<u64>) -> (Param, Param) {
+    (p(ms.map(sql_time)), p(ms.map(big)))
+}
+
+/// The batch in one transaction; rolled back on any error.
+async fn write_batch(
+    client: &mut SqlClient,
+    addr: &str,
+    batch: &Batch,
+    replica_id: u64,
+) -> Result<(), SsisdbError> {
+    let mut packer = Packer::default();
+    for (id, worker) in &batch.workers {
+        push_worker(&mut packer, *id, worker.as_ref());
+    }
+    for job in batch.jobs.values() {
+        push_job(&mut packer, job);
+        for (_, number) in batch.attempts.range((job.id, 0)..=(job.id, u32::MAX)) {
+            if let Some(attempt) = job.attempts.iter().find(|a| a.number == *number) {
+                push_attempt(&mut packer, job.id, attempt);
+            }
+        }
+    }
+    for event in &batch.events {
+        push_event(&mut packer, event, batch);
+    }
+    let trips = packer.finish();
+    let (first, last) = match (batch.events.first(), batch.events.last()) {
+        (Some(f), Some(l)) => (f.id, l.id),
+        _ => return Ok(()),
+    };
+    simple(client, addr, "BEGIN TRANSACTION").await?;
+    let result = async {
+        send(client, addr, trips).await?;
+        // Count the batch back: only this batch's events have ids in [first, last].
+        let row = client
+            .query(
+                "SELECT COUNT(*) FROM scaleout.event_messages WHERE event_id >= @P1 AND event_id <= @P2",
+                &[&big(first), &big(last)],
+            )
+            .await
+            .map_err(|e| SsisdbError::from_sql(addr, e))?
+            .into_row()
+            .await
+            .map_err(|e| SsisdbError::from_sql(addr, e))?;
+        let stored = row.as_ref().map(super::sql::count_of).unwrap_or(0);
+        if stored != batch.events.len() as i64 {
+            return Err(SsisdbError::Sql(format!(
+                "SSISDB holds {stored} of the {} events {first}..={last} after writing them \
+                 (a statement was dropped by the server); the batch is rolled back and retried",
+                batch.events.len()
+            )));
+        }
+        simple(client, addr, "COMMIT TRANSACTION").await
+    }
+    .await;
+    if result.is_err() {
+        rollback(client).await;
+    }
+    let _ = replica_id;
+    result
+}
+
+fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>) {
+    let Some(w) = worker else {
+        packer.push(
+            "UPDATE scaleout.worker_agents SET is_removed = 1 WHERE worker_agent_id = ?",
+            vec![p(id.to_string())],
+        );
+        return;
+    };
+    let info = &w.info;
+    let params = vec![
+        p(id.to_string()),
+        p(clip(&info.display_name, 256)),
+        p(clip(&info.description, 256)),
+        p(clip(&info.machine_name, 256)),
+        p(clip(&info.tags.join(","), MAX_STRING)),
+        p(i32::try_from(info.max_tasks).unwrap_or(i32::MAX)),
+        p(clip(&info.version, 256)),
+        p(w.enabled),
+        p(w.draining),
+        p(sql_time(w.registered_at_ms)),
+        p(big(w.registered_at_ms)),
+        p(sql_time(w.last_heartbeat_ms)),
+        p(big(w.last_heartbeat_ms)),
+    ];
+    // ?1 id, ?2 display, ?3 descr, ?4 machine, ?5 tags, ?6 max, ?7 version, ?8 enabled,
+    // ?9 draining, ?10 reg time, ?11 reg ms, ?12 online time, ?13 online ms. The id is repeated
+    // as a parameter (templates number parameters in order).
+    let mut all = params;
+    let id_again = p(id.to_string());
+    let id_third = p(id.to_string());
+    let rest: Vec<Param> = vec![
+        p(clip(&info.display_name, 256)),
+        p(clip(&info.description, 256)),
+        p(clip(&info.machine_name, 256)),
+        p(clip(&info.tags.join(","), MAX_STRING)),
+        p(i32::try_from(info.max_tasks).unwrap_or(i32::MAX)),
+        p(clip(&info.version, 256)),
+        p(w.enabled),
+        p(w.draining),
+        p(sql_time(w.last_heartbeat_ms)),
+        p(big(w.last_heartbeat_ms)),
+    ];
+    let mut ordered = vec![id_again];
+    ordered.extend(rest);
+    ordered.push(id_third);
+    ordered.append(&mut all);
+    packer.push(
+        "IF EXISTS (SELECT 1 FROM scaleout.worker_agents WHERE worker_agent_id = ?) \
+         UPDATE scaleout.worker_agents SET display_name = ?, description = ?, machine_name = ?, \
+         tags = ?, max_tasks = ?, agent_version = ?, is_enabled = ?, is_draining = ?, \
+         is_removed = 0, last_online_time = CAST(? AS DATETIME2), last_online_ms = ? \
+         WHERE worker_agent_id = ? \
+         ELSE INSERT INTO scaleout.worker_agents (worker_agent_id, display_name, description, \
+         machine_name, tags, max_tasks, agent_version, is_enabled, is_draining, is_removed, \
+         registered_time, registered_ms, last_online_time, last_online_ms) VALUES (?, ?, ?, ?, \
+         ?, ?, ?, ?, ?, 0, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?)",
+        ordered,
+    );
+}
+
+fn command_line(job: &Job) -> String {
+    clip(&job.spec.argv.join(" "), MAX_STRING)
+}
+
+fn push_job(packer: &mut Packer, job: &Job) {
+    let worker = job
+        .lease
+        .as_ref()
+        .map(|l| l.worker)
+        .or_else(|| job.attempts.last().map(|a| a.worker))
+        .map(|w| w.to_string());
+    let attempts = i32::try_from(job.attempts.len()).unwrap_or(i32::MAX);
+    let set = || -> Vec<Param> {
+        vec![
+            p(job.state.as_str()),
+            p(status_code(job.state)),
+            p(attempts),
+            p(job.cancel_requested),
+            p(worker.clone()),
+            p(sql_time(job.updated_at_ms)),
+            p(big(job.updated_at_ms)),
+        ]
+    };
+    let mut params = vec![p(big(job.id))];
+    params.extend(set());
+    params.push(p(big(job.id)));
+    params.extend(vec![
+        p(big(job.id)),
+        p(clip(&job.spec.name, 256)),
+        p(job.spec.package.as_deref().map(|s| clip(s, MAX_STRING))),
+        p(command_line(job)),
+        p(job.spec.priority),
+        p(i32::try_from(job.spec.max_attempts).unwrap_or(i32::MAX)),
+        p(sql_time(job.created_at_ms)),
+        p(big(job.created_at_ms)),
+    ]);
+    params.extend(set());
+    packer.push(
+        "IF EXISTS (SELECT 1 FROM scaleout.jobs WHERE job_id = ?) \
+         UPDATE scaleout.jobs SET state = ?, status = ?, attempt_count = ?, cancel_requested = ?, \
+         worker_agent_id = ?, updated_time = CAST(? AS DATETIME2), updated_ms = ? WHERE job_id = ? \
+         ELSE INSERT INTO scaleout.jobs (job_id, job_name, package_path, command_line, priority, \
+         max_attempts, created_time, created_ms, state, status, attempt_count, cancel_requested, \
+         worker_agent_id, updated_time, updated_ms) VALUES (?, ?, ?, ?, ?, ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?)",
+        params,
+    );
+
+    // The task (task_id = job_id), shaped like internal.tasks.
+    let lease_worker = job.lease.as_ref().map(|l| l.worker.to_string());
+    let expires = job.lease.as_ref().map(|l| l.expires_at_ms);
+    let pickup = job.attempts.last().map(|a| a.started_at_ms);
+    let input = clip(
+        &job.spec
+            .package
+            .clone()
+            .unwrap_or_else(|| job.spec.argv.join(" ")),
+        MAX_STRING,
+    );
+    let task_set = || -> Vec<Param> {
+        let (exp_t, exp_ms) = opt_ms(expires);
+        let (pick_t, pick_ms) = opt_ms(pickup);
+        vec![
+            p(attempts),
+            p(status_code(job.state)),
+            p(sql_time(job.ready_at_ms)),
+            p(big(job.ready_at_ms)),
+            p(sql_time(job.updated_at_ms)),
+            p(big(job.updated_at_ms)),
+            p(lease_worker.clone()),
+            exp_t,
+            exp_ms,
+            p(job.state == JobState::Cancelled || job.cancel_requested),
+            pick_t,
+            pick_ms,
+        ]
+    };
+    let mut params = vec![p(big(job.id))];
+    params.extend(task_set());
+    params.push(p(big(job.id)));
+    params.extend(vec![
+        p(big(job.id)),
+        p(big(job.id)),
+        p(input),
+        p(i32::try_from(job.spec.max_attempts).unwrap_or(i32::MAX)),
+        p(job.spec.priority),
+        p(sql_time(job.created_at_ms)),
+        p(big(job.created_at_ms)),
+    ]);
+    params.extend(task_set());
+    packer.push(
+        "IF EXISTS (SELECT 1 FROM scaleout.tasks WHERE task_id = ?) \
+         UPDATE scaleout.tasks SET executed_count = ?, status = ?, \
+         ready_for_dispatch_time = CAST(? AS DATETIME2), ready_for_dispatch_ms = ?, \
+         last_updated_time = CAST(? AS DATETIME2), last_updated_ms = ?, worker_agent_id = ?, \
+         expired_time = CAST(? AS DATETIME2), expired_ms = ?, is_cancelled = ?, \
+         last_pickup_time = CAST(? AS DATETIME2), last_pickup_ms = ? WHERE task_id = ? \
+         ELSE INSERT INTO scaleout.tasks (task_id, job_id, task_type, input_data, \
+         max_executed_count, is_critical, priority, created_time, created_ms, executed_count, \
+         status, ready_for_dispatch_time, ready_for_dispatch_ms, last_updated_time, \
+         last_updated_ms, worker_agent_id, expired_time, expired_ms, is_cancelled, \
+         last_pickup_time, last_pickup_ms) VALUES (?, ?, 0, ?, ?, 0, ?, CAST(? AS DATETIME2), ?, \
+         ?, ?, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?, CAST(? AS DATETIME2), ?, ?, \
+         CAST(? AS DATETIME2), ?)",
+        params,
+    );
+}
+
+/// task_attempt_id: one column key (iridium does not enforce composite keys).
+pub fn task_attempt_id(job: JobId, attempt: u32) -> i64 {
+    big(job)
+        .saturating_mul(1000)
+        .saturating_add(i64::from(attempt))
+}
+
+fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt) {
+    let key = task_attempt_id(job, attempt.number);
+    let set = || -> Vec<Param> {
+        let (end_t, end_ms) = opt_ms(attempt.ended_at_ms);
+        vec![
+            end_t,
+            end_ms,
+            p(attempt.outcome.map(|o| o.as_str())),
+            p(attempt.exit_code),
+            p(if attempt.error.is_empty() {
+                None
+            } else {
+                Some(clip(&attempt.error, MAX_STRING))
+            }),
+        ]
+    };
+    let mut params = vec![p(key)];
+    params.extend(set());
+    params.push(p(key));
+    params.extend(vec![
+        p(key),
+        p(big(job)),
+        p(i32::try_from(attempt.number).unwrap_or(i32::MAX)),
+        p(attempt.worker.to_string()),
+        p(big(attempt.token)),
+        p(sql_time(attempt.started_at_ms)),
+        p(big(attempt.started_at_ms)),
+    ]);
+    params.extend(set());
+    packer.push(
+        "IF EXISTS (SELECT 1 FROM scaleout.task_attempts WHERE task_attempt_id = ?) \
+         UPDATE scaleout.task_attempts SET ended_time = CAST(? AS DATETIME2), ended_ms = ?, \
+         outcome = ?, exit_code = ?, error_message = ? WHERE task_attempt_id = ? \
+         ELSE INSERT INTO scaleout.task_attempts (task_attempt_id, task_id, attempt_number, \
+         worker_agent_id, lease_token, started_time, started_ms, ended_time, ended_ms, outcome, \
+         exit_code, error_message) VALUES (?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, ?)",
+        params,
+    );
+}
+
+/// The event's kind name, SSIS message type, attempt, worker, log sequence and message.
+pub fn describe(
+    event: &OutboxEvent,
+    line: Option<&JobLogLine>,
+) -> (
+    &'static str,
+    i32,
+    Option<u32>,
+    Option<WorkerId>,
+    Option<u64>,
+    String,
+) {
+    match &event.kind {
+        EventKind::JobSubmitted { job } => (
+            "JobSubmitted",
+            70,
+            None,
+            None,
+            None,
+            format!("job {job} submitted"),
+        ),
+        EventKind::JobStateChanged { job, from, to } => {
+            let ty = if *to == JobState::Failed { 120 } else { 70 };
+            (
+                "JobStateChanged",
+                ty,
+                None,
+                None,
+                None,
+                format!("job {job}: {from} -> {to}"),
+            )
+        }
+        EventKind::AttemptStarted {
+            job,
+            attempt,
+            worker,
+            ..
+        } => (
+            "AttemptStarted",
+            70,
+            Some(*attempt),
+            Some(*worker),
+            None,
+            format!("job {job} attempt {attempt} started on worker {worker}"),
+        ),
+        EventKind::AttemptEnded {
+            job,
+            attempt,
+            worker,
+            outcome,
+        } => (
+            "AttemptEnded",
+            if matches!(outcome, crate::queue::AttemptOutcome::Succeeded) {
+                70
+            } else {
+                110
+            },
+            Some(*attempt),
+            Some(*worker),
+            None,
+            format!(
+                "job {job} attempt {attempt} on worker {worker} ended: {}",
+                outcome.as_str()
+            ),
+        ),
+        EventKind::CancelRequested { job } => (
+            "CancelRequested",
+            70,
+            None,
+            None,
+            None,
+            format!("cancel of job {job} requested"),
+        ),
+        EventKind::WorkerChanged { worker, change } => (
+            "WorkerChanged",
+            70,
+            None,
+            Some(*worker),
+            None,
+            format!("worker {worker} {}", change.as_str()),
+        ),
+        EventKind::LogLine { job, sequence } => match line {
+            Some(l) => (
+                "LogLine",
+                message_type(l.line.level),
+                Some(l.attempt),
+                None,
+                Some(*sequence),
+                l.line.text.clone(),
+            ),
+            None => (
+                "LogLine",
+                70,
+                None,
+                None,
+                Some(*sequence),
+                format!("log line {sequence} of job {job} (no longer stored)"),
+            ),
+        },
+        EventKind::LogTruncated { job, dropped } => (
+            "LogTruncated",
+            110,
+            None,
+            None,
+            None,
+            format!("{dropped} log line events of job {job} were not shipped: the outbox was full"),
+        ),
+    }
+}
+
+fn push_event(packer: &mut Packer, event: &OutboxEvent, batch: &Batch) {
+    let line = match &event.kind {
+        EventKind::LogLine { job, sequence } => batch.lines.get(&(*job, *sequence)),
+        _ => None,
+    };
+    let (kind, ty, attempt, worker, log_seq, message) = describe(event, line);
+    let id = big(event.id);
+    packer.push(
+        "INSERT INTO scaleout.event_messages (event_id, event_time, event_ms, event_kind, \
+         message_type, job_id, attempt_number, worker_agent_id, log_sequence, message) \
+         SELECT ?, CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS \
+         (SELECT 1 FROM scaleout.event_messages WHERE event_id = ?)",
+        vec![
+            p(id),
+            p(sql_time(event.at_ms)),
+            p(big(event.at_ms)),
+            p(kind),
+            p(ty),
+            p(event.kind.job().map(big)),
+            p(attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX))),
+            p(worker.map(|w| w.to_string())),
+            p(log_seq.map(big)),
+            p(clip(&message, MAX_STRING)),
+            p(id),
+        ],
+    );
+}
+
+/// Every replica's own row in scaleout.replicas, every [`HEARTBEAT_EVERY`], on its own
+/// connection (iridium's table locks are no-wait: a conflict is retried).
+async fn heartbeat(
+    raft: Raft,
+    settings: SsisdbSettings,
+    replica_id: u64,
+    api: String,
+    peer: String,
+) {
+    let mut client: Option<(SqlClient, String)> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        let result = async {
+            if client.is_none() {
+                let t = target(&settings)?;
+                client = Some(connect_target(t, settings.connect_timeout()).await?);
+            }
+            let Some((c, addr)) = client.as_mut() else {
+                return Ok(());
+            };
+            let (role, term, leader) = {
+                let m = raft.metrics().borrow().clone();
+                (crate::raft::role_name(m.state), m.current_term, m.current_leader)
+            };
+            let now = now_ms();
+            let mut packer = Packer::default();
+            let set = || -> Vec<Param> {
+                vec![
+                    p(clip(&api, 256)),
+                    p(clip(&peer, 256)),
+                    p(role),
+                    p(big(term)),
+                    p(leader.map(big)),
+                    p(sql_time(now)),
+                    p(big(now)),
+                ]
+            };
+            let mut params = vec![p(big(replica_id))];
+            params.extend(set());
+            params.push(p(big(replica_id)));
+            params.push(p(big(replica_id)));
+            params.extend(set());
+            packer.push(
+                "IF EXISTS (SELECT 1 FROM scaleout.replicas WHERE replica_id = ?) \
+                 UPDATE scaleout.replicas SET api_address = ?, peer_address = ?, role = ?, term = ?, \
+                 leader_id = ?, last_online_time = CAST(? AS DATETIME2), last_online_ms = ? \
+                 WHERE replica_id = ? ELSE INSERT INTO scaleout.replicas (replica_id, api_address, \
+                 peer_address, role, term, leader_id, last_online_time, last_online_ms) VALUES \
+                 (?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?)",
+                params,
+            );
+            send(c, addr, packer.finish()).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if last_error.take().is_some() {
+                    info!(replica = replica_id, "SSISDB replica heartbeat recovered");
+                }
+                tokio::time::sleep(jitter(HEARTBEAT_EVERY).max(HEARTBEAT_EVERY / 2)).await;
+            }
+            Err(e) if e.is_lock_conflict() => {
+                tokio::time::sleep(jitter(Duration::from_millis(200))).await;
+            }
+            Err(e) => {
+                client = None;
+                let text = e.to_string();
+                if last_error.as_deref() != Some(text.as_str()) {
+                    warn!(replica = replica_id, error = %text, "SSISDB replica heartbeat failed");
+                    last_error = Some(text);
+                }
+                tokio::time::sleep(jitter(HEARTBEAT_EVERY)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! Shipping the outbox to SSISDB, against real replica and worker processes, with
+//! iridium_server in this process as the SQL Server (ephemeral port, own runtime and thread so
+//! it can be stopped and restarted on the same port and data dir, like an AG failover seen
+//! through the listener).
+//!
+//! The connection strings say `Encrypt=DANGER_PLAINTEXT`: iridium_server 0.1.13's TLS does not
+//! work with tiberius (it negotiates TLS 1.3 and then sends session tickets in TDS framing), so
+//! these tests run in plain text. Real deployments use Encrypt=true and ssisdb.ca.
+//!
+//! One test at a time (a lock): each starts three replicas.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use iridium_core::PersistentDatabase;
+use iridium_server::{Credentials, ServerConfig, TdsServer};
+use scaleout::config::SsisdbSettings;
+use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
+use scaleout::pb::v1::{self, JobState};
+use scaleout::ssisdb;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+const WAIT: Duration = Duration::from_secs(120);
+const USER: &str = "scaleout_master";
+const PASSWORD: &str = "Right#Pass1";
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scaleout"))
+}
+
+/// iridium_server on its own runtime and thread: dropping that runtime ends the accept loop
+/// and every session (TdsServer has no shutdown), which releases the data dir.
+struct Iridium {
+    port: u16,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Iridium {
+    fn start(port: u16, data_dir: &Path) -> Result<Iridium, String> {
+        let mut cfg = ServerConfig::default()
+            .host("127.0.0.1")
+            .port(port)
+            .database("SSISDB")
+            .data_dir(data_dir.to_path_buf())
+            .disable_tls();
+        cfg.auth = Some(Credentials {
+            user: USER.into(),
+            password: PASSWORD.into(),
+        });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let dir = data_dir.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let res = rt.block_on(async move {
+                let db = PersistentDatabase::new_persistent(&dir).map_err(|e| e.to_string())?;
+                let mut server = TdsServer::new_with_database(db, cfg);
+                let addr = server.bind().await.map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    if let Err(e) = server.run().await {
+                        eprintln!("iridium run: {e}");
+                    }
+                });
+                Ok::<u16, String>(addr.port())
+            });
+            let ok = res.is_ok();
+            let _ = addr_tx.send(res);
+            if ok {
+                let _ = stop_rx.recv();
+            }
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+        let port = addr_rx.recv().map_err(|e| e.to_string())??;
+        Ok(Iridium {
+            port,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Iridium {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    password_file: PathBuf,
+}
+
+impl Env {
+    fn new(password: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password_file = dir.path().join("ssisdb-password");
+        std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+        Env { dir, password_file }
+    }
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("iridium")
+    }
+}
+
+fn connection_string(port: u16) -> String {
+    format!("Server=tcp:127.0.0.1,{port};Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT")
+}
+
+fn settings(port: u16, password_file: &Path) -> SsisdbSettings {
+    SsisdbSettings {
+        connection_string: Some(connection_string(port)),
+        password_file: Some(password_file.to_path_buf()),
+        connect_timeout_ms: 3_000,
+        ..SsisdbSettings::default()
+    }
+}
+
+fn start_cluster(port: u16, password_file: &Path, extra: &[&str]) -> LocalCluster {
+    let mut overrides = vec![
+        format!("ssisdb.connection_string={}", connection_string(port)),
+        format!("ssisdb.password_file={}", password_file.display()),
+        "ssisdb.connect_timeout_ms=3000".into(),
+        "ssisdb.ship_interval_ms=100".into(),
+        "workers.lease_interval_ms=3000".into(),
+        "workers.expiry_check_interval_ms=100".into(),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    let options = ClusterOptions {
+        overrides,
+        ..ClusterOptions::default()
+    };
+    LocalCluster::start(binary(), options).expect("start replicas")
+}
+
+fn worker(name: &str) -> WorkerOptions {
+    WorkerOptions {
+        extra_config: vec![
+            "agent_heartbeat_interval_ms = 300".into(),
+            "task_heartbeat_interval_ms = 500".into(),
+            "acquire_wait_ms = 1000".into(),
+            "task_request_max_cpu = 100.0".into(),
+            "task_request_min_memory_mb = 0".into(),
+        ],
+        ..WorkerOptions::named(name)
+    }
+}
+
+fn shell(script: &str, max_attempts: u32) -> v1::JobSpec {
+    v1::JobSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        name: "test".into(),
+        max_attempts,
+        ..Default::default()
+    }
+}
+
+async fn sql(port: u16, password_file: &Path) -> ssisdb::SqlClient {
+    ssisdb::connect(&settings(port, password_file))
+        .await
+        .expect("connect to iridium")
+}
+
+async fn rows(client: &mut ssisdb::SqlClient, query: &str) -> Vec<tiberius::Row> {
+    client
+        .query(query, &[])
+        .await
+        .expect(query)
+        .into_first_result()
+        .await
+        .expect(query)
+}
+
+fn int(row: &tiberius::Row, i: usize) -> Option<i64> {
+    row.try_get::<i64, _>(i)
+        .ok()
+        .flatten()
+        .or_else(|| row.try_get::<i32, _>(i).ok().flatten().map(i64::from))
+        .or_else(|| row.try_get::<u8, _>(i).ok().flatten().map(i64::from))
+        .or_else(|| row.try_get::<bool, _>(i).ok().flatten().map(i64::from))
+}
+
+fn text(row: &tiberius::Row, i: usize) -> Option<String> {
+    row.try_get::<&str, _>(i).ok().flatten().map(str::to_string)
+}
+
+async fn wait_terminal(client: &scaleout::client::Client, job_id: u64) -> v1::Job {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = client.get_job(job_id, false).await.expect("get job");
+        if matches!(
+            JobState::try_from(job.state),
+            Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        ) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} did not finish: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status_code(state: i32) -> i64 {
+    match JobState::try_from(state) {
+        Ok(JobState::Queued) => 1,
+        Ok(JobState::PickedUp) => 2,
+        Ok(JobState::Running) => 3,
+        Ok(JobState::Failed) => 4,
+        Ok(JobState::Succeeded) => 5,
+        Ok(JobState::Cancelled) => 6,
+        _ => 0,
+    }
+}
+
+/// Waits until SSISDB shows every job in its final state with every attempt ended, and the
+/// final state-change event of each job; returns the event ids.
+async fn wait_shipped(client: &mut ssisdb::SqlClient, jobs: &[v1::Job]) -> Vec<i64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut done = true;
+        for job in jobs {
+            let q = format!("SELECT status FROM scaleout.jobs WHERE job_id = {}", job.id);
+            let r = rows(client, &q).await;
+            let status = r.first().and_then(|r| int(r, 0));
+            let q = format!(
+                "SELECT COUNT(*) FROM scaleout.event_messages WHERE job_id = {} AND event_kind = N'AttemptEnded'",
+                job.id
+            );
+            let ended = rows(client, &q).await.first().and_then(|r| int(r, 0));
+            if status != Some(status_code(job.state)) || ended != Some(job.attempts.len() as i64) {
+                done = false;
+            }
+        }
+        if done {
+            let ids = rows(
+                client,
+                "SELECT event_id FROM scaleout.event_messages ORDER BY event_id",
+            )
+            .await;
+            return ids.iter().filter_map(|r| int(r, 0)).collect();
+        }
+        assert!(Instant::now() < deadline, "SSISDB did not catch up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Compares jobs, tasks and task_attempts row by row with what the cluster reports.
+async fn compare_rows(client: &mut ssisdb::SqlClient, jobs: &[v1::Job]) {
+    for job in jobs {
+        let r = rows(
+            client,
+            &format!(
+                "SELECT job_id, state, status, attempt_count, max_attempts, command_line, created_ms \
+                 FROM scaleout.jobs WHERE job_id = {}",
+                job.id
+            ),
+        )
+        .await;
+        assert_eq!(r.len(), 1, "one jobs row for job {}", job.id);
+        let row = &r[0];
+        let state = JobState::try_from(job.state).expect("state");
+        assert_eq!(
+            int(row, 2),
+            Some(status_code(job.state)),
+            "job {} status",
+            job.id
+        );
+        assert_eq!(
+            text(row, 1).as_deref(),
+            Some(match state {
+                JobState::Succeeded => "succeeded",
+                JobState::Failed => "failed",
+                JobState::Cancelled => "cancelled",
+                _ => "other",
+            })
+        );
+        assert_eq!(int(row, 3), Some(job.attempts.len() as i64));
+        assert_eq!(int(row, 6), Some(job.created_at_ms as i64));
+        let spec = job.spec.as_ref().expect("spec");
+        assert_eq!(int(row, 4), Some(i64::from(spec.max_attempts)));
+        assert_eq!(text(row, 5), Some(spec.argv.join(" ")));
+
+        let r = rows(
+            client,
+            &format!(
+                "SELECT TaskId, JobId, Status, ExecutedCount, MaxExecutedCount, IsCancelled, \
+                 CONVERT(NVARCHAR(30), CreatedTime, 126) FROM scaleout.internal_tasks WHERE TaskId = {}",
+                job.id
+            ),
+        )
+        .await;
+        assert_eq!(r.len(), 1, "one task row for job {}", job.id);
+        assert_eq!(int(&r[0], 1), Some(job.id as i64));
+        assert_eq!(int(&r[0], 2), Some(status_code(job.state)));
+        assert_eq!(int(&r[0], 3), Some(job.attempts.len() as i64));
+        assert_eq!(int(&r[0], 5), Some(i64::from(state == JobState::Cancelled)));
+        let created = text(&r[0], 6).expect("CreatedTime");
+        assert_eq!(
+            &created[..19],
+            scaleout_time(job.created_at_ms).as_str(),
+            "CreatedTime of job {}",
+            job.id
+        );
+
+        let r = rows(
+            client,
+            &format!(
+                "SELECT attempt_number, worker_agent_id, lease_token, started_ms, ended_ms, outcome, exit_code \
+                 FROM scaleout.task_attempts WHERE task_id = {} ORDER BY attempt_number",
+                job.id
+            ),
+        )
+        .await;
+        assert_eq!(
+            r.len(),
+            job.attempts.len(),
+            "attempt rows of job {}",
+            job.id
+        );
+        for (row, a) in r.iter().zip(&job.attempts) {
+            assert_eq!(int(row, 0), Some(i64::from(a.number)));
+            assert_eq!(text(row, 1), Some(a.worker_id.clone()));
+            assert_eq!(int(row, 2), Some(a.lease_token as i64));
+            assert_eq!(int(row, 3), Some(a.started_at_ms as i64));
+            assert_eq!(int(row, 4), Some(a.ended_at_ms as i64));
+            let outcome = v1::AttemptOutcome::try_from(a.outcome).expect("outcome");
+            let expected = match outcome {
+                v1::AttemptOutcome::Succeeded => "succeeded",
+                v1::AttemptOutcome::Failed => "failed",
+                v1::AttemptOutcome::Expired => "expired",
+                v1::AttemptOutcome::Cancelled => "cancelled",
+                _ => "none",
+            };
+            assert_eq!(
+                text(row, 5).as_deref(),
+                Some(expected),
+                "attempt {} of job {}",
+                a.number,
+                job.id
+            );
+            assert_eq!(int(row, 6), a.exit_code.map(i64::from));
+        }
+        // Every job's events: one submit, and its final state change.
+        let r = rows(
+            client,
+            &format!(
+                "SELECT event_kind, message FROM scaleout.event_messages WHERE job_id = {} ORDER BY event_id",
+                job.id
+            ),
+        )
+        .await;
+        let kinds: Vec<String> = r.iter().filter_map(|r| text(r, 0)).collect();
+        assert_eq!(
+            kinds.first().map(String::as_str),
+            Some("JobSubmitted"),
+            "job {}: {kinds:?}",
+            job.id
+        );
+        assert_eq!(kinds.iter().filter(|k| *k == "JobSubmitted").count(), 1);
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "AttemptStarted").count(),
+            job.attempts.len()
+        );
+    }
+}
+
+fn scaleout_time(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).expect("time");
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn assert_unique(ids: &[i64]) {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "duplicate event ids in SSISDB");
+}
+
+/// Runs the standard mix: two successes, one failing once then retried, one cancelled while
+/// running. Returns the finished jobs.
+async fn run_mix(cluster: &LocalCluster, marker: &Path) -> Vec<v1::Job> {
+    let client = cluster.client().expect("client");
+    let mut ids = Vec::new();
+    for script in ["echo hello; exit 0", "echo second >&2; exit 0"] {
+        ids.push(
+            client
+                .submit_job(shell(script, 1), None)
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    let retry = format!(
+        "if [ -f {m} ]; then echo retried; exit 0; else touch {m}; echo failing; exit 3; fi",
+        m = marker.display()
+    );
+    ids.push(
+        client
+            .submit_job(shell(&retry, 2), None)
+            .await
+            .expect("submit")
+            .job_id,
+    );
+    let long = client
+        .submit_job(shell("echo started; sleep 60", 1), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = client.get_job(long, false).await.expect("get");
+        if JobState::try_from(job.state) == Ok(JobState::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "long job never ran: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.cancel_job(long).await.expect("cancel");
+    ids.push(long);
+    let mut jobs = Vec::new();
+    for id in ids {
+        jobs.push(wait_terminal(&client, id).await);
+    }
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn install_schema_and_check_against_iridium() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let s = settings(server.port, &env.password_file);
+    let report = ssisdb::check(&s).await;
+    assert!(!report.is_ok());
+    let text = report.to_string();
+    assert!(
+        text.contains("missing") && text.contains("install-schema"),
+        "{text}"
+    );
+    ssisdb::install_schema(&s).await.expect("install");
+    ssisdb::install_schema(&s)
+        .await
+        .expect("install twice (re-runnable)");
+    let report = ssisdb::check(&s).await;
+    assert!(report.is_ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_of_jobs_lands_row_by_row() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let agent = cluster.start_worker(worker("w1")).expect("worker");
+    let jobs = run_mix(&cluster, &env.dir.path().join("marker")).await;
+    let states: Vec<i32> = jobs.iter().map(|j| j.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            JobState::Succeeded as i32,
+            JobState::Succeeded as i32,
+            JobState::Succeeded as i32,
+            JobState::Cancelled as i32
+        ]
+    );
+    assert_eq!(jobs[2].attempts.len(), 2, "the failing job is retried once");
+
+    let mut sql = sql(server.port, &env.password_file).await;
+    let ids = wait_shipped(&mut sql, &jobs).await;
+    assert_unique(&ids);
+    compare_rows(&mut sql, &jobs).await;
+
+    let w = rows(
+        &mut sql,
+        "SELECT WorkerAgentId, IsEnabled, DisplayName, MachineName FROM scaleout.catalog_worker_agents",
+    )
+    .await;
+    assert_eq!(w.len(), 1);
+    assert_eq!(text(&w[0], 0), Some(agent.to_string()));
+    // Every replica's heartbeat row.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = rows(
+            &mut sql,
+            "SELECT replica_id, role FROM scaleout.replicas ORDER BY replica_id",
+        )
+        .await;
+        let leaders = r
+            .iter()
+            .filter(|r| text(r, 1).as_deref() == Some("leader"))
+            .count();
+        if r.len() == 3 && leaders == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica rows: {}", r.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(cluster);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_server_down_for_20s_loses_and_duplicates_nothing() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let port = server.port;
+    ssisdb::install_schema(&settings(port, &env.password_file))
+        .await
+        .expect("install");
+    let mut cluster = start_cluster(port, &env.password_file, &[]);
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    let client = cluster.client().expect("client");
+    let first = client
+        .submit_job(shell("echo before", 1), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let first = wait_terminal(&client, first).await;
+
+    server.stop();
+    let outage = Instant::now();
+    // Dispatch goes on while SSISDB is down.
+    let mut during = Vec::new();
+    for i in 0..5 {
+        let id = client
+            .submit_job(shell(&format!("echo during {i}"), 1), None)
+            .await
+            .expect("submit during outage")
+            .job_id;
+        during.push(wait_terminal(&client, id).await);
+    }
+    assert!(during.iter().all(|j| j.state == JobState::Succeeded as i32));
+    let left = Duration::from_secs(20).saturating_sub(outage.elapsed());
+    tokio::time::sleep(left).await; // the required 20 s outage
+    let server = Iridium::start(port, &env.data_dir()).expect("iridium again, same port and dir");
+
+    let mut jobs = vec![first];
+    jobs.extend(during);
+    let mut sql = sql(server.port, &env.password_file).await;
+    let ids = wait_shipped(&mut sql, &jobs).await;
+    assert_unique(&ids);
+    compare_rows(&mut sql, &jobs).await;
+    drop(cluster);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_mid_shipping() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    // Small batches, so a kill lands between batches and inside one.
+    let mut cluster = start_cluster(server.port, &env.password_file, &["ssisdb.batch_events=5"]);
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    let client = cluster.client().expect("client");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            client
+                .submit_job(
+                    shell(&format!("for n in 1 2 3; do echo line $n of {i}; done"), 1),
+                    None,
+                )
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    cluster.kill(leader).expect("kill -9 the leader");
+    cluster.wait_for_leader(WAIT).await.expect("a new leader");
+    let client = cluster.client().expect("client");
+    for i in 0..5 {
+        ids.push(
+            client
+                .submit_job(shell(&format!("echo after {i}"), 1), None)
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    let mut jobs = Vec::new();
+    for id in ids {
+        jobs.push(wait_terminal(&client, id).await);
+    }
+    let mut sql = sql(server.port, &env.password_file).await;
+    let event_ids = wait_shipped(&mut sql, &jobs).await;
+    assert_unique(&event_ids);
+    compare_rows(&mut sql, &jobs).await;
+    // Each job's log lines are there exactly once.
+    for job in &jobs {
+        let r = rows(
+            &mut sql,
+            &format!(
+                "SELECT log_sequence FROM scaleout.event_messages WHERE job_id = {} AND event_kind = N'LogLine'",
+                job.id
+            ),
+        )
+        .await;
+        let mut seqs: Vec<i64> = r.iter().filter_map(|r| int(r, 0)).collect();
+        let n = seqs.len();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(
+            seqs.len(),
+            n,
+            "log line events of job {} duplicated",
+            job.id
+        );
+    }
+    drop(cluster);
+    server.stop();
+}
+
+async fn wait_log(cluster: &LocalCluster, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for r in &cluster.replicas {
+            let log = std::fs::read_to_string(&r.log_path).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica logged {needle:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn dispatch_still_works(cluster: &LocalCluster) {
+    let client = cluster.client().expect("client");
+    let id = client
+        .submit_job(shell("echo still dispatching", 1), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let job = wait_terminal(&client, id).await;
+    assert_eq!(job.state, JobState::Succeeded as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_password_missing_schema_and_unreachable_are_clear() {
+    let _serial = SERIAL.lock().await;
+    // Wrong password.
+    let env = Env::new("not-the-password");
+    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let report = ssisdb::check(&settings(server.port, &env.password_file)).await;
+    assert!(!report.is_ok());
+    let text = report.to_string();
+    assert!(
+        text.contains("login failed") && text.contains("ssisdb.password_file"),
+        "{text}"
+    );
+    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    dispatch_still_works(&cluster).await;
+    let line = wait_log(&cluster, "SSISDB login failed").await;
+    assert!(line.contains("ssisdb.password_file"), "{line}");
+    drop(cluster);
+    server.stop();
+
+    // Missing schema (right password, nothing installed).
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let text = ssisdb::check(&settings(server.port, &env.password_file))
+        .await
+        .to_string();
+    assert!(
+        text.contains("scaleout.event_messages") && text.contains("install-schema"),
+        "{text}"
+    );
+    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    dispatch_still_works(&cluster).await;
+    let line = wait_log(&cluster, "install-schema").await;
+    assert!(line.contains("missing"), "{line}");
+    drop(cluster);
+
+    // Unreachable listener: a port nobody listens on.
+    let port = scaleout::harness::free_ports(1).expect("port")[0];
+    let text = ssisdb::check(&settings(port, &env.password_file))
+        .await
+        .to_string();
+    assert!(
+        text.contains("unreachable") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    let mut cluster = start_cluster(port, &env.password_file, &[]);
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    dispatch_still_works(&cluster).await;
+    let line = wait_log(&cluster, "is unreachable").await;
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    drop(cluster);
+    server.stop();
+}
