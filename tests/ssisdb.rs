@@ -9,104 +9,27 @@
 //!
 //! One test at a time (a lock): each starts three replicas.
 
+#[path = "support/iridium.rs"]
+mod iridium;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use iridium_core::PersistentDatabase;
-use iridium_server::{Credentials, ServerConfig, TdsServer};
 use scaleout::config::SsisdbSettings;
 use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use scaleout::pb::v1::{self, JobState};
 use scaleout::ssisdb;
+
+use iridium::{Iridium, USER};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(120);
-const USER: &str = "scaleout_master";
 const PASSWORD: &str = "Right#Pass1";
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_scaleout"))
-}
-
-/// iridium_server on its own runtime and thread: dropping that runtime ends the accept loop
-/// and every session (TdsServer has no shutdown), which releases the data dir.
-struct Iridium {
-    port: u16,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Iridium {
-    fn start(port: u16, data_dir: &Path) -> Result<Iridium, String> {
-        let mut cfg = ServerConfig::default()
-            .host("127.0.0.1")
-            .port(port)
-            .database("SSISDB")
-            .data_dir(data_dir.to_path_buf())
-            .disable_tls();
-        cfg.auth = Some(Credentials {
-            user: USER.into(),
-            password: PASSWORD.into(),
-        });
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<u16, String>>();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let dir = data_dir.to_path_buf();
-        let thread = std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = addr_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let res = rt.block_on(async move {
-                let db = PersistentDatabase::new_persistent(&dir).map_err(|e| e.to_string())?;
-                let mut server = TdsServer::new_with_database(db, cfg);
-                let addr = server.bind().await.map_err(|e| e.to_string())?;
-                tokio::spawn(async move {
-                    if let Err(e) = server.run().await {
-                        eprintln!("iridium run: {e}");
-                    }
-                });
-                Ok::<u16, String>(addr.port())
-            });
-            let ok = res.is_ok();
-            let _ = addr_tx.send(res);
-            if ok {
-                let _ = stop_rx.recv();
-            }
-            rt.shutdown_timeout(Duration::from_secs(5));
-        });
-        let port = addr_rx.recv().map_err(|e| e.to_string())??;
-        Ok(Iridium {
-            port,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-
-    fn stop(mut self) {
-        self.stop_inner();
-    }
-
-    fn stop_inner(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Iridium {
-    fn drop(&mut self) {
-        self.stop_inner();
-    }
 }
 
 struct Env {
@@ -509,7 +432,7 @@ async fn run_mix(cluster: &LocalCluster, marker: &Path) -> Vec<v1::Job> {
 async fn install_schema_and_check_against_iridium() {
     let _serial = SERIAL.lock().await;
     let env = Env::new(PASSWORD);
-    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     let s = settings(server.port, &env.password_file);
     let report = ssisdb::check(&s).await;
     assert!(!report.is_ok());
@@ -530,7 +453,7 @@ async fn install_schema_and_check_against_iridium() {
 async fn a_run_of_jobs_lands_row_by_row() {
     let _serial = SERIAL.lock().await;
     let env = Env::new(PASSWORD);
-    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     ssisdb::install_schema(&settings(server.port, &env.password_file))
         .await
         .expect("install");
@@ -589,7 +512,7 @@ async fn a_run_of_jobs_lands_row_by_row() {
 async fn sql_server_down_for_20s_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let env = Env::new(PASSWORD);
-    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     let port = server.port;
     ssisdb::install_schema(&settings(port, &env.password_file))
         .await
@@ -627,7 +550,8 @@ async fn sql_server_down_for_20s_loses_and_duplicates_nothing() {
     assert!(during.iter().all(|j| j.state == JobState::Succeeded as i32));
     let left = Duration::from_secs(20).saturating_sub(outage.elapsed());
     tokio::time::sleep(left).await; // the required 20 s outage
-    let server = Iridium::start(port, &env.data_dir()).expect("iridium again, same port and dir");
+    let server =
+        Iridium::start(port, &env.data_dir(), PASSWORD).expect("iridium again, same port and dir");
 
     let mut jobs = vec![first];
     jobs.extend(during);
@@ -644,7 +568,7 @@ async fn sql_server_down_for_20s_loses_and_duplicates_nothing() {
 async fn kill_9_of_the_leader_mid_shipping() {
     let _serial = SERIAL.lock().await;
     let env = Env::new(PASSWORD);
-    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     ssisdb::install_schema(&settings(server.port, &env.password_file))
         .await
         .expect("install");
@@ -742,7 +666,7 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
     let _serial = SERIAL.lock().await;
     // Wrong password.
     let env = Env::new("not-the-password");
-    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     let report = ssisdb::check(&settings(server.port, &env.password_file)).await;
     assert!(!report.is_ok());
     let text = report.to_string();
@@ -761,7 +685,7 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
 
     // Missing schema (right password, nothing installed).
     let env = Env::new(PASSWORD);
-    let server = Iridium::start(0, &env.data_dir()).expect("iridium");
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     let text = ssisdb::check(&settings(server.port, &env.password_file))
         .await
         .to_string();
