@@ -719,3 +719,139 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
     drop(cluster);
     server.stop();
 }
+
+/// A queue with a worker, three jobs (one ran, logged and succeeded) and their events.
+fn queue_with_events() -> scaleout::queue::QueueState {
+    use scaleout::queue::{
+        ApplyContext, AttemptOutcome, Command, CommandOutput, JobSpec, LeaseRef, LogLevel, LogLine,
+        QueueState, WorkerInfo,
+    };
+    let mut q = QueueState::new();
+    let mut index = 0;
+    let mut apply = |q: &mut QueueState, command: Command| {
+        index += 1;
+        q.apply(
+            &ApplyContext::unbounded(index, 1_700_000_000_000 + index),
+            command,
+        )
+        .expect("apply")
+    };
+    let worker = uuid::Uuid::new_v4();
+    apply(
+        &mut q,
+        Command::RegisterWorker {
+            info: WorkerInfo {
+                id: worker,
+                display_name: "w".into(),
+                description: String::new(),
+                machine_name: "host".into(),
+                tags: vec![],
+                max_tasks: 4,
+                version: "test".into(),
+            },
+            auto_enable: true,
+        },
+    );
+    for _ in 0..3 {
+        apply(
+            &mut q,
+            Command::SubmitJob {
+                spec: JobSpec {
+                    argv: vec!["/bin/true".into()],
+                    max_attempts: 1,
+                    ..JobSpec::default()
+                },
+                idempotency_key: None,
+            },
+        );
+    }
+    let CommandOutput::Acquired { tasks } = apply(
+        &mut q,
+        Command::AcquireTasks {
+            worker,
+            free_slots: 1,
+            lease_ms: 30_000,
+            cpu_percent_x10: 0,
+            free_memory_mb: 4096,
+            max_cpu_percent_x10: 1000,
+            min_free_memory_mb: 0,
+            request_id: None,
+        },
+    ) else {
+        panic!("acquire");
+    };
+    let lease = LeaseRef {
+        job_id: tasks[0].job_id,
+        token: tasks[0].token,
+    };
+    apply(
+        &mut q,
+        Command::AppendLogs {
+            worker,
+            lease,
+            lines: vec![LogLine {
+                at_ms: 1_700_000_000_000,
+                level: LogLevel::Info,
+                text: "hello".into(),
+            }],
+        },
+    );
+    apply(
+        &mut q,
+        Command::CompleteTask {
+            worker,
+            lease,
+            outcome: AttemptOutcome::Succeeded,
+            exit_code: Some(0),
+            error: String::new(),
+        },
+    );
+    q
+}
+
+/// A leader that wrote a batch and died before its ack committed leaves the cursor behind; the
+/// next leader writes the same events again. SSISDB must end with each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_twice_lands_once() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    let settings = settings(server.port, &env.password_file);
+    ssisdb::install_schema(&settings).await.expect("install");
+    let queue = queue_with_events();
+    let made = queue.outbox_len();
+    assert_eq!(made, 9, "register, 3 submits, lease (2), a log line, completion (2)");
+    let mut client = sql(server.port, &env.password_file).await;
+    let first = ssisdb::write_events(&mut client, &queue, 0, 10_000)
+        .await
+        .expect("first write");
+    let again = ssisdb::write_events(&mut client, &queue, 0, 10_000)
+        .await
+        .expect("the same events again");
+    assert_eq!((first, again), (made, made));
+    for (table, expected) in [
+        ("event_messages", made as i64),
+        ("jobs", 3),
+        ("task_attempts", 1),
+        ("worker_agents", 1),
+    ] {
+        let q = format!("SELECT COUNT(*) FROM scaleout.{table}");
+        let n = rows(&mut client, &q).await.first().and_then(|r| int(r, 0));
+        assert_eq!(n, Some(expected), "{table}");
+    }
+    let ids: Vec<i64> = rows(&mut client, "SELECT event_id FROM scaleout.event_messages")
+        .await
+        .iter()
+        .filter_map(|r| int(r, 0))
+        .collect();
+    let expected: Vec<i64> = queue
+        .outbox_after(0, usize::MAX)
+        .iter()
+        .map(|e| e.id as i64)
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, expected, "exactly the outbox's events");
+    drop(client);
+    server.stop();
+}

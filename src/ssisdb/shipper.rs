@@ -211,40 +211,7 @@ impl Shipper {
         let batch = read_queue(queue, |q| {
             let acked = q.outbox_meta().acked_up_to;
             self.status.acked_up_to.store(acked, Ordering::Relaxed);
-            let events = q.outbox_after(acked, limit);
-            let mut batch = Batch {
-                events,
-                jobs: BTreeMap::new(),
-                workers: BTreeMap::new(),
-                attempts: BTreeSet::new(),
-                lines: BTreeMap::new(),
-            };
-            for event in &batch.events {
-                if let Some(job) = event.kind.job() {
-                    if let Some(j) = q.job(job) {
-                        batch.jobs.entry(job).or_insert_with(|| j.clone());
-                    }
-                }
-                if let Some(worker) = event.kind.worker() {
-                    batch
-                        .workers
-                        .entry(worker)
-                        .or_insert_with(|| q.worker(worker).cloned());
-                }
-                match &event.kind {
-                    EventKind::AttemptStarted { job, attempt, .. }
-                    | EventKind::AttemptEnded { job, attempt, .. } => {
-                        batch.attempts.insert((*job, *attempt));
-                    }
-                    EventKind::LogLine { job, sequence } => {
-                        if let Some(line) = q.log_line(*job, *sequence) {
-                            batch.lines.insert((*job, *sequence), line.clone());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            batch
+            read_batch(q, acked, limit)
         });
         let Some(last) = batch.events.last().map(|e| e.id) else {
             return Ok(0);
@@ -323,6 +290,58 @@ fn opt_ms(ms: Option<u64>) -> (Param, Param) {
 }
 
 /// The batch in one transaction; rolled back on any error.
+/// The events after `acked` (at most `limit`) and the rows they name, as they are now.
+fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
+    let events = q.outbox_after(acked, limit);
+    let mut batch = Batch {
+        events,
+        jobs: BTreeMap::new(),
+        workers: BTreeMap::new(),
+        attempts: BTreeSet::new(),
+        lines: BTreeMap::new(),
+    };
+    for event in &batch.events {
+        if let Some(job) = event.kind.job() {
+            if let Some(j) = q.job(job) {
+                batch.jobs.entry(job).or_insert_with(|| j.clone());
+            }
+        }
+        if let Some(worker) = event.kind.worker() {
+            batch
+                .workers
+                .entry(worker)
+                .or_insert_with(|| q.worker(worker).cloned());
+        }
+        match &event.kind {
+            EventKind::AttemptStarted { job, attempt, .. }
+            | EventKind::AttemptEnded { job, attempt, .. } => {
+                batch.attempts.insert((*job, *attempt));
+            }
+            EventKind::LogLine { job, sequence } => {
+                if let Some(line) = q.log_line(*job, *sequence) {
+                    batch.lines.insert((*job, *sequence), line.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    batch
+}
+
+/// Writes the events after `after` (at most `limit`) and the rows they name into SSISDB in one
+/// transaction, without acknowledging them: what a leader does before its ack, and what the
+/// next leader repeats when that ack never committed. Returns how many events it wrote.
+pub async fn write_events(
+    client: &mut SqlClient,
+    queue: &crate::queue::QueueState,
+    after: u64,
+    limit: usize,
+) -> Result<usize, SsisdbError> {
+    let batch = read_batch(queue, after, limit);
+    write_batch(client, "SSISDB", &batch, 0).await?;
+    Ok(batch.events.len())
+}
+
 async fn write_batch(
     client: &mut SqlClient,
     addr: &str,
