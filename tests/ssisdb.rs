@@ -820,7 +820,10 @@ async fn a_batch_written_twice_lands_once() {
     ssisdb::install_schema(&settings).await.expect("install");
     let queue = queue_with_events();
     let made = queue.outbox_len();
-    assert_eq!(made, 9, "register, 3 submits, lease (2), a log line, completion (2)");
+    assert_eq!(
+        made, 9,
+        "register, 3 submits, lease (2), a log line, completion (2)"
+    );
     let mut client = sql(server.port, &env.password_file).await;
     let first = ssisdb::write_events(&mut client, &queue, 0, 10_000)
         .await

@@ -1,12 +1,12 @@
 //! SSISDB: where the outbox goes (invariant 5 of DESIGN.md).
 //!
 //! Only the masters talk to SSISDB; workers hold no database credentials. The Raft leader ships
-//! the replicated outbox ([`crate::queue::outbox`]) in batches, each in one SQL transaction that
+//! the replicated outbox (`queue::outbox`, see [`crate::queue::OutboxEvent`]) in batches, each in one SQL transaction that
 //! upserts the rows the events name and inserts the events idempotently by event id, then
 //! proposes the new shipped cursor. A batch written twice (the leader died between the commit in
 //! SQL and the cursor's commit in Raft) lands once, so every event is in SSISDB exactly once.
 //!
-//! - [`connect`]: the connection: ADO string, password, TLS trust, MultiSubnetFailover-style
+//! - [`mod@connect`]: the connection: ADO string, password, TLS trust, MultiSubnetFailover-style
 //!   racing of every listener address, and [`SsisdbError`].
 //! - [`schema`]: the `scaleout` schema script, `install-schema` and `check`.
 //! - [`shipper`]: the task every replica runs: ships while leader, heartbeats its own row.
