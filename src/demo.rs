@@ -46,7 +46,7 @@ async fn show_refusals(cluster: &LocalCluster) -> anyhow::Result<()> {
             worker.name,
             error
                 .status()
-                .map_or("no answer", |s| s.code().description())
+                .map_or_else(|| error.to_string(), |s| format!("{:?}", s.code()))
         ),
     }
     let plaintext = Client::new(&cluster.endpoints(), Security::Insecure)?
