@@ -18,16 +18,15 @@ impl QueueState {
             self.count_dropped_log_event(kind.job().unwrap_or_default(), ctx.now_ms);
             return;
         }
-        let id = self.next_event_id(ctx.log_index);
-        self.outbox.insert(
-            id,
-            OutboxEvent {
-                id,
-                at_ms: ctx.now_ms,
-                kind,
-            },
-        );
+        self.push_event(ctx.log_index, ctx.now_ms, kind);
+    }
+
+    /// Adds an event with the next id of the entry at `log_index`; returns its id.
+    fn push_event(&mut self, log_index: u64, at_ms: u64, kind: EventKind) -> u64 {
+        let id = self.next_event_id(log_index);
+        self.outbox.insert(id, OutboxEvent { id, at_ms, kind });
         self.changes.outbox.insert(id);
+        id
     }
 
     fn next_event_id(&mut self, log_index: u64) -> u64 {
@@ -60,17 +59,12 @@ impl QueueState {
         let Some(ctx) = self.applying else {
             return;
         };
-        let id = self.next_event_id(ctx.log_index);
-        self.outbox.insert(
-            id,
-            OutboxEvent {
-                id,
-                at_ms: now_ms,
-                kind: EventKind::LogTruncated { job, dropped: 1 },
-            },
+        let id = self.push_event(
+            ctx.log_index,
+            now_ms,
+            EventKind::LogTruncated { job, dropped: 1 },
         );
         self.truncated_events.insert(job, id);
-        self.changes.outbox.insert(id);
     }
 
     /// Removes every event up to `up_to`: they are in SSISDB. An ack at or below the cursor
