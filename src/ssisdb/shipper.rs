@@ -92,15 +92,16 @@ pub async fn run(
     replica_peer: String,
 ) {
     let status = ShipperStatus::global();
-    if settings.enabled() {
-        tokio::spawn(heartbeat(
+    // Ends with this task (the replica aborts it at shutdown).
+    let _heartbeat = settings.enabled().then(|| {
+        AbortOnDrop(tokio::spawn(heartbeat(
             raft.clone(),
             settings.clone(),
             replica_id,
             replica_api,
             replica_peer,
-        ));
-    }
+        )))
+    });
     let mut shipper = Shipper {
         settings,
         status,
@@ -163,6 +164,15 @@ pub async fn run(
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped, so a helper task cannot outlive the task that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
