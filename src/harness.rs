@@ -72,6 +72,8 @@ pub struct ClusterCerts {
     pub dir: PathBuf,
     pub ca: DevCa,
     pub hosts: Vec<String>,
+    /// The admin identity, loaded once: clients are made on every status poll.
+    admin: std::sync::OnceLock<Security>,
 }
 
 impl ClusterCerts {
@@ -90,6 +92,7 @@ impl ClusterCerts {
             dir,
             ca,
             hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            admin: std::sync::OnceLock::new(),
         };
         for id in 1..=replicas {
             certs.issue(Role::Replica(id))?;
@@ -115,6 +118,15 @@ impl ClusterCerts {
     /// The files of `role`'s certificate.
     pub fn paths(&self, role: &Role) -> TlsPaths {
         TlsPaths::in_dir(&self.dir, &file_stem(role))
+    }
+
+    /// The admin's certificate, as the cluster's clients use it.
+    pub fn admin_security(&self) -> anyhow::Result<Security> {
+        if let Some(security) = self.admin.get() {
+            return Ok(security.clone());
+        }
+        let loaded = self.security(&Role::Admin("admin".into()))?;
+        Ok(self.admin.get_or_init(|| loaded).clone())
     }
 
     /// A client connecting with `role`'s certificate.
@@ -312,7 +324,7 @@ impl LocalCluster {
     /// How the cluster's clients connect: the admin certificate, or plaintext.
     pub fn client_security(&self) -> anyhow::Result<Security> {
         match &self.certs {
-            Some(certs) => certs.security(&Role::Admin("admin".into())),
+            Some(certs) => certs.admin_security(),
             None => Ok(Security::Insecure),
         }
     }

@@ -661,6 +661,15 @@ async fn dispatch_still_works(cluster: &LocalCluster) {
     assert_eq!(job.state, JobState::Succeeded as i32);
 }
 
+/// A cluster with a worker, shown to dispatch whatever its SSISDB does.
+async fn dispatching_cluster(port: u16, password_file: &Path) -> LocalCluster {
+    let mut cluster = start_cluster(port, password_file, &[]);
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    dispatch_still_works(&cluster).await;
+    cluster
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wrong_password_missing_schema_and_unreachable_are_clear() {
     let _serial = SERIAL.lock().await;
@@ -674,10 +683,7 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
         text.contains("login failed") && text.contains("ssisdb.password_file"),
         "{text}"
     );
-    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
-    cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
-    dispatch_still_works(&cluster).await;
+    let cluster = dispatching_cluster(server.port, &env.password_file).await;
     let line = wait_log(&cluster, "SSISDB login failed").await;
     assert!(line.contains("ssisdb.password_file"), "{line}");
     drop(cluster);
@@ -693,10 +699,7 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
         text.contains("scaleout.event_messages") && text.contains("install-schema"),
         "{text}"
     );
-    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
-    cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
-    dispatch_still_works(&cluster).await;
+    let cluster = dispatching_cluster(server.port, &env.password_file).await;
     let line = wait_log(&cluster, "install-schema").await;
     assert!(line.contains("missing"), "{line}");
     drop(cluster);
@@ -710,10 +713,7 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
         text.contains("unreachable") && text.contains(&format!("127.0.0.1:{port}")),
         "{text}"
     );
-    let mut cluster = start_cluster(port, &env.password_file, &[]);
-    cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
-    dispatch_still_works(&cluster).await;
+    let cluster = dispatching_cluster(port, &env.password_file).await;
     let line = wait_log(&cluster, "is unreachable").await;
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     drop(cluster);

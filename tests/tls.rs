@@ -31,18 +31,20 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_scaleout"))
 }
 
-fn one_replica() -> LocalCluster {
+/// One TLS replica, leading.
+async fn one_replica() -> LocalCluster {
     let options = ClusterOptions {
         replicas: 1,
         ..ClusterOptions::default()
     };
-    LocalCluster::start(binary(), options).expect("start")
+    let cluster = LocalCluster::start(binary(), options).expect("start");
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster
 }
 
 /// One replica and one registered worker agent named `name`; returns its agent id.
 async fn one_replica_with_worker(name: &str) -> (LocalCluster, uuid::Uuid) {
-    let mut cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let mut cluster = one_replica().await;
     let worker = cluster
         .start_worker(WorkerOptions::named(name))
         .expect("worker");
@@ -153,8 +155,7 @@ async fn assert_refused_everywhere(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_a_certificate_is_refused_on_every_port() {
     let _serial = SERIAL.lock().await;
-    let cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let cluster = one_replica().await;
     assert_refused_everywhere(
         &cluster,
         client_config(&cluster, None),
@@ -178,8 +179,7 @@ async fn a_client_without_a_certificate_is_refused_on_every_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_another_ca_is_refused_on_every_port() {
     let _serial = SERIAL.lock().await;
-    let cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let cluster = one_replica().await;
     let other = DevCa::generate("another CA", Validity::days_from_now(30)).expect("ca");
     for role in [Role::Admin("admin".into()), Role::Replica(1)] {
         let pair = other
@@ -202,8 +202,7 @@ async fn a_certificate_from_another_ca_is_refused_on_every_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_is_refused_on_every_port() {
     let _serial = SERIAL.lock().await;
-    let cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let cluster = one_replica().await;
     let now = time::OffsetDateTime::now_utc();
     let expired = Validity {
         not_before: now - time::Duration::days(10),
@@ -390,8 +389,7 @@ async fn worker_a_cannot_act_as_worker_b() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_are_refused_on_the_peer_port_and_replicas_on_the_api_port() {
     let _serial = SERIAL.lock().await;
-    let cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let cluster = one_replica().await;
     let replica = cluster.replica(1).expect("replica");
     let worker = uuid::Uuid::new_v4();
     let certs = cluster.certs.as_ref().expect("certs");
@@ -547,8 +545,7 @@ fn the_cli_without_a_certificate_says_how_to_give_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refuses_a_server_of_another_ca_or_without_the_dialled_name() {
     let _serial = SERIAL.lock().await;
-    let cluster = one_replica();
-    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let cluster = one_replica().await;
     let certs = cluster.certs.as_ref().expect("certs");
     let api = cluster.replica(1).expect("replica").api_addr.clone();
 

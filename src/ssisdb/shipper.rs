@@ -236,7 +236,7 @@ impl Shipper {
             return Ok(0);
         };
         let started = std::time::Instant::now();
-        write_batch(client, addr, &batch, self.replica_id).await?;
+        write_batch(client, addr, &batch).await?;
         let n = batch.events.len();
         match proposer.propose(Command::AckOutbox { up_to: last }).await {
             Ok(_) => {}
@@ -348,16 +348,11 @@ pub async fn write_events(
     limit: usize,
 ) -> Result<usize, SsisdbError> {
     let batch = read_batch(queue, after, limit);
-    write_batch(client, "SSISDB", &batch, 0).await?;
+    write_batch(client, "SSISDB", &batch).await?;
     Ok(batch.events.len())
 }
 
-async fn write_batch(
-    client: &mut SqlClient,
-    addr: &str,
-    batch: &Batch,
-    replica_id: u64,
-) -> Result<(), SsisdbError> {
+async fn write_batch(client: &mut SqlClient, addr: &str, batch: &Batch) -> Result<(), SsisdbError> {
     let mut packer = Packer::default();
     for (id, worker) in &batch.workers {
         push_worker(&mut packer, *id, worker.as_ref());
@@ -406,7 +401,6 @@ async fn write_batch(
     if result.is_err() {
         rollback(client).await;
     }
-    let _ = replica_id;
     result
 }
 
@@ -419,43 +413,37 @@ fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>) {
         return;
     };
     let info = &w.info;
-    let params = vec![
-        p(id.to_string()),
-        p(clip(&info.display_name, 256)),
-        p(clip(&info.description, 256)),
-        p(clip(&info.machine_name, 256)),
-        p(clip(&info.tags.join(","), MAX_STRING)),
-        p(i32::try_from(info.max_tasks).unwrap_or(i32::MAX)),
-        p(clip(&info.version, 256)),
-        p(w.enabled),
-        p(w.draining),
+    let id_text = id.to_string();
+    // The columns the UPDATE and the INSERT share, in the same order in both.
+    let described = || -> Vec<Param> {
+        vec![
+            p(clip(&info.display_name, 256)),
+            p(clip(&info.description, 256)),
+            p(clip(&info.machine_name, 256)),
+            p(clip(&info.tags.join(","), MAX_STRING)),
+            p(i32::try_from(info.max_tasks).unwrap_or(i32::MAX)),
+            p(clip(&info.version, 256)),
+            p(w.enabled),
+            p(w.draining),
+        ]
+    };
+    // Parameters are numbered in the order the `?`s appear: IF EXISTS id; UPDATE columns,
+    // online time and ms, WHERE id; INSERT id, columns, registered and online times.
+    let mut ordered = vec![p(id_text.clone())];
+    ordered.extend(described());
+    ordered.extend([
+        p(sql_time(w.last_heartbeat_ms)),
+        p(big(w.last_heartbeat_ms)),
+    ]);
+    ordered.push(p(id_text.clone()));
+    ordered.push(p(id_text));
+    ordered.extend(described());
+    ordered.extend([
         p(sql_time(w.registered_at_ms)),
         p(big(w.registered_at_ms)),
         p(sql_time(w.last_heartbeat_ms)),
         p(big(w.last_heartbeat_ms)),
-    ];
-    // ?1 id, ?2 display, ?3 descr, ?4 machine, ?5 tags, ?6 max, ?7 version, ?8 enabled,
-    // ?9 draining, ?10 reg time, ?11 reg ms, ?12 online time, ?13 online ms. The id is repeated
-    // as a parameter (templates number parameters in order).
-    let mut all = params;
-    let id_again = p(id.to_string());
-    let id_third = p(id.to_string());
-    let rest: Vec<Param> = vec![
-        p(clip(&info.display_name, 256)),
-        p(clip(&info.description, 256)),
-        p(clip(&info.machine_name, 256)),
-        p(clip(&info.tags.join(","), MAX_STRING)),
-        p(i32::try_from(info.max_tasks).unwrap_or(i32::MAX)),
-        p(clip(&info.version, 256)),
-        p(w.enabled),
-        p(w.draining),
-        p(sql_time(w.last_heartbeat_ms)),
-        p(big(w.last_heartbeat_ms)),
-    ];
-    let mut ordered = vec![id_again];
-    ordered.extend(rest);
-    ordered.push(id_third);
-    ordered.append(&mut all);
+    ]);
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.worker_agents WHERE worker_agent_id = ?) \
          UPDATE scaleout.worker_agents SET display_name = ?, description = ?, machine_name = ?, \
