@@ -248,8 +248,14 @@ pub async fn run(
         queue.clone(),
         config.ssisdb.clone(),
         config.id,
-        api_addr.clone(),
-        peer_addr.clone(),
+        // The addresses the others dial (what SSISDB should show), not the bound ones, which
+        // may be 0.0.0.0.
+        config
+            .member(config.id)
+            .map_or(api_addr.clone(), |me| me.api.clone()),
+        config
+            .member(config.id)
+            .map_or(peer_addr.clone(), |me| me.peer.clone()),
     ));
 
     // Run until asked to stop, or until a server dies.
