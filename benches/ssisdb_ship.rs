@@ -4,6 +4,10 @@
 //!
 //! Three replica processes, 4 workers × 16 slots with the no-op executor, `SCALEOUT_BENCH_JOBS`
 //! jobs (default 2,000) from 32 submitters; then it waits until the outbox is empty.
+//!
+//! Then, as the yardstick, iridium's own ceiling: a fresh iridium and schema, and the same
+//! number of event rows written with plain multi-row INSERTs (1,000 rows per statement and
+//! transaction, no scaleout code at all). Shipping cannot beat that number on that server.
 
 #[path = "../tests/support/iridium.rs"]
 mod iridium;
@@ -155,7 +159,60 @@ async fn run() -> anyhow::Result<()> {
     );
     drop(cluster);
     server.stop();
+
+    let ceiling = iridium_ceiling(events, &dir.path().join("ceiling")).await?;
+    println!(
+        "ssisdb_ship: iridium's own ceiling for {events} event rows (plain multi-row INSERT, \
+         1,000 rows per transaction): {ceiling:.0} rows/s"
+    );
     Ok(())
+}
+
+/// Rows per second that iridium takes for `rows` event rows through plain multi-row INSERTs
+/// into a fresh `scaleout.event_messages`, 1,000 rows per statement and transaction.
+async fn iridium_ceiling(rows: u64, dir: &Path) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, PASSWORD)?;
+    let server = Iridium::start(0, &dir.join("iridium"), PASSWORD)
+        .map_err(|e| anyhow::anyhow!("iridium: {e}"))?;
+    let settings = SsisdbSettings {
+        connection_string: Some(format!(
+            "Server=tcp:127.0.0.1,{};Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT",
+            server.port
+        )),
+        password_file: Some(password_file),
+        ..SsisdbSettings::default()
+    };
+    scaleout::ssisdb::install_schema(&settings).await?;
+    let mut sql = scaleout::ssisdb::connect(&settings).await?;
+    let started = Instant::now();
+    let mut next = 1u64;
+    while next <= rows {
+        let last = (next + 999).min(rows);
+        let values: Vec<String> = (next..=last)
+            .map(|id| {
+                format!(
+                    "({id}, CAST(N'2026-11-26T10:00:00' AS DATETIME2), 1764151200000, \
+                     N'LogLine', 70, {}, 1, NULL, {id}, N'a log line of about the usual length \
+                     for a package execution message')",
+                    id / 5
+                )
+            })
+            .collect();
+        let statement = format!(
+            "BEGIN TRANSACTION; INSERT INTO scaleout.event_messages (event_id, event_time, \
+             event_ms, event_kind, message_type, job_id, attempt_number, worker_agent_id, \
+             log_sequence, message) VALUES {}; COMMIT TRANSACTION",
+            values.join(", ")
+        );
+        sql.simple_query(statement).await?.into_results().await?;
+        next = last + 1;
+    }
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    drop(sql);
+    server.stop();
+    Ok(rate)
 }
 
 async fn wait_drained(client: &scaleout::client::Client, timeout: Duration) -> anyhow::Result<()> {
