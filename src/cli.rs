@@ -3,6 +3,7 @@
 //! 3 cluster unavailable.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
@@ -649,6 +650,60 @@ pub async fn cluster_status(args: &ClientArgs) -> Result<(), CliError> {
     match args.output {
         Output::Json => println!("{}", cluster_json(&status)),
         Output::Table => print_cluster(&status),
+    }
+    Ok(())
+}
+
+/// `cluster add-replica ID --api ADDR --peer ADDR`.
+pub async fn cluster_add_replica(
+    id: u64,
+    api: &str,
+    peer: &str,
+    catch_up: Duration,
+    args: &ClientArgs,
+) -> Result<(), CliError> {
+    let added = args.client()?.add_replica(id, api, peer, catch_up).await?;
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({"added": id, "voters": added.voters, "log_index": added.log_index})
+        ),
+        Output::Table if added.log_index == 0 => {
+            println!(
+                "replica {id} is already a voter; voters: {:?}",
+                added.voters
+            )
+        }
+        Output::Table => println!(
+            "replica {id} caught up and is a voter (entry {}); voters: {:?}",
+            added.log_index, added.voters
+        ),
+    }
+    Ok(())
+}
+
+/// `cluster remove-replica ID`.
+pub async fn cluster_remove_replica(id: u64, args: &ClientArgs) -> Result<(), CliError> {
+    let removed = args.client()?.remove_replica(id).await?;
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({"removed": id, "voters": removed.voters, "log_index": removed.log_index})
+        ),
+        Output::Table => {
+            println!(
+                "replica {id} removed (entry {}); voters: {:?}; stop its process now",
+                removed.log_index, removed.voters
+            );
+            if removed.voters.len() % 2 == 0 {
+                println!(
+                    "note: {} voters tolerate no more failures than {}; add one back or remove \
+                     another",
+                    removed.voters.len(),
+                    removed.voters.len() - 1
+                );
+            }
+        }
     }
     Ok(())
 }

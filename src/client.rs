@@ -25,9 +25,10 @@ use crate::master::status::{describe, is_retryable_elsewhere, redirect_address};
 use crate::pb::v1::admin_service_client::AdminServiceClient;
 use crate::pb::v1::job_service_client::JobServiceClient;
 use crate::pb::v1::{
-    CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, GetJobLogsRequest,
-    GetJobLogsResponse, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, ListJobsResponse,
-    ListWorkersRequest, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
+    AddReplicaRequest, AddReplicaResponse, CancelJobRequest, ClusterStatusRequest,
+    ClusterStatusResponse, GetJobLogsRequest, GetJobLogsResponse, GetJobRequest, Job, JobSpec,
+    JobState, ListJobsRequest, ListJobsResponse, ListWorkersRequest, RemoveReplicaRequest,
+    RemoveReplicaResponse, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
     SubmitJobResponse, Worker, WorkerAction,
 };
 use crate::transport::Security;
@@ -177,12 +178,26 @@ impl Client {
 
     /// Runs `op` against the leader, following redirects, until it succeeds, fails for good, or
     /// the deadline passes.
-    async fn on_leader<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    async fn on_leader<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.deadline;
+        self.on_leader_with(PER_CALL_TIMEOUT, op).await
+    }
+
+    /// [`Client::on_leader`] for a call that may take up to `per_call` on the leader (the
+    /// overall deadline stretches to fit one such call).
+    async fn on_leader_with<T, F, Fut>(
+        &self,
+        per_call: Duration,
+        mut op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.deadline.max(per_call);
         let mut next_endpoint = 0;
         let mut target = self
             .remembered_leader()
@@ -199,7 +214,7 @@ impl Client {
                 return Err(self.unavailable(last_error));
             }
             let outcome = match self.channel(&target) {
-                Ok(channel) => op(channel, remaining.min(PER_CALL_TIMEOUT)).await,
+                Ok(channel) => op(channel, remaining.min(per_call)).await,
                 Err(status) => Err(status),
             };
             let status = match outcome {
@@ -436,6 +451,40 @@ impl Client {
         })
         .await?;
         Ok(())
+    }
+
+    /// Adds replica `id` (which must be running) as a learner, waits up to `catch_up` for it to
+    /// hold the log, then makes it a voter. Returns the voters and the change's log index.
+    pub async fn add_replica(
+        &self,
+        id: u64,
+        api_addr: &str,
+        peer_addr: &str,
+        catch_up: Duration,
+    ) -> Result<AddReplicaResponse, ClientError> {
+        let request = AddReplicaRequest {
+            id,
+            api_addr: api_addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+            catch_up_timeout_ms: u32::try_from(catch_up.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.on_leader_with(catch_up + PER_CALL_TIMEOUT, |channel, timeout| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timeout);
+            async move { AdminServiceClient::new(channel).add_replica(call).await }
+        })
+        .await
+    }
+
+    /// Removes replica `id` from the membership. Returns the voters and the change's log index.
+    pub async fn remove_replica(&self, id: u64) -> Result<RemoveReplicaResponse, ClientError> {
+        let request = RemoveReplicaRequest { id };
+        self.on_leader_with(PER_CALL_TIMEOUT * 4, |channel, timeout| {
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(timeout);
+            async move { AdminServiceClient::new(channel).remove_replica(call).await }
+        })
+        .await
     }
 
     /// The cluster as the first replica that answers sees it.

@@ -40,6 +40,7 @@
 //! | `tls.key` | PEM file of the private key of `tls.cert`. All three `tls` paths are required when `[tls]` is given, and follow the `data_dir` rule for relative paths (the config file's directory, or the current directory when given by env or `--set`). Development certificates: `scaleout certs init --dir certs`. |
 //! | `api_listen` | (default: this replica's `api`) Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
 //! | `peer_listen` | (default: this replica's `peer`) Socket address the Raft (replica to replica) service binds. |
+//! | `peer_routes` | (default: none) An array of tables (`[[peer_routes]]`), each with `id` and `address`: the host:port this replica dials to reach member `id`, instead of that member's `peer` address (NAT, a proxy, another interface). Only this replica uses it; the others still learn the member's `peer` address. |
 //! | `members` | The static bootstrap member list, an array of tables (`[[members]]`), identical in every replica's file. Each entry has `id`, `api` (host:port that clients and workers dial) and `peer` (host:port that other replicas dial). All ids and all addresses must be distinct. |
 //! | `raft.heartbeat_interval_ms` | (default: 100) Leader heartbeat interval; also openraft's append RPC deadline. |
 //! | `raft.election_timeout_min_ms` | (default: 250) Lower bound of the randomized election timeout; at least twice the heartbeat interval. A follower that knew a leader waits `election_timeout_max_ms` (openraft's leader lease) plus this randomized timeout before it stands for election, so failover takes about 0.75 to 1 s with the defaults. |
@@ -126,6 +127,8 @@ pub struct MasterConfig {
     pub peer_listen: String,
     /// The static bootstrap member list.
     pub members: Vec<MemberConfig>,
+    /// Where this replica dials some members instead of their `peer` address.
+    pub peer_routes: Vec<PeerRoute>,
     pub raft: RaftSettings,
     pub proposals: ProposalSettings,
     pub storage: StorageSettings,
@@ -143,6 +146,14 @@ pub struct MemberConfig {
     pub api: String,
     /// host:port that other replicas dial for Raft.
     pub peer: String,
+}
+
+/// `[[peer_routes]]`: the address this replica dials to reach member `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRoute {
+    pub id: u64,
+    pub address: String,
 }
 
 /// `[raft]`: timing and log compaction, passed to openraft.
@@ -803,6 +814,29 @@ impl MasterConfig {
         }
         check_addr(&self.api_listen, true).or_else(|e| bad("api_listen", e))?;
         check_addr(&self.peer_listen, true).or_else(|e| bad("peer_listen", e))?;
+        let mut routed = std::collections::BTreeSet::new();
+        for (i, route) in self.peer_routes.iter().enumerate() {
+            check_addr(&route.address, false)
+                .or_else(|e| bad(&format!("peer_routes[{i}].address"), e))?;
+            if route.id == self.id {
+                return bad(
+                    &format!("peer_routes[{i}].id"),
+                    format!(
+                        "{} is this replica's own id; a replica does not dial itself",
+                        route.id
+                    ),
+                );
+            }
+            if !routed.insert(route.id) {
+                return bad(
+                    &format!("peer_routes[{i}].id"),
+                    format!(
+                        "member {} has two routes; give one address per member",
+                        route.id
+                    ),
+                );
+            }
+        }
         if self.api_listen.eq_ignore_ascii_case(&self.peer_listen) {
             return bad(
                 "peer_listen",
@@ -1136,6 +1170,7 @@ fn build(
             .or_else(|| me.map(|m| m.peer.clone()))
             .unwrap_or_default(),
         members: raw.members,
+        peer_routes: raw.peer_routes,
         raft: raw.raft,
         proposals: raw.proposals,
         storage: raw.storage,
@@ -1171,6 +1206,8 @@ struct RawConfig {
     api_listen: Option<String>,
     #[serde(default)]
     peer_listen: Option<String>,
+    #[serde(default)]
+    peer_routes: Vec<PeerRoute>,
     members: Vec<MemberConfig>,
     #[serde(default)]
     raft: RaftSettings,
@@ -1362,6 +1399,14 @@ const fn req(name: &'static str, kind: Kind, hint: &'static str) -> Field {
 const MEMBER_HINT: &str = "every [[members]] entry needs id, api (host:port for clients and \
                            workers) and peer (host:port for Raft)";
 
+const PEER_ROUTE_HINT: &str = "every [[peer_routes]] entry needs id (a member's id) and address \
+                               (the host:port to dial it at)";
+
+const PEER_ROUTE: &[Field] = &[
+    req("id", Kind::Int, PEER_ROUTE_HINT),
+    req("address", Kind::Str, PEER_ROUTE_HINT),
+];
+
 const MEMBER: &[Field] = &[
     req("id", Kind::Int, MEMBER_HINT),
     req("api", Kind::Str, MEMBER_HINT),
@@ -1429,6 +1474,7 @@ const TOP: &[Field] = &[
     opt("tls", Kind::Table(TLS)),
     opt("api_listen", Kind::Str),
     opt("peer_listen", Kind::Str),
+    opt("peer_routes", Kind::TableArray(PEER_ROUTE)),
     req(
         "members",
         Kind::TableArray(MEMBER),

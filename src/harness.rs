@@ -5,6 +5,7 @@
 //! before the replicas start. Children are killed when the cluster is dropped, so nothing is
 //! left behind even when a test fails.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,13 @@ use crate::transport::Security;
 
 pub struct ReplicaProcess {
     pub id: u64,
+    /// The API address others dial (a proxy's, when the network is proxied).
     pub api_addr: String,
+    /// The peer address the others learn from the membership.
     pub peer_addr: String,
+    /// Where the replica binds its API and peer services.
+    pub api_listen: String,
+    pub peer_listen: String,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
@@ -39,6 +45,42 @@ impl ReplicaProcess {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+}
+
+/// Where one replica listens, what it advertises, and where it dials the others.
+#[derive(Debug, Clone)]
+pub struct ReplicaAddresses {
+    pub id: u64,
+    /// Advertised API address (`[[members]] api`).
+    pub api: String,
+    /// Advertised peer address (`[[members]] peer`).
+    pub peer: String,
+    pub api_listen: String,
+    pub peer_listen: String,
+    /// `[[peer_routes]]`: member id to the address this replica dials it at.
+    pub routes: BTreeMap<u64, String>,
+}
+
+impl ReplicaAddresses {
+    /// Two fresh loopback ports, advertised as they are bound.
+    pub fn local(id: u64) -> anyhow::Result<ReplicaAddresses> {
+        let ports = free_ports(2)?;
+        Ok(ReplicaAddresses::at(id, ports[0], ports[1]))
+    }
+
+    /// Loopback `api_port` and `peer_port`, advertised as they are bound.
+    pub fn at(id: u64, api_port: u16, peer_port: u16) -> ReplicaAddresses {
+        let api = format!("127.0.0.1:{api_port}");
+        let peer = format!("127.0.0.1:{peer_port}");
+        ReplicaAddresses {
+            id,
+            api_listen: api.clone(),
+            peer_listen: peer.clone(),
+            api,
+            peer,
+            routes: BTreeMap::new(),
+        }
     }
 }
 
@@ -232,65 +274,150 @@ impl LocalCluster {
         root: &Path,
         options: ClusterOptions,
     ) -> anyhow::Result<LocalCluster> {
-        let n = options.replicas as usize;
-        let ports = free_ports(2 * n)?;
-        let mut members = String::new();
-        for i in 0..n {
-            members.push_str(&format!(
-                "\n[[members]]\nid = {}\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
-                i + 1,
-                ports[2 * i],
-                ports[2 * i + 1]
-            ));
-        }
+        let ports = free_ports(2 * options.replicas as usize)?;
+        let layout = (1..=options.replicas)
+            .zip(ports.chunks(2))
+            .map(|(id, pair)| ReplicaAddresses::at(id, pair[0], pair[1]))
+            .collect();
+        LocalCluster::configure_with(binary, root, options, layout)
+    }
+
+    /// Writes configs under `root` for replicas at the addresses of `layout` (one entry per
+    /// replica, ids in order) without starting anything.
+    pub fn configure_with(
+        binary: &Path,
+        root: &Path,
+        options: ClusterOptions,
+        layout: Vec<ReplicaAddresses>,
+    ) -> anyhow::Result<LocalCluster> {
         let certs = if options.tls {
-            Some(ClusterCerts::create(root.join("certs"), options.replicas)?)
+            Some(ClusterCerts::create(
+                root.join("certs"),
+                layout.len() as u64,
+            )?)
         } else {
             None
         };
-        let mut replicas = Vec::new();
-        for i in 0..n {
-            let id = i as u64 + 1;
-            let dir = root.join(format!("replica-{id}"));
-            fs::create_dir_all(&dir)?;
-            let config_path = dir.join("master.toml");
-            let data_dir = dir.join("data");
-            let security = match &certs {
-                Some(certs) => tls_table(&certs.paths(&Role::Replica(id))),
-                None => "insecure = true\n".into(),
-            };
-            let (top, tables) = if certs.is_some() {
-                (String::new(), security)
-            } else {
-                (security, String::new())
-            };
-            fs::write(
-                &config_path,
-                format!(
-                    "id = {id}\ndata_dir = \"{}\"\n{top}{members}\n\
-                     [workers]\napproval = \"auto\"\n{tables}",
-                    data_dir.display()
-                ),
-            )?;
-            replicas.push(ReplicaProcess {
-                id,
-                api_addr: format!("127.0.0.1:{}", ports[2 * i]),
-                peer_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
-                config_path,
-                data_dir,
-                log_path: dir.join("replica.log"),
-                child: None,
-            });
-        }
-        Ok(LocalCluster {
+        let mut cluster = LocalCluster {
             binary: binary.to_path_buf(),
             root: root.to_path_buf(),
             _temp: None,
             options,
             certs,
-            replicas,
+            replicas: Vec::new(),
             workers: Vec::new(),
-        })
+        };
+        let members = layout.clone();
+        for addresses in layout {
+            cluster.write_replica_config(addresses, &members)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Writes the config of a replica that is not yet a member (`cluster add-replica`): its
+    /// members are the current replicas and itself. Returns its id; start it with
+    /// [`LocalCluster::restart`].
+    pub fn configure_new_replica(&mut self, addresses: ReplicaAddresses) -> anyhow::Result<u64> {
+        let id = addresses.id;
+        if self.replicas.iter().any(|r| r.id == id) {
+            bail!("replica {id} exists already");
+        }
+        if let Some(certs) = &self.certs {
+            certs.issue(Role::Replica(id))?;
+        }
+        let mut members: Vec<ReplicaAddresses> = self
+            .replicas
+            .iter()
+            .map(|r| ReplicaAddresses {
+                id: r.id,
+                api: r.api_addr.clone(),
+                peer: r.peer_addr.clone(),
+                api_listen: r.api_listen.clone(),
+                peer_listen: r.peer_listen.clone(),
+                routes: BTreeMap::new(),
+            })
+            .collect();
+        members.push(addresses.clone());
+        self.write_replica_config(addresses, &members)?;
+        Ok(id)
+    }
+
+    fn write_replica_config(
+        &mut self,
+        me: ReplicaAddresses,
+        members: &[ReplicaAddresses],
+    ) -> anyhow::Result<()> {
+        let id = me.id;
+        let mut listed = String::new();
+        for m in members {
+            listed.push_str(&format!(
+                "\n[[members]]\nid = {}\napi = \"{}\"\npeer = \"{}\"\n",
+                m.id, m.api, m.peer
+            ));
+        }
+        for (to, address) in &me.routes {
+            listed.push_str(&format!(
+                "\n[[peer_routes]]\nid = {to}\naddress = \"{address}\"\n"
+            ));
+        }
+        let dir = self.root.join(format!("replica-{id}"));
+        fs::create_dir_all(&dir)?;
+        let config_path = dir.join("master.toml");
+        let data_dir = dir.join("data");
+        let security = match &self.certs {
+            Some(certs) => tls_table(&certs.paths(&Role::Replica(id))),
+            None => "insecure = true\n".into(),
+        };
+        let (top, tables) = if self.certs.is_some() {
+            (String::new(), security)
+        } else {
+            (security, String::new())
+        };
+        fs::write(
+            &config_path,
+            format!(
+                "id = {id}\ndata_dir = \"{}\"\napi_listen = \"{}\"\npeer_listen = \"{}\"\n\
+                 {top}{listed}\n[workers]\napproval = \"auto\"\n{tables}",
+                data_dir.display(),
+                me.api_listen,
+                me.peer_listen,
+            ),
+        )?;
+        self.replicas.push(ReplicaProcess {
+            id,
+            api_addr: me.api,
+            peer_addr: me.peer,
+            api_listen: me.api_listen,
+            peer_listen: me.peer_listen,
+            config_path,
+            data_dir,
+            log_path: dir.join("replica.log"),
+            child: None,
+        });
+        Ok(())
+    }
+
+    /// Removes a stopped replica's data dir (a lost disk).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        let replica = self.replica(id)?;
+        if replica.is_running() {
+            bail!("replica {id} is running; stop it before wiping its data dir");
+        }
+        if replica.data_dir.exists() {
+            fs::remove_dir_all(&replica.data_dir)
+                .with_context(|| format!("cannot remove {}", replica.data_dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a stopped replica that left the membership.
+    pub fn forget(&mut self, id: u64) -> anyhow::Result<()> {
+        let index = self.index(id)?;
+        if self.replicas[index].is_running() {
+            bail!("replica {id} is running; stop it first");
+        }
+        self.replicas.remove(index);
+        Ok(())
     }
 
     /// Starts every replica that is not running.
@@ -555,7 +682,7 @@ impl LocalCluster {
     pub async fn status_of(&self, id: u64) -> anyhow::Result<ClusterStatusResponse> {
         let replica = self.replica(id)?;
         let client = self
-            .client_at(&replica.api_addr)?
+            .client_at(&replica.api_listen)?
             .with_deadline(Duration::from_secs(2));
         Ok(client.cluster_status().await?)
     }

@@ -164,6 +164,30 @@ enum WorkersCommand {
 enum ClusterCommand {
     /// Members, leader, term, and commit/applied index per replica.
     Status(ClientArgs),
+    /// Add a running replica: it joins as a learner, catches up, then becomes a voter (joint
+    /// consensus). Start it first with an empty data dir and a config that lists the members
+    /// and itself.
+    AddReplica {
+        /// The new replica's id (its config's `id`).
+        id: u64,
+        /// The address clients and workers dial (its `api`).
+        #[arg(long)]
+        api: String,
+        /// The address the other replicas dial (its `peer`).
+        #[arg(long)]
+        peer: String,
+        /// How long to wait for it to catch up before it becomes a voter.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        catch_up_secs: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a replica from the membership (joint consensus); stop its process afterwards.
+    RemoveReplica {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -322,6 +346,28 @@ fn main() -> ExitCode {
             Command::Cluster {
                 command: ClusterCommand::Status(client),
             } => cli::cluster_status(&client).await,
+            Command::Cluster {
+                command:
+                    ClusterCommand::AddReplica {
+                        id,
+                        api,
+                        peer,
+                        catch_up_secs,
+                        client,
+                    },
+            } => {
+                cli::cluster_add_replica(
+                    id,
+                    &api,
+                    &peer,
+                    std::time::Duration::from_secs(catch_up_secs),
+                    &client,
+                )
+                .await
+            }
+            Command::Cluster {
+                command: ClusterCommand::RemoveReplica { id, client },
+            } => cli::cluster_remove_replica(id, &client).await,
             Command::Job { command } => match command {
                 JobCommand::Submit(args) => cli::job_submit(&args).await,
                 JobCommand::Get { id, client } => cli::job_get(id, &client).await,

@@ -12,7 +12,8 @@ use super::proposer::{now_ms, Proposer};
 use super::status::from_queue_error;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
-    ListWorkersRequest, ListWorkersResponse, RemoveWorkerRequest, RemoveWorkerResponse,
+    AddReplicaRequest, AddReplicaResponse, ListWorkersRequest, ListWorkersResponse,
+    RemoveReplicaRequest, RemoveReplicaResponse, RemoveWorkerRequest, RemoveWorkerResponse,
     SetWorkerStateRequest, SetWorkerStateResponse, WorkerAction,
 };
 use crate::pb::{worker_id_from_pb, worker_to_pb};
@@ -66,7 +67,7 @@ impl AdminApi {
         }
         let channel = self
             .network
-            .channel(&node.peer_addr)
+            .channel_to(id, &node.peer_addr)
             .map_err(|e| e.to_string())?;
         let mut request = Request::new(NodeStatusRequest {});
         request.set_timeout(MEMBER_STATUS_TIMEOUT);
@@ -230,5 +231,49 @@ impl AdminService for AdminApi {
             }
             other => Err(Status::internal(format!("unexpected output {other:?}"))),
         }
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<AddReplicaRequest>,
+    ) -> Result<Response<AddReplicaResponse>, Status> {
+        authorize(&request, "AdminService.AddReplica", Permission::Administer)?;
+        let request = request.into_inner();
+        let catch_up = match request.catch_up_timeout_ms {
+            0 => super::membership::DEFAULT_CATCH_UP,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let changed = super::membership::add_replica(
+            &self.raft,
+            &self.network,
+            request.id,
+            ReplicaNode {
+                api_addr: request.api_addr,
+                peer_addr: request.peer_addr,
+            },
+            catch_up,
+        )
+        .await?;
+        Ok(Response::new(AddReplicaResponse {
+            voters: changed.voters,
+            log_index: changed.log_index,
+        }))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<RemoveReplicaResponse>, Status> {
+        authorize(
+            &request,
+            "AdminService.RemoveReplica",
+            Permission::Administer,
+        )?;
+        let changed =
+            super::membership::remove_replica(&self.raft, request.into_inner().id).await?;
+        Ok(Response::new(RemoveReplicaResponse {
+            voters: changed.voters,
+            log_index: changed.log_index,
+        }))
     }
 }

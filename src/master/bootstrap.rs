@@ -46,7 +46,7 @@ pub async fn bootstrap(
         return Ok(());
     }
     for member in config.members.iter().filter(|m| m.id != config.id) {
-        if let Some(applied) = probe_applied_index(network, &member.peer).await {
+        if let Some(applied) = probe_applied_index(network, member.id, &member.peer).await {
             if applied > 0 {
                 warn!(
                     peer = member.id,
@@ -74,8 +74,8 @@ pub async fn bootstrap(
     }
 }
 
-async fn probe_applied_index(network: &PeerNetwork, peer_addr: &str) -> Option<u64> {
-    let channel = network.channel(peer_addr).ok()?;
+async fn probe_applied_index(network: &PeerNetwork, id: NodeId, peer_addr: &str) -> Option<u64> {
+    let channel = network.channel_to(id, peer_addr).ok()?;
     let mut request = tonic::Request::new(NodeStatusRequest {});
     request.set_timeout(PEER_PROBE_TIMEOUT);
     let mut client = RaftServiceClient::new(channel);

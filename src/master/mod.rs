@@ -14,6 +14,7 @@ pub mod authz;
 mod bootstrap;
 mod job_service;
 mod leader;
+mod membership;
 mod proposer;
 mod replica;
 pub mod status;

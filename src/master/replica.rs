@@ -141,7 +141,12 @@ pub async fn run(
         Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
     };
     let peer_max_bytes = peer_message_limit(&config);
-    let network = PeerNetwork::new(config.id, peer_max_bytes, security.clone());
+    let network = PeerNetwork::new(config.id, peer_max_bytes, security.clone()).with_routes(
+        config
+            .peer_routes
+            .iter()
+            .map(|route| (route.id, route.address.clone())),
+    );
     let raft = Raft::new(
         config.id,
         raft_settings,

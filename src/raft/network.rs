@@ -39,6 +39,8 @@ pub struct PeerNetwork {
     max_message_bytes: usize,
     security: Security,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    /// `peer_routes`: members this replica dials somewhere else than their `peer` address.
+    routes: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl PeerNetwork {
@@ -48,7 +50,28 @@ impl PeerNetwork {
             max_message_bytes,
             security,
             channels: Arc::default(),
+            routes: Arc::default(),
         }
+    }
+
+    /// Dials member `id` at `address` instead of its `peer` address (`peer_routes`).
+    pub fn with_routes(mut self, routes: impl IntoIterator<Item = (NodeId, String)>) -> Self {
+        self.routes = Arc::new(routes.into_iter().collect());
+        self
+    }
+
+    /// Where this replica dials member `id`, whose advertised peer address is `peer_addr`.
+    pub fn address_of<'a>(&'a self, id: NodeId, peer_addr: &'a str) -> &'a str {
+        self.routes.get(&id).map_or(peer_addr, String::as_str)
+    }
+
+    /// The channel to member `id` (advertised at `peer_addr`), through its route if it has one.
+    pub fn channel_to(
+        &self,
+        id: NodeId,
+        peer_addr: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.channel(self.address_of(id, peer_addr))
     }
 
     /// The channel to `peer_addr`, created on first use. The channel reconnects by itself, so a
@@ -76,7 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &ReplicaNode) -> PeerClient {
-        let client = self.channel(&node.peer_addr).map(|channel| {
+        let client = self.channel_to(target, &node.peer_addr).map(|channel| {
             RaftServiceClient::new(channel)
                 .max_decoding_message_size(self.max_message_bytes)
                 .max_encoding_message_size(self.max_message_bytes)

@@ -1,0 +1,261 @@
+//! Membership changes on the leader: add a replica (learner, catch-up, then voter) and remove
+//! one. openraft moves between configurations through joint consensus, so a majority of both
+//! the old and the new voters agrees on every step and no change can make two leaders.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use tonic::{Code, Status};
+use tracing::info;
+
+use super::status::not_leader;
+use crate::pb::raft::raft_service_client::RaftServiceClient;
+use crate::pb::raft::NodeStatusRequest;
+use crate::raft::{NodeId, PeerNetwork, Raft, ReplicaNode};
+
+/// How long the leader waits for a new replica to catch up when the caller does not say.
+pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(60);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a membership change left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub voters: Vec<NodeId>,
+    /// Index of the entry that finished the change; 0 when nothing had to change.
+    pub log_index: u64,
+}
+
+/// Adds replica `id` at `node`: checks it runs and is who it says, adds it as a learner, waits
+/// until it holds the leader's log (the leader sends a snapshot if the log was compacted), then
+/// makes it a voter. Running it again after a timeout carries on where it stopped.
+pub async fn add_replica(
+    raft: &Raft,
+    network: &PeerNetwork,
+    id: NodeId,
+    node: ReplicaNode,
+    catch_up: Duration,
+) -> Result<Changed, Status> {
+    check_address("api_addr", &node.api_addr)?;
+    check_address("peer_addr", &node.peer_addr)?;
+    let membership = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    if let Some(existing) = membership.get_node(&id) {
+        if *existing != node {
+            return Err(Status::failed_precondition(format!(
+                "replica {id} is already a member at {existing}; to change its addresses, \
+                 remove it (scaleout cluster remove-replica {id}) and add it again"
+            )));
+        }
+        if membership.voter_ids().any(|voter| voter == id) {
+            return Ok(Changed {
+                voters: membership.voter_ids().collect(),
+                log_index: 0,
+            });
+        }
+    }
+    if let Some((other, _)) = membership.nodes().find(|(other, n)| {
+        **other != id && (n.api_addr == node.api_addr || n.peer_addr == node.peer_addr)
+    }) {
+        return Err(Status::invalid_argument(format!(
+            "replica {other} already uses one of these addresses ({node}); every replica needs \
+             its own api and peer address"
+        )));
+    }
+    probe(network, id, &node.peer_addr).await?;
+
+    let added = raft
+        .add_learner(id, node.clone(), false)
+        .await
+        .map_err(|e| write_error(e))?;
+    let needed = added.log_id.index;
+    info!(replica = id, %node, log_index = needed, "replica added as a learner; waiting for it to catch up");
+    wait_caught_up(raft, id, needed, catch_up).await?;
+
+    let changed = raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        .await
+        .map_err(|e| write_error(e))?;
+    let voters: Vec<NodeId> = changed
+        .membership
+        .as_ref()
+        .map(|m| m.voter_ids().collect())
+        .unwrap_or_default();
+    info!(
+        replica = id,
+        ?voters,
+        log_index = changed.log_id.index,
+        "replica is a voter"
+    );
+    Ok(Changed {
+        voters,
+        log_index: changed.log_id.index,
+    })
+}
+
+/// Removes replica `id`, voter or learner. The last voter cannot be removed. Removing the
+/// leader itself is allowed: it leads until the change commits, then the others elect one.
+pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> {
+    let membership = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    if membership.get_node(&id).is_none() {
+        let members: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        return Err(Status::not_found(format!(
+            "replica {id} is not a member (members: {members:?})"
+        )));
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let change = if voters.contains(&id) {
+        if voters.len() == 1 {
+            return Err(Status::failed_precondition(format!(
+                "replica {id} is the only voter; a cluster needs at least one"
+            )));
+        }
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    let changed = raft
+        .change_membership(change, false)
+        .await
+        .map_err(|e| write_error(e))?;
+    let voters: Vec<NodeId> = changed
+        .membership
+        .as_ref()
+        .map(|m| m.voter_ids().collect())
+        .unwrap_or_default();
+    info!(
+        replica = id,
+        ?voters,
+        log_index = changed.log_id.index,
+        "replica removed"
+    );
+    Ok(Changed {
+        voters,
+        log_index: changed.log_id.index,
+    })
+}
+
+fn check_address(field: &str, address: &str) -> Result<(), Status> {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if valid {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field} {address:?} is not host:port (e.g. 10.0.0.4:7101)"
+        )))
+    }
+}
+
+/// The new replica must answer on its peer address with its own id: a typo in the address or
+/// the id is caught before the membership changes.
+async fn probe(network: &PeerNetwork, id: NodeId, peer_addr: &str) -> Result<(), Status> {
+    let unreachable = |why: String| {
+        Status::failed_precondition(format!(
+            "cannot reach replica {id} at peer address {peer_addr} ({why}); start it first: its \
+             config names id = {id}, lists the current members and itself, and it waits with an \
+             empty data dir to be added"
+        ))
+    };
+    let channel = network
+        .channel_to(id, peer_addr)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut request = tonic::Request::new(NodeStatusRequest {});
+    request.set_timeout(PROBE_TIMEOUT);
+    let answer = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        RaftServiceClient::new(channel).node_status(request),
+    )
+    .await
+    .map_err(|_| unreachable(format!("no answer within {PROBE_TIMEOUT:?}")))?
+    .map_err(|status| unreachable(crate::master::status::describe(&status)))?
+    .into_inner();
+    if answer.id != id {
+        return Err(Status::invalid_argument(format!(
+            "the replica at {peer_addr} is replica {}, not {id}",
+            answer.id
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until the leader has replicated up to `index` to `id`.
+async fn wait_caught_up(
+    raft: &Raft,
+    id: NodeId,
+    index: u64,
+    timeout: Duration,
+) -> Result<(), Status> {
+    let mut metrics = raft.metrics();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let matched = {
+            let m = metrics.borrow_and_update();
+            if m.current_leader != Some(m.id) {
+                return Err(not_leader(m.current_leader, None));
+            }
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|log_id| log_id.index)
+        };
+        if matched.is_some_and(|m| m >= index) {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Status::unavailable("the replica is shutting down")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "replica {id} was added as a learner but has not caught up within \
+                     {timeout:?} (it holds up to index {}, the leader needs {index}); it keeps \
+                     receiving the log: run the same command again to make it a voter",
+                    matched.map_or_else(|| "none".to_string(), |m| m.to_string())
+                )))
+            }
+        }
+    }
+}
+
+fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            not_leader(forward.leader_id, forward.leader_node.as_ref())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => match e {
+            ChangeMembershipError::InProgress(e) => Status::new(
+                Code::Aborted,
+                format!("another membership change is still in progress ({e}); retry in a moment"),
+            ),
+            other => Status::failed_precondition(other.to_string()),
+        },
+        RaftError::Fatal(fatal) => Status::unavailable(format!("the replica is stopping: {fatal}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_must_be_host_and_port() {
+        assert!(check_address("api_addr", "10.0.0.4:7101").is_ok());
+        assert!(check_address("api_addr", "replica-4.corp:7101").is_ok());
+        for bad in ["", "10.0.0.4", ":7101", "host:0", "host:port", "host:70000"] {
+            let err = check_address("peer_addr", bad).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+            assert!(err.message().contains("peer_addr"), "{}", err.message());
+        }
+    }
+}
