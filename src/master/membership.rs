@@ -72,7 +72,7 @@ pub async fn add_replica(
     let added = raft
         .add_learner(id, node.clone(), false)
         .await
-        .map_err(|e| write_error(e))?;
+        .map_err(write_error)?;
     let needed = added.log_id.index;
     info!(replica = id, %node, log_index = needed, "replica added as a learner; waiting for it to catch up");
     wait_caught_up(raft, id, needed, catch_up).await?;
@@ -80,7 +80,7 @@ pub async fn add_replica(
     let changed = raft
         .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
         .await
-        .map_err(|e| write_error(e))?;
+        .map_err(write_error)?;
     let voters: Vec<NodeId> = changed
         .membership
         .as_ref()
@@ -127,7 +127,7 @@ pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> 
     let changed = raft
         .change_membership(change, false)
         .await
-        .map_err(|e| write_error(e))?;
+        .map_err(write_error)?;
     let voters: Vec<NodeId> = changed
         .membership
         .as_ref()
