@@ -708,6 +708,54 @@ pub async fn cluster_remove_replica(id: u64, args: &ClientArgs) -> Result<(), Cl
     Ok(())
 }
 
+/// `scaleout chaos`: exit 0 when every invariant held, 1 when one broke.
+pub async fn chaos(
+    minutes: u64,
+    seed: Option<u64>,
+    faults: &[String],
+    keep_dir: Option<PathBuf>,
+    output: Output,
+) -> Result<(), CliError> {
+    use crate::chaos::faults::FaultKind;
+    let kinds = faults
+        .iter()
+        .map(|name| {
+            FaultKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name.as_str())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                    CliError::usage(anyhow::anyhow!(
+                        "unknown fault {name:?}; the faults are {}",
+                        known.join(", ")
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let binary = std::env::current_exe().map_err(CliError::failed)?;
+    let seed = seed.unwrap_or_else(rand::random);
+    let mut options =
+        crate::chaos::ChaosOptions::new(binary, seed, Duration::from_secs(minutes * 60));
+    options.faults = kinds;
+    options.keep_dir = keep_dir;
+    let report = crate::chaos::run(options).await.map_err(CliError::failed)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_value(&report).map_err(CliError::failed)?
+        ),
+        Output::Table => println!("{report}"),
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(CliError::failed(anyhow::anyhow!(
+            "invariants broken (seed {seed}): {}",
+            report.violations().join("; ")
+        )))
+    }
+}
+
 pub fn state_name(state: i32) -> &'static str {
     crate::pb::state_from_pb(state)
         .ok()

@@ -397,6 +397,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Makes the cluster own `dir`: it is removed when the cluster is dropped.
+    pub fn own_dir(&mut self, dir: tempfile::TempDir) {
+        self._temp = Some(dir);
+    }
+
     /// Removes a stopped replica's data dir (a lost disk).
     pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
         let replica = self.replica(id)?;

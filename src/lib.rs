@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -71,6 +71,25 @@ enum Command {
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=10_000))]
         jobs: u32,
     },
+    /// Chaos test: 3 replicas and workers behind fault-injecting proxies, faults from a seeded
+    /// plan (kills, pauses, partitions, a lost disk), then every invariant checked. Exits 1 if
+    /// one broke.
+    Chaos {
+        /// How long to inject faults.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        minutes: u64,
+        /// The plan's seed (printed at the start, so a failing run can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Faults to draw from, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        faults: Vec<String>,
+        /// Keep the cluster's logs and data in this directory.
+        #[arg(long)]
+        keep_dir: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: cli::Output,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -380,6 +399,13 @@ fn main() -> ExitCode {
                 JobCommand::Logs { id, follow, client } => cli::job_logs(id, follow, &client).await,
                 JobCommand::Wait { id, client } => cli::job_wait(id, &client).await,
             },
+            Command::Chaos {
+                minutes,
+                seed,
+                faults,
+                keep_dir,
+                output,
+            } => cli::chaos(minutes, seed, &faults, keep_dir, output).await,
             Command::Demo { jobs } => scaleout::demo::run(jobs)
                 .await
                 .map_err(cli::CliError::failed),

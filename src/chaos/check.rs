@@ -1,0 +1,560 @@
+//! The chaos checker: what the load generator saw (the history) and what the cluster holds at
+//! the end, checked against the invariants of DESIGN.md. Pure: no IO, so it is tested on
+//! made-up histories.
+//!
+//! - 1 no acknowledged submit is lost;
+//! - 2 fencing: a job completes at most once, and only its latest attempt may carry a worker's
+//!   result (an earlier one that succeeded means a stale completion was accepted);
+//! - 3 no job has more attempts than `max_attempts`;
+//! - 4 a lease expires only where a worker was really out of reach: an expired attempt whose
+//!   lifetime overlaps no worker fault (pause, kill, API cut) means a replica fault expired it;
+//! - 6 one job per idempotency key, and every acknowledgment of a key names that job;
+//! - 7 a linearizable read never misses a job acknowledged before the read began;
+//! - and after the faults heal: every acknowledged job is terminal, and every replica holds
+//!   the same jobs in the same states.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::pb::v1::{self, AttemptOutcome, JobState};
+
+/// One logical submit: its key, when it was invoked and answered (ms since the run began),
+/// and the job id if it was acknowledged.
+#[derive(Debug, Clone)]
+pub struct SubmitRecord {
+    pub key: String,
+    pub invoked_ms: u64,
+    pub completed_ms: u64,
+    /// `None`: the outcome is unknown (the cluster did not answer in time).
+    pub job_id: Option<u64>,
+}
+
+/// A linearizable GetJob of an acknowledged job.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub job_id: u64,
+    /// When the submit of `job_id` was acknowledged, and when the read was invoked.
+    pub acked_ms: u64,
+    pub invoked_ms: u64,
+    /// The job was not there (an error that is not "not found" is not recorded).
+    pub missing: bool,
+}
+
+/// One injected fault, with its window in wall-clock ms since the Unix epoch (the clock of the
+/// leader's attempt timestamps, same machine).
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub kind: &'static str,
+    pub detail: String,
+    pub started_unix_ms: u64,
+    pub healed_unix_ms: u64,
+    /// A fault that keeps workers from the leader (their leases may expire).
+    pub touches_workers: bool,
+}
+
+/// What the cluster holds at the end.
+#[derive(Debug, Clone, Default)]
+pub struct FinalState {
+    /// Every job, read linearizably from the leader.
+    pub jobs: Vec<v1::Job>,
+    /// Replica id → (job id → state), each read from that replica's own state.
+    pub per_replica: BTreeMap<u64, BTreeMap<u64, i32>>,
+    /// Completions the replicas refused as stale (counted in the workers' logs).
+    pub stale_refused: u64,
+}
+
+/// The checker's verdict and the run's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub seconds: f64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub faults_injected: u64,
+    pub submits_acknowledged: u64,
+    pub submits_indeterminate: u64,
+    pub jobs_completed: u64,
+    pub stale_completions_refused: u64,
+    pub longest_commit_gap_ms: u64,
+    pub reads_checked: u64,
+    /// Leases expired by a worker fault (expected).
+    pub leases_expired_by_worker_faults: u64,
+    // Violations: every list must be empty.
+    pub lost: Vec<u64>,
+    pub completed_twice: Vec<u64>,
+    pub stale_completions_accepted: Vec<u64>,
+    pub over_max_attempts: Vec<u64>,
+    pub expired_without_worker_fault: Vec<u64>,
+    pub duplicate_keys: Vec<String>,
+    pub inconsistent_acks: Vec<String>,
+    pub stale_reads: Vec<u64>,
+    pub not_terminal: Vec<u64>,
+    pub diverged_replicas: Vec<String>,
+}
+
+impl Report {
+    /// No invariant was broken.
+    pub fn ok(&self) -> bool {
+        self.violations().is_empty()
+    }
+
+    /// Each broken invariant, with the jobs (or keys) that show it.
+    pub fn violations(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut add = |name: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                let shown: Vec<String> = items.iter().take(10).cloned().collect();
+                found.push(format!("{name}: {} ({})", items.len(), shown.join(", ")));
+            }
+        };
+        let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>();
+        add("acknowledged jobs lost", ids(&self.lost));
+        add("jobs completed twice", ids(&self.completed_twice));
+        add(
+            "stale completions accepted",
+            ids(&self.stale_completions_accepted),
+        );
+        add("jobs over max_attempts", ids(&self.over_max_attempts));
+        add(
+            "leases expired without a worker fault",
+            ids(&self.expired_without_worker_fault),
+        );
+        add(
+            "idempotency keys with two jobs",
+            self.duplicate_keys.clone(),
+        );
+        add(
+            "keys acknowledged with two job ids",
+            self.inconsistent_acks.clone(),
+        );
+        add(
+            "linearizable reads that missed an acknowledged job",
+            ids(&self.stale_reads),
+        );
+        add(
+            "acknowledged jobs not terminal after healing",
+            ids(&self.not_terminal),
+        );
+        add(
+            "replicas that differ from the leader",
+            self.diverged_replicas.clone(),
+        );
+        found
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "chaos (seed {}): {:.0} s, {} faults ({})",
+            self.seed,
+            self.seconds,
+            self.faults_injected,
+            faults.join(", ")
+        )?;
+        writeln!(
+            f,
+            "jobs acknowledged {}, completed {}, lost {}, completed twice {}; submits with no \
+             answer {}",
+            self.submits_acknowledged,
+            self.jobs_completed,
+            self.lost.len(),
+            self.completed_twice.len(),
+            self.submits_indeterminate
+        )?;
+        writeln!(
+            f,
+            "stale completions refused {}, accepted {}; leases expired by worker faults {}, \
+             by anything else {}; linearizable reads checked {}",
+            self.stale_completions_refused,
+            self.stale_completions_accepted.len(),
+            self.leases_expired_by_worker_faults,
+            self.expired_without_worker_fault.len(),
+            self.reads_checked
+        )?;
+        writeln!(
+            f,
+            "longest window without a commit: {} ms",
+            self.longest_commit_gap_ms
+        )?;
+        let violations = self.violations();
+        if violations.is_empty() {
+            write!(f, "every invariant held")
+        } else {
+            write!(f, "INVARIANTS BROKEN:\n  {}", violations.join("\n  "))
+        }
+    }
+}
+
+fn terminal(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+/// Checks `submits`, `reads` and `faults` against `end`. `lease_ms` is the lease interval: a
+/// worker fault can expire a lease until one interval after it heals.
+pub fn check(
+    seed: u64,
+    seconds: f64,
+    submits: &[SubmitRecord],
+    reads: &[ReadRecord],
+    faults: &[FaultRecord],
+    end: &FinalState,
+    lease_ms: u64,
+) -> Report {
+    let mut report = Report {
+        seed,
+        seconds,
+        faults_injected: faults.len() as u64,
+        stale_completions_refused: end.stale_refused,
+        reads_checked: reads.len() as u64,
+        ..Report::default()
+    };
+    for fault in faults {
+        *report.faults.entry(fault.kind).or_default() += 1;
+    }
+
+    // 6: every acknowledgment of a key names one job.
+    let mut acked: BTreeMap<&str, u64> = BTreeMap::new();
+    for submit in submits {
+        match submit.job_id {
+            Some(id) => {
+                if let Some(first) = acked.insert(&submit.key, id) {
+                    if first != id {
+                        report
+                            .inconsistent_acks
+                            .push(format!("{} ({first} and {id})", submit.key));
+                    }
+                }
+            }
+            None => report.submits_indeterminate += 1,
+        }
+    }
+    report.submits_acknowledged = acked.len() as u64;
+
+    let jobs: BTreeMap<u64, &v1::Job> = end.jobs.iter().map(|j| (j.id, j)).collect();
+    let mut by_key: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for job in &end.jobs {
+        if !job.idempotency_key.is_empty() {
+            by_key.entry(&job.idempotency_key).or_default().push(job.id);
+        }
+    }
+    report.duplicate_keys = by_key
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|(key, ids)| format!("{key} {ids:?}"))
+        .collect();
+
+    // 1 and the end state of every acknowledged job.
+    let acked_ids: BTreeSet<u64> = acked.values().copied().collect();
+    for &id in &acked_ids {
+        match jobs.get(&id) {
+            None => report.lost.push(id),
+            Some(job) if !terminal(job.state) => report.not_terminal.push(id),
+            Some(_) => report.jobs_completed += 1,
+        }
+    }
+
+    // 2, 3 and 4 on every job's attempts.
+    let worker_windows: Vec<(u64, u64)> = faults
+        .iter()
+        .filter(|f| f.touches_workers)
+        .map(|f| (f.started_unix_ms, f.healed_unix_ms.saturating_add(lease_ms)))
+        .collect();
+    for job in &end.jobs {
+        let outcomes: Vec<AttemptOutcome> = job
+            .attempts
+            .iter()
+            .map(|a| AttemptOutcome::try_from(a.outcome).unwrap_or(AttemptOutcome::Unspecified))
+            .collect();
+        let succeeded = outcomes
+            .iter()
+            .filter(|o| **o == AttemptOutcome::Succeeded)
+            .count();
+        if succeeded > 1 {
+            report.completed_twice.push(job.id);
+        }
+        let earlier = &outcomes[..outcomes.len().saturating_sub(1)];
+        if earlier.contains(&AttemptOutcome::Succeeded) {
+            report.stale_completions_accepted.push(job.id);
+        }
+        let max_attempts = job.spec.as_ref().map_or(1, |s| s.max_attempts.max(1));
+        if job.attempts.len() > max_attempts as usize {
+            report.over_max_attempts.push(job.id);
+        }
+        for attempt in &job.attempts {
+            if attempt.outcome != AttemptOutcome::Expired as i32 {
+                continue;
+            }
+            let (start, end) = (attempt.started_at_ms, attempt.ended_at_ms);
+            if worker_windows
+                .iter()
+                .any(|(from, to)| start <= *to && end >= *from)
+            {
+                report.leases_expired_by_worker_faults += 1;
+            } else {
+                report.expired_without_worker_fault.push(job.id);
+            }
+        }
+    }
+
+    // 7.
+    report.stale_reads = reads
+        .iter()
+        .filter(|r| r.missing && r.invoked_ms >= r.acked_ms)
+        .map(|r| r.job_id)
+        .collect();
+
+    // Replicas converge on the leader's jobs.
+    let leader_view: BTreeMap<u64, i32> = end.jobs.iter().map(|j| (j.id, j.state)).collect();
+    for (replica, view) in &end.per_replica {
+        if *view != leader_view {
+            let differing = leader_view
+                .iter()
+                .filter(|(id, state)| view.get(id) != Some(state))
+                .count()
+                + view
+                    .keys()
+                    .filter(|id| !leader_view.contains_key(id))
+                    .count();
+            report
+                .diverged_replicas
+                .push(format!("replica {replica}: {differing} jobs differ"));
+        }
+    }
+
+    // The longest stretch between two acknowledged submits.
+    let mut completions: Vec<u64> = submits
+        .iter()
+        .filter(|s| s.job_id.is_some())
+        .map(|s| s.completed_ms)
+        .collect();
+    completions.sort_unstable();
+    report.longest_commit_gap_ms = completions
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(
+        id: u64,
+        key: &str,
+        state: JobState,
+        attempts: &[(AttemptOutcome, u64, u64)],
+    ) -> v1::Job {
+        v1::Job {
+            id,
+            idempotency_key: key.into(),
+            state: state as i32,
+            spec: Some(v1::JobSpec {
+                max_attempts: 2,
+                ..Default::default()
+            }),
+            attempts: attempts
+                .iter()
+                .enumerate()
+                .map(|(i, (outcome, start, end))| v1::Attempt {
+                    number: i as u32 + 1,
+                    outcome: *outcome as i32,
+                    started_at_ms: *start,
+                    ended_at_ms: *end,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn acked(key: &str, id: u64, at: u64) -> SubmitRecord {
+        SubmitRecord {
+            key: key.into(),
+            invoked_ms: at,
+            completed_ms: at + 5,
+            job_id: Some(id),
+        }
+    }
+
+    fn healthy() -> (Vec<SubmitRecord>, FinalState) {
+        let submits = vec![acked("a", 1, 0), acked("b", 2, 100), acked("c", 3, 1000)];
+        let jobs = vec![
+            job(
+                1,
+                "a",
+                JobState::Succeeded,
+                &[(AttemptOutcome::Succeeded, 10, 20)],
+            ),
+            job(
+                2,
+                "b",
+                JobState::Succeeded,
+                &[
+                    (AttemptOutcome::Failed, 10, 20),
+                    (AttemptOutcome::Succeeded, 30, 40),
+                ],
+            ),
+            job(3, "c", JobState::Cancelled, &[]),
+        ];
+        let view: BTreeMap<u64, i32> = jobs.iter().map(|j| (j.id, j.state)).collect();
+        let end = FinalState {
+            per_replica: BTreeMap::from([(1, view.clone()), (2, view)]),
+            jobs,
+            stale_refused: 2,
+        };
+        (submits, end)
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let (submits, end) = healthy();
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.submits_acknowledged, 3);
+        assert_eq!(report.jobs_completed, 3);
+        assert_eq!(report.longest_commit_gap_ms, 900);
+        assert_eq!(report.stale_completions_refused, 2);
+        assert!(report.to_string().contains("every invariant held"));
+    }
+
+    #[test]
+    fn a_lost_acknowledged_job_is_reported() {
+        let (submits, mut end) = healthy();
+        end.jobs.retain(|j| j.id != 2);
+        for view in end.per_replica.values_mut() {
+            view.remove(&2);
+        }
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.lost, vec![2]);
+        assert!(report.to_string().contains("acknowledged jobs lost: 1 (2)"));
+    }
+
+    #[test]
+    fn fencing_violations_are_reported() {
+        let (submits, mut end) = healthy();
+        end.jobs[0] = job(
+            1,
+            "a",
+            JobState::Succeeded,
+            &[
+                (AttemptOutcome::Succeeded, 10, 20),
+                (AttemptOutcome::Succeeded, 30, 40),
+            ],
+        );
+        end.jobs[1] = job(
+            2,
+            "b",
+            JobState::Failed,
+            &[
+                (AttemptOutcome::Succeeded, 10, 20),
+                (AttemptOutcome::Failed, 30, 40),
+                (AttemptOutcome::Failed, 50, 60),
+            ],
+        );
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.completed_twice, vec![1]);
+        assert_eq!(report.stale_completions_accepted, vec![1, 2]);
+        assert_eq!(report.over_max_attempts, vec![2]);
+    }
+
+    #[test]
+    fn expiries_count_against_worker_faults_only() {
+        let (submits, mut end) = healthy();
+        end.jobs[1] = job(
+            2,
+            "b",
+            JobState::Succeeded,
+            &[
+                (AttemptOutcome::Expired, 1_000, 9_000),
+                (AttemptOutcome::Succeeded, 9_000, 9_500),
+            ],
+        );
+        end.jobs[0] = job(
+            1,
+            "a",
+            JobState::Succeeded,
+            &[
+                (AttemptOutcome::Expired, 50_000, 58_000),
+                (AttemptOutcome::Succeeded, 58_000, 59_000),
+            ],
+        );
+        let pause = FaultRecord {
+            kind: "pause-worker",
+            detail: "worker-1".into(),
+            started_unix_ms: 2_000,
+            healed_unix_ms: 8_000,
+            touches_workers: true,
+        };
+        let report = check(7, 60.0, &submits, &[], &[pause], &end, 5000);
+        assert_eq!(report.leases_expired_by_worker_faults, 1);
+        assert_eq!(report.expired_without_worker_fault, vec![1]);
+    }
+
+    #[test]
+    fn idempotency_and_read_violations_are_reported() {
+        let (mut submits, mut end) = healthy();
+        submits.push(acked("a", 4, 2000));
+        end.jobs.push(job(
+            4,
+            "a",
+            JobState::Succeeded,
+            &[(AttemptOutcome::Succeeded, 1, 2)],
+        ));
+        let reads = vec![
+            ReadRecord {
+                job_id: 3,
+                acked_ms: 1005,
+                invoked_ms: 1500,
+                missing: true,
+            },
+            // Invoked before the acknowledgment: concurrent, may miss.
+            ReadRecord {
+                job_id: 2,
+                acked_ms: 105,
+                invoked_ms: 100,
+                missing: true,
+            },
+        ];
+        let report = check(7, 60.0, &submits, &reads, &[], &end, 5000);
+        assert_eq!(report.inconsistent_acks, vec!["a (1 and 4)".to_string()]);
+        assert_eq!(report.duplicate_keys, vec!["a [1, 4]".to_string()]);
+        assert_eq!(report.stale_reads, vec![3]);
+        assert!(
+            report.diverged_replicas.len() == 2,
+            "{:?}",
+            report.diverged_replicas
+        );
+    }
+
+    #[test]
+    fn unfinished_jobs_and_unknown_submits_are_told_apart() {
+        let (mut submits, mut end) = healthy();
+        end.jobs[2].state = JobState::Running as i32;
+        for view in end.per_replica.values_mut() {
+            view.insert(3, JobState::Running as i32);
+        }
+        submits.push(SubmitRecord {
+            key: "d".into(),
+            invoked_ms: 3000,
+            completed_ms: 18000,
+            job_id: None,
+        });
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.not_terminal, vec![3]);
+        assert_eq!(report.submits_indeterminate, 1);
+        assert!(report.lost.is_empty());
+    }
+}

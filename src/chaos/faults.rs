@@ -1,0 +1,230 @@
+//! The faults the chaos run injects, one at a time, each healed before the next: process kills
+//! and pauses (replicas and workers), partitions through the link proxies (both directions,
+//! one way, replica cut off from its workers), and a replica that loses its disk and comes back
+//! as a new member.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::Rng;
+use tokio::time::sleep;
+use tracing::info;
+
+use super::check::FaultRecord;
+use super::network::ProxiedNetwork;
+use super::proxy::LinkMode;
+use crate::client::Client;
+use crate::harness::LocalCluster;
+use crate::master::now_ms;
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    IsolateLeader,
+    IsolateFollower,
+    OneWayLink,
+    CutLeaderApi,
+    PauseWorker,
+    KillWorker,
+    WipeFollower,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::KillLeader,
+        FaultKind::KillFollower,
+        FaultKind::PauseLeader,
+        FaultKind::IsolateLeader,
+        FaultKind::IsolateFollower,
+        FaultKind::OneWayLink,
+        FaultKind::CutLeaderApi,
+        FaultKind::PauseWorker,
+        FaultKind::KillWorker,
+        FaultKind::WipeFollower,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillFollower => "kill-follower",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::IsolateFollower => "isolate-follower",
+            FaultKind::OneWayLink => "one-way-link",
+            FaultKind::CutLeaderApi => "cut-leader-api",
+            FaultKind::PauseWorker => "pause-worker",
+            FaultKind::KillWorker => "kill-worker",
+            FaultKind::WipeFollower => "wipe-follower",
+        }
+    }
+
+    /// Whether the fault keeps workers from the leader long enough for leases to expire.
+    fn touches_workers(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CutLeaderApi | FaultKind::PauseWorker | FaultKind::KillWorker
+        )
+    }
+}
+
+/// What the injector needs: the cluster, its network, an admin client, and the timings.
+pub struct Injector<'a> {
+    pub cluster: &'a mut LocalCluster,
+    pub network: &'a ProxiedNetwork,
+    pub admin: &'a Client,
+    pub rng: StdRng,
+    pub lease: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Injector<'_> {
+    /// Injects one fault of `kind`, holds it, heals it, and says what it did. `None` when the
+    /// fault had no target (no agreed leader at that moment).
+    pub async fn inject(&mut self, kind: FaultKind) -> anyhow::Result<Option<FaultRecord>> {
+        let Ok((leader, _)) = self.cluster.wait_for_leader(Duration::from_secs(20)).await else {
+            return Ok(None);
+        };
+        let followers: Vec<u64> = self
+            .cluster
+            .replicas
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| *id != leader)
+            .collect();
+        let follower = followers[self.rng.gen_range(0..followers.len())];
+        let mode = if self.rng.gen_bool(0.5) {
+            LinkMode::Refuse
+        } else {
+            LinkMode::Blackhole
+        };
+        let started = now_ms();
+        let detail = match kind {
+            FaultKind::KillLeader | FaultKind::KillFollower => {
+                let victim = if kind == FaultKind::KillLeader {
+                    leader
+                } else {
+                    follower
+                };
+                self.cluster.kill(victim)?;
+                sleep(self.between(500, 2000)).await;
+                self.cluster.restart(victim)?;
+                format!("replica {victim}")
+            }
+            FaultKind::PauseLeader => {
+                // Longer than an election: the others elect a leader while this one sleeps.
+                let hold = self.election_timeout_max * 3 + self.between(0, 1500);
+                self.cluster.pause(leader, true)?;
+                sleep(hold).await;
+                self.cluster.pause(leader, false)?;
+                format!("replica {leader} for {} ms", hold.as_millis())
+            }
+            FaultKind::IsolateLeader | FaultKind::IsolateFollower => {
+                let victim = if kind == FaultKind::IsolateLeader {
+                    leader
+                } else {
+                    follower
+                };
+                let hold = self.between(1500, 4000);
+                self.network.isolate(victim, mode);
+                sleep(hold).await;
+                self.network.heal();
+                format!("replica {victim} ({mode:?}) for {} ms", hold.as_millis())
+            }
+            FaultKind::OneWayLink => {
+                let (from, to) = if self.rng.gen_bool(0.5) {
+                    (leader, follower)
+                } else {
+                    (follower, leader)
+                };
+                let hold = self.between(1500, 4000);
+                self.network.cut(from, to, mode);
+                sleep(hold).await;
+                self.network.heal();
+                format!("{from} -> {to} ({mode:?}) for {} ms", hold.as_millis())
+            }
+            FaultKind::CutLeaderApi => {
+                let hold = self.between(1000, 3000);
+                self.network.cut_api(leader, mode);
+                sleep(hold).await;
+                self.network.heal();
+                format!(
+                    "replica {leader}'s API ({mode:?}) for {} ms",
+                    hold.as_millis()
+                )
+            }
+            FaultKind::PauseWorker => {
+                let name = self.worker_name();
+                // Past its lease: the task is leased again elsewhere, and this worker's late
+                // completion must be refused.
+                let hold = self.lease + self.between(1000, 2000);
+                self.cluster.pause_worker(&name, true)?;
+                sleep(hold).await;
+                self.cluster.pause_worker(&name, false)?;
+                format!("{name} for {} ms", hold.as_millis())
+            }
+            FaultKind::KillWorker => {
+                let name = self.worker_name();
+                self.cluster.kill_worker(&name)?;
+                sleep(self.between(500, 1500)).await;
+                self.cluster.restart_worker(&name)?;
+                name
+            }
+            FaultKind::WipeFollower => self.wipe(follower).await?,
+        };
+        let record = FaultRecord {
+            kind: kind.name(),
+            detail,
+            started_unix_ms: started,
+            healed_unix_ms: now_ms(),
+            touches_workers: kind.touches_workers(),
+        };
+        info!(fault = record.kind, detail = %record.detail, "fault healed");
+        Ok(Some(record))
+    }
+
+    /// The lost-disk procedure: remove the member, stop it, wipe its data dir, start it empty
+    /// and add it back; it catches up by snapshot or log.
+    async fn wipe(&mut self, id: u64) -> anyhow::Result<String> {
+        self.admin
+            .remove_replica(id)
+            .await
+            .with_context(|| format!("remove replica {id}"))?;
+        self.cluster.stop(id, Duration::from_secs(10)).await?;
+        self.cluster.wipe(id)?;
+        self.cluster.restart(id)?;
+        let (api, peer) = {
+            let replica = self.cluster.replica(id)?;
+            (replica.api_addr.clone(), replica.peer_addr.clone())
+        };
+        // The empty replica needs a moment to listen; add-replica says so until it does.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .admin
+                .add_replica(id, &api, &peer, Duration::from_secs(60))
+                .await
+            {
+                Ok(_) => break,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, replica = id, "add-replica not yet possible");
+                    sleep(Duration::from_millis(300)).await;
+                }
+                Err(error) => return Err(error).context(format!("add replica {id} back")),
+            }
+        }
+        Ok(format!("replica {id} removed, wiped and added back"))
+    }
+
+    fn worker_name(&mut self) -> String {
+        let index = self.rng.gen_range(0..self.cluster.workers.len());
+        self.cluster.workers[index].name.clone()
+    }
+
+    fn between(&mut self, min_ms: u64, max_ms: u64) -> Duration {
+        Duration::from_millis(self.rng.gen_range(min_ms..=max_ms))
+    }
+}

@@ -1,0 +1,456 @@
+//! `scaleout chaos`: three replica processes and worker processes behind fault-injecting
+//! proxies, a load generator that records every operation, faults injected one after another
+//! from a seeded random sequence, then the checker ([`check`]) on the history and on what the
+//! cluster holds once everything has healed.
+//!
+//! The seed picks the faults, their targets and lengths, and the job mix; timing on a real
+//! machine still varies, so a seed replays the same plan, not the same interleaving.
+
+pub mod check;
+pub mod faults;
+pub mod network;
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use self::check::{FinalState, ReadRecord, Report, SubmitRecord};
+use self::faults::{FaultKind, Injector};
+use self::network::ProxiedNetwork;
+use crate::client::{Client, ClientError};
+use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
+use crate::pb::v1;
+
+/// The lease interval of the chaos cluster: short, so a paused worker's lease runs out
+/// within the run.
+const LEASE: Duration = Duration::from_millis(6000);
+const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(500);
+/// How long a logical submit keeps retrying its key before its outcome counts as unknown.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long the healed cluster gets to finish every acknowledged job.
+const DRAIN: Duration = Duration::from_secs(180);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// The `scaleout` binary to start replicas and workers from.
+    pub binary: PathBuf,
+    pub seed: u64,
+    /// How long faults are injected.
+    pub duration: Duration,
+    pub workers: usize,
+    pub submitters: usize,
+    /// The faults to draw from (all when empty).
+    pub faults: Vec<FaultKind>,
+    /// RUST_LOG of the processes.
+    pub log_filter: String,
+    /// Keep the cluster's directory (logs, data) instead of removing it.
+    pub keep_dir: Option<PathBuf>,
+}
+
+impl ChaosOptions {
+    pub fn new(binary: PathBuf, seed: u64, duration: Duration) -> Self {
+        ChaosOptions {
+            binary,
+            seed,
+            duration,
+            workers: 2,
+            submitters: 3,
+            faults: Vec::new(),
+            log_filter: "warn,scaleout=info".into(),
+            keep_dir: None,
+        }
+    }
+}
+
+/// Everything the load generator saw.
+#[derive(Default)]
+struct History {
+    submits: Vec<SubmitRecord>,
+    reads: Vec<ReadRecord>,
+}
+
+/// Runs the chaos test and returns the checker's report (violations are in the report, not
+/// an error; an error means the run itself could not be carried out).
+pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
+    println!(
+        "chaos: seed {} (replay with --seed {})",
+        options.seed, options.seed
+    );
+    let (network, layout) = ProxiedNetwork::start(3).await?;
+    let cluster_options = ClusterOptions {
+        log_filter: options.log_filter.clone(),
+        overrides: vec![
+            format!("workers.lease_interval_ms={}", LEASE.as_millis()),
+            "workers.offline_after_ms=10000".into(),
+            // Snapshots in the run, so a wiped replica may catch up through one.
+            "raft.snapshot_every_logs=500".into(),
+            "raft.keep_logs_after_snapshot=100".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = match &options.keep_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            LocalCluster::configure_with(&options.binary, dir, cluster_options, layout)?
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("scaleout-chaos-")
+                .tempdir()?;
+            let mut cluster = LocalCluster::configure_with(
+                &options.binary,
+                temp.path(),
+                cluster_options,
+                layout,
+            )?;
+            cluster.own_dir(temp);
+            cluster
+        }
+    };
+    cluster.start_all()?;
+    cluster
+        .wait_for_leader(Duration::from_secs(60))
+        .await
+        .context("the chaos cluster elected no leader")?;
+    for n in 0..options.workers {
+        cluster.start_worker(WorkerOptions {
+            max_tasks: 8,
+            extra_config: vec!["task_heartbeat_interval_ms = 1000".into()],
+            ..WorkerOptions::named(&format!("chaos-{n}"))
+        })?;
+    }
+    let security = cluster.client_security()?;
+    let client = Arc::new(
+        Client::new(&cluster.endpoints(), security.clone())?.with_deadline(Duration::from_secs(10)),
+    );
+    let admin = Client::new(&cluster.endpoints(), security)?.with_deadline(Duration::from_secs(30));
+    wait_for_workers(&client, options.workers).await?;
+
+    let started = Instant::now();
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_key = Arc::new(AtomicU64::new(0));
+    let mut submitters = Vec::new();
+    for index in 0..options.submitters.max(1) {
+        submitters.push(tokio::spawn(submitter(
+            client.clone(),
+            options.seed.wrapping_add(1 + index as u64),
+            started,
+            history.clone(),
+            stop.clone(),
+            next_key.clone(),
+        )));
+    }
+
+    let kinds = if options.faults.is_empty() {
+        FaultKind::ALL.to_vec()
+    } else {
+        options.faults.clone()
+    };
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut faults = Vec::new();
+    let faults_until = started + options.duration;
+    let injected: anyhow::Result<()> = async {
+        let mut injector = Injector {
+            cluster: &mut cluster,
+            network: &network,
+            admin: &admin,
+            rng: StdRng::seed_from_u64(options.seed ^ 0x5eed),
+            lease: LEASE,
+            election_timeout_max: ELECTION_TIMEOUT_MAX,
+        };
+        while Instant::now() < faults_until {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+            let kind = kinds[rng.gen_range(0..kinds.len())];
+            if let Some(record) = injector.inject(kind).await? {
+                println!(
+                    "chaos: {:>5.1} s  {:<16} {}",
+                    started.elapsed().as_secs_f64(),
+                    record.kind,
+                    record.detail
+                );
+                faults.push(record);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever happened, heal everything before stopping the load.
+    network.heal();
+    heal_processes(&mut cluster);
+    stop.store(true, Ordering::Relaxed);
+    for submitter in submitters {
+        if let Err(error) = submitter.await {
+            warn!(%error, "a submitter task failed");
+        }
+    }
+    injected?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let end = final_state(&cluster, &client, &history).await?;
+    let history = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
+    let report = check::check(
+        options.seed,
+        seconds,
+        &history.submits,
+        &history.reads,
+        &faults,
+        &end,
+        LEASE.as_millis() as u64,
+    );
+    info!(ok = report.ok(), "chaos run checked");
+    Ok(report)
+}
+
+/// Continues every paused process and starts every stopped one.
+fn heal_processes(cluster: &mut LocalCluster) {
+    let replicas: Vec<(u64, bool)> = cluster
+        .replicas
+        .iter()
+        .map(|r| (r.id, r.is_running()))
+        .collect();
+    for (id, running) in replicas {
+        let healed = if running {
+            cluster.pause(id, false)
+        } else {
+            cluster.restart(id)
+        };
+        if let Err(error) = healed {
+            warn!(%error, replica = id, "could not heal the replica");
+        }
+    }
+    let workers: Vec<(String, bool)> = cluster
+        .workers
+        .iter()
+        .map(|w| (w.name.clone(), w.pid().is_some()))
+        .collect();
+    for (name, running) in workers {
+        let healed = if running {
+            cluster.pause_worker(&name, false)
+        } else {
+            cluster.restart_worker(&name)
+        };
+        if let Err(error) = healed {
+            warn!(%error, worker = %name, "could not heal the worker");
+        }
+    }
+}
+
+async fn wait_for_workers(client: &Client, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let online = client
+            .list_workers(false)
+            .await
+            .map(|w| w.iter().filter(|w| w.online && w.enabled).count())
+            .unwrap_or(0);
+        if online >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{online} of {count} workers came online"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The job mix: mostly quick successes, some that run a while (so faults hit running work),
+/// some that fail and are retried, and a few cancels.
+fn job_spec(rng: &mut StdRng, key: &str) -> v1::JobSpec {
+    let (script, max_attempts) = match rng.gen_range(0..100) {
+        0..=59 => ("exit 0", rng.gen_range(1..=3)),
+        60..=84 => ("sleep 0.3", 3),
+        85..=94 => ("exit 3", 2),
+        _ => ("sleep 2", 3),
+    };
+    v1::JobSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        name: key.to_string(),
+        max_attempts,
+        ..Default::default()
+    }
+}
+
+/// One load generator: submits keyed jobs, retrying each key until it is acknowledged (or its
+/// patience runs out), sometimes resubmits an acknowledged key, reads acknowledged jobs back
+/// linearizably, and cancels a few.
+async fn submitter(
+    client: Arc<Client>,
+    seed: u64,
+    started: Instant,
+    history: Arc<Mutex<History>>,
+    stop: Arc<AtomicBool>,
+    next_key: Arc<AtomicU64>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ms = |at: Instant| at.duration_since(started).as_millis() as u64;
+    let record = |f: &mut dyn FnMut(&mut History)| {
+        f(&mut history.lock().unwrap_or_else(PoisonError::into_inner));
+    };
+    // Bounded: at most this many keys per submitter, whatever the run's length.
+    for _ in 0..100_000 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = format!("chaos-{}", next_key.fetch_add(1, Ordering::Relaxed));
+        let spec = job_spec(&mut rng, &key);
+        let invoked = Instant::now();
+        let mut job_id = None;
+        while job_id.is_none() && invoked.elapsed() < SUBMIT_PATIENCE {
+            match client.submit_job(spec.clone(), Some(key.clone())).await {
+                Ok(reply) => job_id = Some(reply.job_id),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let completed = Instant::now();
+        record(&mut |h| {
+            h.submits.push(SubmitRecord {
+                key: key.clone(),
+                invoked_ms: ms(invoked),
+                completed_ms: ms(completed),
+                job_id,
+            })
+        });
+        if let Some(id) = job_id {
+            if rng.gen_bool(0.1) {
+                // The same key again: it must name the same job.
+                let again = Instant::now();
+                if let Ok(reply) = client.submit_job(spec.clone(), Some(key.clone())).await {
+                    let done = Instant::now();
+                    record(&mut |h| {
+                        h.submits.push(SubmitRecord {
+                            key: key.clone(),
+                            invoked_ms: ms(again),
+                            completed_ms: ms(done),
+                            job_id: Some(reply.job_id),
+                        })
+                    });
+                }
+            }
+            if rng.gen_bool(0.25) {
+                let read_at = Instant::now();
+                let missing = match client.get_job(id, false).await {
+                    Ok(_) => Some(false),
+                    Err(ClientError::Rejected(status))
+                        if status.code() == tonic::Code::NotFound =>
+                    {
+                        Some(true)
+                    }
+                    Err(_) => None,
+                };
+                if let Some(missing) = missing {
+                    record(&mut |h| {
+                        h.reads.push(ReadRecord {
+                            job_id: id,
+                            acked_ms: ms(completed),
+                            invoked_ms: ms(read_at),
+                            missing,
+                        })
+                    });
+                }
+            }
+            if rng.gen_bool(0.03) {
+                let _ = client.cancel_job(id).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(30..200))).await;
+    }
+}
+
+/// Waits until every acknowledged job is terminal (or [`DRAIN`] passes), then reads the jobs
+/// from the leader and from every replica, and counts the stale completions the workers were
+/// refused.
+async fn final_state(
+    cluster: &LocalCluster,
+    client: &Client,
+    history: &Mutex<History>,
+) -> anyhow::Result<FinalState> {
+    let (leader, _) = cluster
+        .wait_for_leader(Duration::from_secs(60))
+        .await
+        .context("no leader after the faults healed")?;
+    let acked: Vec<u64> = history
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .submits
+        .iter()
+        .filter_map(|s| s.job_id)
+        .collect();
+    let deadline = Instant::now() + DRAIN;
+    let jobs = loop {
+        let jobs = client
+            .list_all_jobs(None, false)
+            .await
+            .context("list the jobs on the leader")?;
+        let states: BTreeMap<u64, i32> = jobs.iter().map(|j| (j.id, j.state)).collect();
+        let pending = acked
+            .iter()
+            .filter(|id| {
+                states.get(id).is_some_and(|s| {
+                    !matches!(
+                        v1::JobState::try_from(*s),
+                        Ok(v1::JobState::Succeeded
+                            | v1::JobState::Failed
+                            | v1::JobState::Cancelled)
+                    )
+                })
+            })
+            .count();
+        if pending == 0 || Instant::now() > deadline {
+            if pending > 0 {
+                warn!(
+                    pending,
+                    "acknowledged jobs still not terminal after the drain"
+                );
+            }
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Every replica's own view, once it has applied what the leader has.
+    let leader_status = cluster.status_of(leader).await?;
+    let commit = leader_status
+        .replicas
+        .iter()
+        .find(|r| r.id == leader)
+        .and_then(|r| r.applied_index)
+        .unwrap_or(0);
+    let mut per_replica = BTreeMap::new();
+    for replica in &cluster.replicas {
+        cluster
+            .wait_for_applied(replica.id, commit, Duration::from_secs(60))
+            .await?;
+        let own = cluster
+            .client_at(&replica.api_listen)?
+            .list_all_jobs(None, true)
+            .await
+            .with_context(|| format!("list the jobs on replica {}", replica.id))?;
+        per_replica.insert(replica.id, own.iter().map(|j| (j.id, j.state)).collect());
+    }
+    let stale_refused = cluster
+        .workers
+        .iter()
+        .map(|w| {
+            std::fs::read_to_string(&w.log_path)
+                .unwrap_or_default()
+                .matches("refused as stale")
+                .count() as u64
+        })
+        .sum();
+    Ok(FinalState {
+        jobs,
+        per_replica,
+        stale_refused,
+    })
+}
