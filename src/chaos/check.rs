@@ -61,7 +61,8 @@ pub struct FinalState {
     pub jobs: Vec<v1::Job>,
     /// Replica id → (job id → state), each read from that replica's own state.
     pub per_replica: BTreeMap<u64, BTreeMap<u64, i32>>,
-    /// Completions the replicas refused as stale (counted in the workers' logs).
+    /// Calls with a stale lease token the replicas refused (renewals, log appends,
+    /// completions), counted in the workers' logs.
     pub stale_refused: u64,
 }
 
@@ -171,7 +172,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "stale completions refused {}, accepted {}; leases expired by worker faults {}, \
+            "stale lease calls refused {}, stale completions accepted {}; leases expired by worker faults {}, \
              by anything else {}; linearizable reads checked {}",
             self.stale_completions_refused,
             self.stale_completions_accepted.len(),

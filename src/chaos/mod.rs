@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -36,6 +37,14 @@ const LEASE: Duration = Duration::from_millis(6000);
 const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(500);
 /// How long a logical submit keeps retrying its key before its outcome counts as unknown.
 const SUBMIT_PATIENCE: Duration = Duration::from_secs(30);
+/// What a worker logs when a replica refuses a call that carries a stale lease token: a
+/// renewal, a log append, a completion, a spooled completion.
+const FENCED: [&str; 4] = [
+    "lease not renewed",
+    "logs refused: the lease is lost",
+    "result refused: the lease is lost",
+    "refused as stale",
+];
 /// How long the healed cluster gets to finish every acknowledged job.
 const DRAIN: Duration = Duration::from_secs(180);
 
@@ -158,6 +167,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
         options.faults.clone()
     };
     let mut rng = StdRng::seed_from_u64(options.seed);
+    // Every kind once, in a seeded order, then random draws: even a short run covers them all.
+    let mut plan: std::collections::VecDeque<FaultKind> = {
+        let mut first = kinds.clone();
+        first.shuffle(&mut rng);
+        first.into()
+    };
     let mut faults = Vec::new();
     let faults_until = started + options.duration;
     let injected: anyhow::Result<()> = async {
@@ -169,9 +184,11 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             lease: LEASE,
             election_timeout_max: ELECTION_TIMEOUT_MAX,
         };
-        while Instant::now() < faults_until {
+        while Instant::now() < faults_until || !plan.is_empty() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
-            let kind = kinds[rng.gen_range(0..kinds.len())];
+            let kind = plan
+                .pop_front()
+                .unwrap_or_else(|| kinds[rng.gen_range(0..kinds.len())]);
             if let Some(record) = injector.inject(kind).await? {
                 println!(
                     "chaos: {:>5.1} s  {:<16} {}",
@@ -196,8 +213,13 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     }
     injected?;
     let seconds = started.elapsed().as_secs_f64();
+    println!("chaos: {seconds:>5.1} s  healed; the load has stopped, waiting for every job to end");
 
     let end = final_state(&cluster, &client, &history).await?;
+    println!(
+        "chaos: {:>5.1} s  every replica read back",
+        started.elapsed().as_secs_f64()
+    );
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
     let report = check::check(
         options.seed,
@@ -444,7 +466,8 @@ async fn final_state(
         .map(|w| {
             std::fs::read_to_string(&w.log_path)
                 .unwrap_or_default()
-                .matches("refused as stale")
+                .lines()
+                .filter(|line| FENCED.iter().any(|refusal| line.contains(refusal)))
                 .count() as u64
         })
         .sum();
