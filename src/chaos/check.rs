@@ -61,6 +61,10 @@ pub struct FinalState {
     pub jobs: Vec<v1::Job>,
     /// Replica id → (job id → state), each read from that replica's own state.
     pub per_replica: BTreeMap<u64, BTreeMap<u64, i32>>,
+    /// Replica id → (events in its outbox, its shipped cursor): the outbox is replicated
+    /// state, so every replica holds the same (the SSISDB side of invariant 5 is
+    /// `tests/ssisdb.rs`).
+    pub outboxes: BTreeMap<u64, (u64, u64)>,
     /// Calls with a stale lease token the replicas refused (renewals, log appends,
     /// completions), counted in the workers' logs.
     pub stale_refused: u64,
@@ -333,6 +337,19 @@ pub fn check(
         }
     }
 
+    let mut outboxes = end.outboxes.iter();
+    if let Some((first, expected)) = outboxes.next() {
+        for (replica, outbox) in outboxes {
+            if outbox != expected {
+                report.diverged_replicas.push(format!(
+                    "replica {replica}'s outbox holds {} events up to cursor {}, replica \
+                     {first}'s {} up to {}",
+                    outbox.0, outbox.1, expected.0, expected.1
+                ));
+            }
+        }
+    }
+
     // The longest stretch between two acknowledged submits.
     let mut completions: Vec<u64> = submits
         .iter()
@@ -413,6 +430,7 @@ mod tests {
         let view: BTreeMap<u64, i32> = jobs.iter().map(|j| (j.id, j.state)).collect();
         let end = FinalState {
             per_replica: BTreeMap::from([(1, view.clone()), (2, view)]),
+            outboxes: BTreeMap::from([(1, (40, 7)), (2, (40, 7))]),
             jobs,
             stale_refused: 2,
         };
@@ -538,6 +556,15 @@ mod tests {
             "{:?}",
             report.diverged_replicas
         );
+    }
+
+    #[test]
+    fn replicas_with_different_outboxes_are_reported() {
+        let (submits, mut end) = healthy();
+        end.outboxes = BTreeMap::from([(1, (40, 7)), (2, (40, 7)), (3, (39, 7))]);
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.diverged_replicas.len(), 1, "{report}");
+        assert!(report.diverged_replicas[0].starts_with("replica 3's outbox"));
     }
 
     #[test]

@@ -460,6 +460,29 @@ async fn final_state(
             .with_context(|| format!("list the jobs on replica {}", replica.id))?;
         per_replica.insert(replica.id, own.iter().map(|j| (j.id, j.state)).collect());
     }
+    // The outboxes, compared at one applied index (a replica still applying would differ).
+    let mut outboxes = BTreeMap::new();
+    for _ in 0..50 {
+        let mut seen = BTreeMap::new();
+        for replica in &cluster.replicas {
+            let status = cluster.status_of(replica.id).await?;
+            let applied = status
+                .replicas
+                .iter()
+                .find(|r| r.id == status.answered_by)
+                .and_then(|r| r.applied_index);
+            seen.insert(
+                replica.id,
+                (applied, (status.outbox_events, status.outbox_shipped_up_to)),
+            );
+        }
+        let indexes: std::collections::BTreeSet<_> = seen.values().map(|(a, _)| *a).collect();
+        outboxes = seen.into_iter().map(|(id, (_, o))| (id, o)).collect();
+        if indexes.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let stale_refused = cluster
         .workers
         .iter()
@@ -474,6 +497,7 @@ async fn final_state(
     Ok(FinalState {
         jobs,
         per_replica,
+        outboxes,
         stale_refused,
     })
 }
