@@ -1,4 +1,7 @@
 //! `scaleout bench`: throughput and latency measured against real replica processes.
+//!
+//! `submit` loads the cluster with submits, `e2e` runs jobs through real workers, and
+//! [`failover`] kills the leader again and again under load (in `bench/failover.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,6 +16,10 @@ use crate::client::Client;
 use crate::harness::{ClusterOptions, LocalCluster};
 use crate::pb::v1;
 use crate::transport::Security;
+
+mod failover;
+
+pub use failover::{failover, FailoverBench};
 
 pub struct SubmitBench {
     /// Replicas to load; empty starts a local cluster.

@@ -237,14 +237,21 @@ impl WorkerOptions {
 /// Picks `n` free loopback ports by binding port 0, holding all of them until every one is
 /// chosen so none is picked twice.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    Ok(reserve_ports(n)?.0)
+}
+
+/// Like [`free_ports`], but the ports stay bound until the returned listeners are dropped, so
+/// nothing this process binds in the meantime (port 0) can be given one of them.
+pub fn reserve_ports(n: usize) -> anyhow::Result<(Vec<u16>, Vec<TcpListener>)> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()
         .context("cannot bind a loopback port")?;
-    listeners
+    let ports = listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((ports, listeners))
 }
 
 impl LocalCluster {

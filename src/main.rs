@@ -258,6 +258,27 @@ enum BenchCommand {
     Submit(BenchSubmitArgs),
     /// Submit -> lease -> complete through real workers with a no-op executor.
     E2e(BenchE2eArgs),
+    /// Kill the leader of a local cluster again and again under load: time from each kill to
+    /// the next committed write.
+    Failover(BenchFailoverArgs),
+}
+
+#[derive(Args)]
+struct BenchFailoverArgs {
+    /// Leader kills (SIGKILL); the killed replica is restarted and caught up before the next.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    kills: u32,
+    /// Tasks submitting jobs back to back throughout.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    submitters: u64,
+    /// Pause once the killed replica has caught up, before the next kill.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    settle_ms: u64,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -447,6 +468,20 @@ fn main() -> ExitCode {
                     json: matches!(args.output, Output::Json),
                 };
                 scaleout::bench::e2e(options)
+                    .await
+                    .map_err(cli::CliError::failed)
+            }
+            Command::Bench {
+                command: BenchCommand::Failover(args),
+            } => {
+                let options = scaleout::bench::FailoverBench {
+                    kills: args.kills,
+                    submitters: args.submitters as usize,
+                    settle: std::time::Duration::from_millis(args.settle_ms),
+                    insecure: args.insecure,
+                    json: matches!(args.output, Output::Json),
+                };
+                scaleout::bench::failover(options)
                     .await
                     .map_err(cli::CliError::failed)
             }

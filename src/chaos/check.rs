@@ -54,6 +54,16 @@ pub struct FaultRecord {
     pub touches_workers: bool,
 }
 
+/// SSISDB at the end, after the leader's outbox drained.
+#[derive(Debug, Clone, Default)]
+pub struct SsisdbEnd {
+    pub view: super::ssisdb::SsisdbView,
+    /// Events still in the leader's outbox (0 unless the drain timed out).
+    pub outbox_left: u64,
+    /// The committed shipped cursor.
+    pub shipped_up_to: u64,
+}
+
 /// What the cluster holds at the end.
 #[derive(Debug, Clone, Default)]
 pub struct FinalState {
@@ -68,6 +78,8 @@ pub struct FinalState {
     /// Calls with a stale lease token the replicas refused (renewals, log appends,
     /// completions), counted in the workers' logs.
     pub stale_refused: u64,
+    /// When the run shipped to SSISDB.
+    pub ssisdb: Option<SsisdbEnd>,
 }
 
 /// The checker's verdict and the run's figures.
@@ -83,6 +95,8 @@ pub struct Report {
     pub stale_completions_refused: u64,
     pub longest_commit_gap_ms: u64,
     pub reads_checked: u64,
+    /// Rows in scaleout.event_messages at the end (when the run shipped to SSISDB).
+    pub ssisdb_events: Option<u64>,
     /// Leases expired by a worker fault (expected).
     pub leases_expired_by_worker_faults: u64,
     // Violations: every list must be empty.
@@ -96,6 +110,7 @@ pub struct Report {
     pub stale_reads: Vec<u64>,
     pub not_terminal: Vec<u64>,
     pub diverged_replicas: Vec<String>,
+    pub ssisdb_problems: Vec<String>,
 }
 
 impl Report {
@@ -145,6 +160,7 @@ impl Report {
             "replicas that differ from the leader",
             self.diverged_replicas.clone(),
         );
+        add("SSISDB not exactly once", self.ssisdb_problems.clone());
         found
     }
 }
@@ -189,6 +205,13 @@ impl fmt::Display for Report {
             "longest window without a commit: {} ms",
             self.longest_commit_gap_ms
         )?;
+        if let Some(events) = self.ssisdb_events {
+            writeln!(
+                f,
+                "SSISDB: {events} events, {} problems",
+                self.ssisdb_problems.len()
+            )?;
+        }
         let violations = self.violations();
         if violations.is_empty() {
             write!(f, "every invariant held")
@@ -350,6 +373,11 @@ pub fn check(
         }
     }
 
+    if let Some(sql) = &end.ssisdb {
+        report.ssisdb_events = Some(sql.view.rows);
+        report.ssisdb_problems = ssisdb_problems(sql, &end.jobs, &acked_ids);
+    }
+
     // The longest stretch between two acknowledged submits.
     let mut completions: Vec<u64> = submits
         .iter()
@@ -363,6 +391,49 @@ pub fn check(
         .max()
         .unwrap_or(0);
     report
+}
+
+/// Invariant 5 on what SSISDB holds: everything shipped, no event twice, the cursor at the
+/// newest event, and every acknowledged job's submit, attempt starts and attempt ends there
+/// exactly once each.
+fn ssisdb_problems(sql: &SsisdbEnd, jobs: &[v1::Job], acked: &BTreeSet<u64>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if sql.outbox_left > 0 {
+        problems.push(format!("{} events never shipped", sql.outbox_left));
+    }
+    if sql.view.rows != sql.view.distinct_ids {
+        problems.push(format!(
+            "{} rows for {} event ids",
+            sql.view.rows, sql.view.distinct_ids
+        ));
+    }
+    if sql.view.rows > 0 && sql.view.max_event_id != sql.shipped_up_to {
+        problems.push(format!(
+            "newest event {} but the shipped cursor is {}",
+            sql.view.max_event_id, sql.shipped_up_to
+        ));
+    }
+    for job in jobs.iter().filter(|j| acked.contains(&j.id)) {
+        let kinds = sql.view.by_job.get(&job.id);
+        let count = |kind: &str| kinds.and_then(|k| k.get(kind)).copied().unwrap_or(0);
+        let ended = job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome != AttemptOutcome::Unspecified as i32)
+            .count() as u64;
+        let expected = [
+            ("JobSubmitted", 1),
+            ("AttemptStarted", job.attempts.len() as u64),
+            ("AttemptEnded", ended),
+        ];
+        for (kind, want) in expected {
+            let got = count(kind);
+            if got != want {
+                problems.push(format!("job {}: {got} {kind} events, not {want}", job.id));
+            }
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -433,6 +504,7 @@ mod tests {
             outboxes: BTreeMap::from([(1, (40, 7)), (2, (40, 7))]),
             jobs,
             stale_refused: 2,
+            ssisdb: None,
         };
         (submits, end)
     }
@@ -565,6 +637,66 @@ mod tests {
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert_eq!(report.diverged_replicas.len(), 1, "{report}");
         assert!(report.diverged_replicas[0].starts_with("replica 3's outbox"));
+    }
+
+    fn events(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn ssisdb_must_hold_every_event_once() {
+        let (submits, mut end) = healthy();
+        let mut sql = SsisdbEnd {
+            view: super::super::ssisdb::SsisdbView {
+                rows: 9,
+                distinct_ids: 9,
+                max_event_id: 90,
+                by_job: BTreeMap::from([
+                    (
+                        1,
+                        events(&[
+                            ("JobSubmitted", 1),
+                            ("AttemptStarted", 1),
+                            ("AttemptEnded", 1),
+                        ]),
+                    ),
+                    (
+                        2,
+                        events(&[
+                            ("JobSubmitted", 1),
+                            ("AttemptStarted", 2),
+                            ("AttemptEnded", 2),
+                        ]),
+                    ),
+                    (3, events(&[("JobSubmitted", 1)])),
+                ]),
+            },
+            outbox_left: 0,
+            shipped_up_to: 90,
+        };
+        end.ssisdb = Some(sql.clone());
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.ssisdb_events, Some(9));
+
+        sql.view.rows = 10;
+        sql.shipped_up_to = 80;
+        sql.outbox_left = 3;
+        sql.view
+            .by_job
+            .insert(2, events(&[("JobSubmitted", 2), ("AttemptStarted", 2)]));
+        end.ssisdb = Some(sql);
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(
+            report.ssisdb_problems,
+            vec![
+                "3 events never shipped".to_string(),
+                "10 rows for 9 event ids".into(),
+                "newest event 90 but the shipped cursor is 80".into(),
+                "job 2: 2 JobSubmitted events, not 1".into(),
+                "job 2: 0 AttemptEnded events, not 2".into(),
+            ]
+        );
     }
 
     #[test]

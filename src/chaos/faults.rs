@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::check::FaultRecord;
 use super::network::ProxiedNetwork;
-use super::proxy::LinkMode;
+use super::proxy::{LinkMode, LinkProxy};
 use crate::client::Client;
 use crate::harness::LocalCluster;
 use crate::master::now_ms;
@@ -31,10 +31,11 @@ pub enum FaultKind {
     PauseWorker,
     KillWorker,
     WipeFollower,
+    SsisdbOutage,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -45,6 +46,7 @@ impl FaultKind {
         FaultKind::PauseWorker,
         FaultKind::KillWorker,
         FaultKind::WipeFollower,
+        FaultKind::SsisdbOutage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +61,7 @@ impl FaultKind {
             FaultKind::PauseWorker => "pause-worker",
             FaultKind::KillWorker => "kill-worker",
             FaultKind::WipeFollower => "wipe-follower",
+            FaultKind::SsisdbOutage => "ssisdb-outage",
         }
     }
 
@@ -76,6 +79,8 @@ pub struct Injector<'a> {
     pub cluster: &'a mut LocalCluster,
     pub network: &'a ProxiedNetwork,
     pub admin: &'a Client,
+    /// The proxy in front of SSISDB, when the run ships to one.
+    pub sql: Option<&'a LinkProxy>,
     pub rng: StdRng,
     pub lease: Duration,
     pub election_timeout_max: Duration,
@@ -174,6 +179,17 @@ impl Injector<'_> {
                 name
             }
             FaultKind::WipeFollower => self.wipe(follower).await?,
+            FaultKind::SsisdbOutage => {
+                let Some(sql) = self.sql else {
+                    return Ok(None);
+                };
+                // What an availability-group failover looks like through the listener.
+                let hold = self.between(2000, 8000);
+                sql.set(mode);
+                sleep(hold).await;
+                sql.set(LinkMode::Pass);
+                format!("listener ({mode:?}) for {} ms", hold.as_millis())
+            }
         };
         let record = FaultRecord {
             kind: kind.name(),

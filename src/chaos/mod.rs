@@ -10,6 +10,7 @@ pub mod check;
 pub mod faults;
 pub mod network;
 pub mod proxy;
+pub mod ssisdb;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 use self::check::{FinalState, ReadRecord, Report, SubmitRecord};
 use self::faults::{FaultKind, Injector};
 use self::network::ProxiedNetwork;
+use self::ssisdb::SsisdbTarget;
 use crate::client::{Client, ClientError};
 use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use crate::pb::v1;
@@ -64,6 +66,11 @@ pub struct ChaosOptions {
     pub log_filter: String,
     /// Keep the cluster's directory (logs, data) instead of removing it.
     pub keep_dir: Option<PathBuf>,
+    /// Ship to this SQL Server through a proxy (outages cut the proxy) and check that every
+    /// event landed once.
+    pub ssisdb: Option<SsisdbTarget>,
+    /// Each submitter waits between this many ms (min, max) after each submit.
+    pub pause_between_submits_ms: (u64, u64),
 }
 
 impl ChaosOptions {
@@ -77,6 +84,8 @@ impl ChaosOptions {
             faults: Vec::new(),
             log_filter: "warn,scaleout=info".into(),
             keep_dir: None,
+            ssisdb: None,
+            pause_between_submits_ms: (30, 200),
         }
     }
 }
@@ -96,15 +105,33 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
         options.seed, options.seed
     );
     let (network, layout) = ProxiedNetwork::start(3).await?;
+    let mut overrides = vec![
+        format!("workers.lease_interval_ms={}", LEASE.as_millis()),
+        "workers.offline_after_ms=10000".into(),
+        // Snapshots in the run, so a wiped replica may catch up through one.
+        "raft.snapshot_every_logs=500".into(),
+        "raft.keep_logs_after_snapshot=100".into(),
+    ];
+    let sql_proxy = match &options.ssisdb {
+        Some(target) => {
+            let proxy = target.proxy().await?;
+            let settings = target.settings_at(proxy.addr());
+            overrides.extend([
+                format!(
+                    "ssisdb.connection_string={}",
+                    settings.connection_string.unwrap_or_default()
+                ),
+                format!("ssisdb.password_file={}", target.password_file.display()),
+                "ssisdb.ship_interval_ms=100".into(),
+                "ssisdb.connect_timeout_ms=3000".into(),
+            ]);
+            Some(proxy)
+        }
+        None => None,
+    };
     let cluster_options = ClusterOptions {
         log_filter: options.log_filter.clone(),
-        overrides: vec![
-            format!("workers.lease_interval_ms={}", LEASE.as_millis()),
-            "workers.offline_after_ms=10000".into(),
-            // Snapshots in the run, so a wiped replica may catch up through one.
-            "raft.snapshot_every_logs=500".into(),
-            "raft.keep_logs_after_snapshot=100".into(),
-        ],
+        overrides,
         ..ClusterOptions::default()
     };
     let mut cluster = match &options.keep_dir {
@@ -126,6 +153,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             cluster
         }
     };
+    network.release_ports();
     cluster.start_all()?;
     cluster
         .wait_for_leader(Duration::from_secs(60))
@@ -154,6 +182,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
         submitters.push(tokio::spawn(submitter(
             client.clone(),
             options.seed.wrapping_add(1 + index as u64),
+            options.pause_between_submits_ms,
             started,
             history.clone(),
             stop.clone(),
@@ -161,11 +190,18 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
         )));
     }
 
-    let kinds = if options.faults.is_empty() {
+    let kinds: Vec<FaultKind> = if options.faults.is_empty() {
         FaultKind::ALL.to_vec()
     } else {
         options.faults.clone()
-    };
+    }
+    .into_iter()
+    .filter(|kind| *kind != FaultKind::SsisdbOutage || sql_proxy.is_some())
+    .collect();
+    anyhow::ensure!(
+        !kinds.is_empty(),
+        "no fault to inject (ssisdb-outage needs an SSISDB)"
+    );
     let mut rng = StdRng::seed_from_u64(options.seed);
     // Every kind once, in a seeded order, then random draws: even a short run covers them all.
     let mut plan: std::collections::VecDeque<FaultKind> = {
@@ -180,6 +216,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             cluster: &mut cluster,
             network: &network,
             admin: &admin,
+            sql: sql_proxy.as_ref(),
             rng: StdRng::seed_from_u64(options.seed ^ 0x5eed),
             lease: LEASE,
             election_timeout_max: ELECTION_TIMEOUT_MAX,
@@ -204,6 +241,9 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     .await;
     // Whatever happened, heal everything before stopping the load.
     network.heal();
+    if let Some(proxy) = &sql_proxy {
+        proxy.set(proxy::LinkMode::Pass);
+    }
     heal_processes(&mut cluster);
     stop.store(true, Ordering::Relaxed);
     for submitter in submitters {
@@ -215,7 +255,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     let seconds = started.elapsed().as_secs_f64();
     println!("chaos: {seconds:>5.1} s  healed; the load has stopped, waiting for every job to end");
 
-    let end = final_state(&cluster, &client, &history).await?;
+    let end = final_state(&cluster, &client, &history, options.ssisdb.as_ref()).await?;
     println!(
         "chaos: {:>5.1} s  every replica read back",
         started.elapsed().as_secs_f64()
@@ -310,6 +350,7 @@ fn job_spec(rng: &mut StdRng, key: &str) -> v1::JobSpec {
 async fn submitter(
     client: Arc<Client>,
     seed: u64,
+    (pause_min, pause_max): (u64, u64),
     started: Instant,
     history: Arc<Mutex<History>>,
     stop: Arc<AtomicBool>,
@@ -386,7 +427,10 @@ async fn submitter(
                 let _ = client.cancel_job(id).await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(30..200))).await;
+        tokio::time::sleep(Duration::from_millis(
+            rng.gen_range(pause_min..=pause_max.max(pause_min)),
+        ))
+        .await;
     }
 }
 
@@ -397,6 +441,7 @@ async fn final_state(
     cluster: &LocalCluster,
     client: &Client,
     history: &Mutex<History>,
+    ssisdb: Option<&SsisdbTarget>,
 ) -> anyhow::Result<FinalState> {
     let (leader, _) = cluster
         .wait_for_leader(Duration::from_secs(60))
@@ -494,10 +539,36 @@ async fn final_state(
                 .count() as u64
         })
         .sum();
+    let ssisdb = match ssisdb {
+        Some(target) => Some(drained_ssisdb(client, target).await?),
+        None => None,
+    };
     Ok(FinalState {
         jobs,
         per_replica,
         outboxes,
         stale_refused,
+        ssisdb,
+    })
+}
+
+/// Waits until the leader has shipped its whole outbox (or [`DRAIN`] passes), then reads what
+/// SSISDB holds.
+async fn drained_ssisdb(
+    client: &Client,
+    target: &SsisdbTarget,
+) -> anyhow::Result<check::SsisdbEnd> {
+    let deadline = Instant::now() + DRAIN;
+    let status = loop {
+        let status = client.cluster_status().await?;
+        if status.outbox_events == 0 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    Ok(check::SsisdbEnd {
+        view: ssisdb::read(target).await?,
+        outbox_left: status.outbox_events,
+        shipped_up_to: status.outbox_shipped_up_to,
     })
 }

@@ -9,20 +9,22 @@ use std::net::SocketAddr;
 use anyhow::Context;
 
 use super::proxy::{LinkMode, LinkProxy};
-use crate::harness::{free_ports, ReplicaAddresses};
+use crate::harness::{reserve_ports, ReplicaAddresses};
 
 pub struct ProxiedNetwork {
     /// (from, to) → the proxy `from` dials `to`'s peer service through.
     links: BTreeMap<(u64, u64), LinkProxy>,
     /// Replica → the proxy in front of its API.
     apis: BTreeMap<u64, LinkProxy>,
+    /// The replicas' own ports, held until they start so no proxy is given one.
+    reserved: std::sync::Mutex<Vec<std::net::TcpListener>>,
 }
 
 impl ProxiedNetwork {
     /// Proxies for replicas `1..=replicas` on fresh loopback ports, and the addresses each
     /// replica listens on, advertises and dials.
     pub async fn start(replicas: u64) -> anyhow::Result<(ProxiedNetwork, Vec<ReplicaAddresses>)> {
-        let ports = free_ports(2 * replicas as usize)?;
+        let (ports, reserved) = reserve_ports(2 * replicas as usize)?;
         let ids: Vec<u64> = (1..=replicas).collect();
         let listen = |id: u64, offset: usize| -> anyhow::Result<SocketAddr> {
             let port = ports[2 * (id as usize - 1) + offset];
@@ -31,6 +33,7 @@ impl ProxiedNetwork {
         let mut network = ProxiedNetwork {
             links: BTreeMap::new(),
             apis: BTreeMap::new(),
+            reserved: std::sync::Mutex::new(reserved),
         };
         for &to in &ids {
             network.apis.insert(
@@ -63,6 +66,14 @@ impl ProxiedNetwork {
             });
         }
         Ok((network, layout))
+    }
+
+    /// Frees the replicas' ports: call it right before starting them.
+    pub fn release_ports(&self) {
+        self.reserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     /// Cuts `from`'s traffic to `to` (its requests and their answers); `to` may still reach

@@ -1,0 +1,452 @@
+//! `scaleout bench failover`: how long writes stop when the leader dies.
+//!
+//! A local 3-replica cluster (mutual TLS unless `--insecure`, default Raft settings) is loaded
+//! by a few tasks that submit jobs back to back through one [`Client`]. Then, `kills` times:
+//! wait for an agreed leader and a write committed on the whole cluster, SIGKILL the leader,
+//! and measure the time from the kill to the first acknowledged submit that was *invoked after*
+//! the leader was dead. A submit acknowledged after the kill may still have been committed by
+//! the old leader just before it (the answer was in flight), so only fresh invocations count;
+//! this makes each figure conservative by at most one submit's latency. The killed replica is
+//! then restarted on its data dir and waited for until it has applied what the new leader had,
+//! so every kill hits a full cluster.
+//!
+//! The gap is what a client sees: failure detection (openraft's leader lease plus the
+//! randomized election timeout), the election, and the client's own backoff and redirect
+//! hops, all together. To tell the election from the rest, the survivors are also asked for
+//! their view every few milliseconds, and the time until one of them names a new leader is
+//! reported beside the gap. The bench does not measure a partition or a paused leader: a
+//! killed process closes its sockets, which a partition does not.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::bench_spec;
+use crate::client::Client;
+use crate::harness::{ClusterOptions, LocalCluster};
+
+/// How long the cluster may take to agree on a leader (at start, after a kill, after a restart).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long after a kill a write must be committed before the run fails.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+/// How long a restarted replica may take to catch up with the leader.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// One submit's deadline: long enough to ride over an election and its retries.
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(10);
+/// The submitters stop after this long per kill, or this many submits per kill, in any case.
+const RUN_LIMIT_PER_KILL: Duration = Duration::from_secs(180);
+const SUBMITS_LIMIT_PER_KILL: u64 = 1_000_000;
+/// Pause of a submitter after a failed submit, so a refusal cannot become a busy loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How often the survivors are asked whom they follow after a kill, and how long one may take.
+const OBSERVE_EVERY: Duration = Duration::from_millis(10);
+const OBSERVE_DEADLINE: Duration = Duration::from_millis(200);
+
+pub struct FailoverBench {
+    /// Leader kills in all.
+    pub kills: u32,
+    /// Tasks submitting back to back.
+    pub submitters: usize,
+    /// Pause once the killed replica has caught up, before the next kill.
+    pub settle: Duration,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS.
+    pub insecure: bool,
+    pub json: bool,
+}
+
+/// One kill and what followed it.
+struct Kill {
+    old_leader: u64,
+    old_term: u64,
+    new_leader: u64,
+    new_term: u64,
+    /// From the kill to the first time a survivor named a new leader.
+    leader_named: Duration,
+    /// From the kill to the first acknowledged submit invoked after it.
+    gap: Duration,
+}
+
+/// The next commit the kill loop waits for, filled in by the submitters.
+struct NextCommit {
+    /// Only submits invoked at or after this instant count.
+    since: Instant,
+    /// When the earliest such submit was acknowledged.
+    acknowledged: Option<Instant>,
+}
+
+/// The load: submitters and what they have done so far.
+struct Load {
+    next: Arc<watch::Sender<NextCommit>>,
+    submits: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    /// Dropping the set aborts the submitters, so an early error return leaves none behind.
+    tasks: JoinSet<()>,
+}
+
+impl Load {
+    /// Starts `submitters` tasks submitting through `client` until stopped, `run_limit` has
+    /// passed, or `max_submits` submits were issued.
+    fn start(
+        client: Arc<Client>,
+        submitters: usize,
+        run_limit: Duration,
+        max_submits: u64,
+    ) -> Load {
+        let (next, _) = watch::channel(NextCommit {
+            since: Instant::now(),
+            acknowledged: None,
+        });
+        let mut load = Load {
+            next: Arc::new(next),
+            submits: Arc::default(),
+            errors: Arc::default(),
+            stop: Arc::default(),
+            tasks: JoinSet::new(),
+        };
+        let stop_at = Instant::now() + run_limit;
+        let issued = Arc::new(AtomicU64::new(0));
+        for _ in 0..submitters.max(1) {
+            let client = client.clone();
+            let next = load.next.clone();
+            let (submits, errors, stop) =
+                (load.submits.clone(), load.errors.clone(), load.stop.clone());
+            let issued = issued.clone();
+            load.tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed)
+                    && Instant::now() < stop_at
+                    && issued.fetch_add(1, Ordering::Relaxed) < max_submits
+                {
+                    let invoked = Instant::now();
+                    match client.submit_job(bench_spec(1), None).await {
+                        Ok(_) => {
+                            let acknowledged = Instant::now();
+                            submits.fetch_add(1, Ordering::Relaxed);
+                            // Submitters finish out of order: keep the earliest acknowledgement.
+                            next.send_if_modified(|next| {
+                                let first = invoked >= next.since
+                                    && next.acknowledged.is_none_or(|seen| acknowledged < seen);
+                                if first {
+                                    next.acknowledged = Some(acknowledged);
+                                }
+                                first
+                            });
+                        }
+                        Err(error) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%error, "bench submit failed");
+                            tokio::time::sleep(ERROR_PAUSE).await;
+                        }
+                    }
+                }
+            });
+        }
+        load
+    }
+
+    /// When the first submit invoked at or after `since` is acknowledged (within `timeout`).
+    async fn commit_after(&self, since: Instant, timeout: Duration) -> anyhow::Result<Instant> {
+        self.next.send_modify(|next| {
+            next.since = since;
+            next.acknowledged = None;
+        });
+        let mut receiver = self.next.subscribe();
+        let committed = tokio::time::timeout(
+            timeout,
+            receiver.wait_for(|next| next.acknowledged.is_some()),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "no submit was acknowledged within {timeout:?} ({} submit errors so far)",
+                self.errors.load(Ordering::Relaxed)
+            )
+        })?
+        .context("the submitters are gone")?
+        .acknowledged;
+        committed.context("the next commit was not recorded")
+    }
+
+    /// Stops the submitters and waits for them: (submits acknowledged, submits failed).
+    async fn finish(mut self) -> anyhow::Result<(u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Some(joined) = self.tasks.join_next().await {
+            joined.context("a submitter panicked")?;
+        }
+        Ok((
+            self.submits.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+/// Kills the leader of a loaded local cluster `kills` times and reports the time from each kill
+/// to the next committed write.
+pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
+    let progress = if options.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(options.kills))
+    }
+    .with_finish(ProgressFinish::AndClear);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} failover [{bar:30}] {pos}/{len} kills  {elapsed}  {msg}",
+        )
+        .context("bad progress bar template")?
+        .progress_chars("=> "),
+    );
+    progress.enable_steady_tick(Duration::from_millis(100));
+    progress.set_message("starting a local 3-replica cluster");
+
+    let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
+    let mut cluster = LocalCluster::start(
+        &binary,
+        ClusterOptions {
+            log_filter: "warn".into(),
+            tls: !options.insecure,
+            ..ClusterOptions::default()
+        },
+    )
+    .context("cannot start the local cluster")?;
+    cluster
+        .wait_for_leader(LEADER_WAIT)
+        .await
+        .context("the new cluster elected no leader")?;
+    let client = Arc::new(
+        Client::new(&cluster.endpoints(), cluster.client_security()?)?
+            .with_deadline(SUBMIT_DEADLINE),
+    );
+    let observers = cluster
+        .replicas
+        .iter()
+        .map(|replica| {
+            let client = cluster.client_at(&replica.api_addr)?;
+            Ok((replica.id, client.with_deadline(OBSERVE_DEADLINE)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    client
+        .submit_job(bench_spec(0), None)
+        .await
+        .context("the first submit failed")?;
+
+    let kills = options.kills.max(1);
+    let load = Load::start(
+        client,
+        options.submitters,
+        RUN_LIMIT_PER_KILL * kills,
+        SUBMITS_LIMIT_PER_KILL * u64::from(kills),
+    );
+    let started = Instant::now();
+    let mut gaps = Histogram::<u64>::new(3)?;
+    let mut elections = Histogram::<u64>::new(3)?;
+    let mut done = Vec::new();
+    for n in 1..=kills {
+        progress.set_message(format!("kill {n}: waiting for a leader and a commit"));
+        let (old_leader, old_term) = cluster
+            .wait_for_leader(LEADER_WAIT)
+            .await
+            .with_context(|| format!("kill {n}: no agreed leader before the kill"))?;
+        load.commit_after(Instant::now(), COMMIT_WAIT)
+            .await
+            .with_context(|| format!("kill {n}: the load is not flowing before the kill"))?;
+
+        progress.set_message(format!(
+            "kill {n}: killed leader {old_leader}, waiting for the next commit"
+        ));
+        let killed_at = Instant::now();
+        cluster
+            .kill(old_leader)
+            .with_context(|| format!("kill {n}: cannot kill leader {old_leader}"))?;
+        let dead_at = Instant::now();
+        let (committed, named) = tokio::join!(
+            load.commit_after(dead_at, COMMIT_WAIT),
+            leader_named(&observers, old_leader, old_term, COMMIT_WAIT)
+        );
+        let committed = committed.with_context(|| {
+            format!("kill {n}: no write committed after killing leader {old_leader}")
+        })?;
+        let named = named.with_context(|| {
+            format!("kill {n}: no survivor named a new leader after killing {old_leader}")
+        })?;
+        let gap = committed.saturating_duration_since(killed_at);
+        let leader_named = named.saturating_duration_since(killed_at);
+        gaps.record(gap.as_micros() as u64)?;
+        elections.record(leader_named.as_micros() as u64)?;
+        let (new_leader, new_term) = cluster
+            .wait_for_leader(LEADER_WAIT)
+            .await
+            .with_context(|| format!("kill {n}: no agreed leader after the kill"))?;
+        tracing::info!(
+            kill = n,
+            old_leader,
+            new_leader,
+            new_term,
+            gap_ms = gap.as_millis() as u64,
+            "leader killed, next write committed"
+        );
+        done.push(Kill {
+            old_leader,
+            old_term,
+            new_leader,
+            new_term,
+            leader_named,
+            gap,
+        });
+
+        progress.set_message(format!(
+            "last gap {} ms; restarting replica {old_leader}",
+            gap.as_millis()
+        ));
+        restart_and_catch_up(&mut cluster, old_leader, new_leader)
+            .await
+            .with_context(|| format!("kill {n}: replica {old_leader} did not rejoin"))?;
+        progress.inc(1);
+        progress.set_message(format!("last gap {} ms", gap.as_millis()));
+        tokio::time::sleep(options.settle).await;
+    }
+    let elapsed = started.elapsed();
+    let (submits, errors) = load.finish().await?;
+    progress.finish_and_clear();
+    drop(cluster);
+
+    // A clean failover takes one term; more means split votes. Terms that pass between a
+    // restart and the next kill are elections nobody caused on purpose.
+    let failed_rounds: u64 = done
+        .iter()
+        .map(|kill| kill.new_term.saturating_sub(kill.old_term + 1))
+        .sum();
+    let unprovoked: u64 = done
+        .windows(2)
+        .map(|pair| pair[1].old_term.saturating_sub(pair[0].new_term))
+        .sum();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let us_to_ms = |us: u64| us as f64 / 1000.0;
+    let summary = |histogram: &Histogram<u64>| {
+        json!({
+            "count": histogram.len(),
+            "min": us_to_ms(histogram.min()),
+            "p50": us_to_ms(histogram.value_at_quantile(0.50)),
+            "p99": us_to_ms(histogram.value_at_quantile(0.99)),
+            "max": us_to_ms(histogram.max()),
+        })
+    };
+    let transport = if options.insecure {
+        "plaintext"
+    } else {
+        "mutual TLS"
+    };
+    let report = json!({
+        "benchmark": "failover",
+        "transport": transport,
+        "submitters": options.submitters,
+        "submits": submits,
+        "errors": errors,
+        "seconds": elapsed.as_secs_f64(),
+        "kill_to_commit_ms": summary(&gaps),
+        "kill_to_leader_named_ms": summary(&elections),
+        "failed_election_rounds": failed_rounds,
+        "elections_between_kills": unprovoked,
+        "kills": done.iter().map(|kill| json!({
+            "old_leader": kill.old_leader,
+            "old_term": kill.old_term,
+            "new_leader": kill.new_leader,
+            "new_term": kill.new_term,
+            "leader_named_ms": ms(kill.leader_named),
+            "gap_ms": ms(kill.gap),
+        })).collect::<Vec<_>>(),
+    });
+    if options.json {
+        println!("{report}");
+    } else {
+        println!(
+            "failover ({transport}): {} leader kills under {} submitters in {:.1} s \
+             ({submits} submits, {errors} errors); kill to next commit p50 {:.0} ms, \
+             p99 {:.0} ms, max {:.0} ms, min {:.0} ms (new leader named p50 {:.0} ms, \
+             p99 {:.0} ms; {failed_rounds} failed election rounds, {unprovoked} elections between \
+             kills)",
+            gaps.len(),
+            options.submitters,
+            elapsed.as_secs_f64(),
+            us_to_ms(gaps.value_at_quantile(0.50)),
+            us_to_ms(gaps.value_at_quantile(0.99)),
+            us_to_ms(gaps.max()),
+            us_to_ms(gaps.min()),
+            us_to_ms(elections.value_at_quantile(0.50)),
+            us_to_ms(elections.value_at_quantile(0.99)),
+        );
+        for (n, kill) in done.iter().enumerate() {
+            println!(
+                "  kill {:>3}: leader {} (term {}) -> {} (term {}) named after {:.0} ms, \
+                 next commit after {:.0} ms",
+                n + 1,
+                kill.old_leader,
+                kill.old_term,
+                kill.new_leader,
+                kill.new_term,
+                ms(kill.leader_named),
+                ms(kill.gap)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// When a replica other than `old_leader` first names another leader in a later term, asking
+/// each survivor every [`OBSERVE_EVERY`] until `timeout`.
+async fn leader_named(
+    observers: &[(u64, Client)],
+    old_leader: u64,
+    old_term: u64,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        for (id, observer) in observers.iter().filter(|(id, _)| *id != old_leader) {
+            match observer.cluster_status().await {
+                Ok(status) => match status.leader_id {
+                    Some(leader) if leader != old_leader && status.term > old_term => {
+                        return Ok(Instant::now());
+                    }
+                    leader => {
+                        last = format!("replica {id}: leader {leader:?}, term {}", status.term)
+                    }
+                },
+                Err(error) => last = format!("replica {id}: {error}"),
+            }
+        }
+        tokio::time::sleep(OBSERVE_EVERY).await;
+    }
+    anyhow::bail!("within {timeout:?}: {last}")
+}
+
+/// Restarts `id` on its data dir and waits until it has applied what `leader` had applied
+/// and every replica agrees on the leader again.
+async fn restart_and_catch_up(
+    cluster: &mut LocalCluster,
+    id: u64,
+    leader: u64,
+) -> anyhow::Result<()> {
+    cluster.restart(id)?;
+    let applied = cluster
+        .status_of(leader)
+        .await
+        .with_context(|| format!("leader {leader} did not report its status"))?
+        .replicas
+        .iter()
+        .find(|replica| replica.id == leader)
+        .and_then(|replica| replica.applied_index)
+        .with_context(|| format!("leader {leader} reports no applied index"))?;
+    cluster.wait_for_applied(id, applied, CATCH_UP_WAIT).await?;
+    cluster.wait_for_leader(LEADER_WAIT).await?;
+    Ok(())
+}

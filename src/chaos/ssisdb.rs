@@ -1,0 +1,87 @@
+//! SSISDB in a chaos run: the replicas reach it through a [`LinkProxy`], so an outage is the
+//! listener going dark (refused or black-holed) while the server keeps its data, and what
+//! landed is read back directly, past the proxy, for the exactly-once check.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::proxy::LinkProxy;
+use crate::config::SsisdbSettings;
+
+/// The SQL Server to ship to (with the `scaleout` schema installed).
+#[derive(Debug, Clone)]
+pub struct SsisdbTarget {
+    /// Where the server listens.
+    pub server: SocketAddr,
+    /// The connection string's other keys, e.g. `Database=SSISDB;User Id=scaleout_master`.
+    pub options: String,
+    pub password_file: PathBuf,
+}
+
+impl SsisdbTarget {
+    /// Settings that reach the server at `addr` (the proxy, or the server itself).
+    pub fn settings_at(&self, addr: SocketAddr) -> SsisdbSettings {
+        SsisdbSettings {
+            connection_string: Some(format!(
+                "Server=tcp:{},{};{}",
+                addr.ip(),
+                addr.port(),
+                self.options
+            )),
+            password_file: Some(self.password_file.clone()),
+            ..SsisdbSettings::default()
+        }
+    }
+
+    /// A proxy in front of the server.
+    pub async fn proxy(&self) -> anyhow::Result<LinkProxy> {
+        LinkProxy::start(self.server).await.context("SSISDB proxy")
+    }
+}
+
+/// What SSISDB holds at the end.
+#[derive(Debug, Clone, Default)]
+pub struct SsisdbView {
+    /// Rows in scaleout.event_messages, and distinct event ids among them.
+    pub rows: u64,
+    pub distinct_ids: u64,
+    pub max_event_id: u64,
+    /// Job id → event kind → rows.
+    pub by_job: BTreeMap<u64, BTreeMap<String, u64>>,
+}
+
+/// Reads every event row (straight from the server, not through the proxy).
+pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
+    let settings = target.settings_at(target.server);
+    let mut client = crate::ssisdb::connect(&settings).await?;
+    let rows = client
+        .simple_query("SELECT event_id, job_id, event_kind FROM scaleout.event_messages")
+        .await?
+        .into_first_result()
+        .await?;
+    let mut view = SsisdbView::default();
+    let mut ids = std::collections::BTreeSet::new();
+    for row in rows {
+        let id = row
+            .try_get::<i64, _>(0)?
+            .context("an event row without event_id")?;
+        let id = u64::try_from(id).context("a negative event_id")?;
+        view.rows += 1;
+        ids.insert(id);
+        view.max_event_id = view.max_event_id.max(id);
+        if let Some(job) = row.try_get::<i64, _>(1)? {
+            let kind = row.try_get::<&str, _>(2)?.unwrap_or_default().to_string();
+            *view
+                .by_job
+                .entry(u64::try_from(job).unwrap_or_default())
+                .or_default()
+                .entry(kind)
+                .or_default() += 1;
+        }
+    }
+    view.distinct_ids = ids.len() as u64;
+    Ok(view)
+}
