@@ -87,6 +87,8 @@ fn raft_config(config: &MasterConfig) -> Result<openraft::Config, MasterError> {
         max_in_snapshot_log_to_keep: raft.keep_logs_after_snapshot,
         max_payload_entries: MAX_APPEND_ENTRIES,
         snapshot_max_chunk_size: (peer_message_limit(config) / 2) as u64,
+        // `raft::election` triggers elections, with a fresh random wait each time.
+        enable_elect: false,
         ..openraft::Config::default()
     }
     .validate()
@@ -157,6 +159,15 @@ pub async fn run(
     .await
     .map_err(|e| MasterError::RaftStart(e.to_string()))?;
     let watcher = tokio::spawn(watch_role(raft.clone()));
+    let contact = Arc::new(crate::raft::election::LeaderContact::default());
+    let elections = tokio::spawn(crate::raft::election::drive(
+        raft.clone(),
+        contact.clone(),
+        crate::raft::election::ElectionTiming {
+            timeout_min: std::time::Duration::from_millis(config.raft.election_timeout_min_ms),
+            timeout_max: std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
+        },
+    ));
 
     let api_addr = local_addr(&api_listener);
     let peer_addr = local_addr(&peer_listener);
@@ -171,9 +182,13 @@ pub async fn run(
     let peer_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .add_service(InterceptedService::new(
-            RaftServiceServer::new(RaftGrpcService::new(raft.clone(), committed.clone()))
-                .max_decoding_message_size(peer_max_bytes)
-                .max_encoding_message_size(peer_max_bytes),
+            RaftServiceServer::new(RaftGrpcService::new(
+                raft.clone(),
+                committed.clone(),
+                contact.clone(),
+            ))
+            .max_decoding_message_size(peer_max_bytes)
+            .max_encoding_message_size(peer_max_bytes),
             |request: tonic::Request<()>| {
                 authorize(&request, "RaftService", Permission::Replicate).map(|()| request)
             },
@@ -286,6 +301,7 @@ pub async fn run(
         peer_task.abort();
     }
     watcher.abort();
+    elections.abort();
     leader_duties.abort();
     outbox_duties.abort();
     tls_duties.abort();

@@ -11,6 +11,7 @@
 //!
 //! Not here: the leader-only loops and the public API (`crate::master`).
 
+pub mod election;
 mod log_store;
 mod network;
 mod service;

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::election::LeaderContact;
 use super::Raft;
 use crate::pb::raft::raft_service_server::RaftService;
 use crate::pb::raft::{NodeStatusRequest, NodeStatusResponse, RaftPayload};
@@ -15,14 +16,22 @@ pub struct RaftGrpcService {
     raft: Raft,
     /// Reads the durable commit index, which openraft's metrics do not carry.
     committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// Restarted by every message from a leader and every vote granted (the election driver
+    /// waits on it).
+    contact: std::sync::Arc<LeaderContact>,
 }
 
 impl RaftGrpcService {
     pub fn new(
         raft: Raft,
         committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+        contact: std::sync::Arc<LeaderContact>,
     ) -> Self {
-        RaftGrpcService { raft, committed }
+        RaftGrpcService {
+            raft,
+            committed,
+            contact,
+        }
     }
 
     /// This replica's own view of the cluster, for `cluster status`.
@@ -71,12 +80,21 @@ impl RaftService for RaftGrpcService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(request)?;
-        encode(&self.raft.append_entries(rpc).await)
+        let result = self.raft.append_entries(rpc).await;
+        if matches!(&result, Ok(reply) if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.contact.touch();
+        }
+        encode(&result)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(request)?;
-        encode(&self.raft.vote(rpc).await)
+        let result = self.raft.vote(rpc).await;
+        if matches!(&result, Ok(reply) if reply.vote_granted) {
+            self.contact.touch();
+        }
+        encode(&result)
     }
 
     async fn install_snapshot(
@@ -84,7 +102,11 @@ impl RaftService for RaftGrpcService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(request)?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        let result = self.raft.install_snapshot(rpc).await;
+        if result.is_ok() {
+            self.contact.touch();
+        }
+        encode(&result)
     }
 
     async fn node_status(

@@ -1,0 +1,160 @@
+//! When this replica stands for election. openraft's own timer draws its random election
+//! timeout once per process and checks it on a 1.5-heartbeat tick, so two survivors whose
+//! draws are close collide round after round (a split vote each time) and every failover pays
+//! the tick's granularity. Here openraft's timer is off (`enable_elect = false`) and this
+//! driver triggers the election instead, with a fresh random wait for every attempt, checked
+//! every few milliseconds.
+//!
+//! The waits keep openraft's rules: after the last contact with a leader, first the leader
+//! lease (`election_timeout_max`: until it runs out, the other voters refuse to vote), then a
+//! random part; after an attempt that did not make a leader, a whole random election timeout
+//! before the next. Any AppendEntries or snapshot from a leader, and any vote this replica
+//! grants, restarts the wait ([`LeaderContact::touch`], called by the peer service).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::Raft;
+
+/// How often the driver looks at the clock.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+
+/// The last time this replica heard from a leader (or granted a vote).
+#[derive(Debug)]
+pub struct LeaderContact {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+/// The election timing, from `[raft]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ElectionTiming {
+    pub timeout_min: Duration,
+    pub timeout_max: Duration,
+}
+
+impl ElectionTiming {
+    /// The wait after losing a leader: the lease, then up to the width of the timeout range.
+    fn first_wait(&self, rng: &mut impl Rng) -> Duration {
+        let spread = self.timeout_max.saturating_sub(self.timeout_min);
+        self.timeout_max + rng.gen_range(Duration::ZERO..=spread)
+    }
+
+    /// The wait after an attempt that made no leader.
+    fn retry_wait(&self, rng: &mut impl Rng) -> Duration {
+        rng.gen_range(self.timeout_min..=self.timeout_max)
+    }
+}
+
+/// Runs until the node shuts down: triggers an election whenever this voter has gone its
+/// random wait without a leader.
+pub async fn drive(raft: Raft, contact: Arc<LeaderContact>, timing: ElectionTiming) {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut wait = timing.first_wait(&mut rng);
+    let mut attempted = false;
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let (leading, voter, has_leader) = {
+            let m = raft.metrics().borrow().clone();
+            (
+                m.state == ServerState::Leader,
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id == m.id),
+                m.current_leader.is_some() && m.current_leader != Some(m.id),
+            )
+        };
+        if leading || !voter || (has_leader && contact.since() < wait) {
+            if leading || has_leader {
+                // A leader exists: the next loss starts with a whole lease.
+                if attempted {
+                    attempted = false;
+                    wait = timing.first_wait(&mut rng);
+                }
+                if leading {
+                    contact.touch();
+                }
+            }
+            continue;
+        }
+        if contact.since() < wait {
+            continue;
+        }
+        info!(
+            silent_ms = contact.since().as_millis() as u64,
+            "no leader heard from; standing for election"
+        );
+        if let Err(fatal) = raft.trigger().elect().await {
+            warn!(error = %fatal, "the Raft node stopped; no more elections");
+            return;
+        }
+        contact.touch();
+        attempted = true;
+        wait = timing.retry_wait(&mut rng);
+        debug!(next_wait_ms = wait.as_millis() as u64, "election triggered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_follow_openraft_rules_and_vary() {
+        let timing = ElectionTiming {
+            timeout_min: Duration::from_millis(250),
+            timeout_max: Duration::from_millis(500),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let firsts: Vec<Duration> = (0..200).map(|_| timing.first_wait(&mut rng)).collect();
+        assert!(firsts
+            .iter()
+            .all(|w| *w >= Duration::from_millis(500) && *w <= Duration::from_millis(750)));
+        let retries: Vec<Duration> = (0..200).map(|_| timing.retry_wait(&mut rng)).collect();
+        assert!(retries
+            .iter()
+            .all(|w| *w >= Duration::from_millis(250) && *w <= Duration::from_millis(500)));
+        // Fresh draws: no two survivors keep colliding on the same value.
+        let distinct: std::collections::BTreeSet<_> = retries.iter().collect();
+        assert!(distinct.len() > 100);
+    }
+
+    #[tokio::test]
+    async fn contact_measures_silence() {
+        let contact = LeaderContact::default();
+        contact.touch();
+        assert!(contact.since() < Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(contact.since() >= Duration::from_millis(20));
+        contact.touch();
+        assert!(contact.since() < Duration::from_millis(20));
+    }
+}
