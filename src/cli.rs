@@ -690,6 +690,10 @@ pub async fn cluster_remove_replica(id: u64, args: &ClientArgs) -> Result<(), Cl
             "{}",
             json!({"removed": id, "voters": removed.voters, "log_index": removed.log_index})
         ),
+        Output::Table if removed.log_index == 0 => println!(
+            "replica {id} is not a member; nothing changed (voters: {:?})",
+            removed.voters
+        ),
         Output::Table => {
             println!(
                 "replica {id} removed (entry {}); voters: {:?}; stop its process now",

@@ -195,8 +195,9 @@ enum ClusterCommand {
         /// The address the other replicas dial (its `peer`).
         #[arg(long)]
         peer: String,
-        /// How long to wait for it to catch up before it becomes a voter.
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        /// How long to wait for it to catch up before it becomes a voter (at most 50; run the
+        /// command again to wait longer: the replica keeps catching up as a learner).
+        #[arg(long, default_value_t = 45, value_parser = clap::value_parser!(u64).range(1..=50))]
         catch_up_secs: u64,
         #[command(flatten)]
         client: ClientArgs,

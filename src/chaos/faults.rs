@@ -162,7 +162,7 @@ impl Injector<'_> {
                 )
             }
             FaultKind::PauseWorker => {
-                let name = self.worker_name();
+                let name = self.worker_name()?;
                 // Past its lease: the task is leased again elsewhere, and this worker's late
                 // completion must be refused.
                 let hold = self.lease + self.between(1000, 2000);
@@ -172,7 +172,7 @@ impl Injector<'_> {
                 format!("{name} for {} ms", hold.as_millis())
             }
             FaultKind::KillWorker => {
-                let name = self.worker_name();
+                let name = self.worker_name()?;
                 self.cluster.kill_worker(&name)?;
                 sleep(self.between(500, 1500)).await;
                 self.cluster.restart_worker(&name)?;
@@ -235,9 +235,13 @@ impl Injector<'_> {
         Ok(format!("replica {id} removed, wiped and added back"))
     }
 
-    fn worker_name(&mut self) -> String {
+    fn worker_name(&mut self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !self.cluster.workers.is_empty(),
+            "worker faults need a worker"
+        );
         let index = self.rng.gen_range(0..self.cluster.workers.len());
-        self.cluster.workers[index].name.clone()
+        Ok(self.cluster.workers[index].name.clone())
     }
 
     fn between(&mut self, min_ms: u64, max_ms: u64) -> Duration {

@@ -70,8 +70,14 @@ async fn accept_loop(
     mode: Arc<watch::Sender<LinkMode>>,
 ) {
     loop {
-        let Ok((client, _)) = listener.accept().await else {
-            continue;
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(error) => {
+                // Out of descriptors, say: wait instead of spinning.
+                debug!(%error, "proxy accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         if *mode.borrow() == LinkMode::Refuse {
             reset(client);

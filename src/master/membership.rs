@@ -16,7 +16,9 @@ use crate::pb::raft::NodeStatusRequest;
 use crate::raft::{NodeId, PeerNetwork, Raft, ReplicaNode};
 
 /// How long the leader waits for a new replica to catch up when the caller does not say.
-pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(60);
+pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(45);
+/// The longest catch-up wait: the whole call must end within the API's request timeout (60 s).
+pub const MAX_CATCH_UP: Duration = Duration::from_secs(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a membership change left behind.
@@ -39,12 +41,9 @@ pub async fn add_replica(
 ) -> Result<Changed, Status> {
     check_address("api_addr", &node.api_addr)?;
     check_address("peer_addr", &node.peer_addr)?;
-    let membership = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let catch_up = catch_up.min(MAX_CATCH_UP);
+    let membership = leader_membership(raft)?;
+    let in_joint_change = membership.get_joint_config().len() > 1;
     if let Some(existing) = membership.get_node(&id) {
         if *existing != node {
             return Err(Status::failed_precondition(format!(
@@ -52,7 +51,8 @@ pub async fn add_replica(
                  remove it (scaleout cluster remove-replica {id}) and add it again"
             )));
         }
-        if membership.voter_ids().any(|voter| voter == id) {
+        // A change cut short in its joint phase is finished below, not reported as done.
+        if !in_joint_change && membership.voter_ids().any(|voter| voter == id) {
             return Ok(Changed {
                 voters: membership.voter_ids().collect(),
                 log_index: 0,
@@ -67,7 +67,13 @@ pub async fn add_replica(
              its own api and peer address"
         )));
     }
-    probe(network, id, &node.peer_addr).await?;
+    probe(
+        network,
+        id,
+        &node.peer_addr,
+        membership.get_node(&id).is_none(),
+    )
+    .await?;
 
     let added = raft
         .add_learner(id, node.clone(), false)
@@ -101,17 +107,13 @@ pub async fn add_replica(
 /// Removes replica `id`, voter or learner. The last voter cannot be removed. Removing the
 /// leader itself is allowed: it leads until the change commits, then the others elect one.
 pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> {
-    let membership = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = leader_membership(raft)?;
     if membership.get_node(&id).is_none() {
-        let members: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-        return Err(Status::not_found(format!(
-            "replica {id} is not a member (members: {members:?})"
-        )));
+        // Also what a retry sees after a removal whose answer was lost: nothing to do.
+        return Ok(Changed {
+            voters: membership.voter_ids().collect(),
+            log_index: 0,
+        });
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let change = if voters.contains(&id) {
@@ -145,6 +147,23 @@ pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> 
     })
 }
 
+/// The membership as the leader has it; any other replica redirects (a follower's copy may
+/// lag, and reachability is judged from the leader).
+fn leader_membership(raft: &Raft) -> Result<openraft::Membership<NodeId, ReplicaNode>, Status> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(metrics.id) {
+        let leader = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        });
+        return Err(not_leader(metrics.current_leader, leader.as_ref()));
+    }
+    Ok(metrics.membership_config.membership().clone())
+}
+
 fn check_address(field: &str, address: &str) -> Result<(), Status> {
     let valid = address
         .rsplit_once(':')
@@ -159,8 +178,15 @@ fn check_address(field: &str, address: &str) -> Result<(), Status> {
 }
 
 /// The new replica must answer on its peer address with its own id: a typo in the address or
-/// the id is caught before the membership changes.
-async fn probe(network: &PeerNetwork, id: NodeId, peer_addr: &str) -> Result<(), Status> {
+/// the id is caught before the membership changes. A replica that is not yet a member must also
+/// be empty: one with a log of its own (it initialized a cluster, or kept an old data dir)
+/// would fight the leader with its own term.
+async fn probe(
+    network: &PeerNetwork,
+    id: NodeId,
+    peer_addr: &str,
+    must_be_empty: bool,
+) -> Result<(), Status> {
     let unreachable = |why: String| {
         Status::failed_precondition(format!(
             "cannot reach replica {id} at peer address {peer_addr} ({why}); start it first: its \
@@ -185,6 +211,15 @@ async fn probe(network: &PeerNetwork, id: NodeId, peer_addr: &str) -> Result<(),
         return Err(Status::invalid_argument(format!(
             "the replica at {peer_addr} is replica {}, not {id}",
             answer.id
+        )));
+    }
+    let log = answer.last_log_index.unwrap_or(0);
+    if must_be_empty && log > 0 {
+        return Err(Status::failed_precondition(format!(
+            "replica {id} at {peer_addr} already has a log (up to index {log}, term {}): it \
+             started a cluster of its own or kept an old data dir; stop it, empty its data dir \
+             and start it again before adding it",
+            answer.term
         )));
     }
     Ok(())
@@ -217,12 +252,13 @@ async fn wait_caught_up(
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Status::unavailable("the replica is shutting down")),
             Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
+                // Not DEADLINE_EXCEEDED: the client would retry that elsewhere.
+                return Err(Status::failed_precondition(format!(
                     "replica {id} was added as a learner but has not caught up within \
                      {timeout:?} (it holds up to index {}, the leader needs {index}); it keeps \
                      receiving the log: run the same command again to make it a voter",
                     matched.map_or_else(|| "none".to_string(), |m| m.to_string())
-                )))
+                )));
             }
         }
     }

@@ -250,10 +250,13 @@ pub async fn run(
         .map_err(MasterError::Bootstrap)
     {
         error!(%error, "bootstrap failed");
+        elections.abort();
         let _ = stop_tx.send(true);
         let _ = raft.shutdown().await;
         return Err(error);
     }
+    // `initialize` stands for election at once; the driver's wait starts after it.
+    contact.touch();
     let leader_duties = tokio::spawn(super::leader::run(
         raft.clone(),
         proposer.clone(),
@@ -285,6 +288,8 @@ pub async fn run(
         result = wait_server("peer", &mut peer_task) => result,
     };
     info!("shutting down");
+    // First: a stopping replica hears no more heartbeats and must not stand for election.
+    elections.abort();
     let _ = stop_tx.send(true);
     // Let in-flight calls finish (bounded), then stop Raft.
     let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
@@ -301,7 +306,6 @@ pub async fn run(
         peer_task.abort();
     }
     watcher.abort();
-    elections.abort();
     leader_duties.abort();
     outbox_duties.abort();
     tls_duties.abort();

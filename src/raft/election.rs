@@ -10,6 +10,11 @@
 //! random part; after an attempt that did not make a leader, a whole random election timeout
 //! before the next. Any AppendEntries or snapshot from a leader, and any vote this replica
 //! grants, restarts the wait ([`LeaderContact::touch`], called by the peer service).
+//!
+//! One openraft rule is left out: openraft adds twice `election_timeout_max` after a vote was
+//! refused for a shorter log. A lagging survivor here retries every random timeout and may
+//! push the up-to-date one to a higher term first; the up-to-date one still wins on its own
+//! timeout, so this costs an extra round in that case, not safety.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,7 +83,6 @@ impl ElectionTiming {
 pub async fn drive(raft: Raft, contact: Arc<LeaderContact>, timing: ElectionTiming) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut wait = timing.first_wait(&mut rng);
-    let mut attempted = false;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let (leading, voter, has_leader) = {
@@ -93,15 +97,13 @@ pub async fn drive(raft: Raft, contact: Arc<LeaderContact>, timing: ElectionTimi
             )
         };
         if leading || !voter || (has_leader && contact.since() < wait) {
+            if leading {
+                contact.touch();
+            }
             if leading || has_leader {
-                // A leader exists: the next loss starts with a whole lease.
-                if attempted {
-                    attempted = false;
-                    wait = timing.first_wait(&mut rng);
-                }
-                if leading {
-                    contact.touch();
-                }
+                // A leader exists: the next loss starts with a whole lease and a fresh draw,
+                // so two survivors never keep one collision across failovers.
+                wait = timing.first_wait(&mut rng);
             }
             continue;
         }
@@ -117,7 +119,6 @@ pub async fn drive(raft: Raft, contact: Arc<LeaderContact>, timing: ElectionTimi
             return;
         }
         contact.touch();
-        attempted = true;
         wait = timing.retry_wait(&mut rng);
         debug!(next_wait_ms = wait.as_millis() as u64, "election triggered");
     }

@@ -80,6 +80,9 @@ impl RaftService for RaftGrpcService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(request)?;
+        // On arrival too: on a loaded machine the append may wait for a flush, and the
+        // election driver must not stand against a leader that is talking to it.
+        self.contact.touch();
         let result = self.raft.append_entries(rpc).await;
         if matches!(&result, Ok(reply) if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)))
         {
@@ -101,9 +104,11 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(request)?;
+        let sender = rpc.vote;
+        self.contact.touch();
         let result = self.raft.install_snapshot(rpc).await;
-        if result.is_ok() {
+        if matches!(&result, Ok(reply) if reply.vote == sender) {
             self.contact.touch();
         }
         encode(&result)
