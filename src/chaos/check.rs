@@ -80,6 +80,9 @@ pub struct FinalState {
     pub stale_refused: u64,
     /// When the run shipped to SSISDB.
     pub ssisdb: Option<SsisdbEnd>,
+    /// When the run began (wall clock, ms since the Unix epoch): places the history's times
+    /// among the faults'.
+    pub started_unix_ms: u64,
 }
 
 /// The checker's verdict and the run's figures.
@@ -94,6 +97,9 @@ pub struct Report {
     pub jobs_completed: u64,
     pub stale_completions_refused: u64,
     pub longest_commit_gap_ms: u64,
+    /// Where that window began (seconds into the run) and the faults it overlapped.
+    pub longest_commit_gap_from_s: f64,
+    pub longest_commit_gap_during: Vec<String>,
     pub reads_checked: u64,
     /// Rows in scaleout.event_messages at the end (when the run shipped to SSISDB).
     pub ssisdb_events: Option<u64>,
@@ -202,8 +208,14 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "longest window without a commit: {} ms",
-            self.longest_commit_gap_ms
+            "longest window without an acknowledged submit: {} ms, from {:.1} s{}",
+            self.longest_commit_gap_ms,
+            self.longest_commit_gap_from_s,
+            if self.longest_commit_gap_during.is_empty() {
+                String::new()
+            } else {
+                format!(", during {}", self.longest_commit_gap_during.join("; "))
+            }
         )?;
         if let Some(events) = self.ssisdb_events {
             writeln!(
@@ -385,11 +397,20 @@ pub fn check(
         .map(|s| s.completed_ms)
         .collect();
     completions.sort_unstable();
-    report.longest_commit_gap_ms = completions
+    if let Some((from, to)) = completions
         .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(0);
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|(from, to)| to - from)
+    {
+        report.longest_commit_gap_ms = to - from;
+        report.longest_commit_gap_from_s = from as f64 / 1000.0;
+        let (from, to) = (end.started_unix_ms + from, end.started_unix_ms + to);
+        report.longest_commit_gap_during = faults
+            .iter()
+            .filter(|f| f.started_unix_ms <= to && f.healed_unix_ms >= from)
+            .map(|f| format!("{} {}", f.kind, f.detail))
+            .collect();
+    }
     report
 }
 
@@ -504,6 +525,7 @@ mod tests {
             outboxes: BTreeMap::from([(1, (40, 7)), (2, (40, 7))]),
             jobs,
             stale_refused: 2,
+            started_unix_ms: 0,
             ssisdb: None,
         };
         (submits, end)
@@ -517,6 +539,7 @@ mod tests {
         assert_eq!(report.submits_acknowledged, 3);
         assert_eq!(report.jobs_completed, 3);
         assert_eq!(report.longest_commit_gap_ms, 900);
+        assert!((report.longest_commit_gap_from_s - 0.105).abs() < 1e-9);
         assert_eq!(report.stale_completions_refused, 2);
         assert!(report.to_string().contains("every invariant held"));
     }

@@ -179,6 +179,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     wait_for_workers(&client, options.workers).await?;
 
     let started = Instant::now();
+    let started_unix_ms = crate::master::now_ms();
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let next_key = Arc::new(AtomicU64::new(0));
@@ -267,7 +268,8 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     let seconds = started.elapsed().as_secs_f64();
     println!("chaos: {seconds:>5.1} s  healed; the load has stopped, waiting for every job to end");
 
-    let end = final_state(&cluster, &client, options.ssisdb.as_ref()).await?;
+    let mut end = final_state(&cluster, &client, options.ssisdb.as_ref()).await?;
+    end.started_unix_ms = started_unix_ms;
     println!(
         "chaos: {:>5.1} s  every replica read back",
         started.elapsed().as_secs_f64()
@@ -526,6 +528,7 @@ async fn final_state(
         outboxes,
         stale_refused,
         ssisdb,
+        started_unix_ms: 0,
     })
 }
 
