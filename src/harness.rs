@@ -627,6 +627,30 @@ impl LocalCluster {
         self.spawn_worker(index)
     }
 
+    /// Replicas and workers that exited without being stopped by this harness (a crash, or a
+    /// restart that could not bind its port): forgets their processes so they count as
+    /// stopped, and says who and how each ended.
+    pub fn reap_exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for replica in &mut self.replicas {
+            if let Some(child) = replica.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited.push(format!("replica {} ({status})", replica.id));
+                    replica.child = None;
+                }
+            }
+        }
+        for worker in &mut self.workers {
+            if let Some(child) = worker.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited.push(format!("worker {} ({status})", worker.name));
+                    worker.child = None;
+                }
+            }
+        }
+        exited
+    }
+
     /// SIGSTOP (`pause = true`) or SIGCONT of a worker.
     pub fn pause_worker(&self, name: &str, pause: bool) -> anyhow::Result<()> {
         stop_or_continue(

@@ -83,6 +83,8 @@ pub struct FinalState {
     /// When the run began (wall clock, ms since the Unix epoch): places the history's times
     /// among the faults'.
     pub started_unix_ms: u64,
+    /// Processes that exited without being killed by the run.
+    pub crashes: Vec<String>,
 }
 
 /// The checker's verdict and the run's figures.
@@ -117,6 +119,7 @@ pub struct Report {
     pub not_terminal: Vec<u64>,
     pub diverged_replicas: Vec<String>,
     pub ssisdb_problems: Vec<String>,
+    pub unexpected_exits: Vec<String>,
 }
 
 impl Report {
@@ -167,6 +170,10 @@ impl Report {
             self.diverged_replicas.clone(),
         );
         add("SSISDB not exactly once", self.ssisdb_problems.clone());
+        add(
+            "processes that exited by themselves",
+            self.unexpected_exits.clone(),
+        );
         found
     }
 }
@@ -254,6 +261,7 @@ pub fn check(
     let mut report = Report {
         seed,
         seconds,
+        unexpected_exits: end.crashes.clone(),
         faults_injected: faults.len() as u64,
         stale_completions_refused: end.stale_refused,
         reads_checked: reads.len() as u64,
@@ -526,6 +534,7 @@ mod tests {
             jobs,
             stale_refused: 2,
             started_unix_ms: 0,
+            crashes: Vec::new(),
             ssisdb: None,
         };
         (submits, end)
@@ -542,6 +551,17 @@ mod tests {
         assert!((report.longest_commit_gap_from_s - 0.105).abs() < 1e-9);
         assert_eq!(report.stale_completions_refused, 2);
         assert!(report.to_string().contains("every invariant held"));
+    }
+
+    #[test]
+    fn a_crash_is_a_finding() {
+        let (submits, mut end) = healthy();
+        end.crashes = vec!["replica 2 (exit status: 1)".into()];
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(!report.ok());
+        assert!(report
+            .to_string()
+            .contains("processes that exited by themselves: 1 (replica 2 (exit status: 1))"));
     }
 
     #[test]

@@ -84,12 +84,15 @@ pub struct Injector<'a> {
     pub rng: StdRng,
     pub lease: Duration,
     pub election_timeout_max: Duration,
+    /// Processes that exited by themselves during the run ("replica 2 (exit status: 1)").
+    pub crashes: Vec<String>,
 }
 
 impl Injector<'_> {
     /// Injects one fault of `kind`, holds it, heals it, and says what it did. `None` when the
     /// fault had no target (no agreed leader at that moment).
     pub async fn inject(&mut self, kind: FaultKind) -> anyhow::Result<Option<FaultRecord>> {
+        self.restart_crashed()?;
         let Ok((leader, _)) = self.cluster.wait_for_leader(Duration::from_secs(20)).await else {
             return Ok(None);
         };
@@ -233,6 +236,36 @@ impl Injector<'_> {
             }
         }
         Ok(format!("replica {id} removed, wiped and added back"))
+    }
+
+    /// Restarts any process that exited by itself since the last look, and remembers it: a
+    /// crash is a finding of the run.
+    pub fn restart_crashed(&mut self) -> anyhow::Result<()> {
+        for exited in self.cluster.reap_exited() {
+            tracing::warn!(process = %exited, "a process exited by itself; restarting it");
+            self.crashes.push(exited);
+        }
+        let stopped: Vec<u64> = self
+            .cluster
+            .replicas
+            .iter()
+            .filter(|r| !r.is_running())
+            .map(|r| r.id)
+            .collect();
+        for id in stopped {
+            self.cluster.restart(id)?;
+        }
+        let stopped: Vec<String> = self
+            .cluster
+            .workers
+            .iter()
+            .filter(|w| w.pid().is_none())
+            .map(|w| w.name.clone())
+            .collect();
+        for name in stopped {
+            self.cluster.restart_worker(&name)?;
+        }
+        Ok(())
     }
 
     fn worker_name(&mut self) -> anyhow::Result<String> {

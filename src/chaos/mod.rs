@@ -217,6 +217,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     };
     let mut faults = Vec::new();
     let faults_until = started + options.duration;
+    let mut crashes = Vec::new();
     let injected: anyhow::Result<()> = async {
         let mut injector = Injector {
             cluster: &mut cluster,
@@ -226,6 +227,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             rng: StdRng::seed_from_u64(options.seed ^ 0x5eed),
             lease: LEASE,
             election_timeout_max: ELECTION_TIMEOUT_MAX,
+            crashes: Vec::new(),
         };
         while Instant::now() < faults_until || !plan.is_empty() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
@@ -249,10 +251,12 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
                 faults.push(record);
             }
         }
+        crashes = std::mem::take(&mut injector.crashes);
         Ok(())
     }
     .await;
     // Whatever happened, heal everything before stopping the load.
+    crashes.extend(cluster.reap_exited());
     network.heal();
     if let Some(proxy) = &sql_proxy {
         proxy.set(proxy::LinkMode::Pass);
@@ -270,6 +274,8 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
 
     let mut end = final_state(&cluster, &client, options.ssisdb.as_ref()).await?;
     end.started_unix_ms = started_unix_ms;
+    crashes.extend(cluster.reap_exited());
+    end.crashes = crashes;
     println!(
         "chaos: {:>5.1} s  every replica read back",
         started.elapsed().as_secs_f64()
@@ -529,6 +535,7 @@ async fn final_state(
         stale_refused,
         ssisdb,
         started_unix_ms: 0,
+        crashes: Vec::new(),
     })
 }
 
