@@ -2103,6 +2103,29 @@ heartbeat_interval_ms = 100
                 "peer_listen",
                 "also api_listen",
             ),
+            (
+                vec!["peer_routes=[{id=2,address=\"127.0.0.1:7999\"}]".into()],
+                "peer_routes[0].id",
+                "own id",
+            ),
+            (
+                vec![
+                    "peer_routes=[{id=1,address=\"127.0.0.1:7999\"},{id=1,address=\"127.0.0.1:7998\"}]"
+                        .into(),
+                ],
+                "peer_routes[1].id",
+                "two routes",
+            ),
+            (
+                vec!["peer_routes=[{id=1,address=\"nowhere\"}]".into()],
+                "peer_routes[0].address",
+                "not host:port",
+            ),
+            (
+                vec!["peer_routes=[{id=1}]".into()],
+                "peer_routes[0].address",
+                "needs id",
+            ),
             (vec!["insecure=false".into()], "tls", "no [tls] section"),
             (
                 vec!["tls={ca=\"ca.pem\",cert=\"c.pem\",key=\"k.pem\"}".into()],
@@ -2791,6 +2814,10 @@ heartbeat_interval_ms = 100
             ca: Some(dir.path().join("ca.pem")),
             ..SsisdbSettings::default()
         };
+        c.peer_routes = vec![PeerRoute {
+            id: 3,
+            address: "127.0.0.1:7303".into(),
+        }];
         let mut from_structs = BTreeSet::new();
         leaves(
             &Value::try_from(&c).unwrap(),
@@ -2800,6 +2827,24 @@ heartbeat_interval_ms = 100
         let mut from_schema = BTreeSet::new();
         schema(TOP, "", &mut from_schema);
         assert_eq!(from_structs, from_schema);
+    }
+
+    #[test]
+    fn peer_routes_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(
+            dir.path(),
+            &format!("{VALID}\n[[peer_routes]]\nid = 1\naddress = \"10.0.0.9:7201\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.peer_routes,
+            vec![PeerRoute {
+                id: 1,
+                address: "10.0.0.9:7201".into()
+            }]
+        );
     }
 
     const SSISDB_CS: &str =
