@@ -83,18 +83,7 @@ async fn run() -> anyhow::Result<()> {
         })?;
     }
     let client = Arc::new(cluster.client()?.with_deadline(Duration::from_secs(60)));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .list_workers(false)
-        .await?
-        .iter()
-        .filter(|w| w.online)
-        .count()
-        < 4
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the workers did not come online");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scaleout::harness::wait_for_workers(&client, 4, Duration::from_secs(60)).await?;
     // Let the registrations ship, so the measurement starts from an empty outbox.
     wait_drained(&client, Duration::from_secs(120)).await?;
     let shipped_before = shipped_events(&settings).await?;

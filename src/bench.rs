@@ -246,21 +246,7 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
         })?;
     }
     let client = Arc::new(cluster.client()?.with_deadline(Duration::from_secs(60)));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .list_workers(false)
-        .await?
-        .iter()
-        .filter(|w| w.online && w.enabled)
-        .count()
-        < options.workers
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the bench workers did not come online"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::harness::wait_for_workers(&client, options.workers, Duration::from_secs(60)).await?;
 
     // Phase 1: as fast as it goes.
     let first_id = client.submit_job(bench_spec(0), None).await?.job_id;

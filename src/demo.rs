@@ -127,7 +127,7 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
         })?;
     }
     let client = cluster.client()?.with_deadline(WAIT);
-    wait_for_workers(&client, 2).await?;
+    crate::harness::wait_for_workers(&client, 2, WAIT).await?;
     println!("2 workers online");
     show_refusals(&cluster).await?;
 
@@ -287,18 +287,6 @@ async fn submit(client: &Client, spec: v1::JobSpec, n: u32) -> anyhow::Result<u6
         .await
         .with_context(|| format!("submitting sample job {n}"))?;
     Ok(reply.job_id)
-}
-
-async fn wait_for_workers(client: &Client, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        let workers = client.list_workers(false).await?;
-        if workers.iter().filter(|w| w.online && w.enabled).count() >= count {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the workers did not come online within {WAIT:?}")
 }
 
 async fn wait_for_state(client: &Client, id: u64, state: v1::JobState) -> anyhow::Result<()> {

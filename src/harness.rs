@@ -234,6 +234,30 @@ impl WorkerOptions {
     }
 }
 
+/// Waits until `count` workers are online and enabled (a call that fails while the cluster
+/// settles is retried), for at most `timeout`.
+pub async fn wait_for_workers(
+    client: &Client,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let online = client
+            .list_workers(false)
+            .await
+            .map(|w| w.iter().filter(|w| w.online && w.enabled).count())
+            .unwrap_or(0);
+        if online >= count {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{online} of {count} workers came online within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Picks `n` free loopback ports by binding port 0, holding all of them until every one is
 /// chosen so none is picked twice.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {

@@ -176,7 +176,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
         Client::new(&cluster.endpoints(), security.clone())?.with_deadline(Duration::from_secs(10)),
     );
     let admin = Client::new(&cluster.endpoints(), security)?.with_deadline(Duration::from_secs(30));
-    wait_for_workers(&client, options.workers).await?;
+    crate::harness::wait_for_workers(&client, options.workers, Duration::from_secs(60)).await?;
 
     let started = Instant::now();
     let started_unix_ms = crate::master::now_ms();
@@ -325,25 +325,6 @@ fn heal_processes(cluster: &mut LocalCluster) {
         if let Err(error) = healed {
             warn!(%error, worker = %name, "could not heal the worker");
         }
-    }
-}
-
-async fn wait_for_workers(client: &Client, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let online = client
-            .list_workers(false)
-            .await
-            .map(|w| w.iter().filter(|w| w.online && w.enabled).count())
-            .unwrap_or(0);
-        if online >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{online} of {count} workers came online"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

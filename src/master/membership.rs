@@ -83,25 +83,9 @@ pub async fn add_replica(
     info!(replica = id, %node, log_index = needed, "replica added as a learner; waiting for it to catch up");
     wait_caught_up(raft, id, needed, catch_up).await?;
 
-    let changed = raft
-        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-        .await
-        .map_err(write_error)?;
-    let voters: Vec<NodeId> = changed
-        .membership
-        .as_ref()
-        .map(|m| m.voter_ids().collect())
-        .unwrap_or_default();
-    info!(
-        replica = id,
-        ?voters,
-        log_index = changed.log_id.index,
-        "replica is a voter"
-    );
-    Ok(Changed {
-        voters,
-        log_index: changed.log_id.index,
-    })
+    let changed = change(raft, ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+    info!(replica = id, voters = ?changed.voters, log_index = changed.log_index, "replica is a voter");
+    Ok(changed)
 }
 
 /// Removes replica `id`, voter or learner. The last voter cannot be removed. Removing the
@@ -116,7 +100,7 @@ pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> 
         });
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let change = if voters.contains(&id) {
+    let change_members = if voters.contains(&id) {
         if voters.len() == 1 {
             return Err(Status::failed_precondition(format!(
                 "replica {id} is the only voter; a cluster needs at least one"
@@ -126,23 +110,26 @@ pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> 
     } else {
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
+    let changed = change(raft, change_members).await?;
+    info!(replica = id, voters = ?changed.voters, log_index = changed.log_index, "replica removed");
+    Ok(changed)
+}
+
+/// Commits `change_members` through joint consensus; the voters after it and its log index.
+async fn change(
+    raft: &Raft,
+    change_members: ChangeMembers<NodeId, ReplicaNode>,
+) -> Result<Changed, Status> {
     let changed = raft
-        .change_membership(change, false)
+        .change_membership(change_members, false)
         .await
         .map_err(write_error)?;
-    let voters: Vec<NodeId> = changed
-        .membership
-        .as_ref()
-        .map(|m| m.voter_ids().collect())
-        .unwrap_or_default();
-    info!(
-        replica = id,
-        ?voters,
-        log_index = changed.log_id.index,
-        "replica removed"
-    );
     Ok(Changed {
-        voters,
+        voters: changed
+            .membership
+            .as_ref()
+            .map(|m| m.voter_ids().collect())
+            .unwrap_or_default(),
         log_index: changed.log_id.index,
     })
 }
