@@ -35,20 +35,31 @@ pub struct SubmitBench {
     pub json: bool,
 }
 
+/// A local 3-replica cluster of this binary with the default settings (mutual TLS unless
+/// `insecure`), once it has a leader.
+pub(crate) async fn local_cluster(insecure: bool) -> anyhow::Result<LocalCluster> {
+    let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
+    let cluster = LocalCluster::start(
+        &binary,
+        ClusterOptions {
+            log_filter: "warn".into(),
+            tls: !insecure,
+            ..ClusterOptions::default()
+        },
+    )
+    .context("cannot start the local cluster")?;
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .context("the new cluster elected no leader")?;
+    Ok(cluster)
+}
+
 /// Runs `count` submits from `submitters` concurrent tasks and reports rate and latency.
 pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     let mut cluster = None;
     let (endpoints, security) = if options.endpoints.is_empty() {
-        let binary = std::env::current_exe()?;
-        let local = LocalCluster::start(
-            &binary,
-            ClusterOptions {
-                log_filter: "warn".into(),
-                tls: !options.insecure,
-                ..ClusterOptions::default()
-            },
-        )?;
-        local.wait_for_leader(Duration::from_secs(30)).await?;
+        let local = local_cluster(options.insecure).await?;
         let endpoints = local.endpoints();
         let security = local.client_security()?;
         cluster = Some(local);
@@ -223,16 +234,7 @@ pub struct E2eBench {
 /// Submit → lease → complete through `workers` × `slots` with a no-op executor: the jobs/s the
 /// cluster sustains end to end, then submit-to-start latency at half that rate.
 pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
-    let binary = std::env::current_exe()?;
-    let mut cluster = LocalCluster::start(
-        &binary,
-        ClusterOptions {
-            log_filter: "warn".into(),
-            tls: !options.insecure,
-            ..ClusterOptions::default()
-        },
-    )?;
-    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let mut cluster = local_cluster(options.insecure).await?;
     for n in 0..options.workers {
         cluster.start_worker(crate::harness::WorkerOptions {
             max_tasks: options.slots,

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use super::bench_spec;
 use crate::client::Client;
-use crate::harness::{ClusterOptions, LocalCluster};
+use crate::harness::LocalCluster;
 
 /// How long the cluster may take to agree on a leader (at start, after a kill, after a restart).
 const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -207,20 +207,7 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
     progress.enable_steady_tick(Duration::from_millis(100));
     progress.set_message("starting a local 3-replica cluster");
 
-    let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
-    let mut cluster = LocalCluster::start(
-        &binary,
-        ClusterOptions {
-            log_filter: "warn".into(),
-            tls: !options.insecure,
-            ..ClusterOptions::default()
-        },
-    )
-    .context("cannot start the local cluster")?;
-    cluster
-        .wait_for_leader(LEADER_WAIT)
-        .await
-        .context("the new cluster elected no leader")?;
+    let mut cluster = super::local_cluster(options.insecure).await?;
     let client = Arc::new(
         Client::new(&cluster.endpoints(), cluster.client_security()?)?
             .with_deadline(SUBMIT_DEADLINE),
