@@ -6,6 +6,7 @@
 //! data_dir = "data/master-1"            # Raft log, vote and state machine (sled)
 //! api_listen = "0.0.0.0:7101"           # optional, default: this replica's `api` address
 //! peer_listen = "0.0.0.0:7201"          # optional, default: this replica's `peer` address
+//! metrics_listen = "0.0.0.0:9464"       # optional: /metrics, /healthz, /readyz over plain HTTP
 //!
 //! [[members]]                           # one table per replica, the same list in every file
 //! id = 1
@@ -40,6 +41,7 @@
 //! | `tls.key` | PEM file of the private key of `tls.cert`. All three `tls` paths are required when `[tls]` is given, and follow the `data_dir` rule for relative paths (the config file's directory, or the current directory when given by env or `--set`). Development certificates: `scaleout certs init --dir certs`. |
 //! | `api_listen` | (default: this replica's `api`) Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
 //! | `peer_listen` | (default: this replica's `peer`) Socket address the Raft (replica to replica) service binds. |
+//! | `metrics_listen` | (default: none, off) Socket address of the plain-HTTP endpoint serving `/metrics` (Prometheus text format), `/healthz` (the process is alive) and `/readyz` (a voter that hears a leader and has applied what it knows committed). It carries numbers and ids, never job parameters or logs; bind it to a management network. |
 //! | `peer_routes` | (default: none) An array of tables (`[[peer_routes]]`), each with `id` and `address`: the host:port this replica dials to reach member `id`, instead of that member's `peer` address (NAT, a proxy, another interface). Only this replica uses it; the others still learn the member's `peer` address. |
 //! | `members` | The static bootstrap member list, an array of tables (`[[members]]`), identical in every replica's file. Each entry has `id`, `api` (host:port that clients and workers dial) and `peer` (host:port that other replicas dial). All ids and all addresses must be distinct. |
 //! | `raft.heartbeat_interval_ms` | (default: 100) Leader heartbeat interval; also openraft's append RPC deadline. |
@@ -125,6 +127,8 @@ pub struct MasterConfig {
     pub api_listen: String,
     /// Address the Raft peer service binds (defaults to this replica's `peer`).
     pub peer_listen: String,
+    /// `/metrics`, `/healthz` and `/readyz` (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<String>,
     /// The static bootstrap member list.
     pub members: Vec<MemberConfig>,
     /// Where this replica dials some members instead of their `peer` address.
@@ -814,6 +818,21 @@ impl MasterConfig {
         }
         check_addr(&self.api_listen, true).or_else(|e| bad("api_listen", e))?;
         check_addr(&self.peer_listen, true).or_else(|e| bad("peer_listen", e))?;
+        if let Some(metrics_listen) = &self.metrics_listen {
+            check_addr(metrics_listen, true).or_else(|e| bad("metrics_listen", e))?;
+            if [&self.api_listen, &self.peer_listen]
+                .iter()
+                .any(|taken| taken.eq_ignore_ascii_case(metrics_listen))
+            {
+                return bad(
+                    "metrics_listen",
+                    format!(
+                        "{metrics_listen} is also api_listen or peer_listen; give the metrics \
+                         endpoint an address of its own"
+                    ),
+                );
+            }
+        }
         let mut routed = std::collections::BTreeSet::new();
         for (i, route) in self.peer_routes.iter().enumerate() {
             check_addr(&route.address, false)
@@ -1169,6 +1188,7 @@ fn build(
             .peer_listen
             .or_else(|| me.map(|m| m.peer.clone()))
             .unwrap_or_default(),
+        metrics_listen: raw.metrics_listen.filter(|addr| !addr.trim().is_empty()),
         members: raw.members,
         peer_routes: raw.peer_routes,
         raft: raw.raft,
@@ -1206,6 +1226,8 @@ struct RawConfig {
     api_listen: Option<String>,
     #[serde(default)]
     peer_listen: Option<String>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
     #[serde(default)]
     peer_routes: Vec<PeerRoute>,
     members: Vec<MemberConfig>,
@@ -1474,6 +1496,7 @@ const TOP: &[Field] = &[
     opt("tls", Kind::Table(TLS)),
     opt("api_listen", Kind::Str),
     opt("peer_listen", Kind::Str),
+    opt("metrics_listen", Kind::Str),
     opt("peer_routes", Kind::TableArray(PEER_ROUTE)),
     req(
         "members",

@@ -41,6 +41,7 @@
 //! | `tls.cert` | | | PEM file of this worker's certificate, with the URI SAN `scaleout://worker/<uuid>`; the uuid is the agent id. |
 //! | `tls.key` | | | PEM file of the private key of `tls.cert`. All three are required when `[tls]` is given. Development certificates: `scaleout certs init --dir certs --workers N`. |
 //! | `acquire_wait_ms` | | 10000 | How long one AcquireTasks long-poll waits for work (the master caps it). |
+//! | `metrics_listen` | | none (off) | Socket address of the plain-HTTP endpoint serving `/metrics` (Prometheus text format), `/healthz` (the process is alive) and `/readyz` (registered with the cluster and in touch with its leader), e.g. `0.0.0.0:9465`. |
 //! | `noop_executor` | | false | Benchmarks only: tasks succeed at once without starting a process (`scaleout bench e2e`). |
 //!
 //! Relative paths in the file are relative to the config file's directory; relative paths given
@@ -92,6 +93,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("insecure", Kind::Other),
     ("acquire_wait_ms", Kind::Other),
     ("noop_executor", Kind::Other),
+    ("metrics_listen", Kind::Str),
     ("tls.ca", Kind::Str),
     ("tls.cert", Kind::Str),
     ("tls.key", Kind::Str),
@@ -135,6 +137,8 @@ pub struct WorkerConfig {
     /// `insecure`. The certificate's worker id is `agent_id`.
     pub tls: Option<TlsPaths>,
     pub acquire_wait_ms: u32,
+    /// `/metrics`, `/healthz` and `/readyz` (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<String>,
     /// Benchmarks only: every task succeeds at once without starting a process, so a
     /// benchmark measures dispatch, not process start-up.
     pub noop_executor: bool,
@@ -181,6 +185,7 @@ struct RawConfig {
     tls: Option<RawTls>,
     acquire_wait_ms: Option<u32>,
     noop_executor: Option<bool>,
+    metrics_listen: Option<String>,
 }
 
 /// `[tls]` as written; every key is required, which `build` checks to name the missing one.
@@ -501,6 +506,10 @@ fn build(
         tls,
         acquire_wait_ms: raw.acquire_wait_ms.unwrap_or(10_000),
         noop_executor: raw.noop_executor.unwrap_or(false),
+        metrics_listen: raw
+            .metrics_listen
+            .map(|addr| addr.trim().to_string())
+            .filter(|addr| !addr.is_empty()),
     };
     check(&config).map_err(|(key, message)| invalid(key, message))?;
     // The certificate, when there is one, decides the agent id: read it before anything could
@@ -706,6 +715,17 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
     }
     if let Some(violation) = tls_choice_error(c.insecure, c.tls.is_some(), "worker") {
         return Err(violation);
+    }
+    if let Some(addr) = &c.metrics_listen {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "metrics_listen",
+                format!(
+                    "`{addr}` is not a socket address to listen on; e.g. 0.0.0.0:9465 or \
+                     127.0.0.1:9465"
+                ),
+            ));
+        }
     }
     if c.acquire_wait_ms > 60_000 {
         return Err((
