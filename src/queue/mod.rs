@@ -18,6 +18,7 @@
 //! `crate::raft` writes what [`QueueState::take_changes`] reports), protobuf (converted in
 //! `crate::pb`), and anything leader-only such as proposal batching or the lease tick.
 
+mod activity;
 mod attempt;
 mod command;
 mod dispatch;
@@ -28,6 +29,7 @@ mod outbox;
 mod state;
 mod worker;
 
+pub use activity::Activity;
 pub use attempt::{
     Assignment, Attempt, AttemptOutcome, Lease, LeaseRef, LeaseStatus, MAX_ATTEMPT_ERROR_BYTES,
     MAX_LEASE_MS,

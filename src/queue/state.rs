@@ -23,7 +23,7 @@ use super::dispatch::{
     dispatch_key, job_eligible, ready_jobs, worker_capacity, DispatchIndex, LoadLimits,
 };
 use super::{
-    ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind, Job,
+    Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind, Job,
     JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker, WorkerId,
 };
 
@@ -53,6 +53,8 @@ pub struct QueueState {
     next_lease_token: u64,
     idempotency: BTreeMap<String, JobId>,
     by_state: BTreeSet<(JobState, JobId)>,
+    /// How many jobs are in each state (the sizes of `by_state`'s ranges).
+    job_counts: BTreeMap<JobState, u64>,
     dispatch: DispatchIndex,
     /// (expires_at_ms, job) of every live lease.
     expiry: BTreeSet<(u64, JobId)>,
@@ -66,6 +68,8 @@ pub struct QueueState {
     /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
     /// not state (ignored by `==`).
     changes: Changes,
+    /// Counters since this state was loaded; not state (ignored by `==`).
+    activity: Activity,
 }
 
 /// What changed since the last [`QueueState::take_changes`]: the state machine rewrites these
@@ -132,6 +136,7 @@ impl PartialEq for QueueState {
             next_lease_token,
             idempotency,
             by_state,
+            job_counts,
             dispatch,
             expiry,
             outbox,
@@ -139,6 +144,7 @@ impl PartialEq for QueueState {
             truncated_events,
             applying: _,
             changes: _,
+            activity: _,
         } = self;
         *jobs == other.jobs
             && *workers == other.workers
@@ -147,6 +153,7 @@ impl PartialEq for QueueState {
             && *next_lease_token == other.next_lease_token
             && *idempotency == other.idempotency
             && *by_state == other.by_state
+            && *job_counts == other.job_counts
             && *dispatch == other.dispatch
             && *expiry == other.expiry
             && *outbox == other.outbox
@@ -167,6 +174,7 @@ impl QueueState {
             next_lease_token: 1,
             idempotency: BTreeMap::new(),
             by_state: BTreeSet::new(),
+            job_counts: BTreeMap::new(),
             dispatch: DispatchIndex::new(),
             expiry: BTreeSet::new(),
             outbox: BTreeMap::new(),
@@ -174,6 +182,7 @@ impl QueueState {
             truncated_events: BTreeMap::new(),
             applying: None,
             changes: Changes::default(),
+            activity: Activity::default(),
         }
     }
 
@@ -221,6 +230,22 @@ impl QueueState {
             outbox: self.outbox.values().cloned().collect(),
             outbox_meta: self.outbox_meta.clone(),
         }
+    }
+
+    /// How many jobs are in `state`.
+    pub fn jobs_in(&self, state: JobState) -> u64 {
+        self.job_counts.get(&state).copied().unwrap_or(0)
+    }
+
+    /// What apply has done since this state was loaded.
+    pub fn activity(&self) -> Activity {
+        self.activity
+    }
+
+    /// Carries the counters of the state this one replaces (a snapshot install), so they do
+    /// not restart from zero.
+    pub fn continue_activity(&mut self, before: Activity) {
+        self.activity = before;
     }
 
     pub fn next_job_id(&self) -> JobId {
@@ -490,10 +515,17 @@ impl QueueState {
             self.dispatch.remove(&dispatch_key(job));
         }
         self.by_state.remove(&(job.state, job_id));
+        if let Some(count) = self.job_counts.get_mut(&job.state) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.job_counts.remove(&job.state);
+            }
+        }
         let from = job.state;
         job.state = next;
         job.updated_at_ms = now_ms;
         self.by_state.insert((next, job_id));
+        *self.job_counts.entry(next).or_default() += 1;
         if next == JobState::Queued {
             self.dispatch.insert(dispatch_key(job));
         }
@@ -556,6 +588,7 @@ impl QueueState {
             expires_at_ms,
         };
         self.expiry.insert((expires_at_ms, job_id));
+        self.activity.leases_granted += 1;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.insert(job_id);
             self.changes.workers.insert(worker);
@@ -617,6 +650,7 @@ impl QueueState {
         let cancel_requested = job.cancel_requested;
         let retry_delay_secs = job.spec.retry_delay_secs;
         if let Some(attempt) = ended {
+            self.activity.attempt_ended(outcome);
             self.record(EventKind::AttemptEnded {
                 job: job_id,
                 attempt,
@@ -651,6 +685,7 @@ impl QueueState {
 
     fn index_job(&mut self, job: &Job) {
         self.by_state.insert((job.state, job.id));
+        *self.job_counts.entry(job.state).or_default() += 1;
         if job.state == JobState::Queued {
             self.dispatch.insert(dispatch_key(job));
         }
@@ -668,6 +703,7 @@ impl QueueState {
     pub(crate) fn check_consistency(&self) -> Result<(), String> {
         let rebuilt = QueueState::from_parts(self.to_parts());
         if rebuilt.by_state != self.by_state
+            || rebuilt.job_counts != self.job_counts
             || rebuilt.dispatch != self.dispatch
             || rebuilt.expiry != self.expiry
             || rebuilt.idempotency != self.idempotency

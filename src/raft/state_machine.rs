@@ -560,7 +560,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(tx_error(e)))
             })?;
 
-        *self.lock_for_apply()? = queue;
+        {
+            let mut current = self.lock_for_apply()?;
+            let mut queue = queue;
+            queue.continue_activity(current.activity());
+            *current = queue;
+        }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
 

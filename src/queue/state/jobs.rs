@@ -53,6 +53,7 @@ impl QueueState {
         self.index_job(&job);
         self.jobs.insert(job_id, job);
         self.changes.jobs.insert(job_id);
+        self.activity.jobs_submitted += 1;
         self.record(EventKind::JobSubmitted { job: job_id });
         Ok(CommandOutput::Submitted {
             job_id,

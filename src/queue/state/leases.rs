@@ -132,6 +132,7 @@ impl QueueState {
             };
             let (state, cancel_requested) = (job.state, job.cancel_requested);
             self.set_lease_expiry(lease.job_id, expires_at_ms);
+            self.activity.leases_renewed += 1;
             if state == JobState::PickedUp {
                 self.transition(lease.job_id, JobState::Running, now_ms);
             }
