@@ -32,6 +32,8 @@ pub struct ReplicaProcess {
     /// Where the replica binds its API and peer services.
     pub api_listen: String,
     pub peer_listen: String,
+    /// Where the replica serves `/metrics`, `/healthz` and `/readyz` (plain HTTP).
+    pub metrics_addr: String,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
@@ -404,11 +406,13 @@ impl LocalCluster {
         } else {
             (security, String::new())
         };
+        let metrics_addr = format!("127.0.0.1:{}", free_ports(1)?[0]);
         fs::write(
             &config_path,
             format!(
                 "id = {id}\ndata_dir = \"{}\"\napi_listen = \"{}\"\npeer_listen = \"{}\"\n\
-                 {top}{listed}\n[workers]\napproval = \"auto\"\n{tables}",
+                 metrics_listen = \"{metrics_addr}\"\n{top}{listed}\n[workers]\n\
+                 approval = \"auto\"\n{tables}",
                 data_dir.display(),
                 me.api_listen,
                 me.peer_listen,
@@ -420,6 +424,7 @@ impl LocalCluster {
             peer_addr: me.peer,
             api_listen: me.api_listen,
             peer_listen: me.peer_listen,
+            metrics_addr,
             config_path,
             data_dir,
             log_path: dir.join("replica.log"),

@@ -13,6 +13,7 @@
 //! - [`pb`]: generated protobuf types and their conversions to the domain.
 //! - [`ssisdb`]: the outbox shipper to SSISDB (leader only, exactly once by event id), the
 //!   `scaleout` schema, and `ssisdb check` / `install-schema`.
+//! - [`ops`]: what operators watch: Prometheus metrics, `/healthz` and `/readyz`, gRPC timings.
 //! - [`telemetry`]: logging, every line naming the replica and its term.
 //! - [`tls`], [`transport`]: certificates, roles and how every connection is made (mutual TLS).
 //! - [`cli`], [`demo`], [`bench`](mod@bench): what the binary runs; [`harness`] starts local clusters of
@@ -27,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod harness;
 pub mod master;
+pub mod ops;
 pub mod pb;
 pub mod queue;
 pub mod raft;

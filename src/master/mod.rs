@@ -15,6 +15,7 @@ mod bootstrap;
 mod job_service;
 mod leader;
 mod membership;
+mod observe;
 mod proposer;
 mod replica;
 pub mod status;

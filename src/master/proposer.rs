@@ -14,6 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
+use super::observe::ProposalMetrics;
 use crate::config::ProposalSettings;
 use crate::queue::{Command, CommandResult};
 use crate::raft::{NodeId, Proposal, Raft, ReplicaNode};
@@ -54,11 +55,12 @@ impl Proposer {
     /// `max_batch_bytes` of encoded commands (but always at least one command), so one log
     /// entry always fits in one replica-to-replica message.
     /// `outbox_limit` goes into every proposal (see `queue::outbox`).
-    pub fn start(
+    pub(crate) fn start(
         raft: Raft,
         settings: &ProposalSettings,
         max_batch_bytes: usize,
         outbox_limit: u64,
+        metrics: ProposalMetrics,
     ) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
         let batcher = Batcher {
@@ -68,6 +70,7 @@ impl Proposer {
             linger: Duration::from_micros(settings.linger_us),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             outbox_limit,
+            metrics,
         };
         tokio::spawn(batcher.run(rx));
         Proposer { queue: tx }
@@ -96,6 +99,7 @@ struct Batcher {
     linger: Duration,
     in_flight: Arc<Semaphore>,
     outbox_limit: u64,
+    metrics: ProposalMetrics,
 }
 
 impl Batcher {
@@ -136,18 +140,22 @@ impl Batcher {
             }
             let raft = self.raft.clone();
             let outbox_limit = self.outbox_limit;
+            let metrics = self.metrics.clone();
             tokio::spawn(async move {
-                commit(raft, batch, outbox_limit).await;
+                commit(raft, batch, outbox_limit, &metrics).await;
                 drop(permit);
             });
         }
     }
 }
 
-async fn commit(raft: Raft, batch: Vec<Pending>, outbox_limit: u64) {
+async fn commit(raft: Raft, batch: Vec<Pending>, outbox_limit: u64, metrics: &ProposalMetrics) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
+    metrics.entries.increment(1);
+    metrics.commands.increment(count as u64);
+    metrics.batch_commands.record(count as f64);
     let proposal = Proposal {
         now_ms: now_ms(),
         outbox_limit,
@@ -179,6 +187,7 @@ async fn commit(raft: Raft, batch: Vec<Pending>, outbox_limit: u64) {
             }
         }
         Err(error) => {
+            metrics.errors.increment(1);
             if !matches!(error, ProposeError::NotLeader { .. }) {
                 warn!(%error, commands = count, "proposal failed");
             }

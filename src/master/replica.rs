@@ -13,9 +13,11 @@ use super::admin_service::AdminApi;
 use super::authz::{authorize, Permission};
 use super::bootstrap::bootstrap;
 use super::job_service::JobApi;
+use super::observe::{ProposalMetrics, ReplicaObserver};
 use super::proposer::Proposer;
 use super::worker_service::WorkerApi;
 use crate::config::MasterConfig;
+use crate::ops::{GrpcTimingLayer, Observed, Registry};
 use crate::pb::raft::raft_service_server::RaftServiceServer;
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::job_service_server::JobServiceServer;
@@ -51,6 +53,8 @@ pub enum MasterError {
         which: &'static str,
         source: tonic::transport::Error,
     },
+    #[error("cannot serve gRPC reflection: {0}")]
+    Reflection(String),
 }
 
 /// A last bound on any one call (handlers bound their own waits well below this).
@@ -115,6 +119,11 @@ pub async fn run(
     // Bound before the Raft node starts, so a taken port stops the replica before it can vote.
     let api_listener = bind("api", &config.api_listen).await?;
     let peer_listener = bind("peer", &config.peer_listen).await?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(bind("metrics", addr).await?),
+        None => None,
+    };
+    let registry = Registry::new();
 
     let (log_store, state_machine) = open_storage(
         &config.data_dir.join("sled"),
@@ -181,6 +190,7 @@ pub async fn run(
     let max_bytes = config.api.max_message_bytes;
     let peer_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
+        .layer(GrpcTimingLayer::new(registry.clone()))
         .add_service(InterceptedService::new(
             RaftServiceServer::new(RaftGrpcService::new(
                 raft.clone(),
@@ -204,9 +214,25 @@ pub async fn run(
         &config.proposals,
         max_bytes,
         config.ssisdb.max_outbox_events,
+        ProposalMetrics::new(&registry),
     );
+    let observer = Arc::new(ReplicaObserver::new(
+        registry.clone(),
+        &config,
+        raft.clone(),
+        queue.clone(),
+        contact.clone(),
+        committed.clone(),
+    ));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_duties = tokio::spawn(report_health(observer.clone(), health_reporter));
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
+        .layer(GrpcTimingLayer::new(registry.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             JobServiceServer::new(JobApi::new(
                 raft.clone(),
@@ -244,6 +270,22 @@ pub async fn run(
             stopped(stop_rx.clone()),
         );
     let mut api_task = tokio::spawn(api_server);
+    let ops_server = match metrics_listener {
+        Some(listener) => Some(
+            crate::ops::serve(
+                listener,
+                observer.clone() as Arc<dyn Observed>,
+                registry.clone(),
+                stopped(stop_rx.clone()),
+            )
+            .map_err(|source| MasterError::Bind {
+                which: "metrics",
+                addr: config.metrics_listen.clone().unwrap_or_default(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
 
     if let Err(error) = bootstrap(&raft, &config, &network)
         .await
@@ -306,6 +348,8 @@ pub async fn run(
         peer_task.abort();
     }
     watcher.abort();
+    health_duties.abort();
+    drop(ops_server);
     leader_duties.abort();
     outbox_duties.abort();
     tls_duties.abort();
@@ -338,6 +382,68 @@ async fn wait_server(
             which,
             reason: join.to_string(),
         }),
+    }
+}
+
+/// The gRPC reflection services (v1 and v1alpha, which older `grpcurl` asks) for the API
+/// port's services.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    MasterError,
+> {
+    use tonic::server::NamedService;
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(<JobServiceServer<JobApi> as NamedService>::NAME)
+            .with_service_name(<AdminServiceServer<AdminApi> as NamedService>::NAME)
+            .with_service_name(<WorkerServiceServer<WorkerApi> as NamedService>::NAME)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let v1 = builder()
+        .build_v1()
+        .map_err(|e| MasterError::Reflection(e.to_string()))?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| MasterError::Reflection(e.to_string()))?;
+    Ok((v1, v1alpha))
+}
+
+/// How often the gRPC health service's answer is brought up to date with readiness.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps `grpc.health.v1.Health` answering what `/readyz` answers, for the whole server ("")
+/// and for each API service.
+async fn report_health(
+    observer: Arc<ReplicaObserver>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    let services = [
+        "",
+        <JobServiceServer<JobApi> as NamedService>::NAME,
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
+        <WorkerServiceServer<WorkerApi> as NamedService>::NAME,
+    ];
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        every.tick().await;
+        let status = match observer.readiness() {
+            Ok(()) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
+        };
+        for service in services {
+            reporter.set_service_status(service, status).await;
+        }
     }
 }
 

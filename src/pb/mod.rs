@@ -14,6 +14,10 @@ pub mod raft {
     tonic::include_proto!("scaleout.raft.v1");
 }
 
+/// The encoded descriptors of `proto/`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/scaleout_descriptor.bin"));
+
 pub use job::{spec_from_pb, state_from_pb};
 pub use worker::{
     lease_from_pb, level_from_pb, log_line_from_pb, outcome_from_pb, percent_x10,

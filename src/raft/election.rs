@@ -52,7 +52,8 @@ impl LeaderContact {
         self.last_ms.fetch_max(now, Ordering::Relaxed);
     }
 
-    fn since(&self) -> Duration {
+    /// How long ago this replica last heard from a leader (or granted a vote).
+    pub fn since(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.base.elapsed().saturating_sub(last)
     }

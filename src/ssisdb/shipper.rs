@@ -47,6 +47,8 @@ pub struct ShipperStatus {
     pub events_shipped: AtomicU64,
     /// Batches committed by this process.
     pub batches: AtomicU64,
+    /// Shipping attempts that failed (connection, SQL or commit of the cursor).
+    pub ship_errors: AtomicU64,
     /// Events in the local outbox at the last look.
     pub lag: AtomicU64,
     /// The shipped cursor at the last look.
@@ -153,6 +155,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 shipper.client = None;
+                shipper.status.ship_errors.fetch_add(1, Ordering::Relaxed);
                 if shipper.status.set_error(Some(e.to_string())) {
                     warn!(replica = replica_id, error = %e, retry_in_ms = shipper.backoff.as_millis() as u64, outbox_lag = lag,
                         "SSISDB shipping failed; dispatch goes on, events wait in the outbox");
