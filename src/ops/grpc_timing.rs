@@ -134,7 +134,7 @@ mod tests {
     }
 
     async fn call(
-        service: &mut (impl Service<http::Request<()>, Error = std::convert::Infallible>),
+        service: &mut impl Service<http::Request<()>, Error = std::convert::Infallible>,
         path: &str,
     ) {
         let request = http::Request::builder().uri(path).body(()).unwrap();
