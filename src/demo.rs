@@ -264,10 +264,53 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
          prunes them (`scaleout ssisdb install-schema` and an [ssisdb] section ship them)",
         status.outbox_events
     );
+    show_operations(&cluster, new_leader).await?;
     drop(cluster);
     if !lost.is_empty() || twice > 0 {
         bail!("invariants broken: lost {lost:?}, completed twice {twice}");
     }
+    Ok(())
+}
+
+/// What an operator would watch: each replica's readiness and metrics endpoint, and a few
+/// figures from the leader's `/metrics`.
+async fn show_operations(cluster: &LocalCluster, leader: u64) -> anyhow::Result<()> {
+    use crate::ops::probe;
+    const PROBE: Duration = Duration::from_secs(5);
+    println!();
+    for replica in &cluster.replicas {
+        let ready = probe::get(&replica.metrics_addr, "/readyz", PROBE).await?;
+        println!(
+            "replica {}: http://{}/metrics, /readyz: {}",
+            replica.id,
+            replica.metrics_addr,
+            ready.body.trim()
+        );
+    }
+    let page = probe::get(&cluster.replica(leader)?.metrics_addr, "/metrics", PROBE).await?;
+    let samples = probe::samples(&page.body);
+    let value = |series: &str| samples.get(series).copied().unwrap_or(0.0);
+    let (entries, commands) = (
+        value("scaleout_proposals_total"),
+        value("scaleout_proposal_commands_total"),
+    );
+    let calls: f64 = samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("scaleout_rpc_duration_seconds_count{"))
+        .map(|(_, count)| count)
+        .sum();
+    println!(
+        "leader {leader}'s /metrics: {commands} commands in {entries} Raft entries ({:.1} per \
+         entry), {calls} gRPC calls served since it started, {} leases granted and {} expired \
+         as applied since it started",
+        if entries > 0.0 {
+            commands / entries
+        } else {
+            0.0
+        },
+        value("scaleout_leases_granted_total"),
+        value("scaleout_leases_expired_total"),
+    );
     Ok(())
 }
 

@@ -13,9 +13,9 @@ use scaleout::chaos::network::ProxiedNetwork;
 use scaleout::chaos::proxy::LinkMode;
 use scaleout::client::Client;
 use scaleout::harness::{wait_for_workers, ClusterOptions, LocalCluster, WorkerOptions};
+use scaleout::ops::probe::{self, samples};
 use scaleout::pb::v1;
 use scaleout::tls::Role;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -25,35 +25,10 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_scaleout"))
 }
 
-/// One HTTP/1.1 GET: (status code, body).
+/// One GET: (status code, body).
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await??;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_string());
-    Ok((status, body))
-}
-
-/// The samples of a Prometheus text page: `name{labels}` → value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
+    let answer = probe::get(addr, path, Duration::from_secs(5)).await?;
+    Ok((answer.status, answer.body))
 }
 
 /// The value of `series` (name with its labels exactly as rendered), or a failure naming it.

@@ -9,6 +9,7 @@
 
 mod grpc_timing;
 mod http;
+pub mod probe;
 mod registry;
 
 pub use grpc_timing::{GrpcTiming, GrpcTimingLayer};
