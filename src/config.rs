@@ -1960,6 +1960,30 @@ impl fmt::Display for MemberConfig {
     }
 }
 
+/// Every key a replica's file accepts, as docs/configuration.md names them: keys of tables as
+/// dotted paths (`raft.heartbeat_interval_ms`), an array of tables by its name (`members`) and
+/// its entries' keys as `members[].id`. Tables themselves (`raft`, `tls`) are not listed.
+/// `tests/deploy_files.rs` checks the reference against this list.
+pub fn known_keys() -> Vec<String> {
+    fn walk(fields: &[Field], prefix: &str, out: &mut Vec<String>) {
+        for field in fields {
+            let key = format!("{prefix}{}", field.name);
+            match field.kind {
+                Kind::Table(inner) => walk(inner, &format!("{key}."), out),
+                Kind::TableArray(inner) => {
+                    walk(inner, &format!("{key}[]."), out);
+                    out.push(key);
+                }
+                Kind::Int | Kind::Bool | Kind::Str => out.push(key),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(TOP, "", &mut out);
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2125,6 +2149,16 @@ heartbeat_interval_ms = 100
                 vec!["peer_listen=127.0.0.1:7102".into()],
                 "peer_listen",
                 "also api_listen",
+            ),
+            (
+                vec!["metrics_listen=127.0.0.1:7202".into()],
+                "metrics_listen",
+                "address of its own",
+            ),
+            (
+                vec!["metrics_listen=metrics-host".into()],
+                "metrics_listen",
+                "not host:port",
             ),
             (
                 vec!["peer_routes=[{id=2,address=\"127.0.0.1:7999\"}]".into()],
@@ -2841,6 +2875,7 @@ heartbeat_interval_ms = 100
             id: 3,
             address: "127.0.0.1:7303".into(),
         }];
+        c.metrics_listen = Some("127.0.0.1:9464".into());
         let mut from_structs = BTreeSet::new();
         leaves(
             &Value::try_from(&c).unwrap(),
@@ -3397,5 +3432,36 @@ ship_interval_ms = 50
             member_lists.iter().all(|list| *list == member_lists[0]),
             "{member_lists:?}"
         );
+    }
+
+    #[test]
+    fn known_keys_are_the_schema() {
+        let keys = known_keys();
+        for key in [
+            "id",
+            "data_dir",
+            "metrics_listen",
+            "tls.cert",
+            "members",
+            "members[].api",
+            "peer_routes[].address",
+            "raft.heartbeat_interval_ms",
+            "ssisdb.password_file",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        for key in &keys {
+            // `members[].id` is set as `members[0].id`; every key names a value, tables
+            // (`raft`, `tls`) are not keys of their own.
+            let segs = parse_key(&key.replace("[]", "[0]")).expect(key);
+            match lookup(&segs) {
+                Ok(Kind::Table(_)) | Err(_) => panic!("{key} is not a key of the schema"),
+                Ok(Kind::TableArray(_)) => assert!(!key.contains('.'), "{key}"),
+                Ok(_) => {}
+            }
+        }
+        let mut unique = keys.clone();
+        unique.dedup();
+        assert_eq!(unique, keys, "sorted, each once");
     }
 }

@@ -23,8 +23,8 @@ use super::dispatch::{
     dispatch_key, job_eligible, ready_jobs, worker_capacity, DispatchIndex, LoadLimits,
 };
 use super::{
-    Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind, Job,
-    JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker, WorkerId,
+    Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind,
+    Job, JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker, WorkerId,
 };
 
 mod jobs;

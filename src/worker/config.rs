@@ -876,6 +876,14 @@ pub fn machine_name() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Every key a worker's file accepts, as docs/configuration.md names them (`[tls]` keys as
+/// `tls.ca`, `tls.cert`, `tls.key`). `tests/deploy_files.rs` checks the reference against it.
+pub fn known_keys() -> Vec<String> {
+    let mut keys: Vec<String> = KEYS.iter().map(|(key, _)| key.to_string()).collect();
+    keys.sort();
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1349,5 +1357,29 @@ insecure = true
         assert_eq!(err.key(), Some("tls.cert"), "{err}");
         assert!(err.to_string().contains("wrong CA"), "{err}");
         assert!(!dir.path().join("state/agent_id").exists());
+    }
+
+    #[test]
+    fn known_keys_are_every_key() {
+        let keys = known_keys();
+        assert_eq!(keys.len(), KEYS.len());
+        for key in [
+            "endpoints",
+            "state_dir",
+            "metrics_listen",
+            "tls.ca",
+            "tls.cert",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
+        }
+        // Each is accepted by `--set` (an unknown key would be refused before validation).
+        for key in &keys {
+            let err = WorkerConfig::from_toml_str("", Path::new("."), &[format!("{key}=x")])
+                .expect_err("an empty file is not a valid config");
+            assert!(
+                !matches!(err, WorkerConfigError::UnknownKey { .. }),
+                "{key}: {err}"
+            );
+        }
     }
 }
