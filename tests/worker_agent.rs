@@ -2,7 +2,8 @@
 //! tests with real replicas live in tests/workers.rs): tasks run and report, cancel and lost
 //! leases kill the process tree, leader redirects are followed, results wait in the spool while
 //! the cluster is down (even across a worker restart), shutdown reports running tasks as
-//! failed, and config mistakes map to exit code 2.
+//! failed, config mistakes map to exit code 2, and `metrics_listen` serves the worker's metrics,
+//! health and readiness.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -15,7 +16,8 @@ use scaleout::master::REASON_LEASE_LOST;
 use scaleout::pb::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use scaleout::pb::v1::*;
 use scaleout::raft::ReplicaNode;
-use scaleout::worker::{run, WorkerConfig, WorkerError};
+use scaleout::worker::{run, Worker, WorkerConfig, WorkerError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::{Code, Request, Response, Status};
@@ -566,4 +568,204 @@ fn config_mistakes_are_exit_code_2() {
     assert_eq!(error.exit_code(), 2);
     assert!(error.to_string().contains("`max_task_count`"), "{error}");
     assert!(WorkerConfig::load(&path, &["insecure=true".into()]).is_ok());
+}
+
+/// A plain HTTP GET: the status code and the whole response (headers and body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the metrics endpoint accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (status, response)
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered) in a scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `/metrics` until `check` accepts the text or `limit` passes; returns the text.
+async fn scrape_until(
+    addr: SocketAddr,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let until = Instant::now() + limit;
+    loop {
+        let (status, text) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        if check(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks `/readyz` until it answers `status` or `limit` passes; returns the response.
+async fn readyz_until(addr: SocketAddr, limit: Duration, status: u16) -> String {
+    let until = Instant::now() + limit;
+    loop {
+        let (got, response) = http_get(addr, "/readyz").await;
+        if got == status {
+            return response;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for /readyz {status}:\n{response}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_reports_tasks_health_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (addr, stop_server, server) = serve(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    fake.seen().queue.push_back(task(1, 61, &["true"]));
+    let config = config(dir.path(), &[addr], "metrics_listen = \"127.0.0.1:0\"\n");
+    let worker = match Worker::start(config).await {
+        Ok(worker) => worker,
+        Err(error) => panic!("the worker does not start: {error}"),
+    };
+    let metrics = worker.metrics_addr().expect("metrics_listen is set");
+    assert_ne!(metrics.port(), 0, "the port the system chose");
+
+    // Serving before the agent runs: alive, not ready.
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+    let (status, response) = http_get(metrics, "/readyz").await;
+    assert_eq!(status, 503, "{response}");
+    assert!(
+        response.contains("not ready: not registered yet"),
+        "{response}"
+    );
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    readyz_until(metrics, Duration::from_secs(10), 200).await;
+    eventually(Duration::from_secs(10), "the result", || {
+        fake.seen().completions.len() == 1
+    })
+    .await;
+    let succeeded = "scaleout_worker_tasks_finished_total{outcome=\"succeeded\"}";
+    let text = scrape_until(
+        metrics,
+        Duration::from_secs(10),
+        "the task to leave its slot",
+        |text| {
+            sample(text, "scaleout_worker_running_tasks") == Some(0.0)
+                && sample(text, succeeded).is_some_and(|n| n >= 1.0)
+        },
+    )
+    .await;
+    let version = env!("CARGO_PKG_VERSION");
+    let build_info = format!("scaleout_build_info{{version=\"{version}\"}}");
+    for (series, expected) in [
+        (build_info.as_str(), 1.0),
+        ("scaleout_worker_connected", 1.0),
+        ("scaleout_worker_max_tasks", 4.0),
+        ("scaleout_worker_renew_failures_total", 0.0),
+        (
+            "scaleout_worker_tasks_finished_total{outcome=\"failed\"}",
+            0.0,
+        ),
+        (
+            "scaleout_worker_tasks_finished_total{outcome=\"cancelled\"}",
+            0.0,
+        ),
+        (
+            "scaleout_worker_tasks_finished_total{outcome=\"lost\"}",
+            0.0,
+        ),
+        ("scaleout_worker_spool_entries", 0.0),
+        ("scaleout_worker_spool_bytes", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
+    }
+    assert_eq!(sample(&text, succeeded), Some(1.0), "{text}");
+
+    // A long task holds a lease; then the cluster goes away.
+    fake.seen().queue.push_back(task(2, 62, &["sleep", "600"]));
+    eventually(Duration::from_secs(10), "the lease to be renewed", || {
+        fake.seen().renewed.contains(&62)
+    })
+    .await;
+    scrape_until(
+        metrics,
+        Duration::from_secs(5),
+        "one running task",
+        |text| sample(text, "scaleout_worker_running_tasks") == Some(1.0),
+    )
+    .await;
+    let _ = stop_server.send(());
+    server.await.unwrap();
+    let response = readyz_until(metrics, Duration::from_secs(20), 503).await;
+    assert!(
+        response.contains("not ready: no replica answered for"),
+        "{response}"
+    );
+    let text = scrape_until(
+        metrics,
+        Duration::from_secs(10),
+        "failed renewals",
+        |text| sample(text, "scaleout_worker_renew_failures_total").is_some_and(|n| n >= 1.0),
+    )
+    .await;
+    assert_eq!(
+        sample(&text, "scaleout_worker_connected"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "scaleout_worker_running_tasks"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+    stop_agent(stop, agent).await;
+    let until = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(metrics).await.is_ok() {
+        assert!(Instant::now() < until, "the endpoint stops with the worker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_taken_metrics_port_fails_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let config = config(
+        dir.path(),
+        &["127.0.0.1:1".parse().unwrap()],
+        &format!("metrics_listen = \"{taken_addr}\"\n"),
+    );
+    let error = match Worker::start(config).await {
+        Ok(_) => panic!("the worker started on a taken port"),
+        Err(error) => error,
+    };
+    let message = error.to_string();
+    assert!(message.contains("`metrics_listen`"), "{message}");
+    assert!(message.contains(&taken_addr.to_string()), "{message}");
+    assert_eq!(error.exit_code(), 1);
+    drop(taken);
 }

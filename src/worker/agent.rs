@@ -31,6 +31,10 @@
 //!
 //! stdout lines are logged at INFO, stderr lines at ERROR; the agent adds a line of its own
 //! (prefixed `[worker]`) when it fails to start a task, times it out or kills it.
+//!
+//! The agent counts failed renewals and finished tasks into [`WorkerMetrics`], and
+//! [`Agent::view`] gives [`super::observe`] the rest (registration, last contact, slots, spool)
+//! at each scrape.
 
 // Wire messages are built with `..Default::default()` so that fields added to the proto later
 // (it grows with the issues) keep their defaults instead of breaking the build.
@@ -63,8 +67,9 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 use super::connection::{jitter, CallError, Connection};
 use super::host::{self, CpuSampler};
+use super::observe::{Finished, WorkerMetrics, WorkerView};
 use super::runner::{self, Invocation, KillReason, OutputLine, RunOutcome, Stream};
-use super::spool::{Spool, SpoolEntry, SpooledLine, SpooledOutcome};
+use super::spool::{Spool, SpoolEntry, SpoolSize, SpooledLine, SpooledOutcome};
 use crate::pb::v1::{
     AcquireTasksRequest, AppendLogsRequest, AttemptOutcome, CompleteTaskRequest, HeartbeatRequest,
     HeartbeatResponse, JobState, LeaseRef, LogLevel, LogLine, RegisterWorkerRequest,
@@ -122,6 +127,10 @@ struct State {
     draining: bool,
     /// Whether the last call reached the cluster (for logging transitions only).
     unreachable_since: Option<Instant>,
+    /// When a call last reached the cluster (readiness).
+    last_contact: Option<Instant>,
+    /// The last failed call's error (readiness says it).
+    last_error: Option<String>,
     slots: BTreeMap<Key, Slot>,
     pending: BTreeMap<Key, Pending>,
 }
@@ -132,6 +141,9 @@ pub(super) struct Agent {
     connection: Connection,
     state: Mutex<State>,
     spool: Arc<Mutex<Spool>>,
+    /// The spool's size, read without its lock.
+    spool_size: Arc<SpoolSize>,
+    metrics: WorkerMetrics,
     cpu: Mutex<CpuSampler>,
     shutting_down: AtomicBool,
     /// Something the acquire loop waits for changed (a slot freed, enabled, registered).
@@ -168,7 +180,12 @@ fn worker_unknown(error: &CallError) -> bool {
 }
 
 impl Agent {
-    pub(super) fn new(config: WorkerConfig, connection: Connection, spool: Spool) -> Agent {
+    pub(super) fn new(
+        config: WorkerConfig,
+        connection: Connection,
+        spool: Spool,
+        metrics: WorkerMetrics,
+    ) -> Agent {
         let now = Instant::now();
         // Results spooled by an earlier run still hold leases: keep them alive until delivered.
         let pending = spool
@@ -189,7 +206,9 @@ impl Agent {
                 pending,
                 ..State::default()
             }),
+            spool_size: spool.size(),
             spool: Arc::new(Mutex::new(spool)),
+            metrics,
             cpu: Mutex::new(CpuSampler::default()),
             shutting_down: AtomicBool::new(false),
             wake_acquire: Notify::new(),
@@ -210,6 +229,24 @@ impl Agent {
 
     fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// What the metrics endpoint reports, read now.
+    pub(super) fn view(&self) -> WorkerView {
+        let state = lock(&self.state);
+        WorkerView {
+            registered: state.registered,
+            shutting_down: self.shutting_down(),
+            since_contact: state.last_contact.map(|at| at.elapsed()),
+            last_error: state.last_error.clone(),
+            running_tasks: state.slots.len(),
+            spool_entries: self.spool_size.entries(),
+            spool_bytes: self.spool_size.bytes(),
+        }
     }
 
     fn delivery_deadline(&self, normal: Duration) -> Duration {
@@ -240,6 +277,12 @@ impl Agent {
     /// Notes whether the cluster answered, logging only the transitions.
     fn note_reachable(&self, reachable: bool, error: Option<&CallError>) {
         let mut state = lock(&self.state);
+        if reachable {
+            state.last_contact = Some(Instant::now());
+        }
+        if let Some(error) = error {
+            state.last_error = Some(error.to_string());
+        }
         match (reachable, state.unreachable_since) {
             (true, Some(since)) => {
                 state.unreachable_since = None;
@@ -397,7 +440,10 @@ impl Agent {
             Err(error) => {
                 match &error {
                     CallError::Unavailable { .. } => self.note_reachable(false, Some(&error)),
-                    _ => error!(%error, "the cluster refused the registration; retrying"),
+                    _ => {
+                        error!(%error, "the cluster refused the registration; retrying");
+                        lock(&self.state).last_error = Some(error.to_string());
+                    }
                 }
                 Err(())
             }
@@ -639,6 +685,7 @@ impl Agent {
             reporter
                 .complete(SpooledOutcome::Succeeded, Some(0), String::new())
                 .await;
+            self.metrics.finished(Finished::Succeeded);
             lock(&self.state).slots.remove(&key);
             self.slot_removed.notify_waiters();
             self.wake_acquire.notify_one();
@@ -746,6 +793,7 @@ impl Agent {
             // Keep what the task left for inspection; an empty folder is only clutter.
             let _ = std::fs::remove_dir(&dir);
         }
+        self.metrics.finished(Finished::of(&outcome));
         lock(&self.state).slots.remove(&key);
         self.slot_removed.notify_waiters();
         self.wake_acquire.notify_one();
@@ -782,6 +830,9 @@ impl Agent {
                 async move { client.renew_leases(call).await }
             })
             .await;
+        if result.is_err() {
+            self.metrics.renew_failed(request.leases.len());
+        }
         let reply = match result {
             Ok(reply) => reply,
             Err(error) if worker_unknown(&error) => return self.forget_registration(),
@@ -791,6 +842,10 @@ impl Agent {
             Err(error) => return warn!(%error, "lease renewal refused"),
         };
         self.note_reachable(true, None);
+        let not_renewed = reply.leases.iter().filter(|s| !s.renewed).count();
+        if not_renewed > 0 {
+            self.metrics.renew_failed(not_renewed);
+        }
         let now = Instant::now();
         let mut lost = Vec::new();
         let mut cancelled = Vec::new();

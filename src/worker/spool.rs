@@ -11,11 +11,16 @@
 //!
 //! Opening replays the file (a torn last line from a crash mid-append is skipped) and rewrites
 //! it compactly; the file is emptied whenever every entry is settled.
+//!
+//! [`Spool::size`] shares the count and size of the unsettled entries without the spool's lock
+//! (a metrics scrape must not wait for an fsync).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +113,35 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Spoo
     }
 }
 
+/// How much the spool holds: its unsettled entries and the bytes of their records. Updated by
+/// the spool, readable by anyone holding it.
+#[derive(Debug, Default)]
+pub struct SpoolSize {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SpoolSize {
+    /// Entries not yet settled (delivered, or refused for good).
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// The size of those entries' records in the file (what a compacted file would hold).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// An unsettled entry.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    entry: SpoolEntry,
+    /// The length of its record in the file, newline included.
+    bytes: u64,
+}
+
 /// The spool. Not synchronized: the agent keeps it behind a mutex and calls it off the async
 /// threads (every call may fsync).
 #[derive(Debug)]
@@ -115,10 +149,13 @@ pub struct Spool {
     dir: PathBuf,
     path: PathBuf,
     file: File,
-    entries: VecDeque<(u64, SpoolEntry)>,
+    entries: VecDeque<Held>,
     next_seq: u64,
     /// Records in the file, to know when compaction pays.
     records: usize,
+    /// The sum of the held entries' `bytes`.
+    bytes: u64,
+    size: Arc<SpoolSize>,
 }
 
 impl Spool {
@@ -139,10 +176,11 @@ impl Spool {
                     match serde_json::from_slice::<Record>(&line) {
                         Ok(Record::Entry { seq, entry }) => {
                             next_seq = next_seq.max(seq + 1);
-                            entries.push_back((seq, entry));
+                            let bytes = line.len() as u64 + 1;
+                            entries.push_back(Held { seq, entry, bytes });
                         }
                         Ok(Record::Ack { seq }) => {
-                            while entries.front().is_some_and(|(s, _)| *s <= seq) {
+                            while entries.front().is_some_and(|held: &Held| held.seq <= seq) {
                                 entries.pop_front();
                             }
                         }
@@ -161,14 +199,30 @@ impl Spool {
             Err(e) => return Err(io_error(&path, "open")(e)),
         }
         let file = rewrite(dir, &path, &entries)?;
-        Ok(Spool {
+        let spool = Spool {
             dir: dir.to_path_buf(),
             path,
             file,
             records: entries.len(),
+            bytes: entries.iter().map(|held| held.bytes).sum(),
             entries,
             next_seq,
-        })
+            size: Arc::default(),
+        };
+        spool.publish_size();
+        Ok(spool)
+    }
+
+    /// The spool's size, kept current by every append and ack.
+    pub fn size(&self) -> Arc<SpoolSize> {
+        Arc::clone(&self.size)
+    }
+
+    fn publish_size(&self) {
+        self.size
+            .entries
+            .store(self.entries.len() as u64, Ordering::Relaxed);
+        self.size.bytes.store(self.bytes, Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -185,23 +239,25 @@ impl Spool {
 
     /// The oldest unsettled entry and its sequence number.
     pub fn front(&self) -> Option<(u64, &SpoolEntry)> {
-        self.entries.front().map(|(seq, entry)| (*seq, entry))
+        self.entries.front().map(|held| (held.seq, &held.entry))
     }
 
     /// Every unsettled entry, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = &SpoolEntry> + '_ {
-        self.entries.iter().map(|(_, entry)| entry)
+        self.entries.iter().map(|held| &held.entry)
     }
 
     /// Appends `entry` durably (fsynced) and returns its sequence number.
     pub fn append(&mut self, entry: SpoolEntry) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        self.write_record(&Record::Entry {
+        let bytes = self.write_record(&Record::Entry {
             seq,
             entry: entry.clone(),
         })?;
         self.next_seq += 1;
-        self.entries.push_back((seq, entry));
+        self.entries.push_back(Held { seq, entry, bytes });
+        self.bytes += bytes;
+        self.publish_size();
         Ok(seq)
     }
 
@@ -210,7 +266,10 @@ impl Spool {
         if self.front().map(|(s, _)| s) != Some(seq) {
             return Ok(());
         }
-        self.entries.pop_front();
+        if let Some(held) = self.entries.pop_front() {
+            self.bytes = self.bytes.saturating_sub(held.bytes);
+        }
+        self.publish_size();
         if self.entries.is_empty() {
             // Nothing left: start the file over instead of appending an ack.
             self.file
@@ -229,7 +288,8 @@ impl Spool {
         Ok(())
     }
 
-    fn write_record(&mut self, record: &Record) -> Result<(), SpoolError> {
+    /// Appends `record` durably; returns its length in the file.
+    fn write_record(&mut self, record: &Record) -> Result<u64, SpoolError> {
         let mut line = serde_json::to_vec(record).map_err(|e| SpoolError {
             path: self.path.clone(),
             action: "encode a record",
@@ -251,23 +311,19 @@ impl Spool {
             .sync_data()
             .map_err(io_error(&self.path, "fsync"))?;
         self.records += 1;
-        Ok(())
+        Ok(line.len() as u64)
     }
 }
 
 /// Writes `entries` to a new file that atomically replaces `path`; returns it open for appends.
-fn rewrite(
-    dir: &Path,
-    path: &Path,
-    entries: &VecDeque<(u64, SpoolEntry)>,
-) -> Result<File, SpoolError> {
+fn rewrite(dir: &Path, path: &Path, entries: &VecDeque<Held>) -> Result<File, SpoolError> {
     let tmp = dir.join(format!("{SPOOL_FILE}.tmp"));
     {
         let mut out = io::BufWriter::new(File::create(&tmp).map_err(io_error(&tmp, "create"))?);
-        for (seq, entry) in entries {
+        for held in entries {
             let record = Record::Entry {
-                seq: *seq,
-                entry: entry.clone(),
+                seq: held.seq,
+                entry: held.entry.clone(),
             };
             serde_json::to_writer(&mut out, &record).map_err(|e| SpoolError {
                 path: tmp.clone(),
@@ -392,6 +448,30 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(spool.len(), 10);
         assert_eq!(spool.front().map(|(s, _)| s), seqs.front().copied());
+    }
+
+    #[test]
+    fn the_size_follows_appends_acks_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path()).unwrap();
+        let size = spool.size();
+        assert_eq!((size.entries(), size.bytes()), (0, 0));
+        let a = spool.append(logs(1, "first")).unwrap();
+        spool.append(complete(1)).unwrap();
+        let file_len = std::fs::metadata(spool.path()).unwrap().len();
+        assert_eq!((size.entries(), size.bytes()), (2, file_len));
+        spool.ack(a).unwrap();
+        assert_eq!(size.entries(), 1);
+        let one = size.bytes();
+        assert!(0 < one && one < file_len, "{one} of {file_len}");
+        drop(spool);
+
+        let mut spool = Spool::open(dir.path()).unwrap();
+        let size = spool.size();
+        assert_eq!((size.entries(), size.bytes()), (1, one));
+        let front = spool.front().map(|(seq, _)| seq).unwrap();
+        spool.ack(front).unwrap();
+        assert_eq!((size.entries(), size.bytes()), (0, 0));
     }
 
     #[test]
