@@ -213,7 +213,10 @@ pub async fn worker(config_path: &Path, overrides: &[String]) -> Result<(), CliE
         crate::worker::WorkerConfig::load(config_path, overrides).map_err(CliError::usage)?;
     crate::worker::run(config, shutdown_signal())
         .await
-        .map_err(CliError::failed)
+        .map_err(|e| CliError {
+            code: e.exit_code(),
+            error: e.into(),
+        })
 }
 
 /// `certs init`: writes the files and lists them with their roles.
@@ -654,6 +657,186 @@ pub async fn cluster_status(args: &ClientArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `scaleout status`: the client's options and how often to redraw.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Redraw every SECS seconds (2 when SECS is left out) until Ctrl-C.
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        default_missing_value = "2",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub watch: Option<u64>,
+    /// With --watch: stop after this many frames (for scripts and tests).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub frames: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The shortest time a `--watch` frame may wait for the cluster: a member status that does not
+/// come takes the answering replica 1.5 s to give up on.
+const MIN_FRAME_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a frame waits for the leader it was told about before it keeps a follower's answer.
+const LEADER_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Where the status frames come from: ClusterStatus from the leader when there is one (its job
+/// counts are the freshest and it asked every member itself), else from whichever replica
+/// answers; ListWorkers through the leader, or from any replica while there is none.
+struct FrameSource {
+    endpoints: Client,
+    security: Security,
+    deadline: Duration,
+    stale: bool,
+    /// The leader's API address and a client of it alone, so later frames go straight to it.
+    leader: Option<(String, Client)>,
+}
+
+impl FrameSource {
+    fn new(args: &ClientArgs, watch_secs: Option<u64>) -> Result<FrameSource, CliError> {
+        let security = args.tls.security()?;
+        let mut deadline = Duration::from_secs(args.timeout_secs);
+        if let Some(secs) = watch_secs {
+            // While the cluster is down, a frame must not freeze the screen much longer than
+            // the interval.
+            deadline = deadline.min(Duration::from_secs(secs).max(MIN_FRAME_DEADLINE));
+        }
+        Ok(FrameSource {
+            endpoints: Client::new(&args.endpoints, security.clone())?.with_deadline(deadline),
+            security,
+            deadline,
+            stale: args.stale,
+            leader: None,
+        })
+    }
+
+    /// One frame, and the error that kept every replica from answering, if one did.
+    async fn take(&mut self) -> (crate::status_screen::Frame, Option<ClientError>) {
+        let (cluster, error) = match self.cluster_status().await {
+            Ok(status) => (Ok(status), None),
+            Err(error) => (Err(error.to_string()), Some(error)),
+        };
+        let workers = match &cluster {
+            Ok(status) => {
+                // Without a leader a linearizable read would only wait out the deadline.
+                let stale = self.stale || status.leader_id.is_none();
+                self.endpoints
+                    .list_workers(stale)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(_) => Err("not asked: no replica answered".to_string()),
+        };
+        let frame = crate::status_screen::Frame {
+            taken_at_ms: crate::master::now_ms(),
+            cluster,
+            workers,
+            endpoints: self.endpoints.endpoints().to_vec(),
+        };
+        (frame, error)
+    }
+
+    async fn cluster_status(&mut self) -> Result<ClusterStatusResponse, ClientError> {
+        let from_leader =
+            |status: &ClusterStatusResponse| status.leader_id == Some(status.answered_by);
+        if let Some((_, leader)) = &self.leader {
+            match leader.cluster_status().await {
+                Ok(status) if from_leader(&status) => return Ok(status),
+                // It died or stepped down: find the cluster through the endpoints again.
+                _ => self.leader = None,
+            }
+        }
+        let status = self.endpoints.cluster_status().await?;
+        if status.leader_id.is_none() || status.leader_api_addr.is_empty() {
+            return Ok(status);
+        }
+        let leader = Client::new(&[status.leader_api_addr.as_str()], self.security.clone())?
+            .with_deadline(self.deadline.min(LEADER_DEADLINE));
+        if from_leader(&status) {
+            self.leader = Some((status.leader_api_addr.clone(), leader));
+            return Ok(status);
+        }
+        match leader.cluster_status().await {
+            Ok(own) if from_leader(&own) => {
+                self.leader = Some((status.leader_api_addr.clone(), leader));
+                Ok(own)
+            }
+            // The follower's view is still a whole screen, if a little behind.
+            _ => Ok(status),
+        }
+    }
+}
+
+/// Writes a frame to standard output; `Ok(false)` when the reader has gone away (`| head`).
+fn print_frame(
+    frame: &crate::status_screen::Frame,
+    output: Output,
+    layout: crate::status_screen::Layout,
+    terminal: bool,
+) -> Result<bool, CliError> {
+    match crate::status_screen::write_frame(
+        &mut std::io::stdout().lock(),
+        frame,
+        output,
+        layout,
+        terminal,
+    ) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::failed(anyhow!(
+            "cannot write to standard output: {e}"
+        ))),
+    }
+}
+
+/// `scaleout status [--watch [SECS]] [--frames N]`: the cluster, its workers and its queue on
+/// one screen. Without --watch it exits 3 when no replica answers.
+pub async fn status(args: &StatusArgs) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if let (None, Some(frames @ 2..)) = (args.watch, args.frames) {
+        return Err(CliError::usage(anyhow!(
+            "--frames {frames} needs --watch: without it, status draws one frame"
+        )));
+    }
+    let mut source = FrameSource::new(&args.client, args.watch)?;
+    let output = args.client.output;
+    let layout = crate::status_screen::Layout {
+        max_lines: crate::status_screen::SCREEN_LINES,
+        every_secs: args.watch,
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let Some(every_secs) = args.watch else {
+        let (frame, error) = source.take().await;
+        print_frame(&frame, output, layout, terminal)?;
+        return error.map_or(Ok(()), |e| Err(e.into()));
+    };
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut ticks = tokio::time::interval(Duration::from_secs(every_secs));
+    // A frame slower than the interval delays the next one rather than bunching them up.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drawn = 0;
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        let frame = tokio::select! {
+            () = &mut stop => return Ok(()),
+            (frame, _) = source.take() => frame,
+        };
+        if !print_frame(&frame, output, layout, terminal)? {
+            return Ok(());
+        }
+        drawn += 1;
+        if args.frames.is_some_and(|frames| drawn >= frames) {
+            return Ok(());
+        }
+    }
+}
+
 /// `cluster add-replica ID --api ADDR --peer ADDR`.
 pub async fn cluster_add_replica(
     id: u64,
@@ -804,6 +987,7 @@ pub fn cluster_json(status: &ClusterStatusResponse) -> serde_json::Value {
             "shipped_up_to": status.outbox_shipped_up_to,
             "dropped_log_events": status.outbox_dropped_log_events,
         },
+        "jobs": crate::status_screen::job_counts_json(status.job_counts.as_ref()),
         "replicas": status.replicas.iter().map(|r| json!({
             "id": r.id,
             "api_addr": r.api_addr,
@@ -823,24 +1007,31 @@ pub fn cluster_json(status: &ClusterStatusResponse) -> serde_json::Value {
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for line in table_lines(header, rows) {
+        println!("{line}");
+    }
+}
+
+/// Rows under a header as lines, each column as wide as its widest cell.
+pub fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_string()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    std::iter::once(line(&header))
+        .chain(rows.iter().map(|row| line(row)))
+        .collect()
 }
 
 fn print_jobs(jobs: &[Job]) {

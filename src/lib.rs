@@ -33,6 +33,7 @@ pub mod pb;
 pub mod queue;
 pub mod raft;
 pub mod ssisdb;
+pub mod status_screen;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -50,6 +50,9 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// One screen: replicas, leader and majority, workers, jobs by state, the outbox.
+    /// --watch redraws it every few seconds.
+    Status(cli::StatusArgs),
     /// Submit, inspect and cancel jobs.
     Job {
         #[command(subcommand)]
@@ -409,6 +412,7 @@ fn main() -> ExitCode {
             Command::Cluster {
                 command: ClusterCommand::RemoveReplica { id, client },
             } => cli::cluster_remove_replica(id, &client).await,
+            Command::Status(args) => cli::status(&args).await,
             Command::Job { command } => match command {
                 JobCommand::Submit(args) => cli::job_submit(&args).await,
                 JobCommand::Get { id, client } => cli::job_get(id, &client).await,

@@ -23,7 +23,8 @@ use crate::raft::SharedQueue;
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::{NodeStatusRequest, NodeStatusResponse};
 use crate::pb::v1::admin_service_server::AdminService;
-use crate::pb::v1::{ClusterStatusRequest, ClusterStatusResponse, ReplicaStatus};
+use crate::pb::v1::{ClusterStatusRequest, ClusterStatusResponse, JobCounts, ReplicaStatus};
+use crate::queue::{JobState, QueueState};
 use crate::raft::{PeerNetwork, Raft, RaftGrpcService, ReplicaNode};
 
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -81,6 +82,24 @@ impl AdminApi {
     }
 }
 
+/// The queue's jobs by state, one field per state.
+fn job_counts(queue: &QueueState) -> JobCounts {
+    let mut counts = JobCounts::default();
+    for state in JobState::ALL {
+        let count = queue.jobs_in(state);
+        // A match rather than a table: a new state fails to compile here until it has a field.
+        match state {
+            JobState::Queued => counts.queued = count,
+            JobState::PickedUp => counts.picked_up = count,
+            JobState::Running => counts.running = count,
+            JobState::Succeeded => counts.succeeded = count,
+            JobState::Failed => counts.failed = count,
+            JobState::Cancelled => counts.cancelled = count,
+        }
+    }
+    counts
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn cluster_status(
@@ -130,12 +149,16 @@ impl AdminService for AdminApi {
             .current_leader
             .and_then(|id| membership.get_node(&id).map(|node| node.api_addr.clone()))
             .unwrap_or_default();
-        let (outbox_events, meta) = {
+        let (outbox_events, meta, job_counts) = {
             let queue = self
                 .queue
                 .read()
                 .map_err(|_| Status::internal("the queue lock is poisoned; restart the replica"))?;
-            (queue.outbox_len() as u64, queue.outbox_meta().clone())
+            (
+                queue.outbox_len() as u64,
+                queue.outbox_meta().clone(),
+                job_counts(&queue),
+            )
         };
         Ok(Response::new(ClusterStatusResponse {
             leader_id: metrics.current_leader,
@@ -146,6 +169,7 @@ impl AdminService for AdminApi {
             outbox_events,
             outbox_shipped_up_to: meta.acked_up_to,
             outbox_dropped_log_events: meta.dropped_log_events,
+            job_counts: Some(job_counts),
         }))
     }
 
