@@ -1,6 +1,7 @@
 //! One component's metrics: a Prometheus recorder of its own, and handles into it.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
@@ -32,6 +33,18 @@ pub struct Registry {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Names whose HELP line is recorded: described once, not at every call (the gRPC layer
+    /// asks for its histogram on every request).
+    described: Mutex<BTreeSet<&'static str>>,
+}
+
+impl Inner {
+    fn first_use(&self, name: &'static str) -> bool {
+        self.described
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name)
+    }
 }
 
 impl Default for Registry {
@@ -53,7 +66,11 @@ impl Registry {
             .build_recorder();
         let handle = recorder.handle();
         Registry {
-            inner: Arc::new(Inner { recorder, handle }),
+            inner: Arc::new(Inner {
+                recorder,
+                handle,
+                described: Mutex::new(BTreeSet::new()),
+            }),
         }
     }
 
@@ -65,7 +82,9 @@ impl Registry {
         labels: &[(&'static str, &str)],
     ) -> Counter {
         let recorder = &self.inner.recorder;
-        recorder.describe_counter(KeyName::from_const_str(name), None, help.into());
+        if self.inner.first_use(name) {
+            recorder.describe_counter(KeyName::from_const_str(name), None, help.into());
+        }
         recorder.register_counter(&key(name, labels), &METADATA)
     }
 
@@ -77,7 +96,9 @@ impl Registry {
         labels: &[(&'static str, &str)],
     ) -> Gauge {
         let recorder = &self.inner.recorder;
-        recorder.describe_gauge(KeyName::from_const_str(name), None, help.into());
+        if self.inner.first_use(name) {
+            recorder.describe_gauge(KeyName::from_const_str(name), None, help.into());
+        }
         recorder.register_gauge(&key(name, labels), &METADATA)
     }
 
@@ -90,7 +111,9 @@ impl Registry {
         labels: &[(&'static str, &str)],
     ) -> Histogram {
         let recorder = &self.inner.recorder;
-        recorder.describe_histogram(KeyName::from_const_str(name), None, help.into());
+        if self.inner.first_use(name) {
+            recorder.describe_histogram(KeyName::from_const_str(name), None, help.into());
+        }
         recorder.register_histogram(&key(name, labels), &METADATA)
     }
 
