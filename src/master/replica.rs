@@ -293,6 +293,7 @@ pub async fn run(
     {
         error!(%error, "bootstrap failed");
         elections.abort();
+        health_duties.abort();
         let _ = stop_tx.send(true);
         let _ = raft.shutdown().await;
         return Err(error);
