@@ -354,20 +354,23 @@ async fn reflection_lists_the_services_and_health_answers() {
         .expect("channel");
 
     let mut reflection = ServerReflectionClient::new(channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    // One request, one answer, as `grpcurl` asks.
+    let mut ask = async |request: MessageRequest| {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        };
+        reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("reflection call")
+            .into_inner()
+            .message()
+            .await
+            .expect("reflection answer")
+            .expect("one answer")
     };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("reflection call")
-        .into_inner();
-    let answer = answers
-        .message()
-        .await
-        .expect("reflection answer")
-        .expect("one answer");
+    let answer = ask(MessageRequest::ListServices(String::new())).await;
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("not a service list: {answer:?}");
     };
@@ -389,22 +392,10 @@ async fn reflection_lists_the_services_and_health_answers() {
     );
 
     // Describing a service works too (grpcurl describe).
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "scaleout.v1.JobService".into(),
-        )),
-    };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("reflection call")
-        .into_inner();
-    let answer = answers
-        .message()
-        .await
-        .expect("answer")
-        .expect("one answer");
+    let answer = ask(MessageRequest::FileContainingSymbol(
+        "scaleout.v1.JobService".into(),
+    ))
+    .await;
     assert!(
         matches!(
             answer.message_response,
