@@ -125,10 +125,12 @@ pub async fn run(
     };
     let registry = Registry::new();
 
-    let (log_store, state_machine) = open_storage(
-        &config.data_dir.join("sled"),
+    let storage = open_storage(
+        &config.data_dir,
+        config.id,
         config.storage.cache_capacity_mb << 20,
     )?;
+    let (log_store, state_machine) = (storage.log_store, storage.state_machine);
     // Name the persisted term in the log lines written before the Raft node reports its own.
     if let Ok(Some(vote)) =
         openraft::storage::RaftLogStorage::read_vote(&mut log_store.clone()).await

@@ -1,14 +1,20 @@
-//! The Raft log and Raft metadata in sled: openraft's [`RaftLogStorage`] (storage-v2) and
-//! [`RaftLogReader`].
-//!
-//! Two trees of the replica's one sled database:
-//! - `raft_log`: key = log index as 8 big-endian bytes (so sled's byte order is index order),
-//!   value = the bincode-encoded [`Entry`];
-//! - `raft_meta`: the vote, the committed log id and the last purged log id.
+//! The Raft log and the vote as openraft's [`RaftLogStorage`] (storage-v2) and
+//! [`RaftLogReader`], over the write-ahead log of `wal.rs`.
 //!
 //! Durability (invariant 1, "no acknowledged write is lost"): an append is reported to openraft
-//! as persisted, and a vote is returned as saved, only after `flush_async` has fsynced sled. The
-//! committed log id is a hint that speeds up restart and is not flushed.
+//! as persisted, and a vote returned as saved, only after `fdatasync` of the segment that holds
+//! it has returned. The syncs run on one syncer thread: an append writes its records (a `pwrite`
+//! into the page cache), hands its callback to the syncer and returns, so openraft's core goes
+//! on working while the disk syncs. The syncer takes every request waiting, syncs once, and
+//! completes them all in order: appends that arrive during a sync share the next one (group
+//! commit across appends, on top of the proposer's commands per entry).
+//!
+//! A failed sync poisons the store: the kernel may have dropped the dirty pages it could not
+//! write, so nothing written since the last good sync can be trusted (the "fsyncgate" lesson).
+//! Every later call fails, openraft stops the node, and a restart replays what is really there.
+//!
+//! The committed log id is a hint that speeds up restart; it is written but never synced for
+//! its own sake.
 
 // Helpers here return openraft's `StorageError`, the type every storage trait method must return;
 // boxing it in between would only move the allocation.
@@ -17,64 +23,92 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::StorageIOError;
 use openraft::{AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
-use serde::de::DeserializeOwned;
 
-use super::storage::{decode, decode_loaded, encode, DurableDb, LoadError};
+use super::disk::{Disk, DiskFile};
+use super::storage::LoadError;
+use super::wal::{Recovery, Wal, WalError};
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
-const LOG_TREE: &str = "raft_log";
-const META_TREE: &str = "raft_meta";
-const VOTE_KEY: &[u8] = b"vote";
-const COMMITTED_KEY: &[u8] = b"committed";
-const LAST_PURGED_KEY: &[u8] = b"last_purged";
+/// Counters of the log's disk work, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// `fdatasync` calls made by the syncer.
+    pub syncs: AtomicU64,
+    /// Appends (openraft calls, each one or more entries) made durable.
+    pub appends: AtomicU64,
+    /// Entries appended.
+    pub entries: AtomicU64,
+}
 
-/// The replica's Raft log. Cheap to clone (sled handles are reference counted): openraft's log
-/// readers, used by the replication tasks, are clones of it.
+/// Who waits for a sync.
+enum Waiter {
+    /// An append: openraft's callback.
+    Append(LogFlushed<TypeConfig>),
+    /// A vote or a purge record: the caller awaits it.
+    Call(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+struct SyncRequest {
+    files: Vec<Arc<dyn DiskFile>>,
+    waiter: Waiter,
+}
+
+/// The first sync failure, kept for good.
+type Poison = Arc<Mutex<Option<String>>>;
+
+/// The replica's Raft log. Cheap to clone: openraft's log readers, used by the replication
+/// tasks, are clones of it.
 #[derive(Clone)]
 pub struct LogStore {
-    /// For `flush_async`, which covers every tree of the database.
-    db: DurableDb,
-    log: sled::Tree,
-    meta: sled::Tree,
+    wal: Arc<Mutex<Wal>>,
+    syncer: mpsc::Sender<SyncRequest>,
+    poison: Poison,
+    stats: Arc<WalStats>,
     /// The last saved committed index plus one (0: none), shared by all clones, so status
-    /// reports read it without touching sled.
+    /// reports read it without taking the log's lock.
     committed_index: Arc<AtomicU64>,
 }
 
 impl LogStore {
-    /// Opens the trees and decodes what openraft reads first at startup (vote, committed, last
-    /// purged, first and last entry), so damage there fails the open with a clear message
-    /// instead of stopping Raft later.
-    pub(super) fn open(db: &DurableDb) -> Result<Self, LoadError> {
+    /// Opens (creating) the log in `dir` and starts its syncer thread.
+    pub(super) fn open(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<(Self, Recovery), LoadError> {
+        let (wal, recovery) = Wal::open(disk, dir, segment_bytes).map_err(|e| match e {
+            WalError::Io(e) => LoadError::Io(e),
+            WalError::Corrupt(detail) => LoadError::Corrupt(detail),
+            WalError::Encode(e) => LoadError::Corrupt(e.to_string()),
+        })?;
+        let (syncer, requests) = mpsc::channel();
+        let poison = Poison::default();
+        let stats = Arc::new(WalStats::default());
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn({
+                let poison = poison.clone();
+                let stats = stats.clone();
+                move || run_syncer(requests, poison, stats)
+            })
+            .map_err(LoadError::Io)?;
         let store = LogStore {
-            db: db.clone(),
-            log: db.open_tree(LOG_TREE)?,
-            meta: db.open_tree(META_TREE)?,
             committed_index: Arc::default(),
+            wal: Arc::new(Mutex::new(wal)),
+            syncer,
+            poison,
+            stats,
         };
-        if let Some(bytes) = store.meta.get(VOTE_KEY)? {
-            decode_loaded::<Vote>(&bytes, "the saved vote")?;
-        }
-        if let Some(bytes) = store.meta.get(LAST_PURGED_KEY)? {
-            decode_loaded::<LogId>(&bytes, "the last purged log id")?;
-        }
-        if let Some(bytes) = store.meta.get(COMMITTED_KEY)? {
-            let committed = decode_loaded::<LogId>(&bytes, "the committed log id")?;
-            store.set_committed_index(Some(committed.index));
-        }
-        for (key, value) in [store.log.first()?, store.log.last()?]
-            .into_iter()
-            .flatten()
-        {
-            decode_entry(&key, &value).map_err(LoadError::Corrupt)?;
-        }
-        Ok(store)
+        let committed = store.lock_unchecked().committed();
+        store.set_committed_index(committed.map(|c| c.index));
+        Ok((store, recovery))
     }
 
     /// The last committed log index this replica has learned and saved, for status reports
@@ -84,57 +118,115 @@ impl LogStore {
         self.committed_index.load(Ordering::Relaxed).checked_sub(1)
     }
 
+    /// Counters of syncs and appends since the store was opened.
+    pub fn stats(&self) -> Arc<WalStats> {
+        self.stats.clone()
+    }
+
+    /// Nothing was ever written to this log: no entry, no vote, no purge.
+    pub fn is_pristine(&self) -> bool {
+        self.lock_unchecked().is_pristine()
+    }
+
     fn set_committed_index(&self, index: Option<u64>) {
         let stored = index.map_or(0, |i| i.saturating_add(1));
         self.committed_index.store(stored, Ordering::Relaxed);
     }
 
-    fn read_meta<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-        subject: ErrorSubject<NodeId>,
-    ) -> Result<Option<T>, StorageError> {
-        let io_err = |e: AnyError| StorageIOError::new(subject.clone(), ErrorVerb::Read, e);
-        match self.meta.get(key).map_err(|e| io_err(AnyError::new(&e)))? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| io_err(AnyError::new(&e)))?)),
+    fn lock_unchecked(&self) -> MutexGuard<'_, Wal> {
+        self.wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The log, unless an earlier sync failed (then nothing written since can be trusted).
+    fn lock(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<MutexGuard<'_, Wal>, StorageError> {
+        if let Some(failure) = self.poison_message() {
+            return Err(StorageIOError::new(subject, verb, AnyError::error(failure)).into());
+        }
+        Ok(self.lock_unchecked())
+    }
+
+    fn poison_message(&self) -> Option<String> {
+        self.poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Hands `files` to the syncer; `waiter` is completed once they are durable.
+    fn request_sync(&self, files: Vec<Arc<dyn DiskFile>>, waiter: Waiter) {
+        if let Err(mpsc::SendError(request)) = self.syncer.send(SyncRequest { files, waiter }) {
+            complete(request.waiter, Err("the log's syncer thread is gone".into()));
         }
     }
 
-    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.read_meta(LAST_PURGED_KEY, ErrorSubject::Logs)
-    }
-
-    /// Writes the batch, then makes it durable. Used by append.
-    async fn write_durably(&self, batch: sled::Batch) -> Result<(), sled::Error> {
-        self.log.apply_batch(batch)?;
-        self.db.flush_async().await?;
-        Ok(())
+    /// Syncs what was written so far and waits for it.
+    async fn sync_now(&self, files: Vec<Arc<dyn DiskFile>>) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.request_sync(files, Waiter::Call(done));
+        wait.await
+            .unwrap_or_else(|_| Err("the log's syncer thread is gone".into()))
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+/// The syncer thread: takes every request waiting, syncs each file named once, then completes
+/// the requests in arrival order with the result.
+fn run_syncer(requests: mpsc::Receiver<SyncRequest>, poison: Poison, stats: Arc<WalStats>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        batch.extend(requests.try_iter());
+        let mut files: Vec<&Arc<dyn DiskFile>> = Vec::new();
+        for file in batch.iter().flat_map(|request| &request.files) {
+            if !files.iter().any(|seen| Arc::ptr_eq(seen, file)) {
+                files.push(file);
+            }
+        }
+        let mut poisoned = poison.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = match poisoned.clone() {
+            Some(failure) => Err(failure),
+            None => files
+                .iter()
+                .try_for_each(|file| {
+                    stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    file.sync_data()
+                })
+                .map_err(|e| {
+                    let failure = format!(
+                        "fdatasync of the raft log failed ({e}); the replica stops: restart it to \
+                         replay what is on disk, and check the disk and file system"
+                    );
+                    tracing::error!(error = %e, "fdatasync of the raft log failed; the log is unusable until restart");
+                    *poisoned = Some(failure.clone());
+                    failure
+                }),
+        };
+        drop(poisoned);
+        for request in batch {
+            if matches!(request.waiter, Waiter::Append(_)) && result.is_ok() {
+                stats.appends.fetch_add(1, Ordering::Relaxed);
+            }
+            complete(request.waiter, result.clone());
+        }
+    }
 }
 
-/// Decodes one stored entry and checks it sits under its own index.
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, String> {
-    let index = <[u8; 8]>::try_from(key)
-        .map(u64::from_be_bytes)
-        .map_err(|_| format!("a raft log key of {} bytes is not a log index", key.len()))?;
-    let entry: Entry =
-        decode(value).map_err(|e| format!("raft log entry {index} does not decode: {e}"))?;
-    if entry.log_id.index != index {
-        return Err(format!(
-            "raft log entry {} is stored under index {index}",
-            entry.log_id
-        ));
+fn complete(waiter: Waiter, result: Result<(), String>) {
+    match waiter {
+        Waiter::Append(callback) => callback.log_io_completed(result.map_err(io::Error::other)),
+        Waiter::Call(done) => {
+            // The caller may have given up (its task was dropped); nothing to tell then.
+            let _ = done.send(result);
+        }
     }
-    Ok(entry)
+}
+
+fn wal_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: WalError) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
 }
 
 /// The half-open index range `[start, end)` of `range`, `end == None` meaning unbounded; `None`
-/// when the range is empty. sled is given only well-formed ranges.
+/// when the range is empty.
 fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
@@ -160,18 +252,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((start, end)) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
-        let iter = match end {
-            Some(end) => self.log.range(index_key(start)..index_key(end)),
-            None => self.log.range(index_key(start)..),
+        // Where the entries are, under the lock; the reads after releasing it.
+        let refs = {
+            let wal = self.lock(ErrorSubject::Logs, ErrorVerb::Read)?;
+            match end {
+                Some(end) => wal.entry_refs(start..end),
+                None => wal.entry_refs(start..),
+            }
         };
-        let mut entries = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let entry = decode_entry(&key, &value)
-                .map_err(|e| StorageIOError::read_logs(AnyError::error(e)))?;
-            entries.push(entry);
-        }
-        Ok(entries)
+        refs.iter()
+            .map(|entry| {
+                entry
+                    .read()
+                    .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+            })
+            .collect()
     }
 }
 
@@ -179,20 +274,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.last_purged()?;
-        // The last entry still present; when every entry has been purged, the last purged id
-        // stands for it (openraft's contract).
-        let last_log_id = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((key, value)) => Some(
-                decode_entry(&key, &value)
-                    .map_err(|e| StorageIOError::read_logs(AnyError::error(e)))?
-                    .log_id,
-            ),
-            None => last_purged_log_id,
-        };
+        let wal = self.lock(ErrorSubject::Logs, ErrorVerb::Read)?;
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: wal.last_purged(),
+            last_log_id: wal.last_log_id(),
         })
     }
 
@@ -201,47 +286,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        // A vote must be on disk before it is acted on, or a restarted replica could vote twice
-        // in one term.
-        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.meta
-            .insert(VOTE_KEY, bytes)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.db
-            .flush_async()
+        // Durable before it is acted on (before the vote reply leaves), or a replica restarted
+        // after a power cut could vote twice in one term.
+        let files = {
+            let mut wal = self.lock(ErrorSubject::Vote, ErrorVerb::Write)?;
+            wal.save_vote(*vote)
+                .map_err(|e| wal_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+            wal.files_to_sync()
+        };
+        self.sync_now(files)
             .await
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        Ok(())
+            .map_err(|e| StorageIOError::write_vote(AnyError::error(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(VOTE_KEY, ErrorSubject::Vote)
+        Ok(self.lock(ErrorSubject::Vote, ErrorVerb::Read)?.vote())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed: losing it only means a restarted replica re-learns the commit index from
-        // the leader before applying the tail of its log. sled keeps writes in order, so when
-        // it is recovered the entries it points at are too.
-        let write_err = |e: AnyError| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, e);
-        match committed {
-            Some(log_id) => {
-                let bytes = encode(&log_id).map_err(|e| write_err(AnyError::new(&e)))?;
-                self.meta
-                    .insert(COMMITTED_KEY, bytes)
-                    .map_err(|e| write_err(AnyError::new(&e)))?;
-            }
-            None => {
-                self.meta
-                    .remove(COMMITTED_KEY)
-                    .map_err(|e| write_err(AnyError::new(&e)))?;
-            }
-        }
+        // Not synced: losing it only means a restarted replica re-learns the commit index from
+        // the leader before applying the tail of its log.
+        self.lock(ErrorSubject::Store, ErrorVerb::Write)?
+            .save_committed(committed)
+            .map_err(|e| wal_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.set_committed_index(committed.map(|log_id| log_id.index));
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read_meta(COMMITTED_KEY, ErrorSubject::Store)
+        Ok(self.lock(ErrorSubject::Store, ErrorVerb::Read)?.committed())
     }
 
     async fn append<I>(
@@ -253,62 +326,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // One batch, so a crash leaves either all of these entries or a prefix of the log
-        // without them: never a hole.
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            match encode(&entry) {
-                Ok(bytes) => batch.insert(&index_key(entry.log_id.index), bytes),
-                Err(e) => {
-                    let err = StorageIOError::write_log_entry(entry.log_id, &e);
-                    callback.log_io_completed(Err(io::Error::other(err.to_string())));
-                    return Err(err.into());
-                }
-            }
-        }
-        // Only after the fsync may openraft count these entries toward a majority.
-        match self.write_durably(batch).await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
+        let written = self.lock(ErrorSubject::Logs, ErrorVerb::Write).and_then(|mut wal| {
+            let entries: Vec<Entry> = entries.into_iter().collect();
+            let count = entries.len() as u64;
+            wal.append(entries)
+                .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            self.stats.entries.fetch_add(count, Ordering::Relaxed);
+            Ok(wal.files_to_sync())
+        });
+        match written {
+            // Only once the syncer has synced them may openraft count these entries toward a
+            // majority; it reads them back (to replicate) meanwhile, from the page cache.
+            Ok(files) => {
+                self.request_sync(files, Waiter::Append(callback));
                 Ok(())
             }
             Err(e) => {
-                let err = StorageIOError::write_logs(&e);
-                callback.log_io_completed(Err(io::Error::other(err.to_string())));
-                Err(err.into())
+                callback.log_io_completed(Err(io::Error::other(e.to_string())));
+                Err(e)
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Removes the conflicting suffix [log_id.index, ..). Not flushed: if a crash undoes it,
-        // the stale entries come back and are truncated again when the leader's append
-        // conflicts with them; they were never acknowledged to the current leader. The next
-        // append's flush persists this removal before the entries replacing them (sled order).
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        // Not synced: if a power cut undoes it, the stale entries come back and are truncated
+        // again when the leader's append conflicts with them; they were never acknowledged to
+        // the current leader. The next append's sync covers it (same file, written before).
+        self.lock(ErrorSubject::Logs, ErrorVerb::Write)?
+            .truncate(log_id.index)
+            .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first: sled recovers a prefix of writes, so if any removal below
-        // survives a crash, so does this, and `get_log_state` never reports a hole.
-        let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.meta
-            .insert(LAST_PURGED_KEY, bytes)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=index_key(log_id.index)).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+        // The purge record is made durable before any segment goes, so a power cut never leaves
+        // the log with a hole and no purge point covering it.
+        let files = {
+            let mut wal = self.lock(ErrorSubject::Logs, ErrorVerb::Write)?;
+            wal.purge(log_id)
+                .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            wal.files_to_sync()
+        };
+        self.sync_now(files)
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        let removed = self
+            .lock(ErrorSubject::Logs, ErrorVerb::Write)?
+            .remove_purged_segments()
+            .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        if removed > 0 {
+            tracing::debug!(upto = log_id.index, segments = removed, "removed purged log segments");
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

@@ -6,19 +6,28 @@
 //! The state machine applies them to the shared [`QueueState`](crate::queue::QueueState) and
 //! persists what changed in sled together with the last applied log id, in one atomic batch.
 //!
-//! Durability: the log store flushes sled before telling openraft an append or a vote is durable,
-//! so a majority's acknowledgment means the entry is on a majority's disks.
+//! Durability: the log store `fdatasync`s its write-ahead log before telling openraft an append
+//! or a vote is durable, so a majority's acknowledgment means the entry is on a majority's disks;
+//! the snapshot is synced before the log behind it is purged. All of that goes through the narrow
+//! [`disk`] interface, which the tests replace with a disk that can lose power.
 //!
 //! Not here: the leader-only loops and the public API (`crate::master`).
 
+pub mod disk;
 pub mod election;
 mod log_store;
 mod network;
 mod service;
+#[cfg(test)]
+mod sim_disk;
+mod snapshot_store;
 mod state_machine;
 mod storage;
 #[cfg(test)]
 mod store_tests;
+mod wal;
+#[cfg(test)]
+mod wal_tests;
 
 use std::fmt;
 
@@ -26,11 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{Command, CommandResult};
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, WalStats};
 pub use network::{PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
 pub use service::{role_name, RaftGrpcService};
 pub use state_machine::{SharedQueue, StateMachine};
-pub use storage::{open_storage, StorageOpenError};
+pub use storage::{open_storage, OpenedStorage, StorageIdentity, StorageOpenError};
 
 pub type NodeId = u64;
 

@@ -6,7 +6,12 @@
 //!   `meta/last_applied`, `meta/membership`, `meta/next_job_id`, `meta/next_lease_token`,
 //!   `job/<id, 8 bytes BE>`, `worker/<uuid, 16 bytes>` and `log/<job id BE><sequence BE>`
 //!   (big-endian, so a job's lines are contiguous and in order);
-//! - tree `snapshot`: the current snapshot, `meta` (its [`SnapshotMeta`]) and `data`.
+//!
+//! The snapshot is a file of its own (`snapshot_store.rs`), synced before the log behind it is
+//! purged. The `sm` tree is never synced: after a power cut sled recovers some earlier state of
+//! it, and openraft re-applies the log after that state's `last_applied`. When the recovered state
+//! is older than the snapshot (the log before the snapshot may be purged), it is rewritten from the
+//! snapshot at open. So the tree holds nothing that the snapshot and the log cannot rebuild.
 //!
 //! All of `sm` lives in one tree so that each apply call's writes (job, worker and log rows, the
 //! counters, last applied) go to disk in one atomic batch. If rows and `last_applied` could be
@@ -30,10 +35,8 @@ use openraft::{
     StorageIOError,
 };
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
-
-use super::storage::{decode, decode_loaded, encode, DurableDb, LoadError};
+use super::snapshot_store::SnapshotStore;
+use super::storage::{decode, decode_loaded, encode, LoadError};
 use super::{
     Entry, LogId, ProposalOutcome, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -47,7 +50,6 @@ use crate::queue::{
 pub type SharedQueue = Arc<RwLock<QueueState>>;
 
 const SM_TREE: &str = "sm";
-const SNAPSHOT_TREE: &str = "snapshot";
 const LAST_APPLIED_KEY: &[u8] = b"meta/last_applied";
 const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
 const NEXT_JOB_ID_KEY: &[u8] = b"meta/next_job_id";
@@ -57,8 +59,6 @@ const WORKER_PREFIX: &[u8] = b"worker/";
 const LOG_PREFIX: &[u8] = b"log/";
 const OUTBOX_PREFIX: &[u8] = b"outbox/";
 const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
-const SNAPSHOT_META_KEY: &[u8] = b"meta";
-const SNAPSHOT_DATA_KEY: &[u8] = b"data";
 
 /// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
 /// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
@@ -239,13 +239,10 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the persisted state: meta keys and every job, worker and log row.
-    pub(super) fn open(db: &DurableDb) -> Result<Self, LoadError> {
+    /// Loads the persisted state (meta keys and every job, worker and log row), and rewrites it
+    /// from the snapshot when it is older than the snapshot.
+    pub(super) fn open(db: &sled::Db, snapshots: SnapshotStore) -> Result<Self, LoadError> {
         let sm = db.open_tree(SM_TREE)?;
-        let snapshots = SnapshotStore {
-            db: db.clone(),
-            tree: db.open_tree(SNAPSHOT_TREE)?,
-        };
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
         let mut parts = Parts {
@@ -319,18 +316,52 @@ impl StateMachine {
                 },
             }
         }
-        // The stored snapshot is read whenever openraft asks; check it decodes now.
-        snapshots
-            .load_meta()
-            .map_err(|e| LoadError::Corrupt(format!("the stored snapshot's metadata: {e}")))?;
         let queue = QueueState::from_parts(parts);
-        Ok(StateMachine {
+        let mut state_machine = StateMachine {
             sm,
             snapshots,
             queue: Arc::new(RwLock::new(queue)),
             last_applied,
             membership,
-        })
+        };
+        state_machine.catch_up_with_snapshot()?;
+        Ok(state_machine)
+    }
+
+    /// After a power cut sled may recover a state older than the snapshot, and the log before
+    /// the snapshot may be purged: then the state is rewritten from the snapshot (the log after it
+    /// is re-applied by openraft as usual).
+    fn catch_up_with_snapshot(&mut self) -> Result<(), LoadError> {
+        let Some(meta) = self.snapshots.meta() else {
+            return Ok(());
+        };
+        if meta.last_log_id <= self.last_applied {
+            return Ok(());
+        }
+        let Some((meta, data)) = self.snapshots.read()? else {
+            return Ok(());
+        };
+        let payload = decode_snapshot(&data)
+            .map_err(|e| LoadError::Corrupt(format!("the stored snapshot: {e}")))?;
+        let queue = QueueState::from_parts(payload.queue);
+        let batch = self
+            .replace_all_batch(&queue, meta.last_log_id, &meta.last_membership)
+            .map_err(|e| LoadError::Corrupt(e.to_string()))?;
+        self.sm.apply_batch(batch)?;
+        tracing::info!(
+            state_applied = ?self.last_applied.map(|id| id.index),
+            snapshot_index = ?meta.last_log_id.map(|id| id.index),
+            "the state machine on disk was older than the snapshot (a power cut?); rewrote it from the snapshot"
+        );
+        *self.queue.write().unwrap_or_else(PoisonError::into_inner) = queue;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership;
+        Ok(())
+    }
+
+    /// Whether anything was ever applied (or installed from a snapshot).
+    pub(super) fn has_applied(&self) -> bool {
+        self.last_applied.is_some()
     }
 
     /// The queue, for the API services' reads. Applies change it in place.
@@ -543,22 +574,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Read, AnyError::error(e)))?;
         let queue = QueueState::from_parts(payload.queue);
 
-        // The sm tree is rewritten to hold exactly the snapshot's state (old jobs the snapshot
-        // does not have must go), and the snapshot is stored as the current one, in one
-        // transaction: a crash leaves either the old state with the old snapshot or the new
-        // state with the new snapshot, never a state machine ahead of or behind its snapshot.
+        // The snapshot file first, durably: once this returns openraft purges the log up to it.
+        // Then the sm tree is rewritten to hold exactly the snapshot's state (old jobs the
+        // snapshot does not have must go). A power cut in between leaves a tree older than the
+        // snapshot, which opening rewrites from it.
+        let snapshots = self.snapshots.clone();
+        let stored_meta = meta.clone();
+        tokio::task::spawn_blocking(move || snapshots.save(&stored_meta, &data, false))
+            .await
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?
+            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?;
         let sm_batch = self.replace_all_batch(&queue, meta.last_log_id, &meta.last_membership)?;
-        let snapshot_batch = SnapshotStore::batch(meta, data)
+        self.sm
+            .apply_batch(sm_batch)
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
-        (&self.sm, &self.snapshots.tree)
-            .transaction(|(sm, snap)| {
-                sm.apply_batch(&sm_batch)?;
-                snap.apply_batch(&snapshot_batch)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| {
-                snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(tx_error(e)))
-            })?;
 
         {
             let mut current = self.lock_for_apply()?;
@@ -568,14 +597,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-
-        // Once this returns openraft purges the log up to the snapshot, so the new state must
-        // be durable first.
-        self.snapshots
-            .db
-            .flush_async()
-            .await
-            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_index = meta.last_log_id.map(|id| id.index),
@@ -586,14 +607,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        self.snapshots.load()
-    }
-}
-
-fn tx_error(e: TransactionError<()>) -> String {
-    match e {
-        TransactionError::Storage(e) => e.to_string(),
-        TransactionError::Abort(()) => "transaction aborted".into(),
+        let snapshots = self.snapshots.clone();
+        let stored = tokio::task::spawn_blocking(move || snapshots.read())
+            .await
+            .map_err(|e| snapshot_error(None, ErrorVerb::Read, AnyError::error(e)))?
+            .map_err(|e| snapshot_error(None, ErrorVerb::Read, AnyError::error(e.to_string())))?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
 
@@ -616,88 +638,6 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
     decode(body).map_err(|e| format!("snapshot data does not decode: {e}"))
 }
 
-/// The `snapshot` tree: the one current snapshot. Shared by the state machine and its builders.
-#[derive(Clone)]
-struct SnapshotStore {
-    db: DurableDb,
-    tree: sled::Tree,
-}
-
-impl SnapshotStore {
-    fn batch(meta: &SnapshotMeta, data: Vec<u8>) -> Result<sled::Batch, bincode::Error> {
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_META_KEY, encode(meta)?);
-        batch.insert(SNAPSHOT_DATA_KEY, data);
-        Ok(batch)
-    }
-
-    fn load_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
-        let read_err = |e: AnyError| snapshot_error(None, ErrorVerb::Read, e);
-        match self
-            .tree
-            .get(SNAPSHOT_META_KEY)
-            .map_err(|e| read_err(AnyError::new(&e)))?
-        {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(
-                decode(&bytes).map_err(|e| read_err(AnyError::new(&e)))?,
-            )),
-        }
-    }
-
-    /// The current snapshot. Meta and data are read in one transaction so a concurrent save
-    /// cannot pair one snapshot's meta with another's data.
-    fn load(&self) -> Result<Option<Snapshot>, StorageError> {
-        let read_err = |e: AnyError| snapshot_error(None, ErrorVerb::Read, e);
-        let (meta, data) = self
-            .tree
-            .transaction(|tx| {
-                Ok::<_, ConflictableTransactionError<()>>((
-                    tx.get(SNAPSHOT_META_KEY)?,
-                    tx.get(SNAPSHOT_DATA_KEY)?,
-                ))
-            })
-            .map_err(|e| read_err(AnyError::error(tx_error(e))))?;
-        match (meta, data) {
-            (Some(meta), Some(data)) => {
-                let meta: SnapshotMeta = decode(&meta).map_err(|e| read_err(AnyError::new(&e)))?;
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(Cursor::new(data.to_vec())),
-                }))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// Stores a snapshot built by a [`SnapshotBuilder`] as the current one, unless a newer one
-    /// was stored meanwhile (an install, or a later build that finished first): the current
-    /// snapshot never goes backwards. Then flushes, so it survives the log purge that follows.
-    async fn save_built(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
-        let write_err = |e: AnyError| snapshot_error(Some(meta), ErrorVerb::Write, e);
-        let batch = Self::batch(meta, data).map_err(|e| write_err(AnyError::new(&e)))?;
-        self.tree
-            .transaction(|tx| {
-                if let Some(bytes) = tx.get(SNAPSHOT_META_KEY)? {
-                    // An undecodable stored meta is replaced rather than trusted.
-                    if let Ok(current) = decode::<SnapshotMeta>(&bytes) {
-                        if current.last_log_id > meta.last_log_id {
-                            return Ok(());
-                        }
-                    }
-                }
-                tx.apply_batch(&batch)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| write_err(AnyError::error(tx_error(e))))?;
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| write_err(AnyError::new(&e)))?;
-        Ok(())
-    }
-}
-
 /// Builds a snapshot from the view taken by `get_snapshot_builder`; runs concurrently with
 /// later applies.
 pub struct SnapshotBuilder {
@@ -711,25 +651,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let build_err = |e: AnyError| snapshot_error(None, ErrorVerb::Write, e);
         let data = encode_snapshot(&self.payload).map_err(|e| build_err(AnyError::new(&e)))?;
-        // sled's id generator is monotonic across restarts, so two snapshots at the same log id
-        // still get different ids.
-        let seq = self
-            .snapshots
-            .db
-            .generate_id()
-            .map_err(|e| build_err(AnyError::new(&e)))?;
+        // A random part, so two snapshots at the same log id still get different ids.
+        let nonce: u32 = rand::random();
         let snapshot_id = match self.last_applied {
-            Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id.term, log_id.index),
-            None => format!("0-0-{seq}"),
+            Some(log_id) => format!("{}-{}-{nonce:08x}", log_id.leader_id.term, log_id.index),
+            None => format!("0-0-{nonce:08x}"),
         };
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        self.snapshots.save_built(&meta, data.clone()).await?;
+        // Stored durably before openraft purges the log behind it; not stored when a newer
+        // snapshot was installed meanwhile (the current snapshot never goes backwards).
+        let snapshots = self.snapshots.clone();
+        let (stored_meta, data) = tokio::task::spawn_blocking(move || {
+            snapshots.save(&meta, &data, true).map(|_| (meta, data))
+        })
+        .await
+        .map_err(|e| build_err(AnyError::error(e)))?
+        .map_err(|e| build_err(AnyError::error(e)))?;
         Ok(Snapshot {
-            meta,
+            meta: stored_meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }

@@ -1,26 +1,46 @@
-//! Opening a replica's data directory: one sled database that holds the Raft log and Raft
-//! metadata ([`LogStore`]) and the replicated queue and its snapshot ([`StateMachine`]).
+//! Opening a replica's data directory.
 //!
-//! Both halves share one `sled::Db` on purpose. sled recovers, after a crash, a prefix of the
-//! writes made to a database (across all its trees), and one `flush` makes everything written
-//! before it durable. So the log store's flush after an append also persists the state machine's
-//! earlier writes, and the state machine never needs a flush of its own (see `state_machine.rs`).
+//! Layout (format 4):
+//! - `raft/identity`: the format, the replica id and a storage id, a UUID drawn when the
+//!   directory is first created. A wiped disk gets a new one, which is how the cluster tells a
+//!   replica that lost its state from the one it admitted (see `master/bootstrap.rs`).
+//! - `raft/wal/`: the Raft log and the vote ([`LogStore`], `wal.rs`), synced before every
+//!   acknowledgment.
+//! - `raft/snapshot/`: the current snapshot (`snapshot_store.rs`), synced before the log behind
+//!   it is purged.
+//! - `sled/`: the replicated queue as of some applied index ([`StateMachine`]). Never synced: it
+//!   holds nothing that the snapshot and the log cannot rebuild.
 //!
-//! Everything stored is checked while opening: a damaged or foreign record is reported as a
-//! [`StorageOpenError`] naming the directory and what to do, never as a panic or as a Raft
-//! failure later on.
+//! Everything under `raft/` is written through the [`Disk`] interface, the one place durability
+//! depends on. Everything stored is checked while opening: a damaged or foreign record is reported
+//! as a [`StorageOpenError`] naming the directory and a safe way out, never as a panic or as a
+//! Raft failure later on.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{LogStore, StateMachine};
+use super::disk::{self, Disk, OsDisk};
+use super::snapshot_store::SnapshotStore;
+use super::wal::DEFAULT_SEGMENT_BYTES;
+use super::{LogStore, NodeId, StateMachine};
 
 /// The layout of the data directory this build writes and reads. Bump it when a tree, a key or an
 /// encoded record changes shape, and teach [`open_storage`] to migrate or refuse the old one.
-pub const DATA_FORMAT_VERSION: u32 = 3;
+/// Format 4: the log, the vote and the snapshot left sled for files that are really synced.
+pub const DATA_FORMAT_VERSION: u32 = 4;
+
+/// The safe way back for a replica whose data dir cannot be used, named in every message that
+/// asks for it (docs/membership.md, "A replica that lost its disk").
+const REJOIN_PROCEDURE: &str = "do not just empty it and restart: a replica that forgot its \
+     votes and acknowledged entries can help elect a leader that lacks acknowledged writes. \
+     Instead, with the other replicas forming a majority: remove this replica from the cluster \
+     (scaleout cluster remove-replica ID), move the data dir aside, start the replica on an empty \
+     one, and add it back (scaleout cluster add-replica ID --api ... --peer ...); it catches up \
+     by snapshot (docs/membership.md)";
 
 /// Key of the format marker, in sled's default tree (the one no other part of scaleout uses).
 const FORMAT_KEY: &[u8] = b"scaleout/format";
@@ -51,23 +71,41 @@ pub enum StorageOpenError {
     Io { path: PathBuf, source: io::Error },
 
     #[error(
-        "data directory {} is corrupt or was written by another program: {detail}; move it \
-         aside and restart: the replica rejoins empty and catches up from its peers by snapshot \
-         (only do this while the other replicas form a majority)",
+        "data directory {} is corrupt or was written by another program: {detail}; \
+         {REJOIN_PROCEDURE}",
         path.display()
     )]
     Corrupt { path: PathBuf, detail: String },
 
     #[error(
+        "the state machine store {} is damaged: {detail}; it holds only what this replica's \
+         snapshot and log rebuild, so stop the replica, move that directory (only it) aside and \
+         start again: the replica rebuilds it from its own snapshot and log",
+        path.display()
+    )]
+    StateMachineCorrupt { path: PathBuf, detail: String },
+
+    #[error(
         "data directory {} holds scaleout data format {found}, but this build reads format \
-         {expected}; run a scaleout version that reads format {found}, or move the directory \
-         aside and let the replica catch up from its peers by snapshot",
+         {expected}; run a scaleout version that reads format {found}, or bring this replica \
+         to the new format as after a lost disk: {REJOIN_PROCEDURE}",
         path.display()
     )]
     UnsupportedFormat {
         path: PathBuf,
         found: u32,
         expected: u32,
+    },
+
+    #[error(
+        "data directory {} belongs to replica {found}, but this replica's config says id = \
+         {expected}; point data_dir at replica {expected}'s own directory",
+        path.display()
+    )]
+    OtherReplica {
+        path: PathBuf,
+        found: NodeId,
+        expected: NodeId,
     },
 }
 
@@ -76,6 +114,7 @@ pub enum StorageOpenError {
 #[derive(Debug)]
 pub(super) enum LoadError {
     Sled(sled::Error),
+    Io(io::Error),
     /// A record that does not decode, or a key that should not be there.
     Corrupt(String),
     /// The directory's format marker names another layout.
@@ -88,10 +127,22 @@ impl From<sled::Error> for LoadError {
     }
 }
 
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Sled(e) => write!(f, "{e}"),
+            LoadError::Io(e) => write!(f, "{e}"),
+            LoadError::Corrupt(detail) => f.write_str(detail),
+            LoadError::Unsupported(found) => write!(f, "data format {found}"),
+        }
+    }
+}
+
 impl LoadError {
     fn at(self, path: &Path) -> StorageOpenError {
         match self {
             LoadError::Sled(e) => sled_open_error(path, e),
+            LoadError::Io(e) => io_open_error(path, e),
             LoadError::Corrupt(detail) => StorageOpenError::Corrupt {
                 path: path.into(),
                 detail,
@@ -105,46 +156,85 @@ impl LoadError {
     }
 }
 
-/// The database, with every flush serialized: sled 0.34's `flush_async` can deadlock when
-/// called concurrently (spacejam/sled#1308), and the log store, the snapshot builder and snapshot
-/// install all flush from different tasks.
-#[derive(Clone)]
-pub(super) struct DurableDb {
-    db: sled::Db,
-    flush_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
-}
-
-impl DurableDb {
-    /// Makes every write made so far durable.
-    pub(super) async fn flush_async(&self) -> sled::Result<usize> {
-        let _one_at_a_time = self.flush_lock.lock().await;
-        self.db.flush_async().await
-    }
-}
-
-impl std::ops::Deref for DurableDb {
-    type Target = sled::Db;
-
-    fn deref(&self) -> &sled::Db {
-        &self.db
-    }
-}
-
 /// How long opening waits for another holder of the data dir's lock to let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Opens (creating it if needed) the sled database in `dir` and loads the log store and the state
-/// machine from it.
+/// Who a data directory belongs to: written once, when the directory is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageIdentity {
+    pub format: u32,
+    pub node_id: NodeId,
+    /// Drawn when the directory was created; a wiped directory gets a new one.
+    pub storage_id: uuid::Uuid,
+}
+
+/// A replica's opened data directory.
+pub struct OpenedStorage {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    pub identity: StorageIdentity,
+    /// Nothing was ever stored: no log entry, vote, snapshot or applied state.
+    pub pristine: bool,
+}
+
+/// Opens (creating it if needed) replica `node_id`'s data directory.
 ///
 /// `cache_capacity_bytes` bounds sled's page cache; sled's own default is 1 GiB, too much for a
 /// replica that shares a machine.
 pub fn open_storage(
-    dir: &Path,
+    data_dir: &Path,
+    node_id: NodeId,
     cache_capacity_bytes: u64,
-) -> Result<(LogStore, StateMachine), StorageOpenError> {
-    // Durability comes from explicit `flush_async` calls (log appends, votes, snapshots); sled's
-    // periodic background flush (`flush_every_ms`, default 500 ms) is left as it is but nothing
-    // relies on it.
+) -> Result<OpenedStorage, StorageOpenError> {
+    open_storage_with(data_dir, node_id, cache_capacity_bytes, DEFAULT_SEGMENT_BYTES)
+}
+
+pub(super) fn open_storage_with(
+    data_dir: &Path,
+    node_id: NodeId,
+    cache_capacity_bytes: u64,
+    segment_bytes: u64,
+) -> Result<OpenedStorage, StorageOpenError> {
+    let disk: Arc<dyn Disk> = Arc::new(OsDisk);
+    disk.create_dir_all(data_dir)
+        .map_err(|e| io_open_error(data_dir, e))?;
+    // sled first: its file lock keeps a second process off the whole directory.
+    let sled_dir = data_dir.join("sled");
+    let db = open_sled(&sled_dir, cache_capacity_bytes)?;
+    let raft_dir = data_dir.join("raft");
+    let identity = open_identity(disk.as_ref(), data_dir, &raft_dir, node_id, &db)?;
+    let (log_store, recovery) =
+        LogStore::open(disk.clone(), &raft_dir.join("wal"), segment_bytes)
+            .map_err(|e| e.at(data_dir))?;
+    if recovery.torn_bytes > 0 {
+        tracing::warn!(
+            torn_bytes = recovery.torn_bytes,
+            "the raft log ended in a torn write (a power cut or crash during a write); cut it off: \
+             none of it had been acknowledged"
+        );
+    }
+    let snapshots =
+        SnapshotStore::open(disk, &raft_dir.join("snapshot")).map_err(|e| e.at(data_dir))?;
+    let has_snapshot = snapshots.meta().is_some();
+    let state_machine = StateMachine::open(&db, snapshots).map_err(|e| match e {
+        LoadError::Corrupt(detail) => StorageOpenError::StateMachineCorrupt {
+            path: sled_dir.clone(),
+            detail,
+        },
+        other => other.at(data_dir),
+    })?;
+    let pristine = log_store.is_pristine() && !has_snapshot && !state_machine.has_applied();
+    Ok(OpenedStorage {
+        log_store,
+        state_machine,
+        identity,
+        pristine,
+    })
+}
+
+fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StorageOpenError> {
+    // Nothing relies on sled's flushes (see the module docs); its periodic background flush is
+    // left as it is.
     let config = sled::Config::new()
         .path(dir)
         .cache_capacity(cache_capacity_bytes)
@@ -162,13 +252,85 @@ pub fn open_storage(
         }
     };
     check_format(&db).map_err(|e| e.at(dir))?;
-    let db = DurableDb {
-        db,
-        flush_lock: std::sync::Arc::default(),
+    Ok(db)
+}
+
+const IDENTITY_FILE: &str = "identity";
+
+/// Reads the directory's identity, or writes a new one (durably, before anything else is written
+/// under `raft/`) when the directory holds no Raft state.
+fn open_identity(
+    disk: &dyn Disk,
+    data_dir: &Path,
+    raft_dir: &Path,
+    node_id: NodeId,
+    db: &sled::Db,
+) -> Result<StorageIdentity, StorageOpenError> {
+    let corrupt = |detail: String| StorageOpenError::Corrupt {
+        path: data_dir.to_path_buf(),
+        detail,
     };
-    let log_store = LogStore::open(&db).map_err(|e| e.at(dir))?;
-    let state_machine = StateMachine::open(&db).map_err(|e| e.at(dir))?;
-    Ok((log_store, state_machine))
+    let path = raft_dir.join(IDENTITY_FILE);
+    if disk.exists(&path) {
+        let bytes = disk::read_all(disk, &path).map_err(|e| io_open_error(data_dir, e))?;
+        let identity: StorageIdentity = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(format!("{} does not parse: {e}", path.display())))?;
+        if identity.format != DATA_FORMAT_VERSION {
+            return Err(StorageOpenError::UnsupportedFormat {
+                path: data_dir.to_path_buf(),
+                found: identity.format,
+                expected: DATA_FORMAT_VERSION,
+            });
+        }
+        if identity.node_id != node_id {
+            return Err(StorageOpenError::OtherReplica {
+                path: data_dir.to_path_buf(),
+                found: identity.node_id,
+                expected: node_id,
+            });
+        }
+        return Ok(identity);
+    }
+    for sub in ["wal", "snapshot"] {
+        let dir = raft_dir.join(sub);
+        if disk.exists(&dir)
+            && !disk
+                .list_files(&dir)
+                .map_err(|e| io_open_error(data_dir, e))?
+                .is_empty()
+        {
+            return Err(corrupt(format!(
+                "{} holds Raft state but {} is missing",
+                dir.display(),
+                path.display()
+            )));
+        }
+    }
+    let state_machine_rows = db
+        .open_tree("sm")
+        .map(|tree| tree.len())
+        .map_err(|e| sled_open_error(data_dir, e))?;
+    if state_machine_rows > 0 {
+        return Err(corrupt(format!(
+            "the state machine holds data but {} is missing",
+            path.display()
+        )));
+    }
+    let identity = StorageIdentity {
+        format: DATA_FORMAT_VERSION,
+        node_id,
+        storage_id: uuid::Uuid::new_v4(),
+    };
+    let bytes = serde_json::to_vec_pretty(&identity)
+        .map_err(|e| corrupt(format!("cannot encode the identity: {e}")))?;
+    let write = || -> io::Result<()> {
+        disk.create_dir_all(raft_dir)?;
+        disk::write_atomically(disk, &path, &bytes)?;
+        // The `raft` directory's own name, so the identity cannot vanish with it.
+        disk.sync_dir(data_dir)
+    };
+    write().map_err(|e| io_open_error(data_dir, e))?;
+    Ok(identity)
 }
 
 /// Checks (or, in a new database, writes) the format marker.
@@ -197,11 +359,18 @@ fn check_format(db: &sled::Db) -> Result<(), LoadError> {
                     "it holds a sled database without scaleout's format marker".into(),
                 ));
             }
-            // Written before any other record: sled recovers a prefix of writes, so any data
-            // found later implies the marker.
             db.insert(FORMAT_KEY, &DATA_FORMAT_VERSION.to_be_bytes())?;
             Ok(())
         }
+    }
+}
+
+fn io_open_error(path: &Path, source: io::Error) -> StorageOpenError {
+    let path = path.to_path_buf();
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        StorageOpenError::PermissionDenied { path, source }
+    } else {
+        StorageOpenError::Io { path, source }
     }
 }
 

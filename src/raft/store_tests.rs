@@ -27,9 +27,9 @@ struct TempStoreBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
-        let (log_store, state_machine) =
-            open_storage(dir.path(), CACHE_BYTES).map_err(|e| StorageIOError::write(&e))?;
-        Ok((dir, log_store, state_machine))
+        let storage =
+            open_storage(dir.path(), 1, CACHE_BYTES).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, storage.log_store, storage.state_machine))
     }
 }
 
@@ -40,7 +40,8 @@ fn openraft_storage_suite() {
 }
 
 fn open(dir: &Path) -> (LogStore, StateMachine) {
-    open_storage(dir, CACHE_BYTES).expect("open storage")
+    let storage = open_storage(dir, 1, CACHE_BYTES).expect("open storage");
+    (storage.log_store, storage.state_machine)
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -471,9 +472,10 @@ async fn bad_snapshot_data_is_an_error() {
     assert_eq!(queue_of(&sm), before, "a rejected snapshot changes nothing");
 }
 
-/// Writes a record behind the store's back; `tree` "" is sled's default tree.
+/// Writes a record into the sled database behind the store's back; `tree` "" is sled's default
+/// tree.
 fn raw_tree(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(dir).unwrap();
+    let db = sled::open(dir.join("sled")).unwrap();
     if tree.is_empty() {
         db.insert(key, value).unwrap();
     } else {
@@ -482,11 +484,24 @@ fn raw_tree(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
     db.flush().unwrap();
 }
 
+fn open_error(dir: &Path) -> StorageOpenError {
+    match open_storage(dir, 1, CACHE_BYTES) {
+        Err(e) => e,
+        Ok(_) => panic!("expected an error, got an open store"),
+    }
+}
+
 fn expect_corrupt(dir: &Path) -> String {
-    match open_storage(dir, CACHE_BYTES) {
-        Err(e @ StorageOpenError::Corrupt { .. }) => e.to_string(),
-        Err(other) => panic!("expected Corrupt, got {other}"),
-        Ok(_) => panic!("expected Corrupt, got an open store"),
+    match open_error(dir) {
+        e @ StorageOpenError::Corrupt { .. } => e.to_string(),
+        other => panic!("expected Corrupt, got {other}"),
+    }
+}
+
+fn expect_state_machine_corrupt(dir: &Path) -> String {
+    match open_error(dir) {
+        e @ StorageOpenError::StateMachineCorrupt { .. } => e.to_string(),
+        other => panic!("expected StateMachineCorrupt, got {other}"),
     }
 }
 
@@ -500,59 +515,181 @@ async fn corrupt_job_row_is_an_open_error() {
     let mut key = b"job/".to_vec();
     key.extend_from_slice(&2u64.to_be_bytes());
     raw_tree(dir.path(), "sm", &key, &[0xff; 5]);
-    let message = expect_corrupt(dir.path());
+    let message = expect_state_machine_corrupt(dir.path());
     assert!(
-        message.contains(&dir.path().display().to_string()),
+        message.contains(&dir.path().join("sled").display().to_string()),
         "{message}"
     );
     assert!(message.contains("job 2"), "{message}");
-    assert!(message.contains("move it aside"), "{message}");
+    assert!(message.contains("rebuilds it from its own snapshot and log"), "{message}");
 }
 
 #[tokio::test]
-async fn corrupt_meta_and_log_records_are_open_errors() {
-    for (tree, key, value) in [
-        ("sm", b"meta/last_applied".to_vec(), vec![1u8, 2]),
-        ("sm", b"unknown".to_vec(), vec![1u8]),
-        ("raft_meta", b"vote".to_vec(), vec![7u8]),
-        ("raft_log", 5u64.to_be_bytes().to_vec(), vec![0xffu8; 3]),
-        ("snapshot", b"meta".to_vec(), vec![0xffu8; 3]),
+async fn corrupt_state_machine_records_are_open_errors() {
+    for (key, value) in [
+        (b"meta/last_applied".to_vec(), vec![1u8, 2]),
+        (b"unknown".to_vec(), vec![1u8]),
     ] {
         let dir = TempDir::new().unwrap();
         drop(open(dir.path()));
-        raw_tree(dir.path(), tree, &key, &value);
-        expect_corrupt(dir.path());
+        raw_tree(dir.path(), "sm", &key, &value);
+        expect_state_machine_corrupt(dir.path());
     }
 }
 
+/// A damaged state machine store is rebuilt from the replica's own snapshot and log once the
+/// operator moves it aside, as the error says.
+#[tokio::test]
+async fn a_state_machine_moved_aside_is_rebuilt_from_snapshot_and_log() {
+    let dir = TempDir::new().unwrap();
+    let expected = {
+        let (mut log, mut sm) = open(dir.path());
+        let entries = vec![
+            membership_entry(1, 1),
+            normal(1, 2, vec![submit("a", None)]),
+            normal(1, 3, vec![submit("b", None)]),
+        ];
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        sm.apply(entries[..2].to_vec()).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        log.purge(log_id(1, 2)).await.unwrap();
+        sm.apply(entries[2..].to_vec()).await.unwrap();
+        queue_of(&sm)
+    };
+    std::fs::rename(dir.path().join("sled"), dir.path().join("sled.damaged")).unwrap();
+    let (mut log, mut sm) = open(dir.path());
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 2)), "rewritten from the snapshot");
+    // What openraft does at start: re-apply the log from there to the committed index.
+    let committed = log.read_committed().await.unwrap().unwrap();
+    let tail = log.try_get_log_entries(3..=committed.index).await.unwrap();
+    sm.apply(tail).await.unwrap();
+    assert_eq!(queue_of(&sm), expected);
+}
+
+fn raft_file(dir: &Path, sub: &str) -> std::path::PathBuf {
+    let sub_dir = dir.join("raft").join(sub);
+    let name = std::fs::read_dir(&sub_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.to_string_lossy().ends_with(".tmp"))
+        .unwrap();
+    sub_dir.join(name)
+}
+
+#[tokio::test]
+async fn damaged_log_snapshot_and_identity_files_are_open_errors() {
+    // A sealed log segment that does not read back.
+    let dir = TempDir::new().unwrap();
+    {
+        let storage = super::storage::open_storage_with(dir.path(), 1, CACHE_BYTES, 512).unwrap();
+        let mut log = storage.log_store;
+        for index in 1..=20 {
+            log.blocking_append(vec![normal(1, index, vec![submit("x", None)])])
+                .await
+                .unwrap();
+        }
+    }
+    let first = dir.path().join("raft/wal/00000000000000000001.wal");
+    let mut bytes = std::fs::read(&first).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&first, bytes).unwrap();
+    let message = expect_corrupt(dir.path());
+    assert!(message.contains("00000000000000000001.wal"), "{message}");
+    assert!(message.contains("remove-replica"), "{message}");
+
+    // A snapshot file that does not check out.
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    }
+    let snapshot = raft_file(dir.path(), "snapshot");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&snapshot, bytes).unwrap();
+    assert!(expect_corrupt(dir.path()).contains("checksum"));
+
+    // An identity that does not parse.
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path()));
+    std::fs::write(dir.path().join("raft/identity"), b"{").unwrap();
+    assert!(expect_corrupt(dir.path()).contains("identity"));
+
+    // Raft state without an identity.
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path()));
+    std::fs::remove_file(dir.path().join("raft/identity")).unwrap();
+    assert!(expect_corrupt(dir.path()).contains("identity is missing"));
+}
+
 #[test]
-fn foreign_or_newer_directories_are_refused() {
+fn foreign_older_newer_and_other_replicas_directories_are_refused() {
     let dir = TempDir::new().unwrap();
     raw_tree(dir.path(), "someone-else", b"k", b"v");
     assert!(expect_corrupt(dir.path()).contains("format marker"));
 
+    // Format 3 kept the log in sled.
+    let dir = TempDir::new().unwrap();
+    raw_tree(dir.path(), "", b"scaleout/format", &3u32.to_be_bytes());
+    match open_error(dir.path()) {
+        e @ StorageOpenError::UnsupportedFormat { found: 3, .. } => {
+            assert!(e.to_string().contains("remove-replica"), "{e}")
+        }
+        other => panic!("expected UnsupportedFormat, got {other}"),
+    }
+
     let dir = TempDir::new().unwrap();
     drop(open(dir.path()));
-    raw_tree(
-        dir.path(),
-        "",
-        b"scaleout/format",
-        &(DATA_FORMAT_VERSION + 1).to_be_bytes(),
+    let path = dir.path().join("raft/identity");
+    let identity = std::fs::read_to_string(&path).unwrap();
+    let newer = identity.replace(
+        &format!("\"format\": {DATA_FORMAT_VERSION}"),
+        &format!("\"format\": {}", DATA_FORMAT_VERSION + 1),
     );
-    match open_storage(dir.path(), CACHE_BYTES) {
-        Err(StorageOpenError::UnsupportedFormat { found, .. }) => {
+    assert_ne!(identity, newer);
+    std::fs::write(&path, newer).unwrap();
+    match open_error(dir.path()) {
+        StorageOpenError::UnsupportedFormat { found, .. } => {
             assert_eq!(found, DATA_FORMAT_VERSION + 1)
         }
-        Err(other) => panic!("expected UnsupportedFormat, got {other}"),
-        Ok(_) => panic!("expected UnsupportedFormat, got an open store"),
+        other => panic!("expected UnsupportedFormat, got {other}"),
     }
+
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path()));
+    match open_storage(dir.path(), 2, CACHE_BYTES) {
+        Err(e @ StorageOpenError::OtherReplica { found: 1, expected: 2, .. }) => {
+            assert!(e.to_string().contains("replica 1"), "{e}")
+        }
+        Err(other) => panic!("expected OtherReplica, got {other}"),
+        Ok(_) => panic!("expected OtherReplica, got an open store"),
+    }
+}
+
+#[test]
+fn the_identity_is_kept_and_a_new_directory_is_pristine() {
+    let dir = TempDir::new().unwrap();
+    let first = open_storage(dir.path(), 1, CACHE_BYTES).unwrap();
+    assert!(first.pristine);
+    let identity = first.identity;
+    drop(first);
+    let again = open_storage(dir.path(), 1, CACHE_BYTES).unwrap();
+    assert_eq!(again.identity, identity);
+    drop(again);
+    let other = TempDir::new().unwrap();
+    let fresh = open_storage(other.path(), 1, CACHE_BYTES).unwrap();
+    assert_ne!(fresh.identity.storage_id, identity.storage_id);
 }
 
 #[test]
 fn a_directory_in_use_is_refused() {
     let dir = TempDir::new().unwrap();
     let _first = open(dir.path());
-    match open_storage(dir.path(), CACHE_BYTES) {
+    match open_storage(dir.path(), 1, CACHE_BYTES) {
         Err(e @ StorageOpenError::Locked { .. }) => {
             assert!(e.to_string().contains("in use"), "{e}")
         }
