@@ -140,7 +140,11 @@ impl LogStore {
     }
 
     /// The log, unless an earlier sync failed (then nothing written since can be trusted).
-    fn lock(&self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> Result<MutexGuard<'_, Wal>, StorageError> {
+    fn lock(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+    ) -> Result<MutexGuard<'_, Wal>, StorageError> {
         if let Some(failure) = self.poison_message() {
             return Err(StorageIOError::new(subject, verb, AnyError::error(failure)).into());
         }
@@ -157,7 +161,10 @@ impl LogStore {
     /// Hands `files` to the syncer; `waiter` is completed once they are durable.
     fn request_sync(&self, files: Vec<Arc<dyn DiskFile>>, waiter: Waiter) {
         if let Err(mpsc::SendError(request)) = self.syncer.send(SyncRequest { files, waiter }) {
-            complete(request.waiter, Err("the log's syncer thread is gone".into()));
+            complete(
+                request.waiter,
+                Err("the log's syncer thread is gone".into()),
+            );
         }
     }
 
@@ -182,7 +189,9 @@ fn run_syncer(requests: mpsc::Receiver<SyncRequest>, poison: Poison, stats: Arc<
                 files.push(file);
             }
         }
-        let mut poisoned = poison.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut poisoned = poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = match poisoned.clone() {
             Some(failure) => Err(failure),
             None => files
@@ -326,14 +335,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let written = self.lock(ErrorSubject::Logs, ErrorVerb::Write).and_then(|mut wal| {
-            let entries: Vec<Entry> = entries.into_iter().collect();
-            let count = entries.len() as u64;
-            wal.append(entries)
-                .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            self.stats.entries.fetch_add(count, Ordering::Relaxed);
-            Ok(wal.files_to_sync())
-        });
+        let written = self
+            .lock(ErrorSubject::Logs, ErrorVerb::Write)
+            .and_then(|mut wal| {
+                let entries: Vec<Entry> = entries.into_iter().collect();
+                let count = entries.len() as u64;
+                wal.append(entries)
+                    .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                self.stats.entries.fetch_add(count, Ordering::Relaxed);
+                Ok(wal.files_to_sync())
+            });
         match written {
             // Only once the syncer has synced them may openraft count these entries toward a
             // majority; it reads them back (to replicate) meanwhile, from the page cache.
@@ -374,7 +385,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .remove_purged_segments()
             .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         if removed > 0 {
-            tracing::debug!(upto = log_id.index, segments = removed, "removed purged log segments");
+            tracing::debug!(
+                upto = log_id.index,
+                segments = removed,
+                "removed purged log segments"
+            );
         }
         Ok(())
     }

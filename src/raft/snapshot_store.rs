@@ -86,7 +86,8 @@ impl SnapshotStore {
         {
             return Ok(false);
         }
-        let meta_bytes = encode(meta).map_err(|e| format!("cannot encode the snapshot meta: {e}"))?;
+        let meta_bytes =
+            encode(meta).map_err(|e| format!("cannot encode the snapshot meta: {e}"))?;
         let mut bytes = Vec::with_capacity(24 + meta_bytes.len() + data.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&FILE_FORMAT.to_be_bytes());
@@ -116,14 +117,18 @@ fn parse(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     let rest = body
         .strip_prefix(MAGIC.as_slice())
         .ok_or("it is not a scaleout snapshot file")?;
-    let (format, rest) = rest.split_first_chunk::<4>().ok_or("the file is too short")?;
+    let (format, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or("the file is too short")?;
     let format = u32::from_be_bytes(*format);
     if format != FILE_FORMAT {
         return Err(format!(
             "it is in snapshot file format {format}, this build reads {FILE_FORMAT}"
         ));
     }
-    let (meta_len, rest) = rest.split_first_chunk::<4>().ok_or("the file is too short")?;
+    let (meta_len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or("the file is too short")?;
     let meta_len = u32::from_be_bytes(*meta_len) as usize;
     if meta_len > rest.len() {
         return Err("its meta runs past the end of the file".into());

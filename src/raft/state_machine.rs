@@ -29,12 +29,6 @@
 use std::io::Cursor;
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
-    StorageIOError,
-};
-use serde::{Deserialize, Serialize};
 use super::snapshot_store::SnapshotStore;
 use super::storage::{decode, decode_loaded, encode, LoadError};
 use super::{
@@ -45,6 +39,12 @@ use crate::queue::{
     ApplyContext, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState, Worker,
     WorkerId,
 };
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StorageIOError,
+};
+use serde::{Deserialize, Serialize};
 
 /// The queue as the API services see it. Take the lock briefly and never hold it across `.await`.
 pub type SharedQueue = Arc<RwLock<QueueState>>;

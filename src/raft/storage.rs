@@ -186,7 +186,12 @@ pub fn open_storage(
     node_id: NodeId,
     cache_capacity_bytes: u64,
 ) -> Result<OpenedStorage, StorageOpenError> {
-    open_storage_with(data_dir, node_id, cache_capacity_bytes, DEFAULT_SEGMENT_BYTES)
+    open_storage_with(
+        data_dir,
+        node_id,
+        cache_capacity_bytes,
+        DEFAULT_SEGMENT_BYTES,
+    )
 }
 
 pub(super) fn open_storage_with(
@@ -203,9 +208,8 @@ pub(super) fn open_storage_with(
     let db = open_sled(&sled_dir, cache_capacity_bytes)?;
     let raft_dir = data_dir.join("raft");
     let identity = open_identity(disk.as_ref(), data_dir, &raft_dir, node_id, &db)?;
-    let (log_store, recovery) =
-        LogStore::open(disk.clone(), &raft_dir.join("wal"), segment_bytes)
-            .map_err(|e| e.at(data_dir))?;
+    let (log_store, recovery) = LogStore::open(disk.clone(), &raft_dir.join("wal"), segment_bytes)
+        .map_err(|e| e.at(data_dir))?;
     if recovery.torn_bytes > 0 {
         tracing::warn!(
             torn_bytes = recovery.torn_bytes,

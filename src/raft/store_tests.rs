@@ -521,7 +521,10 @@ async fn corrupt_job_row_is_an_open_error() {
         "{message}"
     );
     assert!(message.contains("job 2"), "{message}");
-    assert!(message.contains("rebuilds it from its own snapshot and log"), "{message}");
+    assert!(
+        message.contains("rebuilds it from its own snapshot and log"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -552,7 +555,11 @@ async fn a_state_machine_moved_aside_is_rebuilt_from_snapshot_and_log() {
         log.blocking_append(entries.clone()).await.unwrap();
         log.save_committed(Some(log_id(1, 3))).await.unwrap();
         sm.apply(entries[..2].to_vec()).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
         log.purge(log_id(1, 2)).await.unwrap();
         sm.apply(entries[2..].to_vec()).await.unwrap();
         queue_of(&sm)
@@ -605,7 +612,11 @@ async fn damaged_log_snapshot_and_identity_files_are_open_errors() {
     {
         let (_log, mut sm) = open(dir.path());
         apply_sample(&mut sm).await;
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
     }
     let snapshot = raft_file(dir.path(), "snapshot");
     let mut bytes = std::fs::read(&snapshot).unwrap();
@@ -662,7 +673,13 @@ fn foreign_older_newer_and_other_replicas_directories_are_refused() {
     let dir = TempDir::new().unwrap();
     drop(open(dir.path()));
     match open_storage(dir.path(), 2, CACHE_BYTES) {
-        Err(e @ StorageOpenError::OtherReplica { found: 1, expected: 2, .. }) => {
+        Err(
+            e @ StorageOpenError::OtherReplica {
+                found: 1,
+                expected: 2,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("replica 1"), "{e}")
         }
         Err(other) => panic!("expected OtherReplica, got {other}"),

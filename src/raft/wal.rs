@@ -55,7 +55,9 @@ enum Record {
     },
     Entry(Entry),
     /// Entries from this index on are gone.
-    Truncate { from: u64 },
+    Truncate {
+        from: u64,
+    },
     /// Entries up to this log id are gone, and it stands for the last of them.
     Purge(LogId),
     Vote(Vote),
@@ -231,10 +233,7 @@ impl Wal {
         let mut bytes = vec![0; len as usize];
         file.read_exact_at(&mut bytes, 0)?;
         let damaged = |what: String| {
-            WalError::Corrupt(format!(
-                "log segment {} is damaged: {what}",
-                path.display()
-            ))
+            WalError::Corrupt(format!("log segment {} is damaged: {what}", path.display()))
         };
         if bytes.len() < HEADER_LEN as usize || bytes[..HEADER_LEN as usize] != header() {
             if is_last && bytes.len() <= HEADER_LEN as usize + FRAME_LEN as usize {
@@ -374,12 +373,17 @@ impl Wal {
     /// The files a caller must sync before the writes made so far are durable: the active
     /// segment (sealed ones were synced when sealed).
     pub(super) fn files_to_sync(&self) -> Vec<Arc<dyn DiskFile>> {
-        self.active_file().map(|f| vec![f.clone()]).unwrap_or_default()
+        self.active_file()
+            .map(|f| vec![f.clone()])
+            .unwrap_or_default()
     }
 
     /// Appends entries (not yet durable). Each must follow the last one; openraft truncates a
     /// conflicting suffix before appending over it.
-    pub(super) fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), WalError> {
+    pub(super) fn append(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(), WalError> {
         let mut bytes = Vec::new();
         let mut framed = Vec::new();
         for entry in entries {
@@ -432,9 +436,14 @@ impl Wal {
             .min()
             .unwrap_or(self.active)
             .min(self.active);
-        let removable: Vec<u64> = self.segments.range(..first_needed).map(|(s, _)| *s).collect();
+        let removable: Vec<u64> = self
+            .segments
+            .range(..first_needed)
+            .map(|(s, _)| *s)
+            .collect();
         for sequence in &removable {
-            self.disk.remove_file(&self.dir.join(segment_name(*sequence)))?;
+            self.disk
+                .remove_file(&self.dir.join(segment_name(*sequence)))?;
             self.segments.remove(sequence);
         }
         Ok(removable.len())
@@ -496,9 +505,5 @@ impl Wal {
                 })
             })
             .collect()
-    }
-
-    pub(super) fn segment_count(&self) -> usize {
-        self.segments.len()
     }
 }
