@@ -203,7 +203,10 @@ pub async fn master(config_path: &Path, overrides: &[String]) -> Result<(), CliE
         .map_err(|e| match e {
             crate::master::MasterError::Storage(_)
             | crate::master::MasterError::RaftConfig(_)
-            | crate::master::MasterError::Tls(_) => CliError::usage(e),
+            | crate::master::MasterError::Tls(_)
+            | crate::master::MasterError::Bootstrap(crate::master::BootstrapError::LostState {
+                ..
+            }) => CliError::usage(e),
             other => CliError::failed(other),
         })
 }

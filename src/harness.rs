@@ -729,6 +729,30 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Waits up to `timeout` for a replica to exit by itself; its exit status, or `None` if it
+    /// still runs.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let index = self.index(id)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(child) = self.replicas[index].child.as_mut() else {
+                bail!("replica {id} is not running");
+            };
+            if let Some(status) = child.try_wait()? {
+                self.replicas[index].child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGSTOP (`pause = true`) or SIGCONT.
     pub fn pause(&self, id: u64, pause: bool) -> anyhow::Result<()> {
         stop_or_continue(

@@ -265,6 +265,100 @@ async fn a_replica_that_lost_its_disk_is_removed_and_added_back() {
     cluster.wait_for_leader(ELECTION).await.expect("one leader");
 }
 
+/// The disk-loss scenario of invariant 1: C is cut off; X is acknowledged by A and B; B's disk is
+/// wiped and B restarted in place (what an operator might do); A dies; C heals. Were B to vote,
+/// C (without X) could be elected with B's vote and X would be gone. B refuses to start instead
+/// (exit 2, naming the safe procedure), C alone elects nobody, and once A is back X is there;
+/// then the safe procedure brings B back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_restarted_in_place_is_refused_and_no_acknowledged_job_is_lost() {
+    use scaleout::chaos::network::ProxiedNetwork;
+    use scaleout::chaos::proxy::LinkMode;
+
+    let _serial = SERIAL.lock().await;
+    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
+    let temp = tempfile::Builder::new()
+        .prefix("scaleout-wiped-")
+        .tempdir()
+        .expect("temp dir");
+    let mut cluster =
+        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
+            .expect("configure");
+    cluster.own_dir(temp);
+    network.release_ports();
+    cluster.start_all().expect("start");
+    let (a, _) = cluster.wait_for_leader(ELECTION).await.expect("leader");
+    let mut others = [1, 2, 3].into_iter().filter(|id| *id != a);
+    let (b, c) = (others.next().expect("b"), others.next().expect("c"));
+    let client = cluster.client().expect("client");
+    let before = submit(&client, 0..3).await;
+
+    network.isolate(c, LinkMode::Blackhole);
+    let x = submit(&client, 3..4).await[0];
+
+    cluster.kill(b).expect("kill b");
+    cluster.wipe(b).expect("wipe b");
+    cluster.restart(b).expect("restart b in place");
+    let exit = cluster
+        .wait_exit(b, ELECTION)
+        .await
+        .expect("wait for b")
+        .unwrap_or_else(|| panic!("b kept running; its log:\n{}", cluster.log_tail(b, 30)));
+    assert_eq!(exit.code(), Some(2), "{}", cluster.log_tail(b, 30));
+    let log = cluster.log_tail(b, 30);
+    assert!(log.contains("its state was lost"), "{log}");
+    assert!(log.contains("remove-replica"), "{log}");
+
+    cluster.kill(a).expect("kill a");
+    network.heal();
+    // B again, now that C answers too: still refused. C alone makes no leader.
+    cluster.restart(b).expect("restart b again");
+    let exit = cluster.wait_exit(b, ELECTION).await.expect("wait for b");
+    assert_eq!(
+        exit.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        cluster.log_tail(b, 30)
+    );
+    // For several election timeouts, C never leads (it would need B's vote).
+    let window = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < window {
+        if let Ok(status) = cluster.status_of(c).await {
+            assert!(
+                status.replicas.iter().all(|r| r.role != "leader"),
+                "no leader without a majority: {status:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A is back: A and C elect a leader, and X is there.
+    cluster.restart(a).expect("restart a");
+    cluster
+        .wait_for_leader(ELECTION)
+        .await
+        .expect("a leader of a and c");
+    let job = client.get_job(x, false).await.expect("x survived");
+    assert_eq!(job.id, x);
+    assert_eq!(
+        job.spec.expect("spec").name,
+        "job-3",
+        "the right job survived"
+    );
+    wait_holds_jobs(&cluster, c, &before).await;
+
+    // The safe procedure: remove b, start it empty, add it back; it votes again.
+    json_of(&cluster_cli(&cluster, &["remove-replica", &b.to_string()]));
+    cluster.restart(b).expect("start b empty");
+    let (api, peer) = {
+        let r = cluster.replica(b).expect("b");
+        (r.api_addr.clone(), r.peer_addr.clone())
+    };
+    let added = add_replica(&cluster, b, &api, &peer);
+    assert_eq!(voters(&added), vec![1, 2, 3]);
+    wait_holds_jobs(&cluster, b, &[x]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_are_refused_with_reasons() {
     let _serial = SERIAL.lock().await;

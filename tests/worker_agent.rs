@@ -60,6 +60,7 @@ impl Fake {
                 Some(&ReplicaNode {
                     api_addr: addr.clone(),
                     peer_addr: "127.0.0.1:1".into(),
+                    storage_id: None,
                 }),
             )),
             None => Ok(()),

@@ -37,6 +37,8 @@ pub struct AdminApi {
     proposer: Proposer,
     queue: SharedQueue,
     workers: WorkerSettings,
+    /// This replica's data dir storage id, for its own status.
+    storage_id: uuid::Uuid,
 }
 
 impl AdminApi {
@@ -47,8 +49,10 @@ impl AdminApi {
         proposer: Proposer,
         queue: SharedQueue,
         workers: WorkerSettings,
+        storage_id: uuid::Uuid,
     ) -> Self {
         AdminApi {
+            storage_id,
             raft,
             network,
             committed,
@@ -64,7 +68,11 @@ impl AdminApi {
 
     async fn ask(&self, id: u64, node: &ReplicaNode) -> Result<NodeStatusResponse, String> {
         if id == self.raft.metrics().borrow().id {
-            return Ok(RaftGrpcService::node_status(&self.raft, (self.committed)()));
+            return Ok(RaftGrpcService::node_status(
+                &self.raft,
+                (self.committed)(),
+                self.storage_id,
+            ));
         }
         let channel = self
             .network
@@ -274,6 +282,8 @@ impl AdminService for AdminApi {
             ReplicaNode {
                 api_addr: request.api_addr,
                 peer_addr: request.peer_addr,
+                // Read from the replica itself before it is added.
+                storage_id: None,
             },
             catch_up,
         )

@@ -29,9 +29,11 @@ pub struct Changed {
     pub log_index: u64,
 }
 
-/// Adds replica `id` at `node`: checks it runs and is who it says, adds it as a learner, waits
-/// until it holds the leader's log (the leader sends a snapshot if the log was compacted), then
-/// makes it a voter. Running it again after a timeout carries on where it stopped.
+/// Adds replica `id` at `node`: checks it runs and is who it says, reads its data dir's storage
+/// id (the membership records it, so a later wipe of that dir is recognized: `raft::admission`),
+/// adds it as a learner, waits until it holds the leader's log (the leader sends a snapshot if
+/// the log was compacted), then makes it a voter. Running it again after a timeout carries on
+/// where it stopped.
 pub async fn add_replica(
     raft: &Raft,
     network: &PeerNetwork,
@@ -45,18 +47,11 @@ pub async fn add_replica(
     let membership = leader_membership(raft)?;
     let in_joint_change = membership.get_joint_config().len() > 1;
     if let Some(existing) = membership.get_node(&id) {
-        if *existing != node {
+        if existing.api_addr != node.api_addr || existing.peer_addr != node.peer_addr {
             return Err(Status::failed_precondition(format!(
                 "replica {id} is already a member at {existing}; to change its addresses, \
                  remove it (scaleout cluster remove-replica {id}) and add it again"
             )));
-        }
-        // A change cut short in its joint phase is finished below, not reported as done.
-        if !in_joint_change && membership.voter_ids().any(|voter| voter == id) {
-            return Ok(Changed {
-                voters: membership.voter_ids().collect(),
-                log_index: 0,
-            });
         }
     }
     if let Some((other, _)) = membership.nodes().find(|(other, n)| {
@@ -67,13 +62,37 @@ pub async fn add_replica(
              its own api and peer address"
         )));
     }
-    probe(
+    let storage_id = probe(
         network,
         id,
         &node.peer_addr,
         membership.get_node(&id).is_none(),
     )
     .await?;
+    let node = ReplicaNode {
+        storage_id: Some(storage_id),
+        ..node
+    };
+    if let Some(existing) = membership.get_node(&id) {
+        if existing.storage_id != Some(storage_id) {
+            return Err(Status::failed_precondition(format!(
+                "replica {id} is a member admitted with data dir storage id {}, but the replica \
+                 at {} now has storage id {storage_id}: its state was lost (a wiped or replaced \
+                 disk). Remove it first (scaleout cluster remove-replica {id}), then add it again",
+                existing
+                    .storage_id
+                    .map_or_else(|| "none".to_string(), |s| s.to_string()),
+                node.peer_addr
+            )));
+        }
+        // A change cut short in its joint phase is finished below, not reported as done.
+        if !in_joint_change && membership.voter_ids().any(|voter| voter == id) {
+            return Ok(Changed {
+                voters: membership.voter_ids().collect(),
+                log_index: 0,
+            });
+        }
+    }
 
     let added = raft
         .add_learner(id, node.clone(), false)
@@ -167,13 +186,13 @@ fn check_address(field: &str, address: &str) -> Result<(), Status> {
 /// The new replica must answer on its peer address with its own id: a typo in the address or
 /// the id is caught before the membership changes. A replica that is not yet a member must also
 /// be empty: one with a log of its own (it initialized a cluster, or kept an old data dir)
-/// would fight the leader with its own term.
+/// would fight the leader with its own term. Returns its data dir's storage id.
 async fn probe(
     network: &PeerNetwork,
     id: NodeId,
     peer_addr: &str,
     must_be_empty: bool,
-) -> Result<(), Status> {
+) -> Result<uuid::Uuid, Status> {
     let unreachable = |why: String| {
         Status::failed_precondition(format!(
             "cannot reach replica {id} at peer address {peer_addr} ({why}); start it first: its \
@@ -209,7 +228,13 @@ async fn probe(
             answer.term
         )));
     }
-    Ok(())
+    answer.storage_id.parse().map_err(|_| {
+        Status::failed_precondition(format!(
+            "replica {id} at {peer_addr} does not report a data dir storage id \
+             ({:?}); it runs an older scaleout: upgrade it first",
+            answer.storage_id
+        ))
+    })
 }
 
 /// Waits until the leader has replicated up to `index` to `id`.

@@ -21,6 +21,7 @@ mod replica;
 pub mod status;
 mod worker_service;
 
+pub use bootstrap::BootstrapError;
 pub use proposer::{now_ms, ProposeError, Proposer};
 pub use replica::{run, MasterError};
 pub use worker_service::REASON_LEASE_LOST;

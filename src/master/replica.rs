@@ -42,8 +42,8 @@ pub enum MasterError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Bootstrap(String),
+    #[error(transparent)]
+    Bootstrap(#[from] super::bootstrap::BootstrapError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("the {which} server stopped unexpectedly ({reason}); restart the replica")]
@@ -131,6 +131,11 @@ pub async fn run(
         config.storage.cache_capacity_mb << 20,
     )?;
     let (log_store, state_machine) = (storage.log_store, storage.state_machine);
+    let admission = crate::raft::admission::Admission {
+        node_id: config.id,
+        storage_id: storage.identity.storage_id,
+    };
+    info!(storage_id = %admission.storage_id, pristine = storage.pristine, "data dir opened");
     // Name the persisted term in the log lines written before the Raft node reports its own.
     if let Ok(Some(vote)) =
         openraft::storage::RaftLogStorage::read_vote(&mut log_store.clone()).await
@@ -178,6 +183,7 @@ pub async fn run(
             timeout_min: std::time::Duration::from_millis(config.raft.election_timeout_min_ms),
             timeout_max: std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
         },
+        admission,
     ));
 
     let api_addr = local_addr(&api_listener);
@@ -198,6 +204,7 @@ pub async fn run(
                 raft.clone(),
                 committed.clone(),
                 contact.clone(),
+                admission,
             ))
             .max_decoding_message_size(peer_max_bytes)
             .max_encoding_message_size(peer_max_bytes),
@@ -253,6 +260,7 @@ pub async fn run(
                 proposer.clone(),
                 queue.clone(),
                 config.workers.clone(),
+                admission.storage_id,
             ))
             .max_decoding_message_size(max_bytes)
             .max_encoding_message_size(max_bytes),
@@ -289,16 +297,26 @@ pub async fn run(
         None => None,
     };
 
-    if let Err(error) = bootstrap(&raft, &config, &network)
-        .await
-        .map_err(MasterError::Bootstrap)
-    {
-        error!(%error, "bootstrap failed");
+    // A pristine replica may wait here for its peers; a stop request or a dead server ends the
+    // wait like it ends the replica.
+    tokio::pin!(shutdown);
+    let bootstrapped = tokio::select! {
+        result = bootstrap(&raft, &config, &network, admission, storage.pristine) => {
+            result.map(|()| true).map_err(MasterError::from)
+        }
+        () = &mut shutdown => Ok(false),
+        result = wait_server("api", &mut api_task) => result.map(|()| false),
+        result = wait_server("peer", &mut peer_task) => result.map(|()| false),
+    };
+    if !matches!(bootstrapped, Ok(true)) {
+        if let Err(error) = &bootstrapped {
+            error!(%error, "bootstrap failed");
+        }
         elections.abort();
         health_duties.abort();
         let _ = stop_tx.send(true);
         let _ = raft.shutdown().await;
-        return Err(error);
+        return bootstrapped.map(|_| ());
     }
     // `initialize` stands for election at once; the driver's wait starts after it.
     contact.touch();
@@ -328,7 +346,7 @@ pub async fn run(
 
     // Run until asked to stop, or until a server dies.
     let served = tokio::select! {
-        () = shutdown => Ok(()),
+        () = &mut shutdown => Ok(()),
         result = wait_server("api", &mut api_task) => result,
         result = wait_server("peer", &mut peer_task) => result,
     };

@@ -135,6 +135,7 @@ mod tests {
         let node = ReplicaNode {
             api_addr: "127.0.0.1:7102".into(),
             peer_addr: "x:1".into(),
+            storage_id: None,
         };
         let status = not_leader(Some(2), Some(&node));
         assert_eq!(status.code(), Code::Unavailable);

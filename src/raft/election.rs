@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::admission::Admission;
 use super::Raft;
 
 /// How often the driver looks at the clock.
@@ -80,8 +81,14 @@ impl ElectionTiming {
 }
 
 /// Runs until the node shuts down: triggers an election whenever this voter has gone its
-/// random wait without a leader.
-pub async fn drive(raft: Raft, contact: Arc<LeaderContact>, timing: ElectionTiming) {
+/// random wait without a leader. A replica stands only as the admitted member (`admission.rs`):
+/// a wiped one listed with its old data dir never does.
+pub async fn drive(
+    raft: Raft,
+    contact: Arc<LeaderContact>,
+    timing: ElectionTiming,
+    admission: Admission,
+) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut wait = timing.first_wait(&mut rng);
     loop {
@@ -90,10 +97,7 @@ pub async fn drive(raft: Raft, contact: Arc<LeaderContact>, timing: ElectionTimi
             let m = raft.metrics().borrow().clone();
             (
                 m.state == ServerState::Leader,
-                m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|id| id == m.id),
+                admission.may_vote(m.membership_config.membership()),
                 m.current_leader.is_some() && m.current_leader != Some(m.id),
             )
         };

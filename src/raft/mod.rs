@@ -13,6 +13,7 @@
 //!
 //! Not here: the leader-only loops and the public API (`crate::master`).
 
+pub mod admission;
 pub mod disk;
 pub mod election;
 mod log_store;
@@ -50,6 +51,11 @@ pub struct ReplicaNode {
     pub api_addr: String,
     /// The replica-to-replica address (Raft traffic).
     pub peer_addr: String,
+    /// The storage id of the data dir the cluster admitted as this member (drawn when that
+    /// directory was created). A replica whose data dir has another one (its disk was wiped) is
+    /// refused: it neither votes nor acknowledges appends (`admission.rs`). `None` only where the
+    /// node is not a member (a leader address in a redirect).
+    pub storage_id: Option<uuid::Uuid>,
 }
 
 impl fmt::Display for ReplicaNode {

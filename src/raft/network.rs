@@ -109,6 +109,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             max_message_bytes: self.max_message_bytes,
             target,
             peer_addr: node.peer_addr.clone(),
+            expected_storage_id: node
+                .storage_id
+                .and_then(|id| tonic::metadata::MetadataValue::try_from(id.to_string()).ok()),
             client: client.map_err(|e| e.to_string()),
         }
     }
@@ -120,6 +123,9 @@ pub struct PeerClient {
     max_message_bytes: usize,
     target: NodeId,
     peer_addr: String,
+    /// The storage id the membership names for the target, sent with every message: the target
+    /// refuses messages meant for another data dir (`admission.rs`).
+    expected_storage_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// An invalid address is reported on every call rather than panicking at creation.
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -181,6 +187,11 @@ impl PeerClient {
         }
         let mut grpc_request = tonic::Request::new(RaftPayload { data });
         grpc_request.set_timeout(timeout);
+        if let Some(expected) = &self.expected_storage_id {
+            grpc_request
+                .metadata_mut()
+                .insert(super::admission::STORAGE_ID_HEADER, expected.clone());
+        }
         let call = async {
             match action {
                 RPCTypes::Vote => client.vote(grpc_request).await,
@@ -198,9 +209,15 @@ impl PeerClient {
                 }))
             }
             Ok(Err(status)) => {
+                // A replica that refuses us (FAILED_PRECONDITION: it is not the data dir the
+                // membership admitted, or it may not vote) is as good as unreachable: openraft
+                // backs off instead of retrying at once.
                 let unreachable = matches!(
                     status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                    tonic::Code::Unavailable
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                        | tonic::Code::FailedPrecondition
                 );
                 let error = TransportError::Status {
                     addr: self.peer_addr.clone(),

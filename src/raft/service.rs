@@ -5,10 +5,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::admission::{Admission, STORAGE_ID_HEADER};
 use super::election::LeaderContact;
 use super::Raft;
 use crate::pb::raft::raft_service_server::RaftService;
-use crate::pb::raft::{NodeStatusRequest, NodeStatusResponse, RaftPayload};
+use crate::pb::raft::{Member, NodeStatusRequest, NodeStatusResponse, RaftPayload};
 
 /// Serves one replica's Raft node to its peers.
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct RaftGrpcService {
     /// Restarted by every message from a leader and every vote granted (the election driver
     /// waits on it).
     contact: std::sync::Arc<LeaderContact>,
+    /// Who this replica is: messages meant for another data dir are refused.
+    admission: Admission,
 }
 
 impl RaftGrpcService {
@@ -26,18 +29,48 @@ impl RaftGrpcService {
         raft: Raft,
         committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
         contact: std::sync::Arc<LeaderContact>,
+        admission: Admission,
     ) -> Self {
         RaftGrpcService {
             raft,
             committed,
             contact,
+            admission,
         }
     }
 
-    /// This replica's own view of the cluster, for `cluster status`.
-    pub fn node_status(raft: &Raft, committed: Option<u64>) -> NodeStatusResponse {
+    /// Refuses a message meant for another data dir than this one.
+    fn check_addressee<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let expected = request
+            .metadata()
+            .get(STORAGE_ID_HEADER)
+            .and_then(|value| value.to_str().ok());
+        self.admission
+            .check_expected(expected)
+            .map_err(Status::failed_precondition)
+    }
+
+    /// This replica's own view of the cluster, for `cluster status` and bootstrap.
+    pub fn node_status(
+        raft: &Raft,
+        committed: Option<u64>,
+        storage_id: uuid::Uuid,
+    ) -> NodeStatusResponse {
         let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                api_addr: node.api_addr.clone(),
+                peer_addr: node.peer_addr.clone(),
+                storage_id: node.storage_id.map(|s| s.to_string()).unwrap_or_default(),
+                voter: membership.voter_ids().any(|voter| voter == *id),
+            })
+            .collect();
         NodeStatusResponse {
+            storage_id: storage_id.to_string(),
+            members,
             id: metrics.id,
             role: role_name(metrics.state).to_string(),
             term: metrics.current_term,
@@ -79,6 +112,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressee(&request)?;
         let rpc = decode(request)?;
         // On arrival too: on a loaded machine the append may wait for a flush, and the
         // election driver must not stand against a leader that is talking to it.
@@ -92,6 +126,18 @@ impl RaftService for RaftGrpcService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressee(&request)?;
+        let may_vote = self
+            .admission
+            .may_grant_vote(self.raft.metrics().borrow().membership_config.membership());
+        if !may_vote {
+            return Err(Status::failed_precondition(format!(
+                "replica {} does not vote: the membership it holds does not list it as a voter \
+                 with its data dir (storage id {}); a pristine or wiped replica votes only once \
+                 the cluster has added it",
+                self.admission.node_id, self.admission.storage_id
+            )));
+        }
         let rpc = decode(request)?;
         let result = self.raft.vote(rpc).await;
         if matches!(&result, Ok(reply) if reply.vote_granted) {
@@ -104,6 +150,7 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressee(&request)?;
         let rpc: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(request)?;
         let sender = rpc.vote;
         self.contact.touch();
@@ -121,6 +168,7 @@ impl RaftService for RaftGrpcService {
         Ok(Response::new(Self::node_status(
             &self.raft,
             (self.committed)(),
+            self.admission.storage_id,
         )))
     }
 }

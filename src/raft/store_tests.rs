@@ -80,6 +80,7 @@ fn membership_entry(term: u64, index: u64) -> Entry {
             let node = ReplicaNode {
                 api_addr: format!("127.0.0.1:{}", 7000 + id),
                 peer_addr: format!("127.0.0.1:{}", 8000 + id),
+                storage_id: Some(uuid::Uuid::from_u128(u128::from(id))),
             };
             (id, node)
         })

@@ -251,6 +251,7 @@ mod tests {
         let node = ReplicaNode {
             api_addr: "127.0.0.1:7102".into(),
             peer_addr: "127.0.0.1:7202".into(),
+            storage_id: None,
         };
         assert!(
             matches!(classify(not_leader(Some(2), Some(&node))), Next::Leader(a) if a == "127.0.0.1:7102")
