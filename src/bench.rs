@@ -73,6 +73,10 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     // Warm up: find the leader and open the connection.
     client.submit_job(bench_spec(0), None).await?;
     let term_before = client.cluster_status().await?.term;
+    let disk_before = match &cluster {
+        Some(local) => disk_counters(local).await,
+        None => None,
+    };
 
     let issued = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + Duration::from_secs(options.max_seconds);
@@ -123,6 +127,13 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
             "max": ms(latencies.max()),
         },
     });
+    let disk_after = match &cluster {
+        Some(local) => disk_counters(local).await,
+        None => None,
+    };
+    if let (Some(before), Some(after)) = (disk_before, disk_after) {
+        report["leader_disk"] = disk_report(&before, &after, done);
+    }
     if options.measure_restart {
         let local = cluster
             .as_mut()
@@ -143,11 +154,52 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
             ms(latencies.value_at_quantile(0.99)),
             ms(latencies.max())
         );
+        if let Some(disk) = report.get("leader_disk") {
+            println!("leader's raft log: {disk}");
+        }
         if let Some(replicas) = report.get("replicas") {
             println!("replicas: {replicas}");
         }
     }
     Ok(())
+}
+
+/// The leader's counters of Raft log work (syncs, appends, entries) and proposals, read from
+/// its `/metrics`; `None` when it serves none (a build without them).
+async fn disk_counters(cluster: &LocalCluster) -> Option<[f64; 5]> {
+    let (leader, _) = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .ok()?;
+    let addr = &cluster.replica(leader).ok()?.metrics_addr;
+    let page = crate::ops::probe::get(addr, "/metrics", Duration::from_secs(5))
+        .await
+        .ok()?;
+    let samples = crate::ops::probe::samples(&page.body);
+    let read = |name: &str| samples.get(name).copied();
+    Some([
+        read("scaleout_wal_syncs_total")?,
+        read("scaleout_wal_appends_total")?,
+        read("scaleout_wal_entries_total")?,
+        read("scaleout_proposals_total")?,
+        read("scaleout_proposal_commands_total")?,
+    ])
+}
+
+/// What the leader's log did per acknowledged batch during the load.
+fn disk_report(before: &[f64; 5], after: &[f64; 5], submits: u64) -> serde_json::Value {
+    let [syncs, appends, entries, proposals, commands] =
+        std::array::from_fn(|i| after[i] - before[i]);
+    let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    json!({
+        "fdatasync_calls": syncs,
+        "appends": appends,
+        "entries": entries,
+        "fdatasync_per_append": per(syncs, appends),
+        "entries_per_append": per(entries, appends),
+        "commands_per_entry": per(commands, proposals),
+        "fdatasync_per_1000_submits": per(syncs * 1000.0, submits as f64),
+    })
 }
 
 fn bench_spec(n: u64) -> v1::JobSpec {

@@ -263,6 +263,21 @@ fn ssisdb_settings(
 }
 
 /// `scaleout ssisdb check`: exit 0 when everything is in place, 1 (with what to fix) otherwise.
+/// `scaleout data-dir adopt`: a restored copy becomes this replica's own (see
+/// [`crate::raft::adopt_restored_copy`]).
+pub fn data_dir_adopt(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
+    let config = MasterConfig::load(config_path, overrides).map_err(CliError::usage)?;
+    let identity =
+        crate::raft::adopt_restored_copy(&config.data_dir, config.id).map_err(CliError::usage)?;
+    println!(
+        "{} is now replica {}'s data dir (storage id {})",
+        config.data_dir.display(),
+        identity.node_id,
+        identity.storage_id
+    );
+    Ok(())
+}
+
 pub async fn ssisdb_check(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
     let settings = ssisdb_settings(config_path, overrides)?;
     let report = crate::ssisdb::check(&settings).await;

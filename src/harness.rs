@@ -192,6 +192,9 @@ fn tls_table(paths: &TlsPaths) -> String {
 pub struct LocalCluster {
     binary: PathBuf,
     root: PathBuf,
+    /// Things that must outlive the processes (file system mounts under `root`); dropped after
+    /// them and before the temporary directory (fields drop in declaration order).
+    guards: Vec<Box<dyn std::any::Any + Send + Sync>>,
     _temp: Option<tempfile::TempDir>,
     options: ClusterOptions,
     /// `None` when the cluster runs `insecure`.
@@ -334,6 +337,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             binary: binary.to_path_buf(),
             root: root.to_path_buf(),
+            guards: Vec::new(),
             _temp: None,
             options,
             certs,
@@ -438,15 +442,28 @@ impl LocalCluster {
         self._temp = Some(dir);
     }
 
-    /// Removes a stopped replica's data dir (a lost disk).
+    /// Keeps `guard` until the processes are gone (e.g. a file system mounted under the root).
+    pub fn keep_until_drop(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
+        self.guards.push(guard);
+    }
+
+    /// Empties a stopped replica's data dir (a lost disk). The directory itself stays: it may
+    /// be a mount point.
     pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
         let replica = self.replica(id)?;
         if replica.is_running() {
             bail!("replica {id} is running; stop it before wiping its data dir");
         }
         if replica.data_dir.exists() {
-            fs::remove_dir_all(&replica.data_dir)
-                .with_context(|| format!("cannot remove {}", replica.data_dir.display()))?;
+            for item in fs::read_dir(&replica.data_dir)? {
+                let path = item?.path();
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                removed.with_context(|| format!("cannot remove {}", path.display()))?;
+            }
         }
         Ok(())
     }

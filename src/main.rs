@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// A replica's data dir: adopt a restored backup copy.
+    DataDir {
+        #[command(subcommand)]
+        command: DataDirCommand,
+    },
     /// The SSISDB connection of a replica's config: check it, or install the schema.
     Ssisdb {
         #[command(subcommand)]
@@ -75,8 +80,8 @@ enum Command {
         jobs: u32,
     },
     /// Chaos test: 3 replicas and workers behind fault-injecting proxies, faults from a seeded
-    /// plan (kills, pauses, partitions, a lost disk), then every invariant checked. Exits 1 if
-    /// one broke.
+    /// plan (kills, pauses, partitions, a lost disk, power cuts), then every invariant checked.
+    /// Exits 1 if one broke.
     Chaos {
         /// How long to inject faults.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1440))]
@@ -101,20 +106,27 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum DataDirCommand {
+    /// After restoring a backup copy into this replica's data_dir (whole-cluster restore): make
+    /// the copy this replica's own, with the data dir identity its membership records.
+    Adopt(ReplicaConfigArgs),
+}
+
+#[derive(Subcommand)]
 enum SsisdbCommand {
     /// Connect as the replica would, check the schema version, every table and view, and that
     /// the login may write; say what is missing and how to fix it.
-    Check(SsisdbArgs),
+    Check(ReplicaConfigArgs),
     /// Create (or complete) schema `scaleout` in SSISDB; safe to run again.
-    InstallSchema(SsisdbArgs),
+    InstallSchema(ReplicaConfigArgs),
 }
 
 #[derive(Args)]
-struct SsisdbArgs {
-    /// A replica's config file; its [ssisdb] section is used.
+struct ReplicaConfigArgs {
+    /// A replica's config file.
     #[arg(long, env = "SCALEOUT_CONFIG")]
     config: PathBuf,
-    /// Override a config key, e.g. --set ssisdb.password_file=/run/secrets/ssisdb (repeatable).
+    /// Override a config key, e.g. --set data_dir=/var/lib/scaleout (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
 }
@@ -352,6 +364,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Master { config, overrides } => cli::master(&config, &overrides).await,
             Command::Worker { config, overrides } => cli::worker(&config, &overrides).await,
+            Command::DataDir {
+                command: DataDirCommand::Adopt(args),
+            } => cli::data_dir_adopt(&args.config, &args.overrides),
             Command::Ssisdb {
                 command: SsisdbCommand::Check(args),
             } => cli::ssisdb_check(&args.config, &args.overrides).await,

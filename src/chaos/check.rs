@@ -2,7 +2,8 @@
 //! the end, checked against the invariants of DESIGN.md. Pure: no IO, so it is tested on
 //! made-up histories.
 //!
-//! - 1 no acknowledged submit is lost;
+//! - 1 no acknowledged submit is lost, and the job under its id is the one submitted (same
+//!   idempotency key): a lost job whose id was handed out again is caught, not counted as there;
 //! - 2 fencing: a job completes at most once, and only its latest attempt may carry a worker's
 //!   result (an earlier one that succeeded means a stale completion was accepted);
 //! - 3 no job has more attempts than `max_attempts`;
@@ -109,6 +110,8 @@ pub struct Report {
     pub leases_expired_by_worker_faults: u64,
     // Violations: every list must be empty.
     pub lost: Vec<u64>,
+    /// Acknowledged ids that now hold another submit's job: `id (acknowledged for key, holds key)`.
+    pub replaced: Vec<String>,
     pub completed_twice: Vec<u64>,
     pub stale_completions_accepted: Vec<u64>,
     pub over_max_attempts: Vec<u64>,
@@ -139,6 +142,10 @@ impl Report {
         };
         let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>();
         add("acknowledged jobs lost", ids(&self.lost));
+        add(
+            "acknowledged job ids that now hold another job",
+            self.replaced.clone(),
+        );
         add("jobs completed twice", ids(&self.completed_twice));
         add(
             "stale completions accepted",
@@ -195,11 +202,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "jobs acknowledged {}, completed {}, lost {}, completed twice {}; submits with no \
-             answer {}",
+            "jobs acknowledged {}, completed {}, lost {}, replaced by another job {}, completed \
+             twice {}; submits with no answer {}",
             self.submits_acknowledged,
             self.jobs_completed,
             self.lost.len(),
+            self.replaced.len(),
             self.completed_twice.len(),
             self.submits_indeterminate
         )?;
@@ -304,6 +312,16 @@ pub fn check(
 
     // 1 and the end state of every acknowledged job.
     let acked_ids: BTreeSet<u64> = acked.values().copied().collect();
+    for (key, &id) in &acked {
+        if let Some(job) = jobs.get(&id) {
+            if job.idempotency_key != *key {
+                report.replaced.push(format!(
+                    "{id} (acknowledged for {key}, holds {})",
+                    job.idempotency_key
+                ));
+            }
+        }
+    }
     for &id in &acked_ids {
         match jobs.get(&id) {
             None => report.lost.push(id),
@@ -574,6 +592,24 @@ mod tests {
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert_eq!(report.lost, vec![2]);
         assert!(report.to_string().contains("acknowledged jobs lost: 1 (2)"));
+    }
+
+    /// A power cut that lost job 2 and let its id go to another submit is caught: checking ids
+    /// alone would pass it.
+    #[test]
+    fn an_acknowledged_id_holding_another_job_is_reported() {
+        let (submits, mut end) = healthy();
+        for job in &mut end.jobs {
+            if job.id == 2 {
+                job.idempotency_key = "someone-else".into();
+            }
+        }
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(
+            report.replaced,
+            vec!["2 (acknowledged for b, holds someone-else)".to_string()]
+        );
+        assert!(!report.ok());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The faults the chaos run injects, one at a time, each healed before the next: process kills
 //! and pauses (replicas and workers), partitions through the link proxies (both directions,
-//! one way, replica cut off from its workers), and a replica that loses its disk and comes back
-//! as a new member.
+//! one way, replica cut off from its workers), a replica that loses its disk and comes back
+//! as a new member, and power cuts (one replica, the leader, or all at once) that lose every
+//! write not yet synced (`powercut.rs`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +15,7 @@ use tracing::info;
 
 use super::check::FaultRecord;
 use super::network::ProxiedNetwork;
+use super::powercut::PowerCutFs;
 use super::proxy::{LinkMode, LinkProxy};
 use crate::client::Client;
 use crate::harness::LocalCluster;
@@ -32,10 +35,13 @@ pub enum FaultKind {
     KillWorker,
     WipeFollower,
     SsisdbOutage,
+    PowerCutFollower,
+    PowerCutLeader,
+    PowerCutAll,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -47,6 +53,9 @@ impl FaultKind {
         FaultKind::KillWorker,
         FaultKind::WipeFollower,
         FaultKind::SsisdbOutage,
+        FaultKind::PowerCutFollower,
+        FaultKind::PowerCutLeader,
+        FaultKind::PowerCutAll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,7 +71,18 @@ impl FaultKind {
             FaultKind::KillWorker => "kill-worker",
             FaultKind::WipeFollower => "wipe-follower",
             FaultKind::SsisdbOutage => "ssisdb-outage",
+            FaultKind::PowerCutFollower => "power-cut-follower",
+            FaultKind::PowerCutLeader => "power-cut-leader",
+            FaultKind::PowerCutAll => "power-cut-all",
         }
+    }
+
+    /// A power cut: needs the replicas' data dirs on [`PowerCutFs`] mounts.
+    pub fn is_power_cut(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PowerCutFollower | FaultKind::PowerCutLeader | FaultKind::PowerCutAll
+        )
     }
 
     /// Whether the fault keeps workers from the leader long enough for leases to expire.
@@ -86,6 +106,8 @@ pub struct Injector<'a> {
     pub election_timeout_max: Duration,
     /// Processes that exited by themselves during the run ("replica 2 (exit status: 1)").
     pub crashes: Vec<String>,
+    /// Each replica's data dir mount, for power cuts (empty when the run has none).
+    pub power: &'a BTreeMap<u64, std::sync::Arc<PowerCutFs>>,
 }
 
 impl Injector<'_> {
@@ -182,6 +204,28 @@ impl Injector<'_> {
                 name
             }
             FaultKind::WipeFollower => self.wipe(follower).await?,
+            FaultKind::PowerCutLeader | FaultKind::PowerCutFollower => {
+                let victim = if kind == FaultKind::PowerCutLeader {
+                    leader
+                } else {
+                    follower
+                };
+                let lost = self.power_cut(&[victim])?;
+                sleep(self.between(500, 2000)).await;
+                self.cluster.restart(victim)?;
+                format!("replica {victim} ({lost})")
+            }
+            FaultKind::PowerCutAll => {
+                // The whole cluster at once: every acknowledged entry must survive, since a
+                // majority synced it before the acknowledgment.
+                let all: Vec<u64> = self.cluster.replicas.iter().map(|r| r.id).collect();
+                let lost = self.power_cut(&all)?;
+                sleep(self.between(500, 1500)).await;
+                for id in &all {
+                    self.cluster.restart(*id)?;
+                }
+                format!("replicas {all:?} ({lost})")
+            }
             FaultKind::SsisdbOutage => {
                 let Some(sql) = self.sql else {
                     return Ok(None);
@@ -236,6 +280,25 @@ impl Injector<'_> {
             }
         }
         Ok(format!("replica {id} removed, wiped and added back"))
+    }
+
+    /// Kills every replica of `ids` at once (kill -9), then cuts their disks' power: what they
+    /// wrote and did not sync is gone (a torn write may survive in part). Says what was lost.
+    fn power_cut(&mut self, ids: &[u64]) -> anyhow::Result<String> {
+        for id in ids {
+            anyhow::ensure!(
+                self.power.contains_key(id),
+                "replica {id}'s data dir is not on a power-cut mount"
+            );
+            self.cluster.kill(*id)?;
+        }
+        let (mut files, mut bytes) = (0, 0);
+        for id in ids {
+            let report = self.power[id].cut(Some(self.rng.gen()));
+            files += report.files;
+            bytes += report.lost_bytes;
+        }
+        Ok(format!("{bytes} unsynced bytes lost in {files} files"))
     }
 
     /// Restarts any process that exited by itself since the last look, and remembers it: a

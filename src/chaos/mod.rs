@@ -9,6 +9,7 @@
 pub mod check;
 pub mod faults;
 pub mod network;
+pub mod powercut;
 pub mod proxy;
 pub mod ssisdb;
 
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 use self::check::{FinalState, ReadRecord, Report, SubmitRecord};
 use self::faults::{FaultKind, Injector};
 use self::network::ProxiedNetwork;
+use self::powercut::PowerCutFs;
 use self::ssisdb::SsisdbTarget;
 use crate::client::{Client, ClientError};
 use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
@@ -158,6 +160,22 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             cluster
         }
     };
+    // Power cuts need every replica's data dir on a file system that loses unsynced writes.
+    // Asked for by name, they must be possible; in the default plan they are left out (and
+    // said so) where FUSE is not available.
+    let power = if options.faults.iter().any(|k| k.is_power_cut()) {
+        mount_power_cuts(&mut cluster)?
+    } else if options.faults.is_empty() {
+        match mount_power_cuts(&mut cluster) {
+            Ok(mounts) => mounts,
+            Err(error) => {
+                println!("chaos: power-cut faults left out: {error:#}");
+                BTreeMap::new()
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
     network.release_ports();
     cluster.start_all()?;
     cluster
@@ -203,6 +221,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     }
     .into_iter()
     .filter(|kind| *kind != FaultKind::SsisdbOutage || sql_proxy.is_some())
+    .filter(|kind| !kind.is_power_cut() || !power.is_empty())
     .collect();
     anyhow::ensure!(
         !kinds.is_empty(),
@@ -228,6 +247,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             lease: LEASE,
             election_timeout_max: ELECTION_TIMEOUT_MAX,
             crashes: Vec::new(),
+            power: &power,
         };
         while Instant::now() < faults_until || !plan.is_empty() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
@@ -326,6 +346,26 @@ fn heal_processes(cluster: &mut LocalCluster) {
             warn!(%error, worker = %name, "could not heal the worker");
         }
     }
+}
+
+/// Mounts a [`PowerCutFs`] on every replica's data dir (before the replicas start). The
+/// cluster keeps each mount until its processes are gone.
+fn mount_power_cuts(cluster: &mut LocalCluster) -> anyhow::Result<BTreeMap<u64, Arc<PowerCutFs>>> {
+    let mut mounts = BTreeMap::new();
+    let dirs: Vec<(u64, PathBuf)> = cluster
+        .replicas
+        .iter()
+        .map(|r| (r.id, r.data_dir.clone()))
+        .collect();
+    for (id, dir) in dirs {
+        std::fs::create_dir_all(&dir)?;
+        let mount = Arc::new(PowerCutFs::mount(&dir).with_context(|| {
+            format!("cannot put replica {id}'s data dir on a power-cut file system")
+        })?);
+        cluster.keep_until_drop(Box::new(mount.clone()));
+        mounts.insert(id, mount);
+    }
+    Ok(mounts)
 }
 
 /// The job mix: mostly quick successes, some that run a while (so faults hit running work),

@@ -1,7 +1,7 @@
 //! What a replica tells its operator: the Prometheus metrics sampled at each scrape, and
 //! whether it is ready (`/readyz`, and the gRPC health service on the API port).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use crate::config::MasterConfig;
 use crate::ops::{Observed, Registry};
 use crate::queue::{AttemptOutcome, JobState};
 use crate::raft::election::LeaderContact;
-use crate::raft::{Raft, SharedQueue};
+use crate::raft::{Raft, SharedQueue, WalStats};
 use crate::ssisdb::ShipperStatus;
 
 /// A follower applying more than this many entries behind what it knows committed is still
@@ -63,6 +63,8 @@ pub struct ReplicaObserver {
     queue: SharedQueue,
     contact: Arc<LeaderContact>,
     committed: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// The Raft log's disk work (syncs, appends, entries).
+    wal: Arc<WalStats>,
     /// How long without a leader's word (or, leading, without a majority's) is not ready.
     contact_limit: Duration,
     offline_after_ms: u64,
@@ -76,6 +78,7 @@ impl ReplicaObserver {
         queue: SharedQueue,
         contact: Arc<LeaderContact>,
         committed: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+        wal: Arc<WalStats>,
     ) -> Self {
         registry
             .gauge(
@@ -90,6 +93,7 @@ impl ReplicaObserver {
             queue,
             contact,
             committed,
+            wal,
             contact_limit: contact_limit(config),
             offline_after_ms: config.workers.offline_after_ms,
         }
@@ -211,6 +215,25 @@ impl ReplicaObserver {
             "scaleout_ready",
             "1 when /readyz answers ready.",
             f64::from(u8::from(readiness(view, self.contact_limit).is_ok())),
+        );
+        let total = |name: &'static str, help: &'static str, value: &AtomicU64| {
+            r.counter(name, help, &[])
+                .absolute(value.load(Ordering::Relaxed))
+        };
+        total(
+            "scaleout_wal_syncs_total",
+            "fdatasync calls on the Raft log (one covers every append waiting for it).",
+            &self.wal.syncs,
+        );
+        total(
+            "scaleout_wal_appends_total",
+            "Appends (batches of entries) made durable in the Raft log.",
+            &self.wal.appends,
+        );
+        total(
+            "scaleout_wal_entries_total",
+            "Entries written to the Raft log.",
+            &self.wal.entries,
         );
         self.sample_queue();
         self.sample_shipper();

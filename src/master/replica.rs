@@ -131,6 +131,7 @@ pub async fn run(
         config.storage.cache_capacity_mb << 20,
     )?;
     let (log_store, state_machine) = (storage.log_store, storage.state_machine);
+    let wal_stats = log_store.stats();
     let admission = crate::raft::admission::Admission {
         node_id: config.id,
         storage_id: storage.identity.storage_id,
@@ -232,6 +233,7 @@ pub async fn run(
         queue.clone(),
         contact.clone(),
         committed.clone(),
+        wal_stats,
     ));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_duties = tokio::spawn(report_health(observer.clone(), health_reporter));

@@ -40,7 +40,9 @@ pub use log_store::{LogStore, WalStats};
 pub use network::{PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
 pub use service::{role_name, RaftGrpcService};
 pub use state_machine::{SharedQueue, StateMachine};
-pub use storage::{open_storage, OpenedStorage, StorageIdentity, StorageOpenError};
+pub use storage::{
+    adopt_restored_copy, open_storage, OpenedStorage, StorageIdentity, StorageOpenError,
+};
 
 pub type NodeId = u64;
 

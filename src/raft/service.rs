@@ -112,8 +112,10 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.check_addressee(&request)?;
+        // Undecodable garbage is reported as such first; then the addressee is checked.
+        let addressee = self.check_addressee(&request);
         let rpc = decode(request)?;
+        addressee?;
         // On arrival too: on a loaded machine the append may wait for a flush, and the
         // election driver must not stand against a leader that is talking to it.
         self.contact.touch();
@@ -150,8 +152,9 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.check_addressee(&request)?;
+        let addressee = self.check_addressee(&request);
         let rpc: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(request)?;
+        addressee?;
         let sender = rpc.vote;
         self.contact.touch();
         let result = self.raft.install_snapshot(rpc).await;

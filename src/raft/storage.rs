@@ -236,6 +236,73 @@ pub(super) fn open_storage_with(
     })
 }
 
+/// Makes a restored copy of some replica's data dir this replica's own: for a whole-cluster
+/// restore (docs/operations.md), where every host gets the same backup. The identity is
+/// rewritten to `node_id` with the storage id that the copy's membership (the last membership
+/// entry of its log, else its snapshot's) records for `node_id`, so the restored replicas find
+/// each other admitted as before. Returns the new identity.
+pub fn adopt_restored_copy(
+    data_dir: &Path,
+    node_id: NodeId,
+) -> Result<StorageIdentity, StorageOpenError> {
+    let disk: Arc<dyn Disk> = Arc::new(OsDisk);
+    let raft_dir = data_dir.join("raft");
+    let corrupt = |detail: String| StorageOpenError::Corrupt {
+        path: data_dir.to_path_buf(),
+        detail,
+    };
+    let path = raft_dir.join(IDENTITY_FILE);
+    let bytes = disk::read_all(disk.as_ref(), &path).map_err(|e| io_open_error(data_dir, e))?;
+    let found: StorageIdentity = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(format!("{} does not parse: {e}", path.display())))?;
+    if found.format != DATA_FORMAT_VERSION {
+        return Err(StorageOpenError::UnsupportedFormat {
+            path: data_dir.to_path_buf(),
+            found: found.format,
+            expected: DATA_FORMAT_VERSION,
+        });
+    }
+    let (wal, _) =
+        super::wal::Wal::open(disk.clone(), &raft_dir.join("wal"), DEFAULT_SEGMENT_BYTES)
+            .map_err(|e| corrupt(e.to_string()))?;
+    let mut membership = None;
+    for entry in wal.entry_refs(..).iter().rev() {
+        let entry = entry.read().map_err(|e| corrupt(e.to_string()))?;
+        if let openraft::EntryPayload::Membership(m) = entry.payload {
+            membership = Some(m);
+            break;
+        }
+    }
+    if membership.is_none() {
+        let snapshots = SnapshotStore::open(disk.clone(), &raft_dir.join("snapshot"))
+            .map_err(|e| e.at(data_dir))?;
+        membership = snapshots
+            .meta()
+            .map(|meta| meta.last_membership.membership().clone());
+    }
+    let membership = membership.ok_or_else(|| {
+        corrupt("the copy holds no membership (it was never part of a cluster)".into())
+    })?;
+    let storage_id = membership
+        .get_node(&node_id)
+        .and_then(|node| node.storage_id)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "the copy's membership does not list replica {node_id}; restore a copy of this \
+                 cluster, taken while replica {node_id} was a member"
+            ))
+        })?;
+    let identity = StorageIdentity {
+        format: DATA_FORMAT_VERSION,
+        node_id,
+        storage_id,
+    };
+    let bytes = serde_json::to_vec_pretty(&identity)
+        .map_err(|e| corrupt(format!("cannot encode the identity: {e}")))?;
+    disk::write_atomically(disk.as_ref(), &path, &bytes).map_err(|e| io_open_error(data_dir, e))?;
+    Ok(identity)
+}
+
 fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StorageOpenError> {
     // Nothing relies on sled's flushes (see the module docs); its periodic background flush is
     // left as it is.
