@@ -205,8 +205,18 @@ pub(super) fn open_storage_with(
         .map_err(|e| io_open_error(data_dir, e))?;
     // sled first: its file lock keeps a second process off the whole directory.
     let sled_dir = data_dir.join("sled");
-    let db = open_sled(&sled_dir, cache_capacity_bytes)?;
     let raft_dir = data_dir.join("raft");
+    // With Raft state present, sled holds only what the snapshot and the log rebuild: a sled
+    // that does not open (sled 0.34 never syncs its `conf` file, so a power cut can leave it
+    // unreadable) is set aside and rebuilt rather than refused.
+    let ours = disk.exists(&raft_dir.join(IDENTITY_FILE));
+    let mut db = match open_sled(&sled_dir, cache_capacity_bytes) {
+        Err(StorageOpenError::Corrupt { detail, .. }) if ours => {
+            set_aside_state_machine(&sled_dir, &detail)?;
+            open_sled(&sled_dir, cache_capacity_bytes)?
+        }
+        other => other?,
+    };
     let identity = open_identity(disk.as_ref(), data_dir, &raft_dir, node_id, &db)?;
     let (log_store, recovery) = LogStore::open(disk.clone(), &raft_dir.join("wal"), segment_bytes)
         .map_err(|e| e.at(data_dir))?;
@@ -220,13 +230,22 @@ pub(super) fn open_storage_with(
     let snapshots =
         SnapshotStore::open(disk, &raft_dir.join("snapshot")).map_err(|e| e.at(data_dir))?;
     let has_snapshot = snapshots.meta().is_some();
-    let state_machine = StateMachine::open(&db, snapshots).map_err(|e| match e {
-        LoadError::Corrupt(detail) => StorageOpenError::StateMachineCorrupt {
-            path: sled_dir.clone(),
-            detail,
-        },
-        other => other.at(data_dir),
-    })?;
+    let state_machine = match StateMachine::open(&db, snapshots.clone()) {
+        Ok(state_machine) => state_machine,
+        Err(LoadError::Corrupt(detail)) => {
+            drop(db);
+            set_aside_state_machine(&sled_dir, &detail)?;
+            db = open_sled(&sled_dir, cache_capacity_bytes)?;
+            StateMachine::open(&db, snapshots).map_err(|e| match e {
+                LoadError::Corrupt(detail) => StorageOpenError::StateMachineCorrupt {
+                    path: sled_dir.clone(),
+                    detail,
+                },
+                other => other.at(data_dir),
+            })?
+        }
+        Err(other) => return Err(other.at(data_dir)),
+    };
     let pristine = log_store.is_pristine() && !has_snapshot && !state_machine.has_applied();
     Ok(OpenedStorage {
         log_store,
@@ -301,6 +320,30 @@ pub fn adopt_restored_copy(
         .map_err(|e| corrupt(format!("cannot encode the identity: {e}")))?;
     disk::write_atomically(disk.as_ref(), &path, &bytes).map_err(|e| io_open_error(data_dir, e))?;
     Ok(identity)
+}
+
+/// Moves a damaged state machine store to `sled.damaged` (replacing an older one), so the
+/// replica starts a new one and rebuilds it from its snapshot and log. The damaged copy stays
+/// for a look at what happened.
+fn set_aside_state_machine(sled_dir: &Path, detail: &str) -> Result<(), StorageOpenError> {
+    let aside = sled_dir.with_file_name("sled.damaged");
+    tracing::warn!(
+        path = %sled_dir.display(),
+        aside = %aside.display(),
+        %detail,
+        "the state machine store does not open (a power cut can leave sled so); it holds only \
+         what the snapshot and the log rebuild: setting it aside and rebuilding it"
+    );
+    let moved = (|| {
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)?;
+        }
+        std::fs::rename(sled_dir, &aside)
+    })();
+    moved.map_err(|source| StorageOpenError::Io {
+        path: sled_dir.to_path_buf(),
+        source,
+    })
 }
 
 fn open_sled(dir: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StorageOpenError> {
