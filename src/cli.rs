@@ -943,7 +943,14 @@ pub async fn chaos(
         crate::chaos::ChaosOptions::new(binary, seed, Duration::from_secs(minutes * 60));
     options.faults = kinds;
     options.keep_dir = keep_dir;
-    let report = crate::chaos::run(options).await.map_err(CliError::failed)?;
+    // Stopped by Ctrl-C or SIGTERM, the run is dropped: its processes are killed and its
+    // power-cut file systems unmounted, rather than left behind.
+    let report = tokio::select! {
+        report = crate::chaos::run(options) => report.map_err(CliError::failed)?,
+        () = shutdown_signal() => {
+            return Err(CliError::failed(anyhow::anyhow!("the chaos run was stopped")));
+        }
+    };
     match output {
         Output::Json => println!(
             "{}",
