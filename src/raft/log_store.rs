@@ -57,11 +57,18 @@ enum Waiter {
 
 struct SyncRequest {
     files: Vec<Arc<dyn DiskFile>>,
+    /// The log's write position when the request was made: once synced, everything before it
+    /// is durable.
+    upto: (u64, u64),
     waiter: Waiter,
 }
 
 /// The first sync failure, kept for good.
 type Poison = Arc<Mutex<Option<String>>>;
+
+/// How far the log is known durable: a write position (see `Wal::position`), and whether
+/// syncing failed for good (then it never moves again).
+type Synced = tokio::sync::watch::Sender<((u64, u64), bool)>;
 
 /// The replica's Raft log. Cheap to clone: openraft's log readers, used by the replication
 /// tasks, are clones of it.
@@ -70,6 +77,7 @@ pub struct LogStore {
     wal: Arc<Mutex<Wal>>,
     syncer: mpsc::Sender<SyncRequest>,
     poison: Poison,
+    synced: Arc<Synced>,
     stats: Arc<WalStats>,
     /// The last saved committed index plus one (0: none), shared by all clones, so status
     /// reports read it without taking the log's lock.
@@ -88,15 +96,22 @@ impl LogStore {
             WalError::Corrupt(detail) => LoadError::Corrupt(detail),
             WalError::Encode(e) => LoadError::Corrupt(e.to_string()),
         })?;
+        // What replay found may be in the page cache only (a process crash, not a power cut,
+        // keeps unsynced writes): sync it once, so everything in the log counts as durable.
+        for file in wal.files_to_sync() {
+            file.sync_data().map_err(LoadError::Io)?;
+        }
         let (syncer, requests) = mpsc::channel();
         let poison = Poison::default();
+        let synced = Arc::new(Synced::new((wal.position(), false)));
         let stats = Arc::new(WalStats::default());
         std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn({
                 let poison = poison.clone();
+                let synced = synced.clone();
                 let stats = stats.clone();
-                move || run_syncer(requests, poison, stats)
+                move || run_syncer(requests, poison, synced, stats)
             })
             .map_err(LoadError::Io)?;
         let store = LogStore {
@@ -104,6 +119,7 @@ impl LogStore {
             wal: Arc::new(Mutex::new(wal)),
             syncer,
             poison,
+            synced,
             stats,
         };
         let committed = store.lock_unchecked().committed();
@@ -158,9 +174,15 @@ impl LogStore {
             .clone()
     }
 
-    /// Hands `files` to the syncer; `waiter` is completed once they are durable.
-    fn request_sync(&self, files: Vec<Arc<dyn DiskFile>>, waiter: Waiter) {
-        if let Err(mpsc::SendError(request)) = self.syncer.send(SyncRequest { files, waiter }) {
+    /// Hands `files` to the syncer; `waiter` is completed once they (everything written before
+    /// position `upto`) are durable.
+    fn request_sync(&self, files: Vec<Arc<dyn DiskFile>>, upto: (u64, u64), waiter: Waiter) {
+        let request = SyncRequest {
+            files,
+            upto,
+            waiter,
+        };
+        if let Err(mpsc::SendError(request)) = self.syncer.send(request) {
             complete(
                 request.waiter,
                 Err("the log's syncer thread is gone".into()),
@@ -168,10 +190,37 @@ impl LogStore {
         }
     }
 
-    /// Syncs what was written so far and waits for it.
-    async fn sync_now(&self, files: Vec<Arc<dyn DiskFile>>) -> Result<(), String> {
+    /// Waits until log entry `index` is durable here (at once if it is not in this log: purged,
+    /// or never appended because it came in a snapshot). The state machine calls this before it
+    /// writes an applied entry's effects: a leader may apply an entry that its followers made
+    /// durable before its own sync returned, and sled's background flush must never persist
+    /// state beyond what this replica's log can replay after a power cut.
+    pub(super) async fn wait_durable(&self, index: u64) -> Result<(), String> {
+        let Some(end) = self.lock_unchecked().entry_end(index) else {
+            return Ok(());
+        };
+        let mut synced = self.synced.subscribe();
+        let failed = synced
+            .wait_for(|(position, failed)| *failed || *position >= end)
+            .await
+            .map_err(|_| "the log's syncer thread is gone".to_string())?
+            .1;
+        if failed {
+            return Err(self
+                .poison_message()
+                .unwrap_or_else(|| "fdatasync of the raft log failed".into()));
+        }
+        Ok(())
+    }
+
+    /// Syncs what was written so far (up to position `upto`) and waits for it.
+    async fn sync_now(
+        &self,
+        files: Vec<Arc<dyn DiskFile>>,
+        upto: (u64, u64),
+    ) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.request_sync(files, Waiter::Call(done));
+        self.request_sync(files, upto, Waiter::Call(done));
         wait.await
             .unwrap_or_else(|_| Err("the log's syncer thread is gone".into()))
     }
@@ -179,7 +228,12 @@ impl LogStore {
 
 /// The syncer thread: takes every request waiting, syncs each file named once, then completes
 /// the requests in arrival order with the result.
-fn run_syncer(requests: mpsc::Receiver<SyncRequest>, poison: Poison, stats: Arc<WalStats>) {
+fn run_syncer(
+    requests: mpsc::Receiver<SyncRequest>,
+    poison: Poison,
+    synced: Arc<Synced>,
+    stats: Arc<WalStats>,
+) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
@@ -189,10 +243,13 @@ fn run_syncer(requests: mpsc::Receiver<SyncRequest>, poison: Poison, stats: Arc<
                 files.push(file);
             }
         }
-        let mut poisoned = poison
+        let upto = batch.iter().map(|request| request.upto).max();
+        // Not held during the syncs: every log call looks at it.
+        let earlier_failure = poison
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let result = match poisoned.clone() {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let result = match earlier_failure {
             Some(failure) => Err(failure),
             None => files
                 .iter()
@@ -206,11 +263,17 @@ fn run_syncer(requests: mpsc::Receiver<SyncRequest>, poison: Poison, stats: Arc<
                          replay what is on disk, and check the disk and file system"
                     );
                     tracing::error!(error = %e, "fdatasync of the raft log failed; the log is unusable until restart");
-                    *poisoned = Some(failure.clone());
+                    *poison
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(failure.clone());
                     failure
                 }),
         };
-        drop(poisoned);
+        synced.send_modify(|(position, failed)| match (&result, upto) {
+            (Ok(()), Some(upto)) => *position = (*position).max(upto),
+            (Ok(()), None) => {}
+            (Err(_), _) => *failed = true,
+        });
         for request in batch {
             if matches!(request.waiter, Waiter::Append(_)) && result.is_ok() {
                 stats.appends.fetch_add(1, Ordering::Relaxed);
@@ -301,9 +364,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut wal = self.lock(ErrorSubject::Vote, ErrorVerb::Write)?;
             wal.save_vote(*vote)
                 .map_err(|e| wal_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-            wal.files_to_sync()
+            (wal.files_to_sync(), wal.position())
         };
-        self.sync_now(files)
+        self.sync_now(files.0, files.1)
             .await
             .map_err(|e| StorageIOError::write_vote(AnyError::error(e)).into())
     }
@@ -343,13 +406,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 wal.append(entries)
                     .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
                 self.stats.entries.fetch_add(count, Ordering::Relaxed);
-                Ok(wal.files_to_sync())
+                Ok((wal.files_to_sync(), wal.position()))
             });
         match written {
             // Only once the syncer has synced them may openraft count these entries toward a
             // majority; it reads them back (to replicate) meanwhile, from the page cache.
-            Ok(files) => {
-                self.request_sync(files, Waiter::Append(callback));
+            Ok((files, upto)) => {
+                self.request_sync(files, upto, Waiter::Append(callback));
                 Ok(())
             }
             Err(e) => {
@@ -375,9 +438,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut wal = self.lock(ErrorSubject::Logs, ErrorVerb::Write)?;
             wal.purge(log_id)
                 .map_err(|e| wal_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            wal.files_to_sync()
+            (wal.files_to_sync(), wal.position())
         };
-        self.sync_now(files)
+        self.sync_now(files.0, files.1)
             .await
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
         let removed = self

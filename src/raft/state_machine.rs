@@ -29,6 +29,7 @@
 use std::io::Cursor;
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use super::log_store::LogStore;
 use super::snapshot_store::SnapshotStore;
 use super::storage::{decode, decode_loaded, encode, LoadError};
 use super::{
@@ -233,6 +234,9 @@ fn snapshot_error(
 pub struct StateMachine {
     sm: sled::Tree,
     snapshots: SnapshotStore,
+    /// This replica's log: an applied entry's effects are written only once the entry is
+    /// durable in it.
+    log: LogStore,
     queue: SharedQueue,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -241,7 +245,11 @@ pub struct StateMachine {
 impl StateMachine {
     /// Loads the persisted state (meta keys and every job, worker and log row), and rewrites it
     /// from the snapshot when it is older than the snapshot.
-    pub(super) fn open(db: &sled::Db, snapshots: SnapshotStore) -> Result<Self, LoadError> {
+    pub(super) fn open(
+        db: &sled::Db,
+        snapshots: SnapshotStore,
+        log: LogStore,
+    ) -> Result<Self, LoadError> {
         let sm = db.open_tree(SM_TREE)?;
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
@@ -320,6 +328,7 @@ impl StateMachine {
         let mut state_machine = StateMachine {
             sm,
             snapshots,
+            log,
             queue: Arc::new(RwLock::new(queue)),
             last_applied,
             membership,
@@ -537,6 +546,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             next_job_id,
             next_lease_token,
         )?;
+        // sled may persist this batch on its own (its background flush), so it must not get
+        // ahead of what this replica's log can replay after a power cut.
+        if let Some(last) = self.last_applied {
+            self.log
+                .wait_durable(last.index)
+                .await
+                .map_err(|e| sm_write_error(AnyError::error(e)))?;
+        }
         // An error here leaves memory ahead of disk; openraft stops this replica on a storage
         // error, and on restart the log replays what is missing.
         self.sm.apply_batch(batch).map_err(|e| sm_write_error(&e))?;

@@ -230,13 +230,13 @@ pub(super) fn open_storage_with(
     let snapshots =
         SnapshotStore::open(disk, &raft_dir.join("snapshot")).map_err(|e| e.at(data_dir))?;
     let has_snapshot = snapshots.meta().is_some();
-    let state_machine = match StateMachine::open(&db, snapshots.clone()) {
+    let state_machine = match StateMachine::open(&db, snapshots.clone(), log_store.clone()) {
         Ok(state_machine) => state_machine,
         Err(LoadError::Corrupt(detail)) => {
             drop(db);
             set_aside_state_machine(&sled_dir, &detail)?;
             db = open_sled(&sled_dir, cache_capacity_bytes)?;
-            StateMachine::open(&db, snapshots).map_err(|e| match e {
+            StateMachine::open(&db, snapshots, log_store.clone()).map_err(|e| match e {
                 LoadError::Corrupt(detail) => StorageOpenError::StateMachineCorrupt {
                     path: sled_dir.clone(),
                     detail,

@@ -370,6 +370,19 @@ impl Wal {
         Ok(offset)
     }
 
+    /// Where the next write goes: (segment, offset). Positions only grow, truncations included,
+    /// so "synced up to position P" covers every write made before P was read.
+    pub(super) fn position(&self) -> (u64, u64) {
+        (self.active, self.write_offset)
+    }
+
+    /// The position just past entry `index`, if it is in the log.
+    pub(super) fn entry_end(&self, index: u64) -> Option<(u64, u64)> {
+        self.entries
+            .get(&index)
+            .map(|slot| (slot.segment, slot.offset + u64::from(slot.len)))
+    }
+
     /// The files a caller must sync before the writes made so far are durable: the active
     /// segment (sealed ones were synced when sealed).
     pub(super) fn files_to_sync(&self) -> Vec<Arc<dyn DiskFile>> {
