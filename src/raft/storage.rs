@@ -271,16 +271,7 @@ pub fn adopt_restored_copy(
         detail,
     };
     let path = raft_dir.join(IDENTITY_FILE);
-    let bytes = disk::read_all(disk.as_ref(), &path).map_err(|e| io_open_error(data_dir, e))?;
-    let found: StorageIdentity = serde_json::from_slice(&bytes)
-        .map_err(|e| corrupt(format!("{} does not parse: {e}", path.display())))?;
-    if found.format != DATA_FORMAT_VERSION {
-        return Err(StorageOpenError::UnsupportedFormat {
-            path: data_dir.to_path_buf(),
-            found: found.format,
-            expected: DATA_FORMAT_VERSION,
-        });
-    }
+    read_identity(disk.as_ref(), data_dir, &path)?;
     let (wal, _) =
         super::wal::Wal::open(disk.clone(), &raft_dir.join("wal"), DEFAULT_SEGMENT_BYTES)
             .map_err(|e| corrupt(e.to_string()))?;
@@ -319,6 +310,28 @@ pub fn adopt_restored_copy(
     let bytes = serde_json::to_vec_pretty(&identity)
         .map_err(|e| corrupt(format!("cannot encode the identity: {e}")))?;
     disk::write_atomically(disk.as_ref(), &path, &bytes).map_err(|e| io_open_error(data_dir, e))?;
+    Ok(identity)
+}
+
+/// Reads the identity at `path` and checks its format.
+fn read_identity(
+    disk: &dyn Disk,
+    data_dir: &Path,
+    path: &Path,
+) -> Result<StorageIdentity, StorageOpenError> {
+    let bytes = disk::read_all(disk, path).map_err(|e| io_open_error(data_dir, e))?;
+    let identity: StorageIdentity =
+        serde_json::from_slice(&bytes).map_err(|e| StorageOpenError::Corrupt {
+            path: data_dir.to_path_buf(),
+            detail: format!("{} does not parse: {e}", path.display()),
+        })?;
+    if identity.format != DATA_FORMAT_VERSION {
+        return Err(StorageOpenError::UnsupportedFormat {
+            path: data_dir.to_path_buf(),
+            found: identity.format,
+            expected: DATA_FORMAT_VERSION,
+        });
+    }
     Ok(identity)
 }
 
@@ -386,16 +399,7 @@ fn open_identity(
     };
     let path = raft_dir.join(IDENTITY_FILE);
     if disk.exists(&path) {
-        let bytes = disk::read_all(disk, &path).map_err(|e| io_open_error(data_dir, e))?;
-        let identity: StorageIdentity = serde_json::from_slice(&bytes)
-            .map_err(|e| corrupt(format!("{} does not parse: {e}", path.display())))?;
-        if identity.format != DATA_FORMAT_VERSION {
-            return Err(StorageOpenError::UnsupportedFormat {
-                path: data_dir.to_path_buf(),
-                found: identity.format,
-                expected: DATA_FORMAT_VERSION,
-            });
-        }
+        let identity = read_identity(disk, data_dir, &path)?;
         if identity.node_id != node_id {
             return Err(StorageOpenError::OtherReplica {
                 path: data_dir.to_path_buf(),

@@ -778,3 +778,32 @@ async fn log_and_vote_survive_reopen() {
         Vec::<Entry>::new()
     );
 }
+
+/// The whole-cluster restore: a copy of replica 1's data dir becomes replica 2's own, with the
+/// storage id its membership records for replica 2.
+#[tokio::test]
+async fn a_restored_copy_is_adopted_with_the_storage_id_its_membership_names() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _sm) = open(dir.path());
+        log.blocking_append(vec![membership_entry(1, 1)])
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        open_storage(dir.path(), 2, CACHE_BYTES),
+        Err(StorageOpenError::OtherReplica {
+            found: 1,
+            expected: 2,
+            ..
+        })
+    ));
+    let adopted = adopt_restored_copy(dir.path(), 2).unwrap();
+    assert_eq!(adopted.node_id, 2);
+    assert_eq!(adopted.storage_id, uuid::Uuid::from_u128(2));
+    let opened = open_storage(dir.path(), 2, CACHE_BYTES).unwrap();
+    assert_eq!(opened.identity, adopted);
+    drop(opened);
+    // A replica the copy's membership does not name cannot adopt it.
+    assert!(adopt_restored_copy(dir.path(), 9).is_err());
+}
