@@ -37,6 +37,8 @@ struct SimState {
     /// While set, `sync_data` returns without making anything durable (a test proving that
     /// the syncs are what keep data).
     ignore_syncs: bool,
+    /// While set, `sync_data` fails (a disk that refuses a flush).
+    fail_syncs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +118,11 @@ impl SimDisk {
         self.lock().data_syncs
     }
 
+    /// Makes `sync_data` fail (`true`) or work again.
+    pub fn fail_syncs(&self, fail: bool) {
+        self.lock().fail_syncs = fail;
+    }
+
     /// Makes `sync_data` a no-op (`true`) or real again.
     pub fn ignore_syncs(&self, ignore: bool) {
         self.lock().ignore_syncs = ignore;
@@ -188,6 +195,9 @@ impl DiskFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         self.with(|state, i| {
             state.data_syncs += 1;
+            if state.fail_syncs {
+                return Err(io::Error::other("the simulated disk failed a flush"));
+            }
             if state.ignore_syncs {
                 return Ok(());
             }

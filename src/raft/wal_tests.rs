@@ -115,6 +115,21 @@ async fn every_acknowledgment_waits_for_a_sync() {
     );
 }
 
+/// After a failed fdatasync nothing written since can be trusted: the append is not
+/// acknowledged, and the store refuses every later call, even once the disk works again.
+#[tokio::test]
+async fn a_failed_sync_poisons_the_log() {
+    let disk = SimDisk::default();
+    let mut store = open_store(&disk, 1 << 20);
+    store.blocking_append(vec![entry(1, 1, 0)]).await.unwrap();
+    disk.fail_syncs(true);
+    assert!(store.blocking_append(vec![entry(1, 2, 0)]).await.is_err());
+    disk.fail_syncs(false);
+    assert!(store.blocking_append(vec![entry(1, 3, 0)]).await.is_err());
+    assert!(store.save_vote(&Vote::new(2, 1)).await.is_err());
+    assert!(store.try_get_log_entries(..).await.is_err());
+}
+
 #[tokio::test]
 async fn a_purge_is_durable_before_segments_go_and_leaves_no_hole() {
     for seed in 0..20u64 {
