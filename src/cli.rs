@@ -172,7 +172,8 @@ pub struct JobSubmitArgs {
     /// Run time limit in seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Retrying with the same key returns the same job.
+    /// Retrying with the same key returns the same job. Without one, the CLI makes a key and
+    /// prints it when the outcome is unknown (exit 3), for a safe retry.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// A package parameter name=value (repeatable).
@@ -355,9 +356,31 @@ pub fn spec_from_args(args: &JobSubmitArgs) -> Result<v1::JobSpec, CliError> {
 pub async fn job_submit(args: &JobSubmitArgs) -> Result<(), CliError> {
     let spec = spec_from_args(args)?;
     let client = args.client.client()?;
-    let reply = client
-        .submit_job(spec, args.idempotency_key.clone())
-        .await?;
+    // Made here, not in the client, so that it can be shown when the outcome is unknown.
+    let key = args
+        .idempotency_key
+        .clone()
+        .filter(|key| !key.is_empty())
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let reply = match client.submit_job(spec, Some(key.clone())).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            let unknown = match &error {
+                ClientError::Unavailable { .. } => true,
+                ClientError::Rejected(status) => crate::client::outcome_unknown(status.code()),
+                _ => false,
+            };
+            let mut failure = CliError::from(error);
+            if unknown {
+                failure.error = failure.error.context(format!(
+                    "the submit's outcome is unknown: the job may have been created. Retry \
+                     with the same idempotency key, which cannot create a second job: run the \
+                     same command with --idempotency-key {key}"
+                ));
+            }
+            return Err(failure);
+        }
+    };
     match args.client.output {
         Output::Json => println!(
             "{}",

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::master::status::{describe, is_retryable_elsewhere, redirect_address};
 use crate::pb::v1::admin_service_client::AdminServiceClient;
@@ -440,17 +440,37 @@ impl Client {
             .ok_or_else(|| ClientError::Rejected(Status::internal("the reply had no worker")))
     }
 
+    /// Removes an idle worker. A retry whose earlier try may have removed it (its answer was
+    /// lost) and that then finds no such worker reports success: the worker is gone either way.
     pub async fn remove_worker(&self, worker_id: &str) -> Result<(), ClientError> {
         let request = RemoveWorkerRequest {
             worker_id: worker_id.to_string(),
         };
-        self.on_leader(|channel, timeout| {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(timeout);
-            async move { AdminServiceClient::new(channel).remove_worker(call).await }
-        })
-        .await?;
-        Ok(())
+        let maybe_removed = std::sync::atomic::AtomicBool::new(false);
+        let outcome = self
+            .on_leader(|channel, timeout| {
+                let mut call = tonic::Request::new(request.clone());
+                call.set_timeout(timeout);
+                let maybe_removed = &maybe_removed;
+                async move {
+                    let reply = AdminServiceClient::new(channel).remove_worker(call).await;
+                    if reply.as_ref().is_err_and(|s| outcome_unknown(s.code())) {
+                        maybe_removed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    reply
+                }
+            })
+            .await;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(ClientError::Rejected(status))
+                if status.code() == Code::NotFound
+                    && maybe_removed.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Adds replica `id` (which must be running) as a learner, waits up to `catch_up` for it to
@@ -501,4 +521,18 @@ impl Client {
 fn jitter(base: Duration) -> Duration {
     let factor = rand::thread_rng().gen_range(0.5..1.5);
     base.mul_f64(factor)
+}
+
+/// Whether a call that ended with `code` may still have taken effect on the leader (its answer
+/// was lost or it timed out after being sent): the caller cannot tell, and a retry must be one
+/// the leader recognizes (an idempotency key, or a call that is harmless twice).
+pub fn outcome_unknown(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    )
 }

@@ -59,6 +59,8 @@
 //! | `workers.approval` | (default: `manual`) `manual` keeps a new worker disabled until an admin enables it (`scaleout workers enable ID`), as SSIS does; `auto` enables it when it registers. |
 //! | `workers.max_acquire_wait_ms` | (default: 10000) The longest an AcquireTasks long-poll waits for work (at most 60000). |
 //! | `workers.expiry_check_interval_ms` | (default: 500) How often the leader looks for expired leases (10..=60000). |
+//! | `workers.max_clock_jump_ms` | (default: 86400000, 1 day) How far a new leader's wall clock may be ahead of the cluster's time (the last time applied) and still be taken as it is; beyond it, time moves on from the cluster's time plus this bound, with a WARN, so one host with a wrong clock cannot age every lease, retry delay and retention at once. Within a term, time follows the monotonic clock, so a clock step there changes nothing (`master::clock`). 0: no bound. |
+//! | `workers.test_clock_offset_file` | (default: none) **Test only**: a file holding a signed number of ms added to this replica's wall clock, re-read every 50 ms; the chaos suite steps clocks with it. Never set it in production. |
 //! | `api.max_message_bytes` | (default: 4194304) Largest gRPC message accepted or sent, on both the API and the peer service (64 KiB..=256 MiB). |
 //! | `ssisdb.connection_string` | (default: none) ADO.NET connection string of the SSISDB the leader ships job, attempt, worker and log events to, e.g. `Server=tcp:ag-listener.corp,1433;Database=SSISDB;User Id=scaleout_master;Encrypt=true`: `;`-separated `key=value` pairs (values may be quoted with `"` or `'`). It needs a server (`Server`, `Data Source`, `Address`, `Addr` or `Network Address`) and a SQL login (`User Id`, `UID` or `User`; integrated authentication is not supported), and must not hold the password (`Password`/`Pwd`): give that by `ssisdb.password_file` or `ssisdb.password_env`. Absent or empty: no SSISDB; events stay on the replicas for `ssisdb.retention_secs`, and the other `ssisdb` keys but the numbers are ignored. |
 //! | `ssisdb.password_file` | File holding the SQL login's password (one trailing line break is dropped); follows the `data_dir` rule for relative paths. With a connection string, exactly one of `password_file` and `password_env` is required; the file must be readable and not empty. |
@@ -291,6 +293,10 @@ pub struct WorkerSettings {
     pub max_acquire_wait_ms: u64,
     /// How often the leader checks for expired leases.
     pub expiry_check_interval_ms: u64,
+    /// How far a new leader's wall clock may be ahead of the cluster's time (`master::clock`).
+    pub max_clock_jump_ms: u64,
+    /// Test only: a file whose signed ms are added to the wall clock (clock-step faults).
+    pub test_clock_offset_file: Option<PathBuf>,
 }
 
 impl Default for WorkerSettings {
@@ -301,6 +307,8 @@ impl Default for WorkerSettings {
             approval: WorkerApproval::Manual,
             max_acquire_wait_ms: 10_000,
             expiry_check_interval_ms: 500,
+            max_clock_jump_ms: 86_400_000,
+            test_clock_offset_file: None,
         }
     }
 }
@@ -1466,6 +1474,8 @@ const WORKERS: &[Field] = &[
     opt("approval", Kind::Str),
     opt("max_acquire_wait_ms", Kind::Int),
     opt("expiry_check_interval_ms", Kind::Int),
+    opt("max_clock_jump_ms", Kind::Int),
+    opt("test_clock_offset_file", Kind::Str),
 ];
 
 const SSISDB: &[Field] = &[
@@ -2876,6 +2886,7 @@ heartbeat_interval_ms = 100
             address: "127.0.0.1:7303".into(),
         }];
         c.metrics_listen = Some("127.0.0.1:9464".into());
+        c.workers.test_clock_offset_file = Some(dir.path().join("clock-offset"));
         let mut from_structs = BTreeSet::new();
         leaves(
             &Value::try_from(&c).unwrap(),

@@ -97,6 +97,9 @@ pub struct ClusterOptions {
     /// Mutual TLS with certificates from a development CA made for this cluster (the default);
     /// `false` runs everything with `insecure = true`.
     pub tls: bool,
+    /// Test only: each replica's wall clock follows an offset file the cluster writes
+    /// ([`LocalCluster::step_clock`]), through `workers.test_clock_offset_file`.
+    pub steppable_clocks: bool,
 }
 
 impl Default for ClusterOptions {
@@ -106,6 +109,7 @@ impl Default for ClusterOptions {
             overrides: Vec::new(),
             log_filter: "info".into(),
             tls: true,
+            steppable_clocks: false,
         }
     }
 }
@@ -188,6 +192,9 @@ fn tls_table(paths: &TlsPaths) -> String {
         paths.key.display()
     )
 }
+
+/// In a replica's directory: its clock offset in ms (`steppable_clocks`).
+const CLOCK_OFFSET_FILE: &str = "clock-offset";
 
 pub struct LocalCluster {
     binary: PathBuf,
@@ -457,12 +464,20 @@ impl LocalCluster {
             (security, String::new())
         };
         let metrics_addr = format!("127.0.0.1:{}", free_ports(1)?[0]);
+        let clock = if self.options.steppable_clocks {
+            format!(
+                "test_clock_offset_file = \"{}\"\n",
+                dir.join(CLOCK_OFFSET_FILE).display()
+            )
+        } else {
+            String::new()
+        };
         fs::write(
             &config_path,
             format!(
                 "id = {id}\ndata_dir = \"{}\"\napi_listen = \"{}\"\npeer_listen = \"{}\"\n\
                  metrics_listen = \"{metrics_addr}\"\n{top}{listed}\n[workers]\n\
-                 approval = \"auto\"\n{tables}",
+                 approval = \"auto\"\n{clock}{tables}",
                 data_dir.display(),
                 me.api_listen,
                 me.peer_listen,
@@ -480,6 +495,19 @@ impl LocalCluster {
             log_path: dir.join("replica.log"),
             child: None,
         });
+        Ok(())
+    }
+
+    /// Steps replica `id`'s wall clock to `offset_ms` from the real one (a cluster started
+    /// with `steppable_clocks`); the replica sees it within 50 ms.
+    pub fn step_clock(&self, id: u64, offset_ms: i64) -> anyhow::Result<()> {
+        if !self.options.steppable_clocks {
+            bail!("the cluster was started without steppable_clocks");
+        }
+        let dir = self.root.join(format!("replica-{id}"));
+        let tmp = dir.join(format!("{CLOCK_OFFSET_FILE}.tmp"));
+        fs::write(&tmp, offset_ms.to_string())?;
+        fs::rename(&tmp, dir.join(CLOCK_OFFSET_FILE))?;
         Ok(())
     }
 

@@ -139,6 +139,45 @@ fn client_commands_exit_3_when_the_cluster_is_unreachable() {
 }
 
 #[test]
+fn a_submit_with_an_unknown_outcome_prints_the_key_to_retry_with() {
+    let submit = |key: Option<&str>| {
+        let mut args = vec![
+            "job",
+            "submit",
+            "--endpoints",
+            "127.0.0.1:1",
+            "--timeout-secs",
+            "1",
+            "--insecure",
+        ];
+        if let Some(key) = key {
+            args.extend(["--idempotency-key", key]);
+        }
+        args.extend(["--", "echo", "hi"]);
+        Command::new(binary()).args(args).output().expect("run")
+    };
+    let output = submit(None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    let key = stderr
+        .split("--idempotency-key ")
+        .nth(1)
+        .and_then(|rest| rest.split([':', ' ', '\n']).next())
+        .unwrap_or_else(|| panic!("no key to retry with in: {stderr}"));
+    assert!(key.starts_with("cli-") && key.len() > 20, "{stderr}");
+    assert!(stderr.contains("outcome is unknown"), "{stderr}");
+
+    // A key the user gave is the one shown.
+    let output = submit(Some("nightly-load-2026-12-04"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("--idempotency-key nightly-load-2026-12-04"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_invalid_job_spec_exits_2_before_any_network_call() {
     let output = Command::new(binary())
         .args([

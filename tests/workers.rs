@@ -614,6 +614,65 @@ async fn a_leaderless_gap_longer_than_the_lease_kills_no_running_task() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_steps_on_the_leader_expire_no_lease() {
+    let _serial = SERIAL.lock().await;
+    let options = ClusterOptions {
+        overrides: vec![
+            "workers.lease_interval_ms=3000".into(),
+            "workers.expiry_check_interval_ms=100".into(),
+            "workers.offline_after_ms=3000".into(),
+        ],
+        steppable_clocks: true,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = LocalCluster::start(binary(), options).expect("start replicas");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(fast_worker("a")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+    let mut jobs = Vec::new();
+    for n in 0..2 {
+        jobs.push(
+            client
+                .submit_job(shell("sleep 8"), Some(format!("clock-{n}")))
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    for id in &jobs {
+        wait_running(&client, *id).await;
+    }
+    // Inside the leader's term: two lease intervals forward, then back again. Read as it is, the
+    // forward step would expire both leases at the next expiry check (100 ms).
+    cluster.step_clock(leader, 6_000).expect("step forward");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.step_clock(leader, -6_000).expect("step back");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    for id in &jobs {
+        let job = client.get_job(*id, false).await.expect("get");
+        assert_eq!(job.state, JobState::Running as i32, "job {id}: {job:?}");
+    }
+    // Between terms: the next leader's clock is two lease intervals ahead.
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.step_clock(id, 6_000).expect("step a follower");
+    }
+    cluster.kill(leader).expect("kill -9 the leader");
+    cluster.wait_for_leader(WAIT).await.expect("a new leader");
+    for id in &jobs {
+        let job = wait_terminal(&client, *id, &cluster).await;
+        assert_eq!(
+            outcomes(&job),
+            vec![AttemptOutcome::Succeeded],
+            "job {id}: {job:?}"
+        );
+    }
+    let log = std::fs::read_to_string(&cluster.replica(leader).expect("old leader").log_path)
+        .expect("the old leader's log");
+    assert!(log.contains("wall clock stepped"), "no step warning: {log}");
+}
+
 /// Runs the CLI against the cluster and returns (exit code, stdout).
 fn cli(cluster: &LocalCluster, args: &[&str]) -> (Option<i32>, String) {
     let endpoints = cluster.endpoints().join(",");

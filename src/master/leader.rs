@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::proposer::{now_ms, Proposer};
+use super::proposer::Proposer;
 use crate::config::WorkerSettings;
 use crate::queue::{Command, CommandOutput};
 use crate::raft::{Raft, SharedQueue};
+
+/// How far the wall clock may drift from a term's time before a warning says it stepped.
+const WALL_STEP_REPORTED_MS: u64 = 2_000;
 
 /// Runs until the Raft node shuts down.
 pub async fn run(raft: Raft, proposer: Proposer, queue: SharedQueue, settings: WorkerSettings) {
@@ -34,6 +37,10 @@ pub async fn run(raft: Raft, proposer: Proposer, queue: SharedQueue, settings: W
                 return;
             }
         };
+        // This term's time starts from a fresh wall clock reading, kept at or after the cluster
+        // time applied so far (`clock.rs`); the extension below is stamped with it.
+        let applied_ms = queue.read().unwrap_or_else(|p| p.into_inner()).clock_ms();
+        proposer.clock().begin_term(term, applied_ms);
         match proposer
             .propose(Command::ExtendLeases {
                 lease_ms: settings.lease_interval_ms,
@@ -67,8 +74,19 @@ async fn expire_while_leading(
     let mut interval =
         tokio::time::interval(Duration::from_millis(settings.expiry_check_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut step_reported = false;
     loop {
         interval.tick().await;
+        let drift_ms = proposer.clock().wall_drift_ms();
+        if !step_reported && drift_ms.unsigned_abs() > WALL_STEP_REPORTED_MS {
+            step_reported = true;
+            warn!(
+                term,
+                drift_ms,
+                "the wall clock stepped while leading; lease time follows the monotonic clock \
+                 and takes the wall clock again at the next term"
+            );
+        }
         let still_leading = {
             let m = raft.metrics().borrow().clone();
             m.state == openraft::ServerState::Leader && m.current_term == term
@@ -79,7 +97,9 @@ async fn expire_while_leading(
         }
         let due = {
             let queue = queue.read().unwrap_or_else(|p| p.into_inner());
-            queue.next_lease_expiry().is_some_and(|at| at <= now_ms())
+            queue
+                .next_lease_expiry()
+                .is_some_and(|at| at <= proposer.now_ms())
         };
         if !due {
             continue;

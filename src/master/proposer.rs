@@ -3,17 +3,18 @@
 //! openraft waits for each append's flush before the next, so one command per entry would cap
 //! throughput at one fsync per command. Callers hand their command to the proposer task; it takes
 //! as many as are waiting (up to `max_batch`, lingering briefly for more), proposes them as one
-//! [`Proposal`] stamped with this leader's clock, and hands each caller its own result. Up to
+//! [`Proposal`] stamped with this leader's clock ([`LeaderClock`]), and hands each caller its own result. Up to
 //! `max_in_flight` entries are in the pipeline at once; while they are, new commands pile up and
 //! form the next, larger batch.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
+use super::clock::LeaderClock;
 use super::observe::ProposalMetrics;
 use crate::config::ProposalSettings;
 use crate::queue::{Command, CommandResult};
@@ -48,6 +49,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     queue: mpsc::Sender<Pending>,
+    clock: Arc<LeaderClock>,
 }
 
 impl Proposer {
@@ -61,6 +63,7 @@ impl Proposer {
         max_batch_bytes: usize,
         outbox_limit: u64,
         metrics: ProposalMetrics,
+        clock: Arc<LeaderClock>,
     ) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
         let batcher = Batcher {
@@ -71,9 +74,20 @@ impl Proposer {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             outbox_limit,
             metrics,
+            clock: clock.clone(),
         };
         tokio::spawn(batcher.run(rx));
-        Proposer { queue: tx }
+        Proposer { queue: tx, clock }
+    }
+
+    /// The clock proposals are stamped with.
+    pub fn clock(&self) -> &LeaderClock {
+        &self.clock
+    }
+
+    /// What a proposal made now is stamped with: this leader's idea of cluster time.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Proposes one command and waits until it is committed and applied.
@@ -100,6 +114,7 @@ struct Batcher {
     in_flight: Arc<Semaphore>,
     outbox_limit: u64,
     metrics: ProposalMetrics,
+    clock: Arc<LeaderClock>,
 }
 
 impl Batcher {
@@ -141,15 +156,24 @@ impl Batcher {
             let raft = self.raft.clone();
             let outbox_limit = self.outbox_limit;
             let metrics = self.metrics.clone();
+            // Stamped here, in gathering order; apply keeps cluster time from going backwards
+            // when concurrent batches commit in another order.
+            let now_ms = self.clock.now_ms();
             tokio::spawn(async move {
-                commit(raft, batch, outbox_limit, &metrics).await;
+                commit(raft, batch, now_ms, outbox_limit, &metrics).await;
                 drop(permit);
             });
         }
     }
 }
 
-async fn commit(raft: Raft, batch: Vec<Pending>, outbox_limit: u64, metrics: &ProposalMetrics) {
+async fn commit(
+    raft: Raft,
+    batch: Vec<Pending>,
+    now_ms: u64,
+    outbox_limit: u64,
+    metrics: &ProposalMetrics,
+) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
@@ -157,7 +181,7 @@ async fn commit(raft: Raft, batch: Vec<Pending>, outbox_limit: u64, metrics: &Pr
     metrics.commands.increment(count as u64);
     metrics.batch_commands.record(count as f64);
     let proposal = Proposal {
-        now_ms: now_ms(),
+        now_ms,
         outbox_limit,
         commands,
     };
@@ -211,9 +235,9 @@ fn classify(error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) -> 
     }
 }
 
-/// The leader's clock, put into every proposal so apply never reads one.
+/// The system's wall clock, ms since the Unix epoch: for displays and ages, never for what
+/// apply uses (proposals carry [`Proposer::now_ms`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    use super::clock::WallClock;
+    super::clock::SystemWallClock.now_ms()
 }

@@ -219,12 +219,27 @@ pub async fn run(
         );
     let mut peer_task = tokio::spawn(peer_server);
 
+    let wall: Arc<dyn super::clock::WallClock> = match &config.workers.test_clock_offset_file {
+        Some(path) => {
+            warn!(
+                path = %path.display(),
+                "workers.test_clock_offset_file is set: this replica's clock follows a test's \
+                 offset file (never in production)"
+            );
+            Arc::new(super::clock::OffsetFileClock::new(path.clone()))
+        }
+        None => Arc::new(super::clock::SystemWallClock),
+    };
     let proposer = Proposer::start(
         raft.clone(),
         &config.proposals,
         max_bytes,
         config.ssisdb.max_outbox_events,
         ProposalMetrics::new(&registry),
+        Arc::new(super::clock::LeaderClock::new(
+            wall,
+            config.workers.max_clock_jump_ms,
+        )),
     );
     let observer = Arc::new(ReplicaObserver::new(
         registry.clone(),

@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 use super::authz::{authorize, Permission};
 use super::job_service::propose_error_status;
-use super::proposer::{now_ms, Proposer};
+use super::proposer::Proposer;
 use super::status::{from_queue_error, not_leader, with_reason};
 use crate::config::{WorkerApproval, WorkerSettings};
 use crate::pb::v1::worker_service_server::WorkerService;
@@ -140,7 +140,7 @@ impl WorkerApi {
         // The request's own load: a worker that just registered has none stored yet.
         queue.has_eligible_task_at_load(
             worker,
-            now_ms(),
+            self.proposer.now_ms(),
             percent_x10(request.cpu_percent),
             request.free_memory_mb,
             percent_x10(request.task_request_max_cpu),
@@ -414,7 +414,7 @@ impl WorkerService for WorkerApi {
                     lease.token, request.exit_code, request.error
                 );
                 let line = LogLine {
-                    at_ms: now_ms(),
+                    at_ms: self.proposer.now_ms(),
                     level: LogLevel::Warning,
                     text,
                 };

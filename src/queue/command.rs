@@ -90,7 +90,8 @@ pub enum Command {
     /// Ends every lease whose expiry is at or before the entry's clock. Proposed by the leader's
     /// lease tick only.
     ExpireLeases,
-    /// Pushes every live lease to max(expiry, now) + `lease_ms`. A new leader applies this
+    /// Pushes every live lease to at least now + `lease_ms` (a lease already running longer
+    /// keeps its expiry, so applying it twice changes nothing). A new leader applies this
     /// before anything else, so a failover never expires running work.
     ExtendLeases { lease_ms: u64 },
     SetWorkerState {

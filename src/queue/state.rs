@@ -63,6 +63,10 @@ pub struct QueueState {
     outbox_meta: OutboxMeta,
     /// Index: the pending `LogTruncated` event of each job.
     truncated_events: BTreeMap<JobId, u64>,
+    /// Cluster time: the latest leader clock reading applied. Apply runs every command at
+    /// max(this, the entry's reading), so time never goes backwards in log order, whatever the
+    /// order in which concurrent batches were stamped, or whatever a leader's clock did.
+    clock_ms: u64,
     /// The context of the command being applied; `None` between applies (not state).
     applying: Option<ApplyContext>,
     /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
@@ -85,6 +89,8 @@ pub struct Changes {
     pub outbox: BTreeSet<u64>,
     /// The outbox counters changed.
     pub outbox_meta: bool,
+    /// Cluster time moved.
+    pub clock: bool,
 }
 
 impl Changes {
@@ -94,6 +100,7 @@ impl Changes {
             && self.log_lines.is_empty()
             && self.outbox.is_empty()
             && !self.outbox_meta
+            && !self.clock
     }
 }
 
@@ -109,6 +116,9 @@ pub struct Parts {
     pub outbox: Vec<OutboxEvent>,
     #[serde(default)]
     pub outbox_meta: OutboxMeta,
+    /// Cluster time (see [`QueueState`]); 0 in snapshots from before it was kept.
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 /// One page of a job listing.
@@ -142,6 +152,7 @@ impl PartialEq for QueueState {
             outbox,
             outbox_meta,
             truncated_events,
+            clock_ms,
             applying: _,
             changes: _,
             activity: _,
@@ -159,6 +170,7 @@ impl PartialEq for QueueState {
             && *outbox == other.outbox
             && *outbox_meta == other.outbox_meta
             && *truncated_events == other.truncated_events
+            && *clock_ms == other.clock_ms
     }
 }
 
@@ -180,6 +192,7 @@ impl QueueState {
             outbox: BTreeMap::new(),
             outbox_meta: OutboxMeta::default(),
             truncated_events: BTreeMap::new(),
+            clock_ms: 0,
             applying: None,
             changes: Changes::default(),
             activity: Activity::default(),
@@ -213,6 +226,7 @@ impl QueueState {
             state.outbox.insert(event.id, event);
         }
         state.outbox_meta = parts.outbox_meta;
+        state.clock_ms = parts.clock_ms;
         let after_last = state.jobs.keys().next_back().map_or(1, |id| id + 1);
         state.next_job_id = parts.next_job_id.max(after_last);
         state.next_lease_token = parts.next_lease_token.max(highest_token + 1);
@@ -229,6 +243,7 @@ impl QueueState {
             next_lease_token: self.next_lease_token,
             outbox: self.outbox.values().cloned().collect(),
             outbox_meta: self.outbox_meta.clone(),
+            clock_ms: self.clock_ms,
         }
     }
 
@@ -256,11 +271,25 @@ impl QueueState {
         self.next_lease_token
     }
 
-    /// Applies one committed command. A rejection changes nothing.
+    /// Cluster time: the latest leader clock reading applied (ms since the Unix epoch).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Applies one committed command at cluster time max(cluster time, `ctx.now_ms`), which
+    /// it then becomes. A rejection changes nothing, the clock included.
     pub fn apply(&mut self, ctx: &ApplyContext, command: Command) -> CommandResult {
+        let ctx = &ApplyContext {
+            now_ms: ctx.now_ms.max(self.clock_ms),
+            ..*ctx
+        };
         self.applying = Some(*ctx);
         let result = self.apply_command(ctx, command);
         self.applying = None;
+        if result.is_ok() && ctx.now_ms > self.clock_ms {
+            self.clock_ms = ctx.now_ms;
+            self.changes.clock = true;
+        }
         result
     }
 

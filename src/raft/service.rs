@@ -50,6 +50,13 @@ impl RaftGrpcService {
             .map_err(Status::failed_precondition)
     }
 
+    /// Whether a message comes from a committed leader whose term is at least the newest this
+    /// replica knows (the check openraft makes again when it handles the message).
+    fn sent_by_current_leader(&self, sender: &openraft::Vote<super::NodeId>) -> bool {
+        let known = self.raft.metrics().borrow().vote;
+        sender.is_committed() && sender.leader_id().term >= known.leader_id().term
+    }
+
     /// This replica's own view of the cluster, for `cluster status` and bootstrap.
     pub fn node_status(
         raft: &Raft,
@@ -114,11 +121,15 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<RaftPayload>, Status> {
         // Undecodable garbage is reported as such first; then the addressee is checked.
         let addressee = self.check_addressee(&request);
-        let rpc = decode(request)?;
+        let rpc: openraft::raft::AppendEntriesRequest<super::TypeConfig> = decode(request)?;
         addressee?;
-        // On arrival too: on a loaded machine the append may wait for a flush, and the
-        // election driver must not stand against a leader that is talking to it.
-        self.contact.touch();
+        // On arrival too (on a loaded machine the append may wait for a flush, and the election
+        // driver must not stand against a leader that is talking to it), but only from a
+        // leader of the newest term this replica knows: a deposed leader's late append is no
+        // contact with a leader.
+        if self.sent_by_current_leader(&rpc.vote) {
+            self.contact.touch();
+        }
         let result = self.raft.append_entries(rpc).await;
         if matches!(&result, Ok(reply) if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)))
         {
@@ -156,7 +167,9 @@ impl RaftService for RaftGrpcService {
         let rpc: openraft::raft::InstallSnapshotRequest<super::TypeConfig> = decode(request)?;
         addressee?;
         let sender = rpc.vote;
-        self.contact.touch();
+        if self.sent_by_current_leader(&sender) {
+            self.contact.touch();
+        }
         let result = self.raft.install_snapshot(rpc).await;
         if matches!(&result, Ok(reply) if reply.vote == sender) {
             self.contact.touch();

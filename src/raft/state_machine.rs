@@ -55,6 +55,8 @@ const LAST_APPLIED_KEY: &[u8] = b"meta/last_applied";
 const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
 const NEXT_JOB_ID_KEY: &[u8] = b"meta/next_job_id";
 const NEXT_LEASE_TOKEN_KEY: &[u8] = b"meta/next_lease_token";
+/// Cluster time (`QueueState::clock_ms`); absent in data dirs from before it was kept (0).
+const CLOCK_KEY: &[u8] = b"meta/clock";
 const JOB_PREFIX: &[u8] = b"job/";
 const WORKER_PREFIX: &[u8] = b"worker/";
 const LOG_PREFIX: &[u8] = b"log/";
@@ -63,16 +65,52 @@ const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
 
 /// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
 /// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
-/// with another layout before trying to decode it. Format 3 (2 plus the outbox): the queue as [`Parts`] (rows and
+/// with another layout before trying to decode it. The queue travels as [`Parts`] (rows and
 /// counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an index that
-/// disagrees with its rows).
-const SNAPSHOT_FORMAT: u32 = 3;
+/// disagrees with its rows). Format 4 added the cluster time at the end of `Parts`; format 3
+/// (without it) is still read, with cluster time 0, which the next entry moves on.
+const SNAPSHOT_FORMAT: u32 = 4;
 
 /// What a snapshot carries besides its [`SnapshotMeta`] (which holds last applied and
 /// membership).
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
     queue: Parts,
+}
+
+/// A format-3 snapshot's payload: [`Parts`] as it was before the cluster time.
+#[derive(Deserialize)]
+struct SnapshotPayloadV3 {
+    queue: PartsV3,
+}
+
+#[derive(Deserialize)]
+struct PartsV3 {
+    jobs: Vec<Job>,
+    workers: Vec<Worker>,
+    log_lines: Vec<JobLogLine>,
+    next_job_id: JobId,
+    next_lease_token: u64,
+    outbox: Vec<OutboxEvent>,
+    outbox_meta: OutboxMeta,
+}
+
+impl SnapshotPayloadV3 {
+    fn upgrade(self) -> SnapshotPayload {
+        let q = self.queue;
+        SnapshotPayload {
+            queue: Parts {
+                jobs: q.jobs,
+                workers: q.workers,
+                log_lines: q.log_lines,
+                next_job_id: q.next_job_id,
+                next_lease_token: q.next_lease_token,
+                outbox: q.outbox,
+                outbox_meta: q.outbox_meta,
+                clock_ms: 0,
+            },
+        }
+    }
 }
 
 fn job_key(id: JobId) -> Vec<u8> {
@@ -139,6 +177,7 @@ struct ChangedRows {
     outbox_meta: Option<OutboxMeta>,
     next_job_id: JobId,
     next_lease_token: u64,
+    clock_ms: u64,
 }
 
 impl ChangedRows {
@@ -171,6 +210,7 @@ impl ChangedRows {
             outbox_meta: changes.outbox_meta.then(|| queue.outbox_meta().clone()),
             next_job_id: queue.next_job_id(),
             next_lease_token: queue.next_lease_token(),
+            clock_ms: queue.clock_ms(),
         }
     }
 
@@ -272,6 +312,7 @@ impl StateMachine {
                 OUTBOX_META_KEY => {
                     parts.outbox_meta = decode_loaded(&value, "the outbox counters")?
                 }
+                CLOCK_KEY => parts.clock_ms = decode_loaded(&value, "the cluster time")?,
                 key => match parse_row_key(key) {
                     Some(Row::Job(id)) => {
                         let job: Job = decode_loaded(&value, &format!("job {id}"))?;
@@ -434,6 +475,7 @@ impl StateMachine {
             Some(membership),
             queue.next_job_id(),
             queue.next_lease_token(),
+            queue.clock_ms(),
         )?;
         Ok(batch)
     }
@@ -446,6 +488,7 @@ fn put_meta(
     membership: Option<&StoredMembership>,
     next_job_id: JobId,
     next_lease_token: u64,
+    clock_ms: u64,
 ) -> Result<(), StorageError> {
     match last_applied {
         Some(log_id) => batch.insert(
@@ -467,6 +510,10 @@ fn put_meta(
     batch.insert(
         NEXT_LEASE_TOKEN_KEY,
         encode(&next_lease_token).map_err(|e| sm_write_error(&e))?,
+    );
+    batch.insert(
+        CLOCK_KEY,
+        encode(&clock_ms).map_err(|e| sm_write_error(&e))?,
     );
     Ok(())
 }
@@ -536,7 +583,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // re-applies the entries after the recovered `last_applied`, producing the same rows and
         // ids again.
         let mut batch = sled::Batch::default();
-        let (next_job_id, next_lease_token) = (changed.next_job_id, changed.next_lease_token);
+        let (next_job_id, next_lease_token, clock_ms) = (
+            changed.next_job_id,
+            changed.next_lease_token,
+            changed.clock_ms,
+        );
         changed.write(&mut batch)?;
         let membership = membership_changed.then_some(&self.membership);
         put_meta(
@@ -545,6 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership,
             next_job_id,
             next_lease_token,
+            clock_ms,
         )?;
         // sled may persist this batch on its own (its background flush), so it must not get
         // ahead of what this replica's log can replay after a power cut.
@@ -647,12 +699,15 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
         .split_first_chunk::<4>()
         .ok_or_else(|| format!("snapshot data of {} bytes is too short", data.len()))?;
     let version = u32::from_be_bytes(*version);
-    if version != SNAPSHOT_FORMAT {
-        return Err(format!(
-            "snapshot format {version} is not the format {SNAPSHOT_FORMAT} this build reads"
-        ));
+    match version {
+        SNAPSHOT_FORMAT => decode(body).map_err(|e| format!("snapshot data does not decode: {e}")),
+        3 => decode::<SnapshotPayloadV3>(body)
+            .map(SnapshotPayloadV3::upgrade)
+            .map_err(|e| format!("snapshot data (format 3) does not decode: {e}")),
+        _ => Err(format!(
+            "snapshot format {version} is not one this build reads (3 or {SNAPSHOT_FORMAT})"
+        )),
     }
-    decode(body).map_err(|e| format!("snapshot data does not decode: {e}"))
 }
 
 /// Builds a snapshot from the view taken by `get_snapshot_builder`; runs concurrently with
@@ -692,5 +747,54 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: stored_meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_3_snapshot_still_decodes_with_cluster_time_zero() {
+        #[derive(Serialize)]
+        struct OldParts {
+            jobs: Vec<Job>,
+            workers: Vec<Worker>,
+            log_lines: Vec<JobLogLine>,
+            next_job_id: JobId,
+            next_lease_token: u64,
+            outbox: Vec<OutboxEvent>,
+            outbox_meta: OutboxMeta,
+        }
+        let old = OldParts {
+            jobs: Vec::new(),
+            workers: Vec::new(),
+            log_lines: Vec::new(),
+            next_job_id: 42,
+            next_lease_token: 7,
+            outbox: Vec::new(),
+            outbox_meta: OutboxMeta::default(),
+        };
+        let mut data = 3u32.to_be_bytes().to_vec();
+        data.extend(bincode::serialize(&(old,)).expect("encode"));
+        let payload = decode_snapshot(&data).expect("a format-3 snapshot");
+        assert_eq!(payload.queue.next_job_id, 42);
+        assert_eq!(payload.queue.clock_ms, 0);
+
+        let current = SnapshotPayload {
+            queue: Parts {
+                clock_ms: 1_700_000_000_000,
+                ..payload.queue
+            },
+        };
+        let again = decode_snapshot(&encode_snapshot(&current).expect("encode")).expect("decode");
+        assert_eq!(again.queue.clock_ms, 1_700_000_000_000);
+
+        let mut unknown = 9u32.to_be_bytes().to_vec();
+        unknown.extend([0u8; 8]);
+        let refused = decode_snapshot(&unknown)
+            .err()
+            .expect("format 9 is refused");
+        assert!(refused.contains("format 9"), "{refused}");
     }
 }

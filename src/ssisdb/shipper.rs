@@ -141,8 +141,9 @@ pub async fn run(
         if !shipper.settings.enabled() {
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());
-                let before_ms =
-                    now_ms().saturating_sub(shipper.settings.retention().as_millis() as u64);
+                let before_ms = proposer
+                    .now_ms()
+                    .saturating_sub(shipper.settings.retention().as_millis() as u64);
                 if let Err(e) = proposer.propose(Command::PruneOutbox { before_ms }).await {
                     debug!(error = %e, "outbox prune not committed; retrying in a minute");
                 }

@@ -212,7 +212,7 @@ impl QueueState {
         validate_lease_ms(lease_ms)?;
         let live: Vec<(u64, JobId)> = self.expiry.iter().copied().collect();
         for &(expires_at_ms, job_id) in &live {
-            let extended = expires_at_ms.max(now_ms).saturating_add(lease_ms);
+            let extended = expires_at_ms.max(now_ms.saturating_add(lease_ms));
             self.set_lease_expiry(job_id, extended);
         }
         Ok(CommandOutput::Extended {

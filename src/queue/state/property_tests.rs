@@ -1,5 +1,6 @@
-//! Property test: random histories of every command, with 2–3 workers and a clock that only
-//! moves forward, keep the invariants of DESIGN.md (2: fencing, 3: bounded attempts) and the
+//! Property test: random histories of every command, with 2–3 workers and a leader clock that
+//! mostly moves forward but also steps back (a clock step, or batches stamped in one order and
+//! committed in another), keep the invariants of DESIGN.md (2: fencing, 3: bounded attempts) and the
 //! model's own (legal transitions, consistent indexes, persisted rows that rebuild the state,
 //! replicas that agree).
 
@@ -264,13 +265,15 @@ fn to_command(
 }
 
 /// The number of workers, each one's initial MaxTaskCount and tags (they register first, as
-/// agents do at start), then (clock step, op) pairs.
+/// agents do at start), then (clock step, op) pairs; one step in five goes backwards, some
+/// by more than a lease.
 #[allow(clippy::type_complexity)]
-fn history() -> impl Strategy<Value = (Vec<(u32, u8)>, Vec<(u64, Op)>)> {
-    (2u8..=3).prop_flat_map(|workers| {
+fn history() -> impl Strategy<Value = (Vec<(u32, u8)>, Vec<(i64, Op)>)> {
+    let step = prop_oneof![4 => 0i64..20_000, 1 => -45_000i64..0];
+    (2u8..=3).prop_flat_map(move |workers| {
         (
             proptest::collection::vec((1u32..4, 0u8..4), usize::from(workers)),
-            proptest::collection::vec((0u64..20_000, op(workers)), 1..150),
+            proptest::collection::vec((step.clone(), op(workers)), 1..150),
         )
     })
 }
@@ -294,7 +297,9 @@ proptest! {
         let mut terminal: BTreeMap<JobId, JobState> = BTreeMap::new();
 
         for (dt, op) in &ops {
-            sim.advance(*dt);
+            sim.now = sim.now.saturating_add_signed(*dt);
+            // What apply runs the command at: time never goes backwards in log order.
+            let at = sim.now.max(sim.state.clock_ms());
             let live: Vec<(LeaseRef, WorkerId)> = sim
                 .state
                 .jobs()
@@ -307,7 +312,7 @@ proptest! {
             let before = sim.state.clone();
             let eligible_before = match op {
                 Op::Acquire { worker, cpu, mem, .. } => before.has_eligible_task_at_load(
-                    worker_id(u128::from(*worker)), sim.now, *cpu, *mem, MAX_CPU, MIN_MEM,
+                    worker_id(u128::from(*worker)), at, *cpu, *mem, MAX_CPU, MIN_MEM,
                 ),
                 _ => false,
             };
@@ -332,7 +337,7 @@ proptest! {
                         last_token = task.token;
                         let job = before.job(task.job_id).expect("granted job existed");
                         prop_assert_eq!(job.state, JobState::Queued);
-                        prop_assert!(job.ready_at_ms <= sim.now);
+                        prop_assert!(job.ready_at_ms <= at);
                         granted.push((LeaseRef { job_id: task.job_id, token: task.token }, *worker));
                     }
                 }
@@ -360,14 +365,33 @@ proptest! {
                 (Command::ExpireLeases, Ok(CommandOutput::Expired { jobs })) => {
                     for id in jobs {
                         let lease = before.job(*id).and_then(|j| j.lease.clone()).expect("was leased");
-                        prop_assert!(lease.expires_at_ms <= sim.now);
+                        prop_assert!(lease.expires_at_ms <= at);
                     }
-                    prop_assert!(sim.state.next_lease_expiry().is_none_or(|at| at > sim.now));
+                    prop_assert!(sim.state.next_lease_expiry().is_none_or(|next| next > at));
                 }
                 _ => {}
             }
 
             prop_assert!(sim.state.next_lease_token() >= before.next_lease_token());
+            // Cluster time never goes backwards, and a live lease never ends before the time
+            // it was last granted or renewed for, whatever the leader's clock did.
+            prop_assert!(sim.state.clock_ms() >= before.clock_ms());
+            if result.is_ok() {
+                prop_assert_eq!(sim.state.clock_ms(), at);
+            }
+            for old in before.jobs() {
+                let (Some(old_lease), Some(new_lease)) =
+                    (old.lease.as_ref(), sim.state.job(old.id).and_then(|j| j.lease.as_ref()))
+                else {
+                    continue;
+                };
+                if old_lease.token == new_lease.token {
+                    prop_assert!(
+                        new_lease.expires_at_ms >= old_lease.expires_at_ms,
+                        "lease {} of job {} was shortened by {:?}", old_lease.token, old.id, op
+                    );
+                }
+            }
             for old in before.jobs() {
                 let new = sim.state.job(old.id).expect("jobs are never dropped");
                 // Only legal transitions; a terminal job never changes state again.

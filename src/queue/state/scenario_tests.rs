@@ -578,11 +578,20 @@ fn extend_leases_pushes_every_live_lease_past_a_failover() {
         sim.apply(Command::ExpireLeases),
         Ok(CommandOutput::Expired { jobs: vec![] })
     );
-    // A lease not yet due is extended from its own expiry.
+    // Applied again (a retried or repeated takeover), it changes nothing: it does not stack.
     let due = sim.state.next_lease_expiry().expect("live");
+    sim.apply(Command::ExtendLeases { lease_ms: LEASE_MS })
+        .expect("extend");
+    assert_eq!(sim.state.next_lease_expiry(), Some(due));
+    // A lease already running past now + lease keeps its expiry.
     sim.apply(Command::ExtendLeases { lease_ms: 5 })
         .expect("extend");
-    assert_eq!(sim.state.next_lease_expiry(), Some(due + 5));
+    assert_eq!(sim.state.next_lease_expiry(), Some(due));
+    // Later, it is pushed to now + lease.
+    sim.advance(LEASE_MS - 1);
+    sim.apply(Command::ExtendLeases { lease_ms: LEASE_MS })
+        .expect("extend");
+    assert_eq!(sim.state.next_lease_expiry(), Some(sim.now + LEASE_MS));
     // The workers keep going.
     let statuses = sim.renew(w, &tasks.iter().map(lease_of).collect::<Vec<_>>());
     assert!(statuses.iter().all(|s| s.renewed));

@@ -66,6 +66,7 @@ pub struct Rows {
     pub next_lease_token: u64,
     pub outbox: BTreeMap<u64, OutboxEvent>,
     pub outbox_meta: OutboxMeta,
+    pub clock_ms: u64,
 }
 
 impl Rows {
@@ -100,6 +101,9 @@ impl Rows {
         if changes.outbox_meta {
             self.outbox_meta = state.outbox_meta().clone();
         }
+        if changes.clock {
+            self.clock_ms = state.clock_ms();
+        }
         self.next_job_id = state.next_job_id();
         self.next_lease_token = state.next_lease_token();
     }
@@ -113,6 +117,7 @@ impl Rows {
             next_lease_token: self.next_lease_token,
             outbox: self.outbox.values().cloned().collect(),
             outbox_meta: self.outbox_meta.clone(),
+            clock_ms: self.clock_ms,
         })
     }
 }
