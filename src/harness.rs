@@ -233,6 +233,8 @@ pub struct WorkerOptions {
     pub max_tasks: u32,
     /// Extra `key = value` lines for the worker's config file.
     pub extra_config: Vec<String>,
+    /// The replica addresses it dials; `None`: every replica's `api` address.
+    pub endpoints: Option<Vec<String>>,
 }
 
 impl WorkerOptions {
@@ -242,6 +244,7 @@ impl WorkerOptions {
             tags: Vec::new(),
             max_tasks: 4,
             extra_config: Vec::new(),
+            endpoints: None,
         }
     }
 }
@@ -665,8 +668,10 @@ impl LocalCluster {
         let dir = self.root.join(format!("worker-{}", options.name));
         fs::create_dir_all(&dir)?;
         let agent_id = uuid::Uuid::new_v4();
-        let endpoints: Vec<String> = self
-            .endpoints()
+        let endpoints: Vec<String> = options
+            .endpoints
+            .clone()
+            .unwrap_or_else(|| self.endpoints())
             .iter()
             .map(|e| format!("\"{e}\""))
             .collect();
@@ -777,6 +782,31 @@ impl LocalCluster {
             self.worker(name)?.pid().context("worker is not running")?,
             pause,
         )
+    }
+
+    /// Waits up to `timeout` for worker `name` to exit by itself; its exit code (`None`:
+    /// killed by a signal).
+    pub async fn wait_worker_exit(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<i32>> {
+        let index = self.worker_index(name)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.workers[index]
+                .child
+                .as_mut()
+                .context("the worker is not running")?;
+            if let Some(status) = child.try_wait()? {
+                self.workers[index].child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                bail!("worker {name} still runs after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn worker_log_tail(&self, name: &str, lines: usize) -> String {

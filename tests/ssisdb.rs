@@ -12,6 +12,7 @@
 #[path = "support/iridium.rs"]
 mod iridium;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -856,5 +857,100 @@ async fn a_batch_written_twice_lands_once() {
     sorted.sort_unstable();
     assert_eq!(sorted, expected, "exactly the outbox's events");
     drop(client);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_lines_sent_while_no_quorum_are_stored_and_shipped_once() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    let go = env.dir.path().join("go");
+    // Prints its three lines once the test says so (both followers paused by then).
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.1; done; \
+         echo \"line-1 $SCALEOUT_ATTEMPT\"; echo \"line-2 $SCALEOUT_ATTEMPT\"; \
+         echo \"line-3 $SCALEOUT_ATTEMPT\"; sleep 1",
+        go = go.display()
+    );
+    let job = client
+        .submit_job(shell(&script, 3), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let deadline = Instant::now() + WAIT;
+    while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
+        assert!(Instant::now() < deadline, "job {job} never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &followers {
+        cluster.pause(*id, true).expect("SIGSTOP");
+    }
+    std::fs::write(&go, "").expect("go");
+    // The leader takes the lines but cannot commit them: the worker's calls time out, it
+    // retries, then spools and re-sends. One follower resumes first: its log is shorter than
+    // the leader's, so whoever leads next holds the leader's copies and commits them, beside
+    // the re-sends.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    cluster.pause(followers[0], false).expect("SIGCONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.pause(followers[1], false).expect("SIGCONT");
+    let done = wait_terminal(&client, job).await;
+    let logs = client
+        .get_job_logs(job, 0, false)
+        .await
+        .expect("logs")
+        .lines;
+    let mut seen: BTreeMap<(u32, String), usize> = BTreeMap::new();
+    for line in &logs {
+        let text = line
+            .line
+            .as_ref()
+            .map(|l| l.text.clone())
+            .unwrap_or_default();
+        if text.starts_with("line-") {
+            *seen.entry((line.attempt, text)).or_default() += 1;
+        }
+    }
+    assert!(!seen.is_empty(), "no line stored: {logs:?}");
+    for ((attempt, text), count) in &seen {
+        assert_eq!(
+            *count, 1,
+            "attempt {attempt}'s {text:?} stored {count} times: {logs:?}"
+        );
+    }
+    // Every line an attempt printed is there (the attempt that succeeded printed all three).
+    assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}");
+    let last = done.attempts.len() as u32;
+    for n in 1..=3 {
+        assert!(
+            seen.contains_key(&(last, format!("line-{n} {last}"))),
+            "line-{n} of attempt {last} missing: {logs:?}"
+        );
+    }
+    // SSISDB holds each stored line once.
+    let mut sql = sql(server.port, &env.password_file).await;
+    assert_drained(&cluster, &mut sql, &[done]).await;
+    let r = rows(
+        &mut sql,
+        &format!(
+            "SELECT log_sequence FROM scaleout.event_messages WHERE job_id = {job} AND event_kind = N'LogLine'"
+        ),
+    )
+    .await;
+    let mut seqs: Vec<i64> = r.iter().filter_map(|r| int(r, 0)).collect();
+    let n = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "log line events duplicated in SSISDB");
+    drop(cluster);
     server.stop();
 }

@@ -5,7 +5,7 @@
 //! failed, config mistakes map to exit code 2, and `metrics_listen` serves the worker's metrics,
 //! health and readiness.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,8 @@ struct Seen {
     lost: BTreeSet<u64>,
     /// Leases to cancel on the next heartbeat.
     cancel: Vec<LeaseRef>,
+    /// Tokens whose renewal answers that the job was cancelled.
+    cancelled: BTreeSet<u64>,
 }
 
 #[derive(Clone, Default)]
@@ -142,9 +144,9 @@ impl WorkerService for Fake {
                     seen.renewed.insert(lease.lease_token);
                 }
                 LeaseStatus {
+                    cancel_requested: seen.cancelled.contains(&lease.lease_token),
                     lease: Some(lease),
                     renewed,
-                    cancel_requested: false,
                     expires_at_ms: 0,
                 }
             })
@@ -203,7 +205,7 @@ fn config(dir: &Path, endpoints: &[SocketAddr], extra: &str) -> WorkerConfig {
     let text = format!(
         "endpoints = [{}]\nstate_dir = \"state\"\ninsecure = true\nmax_task_count = 4\n\
          agent_heartbeat_interval_ms = 200\ntask_heartbeat_interval_ms = 200\n\
-         heartbeat_error_tolerance_ms = 60000\nacquire_wait_ms = 200\n{extra}",
+         acquire_wait_ms = 200\n{extra}",
         endpoints.join(", ")
     );
     WorkerConfig::from_toml_str(&text, dir, &[]).unwrap()
@@ -521,7 +523,7 @@ async fn a_task_without_renewal_for_the_tolerance_is_killed() {
         .push_back(task(1, 51, &["sh", "-c", "echo $$; exec sleep 600"]));
     let config = config(dir.path(), &[addr], "");
     let config = WorkerConfig {
-        heartbeat_error_tolerance_ms: 1_000,
+        heartbeat_error_tolerance_ms: Some(1_000),
         ..config
     };
     let (stop, agent) = start_agent(config.clone());
@@ -546,7 +548,8 @@ async fn a_task_without_renewal_for_the_tolerance_is_killed() {
     assert_eq!(seen.completions[0].outcome, AttemptOutcome::Failed as i32);
     assert_eq!(
         seen.completions[0].error,
-        "killed: no lease renewal succeeded for 1 s"
+        "killed: no lease renewal succeeded for 1.0 s (its lease may already be given to \
+         another worker)"
     );
 }
 
@@ -769,4 +772,55 @@ async fn a_taken_metrics_port_fails_the_start_naming_the_key() {
     assert!(message.contains(&taken_addr.to_string()), "{message}");
     assert_eq!(error.exit_code(), 1);
     drop(taken);
+}
+
+#[tokio::test]
+async fn a_task_starts_only_once_a_renewal_confirms_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (addr, _stop_server, _server) = serve(fake.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let marker = |token: u64| dir.path().join(format!("ran-{token}"));
+    let touch = |token: u64| format!("touch {}", marker(token).display());
+    {
+        let mut seen = fake.seen();
+        // Cancelled after the grant, before the worker heard of it (a deposed leader's late
+        // answer): the first renewal says so.
+        seen.cancelled.insert(61);
+        // Expired or moved meanwhile: not renewed.
+        seen.lost.insert(62);
+        seen.queue.push_back(task(1, 61, &["sh", "-c", &touch(61)]));
+        seen.queue.push_back(task(2, 62, &["sh", "-c", &touch(62)]));
+        seen.queue.push_back(task(3, 63, &["sh", "-c", &touch(63)]));
+    }
+    let (stop, agent) = start_agent(config(dir.path(), &[addr], ""));
+    eventually(
+        Duration::from_secs(20),
+        "the cancel and the success",
+        || fake.seen().completions.len() >= 2,
+    )
+    .await;
+    // Renewals go on: nothing more arrives for the lost lease.
+    eventually(Duration::from_secs(10), "a few more renewals", || {
+        fake.seen().calls > 30
+    })
+    .await;
+    stop_agent(stop, agent).await;
+    let seen = fake.seen();
+    let by_token: BTreeMap<u64, &CompleteTaskRequest> = seen
+        .completions
+        .iter()
+        .map(|c| {
+            (
+                c.lease.as_ref().map(|l| l.lease_token).unwrap_or_default(),
+                c,
+            )
+        })
+        .collect();
+    assert_eq!(by_token.len(), 2, "{:?}", seen.completions);
+    assert_eq!(by_token[&61].outcome, AttemptOutcome::Cancelled as i32);
+    assert_eq!(by_token[&61].error, "cancelled before it started");
+    assert_eq!(by_token[&63].outcome, AttemptOutcome::Succeeded as i32);
+    assert!(!marker(61).exists(), "the cancelled task ran");
+    assert!(!marker(62).exists(), "the task with a lost lease ran");
+    assert!(marker(63).exists(), "the confirmed task did not run");
 }

@@ -147,6 +147,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
                 level: v1::LogLevel::Info as i32,
                 text: "x".into(),
             }],
+            ..Default::default()
         })
         .await
         .expect_err("logs under a token that never existed");

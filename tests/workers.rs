@@ -48,6 +48,15 @@ fn fast_worker(name: &str) -> WorkerOptions {
     }
 }
 
+/// [`fast_worker`] with more config lines.
+fn fast_worker_with(name: &str, extra: &[&str]) -> WorkerOptions {
+    let mut options = fast_worker(name);
+    options
+        .extra_config
+        .extend(extra.iter().map(|line| line.to_string()));
+    options
+}
+
 fn shell(script: &str) -> v1::JobSpec {
     v1::JobSpec {
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -574,11 +583,22 @@ async fn results_and_logs_survive_all_replicas_being_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leaderless_gap_longer_than_the_lease_kills_no_running_task() {
+async fn a_leaderless_gap_longer_than_the_lease_expires_no_lease() {
     let _serial = SERIAL.lock().await;
     let mut cluster = fast_cluster();
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(fast_worker("a")).expect("worker");
+    // By default a worker kills a task whose lease may have run out (it cannot tell a leaderless
+    // cluster from being cut off alone); this one rides out outages, as an operator may choose,
+    // so what is shown is the master's side: no lease expires while no leader can commit.
+    cluster
+        .start_worker(fast_worker_with(
+            "a",
+            &[
+                "heartbeat_error_tolerance_ms = 60000",
+                "allow_overlapping_attempts = true",
+            ],
+        ))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
     let mut jobs = Vec::new();
@@ -671,6 +691,144 @@ async fn clock_steps_on_the_leader_expire_no_lease() {
     let log = std::fs::read_to_string(&cluster.replica(leader).expect("old leader").log_path)
         .expect("the old leader's log");
     assert!(log.contains("wall clock stepped"), "no step warning: {log}");
+}
+
+/// The (attempt, lease token, ns since the epoch) lines a ticking task wrote.
+fn ticks(path: &Path) -> Vec<(u32, u64, u128)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((
+                fields.next()?.parse().ok()?,
+                fields.next()?.parse().ok()?,
+                fields.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_cluster_stops_its_task_before_the_retry_starts() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    // Worker a dials the leader only, through a proxy the test can cut; no redirect can lead it
+    // around the cut while the leader stays. Default settings: no tolerance configured.
+    let leader_api: std::net::SocketAddr = cluster
+        .replica(leader)
+        .expect("leader")
+        .api_listen
+        .parse()
+        .expect("an address");
+    let link = scaleout::chaos::proxy::LinkProxy::start(leader_api)
+        .await
+        .expect("proxy");
+    cluster
+        .start_worker(WorkerOptions {
+            endpoints: Some(vec![link.addr().to_string()]),
+            ..fast_worker("a")
+        })
+        .expect("worker a");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+
+    let side_effects = cluster.root().join("side-effects");
+    // A package that writes as long as it runs: every 100 ms, for about 10 s.
+    let script = format!(
+        "for i in $(seq 1 100); do echo \"$SCALEOUT_ATTEMPT $SCALEOUT_LEASE_TOKEN $(date +%s%N)\" >> {}; sleep 0.1; done",
+        side_effects.display()
+    );
+    let spec = v1::JobSpec {
+        max_attempts: 2,
+        ..shell(&script)
+    };
+    let job = client.submit_job(spec, None).await.expect("submit").job_id;
+    wait_running(&client, job).await;
+    cluster.start_worker(fast_worker("b")).expect("worker b");
+    wait_workers(&client, 2).await;
+
+    // Worker a loses the cluster for 8 s (the lease is 3 s): the master gives the task to b.
+    link.set(scaleout::chaos::proxy::LinkMode::Refuse);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let current = client.get_job(job, false).await.expect("get");
+        if current.attempts.len() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {current:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(8_000)).await;
+    link.set(scaleout::chaos::proxy::LinkMode::Pass);
+    let done = wait_terminal(&client, job, &cluster).await;
+    assert_eq!(done.state, JobState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.attempts.len(), 2, "{done:?}");
+
+    let ticks = ticks(&side_effects);
+    let last_of_first = ticks
+        .iter()
+        .filter(|t| t.0 == 1)
+        .map(|t| t.2)
+        .max()
+        .expect("attempt 1 wrote");
+    let first_of_second = ticks
+        .iter()
+        .filter(|t| t.0 == 2)
+        .map(|t| t.2)
+        .min()
+        .expect("attempt 2 wrote");
+    assert!(
+        last_of_first < first_of_second,
+        "attempt 1 still wrote {} ms after attempt 2 started",
+        (last_of_first - first_of_second) / 1_000_000
+    );
+    // The task saw its lease token, and the retry's is higher.
+    let tokens: Vec<u64> = [1, 2]
+        .iter()
+        .map(|n| ticks.iter().find(|t| t.0 == *n).expect("ticks").1)
+        .collect();
+    assert_eq!(tokens[0], done.attempts[0].lease_token);
+    assert_eq!(tokens[1], done.attempts[1].lease_token);
+    assert!(tokens[1] > tokens[0]);
+    let a_log = cluster.worker_log_tail("a", 200);
+    assert!(
+        a_log.contains("no lease renewal succeeded"),
+        "worker a did not kill its task itself: {a_log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tolerance_longer_than_the_lease_is_refused_at_registration() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster
+        .start_worker(fast_worker_with(
+            "reckless",
+            &["heartbeat_error_tolerance_ms = 60000"],
+        ))
+        .expect("start");
+    let exit = cluster
+        .wait_worker_exit("reckless", WAIT)
+        .await
+        .expect("the worker stops by itself");
+    assert_eq!(exit, Some(2));
+    let log = cluster.worker_log_tail("reckless", 50);
+    assert!(log.contains("allow_overlapping_attempts"), "{log}");
+    // With the operator's explicit consent it runs.
+    cluster
+        .start_worker(fast_worker_with(
+            "consenting",
+            &[
+                "heartbeat_error_tolerance_ms = 60000",
+                "allow_overlapping_attempts = true",
+            ],
+        ))
+        .expect("start");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
 }
 
 /// Runs the CLI against the cluster and returns (exit code, stdout).

@@ -351,9 +351,10 @@ impl WorkerService for WorkerApi {
         let lease = lease_from_pb(request.lease).map_err(rejection)?;
         let lines = request.lines.into_iter().map(log_line_from_pb).collect();
         match self
-            .propose(Command::AppendLogs {
+            .propose(Command::AppendLogBatch {
                 worker,
                 lease,
+                batch: request.batch_sequence,
                 lines,
             })
             .await?

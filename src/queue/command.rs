@@ -105,6 +105,16 @@ pub enum Command {
     AckOutbox { up_to: u64 },
     /// Drops outbox events older than this (retention when no SSISDB is configured).
     PruneOutbox { before_ms: u64 },
+    /// [`Command::AppendLogs`] with the batch's number: a worker numbers the log batches of one
+    /// lease from 1, in the order it sends them, and a batch whose number was already applied
+    /// for that lease is acknowledged without storing its lines again (a retry after a lost
+    /// answer, or a spool re-send). 0: not numbered, always stored.
+    AppendLogBatch {
+        worker: WorkerId,
+        lease: LeaseRef,
+        batch: u64,
+        lines: Vec<LogLine>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,9 @@ pub struct QueueState {
     outbox_meta: OutboxMeta,
     /// Index: the pending `LogTruncated` event of each job.
     truncated_events: BTreeMap<JobId, u64>,
+    /// The last numbered log batch applied for each (job, lease token): a batch numbered at or
+    /// below it is a retry (`Command::AppendLogBatch`).
+    log_batches: BTreeMap<(JobId, u64), u64>,
     /// Cluster time: the latest leader clock reading applied. Apply runs every command at
     /// max(this, the entry's reading), so time never goes backwards in log order, whatever the
     /// order in which concurrent batches were stamped, or whatever a leader's clock did.
@@ -91,6 +94,8 @@ pub struct Changes {
     pub outbox_meta: bool,
     /// Cluster time moved.
     pub clock: bool,
+    /// (job, lease token) whose last applied log batch number changed.
+    pub log_batches: BTreeSet<(JobId, u64)>,
 }
 
 impl Changes {
@@ -101,6 +106,7 @@ impl Changes {
             && self.outbox.is_empty()
             && !self.outbox_meta
             && !self.clock
+            && self.log_batches.is_empty()
     }
 }
 
@@ -119,6 +125,9 @@ pub struct Parts {
     /// Cluster time (see [`QueueState`]); 0 in snapshots from before it was kept.
     #[serde(default)]
     pub clock_ms: u64,
+    /// The last log batch number applied per lease: (job, lease token, batch).
+    #[serde(default)]
+    pub log_batches: Vec<(JobId, u64, u64)>,
 }
 
 /// One page of a job listing.
@@ -153,6 +162,7 @@ impl PartialEq for QueueState {
             outbox_meta,
             truncated_events,
             clock_ms,
+            log_batches,
             applying: _,
             changes: _,
             activity: _,
@@ -171,6 +181,7 @@ impl PartialEq for QueueState {
             && *outbox_meta == other.outbox_meta
             && *truncated_events == other.truncated_events
             && *clock_ms == other.clock_ms
+            && *log_batches == other.log_batches
     }
 }
 
@@ -193,6 +204,7 @@ impl QueueState {
             outbox_meta: OutboxMeta::default(),
             truncated_events: BTreeMap::new(),
             clock_ms: 0,
+            log_batches: BTreeMap::new(),
             applying: None,
             changes: Changes::default(),
             activity: Activity::default(),
@@ -227,6 +239,11 @@ impl QueueState {
         }
         state.outbox_meta = parts.outbox_meta;
         state.clock_ms = parts.clock_ms;
+        state.log_batches = parts
+            .log_batches
+            .into_iter()
+            .map(|(job, token, batch)| ((job, token), batch))
+            .collect();
         let after_last = state.jobs.keys().next_back().map_or(1, |id| id + 1);
         state.next_job_id = parts.next_job_id.max(after_last);
         state.next_lease_token = parts.next_lease_token.max(highest_token + 1);
@@ -244,7 +261,20 @@ impl QueueState {
             outbox: self.outbox.values().cloned().collect(),
             outbox_meta: self.outbox_meta.clone(),
             clock_ms: self.clock_ms,
+            log_batches: self.log_batch_marks().collect(),
         }
+    }
+
+    /// The last log batch number applied per lease, as (job, lease token, batch).
+    pub fn log_batch_marks(&self) -> impl Iterator<Item = (JobId, u64, u64)> + '_ {
+        self.log_batches
+            .iter()
+            .map(|(&(job, token), &batch)| (job, token, batch))
+    }
+
+    /// The last log batch number applied for (job, lease token), if any.
+    pub fn log_batch_mark(&self, job: JobId, token: u64) -> Option<u64> {
+        self.log_batches.get(&(job, token)).copied()
     }
 
     /// How many jobs are in `state`.
@@ -340,7 +370,13 @@ impl QueueState {
                 worker,
                 lease,
                 lines,
-            } => self.append_logs(worker, lease, lines),
+            } => self.append_logs(worker, lease, 0, lines),
+            Command::AppendLogBatch {
+                worker,
+                lease,
+                batch,
+                lines,
+            } => self.append_logs(worker, lease, batch, lines),
             Command::CompleteTask {
                 worker,
                 lease,

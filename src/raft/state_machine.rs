@@ -4,8 +4,9 @@
 //! Storage, in the replica's one sled database:
 //! - tree `sm`: everything the state machine knows, under the keys
 //!   `meta/last_applied`, `meta/membership`, `meta/next_job_id`, `meta/next_lease_token`,
-//!   `job/<id, 8 bytes BE>`, `worker/<uuid, 16 bytes>` and `log/<job id BE><sequence BE>`
-//!   (big-endian, so a job's lines are contiguous and in order);
+//!   `meta/clock`, `meta/outbox`, `job/<id, 8 bytes BE>`, `worker/<uuid, 16 bytes>`,
+//!   `log/<job id BE><sequence BE>` (big-endian, so a job's lines are contiguous and in order),
+//!   `logbatch/<job id BE><lease token BE>` and `outbox/<event id BE>`;
 //!
 //! The snapshot is a file of its own (`snapshot_store.rs`), synced before the log behind it is
 //! purged. The `sm` tree is never synced: after a power cut sled recovers some earlier state of
@@ -61,14 +62,17 @@ const JOB_PREFIX: &[u8] = b"job/";
 const WORKER_PREFIX: &[u8] = b"worker/";
 const LOG_PREFIX: &[u8] = b"log/";
 const OUTBOX_PREFIX: &[u8] = b"outbox/";
+/// `logbatch/{job}{token}`: the last log batch number applied for that lease.
+const LOG_BATCH_PREFIX: &[u8] = b"logbatch/";
 const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
 
 /// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
 /// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
 /// with another layout before trying to decode it. The queue travels as [`Parts`] (rows and
 /// counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an index that
-/// disagrees with its rows). Format 4 added the cluster time at the end of `Parts`; format 3
-/// (without it) is still read, with cluster time 0, which the next entry moves on.
+/// disagrees with its rows). Format 4 added the cluster time and the log batch marks at the end
+/// of `Parts`; format 3 (without them) is still read, with cluster time 0, which the next entry
+/// moves on, and no marks.
 const SNAPSHOT_FORMAT: u32 = 4;
 
 /// What a snapshot carries besides its [`SnapshotMeta`] (which holds last applied and
@@ -108,6 +112,7 @@ impl SnapshotPayloadV3 {
                 outbox: q.outbox,
                 outbox_meta: q.outbox_meta,
                 clock_ms: 0,
+                log_batches: Vec::new(),
             },
         }
     }
@@ -142,15 +147,31 @@ fn outbox_key(id: u64) -> Vec<u8> {
     key
 }
 
+fn log_batch_key(job: JobId, token: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(LOG_BATCH_PREFIX.len() + 16);
+    key.extend_from_slice(LOG_BATCH_PREFIX);
+    key.extend_from_slice(&job.to_be_bytes());
+    key.extend_from_slice(&token.to_be_bytes());
+    key
+}
+
 /// A row of the `sm` tree, by its key.
 enum Row {
     Job(JobId),
     Worker(WorkerId),
     Log(JobId, u64),
     Outbox(u64),
+    LogBatch(JobId, u64),
 }
 
 fn parse_row_key(key: &[u8]) -> Option<Row> {
+    if let Some(rest) = key.strip_prefix(LOG_BATCH_PREFIX) {
+        let (job, token) = rest.split_first_chunk::<8>()?;
+        return Some(Row::LogBatch(
+            u64::from_be_bytes(*job),
+            u64::from_be_bytes(token.try_into().ok()?),
+        ));
+    }
     if let Some(id) = key.strip_prefix(OUTBOX_PREFIX) {
         return Some(Row::Outbox(u64::from_be_bytes(id.try_into().ok()?)));
     }
@@ -175,6 +196,7 @@ struct ChangedRows {
     log_lines: Vec<JobLogLine>,
     outbox: Vec<(u64, Option<OutboxEvent>)>,
     outbox_meta: Option<OutboxMeta>,
+    log_batches: Vec<(JobId, u64, Option<u64>)>,
     next_job_id: JobId,
     next_lease_token: u64,
     clock_ms: u64,
@@ -208,6 +230,11 @@ impl ChangedRows {
                 .map(|id| (id, queue.outbox_event(id).cloned()))
                 .collect(),
             outbox_meta: changes.outbox_meta.then(|| queue.outbox_meta().clone()),
+            log_batches: changes
+                .log_batches
+                .into_iter()
+                .map(|(job, token)| (job, token, queue.log_batch_mark(job, token)))
+                .collect(),
             next_job_id: queue.next_job_id(),
             next_lease_token: queue.next_lease_token(),
             clock_ms: queue.clock_ms(),
@@ -222,6 +249,15 @@ impl ChangedRows {
                     encode(&event).map_err(|e| sm_write_error(&e))?,
                 ),
                 None => batch.remove(outbox_key(id)),
+            }
+        }
+        for (job, token, mark) in self.log_batches {
+            match mark {
+                Some(mark) => batch.insert(
+                    log_batch_key(job, token),
+                    encode(&mark).map_err(|e| sm_write_error(&e))?,
+                ),
+                None => batch.remove(log_batch_key(job, token)),
             }
         }
         if let Some(meta) = self.outbox_meta {
@@ -344,6 +380,12 @@ impl StateMachine {
                             )));
                         }
                         parts.log_lines.push(line);
+                    }
+                    Some(Row::LogBatch(job, token)) => {
+                        let what = format!("the log batch mark of job {job} lease {token}");
+                        parts
+                            .log_batches
+                            .push((job, token, decode_loaded(&value, &what)?));
                     }
                     Some(Row::Outbox(id)) => {
                         let event: OutboxEvent =
@@ -469,6 +511,12 @@ impl StateMachine {
             OUTBOX_META_KEY,
             encode(queue.outbox_meta()).map_err(|e| sm_write_error(&e))?,
         );
+        for (job, token, mark) in queue.log_batch_marks() {
+            batch.insert(
+                log_batch_key(job, token),
+                encode(&mark).map_err(|e| sm_write_error(&e))?,
+            );
+        }
         put_meta(
             &mut batch,
             last_applied,

@@ -11,8 +11,12 @@
 //!   AcquireTasks for up to `free_slots` tasks and starts each in a slot.
 //! - **renew**: every `task_heartbeat_interval`, one RenewLeases call for every lease held. A
 //!   lease not renewed is lost: its task is killed. A cancel request kills it and completes it
-//!   CANCELLED. A task whose lease has not been renewed for `heartbeat_error_tolerance` is
-//!   killed: the master will have expired it.
+//!   CANCELLED. A task is killed once its lease may no longer be valid: `kill_after` (by
+//!   default derived from the master's lease, learned at registration) after its last
+//!   successful renewal was *sent*, so it never runs beside its next attempt. A configured
+//!   tolerance longer than the lease stops the agent at registration (exit 2) unless
+//!   `allow_overlapping_attempts` is set. A task gets `SCALEOUT_LEASE_TOKEN` (with
+//!   `SCALEOUT_JOB_ID` and `SCALEOUT_ATTEMPT`) to fence its own writes.
 //! - **drain**: delivers the spool, oldest first, whenever the cluster answers.
 //! - **a task**: runs the process ([`super::runner`]), batches its output (up to
 //!   [`MAX_BATCH_LINES`] lines or [`BATCH_LINGER`]) into AppendLogs, then reports the result
@@ -98,6 +102,10 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 const LINE_CHANNEL: usize = 1024;
 /// How soon a worker too busy for new tasks looks at its load again.
 const LOAD_RECHECK: Duration = Duration::from_millis(500);
+/// How often the agent looks for tasks whose lease may have run out.
+const KILL_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// The master's default lease interval, assumed until a registration tells the real one.
+const DEFAULT_LEASE_MS: u64 = 30_000;
 /// Backoff bounds for registration and for an acquire loop that gets no answer.
 const RETRY_START: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -111,6 +119,9 @@ struct Slot {
     attempt: u32,
     kill: watch::Sender<Option<KillReason>>,
     last_renewed: Instant,
+    /// A renewal after the grant found the lease current and the job not cancelled: only then
+    /// does the process start (a grant can arrive late, from a deposed leader, after a cancel).
+    confirmed: watch::Sender<bool>,
     /// The process has not ended yet (after that the slot only waits for its report).
     running: bool,
 }
@@ -133,6 +144,10 @@ struct State {
     last_error: Option<String>,
     slots: BTreeMap<Key, Slot>,
     pending: BTreeMap<Key, Pending>,
+    /// The master's lease interval, from the last registration (0 before it).
+    lease_interval_ms: u64,
+    /// Why this agent cannot go on (a setting the master's lease makes unsafe): it stops.
+    fatal: Option<String>,
 }
 
 pub(super) struct Agent {
@@ -152,6 +167,29 @@ pub(super) struct Agent {
     wake_drain: Notify,
     /// A slot was removed (shutdown waits on it).
     slot_removed: Notify,
+    /// `State::fatal` was set: the loops stop.
+    fatal_set: Notify,
+    /// New leases wait for a confirming renewal: renew now rather than at the next tick.
+    wake_renew: Notify,
+}
+
+/// Waits until a task's lease is confirmed by a renewal, or until it is killed first (its
+/// reason).
+async fn wait_for_confirmation(
+    mut confirmed: watch::Receiver<bool>,
+    mut kill: watch::Receiver<Option<KillReason>>,
+) -> Result<(), KillReason> {
+    tokio::select! {
+        biased;
+        killed = kill.wait_for(Option::is_some) => match killed {
+            Ok(reason) => Err(reason.unwrap_or(KillReason::Shutdown)),
+            Err(_) => Err(KillReason::Shutdown),
+        },
+        result = confirmed.wait_for(|c| *c) => match result {
+            Ok(_) => Ok(()),
+            Err(_) => Err(KillReason::Shutdown),
+        },
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,17 +252,40 @@ impl Agent {
             wake_acquire: Notify::new(),
             wake_drain: Notify::new(),
             slot_removed: Notify::new(),
+            fatal_set: Notify::new(),
+            wake_renew: Notify::new(),
         }
     }
 
     /// The loops; they run until dropped.
     pub(super) async fn run_loops(self: &Arc<Self>) {
-        tokio::join!(
-            self.control_loop(),
-            self.acquire_loop(),
-            self.renew_loop(),
-            self.drain_loop()
-        );
+        let fatal = self.fatal_set.notified();
+        tokio::select! {
+            _ = async {
+                tokio::join!(
+                    self.control_loop(),
+                    self.acquire_loop(),
+                    self.renew_loop(),
+                    self.kill_loop(),
+                    self.drain_loop()
+                )
+            } => {}
+            () = fatal => {}
+        }
+    }
+
+    /// Why the agent stopped on its own, if it did (see `State::fatal`).
+    pub(super) fn fatal(&self) -> Option<String> {
+        lock(&self.state).fatal.clone()
+    }
+
+    /// How long after its last renewal was sent a task is killed (`config::kill_after`).
+    fn kill_after(&self) -> Duration {
+        let lease_ms = match lock(&self.state).lease_interval_ms {
+            0 => DEFAULT_LEASE_MS,
+            known => known,
+        };
+        super::config::kill_after(&self.config, lease_ms)
     }
 
     fn shutting_down(&self) -> bool {
@@ -395,6 +456,9 @@ impl Agent {
                     let mut state = lock(&self.state);
                     state.registered = true;
                     state.enabled = reply.enabled;
+                    if reply.lease_interval_ms > 0 {
+                        state.lease_interval_ms = reply.lease_interval_ms;
+                    }
                 }
                 info!(
                     display_name = %c.display_name,
@@ -420,18 +484,25 @@ impl Agent {
                          interval: one slow renewal can lose a lease"
                     );
                 }
-                if reply.lease_interval_ms > 0
-                    && c.heartbeat_error_tolerance_ms > reply.lease_interval_ms.saturating_mul(2)
+                if let Err(refusal) = super::config::check_tolerance(c, reply.lease_interval_ms) {
+                    error!(lease_interval_ms = reply.lease_interval_ms, "{refusal}");
+                    {
+                        let mut state = lock(&self.state);
+                        state.registered = false;
+                        state.fatal = Some(refusal);
+                    }
+                    self.fatal_set.notify_one();
+                    return Err(());
+                }
+                if c.allow_overlapping_attempts
+                    && c.heartbeat_error_tolerance_ms
+                        .is_some_and(|t| t > reply.lease_interval_ms)
                 {
-                    // Past the lease the master runs the task again elsewhere; until the
-                    // tolerance runs out this worker keeps running its copy (its result will be
-                    // refused, but its side effects happen twice).
                     warn!(
                         heartbeat_error_tolerance_ms = c.heartbeat_error_tolerance_ms,
                         lease_interval_ms = reply.lease_interval_ms,
-                        "heartbeat_error_tolerance_ms is far beyond the master's lease interval: \
-                         a worker cut off from the cluster keeps running tasks that already run \
-                         elsewhere; set it close to the lease interval"
+                        "allow_overlapping_attempts: a task of this worker may run beside its \
+                         next attempt when this worker is cut off from the cluster"
                     );
                 }
                 self.wake_acquire.notify_one();
@@ -588,6 +659,7 @@ impl Agent {
                 request_id: request_id.clone(),
             };
             let wait = self.config.acquire_wait();
+            let sent = Instant::now();
             let result = self
                 .connection
                 .call(
@@ -606,8 +678,12 @@ impl Agent {
                     request_id = uuid::Uuid::new_v4().to_string();
                     id_saved = false;
                     self.note_reachable(true, None);
+                    let granted = !reply.tasks.is_empty();
                     for task in reply.tasks {
-                        self.start(task);
+                        self.start(task, sent);
+                    }
+                    if granted {
+                        self.wake_renew.notify_one();
                     }
                     continue;
                 }
@@ -622,10 +698,12 @@ impl Agent {
         }
     }
 
-    /// Puts a leased task in a slot and runs it.
-    fn start(self: &Arc<Self>, task: TaskAssignment) {
+    /// Puts a leased task in a slot and runs it; `requested` is when the call that got the lease
+    /// was sent (the lease started after it).
+    fn start(self: &Arc<Self>, task: TaskAssignment, requested: Instant) {
         let key = (task.job_id, task.lease_token);
         let (kill_tx, kill_rx) = watch::channel(None);
+        let (confirmed_tx, confirmed_rx) = watch::channel(false);
         {
             let mut state = lock(&self.state);
             if state.slots.len() >= self.config.max_task_count as usize {
@@ -646,7 +724,8 @@ impl Agent {
                 Slot {
                     attempt: task.attempt,
                     kill: kill_tx,
-                    last_renewed: Instant::now(),
+                    last_renewed: requested,
+                    confirmed: confirmed_tx,
                     running: true,
                 },
             );
@@ -658,7 +737,7 @@ impl Agent {
             attempt = task.attempt
         );
         let agent = Arc::clone(self);
-        tokio::spawn(agent.run_task(task, kill_rx).instrument(span));
+        tokio::spawn(agent.run_task(task, kill_rx, confirmed_rx).instrument(span));
     }
 
     // ---- one task ----------------------------------------------------------------------------
@@ -667,6 +746,7 @@ impl Agent {
         self: Arc<Self>,
         task: TaskAssignment,
         kill: watch::Receiver<Option<KillReason>>,
+        confirmed: watch::Receiver<bool>,
     ) {
         let key = (task.job_id, task.lease_token);
         let spec = task.spec.unwrap_or_default();
@@ -676,7 +756,12 @@ impl Agent {
             attempt: task.attempt,
             spooled: false,
             lost: false,
+            last_batch: 0,
         };
+        if let Err(reason) = wait_for_confirmation(confirmed, kill.clone()).await {
+            self.end_unstarted(key, reason, &mut reporter).await;
+            return;
+        }
         if self.config.noop_executor {
             debug!(name = %spec.name, "no-op executor: reporting success without running");
             if let Some(slot) = lock(&self.state).slots.get_mut(&key) {
@@ -707,6 +792,9 @@ impl Agent {
                 .collect();
             env.insert("SCALEOUT_JOB_ID".into(), task.job_id.to_string());
             env.insert("SCALEOUT_ATTEMPT".into(), task.attempt.to_string());
+            // Grows with every lease the cluster grants: a package can fence its own writes
+            // with it (docs/operations.md, "Fencing a package's writes").
+            env.insert("SCALEOUT_LEASE_TOKEN".into(), task.lease_token.to_string());
             Ok(Invocation {
                 argv,
                 env,
@@ -731,7 +819,7 @@ impl Agent {
             slot.running = false;
         }
 
-        let tolerance_s = self.config.heartbeat_error_tolerance_ms / 1000;
+        let tolerance_s = self.kill_after().as_secs_f64();
         let report = match &outcome {
             RunOutcome::Exited(0) => Some((SpooledOutcome::Succeeded, Some(0), String::new())),
             RunOutcome::Exited(code) => Some((
@@ -758,7 +846,10 @@ impl Agent {
             RunOutcome::Killed(KillReason::NoRenewal) => Some((
                 SpooledOutcome::Failed,
                 None,
-                format!("killed: no lease renewal succeeded for {tolerance_s} s"),
+                format!(
+                    "killed: no lease renewal succeeded for {tolerance_s:.1} s (its lease may \
+                     already be given to another worker)"
+                ),
             )),
             RunOutcome::Killed(KillReason::Shutdown) => {
                 Some((SpooledOutcome::Failed, None, "worker shut down".to_string()))
@@ -799,6 +890,35 @@ impl Agent {
         self.wake_acquire.notify_one();
     }
 
+    /// Ends a task whose process never started: a cancel that came before the confirming
+    /// renewal completes it CANCELLED; a lost or unconfirmed lease reports nothing (the master
+    /// expires it and retries the job, with nothing having run); a shutdown reports FAILED as
+    /// for a running task.
+    async fn end_unstarted(&self, key: Key, reason: KillReason, reporter: &mut Reporter) {
+        info!(?reason, "task not started: its lease was not confirmed");
+        let report = match reason {
+            KillReason::Cancelled => Some((
+                SpooledOutcome::Cancelled,
+                "cancelled before it started".to_string(),
+            )),
+            KillReason::Shutdown => Some((SpooledOutcome::Failed, "worker shut down".to_string())),
+            KillReason::LeaseLost | KillReason::NoRenewal => None,
+        };
+        if let Some((outcome, error)) = report {
+            reporter
+                .send_logs(vec![LogLine {
+                    at_ms: now_ms(),
+                    level: LogLevel::Warning as i32,
+                    text: format!("[worker] {error}"),
+                }])
+                .await;
+            reporter.complete(outcome, None, error).await;
+        }
+        lock(&self.state).slots.remove(&key);
+        self.slot_removed.notify_waiters();
+        self.wake_acquire.notify_one();
+    }
+
     // ---- renew -------------------------------------------------------------------------------
 
     async fn renew_loop(&self) {
@@ -806,11 +926,24 @@ impl Agent {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.wake_renew.notified() => {}
+            }
             let leases = self.held_leases();
             if !leases.is_empty() {
                 self.renew(leases, period).await;
             }
+        }
+    }
+
+    /// Kills tasks whose lease may have run out, on a timer of its own: a renewal that hangs
+    /// until its deadline must not delay the kill past the lease.
+    async fn kill_loop(&self) {
+        let mut ticker = tokio::time::interval(KILL_CHECK_EVERY);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
             self.enforce_tolerance();
         }
     }
@@ -822,6 +955,9 @@ impl Agent {
             ..Default::default()
         };
         let deadline = period.clamp(Duration::from_secs(1), Duration::from_secs(10));
+        // The master extends a lease from when it applies the renewal, which is after this:
+        // counting from here, a task is killed before its lease can run out.
+        let sent = Instant::now();
         let result = self
             .connection
             .call(PER_CALL_TIMEOUT, deadline, |mut client, timeout| {
@@ -846,7 +982,6 @@ impl Agent {
         if not_renewed > 0 {
             self.metrics.renew_failed(not_renewed);
         }
-        let now = Instant::now();
         let mut lost = Vec::new();
         let mut cancelled = Vec::new();
         {
@@ -860,10 +995,17 @@ impl Agent {
                     continue;
                 }
                 if let Some(slot) = state.slots.get_mut(&key) {
-                    slot.last_renewed = now;
+                    slot.last_renewed = sent;
+                    if !status.cancel_requested {
+                        slot.confirmed.send_if_modified(|confirmed| {
+                            let first = !*confirmed;
+                            *confirmed = true;
+                            first
+                        });
+                    }
                 }
                 if let Some(pending) = state.pending.get_mut(&key) {
-                    pending.last_renewed = now;
+                    pending.last_renewed = sent;
                 }
                 if status.cancel_requested {
                     cancelled.push(key);
@@ -887,7 +1029,7 @@ impl Agent {
     /// Kills tasks whose lease has not been renewed for `heartbeat_error_tolerance`, and stops
     /// renewing spooled results that old: the master has expired those leases by now.
     fn enforce_tolerance(&self) {
-        let tolerance = self.config.heartbeat_error_tolerance();
+        let tolerance = self.kill_after();
         let mut stale = Vec::new();
         {
             let mut state = lock(&self.state);
@@ -905,7 +1047,7 @@ impl Agent {
                 warn!(
                     job_id = key.0,
                     lease = key.1,
-                    tolerance_ms = self.config.heartbeat_error_tolerance_ms,
+                    tolerance_ms = tolerance.as_millis() as u64,
                     "no lease renewal succeeded within heartbeat_error_tolerance: killing the task"
                 );
             }
@@ -1010,6 +1152,7 @@ impl Agent {
             SpoolEntry::Logs {
                 job_id,
                 lease_token,
+                batch,
                 lines,
                 ..
             } => {
@@ -1021,7 +1164,7 @@ impl Agent {
                         text: line.text.clone(),
                     })
                     .collect();
-                self.append_logs((*job_id, *lease_token), lines, deadline)
+                self.append_logs((*job_id, *lease_token), *batch, lines, deadline)
                     .await
             }
             SpoolEntry::Complete {
@@ -1047,6 +1190,7 @@ impl Agent {
     async fn append_logs(
         &self,
         key: Key,
+        batch: u64,
         lines: Vec<LogLine>,
         deadline: Duration,
     ) -> Result<(), CallError> {
@@ -1054,6 +1198,7 @@ impl Agent {
             worker_id: self.worker_id.clone(),
             lease: Some(lease_ref(key)),
             lines,
+            batch_sequence: batch,
             ..Default::default()
         };
         self.connection
@@ -1147,6 +1292,9 @@ struct Reporter {
     spooled: bool,
     /// The master answered LEASE_LOST: nothing more is worth sending.
     lost: bool,
+    /// The number of the last log batch sent (or spooled) for this lease: each batch keeps its
+    /// number through retries and the spool, so the master stores it once.
+    last_batch: u64,
 }
 
 impl Reporter {
@@ -1154,11 +1302,13 @@ impl Reporter {
         if lines.is_empty() || self.lost {
             return;
         }
+        self.last_batch += 1;
+        let batch = self.last_batch;
         if !self.spooled {
             let deadline = self.agent.delivery_deadline(LOG_DELIVERY_DEADLINE);
             match self
                 .agent
-                .append_logs(self.key, lines.clone(), deadline)
+                .append_logs(self.key, batch, lines.clone(), deadline)
                 .await
             {
                 Ok(()) => return,
@@ -1195,6 +1345,7 @@ impl Reporter {
                 job_id: self.key.0,
                 lease_token: self.key.1,
                 attempt: self.attempt,
+                batch,
                 lines,
             })
             .await;

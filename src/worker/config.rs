@@ -30,7 +30,8 @@
 //! | `max_task_count` | MaxTaskCount | 10 | Tasks run at once (1..=1000). |
 //! | `agent_heartbeat_interval_ms` | AgentHeartbeatInterval | 5000 | Worker heartbeat. SSIS uses 60 s; we report more often so an offline worker shows sooner. |
 //! | `task_heartbeat_interval_ms` | TaskHeartbeatInterval | 10000 | Lease renewal of every running task, in one call. Keep it well under the master's `workers.lease_interval_ms`. |
-//! | `heartbeat_error_tolerance_ms` | HeartbeatErrorTolerance | 600000 | A task with no successful renewal for this long is killed (the master will have expired its lease). |
+//! | `heartbeat_error_tolerance_ms` | HeartbeatErrorTolerance | derived from the lease | A task is killed once this long has passed since its last successful renewal was *sent*. By default it is derived from the master's lease interval (learned at registration): lease − `task_heartbeat_interval_ms` − a tenth of the lease (at least half the lease), so the task is dead before the master can expire its lease and run it again elsewhere. A value longer than the lease is refused when the agent registers (exit 2) unless `allow_overlapping_attempts = true`. |
+//! | `allow_overlapping_attempts` | | false | Accept a `heartbeat_error_tolerance_ms` longer than the master's lease: a worker cut off from the cluster then keeps running a task after the master has given it to another worker, and the package's side effects can happen twice at once. |
 //! | `task_request_max_cpu` | TaskRequestMaxCPU | 70.0 | No new task while CPU use is above this percentage. |
 //! | `task_request_min_memory_mb` | TaskRequestMinMemory | 100 | No new task while free memory is below this many MiB. |
 //! | `tasks_root_folder` | TasksRootFolder | `<state_dir>/tasks` | Each attempt runs in `<tasks_root_folder>/<job_id>-<attempt>`, created fresh. |
@@ -85,6 +86,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("agent_heartbeat_interval_ms", Kind::Other),
     ("task_heartbeat_interval_ms", Kind::Other),
     ("heartbeat_error_tolerance_ms", Kind::Other),
+    ("allow_overlapping_attempts", Kind::Other),
     ("task_request_max_cpu", Kind::Other),
     ("task_request_min_memory_mb", Kind::Other),
     ("tasks_root_folder", Kind::Str),
@@ -125,7 +127,9 @@ pub struct WorkerConfig {
     pub max_task_count: u32,
     pub agent_heartbeat_interval_ms: u64,
     pub task_heartbeat_interval_ms: u64,
-    pub heartbeat_error_tolerance_ms: u64,
+    /// `None`: derived from the master's lease at registration ([`kill_after`]).
+    pub heartbeat_error_tolerance_ms: Option<u64>,
+    pub allow_overlapping_attempts: bool,
     pub task_request_max_cpu: f64,
     pub task_request_min_memory_mb: u64,
     pub tasks_root_folder: PathBuf,
@@ -144,15 +148,45 @@ pub struct WorkerConfig {
     pub noop_executor: bool,
 }
 
+/// How long after the last successful renewal was sent a task is killed, for a master whose
+/// lease interval is `lease_ms`: the configured `heartbeat_error_tolerance_ms`, or else lease −
+/// renewal interval − a tenth of the lease (never under half the lease). The master expires a
+/// lease no sooner than a lease interval after the renewal was sent, so a task killed by then
+/// never runs beside its next attempt.
+pub fn kill_after(config: &WorkerConfig, lease_ms: u64) -> Duration {
+    let derived = lease_ms
+        .saturating_sub(config.task_heartbeat_interval_ms)
+        .saturating_sub(lease_ms / 10)
+        .max(lease_ms / 2);
+    Duration::from_millis(config.heartbeat_error_tolerance_ms.unwrap_or(derived))
+}
+
+/// Why this worker refuses the master's lease interval: a tolerance longer than the lease lets
+/// a cut-off worker run a task beside its next attempt, unless the operator accepted that.
+pub fn check_tolerance(config: &WorkerConfig, lease_ms: u64) -> Result<(), String> {
+    match config.heartbeat_error_tolerance_ms {
+        Some(tolerance)
+            if lease_ms > 0 && tolerance > lease_ms && !config.allow_overlapping_attempts =>
+        {
+            Err(format!(
+                "heartbeat_error_tolerance_ms is {tolerance} ms, longer than the master's lease \
+                 interval ({lease_ms} ms): a worker cut off from the cluster would keep running \
+                 a task after the master has given it to another worker, and the package's side \
+                 effects would happen twice. Leave heartbeat_error_tolerance_ms out (it is then \
+                 derived from the lease), set it below {lease_ms}, or set \
+                 allow_overlapping_attempts = true to accept duplicate side effects"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl WorkerConfig {
     pub fn agent_heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.agent_heartbeat_interval_ms)
     }
     pub fn task_heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.task_heartbeat_interval_ms)
-    }
-    pub fn heartbeat_error_tolerance(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_error_tolerance_ms)
     }
     pub fn acquire_wait(&self) -> Duration {
         Duration::from_millis(u64::from(self.acquire_wait_ms))
@@ -176,6 +210,7 @@ struct RawConfig {
     agent_heartbeat_interval_ms: Option<u64>,
     task_heartbeat_interval_ms: Option<u64>,
     heartbeat_error_tolerance_ms: Option<u64>,
+    allow_overlapping_attempts: Option<bool>,
     task_request_max_cpu: Option<f64>,
     task_request_min_memory_mb: Option<u64>,
     tasks_root_folder: Option<String>,
@@ -492,7 +527,8 @@ fn build(
         max_task_count: raw.max_task_count.unwrap_or(10),
         agent_heartbeat_interval_ms: raw.agent_heartbeat_interval_ms.unwrap_or(5_000),
         task_heartbeat_interval_ms: raw.task_heartbeat_interval_ms.unwrap_or(10_000),
-        heartbeat_error_tolerance_ms: raw.heartbeat_error_tolerance_ms.unwrap_or(600_000),
+        heartbeat_error_tolerance_ms: raw.heartbeat_error_tolerance_ms,
+        allow_overlapping_attempts: raw.allow_overlapping_attempts.unwrap_or(false),
         task_request_max_cpu: raw.task_request_max_cpu.unwrap_or(70.0),
         task_request_min_memory_mb: raw.task_request_min_memory_mb.unwrap_or(100),
         tasks_root_folder,
@@ -679,13 +715,17 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
             ),
         ));
     }
-    if c.heartbeat_error_tolerance_ms <= c.task_heartbeat_interval_ms {
+    if let Some(tolerance) = c
+        .heartbeat_error_tolerance_ms
+        .filter(|t| *t <= c.task_heartbeat_interval_ms)
+    {
         return Err((
             "heartbeat_error_tolerance_ms",
             format!(
-                "is {} ms but must be greater than task_heartbeat_interval_ms ({} ms), or every \
-                 task is killed before its first renewal; e.g. 600000",
-                c.heartbeat_error_tolerance_ms, c.task_heartbeat_interval_ms
+                "is {tolerance} ms but must be greater than task_heartbeat_interval_ms ({} ms), \
+                 or every task is killed before its first renewal; leave it out to derive it \
+                 from the master's lease",
+                c.task_heartbeat_interval_ms
             ),
         ));
     }
@@ -909,7 +949,8 @@ insecure = true
         assert_eq!(c.max_task_count, 10);
         assert_eq!(c.agent_heartbeat_interval_ms, 5_000);
         assert_eq!(c.task_heartbeat_interval_ms, 10_000);
-        assert_eq!(c.heartbeat_error_tolerance_ms, 600_000);
+        assert_eq!(c.heartbeat_error_tolerance_ms, None);
+        assert!(!c.allow_overlapping_attempts);
         assert_eq!(c.task_request_max_cpu, 70.0);
         assert_eq!(c.task_request_min_memory_mb, 100);
         assert_eq!(c.acquire_wait_ms, 10_000);

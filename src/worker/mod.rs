@@ -65,6 +65,9 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting the cluster's answer at registration makes unsafe (see `config::check_tolerance`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl WorkerError {
@@ -72,7 +75,10 @@ impl WorkerError {
     /// otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            WorkerError::Config(_) | WorkerError::Endpoints(_) | WorkerError::Tls(_) => 2,
+            WorkerError::Config(_)
+            | WorkerError::Endpoints(_)
+            | WorkerError::Tls(_)
+            | WorkerError::Refused(_) => 2,
             WorkerError::Spool(_) | WorkerError::MetricsListen { .. } => 1,
         }
     }
@@ -83,8 +89,10 @@ impl WorkerError {
 /// while no replica answers). On shutdown it stops taking tasks, kills the running ones and
 /// reports each as FAILED "worker shut down" (or spools that report), then returns.
 ///
-/// Fails only at start, when the spool cannot be opened, the endpoints are unusable or
-/// `metrics_listen` cannot be bound.
+/// Fails at start, when the spool cannot be opened, the endpoints are unusable or
+/// `metrics_listen` cannot be bound; and at registration, when the cluster's lease interval
+/// makes a setting unsafe ([`WorkerError::Refused`]: `heartbeat_error_tolerance_ms` longer than
+/// the lease without `allow_overlapping_attempts`).
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -206,7 +214,10 @@ impl Worker {
             // Served until the end: during shutdown `/readyz` says so.
             drop(ops);
             drop(duty);
-            Ok(())
+            match agent.fatal() {
+                Some(refusal) => Err(WorkerError::Refused(refusal)),
+                None => Ok(()),
+            }
         }
         .instrument(span)
         .await

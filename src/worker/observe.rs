@@ -24,7 +24,8 @@
 //!   or killed because the worker shut down; reported FAILED;
 //! - `cancelled`: killed because the job was cancelled; reported CANCELLED;
 //! - `lost`: killed because the lease was lost (the master said so) or could not be renewed
-//!   within `heartbeat_error_tolerance_ms` (the master expires it and retries the task).
+//!   before the lease may run out (`heartbeat_error_tolerance_ms`, by default derived from the
+//!   lease; the master expires it and retries the task).
 
 use std::time::Duration;
 

@@ -53,7 +53,7 @@ pub enum KillReason {
     Cancelled,
     /// The lease is no longer ours: report nothing.
     LeaseLost,
-    /// No renewal succeeded for `heartbeat_error_tolerance`: the master has expired the lease.
+    /// No renewal succeeded in time: the lease may already be given to another worker.
     NoRenewal,
     /// The worker is shutting down.
     Shutdown,

@@ -55,6 +55,10 @@ pub enum SpoolEntry {
         job_id: u64,
         lease_token: u64,
         attempt: u32,
+        /// The batch's number within its lease (`AppendLogsRequest.batch_sequence`); 0 in
+        /// spools written before batches were numbered.
+        #[serde(default)]
+        batch: u64,
         lines: Vec<SpooledLine>,
     },
     /// A CompleteTask call.
@@ -356,6 +360,7 @@ mod tests {
             job_id,
             lease_token: job_id * 10,
             attempt: 1,
+            batch: 1,
             lines: vec![SpooledLine {
                 at_ms: 5,
                 level: 2,

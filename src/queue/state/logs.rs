@@ -10,11 +10,14 @@ use crate::queue::{
 impl QueueState {
     /// Lines count as the attempt whose lease token they carry. A token this worker was once
     /// granted for the job is accepted even after the lease ended (the lines are stored flagged
-    /// `late`: a spooled log still tells what ran); a token it never held is refused.
+    /// `late`: a spooled log still tells what ran); a token it never held is refused. A batch
+    /// numbered (`batch` > 0) at or below the last one applied for this lease is a retry: it is
+    /// answered as the first delivery was and stores nothing.
     pub(super) fn append_logs(
         &mut self,
         worker: WorkerId,
         lease: LeaseRef,
+        batch: u64,
         lines: Vec<LogLine>,
     ) -> CommandResult {
         let job = self
@@ -29,6 +32,18 @@ impl QueueState {
             })?
             .number;
         let late = !job.holds_lease(worker, lease.token);
+        let key = (lease.job_id, lease.token);
+        if batch > 0 {
+            if self
+                .log_batches
+                .get(&key)
+                .is_some_and(|&last| batch <= last)
+            {
+                return Ok(CommandOutput::LogsAppended { late });
+            }
+            self.log_batches.insert(key, batch);
+            self.changes.log_batches.insert(key);
+        }
         if !lines.is_empty() {
             let notice = MAX_LOG_LINES_PER_JOB + 1;
             let had_notice = self.logs.contains_key(&(lease.job_id, notice));

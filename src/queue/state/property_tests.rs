@@ -63,6 +63,8 @@ enum Op {
         own: bool,
         worker: u8,
         lines: u8,
+        /// A numbered batch (retries included, as numbers repeat), or an unnumbered append.
+        batch: Option<u64>,
     },
     Complete {
         pick: usize,
@@ -99,8 +101,8 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
             .prop_map(|(worker, free_slots, cpu, mem)| Op::Acquire { worker, free_slots, cpu, mem }),
         3 => (w.clone(), proptest::collection::vec(any::<usize>(), 0..4))
             .prop_map(|(worker, leases)| Op::Renew { worker, leases }),
-        2 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..4)
-            .prop_map(|(pick, own, worker, lines)| Op::AppendLogs { pick, own, worker, lines }),
+        2 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..4, proptest::option::weighted(0.7, 1u64..4))
+            .prop_map(|(pick, own, worker, lines, batch)| Op::AppendLogs { pick, own, worker, lines, batch }),
         5 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..8)
             .prop_map(|(pick, own, worker, outcome)| Op::Complete { pick, own, worker, outcome }),
         2 => Just(Op::Expire),
@@ -213,12 +215,23 @@ fn to_command(
             own,
             worker,
             lines,
+            batch,
         } => {
             let (lease, holder) = pick(i).unwrap_or(no_lease);
-            Command::AppendLogs {
-                worker: if own { holder } else { wid(worker) },
-                lease,
-                lines: (0..lines).map(|n| line(&format!("l{n}"))).collect(),
+            let worker = if own { holder } else { wid(worker) };
+            let lines = (0..lines).map(|n| line(&format!("l{n}"))).collect();
+            match batch {
+                Some(batch) => Command::AppendLogBatch {
+                    worker,
+                    lease,
+                    batch,
+                    lines,
+                },
+                None => Command::AppendLogs {
+                    worker,
+                    lease,
+                    lines,
+                },
             }
         }
         Op::Complete {
@@ -361,6 +374,22 @@ proptest! {
                     let job = before.job(lease.job_id).expect("job");
                     prop_assert!(job.attempt_with(*worker, lease.token).is_some());
                     prop_assert_eq!(*late, !job.holds_lease(*worker, lease.token));
+                }
+                (Command::AppendLogBatch { worker, lease, batch, lines }, Ok(CommandOutput::LogsAppended { late })) => {
+                    let job = before.job(lease.job_id).expect("job");
+                    prop_assert!(job.attempt_with(*worker, lease.token).is_some());
+                    prop_assert_eq!(*late, !job.holds_lease(*worker, lease.token));
+                    let stored_before = job.log_lines + job.log_lines_dropped;
+                    let after = sim.state.job(lease.job_id).expect("job");
+                    let stored_after = after.log_lines + after.log_lines_dropped;
+                    let mark = before.log_batch_mark(lease.job_id, lease.token);
+                    if mark.is_some_and(|last| *batch <= last) {
+                        // A retry: nothing stored again.
+                        prop_assert_eq!(stored_after, stored_before);
+                    } else {
+                        prop_assert_eq!(stored_after, stored_before + lines.len() as u64);
+                        prop_assert_eq!(sim.state.log_batch_mark(lease.job_id, lease.token), Some(*batch));
+                    }
                 }
                 (Command::ExpireLeases, Ok(CommandOutput::Expired { jobs })) => {
                     for id in jobs {

@@ -797,6 +797,54 @@ fn logs_are_capped_with_one_running_notice() {
 }
 
 #[test]
+fn a_retried_log_batch_is_stored_once() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 1);
+    let id = sim.submit(spec());
+    let task = sim.acquire(w, 1).pop().expect("task");
+    let send = |sim: &mut Sim, batch: u64, texts: &[&str]| {
+        sim.apply(Command::AppendLogBatch {
+            worker: w,
+            lease: lease_of(&task),
+            batch,
+            lines: texts.iter().map(|t| line(t)).collect(),
+        })
+    };
+    let appended = Ok(CommandOutput::LogsAppended { late: false });
+    assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
+    let events = sim.state.outbox_events().count();
+    // The answer was lost: the same batch again, then again from the spool.
+    assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
+    assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
+    assert_eq!(send(&mut sim, 2, &["c"]), appended);
+    // A late re-send of an older batch changes nothing either.
+    assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
+    let texts: Vec<String> = sim
+        .state
+        .job_logs(id, 0, 100)
+        .into_iter()
+        .map(|l| l.line.text)
+        .collect();
+    assert_eq!(texts, vec!["a", "b", "c"]);
+    assert_eq!(sim.job(id).log_lines, 3);
+    // One SSISDB event per stored line: the retries recorded none.
+    assert_eq!(sim.state.outbox_events().count(), events + 1);
+    // Unnumbered appends (the master's own late-result note) are always stored.
+    for _ in 0..2 {
+        sim.apply(Command::AppendLogs {
+            worker: w,
+            lease: lease_of(&task),
+            lines: vec![line("note")],
+        })
+        .expect("append");
+    }
+    assert_eq!(sim.job(id).log_lines, 5);
+    // Batch numbers are per lease: the next attempt starts again from 1.
+    assert_eq!(sim.state.log_batch_mark(id, task.token), Some(2));
+    sim.assert_rows_rebuild();
+}
+
+#[test]
 fn changes_name_every_row_a_command_touched() {
     let mut sim = Sim::new();
     let w = sim.register(1, &[], 1);

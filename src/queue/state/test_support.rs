@@ -67,6 +67,7 @@ pub struct Rows {
     pub outbox: BTreeMap<u64, OutboxEvent>,
     pub outbox_meta: OutboxMeta,
     pub clock_ms: u64,
+    pub log_batches: BTreeMap<(JobId, u64), u64>,
 }
 
 impl Rows {
@@ -104,6 +105,12 @@ impl Rows {
         if changes.clock {
             self.clock_ms = state.clock_ms();
         }
+        for (job, token) in changes.log_batches {
+            let batch = state
+                .log_batch_mark(job, token)
+                .expect("a changed batch mark exists");
+            self.log_batches.insert((job, token), batch);
+        }
         self.next_job_id = state.next_job_id();
         self.next_lease_token = state.next_lease_token();
     }
@@ -118,6 +125,11 @@ impl Rows {
             outbox: self.outbox.values().cloned().collect(),
             outbox_meta: self.outbox_meta.clone(),
             clock_ms: self.clock_ms,
+            log_batches: self
+                .log_batches
+                .iter()
+                .map(|(&(job, token), &batch)| (job, token, batch))
+                .collect(),
         })
     }
 }

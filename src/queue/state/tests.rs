@@ -162,6 +162,7 @@ fn rebuilding_from_parts_gives_the_same_state() {
         outbox: state.outbox_events().cloned().collect(),
         outbox_meta: state.outbox_meta().clone(),
         clock_ms: state.clock_ms(),
+        log_batches: state.log_batch_marks().collect(),
         ..Parts::default()
     });
     assert_eq!(rebuilt, state);
@@ -262,6 +263,7 @@ proptest! {
             outbox: state.outbox_events().cloned().collect(),
             outbox_meta: state.outbox_meta().clone(),
             clock_ms: state.clock_ms(),
+            log_batches: state.log_batch_marks().collect(),
             ..Parts::default()
         });
         prop_assert_eq!(rebuilt, state);
