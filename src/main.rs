@@ -80,7 +80,8 @@ enum Command {
         jobs: u32,
     },
     /// Chaos test: 3 replicas and workers behind fault-injecting proxies, faults from a seeded
-    /// plan (kills, pauses, partitions, a lost disk, power cuts), then every invariant checked.
+    /// plan (kills, pauses, partitions, a lost disk, power cuts, clock steps, overlapping
+    /// faults), then every invariant checked.
     /// Exits 1 if one broke.
     Chaos {
         /// How long to inject faults.

@@ -40,6 +40,8 @@ struct Seen {
     cancel: Vec<LeaseRef>,
     /// Tokens whose renewal answers that the job was cancelled.
     cancelled: BTreeSet<u64>,
+    /// The lease tokens each heartbeat reported running, in arrival order.
+    heartbeats: Vec<Vec<u64>>,
 }
 
 #[derive(Clone, Default)]
@@ -99,9 +101,16 @@ impl WorkerService for Fake {
 
     async fn heartbeat(
         &self,
-        _: Request<HeartbeatRequest>,
+        request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.gate()?;
+        let running = request
+            .into_inner()
+            .running
+            .iter()
+            .map(|l| l.lease_token)
+            .collect();
+        self.seen().heartbeats.push(running);
         let cancel = std::mem::take(&mut self.seen().cancel);
         Ok(Response::new(HeartbeatResponse {
             enabled: true,
@@ -399,8 +408,19 @@ async fn cancel_and_lost_leases_kill_the_process_tree() {
         !fake.seen().completions.is_empty()
     })
     .await;
-    // Give a wrong report on job 2 time to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A report on job 2 would go out before its slot is freed: once a heartbeat says the agent
+    // runs neither lease any more, whatever it was going to report has arrived.
+    eventually(
+        Duration::from_secs(10),
+        "a heartbeat without either lease",
+        || {
+            fake.seen()
+                .heartbeats
+                .last()
+                .is_some_and(|running| !running.contains(&21) && !running.contains(&22))
+        },
+    )
+    .await;
     stop_agent(stop, agent).await;
     let seen = fake.seen();
     assert_eq!(seen.completions.len(), 1, "a lost lease reports nothing");

@@ -346,7 +346,10 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     wait_workers(&client, 1).await;
 
     let marker = cluster.root().join("ran");
-    let script = format!("echo run >> {}; sleep 4", marker.display());
+    let script = format!(
+        "echo run-$SCALEOUT_ATTEMPT >> {}; sleep 4",
+        marker.display()
+    );
     // The expired attempt consumes one of the two.
     let spec = v1::JobSpec {
         max_attempts: 2,
@@ -358,9 +361,42 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     cluster.pause_worker("a", true).expect("SIGSTOP");
     let b = cluster.start_worker(fast_worker("b")).expect("worker b");
 
-    // The lease expires and worker b runs the task again.
-    let done = wait_terminal(&client, job, &cluster).await;
+    // The lease expires and worker b runs the task again. Worker a wakes up while attempt 2
+    // still holds the lease: what it says about its own attempt is refused.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let current = client.get_job(job, false).await.expect("get");
+        if current.attempts.len() == 2 && current.state == JobState::Running as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {current:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cluster.pause_worker("a", false).expect("SIGCONT");
+    let refusals = [
+        "lease not renewed",
+        "result refused: the lease is lost",
+        "logs refused: the lease is lost",
+    ];
+    let deadline = Instant::now() + WAIT;
+    while !refusals
+        .iter()
+        .any(|r| cluster.worker_log_tail("a", 200).contains(r))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "worker a was never refused:\n{}",
+            cluster.worker_log_tail("a", 40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let during = client.get_job(job, false).await.expect("get");
+    assert_eq!(
+        (during.state, during.attempts.len()),
+        (JobState::Running as i32, 2),
+        "attempt 2 should still hold the lease when worker a was refused: {during:?}"
+    );
+    let done = wait_terminal(&client, job, &cluster).await;
     assert_eq!(done.state, JobState::Succeeded as i32);
     assert_eq!(
         outcomes(&done),
@@ -369,6 +405,9 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     );
     assert_eq!(done.attempts[0].worker_id, a.to_string());
     assert_eq!(done.attempts[1].worker_id, b.to_string());
+    // Each attempt ran once, and no third one started.
+    let ran = std::fs::read_to_string(&marker).expect("the marker");
+    assert_eq!(ran.lines().collect::<Vec<_>>(), vec!["run-1", "run-2"]);
 
     // Worker a, resumed, finds its lease gone. Whatever it reports under the old token is
     // refused; shown here with its own id and token, then by letting the agent itself talk.
@@ -545,7 +584,18 @@ async fn results_and_logs_survive_all_replicas_being_down() {
     let _serial = SERIAL.lock().await;
     let mut cluster = fast_cluster();
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(fast_worker("a")).expect("worker");
+    // The outage is longer than the 3 s lease: a worker with default settings kills its task
+    // (a_worker_cut_off_from_the_cluster_stops_its_task_before_the_retry_starts); this one is
+    // told to ride outages out, so the task ends by itself and its result waits in the spool.
+    cluster
+        .start_worker(fast_worker_with(
+            "a",
+            &[
+                "heartbeat_error_tolerance_ms = 60000",
+                "allow_overlapping_attempts = true",
+            ],
+        ))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 

@@ -3,16 +3,20 @@
 //! made-up histories.
 //!
 //! - 1 no acknowledged submit is lost, and the job under its id is the one submitted (same
-//!   idempotency key): a lost job whose id was handed out again is caught, not counted as there;
+//!   idempotency key and same command line): a lost job whose id was handed out again is
+//!   caught, not counted as there;
 //! - 2 fencing: a job completes at most once, and only its latest attempt may carry a worker's
 //!   result (an earlier one that succeeded means a stale completion was accepted);
 //! - 3 no job has more attempts than `max_attempts`;
 //! - 4 a lease expires only where a worker was really out of reach: an expired attempt whose
 //!   lifetime overlaps no worker fault (pause, kill, API cut) means a replica fault expired it;
 //! - 6 one job per idempotency key, and every acknowledgment of a key names that job;
-//! - 7 a linearizable read never misses a job acknowledged before the read began;
+//! - 7 a linearizable read never misses a job acknowledged before the read began, nor a cancel
+//!   acknowledged before it began (it must show the job cancelled, being cancelled, or ended);
 //! - and after the faults heal: every acknowledged job is terminal, and every replica holds
-//!   the same jobs in the same states.
+//!   the same state, read while all report one applied index: every job whole (attempts,
+//!   tokens, outcomes, timestamps), the log lines of a sample of jobs, the workers, and the
+//!   outbox. Replicas that never report one applied index are a finding, not a skipped check.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -30,6 +34,8 @@ pub struct SubmitRecord {
     pub completed_ms: u64,
     /// `None`: the outcome is unknown (the cluster did not answer in time).
     pub job_id: Option<u64>,
+    /// The command line submitted: the job under the acknowledged id must have it.
+    pub argv: Vec<String>,
 }
 
 /// A linearizable GetJob of an acknowledged job.
@@ -41,6 +47,11 @@ pub struct ReadRecord {
     pub invoked_ms: u64,
     /// The job was not there (an error that is not "not found" is not recorded).
     pub missing: bool,
+    /// The read began after a cancel of the job was acknowledged (`acked_ms` is then the
+    /// cancel's acknowledgment).
+    pub after_cancel: bool,
+    /// The read showed the job cancelled, being cancelled (`cancel_requested`) or ended.
+    pub saw_cancel: bool,
 }
 
 /// One injected fault, with its window in wall-clock ms since the Unix epoch (the clock of the
@@ -70,8 +81,11 @@ pub struct SsisdbEnd {
 pub struct FinalState {
     /// Every job, read linearizably from the leader.
     pub jobs: Vec<v1::Job>,
-    /// Replica id → (job id → state), each read from that replica's own state.
-    pub per_replica: BTreeMap<u64, BTreeMap<u64, i32>>,
+    /// Replica id → what it holds, each read from that replica's own state while every replica
+    /// reported one applied index (empty when they never did: see `replicas_converged`).
+    pub per_replica: BTreeMap<u64, ReplicaView>,
+    /// Whether the replicas ever reported one applied index at the end.
+    pub replicas_converged: bool,
     /// Replica id → (events in its outbox, its shipped cursor): the outbox is replicated
     /// state, so every replica holds the same (the SSISDB side of invariant 5 is
     /// `tests/ssisdb.rs`).
@@ -86,6 +100,17 @@ pub struct FinalState {
     pub started_unix_ms: u64,
     /// Processes that exited without being killed by the run.
     pub crashes: Vec<String>,
+}
+
+/// One replica's own state at the end, for the comparison of replicas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplicaView {
+    /// Job id → the whole job as this replica holds it.
+    pub jobs: BTreeMap<u64, v1::Job>,
+    /// Job id → its log lines (sequence, attempt, text), for a sample of jobs.
+    pub logs: BTreeMap<u64, Vec<(u64, u32, String)>>,
+    /// Worker id → its replicated row (enabled, draining, last heartbeat, running jobs).
+    pub workers: BTreeMap<String, String>,
 }
 
 /// The checker's verdict and the run's figures.
@@ -248,6 +273,99 @@ impl fmt::Display for Report {
     }
 }
 
+/// Every difference between the replicas' views (read at one applied index), and between them
+/// and the leader's linearizable list of jobs.
+fn compare_replicas(end: &FinalState) -> Vec<String> {
+    let mut found = Vec::new();
+    if !end.replicas_converged {
+        found.push("the replicas never reported one applied index at the end".to_string());
+        return found;
+    }
+    let mut views = end.per_replica.iter();
+    let Some((first, reference)) = views.next() else {
+        return found;
+    };
+    let differing = |a: &BTreeMap<u64, v1::Job>, b: &BTreeMap<u64, v1::Job>| -> Vec<u64> {
+        a.keys()
+            .chain(b.keys())
+            .copied()
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .filter(|id| a.get(id) != b.get(id))
+            .collect()
+    };
+    for (replica, view) in views {
+        let jobs = differing(&reference.jobs, &view.jobs);
+        if !jobs.is_empty() {
+            found.push(format!(
+                "replica {replica} and replica {first} hold {} jobs differently (e.g. {:?})",
+                jobs.len(),
+                &jobs[..jobs.len().min(5)]
+            ));
+        }
+        let logs: Vec<u64> = reference
+            .logs
+            .keys()
+            .chain(view.logs.keys())
+            .copied()
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .filter(|id| reference.logs.get(id) != view.logs.get(id))
+            .collect();
+        if !logs.is_empty() {
+            found.push(format!(
+                "replica {replica} and replica {first} hold the log lines of jobs {logs:?} \
+                 differently"
+            ));
+        }
+        if view.workers != reference.workers {
+            found.push(format!(
+                "replica {replica} and replica {first} hold the workers differently"
+            ));
+        }
+    }
+    // The leader's list was read before the replicas: only what cannot change once every job
+    // ended is compared (states, attempts, tokens, outcomes).
+    let settled = |job: &v1::Job| {
+        let attempts: Vec<(u32, u64, i32, String)> = job
+            .attempts
+            .iter()
+            .map(|a| (a.number, a.lease_token, a.outcome, a.worker_id.clone()))
+            .collect();
+        (job.state, job.idempotency_key.clone(), attempts)
+    };
+    let leader: BTreeMap<u64, _> = end.jobs.iter().map(|j| (j.id, settled(j))).collect();
+    let replica: BTreeMap<u64, _> = reference
+        .jobs
+        .values()
+        .map(|j| (j.id, settled(j)))
+        .collect();
+    if leader != replica {
+        let ids: BTreeSet<u64> = leader.keys().chain(replica.keys()).copied().collect();
+        let off: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| leader.get(id) != replica.get(id))
+            .take(5)
+            .collect();
+        found.push(format!(
+            "the leader's linearizable jobs differ from replica {first}'s (e.g. {off:?})"
+        ));
+    }
+    let mut outboxes = end.outboxes.iter();
+    if let Some((first, expected)) = outboxes.next() {
+        for (replica, outbox) in outboxes {
+            if outbox != expected {
+                found.push(format!(
+                    "replica {replica}'s outbox holds {} events up to cursor {}, replica \
+                     {first}'s {} up to {}",
+                    outbox.0, outbox.1, expected.0, expected.1
+                ));
+            }
+        }
+    }
+    found
+}
+
 fn terminal(state: i32) -> bool {
     matches!(
         JobState::try_from(state),
@@ -310,14 +428,23 @@ pub fn check(
         .map(|(key, ids)| format!("{key} {ids:?}"))
         .collect();
 
-    // 1 and the end state of every acknowledged job.
+    // 1 and the end state of every acknowledged job: the job under the id is the one submitted.
     let acked_ids: BTreeSet<u64> = acked.values().copied().collect();
+    let submitted_argv: BTreeMap<&str, &[String]> = submits
+        .iter()
+        .map(|s| (s.key.as_str(), s.argv.as_slice()))
+        .collect();
     for (key, &id) in &acked {
         if let Some(job) = jobs.get(&id) {
+            let argv = job.spec.as_ref().map_or(&[][..], |s| s.argv.as_slice());
             if job.idempotency_key != *key {
                 report.replaced.push(format!(
                     "{id} (acknowledged for {key}, holds {})",
                     job.idempotency_key
+                ));
+            } else if submitted_argv.get(key).is_some_and(|sent| *sent != argv) {
+                report.replaced.push(format!(
+                    "{id} (acknowledged for {key} with another command line: {argv:?})"
                 ));
             }
         }
@@ -376,40 +503,12 @@ pub fn check(
     // 7.
     report.stale_reads = reads
         .iter()
-        .filter(|r| r.missing && r.invoked_ms >= r.acked_ms)
+        .filter(|r| r.invoked_ms >= r.acked_ms && (r.missing || (r.after_cancel && !r.saw_cancel)))
         .map(|r| r.job_id)
         .collect();
 
-    // Replicas converge on the leader's jobs.
-    let leader_view: BTreeMap<u64, i32> = end.jobs.iter().map(|j| (j.id, j.state)).collect();
-    for (replica, view) in &end.per_replica {
-        if *view != leader_view {
-            let differing = leader_view
-                .iter()
-                .filter(|(id, state)| view.get(id) != Some(state))
-                .count()
-                + view
-                    .keys()
-                    .filter(|id| !leader_view.contains_key(id))
-                    .count();
-            report
-                .diverged_replicas
-                .push(format!("replica {replica}: {differing} jobs differ"));
-        }
-    }
-
-    let mut outboxes = end.outboxes.iter();
-    if let Some((first, expected)) = outboxes.next() {
-        for (replica, outbox) in outboxes {
-            if outbox != expected {
-                report.diverged_replicas.push(format!(
-                    "replica {replica}'s outbox holds {} events up to cursor {}, replica \
-                     {first}'s {} up to {}",
-                    outbox.0, outbox.1, expected.0, expected.1
-                ));
-            }
-        }
-    }
+    // Replicas hold the same state, and the leader's linearizable view agrees with it.
+    report.diverged_replicas = compare_replicas(end);
 
     if let Some(sql) = &end.ssisdb {
         report.ssisdb_events = Some(sql.view.rows);
@@ -522,7 +621,29 @@ mod tests {
             invoked_ms: at,
             completed_ms: at + 5,
             job_id: Some(id),
+            argv: Vec::new(),
         }
+    }
+
+    fn read(job_id: u64, acked_ms: u64, invoked_ms: u64, missing: bool) -> ReadRecord {
+        ReadRecord {
+            job_id,
+            acked_ms,
+            invoked_ms,
+            missing,
+            after_cancel: false,
+            saw_cancel: false,
+        }
+    }
+
+    /// Every replica's view of `jobs`, as one would read it.
+    fn views(jobs: &[v1::Job]) -> BTreeMap<u64, ReplicaView> {
+        let view = ReplicaView {
+            jobs: jobs.iter().map(|j| (j.id, j.clone())).collect(),
+            logs: BTreeMap::from([(1, vec![(1, 1, "hello".to_string())])]),
+            workers: BTreeMap::from([("w".to_string(), "enabled".to_string())]),
+        };
+        BTreeMap::from([(1, view.clone()), (2, view)])
     }
 
     fn healthy() -> (Vec<SubmitRecord>, FinalState) {
@@ -545,9 +666,9 @@ mod tests {
             ),
             job(3, "c", JobState::Cancelled, &[]),
         ];
-        let view: BTreeMap<u64, i32> = jobs.iter().map(|j| (j.id, j.state)).collect();
         let end = FinalState {
-            per_replica: BTreeMap::from([(1, view.clone()), (2, view)]),
+            per_replica: views(&jobs),
+            replicas_converged: true,
             outboxes: BTreeMap::from([(1, (40, 7)), (2, (40, 7))]),
             jobs,
             stale_refused: 2,
@@ -587,7 +708,7 @@ mod tests {
         let (submits, mut end) = healthy();
         end.jobs.retain(|j| j.id != 2);
         for view in end.per_replica.values_mut() {
-            view.remove(&2);
+            view.jobs.remove(&2);
         }
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert_eq!(report.lost, vec![2]);
@@ -684,27 +805,17 @@ mod tests {
             &[(AttemptOutcome::Succeeded, 1, 2)],
         ));
         let reads = vec![
-            ReadRecord {
-                job_id: 3,
-                acked_ms: 1005,
-                invoked_ms: 1500,
-                missing: true,
-            },
+            read(3, 1005, 1500, true),
             // Invoked before the acknowledgment: concurrent, may miss.
-            ReadRecord {
-                job_id: 2,
-                acked_ms: 105,
-                invoked_ms: 100,
-                missing: true,
-            },
+            read(2, 105, 100, true),
         ];
         let report = check(7, 60.0, &submits, &reads, &[], &end, 5000);
         assert_eq!(report.inconsistent_acks, vec!["a (1 and 4)".to_string()]);
         assert_eq!(report.duplicate_keys, vec!["a [1, 4]".to_string()]);
         assert_eq!(report.stale_reads, vec![3]);
         assert!(
-            report.diverged_replicas.len() == 2,
-            "{:?}",
+            report.diverged_replicas.len() == 1,
+            "the leader's jobs hold job 4, the replicas' do not: {:?}",
             report.diverged_replicas
         );
     }
@@ -782,18 +893,96 @@ mod tests {
     fn unfinished_jobs_and_unknown_submits_are_told_apart() {
         let (mut submits, mut end) = healthy();
         end.jobs[2].state = JobState::Running as i32;
-        for view in end.per_replica.values_mut() {
-            view.insert(3, JobState::Running as i32);
-        }
+        end.per_replica = views(&end.jobs);
         submits.push(SubmitRecord {
             key: "d".into(),
             invoked_ms: 3000,
             completed_ms: 18000,
             job_id: None,
+            argv: Vec::new(),
         });
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert_eq!(report.not_terminal, vec![3]);
         assert_eq!(report.submits_indeterminate, 1);
         assert!(report.lost.is_empty());
+    }
+
+    /// A lost job whose id went to a retry of the same key with another command line (a
+    /// client bug, or a key reused by mistake) is not the job that was acknowledged.
+    #[test]
+    fn an_acknowledged_id_holding_another_command_line_is_reported() {
+        let (mut submits, mut end) = healthy();
+        submits[1].argv = vec!["load".into(), "sales".into()];
+        end.jobs[1].spec = Some(v1::JobSpec {
+            argv: vec!["load".into(), "sales".into()],
+            max_attempts: 2,
+            ..Default::default()
+        });
+        end.per_replica = views(&end.jobs);
+        assert!(check(7, 60.0, &submits, &[], &[], &end, 5000).ok());
+        end.jobs[1].spec = Some(v1::JobSpec {
+            argv: vec!["drop".into(), "sales".into()],
+            max_attempts: 2,
+            ..Default::default()
+        });
+        end.per_replica = views(&end.jobs);
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.replaced.len(), 1, "{report}");
+        assert!(
+            report.replaced[0].contains("another command line"),
+            "{report}"
+        );
+    }
+
+    /// Equal in every job's state, different in its attempts: comparing states alone passed it.
+    #[test]
+    fn replicas_equal_in_state_but_not_in_attempts_are_reported() {
+        let (submits, mut end) = healthy();
+        let other = end.per_replica.get_mut(&2).expect("replica 2");
+        let job = other.jobs.get_mut(&2).expect("job 2");
+        job.attempts[1].lease_token += 1;
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(!report.ok());
+        assert!(
+            report.diverged_replicas[0].contains("hold 1 jobs differently"),
+            "{report}"
+        );
+        // Log lines and workers count too.
+        let (submits, mut end) = healthy();
+        let other = end.per_replica.get_mut(&2).expect("replica 2");
+        other
+            .logs
+            .insert(1, vec![(1, 1, "hello".into()), (2, 1, "hello".into())]);
+        other.workers.insert("w".into(), "disabled".into());
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.diverged_replicas.len(), 2, "{report}");
+        // Replicas that never agree on an applied index are a finding, not a skipped check.
+        let (submits, mut end) = healthy();
+        end.replicas_converged = false;
+        end.per_replica.clear();
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(!report.ok());
+        assert!(report
+            .to_string()
+            .contains("never reported one applied index"));
+    }
+
+    /// A read that began after a cancel was acknowledged and still shows the job running, not
+    /// being cancelled: stale. Checking only for "not found" passed it.
+    #[test]
+    fn a_read_that_misses_an_acknowledged_cancel_is_stale() {
+        let (submits, end) = healthy();
+        let stale = ReadRecord {
+            after_cancel: true,
+            saw_cancel: false,
+            ..read(2, 500, 500, false)
+        };
+        let fresh = ReadRecord {
+            after_cancel: true,
+            saw_cancel: true,
+            ..read(1, 500, 500, false)
+        };
+        let report = check(7, 60.0, &submits, &[stale, fresh], &[], &end, 5000);
+        assert_eq!(report.stale_reads, vec![2], "{report}");
     }
 }

@@ -1,8 +1,11 @@
-//! The faults the chaos run injects, one at a time, each healed before the next: process kills
-//! and pauses (replicas and workers), partitions through the link proxies (both directions,
-//! one way, replica cut off from its workers), a replica that loses its disk and comes back
-//! as a new member, and power cuts (one replica, the leader, or all at once) that lose every
-//! write not yet synced (`powercut.rs`).
+//! The faults the chaos run injects, one after another, each healed before the next: process
+//! kills and pauses (replicas and workers), partitions through the link proxies (both
+//! directions, one way, replica cut off from its workers), a replica that loses its disk and
+//! comes back as a new member, power cuts (one replica, the leader, or all at once) that lose
+//! every write not yet synced (`powercut.rs`), steps of the leader's wall clock (forward and
+//! back, through the replicas' test-only clock offset files), and overlapping faults that
+//! still leave a majority (a follower paused while a worker is killed and the leader's API is
+//! cut).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,10 +41,12 @@ pub enum FaultKind {
     PowerCutFollower,
     PowerCutLeader,
     PowerCutAll,
+    ClockStepLeader,
+    Overlapping,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -56,6 +61,8 @@ impl FaultKind {
         FaultKind::PowerCutFollower,
         FaultKind::PowerCutLeader,
         FaultKind::PowerCutAll,
+        FaultKind::ClockStepLeader,
+        FaultKind::Overlapping,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +81,8 @@ impl FaultKind {
             FaultKind::PowerCutFollower => "power-cut-follower",
             FaultKind::PowerCutLeader => "power-cut-leader",
             FaultKind::PowerCutAll => "power-cut-all",
+            FaultKind::ClockStepLeader => "clock-step-leader",
+            FaultKind::Overlapping => "overlapping",
         }
     }
 
@@ -85,11 +94,15 @@ impl FaultKind {
         )
     }
 
-    /// Whether the fault keeps workers from the leader long enough for leases to expire.
+    /// Whether the fault keeps workers from the leader long enough for leases to expire. A
+    /// clock step does not: a lease it expired is a breach.
     fn touches_workers(self) -> bool {
         matches!(
             self,
-            FaultKind::CutLeaderApi | FaultKind::PauseWorker | FaultKind::KillWorker
+            FaultKind::CutLeaderApi
+                | FaultKind::PauseWorker
+                | FaultKind::KillWorker
+                | FaultKind::Overlapping
         )
     }
 }
@@ -225,6 +238,41 @@ impl Injector<'_> {
                     self.cluster.restart(*id)?;
                 }
                 format!("replicas {all:?} ({lost})")
+            }
+            FaultKind::ClockStepLeader => {
+                // Two lease intervals forward or back: read as it is, forward would expire every
+                // live lease at the next check. Then the clock steps back to true time.
+                let lease = self.lease.as_millis() as i64;
+                let step = if self.rng.gen_bool(0.5) {
+                    2 * lease
+                } else {
+                    -2 * lease
+                };
+                let hold = self.between(1000, 4000);
+                self.cluster.step_clock(leader, step)?;
+                sleep(hold).await;
+                self.cluster.step_clock(leader, 0)?;
+                format!(
+                    "replica {leader}'s clock {step:+} ms for {} ms",
+                    hold.as_millis()
+                )
+            }
+            FaultKind::Overlapping => {
+                // Three at once, a majority of replicas still up and connected.
+                let name = self.worker_name()?;
+                let hold = self.between(1500, 4000);
+                self.cluster.pause(follower, true)?;
+                self.cluster.kill_worker(&name)?;
+                self.network.cut_api(leader, mode);
+                sleep(hold).await;
+                self.network.heal();
+                self.cluster.restart_worker(&name)?;
+                self.cluster.pause(follower, false)?;
+                format!(
+                    "replica {follower} paused, {name} killed, replica {leader}'s API ({mode:?}) \
+                     for {} ms",
+                    hold.as_millis()
+                )
             }
             FaultKind::SsisdbOutage => {
                 let Some(sql) = self.sql else {

@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use self::check::{FinalState, ReadRecord, Report, SubmitRecord};
+use self::check::{FinalState, ReadRecord, ReplicaView, Report, SubmitRecord};
 use self::faults::{FaultKind, Injector};
 use self::network::ProxiedNetwork;
 use self::powercut::PowerCutFs;
@@ -49,6 +49,8 @@ const FENCED: [&str; 4] = [
     "result refused: the lease is lost",
     "refused as stale",
 ];
+/// How many jobs' log lines are compared across the replicas at the end.
+const LOG_SAMPLE: usize = 200;
 /// How long the healed cluster gets to finish every acknowledged job.
 const DRAIN: Duration = Duration::from_secs(180);
 
@@ -134,6 +136,8 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     let cluster_options = ClusterOptions {
         log_filter: options.log_filter.clone(),
         overrides,
+        // For clock-step faults.
+        steppable_clocks: true,
         ..ClusterOptions::default()
     };
     let mut cluster = match &options.keep_dir {
@@ -424,6 +428,7 @@ async fn submitter(
                 invoked_ms: ms(invoked),
                 completed_ms: ms(completed),
                 job_id,
+                argv: spec.argv.clone(),
             })
         });
         if let Some(id) = job_id {
@@ -438,6 +443,7 @@ async fn submitter(
                             invoked_ms: ms(again),
                             completed_ms: ms(done),
                             job_id: Some(reply.job_id),
+                            argv: spec.argv.clone(),
                         })
                     });
                 }
@@ -460,12 +466,46 @@ async fn submitter(
                             acked_ms: ms(completed),
                             invoked_ms: ms(read_at),
                             missing,
+                            after_cancel: false,
+                            saw_cancel: false,
                         })
                     });
                 }
             }
-            if rng.gen_bool(0.03) {
-                let _ = client.cancel_job(id).await;
+            if rng.gen_bool(0.03) && client.cancel_job(id).await.is_ok() {
+                // A read that begins after the cancel was acknowledged must show it.
+                let cancelled = Instant::now();
+                let read = client.get_job(id, false).await;
+                let seen = match &read {
+                    Ok(job) => Some((
+                        false,
+                        job.cancel_requested
+                            || matches!(
+                                v1::JobState::try_from(job.state),
+                                Ok(v1::JobState::Succeeded
+                                    | v1::JobState::Failed
+                                    | v1::JobState::Cancelled)
+                            ),
+                    )),
+                    Err(ClientError::Rejected(status))
+                        if status.code() == tonic::Code::NotFound =>
+                    {
+                        Some((true, false))
+                    }
+                    Err(_) => None,
+                };
+                if let Some((missing, saw_cancel)) = seen {
+                    record(&mut |h| {
+                        h.reads.push(ReadRecord {
+                            job_id: id,
+                            acked_ms: ms(cancelled),
+                            invoked_ms: ms(cancelled),
+                            missing,
+                            after_cancel: true,
+                            saw_cancel,
+                        })
+                    });
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(
@@ -520,17 +560,10 @@ async fn final_state(
         .find(|r| r.id == leader)
         .and_then(|r| r.applied_index)
         .unwrap_or(0);
-    let mut per_replica = BTreeMap::new();
     for replica in &cluster.replicas {
         cluster
             .wait_for_applied(replica.id, commit, Duration::from_secs(60))
             .await?;
-        let own = cluster
-            .client_at(&replica.api_listen)?
-            .list_all_jobs(None, true)
-            .await
-            .with_context(|| format!("list the jobs on replica {}", replica.id))?;
-        per_replica.insert(replica.id, own.iter().map(|j| (j.id, j.state)).collect());
     }
     let stale_refused = cluster
         .workers
@@ -548,9 +581,13 @@ async fn final_state(
         None => None,
     };
     // After the drain: shipping acks change the outbox until then.
-    let outboxes = outboxes_at_one_index(cluster).await?;
+    let (per_replica, outboxes) = match replicas_at_one_index(cluster).await? {
+        Some((views, outboxes)) => (views, outboxes),
+        None => (BTreeMap::new(), BTreeMap::new()),
+    };
     Ok(FinalState {
         jobs,
+        replicas_converged: !per_replica.is_empty(),
         per_replica,
         outboxes,
         stale_refused,
@@ -560,33 +597,92 @@ async fn final_state(
     })
 }
 
-/// Every replica's (outbox events, shipped cursor), read while all report the same applied
-/// index (a replica still applying would differ); empty, with a warning, if they never do.
-async fn outboxes_at_one_index(
+/// Every replica's own state and (outbox events, shipped cursor), read while all of them
+/// report one applied index before and after the reads (a replica still applying would
+/// differ); `None` if they never do within a minute.
+#[allow(clippy::type_complexity)]
+async fn replicas_at_one_index(
     cluster: &LocalCluster,
-) -> anyhow::Result<BTreeMap<u64, (u64, u64)>> {
-    for _ in 0..50 {
-        let mut seen = BTreeMap::new();
+) -> anyhow::Result<Option<(BTreeMap<u64, ReplicaView>, BTreeMap<u64, (u64, u64)>)>> {
+    let applied = |status: &v1::ClusterStatusResponse| {
+        status
+            .replicas
+            .iter()
+            .find(|r| r.id == status.answered_by)
+            .and_then(|r| r.applied_index)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let mut indexes = std::collections::BTreeSet::new();
+        let mut views = BTreeMap::new();
+        let mut outboxes = BTreeMap::new();
         for replica in &cluster.replicas {
-            let status = cluster.status_of(replica.id).await?;
-            let applied = status
-                .replicas
-                .iter()
-                .find(|r| r.id == status.answered_by)
-                .and_then(|r| r.applied_index);
-            seen.insert(
+            let before = cluster.status_of(replica.id).await?;
+            let client = cluster.client_at(&replica.api_listen)?;
+            let jobs = client
+                .list_all_jobs(None, true)
+                .await
+                .with_context(|| format!("list the jobs on replica {}", replica.id))?;
+            // The log lines of a sample of jobs (every job would be a call each).
+            let step = (jobs.len() / LOG_SAMPLE).max(1);
+            let mut logs = BTreeMap::new();
+            for job in jobs.iter().step_by(step) {
+                let lines = client
+                    .get_job_logs(job.id, 0, true)
+                    .await
+                    .with_context(|| {
+                        format!("read job {}'s logs on replica {}", job.id, replica.id)
+                    })?
+                    .lines
+                    .into_iter()
+                    .map(|l| {
+                        (
+                            l.sequence,
+                            l.attempt,
+                            l.line.map(|x| x.text).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                logs.insert(job.id, lines);
+            }
+            let workers = client
+                .list_workers(true)
+                .await
+                .with_context(|| format!("list the workers on replica {}", replica.id))?
+                .into_iter()
+                .map(|w| {
+                    (
+                        w.info.map(|i| i.worker_id).unwrap_or_default(),
+                        format!(
+                            "enabled {} draining {} last heartbeat {} running {:?}",
+                            w.enabled, w.draining, w.last_heartbeat_ms, w.running_jobs
+                        ),
+                    )
+                })
+                .collect();
+            let after = cluster.status_of(replica.id).await?;
+            indexes.insert(applied(&before));
+            indexes.insert(applied(&after));
+            outboxes.insert(
                 replica.id,
-                (applied, (status.outbox_events, status.outbox_shipped_up_to)),
+                (after.outbox_events, after.outbox_shipped_up_to),
+            );
+            views.insert(
+                replica.id,
+                ReplicaView {
+                    jobs: jobs.into_iter().map(|j| (j.id, j)).collect(),
+                    logs,
+                    workers,
+                },
             );
         }
-        let indexes: std::collections::BTreeSet<_> = seen.values().map(|(a, _)| *a).collect();
         if indexes.len() == 1 {
-            return Ok(seen.into_iter().map(|(id, (_, o))| (id, o)).collect());
+            return Ok(Some((views, outboxes)));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    warn!("the replicas never reported one applied index; outboxes not compared");
-    Ok(BTreeMap::new())
+    warn!("the replicas never reported one applied index");
+    Ok(None)
 }
 
 /// Waits until the leader has shipped its whole outbox (or [`DRAIN`] passes), then reads what

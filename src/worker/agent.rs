@@ -891,9 +891,8 @@ impl Agent {
     }
 
     /// Ends a task whose process never started: a cancel that came before the confirming
-    /// renewal completes it CANCELLED; a lost or unconfirmed lease reports nothing (the master
-    /// expires it and retries the job, with nothing having run); a shutdown reports FAILED as
-    /// for a running task.
+    /// renewal completes it CANCELLED; a lost lease reports nothing (the master ended it); a
+    /// shutdown reports FAILED as for a running task.
     async fn end_unstarted(&self, key: Key, reason: KillReason, reporter: &mut Reporter) {
         info!(?reason, "task not started: its lease was not confirmed");
         let report = match reason {
@@ -1034,7 +1033,9 @@ impl Agent {
         {
             let mut state = lock(&self.state);
             for (key, slot) in &state.slots {
-                if slot.last_renewed.elapsed() > tolerance {
+                // A task not started yet runs nothing that could overlap: it waits for a
+                // renewal to confirm its lease (or to say it is lost), however long that takes.
+                if *slot.confirmed.borrow() && slot.last_renewed.elapsed() > tolerance {
                     stale.push(*key);
                 }
             }
