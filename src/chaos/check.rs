@@ -578,8 +578,66 @@ fn ssisdb_problems(sql: &SsisdbEnd, jobs: &[v1::Job], acked: &BTreeSet<u64>) -> 
                 problems.push(format!("job {}: {got} {kind} events, not {want}", job.id));
             }
         }
+        // The rows behind the SSIS-shaped views show the job as it ended, not an older state.
+        let want_job = vec![(status_code(job.state), job.attempts.len() as i64)];
+        let got_job = sql.view.job_rows.get(&job.id).cloned().unwrap_or_default();
+        if got_job != want_job {
+            problems.push(format!(
+                "job {}: jobs row (status, attempts) {got_job:?}, not {want_job:?}",
+                job.id
+            ));
+        }
+        let want_attempts: Vec<(i64, i64, String)> = job
+            .attempts
+            .iter()
+            .map(|a| {
+                (
+                    i64::from(a.number),
+                    a.lease_token as i64,
+                    outcome_name(a.outcome).to_string(),
+                )
+            })
+            .collect();
+        let got_attempts = sql
+            .view
+            .attempt_rows
+            .get(&job.id)
+            .cloned()
+            .unwrap_or_default();
+        if got_attempts != want_attempts {
+            problems.push(format!(
+                "job {}: attempt rows {got_attempts:?}, not {want_attempts:?}",
+                job.id
+            ));
+        }
     }
     problems
+}
+
+/// The `status` column of `scaleout.jobs` for a job state (SSIS's catalog codes), stated here
+/// again on purpose: the checker does not reuse the code it checks.
+fn status_code(state: i32) -> i64 {
+    match JobState::try_from(state) {
+        Ok(JobState::Queued) => 1,
+        Ok(JobState::PickedUp) => 2,
+        Ok(JobState::Running) => 3,
+        Ok(JobState::Failed) => 4,
+        Ok(JobState::Succeeded) => 5,
+        Ok(JobState::Cancelled) => 6,
+        _ => 0,
+    }
+}
+
+/// The `outcome` column of `scaleout.task_attempts`.
+fn outcome_name(outcome: i32) -> &'static str {
+    match AttemptOutcome::try_from(outcome) {
+        Ok(AttemptOutcome::Succeeded) => "succeeded",
+        Ok(AttemptOutcome::Failed) => "failed",
+        Ok(AttemptOutcome::Expired) => "expired",
+        Ok(AttemptOutcome::Cancelled) => "cancelled",
+        // Not ended: the column is NULL.
+        _ => "",
+    }
 }
 
 #[cfg(test)]
@@ -837,30 +895,7 @@ mod tests {
     fn ssisdb_must_hold_every_event_once() {
         let (submits, mut end) = healthy();
         let mut sql = SsisdbEnd {
-            view: super::super::ssisdb::SsisdbView {
-                rows: 9,
-                distinct_ids: 9,
-                max_event_id: 90,
-                by_job: BTreeMap::from([
-                    (
-                        1,
-                        events(&[
-                            ("JobSubmitted", 1),
-                            ("AttemptStarted", 1),
-                            ("AttemptEnded", 1),
-                        ]),
-                    ),
-                    (
-                        2,
-                        events(&[
-                            ("JobSubmitted", 1),
-                            ("AttemptStarted", 2),
-                            ("AttemptEnded", 2),
-                        ]),
-                    ),
-                    (3, events(&[("JobSubmitted", 1)])),
-                ]),
-            },
+            view: healthy_sql_view(),
             outbox_left: 0,
             shipped_up_to: 90,
         };
@@ -887,6 +922,69 @@ mod tests {
                 "job 2: 0 AttemptEnded events, not 2".into(),
             ]
         );
+
+        // Every event once, but the rows behind the views went backwards: a deposed leader
+        // wrote job 2 as running after the new one wrote it succeeded. Counting events passed it.
+        let (submits, mut end) = healthy();
+        let mut sql = SsisdbEnd {
+            view: healthy_sql_view(),
+            outbox_left: 0,
+            shipped_up_to: 90,
+        };
+        sql.view.job_rows.insert(2, vec![(3, 2)]);
+        sql.view
+            .attempt_rows
+            .insert(2, vec![(1, 0, "failed".into()), (2, 0, String::new())]);
+        end.ssisdb = Some(sql);
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(
+            report.ssisdb_problems,
+            vec![
+                "job 2: jobs row (status, attempts) [(3, 2)], not [(5, 2)]".to_string(),
+                "job 2: attempt rows [(1, 0, \"failed\"), (2, 0, \"\")], not [(1, 0, \"failed\"), \
+                 (2, 0, \"succeeded\")]"
+                    .into(),
+            ]
+        );
+    }
+
+    /// What SSISDB holds for [`healthy`]'s jobs.
+    fn healthy_sql_view() -> super::super::ssisdb::SsisdbView {
+        super::super::ssisdb::SsisdbView {
+            rows: 9,
+            distinct_ids: 9,
+            max_event_id: 90,
+            by_job: BTreeMap::from([
+                (
+                    1,
+                    events(&[
+                        ("JobSubmitted", 1),
+                        ("AttemptStarted", 1),
+                        ("AttemptEnded", 1),
+                    ]),
+                ),
+                (
+                    2,
+                    events(&[
+                        ("JobSubmitted", 1),
+                        ("AttemptStarted", 2),
+                        ("AttemptEnded", 2),
+                    ]),
+                ),
+                (3, events(&[("JobSubmitted", 1)])),
+            ]),
+            job_rows: BTreeMap::from([(1, vec![(5, 1)]), (2, vec![(5, 2)]), (3, vec![(6, 0)])]),
+            attempt_rows: BTreeMap::from([
+                (1, vec![(1, 0, "succeeded".to_string())]),
+                (
+                    2,
+                    vec![
+                        (1, 0, "failed".to_string()),
+                        (2, 0, "succeeded".to_string()),
+                    ],
+                ),
+            ]),
+        }
     }
 
     #[test]

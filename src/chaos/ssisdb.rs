@@ -51,6 +51,20 @@ pub struct SsisdbView {
     pub max_event_id: u64,
     /// Job id → event kind → rows.
     pub by_job: BTreeMap<u64, BTreeMap<String, u64>>,
+    /// Job id → (status code, attempt count) of its `scaleout.jobs` row (one per job).
+    pub job_rows: BTreeMap<u64, Vec<(i64, i64)>>,
+    /// Job id → its `scaleout.task_attempts` rows: (attempt number, lease token, outcome).
+    pub attempt_rows: BTreeMap<u64, Vec<(i64, i64, String)>>,
+}
+
+/// An integer column, whatever integer type the server sent.
+fn int(row: &tiberius::Row, i: usize) -> Option<i64> {
+    row.try_get::<i64, _>(i)
+        .ok()
+        .flatten()
+        .or_else(|| row.try_get::<i32, _>(i).ok().flatten().map(i64::from))
+        .or_else(|| row.try_get::<i16, _>(i).ok().flatten().map(i64::from))
+        .or_else(|| row.try_get::<u8, _>(i).ok().flatten().map(i64::from))
 }
 
 /// Reads every event row (straight from the server, not through the proxy).
@@ -83,5 +97,36 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
         }
     }
     view.distinct_ids = ids.len() as u64;
+    let jobs = client
+        .simple_query("SELECT job_id, status, attempt_count FROM scaleout.jobs")
+        .await?
+        .into_first_result()
+        .await?;
+    for row in jobs {
+        let job = int(&row, 0).context("a jobs row without job_id")?;
+        view.job_rows
+            .entry(u64::try_from(job).unwrap_or_default())
+            .or_default()
+            .push((int(&row, 1).unwrap_or(-1), int(&row, 2).unwrap_or(-1)));
+    }
+    let attempts = client
+        .simple_query(
+            "SELECT task_id, attempt_number, lease_token, outcome FROM scaleout.task_attempts \
+             ORDER BY task_id, attempt_number",
+        )
+        .await?
+        .into_first_result()
+        .await?;
+    for row in attempts {
+        let job = int(&row, 0).context("an attempt row without task_id")?;
+        view.attempt_rows
+            .entry(u64::try_from(job).unwrap_or_default())
+            .or_default()
+            .push((
+                int(&row, 1).unwrap_or(-1),
+                int(&row, 2).unwrap_or(-1),
+                row.try_get::<&str, _>(3)?.unwrap_or_default().to_string(),
+            ));
+    }
     Ok(view)
 }
