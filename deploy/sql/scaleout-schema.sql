@@ -14,8 +14,8 @@
 -- them too. Run as a login that may create a schema in SSISDB (e.g. db_owner); the master's own
 -- login needs only deploy/sql/scaleout-login.sql.
 --
--- Schema version 2 (version 1 plus `row_version` on every row the leader ships). A later version
--- adds its changes below, guarded the same way, and inserts its row into scaleout.schema_version.
+-- Schema version 1. A later version adds its changes below, guarded the same way, and inserts
+-- its row into scaleout.schema_version.
 
 IF SCHEMA_ID(N'scaleout') IS NULL EXEC(N'CREATE SCHEMA scaleout')
 GO
@@ -176,25 +176,4 @@ GO
 IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 1)
 INSERT INTO scaleout.schema_version (version, description, installed_time)
 VALUES (1, N'scaleout schema 1: replicas, worker_agents, jobs, tasks, task_attempts, event_messages', SYSUTCDATETIME())
-GO
-
--- Version 2: every shipped row carries the newest event id of the replicated state it was read
--- from; the masters update a row only where the stored version is not newer, so a deposed
--- leader that ships an older state never turns a row back.
-IF COL_LENGTH(N'scaleout.worker_agents', N'row_version') IS NULL
-ALTER TABLE scaleout.worker_agents ADD row_version BIGINT NOT NULL DEFAULT 0
-GO
-IF COL_LENGTH(N'scaleout.jobs', N'row_version') IS NULL
-ALTER TABLE scaleout.jobs ADD row_version BIGINT NOT NULL DEFAULT 0
-GO
-IF COL_LENGTH(N'scaleout.tasks', N'row_version') IS NULL
-ALTER TABLE scaleout.tasks ADD row_version BIGINT NOT NULL DEFAULT 0
-GO
-IF COL_LENGTH(N'scaleout.task_attempts', N'row_version') IS NULL
-ALTER TABLE scaleout.task_attempts ADD row_version BIGINT NOT NULL DEFAULT 0
-GO
-
-IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 2)
-INSERT INTO scaleout.schema_version (version, description, installed_time)
-VALUES (2, N'scaleout schema 2: row_version on worker_agents, jobs, tasks, task_attempts', SYSUTCDATETIME())
 GO

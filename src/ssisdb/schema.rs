@@ -12,7 +12,7 @@ use super::sql::simple;
 use crate::config::SsisdbSettings;
 
 /// The schema version this build writes; `check` wants at least this.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 1;
 
 /// The schema script, re-runnable, batches separated by `GO` lines.
 pub const SCHEMA_SQL: &str = include_str!("../../deploy/sql/scaleout-schema.sql");

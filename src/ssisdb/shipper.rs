@@ -3,10 +3,7 @@
 //!
 //! One batch = up to `ssisdb.batch_events` events after the committed cursor
 //! (`acked_up_to`), with the rows they name as they are now (job, task, attempts, worker, log
-//! line). In ONE SQL transaction: upsert the rows (`IF EXISTS UPDATE ELSE INSERT`), each
-//! fenced by its `row_version`, the newest event id of the state it was read from: an UPDATE
-//! applies only where the stored version is not newer, so a deposed or partitioned leader that
-//! ships an older state (even committing after the new leader) never turns a row back; insert each
+//! line). In ONE SQL transaction: upsert the rows (`IF EXISTS UPDATE ELSE INSERT`), insert each
 //! event `WHERE NOT EXISTS` its event_id, count the batch's ids back (a server that silently
 //! dropped a statement fails the batch instead of losing events), COMMIT. Then propose
 //! `AckOutbox { up_to: last id }`. A leader that dies between the COMMIT and the ack's commit
@@ -208,9 +205,6 @@ struct Shipper {
 
 /// One batch read from the local state, lock released.
 struct Batch {
-    /// The newest event id of the state the rows were read from: every row carries it as its
-    /// `row_version`, and an older state never overwrites a newer one.
-    version: i64,
     events: Vec<OutboxEvent>,
     jobs: BTreeMap<JobId, Job>,
     /// Workers named by the events; `None` when removed since.
@@ -314,7 +308,6 @@ fn opt_ms(ms: Option<u64>) -> (Param, Param) {
 fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
     let events = q.outbox_after(acked, limit);
     let mut batch = Batch {
-        version: big(q.outbox_meta().newest_event_id()),
         events,
         jobs: BTreeMap::new(),
         workers: BTreeMap::new(),
@@ -366,13 +359,13 @@ pub async fn write_events(
 async fn write_batch(client: &mut SqlClient, addr: &str, batch: &Batch) -> Result<(), SsisdbError> {
     let mut packer = Packer::default();
     for (id, worker) in &batch.workers {
-        push_worker(&mut packer, *id, worker.as_ref(), batch.version);
+        push_worker(&mut packer, *id, worker.as_ref());
     }
     for job in batch.jobs.values() {
-        push_job(&mut packer, job, batch.version);
+        push_job(&mut packer, job);
         for (_, number) in batch.attempts.range((job.id, 0)..=(job.id, u32::MAX)) {
             if let Some(attempt) = job.attempts.iter().find(|a| a.number == *number) {
-                push_attempt(&mut packer, job.id, attempt, batch.version);
+                push_attempt(&mut packer, job.id, attempt);
             }
         }
     }
@@ -415,12 +408,11 @@ async fn write_batch(client: &mut SqlClient, addr: &str, batch: &Batch) -> Resul
     result
 }
 
-fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>, version: i64) {
+fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>) {
     let Some(w) = worker else {
         packer.push(
-            "UPDATE scaleout.worker_agents SET is_removed = 1, row_version = ? \
-             WHERE worker_agent_id = ? AND row_version <= ?",
-            vec![p(version), p(id.to_string()), p(version)],
+            "UPDATE scaleout.worker_agents SET is_removed = 1 WHERE worker_agent_id = ?",
+            vec![p(id.to_string())],
         );
         return;
     };
@@ -440,17 +432,14 @@ fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>, versi
         ]
     };
     // Parameters are numbered in the order the `?`s appear: IF EXISTS id; UPDATE columns,
-    // online time and ms, version, WHERE id and version; INSERT id, columns, registered and
-    // online times, version.
+    // online time and ms, WHERE id; INSERT id, columns, registered and online times.
     let mut ordered = vec![p(id_text.clone())];
     ordered.extend(described());
     ordered.extend([
         p(sql_time(w.last_heartbeat_ms)),
         p(big(w.last_heartbeat_ms)),
-        p(version),
     ]);
     ordered.push(p(id_text.clone()));
-    ordered.push(p(version));
     ordered.push(p(id_text));
     ordered.extend(described());
     ordered.extend([
@@ -458,18 +447,17 @@ fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>, versi
         p(big(w.registered_at_ms)),
         p(sql_time(w.last_heartbeat_ms)),
         p(big(w.last_heartbeat_ms)),
-        p(version),
     ]);
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.worker_agents WHERE worker_agent_id = ?) \
          UPDATE scaleout.worker_agents SET display_name = ?, description = ?, machine_name = ?, \
          tags = ?, max_tasks = ?, agent_version = ?, is_enabled = ?, is_draining = ?, \
-         is_removed = 0, last_online_time = CAST(? AS DATETIME2), last_online_ms = ?, \
-         row_version = ? WHERE worker_agent_id = ? AND row_version <= ? \
+         is_removed = 0, last_online_time = CAST(? AS DATETIME2), last_online_ms = ? \
+         WHERE worker_agent_id = ? \
          ELSE INSERT INTO scaleout.worker_agents (worker_agent_id, display_name, description, \
          machine_name, tags, max_tasks, agent_version, is_enabled, is_draining, is_removed, \
-         registered_time, registered_ms, last_online_time, last_online_ms, row_version) VALUES \
-         (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?)",
+         registered_time, registered_ms, last_online_time, last_online_ms) VALUES (?, ?, ?, ?, \
+         ?, ?, ?, ?, ?, 0, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?)",
         ordered,
     );
 }
@@ -478,7 +466,7 @@ fn command_line(job: &Job) -> String {
     clip(&job.spec.argv.join(" "), MAX_STRING)
 }
 
-fn push_job(packer: &mut Packer, job: &Job, version: i64) {
+fn push_job(packer: &mut Packer, job: &Job) {
     let worker = job
         .lease
         .as_ref()
@@ -495,13 +483,11 @@ fn push_job(packer: &mut Packer, job: &Job, version: i64) {
             p(worker.clone()),
             p(sql_time(job.updated_at_ms)),
             p(big(job.updated_at_ms)),
-            p(version),
         ]
     };
     let mut params = vec![p(big(job.id))];
     params.extend(set());
     params.push(p(big(job.id)));
-    params.push(p(version));
     params.extend(vec![
         p(big(job.id)),
         p(clip(&job.spec.name, 256)),
@@ -516,12 +502,11 @@ fn push_job(packer: &mut Packer, job: &Job, version: i64) {
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.jobs WHERE job_id = ?) \
          UPDATE scaleout.jobs SET state = ?, status = ?, attempt_count = ?, cancel_requested = ?, \
-         worker_agent_id = ?, updated_time = CAST(? AS DATETIME2), updated_ms = ?, \
-         row_version = ? WHERE job_id = ? AND row_version <= ? \
+         worker_agent_id = ?, updated_time = CAST(? AS DATETIME2), updated_ms = ? WHERE job_id = ? \
          ELSE INSERT INTO scaleout.jobs (job_id, job_name, package_path, command_line, priority, \
          max_attempts, created_time, created_ms, state, status, attempt_count, cancel_requested, \
-         worker_agent_id, updated_time, updated_ms, row_version) VALUES (?, ?, ?, ?, ?, ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, ?)",
+         worker_agent_id, updated_time, updated_ms) VALUES (?, ?, ?, ?, ?, ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?)",
         params,
     );
 
@@ -552,13 +537,11 @@ fn push_job(packer: &mut Packer, job: &Job, version: i64) {
             p(job.state == JobState::Cancelled || job.cancel_requested),
             pick_t,
             pick_ms,
-            p(version),
         ]
     };
     let mut params = vec![p(big(job.id))];
     params.extend(task_set());
     params.push(p(big(job.id)));
-    params.push(p(version));
     params.extend(vec![
         p(big(job.id)),
         p(big(job.id)),
@@ -575,15 +558,14 @@ fn push_job(packer: &mut Packer, job: &Job, version: i64) {
          ready_for_dispatch_time = CAST(? AS DATETIME2), ready_for_dispatch_ms = ?, \
          last_updated_time = CAST(? AS DATETIME2), last_updated_ms = ?, worker_agent_id = ?, \
          expired_time = CAST(? AS DATETIME2), expired_ms = ?, is_cancelled = ?, \
-         last_pickup_time = CAST(? AS DATETIME2), last_pickup_ms = ?, row_version = ? \
-         WHERE task_id = ? AND row_version <= ? \
+         last_pickup_time = CAST(? AS DATETIME2), last_pickup_ms = ? WHERE task_id = ? \
          ELSE INSERT INTO scaleout.tasks (task_id, job_id, task_type, input_data, \
          max_executed_count, is_critical, priority, created_time, created_ms, executed_count, \
          status, ready_for_dispatch_time, ready_for_dispatch_ms, last_updated_time, \
          last_updated_ms, worker_agent_id, expired_time, expired_ms, is_cancelled, \
-         last_pickup_time, last_pickup_ms, row_version) VALUES (?, ?, 0, ?, ?, 0, ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?, \
-         CAST(? AS DATETIME2), ?, ?, CAST(? AS DATETIME2), ?, ?)",
+         last_pickup_time, last_pickup_ms) VALUES (?, ?, 0, ?, ?, 0, ?, CAST(? AS DATETIME2), ?, \
+         ?, ?, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?, CAST(? AS DATETIME2), ?, ?, \
+         CAST(? AS DATETIME2), ?)",
         params,
     );
 }
@@ -595,7 +577,7 @@ pub fn task_attempt_id(job: JobId, attempt: u32) -> i64 {
         .saturating_add(i64::from(attempt))
 }
 
-fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt, version: i64) {
+fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt) {
     let key = task_attempt_id(job, attempt.number);
     let set = || -> Vec<Param> {
         let (end_t, end_ms) = opt_ms(attempt.ended_at_ms);
@@ -609,13 +591,11 @@ fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt
             } else {
                 Some(clip(&attempt.error, MAX_STRING))
             }),
-            p(version),
         ]
     };
     let mut params = vec![p(key)];
     params.extend(set());
     params.push(p(key));
-    params.push(p(version));
     params.extend(vec![
         p(key),
         p(big(job)),
@@ -629,12 +609,11 @@ fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.task_attempts WHERE task_attempt_id = ?) \
          UPDATE scaleout.task_attempts SET ended_time = CAST(? AS DATETIME2), ended_ms = ?, \
-         outcome = ?, exit_code = ?, error_message = ?, row_version = ? \
-         WHERE task_attempt_id = ? AND row_version <= ? \
+         outcome = ?, exit_code = ?, error_message = ? WHERE task_attempt_id = ? \
          ELSE INSERT INTO scaleout.task_attempts (task_attempt_id, task_id, attempt_number, \
          worker_agent_id, lease_token, started_time, started_ms, ended_time, ended_ms, outcome, \
-         exit_code, error_message, row_version) VALUES (?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, ?, ?)",
+         exit_code, error_message) VALUES (?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, ?)",
         params,
     );
 }
