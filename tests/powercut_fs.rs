@@ -349,7 +349,22 @@ fn sled_opens_flushes_and_reopens() {
         }
         db.flush().unwrap();
     }
-    let db = sled::open(&path).unwrap();
+    // sled's flusher thread lets go of the file lock shortly after the handle is dropped, not
+    // at once: reopen until it has (a bounded wait, not a sleep).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(&path) {
+            Ok(db) => break db,
+            Err(error) if error.to_string().contains("could not acquire lock") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lock was never released: {error}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("reopen: {error}"),
+        }
+    };
     assert_eq!(db.len(), 1000);
     for n in 0..1000u32 {
         let value = db.get(n.to_be_bytes()).unwrap().unwrap();
