@@ -41,7 +41,7 @@ impl WallClock for SystemWallClock {
 }
 
 /// Test only: the system clock plus a signed offset in ms read from a file (re-read at most
-/// every [`OFFSET_REREAD`]), so a chaos run can step one replica's clock without root.
+/// every 50 ms), so a chaos run can step one replica's clock without root.
 #[derive(Debug)]
 pub struct OffsetFileClock {
     path: PathBuf,
