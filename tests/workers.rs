@@ -105,6 +105,19 @@ async fn wait_running(client: &Client, job_id: u64) {
     }
 }
 
+/// Waits until the job's second attempt has begun (and, with `running`, the job runs it).
+async fn wait_second_attempt(client: &Client, job_id: u64, running: bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let job = client.get_job(job_id, false).await.expect("get");
+        if job.attempts.len() >= 2 && (!running || job.state == JobState::Running as i32) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no second attempt: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every given worker shows online and enabled.
 async fn wait_workers(client: &Client, count: usize) {
     let deadline = Instant::now() + WAIT;
@@ -363,15 +376,7 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
 
     // The lease expires and worker b runs the task again. Worker a wakes up while attempt 2
     // still holds the lease: what it says about its own attempt is refused.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let current = client.get_job(job, false).await.expect("get");
-        if current.attempts.len() == 2 && current.state == JobState::Running as i32 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no second attempt: {current:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_second_attempt(&client, job, true).await;
     cluster.pause_worker("a", false).expect("SIGCONT");
     let refusals = [
         "lease not renewed",
@@ -801,15 +806,7 @@ async fn a_worker_cut_off_from_the_cluster_stops_its_task_before_the_retry_start
 
     // Worker a loses the cluster for 8 s (the lease is 3 s): the master gives the task to b.
     link.set(scaleout::chaos::proxy::LinkMode::Refuse);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let current = client.get_job(job, false).await.expect("get");
-        if current.attempts.len() >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no second attempt: {current:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_second_attempt(&client, job, false).await;
     tokio::time::sleep(Duration::from_millis(8_000)).await;
     link.set(scaleout::chaos::proxy::LinkMode::Pass);
     let done = wait_terminal(&client, job, &cluster).await;

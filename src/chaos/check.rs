@@ -387,7 +387,8 @@ fn compare_replicas(end: &FinalState) -> Vec<String> {
     found
 }
 
-fn terminal(state: i32) -> bool {
+/// Whether a job state is one a job ends in.
+pub(super) fn terminal(state: i32) -> bool {
     matches!(
         JobState::try_from(state),
         Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)

@@ -477,16 +477,7 @@ async fn submitter(
                 let cancelled = Instant::now();
                 let read = client.get_job(id, false).await;
                 let seen = match &read {
-                    Ok(job) => Some((
-                        false,
-                        job.cancel_requested
-                            || matches!(
-                                v1::JobState::try_from(job.state),
-                                Ok(v1::JobState::Succeeded
-                                    | v1::JobState::Failed
-                                    | v1::JobState::Cancelled)
-                            ),
-                    )),
+                    Ok(job) => Some((false, job.cancel_requested || check::terminal(job.state))),
                     Err(ClientError::Rejected(status))
                         if status.code() == tonic::Code::NotFound =>
                     {
@@ -537,12 +528,7 @@ async fn final_state(
         // one), so no state moves while the replicas are read.
         let pending = jobs
             .iter()
-            .filter(|job| {
-                !matches!(
-                    v1::JobState::try_from(job.state),
-                    Ok(v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
-                )
-            })
+            .filter(|job| !check::terminal(job.state))
             .count();
         if pending == 0 || Instant::now() > deadline {
             if pending > 0 {
