@@ -805,7 +805,7 @@ async fn a_worker_cut_off_from_the_cluster_stops_its_task_before_the_retry_start
     wait_workers(&client, 2).await;
 
     // Worker a loses the cluster for 8 s (the lease is 3 s): the master gives the task to b.
-    link.set(scaleout::chaos::proxy::LinkMode::Refuse);
+    link.set(scaleout::chaos::proxy::LinkMode::Blackhole);
     wait_second_attempt(&client, job, false).await;
     tokio::time::sleep(Duration::from_millis(8_000)).await;
     link.set(scaleout::chaos::proxy::LinkMode::Pass);
