@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use scaleout::chaos::network::ProxiedNetwork;
+use scaleout::chaos::proxy::LinkMode;
+use scaleout::chaos::ssisdb::SsisdbTarget;
 use scaleout::config::SsisdbSettings;
 use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use scaleout::pb::v1::{self, JobState};
@@ -637,6 +640,119 @@ async fn kill_9_of_the_leader_mid_shipping() {
     server.stop();
 }
 
+/// A leader cut off from its peers, but not from SQL, for 25 s keeps believing it leads and
+/// keeps shipping the state it had (its ack never commits, so it writes the same batch again
+/// after every commit timeout), while the new leader ships the same jobs ending. Once healed
+/// and drained, every row shows the final state and every event is there once: the fencing row
+/// refuses the old leader once the new one has shipped, and no row goes back to an older state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_never_turns_rows_back() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let target = SsisdbTarget {
+        server: format!("127.0.0.1:{}", server.port)
+            .parse()
+            .expect("address"),
+        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
+        password_file: env.password_file.clone(),
+    };
+    let sql_link = target.proxy().await.expect("SQL proxy");
+    let (network, layout) = ProxiedNetwork::start(3).await.expect("peer proxies");
+    let overrides = vec![
+        format!(
+            "ssisdb.connection_string={}",
+            connection_string(sql_link.addr().port())
+        ),
+        format!("ssisdb.password_file={}", env.password_file.display()),
+        "ssisdb.connect_timeout_ms=3000".into(),
+        "ssisdb.ship_interval_ms=100".into(),
+        "workers.lease_interval_ms=3000".into(),
+        "workers.expiry_check_interval_ms=100".into(),
+    ];
+    let options = ClusterOptions {
+        overrides,
+        ..ClusterOptions::default()
+    };
+    let mut cluster =
+        LocalCluster::configure_with(binary(), &env.dir.path().join("cluster"), options, layout)
+            .expect("configure");
+    network.release_ports();
+    cluster.start_all().expect("start replicas");
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    let client = cluster.client().expect("client");
+    scaleout::harness::wait_for_workers(&client, 1, WAIT)
+        .await
+        .expect("worker registered");
+
+    // Events pile up unshipped on the leader while its jobs start.
+    sql_link.set(LinkMode::Blackhole);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            client
+                .submit_job(
+                    shell(&format!("echo start {i}; sleep 4; echo end {i}"), 3),
+                    None,
+                )
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    for id in &ids {
+        while client.get_job(*id, false).await.expect("get job").state != JobState::Running as i32 {
+            assert!(Instant::now() < deadline, "job {id} never ran");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The leader loses its peers, not SQL: it still ships what it has.
+    network.isolate(leader, LinkMode::Refuse);
+    sql_link.set(LinkMode::Pass);
+    let cut = Instant::now();
+    let others: Vec<String> = cluster
+        .replicas
+        .iter()
+        .filter(|r| r.id != leader)
+        .map(|r| r.api_addr.clone())
+        .collect();
+    let majority = scaleout::client::Client::new(&others, cluster.client_security().expect("tls"))
+        .expect("client of the majority");
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(wait_terminal(&majority, *id).await);
+    }
+    // Long enough for the old leader's ack to time out and its batch to be written again.
+    tokio::time::sleep(Duration::from_secs(25).saturating_sub(cut.elapsed())).await;
+    network.heal();
+
+    // Once the outbox is drained, the last batch naming each job carried its final state; the
+    // old leader may still have written after it, which the rows must not show.
+    let mut sql = sql(server.port, &env.password_file).await;
+    assert_drained(&cluster, &mut sql, &jobs).await;
+    compare_rows(&mut sql, &jobs).await;
+    let event_ids: Vec<i64> = rows(&mut sql, "SELECT event_id FROM scaleout.event_messages")
+        .await
+        .iter()
+        .filter_map(|r| int(r, 0))
+        .collect();
+    assert_unique(&event_ids);
+    let fence = rows(&mut sql, "SELECT term, replica_id FROM scaleout.shipper").await;
+    assert_eq!(fence.len(), 1, "one fencing row");
+    assert_ne!(
+        int(&fence[0], 1),
+        Some(leader as i64),
+        "the fence names the new leader"
+    );
+    drop(cluster);
+    server.stop();
+}
+
 async fn wait_log(cluster: &LocalCluster, needle: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -723,6 +839,12 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
 
 /// A queue with a worker, three jobs (one ran, logged and succeeded) and their events.
 fn queue_with_events() -> scaleout::queue::QueueState {
+    queue_before_and_after_completion().1
+}
+
+/// The same queue just before its task completes (job running) and after.
+fn queue_before_and_after_completion() -> (scaleout::queue::QueueState, scaleout::queue::QueueState)
+{
     use scaleout::queue::{
         ApplyContext, AttemptOutcome, Command, CommandOutput, JobSpec, LeaseRef, LogLevel, LogLine,
         QueueState, WorkerInfo,
@@ -797,6 +919,7 @@ fn queue_with_events() -> scaleout::queue::QueueState {
             }],
         },
     );
+    let running = q.clone();
     apply(
         &mut q,
         Command::CompleteTask {
@@ -807,7 +930,89 @@ fn queue_with_events() -> scaleout::queue::QueueState {
             error: String::new(),
         },
     );
-    q
+    (running, q)
+}
+
+/// (status, outcome) of the one row `query` reads.
+async fn job_and_attempt(
+    client: &mut ssisdb::SqlClient,
+    query: &str,
+) -> Option<(Option<i64>, Option<String>)> {
+    let r = rows(client, query).await;
+    r.first().map(|row| (int(row, 0), text(row, 1)))
+}
+
+/// The fence, one writer at a time: a leader of an older term is refused once a newer term has
+/// shipped (its batch never opens), and a batch read from an older state, even in the current
+/// term, leaves newer rows as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_term_or_an_older_state_never_overwrites_rows() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    let settings = settings(server.port, &env.password_file);
+    ssisdb::install_schema(&settings).await.expect("install");
+    let (running, ended) = queue_before_and_after_completion();
+    let job = ended.outbox_after(0, usize::MAX)[1]
+        .kind
+        .job()
+        .expect("the first submit names its job");
+    let fence = |term| ssisdb::Fence {
+        term,
+        replica: term,
+    };
+    let mut client = sql(server.port, &env.password_file).await;
+    let status_query = format!(
+        "SELECT j.status, a.outcome FROM scaleout.jobs j, scaleout.task_attempts a \
+         WHERE j.job_id = {job} AND a.task_id = {job}"
+    );
+    let status_query = status_query.as_str();
+
+    ssisdb::write_events(&mut client, &running, 0, 10_000, fence(1))
+        .await
+        .expect("the leader of term 1 ships the running job");
+    // Picked up (2), its attempt not ended.
+    assert_eq!(
+        job_and_attempt(&mut client, status_query).await,
+        Some((Some(2), None))
+    );
+    ssisdb::write_events(&mut client, &ended, 0, 10_000, fence(2))
+        .await
+        .expect("the leader of term 2 ships it ended");
+    let done = Some((Some(5), Some("succeeded".to_string())));
+    assert_eq!(job_and_attempt(&mut client, status_query).await, done);
+
+    // The deposed leader of term 1 writes its batch again, as after an ack that timed out.
+    let refused = ssisdb::write_events(&mut client, &running, 0, 10_000, fence(1)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ssisdb::SsisdbError::Superseded {
+                term: 1,
+                newer_term: 2,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(job_and_attempt(&mut client, status_query).await, done);
+
+    // An older state under the current term (it cannot happen; the rows are guarded anyway).
+    ssisdb::write_events(&mut client, &running, 0, 10_000, fence(2))
+        .await
+        .expect("the same term passes the fence");
+    assert_eq!(
+        job_and_attempt(&mut client, status_query).await,
+        done,
+        "row_version kept the newer row"
+    );
+    let events = rows(&mut client, "SELECT COUNT(*) FROM scaleout.event_messages")
+        .await
+        .first()
+        .and_then(|r| int(r, 0));
+    assert_eq!(events, Some(ended.outbox_len() as i64), "each event once");
+    drop(client);
+    server.stop();
 }
 
 /// A leader that wrote a batch and died before its ack committed leaves the cursor behind; the
@@ -826,10 +1031,14 @@ async fn a_batch_written_twice_lands_once() {
         "register, 3 submits, lease (2), a log line, completion (2)"
     );
     let mut client = sql(server.port, &env.password_file).await;
-    let first = ssisdb::write_events(&mut client, &queue, 0, 10_000)
+    let fence = ssisdb::Fence {
+        term: 1,
+        replica: 1,
+    };
+    let first = ssisdb::write_events(&mut client, &queue, 0, 10_000, fence)
         .await
         .expect("first write");
-    let again = ssisdb::write_events(&mut client, &queue, 0, 10_000)
+    let again = ssisdb::write_events(&mut client, &queue, 0, 10_000, fence)
         .await
         .expect("the same events again");
     assert_eq!((first, again), (made, made));

@@ -14,8 +14,9 @@
 -- them too. Run as a login that may create a schema in SSISDB (e.g. db_owner); the master's own
 -- login needs only deploy/sql/scaleout-login.sql.
 --
--- Schema version 1. A later version adds its changes below, guarded the same way, and inserts
--- its row into scaleout.schema_version.
+-- Schema version 2 (version 1 plus the shipping fence: `scaleout.shipper` and `row_version` on
+-- every row the leader ships). A later version adds its changes below, guarded the same way, and
+-- inserts its row into scaleout.schema_version.
 
 IF SCHEMA_ID(N'scaleout') IS NULL EXEC(N'CREATE SCHEMA scaleout')
 GO
@@ -176,4 +177,42 @@ GO
 IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 1)
 INSERT INTO scaleout.schema_version (version, description, installed_time)
 VALUES (1, N'scaleout schema 1: replicas, worker_agents, jobs, tasks, task_attempts, event_messages', SYSUTCDATETIME())
+GO
+
+-- Version 2: the shipping fence. Every batch the leader writes starts by claiming this one row
+-- for its Raft term (UPDATE ... WHERE term <= mine, then read it back): the row lock orders the
+-- transactions of two leaders, and a leader that finds a newer term rolls back. So a deposed or
+-- partitioned leader, even one whose COMMIT arrives late, never writes over its successor.
+IF OBJECT_ID(N'scaleout.shipper', N'U') IS NULL
+CREATE TABLE scaleout.shipper (
+    shipper_id INT NOT NULL PRIMARY KEY,
+    term BIGINT NOT NULL,
+    replica_id BIGINT NULL,
+    claimed_time DATETIME2 NULL,
+    claimed_ms BIGINT NULL
+)
+GO
+IF NOT EXISTS (SELECT 1 FROM scaleout.shipper WHERE shipper_id = 1)
+INSERT INTO scaleout.shipper (shipper_id, term) VALUES (1, 0)
+GO
+
+-- And every shipped row carries the newest event id of the replicated state it was read from;
+-- the masters update a row only where the stored version is not newer, so no row ever shows an
+-- older state than one it showed.
+IF COL_LENGTH(N'scaleout.worker_agents', N'row_version') IS NULL
+ALTER TABLE scaleout.worker_agents ADD row_version BIGINT NOT NULL DEFAULT 0
+GO
+IF COL_LENGTH(N'scaleout.jobs', N'row_version') IS NULL
+ALTER TABLE scaleout.jobs ADD row_version BIGINT NOT NULL DEFAULT 0
+GO
+IF COL_LENGTH(N'scaleout.tasks', N'row_version') IS NULL
+ALTER TABLE scaleout.tasks ADD row_version BIGINT NOT NULL DEFAULT 0
+GO
+IF COL_LENGTH(N'scaleout.task_attempts', N'row_version') IS NULL
+ALTER TABLE scaleout.task_attempts ADD row_version BIGINT NOT NULL DEFAULT 0
+GO
+
+IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 2)
+INSERT INTO scaleout.schema_version (version, description, installed_time)
+VALUES (2, N'scaleout schema 2: the shipping fence (scaleout.shipper) and row_version on worker_agents, jobs, tasks, task_attempts', SYSUTCDATETIME())
 GO

@@ -207,6 +207,10 @@ impl Report {
         );
         add("SSISDB not exactly once", self.ssisdb_problems.clone());
         add(
+            "SSISDB rows that differ from the replicated state",
+            self.ssisdb_rows_behind.clone(),
+        );
+        add(
             "processes that exited by themselves",
             self.unexpected_exits.clone(),
         );
@@ -269,8 +273,7 @@ impl fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "SSISDB rows that do not show the job as it ended (not yet an invariant, issue \
-                 18): {}{}",
+                "SSISDB rows that differ from the replicated state: {}{}",
                 self.ssisdb_rows_behind.len(),
                 if self.ssisdb_rows_behind.is_empty() {
                     String::new()
@@ -535,7 +538,7 @@ pub fn check(
     if let Some(sql) = &end.ssisdb {
         report.ssisdb_events = Some(sql.view.rows);
         report.ssisdb_problems = ssisdb_problems(sql, &end.jobs, &acked_ids);
-        report.ssisdb_rows_behind = ssisdb_rows_behind(sql, &end.jobs, &acked_ids);
+        report.ssisdb_rows_behind = ssisdb_rows_behind(sql, &end.jobs);
     }
 
     // The longest stretch between two acknowledged submits.
@@ -605,15 +608,23 @@ fn ssisdb_problems(sql: &SsisdbEnd, jobs: &[v1::Job], acked: &BTreeSet<u64>) -> 
     problems
 }
 
-/// The acknowledged jobs whose SSISDB rows do not show them as they ended.
-fn ssisdb_rows_behind(sql: &SsisdbEnd, jobs: &[v1::Job], acked: &BTreeSet<u64>) -> Vec<String> {
+/// Where SSISDB's rows (`scaleout.jobs`, `tasks`, `task_attempts`) do not show the final
+/// replicated state: every job, acknowledged or not, and no row for a job the state lacks.
+fn ssisdb_rows_behind(sql: &SsisdbEnd, jobs: &[v1::Job]) -> Vec<String> {
     let mut problems = Vec::new();
-    for job in jobs.iter().filter(|j| acked.contains(&j.id)) {
+    for job in jobs {
         let want_job = vec![(status_code(job.state), job.attempts.len() as i64)];
         let got_job = sql.view.job_rows.get(&job.id).cloned().unwrap_or_default();
         if got_job != want_job {
             problems.push(format!(
                 "job {}: jobs row (status, attempts) {got_job:?}, not {want_job:?}",
+                job.id
+            ));
+        }
+        let got_task = sql.view.task_rows.get(&job.id).cloned().unwrap_or_default();
+        if got_task != want_job {
+            problems.push(format!(
+                "job {}: tasks row (status, executed) {got_task:?}, not {want_job:?}",
                 job.id
             ));
         }
@@ -640,6 +651,20 @@ fn ssisdb_rows_behind(sql: &SsisdbEnd, jobs: &[v1::Job], acked: &BTreeSet<u64>) 
                 job.id
             ));
         }
+    }
+    let known: BTreeSet<u64> = jobs.iter().map(|j| j.id).collect();
+    let strangers: BTreeSet<u64> = sql
+        .view
+        .job_rows
+        .keys()
+        .chain(sql.view.task_rows.keys())
+        .filter(|id| !known.contains(id))
+        .copied()
+        .collect();
+    for id in strangers {
+        problems.push(format!(
+            "job {id}: rows in SSISDB for a job the state does not hold"
+        ));
     }
     problems
 }
@@ -955,7 +980,7 @@ mod tests {
 
         // Every event once, but the rows behind the views went backwards: a deposed leader
         // wrote job 2 as running after the new one wrote it succeeded. Counting events passed
-        // it; it is reported (issue 18 makes it an invariant once rows are fenced).
+        // it; comparing the rows with the final state does not.
         let (submits, mut end) = healthy();
         let mut sql = SsisdbEnd {
             view: healthy_sql_view(),
@@ -966,12 +991,14 @@ mod tests {
         sql.view
             .attempt_rows
             .insert(2, vec![(1, 0, "failed".into()), (2, 0, String::new())]);
+        sql.view.task_rows.insert(9, vec![(1, 0)]);
         end.ssisdb = Some(sql);
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert!(report.ssisdb_problems.is_empty(), "{report}");
+        assert!(!report.ok(), "{report}");
         assert!(report
             .to_string()
-            .contains("not yet an invariant, issue 18): 2"));
+            .contains("SSISDB rows that differ from the replicated state: 3"));
         assert_eq!(
             report.ssisdb_rows_behind,
             vec![
@@ -979,6 +1006,7 @@ mod tests {
                 "job 2: attempt rows [(1, 0, \"failed\"), (2, 0, \"\")], not [(1, 0, \"failed\"), \
                  (2, 0, \"succeeded\")]"
                     .into(),
+                "job 9: rows in SSISDB for a job the state does not hold".into(),
             ]
         );
     }
@@ -1009,6 +1037,7 @@ mod tests {
                 (3, events(&[("JobSubmitted", 1)])),
             ]),
             job_rows: BTreeMap::from([(1, vec![(5, 1)]), (2, vec![(5, 2)]), (3, vec![(6, 0)])]),
+            task_rows: BTreeMap::from([(1, vec![(5, 1)]), (2, vec![(5, 2)]), (3, vec![(6, 0)])]),
             attempt_rows: BTreeMap::from([
                 (1, vec![(1, 0, "succeeded".to_string())]),
                 (

@@ -1,6 +1,7 @@
 //! The faults the chaos run injects, one after another, each healed before the next: process
 //! kills and pauses (replicas and workers), partitions through the link proxies (both
-//! directions, one way, replica cut off from its workers), a replica that loses its disk and
+//! directions, one way, replica cut off from its workers, and the leader cut off from its peers
+//! for longer than a commit timeout while its SQL link stays up), a replica that loses its disk and
 //! comes back as a new member, power cuts (one replica, the leader, or all at once) that lose
 //! every write not yet synced (`powercut.rs`), steps of the leader's wall clock (forward and
 //! back, through the replicas' test-only clock offset files), and overlapping faults that
@@ -32,6 +33,7 @@ pub enum FaultKind {
     PauseLeader,
     IsolateLeader,
     IsolateFollower,
+    PartitionLeaderFromPeers,
     OneWayLink,
     CutLeaderApi,
     PauseWorker,
@@ -46,12 +48,13 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
         FaultKind::IsolateLeader,
         FaultKind::IsolateFollower,
+        FaultKind::PartitionLeaderFromPeers,
         FaultKind::OneWayLink,
         FaultKind::CutLeaderApi,
         FaultKind::PauseWorker,
@@ -72,6 +75,7 @@ impl FaultKind {
             FaultKind::PauseLeader => "pause-leader",
             FaultKind::IsolateLeader => "isolate-leader",
             FaultKind::IsolateFollower => "isolate-follower",
+            FaultKind::PartitionLeaderFromPeers => "partition-leader-from-peers",
             FaultKind::OneWayLink => "one-way-link",
             FaultKind::CutLeaderApi => "cut-leader-api",
             FaultKind::PauseWorker => "pause-worker",
@@ -176,6 +180,16 @@ impl Injector<'_> {
                 sleep(hold).await;
                 self.network.heal();
                 format!("replica {victim} ({mode:?}) for {} ms", hold.as_millis())
+            }
+            FaultKind::PartitionLeaderFromPeers => {
+                // Longer than a commit timeout (10 s) and than the shipper's retry: the old
+                // leader, still believing it leads, keeps its API and its SQL link and ships
+                // its older state again while the new leader ships newer rows.
+                let hold = self.between(25_000, 30_000);
+                self.network.isolate(leader, mode);
+                sleep(hold).await;
+                self.network.heal();
+                format!("replica {leader} ({mode:?}) for {} ms", hold.as_millis())
             }
             FaultKind::OneWayLink => {
                 let (from, to) = if self.rng.gen_bool(0.5) {

@@ -53,6 +53,8 @@ pub struct SsisdbView {
     pub by_job: BTreeMap<u64, BTreeMap<String, u64>>,
     /// Job id → (status code, attempt count) of its `scaleout.jobs` row (one per job).
     pub job_rows: BTreeMap<u64, Vec<(i64, i64)>>,
+    /// Job id → (status code, executed count) of its `scaleout.tasks` row (task id = job id).
+    pub task_rows: BTreeMap<u64, Vec<(i64, i64)>>,
     /// Job id → its `scaleout.task_attempts` rows: (attempt number, lease token, outcome).
     pub attempt_rows: BTreeMap<u64, Vec<(i64, i64, String)>>,
 }
@@ -106,6 +108,18 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
         let job = int(&row, 0).context("a jobs row without job_id")?;
         view.job_rows
             .entry(u64::try_from(job).unwrap_or_default())
+            .or_default()
+            .push((int(&row, 1).unwrap_or(-1), int(&row, 2).unwrap_or(-1)));
+    }
+    let tasks = client
+        .simple_query("SELECT task_id, status, executed_count FROM scaleout.tasks")
+        .await?
+        .into_first_result()
+        .await?;
+    for row in tasks {
+        let task = int(&row, 0).context("a tasks row without task_id")?;
+        view.task_rows
+            .entry(u64::try_from(task).unwrap_or_default())
             .or_default()
             .push((int(&row, 1).unwrap_or(-1), int(&row, 2).unwrap_or(-1)));
     }

@@ -7,11 +7,15 @@
 //! never expires work that kept running while no leader could take renewals. Only then does the
 //! expiry check run, proposing `ExpireLeases` (stamped with this leader's clock) whenever a lease
 //! is due. When the term or the role changes, the loop starts over.
+//!
+//! The same commit is what puts this replica in [`Office`] for T (`office.rs`), which duties
+//! outside Raft (the SSISDB shipper) wait for; the loop leaves office when it starts over.
 
 use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::office::Office;
 use super::proposer::Proposer;
 use crate::config::WorkerSettings;
 use crate::queue::{Command, CommandOutput};
@@ -21,9 +25,16 @@ use crate::raft::{Raft, SharedQueue};
 const WALL_STEP_REPORTED_MS: u64 = 2_000;
 
 /// Runs until the Raft node shuts down.
-pub async fn run(raft: Raft, proposer: Proposer, queue: SharedQueue, settings: WorkerSettings) {
+pub async fn run(
+    raft: Raft,
+    proposer: Proposer,
+    queue: SharedQueue,
+    settings: WorkerSettings,
+    office: Office,
+) {
     let mut metrics = raft.metrics();
     loop {
+        office.leave();
         // Wait to lead.
         let term = loop {
             let (state, term) = {
@@ -52,6 +63,7 @@ pub async fn run(raft: Raft, proposer: Proposer, queue: SharedQueue, settings: W
                     term,
                     leases, "leading: live leases extended by one lease interval"
                 );
+                office.take(term);
             }
             other => {
                 // Lost the leadership meanwhile, or the entry did not commit: start over.

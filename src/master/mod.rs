@@ -17,12 +17,14 @@ mod job_service;
 mod leader;
 mod membership;
 mod observe;
+mod office;
 mod proposer;
 mod replica;
 pub mod status;
 mod worker_service;
 
 pub use bootstrap::BootstrapError;
+pub use office::Office;
 pub use proposer::{now_ms, ProposeError, Proposer};
 pub use replica::{run, MasterError};
 pub use worker_service::REASON_LEASE_LOST;

@@ -337,16 +337,19 @@ pub async fn run(
     }
     // `initialize` stands for election at once; the driver's wait starts after it.
     contact.touch();
+    let office = super::Office::new();
     let leader_duties = tokio::spawn(super::leader::run(
         raft.clone(),
         proposer.clone(),
         queue.clone(),
         config.workers.clone(),
+        office.clone(),
     ));
     // Ships the outbox to SSISDB while leading (or prunes it when none is configured), and
     // keeps this replica's row there.
     let outbox_duties = tokio::spawn(crate::ssisdb::run(
         raft.clone(),
+        office,
         proposer.clone(),
         queue.clone(),
         config.ssisdb.clone(),

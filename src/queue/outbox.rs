@@ -154,3 +154,14 @@ pub struct OutboxMeta {
     /// Log line events never kept because the outbox was full, in all.
     pub dropped_log_events: u64,
 }
+
+impl OutboxMeta {
+    /// The id of the newest event recorded (0 when none): a state's version for the rows
+    /// shipped from it, since every change of a shipped row records an event.
+    pub fn newest_event_id(&self) -> u64 {
+        match self.next_sequence {
+            0 => 0,
+            n => event_id(self.last_index, n - 1),
+        }
+    }
+}

@@ -92,6 +92,20 @@ pub enum SsisdbError {
     PermissionDenied { detail: String },
     #[error("SSISDB connection to {addr} lost: {detail}; reconnecting")]
     ConnectionLost { addr: String, detail: String },
+    #[error(
+        "replica {replica} (leader of term {term}) no longer ships to SSISDB: the leader of term \
+         {newer_term} has claimed scaleout.shipper; this replica's batch is rolled back"
+    )]
+    Superseded {
+        replica: u64,
+        term: u64,
+        newer_term: u64,
+    },
+    #[error(
+        "replica {replica} lost office (term {term}) while writing a batch to SSISDB; the \
+         batch is abandoned (its connection closed, so SQL Server rolls it back)"
+    )]
+    OfficeLost { replica: u64, term: u64 },
     #[error("SSISDB statement failed: {0}")]
     Sql(String),
 }

@@ -18,4 +18,4 @@ mod sql;
 
 pub use connect::{connect, SqlClient, SsisdbError};
 pub use schema::{check, install_schema, CheckItem, CheckReport, SCHEMA_VERSION};
-pub use shipper::{run, write_events, ShipperStatus};
+pub use shipper::{run, write_events, Fence, ShipperStatus};

@@ -12,14 +12,15 @@ use super::sql::simple;
 use crate::config::SsisdbSettings;
 
 /// The schema version this build writes; `check` wants at least this.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The schema script, re-runnable, batches separated by `GO` lines.
 pub const SCHEMA_SQL: &str = include_str!("../../deploy/sql/scaleout-schema.sql");
 
 /// Tables the shipper writes and views DBAs read, as `check` looks for them.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "scaleout.schema_version",
+    "scaleout.shipper",
     "scaleout.replicas",
     "scaleout.worker_agents",
     "scaleout.jobs",

@@ -1,14 +1,26 @@
-//! The shipper: every replica runs [`run`]; while it leads, it moves the replicated outbox into
-//! SSISDB, exactly once by event id.
+//! The shipper: every replica runs [`run`]; while it holds office (`master::Office`: it
+//! committed an entry of its term as leader), it moves the replicated outbox into SSISDB,
+//! exactly once by event id, with rows that never go back to an older state.
 //!
 //! One batch = up to `ssisdb.batch_events` events after the committed cursor
 //! (`acked_up_to`), with the rows they name as they are now (job, task, attempts, worker, log
-//! line). In ONE SQL transaction: upsert the rows (`IF EXISTS UPDATE ELSE INSERT`), insert each
-//! event `WHERE NOT EXISTS` its event_id, count the batch's ids back (a server that silently
-//! dropped a statement fails the batch instead of losing events), COMMIT. Then propose
-//! `AckOutbox { up_to: last id }`. A leader that dies between the COMMIT and the ack's commit
-//! leaves the cursor behind; the next leader ships the same ids again and the NOT EXISTS makes
-//! that a no-op, so nothing is duplicated and nothing is skipped.
+//! line). In ONE SQL transaction:
+//! 1. **claim the fencing row** `scaleout.shipper`: set its term to ours where it is not newer,
+//!    then read it back; a newer term means a newer leader has shipped, so this replica rolls
+//!    back and stops ([`SsisdbError::Superseded`]). Every batch's transaction starts here, so a
+//!    deposed leader's transaction (even one that hung on a cut link and COMMITs late) cannot
+//!    commit after the new leader's: on SQL Server the row lock orders them and the loser sees
+//!    the newer term; on iridium (no-wait locks) the second one fails and retries.
+//! 2. upsert the rows (`IF EXISTS UPDATE ELSE INSERT`), each carrying `row_version`, the newest
+//!    event id of the state it was read from; an UPDATE applies only where the stored version is
+//!    not newer, so no row ever shows an older state than one it showed;
+//! 3. insert each event `WHERE NOT EXISTS` its event_id, count the batch's ids back (a server
+//!    that silently dropped a statement fails the batch instead of losing events), COMMIT.
+//!
+//! Then propose `AckOutbox { up_to: last id }`. A leader that dies between the COMMIT and the
+//! ack's commit leaves the cursor behind; the next leader ships the same ids again and the NOT
+//! EXISTS makes that a no-op, so nothing is duplicated and nothing is skipped. A replica that
+//! loses office mid-batch drops its connection at once (SQL Server rolls the transaction back).
 //!
 //! Without SSISDB, the leader prunes events older than `ssisdb.retention_secs` every minute.
 //! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
@@ -25,7 +37,7 @@ use tracing::{debug, info, warn};
 use super::connect::{connect_target, target, SqlClient, SsisdbError};
 use super::sql::{big, clip, rollback, send, simple, sql_time, Packer, Param, MAX_STRING};
 use crate::config::SsisdbSettings;
-use crate::master::{now_ms, Proposer};
+use crate::master::{now_ms, Office, Proposer};
 use crate::queue::{
     Command, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, Worker, WorkerId,
 };
@@ -84,8 +96,10 @@ impl ShipperStatus {
 }
 
 /// Runs forever on every replica (spawned by the replica, aborted at shutdown).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     raft: Raft,
+    office: Office,
     proposer: Proposer,
     queue: SharedQueue,
     settings: SsisdbSettings,
@@ -113,8 +127,15 @@ pub async fn run(
     };
     let mut last_prune: Option<tokio::time::Instant> = None;
     let mut last_lag_log = tokio::time::Instant::now();
+    let mut shipping_term = None;
     loop {
-        let leader = is_leader(&raft);
+        let term = office.held(&raft);
+        if term != shipping_term {
+            // A new term of office starts without the last one's backoff.
+            shipping_term = term;
+            shipper.backoff = BACKOFF_MIN;
+        }
+        let leader = term.is_some();
         let lag = read_queue(&queue, |q| q.outbox_len() as u64);
         shipper.status.lag.store(lag, Ordering::Relaxed);
         if last_lag_log.elapsed() >= LAG_LOG_EVERY {
@@ -126,7 +147,7 @@ pub async fn run(
             );
             last_lag_log = tokio::time::Instant::now();
         }
-        if !leader {
+        let Some(term) = term else {
             // A follower keeps no connection: the new leader must not see two writers.
             shipper.client = None;
             tokio::time::sleep(
@@ -137,7 +158,7 @@ pub async fn run(
             )
             .await;
             continue;
-        }
+        };
         if !shipper.settings.enabled() {
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());
@@ -151,9 +172,27 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        match shipper.ship_once(&queue, &proposer).await {
+        let shipped = tokio::select! {
+            shipped = shipper.ship_once(&queue, &proposer, term) => shipped,
+            // Abandon the batch: dropping the connection makes SQL Server roll it back.
+            () = office.lost(&raft, term) => Err(SsisdbError::OfficeLost { replica: replica_id, term }),
+        };
+        match shipped {
             Ok(0) => tokio::time::sleep(shipper.settings.ship_interval()).await,
             Ok(_) => {}
+            Err(e @ (SsisdbError::Superseded { .. } | SsisdbError::OfficeLost { .. })) => {
+                // Not a fault of SSISDB: another replica leads, or is about to. Only a batch
+                // abandoned mid-way needs its connection closed (the server rolls it back).
+                if matches!(e, SsisdbError::OfficeLost { .. }) {
+                    shipper.client = None;
+                }
+                if shipper.status.set_error(Some(e.to_string())) {
+                    info!(replica = replica_id, term, error = %e, "stopped shipping to SSISDB");
+                }
+                let wait = jitter(shipper.backoff);
+                shipper.backoff = (shipper.backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(wait).await;
+            }
             Err(e) => {
                 shipper.client = None;
                 shipper.status.ship_errors.fetch_add(1, Ordering::Relaxed);
@@ -180,10 +219,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn is_leader(raft: &Raft) -> bool {
-    raft.metrics().borrow().state == openraft::ServerState::Leader
-}
-
 fn read_queue<T>(queue: &SharedQueue, f: impl FnOnce(&crate::queue::QueueState) -> T) -> T {
     let guard = queue.read().unwrap_or_else(PoisonError::into_inner);
     f(&guard)
@@ -203,8 +238,18 @@ struct Shipper {
     replica_id: u64,
 }
 
+/// The fencing row's claim: the term of office this batch is written in, and by whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence {
+    pub term: u64,
+    pub replica: u64,
+}
+
 /// One batch read from the local state, lock released.
 struct Batch {
+    /// The newest event id of the state the rows were read from: every row carries it as its
+    /// `row_version`, and an older state never overwrites a newer one.
+    version: i64,
     events: Vec<OutboxEvent>,
     jobs: BTreeMap<JobId, Job>,
     /// Workers named by the events; `None` when removed since.
@@ -220,6 +265,7 @@ impl Shipper {
         &mut self,
         queue: &SharedQueue,
         proposer: &Proposer,
+        term: u64,
     ) -> Result<usize, SsisdbError> {
         let limit = self.settings.batch_events.max(1) as usize;
         let batch = read_queue(queue, |q| {
@@ -240,7 +286,11 @@ impl Shipper {
             return Ok(0);
         };
         let started = std::time::Instant::now();
-        write_batch(client, addr, &batch).await?;
+        let fence = Fence {
+            term,
+            replica: self.replica_id,
+        };
+        write_batch(client, addr, &batch, fence).await?;
         let n = batch.events.len();
         match proposer.propose(Command::AckOutbox { up_to: last }).await {
             Ok(_) => {}
@@ -308,6 +358,7 @@ fn opt_ms(ms: Option<u64>) -> (Param, Param) {
 fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
     let events = q.outbox_after(acked, limit);
     let mut batch = Batch {
+        version: big(q.outbox_meta().newest_event_id()),
         events,
         jobs: BTreeMap::new(),
         workers: BTreeMap::new(),
@@ -343,29 +394,36 @@ fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
 }
 
 /// Writes the events after `after` (at most `limit`) and the rows they name into SSISDB in one
-/// transaction, without acknowledging them: what a leader does before its ack, and what the
-/// next leader repeats when that ack never committed. Returns how many events it wrote.
+/// transaction fenced by `fence`, without acknowledging them: what a leader does before its
+/// ack, and what the next leader repeats when that ack never committed. Returns how many events
+/// it wrote.
 pub async fn write_events(
     client: &mut SqlClient,
     queue: &crate::queue::QueueState,
     after: u64,
     limit: usize,
+    fence: Fence,
 ) -> Result<usize, SsisdbError> {
     let batch = read_batch(queue, after, limit);
-    write_batch(client, "SSISDB", &batch).await?;
+    write_batch(client, "SSISDB", &batch, fence).await?;
     Ok(batch.events.len())
 }
 
-async fn write_batch(client: &mut SqlClient, addr: &str, batch: &Batch) -> Result<(), SsisdbError> {
+async fn write_batch(
+    client: &mut SqlClient,
+    addr: &str,
+    batch: &Batch,
+    fence: Fence,
+) -> Result<(), SsisdbError> {
     let mut packer = Packer::default();
     for (id, worker) in &batch.workers {
-        push_worker(&mut packer, *id, worker.as_ref());
+        push_worker(&mut packer, *id, worker.as_ref(), batch.version);
     }
     for job in batch.jobs.values() {
-        push_job(&mut packer, job);
+        push_job(&mut packer, job, batch.version);
         for (_, number) in batch.attempts.range((job.id, 0)..=(job.id, u32::MAX)) {
             if let Some(attempt) = job.attempts.iter().find(|a| a.number == *number) {
-                push_attempt(&mut packer, job.id, attempt);
+                push_attempt(&mut packer, job.id, attempt, batch.version);
             }
         }
     }
@@ -377,8 +435,20 @@ async fn write_batch(client: &mut SqlClient, addr: &str, batch: &Batch) -> Resul
         (Some(f), Some(l)) => (f.id, l.id),
         _ => return Ok(()),
     };
+    // A replica that a newer leader has superseded learns it here, before opening a
+    // transaction it would only roll back (a rollback racing another session's commit can undo
+    // that commit on iridium_server, the tests' SQL Server).
+    let stored = fence_term(client, addr).await?;
+    if stored > fence.term {
+        return Err(SsisdbError::Superseded {
+            replica: fence.replica,
+            term: fence.term,
+            newer_term: stored,
+        });
+    }
     simple(client, addr, "BEGIN TRANSACTION").await?;
     let result = async {
+        claim_fence(client, addr, fence).await?;
         send(client, addr, trips).await?;
         // Count the batch back: only this batch's events have ids in [first, last].
         let row = client
@@ -408,11 +478,77 @@ async fn write_batch(client: &mut SqlClient, addr: &str, batch: &Batch) -> Resul
     result
 }
 
-fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>) {
+/// The term in `scaleout.shipper` now.
+async fn fence_term(client: &mut SqlClient, addr: &str) -> Result<u64, SsisdbError> {
+    let row = client
+        .simple_query("SELECT term FROM scaleout.shipper WHERE shipper_id = 1")
+        .await
+        .map_err(|e| SsisdbError::from_sql(addr, e))?
+        .into_row()
+        .await
+        .map_err(|e| SsisdbError::from_sql(addr, e))?;
+    row.as_ref()
+        .and_then(|r| r.try_get::<i64, _>(0).ok().flatten())
+        .map(|t| u64::try_from(t).unwrap_or(0))
+        .ok_or_else(|| SsisdbError::MissingSchema {
+            missing: "the row of scaleout.shipper (schema 2)".into(),
+        })
+}
+
+/// Step 1 of a batch, inside its transaction: takes `scaleout.shipper` for `fence.term` unless
+/// a newer term holds it. The UPDATE locks the row until COMMIT, and the read after it sees the
+/// newest committed term (the lock waited for any transaction holding it).
+async fn claim_fence(client: &mut SqlClient, addr: &str, fence: Fence) -> Result<(), SsisdbError> {
+    let now = now_ms();
+    let row = client
+        .query(
+            "UPDATE scaleout.shipper SET term = @P1, replica_id = @P2, \
+             claimed_time = CAST(@P3 AS DATETIME2), claimed_ms = @P4 \
+             WHERE shipper_id = 1 AND term <= @P1; \
+             SELECT term FROM scaleout.shipper WHERE shipper_id = 1",
+            &[
+                &big(fence.term),
+                &big(fence.replica),
+                &sql_time(now),
+                &big(now),
+            ],
+        )
+        .await
+        .map_err(|e| SsisdbError::from_sql(addr, e))?
+        .into_results()
+        .await
+        .map_err(|e| SsisdbError::from_sql(addr, e))?
+        .into_iter()
+        .flatten()
+        .next_back();
+    let stored = row
+        .as_ref()
+        .and_then(|r| r.try_get::<i64, _>(0).ok().flatten())
+        .ok_or_else(|| SsisdbError::MissingSchema {
+            missing: "the row of scaleout.shipper (schema 2)".into(),
+        })?;
+    let stored = u64::try_from(stored).unwrap_or(0);
+    match stored.cmp(&fence.term) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(SsisdbError::Superseded {
+            replica: fence.replica,
+            term: fence.term,
+            newer_term: stored,
+        }),
+        std::cmp::Ordering::Less => Err(SsisdbError::Sql(format!(
+            "scaleout.shipper still shows term {stored} after claiming it for term {} (the \
+             server dropped the UPDATE); the batch is rolled back and retried",
+            fence.term
+        ))),
+    }
+}
+
+fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>, version: i64) {
     let Some(w) = worker else {
         packer.push(
-            "UPDATE scaleout.worker_agents SET is_removed = 1 WHERE worker_agent_id = ?",
-            vec![p(id.to_string())],
+            "UPDATE scaleout.worker_agents SET is_removed = 1, row_version = ? \
+             WHERE worker_agent_id = ? AND row_version <= ?",
+            vec![p(version), p(id.to_string()), p(version)],
         );
         return;
     };
@@ -432,14 +568,17 @@ fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>) {
         ]
     };
     // Parameters are numbered in the order the `?`s appear: IF EXISTS id; UPDATE columns,
-    // online time and ms, WHERE id; INSERT id, columns, registered and online times.
+    // online time and ms, version, WHERE id and version; INSERT id, columns, registered and
+    // online times, version.
     let mut ordered = vec![p(id_text.clone())];
     ordered.extend(described());
     ordered.extend([
         p(sql_time(w.last_heartbeat_ms)),
         p(big(w.last_heartbeat_ms)),
+        p(version),
     ]);
     ordered.push(p(id_text.clone()));
+    ordered.push(p(version));
     ordered.push(p(id_text));
     ordered.extend(described());
     ordered.extend([
@@ -447,17 +586,18 @@ fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>) {
         p(big(w.registered_at_ms)),
         p(sql_time(w.last_heartbeat_ms)),
         p(big(w.last_heartbeat_ms)),
+        p(version),
     ]);
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.worker_agents WHERE worker_agent_id = ?) \
          UPDATE scaleout.worker_agents SET display_name = ?, description = ?, machine_name = ?, \
          tags = ?, max_tasks = ?, agent_version = ?, is_enabled = ?, is_draining = ?, \
-         is_removed = 0, last_online_time = CAST(? AS DATETIME2), last_online_ms = ? \
-         WHERE worker_agent_id = ? \
+         is_removed = 0, last_online_time = CAST(? AS DATETIME2), last_online_ms = ?, \
+         row_version = ? WHERE worker_agent_id = ? AND row_version <= ? \
          ELSE INSERT INTO scaleout.worker_agents (worker_agent_id, display_name, description, \
          machine_name, tags, max_tasks, agent_version, is_enabled, is_draining, is_removed, \
-         registered_time, registered_ms, last_online_time, last_online_ms) VALUES (?, ?, ?, ?, \
-         ?, ?, ?, ?, ?, 0, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?)",
+         registered_time, registered_ms, last_online_time, last_online_ms, row_version) VALUES \
+         (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?)",
         ordered,
     );
 }
@@ -466,7 +606,7 @@ fn command_line(job: &Job) -> String {
     clip(&job.spec.argv.join(" "), MAX_STRING)
 }
 
-fn push_job(packer: &mut Packer, job: &Job) {
+fn push_job(packer: &mut Packer, job: &Job, version: i64) {
     let worker = job
         .lease
         .as_ref()
@@ -483,11 +623,13 @@ fn push_job(packer: &mut Packer, job: &Job) {
             p(worker.clone()),
             p(sql_time(job.updated_at_ms)),
             p(big(job.updated_at_ms)),
+            p(version),
         ]
     };
     let mut params = vec![p(big(job.id))];
     params.extend(set());
     params.push(p(big(job.id)));
+    params.push(p(version));
     params.extend(vec![
         p(big(job.id)),
         p(clip(&job.spec.name, 256)),
@@ -502,11 +644,12 @@ fn push_job(packer: &mut Packer, job: &Job) {
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.jobs WHERE job_id = ?) \
          UPDATE scaleout.jobs SET state = ?, status = ?, attempt_count = ?, cancel_requested = ?, \
-         worker_agent_id = ?, updated_time = CAST(? AS DATETIME2), updated_ms = ? WHERE job_id = ? \
+         worker_agent_id = ?, updated_time = CAST(? AS DATETIME2), updated_ms = ?, \
+         row_version = ? WHERE job_id = ? AND row_version <= ? \
          ELSE INSERT INTO scaleout.jobs (job_id, job_name, package_path, command_line, priority, \
          max_attempts, created_time, created_ms, state, status, attempt_count, cancel_requested, \
-         worker_agent_id, updated_time, updated_ms) VALUES (?, ?, ?, ?, ?, ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?)",
+         worker_agent_id, updated_time, updated_ms, row_version) VALUES (?, ?, ?, ?, ?, ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, ?)",
         params,
     );
 
@@ -537,11 +680,13 @@ fn push_job(packer: &mut Packer, job: &Job) {
             p(job.state == JobState::Cancelled || job.cancel_requested),
             pick_t,
             pick_ms,
+            p(version),
         ]
     };
     let mut params = vec![p(big(job.id))];
     params.extend(task_set());
     params.push(p(big(job.id)));
+    params.push(p(version));
     params.extend(vec![
         p(big(job.id)),
         p(big(job.id)),
@@ -558,14 +703,15 @@ fn push_job(packer: &mut Packer, job: &Job) {
          ready_for_dispatch_time = CAST(? AS DATETIME2), ready_for_dispatch_ms = ?, \
          last_updated_time = CAST(? AS DATETIME2), last_updated_ms = ?, worker_agent_id = ?, \
          expired_time = CAST(? AS DATETIME2), expired_ms = ?, is_cancelled = ?, \
-         last_pickup_time = CAST(? AS DATETIME2), last_pickup_ms = ? WHERE task_id = ? \
+         last_pickup_time = CAST(? AS DATETIME2), last_pickup_ms = ?, row_version = ? \
+         WHERE task_id = ? AND row_version <= ? \
          ELSE INSERT INTO scaleout.tasks (task_id, job_id, task_type, input_data, \
          max_executed_count, is_critical, priority, created_time, created_ms, executed_count, \
          status, ready_for_dispatch_time, ready_for_dispatch_ms, last_updated_time, \
          last_updated_ms, worker_agent_id, expired_time, expired_ms, is_cancelled, \
-         last_pickup_time, last_pickup_ms) VALUES (?, ?, 0, ?, ?, 0, ?, CAST(? AS DATETIME2), ?, \
-         ?, ?, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?, CAST(? AS DATETIME2), ?, ?, \
-         CAST(? AS DATETIME2), ?)",
+         last_pickup_time, last_pickup_ms, row_version) VALUES (?, ?, 0, ?, ?, 0, ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?, \
+         CAST(? AS DATETIME2), ?, ?, CAST(? AS DATETIME2), ?, ?)",
         params,
     );
 }
@@ -577,7 +723,7 @@ pub fn task_attempt_id(job: JobId, attempt: u32) -> i64 {
         .saturating_add(i64::from(attempt))
 }
 
-fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt) {
+fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt, version: i64) {
     let key = task_attempt_id(job, attempt.number);
     let set = || -> Vec<Param> {
         let (end_t, end_ms) = opt_ms(attempt.ended_at_ms);
@@ -591,11 +737,13 @@ fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt
             } else {
                 Some(clip(&attempt.error, MAX_STRING))
             }),
+            p(version),
         ]
     };
     let mut params = vec![p(key)];
     params.extend(set());
     params.push(p(key));
+    params.push(p(version));
     params.extend(vec![
         p(key),
         p(big(job)),
@@ -609,11 +757,12 @@ fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt
     packer.push(
         "IF EXISTS (SELECT 1 FROM scaleout.task_attempts WHERE task_attempt_id = ?) \
          UPDATE scaleout.task_attempts SET ended_time = CAST(? AS DATETIME2), ended_ms = ?, \
-         outcome = ?, exit_code = ?, error_message = ? WHERE task_attempt_id = ? \
+         outcome = ?, exit_code = ?, error_message = ?, row_version = ? \
+         WHERE task_attempt_id = ? AND row_version <= ? \
          ELSE INSERT INTO scaleout.task_attempts (task_attempt_id, task_id, attempt_number, \
          worker_agent_id, lease_token, started_time, started_ms, ended_time, ended_ms, outcome, \
-         exit_code, error_message) VALUES (?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, ?)",
+         exit_code, error_message, row_version) VALUES (?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, \
+         CAST(? AS DATETIME2), ?, ?, ?, ?, ?)",
         params,
     );
 }
