@@ -18,6 +18,8 @@ pub struct Activity {
     /// Attempts whose lease ran out: the leases that expired.
     pub attempts_expired: u64,
     pub attempts_cancelled: u64,
+    /// Finished jobs removed by retention.
+    pub jobs_removed: u64,
 }
 
 impl Activity {

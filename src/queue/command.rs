@@ -115,6 +115,17 @@ pub enum Command {
         batch: u64,
         lines: Vec<LogLine>,
     },
+    /// Retention (the leader's duty, see `state/retention.rs`): removes finished jobs, with
+    /// their attempts, log lines, log batch marks and idempotency key, that finished more than
+    /// `retention_ms` before cluster time, and the oldest finished jobs beyond `max_finished`
+    /// (0: no cap); with `until_shipped`, never a job an outbox event still names (SSISDB keeps
+    /// the history). At most `limit` jobs per command, oldest finished first.
+    RemoveFinishedJobs {
+        retention_ms: u64,
+        max_finished: u64,
+        until_shipped: bool,
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +181,11 @@ pub enum CommandOutput {
     OutboxAcked {
         acked_up_to: u64,
         removed: u64,
+    },
+    /// How many finished jobs retention removed, and whether more were due than `limit`.
+    JobsRemoved {
+        removed: u64,
+        more: bool,
     },
 }
 

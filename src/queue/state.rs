@@ -10,7 +10,8 @@
 //! - `by_state`: listing by state;
 //! - `dispatch`: queued jobs in dispatch order (see `dispatch.rs`);
 //! - `expiry`: live leases by expiry time, for `ExpireLeases` and the leader's tick;
-//! - `idempotency`: key -> job.
+//! - `idempotency`: key -> job;
+//! - `finished`: finished jobs by the time they finished, for retention (`state/retention.rs`).
 //!
 //! Each worker's `running` set is part of the worker row (persisted with it) and always equals
 //! the jobs whose lease names that worker.
@@ -31,6 +32,7 @@ mod jobs;
 mod leases;
 mod logs;
 mod outbox;
+mod retention;
 mod workers;
 
 /// The most jobs one page of a listing returns.
@@ -58,6 +60,9 @@ pub struct QueueState {
     dispatch: DispatchIndex,
     /// (expires_at_ms, job) of every live lease.
     expiry: BTreeSet<(u64, JobId)>,
+    /// (finished_at_ms, job) of every finished job: its `updated_at_ms`, which nothing changes
+    /// once it has finished.
+    finished: BTreeSet<(u64, JobId)>,
     /// Events not yet shipped, by id (see `outbox.rs`).
     outbox: BTreeMap<u64, OutboxEvent>,
     outbox_meta: OutboxMeta,
@@ -85,8 +90,8 @@ pub struct QueueState {
 pub struct Changes {
     pub jobs: BTreeSet<JobId>,
     pub workers: BTreeSet<WorkerId>,
-    /// (job, sequence) of each log line written; the same line may appear more than once (the
-    /// truncation notice is rewritten in place).
+    /// (job, sequence) of each log line written or removed (a line no longer in the state);
+    /// the same line may appear more than once (the truncation notice is rewritten in place).
     pub log_lines: Vec<(JobId, u64)>,
     /// Outbox events written or removed.
     pub outbox: BTreeSet<u64>,
@@ -158,6 +163,7 @@ impl PartialEq for QueueState {
             job_counts,
             dispatch,
             expiry,
+            finished,
             outbox,
             outbox_meta,
             truncated_events,
@@ -177,6 +183,7 @@ impl PartialEq for QueueState {
             && *job_counts == other.job_counts
             && *dispatch == other.dispatch
             && *expiry == other.expiry
+            && *finished == other.finished
             && *outbox == other.outbox
             && *outbox_meta == other.outbox_meta
             && *truncated_events == other.truncated_events
@@ -200,6 +207,7 @@ impl QueueState {
             job_counts: BTreeMap::new(),
             dispatch: DispatchIndex::new(),
             expiry: BTreeSet::new(),
+            finished: BTreeSet::new(),
             outbox: BTreeMap::new(),
             outbox_meta: OutboxMeta::default(),
             truncated_events: BTreeMap::new(),
@@ -394,6 +402,18 @@ impl QueueState {
             Command::RemoveWorker { worker } => self.remove_worker(worker),
             Command::AckOutbox { up_to } => self.ack_outbox(up_to),
             Command::PruneOutbox { before_ms } => self.prune_outbox(before_ms),
+            Command::RemoveFinishedJobs {
+                retention_ms,
+                max_finished,
+                until_shipped,
+                limit,
+            } => self.remove_finished(
+                retention_ms,
+                max_finished,
+                until_shipped,
+                limit as usize,
+                now,
+            ),
         }
     }
 
@@ -587,8 +607,14 @@ impl QueueState {
             }
         }
         let from = job.state;
+        if from.is_terminal() {
+            self.finished.remove(&(job.updated_at_ms, job_id));
+        }
         job.state = next;
         job.updated_at_ms = now_ms;
+        if next.is_terminal() {
+            self.finished.insert((now_ms, job_id));
+        }
         self.by_state.insert((next, job_id));
         *self.job_counts.entry(next).or_default() += 1;
         if next == JobState::Queued {
@@ -748,7 +774,52 @@ impl QueueState {
         Some(worker)
     }
 
+    /// Removes a finished job and everything that is only its: attempts (in the row), log
+    /// lines, log batch marks and its idempotency key. Its id is never handed out again. Its
+    /// outbox events stay until shipped or pruned (the shipper copes with a job gone).
+    fn remove_job(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        debug_assert!(job.state.is_terminal(), "removing unfinished job {job_id}");
+        self.by_state.remove(&(job.state, job_id));
+        if let Some(count) = self.job_counts.get_mut(&job.state) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.job_counts.remove(&job.state);
+            }
+        }
+        self.finished.remove(&(job.updated_at_ms, job_id));
+        if let Some(key) = &job.idempotency_key {
+            if self.idempotency.get(key) == Some(&job_id) {
+                self.idempotency.remove(key);
+            }
+        }
+        let lines: Vec<(JobId, u64)> = self
+            .logs
+            .range((job_id, 0)..=(job_id, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in lines {
+            self.logs.remove(&key);
+            self.changes.log_lines.push(key);
+        }
+        let marks: Vec<(JobId, u64)> = self
+            .log_batches
+            .range((job_id, 0)..=(job_id, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in marks {
+            self.log_batches.remove(&key);
+            self.changes.log_batches.insert(key);
+        }
+        self.changes.jobs.insert(job_id);
+    }
+
     fn index_job(&mut self, job: &Job) {
+        if job.state.is_terminal() {
+            self.finished.insert((job.updated_at_ms, job.id));
+        }
         self.by_state.insert((job.state, job.id));
         *self.job_counts.entry(job.state).or_default() += 1;
         if job.state == JobState::Queued {
@@ -772,6 +843,7 @@ impl QueueState {
             || rebuilt.dispatch != self.dispatch
             || rebuilt.expiry != self.expiry
             || rebuilt.idempotency != self.idempotency
+            || rebuilt.finished != self.finished
         {
             return Err("an index disagrees with the jobs".into());
         }
@@ -849,6 +921,8 @@ impl QueueState {
 mod outbox_tests;
 #[cfg(test)]
 mod property_tests;
+#[cfg(test)]
+mod retention_tests;
 #[cfg(test)]
 mod scenario_tests;
 #[cfg(test)]

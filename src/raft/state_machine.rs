@@ -193,7 +193,8 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
 struct ChangedRows {
     jobs: Vec<(JobId, Option<Job>)>,
     workers: Vec<(WorkerId, Option<Worker>)>,
-    log_lines: Vec<JobLogLine>,
+    /// `None`: the line is gone (its job was removed by retention).
+    log_lines: Vec<((JobId, u64), Option<JobLogLine>)>,
     outbox: Vec<(u64, Option<OutboxEvent>)>,
     outbox_meta: Option<OutboxMeta>,
     log_batches: Vec<(JobId, u64, Option<u64>)>,
@@ -222,7 +223,7 @@ impl ChangedRows {
                 .into_iter()
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
-                .filter_map(|(job, seq)| queue.log_line(job, seq).cloned())
+                .map(|(job, seq)| ((job, seq), queue.log_line(job, seq).cloned()))
                 .collect(),
             outbox: changes
                 .outbox
@@ -283,11 +284,14 @@ impl ChangedRows {
                 None => batch.remove(worker_key(id)),
             }
         }
-        for line in self.log_lines {
-            batch.insert(
-                log_key(line.job_id, line.sequence),
-                encode(&line).map_err(|e| sm_write_error(&e))?,
-            );
+        for ((job, sequence), line) in self.log_lines {
+            match line {
+                Some(line) => batch.insert(
+                    log_key(job, sequence),
+                    encode(&line).map_err(|e| sm_write_error(&e))?,
+                ),
+                None => batch.remove(log_key(job, sequence)),
+            }
         }
         Ok(())
     }

@@ -82,6 +82,13 @@ enum Op {
     Remove {
         worker: u8,
     },
+    /// A retention sweep.
+    Retain {
+        retention_ms: u64,
+        max_finished: u64,
+        until_shipped: bool,
+        limit: u32,
+    },
 }
 
 fn op(workers: u8) -> impl Strategy<Value = Op> {
@@ -110,6 +117,10 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
         1 => (w.clone(), proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()))
             .prop_map(|(worker, enabled, draining)| Op::SetState { worker, enabled, draining }),
         1 => w.prop_map(|worker| Op::Remove { worker }),
+        1 => (0u64..60_000, 0u64..6, any::<bool>(), 1u32..4)
+            .prop_map(|(retention_ms, max_finished, until_shipped, limit)| Op::Retain {
+                retention_ms, max_finished, until_shipped, limit,
+            }),
     ]
 }
 
@@ -274,6 +285,17 @@ fn to_command(
         Op::Remove { worker } => Command::RemoveWorker {
             worker: wid(worker),
         },
+        Op::Retain {
+            retention_ms,
+            max_finished,
+            until_shipped,
+            limit,
+        } => Command::RemoveFinishedJobs {
+            retention_ms,
+            max_finished,
+            until_shipped,
+            limit,
+        },
     }
 }
 
@@ -421,8 +443,53 @@ proptest! {
                     );
                 }
             }
-            for old in before.jobs() {
-                let new = sim.state.job(old.id).expect("jobs are never dropped");
+            let removed: BTreeSet<JobId> = before
+                .jobs()
+                .map(|j| j.id)
+                .filter(|id| sim.state.job(*id).is_none())
+                .collect();
+            if let (
+                Command::RemoveFinishedJobs { retention_ms, max_finished, until_shipped, limit },
+                Ok(CommandOutput::JobsRemoved { removed: count, more }),
+            ) = (&command, &result) {
+                prop_assert_eq!(removed.len() as u64, *count);
+                prop_assert!(removed.len() <= *limit as usize);
+                let unshipped: BTreeSet<JobId> = before
+                    .outbox_after(0, usize::MAX)
+                    .iter()
+                    .filter_map(|e| e.kind.job())
+                    .collect();
+                let mut finished: Vec<(u64, JobId)> = before
+                    .jobs()
+                    .filter(|j| j.state.is_terminal())
+                    .map(|j| (j.updated_at_ms, j.id))
+                    .collect();
+                finished.sort_unstable();
+                let over_cap = match *max_finished {
+                    0 => 0,
+                    cap => finished.len().saturating_sub(cap as usize),
+                };
+                let mut due = Vec::new();
+                for (position, (finished_at, id)) in finished.iter().enumerate() {
+                    let old_enough = *finished_at <= at.saturating_sub(*retention_ms);
+                    if (old_enough || position < over_cap) && !(*until_shipped && unshipped.contains(id)) {
+                        due.push(*id);
+                    }
+                }
+                // Exactly the oldest due jobs go, up to the limit; queued and leased ones never.
+                let expected: BTreeSet<JobId> = due.iter().take(*limit as usize).copied().collect();
+                prop_assert_eq!(&removed, &expected, "removed by {:?}", op);
+                prop_assert_eq!(*more, due.len() > *limit as usize);
+                for id in &removed {
+                    prop_assert!(sim.state.job_logs(*id, 0, usize::MAX).is_empty());
+                    prop_assert!(sim.state.log_batch_marks().all(|(job, _, _)| job != *id));
+                    prop_assert!(sim.state.was_removed(*id));
+                }
+            } else {
+                prop_assert!(removed.is_empty(), "{:?} dropped jobs {:?}", op, removed);
+            }
+            for old in before.jobs().filter(|j| !removed.contains(&j.id)) {
+                let new = sim.state.job(old.id).expect("jobs are never dropped but by retention");
                 // Only legal transitions; a terminal job never changes state again.
                 prop_assert!(
                     new.state == old.state || old.state.can_become(new.state),

@@ -87,11 +87,10 @@ impl Rows {
             };
         }
         for (job, seq) in changes.log_lines {
-            let line = state
-                .log_line(job, seq)
-                .expect("a written line exists")
-                .clone();
-            self.logs.insert((job, seq), line);
+            match state.log_line(job, seq) {
+                Some(line) => self.logs.insert((job, seq), line.clone()),
+                None => self.logs.remove(&(job, seq)),
+            };
         }
         for id in changes.outbox {
             match state.outbox_event(id) {
@@ -106,10 +105,10 @@ impl Rows {
             self.clock_ms = state.clock_ms();
         }
         for (job, token) in changes.log_batches {
-            let batch = state
-                .log_batch_mark(job, token)
-                .expect("a changed batch mark exists");
-            self.log_batches.insert((job, token), batch);
+            match state.log_batch_mark(job, token) {
+                Some(batch) => self.log_batches.insert((job, token), batch),
+                None => self.log_batches.remove(&(job, token)),
+            };
         }
         self.next_job_id = state.next_job_id();
         self.next_lease_token = state.next_lease_token();
