@@ -54,6 +54,9 @@
 //! | `proposals.linger_us` | (default: 500) How long a batch waits for more commands before it is proposed (at most 100000 µs). |
 //! | `proposals.max_in_flight` | (default: 4) Batches proposed concurrently (at least 1). |
 //! | `storage.cache_capacity_mb` | (default: 64) sled page cache size in MiB (at least 1). |
+//! | `retention.finished_job_secs` | (default: 86400, a day) A finished job (succeeded, failed or cancelled) is removed from every replica this long after it finished, with its attempts, log lines and idempotency key; 0 keeps finished jobs whatever their age (at least 60 otherwise). This is also the deduplication window of idempotency keys: once its job is removed, a key submits a new job. With SSISDB configured, a job is removed only once all its events are shipped (SSISDB keeps the history; SSIS's own `CleanupCompletedJobsIntervalInMs` does the same cleanup). |
+//! | `retention.max_finished_jobs` | (default: 100000) The oldest finished jobs beyond this many are removed too, whatever their age; 0: no cap (at least 100 otherwise). |
+//! | `retention.sweep_interval_ms` | (default: 10000) How often the leader looks for finished jobs to remove (100..=3600000); one sweep removes at most 1,000 and the next follows at once while more are due. |
 //! | `workers.lease_interval_ms` | (default: 30000) How long a task's lease lasts without a renewal (SSIS LeaseInterval). An expired lease consumes an attempt and requeues the task. |
 //! | `workers.offline_after_ms` | (default: 60000) A worker with no heartbeat for this long shows offline. |
 //! | `workers.approval` | (default: `manual`) `manual` keeps a new worker disabled until an admin enables it (`scaleout workers enable ID`), as SSIS does; `auto` enables it when it registers. |
@@ -138,6 +141,7 @@ pub struct MasterConfig {
     pub raft: RaftSettings,
     pub proposals: ProposalSettings,
     pub storage: StorageSettings,
+    pub retention: RetentionSettings,
     pub api: ApiSettings,
     pub workers: WorkerSettings,
     pub ssisdb: SsisdbSettings,
@@ -251,6 +255,42 @@ impl Default for StorageSettings {
 impl StorageSettings {
     pub fn cache_capacity_bytes(&self) -> u64 {
         self.cache_capacity_mb << 20
+    }
+}
+
+/// `[retention]`: how long finished jobs stay in the replicated state (see
+/// `queue/state/retention.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// A finished job is removed this long after it finished; 0: never by age.
+    pub finished_job_secs: u64,
+    /// And the oldest finished jobs beyond this many are removed; 0: no cap.
+    pub max_finished_jobs: u64,
+    /// How often the leader looks for finished jobs to remove.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            finished_job_secs: 86_400,
+            max_finished_jobs: 100_000,
+            sweep_interval_ms: 10_000,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// The retention as the command carries it: u64::MAX (never) when off.
+    pub fn retention_ms(&self) -> u64 {
+        match self.finished_job_secs {
+            0 => u64::MAX,
+            secs => secs.saturating_mul(1000),
+        }
+    }
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
     }
 }
 
@@ -944,6 +984,35 @@ impl MasterConfig {
                 "must be at least 1 (e.g. 4)".into(),
             );
         }
+        let t = &self.retention;
+        if t.finished_job_secs != 0 && t.finished_job_secs < 60 {
+            return bad(
+                "retention.finished_job_secs",
+                format!(
+                    "is {} but must be 0 (never by age) or at least 60, so that a client \
+                     waiting on a job sees it end (e.g. 86400, a day)",
+                    t.finished_job_secs
+                ),
+            );
+        }
+        if t.max_finished_jobs != 0 && t.max_finished_jobs < 100 {
+            return bad(
+                "retention.max_finished_jobs",
+                format!(
+                    "is {} but must be 0 (no cap) or at least 100 (e.g. 100000)",
+                    t.max_finished_jobs
+                ),
+            );
+        }
+        if !(100..=3_600_000).contains(&t.sweep_interval_ms) {
+            return bad(
+                "retention.sweep_interval_ms",
+                format!(
+                    "is {} but must be between 100 and 3600000 (e.g. 10000)",
+                    t.sweep_interval_ms
+                ),
+            );
+        }
         if !(1..=1 << 20).contains(&self.storage.cache_capacity_mb) {
             return bad(
                 "storage.cache_capacity_mb",
@@ -1202,6 +1271,7 @@ fn build(
         raft: raw.raft,
         proposals: raw.proposals,
         storage: raw.storage,
+        retention: raw.retention,
         api: raw.api,
         workers: raw.workers,
         ssisdb,
@@ -1245,6 +1315,8 @@ struct RawConfig {
     proposals: ProposalSettings,
     #[serde(default)]
     storage: StorageSettings,
+    #[serde(default)]
+    retention: RetentionSettings,
     #[serde(default)]
     api: ApiSettings,
     #[serde(default)]
@@ -1460,6 +1532,12 @@ const PROPOSALS: &[Field] = &[
 
 const STORAGE: &[Field] = &[opt("cache_capacity_mb", Kind::Int)];
 
+const RETENTION: &[Field] = &[
+    opt("finished_job_secs", Kind::Int),
+    opt("max_finished_jobs", Kind::Int),
+    opt("sweep_interval_ms", Kind::Int),
+];
+
 const API: &[Field] = &[opt("max_message_bytes", Kind::Int)];
 
 const TLS: &[Field] = &[
@@ -1517,6 +1595,7 @@ const TOP: &[Field] = &[
     opt("raft", Kind::Table(RAFT)),
     opt("proposals", Kind::Table(PROPOSALS)),
     opt("storage", Kind::Table(STORAGE)),
+    opt("retention", Kind::Table(RETENTION)),
     opt("api", Kind::Table(API)),
     opt("workers", Kind::Table(WORKERS)),
     opt("ssisdb", Kind::Table(SSISDB)),
@@ -2051,6 +2130,13 @@ heartbeat_interval_ms = 100
         assert_eq!(c.peers().map(|m| m.id).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(c.raft, RaftSettings::default());
         assert_eq!(c.proposals, ProposalSettings::default());
+        assert_eq!(c.retention, RetentionSettings::default());
+        assert_eq!(c.retention.retention_ms(), 86_400_000);
+        let never = RetentionSettings {
+            finished_job_secs: 0,
+            ..RetentionSettings::default()
+        };
+        assert_eq!(never.retention_ms(), u64::MAX, "0: never by age");
         assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
         assert_eq!(c.api.max_message_bytes, 4 << 20);
         assert!(c.data_dir.is_absolute());
@@ -2254,6 +2340,21 @@ heartbeat_interval_ms = 100
                 vec!["storage.cache_capacity_mb=0".into()],
                 "storage.cache_capacity_mb",
                 "between 1",
+            ),
+            (
+                vec!["retention.finished_job_secs=30".into()],
+                "retention.finished_job_secs",
+                "at least 60",
+            ),
+            (
+                vec!["retention.max_finished_jobs=10".into()],
+                "retention.max_finished_jobs",
+                "at least 100",
+            ),
+            (
+                vec!["retention.sweep_interval_ms=0".into()],
+                "retention.sweep_interval_ms",
+                "between 100",
             ),
             (
                 vec!["api.max_message_bytes=65535".into()],

@@ -48,6 +48,7 @@ const METRICS: &[&str] = &[
     "scaleout_rpc_duration_seconds",
     "scaleout_jobs",
     "scaleout_jobs_submitted_total",
+    "scaleout_jobs_removed_total",
     "scaleout_leases_granted_total",
     "scaleout_leases_renewed_total",
     "scaleout_leases_expired_total",

@@ -753,6 +753,94 @@ async fn a_leader_cut_off_from_its_peers_never_turns_rows_back() {
     server.stop();
 }
 
+/// Retention with SSISDB: SSISDB is the long-term history, so a finished job leaves the
+/// replicas only once every event naming it is shipped. While the listener is dark, nothing
+/// is removed; once it is back, the oldest finished jobs beyond the cap go, and SSISDB still
+/// shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_waits_for_ssisdb_to_hold_a_jobs_events() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let target = SsisdbTarget {
+        server: format!("127.0.0.1:{}", server.port)
+            .parse()
+            .expect("address"),
+        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
+        password_file: env.password_file.clone(),
+    };
+    let sql_link = target.proxy().await.expect("SQL proxy");
+    let cap = 100u64;
+    let mut cluster = start_cluster(
+        sql_link.addr().port(),
+        &env.password_file,
+        &[
+            &format!("retention.max_finished_jobs={cap}"),
+            "retention.sweep_interval_ms=200",
+        ],
+    );
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    let client = cluster.client().expect("client");
+    sql_link.set(LinkMode::Refuse);
+    let mut ids = Vec::new();
+    for i in 0..cap + 10 {
+        ids.push(
+            client
+                .submit_job(shell(&format!("echo {i}"), 1), None)
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    for id in &ids {
+        wait_terminal(&client, *id).await;
+    }
+    // Many sweeps pass while SSISDB is dark: every job is still held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = client.list_all_jobs(None, false).await.expect("list").len() as u64;
+    assert_eq!(
+        held,
+        cap + 10,
+        "no job leaves before its events are in SSISDB"
+    );
+
+    sql_link.set(LinkMode::Pass);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let held = client.list_all_jobs(None, false).await.expect("list").len() as u64;
+        if held == cap {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never removed: {held} held"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let error = client
+        .get_job(ids[0], false)
+        .await
+        .expect_err("the oldest finished job was removed");
+    assert!(
+        error.to_string().contains("removed by retention"),
+        "{error}"
+    );
+    // SSISDB keeps what the replicas forgot.
+    let mut sql = sql(server.port, &env.password_file).await;
+    let r = rows(
+        &mut sql,
+        &format!("SELECT status FROM scaleout.jobs WHERE job_id = {}", ids[0]),
+    )
+    .await;
+    assert_eq!(r.first().and_then(|row| int(row, 0)), Some(5));
+    drop(cluster);
+    server.stop();
+}
+
 async fn wait_log(cluster: &LocalCluster, needle: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {

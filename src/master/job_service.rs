@@ -154,8 +154,13 @@ impl JobService for JobApi {
         let request = request.into_inner();
         self.read_barrier(request.stale).await?;
         let job = self
-            .with_queue(|queue| queue.job(request.job_id).map(Into::into))
-            .ok_or_else(|| from_queue_error(&QueueError::JobNotFound(request.job_id)))?;
+            .with_queue(|queue| {
+                queue
+                    .job(request.job_id)
+                    .map(Into::into)
+                    .ok_or_else(|| queue.missing_job(request.job_id))
+            })
+            .map_err(|e| from_queue_error(&e))?;
         Ok(Response::new(GetJobResponse { job: Some(job) }))
     }
 
@@ -221,7 +226,7 @@ impl JobService for JobApi {
             .with_queue(|queue| {
                 let job = queue
                     .job(request.job_id)
-                    .ok_or(QueueError::JobNotFound(request.job_id))?;
+                    .ok_or_else(|| queue.missing_job(request.job_id))?;
                 let lines = queue.job_logs(request.job_id, request.after_sequence, limit);
                 Ok::<_, QueueError>((lines, job.state.is_terminal()))
             })

@@ -261,6 +261,11 @@ impl ReplicaObserver {
             activity.jobs_submitted,
         );
         counter(
+            "scaleout_jobs_removed_total",
+            "Finished jobs removed by retention, as applied on this replica since it started.",
+            activity.jobs_removed,
+        );
+        counter(
             "scaleout_leases_granted_total",
             "Leases granted to workers, as applied on this replica since it started.",
             activity.leases_granted,

@@ -343,6 +343,10 @@ pub async fn run(
         proposer.clone(),
         queue.clone(),
         config.workers.clone(),
+        super::leader::Retention {
+            settings: config.retention.clone(),
+            until_shipped: config.ssisdb.enabled(),
+        },
         office.clone(),
     ));
     // Ships the outbox to SSISDB while leading (or prunes it when none is configured), and

@@ -122,6 +122,7 @@ pub fn from_queue_error(error: &QueueError) -> Status {
         QueueError::LeaseLost { .. } => (Code::FailedPrecondition, "LEASE_LOST"),
         QueueError::InvalidWorker(_) => (Code::InvalidArgument, "INVALID_WORKER"),
         QueueError::InvalidRequest(_) => (Code::InvalidArgument, "INVALID_REQUEST"),
+        QueueError::JobRemoved(_) => (Code::NotFound, "JOB_REMOVED"),
     };
     with_reason(code, reason, error.to_string(), HashMap::new())
 }

@@ -41,4 +41,10 @@ pub enum QueueError {
     /// length out of range, an outcome only the master may decide).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error(
+        "job {0} finished and was removed by retention (`retention.finished_job_secs`, \
+         `retention.max_finished_jobs`); with SSISDB configured its history stays in \
+         scaleout.jobs and scaleout.event_messages"
+    )]
+    JobRemoved(JobId),
 }

@@ -69,7 +69,7 @@ impl QueueState {
         let state = self
             .jobs
             .get(&job_id)
-            .ok_or(QueueError::JobNotFound(job_id))?
+            .ok_or_else(|| self.missing_job(job_id))?
             .state;
         match state {
             JobState::Cancelled => {}

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 
 use super::QueueState;
-use crate::queue::{CommandOutput, CommandResult, JobId};
+use crate::queue::{CommandOutput, CommandResult, JobId, QueueError};
 
 /// What a retention sweep would remove now: up to `limit` due jobs, oldest finished first, and
 /// whether more were due.
@@ -85,6 +85,15 @@ impl QueueState {
     /// How many finished jobs the state holds.
     pub fn finished_jobs(&self) -> usize {
         self.finished.len()
+    }
+
+    /// The error for a job this state does not hold: removed by retention, or never submitted.
+    pub fn missing_job(&self, job_id: JobId) -> QueueError {
+        if self.was_removed(job_id) {
+            QueueError::JobRemoved(job_id)
+        } else {
+            QueueError::JobNotFound(job_id)
+        }
     }
 
     /// Whether `job_id` was handed out once and is gone: removed by retention (ids are never
