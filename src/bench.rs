@@ -1,7 +1,8 @@
 //! `scaleout bench`: throughput and latency measured against real replica processes.
 //!
-//! `submit` loads the cluster with submits, `e2e` runs jobs through real workers, and
-//! [`failover`] kills the leader again and again under load (in `bench/failover.rs`).
+//! `submit` loads the cluster with submits, `e2e` runs jobs through real workers,
+//! [`failover`] kills the leader again and again under load (in `bench/failover.rs`), and
+//! [`capacity`] measures what a replica costs with a long history (`bench/capacity.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,8 +18,10 @@ use crate::harness::{ClusterOptions, LocalCluster};
 use crate::pb::v1;
 use crate::transport::Security;
 
+mod capacity;
 mod failover;
 
+pub use capacity::{capacity, CapacityBench};
 pub use failover::{failover, FailoverBench};
 
 pub struct SubmitBench {
@@ -212,7 +215,7 @@ fn bench_spec(n: u64) -> v1::JobSpec {
 }
 
 /// Resident memory of every replica, then the time a follower takes from start to serving.
-async fn measure_replicas(
+pub(crate) async fn measure_replicas(
     cluster: &mut LocalCluster,
     client: &Client,
 ) -> anyhow::Result<serde_json::Value> {
@@ -262,7 +265,7 @@ async fn measure_replicas(
     }))
 }
 
-fn resident_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn resident_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
@@ -404,7 +407,11 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
 
 /// Waits until every job from `first_id` on is terminal, scanning forward (stale reads from
 /// one replica: cheap, and lateness only makes the figure conservative).
-async fn wait_all_done(client: &Client, first_id: u64, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_all_done(
+    client: &Client,
+    first_id: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut after = first_id.saturating_sub(1);
     loop {

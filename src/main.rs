@@ -278,6 +278,38 @@ enum BenchCommand {
     /// Kill the leader of a local cluster again and again under load: time from each kill to
     /// the next committed write.
     Failover(BenchFailoverArgs),
+    /// What a replica costs with a long history: memory, disk, snapshots, restart (issue 15).
+    Capacity(BenchCapacityArgs),
+}
+
+#[derive(Args)]
+struct BenchCapacityArgs {
+    /// Jobs run and completed by no-op workers.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    jobs: u64,
+    /// Jobs left queued on top (a tag no worker has).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    queued: u64,
+    /// Log lines each job sends.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    log_lines: u32,
+    /// Bytes per log line.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=16_384))]
+    line_bytes: u32,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    slots: u32,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    submitters: u64,
+    /// Keep every finished job for the whole retention (no `retention.max_finished_jobs` cap).
+    #[arg(long)]
+    keep_all: bool,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -503,6 +535,25 @@ fn main() -> ExitCode {
                     json: matches!(args.output, Output::Json),
                 };
                 scaleout::bench::failover(options)
+                    .await
+                    .map_err(cli::CliError::failed)
+            }
+            Command::Bench {
+                command: BenchCommand::Capacity(args),
+            } => {
+                let options = scaleout::bench::CapacityBench {
+                    jobs: args.jobs,
+                    queued: args.queued,
+                    log_lines: args.log_lines,
+                    line_bytes: args.line_bytes,
+                    workers: args.workers as usize,
+                    slots: args.slots,
+                    submitters: args.submitters as usize,
+                    keep_all: args.keep_all,
+                    insecure: args.insecure,
+                    json: matches!(args.output, Output::Json),
+                };
+                scaleout::bench::capacity(options)
                     .await
                     .map_err(cli::CliError::failed)
             }

@@ -764,6 +764,18 @@ impl Agent {
         }
         if self.config.noop_executor {
             debug!(name = %spec.name, "no-op executor: reporting success without running");
+            if self.config.noop_log_lines > 0 {
+                let text = "x".repeat(self.config.noop_log_line_bytes as usize);
+                let now = now_ms();
+                let lines = (0..self.config.noop_log_lines)
+                    .map(|_| LogLine {
+                        at_ms: now,
+                        level: LogLevel::Info as i32,
+                        text: text.clone(),
+                    })
+                    .collect();
+                reporter.send_logs(lines).await;
+            }
             if let Some(slot) = lock(&self.state).slots.get_mut(&key) {
                 slot.running = false;
             }

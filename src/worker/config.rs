@@ -44,6 +44,8 @@
 //! | `acquire_wait_ms` | | 10000 | How long one AcquireTasks long-poll waits for work (the master caps it). |
 //! | `metrics_listen` | | none (off) | Socket address of the plain-HTTP endpoint serving `/metrics` (Prometheus text format), `/healthz` (the process is alive) and `/readyz` (registered with the cluster and in touch with its leader), e.g. `0.0.0.0:9465`. |
 //! | `noop_executor` | | false | Benchmarks only: tasks succeed at once without starting a process (`scaleout bench e2e`). |
+//! | `noop_log_lines` | | 0 | Benchmarks only: with `noop_executor`, each task first sends this many log lines of `noop_log_line_bytes` bytes (`scaleout bench capacity`). |
+//! | `noop_log_line_bytes` | | 100 | Benchmarks only: the length of each of those lines (at most 16384). |
 //!
 //! Relative paths in the file are relative to the config file's directory; relative paths given
 //! with `--set` are relative to the current directory.
@@ -95,6 +97,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("insecure", Kind::Other),
     ("acquire_wait_ms", Kind::Other),
     ("noop_executor", Kind::Other),
+    ("noop_log_lines", Kind::Other),
+    ("noop_log_line_bytes", Kind::Other),
     ("metrics_listen", Kind::Str),
     ("tls.ca", Kind::Str),
     ("tls.cert", Kind::Str),
@@ -146,6 +150,9 @@ pub struct WorkerConfig {
     /// Benchmarks only: every task succeeds at once without starting a process, so a
     /// benchmark measures dispatch, not process start-up.
     pub noop_executor: bool,
+    /// Benchmarks only: log lines each no-op task sends first, and their length.
+    pub noop_log_lines: u32,
+    pub noop_log_line_bytes: u32,
 }
 
 /// How long after the last successful renewal was sent a task is killed, for a master whose
@@ -220,6 +227,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     acquire_wait_ms: Option<u32>,
     noop_executor: Option<bool>,
+    noop_log_lines: Option<u32>,
+    noop_log_line_bytes: Option<u32>,
     metrics_listen: Option<String>,
 }
 
@@ -542,6 +551,8 @@ fn build(
         tls,
         acquire_wait_ms: raw.acquire_wait_ms.unwrap_or(10_000),
         noop_executor: raw.noop_executor.unwrap_or(false),
+        noop_log_lines: raw.noop_log_lines.unwrap_or(0),
+        noop_log_line_bytes: raw.noop_log_line_bytes.unwrap_or(100).min(16_384),
         metrics_listen: raw
             .metrics_listen
             .map(|addr| addr.trim().to_string())
