@@ -18,13 +18,14 @@ use crate::pb::v1::{
 };
 use crate::pb::{spec_from_pb, state_from_pb};
 use crate::queue::{Command, CommandOutput, QueueError, QueueState};
-use crate::raft::{NodeId, Raft, ReplicaNode, SharedQueue};
+use crate::raft::{LogReader, NodeId, Raft, ReplicaNode, SharedQueue};
 
 #[derive(Clone)]
 pub struct JobApi {
     raft: Raft,
     proposer: Proposer,
     queue: SharedQueue,
+    logs: LogReader,
     /// Replies are kept under this size (half the message limit: room for framing).
     max_reply_bytes: usize,
 }
@@ -34,12 +35,14 @@ impl JobApi {
         raft: Raft,
         proposer: Proposer,
         queue: SharedQueue,
+        logs: LogReader,
         max_message_bytes: usize,
     ) -> Self {
         JobApi {
             raft,
             proposer,
             queue,
+            logs,
             max_reply_bytes: max_message_bytes / 2,
         }
     }
@@ -222,15 +225,19 @@ impl JobService for JobApi {
             0 => 1000,
             n => (n as usize).min(10_000),
         };
-        let (lines, terminal) = self
+        let terminal = self
             .with_queue(|queue| {
-                let job = queue
+                queue
                     .job(request.job_id)
-                    .ok_or_else(|| queue.missing_job(request.job_id))?;
-                let lines = queue.job_logs(request.job_id, request.after_sequence, limit);
-                Ok::<_, QueueError>((lines, job.state.is_terminal()))
+                    .map(|job| job.state.is_terminal())
+                    .ok_or_else(|| queue.missing_job(request.job_id))
             })
             .map_err(|e| from_queue_error(&e))?;
+        // Read after the job: a job that ended before the read has all its lines stored.
+        let lines = self
+            .logs
+            .job_logs(request.job_id, request.after_sequence, limit)
+            .map_err(|e| Status::internal(e.to_string()))?;
         // Bounded by size like a job listing; `complete` only when nothing was held back.
         let mut reply = Vec::with_capacity(lines.len());
         let mut bytes = 0;

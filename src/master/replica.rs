@@ -155,6 +155,7 @@ pub async fn run(
         Security::Insecure => tokio::spawn(warn_insecure_every_minute("replica")),
     };
     let queue = state_machine.queue();
+    let log_reader = state_machine.log_reader();
     let committed = {
         let log_store = log_store.clone();
         Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
@@ -264,6 +265,7 @@ pub async fn run(
                 raft.clone(),
                 proposer.clone(),
                 queue.clone(),
+                log_reader.clone(),
                 max_bytes,
             ))
             .max_decoding_message_size(max_bytes)
@@ -356,6 +358,7 @@ pub async fn run(
         office,
         proposer.clone(),
         queue.clone(),
+        log_reader,
         config.ssisdb.clone(),
         config.id,
         // The addresses the others dial (what SSISDB should show), not the bound ones, which

@@ -1,13 +1,13 @@
 //! Task log lines: what workers stream while a task runs, stored per job in sequence order.
 //!
 //! Lines are replicated like everything else (so `job logs` works on any replica and SSISDB
-//! shipping can resume anywhere), which is why each job's share is capped: past
+//! shipping can resume anywhere), but the model does not hold them: apply numbers them and hands
+//! them to the state machine (`Changes::log_lines`), which keeps them in the store, where reads
+//! find them (`raft::LogReader`). Each job's share is capped: past
 //! [`MAX_LOG_LINES_PER_JOB`] lines are dropped and a single notice line after them counts how
 //! many, rewritten in place as more are dropped. Lines that arrive under a lease that is no
 //! longer current are still kept, flagged `late`: they describe what really ran, but nothing
 //! they say changes the job.
-
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,32 +89,27 @@ pub fn truncation_notice(dropped: u64) -> String {
     format!("log truncated: {dropped} more lines dropped")
 }
 
-/// Stores `lines` for `job` (updating its counters) and returns the keys written.
+/// Numbers `lines` for `job` (updating its counters) and pushes the lines to store onto `out`,
+/// in order; past the cap, the truncation notice (pushed again each time it is rewritten).
 pub(super) fn append(
-    store: &mut BTreeMap<(JobId, u64), JobLogLine>,
+    out: &mut Vec<JobLogLine>,
     job: &mut Job,
     attempt: u32,
     late: bool,
     lines: Vec<LogLine>,
-) -> Vec<(JobId, u64)> {
-    let mut written = Vec::new();
+) {
     let mut last_dropped = None;
     for mut line in lines {
         if job.log_lines < MAX_LOG_LINES_PER_JOB {
             line.text = truncate_utf8(line.text, MAX_LOG_LINE_BYTES);
             job.log_lines += 1;
-            let sequence = job.log_lines;
-            store.insert(
-                (job.id, sequence),
-                JobLogLine {
-                    job_id: job.id,
-                    sequence,
-                    attempt,
-                    line,
-                    late,
-                },
-            );
-            written.push((job.id, sequence));
+            out.push(JobLogLine {
+                job_id: job.id,
+                sequence: job.log_lines,
+                attempt,
+                line,
+                late,
+            });
         } else {
             job.log_lines_dropped += 1;
             last_dropped = Some(line.at_ms);
@@ -124,23 +119,18 @@ pub(super) fn append(
         // One notice, rewritten with the running count, so a runaway task costs one row.
         let sequence = MAX_LOG_LINES_PER_JOB + 1;
         job.log_lines = sequence;
-        store.insert(
-            (job.id, sequence),
-            JobLogLine {
-                job_id: job.id,
-                sequence,
-                attempt,
-                line: LogLine {
-                    at_ms,
-                    level: LogLevel::Warning,
-                    text: truncation_notice(job.log_lines_dropped),
-                },
-                late,
+        out.push(JobLogLine {
+            job_id: job.id,
+            sequence,
+            attempt,
+            line: LogLine {
+                at_ms,
+                level: LogLevel::Warning,
+                text: truncation_notice(job.log_lines_dropped),
             },
-        );
-        written.push((job.id, sequence));
+            late,
+        });
     }
-    written
 }
 
 #[cfg(test)]

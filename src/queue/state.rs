@@ -38,17 +38,12 @@ mod workers;
 /// The most jobs one page of a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
 const DEFAULT_PAGE_SIZE: usize = 100;
-/// The most log lines one [`QueueState::job_logs`] call returns.
-pub const MAX_LOG_PAGE_SIZE: usize = 10_000;
-const DEFAULT_LOG_PAGE_SIZE: usize = 1000;
 
 /// Everything the replicated queue knows. Changed only by [`QueueState::apply`].
 #[derive(Debug, Clone)]
 pub struct QueueState {
     jobs: BTreeMap<JobId, Job>,
     workers: BTreeMap<WorkerId, Worker>,
-    /// Log lines by (job, sequence); kept apart from the jobs so a job row stays small.
-    logs: BTreeMap<(JobId, u64), JobLogLine>,
     /// The id the next submitted job gets.
     next_job_id: JobId,
     /// The token the next lease gets: only grows, never reused (fencing, invariant 2).
@@ -90,9 +85,12 @@ pub struct QueueState {
 pub struct Changes {
     pub jobs: BTreeSet<JobId>,
     pub workers: BTreeSet<WorkerId>,
-    /// (job, sequence) of each log line written or removed (a line no longer in the state);
-    /// the same line may appear more than once (the truncation notice is rewritten in place).
-    pub log_lines: Vec<(JobId, u64)>,
+    /// Log lines written, in order: the model numbers them and the store keeps them (the
+    /// state does not hold them). The same line may appear more than once (the truncation
+    /// notice is rewritten in place); the last one is the line.
+    pub log_lines: Vec<JobLogLine>,
+    /// Jobs whose every log line goes (removed by retention); applied after `log_lines`.
+    pub logs_removed: BTreeSet<JobId>,
     /// Outbox events written or removed.
     pub outbox: BTreeSet<u64>,
     /// The outbox counters changed.
@@ -108,6 +106,7 @@ impl Changes {
         self.jobs.is_empty()
             && self.workers.is_empty()
             && self.log_lines.is_empty()
+            && self.logs_removed.is_empty()
             && self.outbox.is_empty()
             && !self.outbox_meta
             && !self.clock
@@ -116,6 +115,7 @@ impl Changes {
 }
 
 /// The state without its indexes: what is persisted, row by row, and what a snapshot carries.
+/// `log_lines` is filled by the state machine from its store (the model holds no lines).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parts {
     pub jobs: Vec<Job>,
@@ -155,7 +155,6 @@ impl PartialEq for QueueState {
         let QueueState {
             jobs,
             workers,
-            logs,
             next_job_id,
             next_lease_token,
             idempotency,
@@ -175,7 +174,6 @@ impl PartialEq for QueueState {
         } = self;
         *jobs == other.jobs
             && *workers == other.workers
-            && *logs == other.logs
             && *next_job_id == other.next_job_id
             && *next_lease_token == other.next_lease_token
             && *idempotency == other.idempotency
@@ -199,7 +197,6 @@ impl QueueState {
         QueueState {
             jobs: BTreeMap::new(),
             workers: BTreeMap::new(),
-            logs: BTreeMap::new(),
             next_job_id: 1,
             next_lease_token: 1,
             idempotency: BTreeMap::new(),
@@ -236,9 +233,6 @@ impl QueueState {
         for worker in parts.workers {
             state.workers.insert(worker.info.id, worker);
         }
-        for line in parts.log_lines {
-            state.logs.insert((line.job_id, line.sequence), line);
-        }
         for event in parts.outbox {
             if let EventKind::LogTruncated { job, .. } = event.kind {
                 state.truncated_events.insert(job, event.id);
@@ -263,7 +257,8 @@ impl QueueState {
         Parts {
             jobs: self.jobs.values().cloned().collect(),
             workers: self.workers.values().cloned().collect(),
-            log_lines: self.logs.values().cloned().collect(),
+            // In the store, not here: the state machine adds them to a snapshot.
+            log_lines: Vec::new(),
             next_job_id: self.next_job_id,
             next_lease_token: self.next_lease_token,
             outbox: self.outbox.values().cloned().collect(),
@@ -480,30 +475,6 @@ impl QueueState {
     /// Every registered worker, in id order.
     pub fn workers(&self) -> impl Iterator<Item = &Worker> + '_ {
         self.workers.values()
-    }
-
-    /// A job's log lines with a sequence after `after_sequence`, in order. `limit` 0 means the
-    /// default page; it is capped at [`MAX_LOG_PAGE_SIZE`]. The truncation notice (the last
-    /// line of a capped job) is rewritten in place as more lines are dropped.
-    pub fn job_logs(&self, job_id: JobId, after_sequence: u64, limit: usize) -> Vec<JobLogLine> {
-        let limit = match limit {
-            0 => DEFAULT_LOG_PAGE_SIZE,
-            n => n.min(MAX_LOG_PAGE_SIZE),
-        };
-        self.logs
-            .range((job_id, after_sequence.saturating_add(1))..=(job_id, u64::MAX))
-            .take(limit)
-            .map(|(_, line)| line.clone())
-            .collect()
-    }
-
-    pub fn log_line(&self, job_id: JobId, sequence: u64) -> Option<&JobLogLine> {
-        self.logs.get(&(job_id, sequence))
-    }
-
-    /// Every stored log line, by job then sequence.
-    pub fn log_lines(&self) -> impl Iterator<Item = &JobLogLine> + '_ {
-        self.logs.values()
     }
 
     pub fn live_leases(&self) -> usize {
@@ -795,14 +766,8 @@ impl QueueState {
                 self.idempotency.remove(key);
             }
         }
-        let lines: Vec<(JobId, u64)> = self
-            .logs
-            .range((job_id, 0)..=(job_id, u64::MAX))
-            .map(|(key, _)| *key)
-            .collect();
-        for key in lines {
-            self.logs.remove(&key);
-            self.changes.log_lines.push(key);
+        if job.log_lines > 0 {
+            self.changes.logs_removed.insert(job_id);
         }
         let marks: Vec<(JobId, u64)> = self
             .log_batches
@@ -889,13 +854,6 @@ impl QueueState {
                 {
                     return Err(format!("job {}'s lease has no matching attempt", job.id));
                 }
-            }
-            let stored = self.logs.range((job.id, 0)..=(job.id, u64::MAX)).count() as u64;
-            if stored != job.log_lines {
-                return Err(format!(
-                    "job {} counts {} lines, {stored} stored",
-                    job.id, job.log_lines
-                ));
             }
         }
         for worker in self.workers.values() {

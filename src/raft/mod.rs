@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod disk;
 pub mod election;
+mod log_reader;
 mod log_store;
 mod network;
 mod service;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{Command, CommandResult};
 
+pub use log_reader::{LogReadError, LogReader, MAX_LOG_PAGE_SIZE};
 pub use log_store::{LogStore, WalStats};
 pub use network::{PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
 pub use service::{role_name, RaftGrpcService};

@@ -30,6 +30,7 @@
 use std::io::Cursor;
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use super::log_reader::LogReader;
 use super::log_store::LogStore;
 use super::snapshot_store::SnapshotStore;
 use super::storage::{decode, decode_loaded, encode, LoadError};
@@ -132,7 +133,7 @@ fn worker_key(id: WorkerId) -> Vec<u8> {
     key
 }
 
-fn log_key(job_id: JobId, sequence: u64) -> Vec<u8> {
+pub(super) fn log_key(job_id: JobId, sequence: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(LOG_PREFIX.len() + 16);
     key.extend_from_slice(LOG_PREFIX);
     key.extend_from_slice(&job_id.to_be_bytes());
@@ -159,7 +160,8 @@ fn log_batch_key(job: JobId, token: u64) -> Vec<u8> {
 enum Row {
     Job(JobId),
     Worker(WorkerId),
-    Log(JobId, u64),
+    /// A log line (read through `LogReader`, never loaded).
+    Log,
     Outbox(u64),
     LogBatch(JobId, u64),
 }
@@ -182,19 +184,18 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
         return Some(Row::Worker(WorkerId::from_bytes(id.try_into().ok()?)));
     }
     let rest = key.strip_prefix(LOG_PREFIX)?;
-    let (job, sequence) = rest.split_first_chunk::<8>()?;
-    Some(Row::Log(
-        u64::from_be_bytes(*job),
-        u64::from_be_bytes(sequence.try_into().ok()?),
-    ))
+    // A job id and a sequence, 8 bytes each.
+    (rest.len() == 16).then_some(Row::Log)
 }
 
 /// The rows changed by one apply call, read under the queue lock and written after it.
 struct ChangedRows {
     jobs: Vec<(JobId, Option<Job>)>,
     workers: Vec<(WorkerId, Option<Worker>)>,
-    /// `None`: the line is gone (its job was removed by retention).
-    log_lines: Vec<((JobId, u64), Option<JobLogLine>)>,
+    /// Lines written, the last write of each (the truncation notice is rewritten in place).
+    log_lines: Vec<JobLogLine>,
+    /// Jobs whose lines all go (removed by retention), after the writes above.
+    logs_removed: Vec<JobId>,
     outbox: Vec<(u64, Option<OutboxEvent>)>,
     outbox_meta: Option<OutboxMeta>,
     log_batches: Vec<(JobId, u64, Option<u64>)>,
@@ -217,14 +218,16 @@ impl ChangedRows {
                 .into_iter()
                 .map(|id| (id, queue.worker(id).cloned()))
                 .collect(),
-            // A line written twice in one call (the truncation notice) is read once, as it is now.
+            // A line written twice in one call (the truncation notice) is kept once, as last
+            // written.
             log_lines: changes
                 .log_lines
                 .into_iter()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .map(|(job, seq)| ((job, seq), queue.log_line(job, seq).cloned()))
+                .map(|line| ((line.job_id, line.sequence), line))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_values()
                 .collect(),
+            logs_removed: changes.logs_removed.into_iter().collect(),
             outbox: changes
                 .outbox
                 .into_iter()
@@ -242,7 +245,8 @@ impl ChangedRows {
         }
     }
 
-    fn write(self, batch: &mut sled::Batch) -> Result<(), StorageError> {
+    /// Adds the rows to `batch`; `tree` is read to find the lines of removed jobs.
+    fn write(self, batch: &mut sled::Batch, tree: &sled::Tree) -> Result<(), StorageError> {
         for (id, event) in self.outbox {
             match event {
                 Some(event) => batch.insert(
@@ -284,13 +288,15 @@ impl ChangedRows {
                 None => batch.remove(worker_key(id)),
             }
         }
-        for ((job, sequence), line) in self.log_lines {
-            match line {
-                Some(line) => batch.insert(
-                    log_key(job, sequence),
-                    encode(&line).map_err(|e| sm_write_error(&e))?,
-                ),
-                None => batch.remove(log_key(job, sequence)),
+        for line in self.log_lines {
+            batch.insert(
+                log_key(line.job_id, line.sequence),
+                encode(&line).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        for job in self.logs_removed {
+            for key in tree.range(log_key(job, 0)..=log_key(job, u64::MAX)).keys() {
+                batch.remove(key.map_err(|e| sm_write_error(&e))?);
             }
         }
         Ok(())
@@ -374,17 +380,8 @@ impl StateMachine {
                         }
                         parts.workers.push(worker);
                     }
-                    Some(Row::Log(job_id, sequence)) => {
-                        let what = format!("log line {sequence} of job {job_id}");
-                        let line: JobLogLine = decode_loaded(&value, &what)?;
-                        if (line.job_id, line.sequence) != (job_id, sequence) {
-                            return Err(LoadError::Corrupt(format!(
-                                "{what} holds line {} of job {}",
-                                line.sequence, line.job_id
-                            )));
-                        }
-                        parts.log_lines.push(line);
-                    }
+                    // Log lines stay in the store (`LogReader`); a restart does not read them.
+                    Some(Row::Log) => {}
                     Some(Row::LogBatch(job, token)) => {
                         let what = format!("the log batch mark of job {job} lease {token}");
                         parts
@@ -437,11 +434,12 @@ impl StateMachine {
         let Some((meta, data)) = self.snapshots.read()? else {
             return Ok(());
         };
-        let payload = decode_snapshot(&data)
+        let mut payload = decode_snapshot(&data)
             .map_err(|e| LoadError::Corrupt(format!("the stored snapshot: {e}")))?;
+        let log_lines = std::mem::take(&mut payload.queue.log_lines);
         let queue = QueueState::from_parts(payload.queue);
         let batch = self
-            .replace_all_batch(&queue, meta.last_log_id, &meta.last_membership)
+            .replace_all_batch(&queue, &log_lines, meta.last_log_id, &meta.last_membership)
             .map_err(|e| LoadError::Corrupt(e.to_string()))?;
         self.sm.apply_batch(batch)?;
         tracing::info!(
@@ -458,6 +456,31 @@ impl StateMachine {
     /// Whether anything was ever applied (or installed from a snapshot).
     pub(super) fn has_applied(&self) -> bool {
         self.last_applied.is_some()
+    }
+
+    /// Every stored log line, in key order (for a snapshot).
+    fn stored_log_lines(&self) -> Result<Vec<JobLogLine>, StorageError> {
+        let mut lines = Vec::new();
+        for row in self.sm.scan_prefix(LOG_PREFIX) {
+            let (key, value) = row.map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
+            let line: JobLogLine = decode(&value).map_err(|e| {
+                snapshot_error(
+                    None,
+                    ErrorVerb::Read,
+                    AnyError::error(format!(
+                        "log row {:?} does not decode: {e}",
+                        String::from_utf8_lossy(&key)
+                    )),
+                )
+            })?;
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    /// The stored log lines, for the API's and the shipper's reads.
+    pub fn log_reader(&self) -> LogReader {
+        LogReader::new(self.sm.clone())
     }
 
     /// The queue, for the API services' reads. Applies change it in place.
@@ -480,6 +503,7 @@ impl StateMachine {
     fn replace_all_batch(
         &self,
         queue: &QueueState,
+        log_lines: &[JobLogLine],
         last_applied: Option<LogId>,
         membership: &StoredMembership,
     ) -> Result<sled::Batch, StorageError> {
@@ -499,7 +523,7 @@ impl StateMachine {
                 encode(worker).map_err(|e| sm_write_error(&e))?,
             );
         }
-        for line in queue.log_lines() {
+        for line in log_lines {
             batch.insert(
                 log_key(line.job_id, line.sequence),
                 encode(line).map_err(|e| sm_write_error(&e))?,
@@ -640,7 +664,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             changed.next_lease_token,
             changed.clock_ms,
         );
-        changed.write(&mut batch)?;
+        changed.write(&mut batch, &self.sm)?;
         let membership = membership_changed.then_some(&self.membership);
         put_meta(
             &mut batch,
@@ -668,12 +692,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // openraft calls this on the state machine task between applies, so the clone below is
         // a consistent view as of `last_applied`; the builder then runs while later entries are
         // applied.
-        let queue = self
+        let view_started = std::time::Instant::now();
+        let mut queue = self
             .queue
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .to_parts();
+        // The lines are in the tree, as of the same applied entry (no apply runs meanwhile).
+        // A snapshot without them would lose them on every replica that installs it: a failed
+        // read fails the build.
+        let unreadable = match self.stored_log_lines() {
+            Ok(lines) => {
+                queue.log_lines = lines;
+                None
+            }
+            Err(error) => Some(error.to_string()),
+        };
         SnapshotBuilder {
+            view_ms: view_started.elapsed().as_millis() as u64,
+            unreadable,
             payload: SnapshotPayload { queue },
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -691,8 +728,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let payload = decode_snapshot(&data)
+        let mut payload = decode_snapshot(&data)
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Read, AnyError::error(e)))?;
+        let log_lines = std::mem::take(&mut payload.queue.log_lines);
         let queue = QueueState::from_parts(payload.queue);
 
         // The snapshot file first, durably: once this returns openraft purges the log up to it.
@@ -705,7 +743,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?;
-        let sm_batch = self.replace_all_batch(&queue, meta.last_log_id, &meta.last_membership)?;
+        let sm_batch =
+            self.replace_all_batch(&queue, &log_lines, meta.last_log_id, &meta.last_membership)?;
         self.sm
             .apply_batch(sm_batch)
             .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
@@ -765,6 +804,10 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
 /// Builds a snapshot from the view taken by `get_snapshot_builder`; runs concurrently with
 /// later applies.
 pub struct SnapshotBuilder {
+    /// How long taking the view held up apply (the state machine task waits for it).
+    view_ms: u64,
+    /// Why the view could not be taken whole (the store's log lines did not read).
+    unreadable: Option<String>,
     payload: SnapshotPayload,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -774,6 +817,10 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let build_err = |e: AnyError| snapshot_error(None, ErrorVerb::Write, e);
+        if let Some(error) = &self.unreadable {
+            return Err(build_err(AnyError::error(error)));
+        }
+        let started = std::time::Instant::now();
         let data = encode_snapshot(&self.payload).map_err(|e| build_err(AnyError::new(&e)))?;
         // A random part, so two snapshots at the same log id still get different ids.
         let nonce: u32 = rand::random();
@@ -795,6 +842,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(|e| build_err(AnyError::error(e)))?
         .map_err(|e| build_err(AnyError::error(e)))?;
+        tracing::info!(
+            last_log_index = stored_meta.last_log_id.map(|id| id.index),
+            bytes = data.len() as u64,
+            jobs = self.payload.queue.jobs.len() as u64,
+            log_lines = self.payload.queue.log_lines.len() as u64,
+            view_ms = self.view_ms,
+            build_ms = started.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
         Ok(Snapshot {
             meta: stored_meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -279,10 +279,10 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
     assert_eq!(job.state, JobState::PickedUp);
     assert_eq!(job.lease.as_ref().map(|l| l.token), Some(1));
     assert_eq!(queue.job(3).unwrap().state, JobState::Succeeded);
-    assert_eq!(queue.job_logs(1, 0, 0).len(), 3);
     assert!(queue.worker(worker(2)).is_none());
 
     let (_log, mut sm) = open(dir.path());
+    assert_eq!(sm.log_reader().job_logs(1, 0, 0).unwrap().len(), 3);
     assert_eq!(
         queue_of(&sm),
         queue,
@@ -339,7 +339,7 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
             token: 2
         })
     ));
-    let lines = queue_of(&sm).job_logs(1, 0, 0);
+    let lines = sm.log_reader().job_logs(1, 0, 0).unwrap();
     assert_eq!(
         lines.iter().map(|l| l.sequence).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
@@ -367,7 +367,12 @@ async fn installed_snapshot_replaces_old_state() {
         .await
         .unwrap();
     assert_eq!(queue_of(&target).job_count(), 10);
-    assert_eq!(queue_of(&target).job_logs(4, 0, 0).len(), 5);
+    assert_eq!(target.log_reader().job_logs(4, 0, 0).unwrap().len(), 5);
+    let source_lines = |sm: &StateMachine| {
+        (1..=10)
+            .flat_map(|job| sm.log_reader().job_logs(job, 0, 0).unwrap())
+            .collect::<Vec<_>>()
+    };
 
     let snapshot = source
         .get_snapshot_builder()
@@ -385,6 +390,9 @@ async fn installed_snapshot_replaces_old_state() {
 
     let expected = queue_of(&source);
     assert_eq!(queue_of(&target), expected);
+    // The lines came with the snapshot, and the target's own lines went.
+    assert!(!source_lines(&source).is_empty());
+    assert_eq!(source_lines(&target), source_lines(&source));
     assert_eq!(
         target.applied_state().await.unwrap(),
         source.applied_state().await.unwrap()
@@ -401,6 +409,7 @@ async fn installed_snapshot_replaces_old_state() {
     drop((_target_log, target));
     let (_target_log, mut target) = open(target_dir.path());
     assert_eq!(queue_of(&target), expected);
+    assert_eq!(source_lines(&target), source_lines(&source));
     assert_eq!(
         target.applied_state().await.unwrap(),
         source.applied_state().await.unwrap()

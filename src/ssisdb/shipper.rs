@@ -41,7 +41,7 @@ use crate::master::{now_ms, Office, Proposer};
 use crate::queue::{
     Command, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, Worker, WorkerId,
 };
-use crate::raft::{Raft, SharedQueue};
+use crate::raft::{LogReader, Raft, SharedQueue};
 
 /// How often each replica writes its row in scaleout.replicas.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -102,6 +102,7 @@ pub async fn run(
     office: Office,
     proposer: Proposer,
     queue: SharedQueue,
+    logs: LogReader,
     settings: SsisdbSettings,
     replica_id: u64,
     replica_api: String,
@@ -173,7 +174,7 @@ pub async fn run(
             continue;
         }
         let shipped = tokio::select! {
-            shipped = shipper.ship_once(&queue, &proposer, term) => shipped,
+            shipped = shipper.ship_once(&queue, &logs, &proposer, term) => shipped,
             // Abandon the batch: dropping the connection makes SQL Server roll it back.
             () = office.lost(&raft, term) => Err(SsisdbError::OfficeLost { replica: replica_id, term }),
         };
@@ -256,7 +257,23 @@ struct Batch {
     workers: BTreeMap<WorkerId, Option<Worker>>,
     /// (job, attempt number) named by attempt events.
     attempts: BTreeSet<(JobId, u32)>,
+    /// (job, sequence) named by log line events, read from the store after the queue lock.
+    wanted_lines: Vec<(JobId, u64)>,
     lines: BTreeMap<(JobId, u64), JobLogLine>,
+}
+
+/// Reads the lines the batch's log line events name (a line removed since, with its job, is
+/// shipped as a notice that says so).
+fn read_lines(batch: &mut Batch, logs: &LogReader) -> Result<(), SsisdbError> {
+    for &(job, sequence) in &batch.wanted_lines {
+        let line = logs
+            .line(job, sequence)
+            .map_err(|e| SsisdbError::Sql(format!("cannot ship log line events: {e}")))?;
+        if let Some(line) = line {
+            batch.lines.insert((job, sequence), line);
+        }
+    }
+    Ok(())
 }
 
 impl Shipper {
@@ -264,15 +281,17 @@ impl Shipper {
     async fn ship_once(
         &mut self,
         queue: &SharedQueue,
+        logs: &LogReader,
         proposer: &Proposer,
         term: u64,
     ) -> Result<usize, SsisdbError> {
         let limit = self.settings.batch_events.max(1) as usize;
-        let batch = read_queue(queue, |q| {
+        let mut batch = read_queue(queue, |q| {
             let acked = q.outbox_meta().acked_up_to;
             self.status.acked_up_to.store(acked, Ordering::Relaxed);
             read_batch(q, acked, limit)
         });
+        read_lines(&mut batch, logs)?;
         let Some(last) = batch.events.last().map(|e| e.id) else {
             return Ok(0);
         };
@@ -363,6 +382,7 @@ fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
         jobs: BTreeMap::new(),
         workers: BTreeMap::new(),
         attempts: BTreeSet::new(),
+        wanted_lines: Vec::new(),
         lines: BTreeMap::new(),
     };
     for event in &batch.events {
@@ -383,9 +403,7 @@ fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
                 batch.attempts.insert((*job, *attempt));
             }
             EventKind::LogLine { job, sequence } => {
-                if let Some(line) = q.log_line(*job, *sequence) {
-                    batch.lines.insert((*job, *sequence), line.clone());
-                }
+                batch.wanted_lines.push((*job, *sequence));
             }
             _ => {}
         }

@@ -46,16 +46,23 @@ impl QueueState {
         }
         if !lines.is_empty() {
             let notice = MAX_LOG_LINES_PER_JOB + 1;
-            let had_notice = self.logs.contains_key(&(lease.job_id, notice));
-            let written = append(&mut self.logs, job, attempt, late, lines);
+            let had_notice = job.log_lines >= notice;
+            let first = self.changes.log_lines.len();
+            append(&mut self.changes.log_lines, job, attempt, late, lines);
             self.changes.jobs.insert(lease.job_id);
-            for &(job, sequence) in &written {
+            let written: Vec<u64> = self.changes.log_lines[first..]
+                .iter()
+                .map(|line| line.sequence)
+                .collect();
+            for sequence in written {
                 // The truncation notice is rewritten in place; it is one event, its first.
                 if sequence != notice || !had_notice {
-                    self.record(EventKind::LogLine { job, sequence });
+                    self.record(EventKind::LogLine {
+                        job: lease.job_id,
+                        sequence,
+                    });
                 }
             }
-            self.changes.log_lines.extend(written);
         }
         Ok(CommandOutput::LogsAppended { late })
     }

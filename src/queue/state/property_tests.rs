@@ -481,7 +481,7 @@ proptest! {
                 prop_assert_eq!(&removed, &expected, "removed by {:?}", op);
                 prop_assert_eq!(*more, due.len() > *limit as usize);
                 for id in &removed {
-                    prop_assert!(sim.state.job_logs(*id, 0, usize::MAX).is_empty());
+                    prop_assert!(sim.rows.job_logs(*id, 0, usize::MAX).is_empty());
                     prop_assert!(sim.state.log_batch_marks().all(|(job, _, _)| job != *id));
                     prop_assert!(sim.state.was_removed(*id));
                 }

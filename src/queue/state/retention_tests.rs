@@ -53,7 +53,7 @@ fn a_finished_job_past_retention_goes_with_its_logs_marks_and_key() {
     let w = sim.register(1, &[], 4);
     let (id, _) = submit_keyed(&mut sim, "nightly-load-2026-12-04");
     assert_eq!(run_to_success(&mut sim, w), id);
-    assert_eq!(sim.state.job_logs(id, 0, 100).len(), 2);
+    assert_eq!(sim.rows.job_logs(id, 0, 100).len(), 2);
 
     // Not yet past retention: kept.
     sim.advance(HOUR_MS);
@@ -65,7 +65,7 @@ fn a_finished_job_past_retention_goes_with_its_logs_marks_and_key() {
     assert!(sim.state.job(id).is_none());
     assert!(sim.state.was_removed(id));
     assert!(!sim.state.was_removed(id + 1), "never handed out");
-    assert!(sim.state.job_logs(id, 0, 100).is_empty());
+    assert!(sim.rows.job_logs(id, 0, 100).is_empty());
     assert_eq!(sim.state.log_batch_marks().count(), 0);
     assert_eq!(sim.state.finished_jobs(), 0);
     assert_eq!(sim.state.activity().jobs_removed, 1);

@@ -426,7 +426,7 @@ fn an_expired_lease_requeues_and_fences_the_old_holder() {
             token: new.token
         })
     );
-    let logs = sim.state.job_logs(id, 0, 0);
+    let logs = sim.rows.job_logs(id, 0, 0);
     assert_eq!(logs.len(), 1);
     assert!(logs[0].late);
     assert_eq!(logs[0].attempt, 1, "attributed to the attempt that ran it");
@@ -779,7 +779,7 @@ fn logs_are_capped_with_one_running_notice() {
     let job = sim.job(id);
     assert_eq!(job.log_lines, MAX_LOG_LINES_PER_JOB + 1);
     assert_eq!(job.log_lines_dropped, 8);
-    let tail = sim.state.job_logs(id, MAX_LOG_LINES_PER_JOB - 1, 10);
+    let tail = sim.rows.job_logs(id, MAX_LOG_LINES_PER_JOB - 1, 10);
     let texts: Vec<&str> = tail.iter().map(|l| l.line.text.as_str()).collect();
     assert_eq!(
         texts,
@@ -788,11 +788,11 @@ fn logs_are_capped_with_one_running_notice() {
     assert_eq!(tail[1].sequence, MAX_LOG_LINES_PER_JOB + 1);
 
     // Paging: in order, from after a sequence, bounded.
-    let page = sim.state.job_logs(id, 10, 3);
+    let page = sim.rows.job_logs(id, 10, 3);
     let seqs: Vec<u64> = page.iter().map(|l| l.sequence).collect();
     assert_eq!(seqs, vec![11, 12, 13]);
     assert_eq!(page[0].line.text, "line 11");
-    assert!(sim.state.job_logs(id + 1, 0, 10).is_empty());
+    assert!(sim.rows.job_logs(id + 1, 0, 10).is_empty());
     sim.assert_rows_rebuild();
 }
 
@@ -820,7 +820,7 @@ fn a_retried_log_batch_is_stored_once() {
     // A late re-send of an older batch changes nothing either.
     assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
     let texts: Vec<String> = sim
-        .state
+        .rows
         .job_logs(id, 0, 100)
         .into_iter()
         .map(|l| l.line.text)

@@ -86,11 +86,11 @@ impl Rows {
                 None => self.workers.remove(&id),
             };
         }
-        for (job, seq) in changes.log_lines {
-            match state.log_line(job, seq) {
-                Some(line) => self.logs.insert((job, seq), line.clone()),
-                None => self.logs.remove(&(job, seq)),
-            };
+        for line in changes.log_lines {
+            self.logs.insert((line.job_id, line.sequence), line);
+        }
+        for job in changes.logs_removed {
+            self.logs.retain(|(id, _), _| *id != job);
         }
         for id in changes.outbox {
             match state.outbox_event(id) {
@@ -112,6 +112,20 @@ impl Rows {
         }
         self.next_job_id = state.next_job_id();
         self.next_lease_token = state.next_lease_token();
+    }
+
+    /// A job's stored lines after `after_sequence`, as the store's reader pages them (`limit`
+    /// 0: 1000, at most 10,000).
+    pub fn job_logs(&self, job: JobId, after_sequence: u64, limit: usize) -> Vec<JobLogLine> {
+        let limit = match limit {
+            0 => 1000,
+            n => n.min(10_000),
+        };
+        self.logs
+            .range((job, after_sequence.saturating_add(1))..=(job, u64::MAX))
+            .take(limit)
+            .map(|(_, line)| line.clone())
+            .collect()
     }
 
     pub fn rebuild(&self) -> QueueState {
@@ -179,6 +193,15 @@ impl Sim {
             );
         }
         self.rows.persist(&mut self.state);
+        // The store holds exactly the lines each job counts.
+        for job in self.state.jobs() {
+            let stored = self
+                .rows
+                .logs
+                .range((job.id, 0)..=(job.id, u64::MAX))
+                .count() as u64;
+            assert_eq!(stored, job.log_lines, "job {} lines stored", job.id);
+        }
         result
     }
 
