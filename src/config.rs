@@ -47,7 +47,7 @@
 //! | `raft.heartbeat_interval_ms` | (default: 100) Leader heartbeat interval; also openraft's append RPC deadline. |
 //! | `raft.election_timeout_min_ms` | (default: 250) Lower bound of the randomized election timeout; at least twice the heartbeat interval. A follower that loses its leader waits `election_timeout_max_ms` (the leader lease, during which the other voters refuse to vote) plus a random part of up to `max - min`, drawn afresh each time, then stands for election; after an attempt that made no leader it waits a random timeout between min and max. Failover takes about 0.6 to 0.8 s with the defaults (`raft::election`). |
 //! | `raft.election_timeout_max_ms` | (default: 500) Upper bound of the election timeout; greater than the minimum. |
-//! | `raft.snapshot_every_logs` | (default: 10000) Build a snapshot after this many log entries since the last one. |
+//! | `raft.snapshot_every_logs` | (default: 10000) Build a snapshot after this many log entries since the last one; replica 2 waits 1/8 longer, replica 3 2/8, replica 4 3/8 (then again from replica 5), so the replicas do not all build one at once. |
 //! | `raft.keep_logs_after_snapshot` | (default: 1000) Log entries kept behind a snapshot so lagging followers can catch up without one. |
 //! | `raft.install_snapshot_timeout_ms` | (default: 10000) Deadline for sending one snapshot to a follower. |
 //! | `proposals.max_batch` | (default: 512) Group commit: at most this many commands per Raft entry (1..=10000). |

@@ -35,6 +35,9 @@ pub struct CapacityBench {
     pub json: bool,
 }
 
+/// The tag of the jobs left queued: no worker has it.
+const NEVER_RUNS: &str = "capacity-never-runs";
+
 /// A submit's completion time (ms since the Unix epoch) and its latency (µs).
 type Sample = (u64, u64);
 
@@ -78,15 +81,42 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
 
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let started = Instant::now();
-    let first = client.submit_job(spec(&[]), None).await?.job_id;
+    client.submit_job(spec(&[]), None).await?;
+    // A probe submits a job that stays queued every 20 ms for the whole run, so submit latency
+    // is sampled while snapshots are built, not only while the load is being submitted.
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probed = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let client = client.clone();
+        let samples = samples.clone();
+        let probing = probing.clone();
+        let probed = probed.clone();
+        let most = options.queued;
+        tokio::spawn(async move {
+            while probing.load(Ordering::Relaxed) && probed.load(Ordering::Relaxed) < most {
+                let begin = Instant::now();
+                client.submit_job(spec(&[NEVER_RUNS]), None).await?;
+                samples
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((crate::master::now_ms(), begin.elapsed().as_micros() as u64));
+                probed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
     submit_all(&client, options.jobs, options.submitters, &[], &samples).await?;
-    super::wait_all_done(&client, first, Duration::from_secs(24 * 3600)).await?;
+    wait_run_done(&client, &probed).await?;
     let ran_in = started.elapsed();
+    probing.store(false, Ordering::Relaxed);
+    probe.await??;
+    let probed = probed.load(Ordering::Relaxed);
     submit_all(
         &client,
-        options.queued,
+        options.queued.saturating_sub(probed),
         options.submitters,
-        &["capacity-never-runs"],
+        &[NEVER_RUNS],
         &samples,
     )
     .await?;
@@ -135,6 +165,26 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// Waits until nothing is leased and only the probe's jobs are queued: every job of the run
+/// has ended (finished ones may already be removed by retention, so they are not counted).
+async fn wait_run_done(client: &Client, probed: &AtomicU64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(24 * 3600);
+    loop {
+        let counts = client
+            .cluster_status()
+            .await?
+            .job_counts
+            .unwrap_or_default();
+        // Read after the status: a probe job it counts was sent before this.
+        let sent = probed.load(Ordering::Relaxed);
+        if counts.picked_up == 0 && counts.running == 0 && counts.queued <= sent {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the run never ended: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn submit_all(
@@ -189,6 +239,7 @@ fn latency_around(
 ) -> anyhow::Result<serde_json::Value> {
     let mut near = Histogram::<u64>::new(3)?;
     let mut away = Histogram::<u64>::new(3)?;
+    // Within the window of a build on any replica (each build is reported by all three).
     for &(at, us) in samples {
         let close = builds.iter().any(|b| at.abs_diff(*b) <= window_ms);
         if close {

@@ -27,6 +27,7 @@
 // boxing it in between would only move the allocation.
 #![allow(clippy::result_large_err)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
@@ -195,7 +196,7 @@ struct ChangedRows {
     /// Lines written, the last write of each (the truncation notice is rewritten in place).
     log_lines: Vec<JobLogLine>,
     /// Jobs whose lines all go (removed by retention), after the writes above.
-    logs_removed: Vec<JobId>,
+    logs_removed: BTreeSet<JobId>,
     outbox: Vec<(u64, Option<OutboxEvent>)>,
     outbox_meta: Option<OutboxMeta>,
     log_batches: Vec<(JobId, u64, Option<u64>)>,
@@ -224,10 +225,10 @@ impl ChangedRows {
                 .log_lines
                 .into_iter()
                 .map(|line| ((line.job_id, line.sequence), line))
-                .collect::<std::collections::BTreeMap<_, _>>()
+                .collect::<BTreeMap<_, _>>()
                 .into_values()
                 .collect(),
-            logs_removed: changes.logs_removed.into_iter().collect(),
+            logs_removed: changes.logs_removed,
             outbox: changes
                 .outbox
                 .into_iter()
@@ -288,7 +289,13 @@ impl ChangedRows {
                 None => batch.remove(worker_key(id)),
             }
         }
-        for line in self.log_lines {
+        // A job removed in this same call may have had lines written before its removal (a late
+        // append and a retention sweep in one entry): they are not written at all.
+        for line in self
+            .log_lines
+            .into_iter()
+            .filter(|line| !self.logs_removed.contains(&line.job_id))
+        {
             batch.insert(
                 log_key(line.job_id, line.sequence),
                 encode(&line).map_err(|e| sm_write_error(&e))?,
@@ -456,26 +463,6 @@ impl StateMachine {
     /// Whether anything was ever applied (or installed from a snapshot).
     pub(super) fn has_applied(&self) -> bool {
         self.last_applied.is_some()
-    }
-
-    /// Every stored log line, in key order (for a snapshot).
-    fn stored_log_lines(&self) -> Result<Vec<JobLogLine>, StorageError> {
-        let mut lines = Vec::new();
-        for row in self.sm.scan_prefix(LOG_PREFIX) {
-            let (key, value) = row.map_err(|e| snapshot_error(None, ErrorVerb::Read, &e))?;
-            let line: JobLogLine = decode(&value).map_err(|e| {
-                snapshot_error(
-                    None,
-                    ErrorVerb::Read,
-                    AnyError::error(format!(
-                        "log row {:?} does not decode: {e}",
-                        String::from_utf8_lossy(&key)
-                    )),
-                )
-            })?;
-            lines.push(line);
-        }
-        Ok(lines)
     }
 
     /// The stored log lines, for the API's and the shipper's reads.
@@ -691,26 +678,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // openraft calls this on the state machine task between applies, so the clone below is
         // a consistent view as of `last_applied`; the builder then runs while later entries are
-        // applied.
+        // applied. The log lines are not copied here (they are the bulk of the state, and apply
+        // waits while this runs): the builder reads them from the tree (`LogReader::as_of`).
         let view_started = std::time::Instant::now();
-        let mut queue = self
+        let queue = self
             .queue
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .to_parts();
-        // The lines are in the tree, as of the same applied entry (no apply runs meanwhile).
-        // A snapshot without them would lose them on every replica that installs it: a failed
-        // read fails the build.
-        let unreadable = match self.stored_log_lines() {
-            Ok(lines) => {
-                queue.log_lines = lines;
-                None
-            }
-            Err(error) => Some(error.to_string()),
-        };
         SnapshotBuilder {
             view_ms: view_started.elapsed().as_millis() as u64,
-            unreadable,
+            logs: self.log_reader(),
             payload: SnapshotPayload { queue },
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -806,8 +784,8 @@ fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
 pub struct SnapshotBuilder {
     /// How long taking the view held up apply (the state machine task waits for it).
     view_ms: u64,
-    /// Why the view could not be taken whole (the store's log lines did not read).
-    unreadable: Option<String>,
+    /// The stored lines; those of the view's jobs, as counted in the view, go in the snapshot.
+    logs: LogReader,
     payload: SnapshotPayload,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -817,10 +795,20 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let build_err = |e: AnyError| snapshot_error(None, ErrorVerb::Write, e);
-        if let Some(error) = &self.unreadable {
-            return Err(build_err(AnyError::error(error)));
-        }
         let started = std::time::Instant::now();
+        // Off the state machine task: applies go on meanwhile.
+        let counts: BTreeMap<JobId, u64> = self
+            .payload
+            .queue
+            .jobs
+            .iter()
+            .map(|job| (job.id, job.log_lines))
+            .collect();
+        let logs = self.logs.clone();
+        self.payload.queue.log_lines = tokio::task::spawn_blocking(move || logs.as_of(&counts))
+            .await
+            .map_err(|e| build_err(AnyError::error(e)))?
+            .map_err(|e| build_err(AnyError::new(&e)))?;
         let data = encode_snapshot(&self.payload).map_err(|e| build_err(AnyError::new(&e)))?;
         // A random part, so two snapshots at the same log id still get different ids.
         let nonce: u32 = rand::random();

@@ -816,3 +816,48 @@ async fn a_restored_copy_is_adopted_with_the_storage_id_its_membership_names() {
     // A replica the copy's membership does not name cannot adopt it.
     assert!(adopt_restored_copy(dir.path(), 9).is_err());
 }
+
+/// Lines written to a finished job (a late append) and that job removed by retention in the
+/// same entry leave no row behind, in the tree or after a reopen.
+#[tokio::test]
+async fn a_job_removed_in_the_entry_that_logged_to_it_leaves_no_line() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        apply_worker_sample(&mut sm).await;
+        sm.apply([normal(1, 6, vec![log_lines(1, 3, 2, 2)])])
+            .await
+            .unwrap();
+        assert_eq!(sm.log_reader().job_logs(3, 0, 0).unwrap().len(), 2);
+        let outcomes = sm
+            .apply([normal(
+                1,
+                7,
+                vec![
+                    log_lines(1, 3, 2, 3),
+                    Command::RemoveFinishedJobs {
+                        retention_ms: 0,
+                        max_finished: 0,
+                        until_shipped: false,
+                        limit: 10,
+                    },
+                ],
+            )])
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                outcomes[0].results[1],
+                // Job 3 (completed) and job 2 (cancelled); job 1 is leased.
+                Ok(CommandOutput::JobsRemoved { removed: 2, .. })
+            ),
+            "{outcomes:?}"
+        );
+        assert!(sm.log_reader().job_logs(3, 0, 0).unwrap().is_empty());
+        assert_eq!(sm.log_reader().job_logs(1, 0, 0).unwrap().len(), 3);
+    }
+    let (_log, sm) = open(dir.path());
+    assert!(queue_of(&sm).job(3).is_none());
+    assert!(sm.log_reader().job_logs(3, 0, 0).unwrap().is_empty());
+}

@@ -414,7 +414,7 @@ fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
 /// Writes the events after `after` (at most `limit`) and the rows they name into SSISDB in one
 /// transaction fenced by `fence`, without acknowledging them: what a leader does before its
 /// ack, and what the next leader repeats when that ack never committed. Returns how many events
-/// it wrote.
+/// it wrote. Without the store's reader, log line events carry a notice instead of their text.
 pub async fn write_events(
     client: &mut SqlClient,
     queue: &crate::queue::QueueState,
