@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 use super::authz::{authorize, Permission};
 use super::job_service::propose_error_status;
-use super::proposer::Proposer;
+use super::proposer::{ProposeError, Proposer};
 use super::status::{from_queue_error, not_leader, with_reason};
 use crate::config::{WorkerApproval, WorkerSettings};
 use crate::pb::v1::worker_service_server::WorkerService;
@@ -23,7 +23,9 @@ use crate::pb::{
     lease_from_pb, log_line_from_pb, outcome_from_pb, percent_x10, worker_id_from_pb,
     worker_info_from_pb,
 };
-use crate::queue::{Command, CommandOutput, LeaseRef, LogLevel, LogLine, QueueError};
+use crate::queue::{
+    Command, CommandOutput, CommandResult, LeaseRef, LogLevel, LogLine, QueueError,
+};
 use crate::raft::{Raft, SharedQueue};
 
 /// ErrorInfo reason of a call that carries a lease which is no longer current.
@@ -83,8 +85,31 @@ impl WorkerApi {
         }
     }
 
+    /// How long a worker call waits for its commit. A leader cut off from its peers keeps
+    /// leading (openraft has no check-quorum) and would hold each proposal for the proposer's
+    /// whole commit timeout (10 s). Held that long, a task grant can outlive a short lease: it
+    /// commits under the next leader (whose ExtendLeases gives it one lease from then), expires,
+    /// and the worker's retry with the same request id, which only returns grants still held,
+    /// comes too late. A third of the lease leaves the retry time to claim it elsewhere; every
+    /// worker call is safe to retry (request ids, lease tokens, log batch numbers).
+    fn commit_wait(&self) -> Duration {
+        Duration::from_millis(self.settings.lease_interval_ms / 3)
+            .clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+
+    async fn propose_within(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        let wait = self.commit_wait();
+        tokio::time::timeout(wait, self.proposer.propose(command))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProposeError::Raft(format!(
+                    "not committed within {wait:?}; the outcome is unknown"
+                )))
+            })
+    }
+
     async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
-        match self.proposer.propose(command).await {
+        match self.propose_within(command).await {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(rejection_error)) => Err(rejection(rejection_error)),
             Err(error) => Err(propose_error_status(error)),
@@ -388,8 +413,7 @@ impl WorkerService for WorkerApi {
             error: request.error.clone(),
         };
         match self
-            .proposer
-            .propose(command)
+            .propose_within(command)
             .await
             .map_err(propose_error_status)?
         {

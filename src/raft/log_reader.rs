@@ -80,26 +80,30 @@ impl LogReader {
 }
 
 impl LogReader {
-    /// The stored lines of the jobs in `counts`, each job's up to the count of lines it had:
-    /// what the tree held when a snapshot's view counted them, read while later entries are
-    /// applied. A line written since (a higher sequence, or a job the view does not have) is
-    /// left out; a truncation notice rewritten since is taken as it is now, and lines whose job
-    /// retention removed since are missing: the entries after the snapshot, which every replica
-    /// that installs it applies next, rewrite that notice and remove that job again.
-    pub fn as_of(&self, counts: &BTreeMap<JobId, u64>) -> Result<Vec<JobLogLine>, LogReadError> {
-        let mut lines = Vec::new();
+    /// Passes the stored lines of the jobs in `counts` to `each`, as stored (encoded), each
+    /// job's up to the count of lines it had: what the tree held when a snapshot's view counted
+    /// them, read while later entries are applied. A line written since (a higher sequence, or
+    /// a job the view does not have) is left out; a truncation notice rewritten since is taken
+    /// as it is now, and lines whose job retention removed since are missing: the entries after
+    /// the snapshot, which every replica that installs it applies next, rewrite that notice and
+    /// remove that job again.
+    pub(super) fn each_as_of(
+        &self,
+        counts: &BTreeMap<JobId, u64>,
+        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         for (&job, &count) in counts.iter().filter(|(_, count)| **count > 0) {
-            let from = log_key(job, 1);
-            let to = log_key(job, count);
-            for row in self.tree.range(from..=to) {
-                let (_, value) = row.map_err(|e| LogReadError::Store {
-                    job,
-                    detail: e.to_string(),
+            for row in self.tree.range(log_key(job, 1)..=log_key(job, count)) {
+                let (_, value) = row.map_err(|e| {
+                    std::io::Error::other(LogReadError::Store {
+                        job,
+                        detail: e.to_string(),
+                    })
                 })?;
-                lines.push(decode_line(job, &value)?);
+                each(&value)?;
             }
         }
-        Ok(lines)
+        Ok(())
     }
 }
 

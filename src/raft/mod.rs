@@ -22,6 +22,8 @@ mod network;
 mod service;
 #[cfg(test)]
 mod sim_disk;
+mod snapshot_data;
+mod snapshot_file;
 mod snapshot_store;
 mod state_machine;
 mod storage;
@@ -41,6 +43,7 @@ pub use log_reader::{LogReadError, LogReader, MAX_LOG_PAGE_SIZE};
 pub use log_store::{LogStore, WalStats};
 pub use network::{PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
 pub use service::{role_name, RaftGrpcService};
+pub use snapshot_file::SnapshotFile;
 pub use state_machine::{SharedQueue, StateMachine};
 pub use storage::{
     adopt_restored_copy, open_storage, OpenedStorage, StorageIdentity, StorageOpenError,
@@ -103,7 +106,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = ReplicaNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = snapshot_file::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

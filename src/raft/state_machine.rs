@@ -28,13 +28,15 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use super::log_reader::LogReader;
 use super::log_store::LogStore;
+use super::snapshot_data::{DataReader, DataWriter};
+use super::snapshot_file::SnapshotFile;
 use super::snapshot_store::SnapshotStore;
-use super::storage::{decode, decode_loaded, encode, LoadError};
+use super::storage::{decode_loaded, encode, LoadError};
 use super::{
     Entry, LogId, ProposalOutcome, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -48,7 +50,7 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
     StorageIOError,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// The queue as the API services see it. Take the lock briefly and never hold it across `.await`.
 pub type SharedQueue = Arc<RwLock<QueueState>>;
@@ -67,58 +69,6 @@ const OUTBOX_PREFIX: &[u8] = b"outbox/";
 /// `logbatch/{job}{token}`: the last log batch number applied for that lease.
 const LOG_BATCH_PREFIX: &[u8] = b"logbatch/";
 const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
-
-/// Layout of a snapshot's data: 4 bytes big-endian format version, then bincode of
-/// [`SnapshotPayload`]. The version comes first so a replica can refuse a snapshot from a build
-/// with another layout before trying to decode it. The queue travels as [`Parts`] (rows and
-/// counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an index that
-/// disagrees with its rows). Format 4 added the cluster time and the log batch marks at the end
-/// of `Parts`; format 3 (without them) is still read, with cluster time 0, which the next entry
-/// moves on, and no marks.
-const SNAPSHOT_FORMAT: u32 = 4;
-
-/// What a snapshot carries besides its [`SnapshotMeta`] (which holds last applied and
-/// membership).
-#[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    queue: Parts,
-}
-
-/// A format-3 snapshot's payload: [`Parts`] as it was before the cluster time.
-#[derive(Deserialize)]
-struct SnapshotPayloadV3 {
-    queue: PartsV3,
-}
-
-#[derive(Deserialize)]
-struct PartsV3 {
-    jobs: Vec<Job>,
-    workers: Vec<Worker>,
-    log_lines: Vec<JobLogLine>,
-    next_job_id: JobId,
-    next_lease_token: u64,
-    outbox: Vec<OutboxEvent>,
-    outbox_meta: OutboxMeta,
-}
-
-impl SnapshotPayloadV3 {
-    fn upgrade(self) -> SnapshotPayload {
-        let q = self.queue;
-        SnapshotPayload {
-            queue: Parts {
-                jobs: q.jobs,
-                workers: q.workers,
-                log_lines: q.log_lines,
-                next_job_id: q.next_job_id,
-                next_lease_token: q.next_lease_token,
-                outbox: q.outbox,
-                outbox_meta: q.outbox_meta,
-                clock_ms: 0,
-                log_batches: Vec::new(),
-            },
-        }
-    }
-}
 
 fn job_key(id: JobId) -> Vec<u8> {
     let mut key = Vec::with_capacity(JOB_PREFIX.len() + 8);
@@ -438,17 +388,12 @@ impl StateMachine {
         if meta.last_log_id <= self.last_applied {
             return Ok(());
         }
-        let Some((meta, data)) = self.snapshots.read()? else {
+        let Some((meta, mut data)) = self.snapshots.reader()? else {
             return Ok(());
         };
-        let mut payload = decode_snapshot(&data)
-            .map_err(|e| LoadError::Corrupt(format!("the stored snapshot: {e}")))?;
-        let log_lines = std::mem::take(&mut payload.queue.log_lines);
-        let queue = QueueState::from_parts(payload.queue);
-        let batch = self
-            .replace_all_batch(&queue, &log_lines, meta.last_log_id, &meta.last_membership)
-            .map_err(|e| LoadError::Corrupt(e.to_string()))?;
-        self.sm.apply_batch(batch)?;
+        let (queue, _) =
+            rewrite_from_snapshot(&self.sm, &mut data, meta.last_log_id, &meta.last_membership)
+                .map_err(|e| LoadError::Corrupt(format!("the stored snapshot: {e}")))?;
         tracing::info!(
             state_applied = ?self.last_applied.map(|id| id.index),
             snapshot_index = ?meta.last_log_id.map(|id| id.index),
@@ -484,63 +429,96 @@ impl StateMachine {
             ))
         })
     }
+}
 
-    /// The writes that make the sm tree hold exactly `queue`, `last_applied` and `membership`,
-    /// removing every other key first (batch entries for the same key: the last one wins).
-    fn replace_all_batch(
-        &self,
-        queue: &QueueState,
-        log_lines: &[JobLogLine],
-        last_applied: Option<LogId>,
-        membership: &StoredMembership,
-    ) -> Result<sled::Batch, StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self.sm.iter().keys() {
-            batch.remove(key.map_err(|e| sm_write_error(&e))?);
+/// Rows go to the tree in batches of about this many bytes when it is rewritten from a snapshot.
+const REWRITE_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Rewrites the sm tree to hold exactly the state in snapshot `data`, `last_applied` and
+/// `membership`, streaming the data in bounded batches; returns the state and the number of log
+/// lines written. The tree is emptied first and `last_applied` is written last, so a crash in
+/// between leaves a tree without it (older than the snapshot), which opening rewrites again from
+/// the stored snapshot. Blocking sled work.
+fn rewrite_from_snapshot(
+    sm: &sled::Tree,
+    data: impl std::io::Read,
+    last_applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<(QueueState, u64), String> {
+    let (state, mut reader) = DataReader::open(data)?;
+    let queue = QueueState::from_parts(state);
+    sm.clear()
+        .map_err(|e| format!("cannot empty the state machine tree: {e}"))?;
+    let mut rows = RowBatches::new(sm);
+    for job in queue.jobs() {
+        rows.put(job_key(job.id), job)?;
+    }
+    for worker in queue.workers() {
+        rows.put(worker_key(worker.info.id), worker)?;
+    }
+    for event in queue.outbox_events() {
+        rows.put(outbox_key(event.id), event)?;
+    }
+    for (job, token, mark) in queue.log_batch_marks() {
+        rows.put(log_batch_key(job, token), &mark)?;
+    }
+    let mut lines = 0;
+    while let Some(line) = reader.next_line()? {
+        rows.put(log_key(line.job_id, line.sequence), &line)?;
+        lines += 1;
+    }
+    let mut batch = rows.finish();
+    batch.insert(
+        OUTBOX_META_KEY,
+        encode(queue.outbox_meta()).map_err(|e| e.to_string())?,
+    );
+    put_meta(
+        &mut batch,
+        last_applied,
+        Some(membership),
+        queue.next_job_id(),
+        queue.next_lease_token(),
+        queue.clock_ms(),
+    )
+    .map_err(|e| e.to_string())?;
+    sm.apply_batch(batch)
+        .map_err(|e| format!("cannot write the state machine tree: {e}"))?;
+    Ok((queue, lines))
+}
+
+/// Rows written to a tree in batches of about [`REWRITE_BATCH_BYTES`].
+struct RowBatches<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    bytes: usize,
+}
+
+impl<'a> RowBatches<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        RowBatches {
+            tree,
+            batch: sled::Batch::default(),
+            bytes: 0,
         }
-        for job in queue.jobs() {
-            batch.insert(
-                job_key(job.id),
-                encode(job).map_err(|e| sm_write_error(&e))?,
-            );
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: &impl Serialize) -> Result<(), String> {
+        let value = encode(value).map_err(|e| e.to_string())?;
+        self.bytes += key.len() + value.len();
+        self.batch.insert(key, value);
+        if self.bytes >= REWRITE_BATCH_BYTES {
+            let full = std::mem::take(&mut self.batch);
+            self.bytes = 0;
+            self.tree
+                .apply_batch(full)
+                .map_err(|e| format!("cannot write the state machine tree: {e}"))?;
         }
-        for worker in queue.workers() {
-            batch.insert(
-                worker_key(worker.info.id),
-                encode(worker).map_err(|e| sm_write_error(&e))?,
-            );
-        }
-        for line in log_lines {
-            batch.insert(
-                log_key(line.job_id, line.sequence),
-                encode(line).map_err(|e| sm_write_error(&e))?,
-            );
-        }
-        for event in queue.outbox_events() {
-            batch.insert(
-                outbox_key(event.id),
-                encode(event).map_err(|e| sm_write_error(&e))?,
-            );
-        }
-        batch.insert(
-            OUTBOX_META_KEY,
-            encode(queue.outbox_meta()).map_err(|e| sm_write_error(&e))?,
-        );
-        for (job, token, mark) in queue.log_batch_marks() {
-            batch.insert(
-                log_batch_key(job, token),
-                encode(&mark).map_err(|e| sm_write_error(&e))?,
-            );
-        }
-        put_meta(
-            &mut batch,
-            last_applied,
-            Some(membership),
-            queue.next_job_id(),
-            queue.next_lease_token(),
-            queue.clock_ms(),
-        )?;
-        Ok(batch)
+        Ok(())
+    }
+
+    /// The rows not yet written, to go with the last writes.
+    fn finish(self) -> sled::Batch {
+        self.batch
     }
 }
 
@@ -679,9 +657,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // openraft calls this on the state machine task between applies, so the clone below is
         // a consistent view as of `last_applied`; the builder then runs while later entries are
         // applied. The log lines are not copied here (they are the bulk of the state, and apply
-        // waits while this runs): the builder reads them from the tree (`LogReader::as_of`).
+        // waits while this runs): the builder reads them from the tree (`LogReader::each_as_of`).
         let view_started = std::time::Instant::now();
-        let queue = self
+        let state = self
             .queue
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -689,43 +667,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             view_ms: view_started.elapsed().as_millis() as u64,
             logs: self.log_reader(),
-            payload: SnapshotPayload { queue },
+            state,
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let part = self
+            .snapshots
+            .create_part()
+            .map_err(|e| snapshot_error(None, ErrorVerb::Write, AnyError::error(e)))?;
+        Ok(Box::new(part))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let mut payload = decode_snapshot(&data)
-            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Read, AnyError::error(e)))?;
-        let log_lines = std::mem::take(&mut payload.queue.log_lines);
-        let queue = QueueState::from_parts(payload.queue);
-
-        // The snapshot file first, durably: once this returns openraft purges the log up to it.
-        // Then the sm tree is rewritten to hold exactly the snapshot's state (old jobs the
-        // snapshot does not have must go). A power cut in between leaves a tree older than the
-        // snapshot, which opening rewrites from it.
+        // Checked whole first (a damaged transfer must not replace the stored snapshot nor
+        // touch the tree); then the snapshot file, durably: once this returns openraft purges the
+        // log up to it. Then the sm tree is rewritten to hold exactly the snapshot's state (old
+        // jobs the snapshot does not have must go). A power cut in between leaves a tree older
+        // than the snapshot, which opening rewrites from it.
+        let started = std::time::Instant::now();
         let snapshots = self.snapshots.clone();
+        let sm = self.sm.clone();
         let stored_meta = meta.clone();
-        tokio::task::spawn_blocking(move || snapshots.save(&stored_meta, &data, false))
-            .await
-            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?
-            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?;
-        let sm_batch =
-            self.replace_all_batch(&queue, &log_lines, meta.last_log_id, &meta.last_membership)?;
-        self.sm
-            .apply_batch(sm_batch)
-            .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, &e))?;
+        let installed = tokio::task::spawn_blocking(move || {
+            let mut data = *snapshot;
+            let verified = verify_snapshot_data(&mut data).map_err(|e| (ErrorVerb::Read, e))?;
+            let mut data = match data.part_path() {
+                Some(_) => data,
+                None => copy_to_part(&snapshots, &mut data).map_err(|e| (ErrorVerb::Write, e))?,
+            };
+            snapshots
+                .commit(&mut data, &stored_meta, false)
+                .map_err(|e| (ErrorVerb::Write, e))?;
+            let (queue, lines) = rewrite_from_snapshot(
+                &sm,
+                &mut data,
+                stored_meta.last_log_id,
+                &stored_meta.last_membership,
+            )
+            .map_err(|e| (ErrorVerb::Write, e))?;
+            Ok::<_, (ErrorVerb, String)>((queue, lines, verified))
+        })
+        .await
+        .map_err(|e| snapshot_error(Some(meta), ErrorVerb::Write, AnyError::error(e)))?;
+        let (queue, lines, bytes) =
+            installed.map_err(|(verb, e)| snapshot_error(Some(meta), verb, AnyError::error(e)))?;
 
         {
             let mut current = self.lock_for_apply()?;
@@ -739,6 +732,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot_id = %meta.snapshot_id,
             last_log_index = meta.last_log_id.map(|id| id.index),
             jobs = self.lock_for_apply()?.job_count(),
+            log_lines = lines,
+            bytes,
+            install_ms = started.elapsed().as_millis() as u64,
             "installed snapshot"
         );
         Ok(())
@@ -746,37 +742,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let snapshots = self.snapshots.clone();
-        let stored = tokio::task::spawn_blocking(move || snapshots.read())
+        let stored = tokio::task::spawn_blocking(move || snapshots.reader())
             .await
             .map_err(|e| snapshot_error(None, ErrorVerb::Read, AnyError::error(e)))?
             .map_err(|e| snapshot_error(None, ErrorVerb::Read, AnyError::error(e.to_string())))?;
         Ok(stored.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }
 
-fn encode_snapshot(payload: &SnapshotPayload) -> Result<Vec<u8>, bincode::Error> {
-    let mut data = SNAPSHOT_FORMAT.to_be_bytes().to_vec();
-    data.extend(encode(payload)?);
-    Ok(data)
+/// Reads snapshot data to its end, checking it whole; returns its length. Leaves it at its start.
+fn verify_snapshot_data(data: &mut SnapshotFile) -> Result<u64, String> {
+    let rewind = |data: &mut SnapshotFile| {
+        data.seek(SeekFrom::Start(0))
+            .map_err(|e| format!("cannot read the snapshot data: {e}"))
+    };
+    rewind(data)?;
+    {
+        let (_, mut reader) = DataReader::open(&mut *data)?;
+        while reader.next_line()?.is_some() {}
+    }
+    rewind(data)?;
+    data.data_len()
+        .map_err(|e| format!("cannot read the snapshot data: {e}"))
 }
 
-fn decode_snapshot(data: &[u8]) -> Result<SnapshotPayload, String> {
-    let (version, body) = data
-        .split_first_chunk::<4>()
-        .ok_or_else(|| format!("snapshot data of {} bytes is too short", data.len()))?;
-    let version = u32::from_be_bytes(*version);
-    match version {
-        SNAPSHOT_FORMAT => decode(body).map_err(|e| format!("snapshot data does not decode: {e}")),
-        3 => decode::<SnapshotPayloadV3>(body)
-            .map(SnapshotPayloadV3::upgrade)
-            .map_err(|e| format!("snapshot data (format 3) does not decode: {e}")),
-        _ => Err(format!(
-            "snapshot format {version} is not one this build reads (3 or {SNAPSHOT_FORMAT})"
-        )),
-    }
+/// A copy of finished snapshot data (one this store did not receive) as a new part file.
+fn copy_to_part(
+    snapshots: &SnapshotStore,
+    data: &mut SnapshotFile,
+) -> Result<SnapshotFile, String> {
+    let mut part = snapshots.create_part()?;
+    std::io::copy(data, &mut part).map_err(|e| format!("cannot copy the snapshot data: {e}"))?;
+    Ok(part)
 }
 
 /// Builds a snapshot from the view taken by `get_snapshot_builder`; runs concurrently with
@@ -786,7 +786,8 @@ pub struct SnapshotBuilder {
     view_ms: u64,
     /// The stored lines; those of the view's jobs, as counted in the view, go in the snapshot.
     logs: LogReader,
-    payload: SnapshotPayload,
+    /// The view: the queue's rows as of `last_applied`, without log lines.
+    state: Parts,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshots: SnapshotStore,
@@ -796,20 +797,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let build_err = |e: AnyError| snapshot_error(None, ErrorVerb::Write, e);
         let started = std::time::Instant::now();
-        // Off the state machine task: applies go on meanwhile.
-        let counts: BTreeMap<JobId, u64> = self
-            .payload
-            .queue
-            .jobs
-            .iter()
-            .map(|job| (job.id, job.log_lines))
-            .collect();
-        let logs = self.logs.clone();
-        self.payload.queue.log_lines = tokio::task::spawn_blocking(move || logs.as_of(&counts))
-            .await
-            .map_err(|e| build_err(AnyError::error(e)))?
-            .map_err(|e| build_err(AnyError::new(&e)))?;
-        let data = encode_snapshot(&self.payload).map_err(|e| build_err(AnyError::new(&e)))?;
         // A random part, so two snapshots at the same log id still get different ids.
         let nonce: u32 = rand::random();
         let snapshot_id = match self.last_applied {
@@ -821,76 +808,47 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        // Stored durably before openraft purges the log behind it; not stored when a newer
-        // snapshot was installed meanwhile (the current snapshot never goes backwards).
+        // Off the state machine task: applies go on meanwhile. The view's rows, then its jobs'
+        // lines read from the tree straight into the file; stored durably before openraft
+        // purges the log behind it, and not stored when a newer snapshot was installed meanwhile
+        // (the current snapshot never goes backwards).
+        let state = std::mem::take(&mut self.state);
+        let jobs = state.jobs.len() as u64;
+        let logs = self.logs.clone();
         let snapshots = self.snapshots.clone();
-        let (stored_meta, data) = tokio::task::spawn_blocking(move || {
-            snapshots.save(&meta, &data, true).map(|_| (meta, data))
+        let build_meta = meta.clone();
+        let built = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let counts: BTreeMap<JobId, u64> = state
+                .jobs
+                .iter()
+                .map(|job| (job.id, job.log_lines))
+                .collect();
+            let part = snapshots.create_part()?;
+            let write_err = |e: std::io::Error| format!("cannot write the snapshot: {e}");
+            let mut writer = DataWriter::start(part, &state).map_err(write_err)?;
+            drop(state);
+            logs.each_as_of(&counts, |line| writer.line(line))
+                .map_err(write_err)?;
+            let (mut data, lines, bytes) = writer.finish().map_err(write_err)?;
+            let stored = snapshots.commit(&mut data, &build_meta, true)?;
+            Ok((data, lines, bytes, stored))
         })
         .await
-        .map_err(|e| build_err(AnyError::error(e)))?
         .map_err(|e| build_err(AnyError::error(e)))?;
+        let (data, lines, bytes, stored) = built.map_err(|e| build_err(AnyError::error(e)))?;
         tracing::info!(
-            last_log_index = stored_meta.last_log_id.map(|id| id.index),
-            bytes = data.len() as u64,
-            jobs = self.payload.queue.jobs.len() as u64,
-            log_lines = self.payload.queue.log_lines.len() as u64,
+            last_log_index = meta.last_log_id.map(|id| id.index),
+            bytes,
+            jobs,
+            log_lines = lines,
             view_ms = self.view_ms,
             build_ms = started.elapsed().as_millis() as u64,
+            stored,
             "built snapshot"
         );
         Ok(Snapshot {
-            meta: stored_meta,
-            snapshot: Box::new(Cursor::new(data)),
+            meta,
+            snapshot: Box::new(data),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_format_3_snapshot_still_decodes_with_cluster_time_zero() {
-        #[derive(Serialize)]
-        struct OldParts {
-            jobs: Vec<Job>,
-            workers: Vec<Worker>,
-            log_lines: Vec<JobLogLine>,
-            next_job_id: JobId,
-            next_lease_token: u64,
-            outbox: Vec<OutboxEvent>,
-            outbox_meta: OutboxMeta,
-        }
-        let old = OldParts {
-            jobs: Vec::new(),
-            workers: Vec::new(),
-            log_lines: Vec::new(),
-            next_job_id: 42,
-            next_lease_token: 7,
-            outbox: Vec::new(),
-            outbox_meta: OutboxMeta::default(),
-        };
-        let mut data = 3u32.to_be_bytes().to_vec();
-        data.extend(bincode::serialize(&(old,)).expect("encode"));
-        let payload = decode_snapshot(&data).expect("a format-3 snapshot");
-        assert_eq!(payload.queue.next_job_id, 42);
-        assert_eq!(payload.queue.clock_ms, 0);
-
-        let current = SnapshotPayload {
-            queue: Parts {
-                clock_ms: 1_700_000_000_000,
-                ..payload.queue
-            },
-        };
-        let again = decode_snapshot(&encode_snapshot(&current).expect("encode")).expect("decode");
-        assert_eq!(again.queue.clock_ms, 1_700_000_000_000);
-
-        let mut unknown = 9u32.to_be_bytes().to_vec();
-        unknown.extend([0u8; 8]);
-        let refused = decode_snapshot(&unknown)
-            .err()
-            .expect("format 9 is refused");
-        assert!(refused.contains("format 9"), "{refused}");
     }
 }

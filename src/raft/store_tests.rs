@@ -381,8 +381,9 @@ async fn installed_snapshot_replaces_old_state() {
         .await
         .unwrap();
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 5)));
-    let mut received = target.begin_receiving_snapshot().await.unwrap();
-    *received = *snapshot.snapshot;
+    // Moved as openraft moves it: read from the source's file and written into the target's
+    // part file a chunk at a time.
+    let received = transfer(snapshot.snapshot, &mut target, None).await;
     target
         .install_snapshot(&snapshot.meta, received)
         .await
@@ -473,12 +474,14 @@ async fn bad_snapshot_data_is_an_error() {
         vec![],
         vec![0, 0, 0, 1, 0xff, 0xff],
         vec![0, 0, 0, 9, 1, 2, 3],
+        vec![0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0],
     ] {
-        let result = sm
-            .install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
-            .await;
+        let mut received = sm.begin_receiving_snapshot().await.unwrap();
+        std::io::Write::write_all(&mut *received, &data).unwrap();
+        let result = sm.install_snapshot(&meta, received).await;
         assert!(result.is_err());
     }
+    assert_eq!(part_files(dir.path()), Vec::<String>::new());
     assert_eq!(queue_of(&sm), before, "a rejected snapshot changes nothing");
 }
 
@@ -639,9 +642,12 @@ async fn damaged_log_snapshot_and_identity_files_are_open_errors() {
             .await
             .unwrap();
     }
+    // Its meta (at the end) is checked at open; its data by whoever reads it whole (see
+    // `a_damaged_transfer_changes_nothing`).
     let snapshot = raft_file(dir.path(), "snapshot");
     let mut bytes = std::fs::read(&snapshot).unwrap();
-    bytes[20] ^= 0x01;
+    let in_meta = bytes.len() - 12;
+    bytes[in_meta] ^= 0x01;
     std::fs::write(&snapshot, bytes).unwrap();
     assert!(expect_corrupt(dir.path()).contains("checksum"));
 
@@ -860,4 +866,119 @@ async fn a_job_removed_in_the_entry_that_logged_to_it_leaves_no_line() {
     let (_log, sm) = open(dir.path());
     assert!(queue_of(&sm).job(3).is_none());
     assert!(sm.log_reader().job_logs(3, 0, 0).unwrap().is_empty());
+}
+
+/// Copies snapshot data into a new part file of `target` the way openraft's chunked transfer
+/// does (reads of at most a chunk, written in order), flipping the bits of the byte at `damage`.
+async fn transfer(
+    mut data: Box<SnapshotFile>,
+    target: &mut StateMachine,
+    damage: Option<usize>,
+) -> Box<SnapshotFile> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut received = target.begin_receiving_snapshot().await.unwrap();
+    let mut chunk = vec![0; 1000];
+    let mut offset = 0;
+    loop {
+        let n = data.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        if let Some(at) = damage.filter(|at| (offset..offset + n).contains(at)) {
+            chunk[at - offset] ^= 0xff;
+        }
+        received.write_all(&chunk[..n]).await.unwrap();
+        offset += n;
+    }
+    received.shutdown().await.unwrap();
+    received
+}
+
+/// The names of unfinished snapshot files in a replica's data dir.
+fn part_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("raft/snapshot"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".part"))
+        .collect()
+}
+
+/// A snapshot with thousands of lines, moved in chunks: every line arrives; damaged on the way,
+/// it is refused whole and the target keeps its state and its stored snapshot.
+#[tokio::test]
+async fn a_damaged_transfer_changes_nothing() {
+    let source_dir = TempDir::new().unwrap();
+    let (_source_log, mut source) = open(source_dir.path());
+    apply_sample(&mut source).await;
+    apply_worker_sample(&mut source).await;
+    source
+        .apply([normal(1, 6, vec![log_lines(1, 1, 1, 3000)])])
+        .await
+        .unwrap();
+    let snapshot = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let data_len = snapshot.snapshot.data_len().unwrap() as usize;
+    assert!(data_len > 30_000, "{data_len} bytes");
+
+    let target_dir = TempDir::new().unwrap();
+    let (_target_log, mut target) = open(target_dir.path());
+    replica_state_with_own_snapshot(&mut target).await;
+    let before = queue_of(&target);
+    let stored_before = target.get_current_snapshot().await.unwrap().unwrap().meta;
+    for damage in [5, data_len / 2, data_len - 1] {
+        let data = source
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .unwrap()
+            .snapshot;
+        let received = transfer(data, &mut target, Some(damage)).await;
+        let refused = target
+            .install_snapshot(&snapshot.meta, received)
+            .await
+            .expect_err("damaged data is refused");
+        assert!(
+            refused.to_string().contains("snapshot"),
+            "damage at {damage}: {refused}"
+        );
+        assert_eq!(queue_of(&target), before);
+        assert_eq!(
+            target.get_current_snapshot().await.unwrap().unwrap().meta,
+            stored_before
+        );
+        assert_eq!(part_files(target_dir.path()), Vec::<String>::new());
+    }
+
+    let data = source
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .unwrap()
+        .snapshot;
+    let received = transfer(data, &mut target, None).await;
+    target
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert_eq!(queue_of(&target), queue_of(&source));
+    let lines = target.log_reader().job_logs(1, 0, 10_000).unwrap();
+    assert_eq!(lines.len(), 3003);
+    assert_eq!(lines, source.log_reader().job_logs(1, 0, 10_000).unwrap());
+    assert_eq!(part_files(target_dir.path()), Vec::<String>::new());
+}
+
+/// Gives a fresh state machine a state and a stored snapshot of its own.
+async fn replica_state_with_own_snapshot(sm: &mut StateMachine) {
+    sm.apply([normal(1, 1, vec![submit("own", None)])])
+        .await
+        .unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
 }

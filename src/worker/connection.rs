@@ -2,7 +2,10 @@
 //! is, by the same rules as [`crate::client`].
 //!
 //! One lazily connected channel per address (TCP_NODELAY on), reused for every call. A call goes
-//! to the last leader seen, else to the first endpoint; a follower's NOT_LEADER answer names the
+//! to the last leader seen, else to the endpoint after the last one that failed (not always the
+//! first: a leader cut off from its peers may go on holding every call sent to it until its
+//! timeout, and renewals, whose whole budget is one such timeout, would then never reach the
+//! new leader); a follower's NOT_LEADER answer names the
 //! leader's API address and the call goes there at once; during an election (no address), or
 //! when a replica does not answer within the per-call timeout, the call moves to the next
 //! endpoint after a jittered, growing backoff. All of it is bounded by the caller's deadline,
@@ -12,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -85,6 +89,8 @@ pub struct Connection {
     security: Security,
     channels: Mutex<BTreeMap<String, Channel>>,
     leader: Mutex<Option<String>>,
+    /// Where a call starts when no leader is known: moved past every endpoint that fails.
+    start: AtomicUsize,
 }
 
 impl Connection {
@@ -107,6 +113,7 @@ impl Connection {
             security,
             channels: Mutex::default(),
             leader: Mutex::default(),
+            start: AtomicUsize::new(0),
         })
     }
 
@@ -120,6 +127,16 @@ impl Connection {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The endpoint a call starts at: the leader if known, else the one after the last failure;
+    /// and the index of the endpoint to try after it.
+    fn first_target(&self) -> (String, usize) {
+        let first = self.start.load(Ordering::Relaxed) % self.endpoints.len();
+        match self.leader() {
+            Some(leader) if leader != self.endpoints[first] => (leader, first),
+            _ => (self.endpoints[first].clone(), first + 1),
+        }
     }
 
     fn remember_leader(&self, addr: Option<String>) {
@@ -153,11 +170,7 @@ impl Connection {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let until = Instant::now() + deadline;
-        let mut next_endpoint = 0;
-        let mut target = self.leader().unwrap_or_else(|| self.endpoints[0].clone());
-        if target == self.endpoints[0] {
-            next_endpoint = 1;
-        }
+        let (mut target, mut next_endpoint) = self.first_target();
         let mut hops = 0;
         let mut backoff = BACKOFF_START;
         let mut last_error = String::from("none");
@@ -212,7 +225,9 @@ impl Connection {
             let pause = jitter(backoff).min(until.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            target = self.endpoints[next_endpoint % self.endpoints.len()].clone();
+            let index = next_endpoint % self.endpoints.len();
+            self.start.store(index, Ordering::Relaxed);
+            target = self.endpoints[index].clone();
             next_endpoint += 1;
         }
     }
@@ -304,5 +319,38 @@ mod tests {
         assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
         assert!(Connection::new(&[], Security::Insecure).is_err());
+    }
+
+    /// A replica that holds calls without answering (a leader cut off from its peers) is not
+    /// where the next call starts.
+    #[tokio::test]
+    async fn the_next_call_starts_past_an_endpoint_that_did_not_answer() {
+        // Bound and kept, never accepted: a connection opens, no answer ever comes.
+        let silent: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let endpoints: Vec<String> = silent
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let connection = Connection::new(&endpoints, Security::Insecure).unwrap();
+        assert_eq!(connection.first_target().0, endpoints[0]);
+        let result: Result<crate::pb::v1::HeartbeatResponse, _> = connection
+            .call(
+                Duration::from_millis(150),
+                Duration::from_millis(200),
+                |mut client, timeout| async move {
+                    let mut request =
+                        tonic::Request::new(crate::pb::v1::HeartbeatRequest::default());
+                    request.set_timeout(timeout);
+                    client.heartbeat(request).await
+                },
+            )
+            .await;
+        assert!(matches!(result, Err(CallError::Unavailable { .. })));
+        assert_ne!(connection.first_target().0, endpoints[0]);
+        // A known leader still comes first.
+        connection.remember_leader(Some(endpoints[2].clone()));
+        assert_eq!(connection.first_target().0, endpoints[2]);
     }
 }

@@ -1,0 +1,388 @@
+//! The layout of a snapshot's data, written and read as a stream so that neither side of a
+//! snapshot ever holds it whole: only the queue's rows without their log lines (what every
+//! replica holds in memory anyway) are one value; the log lines, the bulk of it, follow one by one.
+//!
+//! Format 5:
+//! - the format, u32 BE;
+//! - the length of the state (u64 BE), then the state: bincode of [`Parts`] with no log lines
+//!   (rows and counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an
+//!   index that disagrees with its rows);
+//! - each log line: its length (u32 BE, at least 1), then bincode of the [`JobLogLine`];
+//! - a length of 0, then a CRC-32 (u32 LE) of every byte before it, and nothing after.
+//!
+//! Formats 3 and 4 (one bincode value with the lines inside; 3 without the cluster time and the
+//! log batch marks) are still read, whole: they come from builds that held snapshots in memory.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use serde::Deserialize;
+
+use super::storage::{decode, encode};
+use crate::queue::{Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
+
+pub(super) const SNAPSHOT_FORMAT: u32 = 5;
+/// No stored line comes near this (a line's text is capped far below); a longer length is
+/// damage, refused before anything is allocated for it.
+const MAX_LINE_BYTES: u32 = 4 * 1024 * 1024;
+const BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Writes snapshot data: the state first ([`DataWriter::start`]), then each stored line.
+pub(super) struct DataWriter<W: Write> {
+    out: BufWriter<W>,
+    crc: crc32fast::Hasher,
+    lines: u64,
+    bytes: u64,
+}
+
+impl<W: Write> DataWriter<W> {
+    /// Writes the format and `state`, whose `log_lines` must be empty (lines follow one by one).
+    pub(super) fn start(out: W, state: &Parts) -> io::Result<Self> {
+        if !state.log_lines.is_empty() {
+            return Err(io::Error::other(
+                "snapshot state with log lines inside (they are written one by one)",
+            ));
+        }
+        let mut writer = DataWriter {
+            out: BufWriter::with_capacity(BUFFER_BYTES, out),
+            crc: crc32fast::Hasher::new(),
+            lines: 0,
+            bytes: 0,
+        };
+        let encoded = encode(state).map_err(io::Error::other)?;
+        writer.put(&SNAPSHOT_FORMAT.to_be_bytes())?;
+        writer.put(&(encoded.len() as u64).to_be_bytes())?;
+        writer.put(&encoded)?;
+        Ok(writer)
+    }
+
+    /// Writes one line, as stored (bincode of a [`JobLogLine`]).
+    pub(super) fn line(&mut self, encoded: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(encoded.len())
+            .ok()
+            .filter(|len| (1..=MAX_LINE_BYTES).contains(len))
+            .ok_or_else(|| io::Error::other(format!("a log line of {} bytes", encoded.len())))?;
+        self.put(&len.to_be_bytes())?;
+        self.put(encoded)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Ends the data; returns the output, the lines written and the bytes written.
+    pub(super) fn finish(mut self) -> io::Result<(W, u64, u64)> {
+        self.put(&0u32.to_be_bytes())?;
+        let crc = self.crc.clone().finalize();
+        self.out.write_all(&crc.to_le_bytes())?;
+        let bytes = self.bytes + 4;
+        let out = self.out.into_inner().map_err(|e| e.into_error())?;
+        Ok((out, self.lines, bytes))
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.out.write_all(bytes)
+    }
+}
+
+/// Reads snapshot data: [`DataReader::open`] returns the state, then
+/// [`DataReader::next_line`] each line. The checksum is checked when the last line has been
+/// read: a caller applies nothing for good before `next_line` has returned `Ok(None)`.
+pub(super) struct DataReader<R: Read> {
+    source: Source<R>,
+}
+
+enum Source<R: Read> {
+    Streamed {
+        input: BufReader<R>,
+        crc: crc32fast::Hasher,
+        done: bool,
+    },
+    /// Format 3 or 4: decoded whole.
+    Whole(std::vec::IntoIter<JobLogLine>),
+}
+
+impl<R: Read> DataReader<R> {
+    pub(super) fn open(input: R) -> Result<(Parts, Self), String> {
+        let mut input = BufReader::with_capacity(BUFFER_BYTES, input);
+        let mut crc = crc32fast::Hasher::new();
+        let format = read_array::<_, 4>(&mut input, &mut crc)
+            .map_err(|e| format!("snapshot data too short for its format: {e}"))?;
+        match u32::from_be_bytes(format) {
+            SNAPSHOT_FORMAT => {
+                let len = u64::from_be_bytes(
+                    read_array::<_, 8>(&mut input, &mut crc)
+                        .map_err(|e| format!("snapshot data cut short: {e}"))?,
+                );
+                // Read as it arrives (not allocated from the length), so a damaged length
+                // cannot ask for more memory than the data has.
+                let mut encoded = Vec::new();
+                (&mut input)
+                    .take(len)
+                    .read_to_end(&mut encoded)
+                    .map_err(|e| format!("snapshot data cannot be read: {e}"))?;
+                if encoded.len() as u64 != len {
+                    return Err(format!(
+                        "snapshot data cut short: its state has {} of {len} bytes",
+                        encoded.len()
+                    ));
+                }
+                crc.update(&encoded);
+                let state: Parts =
+                    decode(&encoded).map_err(|e| format!("snapshot state does not decode: {e}"))?;
+                if !state.log_lines.is_empty() {
+                    return Err("snapshot state holds log lines it should not".into());
+                }
+                let source = Source::Streamed {
+                    input,
+                    crc,
+                    done: false,
+                };
+                Ok((state, DataReader { source }))
+            }
+            version @ (3 | 4) => {
+                let mut body = Vec::new();
+                input
+                    .read_to_end(&mut body)
+                    .map_err(|e| format!("snapshot data cannot be read: {e}"))?;
+                let mut state = if version == 4 {
+                    decode::<PayloadV4>(&body)
+                        .map_err(|e| format!("snapshot data does not decode: {e}"))?
+                        .queue
+                } else {
+                    decode::<PayloadV3>(&body)
+                        .map_err(|e| format!("snapshot data (format 3) does not decode: {e}"))?
+                        .upgrade()
+                };
+                let lines = std::mem::take(&mut state.log_lines);
+                let source = Source::Whole(lines.into_iter());
+                Ok((state, DataReader { source }))
+            }
+            version => Err(format!(
+                "snapshot format {version} is not one this build reads (3, 4 or {SNAPSHOT_FORMAT})"
+            )),
+        }
+    }
+
+    /// The next line; `Ok(None)` at the end, once the checksum matched.
+    pub(super) fn next_line(&mut self) -> Result<Option<JobLogLine>, String> {
+        let (input, crc, done) = match &mut self.source {
+            Source::Whole(lines) => return Ok(lines.next()),
+            Source::Streamed { input, crc, done } => (input, crc, done),
+        };
+        if *done {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(
+            read_array::<_, 4>(input, crc).map_err(|e| format!("snapshot data cut short: {e}"))?,
+        );
+        if len == 0 {
+            let expected = crc.clone().finalize();
+            let mut stored = [0; 4];
+            input
+                .read_exact(&mut stored)
+                .map_err(|e| format!("snapshot data cut short before its checksum: {e}"))?;
+            if u32::from_le_bytes(stored) != expected {
+                return Err("snapshot data is damaged: its checksum does not match".into());
+            }
+            let mut extra = [0; 1];
+            if input
+                .read(&mut extra)
+                .map_err(|e| format!("snapshot data cannot be read: {e}"))?
+                != 0
+            {
+                return Err("snapshot data runs on after its checksum".into());
+            }
+            *done = true;
+            return Ok(None);
+        }
+        if len > MAX_LINE_BYTES {
+            return Err(format!(
+                "snapshot data is damaged: a log line of {len} bytes"
+            ));
+        }
+        let mut encoded = vec![0; len as usize];
+        input
+            .read_exact(&mut encoded)
+            .map_err(|e| format!("snapshot data cut short in a log line: {e}"))?;
+        crc.update(&encoded);
+        decode(&encoded)
+            .map(Some)
+            .map_err(|e| format!("a log line in the snapshot does not decode: {e}"))
+    }
+}
+
+fn read_array<R: Read, const N: usize>(
+    input: &mut R,
+    crc: &mut crc32fast::Hasher,
+) -> io::Result<[u8; N]> {
+    let mut bytes = [0; N];
+    input.read_exact(&mut bytes)?;
+    crc.update(&bytes);
+    Ok(bytes)
+}
+
+/// A format-4 snapshot's data after the format: the whole state with its lines.
+#[derive(Deserialize)]
+struct PayloadV4 {
+    queue: Parts,
+}
+
+/// A format-3 snapshot's data: [`Parts`] as it was before the cluster time.
+#[derive(Deserialize)]
+struct PayloadV3 {
+    queue: PartsV3,
+}
+
+#[derive(Deserialize)]
+struct PartsV3 {
+    jobs: Vec<Job>,
+    workers: Vec<Worker>,
+    log_lines: Vec<JobLogLine>,
+    next_job_id: JobId,
+    next_lease_token: u64,
+    outbox: Vec<OutboxEvent>,
+    outbox_meta: OutboxMeta,
+}
+
+impl PayloadV3 {
+    fn upgrade(self) -> Parts {
+        let q = self.queue;
+        Parts {
+            jobs: q.jobs,
+            workers: q.workers,
+            log_lines: q.log_lines,
+            next_job_id: q.next_job_id,
+            next_lease_token: q.next_lease_token,
+            outbox: q.outbox,
+            outbox_meta: q.outbox_meta,
+            clock_ms: 0,
+            log_batches: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{LogLevel, LogLine};
+    use serde::Serialize;
+
+    fn line(job_id: JobId, sequence: u64) -> JobLogLine {
+        JobLogLine {
+            job_id,
+            sequence,
+            attempt: 1,
+            line: LogLine {
+                at_ms: 5,
+                level: LogLevel::Info,
+                text: format!("line {sequence} of job {job_id}"),
+            },
+            late: false,
+        }
+    }
+
+    fn written(state: &Parts, lines: &[JobLogLine]) -> Vec<u8> {
+        let mut writer = DataWriter::start(Vec::new(), state).expect("start");
+        for line in lines {
+            writer.line(&encode(line).expect("encode")).expect("line");
+        }
+        let (data, count, bytes) = writer.finish().expect("finish");
+        assert_eq!(count, lines.len() as u64);
+        assert_eq!(bytes, data.len() as u64);
+        data
+    }
+
+    fn read_all(data: &[u8]) -> Result<(Parts, Vec<JobLogLine>), String> {
+        let (state, mut reader) = DataReader::open(data)?;
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line()? {
+            lines.push(line);
+        }
+        Ok((state, lines))
+    }
+
+    #[test]
+    fn data_reads_back_as_written() {
+        let state = Parts {
+            next_job_id: 9,
+            next_lease_token: 4,
+            clock_ms: 77,
+            log_batches: vec![(3, 2, 1)],
+            ..Parts::default()
+        };
+        let lines: Vec<JobLogLine> = (1..=300).map(|n| line(n % 7 + 1, n)).collect();
+        let (read_state, read_lines) = read_all(&written(&state, &lines)).expect("reads");
+        assert_eq!(read_state, state);
+        assert_eq!(read_lines, lines);
+        let (empty_state, no_lines) = read_all(&written(&state, &[])).expect("reads");
+        assert_eq!((empty_state, no_lines), (state, Vec::new()));
+    }
+
+    #[test]
+    fn damaged_or_cut_data_is_refused_before_the_end_is_accepted() {
+        let state = Parts {
+            next_job_id: 2,
+            ..Parts::default()
+        };
+        let lines: Vec<JobLogLine> = (1..=20).map(|n| line(1, n)).collect();
+        let data = written(&state, &lines);
+        // A flipped bit anywhere, a cut anywhere, or bytes after the end: never a clean end.
+        for at in (0..data.len()).step_by(7) {
+            let mut flipped = data.clone();
+            flipped[at] ^= 0x10;
+            assert!(read_all(&flipped).is_err(), "a flipped bit at {at} passed");
+            assert!(read_all(&data[..at]).is_err(), "a cut at {at} passed");
+        }
+        let mut longer = data.clone();
+        longer.push(0);
+        assert!(read_all(&longer).is_err());
+        // A length that asks for more than there is allocates nothing of that size.
+        let mut huge = SNAPSHOT_FORMAT.to_be_bytes().to_vec();
+        huge.extend(u64::MAX.to_be_bytes());
+        assert!(read_all(&huge).unwrap_err().contains("cut short"));
+    }
+
+    #[test]
+    fn formats_3_and_4_are_still_read() {
+        #[derive(Serialize)]
+        struct OldParts {
+            jobs: Vec<Job>,
+            workers: Vec<Worker>,
+            log_lines: Vec<JobLogLine>,
+            next_job_id: JobId,
+            next_lease_token: u64,
+            outbox: Vec<OutboxEvent>,
+            outbox_meta: OutboxMeta,
+        }
+        let old = OldParts {
+            jobs: Vec::new(),
+            workers: Vec::new(),
+            log_lines: vec![line(1, 1)],
+            next_job_id: 42,
+            next_lease_token: 7,
+            outbox: Vec::new(),
+            outbox_meta: OutboxMeta::default(),
+        };
+        let mut data = 3u32.to_be_bytes().to_vec();
+        data.extend(bincode::serialize(&(old,)).expect("encode"));
+        let (state, lines) = read_all(&data).expect("a format-3 snapshot");
+        assert_eq!((state.next_job_id, state.clock_ms), (42, 0));
+        assert_eq!(lines, vec![line(1, 1)]);
+
+        let v4 = Parts {
+            clock_ms: 1_700_000_000_000,
+            log_lines: vec![line(2, 1), line(2, 2)],
+            ..Parts::default()
+        };
+        let mut data = 4u32.to_be_bytes().to_vec();
+        data.extend(bincode::serialize(&(&v4,)).expect("encode"));
+        let (state, lines) = read_all(&data).expect("a format-4 snapshot");
+        assert_eq!(state.clock_ms, 1_700_000_000_000);
+        assert_eq!(lines, v4.log_lines);
+
+        let mut unknown = 9u32.to_be_bytes().to_vec();
+        unknown.extend([0u8; 8]);
+        let refused = read_all(&unknown).expect_err("format 9 is refused");
+        assert!(refused.contains("format 9"), "{refused}");
+    }
+}
