@@ -4,9 +4,14 @@
 //! lines of `line_bytes`; then `queued` more are submitted with a tag no worker has, so they
 //! stay queued. Reported per replica: resident memory, data dir size, the snapshot's size and
 //! how long building it took (and how long taking its view held up apply), the time from a
-//! restart to serving, and the submit latency p99 in the seconds around each snapshot against
-//! the rest. Retention runs with its defaults unless `keep_all` turns the cap off.
+//! restart to serving, and the submit latency p99 while snapshots are built against the rest.
+//! Then a follower is stopped until the leader has built two snapshots past it, and restarted:
+//! how long it takes to catch up (by a streamed snapshot) and how far the leader's and its
+//! resident memory rise above their steady level meanwhile. Resident memory is also sampled
+//! through the whole run, for its peak. Retention runs with its defaults unless `keep_all` turns
+//! the cap off.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,6 +84,15 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
     let client = Arc::new(cluster.client()?.with_deadline(Duration::from_secs(60)));
     crate::harness::wait_for_workers(&client, options.workers, Duration::from_secs(60)).await?;
 
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peaks = sample_peaks(
+        cluster
+            .replicas
+            .iter()
+            .filter_map(|r| Some((r.id, r.pid()?)))
+            .collect(),
+        sampling.clone(),
+    );
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let started = Instant::now();
     client.submit_job(spec(&[]), None).await?;
@@ -122,6 +136,8 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
     .await?;
     // Let retention catch up with the last completions before measuring.
     tokio::time::sleep(Duration::from_secs(15)).await;
+    sampling.store(false, Ordering::Relaxed);
+    let peaks = peaks.await?;
 
     let mut replicas = serde_json::Map::new();
     for replica in &cluster.replicas {
@@ -130,20 +146,22 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
             replica.id.to_string(),
             json!({
                 "resident_mib": replica.pid().map(super::resident_mib).transpose()?,
+                "peak_resident_mib": peaks.get(&replica.id),
                 "data_dir_mib": dir_bytes(&replica.data_dir) as f64 / (1 << 20) as f64,
                 "snapshot_mib": std::fs::metadata(&snapshot).map(|m| m.len() as f64 / (1 << 20) as f64).ok(),
                 "snapshots": snapshot_builds(&replica.log_path),
             }),
         );
     }
-    let builds: Vec<u64> = cluster
+    let builds: Vec<(u64, u64)> = cluster
         .replicas
         .iter()
         .flat_map(|r| snapshot_builds(&r.log_path))
-        .filter_map(|b| b["at_unix_ms"].as_u64())
+        .filter_map(|b| Some((b["started_unix_ms"].as_u64()?, b["at_unix_ms"].as_u64()?)))
         .collect();
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(PoisonError::into_inner));
-    let latency = latency_around(&samples, &builds, 5_000)?;
+    let latency = latency_during(&samples, &builds)?;
+    let catch_up = catch_up(&mut cluster, &client).await?;
     let restart = super::measure_replicas(&mut cluster, &client).await?;
 
     let report = json!({
@@ -157,6 +175,7 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
         "run_seconds": ran_in.as_secs_f64(),
         "replicas": replicas,
         "submit_latency_ms": latency,
+        "follower_catch_up": catch_up,
         "restart": restart,
     });
     if options.json {
@@ -231,27 +250,151 @@ fn spec(tags: &[&str]) -> v1::JobSpec {
     }
 }
 
-/// p50/p99 of submits that completed within `window_ms` of a snapshot build, and of the rest.
-fn latency_around(
-    samples: &[Sample],
-    builds: &[u64],
-    window_ms: u64,
-) -> anyhow::Result<serde_json::Value> {
-    let mut near = Histogram::<u64>::new(3)?;
-    let mut away = Histogram::<u64>::new(3)?;
-    // Within the window of a build on any replica (each build is reported by all three).
+/// p50/p99 of submits that completed while a snapshot was being built on any replica (from
+/// taking its view to storing it, padded by a second on each side), of those in the equally long
+/// windows just before each build, and of all the rest.
+fn latency_during(samples: &[Sample], builds: &[(u64, u64)]) -> anyhow::Result<serde_json::Value> {
+    const PAD_MS: u64 = 1_000;
+    let mut during = Histogram::<u64>::new(3)?;
+    let mut before = Histogram::<u64>::new(3)?;
+    let mut elsewhere = Histogram::<u64>::new(3)?;
+    let windows: Vec<(u64, u64)> = builds
+        .iter()
+        .map(|&(start, end)| (start.saturating_sub(PAD_MS), end + PAD_MS))
+        .collect();
     for &(at, us) in samples {
-        let close = builds.iter().any(|b| at.abs_diff(*b) <= window_ms);
-        if close {
-            near.record(us)?;
+        if windows.iter().any(|&(from, to)| (from..=to).contains(&at)) {
+            during.record(us)?;
         } else {
-            away.record(us)?;
+            if windows
+                .iter()
+                .any(|&(from, to)| (from.saturating_sub(to - from)..from).contains(&at))
+            {
+                before.record(us)?;
+            }
+            elsewhere.record(us)?;
         }
     }
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let summary =
+        |h: &Histogram<u64>| json!({"submits": h.len(), "p50": ms(h, 0.5), "p99": ms(h, 0.99)});
     Ok(json!({
-        "within_5s_of_a_snapshot": {"submits": near.len(), "p50": ms(&near, 0.5), "p99": ms(&near, 0.99)},
-        "elsewhere": {"submits": away.len(), "p50": ms(&away, 0.5), "p99": ms(&away, 0.99)},
+        "during_a_snapshot_build": summary(&during),
+        "just_before_a_build": summary(&before),
+        "elsewhere": summary(&elsewhere),
+    }))
+}
+
+/// Samples the resident memory of each (replica id, pid) every 250 ms until `sampling` is
+/// cleared; returns each replica's peak in MiB.
+fn sample_peaks(
+    pids: Vec<(u64, u32)>,
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeMap<u64, f64>> {
+    tokio::spawn(async move {
+        let mut peaks = BTreeMap::new();
+        while sampling.load(Ordering::Relaxed) {
+            for &(id, pid) in &pids {
+                if let Ok(mib) = super::resident_mib(pid) {
+                    let peak = peaks.entry(id).or_insert(0.0_f64);
+                    *peak = peak.max(mib);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        peaks
+    })
+}
+
+/// Stops a follower, submits (jobs that stay queued) until the leader has built two snapshots
+/// past the follower's last applied entry, restarts it and waits until it has applied what the
+/// leader had: the follower must catch up by a snapshot. Reports how long that took and how far
+/// each side's resident memory rose above its level before the follower was stopped.
+async fn catch_up(
+    cluster: &mut LocalCluster,
+    client: &Arc<Client>,
+) -> anyhow::Result<serde_json::Value> {
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let follower = cluster
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != leader)
+        .context("no follower")?;
+    let applied_of = |status: &v1::ClusterStatusResponse, id: u64| {
+        status
+            .replicas
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.applied_index)
+            .unwrap_or(0)
+    };
+    let pid_of = |cluster: &LocalCluster, id: u64| -> anyhow::Result<u32> {
+        cluster
+            .replica(id)?
+            .pid()
+            .context("the replica is not running")
+    };
+    let leader_pid = pid_of(cluster, leader)?;
+    let steady_leader = super::resident_mib(leader_pid)?;
+    let steady_follower = super::resident_mib(pid_of(cluster, follower)?)?;
+    let stopped_at = applied_of(&cluster.status_of(follower).await?, follower);
+    cluster.stop(follower, Duration::from_secs(10)).await?;
+
+    let leader_log = cluster.replica(leader)?.log_path.clone();
+    let builds_past = |log: &Path| {
+        snapshot_builds(log)
+            .iter()
+            .filter(|b| b["last_log_index"].as_u64().is_some_and(|i| i > stopped_at))
+            .count()
+    };
+    let scratch = Arc::new(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let mut submitted = 0;
+    while builds_past(&leader_log) < 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the leader built no two snapshots within an hour"
+        );
+        // Few submitters, so that entries (what snapshots count) are many.
+        submit_all(client, 2_000, 4, &[NEVER_RUNS], &scratch).await?;
+        submitted += 2_000;
+    }
+    let target = applied_of(&cluster.status_of(leader).await?, leader);
+
+    let started = Instant::now();
+    cluster.restart(follower)?;
+    let follower_pid = pid_of(cluster, follower)?;
+    let (mut peak_leader, mut peak_follower) = (steady_leader, 0.0_f64);
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        peak_leader = peak_leader.max(super::resident_mib(leader_pid)?);
+        peak_follower = peak_follower.max(super::resident_mib(follower_pid)?);
+        let caught_up = match cluster.status_of(follower).await {
+            Ok(status) => applied_of(&status, follower) >= target,
+            Err(_) => false,
+        };
+        if caught_up {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the follower never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caught_up_ms = started.elapsed().as_millis() as u64;
+    let log = std::fs::read_to_string(&cluster.replica(follower)?.log_path).unwrap_or_default();
+    let installed = log
+        .lines()
+        .rfind(|line| line.contains("installed snapshot"))
+        .map(str::to_string);
+    Ok(json!({
+        "follower": follower,
+        "submitted_while_down": submitted,
+        "entries_behind": target.saturating_sub(stopped_at),
+        "catch_up_ms": caught_up_ms,
+        "by_snapshot": installed.is_some(),
+        "install_log_line": installed,
+        "leader_resident_mib": {"steady": steady_leader, "peak": peak_leader, "rise": peak_leader - steady_leader},
+        "follower_resident_mib": {"steady": steady_follower, "peak": peak_follower, "rise": peak_follower - steady_follower},
     }))
 }
 
@@ -274,8 +417,12 @@ fn snapshot_builds(log: &Path) -> Vec<serde_json::Value> {
                     .parse()
                     .ok()
             };
+            let at_unix_ms = (at.unix_timestamp_nanos() / 1_000_000) as u64;
+            let took = field("build_ms").unwrap_or(0) + field("view_ms").unwrap_or(0);
             Some(json!({
-                "at_unix_ms": (at.unix_timestamp_nanos() / 1_000_000) as u64,
+                "at_unix_ms": at_unix_ms,
+                "started_unix_ms": at_unix_ms.saturating_sub(took),
+                "last_log_index": field("last_log_index"),
                 "bytes": field("bytes"),
                 "jobs": field("jobs"),
                 "log_lines": field("log_lines"),
