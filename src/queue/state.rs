@@ -20,9 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::dispatch::{
-    dispatch_key, job_eligible, ready_jobs, worker_capacity, DispatchIndex, LoadLimits,
-};
+use super::dispatch::{job_eligible, worker_capacity, DispatchIndex, LoadLimits};
 use super::{
     Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind,
     Job, JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker, WorkerId,
@@ -547,7 +545,7 @@ impl QueueState {
         worker: &'a Worker,
         now_ms: u64,
     ) -> impl Iterator<Item = JobId> + 'a {
-        ready_jobs(&self.dispatch, now_ms).filter(move |id| {
+        self.dispatch.ready_for(worker, now_ms).filter(move |id| {
             self.jobs
                 .get(id)
                 .is_some_and(|job| job_eligible(job, worker, now_ms))
@@ -568,7 +566,7 @@ impl QueueState {
             job.state
         );
         if job.state == JobState::Queued {
-            self.dispatch.remove(&dispatch_key(job));
+            self.dispatch.remove(job);
         }
         self.by_state.remove(&(job.state, job_id));
         if let Some(count) = self.job_counts.get_mut(&job.state) {
@@ -589,7 +587,7 @@ impl QueueState {
         self.by_state.insert((next, job_id));
         *self.job_counts.entry(next).or_default() += 1;
         if next == JobState::Queued {
-            self.dispatch.insert(dispatch_key(job));
+            self.dispatch.insert(job);
         }
         self.changes.jobs.insert(job_id);
         self.record(EventKind::JobStateChanged {
@@ -788,7 +786,7 @@ impl QueueState {
         self.by_state.insert((job.state, job.id));
         *self.job_counts.entry(job.state).or_default() += 1;
         if job.state == JobState::Queued {
-            self.dispatch.insert(dispatch_key(job));
+            self.dispatch.insert(job);
         }
         if let Some(lease) = &job.lease {
             self.expiry.insert((lease.expires_at_ms, job.id));

@@ -366,6 +366,16 @@ proptest! {
                     // The leader's pre-check agrees with apply.
                     prop_assert_eq!(!tasks.is_empty(), *free_slots > 0 && eligible_before);
                     prop_assert!(tasks.len() <= *free_slots as usize);
+                    // In dispatch order over the whole queue, whatever index dispatch scans.
+                    let w = before.worker(*worker).expect("registered");
+                    let mut queued: Vec<&crate::queue::Job> = before
+                        .jobs()
+                        .filter(|j| crate::queue::dispatch::job_eligible(j, w, at))
+                        .collect();
+                    queued.sort_by_key(|j| crate::queue::dispatch::dispatch_key(j));
+                    let expected: Vec<JobId> = queued.iter().take(tasks.len()).map(|j| j.id).collect();
+                    let got: Vec<JobId> = tasks.iter().map(|t| t.job_id).collect();
+                    prop_assert_eq!(got, expected);
                     for task in tasks {
                         // Fencing tokens: strictly increasing, hence unique.
                         prop_assert!(task.token > last_token, "token {} after {}", task.token, last_token);
