@@ -57,11 +57,11 @@ impl LogReader {
         let to = log_key(job, u64::MAX);
         let mut lines = Vec::new();
         for row in self.tree.range(from..=to).take(limit) {
-            let (_, value) = row.map_err(|e| LogReadError::Store {
+            let (key, value) = row.map_err(|e| LogReadError::Store {
                 job,
                 detail: e.to_string(),
             })?;
-            lines.push(decode_line(job, &value)?);
+            lines.push(decode_line(job, sequence_of(&key), &value)?);
         }
         Ok(lines)
     }
@@ -75,11 +75,9 @@ impl LogReader {
                 job,
                 detail: e.to_string(),
             })?;
-        value.map(|v| decode_line(job, &v)).transpose()
+        value.map(|v| decode_line(job, sequence, &v)).transpose()
     }
-}
 
-impl LogReader {
     /// Passes the stored lines of the jobs in `counts` to `each`, as stored (encoded), each
     /// job's up to the count of lines it had: what the tree held when a snapshot's view counted
     /// them, read while later entries are applied. A line written since (a higher sequence, or
@@ -107,10 +105,16 @@ impl LogReader {
     }
 }
 
-fn decode_line(job: JobId, value: &[u8]) -> Result<JobLogLine, LogReadError> {
+/// The sequence in a `log/<job><sequence>` key (its last 8 bytes).
+fn sequence_of(key: &[u8]) -> u64 {
+    key.last_chunk::<8>()
+        .map_or(0, |bytes| u64::from_be_bytes(*bytes))
+}
+
+fn decode_line(job: JobId, sequence: u64, value: &[u8]) -> Result<JobLogLine, LogReadError> {
     decode::<JobLogLine>(value).map_err(|e| LogReadError::Corrupt {
         job,
-        sequence: 0,
+        sequence,
         detail: e.to_string(),
     })
 }
