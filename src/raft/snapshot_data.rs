@@ -234,6 +234,7 @@ struct PayloadV3 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct PartsV3 {
     jobs: Vec<Job>,
     workers: Vec<Worker>,
@@ -265,7 +266,6 @@ impl PayloadV3 {
 mod tests {
     use super::*;
     use crate::queue::{LogLevel, LogLine};
-    use serde::Serialize;
 
     fn line(job_id: JobId, sequence: u64) -> JobLogLine {
         JobLogLine {
@@ -344,17 +344,7 @@ mod tests {
 
     #[test]
     fn formats_3_and_4_are_still_read() {
-        #[derive(Serialize)]
-        struct OldParts {
-            jobs: Vec<Job>,
-            workers: Vec<Worker>,
-            log_lines: Vec<JobLogLine>,
-            next_job_id: JobId,
-            next_lease_token: u64,
-            outbox: Vec<OutboxEvent>,
-            outbox_meta: OutboxMeta,
-        }
-        let old = OldParts {
+        let old = PartsV3 {
             jobs: Vec::new(),
             workers: Vec::new(),
             log_lines: vec![line(1, 1)],
