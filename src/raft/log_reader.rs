@@ -1,5 +1,5 @@
 //! Reading tasks' log lines from the store: the model numbers the lines and the state machine
-//! writes them to the `sm` tree (`log/<job><sequence>`); nothing holds them in memory. The API
+//! writes them to the `sm` tree in blocks (`log_blocks.rs`); nothing holds them in memory. The API
 //! (`job logs`) and the SSISDB shipper read them here.
 //!
 //! A read sees what the state machine has written: an apply call's rows are in the tree before
@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::state_machine::log_key;
-use super::storage::decode;
+use super::log_blocks::{block_key, decode_block};
 use crate::queue::{JobId, JobLogLine};
 
 /// The most log lines one [`LogReader::job_logs`] call returns.
@@ -21,7 +20,7 @@ const DEFAULT_LOG_PAGE_SIZE: usize = 1000;
 pub enum LogReadError {
     #[error("reading job {job}'s log lines from the store failed: {detail}")]
     Store { job: JobId, detail: String },
-    #[error("log line {sequence} of job {job} in the store does not decode: {detail}")]
+    #[error("job {job}'s stored log lines (read from line {sequence}) are damaged: {detail}")]
     Corrupt {
         job: JobId,
         sequence: u64,
@@ -53,68 +52,85 @@ impl LogReader {
             0 => DEFAULT_LOG_PAGE_SIZE,
             n => n.min(MAX_LOG_PAGE_SIZE),
         };
-        let from = log_key(job, after_sequence.saturating_add(1));
-        let to = log_key(job, u64::MAX);
+        let first = after_sequence.saturating_add(1);
+        let start = match self.block_at(job, first)? {
+            Some((key, _)) => key.to_vec(),
+            None => block_key(job, first),
+        };
         let mut lines = Vec::new();
-        for row in self.tree.range(from..=to).take(limit) {
-            let (key, value) = row.map_err(|e| LogReadError::Store {
-                job,
-                detail: e.to_string(),
-            })?;
-            lines.push(decode_line(job, sequence_of(&key), &value)?);
+        for row in self.tree.range(start..=block_key(job, u64::MAX)) {
+            let (key, value) = row.map_err(|e| store_error(job, e))?;
+            let block = decode_block(&key, &value).map_err(|detail| corrupt(job, first, detail))?;
+            for line in block.into_iter().filter(|l| l.sequence >= first) {
+                if lines.len() == limit {
+                    return Ok(lines);
+                }
+                lines.push(line);
+            }
         }
         Ok(lines)
     }
 
     /// One line, `None` when it is not stored (never written, or its job was removed).
     pub fn line(&self, job: JobId, sequence: u64) -> Result<Option<JobLogLine>, LogReadError> {
-        let value = self
-            .tree
-            .get(log_key(job, sequence))
-            .map_err(|e| LogReadError::Store {
-                job,
-                detail: e.to_string(),
-            })?;
-        value.map(|v| decode_line(job, sequence, &v)).transpose()
+        let Some((key, value)) = self.block_at(job, sequence)? else {
+            return Ok(None);
+        };
+        let block = decode_block(&key, &value).map_err(|detail| corrupt(job, sequence, detail))?;
+        Ok(block.into_iter().find(|line| line.sequence == sequence))
     }
 
-    /// Passes the stored lines of the jobs in `counts` to `each`, as stored (encoded), each
-    /// job's up to the count of lines it had: what the tree held when a snapshot's view counted
-    /// them, read while later entries are applied. A line written since (a higher sequence, or
-    /// a job the view does not have) is left out; a truncation notice rewritten since is taken
-    /// as it is now, and lines whose job retention removed since are missing: the entries after
-    /// the snapshot, which every replica that installs it applies next, rewrite that notice and
-    /// remove that job again.
+    /// The block that would hold `sequence` of `job`: the last of that job's blocks starting at
+    /// or before it.
+    fn block_at(
+        &self,
+        job: JobId,
+        sequence: u64,
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, LogReadError> {
+        self.tree
+            .range(block_key(job, 0)..=block_key(job, sequence))
+            .next_back()
+            .transpose()
+            .map_err(|e| store_error(job, e))
+    }
+
+    /// Passes the stored lines of the jobs in `counts` to `each`, each job's up to the count of
+    /// lines it had: what the tree held when a snapshot's view counted them, read while later
+    /// entries are applied. A line written since (a higher sequence, or a job the view does not
+    /// have) is left out; a truncation notice rewritten since is taken as it is now, and lines
+    /// whose job retention removed since are missing: the entries after the snapshot, which
+    /// every replica that installs it applies next, rewrite that notice and remove that job
+    /// again.
     pub(super) fn each_as_of(
         &self,
         counts: &BTreeMap<JobId, u64>,
-        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+        mut each: impl FnMut(&JobLogLine) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         for (&job, &count) in counts.iter().filter(|(_, count)| **count > 0) {
-            for row in self.tree.range(log_key(job, 1)..=log_key(job, count)) {
-                let (_, value) = row.map_err(|e| {
-                    std::io::Error::other(LogReadError::Store {
-                        job,
-                        detail: e.to_string(),
-                    })
-                })?;
-                each(&value)?;
+            for row in self.tree.range(block_key(job, 0)..=block_key(job, count)) {
+                let (key, value) = row.map_err(|e| std::io::Error::other(store_error(job, e)))?;
+                let block = decode_block(&key, &value)
+                    .map_err(|detail| std::io::Error::other(corrupt(job, 0, detail)))?;
+                for line in block.iter().filter(|line| line.sequence <= count) {
+                    each(line)?;
+                }
             }
         }
         Ok(())
     }
 }
 
-/// The sequence in a `log/<job><sequence>` key (its last 8 bytes).
-fn sequence_of(key: &[u8]) -> u64 {
-    key.last_chunk::<8>()
-        .map_or(0, |bytes| u64::from_be_bytes(*bytes))
+fn store_error(job: JobId, e: sled::Error) -> LogReadError {
+    LogReadError::Store {
+        job,
+        detail: e.to_string(),
+    }
 }
 
-fn decode_line(job: JobId, sequence: u64, value: &[u8]) -> Result<JobLogLine, LogReadError> {
-    decode::<JobLogLine>(value).map_err(|e| LogReadError::Corrupt {
+fn corrupt(job: JobId, sequence: u64, detail: String) -> LogReadError {
+    LogReadError::Corrupt {
         job,
         sequence,
-        detail: e.to_string(),
-    })
+        detail,
+    }
 }

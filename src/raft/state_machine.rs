@@ -5,7 +5,8 @@
 //! - tree `sm`: everything the state machine knows, under the keys
 //!   `meta/last_applied`, `meta/membership`, `meta/next_job_id`, `meta/next_lease_token`,
 //!   `meta/clock`, `meta/outbox`, `job/<id, 8 bytes BE>`, `worker/<uuid, 16 bytes>`,
-//!   `log/<job id BE><sequence BE>` (big-endian, so a job's lines are contiguous and in order),
+//!   `lines/<job id BE><first sequence BE>` (blocks of a job's log lines, see `log_blocks.rs`;
+//!   big-endian, so a job's lines are contiguous and in order),
 //!   `logbatch/<job id BE><lease token BE>` and `outbox/<event id BE>`;
 //!
 //! The snapshot is a file of its own (`snapshot_store.rs`), synced before the log behind it is
@@ -31,6 +32,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use super::log_blocks::{
+    convert_single_line_rows, encode_block, job_blocks, parse_line_key, prefix_end, BlockPacker,
+    LINES_PREFIX, SINGLE_LINE_PREFIX,
+};
 use super::log_reader::LogReader;
 use super::log_store::LogStore;
 use super::snapshot_data::{DataReader, DataWriter};
@@ -64,7 +69,6 @@ const NEXT_LEASE_TOKEN_KEY: &[u8] = b"meta/next_lease_token";
 const CLOCK_KEY: &[u8] = b"meta/clock";
 const JOB_PREFIX: &[u8] = b"job/";
 const WORKER_PREFIX: &[u8] = b"worker/";
-const LOG_PREFIX: &[u8] = b"log/";
 const OUTBOX_PREFIX: &[u8] = b"outbox/";
 /// `logbatch/{job}{token}`: the last log batch number applied for that lease.
 const LOG_BATCH_PREFIX: &[u8] = b"logbatch/";
@@ -81,14 +85,6 @@ fn worker_key(id: WorkerId) -> Vec<u8> {
     let mut key = Vec::with_capacity(WORKER_PREFIX.len() + 16);
     key.extend_from_slice(WORKER_PREFIX);
     key.extend_from_slice(id.as_bytes());
-    key
-}
-
-pub(super) fn log_key(job_id: JobId, sequence: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(LOG_PREFIX.len() + 16);
-    key.extend_from_slice(LOG_PREFIX);
-    key.extend_from_slice(&job_id.to_be_bytes());
-    key.extend_from_slice(&sequence.to_be_bytes());
     key
 }
 
@@ -111,7 +107,7 @@ fn log_batch_key(job: JobId, token: u64) -> Vec<u8> {
 enum Row {
     Job(JobId),
     Worker(WorkerId),
-    /// A log line (read through `LogReader`, never loaded).
+    /// A block of log lines (read through `LogReader`, never loaded).
     Log,
     Outbox(u64),
     LogBatch(JobId, u64),
@@ -134,9 +130,7 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
     if let Some(id) = key.strip_prefix(WORKER_PREFIX) {
         return Some(Row::Worker(WorkerId::from_bytes(id.try_into().ok()?)));
     }
-    let rest = key.strip_prefix(LOG_PREFIX)?;
-    // A job id and a sequence, 8 bytes each.
-    (rest.len() == 16).then_some(Row::Log)
+    parse_line_key(key).map(|_| Row::Log)
 }
 
 /// The rows changed by one apply call, read under the queue lock and written after it.
@@ -241,18 +235,25 @@ impl ChangedRows {
         }
         // A job removed in this same call may have had lines written before its removal (a late
         // append and a retention sweep in one entry): they are not written at all.
+        let mut packer = BlockPacker::default();
+        let mut put = |(key, lines): (Vec<u8>, Vec<JobLogLine>)| -> Result<(), StorageError> {
+            batch.insert(key, encode_block(&lines).map_err(|e| sm_write_error(&e))?);
+            Ok(())
+        };
         for line in self
             .log_lines
             .into_iter()
             .filter(|line| !self.logs_removed.contains(&line.job_id))
         {
-            batch.insert(
-                log_key(line.job_id, line.sequence),
-                encode(&line).map_err(|e| sm_write_error(&e))?,
-            );
+            if let Some(block) = packer.push(line) {
+                put(block)?;
+            }
+        }
+        if let Some(block) = packer.take() {
+            put(block)?;
         }
         for job in self.logs_removed {
-            for key in tree.range(log_key(job, 0)..=log_key(job, u64::MAX)).keys() {
+            for key in tree.range(job_blocks(job)).keys() {
                 batch.remove(key.map_err(|e| sm_write_error(&e))?);
             }
         }
@@ -301,7 +302,15 @@ impl StateMachine {
             next_lease_token: 1,
             ..Parts::default()
         };
-        for item in sm.iter() {
+        // Everything but the log lines, which stay in the store (`LogReader`): skipping their
+        // ranges, a restart does not even read them.
+        let lines_end = prefix_end(LINES_PREFIX);
+        let single_lines_end = prefix_end(SINGLE_LINE_PREFIX);
+        let rows = sm
+            .range(..LINES_PREFIX)
+            .chain(sm.range(lines_end.as_slice()..SINGLE_LINE_PREFIX))
+            .chain(sm.range(single_lines_end.as_slice()..));
+        for item in rows {
             let (key, value) = item?;
             match key.as_ref() {
                 LAST_APPLIED_KEY => {
@@ -337,7 +346,7 @@ impl StateMachine {
                         }
                         parts.workers.push(worker);
                     }
-                    // Log lines stay in the store (`LogReader`); a restart does not read them.
+                    // Not in the ranges read.
                     Some(Row::Log) => {}
                     Some(Row::LogBatch(job, token)) => {
                         let what = format!("the log batch mark of job {job} lease {token}");
@@ -364,6 +373,13 @@ impl StateMachine {
                     }
                 },
             }
+        }
+        let converted = convert_single_line_rows(&sm).map_err(LoadError::Corrupt)?;
+        if converted > 0 {
+            tracing::info!(
+                lines = converted,
+                "rewrote the log lines stored one per row (by an earlier build) as blocks"
+            );
         }
         let queue = QueueState::from_parts(parts);
         let mut state_machine = StateMachine {
@@ -411,6 +427,12 @@ impl StateMachine {
     }
 
     /// The stored log lines, for the API's and the shipper's reads.
+    /// How many rows hold log lines (blocks, and single lines of earlier builds).
+    #[cfg(test)]
+    pub(super) fn log_line_rows(&self) -> usize {
+        self.sm.scan_prefix(LINES_PREFIX).count() + self.sm.scan_prefix(SINGLE_LINE_PREFIX).count()
+    }
+
     pub fn log_reader(&self) -> LogReader {
         LogReader::new(self.sm.clone())
     }
@@ -483,9 +505,15 @@ fn rewrite_from_snapshot(
         rows.put(log_batch_key(job, token), &mark)?;
     }
     let mut lines = 0;
+    let mut packer = BlockPacker::default();
     while let Some(line) = reader.next_line()? {
-        rows.put(log_key(line.job_id, line.sequence), &line)?;
+        if let Some((key, block)) = packer.push(line) {
+            rows.put(key, &block)?;
+        }
         lines += 1;
+    }
+    if let Some((key, block)) = packer.take() {
+        rows.put(key, &block)?;
     }
     let mut batch = rows.finish();
     batch.insert(
@@ -874,8 +902,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let write_err = |e: std::io::Error| format!("cannot write the snapshot: {e}");
             let mut writer = DataWriter::start(part, &state).map_err(write_err)?;
             drop(state);
-            logs.each_as_of(&counts, |line| writer.line(line))
-                .map_err(write_err)?;
+            logs.each_as_of(&counts, |line| {
+                writer.line(&encode(line).map_err(std::io::Error::other)?)
+            })
+            .map_err(write_err)?;
             let (mut data, lines, bytes) = writer.finish().map_err(write_err)?;
             let stored = snapshots.commit(&mut data, &build_meta, true)?;
             Ok((data, lines, bytes, stored))
