@@ -80,6 +80,37 @@ impl LogReader {
         Ok(block.into_iter().find(|line| line.sequence == sequence))
     }
 
+    /// The stored lines among `wanted` ((job, sequence) pairs, in any order), each block read
+    /// once: one [`LogReader::line`] per line would decode a job's block once per line it holds.
+    /// A line not stored (its job removed) is absent from the answer.
+    pub fn lines(
+        &self,
+        wanted: &[(JobId, u64)],
+    ) -> Result<BTreeMap<(JobId, u64), JobLogLine>, LogReadError> {
+        let wanted: std::collections::BTreeSet<(JobId, u64)> = wanted.iter().copied().collect();
+        let mut found = BTreeMap::new();
+        let mut block: Vec<JobLogLine> = Vec::new();
+        for &(job, sequence) in &wanted {
+            let held = block
+                .first()
+                .zip(block.last())
+                .is_some_and(|(first, last)| {
+                    first.job_id == job && (first.sequence..=last.sequence).contains(&sequence)
+                });
+            if !held {
+                block = match self.block_at(job, sequence)? {
+                    Some((key, value)) => decode_block(&key, &value)
+                        .map_err(|detail| corrupt(job, sequence, detail))?,
+                    None => Vec::new(),
+                };
+            }
+            if let Some(line) = block.iter().find(|line| line.sequence == sequence) {
+                found.insert((job, sequence), line.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// The block that would hold `sequence` of `job`: the last of that job's blocks starting at
     /// or before it.
     fn block_at(

@@ -1060,6 +1060,15 @@ async fn log_lines_stored_in_blocks_read_back_line_by_line() {
         );
         assert_eq!(logs.line(1, notice + 1).unwrap(), None);
         assert_eq!(logs.line(3, 1).unwrap(), None);
+        let wanted = [(1, notice), (3, 1), (1, 2), (1, 4), (1, 3), (1, 9_000)];
+        let found = logs.lines(&wanted).unwrap();
+        assert_eq!(
+            found.keys().copied().collect::<Vec<_>>(),
+            vec![(1, 2), (1, 3), (1, 4), (1, 9_000), (1, notice)]
+        );
+        for (&(job, sequence), line) in &found {
+            assert_eq!(Some(line), logs.line(job, sequence).unwrap().as_ref());
+        }
         assert_eq!(logs.job_logs(1, notice, 0).unwrap(), vec![]);
     };
     check(&sm);

@@ -265,14 +265,9 @@ struct Batch {
 /// Reads the lines the batch's log line events name (a line removed since, with its job, is
 /// shipped as a notice that says so).
 fn read_lines(batch: &mut Batch, logs: &LogReader) -> Result<(), SsisdbError> {
-    for &(job, sequence) in &batch.wanted_lines {
-        let line = logs
-            .line(job, sequence)
-            .map_err(|e| SsisdbError::Sql(format!("cannot ship log line events: {e}")))?;
-        if let Some(line) = line {
-            batch.lines.insert((job, sequence), line);
-        }
-    }
+    batch.lines = logs
+        .lines(&batch.wanted_lines)
+        .map_err(|e| SsisdbError::Sql(format!("cannot ship log line events: {e}")))?;
     Ok(())
 }
 
