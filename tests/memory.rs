@@ -52,8 +52,10 @@ async fn a_job_writing_ten_thousand_lines_leaves_replica_memory_flat() {
         .await
         .expect("worker registered");
 
-    // One such job first: the allocator, the store's cache and the Raft buffers reach their
-    // working size on it. Then two more must not add what their lines weigh.
+    // Two such jobs first: the allocator, the store's cache and the Raft buffers reach their
+    // working size on them (with lines stored in blocks, one job was not always enough). Then
+    // two more must not add what their lines weigh.
+    run_logging_job(&client).await;
     run_logging_job(&client).await;
     let pids: Vec<u32> = cluster
         .replicas

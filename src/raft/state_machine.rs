@@ -426,13 +426,13 @@ impl StateMachine {
         self.last_applied.is_some()
     }
 
-    /// The stored log lines, for the API's and the shipper's reads.
     /// How many rows hold log lines (blocks, and single lines of earlier builds).
     #[cfg(test)]
     pub(super) fn log_line_rows(&self) -> usize {
         self.sm.scan_prefix(LINES_PREFIX).count() + self.sm.scan_prefix(SINGLE_LINE_PREFIX).count()
     }
 
+    /// The stored log lines, for the API's and the shipper's reads.
     pub fn log_reader(&self) -> LogReader {
         LogReader::new(self.sm.clone())
     }
