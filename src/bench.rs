@@ -227,19 +227,9 @@ pub(crate) async fn measure_replicas(
             rss.insert(replica.id.to_string(), json!(resident_mib(pid)?));
         }
     }
-    let follower = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .context("no follower")?;
+    let follower = cluster.follower_of(leader)?;
     let status = cluster.status_of(leader).await?;
-    let applied = status
-        .replicas
-        .iter()
-        .find(|r| r.id == leader)
-        .and_then(|r| r.applied_index)
-        .unwrap_or(0);
+    let applied = crate::harness::applied_index(&status, leader).unwrap_or(0);
     cluster
         .wait_for_applied(follower, applied, Duration::from_secs(60))
         .await?;

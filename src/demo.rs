@@ -174,13 +174,7 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
     }
 
     cluster.restart(leader)?;
-    let applied = cluster
-        .status_of(new_leader)
-        .await?
-        .replicas
-        .iter()
-        .find(|r| r.id == new_leader)
-        .and_then(|r| r.applied_index)
+    let applied = crate::harness::applied_index(&cluster.status_of(new_leader).await?, new_leader)
         .context("the leader reports no applied index")?;
     cluster.wait_for_applied(leader, applied, WAIT).await?;
     println!("replica {leader} restarted from its data dir and caught up to index {applied}");

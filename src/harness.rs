@@ -941,6 +941,15 @@ impl LocalCluster {
         Ok((leader, term))
     }
 
+    /// A replica other than `leader`: a follower.
+    pub fn follower_of(&self, leader: u64) -> anyhow::Result<u64> {
+        self.replicas
+            .iter()
+            .map(|r| r.id)
+            .find(|id| *id != leader)
+            .context("no replica but the leader")
+    }
+
     /// Waits until `id` has applied at least `index`.
     pub async fn wait_for_applied(
         &self,
@@ -952,11 +961,7 @@ impl LocalCluster {
         let mut last = None;
         while Instant::now() < deadline {
             if let Ok(status) = self.status_of(id).await {
-                last = status
-                    .replicas
-                    .iter()
-                    .find(|r| r.id == id)
-                    .and_then(|r| r.applied_index);
+                last = applied_index(&status, id);
                 if last.is_some_and(|applied| applied >= index) {
                     return Ok(());
                 }
@@ -965,6 +970,15 @@ impl LocalCluster {
         }
         bail!("replica {id} applied {last:?}, not {index}, within {timeout:?}")
     }
+}
+
+/// The applied index `status` gives for replica `id`.
+pub fn applied_index(status: &ClusterStatusResponse, id: u64) -> Option<u64> {
+    status
+        .replicas
+        .iter()
+        .find(|r| r.id == id)
+        .and_then(|r| r.applied_index)
 }
 
 /// SIGSTOP (`pause = true`) or SIGCONT to a process we started.

@@ -55,12 +55,7 @@ fn followers(cluster: &LocalCluster, leader: u64) -> Vec<u64> {
 
 async fn applied_on_leader(cluster: &LocalCluster, leader: u64) -> u64 {
     let status = cluster.status_of(leader).await.expect("leader status");
-    status
-        .replicas
-        .iter()
-        .find(|r| r.id == leader)
-        .and_then(|r| r.applied_index)
-        .expect("leader applied index")
+    scaleout::harness::applied_index(&status, leader).expect("leader applied index")
 }
 
 /// Restarts replica `id` from its data dir and waits until it has applied all the leader has.

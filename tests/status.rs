@@ -246,12 +246,7 @@ async fn status_shows_replicas_workers_and_jobs_and_survives_a_dead_replica() {
     );
 
     // A follower dies: it shows as unreachable and the rest of the screen is still there.
-    let dead = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let dead = cluster.follower_of(leader).expect("a follower");
     cluster.kill(dead).expect("kill a follower");
     let deadline = Instant::now() + WAIT;
     let text = loop {

@@ -315,19 +315,9 @@ async fn catch_up(
     client: &Arc<Client>,
 ) -> anyhow::Result<serde_json::Value> {
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    let follower = cluster
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .find(|id| *id != leader)
-        .context("no follower")?;
+    let follower = cluster.follower_of(leader)?;
     let applied_of = |status: &v1::ClusterStatusResponse, id: u64| {
-        status
-            .replicas
-            .iter()
-            .find(|r| r.id == id)
-            .and_then(|r| r.applied_index)
-            .unwrap_or(0)
+        crate::harness::applied_index(status, id).unwrap_or(0)
     };
     let pid_of = |cluster: &LocalCluster, id: u64| -> anyhow::Result<u32> {
         cluster

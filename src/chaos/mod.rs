@@ -540,12 +540,7 @@ async fn final_state(
     };
     // Every replica's own view, once it has applied what the leader has.
     let leader_status = cluster.status_of(leader).await?;
-    let commit = leader_status
-        .replicas
-        .iter()
-        .find(|r| r.id == leader)
-        .and_then(|r| r.applied_index)
-        .unwrap_or(0);
+    let commit = crate::harness::applied_index(&leader_status, leader).unwrap_or(0);
     for replica in &cluster.replicas {
         cluster
             .wait_for_applied(replica.id, commit, Duration::from_secs(60))
@@ -591,11 +586,7 @@ async fn replicas_at_one_index(
     cluster: &LocalCluster,
 ) -> anyhow::Result<Option<(BTreeMap<u64, ReplicaView>, BTreeMap<u64, (u64, u64)>)>> {
     let applied = |status: &v1::ClusterStatusResponse| {
-        status
-            .replicas
-            .iter()
-            .find(|r| r.id == status.answered_by)
-            .and_then(|r| r.applied_index)
+        crate::harness::applied_index(status, status.answered_by)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {

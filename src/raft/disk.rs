@@ -74,17 +74,28 @@ pub fn read_all(disk: &dyn Disk, path: &Path) -> io::Result<Vec<u8>> {
 /// Replaces the file at `path` with `bytes` so that a power cut leaves either the old content or
 /// the new one, never a mix: write a temporary file, sync it, rename it over, sync the directory.
 pub fn write_atomically(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let file = disk.open(&tmp, OpenMode::CreateTruncate)?;
     file.write_all_at(bytes, 0)?;
+    replace_with(disk, file.as_ref(), &tmp, path)
+}
+
+/// Makes `file`, written in full at `written`, durably the file at `path`: syncs its data,
+/// renames it over `path` and syncs the directory, so a power cut leaves either the old file or
+/// this one, complete.
+pub fn replace_with(
+    disk: &dyn Disk,
+    file: &dyn DiskFile,
+    written: &Path,
+    path: &Path,
+) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no directory", path.display())))?;
     file.sync_data()?;
-    drop(file);
-    disk.rename(&tmp, path)?;
+    disk.rename(written, path)?;
     disk.sync_dir(dir)
 }
 

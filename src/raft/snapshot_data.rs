@@ -55,14 +55,15 @@ impl<W: Write> DataWriter<W> {
         Ok(writer)
     }
 
-    /// Writes one line, as stored (bincode of a [`JobLogLine`]).
-    pub(super) fn line(&mut self, encoded: &[u8]) -> io::Result<()> {
+    /// Writes one line.
+    pub(super) fn line(&mut self, line: &JobLogLine) -> io::Result<()> {
+        let encoded = encode(line).map_err(io::Error::other)?;
         let len = u32::try_from(encoded.len())
             .ok()
             .filter(|len| (1..=MAX_LINE_BYTES).contains(len))
             .ok_or_else(|| io::Error::other(format!("a log line of {} bytes", encoded.len())))?;
         self.put(&len.to_be_bytes())?;
-        self.put(encoded)?;
+        self.put(&encoded)?;
         self.lines += 1;
         Ok(())
     }
@@ -284,7 +285,7 @@ mod tests {
     fn written(state: &Parts, lines: &[JobLogLine]) -> Vec<u8> {
         let mut writer = DataWriter::start(Vec::new(), state).expect("start");
         for line in lines {
-            writer.line(&encode(line).expect("encode")).expect("line");
+            writer.line(line).expect("line");
         }
         let (data, count, bytes) = writer.finish().expect("finish");
         assert_eq!(count, lines.len() as u64);

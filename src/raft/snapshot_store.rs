@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::disk::{Disk, DiskFile, OpenMode};
+use super::disk::{self, Disk, DiskFile, OpenMode};
 use super::snapshot_file::SnapshotFile;
 use super::storage::{decode, encode, LoadError};
 use super::SnapshotMeta;
@@ -150,11 +150,9 @@ impl SnapshotStore {
         trailer.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
         trailer.extend_from_slice(&crc32fast::hash(&meta_bytes).to_le_bytes());
         let (file, base) = data.file();
-        let stored = file
-            .write_all_at(&trailer, base + len)
-            .and_then(|()| file.sync_data())
-            .and_then(|()| self.disk.rename(&part, &self.path()))
-            .and_then(|()| self.disk.sync_dir(&self.dir));
+        let stored = file.write_all_at(&trailer, base + len).and_then(|()| {
+            disk::replace_with(self.disk.as_ref(), file.as_ref(), &part, &self.path())
+        });
         stored.map_err(|e| {
             format!(
                 "cannot store the snapshot in {}: {e}",
@@ -338,6 +336,27 @@ mod tests {
         std::mem::forget(left);
         SnapshotStore::open(disk.clone(), Path::new(DIR)).unwrap();
         assert!(disk.list_files(Path::new(DIR)).unwrap().is_empty());
+    }
+
+    /// A snapshot being written is synced as it goes, not only at the end: one `fdatasync` of
+    /// hundreds of MiB would hold up the log's syncs on the same disk.
+    #[test]
+    fn a_part_file_is_synced_every_sync_every_bytes() {
+        use crate::raft::snapshot_file::SYNC_EVERY;
+        use std::io::Write;
+        let sim = Arc::new(SimDisk::default());
+        let store = SnapshotStore::open(sim.clone(), Path::new(DIR)).unwrap();
+        let mut part = store.create_part().unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let before = sim.data_syncs();
+        let mut written = 0;
+        while written <= 2 * SYNC_EVERY {
+            part.write_all(&chunk).unwrap();
+            written += chunk.len() as u64;
+        }
+        assert_eq!(sim.data_syncs() - before, 2, "{written} bytes written");
+        assert!(store.commit(&mut part, &meta(1), true).unwrap());
+        assert_eq!(sim.data_syncs() - before, 3, "and once more at commit");
     }
 
     #[test]

@@ -903,10 +903,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let write_err = |e: std::io::Error| format!("cannot write the snapshot: {e}");
             let mut writer = DataWriter::start(part, &state).map_err(write_err)?;
             drop(state);
-            logs.each_as_of(&counts, |line| {
-                writer.line(&encode(line).map_err(std::io::Error::other)?)
-            })
-            .map_err(write_err)?;
+            logs.each_as_of(&counts, |line| writer.line(line))
+                .map_err(write_err)?;
             let (mut data, lines, bytes) = writer.finish().map_err(write_err)?;
             let stored = snapshots.commit(&mut data, &build_meta, true)?;
             Ok((data, lines, bytes, stored))

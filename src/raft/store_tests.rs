@@ -374,12 +374,7 @@ async fn installed_snapshot_replaces_old_state() {
             .collect::<Vec<_>>()
     };
 
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut source).await;
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 5)));
     // Moved as openraft moves it: read from the source's file and written into the target's
     // part file a chunk at a time.
@@ -398,10 +393,7 @@ async fn installed_snapshot_replaces_old_state() {
         target.applied_state().await.unwrap(),
         source.applied_state().await.unwrap()
     );
-    assert_eq!(
-        target.get_current_snapshot().await.unwrap().unwrap().meta,
-        snapshot.meta
-    );
+    assert_eq!(stored_snapshot(&mut target).await.meta, snapshot.meta);
 
     assert!(expected.worker(worker(7)).is_none());
     assert_eq!(expected.live_leases(), 1);
@@ -415,10 +407,7 @@ async fn installed_snapshot_replaces_old_state() {
         target.applied_state().await.unwrap(),
         source.applied_state().await.unwrap()
     );
-    assert_eq!(
-        target.get_current_snapshot().await.unwrap().unwrap().meta,
-        snapshot.meta
-    );
+    assert_eq!(stored_snapshot(&mut target).await.meta, snapshot.meta);
 }
 
 #[tokio::test]
@@ -433,18 +422,13 @@ async fn snapshot_is_a_view_at_builder_creation() {
         .unwrap();
 
     // A snapshot built after the later apply; then the older builder finishes.
-    let newer = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let newer = build_snapshot(&mut sm).await;
     assert_eq!(newer.meta.last_log_id, Some(log_id(1, 4)));
     let older = older_builder.build_snapshot().await.unwrap();
     assert_eq!(older.meta.last_log_id, Some(log_id(1, 3)));
     assert_ne!(older.meta.snapshot_id, newer.meta.snapshot_id);
     assert_eq!(
-        sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        stored_snapshot(&mut sm).await.meta,
         newer.meta,
         "the current snapshot never goes back to an older one"
     );
@@ -536,11 +520,7 @@ async fn replica_with_snapshot(dir: &Path) -> QueueState {
     log.blocking_append(entries.clone()).await.unwrap();
     log.save_committed(Some(log_id(1, 3))).await.unwrap();
     sm.apply(entries).await.unwrap();
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    build_snapshot(&mut sm).await;
     queue_of(&sm)
 }
 
@@ -593,11 +573,7 @@ async fn a_state_machine_moved_aside_is_rebuilt_from_snapshot_and_log() {
         log.blocking_append(entries.clone()).await.unwrap();
         log.save_committed(Some(log_id(1, 3))).await.unwrap();
         sm.apply(entries[..2].to_vec()).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        build_snapshot(&mut sm).await;
         log.purge(log_id(1, 2)).await.unwrap();
         sm.apply(entries[2..].to_vec()).await.unwrap();
         queue_of(&sm)
@@ -650,11 +626,7 @@ async fn damaged_log_snapshot_and_identity_files_are_open_errors() {
     {
         let (_log, mut sm) = open(dir.path());
         apply_sample(&mut sm).await;
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        build_snapshot(&mut sm).await;
     }
     // Its meta (at the end) is checked at open; its data by whoever reads it whole (see
     // `a_damaged_transfer_changes_nothing`).
@@ -929,12 +901,7 @@ async fn a_damaged_transfer_changes_nothing() {
         .apply([normal(1, 6, vec![log_lines(1, 1, 1, 3000)])])
         .await
         .unwrap();
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut source).await;
     let data_len = snapshot.snapshot.data_len().unwrap() as usize;
     assert!(data_len > 30_000, "{data_len} bytes");
 
@@ -942,14 +909,9 @@ async fn a_damaged_transfer_changes_nothing() {
     let (_target_log, mut target) = open(target_dir.path());
     replica_state_with_own_snapshot(&mut target).await;
     let before = queue_of(&target);
-    let stored_before = target.get_current_snapshot().await.unwrap().unwrap().meta;
+    let stored_before = stored_snapshot(&mut target).await.meta;
     for damage in [5, data_len / 2, data_len - 1] {
-        let data = source
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .unwrap()
-            .snapshot;
+        let data = stored_snapshot(&mut source).await.snapshot;
         let received = transfer(data, &mut target, Some(damage)).await;
         let refused = target
             .install_snapshot(&snapshot.meta, received)
@@ -960,19 +922,11 @@ async fn a_damaged_transfer_changes_nothing() {
             "damage at {damage}: {refused}"
         );
         assert_eq!(queue_of(&target), before);
-        assert_eq!(
-            target.get_current_snapshot().await.unwrap().unwrap().meta,
-            stored_before
-        );
+        assert_eq!(stored_snapshot(&mut target).await.meta, stored_before);
         assert_eq!(part_files(target_dir.path()), Vec::<String>::new());
     }
 
-    let data = source
-        .get_current_snapshot()
-        .await
-        .unwrap()
-        .unwrap()
-        .snapshot;
+    let data = stored_snapshot(&mut source).await.snapshot;
     let received = transfer(data, &mut target, None).await;
     target
         .install_snapshot(&snapshot.meta, received)
@@ -990,11 +944,7 @@ async fn replica_state_with_own_snapshot(sm: &mut StateMachine) {
     sm.apply([normal(1, 1, vec![submit("own", None)])])
         .await
         .unwrap();
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    build_snapshot(sm).await;
 }
 
 /// Lines are stored in blocks (one per job per apply call, the truncation notice alone): reads
@@ -1076,11 +1026,7 @@ async fn log_lines_stored_in_blocks_read_back_line_by_line() {
     let rows = sm.log_line_rows();
     assert!((4..=100).contains(&rows), "{rows} rows for {notice} lines");
 
-    sm.get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    build_snapshot(&mut sm).await;
     drop((_log, sm));
     let (_log, sm) = open(dir.path());
     check(&sm);
@@ -1090,11 +1036,28 @@ async fn log_lines_stored_in_blocks_read_back_line_by_line() {
     replica_state_with_own_snapshot(&mut target).await;
     let (meta, data) = {
         let mut sm = sm;
-        let snapshot = sm.get_current_snapshot().await.unwrap().unwrap();
+        let snapshot = stored_snapshot(&mut sm).await;
         (snapshot.meta, snapshot.snapshot)
     };
     let received = transfer(data, &mut target, None).await;
     target.install_snapshot(&meta, received).await.unwrap();
     check(&target);
     assert!(target.log_line_rows() <= rows);
+}
+
+/// Builds a snapshot of `sm` now, as openraft does.
+async fn build_snapshot(sm: &mut StateMachine) -> Snapshot {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build a snapshot")
+}
+
+/// The snapshot `sm` stores.
+async fn stored_snapshot(sm: &mut StateMachine) -> Snapshot {
+    sm.get_current_snapshot()
+        .await
+        .expect("read the stored snapshot")
+        .expect("a stored snapshot")
 }

@@ -290,6 +290,21 @@ mod tests {
         ));
     }
 
+    /// One heartbeat call through `connection`: `per_call` for each endpoint, `deadline` in all.
+    async fn heartbeat(
+        connection: &Connection,
+        per_call: Duration,
+        deadline: Duration,
+    ) -> Result<crate::pb::v1::HeartbeatResponse, CallError> {
+        connection
+            .call(per_call, deadline, |mut client, timeout| async move {
+                let mut request = tonic::Request::new(crate::pb::v1::HeartbeatRequest::default());
+                request.set_timeout(timeout);
+                client.heartbeat(request).await
+            })
+            .await
+    }
+
     #[tokio::test]
     async fn an_unreachable_cluster_fails_by_the_deadline() {
         // Nothing listens on these ports (bound and dropped to find free ones).
@@ -299,18 +314,12 @@ mod tests {
         };
         let connection = Connection::new(&[free(), free()], Security::Insecure).unwrap();
         let started = std::time::Instant::now();
-        let result: Result<crate::pb::v1::HeartbeatResponse, _> = connection
-            .call(
-                Duration::from_millis(200),
-                Duration::from_millis(700),
-                |mut client, timeout| async move {
-                    let mut request =
-                        tonic::Request::new(crate::pb::v1::HeartbeatRequest::default());
-                    request.set_timeout(timeout);
-                    client.heartbeat(request).await
-                },
-            )
-            .await;
+        let result = heartbeat(
+            &connection,
+            Duration::from_millis(200),
+            Duration::from_millis(700),
+        )
+        .await;
         assert!(
             matches!(result, Err(CallError::Unavailable { .. })),
             "{result:?}"
@@ -335,18 +344,12 @@ mod tests {
             .collect();
         let connection = Connection::new(&endpoints, Security::Insecure).unwrap();
         assert_eq!(connection.first_target().0, endpoints[0]);
-        let result: Result<crate::pb::v1::HeartbeatResponse, _> = connection
-            .call(
-                Duration::from_millis(150),
-                Duration::from_millis(200),
-                |mut client, timeout| async move {
-                    let mut request =
-                        tonic::Request::new(crate::pb::v1::HeartbeatRequest::default());
-                    request.set_timeout(timeout);
-                    client.heartbeat(request).await
-                },
-            )
-            .await;
+        let result = heartbeat(
+            &connection,
+            Duration::from_millis(150),
+            Duration::from_millis(200),
+        )
+        .await;
         assert!(matches!(result, Err(CallError::Unavailable { .. })));
         assert_ne!(connection.first_target().0, endpoints[0]);
         // A known leader still comes first.
