@@ -472,12 +472,23 @@ async fn bad_snapshot_data_is_an_error() {
 /// Writes a record into the sled database behind the store's back; `tree` "" is sled's default
 /// tree.
 fn raw_tree(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
+    let db = raw_db(dir);
+    if tree.is_empty() {
+        db.insert(key, value).unwrap();
+    } else {
+        db.open_tree(tree).unwrap().insert(key, value).unwrap();
+    }
+    db.flush().unwrap();
+}
+
+/// The replica's sled database, opened behind the store's back (the store closed).
+fn raw_db(dir: &Path) -> sled::Db {
     // sled lets go of its file lock only when the background flusher of a store just dropped
     // does, a moment later (as `open_sled` waits too).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
+    loop {
         match sled::open(dir.join("sled")) {
-            Ok(db) => break db,
+            Ok(db) => return db,
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
@@ -486,13 +497,39 @@ fn raw_tree(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
             }
             Err(e) => panic!("cannot open sled behind the store's back: {e}"),
         }
-    };
-    if tree.is_empty() {
-        db.insert(key, value).unwrap();
-    } else {
-        db.open_tree(tree).unwrap().insert(key, value).unwrap();
     }
-    db.flush().unwrap();
+}
+
+/// A rewrite from a snapshot empties the tree in key order and writes `last_applied` last: cut
+/// off midway (here: `last_applied`, a job row and a block of lines already gone), the tree is
+/// older than the stored snapshot, and opening rewrites it whole from it.
+#[tokio::test]
+async fn a_rewrite_cut_off_midway_is_redone_at_open() {
+    let dir = TempDir::new().unwrap();
+    let (expected, snapshot_at) = {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        apply_worker_sample(&mut sm).await;
+        let snapshot = build_snapshot(&mut sm).await;
+        (queue_of(&sm), snapshot.meta.last_log_id)
+    };
+    {
+        let db = raw_db(dir.path());
+        let tree = db.open_tree("sm").unwrap();
+        let mut job_3 = b"job/".to_vec();
+        job_3.extend_from_slice(&3u64.to_be_bytes());
+        tree.remove(job_3).unwrap().expect("job 3 was stored");
+        tree.remove(b"meta/last_applied").unwrap().expect("stored");
+        tree.remove(super::log_blocks::block_key(1, 1))
+            .unwrap()
+            .expect("job 1's lines were stored");
+        db.flush().unwrap();
+    }
+    let (_log, mut sm) = open(dir.path());
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, snapshot_at);
+    assert_eq!(queue_of(&sm), expected);
+    assert_eq!(sm.log_reader().job_logs(1, 0, 0).unwrap().len(), 3);
 }
 
 fn open_error(dir: &Path) -> StorageOpenError {
