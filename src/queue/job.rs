@@ -293,10 +293,14 @@ pub struct Job {
     /// When the job may next be dispatched: `created_at_ms` at submit, later the requeue time
     /// plus the retry delay.
     pub ready_at_ms: u64,
-    /// Log lines stored for this job, the truncation notice included (see `logs.rs`).
+    /// The highest log line sequence stored for this job: the number of lines kept, or, once
+    /// lines were dropped, the truncation notice's sequence (see `logs.rs`).
     pub log_lines: u64,
-    /// Log lines refused because the job reached [`MAX_LOG_LINES_PER_JOB`](super::MAX_LOG_LINES_PER_JOB).
+    /// Log lines refused because the job reached [`MAX_LOG_LINES_PER_JOB`](super::MAX_LOG_LINES_PER_JOB)
+    /// or [`MAX_LOG_BYTES_PER_JOB`](super::MAX_LOG_BYTES_PER_JOB).
     pub log_lines_dropped: u64,
+    /// Text bytes of the log lines kept (the notice not counted).
+    pub log_bytes: u64,
 }
 
 impl Job {

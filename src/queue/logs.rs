@@ -3,8 +3,9 @@
 //! Lines are replicated like everything else (so `job logs` works on any replica and SSISDB
 //! shipping can resume anywhere), but the model does not hold them: apply numbers them and hands
 //! them to the state machine (`Changes::log_lines`), which keeps them in the store, where reads
-//! find them (`raft::LogReader`). Each job's share is capped: past
-//! [`MAX_LOG_LINES_PER_JOB`] lines are dropped and a single notice line after them counts how
+//! find them (`raft::LogReader`). Each job's share is capped: past [`MAX_LOG_LINES_PER_JOB`]
+//! lines or [`MAX_LOG_BYTES_PER_JOB`] bytes of text, lines are dropped (that one and every later
+//! one) and a single notice line, always at sequence `MAX_LOG_LINES_PER_JOB + 1`, counts how
 //! many, rewritten in place as more are dropped. Lines that arrive under a lease that is no
 //! longer current are still kept, flagged `late`: they describe what really ran, but nothing
 //! they say changes the job.
@@ -19,6 +20,9 @@ use super::{Job, JobId};
 pub const MAX_LOG_LINES_PER_JOB: u64 = 10_000;
 /// Longest text one line keeps; longer lines are cut at a character boundary.
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+/// Text kept per job: without it, the line cap alone would let one job store 160 MiB (10,000
+/// lines of 16 KiB) on every replica and in every snapshot.
+pub const MAX_LOG_BYTES_PER_JOB: u64 = 16 * 1024 * 1024;
 
 /// SSIS's TaskLogLevel flags for the levels a task's output maps onto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -100,9 +104,16 @@ pub(super) fn append(
 ) {
     let mut last_dropped = None;
     for mut line in lines {
-        if job.log_lines < MAX_LOG_LINES_PER_JOB {
-            line.text = truncate_utf8(line.text, MAX_LOG_LINE_BYTES);
+        line.text = truncate_utf8(line.text, MAX_LOG_LINE_BYTES);
+        let bytes = line.text.len() as u64;
+        // Once a line was dropped, every later one is too: a log with a hole in the middle
+        // would read as complete.
+        let kept = job.log_lines_dropped == 0
+            && job.log_lines < MAX_LOG_LINES_PER_JOB
+            && job.log_bytes + bytes <= MAX_LOG_BYTES_PER_JOB;
+        if kept {
             job.log_lines += 1;
+            job.log_bytes += bytes;
             out.push(JobLogLine {
                 job_id: job.id,
                 sequence: job.log_lines,

@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod disk;
 pub mod election;
+mod legacy;
 mod log_blocks;
 mod log_reader;
 mod log_store;

@@ -2,7 +2,7 @@
 //! snapshot ever holds it whole: only the queue's rows without their log lines (what every
 //! replica holds in memory anyway) are one value; the log lines, the bulk of it, follow one by one.
 //!
-//! Format 5:
+//! Format 6:
 //! - the format, u32 BE;
 //! - the length of the state (u64 BE), then the state: bincode of [`Parts`] with no log lines
 //!   (rows and counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an
@@ -10,17 +10,20 @@
 //! - each log line: its length (u32 BE, at least 1), then bincode of the [`JobLogLine`];
 //! - a length of 0, then a CRC-32 (u32 LE) of every byte before it, and nothing after.
 //!
-//! Formats 3 and 4 (one bincode value with the lines inside; 3 without the cluster time and the
-//! log batch marks) are still read, whole: they come from builds that held snapshots in memory.
+//! Format 5 (the same, with jobs from before the per-job log byte cap: `legacy.rs`) is still
+//! read, and so are formats 3 and 4 (one bincode value with the lines inside; 3 without the
+//! cluster time and the log batch marks), whole: they come from builds that held snapshots in
+//! memory.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::Deserialize;
 
+use super::legacy::{JobV1, PartsV5};
 use super::storage::{decode, encode};
-use crate::queue::{Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
+use crate::queue::{JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
 
-pub(super) const SNAPSHOT_FORMAT: u32 = 5;
+pub(super) const SNAPSHOT_FORMAT: u32 = 6;
 /// No stored line comes near this (a line's text is capped far below); a longer length is
 /// damage, refused before anything is allocated for it.
 const MAX_LINE_BYTES: u32 = 4 * 1024 * 1024;
@@ -109,7 +112,7 @@ impl<R: Read> DataReader<R> {
         let format = read_array::<_, 4>(&mut input, &mut crc)
             .map_err(|e| format!("snapshot data too short for its format: {e}"))?;
         match u32::from_be_bytes(format) {
-            SNAPSHOT_FORMAT => {
+            version @ (5 | SNAPSHOT_FORMAT) => {
                 let len = u64::from_be_bytes(
                     read_array::<_, 8>(&mut input, &mut crc)
                         .map_err(|e| format!("snapshot data cut short: {e}"))?,
@@ -128,8 +131,12 @@ impl<R: Read> DataReader<R> {
                     ));
                 }
                 crc.update(&encoded);
-                let state: Parts =
-                    decode(&encoded).map_err(|e| format!("snapshot state does not decode: {e}"))?;
+                let state: Parts = if version == SNAPSHOT_FORMAT {
+                    decode(&encoded)
+                } else {
+                    decode::<PartsV5>(&encoded).map(Parts::from)
+                }
+                .map_err(|e| format!("snapshot state does not decode: {e}"))?;
                 if !state.log_lines.is_empty() {
                     return Err("snapshot state holds log lines it should not".into());
                 }
@@ -146,9 +153,11 @@ impl<R: Read> DataReader<R> {
                     .read_to_end(&mut body)
                     .map_err(|e| format!("snapshot data cannot be read: {e}"))?;
                 let mut state = if version == 4 {
-                    decode::<PayloadV4>(&body)
-                        .map_err(|e| format!("snapshot data does not decode: {e}"))?
-                        .queue
+                    Parts::from(
+                        decode::<PayloadV4>(&body)
+                            .map_err(|e| format!("snapshot data does not decode: {e}"))?
+                            .queue,
+                    )
                 } else {
                     decode::<PayloadV3>(&body)
                         .map_err(|e| format!("snapshot data (format 3) does not decode: {e}"))?
@@ -159,7 +168,7 @@ impl<R: Read> DataReader<R> {
                 Ok((state, DataReader { source }))
             }
             version => Err(format!(
-                "snapshot format {version} is not one this build reads (3, 4 or {SNAPSHOT_FORMAT})"
+                "snapshot format {version} is not one this build reads (3 to {SNAPSHOT_FORMAT})"
             )),
         }
     }
@@ -225,7 +234,7 @@ fn read_array<R: Read, const N: usize>(
 /// A format-4 snapshot's data after the format: the whole state with its lines.
 #[derive(Deserialize)]
 struct PayloadV4 {
-    queue: Parts,
+    queue: PartsV5,
 }
 
 /// A format-3 snapshot's data: [`Parts`] as it was before the cluster time.
@@ -237,7 +246,7 @@ struct PayloadV3 {
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 struct PartsV3 {
-    jobs: Vec<Job>,
+    jobs: Vec<JobV1>,
     workers: Vec<Worker>,
     log_lines: Vec<JobLogLine>,
     next_job_id: JobId,
@@ -250,7 +259,7 @@ impl PayloadV3 {
     fn upgrade(self) -> Parts {
         let q = self.queue;
         Parts {
-            jobs: q.jobs,
+            jobs: q.jobs.into_iter().map(Into::into).collect(),
             workers: q.workers,
             log_lines: q.log_lines,
             next_job_id: q.next_job_id,
@@ -267,6 +276,7 @@ impl PayloadV3 {
 mod tests {
     use super::*;
     use crate::queue::{LogLevel, LogLine};
+    use crate::raft::legacy::tests::old_job;
 
     fn line(job_id: JobId, sequence: u64) -> JobLogLine {
         JobLogLine {
@@ -344,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn formats_3_and_4_are_still_read() {
+    fn formats_3_4_and_5_are_still_read() {
         let old = PartsV3 {
             jobs: Vec::new(),
             workers: Vec::new(),
@@ -360,16 +370,42 @@ mod tests {
         assert_eq!((state.next_job_id, state.clock_ms), (42, 0));
         assert_eq!(lines, vec![line(1, 1)]);
 
-        let v4 = Parts {
-            clock_ms: 1_700_000_000_000,
+        let v4 = PartsV5 {
+            jobs: vec![old_job(3)],
+            workers: Vec::new(),
             log_lines: vec![line(2, 1), line(2, 2)],
-            ..Parts::default()
+            next_job_id: 4,
+            next_lease_token: 1,
+            outbox: Vec::new(),
+            outbox_meta: OutboxMeta::default(),
+            clock_ms: 1_700_000_000_000,
+            log_batches: Vec::new(),
         };
         let mut data = 4u32.to_be_bytes().to_vec();
         data.extend(bincode::serialize(&(&v4,)).expect("encode"));
         let (state, lines) = read_all(&data).expect("a format-4 snapshot");
         assert_eq!(state.clock_ms, 1_700_000_000_000);
         assert_eq!(lines, v4.log_lines);
+        assert_eq!((state.jobs[0].id, state.jobs[0].log_bytes), (3, 0));
+
+        // Format 5: streamed like the current one, jobs without their byte count.
+        let v5 = PartsV5 {
+            log_lines: Vec::new(),
+            ..v4
+        };
+        let mut data = 5u32.to_be_bytes().to_vec();
+        let state_bytes = encode(&v5).expect("encode");
+        data.extend((state_bytes.len() as u64).to_be_bytes());
+        data.extend(state_bytes);
+        let encoded_line = encode(&line(3, 1)).expect("encode");
+        data.extend((encoded_line.len() as u32).to_be_bytes());
+        data.extend(encoded_line);
+        data.extend(0u32.to_be_bytes());
+        let crc = crc32fast::hash(&data);
+        data.extend(crc.to_le_bytes());
+        let (state, lines) = read_all(&data).expect("a format-5 snapshot");
+        assert_eq!((state.jobs[0].id, state.jobs[0].log_lines), (3, 12));
+        assert_eq!(lines, vec![line(3, 1)]);
 
         let mut unknown = 9u32.to_be_bytes().to_vec();
         unknown.extend([0u8; 8]);

@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use super::legacy::decode_job;
 use super::log_blocks::{
     convert_single_line_rows, encode_block, job_blocks, parse_line_key, prefix_end, BlockPacker,
     LINES_PREFIX, SINGLE_LINE_PREFIX,
@@ -327,7 +328,7 @@ impl StateMachine {
                 CLOCK_KEY => parts.clock_ms = decode_loaded(&value, "the cluster time")?,
                 key => match parse_row_key(key) {
                     Some(Row::Job(id)) => {
-                        let job: Job = decode_loaded(&value, &format!("job {id}"))?;
+                        let job = decode_job(&value, &format!("job {id}"))?;
                         if job.id != id {
                             return Err(LoadError::Corrupt(format!(
                                 "job {} is stored under id {id}",

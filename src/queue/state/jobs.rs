@@ -49,6 +49,7 @@ impl QueueState {
             ready_at_ms: ctx.now_ms,
             log_lines: 0,
             log_lines_dropped: 0,
+            log_bytes: 0,
         };
         self.index_job(&job);
         self.jobs.insert(job_id, job);

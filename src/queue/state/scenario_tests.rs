@@ -796,6 +796,42 @@ fn logs_are_capped_with_one_running_notice() {
     sim.assert_rows_rebuild();
 }
 
+/// The byte cap: lines of 16 KiB reach it long before the line cap; the line that would cross
+/// it and every line after it (even a short one) are dropped, counted in the one notice.
+#[test]
+fn logs_are_capped_by_bytes_too() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 1);
+    let id = sim.submit(spec());
+    let task = sim.acquire(w, 1).pop().expect("task");
+    let big = "x".repeat(crate::queue::MAX_LOG_LINE_BYTES);
+    let fits = (crate::queue::MAX_LOG_BYTES_PER_JOB / big.len() as u64) as usize;
+    let mut lines: Vec<crate::queue::LogLine> = (0..fits + 2).map(|_| line(&big)).collect();
+    lines.push(line("short"));
+    sim.apply(Command::AppendLogs {
+        worker: w,
+        lease: lease_of(&task),
+        lines,
+    })
+    .expect("append");
+    sim.apply(Command::AppendLogs {
+        worker: w,
+        lease: lease_of(&task),
+        lines: vec![line("later")],
+    })
+    .expect("append");
+    let job = sim.job(id);
+    assert_eq!(job.log_bytes, (fits * big.len()) as u64);
+    assert!(job.log_bytes <= crate::queue::MAX_LOG_BYTES_PER_JOB);
+    assert_eq!(job.log_lines_dropped, 4);
+    assert_eq!(job.log_lines, MAX_LOG_LINES_PER_JOB + 1);
+    let tail = sim.rows.job_logs(id, fits as u64 - 1, 10);
+    let sequences: Vec<u64> = tail.iter().map(|l| l.sequence).collect();
+    assert_eq!(sequences, vec![fits as u64, MAX_LOG_LINES_PER_JOB + 1]);
+    assert_eq!(tail[1].line.text, "log truncated: 4 more lines dropped");
+    sim.assert_rows_rebuild();
+}
+
 #[test]
 fn a_retried_log_batch_is_stored_once() {
     let mut sim = Sim::new();

@@ -193,14 +193,32 @@ impl Sim {
             );
         }
         self.rows.persist(&mut self.state);
-        // The store holds exactly the lines each job counts.
+        // The store holds exactly the lines each job counts: 1 to `log_lines` while none was
+        // dropped; once some were, the lines kept (1 to k, with no hole) and the notice.
+        let notice = crate::queue::MAX_LOG_LINES_PER_JOB + 1;
         for job in self.state.jobs() {
-            let stored = self
+            let stored: Vec<u64> = self
                 .rows
                 .logs
                 .range((job.id, 0)..=(job.id, u64::MAX))
-                .count() as u64;
-            assert_eq!(stored, job.log_lines, "job {} lines stored", job.id);
+                .map(|(&(_, sequence), _)| sequence)
+                .collect();
+            let kept = stored.iter().filter(|&&s| s != notice).count() as u64;
+            let mut expected: Vec<u64> = (1..=kept).collect();
+            if job.log_lines_dropped > 0 {
+                expected.push(notice);
+                assert_eq!(job.log_lines, notice, "job {}: the notice is last", job.id);
+            } else {
+                assert_eq!(kept, job.log_lines, "job {} lines stored", job.id);
+            }
+            assert_eq!(stored, expected, "job {} lines stored", job.id);
+            let bytes: u64 = self
+                .rows
+                .logs
+                .range((job.id, 0)..(job.id, notice))
+                .map(|(_, line)| line.line.text.len() as u64)
+                .sum();
+            assert_eq!(bytes, job.log_bytes, "job {} log bytes", job.id);
         }
         result
     }
