@@ -18,13 +18,14 @@ use crate::pb::v1::{
 };
 use crate::pb::{spec_from_pb, state_from_pb};
 use crate::queue::{Command, CommandOutput, QueueError, QueueState};
-use crate::raft::{LogReader, NodeId, Raft, ReplicaNode, SharedQueue};
+use crate::raft::{JobReadError, JobReader, LogReader, NodeId, Raft, ReplicaNode, SharedQueue};
 
 #[derive(Clone)]
 pub struct JobApi {
     raft: Raft,
     proposer: Proposer,
     queue: SharedQueue,
+    jobs: JobReader,
     logs: LogReader,
     /// Replies are kept under this size (half the message limit: room for framing).
     max_reply_bytes: usize,
@@ -35,6 +36,7 @@ impl JobApi {
         raft: Raft,
         proposer: Proposer,
         queue: SharedQueue,
+        jobs: JobReader,
         logs: LogReader,
         max_message_bytes: usize,
     ) -> Self {
@@ -42,6 +44,7 @@ impl JobApi {
             raft,
             proposer,
             queue,
+            jobs,
             logs,
             max_reply_bytes: max_message_bytes / 2,
         }
@@ -70,6 +73,14 @@ impl JobApi {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         read(&queue)
+    }
+}
+
+/// The status for a job that could not be read.
+fn job_read_status(error: JobReadError) -> Status {
+    match error {
+        JobReadError::Missing(e) => from_queue_error(&e),
+        other => Status::internal(other.to_string()),
     }
 }
 
@@ -156,15 +167,10 @@ impl JobService for JobApi {
         authorize(&request, "JobService.GetJob", Permission::Operate)?;
         let request = request.into_inner();
         self.read_barrier(request.stale).await?;
-        let job = self
-            .with_queue(|queue| {
-                queue
-                    .job(request.job_id)
-                    .map(Into::into)
-                    .ok_or_else(|| queue.missing_job(request.job_id))
-            })
-            .map_err(|e| from_queue_error(&e))?;
-        Ok(Response::new(GetJobResponse { job: Some(job) }))
+        let job = self.jobs.job(request.job_id).map_err(job_read_status)?;
+        Ok(Response::new(GetJobResponse {
+            job: Some((&job).into()),
+        }))
     }
 
     async fn list_jobs(
@@ -177,11 +183,13 @@ impl JobService for JobApi {
         self.read_barrier(request.stale).await?;
         let page =
             self.with_queue(|queue| queue.list(state, request.after_id, request.limit as usize));
+        // A job removed by retention since the listing is left out.
+        let page_jobs = self.jobs.jobs(&page.ids).map_err(job_read_status)?;
         // A page of large jobs can outgrow one message: stop early and let the caller page on.
-        let mut jobs = Vec::with_capacity(page.jobs.len());
+        let mut jobs = Vec::with_capacity(page_jobs.len());
         let mut bytes = 0;
         let mut next_after_id = page.next_after.unwrap_or(0);
-        for job in &page.jobs {
+        for job in &page_jobs {
             let job = crate::pb::v1::Job::from(job);
             let size = prost::Message::encoded_len(&job) + 8;
             if !jobs.is_empty() && bytes + size > self.max_reply_bytes {
@@ -204,10 +212,12 @@ impl JobService for JobApi {
         authorize(&request, "JobService.CancelJob", Permission::Operate)?;
         let job_id = request.into_inner().job_id;
         match self.propose(Command::CancelJob { job_id }).await? {
-            CommandOutput::Cancelled { job } => {
-                info!(job_id, "job cancelled");
+            CommandOutput::Cancelled { job_id, state } => {
+                info!(job_id, %state, "job cancelled");
+                // Read after the cancel applied here (the leader answers once it has).
+                let job = self.jobs.job(job_id).map_err(job_read_status)?;
                 Ok(Response::new(CancelJobResponse {
-                    job: Some(job.as_ref().into()),
+                    job: Some((&job).into()),
                 }))
             }
             other => Err(Status::internal(format!("a cancel returned {other:?}"))),
@@ -228,8 +238,8 @@ impl JobService for JobApi {
         let terminal = self
             .with_queue(|queue| {
                 queue
-                    .job(request.job_id)
-                    .map(|job| job.state.is_terminal())
+                    .job_state(request.job_id)
+                    .map(|state| state.is_terminal())
                     .ok_or_else(|| queue.missing_job(request.job_id))
             })
             .map_err(|e| from_queue_error(&e))?;

@@ -166,6 +166,7 @@ pub async fn run(
     };
     let queue = state_machine.queue();
     let log_reader = state_machine.log_reader();
+    let job_reader = state_machine.job_reader();
     let committed = {
         let log_store = log_store.clone();
         Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
@@ -275,6 +276,7 @@ pub async fn run(
                 raft.clone(),
                 proposer.clone(),
                 queue.clone(),
+                job_reader.clone(),
                 log_reader.clone(),
                 max_bytes,
             ))
@@ -299,6 +301,7 @@ pub async fn run(
                 raft.clone(),
                 proposer.clone(),
                 queue.clone(),
+                job_reader.clone(),
                 config.workers.clone(),
             ))
             .max_decoding_message_size(max_bytes)
@@ -368,6 +371,7 @@ pub async fn run(
         office,
         proposer.clone(),
         queue.clone(),
+        job_reader,
         log_reader,
         config.ssisdb.clone(),
         config.id,

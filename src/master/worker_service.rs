@@ -26,7 +26,7 @@ use crate::pb::{
 use crate::queue::{
     Command, CommandOutput, CommandResult, LeaseRef, LogLevel, LogLine, QueueError,
 };
-use crate::raft::{Raft, SharedQueue};
+use crate::raft::{JobReader, Raft, SharedQueue};
 
 /// ErrorInfo reason of a call that carries a lease which is no longer current.
 pub const REASON_LEASE_LOST: &str = "LEASE_LOST";
@@ -41,6 +41,8 @@ pub struct WorkerApi {
     raft: Raft,
     proposer: Proposer,
     queue: SharedQueue,
+    /// Jobs as stored, finished ones too (a retried completion reads its own attempt).
+    jobs: JobReader,
     settings: WorkerSettings,
 }
 
@@ -75,12 +77,14 @@ impl WorkerApi {
         raft: Raft,
         proposer: Proposer,
         queue: SharedQueue,
+        jobs: JobReader,
         settings: WorkerSettings,
     ) -> Self {
         WorkerApi {
             raft,
             proposer,
             queue,
+            jobs,
             settings,
         }
     }
@@ -142,18 +146,19 @@ impl WorkerApi {
         outcome: crate::queue::AttemptOutcome,
         exit_code: Option<i32>,
     ) -> bool {
-        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
-        queue
-            .job(lease.job_id)
-            .and_then(|job| job.attempt_with(worker, lease.token))
-            .is_some_and(|attempt| {
-                attempt.outcome == Some(outcome) && attempt.exit_code == exit_code
-            })
+        // A store read error reads as "not applied": the worker is told its lease is lost, which
+        // is true either way (the lease is not current).
+        self.jobs.job(lease.job_id).is_ok_and(|job| {
+            job.attempt_with(worker, lease.token)
+                .is_some_and(|attempt| {
+                    attempt.outcome == Some(outcome) && attempt.exit_code == exit_code
+                })
+        })
     }
 
     fn job_state(&self, job_id: crate::queue::JobId) -> Option<crate::queue::JobState> {
         let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
-        queue.job(job_id).map(|job| job.state)
+        queue.job_state(job_id)
     }
 
     fn has_eligible_task(

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Assignment, AttemptOutcome, Job, JobId, JobSpec, JobState, LeaseRef, LeaseStatus, LogLine,
+    Assignment, AttemptOutcome, JobId, JobSpec, JobState, LeaseRef, LeaseStatus, LogLine,
     QueueError, Worker, WorkerId, WorkerInfo,
 };
 
@@ -134,9 +134,11 @@ pub enum CommandOutput {
         job_id: JobId,
         deduplicated: bool,
     },
-    /// The job as it is after the cancel.
+    /// The job's state after the cancel: cancelled, or still leased with the cancel requested
+    /// (the worker is told to stop).
     Cancelled {
-        job: Box<Job>,
+        job_id: JobId,
+        state: JobState,
     },
     WorkerRegistered {
         enabled: bool,

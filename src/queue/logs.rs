@@ -93,11 +93,39 @@ pub fn truncation_notice(dropped: u64) -> String {
     format!("log truncated: {dropped} more lines dropped")
 }
 
-/// Numbers `lines` for `job` (updating its counters) and pushes the lines to store onto `out`,
-/// in order; past the cap, the truncation notice (pushed again each time it is rewritten).
+/// A job's log counters (the fields of the same names of [`Job`] and
+/// [`FinishedJob`](super::FinishedJob)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogCounts {
+    /// The highest sequence stored (see [`Job::log_lines`]).
+    pub lines: u64,
+    pub dropped: u64,
+    pub bytes: u64,
+}
+
+impl Job {
+    pub fn log_counts(&self) -> LogCounts {
+        LogCounts {
+            lines: self.log_lines,
+            dropped: self.log_lines_dropped,
+            bytes: self.log_bytes,
+        }
+    }
+
+    pub fn set_log_counts(&mut self, counts: LogCounts) {
+        self.log_lines = counts.lines;
+        self.log_lines_dropped = counts.dropped;
+        self.log_bytes = counts.bytes;
+    }
+}
+
+/// Numbers `lines` for job `job_id` (updating its `counts`) and pushes the lines to store onto
+/// `out`, in order; past the cap, the truncation notice (pushed again each time it is
+/// rewritten).
 pub(super) fn append(
     out: &mut Vec<JobLogLine>,
-    job: &mut Job,
+    job_id: JobId,
+    counts: &mut LogCounts,
     attempt: u32,
     late: bool,
     lines: Vec<LogLine>,
@@ -108,36 +136,36 @@ pub(super) fn append(
         let bytes = line.text.len() as u64;
         // Once a line was dropped, every later one is too: a log with a hole in the middle
         // would read as complete.
-        let kept = job.log_lines_dropped == 0
-            && job.log_lines < MAX_LOG_LINES_PER_JOB
-            && job.log_bytes + bytes <= MAX_LOG_BYTES_PER_JOB;
+        let kept = counts.dropped == 0
+            && counts.lines < MAX_LOG_LINES_PER_JOB
+            && counts.bytes + bytes <= MAX_LOG_BYTES_PER_JOB;
         if kept {
-            job.log_lines += 1;
-            job.log_bytes += bytes;
+            counts.lines += 1;
+            counts.bytes += bytes;
             out.push(JobLogLine {
-                job_id: job.id,
-                sequence: job.log_lines,
+                job_id,
+                sequence: counts.lines,
                 attempt,
                 line,
                 late,
             });
         } else {
-            job.log_lines_dropped += 1;
+            counts.dropped += 1;
             last_dropped = Some(line.at_ms);
         }
     }
     if let Some(at_ms) = last_dropped {
         // One notice, rewritten with the running count, so a runaway task costs one row.
         let sequence = MAX_LOG_LINES_PER_JOB + 1;
-        job.log_lines = sequence;
+        counts.lines = sequence;
         out.push(JobLogLine {
-            job_id: job.id,
+            job_id,
             sequence,
             attempt,
             line: LogLine {
                 at_ms,
                 level: LogLevel::Warning,
-                text: truncation_notice(job.log_lines_dropped),
+                text: truncation_notice(counts.dropped),
             },
             late,
         });

@@ -23,6 +23,7 @@ mod attempt;
 mod command;
 mod dispatch;
 mod error;
+mod finished;
 mod job;
 mod logs;
 mod outbox;
@@ -36,10 +37,11 @@ pub use attempt::{
 };
 pub use command::{ApplyContext, Command, CommandOutput, CommandResult};
 pub use error::QueueError;
+pub use finished::{spec_digest, FinishedJob, SpecDigest};
 pub use job::{Job, JobId, JobSpec, JobState, MAX_RETRY_DELAY_SECS, MAX_TIMEOUT_SECS};
 pub use logs::{
-    truncation_notice, JobLogLine, LogLevel, LogLine, MAX_LOG_BYTES_PER_JOB, MAX_LOG_LINES_PER_JOB,
-    MAX_LOG_LINE_BYTES,
+    truncation_notice, JobLogLine, LogCounts, LogLevel, LogLine, MAX_LOG_BYTES_PER_JOB,
+    MAX_LOG_LINES_PER_JOB, MAX_LOG_LINE_BYTES,
 };
 pub use outbox::{
     event_id, event_origin, EventKind, OutboxEvent, OutboxMeta, WorkerChange, EVENT_SEQUENCE_BITS,

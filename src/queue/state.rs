@@ -6,6 +6,12 @@
 //! through the primitives at the bottom of this file (`transition`, `requeue`, `grant_lease`,
 //! `end_attempt`, `set_lease_expiry`, ...), which keep every index and the change set right.
 //!
+//! A job lives in `jobs` while it is queued or leased. The command that finishes it ends by
+//! moving it to `finished_jobs`, which keeps only what later commands decide on
+//! ([`FinishedJob`]); its full row goes to the store (`Changes::jobs`, read back through
+//! [`QueueState::archived`] until the store has it, then from the store), so memory does not
+//! grow with the spec and history of every finished job that retention keeps.
+//!
 //! Indexes, all derived from jobs and rebuilt by [`QueueState::from_parts`]:
 //! - `by_state`: listing by state;
 //! - `dispatch`: queued jobs in dispatch order (see `dispatch.rs`);
@@ -23,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use super::dispatch::{job_eligible, worker_capacity, DispatchIndex, LoadLimits};
 use super::{
     Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind,
-    Job, JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker, WorkerId,
+    FinishedJob, Job, JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker,
+    WorkerId,
 };
 
 mod jobs;
@@ -40,7 +47,10 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 /// Everything the replicated queue knows. Changed only by [`QueueState::apply`].
 #[derive(Debug, Clone)]
 pub struct QueueState {
+    /// Queued and leased jobs (and, during the command that finished it, a finished one).
     jobs: BTreeMap<JobId, Job>,
+    /// What is kept of each finished job (see `finished.rs`).
+    finished_jobs: BTreeMap<JobId, FinishedJob>,
     workers: BTreeMap<WorkerId, Worker>,
     /// The id the next submitted job gets.
     next_job_id: JobId,
@@ -70,6 +80,12 @@ pub struct QueueState {
     clock_ms: u64,
     /// The context of the command being applied; `None` between applies (not state).
     applying: Option<ApplyContext>,
+    /// Jobs the command being applied finished: moved to `finished_jobs` when it ends (not
+    /// state).
+    finishing: Vec<JobId>,
+    /// Full rows of finished jobs that the store has not confirmed written
+    /// ([`QueueState::release_archived`]); bookkeeping for persistence and reads, not state.
+    archive: BTreeMap<JobId, Job>,
     /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
     /// not state (ignored by `==`).
     changes: Changes,
@@ -81,6 +97,9 @@ pub struct QueueState {
 /// rows (or deletes them, for a job or worker that no longer exists).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
+    /// Jobs changed: a live job's row ([`QueueState::job`]); a finished one's record
+    /// ([`QueueState::finished_job`]) and, when it finished since the last call, its full row
+    /// ([`QueueState::archived`]); or gone.
     pub jobs: BTreeSet<JobId>,
     pub workers: BTreeSet<WorkerId>,
     /// Log lines written, in order: the model numbers them and the store keeps them (the
@@ -116,7 +135,10 @@ impl Changes {
 /// `log_lines` is filled by the state machine from its store (the model holds no lines).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parts {
+    /// Live jobs; a finished job here is kept as a [`FinishedJob`] by `from_parts`.
     pub jobs: Vec<Job>,
+    /// What is kept of finished jobs (their full rows are in the store).
+    pub finished: Vec<FinishedJob>,
     pub workers: Vec<Worker>,
     pub log_lines: Vec<JobLogLine>,
     pub next_job_id: JobId,
@@ -133,10 +155,10 @@ pub struct Parts {
     pub log_batches: Vec<(JobId, u64, u64)>,
 }
 
-/// One page of a job listing.
+/// One page of a job listing: the jobs' ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPage {
-    pub jobs: Vec<Job>,
+    pub ids: Vec<JobId>,
     /// Where the next page starts (exclusive), when there is one.
     pub next_after: Option<JobId>,
 }
@@ -152,6 +174,7 @@ impl PartialEq for QueueState {
         // Destructured so that a new field cannot be forgotten here.
         let QueueState {
             jobs,
+            finished_jobs,
             workers,
             next_job_id,
             next_lease_token,
@@ -167,10 +190,13 @@ impl PartialEq for QueueState {
             clock_ms,
             log_batches,
             applying: _,
+            finishing: _,
+            archive: _,
             changes: _,
             activity: _,
         } = self;
         *jobs == other.jobs
+            && *finished_jobs == other.finished_jobs
             && *workers == other.workers
             && *next_job_id == other.next_job_id
             && *next_lease_token == other.next_lease_token
@@ -194,6 +220,7 @@ impl QueueState {
     pub fn new() -> Self {
         QueueState {
             jobs: BTreeMap::new(),
+            finished_jobs: BTreeMap::new(),
             workers: BTreeMap::new(),
             next_job_id: 1,
             next_lease_token: 1,
@@ -209,6 +236,8 @@ impl QueueState {
             clock_ms: 0,
             log_batches: BTreeMap::new(),
             applying: None,
+            finishing: Vec::new(),
+            archive: BTreeMap::new(),
             changes: Changes::default(),
             activity: Activity::default(),
         }
@@ -225,8 +254,20 @@ impl QueueState {
                 .iter()
                 .map(|a| a.token)
                 .fold(highest_token, u64::max);
-            state.index_job(&job);
-            state.jobs.insert(job.id, job);
+            if job.state.is_terminal() {
+                state.index_finished(FinishedJob::of(&job));
+            } else {
+                state.index_job(&job);
+                state.jobs.insert(job.id, job);
+            }
+        }
+        for finished in parts.finished {
+            highest_token = finished
+                .attempts
+                .iter()
+                .map(|&(token, _)| token)
+                .fold(highest_token, u64::max);
+            state.index_finished(finished);
         }
         for worker in parts.workers {
             state.workers.insert(worker.info.id, worker);
@@ -244,16 +285,23 @@ impl QueueState {
             .into_iter()
             .map(|(job, token, batch)| ((job, token), batch))
             .collect();
-        let after_last = state.jobs.keys().next_back().map_or(1, |id| id + 1);
+        let after_last = state
+            .jobs
+            .keys()
+            .next_back()
+            .max(state.finished_jobs.keys().next_back())
+            .map_or(1, |id| id + 1);
         state.next_job_id = parts.next_job_id.max(after_last);
         state.next_lease_token = parts.next_lease_token.max(highest_token + 1);
         state
     }
 
-    /// The state without indexes (a copy), for snapshots.
+    /// The state without indexes (a copy), for snapshots: live jobs whole, finished ones as
+    /// kept here.
     pub fn to_parts(&self) -> Parts {
         Parts {
             jobs: self.jobs.values().cloned().collect(),
+            finished: self.finished_jobs.values().cloned().collect(),
             workers: self.workers.values().cloned().collect(),
             // In the store, not here: the state machine adds them to a snapshot.
             log_lines: Vec::new(),
@@ -317,6 +365,7 @@ impl QueueState {
         self.applying = Some(*ctx);
         let result = self.apply_command(ctx, command);
         self.applying = None;
+        self.archive_finishing();
         if result.is_ok() && ctx.now_ms > self.clock_ms {
             self.clock_ms = ctx.now_ms;
             self.changes.clock = true;
@@ -412,17 +461,66 @@ impl QueueState {
 
     // ---- Queries ----
 
+    /// A live job, or a finished one whose full row the store does not have yet
+    /// ([`QueueState::archived`]). Other finished jobs are read from the store
+    /// (`crate::raft::JobReader`); [`QueueState::finished_job`] says whether there is one.
     pub fn job(&self, job_id: JobId) -> Option<&Job> {
-        self.jobs.get(&job_id)
+        self.jobs.get(&job_id).or_else(|| self.archive.get(&job_id))
     }
 
-    /// Every job in id order (the state machine persists and snapshots them).
-    pub fn jobs(&self) -> impl Iterator<Item = &Job> + '_ {
+    /// What is kept of a finished job.
+    pub fn finished_job(&self, job_id: JobId) -> Option<&FinishedJob> {
+        self.finished_jobs.get(&job_id)
+    }
+
+    /// The full row of a job that finished, until the store has confirmed it written
+    /// ([`QueueState::release_archived`]); its log counters are current.
+    pub fn archived(&self, job_id: JobId) -> Option<&Job> {
+        self.archive.get(&job_id)
+    }
+
+    /// Lets go of the full rows of finished jobs the store has written.
+    pub fn release_archived(&mut self, jobs: impl IntoIterator<Item = JobId>) {
+        for job in jobs {
+            self.archive.remove(&job);
+        }
+    }
+
+    /// Every live (queued or leased) job, in id order.
+    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> + '_ {
         self.jobs.values()
     }
 
+    /// Every job whose full row this state holds, in id order: the live ones and the archive.
+    /// Tests never release the archive, so there it is every job.
+    #[cfg(test)]
+    pub(crate) fn jobs(&self) -> impl Iterator<Item = &Job> + '_ {
+        let mut all: Vec<&Job> = self.jobs.values().chain(self.archive.values()).collect();
+        all.sort_unstable_by_key(|job| job.id);
+        all.into_iter()
+    }
+
+    /// What is kept of every finished job, in id order.
+    pub fn finished_jobs(&self) -> impl Iterator<Item = &FinishedJob> + '_ {
+        self.finished_jobs.values()
+    }
+
+    /// How many jobs the state holds, live and finished.
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len() + self.finished_jobs.len()
+    }
+
+    /// Whether the state holds job `job_id`, live or finished.
+    pub fn has_job(&self, job_id: JobId) -> bool {
+        self.jobs.contains_key(&job_id) || self.finished_jobs.contains_key(&job_id)
+    }
+
+    /// The state of job `job_id`, live or finished.
+    pub fn job_state(&self, job_id: JobId) -> Option<JobState> {
+        self.jobs
+            .get(&job_id)
+            .map(|job| job.state)
+            .or_else(|| self.finished_jobs.get(&job_id).map(|job| job.state))
     }
 
     pub fn count_in(&self, state: JobState) -> usize {
@@ -431,8 +529,9 @@ impl QueueState {
             .count()
     }
 
-    /// Jobs in id order after `after` (exclusive), optionally only those in `state`.
-    /// `limit` 0 means the default page size; it is capped at [`MAX_PAGE_SIZE`].
+    /// The ids of jobs in id order after `after` (exclusive), optionally only those in `state`.
+    /// `limit` 0 means the default page size; it is capped at [`MAX_PAGE_SIZE`]. (Finished
+    /// jobs' rows are in the store: `crate::raft::JobReader` reads the page.)
     pub fn list(&self, state: Option<JobState>, after: JobId, limit: usize) -> JobPage {
         let limit = match limit {
             0 => DEFAULT_PAGE_SIZE,
@@ -445,25 +544,29 @@ impl QueueState {
                 .map(|&(_, id)| id)
                 .take(limit + 1)
                 .collect(),
-            None => self
-                .jobs
-                .range(after.saturating_add(1)..)
-                .map(|(&id, _)| id)
-                .take(limit + 1)
-                .collect(),
+            None => {
+                let first = after.saturating_add(1);
+                let mut ids: Vec<JobId> = self
+                    .jobs
+                    .range(first..)
+                    .map(|(&id, _)| id)
+                    .take(limit + 1)
+                    .chain(
+                        self.finished_jobs
+                            .range(first..)
+                            .map(|(&id, _)| id)
+                            .take(limit + 1),
+                    )
+                    .collect();
+                ids.sort_unstable();
+                ids.truncate(limit + 1);
+                ids
+            }
         };
         let more = ids.len() > limit;
-        let jobs: Vec<Job> = ids
-            .iter()
-            .take(limit)
-            .filter_map(|id| self.jobs.get(id).cloned())
-            .collect();
-        let next_after = if more {
-            jobs.last().map(|job| job.id)
-        } else {
-            None
-        };
-        JobPage { jobs, next_after }
+        let ids: Vec<JobId> = ids.into_iter().take(limit).collect();
+        let next_after = if more { ids.last().copied() } else { None };
+        JobPage { ids, next_after }
     }
 
     pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
@@ -576,13 +679,11 @@ impl QueueState {
             }
         }
         let from = job.state;
-        if from.is_terminal() {
-            self.finished.remove(&(job.updated_at_ms, job_id));
-        }
         job.state = next;
         job.updated_at_ms = now_ms;
         if next.is_terminal() {
             self.finished.insert((now_ms, job_id));
+            self.finishing.push(job_id);
         }
         self.by_state.insert((next, job_id));
         *self.job_counts.entry(next).or_default() += 1;
@@ -743,14 +844,28 @@ impl QueueState {
         Some(worker)
     }
 
+    /// Moves the jobs the command just applied finished to `finished_jobs`, their full rows to
+    /// the archive (for the store).
+    fn archive_finishing(&mut self) {
+        for job_id in std::mem::take(&mut self.finishing) {
+            let Some(job) = self.jobs.remove(&job_id) else {
+                continue;
+            };
+            debug_assert!(job.state.is_terminal(), "archiving unfinished job {job_id}");
+            self.finished_jobs.insert(job_id, FinishedJob::of(&job));
+            self.archive.insert(job_id, job);
+            self.changes.jobs.insert(job_id);
+        }
+    }
+
     /// Removes a finished job and everything that is only its: attempts (in the row), log
     /// lines, log batch marks and its idempotency key. Its id is never handed out again. Its
     /// outbox events stay until shipped or pruned (the shipper copes with a job gone).
     fn remove_job(&mut self, job_id: JobId) {
-        let Some(job) = self.jobs.remove(&job_id) else {
+        let Some(job) = self.finished_jobs.remove(&job_id) else {
             return;
         };
-        debug_assert!(job.state.is_terminal(), "removing unfinished job {job_id}");
+        self.archive.remove(&job_id);
         self.by_state.remove(&(job.state, job_id));
         if let Some(count) = self.job_counts.get_mut(&job.state) {
             *count = count.saturating_sub(1);
@@ -758,7 +873,7 @@ impl QueueState {
                 self.job_counts.remove(&job.state);
             }
         }
-        self.finished.remove(&(job.updated_at_ms, job_id));
+        self.finished.remove(&(job.finished_at_ms, job_id));
         if let Some(key) = &job.idempotency_key {
             if self.idempotency.get(key) == Some(&job_id) {
                 self.idempotency.remove(key);
@@ -779,10 +894,9 @@ impl QueueState {
         self.changes.jobs.insert(job_id);
     }
 
+    /// Adds a live job to the indexes.
     fn index_job(&mut self, job: &Job) {
-        if job.state.is_terminal() {
-            self.finished.insert((job.updated_at_ms, job.id));
-        }
+        debug_assert!(!job.state.is_terminal(), "indexing finished job {}", job.id);
         self.by_state.insert((job.state, job.id));
         *self.job_counts.entry(job.state).or_default() += 1;
         if job.state == JobState::Queued {
@@ -794,6 +908,17 @@ impl QueueState {
         if let Some(key) = &job.idempotency_key {
             self.idempotency.insert(key.clone(), job.id);
         }
+    }
+
+    /// Adds a finished job to `finished_jobs` and the indexes.
+    fn index_finished(&mut self, job: FinishedJob) {
+        self.finished.insert((job.finished_at_ms, job.id));
+        self.by_state.insert((job.state, job.id));
+        *self.job_counts.entry(job.state).or_default() += 1;
+        if let Some(key) = &job.idempotency_key {
+            self.idempotency.insert(key.clone(), job.id);
+        }
+        self.finished_jobs.insert(job.id, job);
     }
 
     /// Checks every index and cross-reference against the rows; a description of the first
@@ -821,10 +946,22 @@ impl QueueState {
                 ));
             }
         }
-        if self.applying.is_some() {
+        if self.applying.is_some() || !self.finishing.is_empty() {
             return Err("an apply context outlived its apply".into());
         }
+        for (id, row) in &self.archive {
+            if !self
+                .finished_jobs
+                .get(id)
+                .is_some_and(|kept| kept.describes(row))
+            {
+                return Err(format!("the archived row of job {id} is not the job kept"));
+            }
+        }
         for job in self.jobs.values() {
+            if job.state.is_terminal() {
+                return Err(format!("finished job {} is among the live jobs", job.id));
+            }
             if job.state.is_leased() != job.lease.is_some() {
                 return Err(format!(
                     "job {} is {} with lease {:?}",

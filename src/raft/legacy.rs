@@ -3,7 +3,8 @@
 //!
 //! - [`JobV1`]: a job before `log_bytes` (the per-job byte cap), in job rows of the `sm` tree
 //!   and in snapshots of formats 3 to 5;
-//! - [`PartsV5`]: the snapshot state of formats 4 and 5 (jobs without `log_bytes`).
+//! - [`PartsV5`]: the snapshot state of formats 4 and 5 (jobs without `log_bytes`);
+//! - [`PartsV6`]: the snapshot state of format 6 (every job whole, finished ones too).
 //!
 //! A job from before the byte cap starts counting its bytes at 0: lines it already had are not
 //! counted against the cap.
@@ -81,10 +82,43 @@ pub(super) struct PartsV5 {
     pub(super) log_batches: Vec<(JobId, u64, u64)>,
 }
 
+/// The snapshot state of format 6.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct PartsV6 {
+    pub(super) jobs: Vec<Job>,
+    pub(super) workers: Vec<Worker>,
+    pub(super) log_lines: Vec<JobLogLine>,
+    pub(super) next_job_id: JobId,
+    pub(super) next_lease_token: u64,
+    pub(super) outbox: Vec<OutboxEvent>,
+    pub(super) outbox_meta: OutboxMeta,
+    pub(super) clock_ms: u64,
+    pub(super) log_batches: Vec<(JobId, u64, u64)>,
+}
+
+impl From<PartsV6> for Parts {
+    fn from(old: PartsV6) -> Parts {
+        Parts {
+            jobs: old.jobs,
+            finished: Vec::new(),
+            workers: old.workers,
+            log_lines: old.log_lines,
+            next_job_id: old.next_job_id,
+            next_lease_token: old.next_lease_token,
+            outbox: old.outbox,
+            outbox_meta: old.outbox_meta,
+            clock_ms: old.clock_ms,
+            log_batches: old.log_batches,
+        }
+    }
+}
+
 impl From<PartsV5> for Parts {
     fn from(old: PartsV5) -> Parts {
         Parts {
             jobs: old.jobs.into_iter().map(Job::from).collect(),
+            finished: Vec::new(),
             workers: old.workers,
             log_lines: old.log_lines,
             next_job_id: old.next_job_id,

@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod disk;
 pub mod election;
+mod job_rows;
 mod legacy;
 mod log_blocks;
 mod log_reader;
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{Command, CommandResult};
 
+pub use job_rows::{JobReadError, JobReader};
 pub use log_reader::{LogReadError, LogReader, MAX_LOG_PAGE_SIZE};
 pub use log_store::{LogStore, WalStats};
 pub use network::{PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};

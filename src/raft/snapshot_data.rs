@@ -1,35 +1,51 @@
 //! The layout of a snapshot's data, written and read as a stream so that neither side of a
-//! snapshot ever holds it whole: only the queue's rows without their log lines (what every
-//! replica holds in memory anyway) are one value; the log lines, the bulk of it, follow one by one.
+//! snapshot ever holds it whole: only the queue's counters, workers and outbox are one value;
+//! jobs and log lines, the bulk of it, follow one record at a time.
 //!
-//! Format 6:
+//! Format 7:
 //! - the format, u32 BE;
-//! - the length of the state (u64 BE), then the state: bincode of [`Parts`] with no log lines
-//!   (rows and counters, no indexes: the receiver rebuilds those, so a snapshot cannot carry an
-//!   index that disagrees with its rows);
-//! - each log line: its length (u32 BE, at least 1), then bincode of the [`JobLogLine`];
+//! - the length of the state (u64 BE), then the state: bincode of [`Parts`] with no jobs and no
+//!   log lines (rows and counters, no indexes: the receiver rebuilds those, so a snapshot cannot
+//!   carry an index that disagrees with its rows);
+//! - records, each its length (u32 BE, at least 1), a tag byte and the bincode of: a [`Job`]
+//!   (tag 1; a finished one with its current log counters), a [`FinishedJob`] (tag 2: a finished
+//!   job whose full row was gone when the snapshot was built, see `state_machine.rs`), or a
+//!   [`JobLogLine`] (tag 3), jobs before lines;
 //! - a length of 0, then a CRC-32 (u32 LE) of every byte before it, and nothing after.
 //!
-//! Format 5 (the same, with jobs from before the per-job log byte cap: `legacy.rs`) is still
-//! read, and so are formats 3 and 4 (one bincode value with the lines inside; 3 without the
-//! cluster time and the log batch marks), whole: they come from builds that held snapshots in
-//! memory.
+//! Formats 5 and 6 (the jobs inside the state value, then untagged lines; 5 with jobs from
+//! before the per-job log byte cap: `legacy.rs`) are still read, and so are formats 3 and 4 (one
+//! bincode value with the lines inside; 3 without the cluster time and the log batch marks),
+//! whole: they come from builds that held snapshots in memory. Their jobs are handed out as
+//! records like format 7's.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::Deserialize;
 
-use super::legacy::{JobV1, PartsV5};
+use super::legacy::{JobV1, PartsV5, PartsV6};
 use super::storage::{decode, encode};
-use crate::queue::{JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
+use crate::queue::{FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
 
-pub(super) const SNAPSHOT_FORMAT: u32 = 6;
-/// No stored line comes near this (a line's text is capped far below); a longer length is
-/// damage, refused before anything is allocated for it.
-const MAX_LINE_BYTES: u32 = 4 * 1024 * 1024;
+pub(super) const SNAPSHOT_FORMAT: u32 = 7;
+/// No stored record comes near this (a job's spec and a line's text are capped far below); a
+/// longer length is damage, refused before anything is allocated for it.
+const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
 const BUFFER_BYTES: usize = 1024 * 1024;
 
-/// Writes snapshot data: the state first ([`DataWriter::start`]), then each stored line.
+const TAG_JOB: u8 = 1;
+const TAG_FINISHED: u8 = 2;
+const TAG_LINE: u8 = 3;
+
+/// One record of snapshot data after its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Record {
+    Job(Box<Job>),
+    Finished(FinishedJob),
+    Line(JobLogLine),
+}
+
+/// Writes snapshot data: the state first ([`DataWriter::start`]), then each job and each line.
 pub(super) struct DataWriter<W: Write> {
     out: BufWriter<W>,
     crc: crc32fast::Hasher,
@@ -38,11 +54,12 @@ pub(super) struct DataWriter<W: Write> {
 }
 
 impl<W: Write> DataWriter<W> {
-    /// Writes the format and `state`, whose `log_lines` must be empty (lines follow one by one).
+    /// Writes the format and `state`, which must hold no jobs and no lines (they follow as
+    /// records).
     pub(super) fn start(out: W, state: &Parts) -> io::Result<Self> {
-        if !state.log_lines.is_empty() {
+        if !state.log_lines.is_empty() || !state.jobs.is_empty() || !state.finished.is_empty() {
             return Err(io::Error::other(
-                "snapshot state with log lines inside (they are written one by one)",
+                "snapshot state with jobs or log lines inside (they are written one by one)",
             ));
         }
         let mut writer = DataWriter {
@@ -58,17 +75,32 @@ impl<W: Write> DataWriter<W> {
         Ok(writer)
     }
 
+    /// Writes one job (all jobs go before the first line).
+    pub(super) fn job(&mut self, job: &Job) -> io::Result<()> {
+        self.record(TAG_JOB, job)
+    }
+
+    /// Writes what is kept of a finished job whose row is gone.
+    pub(super) fn finished(&mut self, job: &FinishedJob) -> io::Result<()> {
+        self.record(TAG_FINISHED, job)
+    }
+
     /// Writes one line.
     pub(super) fn line(&mut self, line: &JobLogLine) -> io::Result<()> {
-        let encoded = encode(line).map_err(io::Error::other)?;
-        let len = u32::try_from(encoded.len())
-            .ok()
-            .filter(|len| (1..=MAX_LINE_BYTES).contains(len))
-            .ok_or_else(|| io::Error::other(format!("a log line of {} bytes", encoded.len())))?;
-        self.put(&len.to_be_bytes())?;
-        self.put(&encoded)?;
+        self.record(TAG_LINE, line)?;
         self.lines += 1;
         Ok(())
+    }
+
+    fn record(&mut self, tag: u8, value: &impl serde::Serialize) -> io::Result<()> {
+        let encoded = encode(value).map_err(io::Error::other)?;
+        let len = u32::try_from(encoded.len() + 1)
+            .ok()
+            .filter(|len| *len <= MAX_RECORD_BYTES)
+            .ok_or_else(|| io::Error::other(format!("a record of {} bytes", encoded.len())))?;
+        self.put(&len.to_be_bytes())?;
+        self.put(&[tag])?;
+        self.put(&encoded)
     }
 
     /// Ends the data; returns the output, the lines written and the bytes written.
@@ -88,10 +120,12 @@ impl<W: Write> DataWriter<W> {
     }
 }
 
-/// Reads snapshot data: [`DataReader::open`] returns the state, then
-/// [`DataReader::next_line`] each line. The checksum is checked when the last line has been
-/// read: a caller applies nothing for good before `next_line` has returned `Ok(None)`.
+/// Reads snapshot data: [`DataReader::open`] returns the state (without jobs), then
+/// [`DataReader::next_record`] each job and line. The checksum is checked when the last record
+/// has been read: a caller applies nothing for good before `next_record` has returned `Ok(None)`.
 pub(super) struct DataReader<R: Read> {
+    /// Jobs of formats 3 to 6, taken out of their state value, handed out first.
+    jobs: std::vec::IntoIter<Job>,
     source: Source<R>,
 }
 
@@ -99,6 +133,8 @@ enum Source<R: Read> {
     Streamed {
         input: BufReader<R>,
         crc: crc32fast::Hasher,
+        /// Format 7: records carry a tag (5 and 6: lines only, untagged).
+        tagged: bool,
         done: bool,
     },
     /// Format 3 or 4: decoded whole.
@@ -111,41 +147,35 @@ impl<R: Read> DataReader<R> {
         let mut crc = crc32fast::Hasher::new();
         let format = read_array::<_, 4>(&mut input, &mut crc)
             .map_err(|e| format!("snapshot data too short for its format: {e}"))?;
-        match u32::from_be_bytes(format) {
-            version @ (5 | SNAPSHOT_FORMAT) => {
+        let (mut state, source) = match u32::from_be_bytes(format) {
+            version @ (5 | 6 | SNAPSHOT_FORMAT) => {
                 let len = u64::from_be_bytes(
                     read_array::<_, 8>(&mut input, &mut crc)
                         .map_err(|e| format!("snapshot data cut short: {e}"))?,
                 );
-                // Read as it arrives (not allocated from the length), so a damaged length
-                // cannot ask for more memory than the data has.
-                let mut encoded = Vec::new();
-                (&mut input)
-                    .take(len)
-                    .read_to_end(&mut encoded)
-                    .map_err(|e| format!("snapshot data cannot be read: {e}"))?;
-                if encoded.len() as u64 != len {
-                    return Err(format!(
-                        "snapshot data cut short: its state has {} of {len} bytes",
-                        encoded.len()
-                    ));
-                }
+                let encoded = read_exactly(&mut input, len, "its state")?;
                 crc.update(&encoded);
-                let state: Parts = if version == SNAPSHOT_FORMAT {
-                    decode(&encoded)
-                } else {
-                    decode::<PartsV5>(&encoded).map(Parts::from)
+                let state: Parts = match version {
+                    SNAPSHOT_FORMAT => decode(&encoded),
+                    6 => decode::<PartsV6>(&encoded).map(Parts::from),
+                    _ => decode::<PartsV5>(&encoded).map(Parts::from),
                 }
                 .map_err(|e| format!("snapshot state does not decode: {e}"))?;
                 if !state.log_lines.is_empty() {
                     return Err("snapshot state holds log lines it should not".into());
                 }
+                if version == SNAPSHOT_FORMAT
+                    && (!state.jobs.is_empty() || !state.finished.is_empty())
+                {
+                    return Err("snapshot state holds jobs it should not".into());
+                }
                 let source = Source::Streamed {
                     input,
                     crc,
+                    tagged: version == SNAPSHOT_FORMAT,
                     done: false,
                 };
-                Ok((state, DataReader { source }))
+                (state, source)
             }
             version @ (3 | 4) => {
                 let mut body = Vec::new();
@@ -164,20 +194,31 @@ impl<R: Read> DataReader<R> {
                         .upgrade()
                 };
                 let lines = std::mem::take(&mut state.log_lines);
-                let source = Source::Whole(lines.into_iter());
-                Ok((state, DataReader { source }))
+                (state, Source::Whole(lines.into_iter()))
             }
-            version => Err(format!(
-                "snapshot format {version} is not one this build reads (3 to {SNAPSHOT_FORMAT})"
-            )),
-        }
+            version => {
+                return Err(format!(
+                    "snapshot format {version} is not one this build reads (3 to {SNAPSHOT_FORMAT})"
+                ))
+            }
+        };
+        let jobs = std::mem::take(&mut state.jobs).into_iter();
+        Ok((state, DataReader { jobs, source }))
     }
 
-    /// The next line; `Ok(None)` at the end, once the checksum matched.
-    pub(super) fn next_line(&mut self) -> Result<Option<JobLogLine>, String> {
-        let (input, crc, done) = match &mut self.source {
-            Source::Whole(lines) => return Ok(lines.next()),
-            Source::Streamed { input, crc, done } => (input, crc, done),
+    /// The next record; `Ok(None)` at the end, once the checksum matched.
+    pub(super) fn next_record(&mut self) -> Result<Option<Record>, String> {
+        if let Some(job) = self.jobs.next() {
+            return Ok(Some(Record::Job(Box::new(job))));
+        }
+        let (input, crc, tagged, done) = match &mut self.source {
+            Source::Whole(lines) => return Ok(lines.next().map(Record::Line)),
+            Source::Streamed {
+                input,
+                crc,
+                tagged,
+                done,
+            } => (input, crc, *tagged, done),
         };
         if *done {
             return Ok(None);
@@ -205,20 +246,45 @@ impl<R: Read> DataReader<R> {
             *done = true;
             return Ok(None);
         }
-        if len > MAX_LINE_BYTES {
-            return Err(format!(
-                "snapshot data is damaged: a log line of {len} bytes"
-            ));
+        if len > MAX_RECORD_BYTES {
+            return Err(format!("snapshot data is damaged: a record of {len} bytes"));
         }
-        let mut encoded = vec![0; len as usize];
-        input
-            .read_exact(&mut encoded)
-            .map_err(|e| format!("snapshot data cut short in a log line: {e}"))?;
+        let encoded = read_exactly(input, u64::from(len), "a record")?;
         crc.update(&encoded);
-        decode(&encoded)
+        let (tag, body) = match tagged {
+            true => encoded
+                .split_first()
+                .map(|(tag, body)| (*tag, body))
+                .ok_or("snapshot data is damaged: an empty record")?,
+            false => (TAG_LINE, encoded.as_slice()),
+        };
+        let record = match tag {
+            TAG_JOB => decode(body).map(|job| Record::Job(Box::new(job))),
+            TAG_FINISHED => decode(body).map(Record::Finished),
+            TAG_LINE => decode(body).map(Record::Line),
+            tag => return Err(format!("snapshot data is damaged: a record tagged {tag}")),
+        };
+        record
             .map(Some)
-            .map_err(|e| format!("a log line in the snapshot does not decode: {e}"))
+            .map_err(|e| format!("a record in the snapshot does not decode: {e}"))
     }
+}
+
+/// Reads `len` bytes as they arrive (not allocated from the length, so a damaged length cannot
+/// ask for more memory than the data has).
+fn read_exactly<R: Read>(input: &mut R, len: u64, what: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    input
+        .take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("snapshot data cannot be read: {e}"))?;
+    if bytes.len() as u64 != len {
+        return Err(format!(
+            "snapshot data cut short: {what} has {} of {len} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 fn read_array<R: Read, const N: usize>(
@@ -268,6 +334,7 @@ impl PayloadV3 {
             outbox_meta: q.outbox_meta,
             clock_ms: 0,
             log_batches: Vec::new(),
+            finished: Vec::new(),
         }
     }
 }
@@ -292,8 +359,20 @@ mod tests {
         }
     }
 
+    /// `state` written as a snapshot: its jobs and finished jobs as records, then `lines`.
     fn written(state: &Parts, lines: &[JobLogLine]) -> Vec<u8> {
-        let mut writer = DataWriter::start(Vec::new(), state).expect("start");
+        let header = Parts {
+            jobs: Vec::new(),
+            finished: Vec::new(),
+            ..state.clone()
+        };
+        let mut writer = DataWriter::start(Vec::new(), &header).expect("start");
+        for job in &state.jobs {
+            writer.job(job).expect("job");
+        }
+        for kept in &state.finished {
+            writer.finished(kept).expect("finished job");
+        }
         for line in lines {
             writer.line(line).expect("line");
         }
@@ -303,18 +382,35 @@ mod tests {
         data
     }
 
+    /// The state read back with its jobs and finished jobs, and the lines.
     fn read_all(data: &[u8]) -> Result<(Parts, Vec<JobLogLine>), String> {
-        let (state, mut reader) = DataReader::open(data)?;
+        let (mut state, mut reader) = DataReader::open(data)?;
         let mut lines = Vec::new();
-        while let Some(line) = reader.next_line()? {
-            lines.push(line);
+        while let Some(record) = reader.next_record()? {
+            match record {
+                Record::Job(job) => state.jobs.push(*job),
+                Record::Finished(kept) => state.finished.push(kept),
+                Record::Line(line) => lines.push(line),
+            }
         }
         Ok((state, lines))
+    }
+
+    fn job(id: JobId, state: crate::queue::JobState) -> Job {
+        let mut job = Job::from(old_job(id));
+        job.state = state;
+        job.log_bytes = 99;
+        job
     }
 
     #[test]
     fn data_reads_back_as_written() {
         let state = Parts {
+            jobs: vec![
+                job(1, crate::queue::JobState::Queued),
+                job(2, crate::queue::JobState::Succeeded),
+            ],
+            finished: vec![FinishedJob::of(&job(3, crate::queue::JobState::Failed))],
             next_job_id: 9,
             next_lease_token: 4,
             clock_ms: 77,
@@ -354,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn formats_3_4_and_5_are_still_read() {
+    fn formats_3_to_6_are_still_read() {
         let old = PartsV3 {
             jobs: Vec::new(),
             workers: Vec::new(),
@@ -406,6 +502,32 @@ mod tests {
         let (state, lines) = read_all(&data).expect("a format-5 snapshot");
         assert_eq!((state.jobs[0].id, state.jobs[0].log_lines), (3, 12));
         assert_eq!(lines, vec![line(3, 1)]);
+
+        // Format 6: every job inside the state value, lines untagged.
+        let v6 = PartsV6 {
+            jobs: vec![job(4, crate::queue::JobState::Cancelled)],
+            workers: Vec::new(),
+            log_lines: Vec::new(),
+            next_job_id: 5,
+            next_lease_token: 1,
+            outbox: Vec::new(),
+            outbox_meta: OutboxMeta::default(),
+            clock_ms: 5,
+            log_batches: Vec::new(),
+        };
+        let mut data = 6u32.to_be_bytes().to_vec();
+        let state_bytes = encode(&v6).expect("encode");
+        data.extend((state_bytes.len() as u64).to_be_bytes());
+        data.extend(state_bytes);
+        let encoded_line = encode(&line(4, 1)).expect("encode");
+        data.extend((encoded_line.len() as u32).to_be_bytes());
+        data.extend(encoded_line);
+        data.extend(0u32.to_be_bytes());
+        let crc = crc32fast::hash(&data);
+        data.extend(crc.to_le_bytes());
+        let (state, lines) = read_all(&data).expect("a format-6 snapshot");
+        assert_eq!(state.jobs, v6.jobs);
+        assert_eq!(lines, vec![line(4, 1)]);
 
         let mut unknown = 9u32.to_be_bytes().to_vec();
         unknown.extend([0u8; 8]);

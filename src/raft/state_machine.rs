@@ -4,7 +4,9 @@
 //! Storage, in the replica's one sled database:
 //! - tree `sm`: everything the state machine knows, under the keys
 //!   `meta/last_applied`, `meta/membership`, `meta/next_job_id`, `meta/next_lease_token`,
-//!   `meta/clock`, `meta/outbox`, `job/<id, 8 bytes BE>`, `worker/<uuid, 16 bytes>`,
+//!   `meta/clock`, `meta/outbox`, `job/<id, 8 bytes BE>` (live jobs), `finished/<id>` and
+//!   `archive/<id>` (finished jobs: what the queue keeps, and the full row, which only queries
+//!   read; see `job_rows.rs`), `worker/<uuid, 16 bytes>`,
 //!   `lines/<job id BE><first sequence BE>` (blocks of a job's log lines, see `log_blocks.rs`;
 //!   big-endian, so a job's lines are contiguous and in order),
 //!   `logbatch/<job id BE><lease token BE>` and `outbox/<event id BE>`;
@@ -32,6 +34,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use super::job_rows::{
+    archive_key, finished_key, job_key, read_archived, JobReader, ARCHIVE_PREFIX, FINISHED_PREFIX,
+    JOB_PREFIX,
+};
 use super::legacy::decode_job;
 use super::log_blocks::{
     convert_single_line_rows, encode_block, job_blocks, parse_line_key, prefix_end, BlockPacker,
@@ -39,7 +45,7 @@ use super::log_blocks::{
 };
 use super::log_reader::LogReader;
 use super::log_store::LogStore;
-use super::snapshot_data::{DataReader, DataWriter};
+use super::snapshot_data::{DataReader, DataWriter, Record};
 use super::snapshot_file::SnapshotFile;
 use super::snapshot_store::SnapshotStore;
 use super::storage::{decode_loaded, encode, LoadError};
@@ -48,8 +54,8 @@ use super::{
     TypeConfig,
 };
 use crate::queue::{
-    ApplyContext, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState, Worker,
-    WorkerId,
+    ApplyContext, FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState,
+    Worker, WorkerId,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -68,19 +74,11 @@ const NEXT_JOB_ID_KEY: &[u8] = b"meta/next_job_id";
 const NEXT_LEASE_TOKEN_KEY: &[u8] = b"meta/next_lease_token";
 /// Cluster time (`QueueState::clock_ms`); absent in data dirs from before it was kept (0).
 const CLOCK_KEY: &[u8] = b"meta/clock";
-const JOB_PREFIX: &[u8] = b"job/";
 const WORKER_PREFIX: &[u8] = b"worker/";
 const OUTBOX_PREFIX: &[u8] = b"outbox/";
 /// `logbatch/{job}{token}`: the last log batch number applied for that lease.
 const LOG_BATCH_PREFIX: &[u8] = b"logbatch/";
 const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
-
-fn job_key(id: JobId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(JOB_PREFIX.len() + 8);
-    key.extend_from_slice(JOB_PREFIX);
-    key.extend_from_slice(&id.to_be_bytes());
-    key
-}
 
 fn worker_key(id: WorkerId) -> Vec<u8> {
     let mut key = Vec::with_capacity(WORKER_PREFIX.len() + 16);
@@ -107,6 +105,7 @@ fn log_batch_key(job: JobId, token: u64) -> Vec<u8> {
 /// A row of the `sm` tree, by its key.
 enum Row {
     Job(JobId),
+    Finished(JobId),
     Worker(WorkerId),
     /// A block of log lines (read through `LogReader`, never loaded).
     Log,
@@ -128,15 +127,31 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
     if let Some(id) = key.strip_prefix(JOB_PREFIX) {
         return Some(Row::Job(u64::from_be_bytes(id.try_into().ok()?)));
     }
+    if let Some(id) = key.strip_prefix(FINISHED_PREFIX) {
+        return Some(Row::Finished(u64::from_be_bytes(id.try_into().ok()?)));
+    }
     if let Some(id) = key.strip_prefix(WORKER_PREFIX) {
         return Some(Row::Worker(WorkerId::from_bytes(id.try_into().ok()?)));
     }
     parse_line_key(key).map(|_| Row::Log)
 }
 
+/// A changed job's rows.
+enum JobRows {
+    Live(Box<Job>),
+    /// Finished: what the queue keeps, and the full row when it finished in this apply call.
+    Finished {
+        kept: FinishedJob,
+        row: Option<Box<Job>>,
+    },
+    Gone,
+}
+
 /// The rows changed by one apply call, read under the queue lock and written after it.
 struct ChangedRows {
-    jobs: Vec<(JobId, Option<Job>)>,
+    jobs: Vec<(JobId, JobRows)>,
+    /// Jobs whose full row the queue holds until this batch is written.
+    archived: Vec<JobId>,
     workers: Vec<(WorkerId, Option<Worker>)>,
     /// Lines written, the last write of each (the truncation notice is rewritten in place).
     log_lines: Vec<JobLogLine>,
@@ -153,12 +168,28 @@ struct ChangedRows {
 impl ChangedRows {
     fn take(queue: &mut QueueState) -> Self {
         let changes = queue.take_changes();
+        let jobs: Vec<(JobId, JobRows)> = changes
+            .jobs
+            .into_iter()
+            .map(|id| {
+                let rows = match (queue.finished_job(id), queue.job(id)) {
+                    (Some(kept), _) => JobRows::Finished {
+                        kept: kept.clone(),
+                        row: queue.archived(id).cloned().map(Box::new),
+                    },
+                    (None, Some(job)) => JobRows::Live(Box::new(job.clone())),
+                    (None, None) => JobRows::Gone,
+                };
+                (id, rows)
+            })
+            .collect();
         ChangedRows {
-            jobs: changes
-                .jobs
-                .into_iter()
-                .map(|id| (id, queue.job(id).cloned()))
+            archived: jobs
+                .iter()
+                .filter(|(_, rows)| matches!(rows, JobRows::Finished { row: Some(_), .. }))
+                .map(|&(id, _)| id)
                 .collect(),
+            jobs,
             workers: changes
                 .workers
                 .into_iter()
@@ -217,12 +248,29 @@ impl ChangedRows {
                 encode(&meta).map_err(|e| sm_write_error(&e))?,
             );
         }
-        for (id, job) in self.jobs {
-            match job {
-                Some(job) => {
+        for (id, rows) in self.jobs {
+            match rows {
+                JobRows::Live(job) => {
                     batch.insert(job_key(id), encode(&job).map_err(|e| sm_write_error(&e))?)
                 }
-                None => batch.remove(job_key(id)),
+                JobRows::Finished { kept, row } => {
+                    batch.insert(
+                        finished_key(id),
+                        encode(&kept).map_err(|e| sm_write_error(&e))?,
+                    );
+                    if let Some(row) = row {
+                        batch.insert(
+                            archive_key(id),
+                            encode(&row).map_err(|e| sm_write_error(&e))?,
+                        );
+                        batch.remove(job_key(id));
+                    }
+                }
+                JobRows::Gone => {
+                    batch.remove(job_key(id));
+                    batch.remove(finished_key(id));
+                    batch.remove(archive_key(id));
+                }
             }
         }
         for (id, worker) in self.workers {
@@ -288,8 +336,9 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the persisted state (meta keys and every job, worker and log row), and rewrites it
-    /// from the snapshot when it is older than the snapshot.
+    /// Loads the persisted state (meta keys, live jobs, what is kept of finished ones, workers,
+    /// outbox; not the finished jobs' full rows nor the log lines), and rewrites it from the
+    /// snapshot when it is older than the snapshot.
     pub(super) fn open(
         db: &sled::Db,
         snapshots: SnapshotStore,
@@ -303,14 +352,20 @@ impl StateMachine {
             next_lease_token: 1,
             ..Parts::default()
         };
-        // Everything but the log lines, which stay in the store (`LogReader`): skipping their
-        // ranges, a restart does not even read them.
+        // Everything but the finished jobs' full rows (`JobReader`) and the log lines
+        // (`LogReader`), which stay in the store: skipping their ranges, a restart does not even
+        // read them.
+        let archive_end = prefix_end(ARCHIVE_PREFIX);
         let lines_end = prefix_end(LINES_PREFIX);
         let single_lines_end = prefix_end(SINGLE_LINE_PREFIX);
         let rows = sm
-            .range(..LINES_PREFIX)
+            .range(..ARCHIVE_PREFIX)
+            .chain(sm.range(archive_end.as_slice()..LINES_PREFIX))
             .chain(sm.range(lines_end.as_slice()..SINGLE_LINE_PREFIX))
             .chain(sm.range(single_lines_end.as_slice()..));
+        // Finished jobs stored as live rows by earlier builds, moved as they are met.
+        let mut moved = RowBatches::new(&sm);
+        let mut moved_jobs = 0u64;
         for item in rows {
             let (key, value) = item?;
             match key.as_ref() {
@@ -335,7 +390,27 @@ impl StateMachine {
                                 job.id
                             )));
                         }
-                        parts.jobs.push(job);
+                        if job.state.is_terminal() {
+                            let kept = FinishedJob::of(&job);
+                            moved
+                                .put_finished(&job, &kept)
+                                .map_err(LoadError::Corrupt)?;
+                            moved_jobs += 1;
+                            parts.finished.push(kept);
+                        } else {
+                            parts.jobs.push(job);
+                        }
+                    }
+                    Some(Row::Finished(id)) => {
+                        let kept: FinishedJob =
+                            decode_loaded(&value, &format!("finished job {id}"))?;
+                        if kept.id != id {
+                            return Err(LoadError::Corrupt(format!(
+                                "finished job {} is stored under id {id}",
+                                kept.id
+                            )));
+                        }
+                        parts.finished.push(kept);
                     }
                     Some(Row::Worker(id)) => {
                         let worker: Worker = decode_loaded(&value, &format!("worker {id}"))?;
@@ -374,6 +449,13 @@ impl StateMachine {
                     }
                 },
             }
+        }
+        sm.apply_batch(moved.finish())?;
+        if moved_jobs > 0 {
+            tracing::info!(
+                jobs = moved_jobs,
+                "moved the finished jobs stored as live rows (by an earlier build) out of memory"
+            );
         }
         let converted = convert_single_line_rows(&sm).map_err(LoadError::Corrupt)?;
         if converted > 0 {
@@ -427,6 +509,12 @@ impl StateMachine {
         self.last_applied.is_some()
     }
 
+    /// The `sm` tree, for tests that look at rows.
+    #[cfg(test)]
+    pub(super) fn tree(&self) -> &sled::Tree {
+        &self.sm
+    }
+
     /// How many rows hold log lines (blocks, and single lines of earlier builds).
     #[cfg(test)]
     pub(super) fn log_line_rows(&self) -> usize {
@@ -436,6 +524,11 @@ impl StateMachine {
     /// The stored log lines, for the API's and the shipper's reads.
     pub fn log_reader(&self) -> LogReader {
         LogReader::new(self.sm.clone())
+    }
+
+    /// Jobs, live and finished, for the API's and the shipper's reads.
+    pub fn job_reader(&self) -> JobReader {
+        JobReader::new(self.sm.clone(), self.queue())
     }
 
     /// The queue, for the API services' reads. Applies change it in place.
@@ -477,8 +570,7 @@ fn rewrite_from_snapshot(
     last_applied: Option<LogId>,
     membership: &StoredMembership,
 ) -> Result<(QueueState, u64), String> {
-    let (state, mut reader) = DataReader::open(data)?;
-    let queue = QueueState::from_parts(state);
+    let (mut state, mut reader) = DataReader::open(data)?;
     let mut rows = RowBatches::new(sm);
     // Emptied in batches too (sled's own `clear` removes key by key, unflushed).
     let mut old_keys = sm.iter().keys();
@@ -494,29 +586,46 @@ fn rewrite_from_snapshot(
         rows.remove_all(chunk)?;
     }
     drop(old_keys);
-    for job in queue.jobs() {
-        rows.put(job_key(job.id), job)?;
-    }
-    for worker in queue.workers() {
+    for worker in &state.workers {
         rows.put(worker_key(worker.info.id), worker)?;
     }
-    for event in queue.outbox_events() {
+    for event in &state.outbox {
         rows.put(outbox_key(event.id), event)?;
     }
-    for (job, token, mark) in queue.log_batch_marks() {
+    for &(job, token, mark) in &state.log_batches {
         rows.put(log_batch_key(job, token), &mark)?;
     }
+    // Jobs and lines as they stream in: the live jobs and what is kept of finished ones gather
+    // in `state` (what the queue holds anyway), finished jobs' full rows only pass through.
     let mut lines = 0;
     let mut packer = BlockPacker::default();
-    while let Some(line) = reader.next_line()? {
-        if let Some((key, block)) = packer.push(line) {
-            rows.put(key, &block)?;
+    while let Some(record) = reader.next_record()? {
+        match record {
+            Record::Job(job) if job.state.is_terminal() => {
+                let kept = FinishedJob::of(&job);
+                rows.put_finished(&job, &kept)?;
+                state.finished.push(kept);
+            }
+            Record::Job(job) => {
+                rows.put(job_key(job.id), &job)?;
+                state.jobs.push(*job);
+            }
+            Record::Finished(kept) => {
+                rows.put(finished_key(kept.id), &kept)?;
+                state.finished.push(kept);
+            }
+            Record::Line(line) => {
+                if let Some((key, block)) = packer.push(line) {
+                    rows.put(key, &block)?;
+                }
+                lines += 1;
+            }
         }
-        lines += 1;
     }
     if let Some((key, block)) = packer.take() {
         rows.put(key, &block)?;
     }
+    let queue = QueueState::from_parts(state);
     let mut batch = rows.finish();
     batch.insert(
         OUTBOX_META_KEY,
@@ -576,6 +685,14 @@ impl<'a> RowBatches<'a> {
                 .map_err(|e| format!("cannot write the state machine tree: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Stores a finished job: its full row under `archive/`, what the queue keeps of it under
+    /// `finished/`, and no live row.
+    fn put_finished(&mut self, job: &Job, kept: &FinishedJob) -> Result<(), String> {
+        self.batch.remove(job_key(job.id));
+        self.put(archive_key(job.id), job)?;
+        self.put(finished_key(job.id), kept)
     }
 
     fn put(&mut self, key: Vec<u8>, value: &impl Serialize) -> Result<(), String> {
@@ -652,7 +769,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_applied = self.last_applied;
         let mut membership = None;
         // In-memory work under the lock; the sled write after releasing it.
-        let changed = {
+        let mut changed = {
             let mut queue = self.lock_for_apply()?;
             for entry in entries {
                 last_applied = Some(entry.log_id);
@@ -701,6 +818,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // re-applies the entries after the recovered `last_applied`, producing the same rows and
         // ids again.
         let mut batch = sled::Batch::default();
+        let archived = std::mem::take(&mut changed.archived);
         let (next_job_id, next_lease_token, clock_ms) = (
             changed.next_job_id,
             changed.next_lease_token,
@@ -727,14 +845,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // An error here leaves memory ahead of disk; openraft stops this replica on a storage
         // error, and on restart the log replays what is missing.
         self.sm.apply_batch(batch).map_err(|e| sm_write_error(&e))?;
+        // Readers find those rows in the tree from now on.
+        if !archived.is_empty() {
+            self.lock_for_apply()?.release_archived(archived);
+        }
         Ok(outcomes)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // openraft calls this on the state machine task between applies, so the clone below is
         // a consistent view as of `last_applied`; the builder then runs while later entries are
-        // applied. The log lines are not copied here (they are the bulk of the state, and apply
-        // waits while this runs): the builder reads them from the tree (`LogReader::each_as_of`).
+        // applied. Finished jobs' full rows and the log lines are not copied here (they are the
+        // bulk of the state, and apply waits while this runs): the builder reads them from the
+        // tree (`read_archived`, `LogReader::each_as_of`).
         let view_started = std::time::Instant::now();
         let state = self
             .queue
@@ -743,6 +866,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .to_parts();
         SnapshotBuilder {
             view_ms: view_started.elapsed().as_millis() as u64,
+            tree: self.sm.clone(),
             logs: self.log_reader(),
             state,
             last_applied: self.last_applied,
@@ -839,7 +963,7 @@ fn verify_snapshot_data(data: &mut SnapshotFile) -> Result<u64, String> {
     rewind(data)?;
     {
         let (_, mut reader) = DataReader::open(&mut *data)?;
-        while reader.next_line()?.is_some() {}
+        while reader.next_record()?.is_some() {}
     }
     rewind(data)?;
     data.data_len()
@@ -861,9 +985,12 @@ fn copy_to_part(
 pub struct SnapshotBuilder {
     /// How long taking the view held up apply (the state machine task waits for it).
     view_ms: u64,
+    /// The `sm` tree, for finished jobs' full rows.
+    tree: sled::Tree,
     /// The stored lines; those of the view's jobs, as counted in the view, go in the snapshot.
     logs: LogReader,
-    /// The view: the queue's rows as of `last_applied`, without log lines.
+    /// The view: the queue's rows as of `last_applied`, without log lines nor finished jobs'
+    /// full rows.
     state: Parts,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -889,21 +1016,37 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // lines read from the tree straight into the file; stored durably before openraft
         // purges the log behind it, and not stored when a newer snapshot was installed meanwhile
         // (the current snapshot never goes backwards).
-        let state = std::mem::take(&mut self.state);
-        let jobs = state.jobs.len() as u64;
+        let mut state = std::mem::take(&mut self.state);
+        let jobs = (state.jobs.len() + state.finished.len()) as u64;
+        let tree = self.tree.clone();
         let logs = self.logs.clone();
         let snapshots = self.snapshots.clone();
         let build_meta = meta.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let counts: BTreeMap<JobId, u64> = state
-                .jobs
+            let live = std::mem::take(&mut state.jobs);
+            let finished = std::mem::take(&mut state.finished);
+            let counts: BTreeMap<JobId, u64> = live
                 .iter()
                 .map(|job| (job.id, job.log_lines))
+                .chain(finished.iter().map(|job| (job.id, job.log_lines)))
                 .collect();
             let part = snapshots.create_part()?;
             let write_err = |e: std::io::Error| format!("cannot write the snapshot: {e}");
             let mut writer = DataWriter::start(part, &state).map_err(write_err)?;
             drop(state);
+            for job in live {
+                writer.job(&job).map_err(write_err)?;
+            }
+            // A finished job's row as it finished, with the counters of the view. A row removed
+            // by retention since the view is missing: the job goes as kept, and the entry that
+            // removed it, which follows the snapshot, removes it again on the replica that
+            // installs it.
+            for kept in finished {
+                match read_archived(&tree, &kept).map_err(|e| e.to_string())? {
+                    Some(row) => writer.job(&row).map_err(write_err)?,
+                    None => writer.finished(&kept).map_err(write_err)?,
+                }
+            }
             logs.each_as_of(&counts, |line| writer.line(line))
                 .map_err(write_err)?;
             let (mut data, lines, bytes) = writer.finish().map_err(write_err)?;

@@ -151,7 +151,7 @@ async fn applied_state_survives_reopen() {
         ));
         (queue_of(&sm), sm.applied_state().await.unwrap())
     };
-    assert_eq!(queue.job(2).unwrap().state, JobState::Cancelled);
+    assert_eq!(queue.job_state(2), Some(JobState::Cancelled));
     assert_eq!(applied.0, Some(log_id(1, 3)));
     assert_eq!(applied.1.log_id(), &Some(log_id(1, 1)));
 
@@ -278,7 +278,7 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
     let job = queue.job(1).unwrap();
     assert_eq!(job.state, JobState::PickedUp);
     assert_eq!(job.lease.as_ref().map(|l| l.token), Some(1));
-    assert_eq!(queue.job(3).unwrap().state, JobState::Succeeded);
+    assert_eq!(queue.job_state(3), Some(JobState::Succeeded));
     assert!(queue.worker(worker(2)).is_none());
 
     let (_log, mut sm) = open(dir.path());
@@ -516,9 +516,13 @@ async fn a_rewrite_cut_off_midway_is_redone_at_open() {
     {
         let db = raw_db(dir.path());
         let tree = db.open_tree("sm").unwrap();
-        let mut job_3 = b"job/".to_vec();
-        job_3.extend_from_slice(&3u64.to_be_bytes());
-        tree.remove(job_3).unwrap().expect("job 3 was stored");
+        for prefix in [&b"finished/"[..], b"archive/"] {
+            let mut job_3 = prefix.to_vec();
+            job_3.extend_from_slice(&3u64.to_be_bytes());
+            tree.remove(job_3)
+                .unwrap()
+                .expect("job 3 (finished) was stored");
+        }
         tree.remove(b"meta/last_applied").unwrap().expect("stored");
         tree.remove(super::log_blocks::block_key(1, 1))
             .unwrap()
@@ -530,6 +534,7 @@ async fn a_rewrite_cut_off_midway_is_redone_at_open() {
     assert_eq!(applied, snapshot_at);
     assert_eq!(queue_of(&sm), expected);
     assert_eq!(sm.log_reader().job_logs(1, 0, 0).unwrap().len(), 3);
+    assert_eq!(sm.job_reader().job(3).unwrap().state, JobState::Succeeded);
 }
 
 fn open_error(dir: &Path) -> StorageOpenError {
@@ -887,7 +892,15 @@ async fn a_job_removed_in_the_entry_that_logged_to_it_leaves_no_line() {
         assert_eq!(sm.log_reader().job_logs(1, 0, 0).unwrap().len(), 3);
     }
     let (_log, sm) = open(dir.path());
-    assert!(queue_of(&sm).job(3).is_none());
+    assert!(!queue_of(&sm).has_job(3));
+    assert!(matches!(
+        sm.job_reader().job(3),
+        Err(JobReadError::Missing(crate::queue::QueueError::JobRemoved(
+            3
+        )))
+    ));
+    assert!(stored_keys(&sm, b"archive/").is_empty());
+    assert!(stored_keys(&sm, b"finished/").is_empty());
     assert!(sm.log_reader().job_logs(3, 0, 0).unwrap().is_empty());
 }
 
@@ -1097,4 +1110,187 @@ async fn stored_snapshot(sm: &mut StateMachine) -> Snapshot {
         .await
         .expect("read the stored snapshot")
         .expect("a stored snapshot")
+}
+
+/// The job ids of the `sm` rows under `prefix` (`job/`, `finished/`, `archive/`).
+fn stored_keys(sm: &StateMachine, prefix: &[u8]) -> Vec<u64> {
+    sm.tree()
+        .scan_prefix(prefix)
+        .keys()
+        .map(|key| {
+            let key = key.unwrap();
+            u64::from_be_bytes(key[prefix.len()..].try_into().unwrap())
+        })
+        .collect()
+}
+
+fn remove_finished() -> Command {
+    Command::RemoveFinishedJobs {
+        retention_ms: 0,
+        max_finished: 0,
+        until_shipped: false,
+        limit: 100,
+    }
+}
+
+/// A finished job leaves memory: the queue keeps a small record, the store its full row, which
+/// reads back whole (late log lines still counted), across a reopen and a snapshot transfer; a
+/// resubmit of a finished job's key is still recognised, and a different spec refused.
+#[tokio::test]
+async fn finished_jobs_leave_memory_and_read_back_from_the_store() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    apply_worker_sample(&mut sm).await;
+    let outcomes = sm
+        .apply([
+            normal(1, 6, vec![log_lines(1, 3, 2, 2), submit("e", Some("k-e"))]),
+            normal(1, 7, vec![Command::CancelJob { job_id: 4 }]),
+            normal(
+                1,
+                8,
+                vec![submit("e", Some("k-e")), submit("other", Some("k-e"))],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcomes[0].results[0],
+        Ok(CommandOutput::LogsAppended { late: true })
+    ));
+    assert!(matches!(
+        outcomes[2].results[0],
+        Ok(CommandOutput::Submitted {
+            job_id: 4,
+            deduplicated: true
+        })
+    ));
+    assert!(matches!(
+        outcomes[2].results[1],
+        Err(crate::queue::QueueError::IdempotencyKeyConflict { job_id: 4, .. })
+    ));
+
+    let check = |sm: &StateMachine| {
+        let queue = queue_of(sm);
+        assert!(queue.job(1).is_some(), "live jobs stay in memory");
+        for id in [2, 3, 4] {
+            assert!(
+                queue.job(id).is_none(),
+                "finished job {id} is held in memory"
+            );
+            assert!(queue.finished_job(id).is_some());
+        }
+        assert_eq!(stored_keys(sm, b"job/"), vec![1]);
+        assert_eq!(stored_keys(sm, b"finished/"), vec![2, 3, 4]);
+        assert_eq!(stored_keys(sm, b"archive/"), vec![2, 3, 4]);
+        let reader = sm.job_reader();
+        let job = reader.job(3).unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.spec.argv, vec!["c".to_string()]);
+        assert_eq!(job.attempts.len(), 1);
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+        assert_eq!(job.log_lines, 2, "the late lines are counted");
+        assert_eq!(sm.log_reader().job_logs(3, 0, 0).unwrap().len(), 2);
+        let ids: Vec<u64> = reader
+            .jobs(&[1, 2, 3, 4, 99])
+            .unwrap()
+            .iter()
+            .map(|job| job.id)
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        assert!(matches!(
+            reader.job(99),
+            Err(JobReadError::Missing(
+                crate::queue::QueueError::JobNotFound(99)
+            ))
+        ));
+        job
+    };
+    let before = check(&sm);
+    let expected = queue_of(&sm);
+    drop(sm);
+
+    let (_log, mut sm) = open(dir.path());
+    assert_eq!(queue_of(&sm), expected);
+    assert_eq!(check(&sm), before);
+
+    let target_dir = TempDir::new().unwrap();
+    let (_target_log, mut target) = open(target_dir.path());
+    let snapshot = build_snapshot(&mut sm).await;
+    let received = transfer(snapshot.snapshot, &mut target, None).await;
+    target
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert_eq!(queue_of(&target), expected);
+    assert_eq!(check(&target), before);
+}
+
+/// Earlier builds stored a finished job as a live row: opening moves it out of memory.
+#[tokio::test]
+async fn an_earlier_builds_finished_job_row_is_moved_at_open() {
+    let dir = TempDir::new().unwrap();
+    let (expected, job_3) = {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        apply_worker_sample(&mut sm).await;
+        (queue_of(&sm), sm.job_reader().job(3).unwrap())
+    };
+    {
+        let db = raw_db(dir.path());
+        let tree = db.open_tree("sm").unwrap();
+        let key = |prefix: &[u8]| [prefix, &3u64.to_be_bytes()[..]].concat();
+        tree.remove(key(b"finished/")).unwrap().expect("stored");
+        tree.remove(key(b"archive/")).unwrap().expect("stored");
+        tree.insert(key(b"job/"), super::storage::encode(&job_3).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (_log, sm) = open(dir.path());
+    assert_eq!(queue_of(&sm), expected);
+    assert_eq!(stored_keys(&sm, b"job/"), vec![1]);
+    assert_eq!(stored_keys(&sm, b"finished/"), vec![2, 3]);
+    assert_eq!(stored_keys(&sm, b"archive/"), vec![2, 3]);
+    assert_eq!(sm.job_reader().job(3).unwrap(), job_3);
+}
+
+/// Retention may remove a finished job's row while a snapshot is built from a view that still
+/// has the job: the snapshot carries what the queue kept of it, so a replica installing it holds
+/// the view's state, and the removal entry after the snapshot brings it level with the source.
+#[tokio::test]
+async fn a_snapshot_built_while_retention_removes_rows_installs_the_views_state() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    apply_worker_sample(&mut sm).await;
+    let view = queue_of(&sm);
+    let mut builder = sm.get_snapshot_builder().await;
+    let removal = normal(1, 6, vec![remove_finished()]);
+    let outcomes = sm.apply([removal.clone()]).await.unwrap();
+    assert!(matches!(
+        outcomes[0].results[0],
+        Ok(CommandOutput::JobsRemoved { removed: 2, .. })
+    ));
+    assert!(stored_keys(&sm, b"archive/").is_empty());
+    let snapshot = builder.build_snapshot().await.unwrap();
+
+    let target_dir = TempDir::new().unwrap();
+    let (_target_log, mut target) = open(target_dir.path());
+    let received = transfer(snapshot.snapshot, &mut target, None).await;
+    target
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert_eq!(queue_of(&target), view);
+    assert_eq!(stored_keys(&target, b"finished/"), vec![2, 3]);
+    assert!(stored_keys(&target, b"archive/").is_empty());
+    assert!(matches!(
+        target.job_reader().job(3),
+        Err(JobReadError::Missing(crate::queue::QueueError::JobRemoved(
+            3
+        )))
+    ));
+    target.apply([removal]).await.unwrap();
+    assert_eq!(queue_of(&target), queue_of(&sm));
+    assert!(stored_keys(&target, b"finished/").is_empty());
 }

@@ -41,7 +41,7 @@ use crate::master::{now_ms, Office, Proposer};
 use crate::queue::{
     Command, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, Worker, WorkerId,
 };
-use crate::raft::{LogReader, Raft, SharedQueue};
+use crate::raft::{JobReader, LogReader, Raft, SharedQueue};
 
 /// How often each replica writes its row in scaleout.replicas.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -102,6 +102,7 @@ pub async fn run(
     office: Office,
     proposer: Proposer,
     queue: SharedQueue,
+    jobs: JobReader,
     logs: LogReader,
     settings: SsisdbSettings,
     replica_id: u64,
@@ -174,7 +175,7 @@ pub async fn run(
             continue;
         }
         let shipped = tokio::select! {
-            shipped = shipper.ship_once(&queue, &logs, &proposer, term) => shipped,
+            shipped = shipper.ship_once(&queue, (&jobs, &logs), &proposer, term) => shipped,
             // Abandon the batch: dropping the connection makes SQL Server roll it back.
             () = office.lost(&raft, term) => Err(SsisdbError::OfficeLost { replica: replica_id, term }),
         };
@@ -259,7 +260,21 @@ struct Batch {
     attempts: BTreeSet<(JobId, u32)>,
     /// (job, sequence) named by log line events, read from the store after the queue lock.
     wanted_lines: Vec<(JobId, u64)>,
+    /// Finished jobs named by events, read from the store after the queue lock.
+    wanted_jobs: BTreeSet<JobId>,
     lines: BTreeMap<(JobId, u64), JobLogLine>,
+}
+
+/// Reads the finished jobs the batch's events name (a job removed since is left out, as a job
+/// removed before the batch was read).
+fn read_jobs(batch: &mut Batch, jobs: &JobReader) -> Result<(), SsisdbError> {
+    let read = jobs
+        .jobs(&batch.wanted_jobs.iter().copied().collect::<Vec<_>>())
+        .map_err(|e| SsisdbError::Sql(format!("cannot ship job events: {e}")))?;
+    for job in read {
+        batch.jobs.entry(job.id).or_insert(job);
+    }
+    Ok(())
 }
 
 /// Reads the lines the batch's log line events name (a line removed since, with its job, is
@@ -276,7 +291,7 @@ impl Shipper {
     async fn ship_once(
         &mut self,
         queue: &SharedQueue,
-        logs: &LogReader,
+        (jobs, logs): (&JobReader, &LogReader),
         proposer: &Proposer,
         term: u64,
     ) -> Result<usize, SsisdbError> {
@@ -286,6 +301,7 @@ impl Shipper {
             self.status.acked_up_to.store(acked, Ordering::Relaxed);
             read_batch(q, acked, limit)
         });
+        read_jobs(&mut batch, jobs)?;
         read_lines(&mut batch, logs)?;
         let Some(last) = batch.events.last().map(|e| e.id) else {
             return Ok(0);
@@ -378,12 +394,15 @@ fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
         workers: BTreeMap::new(),
         attempts: BTreeSet::new(),
         wanted_lines: Vec::new(),
+        wanted_jobs: BTreeSet::new(),
         lines: BTreeMap::new(),
     };
     for event in &batch.events {
         if let Some(job) = event.kind.job() {
             if let Some(j) = q.job(job) {
                 batch.jobs.entry(job).or_insert_with(|| j.clone());
+            } else if q.finished_job(job).is_some() {
+                batch.wanted_jobs.insert(job);
             }
         }
         if let Some(worker) = event.kind.worker() {

@@ -19,7 +19,13 @@ impl QueueState {
         if let Some(key) = &idempotency_key {
             validate_idempotency_key(key)?;
             if let Some(&job_id) = self.idempotency.get(key) {
-                let same = self.jobs.get(&job_id).is_some_and(|job| job.spec == spec);
+                let same = match self.jobs.get(&job_id) {
+                    Some(job) => job.spec == spec,
+                    None => self
+                        .finished_jobs
+                        .get(&job_id)
+                        .is_some_and(|job| job.has_spec(&spec)),
+                };
                 return if same {
                     Ok(CommandOutput::Submitted {
                         job_id,
@@ -64,14 +70,12 @@ impl QueueState {
 
     /// Queued: cancelled at once. Leased: flagged, and the worker, told by its next heartbeat
     /// or renewal, kills the task and completes it as cancelled (or its lease expires, which
-    /// cancels it too). Cancelling a cancelled job answers the job, so a retried cancel is not
-    /// an error.
+    /// cancels it too). Cancelling a cancelled job is not an error, so a retried cancel is
+    /// answered as the first.
     pub(super) fn cancel(&mut self, job_id: JobId, now_ms: u64) -> CommandResult {
         let state = self
-            .jobs
-            .get(&job_id)
-            .ok_or_else(|| self.missing_job(job_id))?
-            .state;
+            .job_state(job_id)
+            .ok_or_else(|| self.missing_job(job_id))?;
         match state {
             JobState::Cancelled => {}
             JobState::Queued => self.transition(job_id, JobState::Cancelled, now_ms),
@@ -89,12 +93,10 @@ impl QueueState {
                 return Err(QueueError::NotCancellable { job_id, state })
             }
         }
-        let job = self
-            .jobs
-            .get(&job_id)
-            .cloned()
-            .ok_or(QueueError::JobNotFound(job_id))?;
-        Ok(CommandOutput::Cancelled { job: Box::new(job) })
+        Ok(CommandOutput::Cancelled {
+            job_id,
+            state: self.job_state(job_id).unwrap_or(state),
+        })
     }
 }
 

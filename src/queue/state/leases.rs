@@ -166,10 +166,16 @@ impl QueueState {
                     .into(),
             ));
         }
-        let job = self
-            .jobs
-            .get(&lease.job_id)
-            .ok_or(QueueError::JobNotFound(lease.job_id))?;
+        let job = match self.jobs.get(&lease.job_id) {
+            Some(job) => job,
+            None if self.finished_jobs.contains_key(&lease.job_id) => {
+                return Err(QueueError::LeaseLost {
+                    job_id: lease.job_id,
+                    token: lease.token,
+                })
+            }
+            None => return Err(QueueError::JobNotFound(lease.job_id)),
+        };
         if !job.holds_lease(worker, lease.token) {
             return Err(QueueError::LeaseLost {
                 job_id: lease.job_id,

@@ -1,9 +1,9 @@
 //! Appending a task's log lines.
 
 use super::QueueState;
-use crate::queue::logs::append;
+use crate::queue::logs::{append, LogCounts};
 use crate::queue::{
-    CommandOutput, CommandResult, EventKind, LeaseRef, LogLine, QueueError, WorkerId,
+    CommandOutput, CommandResult, EventKind, JobId, LeaseRef, LogLine, QueueError, WorkerId,
     MAX_LOG_LINES_PER_JOB,
 };
 
@@ -20,18 +20,29 @@ impl QueueState {
         batch: u64,
         lines: Vec<LogLine>,
     ) -> CommandResult {
-        let job = self
-            .jobs
-            .get_mut(&lease.job_id)
-            .ok_or(QueueError::JobNotFound(lease.job_id))?;
-        let attempt = job
-            .attempt_with(worker, lease.token)
-            .ok_or(QueueError::LeaseLost {
-                job_id: lease.job_id,
-                token: lease.token,
-            })?
-            .number;
-        let late = !job.holds_lease(worker, lease.token);
+        let lease_lost = QueueError::LeaseLost {
+            job_id: lease.job_id,
+            token: lease.token,
+        };
+        // A finished job still takes the late lines of a lease it once granted (see
+        // `finished.rs`): its kept record has the tokens and the counters.
+        let (attempt, late, mut counts) = match self.jobs.get(&lease.job_id) {
+            Some(job) => (
+                job.attempt_with(worker, lease.token)
+                    .ok_or(lease_lost)?
+                    .number,
+                !job.holds_lease(worker, lease.token),
+                job.log_counts(),
+            ),
+            None => {
+                let job = self
+                    .finished_jobs
+                    .get(&lease.job_id)
+                    .ok_or(QueueError::JobNotFound(lease.job_id))?;
+                let attempt = job.attempt_with(worker, lease.token).ok_or(lease_lost)?;
+                (attempt, true, job.log_counts())
+            }
+        };
         let key = (lease.job_id, lease.token);
         if batch > 0 {
             if self
@@ -46,10 +57,17 @@ impl QueueState {
         }
         if !lines.is_empty() {
             let notice = MAX_LOG_LINES_PER_JOB + 1;
-            let had_notice = job.log_lines >= notice;
+            let had_notice = counts.lines >= notice;
             let first = self.changes.log_lines.len();
-            append(&mut self.changes.log_lines, job, attempt, late, lines);
-            self.changes.jobs.insert(lease.job_id);
+            append(
+                &mut self.changes.log_lines,
+                lease.job_id,
+                &mut counts,
+                attempt,
+                late,
+                lines,
+            );
+            self.set_log_counts(lease.job_id, counts);
             let written: Vec<u64> = self.changes.log_lines[first..]
                 .iter()
                 .map(|line| line.sequence)
@@ -65,5 +83,19 @@ impl QueueState {
             }
         }
         Ok(CommandOutput::LogsAppended { late })
+    }
+
+    /// Stores a job's log counters, live or finished (and in its archived row, if still held).
+    fn set_log_counts(&mut self, job_id: JobId, counts: LogCounts) {
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.set_log_counts(counts);
+        }
+        if let Some(job) = self.finished_jobs.get_mut(&job_id) {
+            job.set_log_counts(counts);
+        }
+        if let Some(job) = self.archive.get_mut(&job_id) {
+            job.set_log_counts(counts);
+        }
+        self.changes.jobs.insert(job_id);
     }
 }

@@ -83,7 +83,7 @@ impl QueueState {
     }
 
     /// How many finished jobs the state holds.
-    pub fn finished_jobs(&self) -> usize {
+    pub fn finished_count(&self) -> usize {
         self.finished.len()
     }
 
@@ -99,6 +99,6 @@ impl QueueState {
     /// Whether `job_id` was handed out once and is gone: removed by retention (ids are never
     /// reused), as opposed to never submitted.
     pub fn was_removed(&self, job_id: JobId) -> bool {
-        job_id >= 1 && job_id < self.next_job_id && !self.jobs.contains_key(&job_id)
+        job_id >= 1 && job_id < self.next_job_id && !self.has_job(job_id)
     }
 }

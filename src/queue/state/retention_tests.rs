@@ -67,7 +67,7 @@ fn a_finished_job_past_retention_goes_with_its_logs_marks_and_key() {
     assert!(!sim.state.was_removed(id + 1), "never handed out");
     assert!(sim.rows.job_logs(id, 0, 100).is_empty());
     assert_eq!(sim.state.log_batch_marks().count(), 0);
-    assert_eq!(sim.state.finished_jobs(), 0);
+    assert_eq!(sim.state.finished_count(), 0);
     assert_eq!(sim.state.activity().jobs_removed, 1);
     sim.assert_rows_rebuild();
 
@@ -127,7 +127,7 @@ fn the_cap_removes_the_oldest_finished_first() {
         })
     );
     assert_eq!(sweep(&mut sim, 24 * HOUR_MS, 2, false), (1, false));
-    assert_eq!(sim.state.finished_jobs(), 2);
+    assert_eq!(sim.state.finished_count(), 2);
 }
 
 #[test]

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::{Parts, QueueState};
 use crate::queue::{
-    ApplyContext, Assignment, AttemptOutcome, Command, CommandOutput, CommandResult, Job, JobId,
-    JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, OutboxEvent, OutboxMeta, Worker,
-    WorkerId, WorkerInfo,
+    ApplyContext, Assignment, AttemptOutcome, Command, CommandOutput, CommandResult, FinishedJob,
+    Job, JobId, JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, OutboxEvent,
+    OutboxMeta, Worker, WorkerId, WorkerInfo,
 };
 
 pub const T0: u64 = 1_700_000_000_000;
@@ -59,7 +59,11 @@ pub fn line(text: &str) -> LogLine {
 /// The rows a state machine holds after persisting every change set.
 #[derive(Debug, Default, Clone)]
 pub struct Rows {
+    /// Live jobs.
     pub jobs: BTreeMap<JobId, Job>,
+    /// Finished jobs: what the state keeps, and the full row as it finished.
+    pub finished: BTreeMap<JobId, FinishedJob>,
+    pub archive: BTreeMap<JobId, Job>,
     pub workers: BTreeMap<WorkerId, Worker>,
     pub logs: BTreeMap<(JobId, u64), JobLogLine>,
     pub next_job_id: JobId,
@@ -75,10 +79,23 @@ impl Rows {
     pub fn persist(&mut self, state: &mut QueueState) {
         let changes = state.take_changes();
         for id in changes.jobs {
-            match state.job(id) {
-                Some(job) => self.jobs.insert(id, job.clone()),
-                None => self.jobs.remove(&id),
-            };
+            match (state.finished_job(id), state.job(id)) {
+                (Some(kept), _) => {
+                    self.finished.insert(id, kept.clone());
+                    if let Some(row) = state.archived(id) {
+                        self.archive.insert(id, row.clone());
+                        self.jobs.remove(&id);
+                    }
+                }
+                (None, Some(job)) => {
+                    self.jobs.insert(id, job.clone());
+                }
+                (None, None) => {
+                    self.jobs.remove(&id);
+                    self.finished.remove(&id);
+                    self.archive.remove(&id);
+                }
+            }
         }
         for id in changes.workers {
             match state.worker(id) {
@@ -129,8 +146,19 @@ impl Rows {
     }
 
     pub fn rebuild(&self) -> QueueState {
+        for (id, kept) in &self.finished {
+            let row = self
+                .archive
+                .get(id)
+                .expect("a finished job's row is stored");
+            assert!(
+                kept.describes(row),
+                "job {id}'s stored row is not the job kept"
+            );
+        }
         QueueState::from_parts(Parts {
             jobs: self.jobs.values().cloned().collect(),
+            finished: self.finished.values().cloned().collect(),
             workers: self.workers.values().cloned().collect(),
             log_lines: self.logs.values().cloned().collect(),
             next_job_id: self.next_job_id,
