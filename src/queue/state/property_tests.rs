@@ -33,6 +33,9 @@ enum Op {
         retry_delay_secs: Option<u64>,
         pin: Option<u8>,
         tag_mask: u8,
+        /// One of a few idempotency keys, so keys repeat: for live and finished jobs, with the
+        /// same spec and with a different one.
+        key: Option<u8>,
     },
     Cancel {
         job: u64,
@@ -94,9 +97,9 @@ enum Op {
 fn op(workers: u8) -> impl Strategy<Value = Op> {
     let w = 0..workers;
     prop_oneof![
-        4 => (0i32..3, 1u32..4, proptest::option::of(0u64..3), proptest::option::weighted(0.2, 0..workers), 0u8..4)
-            .prop_map(|(priority, max_attempts, retry_delay_secs, pin, tag_mask)| Op::Submit {
-                priority, max_attempts, retry_delay_secs, pin, tag_mask,
+        4 => (0i32..3, 1u32..4, proptest::option::of(0u64..3), proptest::option::weighted(0.2, 0..workers), 0u8..4, proptest::option::weighted(0.3, 0u8..3))
+            .prop_map(|(priority, max_attempts, retry_delay_secs, pin, tag_mask, key)| Op::Submit {
+                priority, max_attempts, retry_delay_secs, pin, tag_mask, key,
             }),
         1 => (1u64..25).prop_map(|job| Op::Cancel { job }),
         1 => (w.clone(), any::<bool>(), 0u8..4, 1u32..4).prop_map(|(worker, auto_enable, tag_mask, max_tasks)| {
@@ -155,6 +158,7 @@ fn to_command(
             retry_delay_secs,
             pin,
             tag_mask,
+            key,
         } => Command::SubmitJob {
             spec: JobSpec {
                 priority,
@@ -164,7 +168,7 @@ fn to_command(
                 tags: tags(tag_mask),
                 ..spec()
             },
-            idempotency_key: None,
+            idempotency_key: key.map(|k| format!("key{k}")),
         },
         Op::Cancel { job } => Command::CancelJob { job_id: job },
         Op::Register {
