@@ -486,11 +486,6 @@ impl QueueState {
         }
     }
 
-    /// Every live (queued or leased) job, in id order.
-    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> + '_ {
-        self.jobs.values()
-    }
-
     /// Every job whose full row this state holds, in id order: the live ones and the archive.
     /// Tests never release the archive, so there it is every job.
     #[cfg(test)]
@@ -498,11 +493,6 @@ impl QueueState {
         let mut all: Vec<&Job> = self.jobs.values().chain(self.archive.values()).collect();
         all.sort_unstable_by_key(|job| job.id);
         all.into_iter()
-    }
-
-    /// What is kept of every finished job, in id order.
-    pub fn finished_jobs(&self) -> impl Iterator<Item = &FinishedJob> + '_ {
-        self.finished_jobs.values()
     }
 
     /// How many jobs the state holds, live and finished.

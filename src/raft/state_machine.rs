@@ -392,9 +392,10 @@ impl StateMachine {
                         }
                         if job.state.is_terminal() {
                             let kept = FinishedJob::of(&job);
+                            // A write that fails here is the disk's fault, not damage to set aside.
                             moved
                                 .put_finished(&job, &kept)
-                                .map_err(LoadError::Corrupt)?;
+                                .map_err(|e| LoadError::Io(std::io::Error::other(e)))?;
                             moved_jobs += 1;
                             parts.finished.push(kept);
                         } else {
