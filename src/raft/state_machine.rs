@@ -549,11 +549,12 @@ impl StateMachine {
 }
 
 /// Rows go to the tree in batches of at most this many bytes and rows when it is rewritten from a
-/// snapshot. Small batches: sled 0.34 frees the node versions a write replaces only as fast as
-/// threads pin its epoch, and a batch pins once for all its rows. Measured with sled 0.34.7
-/// alone, 1.7M rows of 60 bytes (outbox events) written in batches of 256 KiB: 4.3 GiB resident;
-/// of 16 KiB: 177 MiB (and faster); one by one: 161 MiB. A replica installing a snapshot of 30,000
-/// jobs with 1.7M outbox events peaked at 5.3 GiB with 256 KiB batches.
+/// snapshot. Small batches: with large ones sled 0.34 keeps the node versions its writes replace
+/// (heaptrack: they were most of an installing replica's peak), presumably because it frees them
+/// only as fast as threads pin its epoch and a batch pins once for all its rows. Measured with
+/// sled 0.34.7 alone, 1.7M rows of 60 bytes (outbox events) written in batches of 256 KiB:
+/// 4.3 GiB resident; of 16 KiB: 177 MiB (and faster); one by one: 161 MiB. A replica installing
+/// a snapshot of 30,000 jobs with 1.7M outbox events peaked at 5.3 GiB with 256 KiB batches.
 const REWRITE_BATCH_BYTES: usize = 16 * 1024;
 const REWRITE_BATCH_ROWS: usize = 128;
 /// Old keys are removed this many at a time when the tree is rewritten (as above).
