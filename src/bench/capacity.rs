@@ -141,11 +141,14 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
 
     let mut replicas = serde_json::Map::new();
     for replica in &cluster.replicas {
+        // The events it holds for SSISDB (kept `ssisdb.retention_secs` without one): in memory.
+        let outbox_events = cluster.status_of(replica.id).await?.outbox_events;
         let snapshot = replica.data_dir.join("raft/snapshot/current.snap");
         replicas.insert(
             replica.id.to_string(),
             json!({
                 "resident_mib": replica.pid().map(super::resident_mib).transpose()?,
+                "outbox_events": outbox_events,
                 "peak_resident_mib": peaks.get(&replica.id),
                 "data_dir_mib": dir_bytes(&replica.data_dir) as f64 / (1 << 20) as f64,
                 "snapshot_mib": std::fs::metadata(&snapshot).map(|m| m.len() as f64 / (1 << 20) as f64).ok(),
