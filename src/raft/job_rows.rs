@@ -8,7 +8,10 @@
 //! A read of a finished job takes the queue's lock only to look the job up: a row the store has
 //! not written yet is still in the queue ([`QueueState::archived`]), and the queue lets go of
 //! it only once the row is written, so a job the queue knows is always found in one or the
-//! other, unless retention removes it in between (then it reads as removed).
+//! other, unless retention removes it in between (then it reads as removed). One exception: while
+//! a follower installs a snapshot, the tree is rewritten before the new queue replaces the old
+//! one, so for those seconds a stale read there may find a finished job's row gone (read as
+//! removed).
 
 use super::legacy::decode_job;
 use super::state_machine::SharedQueue;
