@@ -32,9 +32,8 @@ pub struct FinishedJob {
     pub spec_digest: Option<SpecDigest>,
     /// (lease token, worker) of every attempt, oldest first.
     pub attempts: Vec<(u64, WorkerId)>,
-    pub log_lines: u64,
-    pub log_lines_dropped: u64,
-    pub log_bytes: u64,
+    /// Current; the stored row holds those of the moment it finished.
+    pub logs: LogCounts,
 }
 
 /// The first 16 bytes of the SHA-256 of a spec's encoding: equal specs, equal digests, on every
@@ -64,9 +63,7 @@ impl FinishedJob {
             idempotency_key: job.idempotency_key.clone(),
             spec_digest: job.idempotency_key.as_ref().map(|_| spec_digest(&job.spec)),
             attempts: job.attempts.iter().map(|a| (a.token, a.worker)).collect(),
-            log_lines: job.log_lines,
-            log_lines_dropped: job.log_lines_dropped,
-            log_bytes: job.log_bytes,
+            logs: job.log_counts(),
         }
     }
 
@@ -87,24 +84,11 @@ impl FinishedJob {
     /// Puts this job's current log counters onto its stored row (which holds those of the moment
     /// it finished).
     pub fn counters_onto(&self, job: &mut Job) {
-        job.set_log_counts(self.log_counts());
-    }
-
-    pub fn log_counts(&self) -> LogCounts {
-        LogCounts {
-            lines: self.log_lines,
-            dropped: self.log_lines_dropped,
-            bytes: self.log_bytes,
-        }
-    }
-
-    pub fn set_log_counts(&mut self, counts: LogCounts) {
-        self.log_lines = counts.lines;
-        self.log_lines_dropped = counts.dropped;
-        self.log_bytes = counts.bytes;
+        job.set_log_counts(self.logs);
     }
 
     /// Whether `row` is this job's stored row: the same job, as it finished.
+    #[cfg(test)]
     pub fn describes(&self, row: &Job) -> bool {
         let mut row_now = row.clone();
         self.counters_onto(&mut row_now);

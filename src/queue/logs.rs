@@ -95,7 +95,7 @@ pub fn truncation_notice(dropped: u64) -> String {
 
 /// A job's log counters (the fields of the same names of [`Job`] and
 /// [`FinishedJob`](super::FinishedJob)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LogCounts {
     /// The highest sequence stored (see [`Job::log_lines`]).
     pub lines: u64,

@@ -869,7 +869,7 @@ impl QueueState {
                 self.idempotency.remove(key);
             }
         }
-        if job.log_lines > 0 {
+        if job.logs.lines > 0 {
             self.changes.logs_removed.insert(job_id);
         }
         let marks: Vec<(JobId, u64)> = self

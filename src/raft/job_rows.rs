@@ -22,7 +22,8 @@ pub(super) const JOB_PREFIX: &[u8] = b"job/";
 pub(super) const FINISHED_PREFIX: &[u8] = b"finished/";
 pub(super) const ARCHIVE_PREFIX: &[u8] = b"archive/";
 
-fn key(prefix: &[u8], id: JobId) -> Vec<u8> {
+/// `prefix` then `id`, big-endian (so keys sort by id).
+pub(super) fn id_key(prefix: &[u8], id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 8);
     key.extend_from_slice(prefix);
     key.extend_from_slice(&id.to_be_bytes());
@@ -30,15 +31,15 @@ fn key(prefix: &[u8], id: JobId) -> Vec<u8> {
 }
 
 pub(super) fn job_key(id: JobId) -> Vec<u8> {
-    key(JOB_PREFIX, id)
+    id_key(JOB_PREFIX, id)
 }
 
 pub(super) fn finished_key(id: JobId) -> Vec<u8> {
-    key(FINISHED_PREFIX, id)
+    id_key(FINISHED_PREFIX, id)
 }
 
 pub(super) fn archive_key(id: JobId) -> Vec<u8> {
-    key(ARCHIVE_PREFIX, id)
+    id_key(ARCHIVE_PREFIX, id)
 }
 
 /// Why a job could not be read.
@@ -82,8 +83,7 @@ impl JobReader {
             Found::Whole(job) => Ok(*job),
             Found::Missing(error) => Err(JobReadError::Missing(error)),
             // None: removed by retention since the lookup.
-            Found::Stored(kept) => self
-                .stored(&kept)?
+            Found::Stored(kept) => read_archived(&self.tree, &kept)?
                 .ok_or(JobReadError::Missing(QueueError::JobRemoved(id))),
         }
     }
@@ -99,15 +99,11 @@ impl JobReader {
         for found in found {
             match found {
                 Found::Whole(job) => jobs.push(*job),
-                Found::Stored(kept) => jobs.extend(self.stored(&kept)?),
+                Found::Stored(kept) => jobs.extend(read_archived(&self.tree, &kept)?),
                 Found::Missing(_) => {}
             }
         }
         Ok(jobs)
-    }
-
-    fn stored(&self, kept: &FinishedJob) -> Result<Option<Job>, JobReadError> {
-        read_archived(&self.tree, kept)
     }
 }
 

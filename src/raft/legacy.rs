@@ -67,11 +67,11 @@ pub(super) fn decode_job(bytes: &[u8], what: &str) -> Result<Job, LoadError> {
     }
 }
 
-/// The snapshot state of formats 4 and 5.
+/// The snapshot state of formats 4 to 6: every job inside it, as a job of its time (`J`).
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct PartsV5 {
-    pub(super) jobs: Vec<JobV1>,
+pub(super) struct LegacyParts<J> {
+    pub(super) jobs: Vec<J>,
     pub(super) workers: Vec<Worker>,
     pub(super) log_lines: Vec<JobLogLine>,
     pub(super) next_job_id: JobId,
@@ -82,42 +82,15 @@ pub(super) struct PartsV5 {
     pub(super) log_batches: Vec<(JobId, u64, u64)>,
 }
 
-/// The snapshot state of format 6.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct PartsV6 {
-    pub(super) jobs: Vec<Job>,
-    pub(super) workers: Vec<Worker>,
-    pub(super) log_lines: Vec<JobLogLine>,
-    pub(super) next_job_id: JobId,
-    pub(super) next_lease_token: u64,
-    pub(super) outbox: Vec<OutboxEvent>,
-    pub(super) outbox_meta: OutboxMeta,
-    pub(super) clock_ms: u64,
-    pub(super) log_batches: Vec<(JobId, u64, u64)>,
-}
+/// The snapshot state of formats 4 and 5 (jobs without `log_bytes`).
+pub(super) type PartsV5 = LegacyParts<JobV1>;
+/// The snapshot state of format 6 (every job whole, finished ones too).
+pub(super) type PartsV6 = LegacyParts<Job>;
 
-impl From<PartsV6> for Parts {
-    fn from(old: PartsV6) -> Parts {
+impl<J: Into<Job>> From<LegacyParts<J>> for Parts {
+    fn from(old: LegacyParts<J>) -> Parts {
         Parts {
-            jobs: old.jobs,
-            finished: Vec::new(),
-            workers: old.workers,
-            log_lines: old.log_lines,
-            next_job_id: old.next_job_id,
-            next_lease_token: old.next_lease_token,
-            outbox: old.outbox,
-            outbox_meta: old.outbox_meta,
-            clock_ms: old.clock_ms,
-            log_batches: old.log_batches,
-        }
-    }
-}
-
-impl From<PartsV5> for Parts {
-    fn from(old: PartsV5) -> Parts {
-        Parts {
-            jobs: old.jobs.into_iter().map(Job::from).collect(),
+            jobs: old.jobs.into_iter().map(Into::into).collect(),
             finished: Vec::new(),
             workers: old.workers,
             log_lines: old.log_lines,

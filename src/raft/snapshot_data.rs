@@ -396,6 +396,21 @@ mod tests {
         Ok((state, lines))
     }
 
+    /// Data of format 5 or 6 as those builds wrote it: `state`, then one untagged line.
+    fn untagged_stream(format: u32, state: &impl serde::Serialize, line: &JobLogLine) -> Vec<u8> {
+        let mut data = format.to_be_bytes().to_vec();
+        let state_bytes = encode(state).expect("encode");
+        data.extend((state_bytes.len() as u64).to_be_bytes());
+        data.extend(state_bytes);
+        let encoded_line = encode(line).expect("encode");
+        data.extend((encoded_line.len() as u32).to_be_bytes());
+        data.extend(encoded_line);
+        data.extend(0u32.to_be_bytes());
+        let crc = crc32fast::hash(&data);
+        data.extend(crc.to_le_bytes());
+        data
+    }
+
     fn job(id: JobId, state: crate::queue::JobState) -> Job {
         let mut job = Job::from(old_job(id));
         job.state = state;
@@ -489,16 +504,7 @@ mod tests {
             log_lines: Vec::new(),
             ..v4
         };
-        let mut data = 5u32.to_be_bytes().to_vec();
-        let state_bytes = encode(&v5).expect("encode");
-        data.extend((state_bytes.len() as u64).to_be_bytes());
-        data.extend(state_bytes);
-        let encoded_line = encode(&line(3, 1)).expect("encode");
-        data.extend((encoded_line.len() as u32).to_be_bytes());
-        data.extend(encoded_line);
-        data.extend(0u32.to_be_bytes());
-        let crc = crc32fast::hash(&data);
-        data.extend(crc.to_le_bytes());
+        let data = untagged_stream(5, &v5, &line(3, 1));
         let (state, lines) = read_all(&data).expect("a format-5 snapshot");
         assert_eq!((state.jobs[0].id, state.jobs[0].log_lines), (3, 12));
         assert_eq!(lines, vec![line(3, 1)]);
@@ -515,16 +521,7 @@ mod tests {
             clock_ms: 5,
             log_batches: Vec::new(),
         };
-        let mut data = 6u32.to_be_bytes().to_vec();
-        let state_bytes = encode(&v6).expect("encode");
-        data.extend((state_bytes.len() as u64).to_be_bytes());
-        data.extend(state_bytes);
-        let encoded_line = encode(&line(4, 1)).expect("encode");
-        data.extend((encoded_line.len() as u32).to_be_bytes());
-        data.extend(encoded_line);
-        data.extend(0u32.to_be_bytes());
-        let crc = crc32fast::hash(&data);
-        data.extend(crc.to_le_bytes());
+        let data = untagged_stream(6, &v6, &line(4, 1));
         let (state, lines) = read_all(&data).expect("a format-6 snapshot");
         assert_eq!(state.jobs, v6.jobs);
         assert_eq!(lines, vec![line(4, 1)]);

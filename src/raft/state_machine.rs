@@ -35,8 +35,8 @@ use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use super::job_rows::{
-    archive_key, finished_key, job_key, read_archived, JobReader, ARCHIVE_PREFIX, FINISHED_PREFIX,
-    JOB_PREFIX,
+    archive_key, finished_key, id_key, job_key, read_archived, JobReader, ARCHIVE_PREFIX,
+    FINISHED_PREFIX, JOB_PREFIX,
 };
 use super::legacy::decode_job;
 use super::log_blocks::{
@@ -88,10 +88,7 @@ fn worker_key(id: WorkerId) -> Vec<u8> {
 }
 
 fn outbox_key(id: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(OUTBOX_PREFIX.len() + 8);
-    key.extend_from_slice(OUTBOX_PREFIX);
-    key.extend_from_slice(&id.to_be_bytes());
-    key
+    id_key(OUTBOX_PREFIX, id)
 }
 
 fn log_batch_key(job: JobId, token: u64) -> Vec<u8> {
@@ -393,6 +390,7 @@ impl StateMachine {
                         if job.state.is_terminal() {
                             let kept = FinishedJob::of(&job);
                             // A write that fails here is the disk's fault, not damage to set aside.
+                            moved.remove(job_key(id));
                             moved
                                 .put_finished(&job, &kept)
                                 .map_err(|e| LoadError::Io(std::io::Error::other(e)))?;
@@ -699,11 +697,16 @@ impl<'a> RowBatches<'a> {
     }
 
     /// Stores a finished job: its full row under `archive/`, what the queue keeps of it under
-    /// `finished/`, and no live row.
+    /// `finished/`.
     fn put_finished(&mut self, job: &Job, kept: &FinishedJob) -> Result<(), String> {
-        self.batch.remove(job_key(job.id));
         self.put(archive_key(job.id), job)?;
         self.put(finished_key(job.id), kept)
+    }
+
+    /// Removes one row, in the current batch.
+    fn remove(&mut self, key: Vec<u8>) {
+        self.rows += 1;
+        self.batch.remove(key);
     }
 
     fn put(&mut self, key: Vec<u8>, value: &impl Serialize) -> Result<(), String> {
@@ -1041,7 +1044,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let counts: BTreeMap<JobId, u64> = live
                 .iter()
                 .map(|job| (job.id, job.log_lines))
-                .chain(finished.iter().map(|job| (job.id, job.log_lines)))
+                .chain(finished.iter().map(|job| (job.id, job.logs.lines)))
                 .collect();
             let part = snapshots.create_part()?;
             let write_err = |e: std::io::Error| format!("cannot write the snapshot: {e}");

@@ -40,7 +40,7 @@ impl QueueState {
                     .get(&lease.job_id)
                     .ok_or(QueueError::JobNotFound(lease.job_id))?;
                 let attempt = job.attempt_with(worker, lease.token).ok_or(lease_lost)?;
-                (attempt, true, job.log_counts())
+                (attempt, true, job.logs)
             }
         };
         let key = (lease.job_id, lease.token);
@@ -91,7 +91,7 @@ impl QueueState {
             job.set_log_counts(counts);
         }
         if let Some(job) = self.finished_jobs.get_mut(&job_id) {
-            job.set_log_counts(counts);
+            job.logs = counts;
         }
         if let Some(job) = self.archive.get_mut(&job_id) {
             job.set_log_counts(counts);
