@@ -926,99 +926,92 @@ async fn wrong_password_missing_schema_and_unreachable_are_clear() {
 }
 
 /// A queue with a worker, three jobs (one ran, logged and succeeded) and their events.
-fn queue_with_events() -> scaleout::queue::QueueState {
+/// A queue and the outbox events it recorded (which the store, not the queue, keeps).
+type QueueWithEvents = (
+    scaleout::queue::QueueState,
+    Vec<scaleout::queue::OutboxEvent>,
+);
+
+fn queue_with_events() -> QueueWithEvents {
     queue_before_and_after_completion().1
 }
 
 /// The same queue just before its task completes (job running) and after.
-fn queue_before_and_after_completion() -> (scaleout::queue::QueueState, scaleout::queue::QueueState)
-{
+fn queue_before_and_after_completion() -> (QueueWithEvents, QueueWithEvents) {
     use scaleout::queue::{
         ApplyContext, AttemptOutcome, Command, CommandOutput, JobSpec, LeaseRef, LogLevel, LogLine,
         QueueState, WorkerInfo,
     };
-    let mut q = QueueState::new();
-    let mut index = 0;
-    let mut apply = |q: &mut QueueState, command: Command| {
-        index += 1;
-        q.apply(
-            &ApplyContext::unbounded(index, 1_700_000_000_000 + index),
-            command,
-        )
-        .expect("apply")
-    };
-    let worker = uuid::Uuid::new_v4();
-    apply(
-        &mut q,
-        Command::RegisterWorker {
-            info: WorkerInfo {
-                id: worker,
-                display_name: "w".into(),
-                description: String::new(),
-                machine_name: "host".into(),
-                tags: vec![],
-                max_tasks: 4,
-                version: "test".into(),
-            },
-            auto_enable: true,
-        },
-    );
-    for _ in 0..3 {
-        apply(
-            &mut q,
-            Command::SubmitJob {
-                spec: JobSpec {
-                    argv: vec!["/bin/true".into()],
-                    max_attempts: 1,
-                    ..JobSpec::default()
-                },
-                idempotency_key: None,
-            },
-        );
+    /// The queue, the events its change sets handed to the store, and the last log index.
+    #[derive(Clone)]
+    struct Recorded(QueueState, Vec<scaleout::queue::OutboxEvent>, u64);
+    impl Recorded {
+        fn apply(&mut self, command: Command) -> CommandOutput {
+            self.2 += 1;
+            let ctx = ApplyContext::unbounded(self.2, 1_700_000_000_000 + self.2);
+            let output = self.0.apply(&ctx, command).expect("apply");
+            self.1.extend(self.0.take_changes().outbox_written);
+            output
+        }
     }
-    let CommandOutput::Acquired { tasks } = apply(
-        &mut q,
-        Command::AcquireTasks {
-            worker,
-            free_slots: 1,
-            lease_ms: 30_000,
-            cpu_percent_x10: 0,
-            free_memory_mb: 4096,
-            max_cpu_percent_x10: 1000,
-            min_free_memory_mb: 0,
-            request_id: None,
+    let mut q = Recorded(QueueState::new(), Vec::new(), 0);
+    let worker = uuid::Uuid::new_v4();
+    q.apply(Command::RegisterWorker {
+        info: WorkerInfo {
+            id: worker,
+            display_name: "w".into(),
+            description: String::new(),
+            machine_name: "host".into(),
+            tags: vec![],
+            max_tasks: 4,
+            version: "test".into(),
         },
-    ) else {
+        auto_enable: true,
+    });
+    for _ in 0..3 {
+        q.apply(Command::SubmitJob {
+            spec: JobSpec {
+                argv: vec!["/bin/true".into()],
+                max_attempts: 1,
+                ..JobSpec::default()
+            },
+            idempotency_key: None,
+        });
+    }
+    let CommandOutput::Acquired { tasks } = q.apply(Command::AcquireTasks {
+        worker,
+        free_slots: 1,
+        lease_ms: 30_000,
+        cpu_percent_x10: 0,
+        free_memory_mb: 4096,
+        max_cpu_percent_x10: 1000,
+        min_free_memory_mb: 0,
+        request_id: None,
+    }) else {
         panic!("acquire");
     };
     let lease = LeaseRef {
         job_id: tasks[0].job_id,
         token: tasks[0].token,
     };
-    apply(
-        &mut q,
-        Command::AppendLogs {
-            worker,
-            lease,
-            lines: vec![LogLine {
-                at_ms: 1_700_000_000_000,
-                level: LogLevel::Info,
-                text: "hello".into(),
-            }],
-        },
-    );
+    q.apply(Command::AppendLogs {
+        worker,
+        lease,
+        lines: vec![LogLine {
+            at_ms: 1_700_000_000_000,
+            level: LogLevel::Info,
+            text: "hello".into(),
+        }],
+    });
     let running = q.clone();
-    apply(
-        &mut q,
-        Command::CompleteTask {
-            worker,
-            lease,
-            outcome: AttemptOutcome::Succeeded,
-            exit_code: Some(0),
-            error: String::new(),
-        },
-    );
-    (running, q)
+    q.apply(Command::CompleteTask {
+        worker,
+        lease,
+        outcome: AttemptOutcome::Succeeded,
+        exit_code: Some(0),
+        error: String::new(),
+    });
+    ((running.0, running.1), (q.0, q.1))
 }
 
 /// (status, outcome) of the one row `query` reads.
@@ -1041,7 +1034,7 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
     let settings = settings(server.port, &env.password_file);
     ssisdb::install_schema(&settings).await.expect("install");
     let (running, ended) = queue_before_and_after_completion();
-    let job = ended.outbox_after(0, usize::MAX)[1]
+    let job = ended.1[1]
         .kind
         .job()
         .expect("the first submit names its job");
@@ -1056,7 +1049,7 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
     );
     let status_query = status_query.as_str();
 
-    ssisdb::write_events(&mut client, &running, 0, 10_000, fence(1))
+    ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(1))
         .await
         .expect("the leader of term 1 ships the running job");
     // Picked up (2), its attempt not ended.
@@ -1064,14 +1057,14 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
         job_and_attempt(&mut client, status_query).await,
         Some((Some(2), None))
     );
-    ssisdb::write_events(&mut client, &ended, 0, 10_000, fence(2))
+    ssisdb::write_events(&mut client, &ended.0, ended.1.clone(), fence(2))
         .await
         .expect("the leader of term 2 ships it ended");
     let done = Some((Some(5), Some("succeeded".to_string())));
     assert_eq!(job_and_attempt(&mut client, status_query).await, done);
 
     // The deposed leader of term 1 writes its batch again, as after an ack that timed out.
-    let refused = ssisdb::write_events(&mut client, &running, 0, 10_000, fence(1)).await;
+    let refused = ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(1)).await;
     assert!(
         matches!(
             refused,
@@ -1086,7 +1079,7 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
     assert_eq!(job_and_attempt(&mut client, status_query).await, done);
 
     // An older state under the current term (it cannot happen; the rows are guarded anyway).
-    ssisdb::write_events(&mut client, &running, 0, 10_000, fence(2))
+    ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(2))
         .await
         .expect("the same term passes the fence");
     assert_eq!(
@@ -1098,7 +1091,7 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
         .await
         .first()
         .and_then(|r| int(r, 0));
-    assert_eq!(events, Some(ended.outbox_len() as i64), "each event once");
+    assert_eq!(events, Some(ended.1.len() as i64), "each event once");
     drop(client);
     server.stop();
 }
@@ -1112,8 +1105,9 @@ async fn a_batch_written_twice_lands_once() {
     let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
     let settings = settings(server.port, &env.password_file);
     ssisdb::install_schema(&settings).await.expect("install");
-    let queue = queue_with_events();
-    let made = queue.outbox_len();
+    let (queue, queue_events) = queue_with_events();
+    let made = queue_events.len();
+    assert_eq!(made, queue.outbox_len());
     assert_eq!(
         made, 9,
         "register, 3 submits, lease (2), a log line, completion (2)"
@@ -1123,10 +1117,10 @@ async fn a_batch_written_twice_lands_once() {
         term: 1,
         replica: 1,
     };
-    let first = ssisdb::write_events(&mut client, &queue, 0, 10_000, fence)
+    let first = ssisdb::write_events(&mut client, &queue, queue_events.clone(), fence)
         .await
         .expect("first write");
-    let again = ssisdb::write_events(&mut client, &queue, 0, 10_000, fence)
+    let again = ssisdb::write_events(&mut client, &queue, queue_events.clone(), fence)
         .await
         .expect("the same events again");
     assert_eq!((first, again), (made, made));
@@ -1145,11 +1139,7 @@ async fn a_batch_written_twice_lands_once() {
         .iter()
         .filter_map(|r| int(r, 0))
         .collect();
-    let expected: Vec<i64> = queue
-        .outbox_after(0, usize::MAX)
-        .iter()
-        .map(|e| e.id as i64)
-        .collect();
+    let expected: Vec<i64> = queue_events.iter().map(|e| e.id as i64).collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, expected, "exactly the outbox's events");

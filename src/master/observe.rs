@@ -13,7 +13,7 @@ use crate::config::MasterConfig;
 use crate::ops::{Observed, Registry};
 use crate::queue::{AttemptOutcome, JobState};
 use crate::raft::election::LeaderContact;
-use crate::raft::{Raft, SharedQueue, WalStats};
+use crate::raft::{Raft, StateReaders, WalStats};
 use crate::ssisdb::ShipperStatus;
 
 /// A follower applying more than this many entries behind what it knows committed is still
@@ -60,7 +60,8 @@ impl ProposalMetrics {
 pub struct ReplicaObserver {
     registry: Registry,
     raft: Raft,
-    queue: SharedQueue,
+    /// The queue, and the stored outbox (for its oldest event).
+    readers: StateReaders,
     contact: Arc<LeaderContact>,
     committed: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
     /// The Raft log's disk work (syncs, appends, entries).
@@ -75,7 +76,7 @@ impl ReplicaObserver {
         registry: Registry,
         config: &MasterConfig,
         raft: Raft,
-        queue: SharedQueue,
+        readers: StateReaders,
         contact: Arc<LeaderContact>,
         committed: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
         wal: Arc<WalStats>,
@@ -90,7 +91,7 @@ impl ReplicaObserver {
         ReplicaObserver {
             registry,
             raft,
-            queue,
+            readers,
             contact,
             committed,
             wal,
@@ -242,7 +243,7 @@ impl ReplicaObserver {
     fn sample_queue(&self) {
         let r = &self.registry;
         let now = now_ms();
-        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        let queue = self.readers.queue.read().unwrap_or_else(|p| p.into_inner());
         for state in JobState::ALL {
             r.gauge(
                 "scaleout_jobs",
@@ -323,10 +324,15 @@ impl ReplicaObserver {
             &[],
         )
         .set(queue.outbox_len() as f64);
-        let oldest_age_ms = queue
-            .outbox_events()
-            .next()
-            .map_or(0, |event| now.saturating_sub(event.at_ms));
+        drop(queue);
+        // A store read, outside the queue lock; an unreadable outbox shows as no age.
+        let oldest_age_ms = match self.readers.outbox.oldest() {
+            Ok(oldest) => oldest.map_or(0, |event| now.saturating_sub(event.at_ms)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the outbox's oldest event");
+                0
+            }
+        };
         r.gauge(
             "scaleout_outbox_oldest_event_age_seconds",
             "Age of the oldest event not yet shipped (0 when none).",

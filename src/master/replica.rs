@@ -164,9 +164,10 @@ pub async fn run(
         }
         Security::Insecure => tokio::spawn(warn_insecure_every_minute("replica")),
     };
-    let queue = state_machine.queue();
-    let log_reader = state_machine.log_reader();
-    let job_reader = state_machine.job_reader();
+    let readers = state_machine.readers();
+    let queue = readers.queue.clone();
+    let log_reader = readers.logs.clone();
+    let job_reader = readers.jobs.clone();
     let committed = {
         let log_store = log_store.clone();
         Arc::new(move || log_store.committed_index()) as Arc<dyn Fn() -> Option<u64> + Send + Sync>
@@ -257,7 +258,7 @@ pub async fn run(
         registry.clone(),
         &config,
         raft.clone(),
-        queue.clone(),
+        readers.clone(),
         contact.clone(),
         committed.clone(),
         wal_stats,
@@ -370,9 +371,7 @@ pub async fn run(
         raft.clone(),
         office,
         proposer.clone(),
-        queue.clone(),
-        job_reader,
-        log_reader,
+        readers,
         config.ssisdb.clone(),
         config.id,
         // The addresses the others dial (what SSISDB should show), not the bound ones, which

@@ -101,9 +101,10 @@ pub enum Command {
     },
     /// Forgets an idle worker.
     RemoveWorker { worker: WorkerId },
-    /// Every outbox event up to this id is in SSISDB: drop them and move the shipped cursor.
+    /// Earlier builds' ack: every outbox event up to this id is in SSISDB. Applied only while
+    /// the outbox is held (see `outbox.rs`); a no-op otherwise.
     AckOutbox { up_to: u64 },
-    /// Drops outbox events older than this (retention when no SSISDB is configured).
+    /// Earlier builds' prune: drops the events older than this. Held outbox only, as above.
     PruneOutbox { before_ms: u64 },
     /// [`Command::AppendLogs`] with the batch's number: a worker numbers the log batches of one
     /// lease from 1, in the order it sends them, and a batch whose number was already applied
@@ -126,6 +127,11 @@ pub enum Command {
         until_shipped: bool,
         limit: u32,
     },
+    /// The outbox events after the shipped cursor `after` up to `up_to`, which are `events`
+    /// events, are in SSISDB (or past retention, without SSISDB): they go and the cursor moves
+    /// to `up_to`. The leader counts them where it read them (the store); a release counted from
+    /// a cursor that has moved since (a retry, or a slower leader's) changes nothing.
+    ReleaseOutbox { after: u64, up_to: u64, events: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,7 +185,8 @@ pub enum CommandOutput {
         worker: Box<Worker>,
     },
     WorkerRemoved,
-    /// The shipped cursor after an ack or a prune, and how many events went.
+    /// The shipped cursor after a release (or an earlier build's ack or prune), and how many
+    /// events went.
     OutboxAcked {
         acked_up_to: u64,
         removed: u64,

@@ -11,7 +11,9 @@
 //! - which worker held which lease token, because a worker's spooled log lines are accepted,
 //!   flagged late, after the job ended;
 //! - its log counters, which those late lines still move. The stored row's counters are the
-//!   ones of the moment it finished: a reader takes these instead ([`FinishedJob::counters_onto`]).
+//!   ones of the moment it finished: a reader takes these instead ([`FinishedJob::counters_onto`]);
+//! - the id of the newest outbox event that may name it, so retention can wait until SSISDB has
+//!   its whole story without the queue holding the outbox.
 
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
@@ -34,7 +36,14 @@ pub struct FinishedJob {
     pub attempts: Vec<(u64, WorkerId)>,
     /// Current; the stored row holds those of the moment it finished.
     pub logs: LogCounts,
+    /// No outbox event after this id names the job: the newest event when it finished, or a
+    /// later one about it (a late log line). [`UNKNOWN_LAST_EVENT`] for a job that finished
+    /// under an earlier build, until the held outbox is let go (`outbox.rs`).
+    pub last_event: u64,
 }
+
+/// [`FinishedJob::last_event`] of a job kept by an earlier build, which did not record it.
+pub const UNKNOWN_LAST_EVENT: u64 = u64::MAX;
 
 /// The first 16 bytes of the SHA-256 of a spec's encoding: equal specs, equal digests, on every
 /// replica and every build (a hash of the standard library's may change between releases).
@@ -53,8 +62,9 @@ pub fn spec_digest(spec: &JobSpec) -> SpecDigest {
 }
 
 impl FinishedJob {
-    /// What the state keeps of `job`, which has finished.
-    pub fn of(job: &Job) -> FinishedJob {
+    /// What the state keeps of `job`, which has finished, no outbox event after `last_event`
+    /// naming it.
+    pub fn of(job: &Job, last_event: u64) -> FinishedJob {
         debug_assert!(job.state.is_terminal(), "job {} has not finished", job.id);
         FinishedJob {
             id: job.id,
@@ -64,6 +74,7 @@ impl FinishedJob {
             spec_digest: job.idempotency_key.as_ref().map(|_| spec_digest(&job.spec)),
             attempts: job.attempts.iter().map(|a| (a.token, a.worker)).collect(),
             logs: job.log_counts(),
+            last_event,
         }
     }
 
@@ -92,7 +103,7 @@ impl FinishedJob {
     pub fn describes(&self, row: &Job) -> bool {
         let mut row_now = row.clone();
         self.counters_onto(&mut row_now);
-        FinishedJob::of(&row_now) == *self
+        FinishedJob::of(&row_now, self.last_event) == *self
     }
 }
 

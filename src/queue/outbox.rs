@@ -3,17 +3,33 @@
 //! SSISDB (or ages out when no SSISDB is configured).
 //!
 //! Because the outbox is replicated, whichever replica leads ships it, and a new leader resumes
-//! from the shipped cursor that was committed ([`Command::AckOutbox`](super::Command)); SSISDB
-//! writes are idempotent by event id, so a batch shipped twice (the leader died between the
-//! write and the cursor's commit) lands once.
+//! from the shipped cursor that was committed ([`Command::ReleaseOutbox`](super::Command));
+//! SSISDB writes are idempotent by event id, so a batch shipped twice (the leader died between
+//! the write and the cursor's commit) lands once.
 //!
 //! Event ids are `(log index, sequence within the entry)` packed into one `u64`
 //! ([`event_id`]): the same on every replica, increasing in log order, and never reused.
 //!
+//! **The events live in the store, not in memory.** An SSISDB outage, or a cluster without
+//! SSISDB (events are kept `ssisdb.retention_secs`), can leave millions of them. The queue keeps
+//! only counters ([`OutboxMeta`]: the next id, the shipped cursor, how many are pending) and hands
+//! each event to the store through its change set; the shipper reads them back from there.
+//! Events leave as a prefix: a release names the last event it removes and, stamped by the leader
+//! that read them, how many events that is (apply checks the cursor it was counted from). Since
+//! cluster time never goes backwards in log order, the events older than a retention cut-off are
+//! a prefix too.
+//!
 //! The outbox is bounded by the limit the leader stamps into each proposal
 //! ([`ApplyContext::outbox_limit`](super::ApplyContext)): past it, log line events are not kept
 //! (the lines themselves still are, for `job logs`); one [`EventKind::LogTruncated`] event per
-//! job counts them. State events are never dropped.
+//! running job counts them, rewritten in place while it waits (the queue holds those few in
+//! memory). State events are never dropped.
+//!
+//! **Held outbox.** Builds before this one kept every event in memory and pruned by age event by
+//! event. A replica whose data (or snapshot) comes from such a build holds its outbox in memory
+//! and applies their `AckOutbox` and `PruneOutbox` exactly as they did, so that replicas of both
+//! builds agree during an upgrade; the first `ReleaseOutbox` (proposed only by a leader of this
+//! build) lets go of it, at the same index on every replica.
 
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +169,10 @@ pub struct OutboxMeta {
     pub acked_up_to: u64,
     /// Log line events never kept because the outbox was full, in all.
     pub dropped_log_events: u64,
+    /// Events recorded and not yet released (shipped or pruned).
+    pub pending: u64,
+    /// Whether the queue holds every pending event in memory (see "Held outbox" above).
+    pub held: bool,
 }
 
 impl OutboxMeta {

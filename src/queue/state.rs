@@ -30,7 +30,7 @@ use super::dispatch::{job_eligible, worker_capacity, DispatchIndex, LoadLimits};
 use super::{
     Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind,
     FinishedJob, Job, JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker,
-    WorkerId,
+    WorkerId, UNKNOWN_LAST_EVENT,
 };
 
 mod jobs;
@@ -66,11 +66,13 @@ pub struct QueueState {
     /// (finished_at_ms, job) of every finished job: its `updated_at_ms`, which nothing changes
     /// once it has finished.
     finished: BTreeSet<(u64, JobId)>,
-    /// Events not yet shipped, by id (see `outbox.rs`).
-    outbox: BTreeMap<u64, OutboxEvent>,
+    /// The outbox's counters; its events are in the store (see `outbox.rs`).
     outbox_meta: OutboxMeta,
-    /// Index: the pending `LogTruncated` event of each job.
-    truncated_events: BTreeMap<JobId, u64>,
+    /// The pending `LogTruncated` event of each live job (of any job while the outbox is held):
+    /// rewritten in place as more log line events are dropped.
+    truncations: BTreeMap<JobId, OutboxEvent>,
+    /// Every pending event, by id, while the outbox is held (`outbox_meta.held`).
+    held_outbox: Option<BTreeMap<u64, OutboxEvent>>,
     /// The last numbered log batch applied for each (job, lease token): a batch numbered at or
     /// below it is a retry (`Command::AppendLogBatch`).
     log_batches: BTreeMap<(JobId, u64), u64>,
@@ -83,6 +85,9 @@ pub struct QueueState {
     /// Jobs the command being applied finished: moved to `finished_jobs` when it ends (not
     /// state).
     finishing: Vec<JobId>,
+    /// Jobs given a truncation event by the command being applied while not live: it counts
+    /// that command's drops only (not state).
+    passing_truncations: Vec<JobId>,
     /// Full rows of finished jobs that the store has not confirmed written
     /// ([`QueueState::release_archived`]); bookkeeping for persistence and reads, not state.
     archive: BTreeMap<JobId, Job>,
@@ -108,8 +113,15 @@ pub struct Changes {
     pub log_lines: Vec<JobLogLine>,
     /// Jobs whose every log line goes (removed by retention); applied after `log_lines`.
     pub logs_removed: BTreeSet<JobId>,
-    /// Outbox events written or removed.
-    pub outbox: BTreeSet<u64>,
+    /// Outbox events written, in order: new ones, and truncation events rewritten in place (the
+    /// last write of an id is the event). Not those removed in the same change set.
+    pub outbox_written: Vec<OutboxEvent>,
+    /// Every event up to this id goes (a release, or an ack of an earlier build).
+    pub outbox_released: Option<u64>,
+    /// Events that go one by one (an earlier build's prune of a held outbox).
+    pub outbox_removed: BTreeSet<u64>,
+    /// Jobs whose truncation event ([`QueueState::truncation`]) changed or went.
+    pub truncations: BTreeSet<JobId>,
     /// The outbox counters changed.
     pub outbox_meta: bool,
     /// Cluster time moved.
@@ -124,7 +136,10 @@ impl Changes {
             && self.workers.is_empty()
             && self.log_lines.is_empty()
             && self.logs_removed.is_empty()
-            && self.outbox.is_empty()
+            && self.outbox_written.is_empty()
+            && self.outbox_released.is_none()
+            && self.outbox_removed.is_empty()
+            && self.truncations.is_empty()
             && !self.outbox_meta
             && !self.clock
             && self.log_batches.is_empty()
@@ -143,6 +158,8 @@ pub struct Parts {
     pub log_lines: Vec<JobLogLine>,
     pub next_job_id: JobId,
     pub next_lease_token: u64,
+    /// The events the queue holds: every pending one when the outbox is held, else the pending
+    /// truncation events of live jobs (the others are in the store).
     #[serde(default)]
     pub outbox: Vec<OutboxEvent>,
     #[serde(default)]
@@ -184,13 +201,14 @@ impl PartialEq for QueueState {
             dispatch,
             expiry,
             finished,
-            outbox,
             outbox_meta,
-            truncated_events,
+            truncations,
+            held_outbox,
             clock_ms,
             log_batches,
             applying: _,
             finishing: _,
+            passing_truncations: _,
             archive: _,
             changes: _,
             activity: _,
@@ -206,9 +224,9 @@ impl PartialEq for QueueState {
             && *dispatch == other.dispatch
             && *expiry == other.expiry
             && *finished == other.finished
-            && *outbox == other.outbox
             && *outbox_meta == other.outbox_meta
-            && *truncated_events == other.truncated_events
+            && *truncations == other.truncations
+            && *held_outbox == other.held_outbox
             && *clock_ms == other.clock_ms
             && *log_batches == other.log_batches
     }
@@ -230,13 +248,14 @@ impl QueueState {
             dispatch: DispatchIndex::new(),
             expiry: BTreeSet::new(),
             finished: BTreeSet::new(),
-            outbox: BTreeMap::new(),
             outbox_meta: OutboxMeta::default(),
-            truncated_events: BTreeMap::new(),
+            truncations: BTreeMap::new(),
+            held_outbox: None,
             clock_ms: 0,
             log_batches: BTreeMap::new(),
             applying: None,
             finishing: Vec::new(),
+            passing_truncations: Vec::new(),
             archive: BTreeMap::new(),
             changes: Changes::default(),
             activity: Activity::default(),
@@ -255,7 +274,8 @@ impl QueueState {
                 .map(|a| a.token)
                 .fold(highest_token, u64::max);
             if job.state.is_terminal() {
-                state.index_finished(FinishedJob::of(&job));
+                // Only in data of earlier builds, whose outbox is held.
+                state.index_finished(FinishedJob::of(&job, UNKNOWN_LAST_EVENT));
             } else {
                 state.index_job(&job);
                 state.jobs.insert(job.id, job);
@@ -272,13 +292,17 @@ impl QueueState {
         for worker in parts.workers {
             state.workers.insert(worker.info.id, worker);
         }
+        state.outbox_meta = parts.outbox_meta;
+        let mut held = state.outbox_meta.held.then(BTreeMap::new);
         for event in parts.outbox {
             if let EventKind::LogTruncated { job, .. } = event.kind {
-                state.truncated_events.insert(job, event.id);
+                state.truncations.insert(job, event.clone());
             }
-            state.outbox.insert(event.id, event);
+            if let Some(held) = &mut held {
+                held.insert(event.id, event);
+            }
         }
-        state.outbox_meta = parts.outbox_meta;
+        state.held_outbox = held;
         state.clock_ms = parts.clock_ms;
         state.log_batches = parts
             .log_batches
@@ -307,7 +331,10 @@ impl QueueState {
             log_lines: Vec::new(),
             next_job_id: self.next_job_id,
             next_lease_token: self.next_lease_token,
-            outbox: self.outbox.values().cloned().collect(),
+            outbox: match &self.held_outbox {
+                Some(held) => held.values().cloned().collect(),
+                None => self.truncations.values().cloned().collect(),
+            },
             outbox_meta: self.outbox_meta.clone(),
             clock_ms: self.clock_ms,
             log_batches: self.log_batch_marks().collect(),
@@ -366,6 +393,7 @@ impl QueueState {
         let result = self.apply_command(ctx, command);
         self.applying = None;
         self.archive_finishing();
+        self.drop_passing_truncations();
         if result.is_ok() && ctx.now_ms > self.clock_ms {
             self.clock_ms = ctx.now_ms;
             self.changes.clock = true;
@@ -442,8 +470,13 @@ impl QueueState {
                 draining,
             } => self.set_worker_state(worker, enabled, draining),
             Command::RemoveWorker { worker } => self.remove_worker(worker),
-            Command::AckOutbox { up_to } => self.ack_outbox(up_to),
-            Command::PruneOutbox { before_ms } => self.prune_outbox(before_ms),
+            Command::AckOutbox { up_to } => self.ack_held_outbox(up_to),
+            Command::PruneOutbox { before_ms } => self.prune_held_outbox(before_ms),
+            Command::ReleaseOutbox {
+                after,
+                up_to,
+                events,
+            } => self.release_outbox(after, up_to, events),
             Command::RemoveFinishedJobs {
                 retention_ms,
                 max_finished,
@@ -842,7 +875,14 @@ impl QueueState {
                 continue;
             };
             debug_assert!(job.state.is_terminal(), "archiving unfinished job {job_id}");
-            self.finished_jobs.insert(job_id, FinishedJob::of(&job));
+            // The command that finished it recorded its last state change: no later event names
+            // it unless it is about it (`note_event_about`).
+            let last_event = self.outbox_meta.newest_event_id();
+            self.finished_jobs
+                .insert(job_id, FinishedJob::of(&job, last_event));
+            if self.held_outbox.is_none() && self.truncations.remove(&job_id).is_some() {
+                self.changes.truncations.insert(job_id);
+            }
             self.archive.insert(job_id, job);
             self.changes.jobs.insert(job_id);
         }
@@ -925,18 +965,14 @@ impl QueueState {
         {
             return Err("an index disagrees with the jobs".into());
         }
-        if rebuilt.truncated_events != self.truncated_events {
-            return Err("the truncation index disagrees with the outbox".into());
+        if rebuilt.truncations != self.truncations {
+            return Err("the truncation events disagree with the outbox".into());
         }
-        if let Some(&first) = self.outbox.keys().next() {
-            if first <= self.outbox_meta.acked_up_to {
-                return Err(format!(
-                    "outbox event {first} is at or below the shipped cursor {}",
-                    self.outbox_meta.acked_up_to
-                ));
-            }
-        }
-        if self.applying.is_some() || !self.finishing.is_empty() {
+        self.check_outbox()?;
+        if self.applying.is_some()
+            || !self.finishing.is_empty()
+            || !self.passing_truncations.is_empty()
+        {
             return Err("an apply context outlived its apply".into());
         }
         for (id, row) in &self.archive {

@@ -4,7 +4,12 @@
 //! - [`JobV1`]: a job before `log_bytes` (the per-job byte cap), in job rows of the `sm` tree
 //!   and in snapshots of formats 3 to 5;
 //! - [`PartsV5`]: the snapshot state of formats 4 and 5 (jobs without `log_bytes`);
-//! - [`PartsV6`]: the snapshot state of format 6 (every job whole, finished ones too).
+//! - [`PartsV6`]: the snapshot state of format 6 (every job whole, finished ones too);
+//! - [`OutboxMetaV1`]: the outbox counters before the outbox left memory (no `pending`, no
+//!   `held`), in the `sm` tree and in snapshots of formats 3 to 7; such an outbox is held;
+//! - [`FinishedJobV1`]: the record of a finished job before `last_event`, in `finished/` rows
+//!   and in snapshots of format 7; its last event is unknown until the held outbox is let go;
+//! - [`PartsV7`]: the snapshot state of format 7.
 //!
 //! A job from before the byte cap starts counting its bytes at 0: lines it already had are not
 //! counted against the cap.
@@ -13,8 +18,8 @@ use serde::Deserialize;
 
 use super::storage::{decode, decode_loaded, LoadError};
 use crate::queue::{
-    Attempt, Job, JobId, JobLogLine, JobSpec, JobState, Lease, OutboxEvent, OutboxMeta, Parts,
-    Worker,
+    Attempt, FinishedJob, Job, JobId, JobLogLine, JobSpec, JobState, Lease, LogCounts, OutboxEvent,
+    OutboxMeta, Parts, SpecDigest, Worker, WorkerId, UNKNOWN_LAST_EVENT,
 };
 
 /// A job as builds before the per-job log byte cap stored it.
@@ -77,7 +82,7 @@ pub(super) struct LegacyParts<J> {
     pub(super) next_job_id: JobId,
     pub(super) next_lease_token: u64,
     pub(super) outbox: Vec<OutboxEvent>,
-    pub(super) outbox_meta: OutboxMeta,
+    pub(super) outbox_meta: OutboxMetaV1,
     pub(super) clock_ms: u64,
     pub(super) log_batches: Vec<(JobId, u64, u64)>,
 }
@@ -96,11 +101,120 @@ impl<J: Into<Job>> From<LegacyParts<J>> for Parts {
             log_lines: old.log_lines,
             next_job_id: old.next_job_id,
             next_lease_token: old.next_lease_token,
+            outbox_meta: OutboxMeta {
+                pending: old.outbox.len() as u64,
+                ..old.outbox_meta.into()
+            },
             outbox: old.outbox,
-            outbox_meta: old.outbox_meta,
             clock_ms: old.clock_ms,
             log_batches: old.log_batches,
         }
+    }
+}
+
+/// The snapshot state of format 7: finished jobs and the outbox counters of their time (the
+/// finished jobs always empty: they follow as records).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct PartsV7 {
+    pub(super) jobs: Vec<Job>,
+    pub(super) finished: Vec<FinishedJobV1>,
+    pub(super) workers: Vec<Worker>,
+    pub(super) log_lines: Vec<JobLogLine>,
+    pub(super) next_job_id: JobId,
+    pub(super) next_lease_token: u64,
+    pub(super) outbox: Vec<OutboxEvent>,
+    pub(super) outbox_meta: OutboxMetaV1,
+    pub(super) clock_ms: u64,
+    pub(super) log_batches: Vec<(JobId, u64, u64)>,
+}
+
+impl From<PartsV7> for Parts {
+    fn from(old: PartsV7) -> Parts {
+        Parts {
+            jobs: old.jobs,
+            finished: old.finished.into_iter().map(Into::into).collect(),
+            workers: old.workers,
+            log_lines: old.log_lines,
+            next_job_id: old.next_job_id,
+            next_lease_token: old.next_lease_token,
+            outbox_meta: OutboxMeta {
+                pending: old.outbox.len() as u64,
+                ..old.outbox_meta.into()
+            },
+            outbox: old.outbox,
+            clock_ms: old.clock_ms,
+            log_batches: old.log_batches,
+        }
+    }
+}
+
+/// The outbox counters of builds that held the outbox in memory.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct OutboxMetaV1 {
+    pub(super) last_index: u64,
+    pub(super) next_sequence: u64,
+    pub(super) acked_up_to: u64,
+    pub(super) dropped_log_events: u64,
+}
+
+impl From<OutboxMetaV1> for OutboxMeta {
+    /// Held; `pending` is counted by the caller, from the events it holds.
+    fn from(old: OutboxMetaV1) -> OutboxMeta {
+        OutboxMeta {
+            last_index: old.last_index,
+            next_sequence: old.next_sequence,
+            acked_up_to: old.acked_up_to,
+            dropped_log_events: old.dropped_log_events,
+            pending: 0,
+            held: true,
+        }
+    }
+}
+
+/// The outbox counters as stored now, or as an earlier build stored them (then held, with
+/// `pending` 0 for the caller to count). The old shape is a prefix of the new, as for jobs.
+pub(super) fn decode_outbox_meta(bytes: &[u8]) -> Result<OutboxMeta, LoadError> {
+    match decode::<OutboxMeta>(bytes) {
+        Ok(meta) => Ok(meta),
+        Err(_) => decode_loaded::<OutboxMetaV1>(bytes, "the outbox counters").map(Into::into),
+    }
+}
+
+/// What builds before `last_event` kept of a finished job.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub(super) struct FinishedJobV1 {
+    id: JobId,
+    state: JobState,
+    finished_at_ms: u64,
+    idempotency_key: Option<String>,
+    spec_digest: Option<SpecDigest>,
+    attempts: Vec<(u64, WorkerId)>,
+    logs: LogCounts,
+}
+
+impl From<FinishedJobV1> for FinishedJob {
+    fn from(old: FinishedJobV1) -> FinishedJob {
+        FinishedJob {
+            id: old.id,
+            state: old.state,
+            finished_at_ms: old.finished_at_ms,
+            idempotency_key: old.idempotency_key,
+            spec_digest: old.spec_digest,
+            attempts: old.attempts,
+            logs: old.logs,
+            last_event: UNKNOWN_LAST_EVENT,
+        }
+    }
+}
+
+/// A finished job's kept record as stored now, or as an earlier build stored it.
+pub(super) fn decode_finished(bytes: &[u8], what: &str) -> Result<FinishedJob, LoadError> {
+    match decode::<FinishedJob>(bytes) {
+        Ok(kept) => Ok(kept),
+        Err(_) => decode_loaded::<FinishedJobV1>(bytes, what).map(Into::into),
     }
 }
 

@@ -22,6 +22,7 @@ mod log_blocks;
 mod log_reader;
 mod log_store;
 mod network;
+mod outbox_rows;
 mod service;
 #[cfg(test)]
 mod sim_disk;
@@ -46,9 +47,10 @@ pub use job_rows::{JobReadError, JobReader};
 pub use log_reader::{LogReadError, LogReader, MAX_LOG_PAGE_SIZE};
 pub use log_store::{LogStore, WalStats};
 pub use network::{PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
+pub use outbox_rows::{AgedEvents, OutboxReadError, OutboxReader};
 pub use service::{role_name, RaftGrpcService};
 pub use snapshot_file::SnapshotFile;
-pub use state_machine::{SharedQueue, StateMachine};
+pub use state_machine::{SharedQueue, StateMachine, StateReaders};
 pub use storage::{
     adopt_restored_copy, open_storage, OpenedStorage, StorageIdentity, StorageOpenError,
 };

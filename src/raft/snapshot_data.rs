@@ -1,18 +1,23 @@
 //! The layout of a snapshot's data, written and read as a stream so that neither side of a
-//! snapshot ever holds it whole: only the queue's counters, workers and outbox are one value;
-//! jobs and log lines, the bulk of it, follow one record at a time.
+//! snapshot ever holds it whole: only the queue's counters, workers and the few outbox events
+//! the queue holds are one value; jobs, outbox events and log lines, the bulk of it, follow one
+//! record at a time.
 //!
-//! Format 7:
+//! Format 8:
 //! - the format, u32 BE;
 //! - the length of the state (u64 BE), then the state: bincode of [`Parts`] with no jobs and no
 //!   log lines (rows and counters, no indexes: the receiver rebuilds those, so a snapshot cannot
 //!   carry an index that disagrees with its rows);
-//! - records, each its length (u32 BE, at least 1), a tag byte and the bincode of: a [`Job`]
-//!   (tag 1; a finished one with its current log counters), a [`FinishedJob`] (tag 2: a finished
-//!   job whose full row was gone when the snapshot was built, see `state_machine.rs`), or a
-//!   [`JobLogLine`] (tag 3), jobs before lines;
+//! - records, each its length (u32 BE, at least 1), a tag byte and the bincode of: a live [`Job`]
+//!   (tag 1), a finished job as `(FinishedJob, Job)` (tag 4: what the queue keeps of it, and its
+//!   full row with its current log counters), a [`FinishedJob`] alone (tag 2: a finished job
+//!   whose full row was gone when the snapshot was built, see `state_machine.rs`), an
+//!   [`OutboxEvent`] the state does not hold (tag 5), or a [`JobLogLine`] (tag 3); jobs first,
+//!   lines last;
 //! - a length of 0, then a CRC-32 (u32 LE) of every byte before it, and nothing after.
 //!
+//! Format 7 (the state with the outbox counters of its time, its outbox whole; finished jobs as
+//! tag 1 or, with the record of its time, tag 2) is still read.
 //! Formats 5 and 6 (the jobs inside the state value, then untagged lines; 5 with jobs from
 //! before the per-job log byte cap: `legacy.rs`) are still read, and so are formats 3 and 4 (one
 //! bincode value with the lines inside; 3 without the cluster time and the log batch marks),
@@ -23,11 +28,13 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::Deserialize;
 
-use super::legacy::{JobV1, PartsV5, PartsV6};
+use super::legacy::{FinishedJobV1, JobV1, OutboxMetaV1, PartsV5, PartsV6, PartsV7};
 use super::storage::{decode, encode};
 use crate::queue::{FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
 
-pub(super) const SNAPSHOT_FORMAT: u32 = 7;
+pub(super) const SNAPSHOT_FORMAT: u32 = 8;
+/// The first tagged format; its finished jobs and outbox counters are of their time.
+const FORMAT_7: u32 = 7;
 /// No stored record comes near this (a job's spec and a line's text are capped far below); a
 /// longer length is damage, refused before anything is allocated for it.
 const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
@@ -36,12 +43,19 @@ const BUFFER_BYTES: usize = 1024 * 1024;
 const TAG_JOB: u8 = 1;
 const TAG_FINISHED: u8 = 2;
 const TAG_LINE: u8 = 3;
+const TAG_FINISHED_ROW: u8 = 4;
+const TAG_EVENT: u8 = 5;
 
 /// One record of snapshot data after its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Record {
+    /// A live job; in snapshots of earlier builds, a finished one too.
     Job(Box<Job>),
+    /// A finished job: what the queue keeps of it, and its full row.
+    FinishedRow(FinishedJob, Box<Job>),
+    /// A finished job whose full row was gone.
     Finished(FinishedJob),
+    Event(OutboxEvent),
     Line(JobLogLine),
 }
 
@@ -75,9 +89,19 @@ impl<W: Write> DataWriter<W> {
         Ok(writer)
     }
 
-    /// Writes one job (all jobs go before the first line).
+    /// Writes one live job (all jobs go before the first line).
     pub(super) fn job(&mut self, job: &Job) -> io::Result<()> {
         self.record(TAG_JOB, job)
+    }
+
+    /// Writes one finished job: what the queue keeps of it and its full row.
+    pub(super) fn finished_row(&mut self, kept: &FinishedJob, row: &Job) -> io::Result<()> {
+        self.record(TAG_FINISHED_ROW, &(kept, row))
+    }
+
+    /// Writes one outbox event the state does not hold.
+    pub(super) fn event(&mut self, event: &OutboxEvent) -> io::Result<()> {
+        self.record(TAG_EVENT, event)
     }
 
     /// Writes what is kept of a finished job whose row is gone.
@@ -133,8 +157,8 @@ enum Source<R: Read> {
     Streamed {
         input: BufReader<R>,
         crc: crc32fast::Hasher,
-        /// Format 7: records carry a tag (5 and 6: lines only, untagged).
-        tagged: bool,
+        /// The format: from 7, records carry a tag (5 and 6: lines only, untagged).
+        format: u32,
         done: bool,
     },
     /// Format 3 or 4: decoded whole.
@@ -148,7 +172,7 @@ impl<R: Read> DataReader<R> {
         let format = read_array::<_, 4>(&mut input, &mut crc)
             .map_err(|e| format!("snapshot data too short for its format: {e}"))?;
         let (mut state, source) = match u32::from_be_bytes(format) {
-            version @ (5 | 6 | SNAPSHOT_FORMAT) => {
+            version @ (5 | 6 | FORMAT_7 | SNAPSHOT_FORMAT) => {
                 let len = u64::from_be_bytes(
                     read_array::<_, 8>(&mut input, &mut crc)
                         .map_err(|e| format!("snapshot data cut short: {e}"))?,
@@ -157,6 +181,7 @@ impl<R: Read> DataReader<R> {
                 crc.update(&encoded);
                 let state: Parts = match version {
                     SNAPSHOT_FORMAT => decode(&encoded),
+                    FORMAT_7 => decode::<PartsV7>(&encoded).map(Parts::from),
                     6 => decode::<PartsV6>(&encoded).map(Parts::from),
                     _ => decode::<PartsV5>(&encoded).map(Parts::from),
                 }
@@ -164,15 +189,13 @@ impl<R: Read> DataReader<R> {
                 if !state.log_lines.is_empty() {
                     return Err("snapshot state holds log lines it should not".into());
                 }
-                if version == SNAPSHOT_FORMAT
-                    && (!state.jobs.is_empty() || !state.finished.is_empty())
-                {
+                if version >= FORMAT_7 && (!state.jobs.is_empty() || !state.finished.is_empty()) {
                     return Err("snapshot state holds jobs it should not".into());
                 }
                 let source = Source::Streamed {
                     input,
                     crc,
-                    tagged: version == SNAPSHOT_FORMAT,
+                    format: version,
                     done: false,
                 };
                 (state, source)
@@ -211,14 +234,14 @@ impl<R: Read> DataReader<R> {
         if let Some(job) = self.jobs.next() {
             return Ok(Some(Record::Job(Box::new(job))));
         }
-        let (input, crc, tagged, done) = match &mut self.source {
+        let (input, crc, format, done) = match &mut self.source {
             Source::Whole(lines) => return Ok(lines.next().map(Record::Line)),
             Source::Streamed {
                 input,
                 crc,
-                tagged,
+                format,
                 done,
-            } => (input, crc, *tagged, done),
+            } => (input, crc, *format, done),
         };
         if *done {
             return Ok(None);
@@ -251,18 +274,24 @@ impl<R: Read> DataReader<R> {
         }
         let encoded = read_exactly(input, u64::from(len), "a record")?;
         crc.update(&encoded);
-        let (tag, body) = match tagged {
+        let (tag, body) = match format >= FORMAT_7 {
             true => encoded
                 .split_first()
                 .map(|(tag, body)| (*tag, body))
                 .ok_or("snapshot data is damaged: an empty record")?,
             false => (TAG_LINE, encoded.as_slice()),
         };
-        let record = match tag {
-            TAG_JOB => decode(body).map(|job| Record::Job(Box::new(job))),
-            TAG_FINISHED => decode(body).map(Record::Finished),
-            TAG_LINE => decode(body).map(Record::Line),
-            tag => return Err(format!("snapshot data is damaged: a record tagged {tag}")),
+        let record = match (tag, format) {
+            (TAG_JOB, _) => decode(body).map(|job| Record::Job(Box::new(job))),
+            (TAG_FINISHED, FORMAT_7) => {
+                decode::<FinishedJobV1>(body).map(|kept| Record::Finished(kept.into()))
+            }
+            (TAG_FINISHED, _) => decode(body).map(Record::Finished),
+            (TAG_LINE, _) => decode(body).map(Record::Line),
+            (TAG_FINISHED_ROW, SNAPSHOT_FORMAT) => decode::<(FinishedJob, Job)>(body)
+                .map(|(kept, row)| Record::FinishedRow(kept, Box::new(row))),
+            (TAG_EVENT, SNAPSHOT_FORMAT) => decode(body).map(Record::Event),
+            (tag, _) => return Err(format!("snapshot data is damaged: a record tagged {tag}")),
         };
         record
             .map(Some)
@@ -318,7 +347,7 @@ struct PartsV3 {
     next_job_id: JobId,
     next_lease_token: u64,
     outbox: Vec<OutboxEvent>,
-    outbox_meta: OutboxMeta,
+    outbox_meta: OutboxMetaV1,
 }
 
 impl PayloadV3 {
@@ -330,8 +359,11 @@ impl PayloadV3 {
             log_lines: q.log_lines,
             next_job_id: q.next_job_id,
             next_lease_token: q.next_lease_token,
+            outbox_meta: OutboxMeta {
+                pending: q.outbox.len() as u64,
+                ..q.outbox_meta.into()
+            },
             outbox: q.outbox,
-            outbox_meta: q.outbox_meta,
             clock_ms: 0,
             log_batches: Vec::new(),
             finished: Vec::new(),
@@ -342,7 +374,7 @@ impl PayloadV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{LogLevel, LogLine};
+    use crate::queue::{EventKind, JobState, LogLevel, LogLine, UNKNOWN_LAST_EVENT};
     use crate::raft::legacy::tests::old_job;
 
     fn line(job_id: JobId, sequence: u64) -> JobLogLine {
@@ -359,8 +391,25 @@ mod tests {
         }
     }
 
-    /// `state` written as a snapshot: its jobs and finished jobs as records, then `lines`.
-    fn written(state: &Parts, lines: &[JobLogLine]) -> Vec<u8> {
+    fn event(id: u64, job: JobId) -> OutboxEvent {
+        OutboxEvent {
+            id,
+            at_ms: 10 + id,
+            kind: EventKind::JobSubmitted { job },
+        }
+    }
+
+    /// What a snapshot holds besides its state.
+    #[derive(Debug, Default, PartialEq)]
+    struct Streamed {
+        lines: Vec<JobLogLine>,
+        events: Vec<OutboxEvent>,
+        finished_rows: Vec<(FinishedJob, Job)>,
+    }
+
+    /// `state` written as a snapshot: its jobs and finished jobs as records, `rows` as finished
+    /// jobs with their rows, `events`, then `lines`.
+    fn written(state: &Parts, streamed: &Streamed) -> Vec<u8> {
         let header = Parts {
             jobs: Vec::new(),
             finished: Vec::new(),
@@ -373,27 +422,42 @@ mod tests {
         for kept in &state.finished {
             writer.finished(kept).expect("finished job");
         }
-        for line in lines {
+        for (kept, row) in &streamed.finished_rows {
+            writer.finished_row(kept, row).expect("finished row");
+        }
+        for event in &streamed.events {
+            writer.event(event).expect("event");
+        }
+        for line in &streamed.lines {
             writer.line(line).expect("line");
         }
         let (data, count, bytes) = writer.finish().expect("finish");
-        assert_eq!(count, lines.len() as u64);
+        assert_eq!(count, streamed.lines.len() as u64);
         assert_eq!(bytes, data.len() as u64);
         data
     }
 
-    /// The state read back with its jobs and finished jobs, and the lines.
-    fn read_all(data: &[u8]) -> Result<(Parts, Vec<JobLogLine>), String> {
+    /// The state read back with its jobs and finished jobs, and the other records.
+    fn read_all(data: &[u8]) -> Result<(Parts, Streamed), String> {
         let (mut state, mut reader) = DataReader::open(data)?;
-        let mut lines = Vec::new();
+        let mut streamed = Streamed::default();
         while let Some(record) = reader.next_record()? {
             match record {
                 Record::Job(job) => state.jobs.push(*job),
                 Record::Finished(kept) => state.finished.push(kept),
-                Record::Line(line) => lines.push(line),
+                Record::FinishedRow(kept, row) => streamed.finished_rows.push((kept, *row)),
+                Record::Event(event) => streamed.events.push(event),
+                Record::Line(line) => streamed.lines.push(line),
             }
         }
-        Ok((state, lines))
+        Ok((state, streamed))
+    }
+
+    fn lines_only(lines: Vec<JobLogLine>) -> Streamed {
+        Streamed {
+            lines,
+            ..Streamed::default()
+        }
     }
 
     /// Data of format 5 or 6 as those builds wrote it: `state`, then one untagged line.
@@ -411,33 +475,65 @@ mod tests {
         data
     }
 
-    fn job(id: JobId, state: crate::queue::JobState) -> Job {
+    /// Data of format 7 as that build wrote it: `state`, then tagged records.
+    fn format_7_stream(state: &PartsV7, records: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut data = 7u32.to_be_bytes().to_vec();
+        let state_bytes = encode(state).expect("encode");
+        data.extend((state_bytes.len() as u64).to_be_bytes());
+        data.extend(state_bytes);
+        for (tag, body) in records {
+            data.extend((body.len() as u32 + 1).to_be_bytes());
+            data.push(*tag);
+            data.extend(body);
+        }
+        data.extend(0u32.to_be_bytes());
+        let crc = crc32fast::hash(&data);
+        data.extend(crc.to_le_bytes());
+        data
+    }
+
+    fn job(id: JobId, state: JobState) -> Job {
         let mut job = Job::from(old_job(id));
         job.state = state;
         job.log_bytes = 99;
         job
     }
 
+    fn old_meta() -> OutboxMetaV1 {
+        OutboxMetaV1 {
+            last_index: 3,
+            next_sequence: 2,
+            acked_up_to: 0,
+            dropped_log_events: 1,
+        }
+    }
+
     #[test]
     fn data_reads_back_as_written() {
         let state = Parts {
-            jobs: vec![
-                job(1, crate::queue::JobState::Queued),
-                job(2, crate::queue::JobState::Succeeded),
-            ],
-            finished: vec![FinishedJob::of(&job(3, crate::queue::JobState::Failed))],
+            jobs: vec![job(1, JobState::Queued)],
+            finished: vec![FinishedJob::of(&job(3, JobState::Failed), 17)],
             next_job_id: 9,
             next_lease_token: 4,
+            outbox: vec![event(5, 1)],
+            outbox_meta: OutboxMeta {
+                pending: 3,
+                ..OutboxMeta::default()
+            },
             clock_ms: 77,
             log_batches: vec![(3, 2, 1)],
             ..Parts::default()
         };
-        let lines: Vec<JobLogLine> = (1..=300).map(|n| line(n % 7 + 1, n)).collect();
-        let (read_state, read_lines) = read_all(&written(&state, &lines)).expect("reads");
-        assert_eq!(read_state, state);
-        assert_eq!(read_lines, lines);
-        let (empty_state, no_lines) = read_all(&written(&state, &[])).expect("reads");
-        assert_eq!((empty_state, no_lines), (state, Vec::new()));
+        let finished = job(2, JobState::Succeeded);
+        let streamed = Streamed {
+            lines: (1..=300).map(|n| line(n % 7 + 1, n)).collect(),
+            events: vec![event(6, 2), event(7, 3)],
+            finished_rows: vec![(FinishedJob::of(&finished, 6), finished)],
+        };
+        let read = read_all(&written(&state, &streamed)).expect("reads");
+        assert_eq!(read, (state.clone(), streamed));
+        let empty = read_all(&written(&state, &Streamed::default())).expect("reads");
+        assert_eq!(empty, (state, Streamed::default()));
     }
 
     #[test]
@@ -446,8 +542,11 @@ mod tests {
             next_job_id: 2,
             ..Parts::default()
         };
-        let lines: Vec<JobLogLine> = (1..=20).map(|n| line(1, n)).collect();
-        let data = written(&state, &lines);
+        let streamed = Streamed {
+            events: vec![event(1, 1)],
+            ..lines_only((1..=20).map(|n| line(1, n)).collect())
+        };
+        let data = written(&state, &streamed);
         // A flipped bit anywhere, a cut anywhere, or bytes after the end: never a clean end.
         for at in (0..data.len()).step_by(7) {
             let mut flipped = data.clone();
@@ -465,21 +564,28 @@ mod tests {
     }
 
     #[test]
-    fn formats_3_to_6_are_still_read() {
+    fn formats_3_to_7_are_still_read_with_their_outbox_held() {
         let old = PartsV3 {
             jobs: Vec::new(),
             workers: Vec::new(),
             log_lines: vec![line(1, 1)],
             next_job_id: 42,
             next_lease_token: 7,
-            outbox: Vec::new(),
-            outbox_meta: OutboxMeta::default(),
+            outbox: vec![event(1, 1)],
+            outbox_meta: old_meta(),
         };
         let mut data = 3u32.to_be_bytes().to_vec();
         data.extend(bincode::serialize(&(old,)).expect("encode"));
-        let (state, lines) = read_all(&data).expect("a format-3 snapshot");
+        let (state, streamed) = read_all(&data).expect("a format-3 snapshot");
         assert_eq!((state.next_job_id, state.clock_ms), (42, 0));
-        assert_eq!(lines, vec![line(1, 1)]);
+        assert_eq!(streamed, lines_only(vec![line(1, 1)]));
+        assert_eq!(state.outbox, vec![event(1, 1)]);
+        let held = OutboxMeta {
+            pending: 1,
+            held: true,
+            ..old_meta().into()
+        };
+        assert_eq!(state.outbox_meta, held);
 
         let v4 = PartsV5 {
             jobs: vec![old_job(3)],
@@ -488,16 +594,17 @@ mod tests {
             next_job_id: 4,
             next_lease_token: 1,
             outbox: Vec::new(),
-            outbox_meta: OutboxMeta::default(),
+            outbox_meta: old_meta(),
             clock_ms: 1_700_000_000_000,
             log_batches: Vec::new(),
         };
         let mut data = 4u32.to_be_bytes().to_vec();
         data.extend(bincode::serialize(&(&v4,)).expect("encode"));
-        let (state, lines) = read_all(&data).expect("a format-4 snapshot");
+        let (state, streamed) = read_all(&data).expect("a format-4 snapshot");
         assert_eq!(state.clock_ms, 1_700_000_000_000);
-        assert_eq!(lines, v4.log_lines);
+        assert_eq!(streamed, lines_only(v4.log_lines.clone()));
         assert_eq!((state.jobs[0].id, state.jobs[0].log_bytes), (3, 0));
+        assert!(state.outbox_meta.held);
 
         // Format 5: streamed like the current one, jobs without their byte count.
         let v5 = PartsV5 {
@@ -505,26 +612,77 @@ mod tests {
             ..v4
         };
         let data = untagged_stream(5, &v5, &line(3, 1));
-        let (state, lines) = read_all(&data).expect("a format-5 snapshot");
+        let (state, streamed) = read_all(&data).expect("a format-5 snapshot");
         assert_eq!((state.jobs[0].id, state.jobs[0].log_lines), (3, 12));
-        assert_eq!(lines, vec![line(3, 1)]);
+        assert_eq!(streamed, lines_only(vec![line(3, 1)]));
 
         // Format 6: every job inside the state value, lines untagged.
         let v6 = PartsV6 {
-            jobs: vec![job(4, crate::queue::JobState::Cancelled)],
+            jobs: vec![job(4, JobState::Cancelled)],
             workers: Vec::new(),
             log_lines: Vec::new(),
             next_job_id: 5,
             next_lease_token: 1,
-            outbox: Vec::new(),
-            outbox_meta: OutboxMeta::default(),
+            outbox: vec![event(2, 4), event(3, 4)],
+            outbox_meta: old_meta(),
             clock_ms: 5,
             log_batches: Vec::new(),
         };
         let data = untagged_stream(6, &v6, &line(4, 1));
-        let (state, lines) = read_all(&data).expect("a format-6 snapshot");
+        let (state, streamed) = read_all(&data).expect("a format-6 snapshot");
         assert_eq!(state.jobs, v6.jobs);
-        assert_eq!(lines, vec![line(4, 1)]);
+        assert_eq!(streamed, lines_only(vec![line(4, 1)]));
+        assert_eq!(
+            (state.outbox_meta.pending, state.outbox_meta.held),
+            (2, true)
+        );
+
+        // Format 7: tagged records, finished jobs as rows (tag 1) or records of their time.
+        let v7 = PartsV7 {
+            jobs: Vec::new(),
+            finished: Vec::new(),
+            workers: Vec::new(),
+            log_lines: Vec::new(),
+            next_job_id: 9,
+            next_lease_token: 1,
+            outbox: vec![event(4, 5)],
+            outbox_meta: old_meta(),
+            clock_ms: 5,
+            log_batches: Vec::new(),
+        };
+        let finished = job(6, JobState::Succeeded);
+        let kept = FinishedJob::of(&finished, UNKNOWN_LAST_EVENT);
+        let old_kept = (
+            kept.id,
+            kept.state,
+            kept.finished_at_ms,
+            kept.idempotency_key.clone(),
+            kept.spec_digest,
+            kept.attempts.clone(),
+            kept.logs,
+        );
+        let records = [
+            (TAG_JOB, encode(&job(5, JobState::Queued)).expect("encode")),
+            (TAG_JOB, encode(&finished).expect("encode")),
+            (TAG_FINISHED, encode(&old_kept).expect("encode")),
+            (TAG_LINE, encode(&line(5, 1)).expect("encode")),
+        ];
+        let (state, streamed) =
+            read_all(&format_7_stream(&v7, &records)).expect("a format-7 snapshot");
+        assert_eq!(state.jobs, vec![job(5, JobState::Queued), finished]);
+        assert_eq!(state.finished, vec![kept]);
+        assert_eq!(streamed, lines_only(vec![line(5, 1)]));
+        assert_eq!(state.outbox, vec![event(4, 5)]);
+        assert_eq!(
+            (state.outbox_meta.pending, state.outbox_meta.held),
+            (1, true)
+        );
+        // Tags 4 and 5 are not format 7's.
+        let refused = read_all(&format_7_stream(
+            &v7,
+            &[(TAG_EVENT, encode(&event(9, 1)).expect("encode"))],
+        ));
+        assert!(refused.is_err());
 
         let mut unknown = 9u32.to_be_bytes().to_vec();
         unknown.extend([0u8; 8]);

@@ -9,7 +9,8 @@
 //!   read; see `job_rows.rs`), `worker/<uuid, 16 bytes>`,
 //!   `lines/<job id BE><first sequence BE>` (blocks of a job's log lines, see `log_blocks.rs`;
 //!   big-endian, so a job's lines are contiguous and in order),
-//!   `logbatch/<job id BE><lease token BE>` and `outbox/<event id BE>`;
+//!   `logbatch/<job id BE><lease token BE>`, `outbox/<event id BE>` and
+//!   `truncation/<job id BE>` (the outbox, never held in memory: see `outbox_rows.rs`);
 //!
 //! The snapshot is a file of its own (`snapshot_store.rs`), synced before the log behind it is
 //! purged. The `sm` tree is never synced: after a power cut sled recovers some earlier state of
@@ -35,16 +36,19 @@ use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use super::job_rows::{
-    archive_key, finished_key, id_key, job_key, read_archived, JobReader, ARCHIVE_PREFIX,
-    FINISHED_PREFIX, JOB_PREFIX,
+    archive_key, finished_key, job_key, read_archived, JobReader, ARCHIVE_PREFIX, FINISHED_PREFIX,
+    JOB_PREFIX,
 };
-use super::legacy::decode_job;
+use super::legacy::{decode_finished, decode_job, decode_outbox_meta};
 use super::log_blocks::{
     convert_single_line_rows, encode_block, job_blocks, parse_line_key, prefix_end, BlockPacker,
     LINES_PREFIX, SINGLE_LINE_PREFIX,
 };
 use super::log_reader::LogReader;
 use super::log_store::LogStore;
+use super::outbox_rows::{
+    outbox_key, truncation_key, OutboxReader, OUTBOX_PREFIX, TRUNCATION_PREFIX,
+};
 use super::snapshot_data::{DataReader, DataWriter, Record};
 use super::snapshot_file::SnapshotFile;
 use super::snapshot_store::SnapshotStore;
@@ -55,7 +59,7 @@ use super::{
 };
 use crate::queue::{
     ApplyContext, FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState,
-    Worker, WorkerId,
+    Worker, WorkerId, UNKNOWN_LAST_EVENT,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -63,6 +67,16 @@ use openraft::{
     StorageIOError,
 };
 use serde::Serialize;
+
+/// The replica's state as its readers see it: the queue, and the rows it does not hold (finished
+/// jobs, log lines, outbox events). Cheap to clone.
+#[derive(Clone)]
+pub struct StateReaders {
+    pub queue: SharedQueue,
+    pub jobs: JobReader,
+    pub logs: LogReader,
+    pub outbox: OutboxReader,
+}
 
 /// The queue as the API services see it. Take the lock briefly and never hold it across `.await`.
 pub type SharedQueue = Arc<RwLock<QueueState>>;
@@ -75,7 +89,6 @@ const NEXT_LEASE_TOKEN_KEY: &[u8] = b"meta/next_lease_token";
 /// Cluster time (`QueueState::clock_ms`); absent in data dirs from before it was kept (0).
 const CLOCK_KEY: &[u8] = b"meta/clock";
 const WORKER_PREFIX: &[u8] = b"worker/";
-const OUTBOX_PREFIX: &[u8] = b"outbox/";
 /// `logbatch/{job}{token}`: the last log batch number applied for that lease.
 const LOG_BATCH_PREFIX: &[u8] = b"logbatch/";
 const OUTBOX_META_KEY: &[u8] = b"meta/outbox";
@@ -85,10 +98,6 @@ fn worker_key(id: WorkerId) -> Vec<u8> {
     key.extend_from_slice(WORKER_PREFIX);
     key.extend_from_slice(id.as_bytes());
     key
-}
-
-fn outbox_key(id: u64) -> Vec<u8> {
-    id_key(OUTBOX_PREFIX, id)
 }
 
 fn log_batch_key(job: JobId, token: u64) -> Vec<u8> {
@@ -107,6 +116,7 @@ enum Row {
     /// A block of log lines (read through `LogReader`, never loaded).
     Log,
     Outbox(u64),
+    Truncation(JobId),
     LogBatch(JobId, u64),
 }
 
@@ -120,6 +130,9 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
     }
     if let Some(id) = key.strip_prefix(OUTBOX_PREFIX) {
         return Some(Row::Outbox(u64::from_be_bytes(id.try_into().ok()?)));
+    }
+    if let Some(job) = key.strip_prefix(TRUNCATION_PREFIX) {
+        return Some(Row::Truncation(u64::from_be_bytes(job.try_into().ok()?)));
     }
     if let Some(id) = key.strip_prefix(JOB_PREFIX) {
         return Some(Row::Job(u64::from_be_bytes(id.try_into().ok()?)));
@@ -154,7 +167,12 @@ struct ChangedRows {
     log_lines: Vec<JobLogLine>,
     /// Jobs whose lines all go (removed by retention), after the writes above.
     logs_removed: BTreeSet<JobId>,
-    outbox: Vec<(u64, Option<OutboxEvent>)>,
+    /// Events written, the last write of each, not those removed in the same call.
+    outbox_written: Vec<OutboxEvent>,
+    /// Every event up to this id goes, before the writes above (they are all newer).
+    outbox_released: Option<u64>,
+    outbox_removed: BTreeSet<u64>,
+    truncations: Vec<(JobId, Option<OutboxEvent>)>,
     outbox_meta: Option<OutboxMeta>,
     log_batches: Vec<(JobId, u64, Option<u64>)>,
     next_job_id: JobId,
@@ -202,10 +220,23 @@ impl ChangedRows {
                 .into_values()
                 .collect(),
             logs_removed: changes.logs_removed,
-            outbox: changes
-                .outbox
+            outbox_written: changes
+                .outbox_written
                 .into_iter()
-                .map(|id| (id, queue.outbox_event(id).cloned()))
+                .map(|event| (event.id, event))
+                .collect::<BTreeMap<_, _>>()
+                .into_values()
+                .filter(|event| {
+                    changes.outbox_released.is_none_or(|up_to| event.id > up_to)
+                        && !changes.outbox_removed.contains(&event.id)
+                })
+                .collect(),
+            outbox_released: changes.outbox_released,
+            outbox_removed: changes.outbox_removed,
+            truncations: changes
+                .truncations
+                .into_iter()
+                .map(|job| (job, queue.truncation(job).cloned()))
                 .collect(),
             outbox_meta: changes.outbox_meta.then(|| queue.outbox_meta().clone()),
             log_batches: changes
@@ -221,13 +252,31 @@ impl ChangedRows {
 
     /// Adds the rows to `batch`; `tree` is read to find the lines of removed jobs.
     fn write(self, batch: &mut sled::Batch, tree: &sled::Tree) -> Result<(), StorageError> {
-        for (id, event) in self.outbox {
+        if let Some(up_to) = self.outbox_released {
+            // Only the released rows are left before the cut (earlier ones went with earlier
+            // releases), so this reads what it removes.
+            let first = outbox_key(0);
+            let cut = outbox_key(up_to);
+            for key in tree.range(first.as_slice()..=cut.as_slice()).keys() {
+                batch.remove(key.map_err(|e| sm_write_error(&e))?);
+            }
+        }
+        for id in self.outbox_removed {
+            batch.remove(outbox_key(id));
+        }
+        for event in self.outbox_written {
+            batch.insert(
+                outbox_key(event.id),
+                encode(&event).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        for (job, event) in self.truncations {
             match event {
                 Some(event) => batch.insert(
-                    outbox_key(id),
+                    truncation_key(job),
                     encode(&event).map_err(|e| sm_write_error(&e))?,
                 ),
-                None => batch.remove(outbox_key(id)),
+                None => batch.remove(truncation_key(job)),
             }
         }
         for (job, token, mark) in self.log_batches {
@@ -334,8 +383,9 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Loads the persisted state (meta keys, live jobs, what is kept of finished ones, workers,
-    /// outbox; not the finished jobs' full rows nor the log lines), and rewrites it from the
-    /// snapshot when it is older than the snapshot.
+    /// the outbox's truncation events; not the finished jobs' full rows, the log lines nor the
+    /// outbox's events unless it is held), and rewrites it from the snapshot when it is older
+    /// than the snapshot.
     pub(super) fn open(
         db: &sled::Db,
         snapshots: SnapshotStore,
@@ -349,17 +399,20 @@ impl StateMachine {
             next_lease_token: 1,
             ..Parts::default()
         };
-        // Everything but the finished jobs' full rows (`JobReader`) and the log lines
-        // (`LogReader`), which stay in the store: skipping their ranges, a restart does not even
-        // read them.
+        // Everything but the finished jobs' full rows (`JobReader`), the log lines (`LogReader`)
+        // and the outbox's events (`OutboxReader`), which stay in the store: skipping their
+        // ranges, a restart does not even read them.
         let archive_end = prefix_end(ARCHIVE_PREFIX);
         let lines_end = prefix_end(LINES_PREFIX);
         let single_lines_end = prefix_end(SINGLE_LINE_PREFIX);
+        let outbox_end = prefix_end(OUTBOX_PREFIX);
         let rows = sm
             .range(..ARCHIVE_PREFIX)
             .chain(sm.range(archive_end.as_slice()..LINES_PREFIX))
             .chain(sm.range(lines_end.as_slice()..SINGLE_LINE_PREFIX))
-            .chain(sm.range(single_lines_end.as_slice()..));
+            .chain(sm.range(single_lines_end.as_slice()..OUTBOX_PREFIX))
+            .chain(sm.range(outbox_end.as_slice()..));
+        let mut truncations = Vec::new();
         // Finished jobs stored as live rows by earlier builds, moved as they are met.
         let mut moved = RowBatches::new(&sm);
         let mut moved_jobs = 0u64;
@@ -374,9 +427,7 @@ impl StateMachine {
                 NEXT_LEASE_TOKEN_KEY => {
                     parts.next_lease_token = decode_loaded(&value, "the next lease token")?
                 }
-                OUTBOX_META_KEY => {
-                    parts.outbox_meta = decode_loaded(&value, "the outbox counters")?
-                }
+                OUTBOX_META_KEY => parts.outbox_meta = decode_outbox_meta(&value)?,
                 CLOCK_KEY => parts.clock_ms = decode_loaded(&value, "the cluster time")?,
                 key => match parse_row_key(key) {
                     Some(Row::Job(id)) => {
@@ -388,7 +439,8 @@ impl StateMachine {
                             )));
                         }
                         if job.state.is_terminal() {
-                            let kept = FinishedJob::of(&job);
+                            // Only earlier builds stored these, and their outbox is held.
+                            let kept = FinishedJob::of(&job, UNKNOWN_LAST_EVENT);
                             // A write that fails here is the disk's fault, not damage to set aside.
                             moved.remove(job_key(id));
                             moved
@@ -401,8 +453,7 @@ impl StateMachine {
                         }
                     }
                     Some(Row::Finished(id)) => {
-                        let kept: FinishedJob =
-                            decode_loaded(&value, &format!("finished job {id}"))?;
+                        let kept = decode_finished(&value, &format!("finished job {id}"))?;
                         if kept.id != id {
                             return Err(LoadError::Corrupt(format!(
                                 "finished job {} is stored under id {id}",
@@ -429,16 +480,18 @@ impl StateMachine {
                             .log_batches
                             .push((job, token, decode_loaded(&value, &what)?));
                     }
-                    Some(Row::Outbox(id)) => {
+                    // Not in the ranges read.
+                    Some(Row::Outbox(_)) => {}
+                    Some(Row::Truncation(job)) => {
                         let event: OutboxEvent =
-                            decode_loaded(&value, &format!("outbox event {id}"))?;
-                        if event.id != id {
+                            decode_loaded(&value, &format!("the truncation event of job {job}"))?;
+                        if event.kind.job() != Some(job) {
                             return Err(LoadError::Corrupt(format!(
-                                "outbox event {} is stored under id {id}",
+                                "truncation event {} is stored under job {job}",
                                 event.id
                             )));
                         }
-                        parts.outbox.push(event);
+                        truncations.push(event);
                     }
                     None => {
                         return Err(LoadError::Corrupt(format!(
@@ -450,6 +503,15 @@ impl StateMachine {
             }
         }
         sm.apply_batch(moved.finish())?;
+        parts.outbox = match parts.outbox_meta.held {
+            // The queue holds a held outbox whole (and counts it: an earlier build did not).
+            true => {
+                let events = load_held_outbox(&sm)?;
+                parts.outbox_meta.pending = events.len() as u64;
+                events
+            }
+            false => truncations,
+        };
         if moved_jobs > 0 {
             tracing::info!(
                 jobs = moved_jobs,
@@ -525,6 +587,21 @@ impl StateMachine {
         LogReader::new(self.sm.clone())
     }
 
+    /// Every reader at once, for the shipper and the metrics.
+    pub fn readers(&self) -> StateReaders {
+        StateReaders {
+            queue: self.queue(),
+            jobs: self.job_reader(),
+            logs: self.log_reader(),
+            outbox: self.outbox_reader(),
+        }
+    }
+
+    /// The stored outbox, for the shipper, the leader's retention cut and the metrics.
+    pub fn outbox_reader(&self) -> OutboxReader {
+        OutboxReader::new(self.sm.clone())
+    }
+
     /// Jobs, live and finished, for the API's and the shipper's reads.
     pub fn job_reader(&self) -> JobReader {
         JobReader::new(self.sm.clone(), self.queue())
@@ -544,6 +621,33 @@ impl StateMachine {
             ))
         })
     }
+}
+
+/// Every stored outbox event, for a held outbox (see `queue/outbox.rs`): earlier builds held it
+/// in memory, so this reads no more than they did.
+fn load_held_outbox(sm: &sled::Tree) -> Result<Vec<OutboxEvent>, LoadError> {
+    let mut events = Vec::new();
+    for row in sm.scan_prefix(OUTBOX_PREFIX) {
+        let (key, value) = row?;
+        let id = match parse_row_key(&key) {
+            Some(Row::Outbox(id)) => id,
+            _ => {
+                return Err(LoadError::Corrupt(format!(
+                    "unexpected key {:?} in the outbox",
+                    String::from_utf8_lossy(&key)
+                )))
+            }
+        };
+        let event: OutboxEvent = decode_loaded(&value, &format!("outbox event {id}"))?;
+        if event.id != id {
+            return Err(LoadError::Corrupt(format!(
+                "outbox event {} is stored under id {id}",
+                event.id
+            )));
+        }
+        events.push(event);
+    }
+    Ok(events)
 }
 
 /// Rows go to the tree in batches of at most this many bytes and rows when it is rewritten from a
@@ -595,6 +699,8 @@ fn rewrite_from_snapshot(
     for worker in &state.workers {
         rows.put(worker_key(worker.info.id), worker)?;
     }
+    // The events the queue holds (the held outbox, or the truncation events); the others follow
+    // as records.
     for event in &state.outbox {
         rows.put(outbox_key(event.id), event)?;
     }
@@ -607,11 +713,17 @@ fn rewrite_from_snapshot(
     let mut packer = BlockPacker::default();
     while let Some(record) = reader.next_record()? {
         match record {
+            // Format 7 (an earlier build: its outbox is held).
             Record::Job(job) if job.state.is_terminal() => {
-                let kept = FinishedJob::of(&job);
+                let kept = FinishedJob::of(&job, UNKNOWN_LAST_EVENT);
                 rows.put_finished(&job, &kept)?;
                 state.finished.push(kept);
             }
+            Record::FinishedRow(kept, job) => {
+                rows.put_finished(&job, &kept)?;
+                state.finished.push(kept);
+            }
+            Record::Event(event) => rows.put(outbox_key(event.id), &event)?,
             Record::Job(job) => {
                 rows.put(job_key(job.id), &job)?;
                 state.jobs.push(*job);
@@ -632,6 +744,11 @@ fn rewrite_from_snapshot(
         rows.put(key, &block)?;
     }
     let queue = QueueState::from_parts(state);
+    for event in queue.truncation_events() {
+        if let Some(job) = event.kind.job() {
+            rows.put(truncation_key(job), event)?;
+        }
+    }
     let mut batch = rows.finish();
     batch.insert(
         OUTBOX_META_KEY,
@@ -1036,11 +1153,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let jobs = (state.jobs.len() + state.finished.len()) as u64;
         let tree = self.tree.clone();
         let logs = self.logs.clone();
+        let events_reader = OutboxReader::new(self.tree.clone());
         let snapshots = self.snapshots.clone();
         let build_meta = meta.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let live = std::mem::take(&mut state.jobs);
             let finished = std::mem::take(&mut state.finished);
+            let outbox = state.outbox_meta.clone();
+            let held_ids: BTreeSet<u64> = state.outbox.iter().map(|e| e.id).collect();
             let counts: BTreeMap<JobId, u64> = live
                 .iter()
                 .map(|job| (job.id, job.log_lines))
@@ -1059,8 +1179,34 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // installs it.
             for kept in finished {
                 match read_archived(&tree, &kept).map_err(|e| e.to_string())? {
-                    Some(row) => writer.job(&row).map_err(write_err)?,
+                    Some(row) => writer.finished_row(&kept, &row).map_err(write_err)?,
                     None => writer.finished(&kept).map_err(write_err)?,
+                }
+            }
+            // The view's pending events, from the tree (a held outbox is in the state already,
+            // and so are the truncation events, as the view has them). Events released since
+            // the view are missing: the release that follows the snapshot in the log, which the
+            // installing replica applies next, releases them again, and its count is the one
+            // the view had.
+            if !outbox.held {
+                let newest = outbox.newest_event_id();
+                let mut after = outbox.acked_up_to;
+                'events: loop {
+                    let events = events_reader
+                        .after(after, 1024)
+                        .map_err(|e| e.to_string())?;
+                    let Some(last) = events.last().map(|e| e.id) else {
+                        break;
+                    };
+                    for event in events {
+                        if event.id > newest {
+                            break 'events;
+                        }
+                        if !held_ids.contains(&event.id) {
+                            writer.event(&event).map_err(write_err)?;
+                        }
+                    }
+                    after = last;
                 }
             }
             logs.each_as_of(&counts, |line| writer.line(line))

@@ -1244,10 +1244,28 @@ async fn an_earlier_builds_finished_job_row_is_moved_at_open() {
         tree.remove(key(b"archive/")).unwrap().expect("stored");
         tree.insert(key(b"job/"), super::storage::encode(&job_3).unwrap())
             .unwrap();
+        // Such rows come with the outbox counters of their time.
+        let meta = expected.outbox_meta();
+        let old_meta = super::legacy::OutboxMetaV1 {
+            last_index: meta.last_index,
+            next_sequence: meta.next_sequence,
+            acked_up_to: meta.acked_up_to,
+            dropped_log_events: meta.dropped_log_events,
+        };
+        tree.insert(b"meta/outbox", super::storage::encode(&old_meta).unwrap())
+            .unwrap();
         db.flush().unwrap();
     }
     let (_log, sm) = open(dir.path());
-    assert_eq!(queue_of(&sm), expected);
+    // The outbox is held, as that build held it, and the moved job's last event is unknown
+    // until it is let go.
+    let mut parts = expected.to_parts();
+    parts.outbox = sm.outbox_reader().after(0, usize::MAX).unwrap();
+    parts.outbox_meta.held = true;
+    for kept in parts.finished.iter_mut().filter(|kept| kept.id == 3) {
+        kept.last_event = crate::queue::UNKNOWN_LAST_EVENT;
+    }
+    assert_eq!(queue_of(&sm), QueueState::from_parts(parts));
     assert_eq!(stored_keys(&sm, b"job/"), vec![1]);
     assert_eq!(stored_keys(&sm, b"finished/"), vec![2, 3]);
     assert_eq!(stored_keys(&sm, b"archive/"), vec![2, 3]);
@@ -1293,4 +1311,175 @@ async fn a_snapshot_built_while_retention_removes_rows_installs_the_views_state(
     target.apply([removal]).await.unwrap();
     assert_eq!(queue_of(&target), queue_of(&sm));
     assert!(stored_keys(&target, b"finished/").is_empty());
+}
+
+/// A release as a leader proposes it: the events `sm` stores after its cursor, up to `up_to`.
+fn release_through(sm: &StateMachine, up_to: u64) -> Command {
+    let after = queue_of(sm).outbox_meta().acked_up_to;
+    let events = sm.outbox_reader().after(after, usize::MAX).unwrap();
+    Command::ReleaseOutbox {
+        after,
+        up_to,
+        events: events.iter().filter(|e| e.id <= up_to).count() as u64,
+    }
+}
+
+/// The outbox lives in the store: the queue counts its events, a release removes their rows, and
+/// a restart reads none of them (a damaged event row is found by a reader, not at open).
+#[tokio::test]
+async fn the_outbox_is_stored_not_held_and_a_restart_does_not_read_it() {
+    let dir = TempDir::new().unwrap();
+    let (queue, events) = {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        apply_worker_sample(&mut sm).await;
+        let events = sm.outbox_reader().after(0, usize::MAX).unwrap();
+        let queue = queue_of(&sm);
+        assert!(
+            queue.to_parts().outbox.is_empty(),
+            "the queue holds no event"
+        );
+        assert_eq!(events.len(), queue.outbox_len());
+        assert!(events.len() > 10, "{} events", events.len());
+        assert!(events
+            .windows(2)
+            .all(|w| w[0].id < w[1].id && w[0].at_ms <= w[1].at_ms));
+
+        let up_to = events[4].id;
+        let outcomes = sm
+            .apply([normal(1, 6, vec![release_through(&sm, up_to)])])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes[0].results[0],
+            Ok(CommandOutput::OutboxAcked {
+                acked_up_to: up_to,
+                removed: 5
+            })
+        );
+        let left = sm.outbox_reader().after(0, usize::MAX).unwrap();
+        assert_eq!(left, events[5..].to_vec());
+        assert_eq!(queue_of(&sm).outbox_len(), left.len());
+        assert_eq!(sm.outbox_reader().oldest().unwrap(), left.first().cloned());
+        (queue_of(&sm), left)
+    };
+    // A damaged event row: opening does not read it.
+    let damaged = events[0].id;
+    raw_tree(
+        dir.path(),
+        "sm",
+        &[&b"outbox/"[..], &damaged.to_be_bytes()].concat(),
+        b"not an event",
+    );
+    let (_log, sm) = open(dir.path());
+    assert_eq!(queue_of(&sm), queue);
+    let read = sm.outbox_reader().after(0, 10);
+    assert!(
+        matches!(read, Err(OutboxReadError::Corrupt { .. })),
+        "{read:?}"
+    );
+}
+
+/// The rows of an earlier build's outbox (its counters without `pending` and `held`): the queue
+/// holds them, as that build did, applies its acks as it did, and lets go of them at the first
+/// release; the stored rows follow, and a restart finds the same state.
+#[tokio::test]
+async fn an_earlier_builds_outbox_is_held_until_the_first_release() {
+    let dir = TempDir::new().unwrap();
+    let events = {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        apply_worker_sample(&mut sm).await;
+        let meta = queue_of(&sm).outbox_meta().clone();
+        let old_meta = super::legacy::OutboxMetaV1 {
+            last_index: meta.last_index,
+            next_sequence: meta.next_sequence,
+            acked_up_to: meta.acked_up_to,
+            dropped_log_events: meta.dropped_log_events,
+        };
+        sm.tree()
+            .insert(b"meta/outbox", super::storage::encode(&old_meta).unwrap())
+            .unwrap();
+        sm.outbox_reader().after(0, usize::MAX).unwrap()
+    };
+    let (_log, mut sm) = open(dir.path());
+    let held = queue_of(&sm);
+    assert!(held.outbox_meta().held);
+    assert_eq!(held.to_parts().outbox, events, "held whole");
+    assert_eq!(held.outbox_len(), events.len());
+
+    sm.apply([normal(
+        1,
+        6,
+        vec![Command::AckOutbox {
+            up_to: events[1].id,
+        }],
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        sm.outbox_reader().after(0, usize::MAX).unwrap(),
+        events[2..].to_vec()
+    );
+    let up_to = events[3].id;
+    let outcomes = sm
+        .apply([normal(1, 7, vec![release_through(&sm, up_to)])])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes[0].results[0],
+        Ok(CommandOutput::OutboxAcked {
+            acked_up_to: up_to,
+            removed: 2
+        })
+    );
+    let queue = queue_of(&sm);
+    assert!(!queue.outbox_meta().held);
+    assert!(queue.to_parts().outbox.is_empty());
+    assert_eq!(
+        sm.outbox_reader().after(0, usize::MAX).unwrap(),
+        events[4..].to_vec()
+    );
+    assert_eq!(queue.outbox_len(), events.len() - 4);
+    drop(sm);
+    let (_log, sm) = open(dir.path());
+    assert_eq!(queue_of(&sm), queue);
+}
+
+/// A snapshot carries the view's pending events, streamed from the store. Events released after
+/// the view are gone from the store when it is built: the installing replica counts them as the
+/// view did, and the release that follows in the log brings both replicas level, rows included.
+#[tokio::test]
+async fn a_snapshot_carries_the_views_outbox_and_the_release_after_it_levels_the_rows() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    apply_worker_sample(&mut sm).await;
+    let view = queue_of(&sm);
+    let events = sm.outbox_reader().after(0, usize::MAX).unwrap();
+    let mut builder = sm.get_snapshot_builder().await;
+    let release = normal(1, 6, vec![release_through(&sm, events[2].id)]);
+    let more = normal(1, 7, vec![submit("late", None)]);
+    sm.apply([release.clone(), more.clone()]).await.unwrap();
+    let snapshot = builder.build_snapshot().await.unwrap();
+
+    let target_dir = TempDir::new().unwrap();
+    let (_target_log, mut target) = open(target_dir.path());
+    let received = transfer(snapshot.snapshot, &mut target, None).await;
+    target
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    assert_eq!(queue_of(&target), view);
+    // Neither the released events nor the later ones.
+    assert_eq!(
+        target.outbox_reader().after(0, usize::MAX).unwrap(),
+        events[3..].to_vec()
+    );
+    target.apply([release, more]).await.unwrap();
+    assert_eq!(queue_of(&target), queue_of(&sm));
+    assert_eq!(
+        target.outbox_reader().after(0, usize::MAX).unwrap(),
+        sm.outbox_reader().after(0, usize::MAX).unwrap()
+    );
 }

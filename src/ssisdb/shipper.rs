@@ -17,12 +17,17 @@
 //! 3. insert each event `WHERE NOT EXISTS` its event_id, count the batch's ids back (a server
 //!    that silently dropped a statement fails the batch instead of losing events), COMMIT.
 //!
-//! Then propose `AckOutbox { up_to: last id }`. A leader that dies between the COMMIT and the
-//! ack's commit leaves the cursor behind; the next leader ships the same ids again and the NOT
-//! EXISTS makes that a no-op, so nothing is duplicated and nothing is skipped. A replica that
-//! loses office mid-batch drops its connection at once (SQL Server rolls the transaction back).
+//! Then propose `ReleaseOutbox { after: cursor, up_to: last id, events: n }`. A leader that dies
+//! between the COMMIT and the release's commit leaves the cursor behind; the next leader ships
+//! the same ids again and the NOT EXISTS makes that a no-op, so nothing is duplicated and nothing
+//! is skipped. A replica that loses office mid-batch drops its connection at once (SQL Server
+//! rolls the transaction back).
 //!
-//! Without SSISDB, the leader prunes events older than `ssisdb.retention_secs` every minute.
+//! The events are read from the store (`raft::OutboxReader`), not from the queue, which holds
+//! only the outbox's counters; the rows they name from the queue and the store, as they are now.
+//!
+//! Without SSISDB, the leader releases the events older than `ssisdb.retention_secs` every
+//! minute, [`PRUNE_BATCH`] at a time.
 //! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
 //! every [`HEARTBEAT_EVERY`], like the SSIS Scale Out Master's heartbeat.
 
@@ -39,14 +44,17 @@ use super::sql::{big, clip, rollback, send, simple, sql_time, Packer, Param, MAX
 use crate::config::SsisdbSettings;
 use crate::master::{now_ms, Office, Proposer};
 use crate::queue::{
-    Command, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, Worker, WorkerId,
+    Command, CommandOutput, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent,
+    QueueState, Worker, WorkerId,
 };
-use crate::raft::{JobReader, LogReader, Raft, SharedQueue};
+use crate::raft::{JobReader, LogReader, OutboxReader, Raft, SharedQueue, StateReaders};
 
 /// How often each replica writes its row in scaleout.replicas.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// How often the leader prunes the outbox when no SSISDB is configured.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Most events one prune releases: bounds the entry's apply (its rows are removed in one batch).
+pub const PRUNE_BATCH: u64 = 10_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the outbox lag is logged (debug).
@@ -101,9 +109,7 @@ pub async fn run(
     raft: Raft,
     office: Office,
     proposer: Proposer,
-    queue: SharedQueue,
-    jobs: JobReader,
-    logs: LogReader,
+    readers: StateReaders,
     settings: SsisdbSettings,
     replica_id: u64,
     replica_api: String,
@@ -138,7 +144,7 @@ pub async fn run(
             shipper.backoff = BACKOFF_MIN;
         }
         let leader = term.is_some();
-        let lag = read_queue(&queue, |q| q.outbox_len() as u64);
+        let lag = read_queue(&readers.queue, |q| q.outbox_len() as u64);
         shipper.status.lag.store(lag, Ordering::Relaxed);
         if last_lag_log.elapsed() >= LAG_LOG_EVERY {
             debug!(
@@ -167,15 +173,18 @@ pub async fn run(
                 let before_ms = proposer
                     .now_ms()
                     .saturating_sub(shipper.settings.retention().as_millis() as u64);
-                if let Err(e) = proposer.propose(Command::PruneOutbox { before_ms }).await {
-                    debug!(error = %e, "outbox prune not committed; retrying in a minute");
+                match prune(&readers, &proposer, before_ms).await {
+                    // A full batch: more may be due, at once.
+                    Ok(PRUNE_BATCH) => last_prune = None,
+                    Ok(_) => {}
+                    Err(e) => debug!(error = %e, "outbox prune not done; retrying in a minute"),
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
         let shipped = tokio::select! {
-            shipped = shipper.ship_once(&queue, (&jobs, &logs), &proposer, term) => shipped,
+            shipped = shipper.ship_once(&readers, &proposer, term) => shipped,
             // Abandon the batch: dropping the connection makes SQL Server roll it back.
             () = office.lost(&raft, term) => Err(SsisdbError::OfficeLost { replica: replica_id, term }),
         };
@@ -221,9 +230,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn read_queue<T>(queue: &SharedQueue, f: impl FnOnce(&crate::queue::QueueState) -> T) -> T {
+fn read_queue<T>(queue: &SharedQueue, f: impl FnOnce(&QueueState) -> T) -> T {
     let guard = queue.read().unwrap_or_else(PoisonError::into_inner);
     f(&guard)
+}
+
+/// Releases the oldest events recorded before `before_ms`, at most [`PRUNE_BATCH`] of them;
+/// returns how many went.
+async fn prune(readers: &StateReaders, proposer: &Proposer, before_ms: u64) -> Result<u64, String> {
+    let after = read_queue(&readers.queue, |q| q.outbox_meta().acked_up_to);
+    let Some(aged) = readers
+        .outbox
+        .aged(after, before_ms, PRUNE_BATCH)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(0);
+    };
+    let command = Command::ReleaseOutbox {
+        after,
+        up_to: aged.up_to,
+        events: aged.events,
+    };
+    match proposer.propose(command).await.map_err(|e| e.to_string())? {
+        Ok(CommandOutput::OutboxAcked { removed, .. }) => Ok(removed),
+        Ok(other) => Err(format!("unexpected answer to a release: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A wait between `d / 2` and `d`, so replicas and retries do not move in step.
@@ -290,19 +322,17 @@ impl Shipper {
     /// Ships one batch; returns how many events it shipped (0: nothing to ship).
     async fn ship_once(
         &mut self,
-        queue: &SharedQueue,
-        (jobs, logs): (&JobReader, &LogReader),
+        readers: &StateReaders,
         proposer: &Proposer,
         term: u64,
     ) -> Result<usize, SsisdbError> {
         let limit = self.settings.batch_events.max(1) as usize;
-        let mut batch = read_queue(queue, |q| {
-            let acked = q.outbox_meta().acked_up_to;
-            self.status.acked_up_to.store(acked, Ordering::Relaxed);
-            read_batch(q, acked, limit)
-        });
-        read_jobs(&mut batch, jobs)?;
-        read_lines(&mut batch, logs)?;
+        let acked = read_queue(&readers.queue, |q| q.outbox_meta().acked_up_to);
+        self.status.acked_up_to.store(acked, Ordering::Relaxed);
+        let events = read_events(&readers.outbox, acked, limit)?;
+        let mut batch = read_queue(&readers.queue, |q| read_batch(q, events));
+        read_jobs(&mut batch, &readers.jobs)?;
+        read_lines(&mut batch, &readers.logs)?;
         let Some(last) = batch.events.last().map(|e| e.id) else {
             return Ok(0);
         };
@@ -322,8 +352,30 @@ impl Shipper {
         };
         write_batch(client, addr, &batch, fence).await?;
         let n = batch.events.len();
-        match proposer.propose(Command::AckOutbox { up_to: last }).await {
-            Ok(_) => {}
+        let release = Command::ReleaseOutbox {
+            after: acked,
+            up_to: last,
+            events: n as u64,
+        };
+        match proposer.propose(release).await {
+            Ok(Ok(CommandOutput::OutboxAcked { acked_up_to, .. })) if acked_up_to < last => {
+                // Counted from a cursor that moved meanwhile (another leader's release): the
+                // next batch starts from where it is now.
+                debug!(
+                    replica = self.replica_id,
+                    up_to = last,
+                    acked_up_to,
+                    "outbox release overtaken; reading again from the cursor"
+                );
+            }
+            Ok(Ok(_)) => {}
+            // The queue refused the count (it cannot be wrong but for a bug): said loudly, and the
+            // batch is shipped again, harmlessly.
+            Ok(Err(e)) => {
+                return Err(SsisdbError::Sql(format!(
+                    "batch up to event {last} is in SSISDB but the queue refused its release: {e}"
+                )))
+            }
             // Written but not acked: the next leader (or this one) writes the same ids again,
             // which the NOT EXISTS makes a no-op.
             Err(e) => {
@@ -383,10 +435,20 @@ fn opt_ms(ms: Option<u64>) -> (Param, Param) {
     (p(ms.map(sql_time)), p(ms.map(big)))
 }
 
-/// The batch in one transaction; rolled back on any error.
-/// The events after `acked` (at most `limit`) and the rows they name, as they are now.
-fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
-    let events = q.outbox_after(acked, limit);
+/// Up to `limit` stored events after the cursor `acked`.
+fn read_events(
+    outbox: &OutboxReader,
+    acked: u64,
+    limit: usize,
+) -> Result<Vec<OutboxEvent>, SsisdbError> {
+    outbox
+        .after(acked, limit)
+        .map_err(|e| SsisdbError::Sql(format!("cannot ship the outbox: {e}")))
+}
+
+/// `events` and the rows they name, as they are now in `q` (finished jobs and lines are read
+/// from the store next).
+fn read_batch(q: &QueueState, events: Vec<OutboxEvent>) -> Batch {
     let mut batch = Batch {
         version: big(q.outbox_meta().newest_event_id()),
         events,
@@ -425,18 +487,18 @@ fn read_batch(q: &crate::queue::QueueState, acked: u64, limit: usize) -> Batch {
     batch
 }
 
-/// Writes the events after `after` (at most `limit`) and the rows they name into SSISDB in one
-/// transaction fenced by `fence`, without acknowledging them: what a leader does before its
-/// ack, and what the next leader repeats when that ack never committed. Returns how many events
-/// it wrote. Without the store's reader, log line events carry a notice instead of their text.
+/// Writes `events` and the rows they name in `queue` into SSISDB in one transaction fenced by
+/// `fence`, without acknowledging them: what a leader does before its release, and what the next
+/// leader repeats when that release never committed. Returns how many events it wrote. Without
+/// the store's readers, log line events carry a notice instead of their text, and finished jobs
+/// the queue holds no full row of are left out.
 pub async fn write_events(
     client: &mut SqlClient,
-    queue: &crate::queue::QueueState,
-    after: u64,
-    limit: usize,
+    queue: &QueueState,
+    events: Vec<OutboxEvent>,
     fence: Fence,
 ) -> Result<usize, SsisdbError> {
-    let batch = read_batch(queue, after, limit);
+    let batch = read_batch(queue, events);
     write_batch(client, "SSISDB", &batch, fence).await?;
     Ok(batch.events.len())
 }

@@ -1,9 +1,12 @@
-//! The outbox: which events each change makes, their ids, the bound, acks and pruning.
+//! The outbox: which events each change makes, their ids, the bound, releases and pruning, and
+//! the held outbox of earlier builds. The state holds counters only: the events are the rows
+//! `Sim` stores from each change set, which it checks against the counters after every command.
 
 use super::test_support::*;
+use super::QueueState;
 use crate::queue::{
     event_origin, AttemptOutcome, Command, CommandOutput, EventKind, JobState, OutboxEvent,
-    WorkerChange,
+    QueueError, WorkerChange,
 };
 
 fn kinds(events: &[OutboxEvent]) -> Vec<EventKind> {
@@ -11,7 +14,7 @@ fn kinds(events: &[OutboxEvent]) -> Vec<EventKind> {
 }
 
 fn all_events(sim: &Sim) -> Vec<OutboxEvent> {
-    sim.state.outbox_after(0, usize::MAX)
+    sim.events()
 }
 
 #[test]
@@ -104,7 +107,7 @@ fn event_ids_are_log_index_and_sequence_and_only_grow() {
 }
 
 #[test]
-fn acks_remove_what_was_shipped_and_only_move_forward() {
+fn releases_remove_what_was_shipped_and_only_move_forward() {
     let mut sim = Sim::new();
     sim.register(1, &[], 4);
     for _ in 0..4 {
@@ -112,29 +115,55 @@ fn acks_remove_what_was_shipped_and_only_move_forward() {
     }
     let events = all_events(&sim);
     assert_eq!(events.len(), 5);
+    assert_eq!(sim.state.outbox_len(), 5);
     let up_to = events[2].id;
     assert_eq!(
-        sim.apply(Command::AckOutbox { up_to }),
+        sim.release_through(up_to),
         Ok(CommandOutput::OutboxAcked {
             acked_up_to: up_to,
             removed: 3
         })
     );
     assert_eq!(all_events(&sim), events[3..].to_vec());
-    // A retried or older ack changes nothing.
+    assert_eq!(sim.state.outbox_len(), 2);
+    // A retried release, or one counted from another cursor, changes nothing.
     let before = sim.state.clone();
-    assert_eq!(
-        sim.apply(Command::AckOutbox {
-            up_to: events[1].id
-        }),
-        Ok(CommandOutput::OutboxAcked {
-            acked_up_to: up_to,
-            removed: 0
-        })
-    );
+    for (after, up_to_again) in [(0, up_to), (0, events[4].id), (up_to, events[1].id)] {
+        assert_eq!(
+            sim.apply(Command::ReleaseOutbox {
+                after,
+                up_to: up_to_again,
+                events: 3
+            }),
+            Ok(CommandOutput::OutboxAcked {
+                acked_up_to: up_to,
+                removed: 0
+            })
+        );
+    }
     assert_eq!(sim.state, before);
     assert_eq!(sim.state.outbox_meta().acked_up_to, up_to);
     sim.assert_rows_rebuild();
+}
+
+#[test]
+fn a_release_past_the_newest_event_or_of_more_than_are_pending_is_refused() {
+    let mut sim = Sim::new();
+    sim.register(1, &[], 4);
+    sim.submit(spec());
+    let newest = sim.state.outbox_meta().newest_event_id();
+    for (up_to, events) in [(newest + 1, 1), (newest, 3)] {
+        let refused = sim.apply(Command::ReleaseOutbox {
+            after: 0,
+            up_to,
+            events,
+        });
+        assert!(
+            matches!(refused, Err(QueueError::InvalidRequest(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(sim.state.outbox_len(), 2);
 }
 
 #[test]
@@ -190,11 +219,115 @@ fn past_the_limit_log_lines_are_counted_not_kept_and_state_events_stay() {
     );
     sim.assert_rows_rebuild();
 
-    // Shipping the truncation notice makes room; a later drop starts a new count.
+    // Shipping the truncation notice makes room.
     let up_to = last.id;
-    sim.apply(Command::AckOutbox { up_to }).expect("ack");
+    sim.release_through(up_to).expect("release");
     assert_eq!(sim.state.outbox_len(), 0);
     sim.assert_rows_rebuild();
+}
+
+#[test]
+fn a_running_jobs_truncation_event_is_rewritten_in_place_until_shipped_keeping_its_time() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 4);
+    let id = sim.submit(spec());
+    let lease = lease_of(&sim.acquire(w, 1).remove(0));
+    sim.outbox_limit = sim.state.outbox_len() as u64;
+    let append = |sim: &mut Sim, n: usize| {
+        let lines = (0..n).map(|i| line(&format!("l{i}"))).collect();
+        sim.apply(Command::AppendLogs {
+            worker: w,
+            lease,
+            lines,
+        })
+        .expect("logs");
+    };
+    append(&mut sim, 2);
+    let first = sim
+        .state
+        .truncation(id)
+        .cloned()
+        .expect("a truncation event");
+    sim.advance(5_000);
+    append(&mut sim, 3);
+    let rewritten = sim.state.truncation(id).cloned().expect("still one");
+    assert_eq!(rewritten.id, first.id);
+    assert_eq!(rewritten.at_ms, first.at_ms, "events stay in time order");
+    assert_eq!(
+        rewritten.kind,
+        EventKind::LogTruncated {
+            job: id,
+            dropped: 5
+        }
+    );
+    assert_eq!(sim.events().last(), Some(&rewritten));
+
+    // Shipped: the next drop starts a new event.
+    sim.release_through(rewritten.id).expect("release");
+    assert!(sim.state.truncation(id).is_none());
+    sim.outbox_limit = sim.state.outbox_len() as u64;
+    append(&mut sim, 1);
+    let next = sim.state.truncation(id).cloned().expect("a new one");
+    assert!(next.id > rewritten.id);
+    assert_eq!(
+        next.kind,
+        EventKind::LogTruncated {
+            job: id,
+            dropped: 1
+        }
+    );
+    sim.assert_rows_rebuild();
+
+    // Finished: the queue lets go of it; the stored event stays until shipped.
+    sim.complete(w, lease, AttemptOutcome::Succeeded)
+        .expect("complete");
+    assert!(sim.state.truncation(id).is_none());
+    assert!(sim.events().contains(&next));
+    sim.assert_rows_rebuild();
+}
+
+#[test]
+fn late_lines_of_a_finished_job_past_the_limit_make_one_event_per_append() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 4);
+    let id = sim.submit(spec());
+    let lease = lease_of(&sim.acquire(w, 1).remove(0));
+    sim.complete(w, lease, AttemptOutcome::Succeeded)
+        .expect("complete");
+    let finished_last_event = sim.state.finished_job(id).expect("kept").last_event;
+    sim.outbox_limit = sim.state.outbox_len() as u64;
+    for _ in 0..2 {
+        sim.apply(Command::AppendLogs {
+            worker: w,
+            lease,
+            lines: (0..4).map(|i| line(&format!("late {i}"))).collect(),
+        })
+        .expect("late lines are kept");
+    }
+    let truncations: Vec<EventKind> = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::LogTruncated { .. }))
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        truncations,
+        vec![
+            EventKind::LogTruncated {
+                job: id,
+                dropped: 4
+            };
+            2
+        ]
+    );
+    assert!(
+        sim.state.truncation(id).is_none(),
+        "not held for a finished job"
+    );
+    // Retention with SSISDB waits for them too.
+    let kept = sim.state.finished_job(id).expect("kept");
+    assert_eq!(Some(kept.last_event), sim.events().last().map(|e| e.id));
+    assert!(kept.last_event > finished_last_event);
 }
 
 #[test]
@@ -254,7 +387,7 @@ fn pruning_drops_old_events_and_moves_the_cursor() {
     sim.advance(60_000);
     let recent = sim.submit(spec());
     let cutoff = sim.now;
-    let result = sim.apply(Command::PruneOutbox { before_ms: cutoff });
+    let result = sim.prune(cutoff);
     let events = all_events(&sim);
     assert_eq!(
         kinds(&events),
@@ -289,4 +422,108 @@ fn a_cancel_of_a_running_job_is_an_event() {
         .filter(|e| e.kind == EventKind::CancelRequested { job: id })
         .count();
     assert_eq!(cancels, 1);
+}
+
+/// A state as an earlier build left it: every pending event held, counters of its time.
+fn held(sim: &Sim) -> QueueState {
+    let mut parts = sim.state.to_parts();
+    parts.outbox = sim.events();
+    parts.outbox_meta.held = true;
+    QueueState::from_parts(parts)
+}
+
+#[test]
+fn a_held_outbox_applies_an_earlier_builds_ack_and_prune_as_it_did() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 4);
+    let id = sim.submit(spec());
+    sim.advance(60_000);
+    let lease = lease_of(&sim.acquire(w, 1).remove(0));
+    sim.state = held(&sim);
+    sim.rows.outbox_meta.held = true;
+    let events = sim.events();
+    assert_eq!(events.len(), 4, "registered, submitted, leased (2)");
+
+    // Ack: a prefix, by id.
+    assert_eq!(
+        sim.apply(Command::AckOutbox {
+            up_to: events[0].id
+        }),
+        Ok(CommandOutput::OutboxAcked {
+            acked_up_to: events[0].id,
+            removed: 1
+        })
+    );
+    // Prune: by age, event by event; the cursor moves past them.
+    assert_eq!(
+        sim.apply(Command::PruneOutbox { before_ms: sim.now }),
+        Ok(CommandOutput::OutboxAcked {
+            acked_up_to: events[1].id,
+            removed: 1
+        })
+    );
+    assert_eq!(sim.events(), events[2..].to_vec());
+    assert_eq!(sim.state.outbox_len(), 2);
+    sim.assert_rows_rebuild();
+
+    // Finished while held: its last event is not known to this build's bookkeeping...
+    sim.complete(w, lease, AttemptOutcome::Succeeded)
+        .expect("complete");
+    let mut parts = sim.state.to_parts();
+    for kept in &mut parts.finished {
+        kept.last_event = crate::queue::UNKNOWN_LAST_EVENT;
+    }
+    sim.state = QueueState::from_parts(parts);
+    assert_eq!(
+        sim.state.finished_job(id).map(|k| k.last_event),
+        Some(crate::queue::UNKNOWN_LAST_EVENT)
+    );
+
+    // ...until the first release of this build lets go of the outbox, at the same index on
+    // every replica: what stays is counted, and the job's last event is found among it.
+    let pending = sim.events();
+    let up_to = pending[1].id;
+    assert_eq!(
+        sim.apply(Command::ReleaseOutbox {
+            after: events[1].id,
+            up_to,
+            // Ignored: a held outbox counts for itself.
+            events: 99,
+        }),
+        Ok(CommandOutput::OutboxAcked {
+            acked_up_to: up_to,
+            removed: 2
+        })
+    );
+    assert!(!sim.state.outbox_meta().held);
+    assert_eq!(sim.state.outbox_len(), pending.len() - 2);
+    let newest_about_job = pending
+        .iter()
+        .filter(|e| e.kind.job() == Some(id))
+        .map(|e| e.id)
+        .max();
+    assert_eq!(
+        sim.state.finished_job(id).map(|k| k.last_event),
+        newest_about_job
+    );
+    sim.assert_rows_rebuild();
+
+    // From now on an earlier build's ack or prune changes nothing.
+    let before = sim.state.clone();
+    let newest = sim.state.outbox_meta().newest_event_id();
+    for command in [
+        Command::AckOutbox { up_to: newest },
+        Command::PruneOutbox {
+            before_ms: u64::MAX,
+        },
+    ] {
+        assert_eq!(
+            sim.apply(command),
+            Ok(CommandOutput::OutboxAcked {
+                acked_up_to: up_to,
+                removed: 0
+            })
+        );
+    }
+    assert_eq!(sim.state, before);
 }

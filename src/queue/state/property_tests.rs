@@ -2,7 +2,7 @@
 //! mostly moves forward but also steps back (a clock step, or batches stamped in one order and
 //! committed in another), keep the invariants of DESIGN.md (2: fencing, 3: bounded attempts) and the
 //! model's own (legal transitions, consistent indexes, persisted rows that rebuild the state,
-//! replicas that agree).
+//! replicas that agree), with an outbox that is sometimes full and released in random prefixes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +12,7 @@ use super::test_support::*;
 use super::QueueState;
 use crate::queue::{
     ApplyContext, AttemptOutcome, Command, CommandOutput, JobId, JobSpec, JobState, LeaseRef,
-    QueueError, WorkerId,
+    OutboxEvent, QueueError, WorkerId,
 };
 
 const TAGS: [&str; 2] = ["sql", "gpu"];
@@ -92,6 +92,12 @@ enum Op {
         until_shipped: bool,
         limit: u32,
     },
+    /// Releases the first `part`/255 of the stored events, counted from the cursor, or
+    /// (`stale`) as counted before the last release moved it: a retry, or a slower leader's.
+    Release {
+        part: u8,
+        stale: bool,
+    },
 }
 
 fn op(workers: u8) -> impl Strategy<Value = Op> {
@@ -124,6 +130,8 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
             .prop_map(|(retention_ms, max_finished, until_shipped, limit)| Op::Retain {
                 retention_ms, max_finished, until_shipped, limit,
             }),
+        1 => (any::<u8>(), proptest::bool::weighted(0.2))
+            .prop_map(|(part, stale)| Op::Release { part, stale }),
     ]
 }
 
@@ -134,6 +142,7 @@ fn to_command(
     granted: &[(LeaseRef, WorkerId)],
     live: &[(LeaseRef, WorkerId)],
     max_tasks: &BTreeMap<u8, u32>,
+    (stored, acked): (&[OutboxEvent], u64),
 ) -> Command {
     let wid = |w: u8| worker_id(u128::from(w));
     let pick = |i: usize| {
@@ -300,18 +309,29 @@ fn to_command(
             until_shipped,
             limit,
         },
+        // Counted as a leader counts the rows it read.
+        Op::Release { part, .. } => {
+            let events = stored.len() * usize::from(part) / 255;
+            Command::ReleaseOutbox {
+                after: acked,
+                up_to: stored[..events].last().map_or(acked, |e| e.id),
+                events: events as u64,
+            }
+        }
     }
 }
 
 /// The number of workers, each one's initial MaxTaskCount and tags (they register first, as
-/// agents do at start), then (clock step, op) pairs; one step in five goes backwards, some
-/// by more than a lease.
+/// agents do at start), the outbox limit (often small enough to drop log line events), then
+/// (clock step, op) pairs; one step in five goes backwards, some by more than a lease.
 #[allow(clippy::type_complexity)]
-fn history() -> impl Strategy<Value = (Vec<(u32, u8)>, Vec<(i64, Op)>)> {
+fn history() -> impl Strategy<Value = (Vec<(u32, u8)>, u64, Vec<(i64, Op)>)> {
     let step = prop_oneof![4 => 0i64..20_000, 1 => -45_000i64..0];
+    let limit = prop_oneof![1 => Just(u64::MAX), 1 => 5u64..40];
     (2u8..=3).prop_flat_map(move |workers| {
         (
             proptest::collection::vec((1u32..4, 0u8..4), usize::from(workers)),
+            limit.clone(),
             proptest::collection::vec((step.clone(), op(workers)), 1..150),
         )
     })
@@ -321,8 +341,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
-    fn random_histories_keep_every_invariant((workers, ops) in history()) {
+    fn random_histories_keep_every_invariant((workers, outbox_limit, ops) in history()) {
         let mut sim = Sim::new();
+        sim.outbox_limit = outbox_limit;
         let mut max_tasks: BTreeMap<u8, u32> = BTreeMap::new();
         for (n, &(max, tag_mask)) in workers.iter().enumerate() {
             let tag_list = tags(tag_mask);
@@ -334,6 +355,11 @@ proptest! {
         let mut granted: Vec<(LeaseRef, WorkerId)> = Vec::new();
         let mut last_token = 0;
         let mut terminal: BTreeMap<JobId, JobState> = BTreeMap::new();
+        // Worked out here from the stored events: the newest event when each job finished, or
+        // a later one about it. Retention with SSISDB waits until the cursor passes it.
+        let mut last_event: BTreeMap<JobId, u64> = BTreeMap::new();
+        // The stored events and the cursor before the last release that moved it.
+        let mut before_last_release: Option<(Vec<OutboxEvent>, u64)> = None;
 
         for (dt, op) in &ops {
             sim.now = sim.now.saturating_add_signed(*dt);
@@ -347,8 +373,15 @@ proptest! {
                     Some((LeaseRef { job_id: j.id, token: lease.token }, lease.worker))
                 })
                 .collect();
-            let command = to_command(op, &granted, &live, &max_tasks);
+            let stored_before = sim.events();
+            let acked_before = sim.state.outbox_meta().acked_up_to;
+            let outbox = match (op, &before_last_release) {
+                (Op::Release { stale: true, .. }, Some((stored, acked))) => (stored.as_slice(), *acked),
+                _ => (stored_before.as_slice(), acked_before),
+            };
+            let command = to_command(op, &granted, &live, &max_tasks, outbox);
             let before = sim.state.clone();
+            let newest_before = before.outbox_meta().newest_event_id();
             let eligible_before = match op {
                 Op::Acquire { worker, cpu, mem, .. } => before.has_eligible_task_at_load(
                     worker_id(u128::from(*worker)), at, *cpu, *mem, MAX_CPU, MIN_MEM,
@@ -358,7 +391,8 @@ proptest! {
             // `Sim::apply` checks the indexes and cross-references after every command, that a
             // rejection changes nothing, and persists the changed rows.
             let result = sim.apply(command.clone());
-            let other = replica.apply(&ApplyContext::unbounded(sim.index, sim.now), command.clone());
+            let ctx = ApplyContext { log_index: sim.index, now_ms: sim.now, outbox_limit };
+            let other = replica.apply(&ctx, command.clone());
             prop_assert_eq!(&result, &other, "replicas disagree on {:?}", op);
             // The replica lets go of finished jobs' full rows at once, as a state machine does
             // once it has written them; `sim` never does. Apply must not tell the difference.
@@ -473,11 +507,20 @@ proptest! {
             ) = (&command, &result) {
                 prop_assert_eq!(removed.len() as u64, *count);
                 prop_assert!(removed.len() <= *limit as usize);
-                let unshipped: BTreeSet<JobId> = before
-                    .outbox_after(0, usize::MAX)
+                let acked = before.outbox_meta().acked_up_to;
+                let unshipped: BTreeSet<JobId> = last_event
                     .iter()
-                    .filter_map(|e| e.kind.job())
+                    .filter(|(_, &last)| last > acked)
+                    .map(|(&id, _)| id)
                     .collect();
+                // Whatever the bookkeeping: no job goes while an event naming it waits.
+                if *until_shipped {
+                    for event in &stored_before {
+                        if let Some(job) = event.kind.job() {
+                            prop_assert!(!removed.contains(&job), "job {} removed before event {} shipped", job, event.id);
+                        }
+                    }
+                }
                 let mut finished: Vec<(u64, JobId)> = before
                     .jobs()
                     .filter(|j| j.state.is_terminal())
@@ -523,10 +566,26 @@ proptest! {
                 }
                 prop_assert!(new.attempts.len() <= new.spec.max_attempts as usize);
             }
+            let newest = sim.state.outbox_meta().newest_event_id();
+            for event in sim.events().iter().filter(|e| e.id > newest_before) {
+                if let Some(last) = event.kind.job().and_then(|job| last_event.get_mut(&job)) {
+                    *last = event.id;
+                }
+            }
             for job in sim.state.jobs() {
                 if job.state.is_terminal() {
                     let first = *terminal.entry(job.id).or_insert(job.state);
                     prop_assert_eq!(first, job.state, "job {} completed twice", job.id);
+                    last_event.entry(job.id).or_insert(newest);
+                }
+            }
+            if let (Command::ReleaseOutbox { after, up_to, events }, Ok(CommandOutput::OutboxAcked { acked_up_to, removed })) = (&command, &result) {
+                let moved = *after == before.outbox_meta().acked_up_to && *up_to > *after;
+                prop_assert_eq!(*removed, if moved { *events } else { 0 });
+                prop_assert_eq!(*acked_up_to, if moved { *up_to } else { before.outbox_meta().acked_up_to });
+                prop_assert!(sim.events().iter().all(|e| e.id > *acked_up_to));
+                if moved {
+                    before_last_release = Some((stored_before.clone(), acked_before));
                 }
             }
             for worker in sim.state.workers() {

@@ -6,9 +6,9 @@
 //! when it finished more than the retention before cluster time, or when it is among the oldest
 //! finished jobs beyond the cap. The command carries the settings, and apply reads only the
 //! replicated state and cluster time, so every replica removes the same jobs at the same index.
-//! Queued and leased jobs are never due. With SSISDB configured (`until_shipped`), a job an
-//! outbox event still names waits until that event is shipped, so SSISDB holds its whole story
-//! before the replicas forget it. Its idempotency key goes with it: the key's deduplication
+//! Queued and leased jobs are never due. With SSISDB configured (`until_shipped`), a job waits
+//! until every outbox event that may name it is shipped (its `last_event`, see `finished.rs`),
+//! so SSISDB holds its whole story before the replicas forget it. Its idempotency key goes with it: the key's deduplication
 //! window is the job's retention.
 
 use std::collections::BTreeSet;
@@ -39,10 +39,21 @@ impl QueueState {
             0 => 0,
             cap => (self.finished.len() as u64).saturating_sub(cap),
         };
-        let unshipped: BTreeSet<JobId> = if until_shipped {
-            self.outbox.values().filter_map(|e| e.kind.job()).collect()
-        } else {
-            BTreeSet::new()
+        // While the outbox is held, the jobs its events name; otherwise each finished job's
+        // `last_event` against the cursor.
+        let held_named: BTreeSet<JobId> = match until_shipped {
+            true => self.jobs_named_by_held_events().unwrap_or_default(),
+            false => BTreeSet::new(),
+        };
+        let acked = self.outbox_meta.acked_up_to;
+        let unshipped = |job: JobId| {
+            until_shipped
+                && (held_named.contains(&job)
+                    || (!self.outbox_meta.held
+                        && self
+                            .finished_jobs
+                            .get(&job)
+                            .is_some_and(|kept| kept.last_event > acked)))
         };
         let mut due = DueJobs::default();
         for (position, &(finished_at_ms, job)) in self.finished.iter().enumerate() {
@@ -50,7 +61,7 @@ impl QueueState {
             if finished_at_ms > cutoff && position as u64 >= over_cap {
                 break;
             }
-            if unshipped.contains(&job) {
+            if unshipped(job) {
                 continue;
             }
             if due.jobs.len() >= limit {

@@ -846,7 +846,7 @@ fn a_retried_log_batch_is_stored_once() {
     };
     let appended = Ok(CommandOutput::LogsAppended { late: false });
     assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
-    let events = sim.state.outbox_events().count();
+    let events = sim.events().len();
     // The answer was lost: the same batch again, then again from the spool.
     assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
     assert_eq!(send(&mut sim, 1, &["a", "b"]), appended);
@@ -862,7 +862,7 @@ fn a_retried_log_batch_is_stored_once() {
     assert_eq!(texts, vec!["a", "b", "c"]);
     assert_eq!(sim.job(id).log_lines, 3);
     // One SSISDB event per stored line: the retries recorded none.
-    assert_eq!(sim.state.outbox_events().count(), events + 1);
+    assert_eq!(sim.events().len(), events + 1);
     // Unnumbered appends (the master's own late-result note) are always stored.
     for _ in 0..2 {
         sim.apply(Command::AppendLogs {

@@ -68,7 +68,10 @@ pub struct Rows {
     pub logs: BTreeMap<(JobId, u64), JobLogLine>,
     pub next_job_id: JobId,
     pub next_lease_token: u64,
+    /// Every pending outbox event (the state holds counters only).
     pub outbox: BTreeMap<u64, OutboxEvent>,
+    /// The truncation event of each job the state holds one for.
+    pub truncations: BTreeMap<JobId, OutboxEvent>,
     pub outbox_meta: OutboxMeta,
     pub clock_ms: u64,
     pub log_batches: BTreeMap<(JobId, u64), u64>,
@@ -109,10 +112,24 @@ impl Rows {
         for job in changes.logs_removed {
             self.logs.retain(|(id, _), _| *id != job);
         }
-        for id in changes.outbox {
-            match state.outbox_event(id) {
-                Some(event) => self.outbox.insert(id, event.clone()),
-                None => self.outbox.remove(&id),
+        if let Some(up_to) = changes.outbox_released {
+            self.outbox.retain(|&id, _| id > up_to);
+        }
+        for id in &changes.outbox_removed {
+            self.outbox.remove(id);
+        }
+        for event in changes.outbox_written {
+            let released = changes
+                .outbox_released
+                .is_some_and(|up_to| event.id <= up_to);
+            if !released && !changes.outbox_removed.contains(&event.id) {
+                self.outbox.insert(event.id, event);
+            }
+        }
+        for job in changes.truncations {
+            match state.truncation(job) {
+                Some(event) => self.truncations.insert(job, event.clone()),
+                None => self.truncations.remove(&job),
             };
         }
         if changes.outbox_meta {
@@ -163,7 +180,10 @@ impl Rows {
             log_lines: self.logs.values().cloned().collect(),
             next_job_id: self.next_job_id,
             next_lease_token: self.next_lease_token,
-            outbox: self.outbox.values().cloned().collect(),
+            outbox: match self.outbox_meta.held {
+                true => self.outbox.values().cloned().collect(),
+                false => self.truncations.values().cloned().collect(),
+            },
             outbox_meta: self.outbox_meta.clone(),
             clock_ms: self.clock_ms,
             log_batches: self
@@ -221,6 +241,7 @@ impl Sim {
             );
         }
         self.rows.persist(&mut self.state);
+        self.check_stored_outbox();
         // The store holds exactly the lines each job counts: 1 to `log_lines` while none was
         // dropped; once some were, the lines kept (1 to k, with no hole) and the notice.
         let notice = crate::queue::MAX_LOG_LINES_PER_JOB + 1;
@@ -249,6 +270,75 @@ impl Sim {
             assert_eq!(bytes, job.log_bytes, "job {} log bytes", job.id);
         }
         result
+    }
+
+    /// The stored outbox agrees with the state: as many events as it counts pending, all after
+    /// its cursor, each truncation event it holds stored as it holds it (and only those).
+    fn check_stored_outbox(&self) {
+        let meta = self.state.outbox_meta();
+        assert_eq!(
+            self.rows.outbox.len() as u64,
+            meta.pending,
+            "events stored and counted pending"
+        );
+        if !meta.held {
+            if let Some(&first) = self.rows.outbox.keys().next() {
+                assert!(
+                    first > meta.acked_up_to,
+                    "event {first} stored behind the cursor"
+                );
+            }
+        }
+        for event in self.state.truncation_events() {
+            assert_eq!(
+                self.rows.outbox.get(&event.id),
+                Some(event),
+                "truncation event stored"
+            );
+        }
+        let held: Vec<&OutboxEvent> = self.state.truncation_events().collect();
+        let stored: Vec<&OutboxEvent> = self.rows.truncations.values().collect();
+        assert_eq!(held, stored, "truncation rows");
+    }
+
+    /// Releases the stored events up to `up_to`, counted as a leader counts the rows it read.
+    pub fn release_through(&mut self, up_to: u64) -> CommandResult {
+        let after = self.state.outbox_meta().acked_up_to;
+        let events = self.rows.outbox.range(after + 1..=up_to).count() as u64;
+        self.apply(Command::ReleaseOutbox {
+            after,
+            up_to,
+            events,
+        })
+    }
+
+    /// Releases the stored events recorded before `before_ms`, as the leader's prune does: the
+    /// prefix of them after the cursor.
+    pub fn prune(&mut self, before_ms: u64) -> CommandResult {
+        let after = self.state.outbox_meta().acked_up_to;
+        let aged: Vec<u64> = self
+            .rows
+            .outbox
+            .range(after + 1..)
+            .take_while(|(_, event)| event.at_ms < before_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        match aged.last() {
+            Some(&up_to) => self.apply(Command::ReleaseOutbox {
+                after,
+                up_to,
+                events: aged.len() as u64,
+            }),
+            None => Ok(CommandOutput::OutboxAcked {
+                acked_up_to: after,
+                removed: 0,
+            }),
+        }
+    }
+
+    /// The stored outbox events, oldest first.
+    pub fn events(&self) -> Vec<OutboxEvent> {
+        self.rows.outbox.values().cloned().collect()
     }
 
     pub fn submit(&mut self, spec: JobSpec) -> JobId {

@@ -157,15 +157,7 @@ fn rebuilding_from_parts_gives_the_same_state() {
         .apply(&ctx(5), Command::CancelJob { job_id: 3 })
         .expect("cancel");
     state.take_changes();
-    let rebuilt = QueueState::from_parts(Parts {
-        jobs: state.jobs().cloned().collect(),
-        next_job_id: state.next_job_id(),
-        outbox: state.outbox_events().cloned().collect(),
-        outbox_meta: state.outbox_meta().clone(),
-        clock_ms: state.clock_ms(),
-        log_batches: state.log_batch_marks().collect(),
-        ..Parts::default()
-    });
+    let rebuilt = QueueState::from_parts(state.to_parts());
     assert_eq!(rebuilt, state);
 }
 
@@ -258,15 +250,7 @@ proptest! {
         }
         // The persisted form rebuilds the very same state.
         state.take_changes();
-        let rebuilt = QueueState::from_parts(Parts {
-            jobs: state.jobs().cloned().collect(),
-            next_job_id: state.next_job_id(),
-            outbox: state.outbox_events().cloned().collect(),
-            outbox_meta: state.outbox_meta().clone(),
-            clock_ms: state.clock_ms(),
-            log_batches: state.log_batch_marks().collect(),
-            ..Parts::default()
-        });
+        let rebuilt = QueueState::from_parts(state.to_parts());
         prop_assert_eq!(rebuilt, state);
     }
 

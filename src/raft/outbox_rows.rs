@@ -1,0 +1,113 @@
+//! Where the `sm` tree keeps the outbox, and reading it back for the SSISDB shipper, the
+//! leader's retention cut and the metrics.
+//!
+//! Every pending event is a row `outbox/<event id, 8 bytes BE>` (so rows sort by id, which is
+//! log order and time order), written by the apply that recorded it and removed by the apply
+//! that released it; the queue holds counters only (`queue/outbox.rs`). The pending truncation
+//! event of each live job is also a row `truncation/<job id BE>`, read at open: the queue
+//! rewrites those in place.
+//!
+//! Readers see the rows of the applies written so far: a prefix of the events in id order (each
+//! apply's rows land in one batch, after the rows of earlier entries), behind the queue by at
+//! most the apply being written. A reader that takes the cursor from the queue and then reads
+//! the rows after it therefore counts exactly the events it read, which is what a
+//! `ReleaseOutbox` stamps.
+
+use super::job_rows::id_key;
+use super::storage::decode;
+use crate::queue::{JobId, OutboxEvent};
+
+pub(super) const OUTBOX_PREFIX: &[u8] = b"outbox/";
+pub(super) const TRUNCATION_PREFIX: &[u8] = b"truncation/";
+
+pub(super) fn outbox_key(id: u64) -> Vec<u8> {
+    id_key(OUTBOX_PREFIX, id)
+}
+
+pub(super) fn truncation_key(job: JobId) -> Vec<u8> {
+    id_key(TRUNCATION_PREFIX, job)
+}
+
+/// Why the outbox could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxReadError {
+    #[error("reading the outbox from the store failed: {0}")]
+    Store(String),
+    #[error("outbox event row {key} is damaged: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+/// Reads the stored outbox; cheap to clone.
+#[derive(Clone)]
+pub struct OutboxReader {
+    tree: sled::Tree,
+}
+
+/// The prefix of the pending events older than a retention cut-off, as a release names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgedEvents {
+    /// The last of them.
+    pub up_to: u64,
+    /// How many they are.
+    pub events: u64,
+}
+
+impl OutboxReader {
+    pub(super) fn new(tree: sled::Tree) -> OutboxReader {
+        OutboxReader { tree }
+    }
+
+    /// Up to `limit` events after `after`, oldest first.
+    pub fn after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, OutboxReadError> {
+        self.rows_after(after)
+            .take(limit)
+            .collect::<Result<Vec<_>, _>>()
+    }
+
+    /// The oldest stored event, if any.
+    pub fn oldest(&self) -> Result<Option<OutboxEvent>, OutboxReadError> {
+        self.rows_after(0).next().transpose()
+    }
+
+    /// The events after `after` recorded before `before_ms`, at most `limit` of them: a prefix,
+    /// since events are in time order (cluster time never goes backwards in log order).
+    pub fn aged(
+        &self,
+        after: u64,
+        before_ms: u64,
+        limit: u64,
+    ) -> Result<Option<AgedEvents>, OutboxReadError> {
+        let mut aged: Option<AgedEvents> = None;
+        for event in self.rows_after(after) {
+            let event = event?;
+            if event.at_ms >= before_ms || aged.is_some_and(|a| a.events >= limit) {
+                break;
+            }
+            aged = Some(AgedEvents {
+                up_to: event.id,
+                events: aged.map_or(0, |a| a.events) + 1,
+            });
+        }
+        Ok(aged)
+    }
+
+    fn rows_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<OutboxEvent, OutboxReadError>> + '_ {
+        let start = outbox_key(after.saturating_add(1));
+        self.tree
+            .range(start..)
+            .take_while(|row| {
+                row.as_ref()
+                    .map_or(true, |(k, _)| k.starts_with(OUTBOX_PREFIX))
+            })
+            .map(|row| {
+                let (key, value) = row.map_err(|e| OutboxReadError::Store(e.to_string()))?;
+                decode::<OutboxEvent>(&value).map_err(|e| OutboxReadError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    detail: e.to_string(),
+                })
+            })
+    }
+}
