@@ -59,14 +59,14 @@ impl OutboxReader {
 
     /// Up to `limit` events after `after`, oldest first.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, OutboxReadError> {
-        self.rows_after(after)
+        self.rows_from(after.saturating_add(1))
             .take(limit)
             .collect::<Result<Vec<_>, _>>()
     }
 
     /// The oldest stored event, if any.
     pub fn oldest(&self) -> Result<Option<OutboxEvent>, OutboxReadError> {
-        self.rows_after(0).next().transpose()
+        self.rows_from(0).next().transpose()
     }
 
     /// The events after `after` recorded before `before_ms`, at most `limit` of them: a prefix,
@@ -78,7 +78,7 @@ impl OutboxReader {
         limit: u64,
     ) -> Result<Option<AgedEvents>, OutboxReadError> {
         let mut aged: Option<AgedEvents> = None;
-        for event in self.rows_after(after) {
+        for event in self.rows_from(after.saturating_add(1)) {
             let event = event?;
             if event.at_ms >= before_ms || aged.is_some_and(|a| a.events >= limit) {
                 break;
@@ -91,11 +91,12 @@ impl OutboxReader {
         Ok(aged)
     }
 
-    fn rows_after(
+    /// The stored events from id `first` on, oldest first.
+    fn rows_from(
         &self,
-        after: u64,
+        first: u64,
     ) -> impl Iterator<Item = Result<OutboxEvent, OutboxReadError>> + '_ {
-        let start = outbox_key(after.saturating_add(1));
+        let start = outbox_key(first);
         self.tree
             .range(start..)
             .take_while(|row| {
