@@ -313,6 +313,9 @@ fn sample_peaks(
 /// past the follower's last applied entry, restarts it and waits until it has applied what the
 /// leader had: the follower must catch up by a snapshot. Reports how long that took and how far
 /// each side's resident memory rose above its level before the follower was stopped.
+/// Samples of resident memory taken, half a second apart, once a follower has caught up.
+const SETTLE_SAMPLES: usize = 10;
+
 async fn catch_up(
     cluster: &mut LocalCluster,
     client: &Arc<Client>,
@@ -374,6 +377,18 @@ async fn catch_up(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let caught_up_ms = started.elapsed().as_millis() as u64;
+    // The state both hold now is larger than before the stop (the jobs submitted meanwhile), so
+    // the rise over the steady level before it counts that growth too; the level once caught up
+    // (the last of a few seconds of samples, both settled) separates it from the install's own
+    // cost.
+    let (mut settled_leader, mut settled_follower) = (0.0, 0.0);
+    for _ in 0..SETTLE_SAMPLES {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        settled_leader = super::resident_mib(leader_pid)?;
+        settled_follower = super::resident_mib(follower_pid)?;
+        peak_leader = peak_leader.max(settled_leader);
+        peak_follower = peak_follower.max(settled_follower);
+    }
     let log = std::fs::read_to_string(&cluster.replica(follower)?.log_path).unwrap_or_default();
     let installed = log
         .lines()
@@ -386,8 +401,20 @@ async fn catch_up(
         "catch_up_ms": caught_up_ms,
         "by_snapshot": installed.is_some(),
         "install_log_line": installed,
-        "leader_resident_mib": {"steady": steady_leader, "peak": peak_leader, "rise": peak_leader - steady_leader},
-        "follower_resident_mib": {"steady": steady_follower, "peak": peak_follower, "rise": peak_follower - steady_follower},
+        "leader_resident_mib": {
+            "steady": steady_leader,
+            "peak": peak_leader,
+            "rise": peak_leader - steady_leader,
+            "settled": settled_leader,
+            "peak_over_settled": peak_leader - settled_leader,
+        },
+        "follower_resident_mib": {
+            "steady": steady_follower,
+            "peak": peak_follower,
+            "rise": peak_follower - steady_follower,
+            "settled": settled_follower,
+            "peak_over_settled": peak_follower - settled_follower,
+        },
     }))
 }
 

@@ -58,6 +58,12 @@ impl JobApi {
     /// everything committed when the read arrived, as confirmed by a quorum.
     async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
         if stale {
+            if self.with_queue(QueueState::is_placeholder) {
+                return Err(Status::unavailable(
+                    "this replica is installing a snapshot from the leader and has no state to \
+                     read yet; read without --stale, or from another replica",
+                ));
+            }
             return Ok(());
         }
         self.raft

@@ -30,14 +30,17 @@ use super::dispatch::{job_eligible, worker_capacity, DispatchIndex, LoadLimits};
 use super::{
     Activity, ApplyContext, Assignment, Attempt, AttemptOutcome, Command, CommandResult, EventKind,
     FinishedJob, Job, JobId, JobLogLine, JobState, Lease, OutboxEvent, OutboxMeta, Worker,
-    WorkerId, UNKNOWN_LAST_EVENT,
+    WorkerId,
 };
 
 mod jobs;
 mod leases;
 mod logs;
 mod outbox;
+mod rebuild;
 mod retention;
+
+pub use rebuild::Rebuild;
 mod workers;
 
 /// The most jobs one page of a listing returns.
@@ -96,6 +99,9 @@ pub struct QueueState {
     changes: Changes,
     /// Counters since this state was loaded; not state (ignored by `==`).
     activity: Activity,
+    /// Stands in for the state while a snapshot replaces it ([`QueueState::placeholder`]); not
+    /// state (ignored by `==`).
+    placeholder: bool,
 }
 
 /// What changed since the last [`QueueState::take_changes`]: the state machine rewrites these
@@ -212,6 +218,7 @@ impl PartialEq for QueueState {
             archive: _,
             changes: _,
             activity: _,
+            placeholder: _,
         } = self;
         *jobs == other.jobs
             && *finished_jobs == other.finished_jobs
@@ -259,65 +266,21 @@ impl QueueState {
             archive: BTreeMap::new(),
             changes: Changes::default(),
             activity: Activity::default(),
+            placeholder: false,
         }
     }
 
     /// Rebuilds the state, every index included, from persisted rows. The counters never go
-    /// below what the rows prove was already handed out.
-    pub fn from_parts(parts: Parts) -> Self {
-        let mut state = QueueState::new();
-        let mut highest_token = 0;
-        for job in parts.jobs {
-            highest_token = job
-                .attempts
-                .iter()
-                .map(|a| a.token)
-                .fold(highest_token, u64::max);
-            if job.state.is_terminal() {
-                // Only in data of earlier builds, whose outbox is held.
-                state.index_finished(FinishedJob::of(&job, UNKNOWN_LAST_EVENT));
-            } else {
-                state.index_job(&job);
-                state.jobs.insert(job.id, job);
-            }
+    /// below what the rows prove was already handed out. (`Rebuild` takes the jobs one by one.)
+    pub fn from_parts(mut parts: Parts) -> Self {
+        let mut rebuild = Rebuild::default();
+        for job in std::mem::take(&mut parts.jobs) {
+            rebuild.add_job(job);
         }
-        for finished in parts.finished {
-            highest_token = finished
-                .attempts
-                .iter()
-                .map(|&(token, _)| token)
-                .fold(highest_token, u64::max);
-            state.index_finished(finished);
+        for kept in std::mem::take(&mut parts.finished) {
+            rebuild.add_finished(kept);
         }
-        for worker in parts.workers {
-            state.workers.insert(worker.info.id, worker);
-        }
-        state.outbox_meta = parts.outbox_meta;
-        let mut held = state.outbox_meta.held.then(BTreeMap::new);
-        for event in parts.outbox {
-            if let EventKind::LogTruncated { job, .. } = event.kind {
-                state.truncations.insert(job, event.clone());
-            }
-            if let Some(held) = &mut held {
-                held.insert(event.id, event);
-            }
-        }
-        state.held_outbox = held;
-        state.clock_ms = parts.clock_ms;
-        state.log_batches = parts
-            .log_batches
-            .into_iter()
-            .map(|(job, token, batch)| ((job, token), batch))
-            .collect();
-        let after_last = state
-            .jobs
-            .keys()
-            .next_back()
-            .max(state.finished_jobs.keys().next_back())
-            .map_or(1, |id| id + 1);
-        state.next_job_id = parts.next_job_id.max(after_last);
-        state.next_lease_token = parts.next_lease_token.max(highest_token + 1);
-        state
+        rebuild.finish(parts)
     }
 
     /// The state without indexes (a copy), for snapshots: live jobs whole, finished ones as

@@ -59,7 +59,7 @@ use super::{
 };
 use crate::queue::{
     ApplyContext, FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState,
-    Worker, WorkerId, UNKNOWN_LAST_EVENT,
+    Rebuild, Worker, WorkerId, UNKNOWN_LAST_EVENT,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -394,6 +394,8 @@ impl StateMachine {
         let sm = db.open_tree(SM_TREE)?;
         let mut last_applied = None;
         let mut membership = StoredMembership::default();
+        // Jobs go into the state as they are read; the rest gathers in `parts`.
+        let mut rebuild = Rebuild::default();
         let mut parts = Parts {
             next_job_id: 1,
             next_lease_token: 1,
@@ -447,9 +449,9 @@ impl StateMachine {
                                 .put_finished(&job, &kept)
                                 .map_err(|e| LoadError::Io(std::io::Error::other(e)))?;
                             moved_jobs += 1;
-                            parts.finished.push(kept);
+                            rebuild.add_finished(kept);
                         } else {
-                            parts.jobs.push(job);
+                            rebuild.add_job(job);
                         }
                     }
                     Some(Row::Finished(id)) => {
@@ -460,7 +462,7 @@ impl StateMachine {
                                 kept.id
                             )));
                         }
-                        parts.finished.push(kept);
+                        rebuild.add_finished(kept);
                     }
                     Some(Row::Worker(id)) => {
                         let worker: Worker = decode_loaded(&value, &format!("worker {id}"))?;
@@ -525,7 +527,7 @@ impl StateMachine {
                 "rewrote the log lines stored one per row (by an earlier build) as blocks"
             );
         }
-        let queue = QueueState::from_parts(parts);
+        let queue = rebuild.finish(parts);
         let mut state_machine = StateMachine {
             sm,
             snapshots,
@@ -680,7 +682,7 @@ fn rewrite_from_snapshot(
     last_applied: Option<LogId>,
     membership: &StoredMembership,
 ) -> Result<(QueueState, u64), String> {
-    let (mut state, mut reader) = DataReader::open(data)?;
+    let (state, mut reader) = DataReader::open(data)?;
     let mut rows = RowBatches::new(sm);
     // Emptied in batches too (sled's own `clear` removes key by key, unflushed).
     let mut old_keys = sm.iter().keys();
@@ -707,8 +709,10 @@ fn rewrite_from_snapshot(
     for &(job, token, mark) in &state.log_batches {
         rows.put(log_batch_key(job, token), &mark)?;
     }
-    // Jobs and lines as they stream in: the live jobs and what is kept of finished ones gather
-    // in `state` (what the queue holds anyway), finished jobs' full rows only pass through.
+    // Jobs and lines as they stream in: the live jobs and what is kept of finished ones go into
+    // the new queue at once (no list of them besides), finished jobs' full rows only pass
+    // through.
+    let mut rebuild = Rebuild::default();
     let mut lines = 0;
     let mut packer = BlockPacker::default();
     while let Some(record) = reader.next_record()? {
@@ -717,20 +721,20 @@ fn rewrite_from_snapshot(
             Record::Job(job) if job.state.is_terminal() => {
                 let kept = FinishedJob::of(&job, UNKNOWN_LAST_EVENT);
                 rows.put_finished(&job, &kept)?;
-                state.finished.push(kept);
+                rebuild.add_finished(kept);
             }
             Record::FinishedRow(kept, job) => {
                 rows.put_finished(&job, &kept)?;
-                state.finished.push(kept);
+                rebuild.add_finished(kept);
             }
             Record::Event(event) => rows.put(outbox_key(event.id), &event)?,
             Record::Job(job) => {
                 rows.put(job_key(job.id), &job)?;
-                state.jobs.push(*job);
+                rebuild.add_job(*job);
             }
             Record::Finished(kept) => {
                 rows.put(finished_key(kept.id), &kept)?;
-                state.finished.push(kept);
+                rebuild.add_finished(kept);
             }
             Record::Line(line) => {
                 if let Some((key, block)) = packer.push(line) {
@@ -743,7 +747,7 @@ fn rewrite_from_snapshot(
     if let Some((key, block)) = packer.take() {
         rows.put(key, &block)?;
     }
-    let queue = QueueState::from_parts(state);
+    let queue = rebuild.finish(state);
     for event in queue.truncation_events() {
         if let Some(job) = event.kind.job() {
             rows.put(truncation_key(job), event)?;
@@ -1029,6 +1033,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let snapshots = self.snapshots.clone();
         let sm = self.sm.clone();
+        let shared = self.queue();
         let stored_meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || {
             let mut data = *snapshot;
@@ -1040,6 +1045,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshots
                 .commit(&mut data, &stored_meta, false)
                 .map_err(|e| (ErrorVerb::Write, e))?;
+            // The old state goes before the new one is built, so the replica never holds both
+            // (on a replica far behind, each is the size of the whole queue). Until the new one
+            // is in place, stale reads here are refused (`QueueState::is_placeholder`).
+            {
+                let mut current = shared.write().unwrap_or_else(PoisonError::into_inner);
+                let activity = current.activity();
+                *current = QueueState::placeholder(activity);
+            }
             let (queue, lines) = rewrite_from_snapshot(
                 &sm,
                 &mut data,

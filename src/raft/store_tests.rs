@@ -1471,6 +1471,10 @@ async fn a_snapshot_carries_the_views_outbox_and_the_release_after_it_levels_the
         .await
         .unwrap();
     assert_eq!(queue_of(&target), view);
+    assert!(
+        !queue_of(&target).is_placeholder(),
+        "the new state replaced the stand-in"
+    );
     // Neither the released events nor the later ones.
     assert_eq!(
         target.outbox_reader().after(0, usize::MAX).unwrap(),
