@@ -64,6 +64,15 @@ impl OutboxReader {
             .collect::<Result<Vec<_>, _>>()
     }
 
+    /// Every stored event after `after`, oldest first, read as the iterator goes (one pass over
+    /// the rows, for a snapshot).
+    pub fn each_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<OutboxEvent, OutboxReadError>> + '_ {
+        self.rows_from(after.saturating_add(1))
+    }
+
     /// The oldest stored event, if any.
     pub fn oldest(&self) -> Result<Option<OutboxEvent>, OutboxReadError> {
         self.rows_from(0).next().transpose()

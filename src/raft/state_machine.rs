@@ -1203,23 +1203,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // the view had.
             if !outbox.held {
                 let newest = outbox.newest_event_id();
-                let mut after = outbox.acked_up_to;
-                'events: loop {
-                    let events = events_reader
-                        .after(after, 1024)
-                        .map_err(|e| e.to_string())?;
-                    let Some(last) = events.last().map(|e| e.id) else {
+                for event in events_reader.each_after(outbox.acked_up_to) {
+                    let event = event.map_err(|e| e.to_string())?;
+                    if event.id > newest {
                         break;
-                    };
-                    for event in events {
-                        if event.id > newest {
-                            break 'events;
-                        }
-                        if !held_ids.contains(&event.id) {
-                            writer.event(&event).map_err(write_err)?;
-                        }
                     }
-                    after = last;
+                    if !held_ids.contains(&event.id) {
+                        writer.event(&event).map_err(write_err)?;
+                    }
                 }
             }
             logs.each_as_of(&counts, |line| writer.line(line))
