@@ -39,9 +39,9 @@ mod logs;
 mod outbox;
 mod rebuild;
 mod retention;
+mod workers;
 
 pub use rebuild::Rebuild;
-mod workers;
 
 /// The most jobs one page of a listing returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -330,6 +330,21 @@ impl QueueState {
     /// not restart from zero.
     pub fn continue_activity(&mut self, before: Activity) {
         self.activity = before;
+    }
+
+    /// An empty state standing in for one a snapshot is replacing: the replica lets go of its
+    /// old state before it builds the new one, so it never holds both. Reads that would answer
+    /// from it refuse instead ([`QueueState::is_placeholder`]).
+    pub fn placeholder(activity: Activity) -> QueueState {
+        let mut state = QueueState::new();
+        state.placeholder = true;
+        state.activity = activity;
+        state
+    }
+
+    /// Whether this is [`QueueState::placeholder`]: the replica is installing a snapshot.
+    pub fn is_placeholder(&self) -> bool {
+        self.placeholder
     }
 
     pub fn next_job_id(&self) -> JobId {

@@ -101,10 +101,7 @@ impl<J: Into<Job>> From<LegacyParts<J>> for Parts {
             log_lines: old.log_lines,
             next_job_id: old.next_job_id,
             next_lease_token: old.next_lease_token,
-            outbox_meta: OutboxMeta {
-                pending: old.outbox.len() as u64,
-                ..old.outbox_meta.into()
-            },
+            outbox_meta: old.outbox_meta.holding(&old.outbox),
             outbox: old.outbox,
             clock_ms: old.clock_ms,
             log_batches: old.log_batches,
@@ -138,10 +135,7 @@ impl From<PartsV7> for Parts {
             log_lines: old.log_lines,
             next_job_id: old.next_job_id,
             next_lease_token: old.next_lease_token,
-            outbox_meta: OutboxMeta {
-                pending: old.outbox.len() as u64,
-                ..old.outbox_meta.into()
-            },
+            outbox_meta: old.outbox_meta.holding(&old.outbox),
             outbox: old.outbox,
             clock_ms: old.clock_ms,
             log_batches: old.log_batches,
@@ -159,15 +153,15 @@ pub(super) struct OutboxMetaV1 {
     pub(super) dropped_log_events: u64,
 }
 
-impl From<OutboxMetaV1> for OutboxMeta {
-    /// Held; `pending` is counted by the caller, from the events it holds.
-    fn from(old: OutboxMetaV1) -> OutboxMeta {
+impl OutboxMetaV1 {
+    /// These counters, for an outbox the queue holds: `events`, all of it.
+    pub(super) fn holding(self, events: &[OutboxEvent]) -> OutboxMeta {
         OutboxMeta {
-            last_index: old.last_index,
-            next_sequence: old.next_sequence,
-            acked_up_to: old.acked_up_to,
-            dropped_log_events: old.dropped_log_events,
-            pending: 0,
+            last_index: self.last_index,
+            next_sequence: self.next_sequence,
+            acked_up_to: self.acked_up_to,
+            dropped_log_events: self.dropped_log_events,
+            pending: events.len() as u64,
             held: true,
         }
     }
@@ -178,7 +172,10 @@ impl From<OutboxMetaV1> for OutboxMeta {
 pub(super) fn decode_outbox_meta(bytes: &[u8]) -> Result<OutboxMeta, LoadError> {
     match decode::<OutboxMeta>(bytes) {
         Ok(meta) => Ok(meta),
-        Err(_) => decode_loaded::<OutboxMetaV1>(bytes, "the outbox counters").map(Into::into),
+        // Counted again once its rows are loaded.
+        Err(_) => {
+            decode_loaded::<OutboxMetaV1>(bytes, "the outbox counters").map(|old| old.holding(&[]))
+        }
     }
 }
 
@@ -243,6 +240,50 @@ pub(super) mod tests {
             log_lines: 12,
             log_lines_dropped: 0,
         }
+    }
+
+    #[test]
+    fn old_outbox_counters_and_finished_records_read_as_held_and_unknown() {
+        let old_meta = OutboxMetaV1 {
+            last_index: 7,
+            next_sequence: 2,
+            acked_up_to: 3,
+            dropped_log_events: 1,
+        };
+        let meta = decode_outbox_meta(&encode(&old_meta).unwrap()).unwrap();
+        assert_eq!((meta.acked_up_to, meta.pending, meta.held), (3, 0, true));
+        let new_meta = OutboxMeta {
+            pending: 4,
+            held: false,
+            ..meta
+        };
+        assert_eq!(
+            decode_outbox_meta(&encode(&new_meta).unwrap()).unwrap(),
+            new_meta
+        );
+
+        let kept = FinishedJob::of(&Job::from(old_job(7)), 42);
+        let old_kept = (
+            kept.id,
+            kept.state,
+            kept.finished_at_ms,
+            kept.idempotency_key.clone(),
+            kept.spec_digest,
+            kept.attempts.clone(),
+            kept.logs,
+        );
+        let read = decode_finished(&encode(&old_kept).unwrap(), "finished job 7").unwrap();
+        assert_eq!(
+            read,
+            FinishedJob {
+                last_event: UNKNOWN_LAST_EVENT,
+                ..kept.clone()
+            }
+        );
+        assert_eq!(
+            decode_finished(&encode(&kept).unwrap(), "finished job 7").unwrap(),
+            kept
+        );
     }
 
     #[test]

@@ -59,9 +59,7 @@ impl OutboxReader {
 
     /// Up to `limit` events after `after`, oldest first.
     pub fn after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEvent>, OutboxReadError> {
-        self.rows_from(after.saturating_add(1))
-            .take(limit)
-            .collect::<Result<Vec<_>, _>>()
+        self.each_after(after).take(limit).collect()
     }
 
     /// Every stored event after `after`, oldest first, read as the iterator goes (one pass over
@@ -75,7 +73,12 @@ impl OutboxReader {
 
     /// The oldest stored event, if any.
     pub fn oldest(&self) -> Result<Option<OutboxEvent>, OutboxReadError> {
-        self.rows_from(0).next().transpose()
+        self.all().next().transpose()
+    }
+
+    /// Every stored event, oldest first (a held outbox, loaded whole at open).
+    pub(super) fn all(&self) -> impl Iterator<Item = Result<OutboxEvent, OutboxReadError>> + '_ {
+        self.rows_from(0)
     }
 
     /// The events after `after` recorded before `before_ms`, at most `limit` of them: a prefix,
@@ -87,7 +90,7 @@ impl OutboxReader {
         limit: u64,
     ) -> Result<Option<AgedEvents>, OutboxReadError> {
         let mut aged: Option<AgedEvents> = None;
-        for event in self.rows_from(after.saturating_add(1)) {
+        for event in self.each_after(after) {
             let event = event?;
             if event.at_ms >= before_ms || aged.is_some_and(|a| a.events >= limit) {
                 break;
@@ -100,7 +103,8 @@ impl OutboxReader {
         Ok(aged)
     }
 
-    /// The stored events from id `first` on, oldest first.
+    /// The stored events from id `first` on, oldest first; a row whose event is not the one its
+    /// key names is damage.
     fn rows_from(
         &self,
         first: u64,
@@ -114,10 +118,15 @@ impl OutboxReader {
             })
             .map(|row| {
                 let (key, value) = row.map_err(|e| OutboxReadError::Store(e.to_string()))?;
-                decode::<OutboxEvent>(&value).map_err(|e| OutboxReadError::Corrupt {
+                let corrupt = |detail: String| OutboxReadError::Corrupt {
                     key: String::from_utf8_lossy(&key).into_owned(),
-                    detail: e.to_string(),
-                })
+                    detail,
+                };
+                let event = decode::<OutboxEvent>(&value).map_err(|e| corrupt(e.to_string()))?;
+                if key[OUTBOX_PREFIX.len()..] != event.id.to_be_bytes() {
+                    return Err(corrupt(format!("it holds event {}", event.id)));
+                }
+                Ok(event)
             })
     }
 }

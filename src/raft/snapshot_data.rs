@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use super::legacy::{FinishedJobV1, JobV1, OutboxMetaV1, PartsV5, PartsV6, PartsV7};
 use super::storage::{decode, encode};
-use crate::queue::{FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, Worker};
+use crate::queue::{FinishedJob, Job, JobId, JobLogLine, OutboxEvent, Parts, Worker};
 
 pub(super) const SNAPSHOT_FORMAT: u32 = 8;
 /// The first tagged format; its finished jobs and outbox counters are of their time.
@@ -359,10 +359,7 @@ impl PayloadV3 {
             log_lines: q.log_lines,
             next_job_id: q.next_job_id,
             next_lease_token: q.next_lease_token,
-            outbox_meta: OutboxMeta {
-                pending: q.outbox.len() as u64,
-                ..q.outbox_meta.into()
-            },
+            outbox_meta: q.outbox_meta.holding(&q.outbox),
             outbox: q.outbox,
             clock_ms: 0,
             log_batches: Vec::new(),
@@ -374,7 +371,7 @@ impl PayloadV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{EventKind, JobState, LogLevel, LogLine, UNKNOWN_LAST_EVENT};
+    use crate::queue::{EventKind, JobState, LogLevel, LogLine, OutboxMeta, UNKNOWN_LAST_EVENT};
     use crate::raft::legacy::tests::old_job;
 
     fn line(job_id: JobId, sequence: u64) -> JobLogLine {
@@ -580,12 +577,11 @@ mod tests {
         assert_eq!((state.next_job_id, state.clock_ms), (42, 0));
         assert_eq!(streamed, lines_only(vec![line(1, 1)]));
         assert_eq!(state.outbox, vec![event(1, 1)]);
-        let held = OutboxMeta {
-            pending: 1,
-            held: true,
-            ..old_meta().into()
-        };
-        assert_eq!(state.outbox_meta, held);
+        assert_eq!(state.outbox_meta, old_meta().holding(&[event(1, 1)]));
+        assert_eq!(
+            (state.outbox_meta.pending, state.outbox_meta.held),
+            (1, true)
+        );
 
         let v4 = PartsV5 {
             jobs: vec![old_job(3)],

@@ -47,7 +47,7 @@ use super::log_blocks::{
 use super::log_reader::LogReader;
 use super::log_store::LogStore;
 use super::outbox_rows::{
-    outbox_key, truncation_key, OutboxReader, OUTBOX_PREFIX, TRUNCATION_PREFIX,
+    outbox_key, truncation_key, OutboxReadError, OutboxReader, OUTBOX_PREFIX, TRUNCATION_PREFIX,
 };
 use super::snapshot_data::{DataReader, DataWriter, Record};
 use super::snapshot_file::SnapshotFile;
@@ -115,7 +115,8 @@ enum Row {
     Worker(WorkerId),
     /// A block of log lines (read through `LogReader`, never loaded).
     Log,
-    Outbox(u64),
+    /// An outbox event (read through `OutboxReader`, never loaded unless held).
+    Outbox,
     Truncation(JobId),
     LogBatch(JobId, u64),
 }
@@ -128,8 +129,8 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
             u64::from_be_bytes(token.try_into().ok()?),
         ));
     }
-    if let Some(id) = key.strip_prefix(OUTBOX_PREFIX) {
-        return Some(Row::Outbox(u64::from_be_bytes(id.try_into().ok()?)));
+    if key.starts_with(OUTBOX_PREFIX) {
+        return Some(Row::Outbox);
     }
     if let Some(job) = key.strip_prefix(TRUNCATION_PREFIX) {
         return Some(Row::Truncation(u64::from_be_bytes(job.try_into().ok()?)));
@@ -483,7 +484,7 @@ impl StateMachine {
                             .push((job, token, decode_loaded(&value, &what)?));
                     }
                     // Not in the ranges read.
-                    Some(Row::Outbox(_)) => {}
+                    Some(Row::Outbox) => {}
                     Some(Row::Truncation(job)) => {
                         let event: OutboxEvent =
                             decode_loaded(&value, &format!("the truncation event of job {job}"))?;
@@ -628,28 +629,17 @@ impl StateMachine {
 /// Every stored outbox event, for a held outbox (see `queue/outbox.rs`): earlier builds held it
 /// in memory, so this reads no more than they did.
 fn load_held_outbox(sm: &sled::Tree) -> Result<Vec<OutboxEvent>, LoadError> {
-    let mut events = Vec::new();
-    for row in sm.scan_prefix(OUTBOX_PREFIX) {
-        let (key, value) = row?;
-        let id = match parse_row_key(&key) {
-            Some(Row::Outbox(id)) => id,
-            _ => {
-                return Err(LoadError::Corrupt(format!(
-                    "unexpected key {:?} in the outbox",
-                    String::from_utf8_lossy(&key)
-                )))
-            }
-        };
-        let event: OutboxEvent = decode_loaded(&value, &format!("outbox event {id}"))?;
-        if event.id != id {
-            return Err(LoadError::Corrupt(format!(
-                "outbox event {} is stored under id {id}",
-                event.id
-            )));
-        }
-        events.push(event);
-    }
-    Ok(events)
+    OutboxReader::new(sm.clone())
+        .all()
+        .map(|event| {
+            event.map_err(|e| match e {
+                OutboxReadError::Store(detail) => LoadError::Io(std::io::Error::other(detail)),
+                corrupt @ OutboxReadError::Corrupt { .. } => {
+                    LoadError::Corrupt(corrupt.to_string())
+                }
+            })
+        })
+        .collect()
 }
 
 /// Rows go to the tree in batches of at most this many bytes and rows when it is rewritten from a
@@ -1174,7 +1164,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let live = std::mem::take(&mut state.jobs);
             let finished = std::mem::take(&mut state.finished);
             let outbox = state.outbox_meta.clone();
-            let held_ids: BTreeSet<u64> = state.outbox.iter().map(|e| e.id).collect();
+            // The events the state value carries (the truncation events, or a held outbox).
+            let in_state: BTreeSet<u64> = state.outbox.iter().map(|e| e.id).collect();
             let counts: BTreeMap<JobId, u64> = live
                 .iter()
                 .map(|job| (job.id, job.log_lines))
@@ -1209,7 +1200,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     if event.id > newest {
                         break;
                     }
-                    if !held_ids.contains(&event.id) {
+                    if !in_state.contains(&event.id) {
                         writer.event(&event).map_err(write_err)?;
                     }
                 }

@@ -1487,3 +1487,60 @@ async fn a_snapshot_carries_the_views_outbox_and_the_release_after_it_levels_the
         sm.outbox_reader().after(0, usize::MAX).unwrap()
     );
 }
+
+/// The leader's prune reads the prefix of the stored events older than the cut-off, at most as
+/// many as asked: the `PRUNE_BATCH` bound of one release.
+#[tokio::test]
+async fn the_aged_events_are_a_prefix_bounded_by_the_limit() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    apply_worker_sample(&mut sm).await;
+    let events = sm.outbox_reader().after(0, usize::MAX).unwrap();
+    let reader = sm.outbox_reader();
+    // Entries are stamped 1_700_000_000_000 + index: before index 4's time, only entries 2 and 3.
+    let cut = 1_700_000_000_004;
+    let older: Vec<&crate::queue::OutboxEvent> = events.iter().filter(|e| e.at_ms < cut).collect();
+    assert!(!older.is_empty() && older.len() < events.len());
+    let aged = |after, limit| reader.aged(after, cut, limit).unwrap();
+    let all = aged(0, 10_000).expect("aged events");
+    assert_eq!(
+        (all.up_to, all.events),
+        (older.last().unwrap().id, older.len() as u64)
+    );
+    let two = aged(0, 2).expect("aged events");
+    assert_eq!((two.up_to, two.events), (older[1].id, 2));
+    assert_eq!(aged(older.last().unwrap().id, 10_000), None);
+}
+
+/// Events recorded and released within one apply call (a follower applying a backlog) are never
+/// written: the released rows are exactly the earlier ones.
+#[tokio::test]
+async fn events_recorded_and_released_in_one_apply_call_leave_no_row() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    let stored = sm.outbox_reader().after(0, usize::MAX).unwrap().len() as u64;
+    // The submit at index 4 makes one event, released at index 5 with the stored ones.
+    let release = Command::ReleaseOutbox {
+        after: 0,
+        up_to: crate::queue::event_id(4, 0),
+        events: stored + 1,
+    };
+    let outcomes = sm
+        .apply([
+            normal(1, 4, vec![submit("d", None)]),
+            normal(1, 5, vec![release]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes[1].results[0],
+        Ok(CommandOutput::OutboxAcked {
+            acked_up_to: crate::queue::event_id(4, 0),
+            removed: stored + 1
+        })
+    );
+    assert_eq!(sm.outbox_reader().after(0, usize::MAX).unwrap(), Vec::new());
+    assert_eq!(queue_of(&sm).outbox_len(), 0);
+}

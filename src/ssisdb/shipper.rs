@@ -330,12 +330,12 @@ impl Shipper {
         let acked = read_queue(&readers.queue, |q| q.outbox_meta().acked_up_to);
         self.status.acked_up_to.store(acked, Ordering::Relaxed);
         let events = read_events(&readers.outbox, acked, limit)?;
+        let Some(last) = events.last().map(|e| e.id) else {
+            return Ok(0);
+        };
         let mut batch = read_queue(&readers.queue, |q| read_batch(q, events));
         read_jobs(&mut batch, &readers.jobs)?;
         read_lines(&mut batch, &readers.logs)?;
-        let Some(last) = batch.events.last().map(|e| e.id) else {
-            return Ok(0);
-        };
         if self.client.is_none() {
             let t = target(&self.settings)?;
             let (client, addr) = connect_target(t, self.settings.connect_timeout()).await?;

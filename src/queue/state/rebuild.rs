@@ -1,7 +1,8 @@
-//! Rebuilding the state, every index included, from persisted rows: at open, from the `sm` tree,
-//! and when a snapshot is installed, from its records. Jobs are added one at a time, as they are
-//! read, so a replica never holds a list of them beside the state they become; the rest (counters,
-//! workers, the outbox the queue holds, log batch marks) comes last, in a [`Parts`] without jobs.
+//! Rebuilding the state, every index included, from persisted rows ([`QueueState::from_parts`],
+//! and opening the `sm` tree). Jobs are added one at a time, so the open never holds a list of
+//! them beside the state they become; the rest (counters, workers, the outbox the queue holds,
+//! log batch marks) comes last, in a [`Parts`] without jobs. (A snapshot install collects its
+//! jobs first on purpose: see `rewrite_from_snapshot`.)
 
 use std::collections::BTreeMap;
 
@@ -82,22 +83,5 @@ impl Rebuild {
         state.next_job_id = rest.next_job_id.max(after_last);
         state.next_lease_token = rest.next_lease_token.max(highest_token + 1);
         state
-    }
-}
-
-impl QueueState {
-    /// An empty state standing in for one a snapshot is replacing: the replica lets go of its
-    /// old state before it builds the new one, so it never holds both. Reads that would answer
-    /// from it refuse instead ([`QueueState::is_placeholder`]).
-    pub fn placeholder(activity: crate::queue::Activity) -> QueueState {
-        let mut state = QueueState::new();
-        state.placeholder = true;
-        state.activity = activity;
-        state
-    }
-
-    /// Whether this is [`QueueState::placeholder`]: the replica is installing a snapshot.
-    pub fn is_placeholder(&self) -> bool {
-        self.placeholder
     }
 }

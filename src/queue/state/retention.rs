@@ -8,8 +8,8 @@
 //! replicated state and cluster time, so every replica removes the same jobs at the same index.
 //! Queued and leased jobs are never due. With SSISDB configured (`until_shipped`), a job waits
 //! until every outbox event that may name it is shipped (its `last_event`, see `finished.rs`),
-//! so SSISDB holds its whole story before the replicas forget it. Its idempotency key goes with it: the key's deduplication
-//! window is the job's retention.
+//! so SSISDB holds its whole story before the replicas forget it. Its idempotency key goes with
+//! it: the key's deduplication window is the job's retention.
 
 use std::collections::BTreeSet;
 
@@ -41,19 +41,17 @@ impl QueueState {
         };
         // While the outbox is held, the jobs its events name; otherwise each finished job's
         // `last_event` against the cursor.
-        let held_named: BTreeSet<JobId> = match until_shipped {
-            true => self.jobs_named_by_held_events().unwrap_or_default(),
-            false => BTreeSet::new(),
-        };
+        let held_named: Option<BTreeSet<JobId>> = until_shipped
+            .then(|| self.jobs_named_by_held_events())
+            .flatten();
         let acked = self.outbox_meta.acked_up_to;
-        let unshipped = |job: JobId| {
-            until_shipped
-                && (held_named.contains(&job)
-                    || (!self.outbox_meta.held
-                        && self
-                            .finished_jobs
-                            .get(&job)
-                            .is_some_and(|kept| kept.last_event > acked)))
+        let unshipped = |job: JobId| match &held_named {
+            _ if !until_shipped => false,
+            Some(named) => named.contains(&job),
+            None => self
+                .finished_jobs
+                .get(&job)
+                .is_some_and(|kept| kept.last_event > acked),
         };
         let mut due = DueJobs::default();
         for (position, &(finished_at_ms, job)) in self.finished.iter().enumerate() {
