@@ -628,7 +628,7 @@ fn format_ms(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let age = crate::master::now_ms().saturating_sub(ms);
+    let age = crate::wall_time::now_ms().saturating_sub(ms);
     format!("{:.1} s ago", age as f64 / 1000.0)
 }
 
@@ -771,7 +771,7 @@ impl FrameSource {
             Err(_) => Err("not asked: no replica answered".to_string()),
         };
         let frame = crate::status_screen::Frame {
-            taken_at_ms: crate::master::now_ms(),
+            taken_at_ms: crate::wall_time::now_ms(),
             cluster,
             workers,
             endpoints: self.endpoints.endpoints().to_vec(),

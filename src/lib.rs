@@ -15,6 +15,8 @@
 //!   `scaleout` schema, and `ssisdb check` / `install-schema`.
 //! - [`ops`]: what operators watch: Prometheus metrics, `/healthz` and `/readyz`, gRPC timings.
 //! - [`telemetry`]: logging, every line naming the replica and its term.
+//! - [`disk`]: every write that must survive a power cut (fdatasync, directory fsync, atomic
+//!   replace); [`wall_time`]: the system clock in ms and as UTC text.
 //! - [`tls`], [`transport`]: certificates, roles and how every connection is made (mutual TLS).
 //! - [`cli`], [`demo`], [`bench`](mod@bench): what the binary runs; [`harness`] starts local clusters of
 //!   real replica processes for them and for the tests.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod disk;
 pub mod harness;
 pub mod master;
 pub mod ops;
@@ -37,4 +40,5 @@ pub mod status_screen;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod wall_time;
 pub mod worker;

@@ -17,7 +17,6 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -441,37 +440,7 @@ fn log_target(event: &Event<'_>) -> Option<String> {
 }
 
 fn timestamp_now() -> String {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format_timestamp(since_epoch.as_secs(), since_epoch.subsec_millis())
-}
-
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T05:00:00.123Z`.
-fn format_timestamp(secs: u64, millis: u32) -> String {
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], March-based
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    crate::wall_time::rfc3339_ms(crate::wall_time::now_ms())
 }
 
 #[cfg(test)]
@@ -654,20 +623,6 @@ mod tests {
         assert_eq!(
             <LogFormat as clap::ValueEnum>::from_str("json", true),
             Ok(LogFormat::Json)
-        );
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_millis() {
-        assert_eq!(format_timestamp(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp(1_795_669_200, 123),
-            "2026-11-26T05:00:00.123Z"
-        );
-        assert_eq!(format_timestamp(951_782_400, 9), "2000-02-29T00:00:00.009Z");
-        assert_eq!(
-            format_timestamp(253_402_300_799, 999),
-            "9999-12-31T23:59:59.999Z"
         );
     }
 }

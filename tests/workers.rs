@@ -324,7 +324,7 @@ async fn pinning_tags_disabling_and_max_task_count_are_honoured() {
         .expect("submit");
     // Both workers have heartbeated several times since (each learned it is disabled, and each
     // would have polled for work if it were not).
-    let since = scaleout::master::now_ms();
+    let since = scaleout::wall_time::now_ms();
     let deadline = Instant::now() + WAIT;
     loop {
         let workers = client.list_workers(false).await.expect("list");
@@ -462,7 +462,7 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
         Some(scaleout::master::REASON_LEASE_LOST.to_string())
     );
     // The agent itself has been heard from since it resumed.
-    let resumed = scaleout::master::now_ms();
+    let resumed = scaleout::wall_time::now_ms();
     let deadline = Instant::now() + WAIT;
     loop {
         let workers = client.list_workers(false).await.expect("list");

@@ -113,7 +113,10 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
                 samples
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push((crate::master::now_ms(), begin.elapsed().as_micros() as u64));
+                    .push((
+                        crate::wall_time::now_ms(),
+                        begin.elapsed().as_micros() as u64,
+                    ));
                 probed.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -228,7 +231,10 @@ async fn submit_all(
             while issued.fetch_add(1, Ordering::Relaxed) < count {
                 let begin = Instant::now();
                 client.submit_job(spec.clone(), None).await?;
-                mine.push((crate::master::now_ms(), begin.elapsed().as_micros() as u64));
+                mine.push((
+                    crate::wall_time::now_ms(),
+                    begin.elapsed().as_micros() as u64,
+                ));
             }
             samples
                 .lock()

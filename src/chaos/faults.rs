@@ -23,7 +23,7 @@ use super::powercut::PowerCutFs;
 use super::proxy::{LinkMode, LinkProxy};
 use crate::client::Client;
 use crate::harness::LocalCluster;
-use crate::master::now_ms;
+use crate::wall_time::now_ms;
 
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,7 +201,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     crate::harness::wait_for_workers(&client, options.workers, Duration::from_secs(60)).await?;
 
     let started = Instant::now();
-    let started_unix_ms = crate::master::now_ms();
+    let started_unix_ms = crate::wall_time::now_ms();
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let next_key = Arc::new(AtomicU64::new(0));

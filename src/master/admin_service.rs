@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::authz::{authorize, Permission};
 use super::job_service::{propose, read_error_status};
-use super::proposer::{now_ms, Proposer};
+use super::proposer::Proposer;
 use super::status::from_queue_error;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
@@ -19,6 +19,7 @@ use crate::pb::v1::{
 use crate::pb::{worker_id_from_pb, worker_to_pb};
 use crate::queue::{Command, CommandOutput};
 use crate::raft::SharedQueue;
+use crate::wall_time::now_ms;
 
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::{NodeStatusRequest, NodeStatusResponse};

@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -34,9 +34,7 @@ pub struct SystemWallClock;
 
 impl WallClock for SystemWallClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        crate::wall_time::now_ms()
     }
 }
 

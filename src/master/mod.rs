@@ -25,6 +25,6 @@ mod worker_service;
 
 pub use bootstrap::BootstrapError;
 pub use office::Office;
-pub use proposer::{now_ms, ProposeError, Proposer};
+pub use proposer::{ProposeError, Proposer};
 pub use replica::{run, MasterError};
 pub use worker_service::REASON_LEASE_LOST;

@@ -8,13 +8,13 @@ use std::time::Duration;
 use metrics::{Counter, Histogram};
 use openraft::ServerState;
 
-use super::proposer::now_ms;
 use crate::config::MasterConfig;
 use crate::ops::{Observed, Registry};
 use crate::queue::{AttemptOutcome, JobState};
 use crate::raft::election::LeaderContact;
 use crate::raft::{Raft, StateReaders, WalStats};
 use crate::ssisdb::ShipperStatus;
+use crate::wall_time::now_ms;
 
 /// A follower applying more than this many entries behind what it knows committed is still
 /// catching up, not ready (a few hundred behind is normal under load).

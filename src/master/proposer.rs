@@ -234,10 +234,3 @@ fn classify(error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) -> 
         other => ProposeError::Raft(other.to_string()),
     }
 }
-
-/// The system's wall clock, ms since the Unix epoch: for displays and ages, never for what
-/// apply uses (proposals carry [`Proposer::now_ms`]).
-pub fn now_ms() -> u64 {
-    use super::clock::WallClock;
-    super::clock::SystemWallClock.now_ms()
-}

@@ -31,10 +31,10 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::StorageIOError;
 use openraft::{AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 
-use super::disk::{Disk, DiskFile};
 use super::storage::LoadError;
 use super::wal::{Recovery, Wal, WalError};
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::disk::{Disk, DiskFile};
 
 /// Counters of the log's disk work, for metrics and benchmarks.
 #[derive(Debug, Default)]

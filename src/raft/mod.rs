@@ -9,12 +9,11 @@
 //! Durability: the log store `fdatasync`s its write-ahead log before telling openraft an append
 //! or a vote is durable, so a majority's acknowledgment means the entry is on a majority's disks;
 //! the snapshot is synced before the log behind it is purged. All of that goes through the narrow
-//! [`disk`] interface, which the tests replace with a disk that can lose power.
+//! [`disk`](crate::disk) interface, which the tests replace with a disk that can lose power.
 //!
 //! Not here: the leader-only loops and the public API (`crate::master`).
 
 pub mod admission;
-pub mod disk;
 pub mod election;
 mod job_rows;
 mod legacy;

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use super::disk::{Disk, DiskFile};
+use crate::disk::{Disk, DiskFile};
 
 /// A file being written is synced after this many bytes.
 pub const SYNC_EVERY: u64 = 16 * 1024 * 1024;

@@ -22,10 +22,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::disk::{self, Disk, DiskFile, OpenMode};
 use super::snapshot_file::SnapshotFile;
 use super::storage::{decode, encode, LoadError};
 use super::SnapshotMeta;
+use crate::disk::{self, Disk, DiskFile, OpenMode};
 
 const MAGIC: &[u8; 12] = b"SCALEOUT-SNP";
 const FILE_FORMAT: u32 = 2;
@@ -277,7 +277,7 @@ pub(super) fn write_format_1(
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     disk.create_dir_all(dir)?;
-    super::disk::write_atomically(disk, &dir.join(FILE_NAME), &bytes)
+    crate::disk::write_atomically(disk, &dir.join(FILE_NAME), &bytes)
 }
 
 #[cfg(test)]

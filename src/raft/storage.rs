@@ -23,10 +23,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::disk::{self, Disk, OsDisk};
 use super::snapshot_store::SnapshotStore;
 use super::wal::DEFAULT_SEGMENT_BYTES;
 use super::{LogStore, NodeId, StateMachine};
+use crate::disk::{self, Disk, OsDisk};
 
 /// The layout of the data directory this build writes and reads. Bump it when a tree, a key or an
 /// encoded record changes shape, and teach [`open_storage`] to migrate or refuse the old one.

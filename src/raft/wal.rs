@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::disk::{Disk, DiskFile, OpenMode};
 use super::{Entry, LogId, Vote};
+use crate::disk::{Disk, DiskFile, OpenMode};
 
 const MAGIC: &[u8; 12] = b"SCALEOUT-WAL";
 const WAL_FORMAT: u32 = 1;

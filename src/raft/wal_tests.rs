@@ -16,11 +16,11 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 use proptest::prelude::*;
 
-use super::disk::Disk;
 use super::sim_disk::SimDisk;
 use super::snapshot_store::SnapshotStore;
 use super::wal::Wal;
 use super::{Entry, LogId, LogStore, Proposal, SnapshotMeta, Vote};
+use crate::disk::Disk;
 
 fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 1), index)

@@ -242,7 +242,7 @@ async fn check_write(client: &mut SqlClient, addr: &str, report: &mut CheckRepor
                 "INSERT INTO scaleout.replicas (replica_id, api_address, peer_address, role, \
                  term, leader_id, last_online_time, last_online_ms) VALUES (-1, N'check', \
                  N'check', N'check', 0, NULL, CAST(@P1 AS DATETIME2), 0)",
-                &[&super::sql::sql_time(crate::master::now_ms())],
+                &[&super::sql::sql_time(crate::wall_time::now_ms())],
             )
             .await
             .map_err(|e| SsisdbError::from_sql(addr, e));

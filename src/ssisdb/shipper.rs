@@ -42,12 +42,13 @@ use tracing::{debug, info, warn};
 use super::connect::{connect_target, target, SqlClient, SsisdbError};
 use super::sql::{big, clip, rollback, send, simple, sql_time, Packer, Param, MAX_STRING};
 use crate::config::SsisdbSettings;
-use crate::master::{now_ms, Office, Proposer};
+use crate::master::{Office, Proposer};
 use crate::queue::{
     Command, CommandOutput, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent,
     QueueState, Worker, WorkerId,
 };
 use crate::raft::{JobReader, LogReader, OutboxReader, Raft, SharedQueue, StateReaders};
+use crate::wall_time::now_ms;
 
 /// How often each replica writes its row in scaleout.replicas.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);

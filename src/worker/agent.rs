@@ -56,19 +56,12 @@ use tonic_types::StatusExt;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
 use super::config::WorkerConfig;
+use crate::disk::{write_atomically, OsDisk};
+use crate::wall_time::now_ms;
 
 /// In the state dir: the id of the AcquireTasks call not yet answered.
 const ACQUIRE_REQUEST_FILE: &str = "acquire-request-id";
 
-/// Replaces `path` with `text` (write to a temp file, fsync, rename).
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
-}
 use super::connection::{jitter, CallError, Connection};
 use super::host::{self, CpuSampler};
 use super::observe::{Finished, WorkerMetrics, WorkerView};
@@ -643,7 +636,7 @@ impl Agent {
                 continue;
             }
             if !id_saved {
-                if let Err(e) = write_atomically(&id_file, &request_id) {
+                if let Err(e) = write_atomically(&OsDisk, &id_file, request_id.as_bytes()) {
                     warn!(error = %e, file = %id_file.display(), "cannot save the acquire request id; a restart may orphan a grant");
                 }
                 id_saved = true;
@@ -1445,11 +1438,4 @@ async fn forward_logs(mut lines: mpsc::Receiver<OutputLine>, reporter: &mut Repo
         }
     }
     reporter.send_logs(batch).await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -869,17 +869,8 @@ fn stored_agent_id(state_dir: &Path) -> Result<Option<Uuid>, String> {
 /// Writes `id` to `<state_dir>/agent_id`, atomically and fsynced.
 fn store_agent_id(state_dir: &Path, id: Uuid) -> Result<(), String> {
     let path = state_dir.join(AGENT_ID_FILE);
-    let tmp = state_dir.join(format!("{AGENT_ID_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        writeln!(file, "{id}")?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        // The rename itself must survive a crash too.
-        std::fs::File::open(state_dir)?.sync_all()
-    };
-    write().map_err(|e| format!("cannot write the agent id to {}: {e}", path.display()))
+    crate::disk::write_atomically(&crate::disk::OsDisk, &path, format!("{id}\n").as_bytes())
+        .map_err(|e| format!("cannot write the agent id to {}: {e}", path.display()))
 }
 
 /// Creates `dir` and checks it is writable.

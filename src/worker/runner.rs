@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -23,6 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::pb::v1::JobSpec;
+use crate::wall_time::now_ms;
 
 /// Longest output line kept whole; longer ones arrive as several lines.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -252,13 +253,6 @@ async fn killed(kill: &mut watch::Receiver<Option<KillReason>>) -> KillReason {
             return std::future::pending().await;
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Splits a pipe into lines of at most [`MAX_LINE_BYTES`] and sends them; keeps reading (and

@@ -1,12 +1,13 @@
-//! The narrow interface through which every write that Raft's safety depends on reaches the
-//! disk: the write-ahead log (entries, votes), the snapshot files and the replica's identity.
+//! The narrow interface through which every write that must survive a power cut reaches the
+//! disk: Raft's write-ahead log (entries, votes), the snapshot files and the replica's identity,
+//! and the small state files of replicas and workers ([`write_atomically`]).
 //!
 //! Durability here means an fsync-family call has returned: [`DiskFile::sync_data`] is
 //! `fdatasync(2)` on the file, and [`Disk::sync_dir`] is `fsync(2)` on a directory, which is what
 //! makes a created, renamed or removed name durable. Nothing is assumed about writes that were
 //! not followed by one of those: after a power cut they may be gone, partly written, or there.
 //!
-//! Going through one trait lets the tests swap in a simulated disk (`sim_disk.rs`) that loses
+//! Going through one trait lets the tests swap in a simulated disk (`raft/sim_disk.rs`) that loses
 //! exactly what a power cut may lose, at any point of any sequence of operations, and check that
 //! everything acknowledged is still there. Not here: the state machine's sled database, which
 //! holds only what can be rebuilt from the snapshot and the log (see `storage.rs`).
