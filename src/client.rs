@@ -1,27 +1,20 @@
 //! The client library used by the CLI, the demo, the benchmarks and the tests.
 //!
-//! It holds a list of replica endpoints (any of them will do) and one reused channel per address.
-//! Writes and linearizable reads follow leader redirects: a follower's NOT_LEADER answer names
-//! the leader's API address and the call goes there at once; during an election (no address) or
-//! when a replica does not answer, the call moves to the next endpoint after a jittered backoff.
-//! Hops and backoffs are bounded by an overall deadline. The last leader seen is remembered, so
-//! later calls go straight to it.
+//! It holds a list of replica endpoints (any of them will do). Writes and linearizable reads go
+//! to the leader through [`Replicas::on_leader`] (redirects followed, failures retried on the
+//! next endpoint after a short backoff, all within the client's deadline); stale reads and
+//! status go to any replica.
 //!
 //! Submits are made safe to retry: when the caller gives no idempotency key, the client makes
 //! one, so a submit whose answer was lost and is retried on the new leader cannot create a
 //! second job.
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use rand::Rng;
-use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::master::status::{describe, is_retryable_elsewhere, redirect_address};
 use crate::pb::v1::admin_service_client::AdminServiceClient;
 use crate::pb::v1::job_service_client::JobServiceClient;
 use crate::pb::v1::{
@@ -31,15 +24,14 @@ use crate::pb::v1::{
     RemoveReplicaResponse, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
     SubmitJobResponse, Worker, WorkerAction,
 };
+use crate::rpc::{Backoff, CallError, EndpointError, Reason, Replicas};
 use crate::transport::Security;
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 const PER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
-const MAX_REDIRECT_HOPS: usize = 16;
-const BACKOFF_START: Duration = Duration::from_millis(25);
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// A person waits at the CLI: retry quickly.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(200));
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,29 +60,8 @@ impl ClientError {
     }
 }
 
-/// Where a failed call should go next.
-enum Next {
-    Leader(String),
-    OtherEndpoint(String),
-    GiveUp(Status),
-}
-
-fn classify(status: Status) -> Next {
-    if let Some(addr) = redirect_address(&status) {
-        return Next::Leader(addr);
-    }
-    if is_retryable_elsewhere(&status) {
-        return Next::OtherEndpoint(describe(&status));
-    }
-    Next::GiveUp(status)
-}
-
 pub struct Client {
-    endpoints: Vec<String>,
-    security: Security,
-    channels: Mutex<BTreeMap<String, Channel>>,
-    /// The leader's address as last seen, tried first.
-    leader: Mutex<Option<String>>,
+    replicas: Replicas,
     deadline: Duration,
 }
 
@@ -98,27 +69,14 @@ impl Client {
     /// A client of the replicas at `endpoints` (host:port), connecting with `security` (an
     /// operator or admin certificate, or plaintext for an `insecure` cluster).
     pub fn new<S: AsRef<str>>(endpoints: &[S], security: Security) -> Result<Client, ClientError> {
-        let endpoints: Vec<String> = endpoints
-            .iter()
-            .map(|e| e.as_ref().trim().trim_start_matches("http://").to_string())
-            .filter(|e| !e.is_empty())
-            .collect();
-        if endpoints.is_empty() {
-            return Err(ClientError::NoEndpoints);
-        }
-        for endpoint in &endpoints {
-            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| {
-                ClientError::BadEndpoint {
-                    endpoint: endpoint.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        }
+        let replicas = Replicas::new(endpoints, security, BACKOFF).map_err(|e| match e {
+            EndpointError::None => ClientError::NoEndpoints,
+            EndpointError::Invalid { endpoint, message } => {
+                ClientError::BadEndpoint { endpoint, message }
+            }
+        })?;
         Ok(Client {
-            endpoints,
-            security,
-            channels: Mutex::default(),
-            leader: Mutex::default(),
+            replicas,
             deadline: DEFAULT_DEADLINE,
         })
     }
@@ -130,30 +88,21 @@ impl Client {
     }
 
     pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
+        self.replicas.endpoints()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let channel = self
-            .security
-            .channel(addr, |endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT))
-            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
-    }
-
-    /// The error for a call no replica served, with a hint when the likely cause is a
-    /// plaintext client talking to a TLS cluster.
-    fn unavailable(&self, mut last_error: String) -> ClientError {
+    /// The client's error for a call that failed: for one no replica served, with a hint when
+    /// the likely cause is a plaintext client talking to a TLS cluster.
+    fn error(&self, error: CallError) -> ClientError {
+        let mut last_error = match error {
+            CallError::Rejected(status) => return ClientError::Rejected(status),
+            CallError::Unavailable { last_error, .. } => last_error,
+        };
         // What a TLS server's refusal of a plaintext HTTP/2 preface looks like from here.
         let refused_plaintext = ["h2 protocol error", "broken pipe", "connection reset"]
             .iter()
             .any(|sign| last_error.contains(sign));
-        if !self.security.is_tls() && refused_plaintext {
+        if !self.replicas.security().is_tls() && refused_plaintext {
             last_error.push_str(
                 " (the replicas may be running TLS: give a certificate with --tls-dir or \
                  --ca/--cert/--key instead of --insecure)",
@@ -163,17 +112,6 @@ impl Client {
             deadline: self.deadline,
             last_error,
         }
-    }
-
-    fn remembered_leader(&self) -> Option<String> {
-        self.leader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn remember_leader(&self, addr: Option<String>) {
-        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
     /// Runs `op` against the leader, following redirects, until it succeeds, fails for good, or
@@ -188,93 +126,27 @@ impl Client {
 
     /// [`Client::on_leader`] for a call that may take up to `per_call` on the leader (the
     /// overall deadline stretches to fit one such call).
-    async fn on_leader_with<T, F, Fut>(
-        &self,
-        per_call: Duration,
-        mut op: F,
-    ) -> Result<T, ClientError>
+    async fn on_leader_with<T, F, Fut>(&self, per_call: Duration, op: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.deadline.max(per_call);
-        let mut next_endpoint = 0;
-        let mut target = self
-            .remembered_leader()
-            .unwrap_or_else(|| self.endpoints[0].clone());
-        if target == self.endpoints[0] {
-            next_endpoint = 1;
-        }
-        let mut hops = 0;
-        let mut backoff = BACKOFF_START;
-        let mut last_error = String::from("none");
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(self.unavailable(last_error));
-            }
-            let outcome = match self.channel(&target) {
-                Ok(channel) => op(channel, remaining.min(per_call)).await,
-                Err(status) => Err(status),
-            };
-            let status = match outcome {
-                Ok(reply) => {
-                    self.remember_leader(Some(target));
-                    return Ok(reply.into_inner());
-                }
-                Err(status) => status,
-            };
-            match classify(status) {
-                Next::GiveUp(status) => return Err(ClientError::Rejected(status)),
-                Next::Leader(addr) if addr != target && hops < MAX_REDIRECT_HOPS => {
-                    tracing::debug!(from = %target, to = %addr, "following leader redirect");
-                    hops += 1;
-                    target = addr;
-                    continue;
-                }
-                Next::Leader(addr) => last_error = format!("{target} redirected to {addr}"),
-                Next::OtherEndpoint(message) => last_error = format!("{target}: {message}"),
-            }
-            self.remember_leader(None);
-            let pause = jitter(backoff).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            target = self.endpoints[next_endpoint % self.endpoints.len()].clone();
-            next_endpoint += 1;
-        }
+        self.replicas
+            .on_leader(per_call, self.deadline.max(per_call), op)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Runs `op` against the endpoints in order, without redirects, until one answers.
-    async fn on_any<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    async fn on_any<T, F, Fut>(&self, op: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.deadline;
-        let mut last_error = String::from("none");
-        let mut backoff = BACKOFF_START;
-        loop {
-            for endpoint in &self.endpoints {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(self.unavailable(last_error));
-                }
-                let outcome = match self.channel(endpoint) {
-                    Ok(channel) => op(channel, remaining.min(PER_CALL_TIMEOUT)).await,
-                    Err(status) => Err(status),
-                };
-                match outcome.map_err(classify) {
-                    Ok(reply) => return Ok(reply.into_inner()),
-                    Err(Next::GiveUp(status)) => return Err(ClientError::Rejected(status)),
-                    Err(Next::Leader(_)) => last_error = format!("{endpoint}: not the leader"),
-                    Err(Next::OtherEndpoint(message)) => {
-                        last_error = format!("{endpoint}: {message}")
-                    }
-                }
-            }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        self.replicas
+            .on_any(PER_CALL_TIMEOUT, self.deadline, op)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     fn job_client(channel: Channel) -> JobServiceClient<Channel> {
@@ -464,7 +336,7 @@ impl Client {
         match outcome {
             Ok(_) => Ok(()),
             Err(ClientError::Rejected(status))
-                if status.code() == Code::NotFound
+                if Reason::of(&status) == Some(Reason::WorkerNotFound)
                     && maybe_removed.load(std::sync::atomic::Ordering::Relaxed) =>
             {
                 Ok(())
@@ -516,11 +388,6 @@ impl Client {
         })
         .await
     }
-}
-
-fn jitter(base: Duration) -> Duration {
-    let factor = rand::thread_rng().gen_range(0.5..1.5);
-    base.mul_f64(factor)
 }
 
 /// Whether a call that ended with `code` may still have taken effect on the leader (its answer

@@ -8,7 +8,9 @@
 //! - [`queue`]: the domain model, pure and deterministic; commands in, results out.
 //! - [`raft`]: openraft glue: type config, sled log store and state machine, gRPC transport.
 //! - [`master`]: the replica process: gRPC services, leader redirect, group commit.
-//! - [`client`]: the client library (CLI, demo, tests): endpoint list, redirect following.
+//! - [`client`]: the client library (CLI, demo, tests): one method per call.
+//! - [`rpc`]: the wire contract (error reasons, leader redirect, what may be retried) and the
+//!   one leader-following call loop of the client and the worker.
 //! - [`config`]: replica configuration, validated with clear errors.
 //! - [`pb`]: generated protobuf types and their conversions to the domain.
 //! - [`ssisdb`]: the outbox shipper to SSISDB (leader only, exactly once by event id), the
@@ -35,6 +37,7 @@ pub mod ops;
 pub mod pb;
 pub mod queue;
 pub mod raft;
+pub mod rpc;
 pub mod ssisdb;
 pub mod status_screen;
 pub mod telemetry;

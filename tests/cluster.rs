@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use scaleout::client::Client;
 use scaleout::harness::{ClusterOptions, LocalCluster};
-use scaleout::master::status::{LEADER_HEADER, REASON_NOT_LEADER};
 use scaleout::pb::v1::job_service_client::JobServiceClient;
 use scaleout::pb::v1::{self, SubmitJobRequest};
+use scaleout::rpc::contract::{LEADER_HEADER, REASON_NOT_LEADER};
 use scaleout::tls::Role;
 use tokio::sync::Mutex;
 use tonic_types::StatusExt;

@@ -13,10 +13,10 @@ use rustls::{ClientConfig, RootCertStore};
 use scaleout::certs::{DevCa, PemPair, Validity};
 use scaleout::client::Client;
 use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
-use scaleout::master::authz::REASON_ROLE_NOT_ALLOWED;
 use scaleout::pb::raft::raft_service_client::RaftServiceClient;
 use scaleout::pb::raft::NodeStatusRequest;
 use scaleout::pb::v1::{self, worker_service_client::WorkerServiceClient};
+use scaleout::rpc::Reason;
 use scaleout::tls::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -247,7 +247,7 @@ fn assert_role_refused(status: &tonic::Status, role: &Role) {
     let info = status.get_error_details().error_info().cloned();
     assert_eq!(
         info.map(|i| i.reason),
-        Some(REASON_ROLE_NOT_ALLOWED.to_string()),
+        Some(Reason::RoleNotAllowed.as_str().to_string()),
         "{status:?}"
     );
     assert!(status.message().contains(&role.uri()), "{status:?}");

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use scaleout::master::status::{not_leader, with_reason};
-use scaleout::master::REASON_LEASE_LOST;
 use scaleout::pb::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use scaleout::pb::v1::*;
 use scaleout::raft::ReplicaNode;
+use scaleout::rpc::contract::{not_leader, with_reason};
+use scaleout::rpc::Reason;
 use scaleout::worker::{run, Worker, WorkerConfig, WorkerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -76,7 +76,7 @@ impl Fake {
         if self.seen().lost.contains(&token) {
             return Err(with_reason(
                 Code::FailedPrecondition,
-                REASON_LEASE_LOST,
+                Reason::LeaseLost,
                 "stale",
                 Default::default(),
             ));

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use scaleout::client::Client;
 use scaleout::harness::{ClusterOptions, LocalCluster, WorkerOptions};
-use scaleout::master::REASON_LEASE_LOST;
 use scaleout::pb::v1::worker_service_client::WorkerServiceClient;
 use scaleout::pb::v1::{self, JobState};
+use scaleout::rpc::Reason;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -128,7 +128,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
         .await
         .expect_err("stale token");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(reason(&status), REASON_LEASE_LOST);
+    assert_eq!(reason(&status), Reason::LeaseLost.as_str());
     let renew = raw
         .renew_leases(v1::RenewLeasesRequest {
             worker_id: me.clone(),
@@ -176,7 +176,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
         .complete_task(failed)
         .await
         .expect_err("a task completes once");
-    assert_eq!(reason(&status), REASON_LEASE_LOST);
+    assert_eq!(reason(&status), Reason::LeaseLost.as_str());
     let job = client.get_job(job_id, false).await.expect("get");
     assert_eq!(job.state, JobState::Succeeded as i32);
     assert_eq!(job.attempts.len(), 1);

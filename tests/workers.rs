@@ -459,7 +459,7 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert_eq!(
         status.get_details_error_info().map(|i| i.reason),
-        Some(scaleout::master::REASON_LEASE_LOST.to_string())
+        Some(scaleout::rpc::Reason::LeaseLost.as_str().to_string())
     );
     // The agent itself has been heard from since it resumed.
     let resumed = scaleout::wall_time::now_ms();

@@ -9,7 +9,6 @@ use tracing::info;
 use super::authz::{authorize, Permission};
 use super::job_service::{propose, read_error_status};
 use super::proposer::Proposer;
-use super::status::from_queue_error;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
     AddReplicaRequest, AddReplicaResponse, ListWorkersRequest, ListWorkersResponse,
@@ -19,6 +18,7 @@ use crate::pb::v1::{
 use crate::pb::{worker_id_from_pb, worker_to_pb};
 use crate::queue::{Command, CommandOutput};
 use crate::raft::SharedQueue;
+use crate::rpc::contract::from_queue_error;
 use crate::wall_time::now_ms;
 
 use crate::pb::raft::raft_service_client::RaftServiceClient;

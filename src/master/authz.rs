@@ -15,12 +15,10 @@ use std::collections::HashMap;
 
 use tonic::{Code, Request, Status};
 
-use super::status::with_reason;
+use crate::rpc::contract::with_reason;
+use crate::rpc::Reason;
 use crate::tls::Role;
 use crate::transport::PeerIdentity;
-
-/// ErrorInfo reason when the caller's certificate does not allow the call.
-pub const REASON_ROLE_NOT_ALLOWED: &str = "ROLE_NOT_ALLOWED";
 
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +88,7 @@ pub fn authorize<T>(
     metadata.insert("method".to_string(), method.to_string());
     Err(with_reason(
         Code::PermissionDenied,
-        REASON_ROLE_NOT_ALLOWED,
+        Reason::RoleNotAllowed,
         format!(
             "{method} is not allowed for {} ({}); it needs {}",
             role,

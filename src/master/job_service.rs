@@ -10,7 +10,6 @@ use tracing::info;
 
 use super::authz::{authorize, Permission};
 use super::proposer::{ProposeError, Proposer};
-use super::status::{from_queue_error, not_leader};
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
     CancelJobRequest, CancelJobResponse, GetJobLogsRequest, GetJobLogsResponse, GetJobRequest,
@@ -19,6 +18,7 @@ use crate::pb::v1::{
 use crate::pb::{spec_from_pb, state_from_pb};
 use crate::queue::{Command, CommandOutput, QueueError, QueueState};
 use crate::raft::{JobReadError, JobReader, LogReader, NodeId, Raft, ReplicaNode, SharedQueue};
+use crate::rpc::contract::{from_queue_error, not_leader};
 
 #[derive(Clone)]
 pub struct JobApi {

@@ -10,10 +10,10 @@ use openraft::ChangeMembers;
 use tonic::{Code, Status};
 use tracing::info;
 
-use super::status::not_leader;
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::NodeStatusRequest;
 use crate::raft::{NodeId, PeerNetwork, Raft, ReplicaNode};
+use crate::rpc::contract::not_leader;
 
 /// How long the leader waits for a new replica to catch up when the caller does not say.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(45);
@@ -211,7 +211,7 @@ async fn probe(
     )
     .await
     .map_err(|_| unreachable(format!("no answer within {PROBE_TIMEOUT:?}")))?
-    .map_err(|status| unreachable(crate::master::status::describe(&status)))?
+    .map_err(|status| unreachable(crate::rpc::contract::describe(&status)))?
     .into_inner();
     if answer.id != id {
         return Err(Status::invalid_argument(format!(

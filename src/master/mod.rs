@@ -2,7 +2,7 @@
 //!
 //! A replica listens on two addresses, like etcd: `api` for clients and workers (JobService,
 //! AdminService) and `peer` for Raft traffic between replicas. Any replica answers; a follower
-//! redirects writes and linearizable reads to the leader (see [`status::not_leader`]).
+//! redirects writes and linearizable reads to the leader (see [`crate::rpc::contract::not_leader`]).
 //!
 //! Start-up order: open the data dir, start the Raft node, bind both listeners, then bootstrap:
 //! a pristine replica of a pristine cluster initializes it with the static member list (the
@@ -20,11 +20,9 @@ mod observe;
 mod office;
 mod proposer;
 mod replica;
-pub mod status;
 mod worker_service;
 
 pub use bootstrap::BootstrapError;
 pub use office::Office;
 pub use proposer::{ProposeError, Proposer};
 pub use replica::{run, MasterError};
-pub use worker_service::REASON_LEASE_LOST;

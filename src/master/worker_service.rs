@@ -11,7 +11,6 @@ use tracing::{debug, info};
 use super::authz::{authorize, Permission};
 use super::job_service::propose_error_status;
 use super::proposer::{ProposeError, Proposer};
-use super::status::{from_queue_error, not_leader, with_reason};
 use crate::config::{WorkerApproval, WorkerSettings};
 use crate::pb::v1::worker_service_server::WorkerService;
 use crate::pb::v1::{
@@ -27,9 +26,9 @@ use crate::queue::{
     Command, CommandOutput, CommandResult, LeaseRef, LogLevel, LogLine, QueueError,
 };
 use crate::raft::{JobReader, Raft, SharedQueue};
+use crate::rpc::contract::{from_queue_error, not_leader, with_reason};
+use crate::rpc::Reason;
 
-/// ErrorInfo reason of a call that carries a lease which is no longer current.
-pub const REASON_LEASE_LOST: &str = "LEASE_LOST";
 /// How often a waiting long-poll looks again when nothing was applied (a retry delay may have
 /// made a task ready in the meantime).
 const POLL_RECHECK: Duration = Duration::from_millis(250);
@@ -53,7 +52,7 @@ fn lease_lost(lease: &LeaseRef, what: &str) -> Status {
     ]);
     with_reason(
         Code::FailedPrecondition,
-        REASON_LEASE_LOST,
+        Reason::LeaseLost,
         format!(
             "the lease {} of job {} is no longer current ({what}); stop the task: it expired and \
              may run elsewhere, or the job ended",

@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use rand::Rng;
 use tracing::{debug, info, warn};
 
 use super::connect::{connect_target, target, SqlClient, SsisdbError};
@@ -48,6 +47,7 @@ use crate::queue::{
     QueueState, Worker, WorkerId,
 };
 use crate::raft::{JobReader, LogReader, OutboxReader, Raft, SharedQueue, StateReaders};
+use crate::rpc::jitter;
 use crate::wall_time::now_ms;
 
 /// How often each replica writes its row in scaleout.replicas.
@@ -257,12 +257,6 @@ async fn prune(readers: &StateReaders, proposer: &Proposer, before_ms: u64) -> R
         Ok(other) => Err(format!("unexpected answer to a release: {other:?}")),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// A wait between `d / 2` and `d`, so replicas and retries do not move in step.
-fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis().max(2) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
 }
 
 struct Shipper {
@@ -1059,7 +1053,8 @@ async fn heartbeat(
                 if last_error.take().is_some() {
                     info!(replica = replica_id, "SSISDB replica heartbeat recovered");
                 }
-                tokio::time::sleep(jitter(HEARTBEAT_EVERY).max(HEARTBEAT_EVERY / 2)).await;
+                // Never later than the period: `status` counts a replica silent after a few of them.
+                tokio::time::sleep(jitter(HEARTBEAT_EVERY).min(HEARTBEAT_EVERY)).await;
             }
             Err(e) if e.is_lock_conflict() => {
                 tokio::time::sleep(jitter(Duration::from_millis(200))).await;
@@ -1071,7 +1066,7 @@ async fn heartbeat(
                     warn!(replica = replica_id, error = %text, "SSISDB replica heartbeat failed");
                     last_error = Some(text);
                 }
-                tokio::time::sleep(jitter(HEARTBEAT_EVERY)).await;
+                tokio::time::sleep(jitter(HEARTBEAT_EVERY).min(HEARTBEAT_EVERY)).await;
             }
         }
     }

@@ -51,8 +51,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
-use tonic::Code;
-use tonic_types::StatusExt;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
 use super::config::WorkerConfig;
@@ -62,7 +60,7 @@ use crate::wall_time::now_ms;
 /// In the state dir: the id of the AcquireTasks call not yet answered.
 const ACQUIRE_REQUEST_FILE: &str = "acquire-request-id";
 
-use super::connection::{jitter, CallError, Connection};
+use super::connection::{CallError, Connection};
 use super::host::{self, CpuSampler};
 use super::observe::{Finished, WorkerMetrics, WorkerView};
 use super::runner::{self, Invocation, KillReason, OutputLine, RunOutcome, Stream};
@@ -72,6 +70,7 @@ use crate::pb::v1::{
     HeartbeatResponse, JobState, LeaseRef, LogLevel, LogLine, RegisterWorkerRequest,
     RenewLeasesRequest, TaskAssignment, WorkerInfo,
 };
+use crate::rpc::{jitter, Reason};
 
 /// Most lines in one AppendLogs call.
 pub const MAX_BATCH_LINES: usize = 200;
@@ -198,16 +197,7 @@ fn lease_ref((job_id, lease_token): Key) -> LeaseRef {
 
 /// Whether the master refused the call because it does not know this worker.
 fn worker_unknown(error: &CallError) -> bool {
-    match error {
-        CallError::Rejected(status) if status.code() == Code::NotFound => {
-            let reason = status
-                .get_details_error_info()
-                .map(|info| info.reason)
-                .unwrap_or_default();
-            reason.contains("WORKER") || status.message().contains("not registered")
-        }
-        _ => false,
-    }
+    matches!(error, CallError::Rejected(_)) && error.reason() == Some(Reason::WorkerNotFound)
 }
 
 impl Agent {

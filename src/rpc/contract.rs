@@ -1,5 +1,6 @@
-//! How a replica's errors look on the wire: gRPC codes, a `google.rpc.ErrorInfo` reason, and the
-//! leader redirect of DESIGN.md.
+//! How a replica's errors look on the wire, for the replicas that send them and the callers that
+//! act on them: gRPC codes, a `google.rpc.ErrorInfo` [`Reason`], the leader redirect of
+//! DESIGN.md, and which answers a caller may retry elsewhere.
 
 use std::collections::HashMap;
 
@@ -12,21 +13,91 @@ use crate::raft::{NodeId, ReplicaNode};
 /// The domain of every ErrorInfo this service sends.
 pub const ERROR_DOMAIN: &str = "scaleout";
 /// ErrorInfo reason of a write or linearizable read sent to a replica that does not lead.
-pub const REASON_NOT_LEADER: &str = "NOT_LEADER";
+pub const REASON_NOT_LEADER: &str = Reason::NotLeader.as_str();
 /// The metadata header carrying the leader's API address on a redirect.
 pub const LEADER_HEADER: &str = "x-scaleout-leader";
+
+/// Why a replica refused a call, as its ErrorInfo names it: callers decide on this, never on
+/// the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// UNAVAILABLE: this replica does not lead; the leader's address is attached when known.
+    NotLeader,
+    /// FAILED_PRECONDITION: the lease token the call carried is no longer current.
+    LeaseLost,
+    /// PERMISSION_DENIED: the caller's certificate role may not make this call.
+    RoleNotAllowed,
+    InvalidSpec,
+    JobNotFound,
+    /// The job finished and was removed by retention; SSISDB has its history.
+    JobRemoved,
+    NotCancellable,
+    /// ALREADY_EXISTS: the idempotency key names a job with another spec.
+    IdempotencyKeyReused,
+    /// NOT_FOUND: the cluster does not know this worker (never registered, or removed).
+    WorkerNotFound,
+    WorkerBusy,
+    InvalidWorker,
+    InvalidRequest,
+}
+
+impl Reason {
+    const ALL: [Reason; 12] = [
+        Reason::NotLeader,
+        Reason::LeaseLost,
+        Reason::RoleNotAllowed,
+        Reason::InvalidSpec,
+        Reason::JobNotFound,
+        Reason::JobRemoved,
+        Reason::NotCancellable,
+        Reason::IdempotencyKeyReused,
+        Reason::WorkerNotFound,
+        Reason::WorkerBusy,
+        Reason::InvalidWorker,
+        Reason::InvalidRequest,
+    ];
+
+    /// The reason as it travels in ErrorInfo.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotLeader => "NOT_LEADER",
+            Reason::LeaseLost => "LEASE_LOST",
+            Reason::RoleNotAllowed => "ROLE_NOT_ALLOWED",
+            Reason::InvalidSpec => "INVALID_SPEC",
+            Reason::JobNotFound => "JOB_NOT_FOUND",
+            Reason::JobRemoved => "JOB_REMOVED",
+            Reason::NotCancellable => "NOT_CANCELLABLE",
+            Reason::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Reason::WorkerNotFound => "WORKER_NOT_FOUND",
+            Reason::WorkerBusy => "WORKER_BUSY",
+            Reason::InvalidWorker => "INVALID_WORKER",
+            Reason::InvalidRequest => "INVALID_REQUEST",
+        }
+    }
+
+    /// The reason `status` carries, if a replica of this project sent one.
+    pub fn of(status: &Status) -> Option<Reason> {
+        let info = status.get_details_error_info()?;
+        if info.domain != ERROR_DOMAIN {
+            return None;
+        }
+        Reason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == info.reason)
+    }
+}
 
 /// A status with an ErrorInfo reason, so clients can tell errors apart without parsing text.
 pub fn with_reason(
     code: Code,
-    reason: &str,
+    reason: Reason,
     message: impl Into<String>,
     metadata: HashMap<String, String>,
 ) -> Status {
     Status::with_error_details(
         code,
         message,
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+        ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata),
     )
 }
 
@@ -48,7 +119,7 @@ pub fn not_leader(leader_id: Option<NodeId>, leader: Option<&ReplicaNode>) -> St
               retry another replica"
             .to_string(),
     };
-    let mut status = with_reason(Code::Unavailable, REASON_NOT_LEADER, message, metadata);
+    let mut status = with_reason(Code::Unavailable, Reason::NotLeader, message, metadata);
     if let Some(value) = leader.and_then(|node| node.api_addr.parse().ok()) {
         status.metadata_mut().insert(LEADER_HEADER, value);
     }
@@ -63,7 +134,7 @@ pub fn redirect_address(status: &Status) -> Option<String> {
     }
     let from_info = status
         .get_details_error_info()
-        .filter(|info| info.reason == REASON_NOT_LEADER)
+        .filter(|info| info.domain == ERROR_DOMAIN && info.reason == REASON_NOT_LEADER)
         .and_then(|info| info.metadata.get("leader_addr").cloned());
     from_info.or_else(|| {
         status
@@ -111,18 +182,18 @@ pub fn is_retryable_elsewhere(status: &Status) -> bool {
 /// A deterministic rejection from the queue.
 pub fn from_queue_error(error: &QueueError) -> Status {
     let (code, reason) = match error {
-        QueueError::InvalidSpec(_) => (Code::InvalidArgument, "INVALID_SPEC"),
-        QueueError::JobNotFound(_) => (Code::NotFound, "JOB_NOT_FOUND"),
-        QueueError::NotCancellable { .. } => (Code::FailedPrecondition, "NOT_CANCELLABLE"),
+        QueueError::InvalidSpec(_) => (Code::InvalidArgument, Reason::InvalidSpec),
+        QueueError::JobNotFound(_) => (Code::NotFound, Reason::JobNotFound),
+        QueueError::NotCancellable { .. } => (Code::FailedPrecondition, Reason::NotCancellable),
         QueueError::IdempotencyKeyConflict { .. } => {
-            (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
+            (Code::AlreadyExists, Reason::IdempotencyKeyReused)
         }
-        QueueError::WorkerNotFound(_) => (Code::NotFound, "WORKER_NOT_FOUND"),
-        QueueError::WorkerBusy { .. } => (Code::FailedPrecondition, "WORKER_BUSY"),
-        QueueError::LeaseLost { .. } => (Code::FailedPrecondition, "LEASE_LOST"),
-        QueueError::InvalidWorker(_) => (Code::InvalidArgument, "INVALID_WORKER"),
-        QueueError::InvalidRequest(_) => (Code::InvalidArgument, "INVALID_REQUEST"),
-        QueueError::JobRemoved(_) => (Code::NotFound, "JOB_REMOVED"),
+        QueueError::WorkerNotFound(_) => (Code::NotFound, Reason::WorkerNotFound),
+        QueueError::WorkerBusy { .. } => (Code::FailedPrecondition, Reason::WorkerBusy),
+        QueueError::LeaseLost { .. } => (Code::FailedPrecondition, Reason::LeaseLost),
+        QueueError::InvalidWorker(_) => (Code::InvalidArgument, Reason::InvalidWorker),
+        QueueError::InvalidRequest(_) => (Code::InvalidArgument, Reason::InvalidRequest),
+        QueueError::JobRemoved(_) => (Code::NotFound, Reason::JobRemoved),
     };
     with_reason(code, reason, error.to_string(), HashMap::new())
 }
@@ -155,6 +226,21 @@ mod tests {
             .get(LEADER_HEADER)
             .and_then(|v| v.to_str().ok());
         assert_eq!(header, Some("127.0.0.1:7102"));
+    }
+
+    #[test]
+    fn every_reason_reads_back_and_a_foreign_domain_is_not_ours() {
+        for reason in Reason::ALL {
+            let status = with_reason(Code::Aborted, reason, "x", HashMap::new());
+            assert_eq!(Reason::of(&status), Some(reason));
+        }
+        let foreign = Status::with_error_details(
+            Code::NotFound,
+            "x",
+            ErrorDetails::with_error_info("WORKER_NOT_FOUND", "elsewhere.example", HashMap::new()),
+        );
+        assert_eq!(Reason::of(&foreign), None);
+        assert_eq!(Reason::of(&Status::not_found("no details")), None);
     }
 
     #[test]

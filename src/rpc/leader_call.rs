@@ -1,0 +1,444 @@
+//! Reaching the leader from outside the cluster: the one call loop of the client library and the
+//! worker agent.
+//!
+//! One lazily connected channel per address, reused for every call. A call goes to the last
+//! leader seen, else to the endpoint after the last one that failed (not always the first: a
+//! leader cut off from its peers may hold every call sent to it until its timeout, and a caller
+//! whose whole budget is one such timeout would never reach the new leader). A follower's
+//! NOT_LEADER answer names the leader's API address and the call goes there at once; during an
+//! election (no address), or when a replica does not answer within the per-call timeout, the call
+//! moves to the next endpoint after a jittered, growing [`Backoff`]. All of it is bounded by the
+//! caller's deadline. Which answers are retried is the contract's
+//! ([`is_retryable_elsewhere`]): every call the replicas serve is safe to repeat.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use super::backoff::Backoff;
+use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason};
+use crate::transport::Security;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Redirects one call follows before it counts as a failure (leaders changing under it).
+const MAX_REDIRECT_HOPS: usize = 16;
+
+/// Why a call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No replica served the call before the deadline: the cluster is down or has no leader.
+    #[error("no replica served the call within {deadline:?} (last error: {last_error})")]
+    Unavailable {
+        deadline: Duration,
+        last_error: String,
+    },
+    /// A replica answered with an error that retrying will not fix.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rejected(Status),
+}
+
+impl CallError {
+    /// The reason a replica gave for its refusal, if it gave one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            CallError::Rejected(status) => Reason::of(status),
+            CallError::Unavailable { .. } => None,
+        }
+    }
+}
+
+/// A list of endpoints that cannot be dialled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("no endpoints given")]
+    None,
+    #[error("endpoint {endpoint:?} is not a valid address: {message}")]
+    Invalid { endpoint: String, message: String },
+}
+
+/// Where a failed call goes next.
+enum Next {
+    Leader(String),
+    OtherEndpoint(String),
+    GiveUp(Status),
+}
+
+fn classify(status: Status) -> Next {
+    if let Some(addr) = redirect_address(&status) {
+        return Next::Leader(addr);
+    }
+    if is_retryable_elsewhere(&status) {
+        return Next::OtherEndpoint(describe(&status));
+    }
+    Next::GiveUp(status)
+}
+
+/// The replicas as a caller sees them: their endpoints, a channel to each, and the last leader.
+pub struct Replicas {
+    endpoints: Vec<String>,
+    security: Security,
+    backoff: Backoff,
+    channels: Mutex<BTreeMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+    /// Where a call starts when no leader is known: moved past every endpoint that fails.
+    start: AtomicUsize,
+}
+
+impl Replicas {
+    /// The replicas at `endpoints` (host:port, an `http://` prefix is dropped), dialled with
+    /// `security`; failed calls pause by `backoff` before the next endpoint.
+    pub fn new<S: AsRef<str>>(
+        endpoints: &[S],
+        security: Security,
+        backoff: Backoff,
+    ) -> Result<Replicas, EndpointError> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.as_ref().trim().trim_start_matches("http://").to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(EndpointError::None);
+        }
+        for endpoint in &endpoints {
+            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| {
+                EndpointError::Invalid {
+                    endpoint: endpoint.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        Ok(Replicas {
+            endpoints,
+            security,
+            backoff,
+            channels: Mutex::default(),
+            leader: Mutex::default(),
+            start: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// The leader's address as last seen, if any.
+    pub fn leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn remember_leader(&self, addr: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// The endpoint a call starts at: the leader if known, else the one after the last failure;
+    /// and the index of the endpoint to try after it.
+    fn first_target(&self) -> (String, usize) {
+        let first = self.start.load(Ordering::Relaxed) % self.endpoints.len();
+        match self.leader() {
+            Some(leader) if leader != self.endpoints[first] => (leader, first),
+            _ => (self.endpoints[first].clone(), first + 1),
+        }
+    }
+
+    /// The channel to `addr`, made on first use and reused after.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .security
+            .channel(addr, |endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT))
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Runs `op` once on `addr`, bounded by `timeout` even while the connection is being made
+    /// (the request's own timeout, which `op` sets, travels to the server).
+    async fn attempt<T, F, Fut>(
+        &self,
+        addr: &str,
+        timeout: Duration,
+        op: &mut F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let channel = self.channel(addr)?;
+        match tokio::time::timeout(timeout, op(channel, timeout)).await {
+            Ok(outcome) => outcome.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Runs `op` on the leader, following redirects, until it succeeds, is refused for good, or
+    /// `deadline` passes. `op` gets a channel and the timeout to set on its request: at most
+    /// `per_call`, and no later than the deadline.
+    pub async fn on_leader<T, F, Fut>(
+        &self,
+        per_call: Duration,
+        deadline: Duration,
+        mut op: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let until = Instant::now() + deadline;
+        let (mut target, mut next_endpoint) = self.first_target();
+        let mut hops = 0;
+        let mut pauses = self.backoff.pauses();
+        let mut last_error = String::from("none");
+        loop {
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(CallError::Unavailable {
+                    deadline,
+                    last_error,
+                });
+            }
+            let status = match self
+                .attempt(&target, remaining.min(per_call), &mut op)
+                .await
+            {
+                Ok(reply) => {
+                    self.remember_leader(Some(target));
+                    return Ok(reply);
+                }
+                Err(status) => status,
+            };
+            match classify(status) {
+                Next::GiveUp(status) => {
+                    // A definite answer: keep talking to this replica.
+                    self.remember_leader(Some(target));
+                    return Err(CallError::Rejected(status));
+                }
+                Next::Leader(addr) if addr != target && hops < MAX_REDIRECT_HOPS => {
+                    tracing::debug!(from = %target, to = %addr, "following leader redirect");
+                    hops += 1;
+                    target = addr;
+                    continue;
+                }
+                Next::Leader(addr) => last_error = format!("{target} redirected to {addr}"),
+                Next::OtherEndpoint(message) => last_error = format!("{target}: {message}"),
+            }
+            self.remember_leader(None);
+            let pause = pauses
+                .next_jittered()
+                .min(until.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            let index = next_endpoint % self.endpoints.len();
+            self.start.store(index, Ordering::Relaxed);
+            target = self.endpoints[index].clone();
+            next_endpoint += 1;
+        }
+    }
+
+    /// Runs `op` on the endpoints in order, without redirects, until one serves it, one refuses
+    /// it for good, or `deadline` passes: for calls any replica answers (stale reads, status).
+    pub async fn on_any<T, F, Fut>(
+        &self,
+        per_call: Duration,
+        deadline: Duration,
+        mut op: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let until = Instant::now() + deadline;
+        let mut last_error = String::from("none");
+        let mut pauses = self.backoff.pauses();
+        loop {
+            for endpoint in &self.endpoints {
+                let remaining = until.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(CallError::Unavailable {
+                        deadline,
+                        last_error,
+                    });
+                }
+                let outcome = self
+                    .attempt(endpoint, remaining.min(per_call), &mut op)
+                    .await;
+                match outcome.map_err(classify) {
+                    Ok(reply) => return Ok(reply),
+                    Err(Next::GiveUp(status)) => return Err(CallError::Rejected(status)),
+                    Err(Next::Leader(_)) => last_error = format!("{endpoint}: not the leader"),
+                    Err(Next::OtherEndpoint(message)) => {
+                        last_error = format!("{endpoint}: {message}")
+                    }
+                }
+            }
+            let pause = pauses
+                .next_jittered()
+                .min(until.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::v1::worker_service_client::WorkerServiceClient;
+    use crate::pb::v1::{HeartbeatRequest, HeartbeatResponse};
+    use crate::raft::ReplicaNode;
+    use crate::rpc::contract::not_leader;
+
+    #[test]
+    fn statuses_are_classified() {
+        let node = ReplicaNode {
+            api_addr: "127.0.0.1:7102".into(),
+            peer_addr: "127.0.0.1:7202".into(),
+            storage_id: None,
+        };
+        assert!(
+            matches!(classify(not_leader(Some(2), Some(&node))), Next::Leader(a) if a == "127.0.0.1:7102")
+        );
+        assert!(matches!(
+            classify(not_leader(None, None)),
+            Next::OtherEndpoint(_)
+        ));
+        assert!(matches!(
+            classify(Status::cancelled("timeout")),
+            Next::OtherEndpoint(_)
+        ));
+        assert!(matches!(
+            classify(Status::not_found("no such worker")),
+            Next::GiveUp(s) if s.code() == tonic::Code::NotFound
+        ));
+        assert!(matches!(
+            classify(Status::failed_precondition("disabled")),
+            Next::GiveUp(_)
+        ));
+    }
+
+    const BACKOFF: Backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(100));
+
+    async fn heartbeat(
+        replicas: &Replicas,
+        per_call: Duration,
+        deadline: Duration,
+    ) -> Result<HeartbeatResponse, CallError> {
+        replicas
+            .on_leader(per_call, deadline, |channel, timeout| async move {
+                let mut request = tonic::Request::new(HeartbeatRequest::default());
+                request.set_timeout(timeout);
+                WorkerServiceClient::new(channel).heartbeat(request).await
+            })
+            .await
+    }
+
+    fn free_address() -> String {
+        // Bound and dropped: nothing listens there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_fails_by_the_deadline() {
+        let replicas = Replicas::new(
+            &[free_address(), free_address()],
+            Security::Insecure,
+            BACKOFF,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let result = heartbeat(
+            &replicas,
+            Duration::from_millis(200),
+            Duration::from_millis(700),
+        )
+        .await;
+        assert!(
+            matches!(result, Err(CallError::Unavailable { .. })),
+            "{result:?}"
+        );
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        let none: [&str; 0] = [];
+        assert_eq!(
+            Replicas::new(&none, Security::Insecure, BACKOFF).err(),
+            Some(EndpointError::None)
+        );
+        assert!(matches!(
+            Replicas::new(&["bad address:x"], Security::Insecure, BACKOFF),
+            Err(EndpointError::Invalid { .. })
+        ));
+    }
+
+    /// A replica that holds calls without answering (a leader cut off from its peers) is not
+    /// where the next call starts.
+    #[tokio::test]
+    async fn the_next_call_starts_past_an_endpoint_that_did_not_answer() {
+        // Bound and kept, never accepted: a connection opens, no answer ever comes.
+        let silent: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let endpoints: Vec<String> = silent
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let replicas = Replicas::new(&endpoints, Security::Insecure, BACKOFF).unwrap();
+        assert_eq!(replicas.first_target().0, endpoints[0]);
+        let result = heartbeat(
+            &replicas,
+            Duration::from_millis(150),
+            Duration::from_millis(200),
+        )
+        .await;
+        assert!(matches!(result, Err(CallError::Unavailable { .. })));
+        assert_ne!(replicas.first_target().0, endpoints[0]);
+        // A known leader still comes first.
+        replicas.remember_leader(Some(endpoints[2].clone()));
+        assert_eq!(replicas.first_target().0, endpoints[2]);
+    }
+
+    /// Stale reads and status: every endpoint in turn, no redirects, until one answers.
+    #[tokio::test]
+    async fn any_replica_call_gives_up_by_the_deadline_when_none_answers() {
+        let replicas = Replicas::new(
+            &[free_address(), free_address()],
+            Security::Insecure,
+            BACKOFF,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let result = replicas
+            .on_any(
+                Duration::from_millis(100),
+                Duration::from_millis(400),
+                |channel, timeout| async move {
+                    let mut request = tonic::Request::new(HeartbeatRequest::default());
+                    request.set_timeout(timeout);
+                    WorkerServiceClient::new(channel).heartbeat(request).await
+                },
+            )
+            .await;
+        assert!(
+            matches!(&result, Err(CallError::Unavailable { last_error, .. }) if last_error.contains("127.0.0.1")),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}
