@@ -47,7 +47,8 @@ use crate::queue::{
     QueueState, Worker, WorkerId,
 };
 use crate::raft::{JobReader, LogReader, OutboxReader, Raft, SharedQueue, StateReaders};
-use crate::rpc::jitter;
+use crate::rpc::backoff::Pauses;
+use crate::rpc::{jitter, Backoff};
 use crate::wall_time::now_ms;
 
 /// How often each replica writes its row in scaleout.replicas.
@@ -56,8 +57,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Most events one prune releases: bounds the entry's apply (its rows are removed in one batch).
 pub const PRUNE_BATCH: u64 = 10_000;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// How often the outbox lag is logged (debug).
 const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -131,7 +131,7 @@ pub async fn run(
         settings,
         status,
         client: None,
-        backoff: BACKOFF_MIN,
+        pauses: BACKOFF.pauses(),
         replica_id,
     };
     let mut last_prune: Option<tokio::time::Instant> = None;
@@ -142,7 +142,7 @@ pub async fn run(
         if term != shipping_term {
             // A new term of office starts without the last one's backoff.
             shipping_term = term;
-            shipper.backoff = BACKOFF_MIN;
+            shipper.pauses.reset(BACKOFF);
         }
         let leader = term.is_some();
         let lag = read_queue(&readers.queue, |q| q.outbox_len() as u64);
@@ -201,21 +201,18 @@ pub async fn run(
                 if shipper.status.set_error(Some(e.to_string())) {
                     info!(replica = replica_id, term, error = %e, "stopped shipping to SSISDB");
                 }
-                let wait = jitter(shipper.backoff);
-                shipper.backoff = (shipper.backoff * 2).min(BACKOFF_MAX);
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(shipper.pauses.next_jittered()).await;
             }
             Err(e) => {
                 shipper.client = None;
                 shipper.status.ship_errors.fetch_add(1, Ordering::Relaxed);
+                let wait = shipper.pauses.next_jittered();
                 if shipper.status.set_error(Some(e.to_string())) {
-                    warn!(replica = replica_id, error = %e, retry_in_ms = shipper.backoff.as_millis() as u64, outbox_lag = lag,
+                    warn!(replica = replica_id, error = %e, retry_in_ms = wait.as_millis() as u64, outbox_lag = lag,
                         "SSISDB shipping failed; dispatch goes on, events wait in the outbox");
                 } else {
                     debug!(replica = replica_id, error = %e, "SSISDB shipping still failing");
                 }
-                let wait = jitter(shipper.backoff);
-                shipper.backoff = (shipper.backoff * 2).min(BACKOFF_MAX);
                 tokio::time::sleep(wait).await;
             }
         }
@@ -263,7 +260,7 @@ struct Shipper {
     settings: SsisdbSettings,
     status: Arc<ShipperStatus>,
     client: Option<(SqlClient, String)>,
-    backoff: Duration,
+    pauses: Pauses,
     replica_id: u64,
 }
 
@@ -388,7 +385,7 @@ impl Shipper {
         if self.status.set_error(None) {
             info!(replica = self.replica_id, %addr, "SSISDB shipping recovered");
         }
-        self.backoff = BACKOFF_MIN;
+        self.pauses.reset(BACKOFF);
         debug!(
             replica = self.replica_id,
             events = n,

@@ -70,7 +70,7 @@ use crate::pb::v1::{
     HeartbeatResponse, JobState, LeaseRef, LogLevel, LogLine, RegisterWorkerRequest,
     RenewLeasesRequest, TaskAssignment, WorkerInfo,
 };
-use crate::rpc::{jitter, Reason};
+use crate::rpc::{Backoff, Reason};
 
 /// Most lines in one AppendLogs call.
 pub const MAX_BATCH_LINES: usize = 200;
@@ -99,8 +99,7 @@ const KILL_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// The master's default lease interval, assumed until a registration tells the real one.
 const DEFAULT_LEASE_MS: u64 = 30_000;
 /// Backoff bounds for registration and for an acquire loop that gets no answer.
-const RETRY_START: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
 
 /// A lease: job id and token. A job can come back to this worker with a new lease while the
 /// old attempt is still being killed, so slots are keyed by both.
@@ -388,14 +387,13 @@ impl Agent {
     // ---- control: registration and heartbeats ------------------------------------------------
 
     async fn control_loop(&self) {
-        let mut backoff = RETRY_START;
+        let mut pauses = RETRY.pauses();
         loop {
             if !lock(&self.state).registered {
                 match self.register().await {
-                    Ok(()) => backoff = RETRY_START,
+                    Ok(()) => pauses.reset(RETRY),
                     Err(()) => {
-                        tokio::time::sleep(jitter(backoff)).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        tokio::time::sleep(pauses.next_jittered()).await;
                         continue;
                     }
                 }
@@ -583,7 +581,7 @@ impl Agent {
     }
 
     async fn acquire_loop(self: &Arc<Self>) {
-        let mut backoff = RETRY_START;
+        let mut pauses = RETRY.pauses();
         let mut host_busy = false;
         // Kept until a call is answered: if a leader granted tasks and died before answering,
         // the retry (even after a long outage, or after this agent restarted) carries the same
@@ -657,7 +655,7 @@ impl Agent {
                 .await;
             match result {
                 Ok(reply) => {
-                    backoff = RETRY_START;
+                    pauses.reset(RETRY);
                     request_id = uuid::Uuid::new_v4().to_string();
                     id_saved = false;
                     self.note_reachable(true, None);
@@ -676,8 +674,7 @@ impl Agent {
                 }
                 Err(error) => warn!(%error, "task request refused"),
             }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(RETRY_MAX);
+            tokio::time::sleep(pauses.next_jittered()).await;
         }
     }
 
@@ -1085,7 +1082,7 @@ impl Agent {
     }
 
     async fn drain_loop(&self) {
-        let mut backoff = RETRY_START;
+        let mut pauses = RETRY.pauses();
         loop {
             let _ = tokio::time::timeout(DRAIN_RECHECK, self.wake_drain.notified()).await;
             if !lock(&self.state).registered {
@@ -1097,7 +1094,7 @@ impl Agent {
                     .await
                     .flatten();
                 let Some((seq, entry)) = front else {
-                    backoff = RETRY_START;
+                    pauses.reset(RETRY);
                     break;
                 };
                 let key = (entry.job_id(), entry.lease_token());
@@ -1117,8 +1114,7 @@ impl Agent {
                     }
                     Err(error @ CallError::Unavailable { .. }) => {
                         debug!(%error, "the cluster is still unreachable; the spool waits");
-                        tokio::time::sleep(jitter(backoff)).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        tokio::time::sleep(pauses.next_jittered()).await;
                         break;
                     }
                     Err(error) => error!(
