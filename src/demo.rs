@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::time::Instant;
 
-use crate::cli::{print_table, state_name};
+use crate::cli::state_name;
+use crate::cli::table::print_table;
 use crate::client::Client;
 use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use crate::pb::v1;

@@ -39,7 +39,6 @@ pub mod queue;
 pub mod raft;
 pub mod rpc;
 pub mod ssisdb;
-pub mod status_screen;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

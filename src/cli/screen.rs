@@ -6,7 +6,8 @@
 
 use serde_json::json;
 
-use crate::cli::Output;
+use super::table::truncate;
+use super::Output;
 use crate::pb::v1::{ClusterStatusResponse, JobCounts, ReplicaStatus, Worker};
 use crate::queue::JobState;
 
@@ -223,14 +224,24 @@ fn cluster_lines(status: &ClusterStatusResponse) -> Vec<String> {
         )
     };
     let mut lines = vec![format!("leader: {leader}, term {}", status.term), majority];
+    lines.extend(replica_table(status, false));
+    lines
+}
+
+/// The replicas as a table, then one line per unreachable replica saying why (errors are long
+/// and rare: under the table rather than in a column): `status` and `cluster status` both show
+/// this, `cluster status` with each replica's peer address too.
+pub fn replica_table(status: &ClusterStatusResponse, with_peer: bool) -> Vec<String> {
     let known = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
     let rows: Vec<Vec<String>> = status
         .replicas
         .iter()
         .map(|r| {
-            vec![
-                r.id.to_string(),
-                r.api_addr.clone(),
+            let mut row = vec![r.id.to_string(), r.api_addr.clone()];
+            if with_peer {
+                row.push(r.peer_addr.clone());
+            }
+            row.extend([
                 role(r),
                 if r.reachable { "yes" } else { "NO" }.to_string(),
                 if r.reachable {
@@ -241,23 +252,16 @@ fn cluster_lines(status: &ClusterStatusResponse) -> Vec<String> {
                 known(r.commit_index),
                 known(r.applied_index),
                 known(lag(status, r)),
-            ]
+            ]);
+            row
         })
         .collect();
-    lines.extend(crate::cli::table_lines(
-        &[
-            "REPLICA",
-            "API",
-            "ROLE",
-            "REACHABLE",
-            "TERM",
-            "COMMIT",
-            "APPLIED",
-            "LAG",
-        ],
-        &rows,
-    ));
-    // Errors under the table rather than in a column: they are long, and rare.
+    let mut header = vec!["REPLICA", "API"];
+    if with_peer {
+        header.push("PEER");
+    }
+    header.extend(["ROLE", "REACHABLE", "TERM", "COMMIT", "APPLIED", "LAG"]);
+    let mut lines = super::table::table_lines(&header, &rows);
     lines.extend(status.replicas.iter().filter(|r| !r.reachable).map(|r| {
         let why = if r.error.is_empty() {
             "no answer"
@@ -315,7 +319,7 @@ fn worker_lines(
             ]
         })
         .collect();
-    lines.extend(crate::cli::table_lines(
+    lines.extend(super::table::table_lines(
         &["NAME", "ID", "STATE", "RUNNING", "HEARTBEAT"],
         &rows,
     ));
@@ -365,7 +369,7 @@ pub fn frame_json(frame: &Frame) -> serde_json::Value {
     });
     match &frame.cluster {
         Ok(status) => {
-            let mut cluster = crate::cli::cluster_json(status);
+            let mut cluster = super::cluster::cluster_json(status);
             if let Some(rows) = cluster["replicas"].as_array_mut() {
                 for (row, replica) in rows.iter_mut().zip(&status.replicas) {
                     row["lag"] = json!(lag(status, replica));
@@ -392,7 +396,7 @@ pub fn frame_json(frame: &Frame) -> serde_json::Value {
                 "offline": counts.offline,
                 "disabled": counts.disabled,
                 "draining": counts.draining,
-                "list": workers.iter().map(crate::cli::worker_json).collect::<Vec<_>>(),
+                "list": workers.iter().map(super::workers::worker_json).collect::<Vec<_>>(),
             })
         }
         Err(error) => json!({ "error": error }),
@@ -474,15 +478,6 @@ pub fn format_utc(ms: u64) -> String {
             at.second()
         ),
         Err(_) => format!("{ms} ms after the Unix epoch"),
-    }
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        text.to_string()
-    } else {
-        let kept: String = text.chars().take(max_chars.saturating_sub(1)).collect();
-        format!("{kept}…")
     }
 }
 

@@ -1,0 +1,230 @@
+//! The commands that start their own local cluster: `chaos` and `bench …` (and `demo`, in
+//! `crate::demo`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{shutdown_signal, CliError, ClientTlsArgs, Output};
+
+/// `scaleout chaos`: exit 0 when every invariant held, 1 when one broke.
+pub async fn chaos(
+    minutes: u64,
+    seed: Option<u64>,
+    faults: &[String],
+    keep_dir: Option<PathBuf>,
+    output: Output,
+) -> Result<(), CliError> {
+    use crate::chaos::faults::FaultKind;
+    let kinds = faults
+        .iter()
+        .map(|name| {
+            FaultKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name.as_str())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                    CliError::usage(anyhow::anyhow!(
+                        "unknown fault {name:?}; the faults are {}",
+                        known.join(", ")
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let binary = std::env::current_exe().map_err(CliError::failed)?;
+    let seed = seed.unwrap_or_else(rand::random);
+    let mut options =
+        crate::chaos::ChaosOptions::new(binary, seed, Duration::from_secs(minutes * 60));
+    options.faults = kinds;
+    options.keep_dir = keep_dir;
+    // Stopped by Ctrl-C or SIGTERM, the run is dropped: its processes are killed and its
+    // power-cut file systems unmounted, rather than left behind.
+    let report = tokio::select! {
+        report = crate::chaos::run(options) => report.map_err(CliError::failed)?,
+        () = shutdown_signal() => {
+            return Err(CliError::failed(anyhow::anyhow!("the chaos run was stopped")));
+        }
+    };
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_value(&report).map_err(CliError::failed)?
+        ),
+        Output::Table => println!("{report}"),
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(CliError::failed(anyhow::anyhow!(
+            "invariants broken (seed {seed}): {}",
+            report.violations().join("; ")
+        )))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Submits per second and latency with many concurrent submitters.
+    Submit(BenchSubmitArgs),
+    /// Submit -> lease -> complete through real workers with a no-op executor.
+    E2e(BenchE2eArgs),
+    /// Kill the leader of a local cluster again and again under load: time from each kill to
+    /// the next committed write.
+    Failover(BenchFailoverArgs),
+    /// What a replica costs with a long history: memory, disk, snapshots, restart (issue 15).
+    Capacity(BenchCapacityArgs),
+}
+
+#[derive(Args)]
+pub struct BenchCapacityArgs {
+    /// Jobs run and completed by no-op workers.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    jobs: u64,
+    /// Jobs left queued on top (a tag no worker has).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    queued: u64,
+    /// Log lines each job sends.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    log_lines: u32,
+    /// Bytes per log line.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=16_384))]
+    line_bytes: u32,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    slots: u32,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    submitters: u64,
+    /// Keep every finished job for the whole retention (no `retention.max_finished_jobs` cap).
+    #[arg(long)]
+    keep_all: bool,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct BenchFailoverArgs {
+    /// Leader kills (SIGKILL); the killed replica is restarted and caught up before the next.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    kills: u32,
+    /// Tasks submitting jobs back to back throughout.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    submitters: u64,
+    /// Pause once the killed replica has caught up, before the next kill.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    settle_ms: u64,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct BenchE2eArgs {
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    slots: u32,
+    /// Jobs in the throughput phase.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    jobs: u64,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    submitters: u64,
+    /// Length of the latency phase at half the measured rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    paced_seconds: u64,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct BenchSubmitArgs {
+    /// Replicas to load; when not given, a local 3-replica cluster is started in a temp dir.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    submitters: u64,
+    /// Submits in all.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    count: u64,
+    /// Stop after this many seconds even if `count` is not reached.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    max_seconds: u64,
+    /// After the load, measure a replica's resident memory and its restart time.
+    #[arg(long)]
+    measure_restart: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+    /// With --endpoints: the client certificate (or --insecure). Without: --insecure runs the
+    /// local cluster plaintext instead of mutual TLS.
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+impl BenchCommand {
+    pub async fn run(self) -> Result<(), CliError> {
+        match self {
+            BenchCommand::Submit(args) => {
+                let security = if args.endpoints.is_empty() {
+                    crate::transport::Security::Insecure
+                } else {
+                    args.tls.security()?
+                };
+                crate::bench::submit(crate::bench::SubmitBench {
+                    insecure: args.tls.insecure,
+                    security,
+                    endpoints: args.endpoints,
+                    submitters: args.submitters as usize,
+                    count: args.count,
+                    max_seconds: args.max_seconds,
+                    measure_restart: args.measure_restart,
+                    json: matches!(args.output, Output::Json),
+                })
+                .await
+                .map_err(CliError::failed)
+            }
+            BenchCommand::E2e(args) => crate::bench::e2e(crate::bench::E2eBench {
+                workers: args.workers as usize,
+                slots: args.slots,
+                jobs: args.jobs,
+                submitters: args.submitters as usize,
+                paced_seconds: args.paced_seconds,
+                insecure: args.insecure,
+                json: matches!(args.output, Output::Json),
+            })
+            .await
+            .map_err(CliError::failed),
+            BenchCommand::Failover(args) => crate::bench::failover(crate::bench::FailoverBench {
+                kills: args.kills,
+                submitters: args.submitters as usize,
+                settle: Duration::from_millis(args.settle_ms),
+                insecure: args.insecure,
+                json: matches!(args.output, Output::Json),
+            })
+            .await
+            .map_err(CliError::failed),
+            BenchCommand::Capacity(args) => crate::bench::capacity(crate::bench::CapacityBench {
+                jobs: args.jobs,
+                queued: args.queued,
+                log_lines: args.log_lines,
+                line_bytes: args.line_bytes,
+                workers: args.workers as usize,
+                slots: args.slots,
+                submitters: args.submitters as usize,
+                keep_all: args.keep_all,
+                insecure: args.insecure,
+                json: matches!(args.output, Output::Json),
+            })
+            .await
+            .map_err(CliError::failed),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The command line: each command's flags beside what it does, and how it prints (a table for
+//! people, `--output json` for scripts). `main.rs` only parses and calls [`run`].
+//!
+//! Exit codes (DESIGN.md): 0 ok, 1 operation failed, 2 usage or config error, 3 cluster
+//! unavailable.
+
+mod client_args;
+mod cluster;
+mod job;
+mod local;
+pub mod screen;
+mod serve;
+mod status;
+pub mod table;
+mod workers;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::ClientError;
+use crate::telemetry::LogFormat;
+
+pub use client_args::{ClientArgs, ClientTlsArgs};
+pub use job::{job_json, state_name, JobSubmitArgs};
+pub use serve::shutdown_signal;
+
+#[derive(Parser)]
+#[command(
+    name = "scaleout",
+    version,
+    about = "A highly available SSIS Scale Out master"
+)]
+pub struct Cli {
+    /// Log format on stderr; RUST_LOG filters (default: info for replicas, warn otherwise).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a master replica.
+    Master {
+        #[arg(long, env = "SCALEOUT_CONFIG")]
+        config: PathBuf,
+        /// Override a config key, e.g. --set raft.heartbeat_interval_ms=150 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Run a worker agent: it pulls tasks from the cluster and runs them.
+    Worker {
+        #[arg(long, env = "SCALEOUT_WORKER_CONFIG")]
+        config: PathBuf,
+        /// Override a config key, e.g. --set max_task_count=4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// The worker registry: list, enable, disable, drain, remove.
+    Workers {
+        #[command(subcommand)]
+        command: workers::WorkersCommand,
+    },
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+    /// One screen: replicas, leader and majority, workers, jobs by state, the outbox.
+    /// --watch redraws it every few seconds.
+    Status(status::StatusArgs),
+    /// Submit, inspect and cancel jobs.
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: serve::CertsCommand,
+    },
+    /// A replica's data dir: adopt a restored backup copy.
+    DataDir {
+        #[command(subcommand)]
+        command: serve::DataDirCommand,
+    },
+    /// The SSISDB connection of a replica's config: check it, or install the schema.
+    Ssisdb {
+        #[command(subcommand)]
+        command: serve::SsisdbCommand,
+    },
+    /// Start three local replicas, submit jobs, kill the leader, and show that nothing was lost.
+    Demo {
+        /// Jobs to submit in all.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+        jobs: u32,
+    },
+    /// Chaos test: 3 replicas and workers behind fault-injecting proxies, faults from a seeded
+    /// plan (kills, pauses, partitions, a lost disk, power cuts, clock steps, overlapping
+    /// faults), then every invariant checked.
+    /// Exits 1 if one broke.
+    Chaos {
+        /// How long to inject faults.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1440))]
+        minutes: u64,
+        /// The plan's seed (printed at the start, so a failing run can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Faults to draw from, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        faults: Vec<String>,
+        /// Keep the cluster's logs and data in this directory.
+        #[arg(long)]
+        keep_dir: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: local::BenchCommand,
+    },
+}
+
+impl Command {
+    /// A long-running replica or worker process (they log at info by default).
+    pub fn is_process(&self) -> bool {
+        matches!(self, Command::Master { .. } | Command::Worker { .. })
+    }
+}
+
+/// Runs one command to its end.
+pub async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Master { config, overrides } => serve::master(&config, &overrides).await,
+        Command::Worker { config, overrides } => serve::worker(&config, &overrides).await,
+        Command::Workers { command } => command.run().await,
+        Command::Cluster { command } => command.run().await,
+        Command::Status(args) => status::status(&args).await,
+        Command::Job { command } => command.run().await,
+        Command::Certs { command } => command.run(),
+        Command::DataDir { command } => command.run(),
+        Command::Ssisdb { command } => command.run().await,
+        Command::Demo { jobs } => crate::demo::run(jobs).await.map_err(CliError::failed),
+        Command::Chaos {
+            minutes,
+            seed,
+            faults,
+            keep_dir,
+            output,
+        } => local::chaos(minutes, seed, &faults, keep_dir, output).await,
+        Command::Bench { command } => command.run().await,
+    }
+}
+
+pub const EXIT_FAILED: u8 = 1;
+
+pub const EXIT_USAGE: u8 = 2;
+
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        CliError {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
+    }
+
+    pub fn failed(error: impl Into<anyhow::Error>) -> Self {
+        CliError {
+            code: EXIT_FAILED,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(error: ClientError) -> Self {
+        let code = match &error {
+            ClientError::NoEndpoints | ClientError::BadEndpoint { .. } => EXIT_USAGE,
+            ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
+            ClientError::Rejected(status) if status.code() == tonic::Code::InvalidArgument => {
+                EXIT_USAGE
+            }
+            ClientError::Rejected(_) => EXIT_FAILED,
+        };
+        CliError {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
