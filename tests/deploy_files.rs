@@ -5,7 +5,7 @@
 //!   certificates made here for the role the sample expects, and temp dirs for its data;
 //! - every key a sample uses, and every key the loaders accept (`known_keys()`), is in the key
 //!   tables of docs/configuration.md, which names no other key; every row of the key tables in
-//!   the module docs of src/config.rs and src/worker/config.rs is in it word for word;
+//!   the module docs of src/config/mod.rs and src/worker/config.rs is in it word for word;
 //! - the alert rules (deploy/prometheus/scaleout-alerts.yaml) use only metrics the exporter
 //!   serves, and docs/operations.md explains every alert and lists every metric.
 //!
@@ -517,7 +517,7 @@ fn the_reference_holds_every_row_of_the_module_docs() {
     // docs, must be in it unchanged.
     let doc = configuration_doc();
     let doc_lines: BTreeSet<&str> = doc.lines().map(str::trim_end).collect();
-    for source in ["src/config.rs", "src/worker/config.rs"] {
+    for source in ["src/config/mod.rs", "src/worker/config.rs"] {
         let text = read(&repo().join(source));
         let rows: Vec<&str> = text
             .lines()

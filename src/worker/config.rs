@@ -58,14 +58,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Table, Value};
 use uuid::Uuid;
 
-use crate::config::{load_tls_identity, tls_choice_error, tls_missing_message};
+use crate::config::{
+    check_addr, load_tls_identity, probe_dir, tls_choice_error, tls_missing_message,
+};
 use crate::tls::{Role, TlsPaths};
 
 /// The file name shown in errors for configs that did not come from a file.
@@ -678,7 +679,7 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
     }
     let mut seen = BTreeSet::new();
     for endpoint in &c.endpoints {
-        check_addr(endpoint).map_err(|e| ("endpoints", e))?;
+        check_addr(endpoint, false).map_err(|e| ("endpoints", e))?;
         if !seen.insert(endpoint.to_ascii_lowercase()) {
             return Err(("endpoints", format!("`{endpoint}` is listed twice")));
         }
@@ -791,42 +792,6 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
 }
 
 /// host:port, as the master's config accepts for member addresses.
-fn check_addr(addr: &str) -> Result<(), String> {
-    const EXAMPLE: &str = "e.g. 10.0.0.1:7101 or replica-1.example.net:7101";
-    if addr.contains("://") {
-        return Err(format!(
-            "`{addr}` has a scheme; write only host:port, {EXAMPLE}"
-        ));
-    }
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!(
-            "`{addr}` is not host:port (the :port is missing), {EXAMPLE}"
-        ));
-    };
-    let host_ok = match host.strip_prefix('[') {
-        Some(inner) => inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
-        None => {
-            !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        }
-    };
-    if !host_ok {
-        return Err(format!(
-            "`{addr}`: `{host}` is not a host name or IP address (IPv6 in brackets), {EXAMPLE}"
-        ));
-    }
-    match port.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(()),
-        _ => Err(format!(
-            "`{addr}`: `{port}` is not a port between 1 and 65535, {EXAMPLE}"
-        )),
-    }
-}
-
 fn parse_agent_id(text: &str) -> Result<Uuid, String> {
     let id = Uuid::parse_str(text).map_err(|e| {
         format!("`{text}` is not a UUID ({e}); e.g. 6f1c2b9e-5d1a-4a67-9d0e-2f4b8c3a7e10, or leave it out to generate one")
@@ -871,30 +836,6 @@ fn store_agent_id(state_dir: &Path, id: Uuid) -> Result<(), String> {
     let path = state_dir.join(AGENT_ID_FILE);
     crate::disk::write_atomically(&crate::disk::OsDisk, &path, format!("{id}\n").as_bytes())
         .map_err(|e| format!("cannot write the agent id to {}: {e}", path.display()))
-}
-
-/// Creates `dir` and checks it is writable.
-fn probe_dir(dir: &Path) -> Result<(), String> {
-    static PROBES: AtomicU64 = AtomicU64::new(0);
-    std::fs::create_dir_all(dir).map_err(|e| {
-        format!(
-            "cannot create directory {}: {e}; choose a directory this user can write",
-            dir.display()
-        )
-    })?;
-    let probe = dir.join(format!(
-        ".scaleout-write-probe-{}-{}",
-        std::process::id(),
-        PROBES.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&probe, b"probe").map_err(|e| {
-        format!(
-            "directory {} is not writable: {e}; choose a directory this user can write",
-            dir.display()
-        )
-    })?;
-    std::fs::remove_file(&probe)
-        .map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
 }
 
 /// This host's name: /etc/hostname, else the kernel's, else `hostname`, else "localhost".

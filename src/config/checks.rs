@@ -1,0 +1,153 @@
+//! Checks shared by the config loaders: socket addresses, writable directories, and the `[tls]`
+//! files (shared with the worker's config, `crate::worker::config`).
+
+use super::*;
+
+/// The rule that exactly one of `insecure = true` and `[tls]` is given, as (key, message) of
+/// the violation. `who` is "replica" or "worker", for the hint.
+pub(crate) fn tls_choice_error(
+    insecure: bool,
+    has_tls: bool,
+    who: &str,
+) -> Option<(&'static str, String)> {
+    match (insecure, has_tls) {
+        (true, true) => Some((
+            "insecure",
+            "is true, but a [tls] section is given too; choose one: remove [tls] for plaintext, \
+             or set insecure = false to use TLS"
+                .into(),
+        )),
+        (false, false) => Some((
+            "tls",
+            format!(
+                "no [tls] section: set tls.ca, tls.cert and tls.key (development certificates: \
+                 `scaleout certs init --dir certs`, then this {who}'s files from certs/), or \
+                 insecure = true for plaintext on a trusted network"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The message for a `tls.*` key that `[tls]` lacks; `stem` names the development file, e.g.
+/// `replica-N` or `worker-<uuid>`.
+pub(crate) fn tls_missing_message(key: &str, stem: &str) -> String {
+    let what = match key {
+        "tls.ca" => {
+            "the PEM file of the CA that issued the certificates (development: certs/ca.pem)"
+                .to_string()
+        }
+        "tls.cert" => {
+            format!("the PEM file of this process's certificate (development: certs/{stem}.pem)")
+        }
+        _ => format!(
+            "the PEM file of the private key of tls.cert (development: certs/{stem}-key.pem)"
+        ),
+    };
+    format!("is missing or empty in [tls]; set {key} to {what}; ca, cert and key are all required")
+}
+
+/// The config key a [`TlsError`] from loading the files is most specifically about.
+pub(crate) fn tls_error_key(error: &TlsError) -> &'static str {
+    let by_what = |what: &str| match what {
+        "ca" => "tls.ca",
+        "cert" => "tls.cert",
+        "key" => "tls.key",
+        _ => "tls",
+    };
+    match error {
+        TlsError::Read { what, .. }
+        | TlsError::NotPem { what, .. }
+        | TlsError::NoCertificate { what, .. }
+        | TlsError::Expired { what, .. }
+        | TlsError::NotYetValid { what, .. } => by_what(what),
+        TlsError::NoKey { .. } | TlsError::BadKey { .. } | TlsError::KeyMismatch { .. } => {
+            "tls.key"
+        }
+        TlsError::WrongCa { .. }
+        | TlsError::Rejected { .. }
+        | TlsError::NoRole { .. }
+        | TlsError::BadRole { .. } => "tls.cert",
+        _ => "tls",
+    }
+}
+
+/// Loads and checks the files of `[tls]`; an error as (key, message).
+pub(crate) fn load_tls_identity(paths: &TlsPaths) -> Result<TlsIdentity, (&'static str, String)> {
+    load_identity(&paths.ca, &paths.cert, &paths.key)
+        .map_err(|e| (tls_error_key(&e), e.to_string()))
+}
+
+/// `host:port` (or `[v6]:port`) with a numeric port; port 0 only when `allow_port_zero`.
+/// Checks `addr` is host:port with a dialable host (a name, IPv4, or bracketed IPv6) and a
+/// port; port 0 (an ephemeral port, for listeners) only when `allow_port_zero`.
+pub(crate) fn check_addr(addr: &str, allow_port_zero: bool) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. 127.0.0.1:7101 or replica-1.example.net:7101";
+    if addr.contains("://") {
+        return Err(format!(
+            "`{addr}` has a scheme; write only host:port, {EXAMPLE}"
+        ));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "`{addr}` is not host:port (the :port is missing), {EXAMPLE}"
+        ));
+    };
+    if host.is_empty() {
+        return Err(format!("`{addr}` has no host, {EXAMPLE}"));
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let ok = inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok());
+        if !ok {
+            return Err(format!(
+                "`{addr}`: `{host}` is not a bracketed IPv6 address like [::1]"
+            ));
+        }
+    } else if host.contains(':') {
+        return Err(format!(
+            "`{addr}`: write IPv6 addresses in brackets, e.g. [::1]:7101"
+        ));
+    } else if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        return Err(format!(
+            "`{addr}`: `{host}` is not a host name or IP address, {EXAMPLE}"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) if !allow_port_zero => Err(format!(
+            "`{addr}` has port 0; give the fixed port the others dial"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "`{addr}`: port `{port}` is not a number between 1 and 65535, {EXAMPLE}"
+        )),
+    }
+}
+
+/// Creates `dir` and checks a file can be written and removed in it.
+pub(crate) fn probe_dir(dir: &Path) -> Result<(), String> {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create directory {}: {e}; choose a directory this user can write",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(format!(
+        ".scaleout-write-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&probe, b"probe").map_err(|e| {
+        format!(
+            "directory {} is not writable: {e}; choose a directory this user can write",
+            dir.display()
+        )
+    })?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("cannot remove the probe file {}: {e}", probe.display()))
+}
