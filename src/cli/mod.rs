@@ -22,8 +22,8 @@ use crate::client::ClientError;
 use crate::telemetry::LogFormat;
 
 pub use client_args::{ClientArgs, ClientTlsArgs};
-pub use job::{job_json, state_name, JobSubmitArgs};
-pub use serve::shutdown_signal;
+pub use job::{state_name, JobSubmitArgs};
+use serve::shutdown_signal;
 
 #[derive(Parser)]
 #[command(
@@ -155,9 +155,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 }
 
 pub const EXIT_FAILED: u8 = 1;
-
 pub const EXIT_USAGE: u8 = 2;
-
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// An error with the exit code it maps to.
@@ -200,6 +198,7 @@ impl From<ClientError> for CliError {
     }
 }
 
+/// How a command prints: a table for people, JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
