@@ -71,6 +71,9 @@ pub struct CertsInitArgs {
 
 pub async fn master(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
     let config = MasterConfig::load(config_path, overrides).map_err(CliError::usage)?;
+    config
+        .prepare_data_dir(config_path)
+        .map_err(CliError::usage)?;
     crate::master::run(config, shutdown_signal())
         .await
         .map_err(|e| match e {

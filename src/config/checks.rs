@@ -128,6 +128,27 @@ pub(crate) fn check_addr(addr: &str, allow_port_zero: bool) -> Result<(), String
     }
 }
 
+/// Whether `dir` could be a directory, judged without writing: it is one, or the nearest part
+/// of its path that exists is a directory (creating the rest is left to the start-up step).
+pub(crate) fn check_dir_possible(dir: &Path) -> Result<(), String> {
+    let mut existing = Some(dir);
+    while let Some(path) = existing {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(format!(
+                    "cannot create directory {}: {} is not a directory; choose a directory \
+                     this user can write",
+                    dir.display(),
+                    path.display()
+                ))
+            }
+            Err(_) => existing = path.parent().filter(|p| !p.as_os_str().is_empty()),
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` and checks a file can be written and removed in it.
 pub(crate) fn probe_dir(dir: &Path) -> Result<(), String> {
     static PROBES: AtomicU64 = AtomicU64::new(0);

@@ -175,10 +175,29 @@ pub(super) fn build(
             message: format!("{message}{note}"),
         }
     })?;
-    if let Ok(absolute) = std::fs::canonicalize(&config.data_dir) {
-        config.data_dir = absolute;
-    }
+    config.data_dir = canonical_prefix(&config.data_dir);
     Ok(config)
+}
+
+/// `path` with its longest existing prefix resolved by the file system (symlinks, `..`) and the
+/// rest appended: the canonical path of a directory that may not exist yet, found without
+/// creating it.
+pub(super) fn canonical_prefix(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut existing = path;
+    loop {
+        if let Ok(resolved) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(resolved, |dir, part| dir.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            // Nothing of it exists (or it ends in `..` past what exists): leave it as it is.
+            _ => return path.to_path_buf(),
+        }
+    }
 }
 
 /// The file as written, before defaults are resolved.

@@ -115,7 +115,8 @@ mod ssisdb;
 mod tests;
 
 pub(crate) use checks::{
-    check_addr, load_tls_identity, probe_dir, tls_choice_error, tls_missing_message,
+    check_addr, check_dir_possible, load_tls_identity, probe_dir, tls_choice_error,
+    tls_missing_message,
 };
 pub use settings::{
     ApiSettings, ProposalSettings, RaftSettings, RetentionSettings, StorageSettings,
@@ -266,7 +267,7 @@ impl MasterConfig {
     }
 
     /// Checks the rules in the module documentation; loads the TLS identity (when `tls` is set)
-    /// and checks it is this replica's; creates `data_dir` and probes that it is writable.
+    /// and checks it is this replica's. Writes nothing (see [`MasterConfig::prepare_data_dir`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check().map_err(|(key, message)| ConfigError::Invalid {
             path: PathBuf::from("<in-memory config>"),
@@ -576,8 +577,20 @@ impl MasterConfig {
             }
         }
 
-        // Last: the only check with a side effect.
-        probe_dir(&self.data_dir).or_else(|e| bad("data_dir", e))
+        // Loading writes nothing: whether `data_dir` can be made and written is checked when
+        // a replica starts (`prepare_data_dir`); here only what can be seen without writing.
+        check_dir_possible(&self.data_dir).or_else(|e| bad("data_dir", e))
+    }
+
+    /// The start-up step of a replica: creates `data_dir` if missing and checks a file can be
+    /// written in it, so an unusable directory is a config error (exit 2) before anything runs.
+    /// `config_file` is named in the error.
+    pub fn prepare_data_dir(&self, config_file: &Path) -> Result<(), ConfigError> {
+        probe_dir(&self.data_dir).map_err(|message| ConfigError::Invalid {
+            path: config_file.to_path_buf(),
+            key: "data_dir".into(),
+            message,
+        })
     }
 }
 

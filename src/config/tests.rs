@@ -67,14 +67,15 @@ fn valid_file_parses_with_defaults() {
     assert_eq!(c.storage.cache_capacity_bytes(), 64 << 20);
     assert_eq!(c.api.max_message_bytes, 4 << 20);
     assert!(c.data_dir.is_absolute());
-    assert!(c.data_dir.is_dir());
+    assert!(!c.data_dir.exists(), "loading creates nothing");
     assert_eq!(
         c.data_dir,
         dir.path().canonicalize().unwrap().join("data/m2")
     );
-    // The probe file is gone.
-    assert_eq!(std::fs::read_dir(&c.data_dir).unwrap().count(), 0);
     c.validate().unwrap();
+    // The start-up step makes it, and its probe file is gone.
+    c.prepare_data_dir(Path::new("m2.toml")).unwrap();
+    assert_eq!(std::fs::read_dir(&c.data_dir).unwrap().count(), 0);
 }
 
 #[test]
@@ -366,6 +367,26 @@ fn unwritable_data_dir_names_path_and_os_error() {
         "{msg}"
     );
     assert!(msg.to_lowercase().contains("not a directory"), "{msg}");
+}
+
+/// `scaleout ssisdb check` and `data-dir adopt` load the config too: loading must not create
+/// the data dir; starting a replica does, and says when it cannot.
+#[test]
+fn loading_writes_nothing_and_the_start_up_step_makes_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse(dir.path(), VALID, &[]).unwrap();
+    assert!(!config.data_dir.exists(), "{}", config.data_dir.display());
+    config.prepare_data_dir(Path::new("m2.toml")).unwrap();
+    assert!(config.data_dir.is_dir());
+
+    // A data dir that cannot be made: named with the file and the key.
+    let blocker = write_file(dir.path(), "file", "x");
+    let mut config = config;
+    config.data_dir = blocker.join("m2");
+    let err = config.prepare_data_dir(Path::new("m2.toml")).unwrap_err();
+    assert_eq!(err.key(), Some("data_dir"), "{err}");
+    assert!(err.to_string().contains("m2.toml"), "{err}");
+    assert!(err.to_string().contains("m2"), "{err}");
 }
 
 #[test]
@@ -745,7 +766,10 @@ fn env_and_set_overrides_apply_in_precedence_order() {
     let c = load_with_env(&file, &[], env(&[])).unwrap();
     assert_eq!(c.raft.heartbeat_interval_ms, 110, "env beats the file");
     assert_eq!(c.proposals.max_batch, 64);
-    assert_eq!(c.data_dir, abs.canonicalize().unwrap());
+    assert_eq!(
+        c.data_dir,
+        dir.path().canonicalize().unwrap().join("elsewhere")
+    );
     assert_eq!(c.me().api, "localhost:7302");
     assert_eq!(
         c.api_listen, "localhost:7302",
@@ -849,7 +873,7 @@ fn relative_data_dir_resolves_against_the_config_directory() {
         c.data_dir,
         dir.path().canonicalize().unwrap().join("var/m2")
     );
-    assert!(c.data_dir.is_dir());
+    assert!(!c.data_dir.exists(), "loading creates nothing");
 }
 
 /// The schema used for key checks and overrides lists exactly the structs' fields.
