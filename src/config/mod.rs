@@ -34,7 +34,7 @@
 //! | key | meaning |
 //! |-----|---------|
 //! | `id` | This replica's Raft node id, a non-negative integer; one of the `members` ids. |
-//! | `data_dir` | Directory for the Raft log, vote and state machine. Created if missing; must be writable. A relative path in the file is relative to the **config file's directory**; a relative path given by env or `--set` is relative to the current directory. |
+//! | `data_dir` | Directory for the Raft log, vote and state machine. Created when the replica starts, if missing (loading the config, as `scaleout ssisdb check` does, creates nothing); must be writable. A relative path in the file is relative to the **config file's directory**; a relative path given by env or `--set` is relative to the current directory. |
 //! | `insecure` | (default: `false`) Serve and dial plaintext gRPC without authentication, on a trusted network only. Exactly one of `insecure = true` and `[tls]` must be given. |
 //! | `tls.ca` | PEM file of the CA that issued every scaleout certificate; the only CA trusted for peers. |
 //! | `tls.cert` | PEM file of this replica's certificate (chain), which must carry the URI SAN `scaleout://replica/<id>` of this `id`. |
