@@ -230,15 +230,16 @@ fn cluster_lines(status: &ClusterStatusResponse) -> Vec<String> {
 
 /// The replicas as a table, then one line per unreachable replica saying why (errors are long
 /// and rare: under the table rather than in a column): `status` and `cluster status` both show
-/// this, `cluster status` with each replica's peer address too.
-pub fn replica_table(status: &ClusterStatusResponse, with_peer: bool) -> Vec<String> {
+/// this; `cluster status` (`full`) with each replica's peer address too and its errors whole,
+/// since it is where a person diagnoses an unreachable replica.
+pub fn replica_table(status: &ClusterStatusResponse, full: bool) -> Vec<String> {
     let known = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
     let rows: Vec<Vec<String>> = status
         .replicas
         .iter()
         .map(|r| {
             let mut row = vec![r.id.to_string(), r.api_addr.clone()];
-            if with_peer {
+            if full {
                 row.push(r.peer_addr.clone());
             }
             row.extend([
@@ -257,7 +258,7 @@ pub fn replica_table(status: &ClusterStatusResponse, with_peer: bool) -> Vec<Str
         })
         .collect();
     let mut header = vec!["REPLICA", "API"];
-    if with_peer {
+    if full {
         header.push("PEER");
     }
     header.extend(["ROLE", "REACHABLE", "TERM", "COMMIT", "APPLIED", "LAG"]);
@@ -268,10 +269,12 @@ pub fn replica_table(status: &ClusterStatusResponse, with_peer: bool) -> Vec<Str
         } else {
             &r.error
         };
-        truncate(
-            &format!("replica {} unreachable: {why}", r.id),
-            MAX_ERROR_LINE_CHARS,
-        )
+        let line = format!("replica {} unreachable: {why}", r.id);
+        if full {
+            line
+        } else {
+            truncate(&line, MAX_ERROR_LINE_CHARS)
+        }
     }));
     lines
 }
@@ -466,9 +469,8 @@ pub fn format_age(now_ms: u64, at_ms: u64) -> String {
 
 /// `2025-06-01 12:00:03 UTC`: UTC, because that is what every replica's log shows.
 pub fn format_utc(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(at) => format!(
+    match crate::wall_time::utc(ms) {
+        Some(at) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
             at.year(),
             u8::from(at.month()),
@@ -477,7 +479,7 @@ pub fn format_utc(ms: u64) -> String {
             at.minute(),
             at.second()
         ),
-        Err(_) => format!("{ms} ms after the Unix epoch"),
+        None => format!("{ms} ms after the Unix epoch"),
     }
 }
 

@@ -138,7 +138,6 @@ fn ssisdb_settings(
     Ok(config.ssisdb)
 }
 
-/// `scaleout ssisdb check`: exit 0 when everything is in place, 1 (with what to fix) otherwise.
 /// `scaleout data-dir adopt`: a restored copy becomes this replica's own (see
 /// [`crate::raft::adopt_restored_copy`]).
 pub fn data_dir_adopt(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
@@ -154,6 +153,7 @@ pub fn data_dir_adopt(config_path: &Path, overrides: &[String]) -> Result<(), Cl
     Ok(())
 }
 
+/// `scaleout ssisdb check`: exit 0 when everything is in place, 1 (with what to fix) otherwise.
 pub async fn ssisdb_check(config_path: &Path, overrides: &[String]) -> Result<(), CliError> {
     let settings = ssisdb_settings(config_path, overrides)?;
     let report = crate::ssisdb::check(&settings).await;

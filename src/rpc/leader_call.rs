@@ -22,12 +22,14 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::backoff::Backoff;
-use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason};
+use super::contract::{describe, is_retryable_elsewhere, redirect_address};
 use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Redirects one call follows before it counts as a failure (leaders changing under it).
 const MAX_REDIRECT_HOPS: usize = 16;
+/// How much longer than its request's own timeout an attempt may take before it is abandoned.
+const ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -41,16 +43,6 @@ pub enum CallError {
     /// A replica answered with an error that retrying will not fix.
     #[error("{}: {}", .0.code(), .0.message())]
     Rejected(Status),
-}
-
-impl CallError {
-    /// The reason a replica gave for its refusal, if it gave one.
-    pub fn reason(&self) -> Option<Reason> {
-        match self {
-            CallError::Rejected(status) => Reason::of(status),
-            CallError::Unavailable { .. } => None,
-        }
-    }
 }
 
 /// A list of endpoints that cannot be dialled.
@@ -168,12 +160,15 @@ impl Replicas {
         Ok(channel)
     }
 
-    /// Runs `op` once on `addr`, bounded by `timeout` even while the connection is being made
-    /// (the request's own timeout, which `op` sets, travels to the server).
+    /// Runs `op` once on `addr` with `timeout` for its request (which travels to the server),
+    /// bounded also while the connection is being made: by `timeout` plus a short grace, so
+    /// that `op` normally sees its own request's DEADLINE_EXCEEDED (a caller may need to know
+    /// the outcome is unknown), but never past `remaining`, the caller's whole deadline.
     async fn attempt<T, F, Fut>(
         &self,
         addr: &str,
         timeout: Duration,
+        remaining: Duration,
         op: &mut F,
     ) -> Result<T, Status>
     where
@@ -181,7 +176,8 @@ impl Replicas {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let channel = self.channel(addr)?;
-        match tokio::time::timeout(timeout, op(channel, timeout)).await {
+        let bound = (timeout + ANSWER_GRACE).min(remaining);
+        match tokio::time::timeout(bound, op(channel, timeout)).await {
             Ok(outcome) => outcome.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer within {timeout:?}"
@@ -216,7 +212,7 @@ impl Replicas {
                 });
             }
             let status = match self
-                .attempt(&target, remaining.min(per_call), &mut op)
+                .attempt(&target, remaining.min(per_call), remaining, &mut op)
                 .await
             {
                 Ok(reply) => {
@@ -277,7 +273,7 @@ impl Replicas {
                     });
                 }
                 let outcome = self
-                    .attempt(endpoint, remaining.min(per_call), &mut op)
+                    .attempt(endpoint, remaining.min(per_call), remaining, &mut op)
                     .await;
                 match outcome.map_err(classify) {
                     Ok(reply) => return Ok(reply),

@@ -57,7 +57,10 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Most events one prune releases: bounds the entry's apply (its rows are removed in one batch).
 pub const PRUNE_BATCH: u64 = 10_000;
+/// Retries after a failed batch, never longer than the cap (the jitter stays under it).
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+/// A replica heartbeat that met a lock conflict tries again within this.
+const LOCK_RETRY: Duration = Duration::from_millis(200);
 /// How often the outbox lag is logged (debug).
 const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -201,12 +204,12 @@ pub async fn run(
                 if shipper.status.set_error(Some(e.to_string())) {
                     info!(replica = replica_id, term, error = %e, "stopped shipping to SSISDB");
                 }
-                tokio::time::sleep(shipper.pauses.next_jittered()).await;
+                tokio::time::sleep(shipper.pauses.next_jittered().min(BACKOFF.max)).await;
             }
             Err(e) => {
                 shipper.client = None;
                 shipper.status.ship_errors.fetch_add(1, Ordering::Relaxed);
-                let wait = shipper.pauses.next_jittered();
+                let wait = shipper.pauses.next_jittered().min(BACKOFF.max);
                 if shipper.status.set_error(Some(e.to_string())) {
                     warn!(replica = replica_id, error = %e, retry_in_ms = wait.as_millis() as u64, outbox_lag = lag,
                         "SSISDB shipping failed; dispatch goes on, events wait in the outbox");
@@ -1054,7 +1057,7 @@ async fn heartbeat(
                 tokio::time::sleep(jitter(HEARTBEAT_EVERY).min(HEARTBEAT_EVERY)).await;
             }
             Err(e) if e.is_lock_conflict() => {
-                tokio::time::sleep(jitter(Duration::from_millis(200))).await;
+                tokio::time::sleep(jitter(LOCK_RETRY).min(LOCK_RETRY)).await;
             }
             Err(e) => {
                 client = None;
