@@ -224,7 +224,8 @@ pub enum ConfigError {
     },
 }
 
-fn origin_note(origin: &Option<String>) -> String {
+/// " (set by ENV or --set …)" after a key that did not come from the file.
+pub(crate) fn origin_note(origin: &Option<String>) -> String {
     match origin {
         Some(origin) => format!(" (set by {origin})"),
         None => String::new(),

@@ -192,6 +192,22 @@ pub(super) struct FinishedJobV1 {
     logs: LogCounts,
 }
 
+#[cfg(test)]
+impl FinishedJobV1 {
+    /// What an earlier build stored for `kept` (everything but `last_event`).
+    pub(super) fn of(kept: &FinishedJob) -> FinishedJobV1 {
+        FinishedJobV1 {
+            id: kept.id,
+            state: kept.state,
+            finished_at_ms: kept.finished_at_ms,
+            idempotency_key: kept.idempotency_key.clone(),
+            spec_digest: kept.spec_digest,
+            attempts: kept.attempts.clone(),
+            logs: kept.logs,
+        }
+    }
+}
+
 impl From<FinishedJobV1> for FinishedJob {
     fn from(old: FinishedJobV1) -> FinishedJob {
         FinishedJob {
@@ -263,15 +279,7 @@ pub(super) mod tests {
         );
 
         let kept = FinishedJob::of(&Job::from(old_job(7)), 42);
-        let old_kept = (
-            kept.id,
-            kept.state,
-            kept.finished_at_ms,
-            kept.idempotency_key.clone(),
-            kept.spec_digest,
-            kept.attempts.clone(),
-            kept.logs,
-        );
+        let old_kept = FinishedJobV1::of(&kept);
         let read = decode_finished(&encode(&old_kept).unwrap(), "finished job 7").unwrap();
         assert_eq!(
             read,

@@ -648,15 +648,7 @@ mod tests {
         };
         let finished = job(6, JobState::Succeeded);
         let kept = FinishedJob::of(&finished, UNKNOWN_LAST_EVENT);
-        let old_kept = (
-            kept.id,
-            kept.state,
-            kept.finished_at_ms,
-            kept.idempotency_key.clone(),
-            kept.spec_digest,
-            kept.attempts.clone(),
-            kept.logs,
-        );
+        let old_kept = FinishedJobV1::of(&kept);
         let records = [
             (TAG_JOB, encode(&job(5, JobState::Queued)).expect("encode")),
             (TAG_JOB, encode(&finished).expect("encode")),

@@ -25,8 +25,8 @@ impl Backoff {
     /// The pauses, one per failure: `start`, twice that, ... capped at `max`.
     pub fn pauses(self) -> Pauses {
         Pauses {
+            backoff: self,
             next: self.start,
-            max: self.max,
         }
     }
 }
@@ -34,21 +34,21 @@ impl Backoff {
 /// See [`Backoff::pauses`].
 #[derive(Debug, Clone)]
 pub struct Pauses {
+    backoff: Backoff,
     next: Duration,
-    max: Duration,
 }
 
 impl Pauses {
     /// The next pause, jittered; the one after it is twice as long (up to the cap).
     pub fn next_jittered(&mut self) -> Duration {
         let pause = jitter(self.next);
-        self.next = (self.next * 2).min(self.max);
+        self.next = (self.next * 2).min(self.backoff.max);
         pause
     }
 
     /// Starts over from the first pause (after a success).
-    pub fn reset(&mut self, backoff: Backoff) {
-        self.next = backoff.start;
+    pub fn reset(&mut self) {
+        self.next = self.backoff.start;
     }
 }
 
@@ -68,7 +68,7 @@ mod tests {
                 "{pause:?} for {base_ms} ms"
             );
         }
-        pauses.reset(backoff);
+        pauses.reset();
         assert!(pauses.next_jittered() < Duration::from_millis(150));
     }
 }

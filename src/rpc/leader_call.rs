@@ -410,6 +410,38 @@ mod tests {
         assert_eq!(replicas.first_target().0, endpoints[2]);
     }
 
+    /// A call that times out itself is not cut off first: it sees its own DEADLINE_EXCEEDED
+    /// (the client's `remove_worker` learns from it that the outcome is unknown).
+    #[tokio::test]
+    async fn a_call_gets_to_see_its_own_timeout() {
+        let replicas = Replicas::new(&[free_address()], Security::Insecure, BACKOFF).unwrap();
+        let own_timeouts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = own_timeouts.clone();
+        let result: Result<(), CallError> = replicas
+            .on_leader(
+                Duration::from_millis(100),
+                Duration::from_millis(600),
+                move |_channel, timeout| {
+                    let seen = seen.clone();
+                    async move {
+                        // What a request whose own timeout fired answers, a moment late.
+                        tokio::time::sleep(timeout + Duration::from_millis(50)).await;
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        Err(Status::deadline_exceeded("the request's own timeout"))
+                    }
+                },
+            )
+            .await;
+        assert!(
+            matches!(result, Err(CallError::Unavailable { .. })),
+            "{result:?}"
+        );
+        assert!(
+            own_timeouts.load(Ordering::Relaxed) > 0,
+            "every attempt was cut off"
+        );
+    }
+
     /// Stale reads and status: every endpoint in turn, no redirects, until one answers.
     #[tokio::test]
     async fn any_replica_call_gives_up_by_the_deadline_when_none_answers() {

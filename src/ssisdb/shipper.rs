@@ -145,7 +145,7 @@ pub async fn run(
         if term != shipping_term {
             // A new term of office starts without the last one's backoff.
             shipping_term = term;
-            shipper.pauses.reset(BACKOFF);
+            shipper.pauses.reset();
         }
         let leader = term.is_some();
         let lag = read_queue(&readers.queue, |q| q.outbox_len() as u64);
@@ -388,7 +388,7 @@ impl Shipper {
         if self.status.set_error(None) {
             info!(replica = self.replica_id, %addr, "SSISDB shipping recovered");
         }
-        self.pauses.reset(BACKOFF);
+        self.pauses.reset();
         debug!(
             replica = self.replica_id,
             events = n,

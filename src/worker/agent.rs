@@ -391,7 +391,7 @@ impl Agent {
         loop {
             if !lock(&self.state).registered {
                 match self.register().await {
-                    Ok(()) => pauses.reset(RETRY),
+                    Ok(()) => pauses.reset(),
                     Err(()) => {
                         tokio::time::sleep(pauses.next_jittered()).await;
                         continue;
@@ -655,7 +655,7 @@ impl Agent {
                 .await;
             match result {
                 Ok(reply) => {
-                    pauses.reset(RETRY);
+                    pauses.reset();
                     request_id = uuid::Uuid::new_v4().to_string();
                     id_saved = false;
                     self.note_reachable(true, None);
@@ -1094,7 +1094,7 @@ impl Agent {
                     .await
                     .flatten();
                 let Some((seq, entry)) = front else {
-                    pauses.reset(RETRY);
+                    pauses.reset();
                     break;
                 };
                 let key = (entry.job_id(), entry.lease_token());

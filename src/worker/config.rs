@@ -65,7 +65,7 @@ use toml::{Table, Value};
 use uuid::Uuid;
 
 use crate::config::{
-    check_addr, load_tls_identity, probe_dir, tls_choice_error, tls_missing_message,
+    check_addr, load_tls_identity, origin_note, probe_dir, tls_choice_error, tls_missing_message,
 };
 use crate::tls::{Role, TlsPaths};
 
@@ -289,13 +289,6 @@ impl WorkerConfigError {
             }
             _ => None,
         }
-    }
-}
-
-fn origin_note(origin: &Option<String>) -> String {
-    match origin {
-        Some(origin) => format!(" (set by {origin})"),
-        None => String::new(),
     }
 }
 
