@@ -315,13 +315,14 @@ fn sample_peaks(
     })
 }
 
-/// Stops a follower, submits (jobs that stay queued) until the leader has built two snapshots
-/// past the follower's last applied entry, restarts it and waits until it has applied what the
-/// leader had: the follower must catch up by a snapshot. Reports how long that took and how far
-/// each side's resident memory rose above its level before the follower was stopped.
 /// Samples of resident memory taken, half a second apart, once a follower has caught up.
 const SETTLE_SAMPLES: usize = 10;
 
+/// Stops a follower, submits (jobs that stay queued) until the leader has built two snapshots
+/// past the follower's last applied entry, restarts it and waits until it has applied what the
+/// leader had: the follower must catch up by a snapshot. Reports how long that took, how far
+/// each side's resident memory rose above its level before the follower was stopped, and the
+/// level each settled at once caught up.
 async fn catch_up(
     cluster: &mut LocalCluster,
     client: &Arc<Client>,

@@ -128,25 +128,24 @@ pub(crate) fn check_addr(addr: &str, allow_port_zero: bool) -> Result<(), String
     }
 }
 
+/// The nearest part of `path` (itself, or its longest leading part) that exists.
+pub(super) fn existing_part(path: &Path) -> Option<&Path> {
+    path.ancestors()
+        .find(|part| !part.as_os_str().is_empty() && part.exists())
+}
+
 /// Whether `dir` could be a directory, judged without writing: it is one, or the nearest part
 /// of its path that exists is a directory (creating the rest is left to the start-up step).
 pub(crate) fn check_dir_possible(dir: &Path) -> Result<(), String> {
-    let mut existing = Some(dir);
-    while let Some(path) = existing {
-        match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => return Ok(()),
-            Ok(_) => {
-                return Err(format!(
-                    "cannot create directory {}: {} is not a directory; choose a directory \
-                     this user can write",
-                    dir.display(),
-                    path.display()
-                ))
-            }
-            Err(_) => existing = path.parent().filter(|p| !p.as_os_str().is_empty()),
-        }
+    match existing_part(dir) {
+        Some(part) if !part.is_dir() => Err(format!(
+            "cannot create directory {}: {} is not a directory; choose a directory this user \
+             can write",
+            dir.display(),
+            part.display()
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Creates `dir` and checks a file can be written and removed in it.

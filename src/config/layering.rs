@@ -181,22 +181,15 @@ pub(super) fn build(
 
 /// `path` with its longest existing prefix resolved by the file system (symlinks, `..`) and the
 /// rest appended: the canonical path of a directory that may not exist yet, found without
-/// creating it.
+/// creating it. Left as it is when nothing of it exists.
 pub(super) fn canonical_prefix(path: &Path) -> PathBuf {
-    let mut rest = Vec::new();
-    let mut existing = path;
-    loop {
-        if let Ok(resolved) = std::fs::canonicalize(existing) {
-            return rest.iter().rev().fold(resolved, |dir, part| dir.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            // Nothing of it exists (or it ends in `..` past what exists): leave it as it is.
-            _ => return path.to_path_buf(),
-        }
+    let Some(part) = super::checks::existing_part(path) else {
+        return path.to_path_buf();
+    };
+    match (std::fs::canonicalize(part), path.strip_prefix(part)) {
+        (Ok(resolved), Ok(rest)) if rest.as_os_str().is_empty() => resolved,
+        (Ok(resolved), Ok(rest)) => resolved.join(rest),
+        _ => path.to_path_buf(),
     }
 }
 
