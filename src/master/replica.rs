@@ -302,7 +302,6 @@ pub async fn run(
                 raft.clone(),
                 proposer.clone(),
                 queue.clone(),
-                job_reader.clone(),
                 config.workers.clone(),
             ))
             .max_decoding_message_size(max_bytes)

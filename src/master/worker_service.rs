@@ -22,10 +22,8 @@ use crate::pb::{
     lease_from_pb, log_line_from_pb, outcome_from_pb, percent_x10, worker_id_from_pb,
     worker_info_from_pb,
 };
-use crate::queue::{
-    Command, CommandOutput, CommandResult, LeaseRef, LogLevel, LogLine, QueueError,
-};
-use crate::raft::{JobReader, Raft, SharedQueue};
+use crate::queue::{Command, CommandOutput, CommandResult, LeaseRef, QueueError};
+use crate::raft::{Raft, SharedQueue};
 use crate::rpc::contract::{from_queue_error, not_leader, with_reason};
 use crate::rpc::Reason;
 
@@ -40,8 +38,6 @@ pub struct WorkerApi {
     raft: Raft,
     proposer: Proposer,
     queue: SharedQueue,
-    /// Jobs as stored, finished ones too (a retried completion reads its own attempt).
-    jobs: JobReader,
     settings: WorkerSettings,
 }
 
@@ -76,14 +72,12 @@ impl WorkerApi {
         raft: Raft,
         proposer: Proposer,
         queue: SharedQueue,
-        jobs: JobReader,
         settings: WorkerSettings,
     ) -> Self {
         WorkerApi {
             raft,
             proposer,
             queue,
-            jobs,
             settings,
         }
     }
@@ -134,30 +128,6 @@ impl WorkerApi {
                 .cloned()
         });
         Err(not_leader(leader, node.as_ref()))
-    }
-
-    /// Whether this worker's attempt under this lease already ended with this very report.
-    /// Read right after the refusal was applied, so the state includes any earlier completion.
-    fn already_applied(
-        &self,
-        worker: crate::queue::WorkerId,
-        lease: LeaseRef,
-        outcome: crate::queue::AttemptOutcome,
-        exit_code: Option<i32>,
-    ) -> bool {
-        // A store read error reads as "not applied": the worker is told its lease is lost, which
-        // is true either way (the lease is not current).
-        self.jobs.job(lease.job_id).is_ok_and(|job| {
-            job.attempt_with(worker, lease.token)
-                .is_some_and(|attempt| {
-                    attempt.outcome == Some(outcome) && attempt.exit_code == exit_code
-                })
-        })
-    }
-
-    fn job_state(&self, job_id: crate::queue::JobId) -> Option<crate::queue::JobState> {
-        let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
-        queue.job_state(job_id)
     }
 
     fn has_eligible_task(
@@ -427,34 +397,14 @@ impl WorkerService for WorkerApi {
                     job_state: crate::pb::v1::JobState::from(state) as i32,
                 }))
             }
-            Err(QueueError::LeaseLost { .. })
-                if self.already_applied(worker, lease, outcome, request.exit_code) =>
-            {
+            Ok(CommandOutput::CompletedBefore { state }) => {
                 // The same report arrived before (its answer was lost with a dying leader).
-                let state = self.job_state(lease.job_id);
                 Ok(Response::new(CompleteTaskResponse {
-                    job_state: state.map_or(0, |s| crate::pb::v1::JobState::from(s) as i32),
+                    job_state: crate::pb::v1::JobState::from(state) as i32,
                 }))
             }
-            Err(QueueError::LeaseLost { .. }) => {
-                // Recorded, never applied: the task's history shows what the late worker said.
-                let text = format!(
-                    "late result from worker {worker} (lease {}): {outcome:?}, exit code {:?}, {}",
-                    lease.token, request.exit_code, request.error
-                );
-                let line = LogLine {
-                    at_ms: self.proposer.now_ms(),
-                    level: LogLevel::Warning,
-                    text,
-                };
-                let _ = self
-                    .propose(Command::AppendLogs {
-                        worker,
-                        lease,
-                        lines: vec![line],
-                    })
-                    .await;
-                info!(job_id = lease.job_id, lease = lease.token, %worker, "stale completion refused");
+            Ok(CommandOutput::CompletedLate) => {
+                info!(job_id = lease.job_id, lease = lease.token, %worker, ?outcome, "late completion recorded, not applied");
                 Err(lease_lost(
                     &lease,
                     "the result was recorded as late and not applied",

@@ -173,6 +173,15 @@ pub enum CommandOutput {
         /// The job's state after the attempt ended (queued again when it will be retried).
         state: JobState,
     },
+    /// The same completion arrived again (its answer was lost, e.g. with a dying leader): the
+    /// attempt already ended with this outcome and exit code. Nothing changed.
+    CompletedBefore {
+        /// The job's state now.
+        state: JobState,
+    },
+    /// The completion came after its attempt had ended otherwise (the lease expired, or the
+    /// job was cancelled): not applied, but kept in the job's log as a late warning line.
+    CompletedLate,
     /// Jobs whose lease expired, in expiry order.
     Expired {
         jobs: Vec<JobId>,

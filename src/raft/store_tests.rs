@@ -328,15 +328,30 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
                     error: String::new(),
                 },
                 log_lines(1, 1, 1, 1),
+                Command::CompleteTask {
+                    worker: worker(1),
+                    lease: LeaseRef {
+                        job_id: 3,
+                        token: 2,
+                    },
+                    outcome: AttemptOutcome::Succeeded,
+                    exit_code: Some(0),
+                    error: String::new(),
+                },
             ],
         )])
         .await
         .unwrap();
+    // Fenced: another verdict is recorded as a late result, not applied; the one it ended
+    // with, sent again, is known for what it is (how the attempt ended survived the reopen).
     assert!(matches!(
         outcomes[0].results[0],
-        Err(crate::queue::QueueError::LeaseLost {
-            job_id: 3,
-            token: 2
+        Ok(CommandOutput::CompletedLate)
+    ));
+    assert!(matches!(
+        outcomes[0].results[2],
+        Ok(CommandOutput::CompletedBefore {
+            state: JobState::Succeeded
         })
     ));
     let lines = sm.log_reader().job_logs(1, 0, 0).unwrap();

@@ -9,8 +9,8 @@ use crate::queue::attempt::{truncate_utf8, MAX_ATTEMPT_ERROR_BYTES, MAX_LEASE_MS
 use crate::queue::dispatch::{worker_capacity, LoadLimits};
 use crate::queue::worker::Grant;
 use crate::queue::{
-    Assignment, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState, LeaseRef,
-    LeaseStatus, QueueError, WorkerId,
+    Assignment, AttemptEnd, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState,
+    LeaseRef, LeaseStatus, LogLevel, LogLine, QueueError, WorkerId,
 };
 
 /// Longest request id an AcquireTasks may carry.
@@ -148,8 +148,11 @@ impl QueueState {
     }
 
     /// The worker's verdict on its attempt. Only the current lease's holder may give it, once:
-    /// the lease is cleared here, so a second complete (or one from a superseded attempt) is
-    /// `LeaseLost` and changes nothing.
+    /// the lease is cleared here. A verdict on an attempt that already ended is answered here
+    /// too, in the same entry: the same verdict again (its answer was lost) is
+    /// `CompletedBefore` and changes nothing; another one (the lease had expired, the job was
+    /// cancelled) is `CompletedLate`, kept as a late warning line in the job's log and not
+    /// applied. A token this worker never held for the job is `LeaseLost`.
     pub(super) fn complete(
         &mut self,
         worker: WorkerId,
@@ -166,21 +169,52 @@ impl QueueState {
                     .into(),
             ));
         }
-        let job = match self.jobs.get(&lease.job_id) {
-            Some(job) => job,
-            None if self.finished_jobs.contains_key(&lease.job_id) => {
-                return Err(QueueError::LeaseLost {
-                    job_id: lease.job_id,
-                    token: lease.token,
-                })
-            }
-            None => return Err(QueueError::JobNotFound(lease.job_id)),
+        let lease_lost = QueueError::LeaseLost {
+            job_id: lease.job_id,
+            token: lease.token,
         };
-        if !job.holds_lease(worker, lease.token) {
-            return Err(QueueError::LeaseLost {
-                job_id: lease.job_id,
-                token: lease.token,
-            });
+        // An attempt this worker once ran under this token that is no longer current: its
+        // number, how it ended, the job's state and log counters.
+        let ended = match self.jobs.get(&lease.job_id) {
+            Some(job) if job.holds_lease(worker, lease.token) => None,
+            Some(job) => {
+                let attempt = job.attempt_with(worker, lease.token).ok_or(lease_lost)?;
+                let end = AttemptEnd {
+                    outcome: attempt.outcome,
+                    exit_code: attempt.exit_code,
+                };
+                Some((attempt.number, Some(end), job.state, job.log_counts()))
+            }
+            None => {
+                let job = self
+                    .finished_jobs
+                    .get(&lease.job_id)
+                    .ok_or(QueueError::JobNotFound(lease.job_id))?;
+                let number = job.attempt_with(worker, lease.token).ok_or(lease_lost)?;
+                Some((number, job.attempt_end(number), job.state, job.logs))
+            }
+        };
+        if let Some((number, end, state, counts)) = ended {
+            let reported = AttemptEnd {
+                outcome: Some(outcome),
+                exit_code,
+            };
+            if end == Some(reported) {
+                return Ok(CommandOutput::CompletedBefore { state });
+            }
+            // Not applied, but what the worker said stays in the task's history. (An attempt
+            // of a job kept by an earlier build has no recorded end: taken as late.)
+            let line = LogLine {
+                at_ms: now_ms,
+                level: LogLevel::Warning,
+                text: format!(
+                    "late result from worker {worker} (lease {}): {outcome:?}, exit code \
+                     {exit_code:?}, {error}",
+                    lease.token
+                ),
+            };
+            self.append_lines(lease.job_id, number, true, counts, vec![line]);
+            return Ok(CommandOutput::CompletedLate);
         }
         let error = truncate_utf8(error, MAX_ATTEMPT_ERROR_BYTES);
         let state = self

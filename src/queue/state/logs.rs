@@ -26,7 +26,7 @@ impl QueueState {
         };
         // A finished job still takes the late lines of a lease it once granted (see
         // `finished.rs`): its kept record has the tokens and the counters.
-        let (attempt, late, mut counts) = match self.jobs.get(&lease.job_id) {
+        let (attempt, late, counts) = match self.jobs.get(&lease.job_id) {
             Some(job) => (
                 job.attempt_with(worker, lease.token)
                     .ok_or(lease_lost)?
@@ -55,34 +55,48 @@ impl QueueState {
             self.log_batches.insert(key, batch);
             self.changes.log_batches.insert(key);
         }
-        if !lines.is_empty() {
-            let notice = MAX_LOG_LINES_PER_JOB + 1;
-            let had_notice = counts.lines >= notice;
-            let first = self.changes.log_lines.len();
-            append(
-                &mut self.changes.log_lines,
-                lease.job_id,
-                &mut counts,
-                attempt,
-                late,
-                lines,
-            );
-            self.set_log_counts(lease.job_id, counts);
-            let written: Vec<u64> = self.changes.log_lines[first..]
-                .iter()
-                .map(|line| line.sequence)
-                .collect();
-            for sequence in written {
-                // The truncation notice is rewritten in place; it is one event, its first.
-                if sequence != notice || !had_notice {
-                    self.record(EventKind::LogLine {
-                        job: lease.job_id,
-                        sequence,
-                    });
-                }
+        self.append_lines(lease.job_id, attempt, late, counts, lines);
+        Ok(CommandOutput::LogsAppended { late })
+    }
+
+    /// Stores `lines` of attempt number `attempt` of job `job_id` (live or finished), whose
+    /// counters are `counts`, flagged `late` or not, with an outbox event each.
+    pub(super) fn append_lines(
+        &mut self,
+        job_id: JobId,
+        attempt: u32,
+        late: bool,
+        mut counts: LogCounts,
+        lines: Vec<LogLine>,
+    ) {
+        if lines.is_empty() {
+            return;
+        }
+        let notice = MAX_LOG_LINES_PER_JOB + 1;
+        let had_notice = counts.lines >= notice;
+        let first = self.changes.log_lines.len();
+        append(
+            &mut self.changes.log_lines,
+            job_id,
+            &mut counts,
+            attempt,
+            late,
+            lines,
+        );
+        self.set_log_counts(job_id, counts);
+        let written: Vec<u64> = self.changes.log_lines[first..]
+            .iter()
+            .map(|line| line.sequence)
+            .collect();
+        for sequence in written {
+            // The truncation notice is rewritten in place; it is one event, its first.
+            if sequence != notice || !had_notice {
+                self.record(EventKind::LogLine {
+                    job: job_id,
+                    sequence,
+                });
             }
         }
-        Ok(CommandOutput::LogsAppended { late })
     }
 
     /// Stores a job's log counters, live or finished (and in its archived row, if still held).

@@ -437,6 +437,34 @@ proptest! {
                     prop_assert!(*outcome != AttemptOutcome::Expired);
                     let held = before.job(lease.job_id).is_some_and(|j| j.holds_lease(*worker, lease.token));
                     prop_assert!(!held, "a current lease was refused");
+                    // Refused outright only when this worker never ran the job under this token.
+                    let ran = before.job(lease.job_id).is_some_and(|j| j.attempt_with(*worker, lease.token).is_some());
+                    prop_assert!(!ran, "a late completion was refused instead of recorded");
+                }
+                (Command::CompleteTask { worker, lease, outcome, exit_code, .. }, Ok(CommandOutput::CompletedBefore { state })) => {
+                    // The same verdict again: the attempt ended with it, and nothing changes.
+                    if let Some(job) = before.job(lease.job_id) {
+                        prop_assert!(!job.holds_lease(*worker, lease.token));
+                        let attempt = job.attempt_with(*worker, lease.token).expect("its attempt");
+                        prop_assert_eq!((attempt.outcome, attempt.exit_code), (Some(*outcome), *exit_code));
+                        prop_assert_eq!(job.state, *state);
+                    }
+                    prop_assert_eq!(sim.state.job(lease.job_id), before.job(lease.job_id));
+                }
+                (Command::CompleteTask { worker, lease, outcome, exit_code, .. }, Ok(CommandOutput::CompletedLate)) => {
+                    // Another verdict on an attempt that ended: kept as one late line, not applied.
+                    if let Some(job) = before.job(lease.job_id) {
+                        prop_assert!(!job.holds_lease(*worker, lease.token));
+                        let attempt = job.attempt_with(*worker, lease.token).expect("its attempt");
+                        prop_assert!((attempt.outcome, attempt.exit_code) != (Some(*outcome), *exit_code));
+                        let after = sim.state.job(lease.job_id).expect("job");
+                        prop_assert_eq!(after.state, job.state);
+                        prop_assert_eq!(&after.attempts, &job.attempts);
+                        prop_assert_eq!(
+                            after.log_lines + after.log_lines_dropped,
+                            job.log_lines + job.log_lines_dropped + 1
+                        );
+                    }
                 }
                 (Command::RenewLeases { worker, leases, .. }, Ok(CommandOutput::Renewed { leases: statuses })) => {
                     prop_assert_eq!(leases.len(), statuses.len());

@@ -60,12 +60,43 @@ fn submit_acquire_renew_complete() {
     assert_eq!(sim.state.live_leases(), 0);
     assert_eq!(sim.state.next_lease_expiry(), None);
 
-    // A task completes at most once.
+    // A task completes at most once: the same verdict again (its answer was lost) is answered
+    // as applied before and changes nothing; another verdict is kept as a late line, not
+    // applied; a token the worker never held is refused.
+    let before = sim.state.clone();
     assert_eq!(
         sim.complete(w, lease_of(task), AttemptOutcome::Succeeded),
+        Ok(CommandOutput::CompletedBefore {
+            state: JobState::Succeeded
+        })
+    );
+    assert_eq!(sim.state, before);
+    assert_eq!(
+        sim.complete(w, lease_of(task), AttemptOutcome::Failed),
+        Ok(CommandOutput::CompletedLate)
+    );
+    assert_eq!(sim.job(id).state, JobState::Succeeded);
+    assert_eq!(sim.job(id).attempts, before.job(id).unwrap().attempts);
+    let late = sim.rows.job_logs(id, 0, 0);
+    assert_eq!(late.len(), 1);
+    assert!(late[0].late);
+    assert_eq!(late[0].line.level, crate::queue::LogLevel::Warning);
+    assert!(
+        late[0].line.text.starts_with(&format!(
+            "late result from worker {w} (lease 1): Failed, exit code Some(1)"
+        )),
+        "{}",
+        late[0].line.text
+    );
+    let other = LeaseRef {
+        job_id: id,
+        token: 2,
+    };
+    assert_eq!(
+        sim.complete(w, other, AttemptOutcome::Succeeded),
         Err(QueueError::LeaseLost {
             job_id: id,
-            token: 1
+            token: 2
         })
     );
     sim.assert_rows_rebuild();
@@ -395,12 +426,10 @@ fn an_expired_lease_requeues_and_fences_the_old_holder() {
         lines: vec![line("late output")],
     });
     assert_eq!(logs, Ok(CommandOutput::LogsAppended { late: true }));
+    // Its result comes too late: kept in the log, in the same entry, and not applied.
     assert_eq!(
         sim.complete(a, old_lease, AttemptOutcome::Succeeded),
-        Err(QueueError::LeaseLost {
-            job_id: id,
-            token: old.token
-        })
+        Ok(CommandOutput::CompletedLate)
     );
     // b's token presented by a is not a's lease either.
     assert_eq!(
@@ -421,15 +450,18 @@ fn an_expired_lease_requeues_and_fences_the_old_holder() {
     );
     assert_eq!(
         sim.complete(b, lease_of(&new), AttemptOutcome::Succeeded),
-        Err(QueueError::LeaseLost {
-            job_id: id,
-            token: new.token
+        Ok(CommandOutput::CompletedBefore {
+            state: JobState::Succeeded
         })
     );
     let logs = sim.rows.job_logs(id, 0, 0);
-    assert_eq!(logs.len(), 1);
-    assert!(logs[0].late);
-    assert_eq!(logs[0].attempt, 1, "attributed to the attempt that ran it");
+    assert_eq!(logs.len(), 2);
+    assert!(logs.iter().all(|line| line.late));
+    assert!(
+        logs.iter().all(|line| line.attempt == 1),
+        "attributed to the attempt that ran it"
+    );
+    assert!(logs[1].line.text.starts_with("late result from worker"));
     sim.assert_rows_rebuild();
 }
 
