@@ -379,7 +379,7 @@ impl WorkerService for WorkerApi {
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let lease = lease_from_pb(request.lease).map_err(rejection)?;
         let outcome = outcome_from_pb(request.outcome).map_err(rejection)?;
-        let command = Command::CompleteTask {
+        let command = Command::ReportResult {
             worker,
             lease,
             outcome,

@@ -79,6 +79,10 @@ pub enum Command {
         lease: LeaseRef,
         lines: Vec<LogLine>,
     },
+    /// A worker's verdict as earlier builds propose it: one on an attempt that already ended
+    /// is refused (`LeaseLost`), and their leader records a late one by a second entry. Kept so
+    /// that replicas of both builds apply their entries alike during an upgrade; this build
+    /// proposes [`Command::ReportResult`].
     CompleteTask {
         worker: WorkerId,
         lease: LeaseRef,
@@ -132,6 +136,18 @@ pub enum Command {
     /// to `up_to`. The leader counts them where it read them (the store); a release counted from
     /// a cursor that has moved since (a retry, or a slower leader's) changes nothing.
     ReleaseOutbox { after: u64, up_to: u64, events: u64 },
+    /// A worker's verdict on its attempt: applied when its lease is current; on an attempt
+    /// that already ended, decided in this same entry (`CompletedBefore` for the verdict it
+    /// ended with, sent again; `CompletedLate`, kept as a late log line, for another). Earlier
+    /// builds cannot read it (they fall behind until upgraded, as with `ReleaseOutbox`).
+    ReportResult {
+        worker: WorkerId,
+        lease: LeaseRef,
+        /// Succeeded, Failed or Cancelled; Expired is the master's to decide.
+        outcome: AttemptOutcome,
+        exit_code: Option<i32>,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

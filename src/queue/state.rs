@@ -439,7 +439,14 @@ impl QueueState {
                 outcome,
                 exit_code,
                 error,
-            } => self.complete(worker, lease, outcome, exit_code, error, now),
+            } => self.complete(worker, lease, (outcome, exit_code, error), false, now),
+            Command::ReportResult {
+                worker,
+                lease,
+                outcome,
+                exit_code,
+                error,
+            } => self.complete(worker, lease, (outcome, exit_code, error), true, now),
             Command::ExpireLeases => Ok(self.expire(now)),
             Command::ExtendLeases { lease_ms } => self.extend(lease_ms, now),
             Command::SetWorkerState {

@@ -148,18 +148,18 @@ impl QueueState {
     }
 
     /// The worker's verdict on its attempt. Only the current lease's holder may give it, once:
-    /// the lease is cleared here. A verdict on an attempt that already ended is answered here
-    /// too, in the same entry: the same verdict again (its answer was lost) is
-    /// `CompletedBefore` and changes nothing; another one (the lease had expired, the job was
-    /// cancelled) is `CompletedLate`, kept as a late warning line in the job's log and not
-    /// applied. A token this worker never held for the job is `LeaseLost`.
+    /// the lease is cleared here. With `decide_ended` (`ReportResult`), a verdict on an attempt
+    /// that already ended is answered here too, in the same entry: the same verdict again (its
+    /// answer was lost) is `CompletedBefore` and changes nothing; another one (the lease had
+    /// expired, the job was cancelled) is `CompletedLate`, kept as a late warning line in the
+    /// job's log and not applied. Without (`CompleteTask`, an earlier build's entry), or for a
+    /// token this worker never held for the job, it is `LeaseLost`.
     pub(super) fn complete(
         &mut self,
         worker: WorkerId,
         lease: LeaseRef,
-        outcome: AttemptOutcome,
-        exit_code: Option<i32>,
-        error: String,
+        (outcome, exit_code, error): (AttemptOutcome, Option<i32>, String),
+        decide_ended: bool,
         now_ms: u64,
     ) -> CommandResult {
         if outcome == AttemptOutcome::Expired {
@@ -169,7 +169,7 @@ impl QueueState {
                     .into(),
             ));
         }
-        let lease_lost = QueueError::LeaseLost {
+        let lease_lost = || QueueError::LeaseLost {
             job_id: lease.job_id,
             token: lease.token,
         };
@@ -178,7 +178,9 @@ impl QueueState {
         let ended = match self.jobs.get(&lease.job_id) {
             Some(job) if job.holds_lease(worker, lease.token) => None,
             Some(job) => {
-                let attempt = job.attempt_with(worker, lease.token).ok_or(lease_lost)?;
+                let attempt = job
+                    .attempt_with(worker, lease.token)
+                    .ok_or_else(lease_lost)?;
                 let end = AttemptEnd {
                     outcome: attempt.outcome,
                     exit_code: attempt.exit_code,
@@ -190,10 +192,15 @@ impl QueueState {
                     .finished_jobs
                     .get(&lease.job_id)
                     .ok_or(QueueError::JobNotFound(lease.job_id))?;
-                let number = job.attempt_with(worker, lease.token).ok_or(lease_lost)?;
+                let number = job
+                    .attempt_with(worker, lease.token)
+                    .ok_or_else(lease_lost)?;
                 Some((number, job.attempt_end(number), job.state, job.logs))
             }
         };
+        if ended.is_some() && !decide_ended {
+            return Err(lease_lost());
+        }
         if let Some((number, end, state, counts)) = ended {
             let reported = AttemptEnd {
                 outcome: Some(outcome),

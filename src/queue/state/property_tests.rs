@@ -119,7 +119,7 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
             .prop_map(|(worker, leases)| Op::Renew { worker, leases }),
         2 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..4, proptest::option::weighted(0.7, 1u64..4))
             .prop_map(|(pick, own, worker, lines, batch)| Op::AppendLogs { pick, own, worker, lines, batch }),
-        5 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..8)
+        5 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..16)
             .prop_map(|(pick, own, worker, outcome)| Op::Complete { pick, own, worker, outcome }),
         2 => Just(Op::Expire),
         1 => Just(Op::Extend),
@@ -265,6 +265,8 @@ fn to_command(
             outcome,
         } => {
             let (lease, holder) = pick(i).unwrap_or(no_lease);
+            // Now and then as an earlier build proposes it.
+            let earlier_build = usize::from(outcome) / 8 % 2 == 1;
             // Expired (refused from a worker) now and then.
             let outcome = [
                 AttemptOutcome::Succeeded,
@@ -276,12 +278,24 @@ fn to_command(
                 AttemptOutcome::Succeeded,
                 AttemptOutcome::Expired,
             ][usize::from(outcome) % 8];
-            Command::CompleteTask {
-                worker: if own { holder } else { wid(worker) },
-                lease,
-                outcome,
-                exit_code: None,
-                error: "e".into(),
+            let worker = if own { holder } else { wid(worker) };
+            let error = "e".to_string();
+            if earlier_build {
+                Command::CompleteTask {
+                    worker,
+                    lease,
+                    outcome,
+                    exit_code: None,
+                    error,
+                }
+            } else {
+                Command::ReportResult {
+                    worker,
+                    lease,
+                    outcome,
+                    exit_code: None,
+                    error,
+                }
             }
         }
         Op::Expire => Command::ExpireLeases,
@@ -429,7 +443,10 @@ proptest! {
                         granted.push((LeaseRef { job_id: task.job_id, token: task.token }, *worker));
                     }
                 }
-                (Command::CompleteTask { worker, lease, .. }, Ok(CommandOutput::Completed { .. })) => {
+                (
+                    Command::CompleteTask { worker, lease, .. } | Command::ReportResult { worker, lease, .. },
+                    Ok(CommandOutput::Completed { .. }),
+                ) => {
                     let job = before.job(lease.job_id).expect("job");
                     prop_assert!(job.holds_lease(*worker, lease.token), "a stale complete was applied");
                 }
@@ -437,11 +454,19 @@ proptest! {
                     prop_assert!(*outcome != AttemptOutcome::Expired);
                     let held = before.job(lease.job_id).is_some_and(|j| j.holds_lease(*worker, lease.token));
                     prop_assert!(!held, "a current lease was refused");
+                }
+                (Command::ReportResult { worker, lease, outcome, .. }, Err(QueueError::LeaseLost { .. })) => {
+                    prop_assert!(*outcome != AttemptOutcome::Expired);
+                    let held = before.job(lease.job_id).is_some_and(|j| j.holds_lease(*worker, lease.token));
+                    prop_assert!(!held, "a current lease was refused");
                     // Refused outright only when this worker never ran the job under this token.
                     let ran = before.job(lease.job_id).is_some_and(|j| j.attempt_with(*worker, lease.token).is_some());
                     prop_assert!(!ran, "a late completion was refused instead of recorded");
                 }
-                (Command::CompleteTask { worker, lease, outcome, exit_code, .. }, Ok(CommandOutput::CompletedBefore { state })) => {
+                (Command::CompleteTask { .. }, Ok(CommandOutput::CompletedBefore { .. } | CommandOutput::CompletedLate)) => {
+                    prop_assert!(false, "an earlier build's completion was decided as this build's");
+                }
+                (Command::ReportResult { worker, lease, outcome, exit_code, .. }, Ok(CommandOutput::CompletedBefore { state })) => {
                     // The same verdict again: the attempt ended with it, and nothing changes.
                     if let Some(job) = before.job(lease.job_id) {
                         prop_assert!(!job.holds_lease(*worker, lease.token));
@@ -451,7 +476,7 @@ proptest! {
                     }
                     prop_assert_eq!(sim.state.job(lease.job_id), before.job(lease.job_id));
                 }
-                (Command::CompleteTask { worker, lease, outcome, exit_code, .. }, Ok(CommandOutput::CompletedLate)) => {
+                (Command::ReportResult { worker, lease, outcome, exit_code, .. }, Ok(CommandOutput::CompletedLate)) => {
                     // Another verdict on an attempt that ended: kept as one late line, not applied.
                     if let Some(job) = before.job(lease.job_id) {
                         prop_assert!(!job.holds_lease(*worker, lease.token));

@@ -88,6 +88,23 @@ fn submit_acquire_renew_complete() {
         "{}",
         late[0].line.text
     );
+    // As an earlier build's leader proposes it, a verdict on an ended attempt is refused and
+    // changes nothing (that leader records the late line by a second entry).
+    let before = sim.state.clone();
+    assert_eq!(
+        sim.apply(Command::CompleteTask {
+            worker: w,
+            lease: lease_of(task),
+            outcome: AttemptOutcome::Failed,
+            exit_code: Some(1),
+            error: String::new(),
+        }),
+        Err(QueueError::LeaseLost {
+            job_id: id,
+            token: 1
+        })
+    );
+    assert_eq!(sim.state, before);
     let other = LeaseRef {
         job_id: id,
         token: 2,

@@ -413,7 +413,7 @@ impl Sim {
         lease: LeaseRef,
         outcome: AttemptOutcome,
     ) -> CommandResult {
-        self.apply(Command::CompleteTask {
+        self.apply(Command::ReportResult {
             worker,
             lease,
             outcome,
