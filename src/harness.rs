@@ -519,6 +519,15 @@ impl LocalCluster {
         self._temp = Some(dir);
     }
 
+    /// Leaves the cluster's directory in place when the cluster is dropped (the processes still
+    /// stop); returns it.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(temp) = self._temp.take() {
+            let _ = temp.keep();
+        }
+        self.root.clone()
+    }
+
     /// Keeps `guard` until the processes are gone (e.g. a file system mounted under the root).
     pub fn keep_until_drop(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
         self.guards.push(guard);

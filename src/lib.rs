@@ -17,6 +17,7 @@
 //!   `scaleout` schema, and `ssisdb check` / `install-schema`.
 //! - [`ops`]: what operators watch: Prometheus metrics, `/healthz` and `/readyz`, gRPC timings.
 //! - [`telemetry`]: logging, every line naming the replica and its term.
+//! - [`memory`]: hands the memory malloc keeps free back to the system after bursts.
 //! - [`disk`]: every write that must survive a power cut (fdatasync, directory fsync, atomic
 //!   replace); [`wall_time`]: the system clock in ms and as UTC text.
 //! - [`tls`], [`transport`]: certificates, roles and how every connection is made (mutual TLS).
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod disk;
 pub mod harness;
 pub mod master;
+pub mod memory;
 pub mod ops;
 pub mod pb;
 pub mod queue;

@@ -37,6 +37,8 @@ pub struct CapacityBench {
     /// `retention.max_finished_jobs = 0`: every finished job stays (within a day).
     pub keep_all: bool,
     pub insecure: bool,
+    /// Leave the replicas' data dirs in place when done.
+    pub keep_data: bool,
     pub json: bool,
 }
 
@@ -63,6 +65,10 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
         },
     )
     .context("cannot start the local cluster")?;
+    if options.keep_data {
+        let root = cluster.keep_dir();
+        eprintln!("the replicas' data dirs stay in {}", root.display());
+    }
     cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
@@ -322,7 +328,9 @@ const SETTLE_SAMPLES: usize = 10;
 /// past the follower's last applied entry, restarts it and waits until it has applied what the
 /// leader had: the follower must catch up by a snapshot. Reports how long that took, how far
 /// each side's resident memory rose above its level before the follower was stopped, and the
-/// level each settled at once caught up.
+/// level each settled at once caught up, and how far each side's peak is above the third
+/// replica's level then (it holds the same state and installed nothing: the jobs submitted while
+/// the follower was down raise every replica, and are not the install's cost).
 async fn catch_up(
     cluster: &mut LocalCluster,
     client: &Arc<Client>,
@@ -338,6 +346,14 @@ async fn catch_up(
             .pid()
             .context("the replica is not running")
     };
+    // The third replica holds the same state throughout and installs nothing: the level a
+    // replica with that state sits at, to tell an install's cost from the state's growth.
+    let control = cluster
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .find(|id| *id != leader && *id != follower);
+    let control_pid = control.map(|id| pid_of(cluster, id)).transpose()?;
     let leader_pid = pid_of(cluster, leader)?;
     let steady_leader = super::resident_mib(leader_pid)?;
     let steady_follower = super::resident_mib(pid_of(cluster, follower)?)?;
@@ -388,11 +404,12 @@ async fn catch_up(
     // the rise over the steady level before it counts that growth too; the level once caught up
     // (the last of a few seconds of samples, both settled) separates it from the install's own
     // cost.
-    let (mut settled_leader, mut settled_follower) = (0.0, 0.0);
+    let (mut settled_leader, mut settled_follower, mut settled_control) = (0.0, 0.0, None);
     for _ in 0..SETTLE_SAMPLES {
         tokio::time::sleep(Duration::from_millis(500)).await;
         settled_leader = super::resident_mib(leader_pid)?;
         settled_follower = super::resident_mib(follower_pid)?;
+        settled_control = control_pid.map(super::resident_mib).transpose()?;
         peak_leader = peak_leader.max(settled_leader);
         peak_follower = peak_follower.max(settled_follower);
     }
@@ -414,6 +431,7 @@ async fn catch_up(
             "rise": peak_leader - steady_leader,
             "settled": settled_leader,
             "peak_over_settled": peak_leader - settled_leader,
+            "peak_over_control": settled_control.map(|control| peak_leader - control),
         },
         "follower_resident_mib": {
             "steady": steady_follower,
@@ -421,6 +439,11 @@ async fn catch_up(
             "rise": peak_follower - steady_follower,
             "settled": settled_follower,
             "peak_over_settled": peak_follower - settled_follower,
+            "peak_over_control": settled_control.map(|control| peak_follower - control),
+        },
+        "control_resident_mib": {
+            "replica": control,
+            "settled": settled_control,
         },
     }))
 }

@@ -102,6 +102,10 @@ pub struct BenchCapacityArgs {
     /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
     #[arg(long)]
     insecure: bool,
+    /// Keep the replicas' data dirs when the benchmark ends (their path is printed on stderr),
+    /// e.g. to profile a restart on them.
+    #[arg(long)]
+    keep_data: bool,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -221,6 +225,7 @@ impl BenchCommand {
                 submitters: args.submitters as usize,
                 keep_all: args.keep_all,
                 insecure: args.insecure,
+                keep_data: args.keep_data,
                 json: matches!(args.output, Output::Json),
             })
             .await

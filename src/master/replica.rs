@@ -364,6 +364,7 @@ pub async fn run(
         },
         office.clone(),
     ));
+    let memory_duties = tokio::spawn(crate::memory::trim_periodically());
     // Ships the outbox to SSISDB while leading (or prunes it when none is configured), and
     // keeps this replica's row there.
     let outbox_duties = tokio::spawn(crate::ssisdb::run(
@@ -412,6 +413,7 @@ pub async fn run(
     drop(ops_server);
     leader_duties.abort();
     outbox_duties.abort();
+    memory_duties.abort();
     tls_duties.abort();
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft did not shut down cleanly");

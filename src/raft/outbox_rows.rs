@@ -81,18 +81,21 @@ impl OutboxReader {
         self.rows_from(0)
     }
 
-    /// The events after `after` recorded before `before_ms`, at most `limit` of them: a prefix,
-    /// since events are in time order (cluster time never goes backwards in log order).
+    /// The events after `after` that are recorded before `before_ms` or among the `excess`
+    /// oldest, at most `limit` of them: a prefix, since events are in time order (cluster time
+    /// never goes backwards in log order).
     pub fn aged(
         &self,
         after: u64,
         before_ms: u64,
+        excess: u64,
         limit: u64,
     ) -> Result<Option<AgedEvents>, OutboxReadError> {
         let mut aged: Option<AgedEvents> = None;
         for event in self.each_after(after) {
             let event = event?;
-            if event.at_ms >= before_ms || aged.is_some_and(|a| a.events >= limit) {
+            let taken = aged.map_or(0, |a| a.events);
+            if (event.at_ms >= before_ms && taken >= excess) || taken >= limit {
                 break;
             }
             aged = Some(AgedEvents {

@@ -1051,6 +1051,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &stored_meta.last_membership,
             )
             .map_err(|e| (ErrorVerb::Write, e))?;
+            // The old state and the rewrite's buffers are gone: the largest burst of garbage
+            // a replica makes (`memory.rs`).
+            crate::memory::return_free_memory();
             Ok::<_, (ErrorVerb, String)>((queue, lines, verified))
         })
         .await

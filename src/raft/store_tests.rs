@@ -317,7 +317,7 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
             1,
             7,
             vec![
-                Command::CompleteTask {
+                Command::ReportResult {
                     worker: worker(1),
                     lease: LeaseRef {
                         job_id: 3,
@@ -328,7 +328,7 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
                     error: String::new(),
                 },
                 log_lines(1, 1, 1, 1),
-                Command::CompleteTask {
+                Command::ReportResult {
                     worker: worker(1),
                     lease: LeaseRef {
                         job_id: 3,
@@ -1503,8 +1503,8 @@ async fn a_snapshot_carries_the_views_outbox_and_the_release_after_it_levels_the
     );
 }
 
-/// The leader's prune reads the prefix of the stored events older than the cut-off, at most as
-/// many as asked: the `PRUNE_BATCH` bound of one release.
+/// The leader's prune reads the prefix of the stored events older than the cut-off or beyond
+/// the most kept, at most as many as asked: the `PRUNE_BATCH` bound of one release.
 #[tokio::test]
 async fn the_aged_events_are_a_prefix_bounded_by_the_limit() {
     let dir = TempDir::new().unwrap();
@@ -1516,8 +1516,8 @@ async fn the_aged_events_are_a_prefix_bounded_by_the_limit() {
     // Entries are stamped 1_700_000_000_000 + index: before index 4's time, only entries 2 and 3.
     let cut = 1_700_000_000_004;
     let older: Vec<&crate::queue::OutboxEvent> = events.iter().filter(|e| e.at_ms < cut).collect();
-    assert!(!older.is_empty() && older.len() < events.len());
-    let aged = |after, limit| reader.aged(after, cut, limit).unwrap();
+    assert!(!older.is_empty() && older.len() + 2 <= events.len());
+    let aged = |after, limit| reader.aged(after, cut, 0, limit).unwrap();
     let all = aged(0, 10_000).expect("aged events");
     assert_eq!(
         (all.up_to, all.events),
@@ -1526,6 +1526,25 @@ async fn the_aged_events_are_a_prefix_bounded_by_the_limit() {
     let two = aged(0, 2).expect("aged events");
     assert_eq!((two.up_to, two.events), (older[1].id, 2));
     assert_eq!(aged(older.last().unwrap().id, 10_000), None);
+
+    // Beyond the most kept, the oldest go however recent: the excess, or the aged ones if more.
+    let excess = older.len() + 2;
+    let over = reader
+        .aged(0, cut, excess as u64, 10_000)
+        .unwrap()
+        .expect("excess");
+    assert_eq!(
+        (over.up_to, over.events),
+        (events[excess - 1].id, excess as u64)
+    );
+    let fewer = reader
+        .aged(0, cut, 1, 10_000)
+        .unwrap()
+        .expect("aged events");
+    assert_eq!(fewer.events, older.len() as u64);
+    let recent = reader.aged(0, 0, 2, 10_000).unwrap().expect("excess");
+    assert_eq!((recent.up_to, recent.events), (events[1].id, 2));
+    assert_eq!(reader.aged(0, 0, 0, 10_000).unwrap(), None);
 }
 
 /// Events recorded and released within one apply call (a follower applying a backlog) are never
@@ -1558,4 +1577,78 @@ async fn events_recorded_and_released_in_one_apply_call_leave_no_row() {
     );
     assert_eq!(sm.outbox_reader().after(0, usize::MAX).unwrap(), Vec::new());
     assert_eq!(queue_of(&sm).outbox_len(), 0);
+}
+
+/// While a replica installs a snapshot, what its readers see goes from its old state to a
+/// placeholder (which stale reads refuse: `JobService::read_barrier`) to the snapshot's state,
+/// never a state half rewritten.
+#[tokio::test]
+async fn readers_see_the_old_state_then_a_placeholder_then_the_new_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let source_dir = TempDir::new().unwrap();
+    let (_source_log, mut source) = open(source_dir.path());
+    // Enough jobs that the rewrite takes a while.
+    for index in 1..=200 {
+        let commands: Vec<Command> = (0..100).map(|_| submit("job", None)).collect();
+        source.apply([normal(1, index, commands)]).await.unwrap();
+    }
+    let source_jobs = queue_of(&source).job_count();
+    assert_eq!(source_jobs, 20_000);
+    let snapshot = build_snapshot(&mut source).await;
+
+    let target_dir = TempDir::new().unwrap();
+    let (_target_log, mut target) = open(target_dir.path());
+    let old: Vec<Command> = (0..10).map(|_| submit("old", None)).collect();
+    target.apply([normal(1, 1, old)]).await.unwrap();
+    let received = transfer(snapshot.snapshot, &mut target, None).await;
+
+    let shared = target.queue();
+    let installing = std::sync::Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let installing = installing.clone();
+        std::thread::spawn(move || {
+            // Distinct (placeholder, jobs) views in the order they were seen.
+            let mut seen: Vec<(bool, usize)> = Vec::new();
+            while installing.load(Ordering::Relaxed) {
+                let queue = shared.read().unwrap();
+                let view = (queue.is_placeholder(), queue.job_count());
+                drop(queue);
+                if seen.last() != Some(&view) {
+                    seen.push(view);
+                }
+                std::thread::yield_now();
+            }
+            seen
+        })
+    };
+    target
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap();
+    // Seen once more after the install: its last view.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    installing.store(false, Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+
+    assert_eq!(queue_of(&target), queue_of(&source));
+    let expected = [(false, 10), (true, 0), (false, source_jobs)];
+    // Every view seen is one of the three, in that order, ending with the new state; the
+    // placeholder must be seen (the rewrite of 20,000 jobs takes far longer than a reader's
+    // turn).
+    assert!(
+        seen.contains(&(true, 0)),
+        "the placeholder was never seen: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&(false, source_jobs)), "{seen:?}");
+    let positions: Vec<usize> = seen
+        .iter()
+        .map(|view| {
+            expected
+                .iter()
+                .position(|e| e == view)
+                .unwrap_or_else(|| panic!("a half-installed view {view:?} in {seen:?}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
 }

@@ -26,8 +26,10 @@
 //! The events are read from the store (`raft::OutboxReader`), not from the queue, which holds
 //! only the outbox's counters; the rows they name from the queue and the store, as they are now.
 //!
-//! Without SSISDB, the leader releases the events older than `ssisdb.retention_secs` every
-//! minute, [`PRUNE_BATCH`] at a time.
+//! Without SSISDB, the leader releases the events older than `ssisdb.retention_secs`, and the
+//! oldest beyond `ssisdb.max_outbox_events`, every minute, [`PRUNE_BATCH`] at a time (at once
+//! again while batches come out full): nothing reads them, and a replica's store, its restart
+//! and its memory grow with them (six events a job).
 //! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
 //! every [`HEARTBEAT_EVERY`], like the SSIS Scale Out Master's heartbeat.
 
@@ -177,7 +179,8 @@ pub async fn run(
                 let before_ms = proposer
                     .now_ms()
                     .saturating_sub(shipper.settings.retention().as_millis() as u64);
-                match prune(&readers, &proposer, before_ms).await {
+                let most_kept = shipper.settings.max_outbox_events;
+                match prune(&readers, &proposer, before_ms, most_kept).await {
                     // A full batch: more may be due, at once.
                     Ok(PRUNE_BATCH) => last_prune = None,
                     Ok(_) => {}
@@ -236,13 +239,26 @@ fn read_queue<T>(queue: &SharedQueue, f: impl FnOnce(&QueueState) -> T) -> T {
     f(&guard)
 }
 
-/// Releases the oldest events recorded before `before_ms`, at most [`PRUNE_BATCH`] of them;
-/// returns how many went.
-async fn prune(readers: &StateReaders, proposer: &Proposer, before_ms: u64) -> Result<u64, String> {
-    let after = read_queue(&readers.queue, |q| q.outbox_meta().acked_up_to);
+/// Releases the oldest events recorded before `before_ms`, or beyond the newest `most_kept`,
+/// at most [`PRUNE_BATCH`] of them; returns how many went.
+async fn prune(
+    readers: &StateReaders,
+    proposer: &Proposer,
+    before_ms: u64,
+    most_kept: u64,
+) -> Result<u64, String> {
+    let (after, pending) = read_queue(&readers.queue, |q| {
+        let meta = q.outbox_meta();
+        (meta.acked_up_to, meta.pending)
+    });
     let Some(aged) = readers
         .outbox
-        .aged(after, before_ms, PRUNE_BATCH)
+        .aged(
+            after,
+            before_ms,
+            pending.saturating_sub(most_kept),
+            PRUNE_BATCH,
+        )
         .map_err(|e| e.to_string())?
     else {
         return Ok(0);
