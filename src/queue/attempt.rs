@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{JobId, JobSpec, WorkerId};
+use super::{JobId, JobSpec, JobState, WorkerId};
 
 /// The longest lease (or lease extension) a command may ask for: one day. A lease is renewed
 /// every few seconds in practice; anything longer is a configuration mistake that would keep a
@@ -47,6 +47,17 @@ impl AttemptOutcome {
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::Expired => "expired",
             AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state a job ends in when its last attempt ends this way (`None` for `Expired`, which
+    /// may requeue it or fail it).
+    pub fn final_state(self) -> Option<JobState> {
+        match self {
+            AttemptOutcome::Succeeded => Some(JobState::Succeeded),
+            AttemptOutcome::Failed => Some(JobState::Failed),
+            AttemptOutcome::Cancelled => Some(JobState::Cancelled),
+            AttemptOutcome::Expired => None,
         }
     }
 }

@@ -9,9 +9,8 @@
 //! - when it finished, for retention, and its idempotency key with a digest of its spec, so a
 //!   resubmit with the same key is recognised (or refused as a conflict) exactly as before;
 //! - which worker held which lease token, because a worker's spooled log lines are accepted,
-//!   flagged late, after the job ended, and how each of those attempts ended, so a worker's
-//!   completion that arrives again (its answer was lost with a dying leader) is told apart from
-//!   a late one (its lease had expired) in apply;
+//!   flagged late, after the job ended, and a completion that arrives again for its last
+//!   attempt is recognised by the job's state (`state/leases.rs`);
 //! - its log counters, which those late lines still move. The stored row's counters are the
 //!   ones of the moment it finished: a reader takes these instead ([`FinishedJob::counters_onto`]);
 //! - the id of the newest outbox event that may name it, so retention can wait until SSISDB has
@@ -21,7 +20,7 @@ use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::logs::LogCounts;
-use super::{AttemptOutcome, Job, JobId, JobSpec, JobState, WorkerId};
+use super::{Job, JobId, JobSpec, JobState, WorkerId};
 
 /// A finished job as the state keeps it (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,17 +41,6 @@ pub struct FinishedJob {
     /// later one about it (a late log line). [`UNKNOWN_LAST_EVENT`] for a job that finished
     /// under an earlier build, until the held outbox is let go (`outbox.rs`).
     pub last_event: u64,
-    /// How each attempt of `attempts` ended (same order); empty for a job kept by a build that
-    /// did not record it (then unknown).
-    pub attempt_ends: Vec<AttemptEnd>,
-}
-
-/// How a finished job's attempt ended: what its worker's completion said (or `Expired`,
-/// `Cancelled` when the master decided).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptEnd {
-    pub outcome: Option<AttemptOutcome>,
-    pub exit_code: Option<i32>,
 }
 
 /// [`FinishedJob::last_event`] of a job kept by an earlier build, which did not record it.
@@ -88,21 +76,7 @@ impl FinishedJob {
             attempts: job.attempts.iter().map(|a| (a.token, a.worker)).collect(),
             logs: job.log_counts(),
             last_event,
-            attempt_ends: job
-                .attempts
-                .iter()
-                .map(|a| AttemptEnd {
-                    outcome: a.outcome,
-                    exit_code: a.exit_code,
-                })
-                .collect(),
         }
-    }
-
-    /// How the attempt numbered `number` (1-based) ended, when this record knows.
-    pub fn attempt_end(&self, number: u32) -> Option<AttemptEnd> {
-        let index = usize::try_from(number).ok()?.checked_sub(1)?;
-        self.attempt_ends.get(index).copied()
     }
 
     /// The number of the attempt that was granted `token` to `worker`, if any ever was.

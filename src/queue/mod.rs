@@ -37,7 +37,7 @@ pub use attempt::{
 };
 pub use command::{ApplyContext, Command, CommandOutput, CommandResult};
 pub use error::QueueError;
-pub use finished::{spec_digest, AttemptEnd, FinishedJob, SpecDigest, UNKNOWN_LAST_EVENT};
+pub use finished::{spec_digest, FinishedJob, SpecDigest, UNKNOWN_LAST_EVENT};
 pub use job::{Job, JobId, JobSpec, JobState, MAX_RETRY_DELAY_SECS, MAX_TIMEOUT_SECS};
 pub use logs::{
     truncation_notice, JobLogLine, LogCounts, LogLevel, LogLine, MAX_LOG_BYTES_PER_JOB,

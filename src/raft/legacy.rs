@@ -9,10 +9,7 @@
 //!   `held`), in the `sm` tree and in snapshots of formats 3 to 7; such an outbox is held;
 //! - [`FinishedJobV1`]: the record of a finished job before `last_event`, in `finished/` rows
 //!   and in snapshots of format 7; its last event is unknown until the held outbox is let go;
-//! - [`PartsV7`]: the snapshot state of format 7;
-//! - [`FinishedJobV2`]: the record of a finished job before `attempt_ends`, in `finished/` rows
-//!   and in snapshots of format 8; how its attempts ended is unknown (a completion that arrives
-//!   for one of them again is taken as late).
+//! - [`PartsV7`]: the snapshot state of format 7.
 //!
 //! A job from before the byte cap starts counting its bytes at 0: lines it already had are not
 //! counted against the cap.
@@ -222,70 +219,16 @@ impl From<FinishedJobV1> for FinishedJob {
             attempts: old.attempts,
             logs: old.logs,
             last_event: UNKNOWN_LAST_EVENT,
-            attempt_ends: Vec::new(),
         }
     }
 }
 
-/// What builds before `attempt_ends` kept of a finished job.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(serde::Serialize))]
-pub(super) struct FinishedJobV2 {
-    id: JobId,
-    state: JobState,
-    finished_at_ms: u64,
-    idempotency_key: Option<String>,
-    spec_digest: Option<SpecDigest>,
-    attempts: Vec<(u64, WorkerId)>,
-    logs: LogCounts,
-    last_event: u64,
-}
-
-#[cfg(test)]
-impl FinishedJobV2 {
-    /// What an earlier build stored for `kept` (everything but `attempt_ends`).
-    pub(super) fn of(kept: &FinishedJob) -> FinishedJobV2 {
-        FinishedJobV2 {
-            id: kept.id,
-            state: kept.state,
-            finished_at_ms: kept.finished_at_ms,
-            idempotency_key: kept.idempotency_key.clone(),
-            spec_digest: kept.spec_digest,
-            attempts: kept.attempts.clone(),
-            logs: kept.logs,
-            last_event: kept.last_event,
-        }
-    }
-}
-
-impl From<FinishedJobV2> for FinishedJob {
-    fn from(old: FinishedJobV2) -> FinishedJob {
-        FinishedJob {
-            id: old.id,
-            state: old.state,
-            finished_at_ms: old.finished_at_ms,
-            idempotency_key: old.idempotency_key,
-            spec_digest: old.spec_digest,
-            attempts: old.attempts,
-            logs: old.logs,
-            last_event: old.last_event,
-            attempt_ends: Vec::new(),
-        }
-    }
-}
-
-/// A finished job's kept record as stored now, or as an earlier build stored it. Newest shape
-/// first: each shape only appends fields, and bincode reads a record with bytes left over, so
-/// an older decoder would take a newer record and drop its new fields; a newer decoder runs out
-/// of bytes on an older record.
+/// A finished job's kept record as stored now, or as an earlier build stored it.
 pub(super) fn decode_finished(bytes: &[u8], what: &str) -> Result<FinishedJob, LoadError> {
-    if let Ok(kept) = decode::<FinishedJob>(bytes) {
-        return Ok(kept);
+    match decode::<FinishedJob>(bytes) {
+        Ok(kept) => Ok(kept),
+        Err(_) => decode_loaded::<FinishedJobV1>(bytes, what).map(Into::into),
     }
-    if let Ok(kept) = decode::<FinishedJobV2>(bytes) {
-        return Ok(kept.into());
-    }
-    decode_loaded::<FinishedJobV1>(bytes, what).map(Into::into)
 }
 
 #[cfg(test)]
@@ -335,35 +278,16 @@ pub(super) mod tests {
             new_meta
         );
 
-        let mut job = Job::from(old_job(7));
-        job.attempts = vec![Attempt {
-            number: 1,
-            worker: uuid::Uuid::from_u128(3),
-            token: 5,
-            started_at_ms: 1,
-            ended_at_ms: Some(2),
-            outcome: Some(crate::queue::AttemptOutcome::Succeeded),
-            exit_code: Some(0),
-            error: String::new(),
-        }];
-        let kept = FinishedJob::of(&job, 42);
-        assert_eq!(kept.attempt_ends.len(), 1);
-        let unknown_ends = FinishedJob {
-            attempt_ends: Vec::new(),
-            ..kept.clone()
-        };
+        let kept = FinishedJob::of(&Job::from(old_job(7)), 42);
         let old_kept = FinishedJobV1::of(&kept);
         let read = decode_finished(&encode(&old_kept).unwrap(), "finished job 7").unwrap();
         assert_eq!(
             read,
             FinishedJob {
                 last_event: UNKNOWN_LAST_EVENT,
-                ..unknown_ends.clone()
+                ..kept.clone()
             }
         );
-        let older_kept = FinishedJobV2::of(&kept);
-        let read = decode_finished(&encode(&older_kept).unwrap(), "finished job 7").unwrap();
-        assert_eq!(read, unknown_ends);
         assert_eq!(
             decode_finished(&encode(&kept).unwrap(), "finished job 7").unwrap(),
             kept

@@ -3,7 +3,7 @@
 //! the queue holds are one value; jobs, outbox events and log lines, the bulk of it, follow one
 //! record at a time.
 //!
-//! Format 9:
+//! Format 8:
 //! - the format, u32 BE;
 //! - the length of the state (u64 BE), then the state: bincode of [`Parts`] with no jobs and no
 //!   log lines (rows and counters, no indexes: the receiver rebuilds those, so a snapshot cannot
@@ -16,8 +16,6 @@
 //!   lines last;
 //! - a length of 0, then a CRC-32 (u32 LE) of every byte before it, and nothing after.
 //!
-//! Format 8 (finished jobs' records from before `FinishedJob::attempt_ends`: `legacy.rs`; a
-//! tag 4 record takes them from its full row) is still read.
 //! Format 7 (the state with the outbox counters of its time, its outbox whole; finished jobs as
 //! tag 1 or, with the record of its time, tag 2) is still read.
 //! Formats 5 and 6 (the jobs inside the state value, then untagged lines; 5 with jobs from
@@ -30,13 +28,11 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::Deserialize;
 
-use super::legacy::{FinishedJobV1, FinishedJobV2, JobV1, OutboxMetaV1, PartsV5, PartsV6, PartsV7};
+use super::legacy::{FinishedJobV1, JobV1, OutboxMetaV1, PartsV5, PartsV6, PartsV7};
 use super::storage::{decode, encode};
 use crate::queue::{FinishedJob, Job, JobId, JobLogLine, OutboxEvent, Parts, Worker};
 
-pub(super) const SNAPSHOT_FORMAT: u32 = 9;
-/// Finished jobs' records without how their attempts ended.
-const FORMAT_8: u32 = 8;
+pub(super) const SNAPSHOT_FORMAT: u32 = 8;
 /// The first tagged format; its finished jobs and outbox counters are of their time.
 const FORMAT_7: u32 = 7;
 /// No stored record comes near this (a job's spec and a line's text are capped far below); a
@@ -176,7 +172,7 @@ impl<R: Read> DataReader<R> {
         let format = read_array::<_, 4>(&mut input, &mut crc)
             .map_err(|e| format!("snapshot data too short for its format: {e}"))?;
         let (mut state, source) = match u32::from_be_bytes(format) {
-            version @ (5 | 6 | FORMAT_7 | FORMAT_8 | SNAPSHOT_FORMAT) => {
+            version @ (5 | 6 | FORMAT_7 | SNAPSHOT_FORMAT) => {
                 let len = u64::from_be_bytes(
                     read_array::<_, 8>(&mut input, &mut crc)
                         .map_err(|e| format!("snapshot data cut short: {e}"))?,
@@ -184,8 +180,7 @@ impl<R: Read> DataReader<R> {
                 let encoded = read_exactly(&mut input, len, "its state")?;
                 crc.update(&encoded);
                 let state: Parts = match version {
-                    // No finished job inside (checked below): its shape does not matter.
-                    FORMAT_8 | SNAPSHOT_FORMAT => decode(&encoded),
+                    SNAPSHOT_FORMAT => decode(&encoded),
                     FORMAT_7 => decode::<PartsV7>(&encoded).map(Parts::from),
                     6 => decode::<PartsV6>(&encoded).map(Parts::from),
                     _ => decode::<PartsV5>(&encoded).map(Parts::from),
@@ -291,26 +286,11 @@ impl<R: Read> DataReader<R> {
             (TAG_FINISHED, FORMAT_7) => {
                 decode::<FinishedJobV1>(body).map(|kept| Record::Finished(kept.into()))
             }
-            (TAG_FINISHED, FORMAT_8) => {
-                decode::<FinishedJobV2>(body).map(|kept| Record::Finished(kept.into()))
-            }
             (TAG_FINISHED, _) => decode(body).map(Record::Finished),
             (TAG_LINE, _) => decode(body).map(Record::Line),
             (TAG_FINISHED_ROW, SNAPSHOT_FORMAT) => decode::<(FinishedJob, Job)>(body)
                 .map(|(kept, row)| Record::FinishedRow(kept, Box::new(row))),
-            (TAG_FINISHED_ROW, FORMAT_8) => {
-                decode::<(FinishedJobV2, Job)>(body).map(|(kept, row)| {
-                    let kept: FinishedJob = kept.into();
-                    // The full row knows how its attempts ended.
-                    let ends = FinishedJob::of(&row, kept.last_event).attempt_ends;
-                    let kept = FinishedJob {
-                        attempt_ends: ends,
-                        ..kept
-                    };
-                    Record::FinishedRow(kept, Box::new(row))
-                })
-            }
-            (TAG_EVENT, FORMAT_8 | SNAPSHOT_FORMAT) => decode(body).map(Record::Event),
+            (TAG_EVENT, SNAPSHOT_FORMAT) => decode(body).map(Record::Event),
             (tag, _) => return Err(format!("snapshot data is damaged: a record tagged {tag}")),
         };
         record
@@ -492,13 +472,9 @@ mod tests {
         data
     }
 
-    /// Data of format 7 or 8 as those builds wrote it: `state`, then tagged records.
-    fn tagged_stream(
-        format: u32,
-        state: &impl serde::Serialize,
-        records: &[(u8, Vec<u8>)],
-    ) -> Vec<u8> {
-        let mut data = format.to_be_bytes().to_vec();
+    /// Data of format 7 as that build wrote it: `state`, then tagged records.
+    fn format_7_stream(state: &PartsV7, records: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut data = 7u32.to_be_bytes().to_vec();
         let state_bytes = encode(state).expect("encode");
         data.extend((state_bytes.len() as u64).to_be_bytes());
         data.extend(state_bytes);
@@ -585,7 +561,7 @@ mod tests {
     }
 
     #[test]
-    fn formats_3_to_8_are_still_read() {
+    fn formats_3_to_7_are_still_read_with_their_outbox_held() {
         let old = PartsV3 {
             jobs: Vec::new(),
             workers: Vec::new(),
@@ -680,7 +656,7 @@ mod tests {
             (TAG_LINE, encode(&line(5, 1)).expect("encode")),
         ];
         let (state, streamed) =
-            read_all(&tagged_stream(7, &v7, &records)).expect("a format-7 snapshot");
+            read_all(&format_7_stream(&v7, &records)).expect("a format-7 snapshot");
         assert_eq!(state.jobs, vec![job(5, JobState::Queued), finished]);
         assert_eq!(state.finished, vec![kept]);
         assert_eq!(streamed, lines_only(vec![line(5, 1)]));
@@ -690,58 +666,15 @@ mod tests {
             (1, true)
         );
         // Tags 4 and 5 are not format 7's.
-        let refused = read_all(&tagged_stream(
-            7,
+        let refused = read_all(&format_7_stream(
             &v7,
             &[(TAG_EVENT, encode(&event(9, 1)).expect("encode"))],
         ));
         assert!(refused.is_err());
 
-        // Format 8: finished jobs' records without how their attempts ended; a record with
-        // its full row takes them from the row, one without stays unknown.
-        let v8 = Parts {
-            jobs: Vec::new(),
-            finished: Vec::new(),
-            outbox: Vec::new(),
-            ..state.clone()
-        };
-        let mut ran = job(7, JobState::Failed);
-        ran.attempts = vec![crate::queue::Attempt {
-            number: 1,
-            worker: uuid::Uuid::from_u128(2),
-            token: 3,
-            started_at_ms: 4,
-            ended_at_ms: Some(5),
-            outcome: Some(crate::queue::AttemptOutcome::Failed),
-            exit_code: Some(1),
-            error: "boom".into(),
-        }];
-        let kept = FinishedJob::of(&ran, 11);
-        assert_eq!(kept.attempt_ends.len(), 1);
-        let old_kept = FinishedJobV2::of(&kept);
-        let records = [
-            (
-                TAG_FINISHED_ROW,
-                encode(&(&old_kept, &ran)).expect("encode"),
-            ),
-            (TAG_FINISHED, encode(&old_kept).expect("encode")),
-            (TAG_EVENT, encode(&event(12, 7)).expect("encode")),
-        ];
-        let (read, streamed) =
-            read_all(&tagged_stream(8, &v8, &records)).expect("a format-8 snapshot");
-        assert_eq!(streamed.finished_rows, vec![(kept.clone(), ran)]);
-        assert_eq!(
-            read.finished,
-            vec![FinishedJob {
-                attempt_ends: Vec::new(),
-                ..kept
-            }]
-        );
-        assert_eq!(streamed.events, vec![event(12, 7)]);
-
-        let mut unknown = 10u32.to_be_bytes().to_vec();
+        let mut unknown = 9u32.to_be_bytes().to_vec();
         unknown.extend([0u8; 8]);
-        let refused = read_all(&unknown).expect_err("format 10 is refused");
-        assert!(refused.contains("format 10"), "{refused}");
+        let refused = read_all(&unknown).expect_err("format 9 is refused");
+        assert!(refused.contains("format 9"), "{refused}");
     }
 }

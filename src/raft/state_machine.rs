@@ -1051,9 +1051,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 &stored_meta.last_membership,
             )
             .map_err(|e| (ErrorVerb::Write, e))?;
-            // The old state and the rewrite's buffers are gone: the largest burst of garbage
-            // a replica makes (`memory.rs`).
-            crate::memory::return_free_memory();
             Ok::<_, (ErrorVerb, String)>((queue, lines, verified))
         })
         .await
@@ -1069,6 +1066,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // The old state and the rewrite's buffers are gone: the largest burst of garbage a
+        // replica makes (`memory.rs`). Off this task, once the new state serves reads.
+        tokio::task::spawn_blocking(crate::memory::return_free_memory);
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_index = meta.last_log_id.map(|id| id.index),

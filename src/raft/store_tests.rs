@@ -323,8 +323,8 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
                         job_id: 3,
                         token: 2,
                     },
-                    outcome: AttemptOutcome::Succeeded,
-                    exit_code: None,
+                    outcome: AttemptOutcome::Failed,
+                    exit_code: Some(1),
                     error: String::new(),
                 },
                 log_lines(1, 1, 1, 1),
@@ -343,7 +343,7 @@ async fn workers_leases_tokens_and_logs_survive_reopen() {
         .await
         .unwrap();
     // Fenced: another verdict is recorded as a late result, not applied; the one it ended
-    // with, sent again, is known for what it is (how the attempt ended survived the reopen).
+    // with, sent again, is known for what it is (from the record kept across the reopen).
     assert!(matches!(
         outcomes[0].results[0],
         Ok(CommandOutput::CompletedLate)
@@ -1610,15 +1610,20 @@ async fn readers_see_the_old_state_then_a_placeholder_then_the_new_one() {
         std::thread::spawn(move || {
             // Distinct (placeholder, jobs) views in the order they were seen.
             let mut seen: Vec<(bool, usize)> = Vec::new();
-            while installing.load(Ordering::Relaxed) {
+            let mut look = || {
                 let queue = shared.read().unwrap();
                 let view = (queue.is_placeholder(), queue.job_count());
                 drop(queue);
                 if seen.last() != Some(&view) {
                     seen.push(view);
                 }
+            };
+            while installing.load(Ordering::Relaxed) {
+                look();
                 std::thread::yield_now();
             }
+            // Once more after the install returned: its last view.
+            look();
             seen
         })
     };
@@ -1626,8 +1631,6 @@ async fn readers_see_the_old_state_then_a_placeholder_then_the_new_one() {
         .install_snapshot(&snapshot.meta, received)
         .await
         .unwrap();
-    // Seen once more after the install: its last view.
-    std::thread::sleep(std::time::Duration::from_millis(20));
     installing.store(false, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
 

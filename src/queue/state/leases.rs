@@ -9,8 +9,8 @@ use crate::queue::attempt::{truncate_utf8, MAX_ATTEMPT_ERROR_BYTES, MAX_LEASE_MS
 use crate::queue::dispatch::{worker_capacity, LoadLimits};
 use crate::queue::worker::Grant;
 use crate::queue::{
-    Assignment, AttemptEnd, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState,
-    LeaseRef, LeaseStatus, LogLevel, LogLine, QueueError, WorkerId,
+    Assignment, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState, LeaseRef,
+    LeaseStatus, LogLevel, LogLine, QueueError, WorkerId,
 };
 
 /// Longest request id an AcquireTasks may carry.
@@ -174,18 +174,15 @@ impl QueueState {
             token: lease.token,
         };
         // An attempt this worker once ran under this token that is no longer current: its
-        // number, how it ended, the job's state and log counters.
+        // number, whether it ended with this very verdict, the job's state and log counters.
         let ended = match self.jobs.get(&lease.job_id) {
             Some(job) if job.holds_lease(worker, lease.token) => None,
             Some(job) => {
                 let attempt = job
                     .attempt_with(worker, lease.token)
                     .ok_or_else(lease_lost)?;
-                let end = AttemptEnd {
-                    outcome: attempt.outcome,
-                    exit_code: attempt.exit_code,
-                };
-                Some((attempt.number, Some(end), job.state, job.log_counts()))
+                let repeat = attempt.outcome == Some(outcome) && attempt.exit_code == exit_code;
+                Some((attempt.number, repeat, job.state, job.log_counts()))
             }
             None => {
                 let job = self
@@ -195,29 +192,34 @@ impl QueueState {
                 let number = job
                     .attempt_with(worker, lease.token)
                     .ok_or_else(lease_lost)?;
-                Some((number, job.attempt_end(number), job.state, job.logs))
+                // A finished job's record keeps no attempt's outcome: the verdict is the one it
+                // ended with when it is its last attempt's and the job's state is that verdict's
+                // (a job ends with its last attempt). Every build keeps these fields alike, so
+                // every replica decides the same. (A last attempt that expired with no attempt
+                // left also ends the job failed: its worker's late "failed" reads as a repeat.)
+                let last = usize::try_from(number).is_ok_and(|n| n == job.attempts.len());
+                let repeat = last && outcome.final_state() == Some(job.state);
+                Some((number, repeat, job.state, job.logs))
             }
         };
         if ended.is_some() && !decide_ended {
             return Err(lease_lost());
         }
-        if let Some((number, end, state, counts)) = ended {
-            let reported = AttemptEnd {
-                outcome: Some(outcome),
-                exit_code,
-            };
-            if end == Some(reported) {
+        if let Some((number, repeat, state, counts)) = ended {
+            if repeat {
                 return Ok(CommandOutput::CompletedBefore { state });
             }
-            // Not applied, but what the worker said stays in the task's history. (An attempt
-            // of a job kept by an earlier build has no recorded end: taken as late.)
+            // Not applied, but what the worker said stays in the task's history. (The text is
+            // replicated state: built from fixed names, not from `Debug`.)
+            let exit_code = exit_code.map_or("none".to_string(), |code| code.to_string());
             let line = LogLine {
                 at_ms: now_ms,
                 level: LogLevel::Warning,
                 text: format!(
-                    "late result from worker {worker} (lease {}): {outcome:?}, exit code \
-                     {exit_code:?}, {error}",
-                    lease.token
+                    "late result from worker {worker} (lease {}): {}, exit code {exit_code}, \
+                     {error}",
+                    lease.token,
+                    outcome.as_str()
                 ),
             };
             self.append_lines(lease.job_id, number, true, counts, vec![line]);

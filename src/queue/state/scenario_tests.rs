@@ -83,7 +83,7 @@ fn submit_acquire_renew_complete() {
     assert_eq!(late[0].line.level, crate::queue::LogLevel::Warning);
     assert!(
         late[0].line.text.starts_with(&format!(
-            "late result from worker {w} (lease 1): Failed, exit code Some(1)"
+            "late result from worker {w} (lease 1): failed, exit code 1"
         )),
         "{}",
         late[0].line.text
@@ -471,14 +471,21 @@ fn an_expired_lease_requeues_and_fences_the_old_holder() {
             state: JobState::Succeeded
         })
     );
+    // Once the job has finished, a verdict on its earlier attempt is still late (only the
+    // last attempt's can repeat the verdict the job ended with).
+    assert_eq!(
+        sim.complete(a, old_lease, AttemptOutcome::Succeeded),
+        Ok(CommandOutput::CompletedLate)
+    );
     let logs = sim.rows.job_logs(id, 0, 0);
-    assert_eq!(logs.len(), 2);
+    assert_eq!(logs.len(), 3);
     assert!(logs.iter().all(|line| line.late));
     assert!(
         logs.iter().all(|line| line.attempt == 1),
         "attributed to the attempt that ran it"
     );
     assert!(logs[1].line.text.starts_with("late result from worker"));
+    assert!(logs[2].line.text.starts_with("late result from worker"));
     sim.assert_rows_rebuild();
 }
 
