@@ -69,7 +69,7 @@
 //! | `ssisdb.password_file` | File holding the SQL login's password (one trailing line break is dropped); follows the `data_dir` rule for relative paths. With a connection string, exactly one of `password_file` and `password_env` is required; the file must be readable and not empty. |
 //! | `ssisdb.password_env` | Name of an environment variable holding the SQL login's password, e.g. `SSISDB_PASSWORD`. Whether it is set is checked when the leader connects, not at load. |
 //! | `ssisdb.ca` | (default: the system's root certificates) PEM file of the CA trusted for the SQL Server's TLS certificate; follows the `data_dir` rule for relative paths. |
-//! | `ssisdb.max_outbox_events` | (default: 100000) Most events kept on the replicas. With SSISDB, awaiting shipment: past it, worker log line events are dropped (and counted), state events never are. Without SSISDB, the oldest past it are let go, like those older than `ssisdb.retention_secs` (1000..=100000000). |
+//! | `ssisdb.max_outbox_events` | (default: 100000) Most events kept on the replicas. With SSISDB, awaiting shipment: past it, worker log line events are dropped (and counted), state events never are. Without SSISDB, the oldest past 90 % of it are let go every minute, like those older than `ssisdb.retention_secs` (1000..=100000000). |
 //! | `ssisdb.retention_secs` | (default: 604800, 7 days) How long events are kept on the replicas when no SSISDB is configured, at most `ssisdb.max_outbox_events` of them (60..=31536000). |
 //! | `ssisdb.batch_events` | (default: 1000) Events written to SSISDB per transaction (1..=10000). |
 //! | `ssisdb.connect_timeout_ms` | (default: 15000) Deadline for connecting and logging in to SQL Server (100..=300000). |

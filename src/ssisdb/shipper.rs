@@ -27,7 +27,7 @@
 //! only the outbox's counters; the rows they name from the queue and the store, as they are now.
 //!
 //! Without SSISDB, the leader releases the events older than `ssisdb.retention_secs`, and the
-//! oldest beyond `ssisdb.max_outbox_events`, every minute, [`PRUNE_BATCH`] at a time (at once
+//! oldest beyond 90 % of `ssisdb.max_outbox_events`, every minute, [`PRUNE_BATCH`] at a time (at once
 //! again while batches come out full): nothing reads them, and a replica's store, its restart
 //! and its memory grow with them (six events a job).
 //! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
@@ -179,7 +179,9 @@ pub async fn run(
                 let before_ms = proposer
                     .now_ms()
                     .saturating_sub(shipper.settings.retention().as_millis() as u64);
-                let most_kept = shipper.settings.max_outbox_events;
+                // Below the bound: at it, apply drops new log line events (`outbox_limit`),
+                // which nothing needs to happen without SSISDB.
+                let most_kept = shipper.settings.max_outbox_events / 10 * 9;
                 match prune(&readers, &proposer, before_ms, most_kept).await {
                     // A full batch: more may be due, at once.
                     Ok(PRUNE_BATCH) => last_prune = None,
