@@ -179,8 +179,8 @@ pub async fn run(
                 let before_ms = proposer
                     .now_ms()
                     .saturating_sub(shipper.settings.retention().as_millis() as u64);
-                // Below the bound: at it, apply drops new log line events (`outbox_limit`),
-                // which nothing needs to happen without SSISDB.
+                // Below the bound: at the bound, apply drops new log line events
+                // (`outbox_limit`), and without SSISDB nothing calls for that.
                 let most_kept = shipper.settings.max_outbox_events / 10 * 9;
                 match prune(&readers, &proposer, before_ms, most_kept).await {
                     // A full batch: more may be due, at once.
