@@ -13,8 +13,9 @@
 
 use std::time::Duration;
 
-/// How often a replica hands free memory back (a trim walks the arenas' free lists: a few
-/// milliseconds for a heap of hundreds of MiB, during which the arena being walked is locked).
+/// How often a replica hands free memory back. A trim walks every arena's free chunks, each
+/// arena locked while it is walked, so allocations on it wait; how long that takes on a loaded
+/// replica's heap is not measured yet.
 pub const TRIM_EVERY: Duration = Duration::from_secs(30);
 
 /// Hands the memory malloc holds free back to the operating system; returns whether any was.

@@ -190,7 +190,9 @@ pub enum CommandOutput {
         state: JobState,
     },
     /// The same completion arrived again (its answer was lost, e.g. with a dying leader): the
-    /// attempt already ended with this outcome and exit code. Nothing changed.
+    /// attempt already ended with this outcome and exit code (for a finished job, whose record
+    /// keeps no outcomes: its last attempt, and the job ended in this outcome's state). Nothing
+    /// changed.
     CompletedBefore {
         /// The job's state now.
         state: JobState,

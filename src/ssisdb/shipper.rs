@@ -27,9 +27,9 @@
 //! only the outbox's counters; the rows they name from the queue and the store, as they are now.
 //!
 //! Without SSISDB, the leader releases the events older than `ssisdb.retention_secs`, and the
-//! oldest beyond 90 % of `ssisdb.max_outbox_events`, every minute, [`PRUNE_BATCH`] at a time (at once
-//! again while batches come out full): nothing reads them, and a replica's store, its restart
-//! and its memory grow with them (six events a job).
+//! oldest beyond 90 % of `ssisdb.max_outbox_events`, every minute, [`PRUNE_BATCH`] at a time
+//! (at once again while batches come out full): nothing reads them, and a replica's store, its
+//! restart and its memory grow with them (six events a job).
 //! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
 //! every [`HEARTBEAT_EVERY`], like the SSIS Scale Out Master's heartbeat.
 
