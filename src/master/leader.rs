@@ -1,28 +1,30 @@
-//! The leader-only loop: lease grace on taking office, then lease expiry by committed time, and
-//! retention sweeps of finished jobs.
+//! The leader-only loop and the one answer to "am I the leader?": lease grace on taking office,
+//! then the duties of the term (lease expiry by committed time, retention sweeps of finished
+//! jobs, shipping the outbox to SSISDB), all ended together when the term or the role changes.
 //!
-//! Nothing here trusts `metrics().state` alone: a restarted old leader may believe it still leads
-//! until it hears otherwise. On becoming leader of term T, this loop first commits an
-//! `ExtendLeases` entry; that entry committing proves leadership in T (a majority accepted an
-//! entry of T) and, because it pushes every live lease out by one lease interval, a failover
+//! `metrics().state == Leader` is not proof of leading: a replica cut off from its peers, or an
+//! old leader just restarted, believes it leads until it hears otherwise. On becoming leader of
+//! term T, this loop first commits an `ExtendLeases` entry; that entry committing proves
+//! leadership in T (a majority accepted an entry of T, and every entry of earlier terms is
+//! applied here) and, because it pushes every live lease out by one lease interval, a failover
 //! never expires work that kept running while no leader could take renewals. Only then does the
-//! expiry check run, proposing `ExpireLeases` (stamped with this leader's clock) whenever a lease
-//! is due, and every `retention.sweep_interval_ms` a `RemoveFinishedJobs` when finished jobs
-//! are due for removal (`queue/state/retention.rs`). When the term or the role changes, the loop
-//! starts over.
-//!
-//! The same commit is what puts this replica in [`Office`] for T (`office.rs`), which duties
-//! outside Raft (the SSISDB shipper) wait for; the loop leaves office when it starts over.
+//! replica hold office for T, and only then do the term's duties start: the expiry check,
+//! proposing `ExpireLeases` (stamped with this leader's clock) whenever a lease is due; every
+//! `retention.sweep_interval_ms` a `RemoveFinishedJobs` when finished jobs are due for removal
+//! (`queue/state/retention.rs`); and the SSISDB shipper (`ssisdb::Shipping`), which carries T
+//! into the database's fencing row so SSISDB refuses a writer older than one it has seen. When
+//! the term or the role changes, the duties are dropped at once (a batch caught mid-way loses
+//! its connection and is rolled back) and the loop starts over.
 
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::office::Office;
 use super::proposer::Proposer;
 use crate::config::{RetentionSettings, WorkerSettings};
-use crate::queue::{Command, CommandOutput};
+use crate::queue::{Command, CommandOutput, CommandResult};
 use crate::raft::{Raft, SharedQueue};
+use crate::ssisdb::{Committer, Shipping};
 
 /// Most finished jobs one `RemoveFinishedJobs` removes: bounds the entry and its apply.
 const REMOVALS_PER_COMMAND: u32 = 1000;
@@ -47,11 +49,10 @@ pub async fn run(
     queue: SharedQueue,
     settings: WorkerSettings,
     retention: Retention,
-    office: Office,
+    shipping: Shipping,
 ) {
     let mut metrics = raft.metrics();
     loop {
-        office.leave();
         // Wait to lead.
         let term = loop {
             let (state, term) = {
@@ -80,7 +81,6 @@ pub async fn run(
                     term,
                     leases, "leading: live leases extended by one lease interval"
                 );
-                office.take(term);
             }
             other => {
                 // Lost the leadership meanwhile, or the entry did not commit: start over.
@@ -89,12 +89,56 @@ pub async fn run(
                 continue;
             }
         }
-        expire_while_leading(&raft, &proposer, &queue, &settings, &retention, term).await;
+        // In office for `term`: its duties run until it ends.
+        let _shipping = AbortOnDrop(tokio::spawn(
+            shipping.clone().serve_term(term, proposer.clone()),
+        ));
+        tokio::select! {
+            () = expire_while_leading(&proposer, &queue, &settings, &retention, term) => {}
+            () = office_lost(&raft, term) => info!(term, "no longer leading"),
+        }
     }
 }
 
+/// Returns once this replica no longer leads in `term` (the role or the term changed, or the
+/// node shut down).
+async fn office_lost(raft: &Raft, term: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.state != openraft::ServerState::Leader || m.current_term != term {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts a term's duty when the term of office ends (the guard is dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The shipper commits through the leader's proposer, in the leader's time.
+impl Committer for Proposer {
+    async fn commit(&self, command: Command) -> Result<CommandResult, String> {
+        self.propose(command).await.map_err(|e| e.to_string())
+    }
+
+    fn now_ms(&self) -> u64 {
+        Proposer::now_ms(self)
+    }
+}
+
+/// Never returns by itself: the caller drops it when the term of office ends.
 async fn expire_while_leading(
-    raft: &Raft,
     proposer: &Proposer,
     queue: &SharedQueue,
     settings: &WorkerSettings,
@@ -117,14 +161,6 @@ async fn expire_while_leading(
                 "the wall clock stepped while leading; lease time follows the monotonic clock \
                  and takes the wall clock again at the next term"
             );
-        }
-        let still_leading = {
-            let m = raft.metrics().borrow().clone();
-            m.state == openraft::ServerState::Leader && m.current_term == term
-        };
-        if !still_leading {
-            info!(term, "no longer leading");
-            return;
         }
         if tokio::time::Instant::now() >= next_sweep {
             sweep_finished_jobs(proposer, queue, retention, term).await;

@@ -17,12 +17,10 @@ mod job_service;
 mod leader;
 mod membership;
 mod observe;
-mod office;
 mod proposer;
 mod replica;
 mod worker_service;
 
 pub use bootstrap::BootstrapError;
-pub use office::Office;
 pub use proposer::{ProposeError, Proposer};
 pub use replica::{run, MasterError};

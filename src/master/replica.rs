@@ -352,7 +352,6 @@ pub async fn run(
     }
     // `initialize` stands for election at once; the driver's wait starts after it.
     contact.touch();
-    let office = super::Office::new();
     let leader_duties = tokio::spawn(super::leader::run(
         raft.clone(),
         proposer.clone(),
@@ -362,27 +361,31 @@ pub async fn run(
             settings: config.retention.clone(),
             until_shipped: config.ssisdb.enabled(),
         },
-        office.clone(),
+        // Ships the outbox to SSISDB in each term of office (or prunes it when none is
+        // configured).
+        crate::ssisdb::Shipping {
+            readers,
+            settings: config.ssisdb.clone(),
+            replica_id: config.id,
+        },
     ));
     let memory_duties = tokio::spawn(crate::memory::trim_periodically());
-    // Ships the outbox to SSISDB while leading (or prunes it when none is configured), and
-    // keeps this replica's row there.
-    let outbox_duties = tokio::spawn(crate::ssisdb::run(
-        raft.clone(),
-        office,
-        proposer.clone(),
-        readers,
-        config.ssisdb.clone(),
-        config.id,
-        // The addresses the others dial (what SSISDB should show), not the bound ones, which
-        // may be 0.0.0.0.
-        config
-            .member(config.id)
-            .map_or(api_addr.clone(), |me| me.api.clone()),
-        config
-            .member(config.id)
-            .map_or(peer_addr.clone(), |me| me.peer.clone()),
-    ));
+    // Keeps this replica's row in SSISDB, leader or not.
+    let heartbeat_duties = config.ssisdb.enabled().then(|| {
+        tokio::spawn(crate::ssisdb::heartbeat(
+            raft.clone(),
+            config.ssisdb.clone(),
+            config.id,
+            // The addresses the others dial (what SSISDB should show), not the bound ones,
+            // which may be 0.0.0.0.
+            config
+                .member(config.id)
+                .map_or(api_addr.clone(), |me| me.api.clone()),
+            config
+                .member(config.id)
+                .map_or(peer_addr.clone(), |me| me.peer.clone()),
+        ))
+    });
 
     // Run until asked to stop, or until a server dies.
     let served = tokio::select! {
@@ -412,7 +415,9 @@ pub async fn run(
     health_duties.abort();
     drop(ops_server);
     leader_duties.abort();
-    outbox_duties.abort();
+    if let Some(heartbeat) = heartbeat_duties {
+        heartbeat.abort();
+    }
     memory_duties.abort();
     tls_duties.abort();
     if let Err(e) = raft.shutdown().await {

@@ -101,11 +101,6 @@ pub enum SsisdbError {
         term: u64,
         newer_term: u64,
     },
-    #[error(
-        "replica {replica} lost office (term {term}) while writing a batch to SSISDB; the \
-         batch is abandoned (its connection closed, so SQL Server rolls it back)"
-    )]
-    OfficeLost { replica: u64, term: u64 },
     #[error("SSISDB statement failed: {0}")]
     Sql(String),
 }

@@ -9,7 +9,8 @@
 //! - [`mod@connect`]: the connection: ADO string, password, TLS trust, MultiSubnetFailover-style
 //!   racing of every listener address, and [`SsisdbError`].
 //! - [`schema`]: the `scaleout` schema script, `install-schema` and `check`.
-//! - [`shipper`]: the task every replica runs: ships while leader, heartbeats its own row.
+//! - [`shipper`]: the leader's shipping duty (started by the leader loop for each term of
+//!   office) and every replica's heartbeat row.
 
 pub mod connect;
 pub mod schema;
@@ -18,4 +19,4 @@ mod sql;
 
 pub use connect::{connect, SqlClient, SsisdbError};
 pub use schema::{check, install_schema, CheckItem, CheckReport, SCHEMA_VERSION};
-pub use shipper::{run, write_events, Fence, ShipperStatus};
+pub use shipper::{heartbeat, write_events, Committer, Fence, ShipperStatus, Shipping};

@@ -1,6 +1,9 @@
-//! The shipper: every replica runs [`run`]; while it holds office (`master::Office`: it
-//! committed an entry of its term as leader), it moves the replicated outbox into SSISDB,
-//! exactly once by event id, with rows that never go back to an older state.
+//! The shipper: the leader's duty of moving the replicated outbox into SSISDB, exactly once by
+//! event id, with rows that never go back to an older state. The leader loop
+//! (`master/leader.rs`) starts [`Shipping::serve_term`] once an entry of its term has committed
+//! (proof that a majority follows it) and aborts it as soon as the role or the term changes; a
+//! batch caught mid-way loses its connection, and SQL Server rolls it back. The leader's commands
+//! go through [`Committer`], so this module never reaches back into the replica.
 //!
 //! One batch = up to `ssisdb.batch_events` events after the committed cursor
 //! (`acked_up_to`), with the rows they name as they are now (job, task, attempts, worker, log
@@ -17,11 +20,10 @@
 //! 3. insert each event `WHERE NOT EXISTS` its event_id, count the batch's ids back (a server
 //!    that silently dropped a statement fails the batch instead of losing events), COMMIT.
 //!
-//! Then propose `ReleaseOutbox { after: cursor, up_to: last id, events: n }`. A leader that dies
+//! Then commit `ReleaseOutbox { after: cursor, up_to: last id, events: n }`. A leader that dies
 //! between the COMMIT and the release's commit leaves the cursor behind; the next leader ships
 //! the same ids again and the NOT EXISTS makes that a no-op, so nothing is duplicated and nothing
-//! is skipped. A replica that loses office mid-batch drops its connection at once (SQL Server
-//! rolls the transaction back).
+//! is skipped.
 //!
 //! The events are read from the store (`raft::OutboxReader`), not from the queue, which holds
 //! only the outbox's counters; the rows they name from the queue and the store, as they are now.
@@ -31,9 +33,10 @@
 //! (at once again while batches come out full): nothing reads them, and a replica's store, its
 //! restart and its memory grow with them (six events a job).
 //! With SSISDB, every replica (leader or not) also upserts its own row in `scaleout.replicas`
-//! every [`HEARTBEAT_EVERY`], like the SSIS Scale Out Master's heartbeat.
+//! every [`HEARTBEAT_EVERY`] ([`heartbeat`]), like the SSIS Scale Out Master's heartbeat.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -43,10 +46,9 @@ use tracing::{debug, info, warn};
 use super::connect::{connect_target, target, SqlClient, SsisdbError};
 use super::sql::{big, clip, rollback, send, simple, sql_time, Packer, Param, MAX_STRING};
 use crate::config::SsisdbSettings;
-use crate::master::{Office, Proposer};
 use crate::queue::{
-    Command, CommandOutput, EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent,
-    QueueState, Worker, WorkerId,
+    Command, CommandOutput, CommandResult, EventKind, Job, JobId, JobLogLine, JobState, LogLevel,
+    OutboxEvent, QueueState, Worker, WorkerId,
 };
 use crate::raft::{JobReader, LogReader, OutboxReader, Raft, SharedQueue, StateReaders};
 use crate::rpc::backoff::Pauses;
@@ -63,22 +65,14 @@ pub const PRUNE_BATCH: u64 = 10_000;
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// A replica heartbeat that met a lock conflict tries again within this.
 const LOCK_RETRY: Duration = Duration::from_millis(200);
-/// How often the outbox lag is logged (debug).
-const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the shipper of this process has done; cheap to read (atomics).
 #[derive(Debug, Default)]
 pub struct ShipperStatus {
     /// Events written to SSISDB and acked by this process.
     pub events_shipped: AtomicU64,
-    /// Batches committed by this process.
-    pub batches: AtomicU64,
     /// Shipping attempts that failed (connection, SQL or commit of the cursor).
     pub ship_errors: AtomicU64,
-    /// Events in the local outbox at the last look.
-    pub lag: AtomicU64,
-    /// The shipped cursor at the last look.
-    pub acked_up_to: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -87,14 +81,6 @@ impl ShipperStatus {
     pub fn global() -> Arc<ShipperStatus> {
         static STATUS: OnceLock<Arc<ShipperStatus>> = OnceLock::new();
         STATUS.get_or_init(Default::default).clone()
-    }
-
-    /// The last error, `None` once a batch succeeds after it.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// Records `error`; true when it differs from the previous one (log it then, once).
@@ -109,130 +95,96 @@ impl ShipperStatus {
     }
 }
 
-/// Runs forever on every replica (spawned by the replica, aborted at shutdown).
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    raft: Raft,
-    office: Office,
-    proposer: Proposer,
-    readers: StateReaders,
-    settings: SsisdbSettings,
-    replica_id: u64,
-    replica_api: String,
-    replica_peer: String,
-) {
-    let status = ShipperStatus::global();
-    // Ends with this task (the replica aborts it at shutdown).
-    let _heartbeat = settings.enabled().then(|| {
-        AbortOnDrop(tokio::spawn(heartbeat(
-            raft.clone(),
-            settings.clone(),
-            replica_id,
-            replica_api,
-            replica_peer,
-        )))
-    });
-    let mut shipper = Shipper {
-        settings,
-        status,
-        client: None,
-        pauses: BACKOFF.pauses(),
-        replica_id,
-    };
-    let mut last_prune: Option<tokio::time::Instant> = None;
-    let mut last_lag_log = tokio::time::Instant::now();
-    let mut shipping_term = None;
-    loop {
-        let term = office.held(&raft);
-        if term != shipping_term {
-            // A new term of office starts without the last one's backoff.
-            shipping_term = term;
-            shipper.pauses.reset();
-        }
-        let leader = term.is_some();
-        let lag = read_queue(&readers.queue, |q| q.outbox_len() as u64);
-        shipper.status.lag.store(lag, Ordering::Relaxed);
-        if last_lag_log.elapsed() >= LAG_LOG_EVERY {
-            debug!(
-                replica = replica_id,
-                leader,
-                outbox_lag = lag,
-                "SSISDB outbox lag"
-            );
-            last_lag_log = tokio::time::Instant::now();
-        }
-        let Some(term) = term else {
-            // A follower keeps no connection: the new leader must not see two writers.
-            shipper.client = None;
-            tokio::time::sleep(
-                shipper
-                    .settings
-                    .ship_interval()
-                    .max(Duration::from_millis(100)),
-            )
-            .await;
-            continue;
+/// What shipping needs from the leader it runs in: commands committed through the log, and the
+/// leader's clock. The leader loop hands its proposer in (`master::Proposer` implements this),
+/// so this module knows nothing of the replica around it.
+pub trait Committer: Send + Sync + 'static {
+    /// Commits `command` in one entry of this leader's term and returns what apply said.
+    fn commit(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<CommandResult, String>> + Send;
+    /// The leader's clock (cluster time, ms), which stamps what it proposes.
+    fn now_ms(&self) -> u64;
+}
+
+/// The shipping duty of a leader, handed to the leader loop at start-up: it runs
+/// [`Shipping::serve_term`] for each term it holds office in.
+#[derive(Clone)]
+pub struct Shipping {
+    pub readers: StateReaders,
+    pub settings: SsisdbSettings,
+    pub replica_id: u64,
+}
+
+impl Shipping {
+    /// Ships (or, without SSISDB, prunes) the outbox for one term of office. Runs until the
+    /// leader loop aborts it when the role or the term changes; dropping the connection then
+    /// makes SQL Server roll back a batch caught mid-way.
+    pub async fn serve_term(self, term: u64, committer: impl Committer) {
+        let mut shipper = Shipper {
+            settings: self.settings,
+            status: ShipperStatus::global(),
+            client: None,
+            pauses: BACKOFF.pauses(),
+            replica_id: self.replica_id,
         };
+        let readers = self.readers;
         if !shipper.settings.enabled() {
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                last_prune = Some(tokio::time::Instant::now());
-                let before_ms = proposer
-                    .now_ms()
-                    .saturating_sub(shipper.settings.retention().as_millis() as u64);
-                // Below the bound: at the bound, apply drops new log line events
-                // (`outbox_limit`), and without SSISDB nothing calls for that.
-                let most_kept = shipper.settings.max_outbox_events / 10 * 9;
-                match prune(&readers, &proposer, before_ms, most_kept).await {
-                    // A full batch: more may be due, at once.
-                    Ok(PRUNE_BATCH) => last_prune = None,
-                    Ok(_) => {}
-                    Err(e) => debug!(error = %e, "outbox prune not done; retrying in a minute"),
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+            prune_while_leading(&readers, &committer, &shipper.settings).await;
         }
-        let shipped = tokio::select! {
-            shipped = shipper.ship_once(&readers, &proposer, term) => shipped,
-            // Abandon the batch: dropping the connection makes SQL Server roll it back.
-            () = office.lost(&raft, term) => Err(SsisdbError::OfficeLost { replica: replica_id, term }),
-        };
-        match shipped {
-            Ok(0) => tokio::time::sleep(shipper.settings.ship_interval()).await,
-            Ok(_) => {}
-            Err(e @ (SsisdbError::Superseded { .. } | SsisdbError::OfficeLost { .. })) => {
-                // Not a fault of SSISDB: another replica leads, or is about to. Only a batch
-                // abandoned mid-way needs its connection closed (the server rolls it back).
-                if matches!(e, SsisdbError::OfficeLost { .. }) {
+        loop {
+            match shipper.ship_once(&readers, &committer, term).await {
+                Ok(0) => tokio::time::sleep(shipper.settings.ship_interval()).await,
+                Ok(_) => {}
+                Err(e @ SsisdbError::Superseded { .. }) => {
+                    // Not a fault of SSISDB: a newer leader has shipped; this replica is about
+                    // to hear of it and stop.
+                    if shipper.status.set_error(Some(e.to_string())) {
+                        info!(replica = shipper.replica_id, term, error = %e, "stopped shipping to SSISDB");
+                    }
+                    tokio::time::sleep(shipper.pauses.next_jittered().min(BACKOFF.max)).await;
+                }
+                Err(e) => {
                     shipper.client = None;
+                    shipper.status.ship_errors.fetch_add(1, Ordering::Relaxed);
+                    let wait = shipper.pauses.next_jittered().min(BACKOFF.max);
+                    let lag = read_queue(&readers.queue, |q| q.outbox_len() as u64);
+                    if shipper.status.set_error(Some(e.to_string())) {
+                        warn!(replica = shipper.replica_id, error = %e, retry_in_ms = wait.as_millis() as u64, outbox_lag = lag,
+                            "SSISDB shipping failed; dispatch goes on, events wait in the outbox");
+                    } else {
+                        debug!(replica = shipper.replica_id, error = %e, "SSISDB shipping still failing");
+                    }
+                    tokio::time::sleep(wait).await;
                 }
-                if shipper.status.set_error(Some(e.to_string())) {
-                    info!(replica = replica_id, term, error = %e, "stopped shipping to SSISDB");
-                }
-                tokio::time::sleep(shipper.pauses.next_jittered().min(BACKOFF.max)).await;
-            }
-            Err(e) => {
-                shipper.client = None;
-                shipper.status.ship_errors.fetch_add(1, Ordering::Relaxed);
-                let wait = shipper.pauses.next_jittered().min(BACKOFF.max);
-                if shipper.status.set_error(Some(e.to_string())) {
-                    warn!(replica = replica_id, error = %e, retry_in_ms = wait.as_millis() as u64, outbox_lag = lag,
-                        "SSISDB shipping failed; dispatch goes on, events wait in the outbox");
-                } else {
-                    debug!(replica = replica_id, error = %e, "SSISDB shipping still failing");
-                }
-                tokio::time::sleep(wait).await;
             }
         }
     }
 }
 
-/// Aborts a task when dropped, so a helper task cannot outlive the task that started it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Without SSISDB: every [`PRUNE_EVERY`] (at once again while batches come out full), releases
+/// the events older than `ssisdb.retention_secs` and the oldest beyond 90 % of
+/// `ssisdb.max_outbox_events`. Never returns.
+async fn prune_while_leading(
+    readers: &StateReaders,
+    committer: &impl Committer,
+    settings: &SsisdbSettings,
+) {
+    loop {
+        let before_ms = committer
+            .now_ms()
+            .saturating_sub(settings.retention().as_millis() as u64);
+        // Below the bound: at the bound, apply drops new log line events (`outbox_limit`), and
+        // without SSISDB nothing calls for that.
+        let most_kept = settings.max_outbox_events / 10 * 9;
+        match prune(readers, committer, before_ms, most_kept).await {
+            // A full batch: more may be due, at once.
+            Ok(PRUNE_BATCH) => continue,
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "outbox prune not done; retrying in a minute"),
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
     }
 }
 
@@ -245,7 +197,7 @@ fn read_queue<T>(queue: &SharedQueue, f: impl FnOnce(&QueueState) -> T) -> T {
 /// at most [`PRUNE_BATCH`] of them; returns how many went.
 async fn prune(
     readers: &StateReaders,
-    proposer: &Proposer,
+    committer: &impl Committer,
     before_ms: u64,
     most_kept: u64,
 ) -> Result<u64, String> {
@@ -270,7 +222,7 @@ async fn prune(
         up_to: aged.up_to,
         events: aged.events,
     };
-    match proposer.propose(command).await.map_err(|e| e.to_string())? {
+    match committer.commit(command).await? {
         Ok(CommandOutput::OutboxAcked { removed, .. }) => Ok(removed),
         Ok(other) => Err(format!("unexpected answer to a release: {other:?}")),
         Err(e) => Err(e.to_string()),
@@ -336,12 +288,11 @@ impl Shipper {
     async fn ship_once(
         &mut self,
         readers: &StateReaders,
-        proposer: &Proposer,
+        committer: &impl Committer,
         term: u64,
     ) -> Result<usize, SsisdbError> {
         let limit = self.settings.batch_events.max(1) as usize;
         let acked = read_queue(&readers.queue, |q| q.outbox_meta().acked_up_to);
-        self.status.acked_up_to.store(acked, Ordering::Relaxed);
         let events = read_events(&readers.outbox, acked, limit)?;
         let Some(last) = events.last().map(|e| e.id) else {
             return Ok(0);
@@ -370,7 +321,7 @@ impl Shipper {
             up_to: last,
             events: n as u64,
         };
-        match proposer.propose(release).await {
+        match committer.commit(release).await {
             Ok(Ok(CommandOutput::OutboxAcked { acked_up_to, .. })) if acked_up_to < last => {
                 // Counted from a cursor that moved meanwhile (another leader's release): the
                 // next batch starts from where it is now.
@@ -401,8 +352,6 @@ impl Shipper {
         self.status
             .events_shipped
             .fetch_add(n as u64, Ordering::Relaxed);
-        self.status.batches.fetch_add(1, Ordering::Relaxed);
-        self.status.acked_up_to.store(last, Ordering::Relaxed);
         if self.status.set_error(None) {
             info!(replica = self.replica_id, %addr, "SSISDB shipping recovered");
         }
@@ -1014,7 +963,7 @@ fn push_event(packer: &mut Packer, event: &OutboxEvent, batch: &Batch) {
 
 /// Every replica's own row in scaleout.replicas, every [`HEARTBEAT_EVERY`], on its own
 /// connection (iridium's table locks are no-wait: a conflict is retried).
-async fn heartbeat(
+pub async fn heartbeat(
     raft: Raft,
     settings: SsisdbSettings,
     replica_id: u64,
