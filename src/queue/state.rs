@@ -51,7 +51,10 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 #[derive(Debug, Clone)]
 pub struct QueueState {
     /// Queued and leased jobs (and, during the command that finished it, a finished one).
-    jobs: BTreeMap<JobId, Job>,
+    /// Boxed: a map node holds eleven entries whatever their size and is about half full after
+    /// appends and removals at its ends, so a job inline (about 500 bytes) would cost twice
+    /// that; boxed it costs itself and 16 bytes.
+    jobs: BTreeMap<JobId, Box<Job>>,
     /// What is kept of each finished job (see `finished.rs`).
     finished_jobs: BTreeMap<JobId, FinishedJob>,
     workers: BTreeMap<WorkerId, Worker>,
@@ -93,7 +96,7 @@ pub struct QueueState {
     passing_truncations: Vec<JobId>,
     /// Full rows of finished jobs that the store has not confirmed written
     /// ([`QueueState::release_archived`]); bookkeeping for persistence and reads, not state.
-    archive: BTreeMap<JobId, Job>,
+    archive: BTreeMap<JobId, Box<Job>>,
     /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
     /// not state (ignored by `==`).
     changes: Changes,
@@ -287,7 +290,7 @@ impl QueueState {
     /// kept here.
     pub fn to_parts(&self) -> Parts {
         Parts {
-            jobs: self.jobs.values().cloned().collect(),
+            jobs: self.jobs.values().map(|job| Job::clone(job)).collect(),
             finished: self.finished_jobs.values().cloned().collect(),
             workers: self.workers.values().cloned().collect(),
             // In the store, not here: the state machine adds them to a snapshot.
@@ -483,7 +486,10 @@ impl QueueState {
     /// ([`QueueState::archived`]). Other finished jobs are read from the store
     /// (`crate::raft::JobReader`); [`QueueState::finished_job`] says whether there is one.
     pub fn job(&self, job_id: JobId) -> Option<&Job> {
-        self.jobs.get(&job_id).or_else(|| self.archive.get(&job_id))
+        self.jobs
+            .get(&job_id)
+            .or_else(|| self.archive.get(&job_id))
+            .map(|job| &**job)
     }
 
     /// What is kept of a finished job.
@@ -494,7 +500,7 @@ impl QueueState {
     /// The full row of a job that finished, until the store has confirmed it written
     /// ([`QueueState::release_archived`]); its log counters are current.
     pub fn archived(&self, job_id: JobId) -> Option<&Job> {
-        self.archive.get(&job_id)
+        self.archive.get(&job_id).map(|job| &**job)
     }
 
     /// Lets go of the full rows of finished jobs the store has written.
@@ -508,7 +514,12 @@ impl QueueState {
     /// Tests never release the archive, so there it is every job.
     #[cfg(test)]
     pub(crate) fn jobs(&self) -> impl Iterator<Item = &Job> + '_ {
-        let mut all: Vec<&Job> = self.jobs.values().chain(self.archive.values()).collect();
+        let mut all: Vec<&Job> = self
+            .jobs
+            .values()
+            .chain(self.archive.values())
+            .map(|job| &**job)
+            .collect();
         all.sort_unstable_by_key(|job| job.id);
         all.into_iter()
     }

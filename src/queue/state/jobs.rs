@@ -58,7 +58,7 @@ impl QueueState {
             log_bytes: 0,
         };
         self.index_job(&job);
-        self.jobs.insert(job_id, job);
+        self.jobs.insert(job_id, Box::new(job));
         self.changes.jobs.insert(job_id);
         self.activity.jobs_submitted += 1;
         self.record(EventKind::JobSubmitted { job: job_id });

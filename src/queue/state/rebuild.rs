@@ -32,7 +32,7 @@ impl Rebuild {
                 .index_finished(FinishedJob::of(&job, UNKNOWN_LAST_EVENT));
         } else {
             self.state.index_job(&job);
-            self.state.jobs.insert(job.id, job);
+            self.state.jobs.insert(job.id, Box::new(job));
         }
     }
 
