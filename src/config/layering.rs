@@ -1,8 +1,137 @@
-//! Layering a config: the file, then `SCALEOUT_*` environment variables, then `--set` flags,
-//! each override checked against the schema, each value remembered with where it came from so an
-//! error can name it; relative paths resolved against the file's directory or the cwd.
+//! Layering a config: the file, then environment variables, then `--set` flags, each override
+//! checked against a schema, each value remembered with where it came from so an error can name
+//! it; relative paths resolved against the file's directory or the cwd. The engine knows no key
+//! names: the replica's and the worker's loaders each hand it their [`Layers`].
 
 use super::*;
+
+/// A config file's text, and the directory relative paths written in it are relative to.
+pub(crate) fn read_config_file(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    Ok((text, base_dir.to_path_buf()))
+}
+
+/// The process's environment as layering reads it (a name or value that is not UTF-8 is
+/// skipped).
+pub(crate) fn process_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
+/// What one kind of config file is layered with.
+pub(crate) struct Layers {
+    /// The keys the file accepts.
+    pub(crate) schema: &'static [Field],
+    /// Environment variables `<prefix><KEY>` override keys (`.` written `__`).
+    pub(crate) env_prefix: &'static str,
+    /// Variables under the prefix that belong to something else (the CLI's).
+    pub(crate) ignored_env: &'static [&'static str],
+    /// An override's form, for the error when one is not `key=value`.
+    pub(crate) example: &'static str,
+}
+
+/// The file's table with the overrides applied, checked against the schema, and where each
+/// overridden value came from.
+pub(crate) struct Layered {
+    pub(crate) tree: Table,
+    pub(crate) origins: Origins,
+}
+
+impl Layers {
+    /// Parses `text`, applies `env` (only names under the prefix that map to keys) then
+    /// `overrides` (`key.path=value`), and checks the result's shape against the schema.
+    pub(crate) fn layer(
+        &self,
+        text: &str,
+        file: &Path,
+        overrides: &[String],
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Layered, ConfigError> {
+        let mut tree: Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut origins = Origins::default();
+
+        // Environment: only names that map to keys; shallow keys first so `SCALEOUT_MEMBERS`
+        // is applied before `SCALEOUT_MEMBERS__0__API`.
+        let mut from_env: Vec<(Vec<Seg>, Kind, String, String)> = env
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(self.env_prefix)?;
+                if self.ignored_env.contains(&name.as_str()) || rest.is_empty() {
+                    return None;
+                }
+                let segs: Option<Vec<Seg>> = rest
+                    .split("__")
+                    .map(|part| parse_segment(&part.to_ascii_lowercase()))
+                    .collect();
+                let segs = segs?;
+                let kind = lookup(self.schema, &segs).ok()?;
+                Some((segs, kind, name, value))
+            })
+            .collect();
+        from_env.sort_by(|a, b| (a.0.len(), &a.2).cmp(&(b.0.len(), &b.2)));
+        for (segs, kind, name, raw) in from_env {
+            let origin = format!("environment variable {name}");
+            apply(&mut tree, &segs, parse_value(&raw, kind), file, &origin)?;
+            origins.set(&segs, origin);
+        }
+
+        for arg in overrides {
+            let shown = shown_override(arg);
+            let bad = |message: String| ConfigError::Override {
+                path: file.to_path_buf(),
+                arg: format!("--set {shown}"),
+                message,
+            };
+            let (key, raw) = arg
+                .split_once('=')
+                .ok_or_else(|| bad(format!("expected key.path=value, e.g. {}", self.example)))?;
+            let key = key.trim();
+            let segs = parse_key(key).ok_or_else(|| {
+                bad(format!(
+                    "`{key}` is not a key path; write dotted keys like {}",
+                    self.example.split('=').next().unwrap_or(self.example)
+                ))
+            })?;
+            let origin = format!("--set {shown}");
+            let kind = match lookup(self.schema, &segs) {
+                Ok(kind) => kind,
+                Err(LookupError::Unknown { at, expected }) => {
+                    return Err(ConfigError::UnknownKey {
+                        path: file.to_path_buf(),
+                        key: display_path(&segs[..=at]),
+                        origin: Some(origin),
+                        expected: expected_list(expected),
+                    })
+                }
+                Err(LookupError::Shape { at, message }) => {
+                    return Err(bad(format!("`{}` {message}", display_path(&segs[..at]))))
+                }
+            };
+            apply(&mut tree, &segs, parse_value(raw, kind), file, &origin)?;
+            origins.set(&segs, origin);
+        }
+
+        check_table(&tree, self.schema, &mut Vec::new(), file, &origins)?;
+        Ok(Layered { tree, origins })
+    }
+}
+
+/// The replica's keys, `SCALEOUT_*` variables and `--set` forms.
+const REPLICA_LAYERS: Layers = Layers {
+    schema: TOP,
+    env_prefix: ENV_PREFIX,
+    ignored_env: IGNORED_ENV,
+    example: "raft.heartbeat_interval_ms=150",
+};
 
 /// Parse, merge overrides, check the shape, deserialize, resolve defaults and paths, validate.
 pub(super) fn build(
@@ -12,74 +141,7 @@ pub(super) fn build(
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<MasterConfig, ConfigError> {
-    let mut tree: Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: file.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
-    let mut origins = Origins::default();
-
-    // Environment: only names that map to keys; shallow keys first so `SCALEOUT_MEMBERS` is
-    // applied before `SCALEOUT_MEMBERS__0__API`.
-    let mut from_env: Vec<(Vec<Seg>, Kind, String, String)> = env
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let rest = name.strip_prefix(ENV_PREFIX)?;
-            if IGNORED_ENV.contains(&name.as_str()) || rest.is_empty() {
-                return None;
-            }
-            let segs: Option<Vec<Seg>> = rest
-                .split("__")
-                .map(|part| parse_segment(&part.to_ascii_lowercase()))
-                .collect();
-            let segs = segs?;
-            let kind = lookup(&segs).ok()?;
-            Some((segs, kind, name, value))
-        })
-        .collect();
-    from_env.sort_by(|a, b| (a.0.len(), &a.2).cmp(&(b.0.len(), &b.2)));
-    for (segs, kind, name, raw) in from_env {
-        let origin = format!("environment variable {name}");
-        apply(&mut tree, &segs, parse_value(&raw, kind), file, &origin)?;
-        origins.set(&segs, origin);
-    }
-
-    for arg in overrides {
-        let shown = shown_override(arg);
-        let bad = |message: String| ConfigError::Override {
-            path: file.to_path_buf(),
-            arg: format!("--set {shown}"),
-            message,
-        };
-        let (key, raw) = arg.split_once('=').ok_or_else(|| {
-            bad("expected key.path=value, e.g. raft.heartbeat_interval_ms=150".into())
-        })?;
-        let key = key.trim();
-        let segs = parse_key(key).ok_or_else(|| {
-            bad(format!(
-                "`{key}` is not a key path; write dotted keys like raft.heartbeat_interval_ms or \
-                 members[0].api"
-            ))
-        })?;
-        let origin = format!("--set {shown}");
-        let kind = match lookup(&segs) {
-            Ok(kind) => kind,
-            Err(LookupError::Unknown { at, expected }) => {
-                return Err(ConfigError::UnknownKey {
-                    path: file.to_path_buf(),
-                    key: display_path(&segs[..=at]),
-                    origin: Some(origin),
-                    expected: expected_list(expected),
-                })
-            }
-            Err(LookupError::Shape { at, message }) => {
-                return Err(bad(format!("`{}` {message}", display_path(&segs[..at]))))
-            }
-        };
-        apply(&mut tree, &segs, parse_value(raw, kind), file, &origin)?;
-        origins.set(&segs, origin);
-    }
-
-    check_table(&tree, TOP, &mut Vec::new(), file, &origins)?;
+    let Layered { tree, origins } = REPLICA_LAYERS.layer(text, file, overrides, env)?;
 
     let raw: RawConfig = Value::Table(tree)
         .try_into()
@@ -258,7 +320,7 @@ pub(super) struct RawTls {
 
 /// A path as configured: absolute stays; relative is relative to the current directory when an
 /// environment variable or `--set` gave it (`overridden`), else to the config file's directory.
-pub(super) fn resolve_path(value: &str, overridden: bool, base_dir: &Path) -> PathBuf {
+pub(crate) fn resolve_path(value: &str, overridden: bool, base_dir: &Path) -> PathBuf {
     let path = PathBuf::from(value);
     if path.is_absolute() {
         path
@@ -352,9 +414,9 @@ pub(super) enum LookupError {
     Shape { at: usize, message: &'static str },
 }
 
-/// The kind of value at a key path.
-pub(super) fn lookup(segs: &[Seg]) -> Result<Kind, LookupError> {
-    let mut kind = Kind::Table(TOP);
+/// The kind of value at a key path of `schema`.
+pub(super) fn lookup(schema: &'static [Field], segs: &[Seg]) -> Result<Kind, LookupError> {
+    let mut kind = Kind::Table(schema);
     for (at, seg) in segs.iter().enumerate() {
         kind = match (kind, seg) {
             (Kind::Table(fields), Seg::Key(k)) => match fields.iter().find(|f| f.name == k) {
@@ -399,7 +461,8 @@ pub(super) fn expected_list(names: Vec<&'static str>) -> String {
 }
 
 /// An override's text as a TOML value: a TOML literal if it parses as one, else a string;
-/// string keys take the raw text unless it is a quoted TOML string.
+/// string keys take the raw text unless it is a quoted TOML string; list keys take a TOML
+/// array or comma-separated strings.
 pub(super) fn parse_value(raw: &str, kind: Kind) -> Value {
     let literal = toml::from_str::<Table>(&format!("v = {}", raw.trim()))
         .ok()
@@ -407,6 +470,15 @@ pub(super) fn parse_value(raw: &str, kind: Kind) -> Value {
         .and_then(|mut t| t.remove("v"));
     match (kind, literal) {
         (Kind::Str, Some(Value::String(s))) => Value::String(s),
+        (Kind::List, Some(Value::Array(items))) => Value::Array(items),
+        // `a, b, c`: the comma-separated form of a list of strings.
+        (Kind::List, _) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
         (Kind::Str, _) | (_, None) => Value::String(raw.to_string()),
         (_, Some(value)) => value,
     }
@@ -498,7 +570,7 @@ pub(super) fn apply(
 
 /// Which override last set each key (by display path); the file otherwise.
 #[derive(Default)]
-pub(super) struct Origins(BTreeMap<String, String>);
+pub(crate) struct Origins(BTreeMap<String, String>);
 
 impl Origins {
     fn set(&mut self, segs: &[Seg], origin: String) {
@@ -512,7 +584,7 @@ impl Origins {
     /// Where the value of `key`, and of any other overridden key path that `message` mentions
     /// (e.g. the heartbeat an election timeout is compared with) or that decides it (`insecure`
     /// and `[tls]` for each other), came from; empty if from the file.
-    fn note(&self, key: &str, message: &str) -> String {
+    pub(crate) fn note(&self, key: &str, message: &str) -> String {
         let mut notes: Vec<String> = self
             .get(key)
             .map(|o| format!("set by {o}"))
@@ -538,7 +610,7 @@ impl Origins {
     }
 
     /// The origin of `key` or of the closest enclosing key that was overridden.
-    pub(super) fn get(&self, key: &str) -> Option<String> {
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
         let mut key = key;
         loop {
             if let Some(origin) = self.0.get(key) {

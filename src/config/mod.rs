@@ -125,7 +125,9 @@ pub use settings::{
 pub use ssisdb::SsisdbSettings;
 
 use layering::*;
+pub(crate) use layering::{process_env, read_config_file, resolve_path, Layered, Layers};
 use schema::*;
+pub(crate) use schema::{opt, Field, Kind, TLS};
 
 /// Prefix of the environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SCALEOUT_";
@@ -246,9 +248,7 @@ impl MasterConfig {
     /// Reads `path`, applies `SCALEOUT_*` environment variables and then `overrides`
     /// (`"key.path=value"`, as given to `--set`), and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let env = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        load_with_env(path, overrides, env)
+        load_with_env(path, overrides, process_env())
     }
 
     /// Parses a config from text (no environment variables are read); relative paths in `text`
@@ -602,15 +602,8 @@ pub(crate) fn load_with_env(
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<MasterConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let base_dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    build(&text, path, base_dir, overrides, env)
+    let (text, base_dir) = read_config_file(path)?;
+    build(&text, path, &base_dir, overrides, env)
 }
 
 impl fmt::Display for MemberConfig {
@@ -624,6 +617,11 @@ impl fmt::Display for MemberConfig {
 /// its entries' keys as `members[].id`. Tables themselves (`raft`, `tls`) are not listed.
 /// `tests/deploy_files.rs` checks the reference against this list.
 pub fn known_keys() -> Vec<String> {
+    keys_of(TOP)
+}
+
+/// Every key of `schema`, named as [`known_keys`] names them, sorted.
+pub(crate) fn keys_of(schema: &[Field]) -> Vec<String> {
     fn walk(fields: &[Field], prefix: &str, out: &mut Vec<String>) {
         for field in fields {
             let key = format!("{prefix}{}", field.name);
@@ -633,12 +631,12 @@ pub fn known_keys() -> Vec<String> {
                     walk(inner, &format!("{key}[]."), out);
                     out.push(key);
                 }
-                Kind::Int | Kind::Bool | Kind::Str => out.push(key),
+                Kind::Int | Kind::Float | Kind::Bool | Kind::Str | Kind::List => out.push(key),
             }
         }
     }
     let mut out = Vec::new();
-    walk(TOP, "", &mut out);
+    walk(schema, "", &mut out);
     out.sort();
     out
 }

@@ -4,23 +4,28 @@
 use super::*;
 
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
+    /// A whole number, 0 or more.
     Int,
+    /// Any number.
+    Float,
     Bool,
     Str,
+    /// A list of strings; an override may write it comma-separated.
+    List,
     Table(&'static [Field]),
     TableArray(&'static [Field]),
 }
 
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Field {
-    pub(super) name: &'static str,
-    pub(super) kind: Kind,
+pub(crate) struct Field {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
     /// `Some(hint)` when the key is required; the hint says what to write.
     pub(super) required: Option<&'static str>,
 }
 
-pub(super) const fn opt(name: &'static str, kind: Kind) -> Field {
+pub(crate) const fn opt(name: &'static str, kind: Kind) -> Field {
     Field {
         name,
         kind,
@@ -80,7 +85,7 @@ pub(super) const RETENTION: &[Field] = &[
 
 pub(super) const API: &[Field] = &[opt("max_message_bytes", Kind::Int)];
 
-pub(super) const TLS: &[Field] = &[
+pub(crate) const TLS: &[Field] = &[
     opt("ca", Kind::Str),
     opt("cert", Kind::Str),
     opt("key", Kind::Str),
@@ -177,6 +182,10 @@ pub(super) fn check_table(
         match (field.kind, v) {
             (Kind::Int, Value::Integer(i)) if *i >= 0 => {}
             (Kind::Int, _) => return Err(wrong("a whole number, 0 or more")),
+            (Kind::Float, Value::Integer(_) | Value::Float(_)) => {}
+            (Kind::Float, _) => return Err(wrong("a number")),
+            (Kind::List, Value::Array(items)) if items.iter().all(Value::is_str) => {}
+            (Kind::List, _) => return Err(wrong("a list of strings, e.g. [\"a\", \"b\"]")),
             (Kind::Bool, Value::Boolean(_)) => {}
             (Kind::Bool, _) => return Err(wrong("true or false")),
             (Kind::Str, Value::String(_)) => {}

@@ -1511,7 +1511,7 @@ fn known_keys_are_the_schema() {
         // `members[].id` is set as `members[0].id`; every key names a value, tables
         // (`raft`, `tls`) are not keys of their own.
         let segs = parse_key(&key.replace("[]", "[0]")).expect(key);
-        match lookup(&segs) {
+        match lookup(TOP, &segs) {
             Ok(Kind::Table(_)) | Err(_) => panic!("{key} is not a key of the schema"),
             Ok(Kind::TableArray(_)) => assert!(!key.contains('.'), "{key}"),
             Ok(_) => {}

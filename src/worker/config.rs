@@ -51,73 +51,73 @@
 //! with `--set` are relative to the current directory.
 //!
 //! # Overrides
-//! `--set key=value` (repeatable, later wins). The value is read as a TOML literal (number,
-//! boolean, array, quoted string) when it parses as one, else as plain text; string keys always
-//! take the raw text, and `endpoints` and `tags` also take a comma-separated list
-//! (`--set endpoints=a:7101,b:7101`). The `[tls]` keys are set as `--set tls.cert=FILE`.
+//! The replica's layering engine (`crate::config::Layers`), with the worker's keys. Sources,
+//! in increasing precedence: the file; environment variables `SCALEOUT_WORKER_<KEY>` (the key
+//! upper-cased, `.` written `__`: `SCALEOUT_WORKER_MAX_TASK_COUNT=4`,
+//! `SCALEOUT_WORKER_TLS__CERT=FILE`); `--set key=value` (repeatable, later wins). The value is
+//! read as a TOML literal (number, boolean, array, quoted string) when it parses as one, else as
+//! plain text; string keys always take the raw text, and list keys (`endpoints`, `tags`,
+//! `executor`) also take a comma-separated list (`--set endpoints=a:7101,b:7101`). The `[tls]`
+//! keys are set as `--set tls.cert=FILE`. Relative paths from a variable or `--set` are relative
+//! to the current directory.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::{Table, Value};
+use toml::Value;
 use uuid::Uuid;
 
+use super::agent_id;
+pub use super::agent_id::AGENT_ID_FILE;
 use crate::config::{
-    check_addr, load_tls_identity, origin_note, probe_dir, tls_choice_error, tls_missing_message,
+    check_addr, keys_of, opt, origin_note, probe_dir, process_env, read_config_file, resolve_path,
+    tls_choice_error, tls_missing_message, ConfigError, Field, Kind, Layered, Layers, TLS,
 };
-use crate::tls::{Role, TlsPaths};
+use crate::tls::TlsPaths;
 
 /// The file name shown in errors for configs that did not come from a file.
 const INLINE: &str = "<inline config>";
 
-/// The name of the file in `state_dir` that keeps a generated agent id.
-pub const AGENT_ID_FILE: &str = "agent_id";
-
-/// SSIS's "all workers" GUID: it means "any worker" in a job, so no worker may use it.
-const ALL_WORKERS: Uuid = Uuid::from_u128(0x11111111_1111_1111_1111_111111111111);
-
-/// Every key, for unknown-key messages and for telling string keys from others in `--set`.
-const KEYS: &[(&str, Kind)] = &[
-    ("agent_id", Kind::Str),
-    ("display_name", Kind::Str),
-    ("description", Kind::Str),
-    ("endpoints", Kind::List),
-    ("tags", Kind::List),
-    ("max_task_count", Kind::Other),
-    ("agent_heartbeat_interval_ms", Kind::Other),
-    ("task_heartbeat_interval_ms", Kind::Other),
-    ("heartbeat_error_tolerance_ms", Kind::Other),
-    ("allow_overlapping_attempts", Kind::Other),
-    ("task_request_max_cpu", Kind::Other),
-    ("task_request_min_memory_mb", Kind::Other),
-    ("tasks_root_folder", Kind::Str),
-    ("state_dir", Kind::Str),
-    ("executor", Kind::Other),
-    ("insecure", Kind::Other),
-    ("acquire_wait_ms", Kind::Other),
-    ("noop_executor", Kind::Other),
-    ("noop_log_lines", Kind::Other),
-    ("noop_log_line_bytes", Kind::Other),
-    ("metrics_listen", Kind::Str),
-    ("tls.ca", Kind::Str),
-    ("tls.cert", Kind::Str),
-    ("tls.key", Kind::Str),
+/// Every key of the file.
+const KEYS: &[Field] = &[
+    opt("agent_id", Kind::Str),
+    opt("display_name", Kind::Str),
+    opt("description", Kind::Str),
+    opt("endpoints", Kind::List),
+    opt("tags", Kind::List),
+    opt("max_task_count", Kind::Int),
+    opt("agent_heartbeat_interval_ms", Kind::Int),
+    opt("task_heartbeat_interval_ms", Kind::Int),
+    opt("heartbeat_error_tolerance_ms", Kind::Int),
+    opt("allow_overlapping_attempts", Kind::Bool),
+    opt("task_request_max_cpu", Kind::Float),
+    opt("task_request_min_memory_mb", Kind::Int),
+    opt("tasks_root_folder", Kind::Str),
+    opt("state_dir", Kind::Str),
+    opt("executor", Kind::List),
+    opt("insecure", Kind::Bool),
+    opt("acquire_wait_ms", Kind::Int),
+    opt("noop_executor", Kind::Bool),
+    opt("noop_log_lines", Kind::Int),
+    opt("noop_log_line_bytes", Kind::Int),
+    opt("metrics_listen", Kind::Str),
+    opt("tls", Kind::Table(TLS)),
 ];
 
-/// The one table of the file; its keys are listed in [`KEYS`] as `tls.<key>`.
-const TLS_TABLE: &str = "tls";
+/// Prefix of the environment variables that override a worker's keys:
+/// `SCALEOUT_WORKER_MAX_TASK_COUNT=4`, `SCALEOUT_WORKER_TLS__CERT=/etc/scaleout/worker.pem`.
+pub const WORKER_ENV_PREFIX: &str = "SCALEOUT_WORKER_";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Takes the raw text of an override.
-    Str,
-    /// A list of strings; an override may be comma-separated.
-    List,
-    /// Anything else: a TOML literal.
-    Other,
-}
+/// The worker's keys, `SCALEOUT_WORKER_*` variables and `--set` forms, on the replica's
+/// layering engine.
+const LAYERS: Layers = Layers {
+    schema: KEYS,
+    env_prefix: WORKER_ENV_PREFIX,
+    ignored_env: &[],
+    example: "max_task_count=4",
+};
 
 /// A worker's validated configuration. Paths are absolute; `agent_id` is settled.
 #[derive(Debug, Clone, PartialEq)]
@@ -293,35 +293,60 @@ impl WorkerConfigError {
 }
 
 fn expected_keys() -> String {
-    KEYS.iter()
-        .map(|(k, _)| format!("`{k}`"))
+    known_keys()
+        .iter()
+        .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// The layering engine's errors, as a worker's loader words them.
+impl From<ConfigError> for WorkerConfigError {
+    fn from(error: ConfigError) -> Self {
+        match error {
+            ConfigError::Read { path, source } => WorkerConfigError::Read { path, source },
+            ConfigError::Parse { path, message } => WorkerConfigError::Parse { path, message },
+            ConfigError::UnknownKey {
+                path, key, origin, ..
+            } => WorkerConfigError::UnknownKey { path, key, origin },
+            // The engine's message already says where an overridden value came from.
+            ConfigError::Invalid { path, key, message } => WorkerConfigError::Invalid {
+                path,
+                key,
+                origin: None,
+                message,
+            },
+            ConfigError::Override { path, arg, message } => {
+                WorkerConfigError::Override { path, arg, message }
+            }
+        }
+    }
+}
+
 impl WorkerConfig {
-    /// Reads `path`, applies `overrides` (`"key=value"`, as given to `--set`), fills in defaults,
-    /// validates, creates `state_dir` and `tasks_root_folder`, and settles the agent id
-    /// (generating and persisting one on first start).
+    /// Reads `path`, applies `SCALEOUT_WORKER_*` environment variables and then `overrides`
+    /// (`"key=value"`, as given to `--set`), fills in defaults, validates, creates `state_dir`
+    /// and `tasks_root_folder`, and settles the agent id (generating and persisting one on
+    /// first start).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, WorkerConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WorkerConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base_dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        build(&text, path, base_dir, overrides)
+        let (text, base_dir) = read_config_file(path)?;
+        build(&text, path, &base_dir, overrides, process_env())
     }
 
-    /// Like [`WorkerConfig::load`] for text; relative paths in `text` are relative to `base_dir`.
+    /// Like [`WorkerConfig::load`] for text, without environment variables; relative paths in
+    /// `text` are relative to `base_dir`.
     pub fn from_toml_str(
         text: &str,
         base_dir: &Path,
         overrides: &[String],
     ) -> Result<Self, WorkerConfigError> {
-        build(text, Path::new(INLINE), base_dir, overrides)
+        build(
+            text,
+            Path::new(INLINE),
+            base_dir,
+            overrides,
+            std::iter::empty(),
+        )
     }
 }
 
@@ -331,6 +356,7 @@ fn build(
     file: &Path,
     base_dir: &Path,
     overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<WorkerConfig, WorkerConfigError> {
     // Absolute from the start, so task folders and the spool do not depend on the cwd later.
     let base_dir: PathBuf = if base_dir.is_absolute() {
@@ -344,86 +370,9 @@ fn build(
     .filter(|c| !matches!(c, std::path::Component::CurDir))
     .collect();
     let base_dir = base_dir.as_path();
-    let mut table: Table = toml::from_str(text).map_err(|e| WorkerConfigError::Parse {
-        path: file.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
-    // Which keys came from `--set`, so errors can say so and paths resolve against the cwd.
-    let mut origins: Vec<(String, String)> = Vec::new();
-    for arg in overrides {
-        let bad = |message: String| WorkerConfigError::Override {
-            path: file.to_path_buf(),
-            arg: format!("--set {arg}"),
-            message,
-        };
-        let (key, raw) = arg
-            .split_once('=')
-            .ok_or_else(|| bad("expected key=value, e.g. max_task_count=4".into()))?;
-        let key = key.trim();
-        let Some((_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
-            return Err(WorkerConfigError::UnknownKey {
-                path: file.to_path_buf(),
-                key: key.to_string(),
-                origin: Some(format!("--set {arg}")),
-            });
-        };
-        let value = parse_value(raw, *kind);
-        match key.split_once('.') {
-            // `tls.cert=...`: into the table, made if missing.
-            Some((name, inner)) => {
-                let slot = table
-                    .entry(name.to_string())
-                    .or_insert_with(|| Value::Table(Table::new()));
-                let Value::Table(inner_table) = slot else {
-                    return Err(bad(format!(
-                        "`{name}` is not a table here, so `{key}` cannot be set in it; write \
-                         [{name}] as a table"
-                    )));
-                };
-                inner_table.insert(inner.to_string(), value);
-            }
-            None => {
-                table.insert(key.to_string(), value);
-            }
-        }
-        origins.retain(|(k, _)| k != key);
-        origins.push((key.to_string(), format!("--set {arg}")));
-    }
-    let origin_of = |key: &str| {
-        origins
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, origin)| origin.clone())
-    };
-    for (key, value) in &table {
-        if key == TLS_TABLE {
-            let Value::Table(inner) = value else {
-                return Err(WorkerConfigError::Invalid {
-                    path: file.to_path_buf(),
-                    key: key.clone(),
-                    origin: origin_of(key),
-                    message: "must be a table ([tls]) with ca, cert and key".into(),
-                });
-            };
-            for inner_key in inner.keys() {
-                let full = format!("{key}.{inner_key}");
-                if !KEYS.iter().any(|(k, _)| *k == full) {
-                    return Err(WorkerConfigError::UnknownKey {
-                        path: file.to_path_buf(),
-                        origin: origin_of(&full),
-                        key: full,
-                    });
-                }
-            }
-        } else if key.contains('.') || !KEYS.iter().any(|(k, _)| k == key) {
-            return Err(WorkerConfigError::UnknownKey {
-                path: file.to_path_buf(),
-                key: key.clone(),
-                origin: origin_of(key),
-            });
-        }
-    }
-    let raw: RawConfig = Value::Table(table)
+    let Layered { tree, origins } = LAYERS.layer(text, file, overrides, env)?;
+    let origin_of = |key: &str| origins.get(key);
+    let raw: RawConfig = Value::Table(tree)
         .try_into()
         .map_err(|e: toml::de::Error| {
             let message = e.to_string().trim_end().to_string();
@@ -451,18 +400,7 @@ fn build(
         origin: origin_of(key),
         message,
     };
-    let resolve = |key: &str, value: &str| -> PathBuf {
-        let path = PathBuf::from(value);
-        if path.is_absolute() {
-            path
-        } else if origin_of(key).is_some() {
-            std::env::current_dir()
-                .map(|cwd| cwd.join(&path))
-                .unwrap_or(path)
-        } else {
-            base_dir.join(path)
-        }
-    };
+    let resolve = |key: &str, value: &str| resolve_path(value, origin_of(key).is_some(), base_dir);
 
     let state_dir = match raw.state_dir.as_deref().map(str::trim) {
         Some(dir) if !dir.is_empty() => resolve("state_dir", dir),
@@ -556,108 +494,19 @@ fn build(
     // The certificate, when there is one, decides the agent id: read it before anything could
     // generate or store another one.
     let cert_agent_id = match &config.tls {
-        Some(paths) => Some(certificate_agent_id(paths).map_err(|(key, e)| invalid(key, e))?),
+        Some(paths) => Some(agent_id::of_certificate(paths).map_err(|(key, e)| invalid(key, e))?),
         None => None,
     };
     probe_dir(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
     probe_dir(&config.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
-    let explicit = match raw.agent_id.as_deref().map(str::trim) {
-        Some(text) => Some(parse_agent_id(text).map_err(|e| invalid("agent_id", e))?),
-        None => None,
-    };
-    let agent_id = match (cert_agent_id, &config.tls) {
-        (Some(cert_id), Some(paths)) => {
-            settle_tls_agent_id(cert_id, explicit, &paths.cert, &config.state_dir)
-                .map_err(|e| invalid("agent_id", e))?
-        }
-        _ => match explicit {
-            Some(id) => id,
-            None => persistent_agent_id(&config.state_dir).map_err(|e| invalid("agent_id", e))?,
-        },
-    };
+    let agent_id = agent_id::settle(
+        cert_agent_id,
+        raw.agent_id.as_deref(),
+        config.tls.as_ref(),
+        &config.state_dir,
+    )
+    .map_err(|e| invalid("agent_id", e))?;
     Ok(WorkerConfig { agent_id, ..config })
-}
-
-/// Loads the `[tls]` files and returns the worker id of the certificate; an error as
-/// (key, message).
-fn certificate_agent_id(paths: &TlsPaths) -> Result<Uuid, (&'static str, String)> {
-    let identity = load_tls_identity(paths)?;
-    match identity.role() {
-        Role::Worker(id) if !id.is_nil() && *id != ALL_WORKERS => Ok(*id),
-        Role::Worker(_) => Err((
-            "tls.cert",
-            format!(
-                "the certificate in {} is for {}, a reserved id (it means no worker or any \
-                 worker); fix: issue the worker a certificate with another UUID",
-                paths.cert.display(),
-                identity.role().uri()
-            ),
-        )),
-        other => Err((
-            "tls.cert",
-            format!(
-                "the certificate in {} is for {}, but this is a worker; fix: use a worker \
-                 certificate (a SAN URI scaleout://worker/<uuid>, e.g. worker-<uuid>.pem from \
-                 `scaleout certs init --dir certs --workers N`)",
-                paths.cert.display(),
-                other.uri()
-            ),
-        )),
-    }
-}
-
-/// With TLS the agent id is the certificate's: a configured `agent_id` and the one kept in
-/// `<state_dir>/agent_id` must match it; the file is written with it when absent, so the id
-/// stays with the state dir.
-fn settle_tls_agent_id(
-    cert_id: Uuid,
-    explicit: Option<Uuid>,
-    cert: &Path,
-    state_dir: &Path,
-) -> Result<Uuid, String> {
-    if let Some(id) = explicit.filter(|id| *id != cert_id) {
-        return Err(format!(
-            "is {id}, but the certificate in {} is for worker {cert_id}; with TLS the agent id \
-             comes from the certificate; fix: remove agent_id, or use the certificate of worker \
-             {id}",
-            cert.display()
-        ));
-    }
-    match stored_agent_id(state_dir)? {
-        Some(stored) if stored != cert_id => Err(format!(
-            "{} holds agent id {stored}, but the certificate in {} is for worker {cert_id}; \
-             this state dir belongs to another worker; fix: use that worker's certificate \
-             (scaleout://worker/{stored}), or a fresh state_dir for worker {cert_id}",
-            state_dir.join(AGENT_ID_FILE).display(),
-            cert.display()
-        )),
-        Some(_) => Ok(cert_id),
-        None => {
-            store_agent_id(state_dir, cert_id)?;
-            Ok(cert_id)
-        }
-    }
-}
-
-/// An override's value: a TOML literal when it parses as one, else the raw text.
-fn parse_value(raw: &str, kind: Kind) -> Value {
-    let literal = toml::from_str::<Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"));
-    match (kind, literal) {
-        (Kind::Str, Some(Value::String(s))) => Value::String(s),
-        (Kind::Str, _) => Value::String(raw.to_string()),
-        (Kind::List, Some(Value::Array(items))) => Value::Array(items),
-        (Kind::List, _) => Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_string()))
-                .collect(),
-        ),
-        (Kind::Other, Some(value)) => value,
-        (Kind::Other, None) => Value::String(raw.to_string()),
-    }
 }
 
 /// The validation rules, returning (key, message) of the first violation.
@@ -784,53 +633,6 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-/// host:port, as the master's config accepts for member addresses.
-fn parse_agent_id(text: &str) -> Result<Uuid, String> {
-    let id = Uuid::parse_str(text).map_err(|e| {
-        format!("`{text}` is not a UUID ({e}); e.g. 6f1c2b9e-5d1a-4a67-9d0e-2f4b8c3a7e10, or leave it out to generate one")
-    })?;
-    if id.is_nil() || id == ALL_WORKERS {
-        return Err(format!(
-            "`{text}` is reserved (it means no worker or any worker); use another UUID"
-        ));
-    }
-    Ok(id)
-}
-
-/// The id kept in `<state_dir>/agent_id`, generated and written (atomically, fsynced) the first
-/// time, so the worker keeps its identity, and so its enabled state, across restarts.
-fn persistent_agent_id(state_dir: &Path) -> Result<Uuid, String> {
-    if let Some(id) = stored_agent_id(state_dir)? {
-        return Ok(id);
-    }
-    let id = Uuid::new_v4();
-    store_agent_id(state_dir, id)?;
-    Ok(id)
-}
-
-/// The id in `<state_dir>/agent_id`; `None` when the file does not exist.
-fn stored_agent_id(state_dir: &Path) -> Result<Option<Uuid>, String> {
-    let path = state_dir.join(AGENT_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse_agent_id(text.trim()).map(Some).map_err(|e| {
-            format!(
-                "{} holds an invalid id: {e}; fix or delete the file (a new id means a new \
-                 worker that must be enabled again)",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
-
-/// Writes `id` to `<state_dir>/agent_id`, atomically and fsynced.
-fn store_agent_id(state_dir: &Path, id: Uuid) -> Result<(), String> {
-    let path = state_dir.join(AGENT_ID_FILE);
-    crate::disk::write_atomically(&crate::disk::OsDisk, &path, format!("{id}\n").as_bytes())
-        .map_err(|e| format!("cannot write the agent id to {}: {e}", path.display()))
-}
-
 /// This host's name: /etc/hostname, else the kernel's, else `hostname`, else "localhost".
 pub fn machine_name() -> String {
     let from_file = |path: &str| {
@@ -855,9 +657,7 @@ pub fn machine_name() -> String {
 /// Every key a worker's file accepts, as docs/configuration.md names them (`[tls]` keys as
 /// `tls.ca`, `tls.cert`, `tls.key`). `tests/deploy_files.rs` checks the reference against it.
 pub fn known_keys() -> Vec<String> {
-    let mut keys: Vec<String> = KEYS.iter().map(|(key, _)| key.to_string()).collect();
-    keys.sort();
-    keys
+    keys_of(KEYS)
 }
 
 #[cfg(test)]
@@ -991,10 +791,16 @@ insecure = true
             (
                 format!("{MINIMAL}max_task_count = \"ten\"\n"),
                 "max_task_count",
-                "invalid type",
+                "must be a whole number",
             ),
             (
                 format!("{MINIMAL}max_task_count = -1\n"),
+                "max_task_count",
+                "0 or more",
+            ),
+            (
+                // The schema says a whole number; the field's type says how large.
+                format!("{MINIMAL}max_task_count = 5000000000\n"),
                 "max_task_count",
                 "u32",
             ),
@@ -1109,6 +915,47 @@ insecure = true
         )
         .unwrap();
         assert_eq!(c.tasks_root_folder, abs);
+    }
+
+    #[test]
+    fn worker_variables_override_the_file_and_set_overrides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let build_with = |sets: &[&str], vars: &[(&str, &str)]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            build(MINIMAL, Path::new(INLINE), dir.path(), &sets, env(vars))
+        };
+        let state = dir.path().join("from-env");
+        let state_text = state.display().to_string();
+        let vars = [
+            ("SCALEOUT_WORKER_MAX_TASK_COUNT", "4"),
+            ("SCALEOUT_WORKER_TAGS", "etl, linux"),
+            ("SCALEOUT_WORKER_STATE_DIR", state_text.as_str()),
+            // A replica's variable and the CLI's are not the worker's.
+            ("SCALEOUT_DATA_DIR", "/nowhere"),
+            ("SCALEOUT_ENDPOINTS", "x:1"),
+        ];
+        let c = build_with(&[], &vars).unwrap();
+        assert_eq!(c.max_task_count, 4);
+        assert_eq!(c.tags, vec!["etl", "linux"]);
+        assert_eq!(c.endpoints, vec!["127.0.0.1:7101", "127.0.0.1:7102"]);
+        assert_eq!(c.state_dir, state);
+
+        let c = build_with(&["max_task_count=6"], &vars[..2]).unwrap();
+        assert_eq!(c.max_task_count, 6, "--set wins over the environment");
+
+        let err = build_with(&[], &[("SCALEOUT_WORKER_MAX_TASK_COUNT", "0")]).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some("max_task_count"), "{msg}");
+        assert!(
+            msg.contains("set by environment variable SCALEOUT_WORKER_MAX_TASK_COUNT"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1339,7 +1186,8 @@ insecure = true
     #[test]
     fn known_keys_are_every_key() {
         let keys = known_keys();
-        assert_eq!(keys.len(), KEYS.len());
+        // `[tls]` is listed as its three keys.
+        assert_eq!(keys.len(), KEYS.len() - 1 + TLS.len());
         for key in [
             "endpoints",
             "state_dir",

@@ -25,6 +25,7 @@
 //! the start went well (or which port `metrics_listen = "…:0"` got) before the agent runs.
 
 mod agent;
+mod agent_id;
 pub mod config;
 pub mod connection;
 pub mod host;
