@@ -35,7 +35,7 @@
 //! | `task_request_max_cpu` | TaskRequestMaxCPU | 70.0 | No new task while CPU use is above this percentage. |
 //! | `task_request_min_memory_mb` | TaskRequestMinMemory | 100 | No new task while free memory is below this many MiB. |
 //! | `tasks_root_folder` | TasksRootFolder | `<state_dir>/tasks` | Each attempt runs in `<tasks_root_folder>/<job_id>-<attempt>`, created fresh. |
-//! | `state_dir` | (ExecutionLogCacheFolder) | (required) | Holds `agent_id` and `spool/`, the on-disk queue of logs and results not yet delivered. |
+//! | `state_dir` | (ExecutionLogCacheFolder) | (required) | Holds `agent_id` and `spool/`, the on-disk queue of logs and results not yet delivered. Created when the worker starts, if missing, with `tasks_root_folder` (loading the config creates nothing); both must be writable. |
 //! | `executor` | (ISServerExec) | `["/opt/ssis/bin/dtexec", "/F", "{package}"]` | How a `package` job runs: `{package}` is replaced by the package path, then `/Par` `name;value` is appended for each parameter, then the job's argv, if any. |
 //! | `insecure` | | `false` | Plaintext gRPC without authentication, on a trusted network only. Exactly one of `insecure = true` and `[tls]` must be given. |
 //! | `tls.ca` | | | PEM file of the CA that issued every scaleout certificate. |
@@ -70,10 +70,11 @@ use toml::Value;
 use uuid::Uuid;
 
 use super::agent_id;
-pub use super::agent_id::AGENT_ID_FILE;
+pub use super::agent_id::{AgentIdSource, AGENT_ID_FILE};
 use crate::config::{
-    check_addr, keys_of, opt, origin_note, probe_dir, process_env, read_config_file, resolve_path,
-    tls_choice_error, tls_missing_message, ConfigError, Field, Kind, Layered, Layers, TLS,
+    check_addr, check_dir_possible, keys_of, opt, origin_note, probe_dir, process_env,
+    read_config_file, resolve_path, tls_choice_error, tls_missing_message, ConfigError, Field,
+    Kind, Layered, Layers, TLS,
 };
 use crate::tls::TlsPaths;
 
@@ -119,10 +120,14 @@ const LAYERS: Layers = Layers {
     example: "max_task_count=4",
 };
 
-/// A worker's validated configuration. Paths are absolute; `agent_id` is settled.
+/// A worker's validated configuration. Paths are absolute; `agent_id` is settled (and kept in
+/// the state dir by [`WorkerConfig::prepare`], the start-up step, when it must be).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerConfig {
     pub agent_id: Uuid,
+    pub agent_id_source: AgentIdSource,
+    /// The file it was loaded from (`<inline config>` for text), named in start-up errors.
+    pub config_file: PathBuf,
     pub display_name: String,
     pub description: String,
     /// This host's name (reported as the machine name; the default display name).
@@ -190,6 +195,22 @@ pub fn check_tolerance(config: &WorkerConfig, lease_ms: u64) -> Result<(), Strin
 }
 
 impl WorkerConfig {
+    /// The start-up step (loading writes nothing): creates `state_dir` and `tasks_root_folder`
+    /// and checks a file can be written in each, then keeps a generated or certificate agent id
+    /// in `<state_dir>/agent_id`. [`Worker::start`](super::Worker::start) calls it first.
+    pub fn prepare(&self) -> Result<(), WorkerConfigError> {
+        let invalid = |key: &str, message: String| WorkerConfigError::Invalid {
+            path: self.config_file.clone(),
+            key: key.to_string(),
+            origin: None,
+            message,
+        };
+        probe_dir(&self.state_dir).map_err(|e| invalid("state_dir", e))?;
+        probe_dir(&self.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
+        agent_id::keep(&self.state_dir, self.agent_id, self.agent_id_source)
+            .map_err(|e| invalid("agent_id", e))
+    }
+
     pub fn agent_heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.agent_heartbeat_interval_ms)
     }
@@ -325,9 +346,8 @@ impl From<ConfigError> for WorkerConfigError {
 
 impl WorkerConfig {
     /// Reads `path`, applies `SCALEOUT_WORKER_*` environment variables and then `overrides`
-    /// (`"key=value"`, as given to `--set`), fills in defaults, validates, creates `state_dir`
-    /// and `tasks_root_folder`, and settles the agent id (generating and persisting one on
-    /// first start).
+    /// (`"key=value"`, as given to `--set`), fills in defaults, validates, and settles the agent
+    /// id (generating one on first start). Writes nothing: see [`WorkerConfig::prepare`].
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, WorkerConfigError> {
         let (text, base_dir) = read_config_file(path)?;
         build(&text, path, &base_dir, overrides, process_env())
@@ -350,7 +370,8 @@ impl WorkerConfig {
     }
 }
 
-/// Parse, merge overrides, check keys, deserialize, fill defaults, validate, settle the id.
+/// Parse, merge overrides, check keys, deserialize, fill defaults, validate, settle the id;
+/// nothing written.
 fn build(
     text: &str,
     file: &Path,
@@ -445,8 +466,10 @@ fn build(
     };
     let machine_name = machine_name();
     let config = WorkerConfig {
-        // Settled below, once state_dir is known to be usable.
+        // Settled below, once the certificate is read.
         agent_id: Uuid::nil(),
+        agent_id_source: AgentIdSource::Configured,
+        config_file: file.to_path_buf(),
         display_name: raw
             .display_name
             .map(|s| s.trim().to_string())
@@ -491,22 +514,27 @@ fn build(
             .filter(|addr| !addr.is_empty()),
     };
     check(&config).map_err(|(key, message)| invalid(key, message))?;
-    // The certificate, when there is one, decides the agent id: read it before anything could
-    // generate or store another one.
+    // The certificate, when there is one, decides the agent id.
     let cert_agent_id = match &config.tls {
         Some(paths) => Some(agent_id::of_certificate(paths).map_err(|(key, e)| invalid(key, e))?),
         None => None,
     };
-    probe_dir(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
-    probe_dir(&config.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
-    let agent_id = agent_id::settle(
+    // Loading writes nothing: whether the directories can be made and written is checked at
+    // start-up (`prepare`); here only what can be seen without writing.
+    check_dir_possible(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
+    check_dir_possible(&config.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
+    let (agent_id, agent_id_source) = agent_id::settle(
         cert_agent_id,
         raw.agent_id.as_deref(),
         config.tls.as_ref(),
         &config.state_dir,
     )
     .map_err(|e| invalid("agent_id", e))?;
-    Ok(WorkerConfig { agent_id, ..config })
+    Ok(WorkerConfig {
+        agent_id,
+        agent_id_source,
+        ..config
+    })
 }
 
 /// The validation rules, returning (key, message) of the first violation.
@@ -670,9 +698,49 @@ state_dir = "state"
 insecure = true
 "#;
 
+    /// Loads `text` and runs the start-up step, as a worker does when it starts.
     fn parse(dir: &Path, text: &str, sets: &[&str]) -> Result<WorkerConfig, WorkerConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        WorkerConfig::from_toml_str(text, dir, &sets)
+        let config = WorkerConfig::from_toml_str(text, dir, &sets)?;
+        config.prepare()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn loading_writes_nothing_and_the_start_up_step_keeps_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = WorkerConfig::from_toml_str(MINIMAL, dir.path(), &[]).unwrap();
+        assert_eq!(c.agent_id_source, AgentIdSource::Generated);
+        assert!(
+            !dir.path().join("state").exists(),
+            "loading created the state dir"
+        );
+        c.prepare().unwrap();
+        assert!(c.tasks_root_folder.is_dir());
+        let stored = std::fs::read_to_string(dir.path().join("state/agent_id")).unwrap();
+        assert_eq!(stored.trim(), c.agent_id.to_string());
+        let again = WorkerConfig::from_toml_str(MINIMAL, dir.path(), &[]).unwrap();
+        assert_eq!(
+            (again.agent_id, again.agent_id_source),
+            (c.agent_id, AgentIdSource::StateDir)
+        );
+
+        // Another worker's start wrote the file meanwhile: refused, not a change of identity.
+        let late = WorkerConfig::from_toml_str(MINIMAL, dir.path(), &[]).unwrap();
+        let racing = WorkerConfig {
+            agent_id: Uuid::new_v4(),
+            agent_id_source: AgentIdSource::Generated,
+            ..late
+        };
+        let err = racing.prepare().unwrap_err();
+        assert_eq!(err.key(), Some("agent_id"), "{err}");
+        assert!(err.to_string().contains("its own"), "{err}");
+
+        // A directory that cannot be made is found at load only when it is plain to see.
+        std::fs::write(dir.path().join("a-file"), "x").unwrap();
+        let text = MINIMAL.replace("\"state\"", "\"a-file/state\"");
+        let err = WorkerConfig::from_toml_str(&text, dir.path(), &[]).unwrap_err();
+        assert_eq!(err.key(), Some("state_dir"), "{err}");
     }
 
     #[test]
@@ -970,6 +1038,7 @@ insecure = true
         )
         .unwrap();
         let c = WorkerConfig::load(&file, &[]).unwrap();
+        c.prepare().unwrap();
         assert_eq!(c.state_dir, conf.join("../var/w1"));
         assert_eq!(c.tasks_root_folder, conf.join("t"));
         assert!(dir.path().join("var/w1/agent_id").is_file());
@@ -1042,6 +1111,7 @@ insecure = true
         let file = dir.path().join("etc/worker.toml");
         std::fs::write(&file, with_tls("", &worker_stem())).unwrap();
         let c = WorkerConfig::load(&file, &[]).unwrap();
+        c.prepare().unwrap();
         let tls = c.tls.unwrap();
         assert_eq!(tls.ca, dir.path().join("etc/certs/ca.pem"));
         assert!(tls.cert.is_file() && tls.key.is_file());

@@ -122,7 +122,8 @@ impl Drop for Duty {
 
 impl Worker {
     /// Binds `metrics_listen` (first, so a taken port stops the worker before anything else),
-    /// opens the spool, loads the TLS material and starts serving the metrics.
+    /// runs the config's start-up step ([`WorkerConfig::prepare`]), opens the spool, loads the
+    /// TLS material and starts serving the metrics.
     pub async fn start(config: WorkerConfig) -> Result<Worker, WorkerError> {
         let span = tracing::info_span!("worker", worker_id = %config.agent_id);
         async move {
@@ -135,6 +136,8 @@ impl Worker {
                 )?),
                 None => None,
             };
+            // The start-up step: directories and the agent id file (loading wrote nothing).
+            config.prepare()?;
             let spool = spool::Spool::open(&config.spool_dir())?;
             let (security, duty) = match &config.tls {
                 Some(paths) => {
