@@ -164,7 +164,7 @@ impl SsisdbSettings {
                 .find(|(k, _)| names.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
         };
-        if let Some((name, _)) = has(&["password", "pwd"]) {
+        if let Some((name, _)) = has(PASSWORD_KEYS) {
             return Err((
                 key,
                 format!(
@@ -174,13 +174,7 @@ impl SsisdbSettings {
                 ),
             ));
         }
-        match has(&[
-            "server",
-            "data source",
-            "address",
-            "addr",
-            "network address",
-        ]) {
+        match has(SERVER_KEYS) {
             Some((_, v)) if !v.is_empty() => {}
             _ => {
                 return Err((
@@ -190,7 +184,7 @@ impl SsisdbSettings {
                 ))
             }
         }
-        match has(&["user id", "uid", "user"]) {
+        match has(LOGIN_KEYS) {
             Some((_, v)) if !v.is_empty() => {}
             _ => {
                 return Err((
@@ -279,75 +273,47 @@ pub(super) fn read_password_file(file: &Path) -> Result<String, String> {
     Ok(password.to_string())
 }
 
-/// An ADO.NET connection string as (key, value) pairs: keys lower-cased with runs of spaces
-/// made one, values trimmed and unquoted. A value quoted with `"` or `'` may hold `;` and the
-/// quote doubled. Errors never repeat the string, which could hold a password.
-pub(super) fn parse_connection_string(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut pairs = Vec::new();
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
-        if rest.is_empty() {
-            return Ok(pairs);
-        }
-        let part = pairs.len() + 1;
-        let eq = match rest.find(['=', ';']) {
-            Some(eq) if rest[eq..].starts_with('=') => eq,
-            _ => {
-                return Err(format!(
-                    "part {part} (counting from 1) has no `=`; write `;`-separated key=value \
-                     pairs like Server=tcp:host,1433;Database=SSISDB;User Id=login"
-                ))
-            }
-        };
-        let key = rest[..eq]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_ascii_lowercase();
-        if key.is_empty() {
-            return Err(format!(
-                "part {part} (counting from 1) has no key before its `=`; write `;`-separated \
-                 key=value pairs like Server=tcp:host,1433;Database=SSISDB;User Id=login"
-            ));
-        }
-        rest = rest[eq + 1..].trim_start();
-        let value = match rest.chars().next() {
-            Some(quote @ ('"' | '\'')) => {
-                let mut value = String::new();
-                let mut chars = rest[1..].char_indices();
-                let mut end = None;
-                while let Some((i, c)) = chars.next() {
-                    if c != quote {
-                        value.push(c);
-                    } else if rest[1 + i + 1..].starts_with(quote) {
-                        value.push(quote);
-                        chars.next();
-                    } else {
-                        end = Some(1 + i + 1);
-                        break;
-                    }
-                }
-                let Some(end) = end else {
-                    return Err(format!(
-                        "the value of `{key}` opens a {quote} quote that is never closed"
-                    ));
-                };
-                rest = rest[end..].trim_start();
-                if !(rest.is_empty() || rest.starts_with(';')) {
-                    return Err(format!(
-                        "the quoted value of `{key}` is followed by more text before the next `;`"
-                    ));
-                }
-                value
-            }
-            _ => {
-                let end = rest.find(';').unwrap_or(rest.len());
-                let value = rest[..end].trim().to_string();
-                rest = &rest[end..];
-                value
-            }
-        };
-        pairs.push((key, value));
-    }
+/// Keys of the connection string that name the server, the SQL login and its password (the
+/// ADO.NET synonyms tiberius reads), shared by the load-time checks and the connection.
+pub(crate) const SERVER_KEYS: &[&str] = &[
+    "server",
+    "data source",
+    "address",
+    "addr",
+    "network address",
+];
+pub(crate) const LOGIN_KEYS: &[&str] = &["user id", "uid", "user", "username"];
+pub(crate) const PASSWORD_KEYS: &[&str] = &["password", "pwd"];
+
+/// An ADO.NET connection string as (key, value) pairs, sorted, read by the parser tiberius
+/// connects with (the `connection_string` crate), so what loads is what connects: keys
+/// lower-cased, values unquoted. Errors never repeat the string, or any character of it,
+/// since it could hold a password.
+pub(crate) fn parse_connection_string(text: &str) -> Result<Vec<(String, String)>, String> {
+    let parsed: connection_string::AdoNetString =
+        text.parse().map_err(|e: connection_string::Error| {
+            let detail = e.to_string();
+            let what = if detail.contains("unclosed") {
+                "a quote (or `{`) that is never closed"
+            } else if detail.contains("joined by a `=`") {
+                "a part with no `=`"
+            } else if detail.contains("Key must not be empty") {
+                "a part with no key before its `=`"
+            } else if detail.contains("separated by a `;`") {
+                "two parts not separated by `;`"
+            } else {
+                // "Invalid character found: <c>" and the like: the character is not repeated.
+                "a character the syntax does not allow there (outside quotes, only ASCII)"
+            };
+            format!(
+                "holds {what}; write `;`-separated key=value pairs like \
+                 Server=tcp:host,1433;Database=SSISDB;User Id=login"
+            )
+        })?;
+    let mut pairs: Vec<(String, String)> = parsed
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    pairs.sort();
+    Ok(pairs)
 }

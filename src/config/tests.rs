@@ -1080,6 +1080,12 @@ fn each_ssisdb_rule_names_its_key() {
             "names no server",
         ),
         (
+            // Read as tiberius reads it: two spaces make another key, which names nothing.
+            vec![cs("Network  Address=h;User Id=u"), ok_pw()],
+            "ssisdb.connection_string",
+            "names no server",
+        ),
+        (
             vec![cs("Server=tcp:h,1433;Database=SSISDB"), ok_pw()],
             "ssisdb.connection_string",
             "names no SQL login",
@@ -1092,7 +1098,7 @@ fn each_ssisdb_rule_names_its_key() {
         (
             vec![cs("Server=h;User Id=u;hunter2"), ok_pw()],
             "ssisdb.connection_string",
-            "part 3 (counting from 1) has no `=`",
+            "a part with no `=`",
         ),
         (
             vec![cs("Server=h;=x;User Id=u"), ok_pw()],
@@ -1199,7 +1205,7 @@ fn each_ssisdb_rule_names_its_key() {
         "Data Source=tcp:h,1433;UID=u",
         "address=h;user=u;",
         "Addr = h ; User ID = u",
-        "Network  Address=h;User Id=u",
+        "Network Address=h;Username=u",
         "Server=\"tcp:h,1433\";User Id='o''brien;x';Application Name=\"a \"\"b\"\"\"",
     ] {
         let c = parse(dir.path(), VALID, &[&cs(text), &ok_pw()])
@@ -1211,15 +1217,21 @@ fn each_ssisdb_rule_names_its_key() {
 
 #[test]
 fn ssisdb_connection_string_parses_into_pairs() {
+    // Read as tiberius reads it when it connects (keys lower-cased, a quoted value keeps its
+    // `;`), so a string that loads is a string that connects.
     let pairs = parse_connection_string(
-        " Server = tcp:h,1433 ;;USER   ID='o''brien;x'; Database=\"SSIS\"\"DB\" ;Encrypt=true;",
+        " Server = tcp:h,1433 ;;USER ID='o;x'; Database=\"SSISDB\" ;Encrypt=true;Username=u",
+    );
+    assert!(pairs.is_err(), "an empty part between `;;`: {pairs:?}");
+    let pairs = parse_connection_string(
+        " Server = tcp:h,1433 ;USER ID='o;x'; Database=\"SSISDB\" ;Encrypt=true",
     )
     .unwrap();
     let expect = [
-        ("server", "tcp:h,1433"),
-        ("user id", "o'brien;x"),
-        ("database", "SSIS\"DB"),
+        ("database", "SSISDB"),
         ("encrypt", "true"),
+        ("server", "tcp:h,1433"),
+        ("user id", "o;x"),
     ];
     assert_eq!(
         pairs,
@@ -1229,12 +1241,34 @@ fn ssisdb_connection_string_parses_into_pairs() {
             .collect::<Vec<_>>()
     );
     assert_eq!(parse_connection_string("").unwrap(), vec![]);
-    assert!(parse_connection_string("Server=\"h\" x;User Id=u")
-        .unwrap_err()
-        .contains("followed by more text"));
-    // The errors never repeat the text, which may hold a password.
-    let err = parse_connection_string("Server=h;hunter2").unwrap_err();
-    assert!(!err.contains("hunter2"), "{err}");
+    // The errors never repeat the text, or a character of it, which may hold a password.
+    for bad in ["Server=h;hunter2", "Server=h;User Id=u;Secret=hünter2x"] {
+        let err = parse_connection_string(bad).unwrap_err();
+        assert!(!err.contains("hunter2") && !err.contains('ü'), "{err}");
+    }
+}
+
+#[test]
+fn ssisdb_login_keys_are_the_ones_tiberius_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    for login in ["User Id", "UID", "User", "Username"] {
+        let text = format!("Server=h;{login}=u");
+        let c = parse(
+            dir.path(),
+            VALID,
+            &[
+                &format!("ssisdb.connection_string={text}"),
+                &format!("ssisdb.password_file={}", pw.display()),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+        // What loads connects: the login is found where tiberius finds it.
+        let target =
+            crate::ssisdb::connect::target(&c.ssisdb).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(target.user, "u", "{text}");
+    }
 }
 
 #[test]

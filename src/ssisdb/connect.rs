@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use crate::config::SsisdbSettings;
+use crate::config::{parse_connection_string, SsisdbSettings, LOGIN_KEYS, PASSWORD_KEYS};
 
 /// A connection to SSISDB.
 pub type SqlClient = Client<Compat<TcpStream>>;
@@ -165,12 +165,15 @@ pub(crate) fn target(settings: &SsisdbSettings) -> Result<Target, SsisdbError> {
         .as_deref()
         .filter(|s| !s.trim().is_empty())
         .ok_or(SsisdbError::NotConfigured)?;
-    // The same parser tiberius uses: keys are lowercased, values unquoted.
-    let dict: connection_string::AdoNetString = text
-        .parse()
-        .map_err(|e| bad(format!("{e}; expected `key=value;` pairs")))?;
-    let get = |keys: &[&str]| keys.iter().find_map(|k| dict.get(*k).cloned());
-    if get(&["password", "pwd"]).is_some() {
+    // The parser (and the key lists) the config's checks use, which is the one tiberius uses.
+    let pairs = parse_connection_string(text).map_err(bad)?;
+    let get = |keys: &[&str]| {
+        pairs
+            .iter()
+            .find(|(k, _)| keys.contains(&k.as_str()))
+            .map(|(_, v)| v.clone())
+    };
+    if get(PASSWORD_KEYS).is_some() {
         return Err(bad(
             "it holds a password; remove it and put the password in ssisdb.password_file",
         ));
@@ -186,7 +189,7 @@ pub(crate) fn target(settings: &SsisdbSettings) -> Result<Target, SsisdbError> {
             "integrated security is not supported; use a SQL login (User Id=...)",
         ));
     }
-    let user = get(&["uid", "username", "user", "user id"])
+    let user = get(LOGIN_KEYS)
         .filter(|u| !u.trim().is_empty())
         .ok_or_else(|| bad("it names no login; add `User Id=<login>`"))?;
     let trust_all = get(&["trustservercertificate"])
