@@ -175,21 +175,11 @@ pub(super) fn build(
     }
     let tls = match raw.tls {
         None => None,
-        Some(raw_tls) => {
-            let path =
-                |key: &'static str, value: Option<String>| match value.as_deref().map(str::trim) {
-                    Some(value) if !value.is_empty() => {
-                        let overridden = origins.get(key).is_some();
-                        Ok(absolute(resolve_path(value, overridden, base_dir)))
-                    }
-                    _ => Err(invalid(key, tls_missing_message(key, "replica-N"))),
-                };
-            Some(TlsPaths {
-                ca: path("tls.ca", raw_tls.ca)?,
-                cert: path("tls.cert", raw_tls.cert)?,
-                key: path("tls.key", raw_tls.key)?,
-            })
-        }
+        Some(raw_tls) => Some(
+            raw_tls
+                .resolve(&origins, base_dir, "replica-N")
+                .map_err(|(key, message)| invalid(key, message))?,
+        ),
     };
     let mut ssisdb = raw.ssisdb;
     // Like data_dir; an empty path stays empty for `check` to name.
@@ -306,16 +296,43 @@ pub(super) fn shown_override(arg: &str) -> String {
     }
 }
 
-/// `[tls]` as written; every key is required, which `build` checks to name the missing one.
-#[derive(Deserialize)]
+/// `[tls]` as written, for both processes; every key is required, which
+/// [`RawTls::resolve`] checks to name the missing one.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawTls {
+pub(crate) struct RawTls {
     #[serde(default)]
     ca: Option<String>,
     #[serde(default)]
     cert: Option<String>,
     #[serde(default)]
     key: Option<String>,
+}
+
+impl RawTls {
+    /// The three paths, absolute: relative to `base_dir` when written in the file, to the
+    /// current directory when an override gave them. A missing or empty one is an error as
+    /// (key, message), the message naming the files `stem` (e.g. `replica-N`) stands for.
+    pub(crate) fn resolve(
+        self,
+        origins: &Origins,
+        base_dir: &Path,
+        stem: &str,
+    ) -> Result<TlsPaths, (&'static str, String)> {
+        let path = |key: &'static str, value: Option<String>| match value.as_deref().map(str::trim)
+        {
+            Some(value) if !value.is_empty() => {
+                let overridden = origins.get(key).is_some();
+                Ok(absolute(resolve_path(value, overridden, base_dir)))
+            }
+            _ => Err((key, tls_missing_message(key, stem))),
+        };
+        Ok(TlsPaths {
+            ca: path("tls.ca", self.ca)?,
+            cert: path("tls.cert", self.cert)?,
+            key: path("tls.key", self.key)?,
+        })
+    }
 }
 
 /// A path as configured: absolute stays; relative is relative to the current directory when an

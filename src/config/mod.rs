@@ -126,7 +126,7 @@ pub use ssisdb::SsisdbSettings;
 pub(crate) use ssisdb::{parse_connection_string, LOGIN_KEYS, PASSWORD_KEYS};
 
 use layering::*;
-pub(crate) use layering::{process_env, read_config_file, resolve_path, Layered, Layers};
+pub(crate) use layering::{process_env, read_config_file, resolve_path, Layered, Layers, RawTls};
 use schema::*;
 pub(crate) use schema::{opt, Field, Kind, TLS};
 

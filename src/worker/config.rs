@@ -73,8 +73,8 @@ use super::agent_id;
 pub use super::agent_id::{AgentIdSource, AGENT_ID_FILE};
 use crate::config::{
     check_addr, check_dir_possible, keys_of, opt, origin_note, probe_dir, process_env,
-    read_config_file, resolve_path, tls_choice_error, tls_missing_message, ConfigError, Field,
-    Kind, Layered, Layers, TLS,
+    read_config_file, resolve_path, tls_choice_error, ConfigError, Field, Kind, Layered, Layers,
+    RawTls, TLS,
 };
 use crate::tls::TlsPaths;
 
@@ -252,15 +252,6 @@ struct RawConfig {
     noop_log_lines: Option<u32>,
     noop_log_line_bytes: Option<u32>,
     metrics_listen: Option<String>,
-}
-
-/// `[tls]` as written; every key is required, which `build` checks to name the missing one.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
 }
 
 /// Why a worker configuration could not be loaded. Every message names the file and, where
@@ -452,17 +443,11 @@ fn build(
     }
     let tls = match raw.tls {
         None => None,
-        Some(raw_tls) => {
-            let path = |key: &str, value: Option<String>| match value.as_deref().map(str::trim) {
-                Some(value) if !value.is_empty() => Ok(resolve(key, value)),
-                _ => Err(invalid(key, tls_missing_message(key, "worker-<uuid>"))),
-            };
-            Some(TlsPaths {
-                ca: path("tls.ca", raw_tls.ca)?,
-                cert: path("tls.cert", raw_tls.cert)?,
-                key: path("tls.key", raw_tls.key)?,
-            })
-        }
+        Some(raw_tls) => Some(
+            raw_tls
+                .resolve(&origins, base_dir, "worker-<uuid>")
+                .map_err(|(key, message)| invalid(key, message))?,
+        ),
     };
     let machine_name = machine_name();
     let config = WorkerConfig {
