@@ -10,13 +10,18 @@
 //!   racing of every listener address, and [`SsisdbError`].
 //! - [`schema`]: the `scaleout` schema script, `install-schema` and `check`.
 //! - [`shipper`]: the leader's shipping duty (started by the leader loop for each term of
-//!   office) and every replica's heartbeat row.
+//!   office); `rows.rs`: the rows a batch writes, fenced by the term; `heartbeat.rs`: every
+//!   replica's own row.
 
 pub mod connect;
+mod heartbeat;
+mod rows;
 pub mod schema;
 pub mod shipper;
 mod sql;
 
 pub use connect::{connect, SqlClient, SsisdbError};
+pub use heartbeat::heartbeat;
+pub use rows::{write_events, Fence};
 pub use schema::{check, install_schema, CheckItem, CheckReport, SCHEMA_VERSION};
-pub use shipper::{heartbeat, write_events, Committer, Fence, ShipperStatus, Shipping};
+pub use shipper::{Committer, ShipperStatus, Shipping};
