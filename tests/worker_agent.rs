@@ -844,3 +844,34 @@ async fn a_task_starts_only_once_a_renewal_confirms_its_lease() {
     assert!(!marker(62).exists(), "the task with a lost lease ran");
     assert!(marker(63).exists(), "the confirmed task did not run");
 }
+
+/// Loading a config writes nothing; starting the worker is what makes its directories and keeps
+/// a generated agent id, so a restart is the same worker (the masters know it by that id).
+#[tokio::test]
+async fn starting_a_worker_keeps_its_generated_id_and_makes_its_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = config(dir.path(), &[unused], "");
+    let stored = config
+        .state_dir
+        .join(scaleout::worker::config::AGENT_ID_FILE);
+    assert!(!config.state_dir.exists(), "loading made the state dir");
+
+    let worker = Worker::start(config.clone())
+        .await
+        .expect("the worker starts");
+    drop(worker);
+    assert!(config.tasks_root_folder.is_dir());
+    let kept = std::fs::read_to_string(&stored).expect("the agent id is kept");
+    assert_eq!(kept.trim(), config.agent_id.to_string());
+    let again = WorkerConfig::from_toml_str(
+        &format!("endpoints = [\"{unused}\"]\nstate_dir = \"state\"\ninsecure = true\n"),
+        dir.path(),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        again.agent_id, config.agent_id,
+        "a restart is the same worker"
+    );
+}

@@ -32,8 +32,10 @@ pub(crate) struct Layers {
     pub(crate) env_prefix: &'static str,
     /// Variables under the prefix that belong to something else (the CLI's).
     pub(crate) ignored_env: &'static [&'static str],
-    /// An override's form, for the error when one is not `key=value`.
+    /// An override, for the error when one is not `key=value`.
     pub(crate) example: &'static str,
+    /// Key paths, for the error when a key is not one.
+    pub(crate) key_examples: &'static str,
 }
 
 /// The file's table with the overrides applied, checked against the schema, and where each
@@ -98,7 +100,7 @@ impl Layers {
             let segs = parse_key(key).ok_or_else(|| {
                 bad(format!(
                     "`{key}` is not a key path; write dotted keys like {}",
-                    self.example.split('=').next().unwrap_or(self.example)
+                    self.key_examples
                 ))
             })?;
             let origin = format!("--set {shown}");
@@ -131,6 +133,7 @@ const REPLICA_LAYERS: Layers = Layers {
     env_prefix: ENV_PREFIX,
     ignored_env: IGNORED_ENV,
     example: "raft.heartbeat_interval_ms=150",
+    key_examples: "raft.heartbeat_interval_ms or members[0].api",
 };
 
 /// Parse, merge overrides, check the shape, deserialize, resolve defaults and paths, validate.
@@ -601,7 +604,7 @@ impl Origins {
     /// Where the value of `key`, and of any other overridden key path that `message` mentions
     /// (e.g. the heartbeat an election timeout is compared with) or that decides it (`insecure`
     /// and `[tls]` for each other), came from; empty if from the file.
-    pub(crate) fn note(&self, key: &str, message: &str) -> String {
+    fn note(&self, key: &str, message: &str) -> String {
         let mut notes: Vec<String> = self
             .get(key)
             .map(|o| format!("set by {o}"))

@@ -372,18 +372,18 @@ pub async fn run(
     let memory_duties = tokio::spawn(crate::memory::trim_periodically());
     // Keeps this replica's row in SSISDB, leader or not.
     let heartbeat_duties = config.ssisdb.enabled().then(|| {
+        // The addresses the others dial (what SSISDB should show), not the bound ones, which
+        // may be 0.0.0.0.
+        let (api, peer) = match config.member(config.id) {
+            Some(me) => (me.api.clone(), me.peer.clone()),
+            None => (api_addr.clone(), peer_addr.clone()),
+        };
         tokio::spawn(crate::ssisdb::heartbeat(
             raft.clone(),
             config.ssisdb.clone(),
             config.id,
-            // The addresses the others dial (what SSISDB should show), not the bound ones,
-            // which may be 0.0.0.0.
-            config
-                .member(config.id)
-                .map_or(api_addr.clone(), |me| me.api.clone()),
-            config
-                .member(config.id)
-                .map_or(peer_addr.clone(), |me| me.peer.clone()),
+            api,
+            peer,
         ))
     });
 

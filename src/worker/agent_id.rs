@@ -30,24 +30,24 @@ pub enum AgentIdSource {
     Generated,
 }
 
-/// The agent id, read without writing anything: the certificate's (`cert_id`, read by
-/// [`of_certificate`]), which a configured `agent_id` and the stored one must equal; else the
-/// configured one; else the stored one; else a new one, which [`keep`] stores at start-up.
+/// The agent id, read without writing anything: with TLS the certificate's (`certificate`:
+/// the id [`of_certificate`] read and the certificate's path), which a configured `agent_id` and
+/// the stored one must equal; else the configured one; else the stored one; else a new one,
+/// which [`keep`] stores at start-up.
 pub(super) fn settle(
-    cert_id: Option<Uuid>,
+    certificate: Option<(Uuid, &Path)>,
     configured: Option<&str>,
-    tls: Option<&TlsPaths>,
     state_dir: &Path,
 ) -> Result<(Uuid, AgentIdSource), String> {
     let explicit = configured
         .map(|text| parse_agent_id(text.trim()))
         .transpose()?;
-    match (cert_id, tls) {
-        (Some(cert_id), Some(paths)) => {
-            let kept = settle_tls_agent_id(cert_id, explicit, &paths.cert, state_dir)?;
+    match certificate {
+        Some((cert_id, cert)) => {
+            let kept = settle_tls_agent_id(cert_id, explicit, cert, state_dir)?;
             Ok((cert_id, AgentIdSource::Certificate { kept }))
         }
-        _ => match (explicit, stored_agent_id(state_dir)?) {
+        None => match (explicit, stored_agent_id(state_dir)?) {
             (Some(id), _) => Ok((id, AgentIdSource::Configured)),
             (None, Some(id)) => Ok((id, AgentIdSource::StateDir)),
             (None, None) => Ok((Uuid::new_v4(), AgentIdSource::Generated)),

@@ -118,6 +118,7 @@ const LAYERS: Layers = Layers {
     env_prefix: WORKER_ENV_PREFIX,
     ignored_env: &[],
     example: "max_task_count=4",
+    key_examples: "max_task_count or tls.cert",
 };
 
 /// A worker's validated configuration. Paths are absolute; `agent_id` is settled (and kept in
@@ -500,21 +501,20 @@ fn build(
     };
     check(&config).map_err(|(key, message)| invalid(key, message))?;
     // The certificate, when there is one, decides the agent id.
-    let cert_agent_id = match &config.tls {
-        Some(paths) => Some(agent_id::of_certificate(paths).map_err(|(key, e)| invalid(key, e))?),
+    let certificate = match &config.tls {
+        Some(paths) => Some((
+            agent_id::of_certificate(paths).map_err(|(key, e)| invalid(key, e))?,
+            paths.cert.as_path(),
+        )),
         None => None,
     };
     // Loading writes nothing: whether the directories can be made and written is checked at
     // start-up (`prepare`); here only what can be seen without writing.
     check_dir_possible(&config.state_dir).map_err(|e| invalid("state_dir", e))?;
     check_dir_possible(&config.tasks_root_folder).map_err(|e| invalid("tasks_root_folder", e))?;
-    let (agent_id, agent_id_source) = agent_id::settle(
-        cert_agent_id,
-        raw.agent_id.as_deref(),
-        config.tls.as_ref(),
-        &config.state_dir,
-    )
-    .map_err(|e| invalid("agent_id", e))?;
+    let (agent_id, agent_id_source) =
+        agent_id::settle(certificate, raw.agent_id.as_deref(), &config.state_dir)
+            .map_err(|e| invalid("agent_id", e))?;
     Ok(WorkerConfig {
         agent_id,
         agent_id_source,
