@@ -46,5 +46,5 @@ pub use logs::{
 pub use outbox::{
     event_id, event_origin, EventKind, OutboxEvent, OutboxMeta, WorkerChange, EVENT_SEQUENCE_BITS,
 };
-pub use state::{Changes, JobPage, Parts, QueueState, Rebuild, MAX_PAGE_SIZE};
+pub use state::{Changes, JobPage, Parts, QueueState, Rebuild, View, MAX_PAGE_SIZE};
 pub use worker::{Grant, Worker, WorkerId, WorkerInfo, MAX_WORKER_TASKS};

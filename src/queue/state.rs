@@ -23,6 +23,7 @@
 //! the jobs whose lease names that worker.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,10 +52,13 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 #[derive(Debug, Clone)]
 pub struct QueueState {
     /// Queued and leased jobs (and, during the command that finished it, a finished one).
-    /// Boxed: a map node holds eleven entries whatever their size and is about half full after
+    /// Shared, not inline: a snapshot's view ([`QueueState::view`]) takes the live jobs while
+    /// apply waits, and sharing them costs a count each where copying cost a second at 800,000
+    /// jobs; apply copies a job the view still holds before changing it (`Arc::make_mut`).
+    /// And a map node holds eleven entries whatever their size and is about half full after
     /// appends and removals at its ends, so a job inline (about 500 bytes) would cost twice
-    /// that; boxed it costs itself and 16 bytes.
-    jobs: BTreeMap<JobId, Box<Job>>,
+    /// that; behind a pointer it costs itself and 24 bytes.
+    jobs: BTreeMap<JobId, Arc<Job>>,
     /// What is kept of each finished job (see `finished.rs`).
     finished_jobs: BTreeMap<JobId, FinishedJob>,
     workers: BTreeMap<WorkerId, Worker>,
@@ -96,7 +100,7 @@ pub struct QueueState {
     passing_truncations: Vec<JobId>,
     /// Full rows of finished jobs that the store has not confirmed written
     /// ([`QueueState::release_archived`]); bookkeeping for persistence and reads, not state.
-    archive: BTreeMap<JobId, Box<Job>>,
+    archive: BTreeMap<JobId, Arc<Job>>,
     /// What changed since the last [`QueueState::take_changes`]; bookkeeping for persistence,
     /// not state (ignored by `==`).
     changes: Changes,
@@ -179,6 +183,15 @@ pub struct Parts {
     /// The last log batch number applied per lease: (job, lease token, batch).
     #[serde(default)]
     pub log_batches: Vec<(JobId, u64, u64)>,
+}
+
+/// What a snapshot is built from ([`QueueState::view`]).
+#[derive(Debug, Default)]
+pub struct View {
+    /// Everything but the live jobs (`parts.jobs` is empty).
+    pub parts: Parts,
+    /// The live jobs, shared with the state that made the view.
+    pub jobs: Vec<Arc<Job>>,
 }
 
 /// One page of a job listing: the jobs' ids.
@@ -289,8 +302,23 @@ impl QueueState {
     /// The state without indexes (a copy), for snapshots: live jobs whole, finished ones as
     /// kept here.
     pub fn to_parts(&self) -> Parts {
+        let View { mut parts, jobs } = self.view();
+        parts.jobs = jobs.iter().map(|job| Job::clone(job)).collect();
+        parts
+    }
+
+    /// The state as a snapshot takes it: [`QueueState::to_parts`] with the live jobs shared
+    /// rather than copied, so taking it costs a count per job (apply waits while it is taken).
+    pub fn view(&self) -> View {
+        View {
+            parts: self.parts_without_jobs(),
+            jobs: self.jobs.values().cloned().collect(),
+        }
+    }
+
+    fn parts_without_jobs(&self) -> Parts {
         Parts {
-            jobs: self.jobs.values().map(|job| Job::clone(job)).collect(),
+            jobs: Vec::new(),
             finished: self.finished_jobs.values().cloned().collect(),
             workers: self.workers.values().cloned().collect(),
             // In the store, not here: the state machine adds them to a snapshot.
@@ -503,6 +531,19 @@ impl QueueState {
         self.archive.get(&job_id).map(|job| &**job)
     }
 
+    /// [`QueueState::job`] shared, for the store to write without a copy.
+    pub fn shared_job(&self, job_id: JobId) -> Option<Arc<Job>> {
+        self.jobs
+            .get(&job_id)
+            .or_else(|| self.archive.get(&job_id))
+            .cloned()
+    }
+
+    /// [`QueueState::archived`] shared, for the store to write without a copy.
+    pub fn shared_archived(&self, job_id: JobId) -> Option<Arc<Job>> {
+        self.archive.get(&job_id).cloned()
+    }
+
     /// Lets go of the full rows of finished jobs the store has written.
     pub fn release_archived(&mut self, jobs: impl IntoIterator<Item = JobId>) {
         for job in jobs {
@@ -679,7 +720,7 @@ impl QueueState {
     /// Moves a job to `next`, keeping `by_state` and `dispatch` right. Illegal moves are bugs:
     /// every caller checks the state first, and tests run with this assertion on.
     fn transition(&mut self, job_id: JobId, next: JobState, now_ms: u64) {
-        let Some(job) = self.jobs.get_mut(&job_id) else {
+        let Some(job) = self.jobs.get_mut(&job_id).map(Arc::make_mut) else {
             return;
         };
         debug_assert!(
@@ -719,7 +760,7 @@ impl QueueState {
 
     /// Puts a job whose attempt ended back in the queue, eligible from `ready_at_ms`.
     fn requeue(&mut self, job_id: JobId, ready_at_ms: u64, now_ms: u64) {
-        if let Some(job) = self.jobs.get_mut(&job_id) {
+        if let Some(job) = self.jobs.get_mut(&job_id).map(Arc::make_mut) {
             // Not in the dispatch index while leased, so its key may change here.
             job.ready_at_ms = ready_at_ms;
             self.transition(job_id, JobState::Queued, now_ms);
@@ -743,7 +784,7 @@ impl QueueState {
         let token = self.next_lease_token;
         self.next_lease_token += 1;
         let expires_at_ms = now_ms.saturating_add(lease_ms);
-        let job = self.jobs.get_mut(&job_id)?;
+        let job = self.jobs.get_mut(&job_id).map(Arc::make_mut)?;
         let number = u32::try_from(job.attempts.len() + 1).unwrap_or(u32::MAX);
         job.attempts.push(Attempt {
             number,
@@ -784,7 +825,12 @@ impl QueueState {
 
     /// Moves a live lease's expiry, keeping the `expiry` index right.
     fn set_lease_expiry(&mut self, job_id: JobId, expires_at_ms: u64) {
-        let Some(lease) = self.jobs.get_mut(&job_id).and_then(|j| j.lease.as_mut()) else {
+        let Some(lease) = self
+            .jobs
+            .get_mut(&job_id)
+            .map(Arc::make_mut)
+            .and_then(|j| j.lease.as_mut())
+        else {
             return;
         };
         self.expiry.remove(&(lease.expires_at_ms, job_id));
@@ -804,7 +850,7 @@ impl QueueState {
         error: String,
         now_ms: u64,
     ) -> Option<JobState> {
-        let job = self.jobs.get_mut(&job_id)?;
+        let job = self.jobs.get_mut(&job_id).map(Arc::make_mut)?;
         let lease = job.lease.take()?;
         let mut ended = None;
         if let Some(attempt) = job

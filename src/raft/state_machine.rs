@@ -59,7 +59,7 @@ use super::{
 };
 use crate::queue::{
     ApplyContext, FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, Parts, QueueState,
-    Rebuild, Worker, WorkerId, UNKNOWN_LAST_EVENT,
+    Rebuild, View, Worker, WorkerId, UNKNOWN_LAST_EVENT,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -149,11 +149,11 @@ fn parse_row_key(key: &[u8]) -> Option<Row> {
 
 /// A changed job's rows.
 enum JobRows {
-    Live(Box<Job>),
+    Live(Arc<Job>),
     /// Finished: what the queue keeps, and the full row when it finished in this apply call.
     Finished {
         kept: FinishedJob,
-        row: Option<Box<Job>>,
+        row: Option<Arc<Job>>,
     },
     Gone,
 }
@@ -188,12 +188,12 @@ impl ChangedRows {
             .jobs
             .into_iter()
             .map(|id| {
-                let rows = match (queue.finished_job(id), queue.job(id)) {
+                let rows = match (queue.finished_job(id), queue.shared_job(id)) {
                     (Some(kept), _) => JobRows::Finished {
                         kept: kept.clone(),
-                        row: queue.archived(id).cloned().map(Box::new),
+                        row: queue.shared_archived(id),
                     },
-                    (None, Some(job)) => JobRows::Live(Box::new(job.clone())),
+                    (None, Some(job)) => JobRows::Live(job),
                     (None, None) => JobRows::Gone,
                 };
                 (id, rows)
@@ -991,7 +991,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .queue
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .to_parts();
+            .view();
         SnapshotBuilder {
             view_ms: view_started.elapsed().as_millis() as u64,
             tree: self.sm.clone(),
@@ -1131,7 +1131,7 @@ pub struct SnapshotBuilder {
     logs: LogReader,
     /// The view: the queue's rows as of `last_applied`, without log lines nor finished jobs'
     /// full rows.
-    state: Parts,
+    state: View,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshots: SnapshotStore,
@@ -1156,15 +1156,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // lines read from the tree straight into the file; stored durably before openraft
         // purges the log behind it, and not stored when a newer snapshot was installed meanwhile
         // (the current snapshot never goes backwards).
-        let mut state = std::mem::take(&mut self.state);
-        let jobs = (state.jobs.len() + state.finished.len()) as u64;
+        let View {
+            jobs: live,
+            parts: mut state,
+        } = std::mem::take(&mut self.state);
+        let jobs = (live.len() + state.finished.len()) as u64;
         let tree = self.tree.clone();
         let logs = self.logs.clone();
         let events_reader = OutboxReader::new(self.tree.clone());
         let snapshots = self.snapshots.clone();
         let build_meta = meta.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let live = std::mem::take(&mut state.jobs);
             let finished = std::mem::take(&mut state.finished);
             let outbox = state.outbox_meta.clone();
             // The events the state value carries (the truncation events, or a held outbox).

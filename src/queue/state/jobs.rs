@@ -5,6 +5,7 @@ use crate::queue::{
     ApplyContext, CommandOutput, CommandResult, EventKind, Job, JobId, JobSpec, JobState,
     QueueError,
 };
+use std::sync::Arc;
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
@@ -58,7 +59,7 @@ impl QueueState {
             log_bytes: 0,
         };
         self.index_job(&job);
-        self.jobs.insert(job_id, Box::new(job));
+        self.jobs.insert(job_id, Arc::new(job));
         self.changes.jobs.insert(job_id);
         self.activity.jobs_submitted += 1;
         self.record(EventKind::JobSubmitted { job: job_id });
@@ -80,7 +81,7 @@ impl QueueState {
             JobState::Cancelled => {}
             JobState::Queued => self.transition(job_id, JobState::Cancelled, now_ms),
             JobState::PickedUp | JobState::Running => {
-                if let Some(job) = self.jobs.get_mut(&job_id) {
+                if let Some(job) = self.jobs.get_mut(&job_id).map(Arc::make_mut) {
                     if !job.cancel_requested {
                         job.cancel_requested = true;
                         job.updated_at_ms = now_ms;

@@ -6,6 +6,7 @@ use crate::queue::{
     CommandOutput, CommandResult, EventKind, JobId, LeaseRef, LogLine, QueueError, WorkerId,
     MAX_LOG_LINES_PER_JOB,
 };
+use std::sync::Arc;
 
 impl QueueState {
     /// Lines count as the attempt whose lease token they carry. A token this worker was once
@@ -101,13 +102,13 @@ impl QueueState {
 
     /// Stores a job's log counters, live or finished (and in its archived row, if still held).
     fn set_log_counts(&mut self, job_id: JobId, counts: LogCounts) {
-        if let Some(job) = self.jobs.get_mut(&job_id) {
+        if let Some(job) = self.jobs.get_mut(&job_id).map(Arc::make_mut) {
             job.set_log_counts(counts);
         }
         if let Some(job) = self.finished_jobs.get_mut(&job_id) {
             job.logs = counts;
         }
-        if let Some(job) = self.archive.get_mut(&job_id) {
+        if let Some(job) = self.archive.get_mut(&job_id).map(Arc::make_mut) {
             job.set_log_counts(counts);
         }
         self.changes.jobs.insert(job_id);

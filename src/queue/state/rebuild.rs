@@ -5,6 +5,7 @@
 //! jobs first on purpose: see `rewrite_from_snapshot`.)
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{Parts, QueueState};
 use crate::queue::{EventKind, FinishedJob, Job, UNKNOWN_LAST_EVENT};
@@ -32,7 +33,7 @@ impl Rebuild {
                 .index_finished(FinishedJob::of(&job, UNKNOWN_LAST_EVENT));
         } else {
             self.state.index_job(&job);
-            self.state.jobs.insert(job.id, Box::new(job));
+            self.state.jobs.insert(job.id, Arc::new(job));
         }
     }
 

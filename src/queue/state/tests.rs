@@ -161,6 +161,28 @@ fn rebuilding_from_parts_gives_the_same_state() {
     assert_eq!(rebuilt, state);
 }
 
+#[test]
+fn a_view_keeps_the_jobs_as_they_were_when_it_was_taken() {
+    let mut state = QueueState::new();
+    for i in 1..=3 {
+        submit(&mut state, i, "a", None).expect("submit");
+    }
+    let view = state.view();
+    assert!(
+        view.parts.jobs.is_empty(),
+        "the live jobs are shared, not copied"
+    );
+    let before: Vec<Job> = view.jobs.iter().map(|job| Job::clone(job)).collect();
+    state
+        .apply(&ctx(4), Command::CancelJob { job_id: 2 })
+        .expect("cancel");
+    let after: Vec<Job> = view.jobs.iter().map(|job| Job::clone(job)).collect();
+    assert_eq!(after, before, "apply changed a job the view holds");
+    assert_eq!(view.jobs[1].state, JobState::Queued);
+    assert_eq!(state.job_state(2), Some(JobState::Cancelled));
+    assert_eq!(view.parts.next_job_id, 4);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Submit { program: u8, key: Option<u8> },
