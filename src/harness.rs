@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,11 +16,19 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-use crate::certs::{file_stem, write_file, write_issued, DevCa, Validity, CA_CERT_FILE};
 use crate::client::Client;
 use crate::pb::v1::ClusterStatusResponse;
-use crate::tls::{Role, TlsMaterial, TlsPaths};
+use crate::tls::Role;
 use crate::transport::Security;
+
+mod certs;
+mod ports;
+mod workers;
+
+use certs::tls_table;
+pub use certs::ClusterCerts;
+pub use ports::{free_ports, reserve_ports};
+pub use workers::{wait_for_workers, WorkerOptions, WorkerProcess};
 
 pub struct ReplicaProcess {
     pub id: u64,
@@ -114,85 +121,6 @@ impl Default for ClusterOptions {
     }
 }
 
-/// The development CA of a TLS cluster and the directory its certificates are written to
-/// (`ca.pem`, `replica-N.pem`, `operator.pem`, `admin.pem`, `worker-<uuid>.pem`, keys beside).
-pub struct ClusterCerts {
-    pub dir: PathBuf,
-    pub ca: DevCa,
-    pub hosts: Vec<String>,
-    /// The admin identity, loaded once: clients are made on every status poll.
-    admin: std::sync::OnceLock<Security>,
-}
-
-impl ClusterCerts {
-    fn create(dir: PathBuf, replicas: u64) -> anyhow::Result<ClusterCerts> {
-        fs::create_dir_all(&dir)?;
-        let validity = Validity::days_from_now(30);
-        let ca = DevCa::generate(
-            &format!(
-                "scaleout test CA {}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            validity,
-        )?;
-        write_file(&dir.join(CA_CERT_FILE), &ca.pem().cert_pem, false)?;
-        let certs = ClusterCerts {
-            dir,
-            ca,
-            hosts: vec!["127.0.0.1".into(), "localhost".into()],
-            admin: std::sync::OnceLock::new(),
-        };
-        for id in 1..=replicas {
-            certs.issue(Role::Replica(id))?;
-        }
-        certs.issue(Role::Operator("operator".into()))?;
-        certs.issue(Role::Admin("admin".into()))?;
-        Ok(certs)
-    }
-
-    /// Issues (or re-issues) `role`'s certificate into the directory.
-    pub fn issue(&self, role: Role) -> anyhow::Result<TlsPaths> {
-        let pair = self
-            .ca
-            .issue(&role, &self.hosts, Validity::days_from_now(30))?;
-        let issued = write_issued(&self.dir, role, &pair)?;
-        Ok(TlsPaths {
-            ca: self.dir.join(CA_CERT_FILE),
-            cert: issued.cert,
-            key: issued.key,
-        })
-    }
-
-    /// The files of `role`'s certificate.
-    pub fn paths(&self, role: &Role) -> TlsPaths {
-        TlsPaths::in_dir(&self.dir, &file_stem(role))
-    }
-
-    /// The admin's certificate, as the cluster's clients use it.
-    pub fn admin_security(&self) -> anyhow::Result<Security> {
-        if let Some(security) = self.admin.get() {
-            return Ok(security.clone());
-        }
-        let loaded = self.security(&Role::Admin("admin".into()))?;
-        Ok(self.admin.get_or_init(|| loaded).clone())
-    }
-
-    /// A client connecting with `role`'s certificate.
-    pub fn security(&self, role: &Role) -> anyhow::Result<Security> {
-        Ok(Security::MutualTls(TlsMaterial::load(self.paths(role))?))
-    }
-}
-
-/// The `[tls]` table of a config file for `paths`.
-fn tls_table(paths: &TlsPaths) -> String {
-    format!(
-        "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        paths.ca.display(),
-        paths.cert.display(),
-        paths.key.display()
-    )
-}
-
 /// In a replica's directory: its clock offset in ms (`steppable_clocks`).
 const CLOCK_OFFSET_FILE: &str = "clock-offset";
 
@@ -208,135 +136,6 @@ pub struct LocalCluster {
     pub certs: Option<ClusterCerts>,
     pub replicas: Vec<ReplicaProcess>,
     pub workers: Vec<WorkerProcess>,
-}
-
-/// A worker agent process of a local cluster.
-pub struct WorkerProcess {
-    pub name: String,
-    pub agent_id: uuid::Uuid,
-    pub config_path: PathBuf,
-    pub log_path: PathBuf,
-    child: Option<Child>,
-}
-
-impl WorkerProcess {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
-/// How to start a worker of a local cluster.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    pub name: String,
-    pub tags: Vec<String>,
-    pub max_tasks: u32,
-    /// Extra `key = value` lines for the worker's config file.
-    pub extra_config: Vec<String>,
-    /// The replica addresses it dials; `None`: every replica's `api` address.
-    pub endpoints: Option<Vec<String>>,
-}
-
-impl WorkerOptions {
-    pub fn named(name: &str) -> Self {
-        WorkerOptions {
-            name: name.to_string(),
-            tags: Vec::new(),
-            max_tasks: 4,
-            extra_config: Vec::new(),
-            endpoints: None,
-        }
-    }
-}
-
-/// Waits until `count` workers are online and enabled (a call that fails while the cluster
-/// settles is retried), for at most `timeout`.
-pub async fn wait_for_workers(
-    client: &Client,
-    count: usize,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let online = client
-            .list_workers(false)
-            .await
-            .map(|w| w.iter().filter(|w| w.online && w.enabled).count())
-            .unwrap_or(0);
-        if online >= count {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{online} of {count} workers came online within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Picks `n` free loopback ports (see [`reserve_ports`]), holding all of them until every one
-/// is chosen so none is picked twice.
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    Ok(reserve_ports(n)?.0)
-}
-
-/// Like [`free_ports`], but the ports stay bound until the returned listeners are dropped, so
-/// nothing this process binds in the meantime (port 0) can be given one of them.
-///
-/// The ports come from outside the kernel's ephemeral range when there is room: a port from
-/// inside it, released for a child to bind, can meanwhile become the source port of any
-/// outgoing connection on the machine (the peers' own probes), and the child then fails to
-/// bind it. A port is never handed out twice by one process.
-pub fn reserve_ports(n: usize) -> anyhow::Result<(Vec<u16>, Vec<TcpListener>)> {
-    use rand::Rng;
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut handed_out = HANDED_OUT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut listeners = Vec::with_capacity(n);
-    let window = ports_outside_ephemeral_range();
-    let mut rng = rand::thread_rng();
-    let mut attempts = 0;
-    while listeners.len() < n {
-        attempts += 1;
-        let port = match &window {
-            Some(window) if attempts <= 20 * n + 1000 => rng.gen_range(window.clone()),
-            _ => 0,
-        };
-        if port != 0 && handed_out.contains(&port) {
-            continue;
-        }
-        let listener = match TcpListener::bind(("127.0.0.1", port)) {
-            Ok(listener) => listener,
-            Err(_) if port != 0 => continue,
-            Err(e) => return Err(e).context("cannot bind a loopback port"),
-        };
-        let bound = listener.local_addr()?.port();
-        if handed_out.insert(bound) {
-            listeners.push(listener);
-        }
-    }
-    let ports = listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<anyhow::Result<_>>()?;
-    Ok((ports, listeners))
-}
-
-/// A range of ports the kernel does not give to outgoing connections (below or above
-/// `ip_local_port_range`), if one of useful size exists.
-fn ports_outside_ephemeral_range() -> Option<std::ops::Range<u16>> {
-    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut bounds = text.split_whitespace().map(str::parse::<u16>);
-    let (low, high) = (bounds.next()?.ok()?, bounds.next()?.ok()?);
-    const BELOW_FROM: u16 = 12_000;
-    if low >= BELOW_FROM + 4_000 {
-        Some(BELOW_FROM..low)
-    } else if high <= 61_000 {
-        Some(high + 1..65_535)
-    } else {
-        None
-    }
 }
 
 impl LocalCluster {
@@ -670,157 +469,6 @@ impl LocalCluster {
             .with_context(|| format!("cannot start {}", self.binary.display()))?;
         self.replicas[index].child = Some(child);
         Ok(())
-    }
-
-    /// Writes a worker config under the cluster's root and starts the worker agent.
-    pub fn start_worker(&mut self, options: WorkerOptions) -> anyhow::Result<uuid::Uuid> {
-        let dir = self.root.join(format!("worker-{}", options.name));
-        fs::create_dir_all(&dir)?;
-        let agent_id = uuid::Uuid::new_v4();
-        let endpoints: Vec<String> = options
-            .endpoints
-            .clone()
-            .unwrap_or_else(|| self.endpoints())
-            .iter()
-            .map(|e| format!("\"{e}\""))
-            .collect();
-        let tags: Vec<String> = options.tags.iter().map(|t| format!("\"{t}\"")).collect();
-        let mut config = format!(
-            "agent_id = \"{agent_id}\"\ndisplay_name = \"{}\"\nendpoints = [{}]\ntags = [{}]\n\
-             max_task_count = {}\n{}state_dir = \"{}\"\ntasks_root_folder = \"{}\"\n",
-            options.name,
-            endpoints.join(", "),
-            tags.join(", "),
-            options.max_tasks,
-            if self.certs.is_some() {
-                ""
-            } else {
-                "insecure = true\n"
-            },
-            dir.join("state").display(),
-            dir.join("tasks").display(),
-        );
-        for line in &options.extra_config {
-            config.push_str(line);
-            config.push('\n');
-        }
-        if let Some(certs) = &self.certs {
-            config.push_str(&tls_table(&certs.issue(Role::Worker(agent_id))?));
-        }
-        let config_path = dir.join("worker.toml");
-        fs::write(&config_path, config)?;
-        self.workers.push(WorkerProcess {
-            name: options.name,
-            agent_id,
-            config_path,
-            log_path: dir.join("worker.log"),
-            child: None,
-        });
-        let index = self.workers.len() - 1;
-        self.spawn_worker(index)?;
-        Ok(agent_id)
-    }
-
-    fn spawn_worker(&mut self, index: usize) -> anyhow::Result<()> {
-        let worker = &self.workers[index];
-        let mut command = self.command("worker", &worker.config_path, &worker.log_path)?;
-        self.workers[index].child = Some(command.spawn().context("cannot start a worker")?);
-        Ok(())
-    }
-
-    pub fn worker(&self, name: &str) -> anyhow::Result<&WorkerProcess> {
-        self.workers
-            .iter()
-            .find(|w| w.name == name)
-            .with_context(|| format!("no worker {name}"))
-    }
-
-    fn worker_index(&self, name: &str) -> anyhow::Result<usize> {
-        self.workers
-            .iter()
-            .position(|w| w.name == name)
-            .with_context(|| format!("no worker {name}"))
-    }
-
-    /// kill -9 of a worker.
-    pub fn kill_worker(&mut self, name: &str) -> anyhow::Result<()> {
-        let index = self.worker_index(name)?;
-        if let Some(mut child) = self.workers[index].child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-
-    /// Starts a worker again with the same config (and agent id).
-    pub fn restart_worker(&mut self, name: &str) -> anyhow::Result<()> {
-        let index = self.worker_index(name)?;
-        if self.workers[index].child.is_some() {
-            bail!("worker {name} is already running");
-        }
-        self.spawn_worker(index)
-    }
-
-    /// Replicas and workers that exited without being stopped by this harness (a crash, or a
-    /// restart that could not bind its port): forgets their processes so they count as
-    /// stopped, and says who and how each ended.
-    pub fn reap_exited(&mut self) -> Vec<String> {
-        let mut exited = Vec::new();
-        for replica in &mut self.replicas {
-            if let Some(child) = replica.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    exited.push(format!("replica {} ({status})", replica.id));
-                    replica.child = None;
-                }
-            }
-        }
-        for worker in &mut self.workers {
-            if let Some(child) = worker.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    exited.push(format!("worker {} ({status})", worker.name));
-                    worker.child = None;
-                }
-            }
-        }
-        exited
-    }
-
-    /// SIGSTOP (`pause = true`) or SIGCONT of a worker.
-    pub fn pause_worker(&self, name: &str, pause: bool) -> anyhow::Result<()> {
-        stop_or_continue(
-            self.worker(name)?.pid().context("worker is not running")?,
-            pause,
-        )
-    }
-
-    /// Waits up to `timeout` for worker `name` to exit by itself; its exit code (`None`:
-    /// killed by a signal).
-    pub async fn wait_worker_exit(
-        &mut self,
-        name: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<Option<i32>> {
-        let index = self.worker_index(name)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.workers[index]
-                .child
-                .as_mut()
-                .context("the worker is not running")?;
-            if let Some(status) = child.try_wait()? {
-                self.workers[index].child = None;
-                return Ok(status.code());
-            }
-            if Instant::now() >= deadline {
-                bail!("worker {name} still runs after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn worker_log_tail(&self, name: &str, lines: usize) -> String {
-        self.worker(name)
-            .map_or(String::new(), |w| tail(&w.log_path, lines))
     }
 
     /// Starts a replica that was killed or stopped, on its existing data dir.
