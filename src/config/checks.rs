@@ -1,7 +1,74 @@
-//! Checks shared by the config loaders: socket addresses, writable directories, and the `[tls]`
-//! files (shared with the worker's config, `crate::worker::config`).
+//! Checks shared by the config loaders: numeric ranges, socket addresses, writable directories,
+//! and the `[tls]` files (shared with the worker's config, `crate::worker::config`).
+
+use std::ops::RangeInclusive;
 
 use super::*;
+
+/// One row of a loader's range table: a numeric setting, the values it may take, and what its
+/// error adds after the rule (units, an example, the default).
+pub(crate) struct Bound {
+    key: &'static str,
+    value: u64,
+    allowed: RangeInclusive<u64>,
+    /// What 0 means, when 0 is allowed besides `allowed` (it turns the setting off).
+    zero_means: Option<&'static str>,
+    hint: &'static str,
+}
+
+impl Bound {
+    pub(crate) fn new(
+        key: &'static str,
+        value: impl TryInto<u64>,
+        allowed: RangeInclusive<u64>,
+        hint: &'static str,
+    ) -> Bound {
+        Bound {
+            key,
+            value: value.try_into().unwrap_or(u64::MAX),
+            allowed,
+            zero_means: None,
+            hint,
+        }
+    }
+
+    /// 0 is allowed too, and means `meaning`.
+    pub(crate) fn or_zero(self, meaning: &'static str) -> Bound {
+        Bound {
+            zero_means: Some(meaning),
+            ..self
+        }
+    }
+
+    fn holds(&self) -> bool {
+        self.allowed.contains(&self.value) || (self.value == 0 && self.zero_means.is_some())
+    }
+
+    /// "is 0 but must be at least 1 (e.g. 100)".
+    fn message(&self) -> String {
+        let (low, high) = (*self.allowed.start(), *self.allowed.end());
+        let range = match (low, high) {
+            (_, u64::MAX) => format!("at least {low}"),
+            (0, _) => format!("at most {high}"),
+            _ => format!("between {low} and {high}"),
+        };
+        let rule = match self.zero_means {
+            Some(meaning) => format!("0 ({meaning}) or {range}"),
+            None => range,
+        };
+        format!("is {} but must be {rule} ({})", self.value, self.hint)
+    }
+}
+
+/// The first row of a range table whose value is out of range, as (key, message).
+pub(crate) fn check_bounds(
+    table: impl IntoIterator<Item = Bound>,
+) -> Result<(), (&'static str, String)> {
+    match table.into_iter().find(|bound| !bound.holds()) {
+        Some(bound) => Err((bound.key, bound.message())),
+        None => Ok(()),
+    }
+}
 
 /// The rule that exactly one of `insecure = true` and `[tls]` is given, as (key, message) of
 /// the violation. `who` is "replica" or "worker", for the hint.
@@ -78,7 +145,6 @@ pub(crate) fn load_tls_identity(paths: &TlsPaths) -> Result<TlsIdentity, (&'stat
         .map_err(|e| (tls_error_key(&e), e.to_string()))
 }
 
-/// `host:port` (or `[v6]:port`) with a numeric port; port 0 only when `allow_port_zero`.
 /// Checks `addr` is host:port with a dialable host (a name, IPv4, or bracketed IPv6) and a
 /// port; port 0 (an ephemeral port, for listeners) only when `allow_port_zero`.
 pub(crate) fn check_addr(addr: &str, allow_port_zero: bool) -> Result<(), String> {

@@ -171,19 +171,15 @@ pub(super) fn build(
         key: key.to_string(),
         message: format!("{message}{}", origins.note(key, &message)),
     };
-    if let (true, Some(_)) = (raw.insecure, &raw.tls) {
-        if let Some((key, message)) = tls_choice_error(true, true, "replica") {
-            return Err(invalid(key, message));
-        }
-    }
-    let tls = match raw.tls {
-        None => None,
-        Some(raw_tls) => Some(
-            raw_tls
-                .resolve(&origins, base_dir, "replica-N")
-                .map_err(|(key, message)| invalid(key, message))?,
-        ),
-    };
+    let tls = resolve_tls(
+        raw.tls,
+        raw.insecure,
+        &origins,
+        base_dir,
+        "replica",
+        "replica-N",
+    )
+    .map_err(|(key, message)| invalid(key, message))?;
     let mut ssisdb = raw.ssisdb;
     // Like data_dir; an empty path stays empty for `check` to name.
     let ssisdb_path = |key: &str, path: Option<PathBuf>| {
@@ -336,6 +332,23 @@ impl RawTls {
             key: path("tls.key", self.key)?,
         })
     }
+}
+
+/// `[tls]` as given beside `insecure`: its paths resolved ([`RawTls::resolve`]), none, or the
+/// error of giving both (`who` is "replica" or "worker", `stem` names the development files).
+pub(crate) fn resolve_tls(
+    tls: Option<RawTls>,
+    insecure: bool,
+    origins: &Origins,
+    base_dir: &Path,
+    who: &str,
+    stem: &str,
+) -> Result<Option<TlsPaths>, (&'static str, String)> {
+    if let Some(violation) = tls_choice_error(insecure, tls.is_some(), who).filter(|_| insecure) {
+        return Err(violation);
+    }
+    tls.map(|raw| raw.resolve(origins, base_dir, stem))
+        .transpose()
 }
 
 /// A path as configured: absolute stays; relative is relative to the current directory when an

@@ -115,8 +115,8 @@ mod ssisdb;
 mod tests;
 
 pub(crate) use checks::{
-    check_addr, check_dir_possible, load_tls_identity, probe_dir, tls_choice_error,
-    tls_missing_message,
+    check_addr, check_bounds, check_dir_possible, load_tls_identity, probe_dir, tls_choice_error,
+    tls_missing_message, Bound,
 };
 pub use settings::{
     ApiSettings, ProposalSettings, RaftSettings, RetentionSettings, StorageSettings,
@@ -126,7 +126,9 @@ pub use ssisdb::SsisdbSettings;
 pub(crate) use ssisdb::{parse_connection_string, LOGIN_KEYS, PASSWORD_KEYS};
 
 use layering::*;
-pub(crate) use layering::{process_env, read_config_file, resolve_path, Layered, Layers, RawTls};
+pub(crate) use layering::{
+    process_env, read_config_file, resolve_path, resolve_tls, Layered, Layers, RawTls,
+};
 use schema::*;
 pub(crate) use schema::{opt, Field, Kind, TLS};
 
@@ -407,13 +409,100 @@ impl MasterConfig {
             return bad(key, message);
         }
 
-        let r = &self.raft;
-        if r.heartbeat_interval_ms == 0 {
-            return bad(
+        let (r, p, t, w) = (&self.raft, &self.proposals, &self.retention, &self.workers);
+        const MAX: u64 = u64::MAX;
+        check_bounds([
+            Bound::new(
                 "raft.heartbeat_interval_ms",
-                "must be greater than 0 (e.g. 100)".into(),
-            );
-        }
+                r.heartbeat_interval_ms,
+                1..=MAX,
+                "e.g. 100",
+            ),
+            Bound::new(
+                "raft.snapshot_every_logs",
+                r.snapshot_every_logs,
+                1..=MAX,
+                "e.g. 10000",
+            ),
+            Bound::new(
+                "raft.install_snapshot_timeout_ms",
+                r.install_snapshot_timeout_ms,
+                1..=MAX,
+                "e.g. 10000",
+            ),
+            Bound::new("proposals.max_batch", p.max_batch, 1..=10_000, "e.g. 512"),
+            Bound::new(
+                "proposals.linger_us",
+                p.linger_us,
+                0..=100_000,
+                "100 ms; e.g. 500",
+            ),
+            Bound::new(
+                "proposals.max_in_flight",
+                p.max_in_flight,
+                1..=MAX,
+                "e.g. 4",
+            ),
+            Bound::new(
+                "retention.finished_job_secs",
+                t.finished_job_secs,
+                60..=MAX,
+                "at least a minute, so that a client waiting on a job sees it end; e.g. \
+                 86400, a day",
+            )
+            .or_zero("never by age"),
+            Bound::new(
+                "retention.max_finished_jobs",
+                t.max_finished_jobs,
+                100..=MAX,
+                "e.g. 100000",
+            )
+            .or_zero("no cap"),
+            Bound::new(
+                "retention.sweep_interval_ms",
+                t.sweep_interval_ms,
+                100..=3_600_000,
+                "e.g. 10000",
+            ),
+            Bound::new(
+                "storage.cache_capacity_mb",
+                self.storage.cache_capacity_mb,
+                1..=1 << 20,
+                "MiB, up to 1 TiB; e.g. 64",
+            ),
+            Bound::new(
+                "api.max_message_bytes",
+                self.api.max_message_bytes,
+                64 << 10..=256 << 20,
+                "64 KiB to 256 MiB; the default is 4194304",
+            ),
+            Bound::new(
+                "workers.lease_interval_ms",
+                w.lease_interval_ms,
+                1_000..=86_400_000,
+                "1 s to 1 day; e.g. 30000",
+            ),
+            Bound::new(
+                "workers.offline_after_ms",
+                w.offline_after_ms,
+                1_000..=MAX,
+                "1 s; e.g. 60000",
+            ),
+            Bound::new(
+                "workers.max_acquire_wait_ms",
+                w.max_acquire_wait_ms,
+                0..=60_000,
+                "1 min; e.g. 10000",
+            ),
+            Bound::new(
+                "workers.expiry_check_interval_ms",
+                w.expiry_check_interval_ms,
+                10..=60_000,
+                "e.g. 500",
+            ),
+        ])
+        .or_else(|(key, message)| bad(key, message))?;
+        // The rules between settings.
         let min_election = r.heartbeat_interval_ms.saturating_mul(2);
         if r.election_timeout_min_ms < min_election {
             return bad(
@@ -433,123 +522,6 @@ impl MasterConfig {
                      e.g. twice the minimum",
                     r.election_timeout_max_ms, r.election_timeout_min_ms
                 ),
-            );
-        }
-        if r.snapshot_every_logs == 0 {
-            return bad(
-                "raft.snapshot_every_logs",
-                "must be greater than 0 (e.g. 10000)".into(),
-            );
-        }
-        if r.install_snapshot_timeout_ms == 0 {
-            return bad(
-                "raft.install_snapshot_timeout_ms",
-                "must be greater than 0 (e.g. 10000)".into(),
-            );
-        }
-
-        let p = &self.proposals;
-        if !(1..=10_000).contains(&p.max_batch) {
-            return bad(
-                "proposals.max_batch",
-                format!(
-                    "is {} but must be between 1 and 10000 (e.g. 512)",
-                    p.max_batch
-                ),
-            );
-        }
-        if p.linger_us > 100_000 {
-            return bad(
-                "proposals.linger_us",
-                format!(
-                    "is {} but must be at most 100000 (100 ms; e.g. 500)",
-                    p.linger_us
-                ),
-            );
-        }
-        if p.max_in_flight == 0 {
-            return bad(
-                "proposals.max_in_flight",
-                "must be at least 1 (e.g. 4)".into(),
-            );
-        }
-        let t = &self.retention;
-        if t.finished_job_secs != 0 && t.finished_job_secs < 60 {
-            return bad(
-                "retention.finished_job_secs",
-                format!(
-                    "is {} but must be 0 (never by age) or at least 60, so that a client \
-                     waiting on a job sees it end (e.g. 86400, a day)",
-                    t.finished_job_secs
-                ),
-            );
-        }
-        if t.max_finished_jobs != 0 && t.max_finished_jobs < 100 {
-            return bad(
-                "retention.max_finished_jobs",
-                format!(
-                    "is {} but must be 0 (no cap) or at least 100 (e.g. 100000)",
-                    t.max_finished_jobs
-                ),
-            );
-        }
-        if !(100..=3_600_000).contains(&t.sweep_interval_ms) {
-            return bad(
-                "retention.sweep_interval_ms",
-                format!(
-                    "is {} but must be between 100 and 3600000 (e.g. 10000)",
-                    t.sweep_interval_ms
-                ),
-            );
-        }
-        if !(1..=1 << 20).contains(&self.storage.cache_capacity_mb) {
-            return bad(
-                "storage.cache_capacity_mb",
-                format!(
-                    "is {} but must be between 1 and 1048576 MiB (e.g. 64)",
-                    self.storage.cache_capacity_mb
-                ),
-            );
-        }
-        const MIN_MSG: usize = 64 << 10;
-        const MAX_MSG: usize = 256 << 20;
-        if !(MIN_MSG..=MAX_MSG).contains(&self.api.max_message_bytes) {
-            return bad(
-                "api.max_message_bytes",
-                format!(
-                    "is {} but must be between {MIN_MSG} (64 KiB) and {MAX_MSG} (256 MiB); the \
-                     default is 4194304",
-                    self.api.max_message_bytes
-                ),
-            );
-        }
-
-        let w = &self.workers;
-        if !(1_000..=86_400_000).contains(&w.lease_interval_ms) {
-            return bad(
-                "workers.lease_interval_ms",
-                format!(
-                    "is {} but must be between 1000 (1 s) and 86400000 (1 day); e.g. 30000",
-                    w.lease_interval_ms
-                ),
-            );
-        }
-        if w.offline_after_ms < 1_000 {
-            return bad(
-                "workers.offline_after_ms",
-                "must be at least 1000 (1 s); e.g. 60000".into(),
-            );
-        }
-        if w.max_acquire_wait_ms > 60_000 {
-            return bad(
-                "workers.max_acquire_wait_ms",
-                "must be at most 60000 (1 min); e.g. 10000".into(),
-            );
-        }
-        if !(10..=60_000).contains(&w.expiry_check_interval_ms) {
-            return bad(
-                "workers.expiry_check_interval_ms",
-                "must be between 10 and 60000; e.g. 500".into(),
             );
         }
         if let Err((key, message)) = self.ssisdb.check() {

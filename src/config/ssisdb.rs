@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{check_bounds, Bound};
+
 /// `[ssisdb]`: where the leader ships the outbox (job, attempt, worker and log events) and how
 /// much of it the replicas keep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,50 +110,38 @@ impl SsisdbSettings {
 
     /// The rules of `[ssisdb]`, as (key, message) of the first violation.
     pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
-        let ranges: [(&'static str, u64, std::ops::RangeInclusive<u64>, u64); 5] = [
-            (
+        check_bounds([
+            Bound::new(
                 "ssisdb.max_outbox_events",
                 self.max_outbox_events,
                 1_000..=100_000_000,
-                100_000,
+                "the default is 100000",
             ),
-            (
+            Bound::new(
                 "ssisdb.retention_secs",
                 self.retention_secs,
                 60..=31_536_000,
-                604_800,
+                "a minute to a year; the default is 604800, a week",
             ),
-            (
+            Bound::new(
                 "ssisdb.batch_events",
-                u64::from(self.batch_events),
+                self.batch_events,
                 1..=10_000,
-                1_000,
+                "the default is 1000",
             ),
-            (
+            Bound::new(
                 "ssisdb.connect_timeout_ms",
                 self.connect_timeout_ms,
                 100..=300_000,
-                15_000,
+                "the default is 15000",
             ),
-            (
+            Bound::new(
                 "ssisdb.ship_interval_ms",
                 self.ship_interval_ms,
                 10..=60_000,
-                200,
+                "the default is 200",
             ),
-        ];
-        for (key, value, range, default) in ranges {
-            if !range.contains(&value) {
-                return Err((
-                    key,
-                    format!(
-                        "is {value} but must be between {} and {}; the default is {default}",
-                        range.start(),
-                        range.end()
-                    ),
-                ));
-            }
-        }
+        ])?;
         let Some(text) = self.connection_string.as_deref().filter(|_| self.enabled()) else {
             // No SSISDB: the password and CA settings are not used.
             return Ok(());

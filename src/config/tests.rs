@@ -221,7 +221,7 @@ fn each_validation_rule_names_its_key() {
         (
             vec!["raft.heartbeat_interval_ms=0".into()],
             "raft.heartbeat_interval_ms",
-            "greater than 0",
+            "at least 1 (e.g.",
         ),
         (
             vec!["raft.election_timeout_min_ms=150".into()],
@@ -236,12 +236,12 @@ fn each_validation_rule_names_its_key() {
         (
             vec!["raft.snapshot_every_logs=0".into()],
             "raft.snapshot_every_logs",
-            "greater than 0",
+            "at least 1 (e.g.",
         ),
         (
             vec!["raft.install_snapshot_timeout_ms=0".into()],
             "raft.install_snapshot_timeout_ms",
-            "greater than 0",
+            "at least 1 (e.g.",
         ),
         (
             vec!["proposals.max_batch=0".into()],

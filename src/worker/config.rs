@@ -72,9 +72,9 @@ use uuid::Uuid;
 use super::agent_id;
 pub use super::agent_id::{AgentIdSource, AGENT_ID_FILE};
 use crate::config::{
-    check_addr, check_dir_possible, keys_of, opt, origin_note, probe_dir, process_env,
-    read_config_file, resolve_path, tls_choice_error, ConfigError, Field, Kind, Layered, Layers,
-    RawTls, TLS,
+    check_addr, check_bounds, check_dir_possible, keys_of, opt, origin_note, probe_dir,
+    process_env, read_config_file, resolve_path, resolve_tls, tls_choice_error, Bound, ConfigError,
+    Field, Kind, Layered, Layers, RawTls, TLS,
 };
 use crate::tls::TlsPaths;
 
@@ -437,19 +437,15 @@ fn build(
         None => state_dir.join("tasks"),
     };
     let insecure = raw.insecure.unwrap_or(false);
-    if let (true, Some(_)) = (insecure, &raw.tls) {
-        if let Some((key, message)) = tls_choice_error(true, true, "worker") {
-            return Err(invalid(key, message));
-        }
-    }
-    let tls = match raw.tls {
-        None => None,
-        Some(raw_tls) => Some(
-            raw_tls
-                .resolve(&origins, base_dir, "worker-<uuid>")
-                .map_err(|(key, message)| invalid(key, message))?,
-        ),
-    };
+    let tls = resolve_tls(
+        raw.tls,
+        insecure,
+        &origins,
+        base_dir,
+        "worker",
+        "worker-<uuid>",
+    )
+    .map_err(|(key, message)| invalid(key, message))?;
     let machine_name = machine_name();
     let config = WorkerConfig {
         // Settled below, once the certificate is read.
@@ -554,34 +550,32 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
             return Err(("tags", format!("tag `{tag}` is listed twice")));
         }
     }
-    if !(1..=1000).contains(&c.max_task_count) {
-        return Err((
+    check_bounds([
+        Bound::new(
             "max_task_count",
-            format!(
-                "is {} but must be between 1 and 1000 (SSIS default: 10)",
-                c.max_task_count
-            ),
-        ));
-    }
-    if !(100..=3_600_000).contains(&c.agent_heartbeat_interval_ms) {
-        return Err((
+            c.max_task_count,
+            1..=1000,
+            "SSIS default: 10",
+        ),
+        Bound::new(
             "agent_heartbeat_interval_ms",
-            format!(
-                "is {} but must be between 100 and 3600000 (1 h); e.g. 5000",
-                c.agent_heartbeat_interval_ms
-            ),
-        ));
-    }
-    if !(100..=3_600_000).contains(&c.task_heartbeat_interval_ms) {
-        return Err((
+            c.agent_heartbeat_interval_ms,
+            100..=3_600_000,
+            "1 h; e.g. 5000",
+        ),
+        Bound::new(
             "task_heartbeat_interval_ms",
-            format!(
-                "is {} but must be between 100 and 3600000 (1 h); e.g. 10000, well under the \
-                 master's lease interval",
-                c.task_heartbeat_interval_ms
-            ),
-        ));
-    }
+            c.task_heartbeat_interval_ms,
+            100..=3_600_000,
+            "1 h; e.g. 10000, well under the master's lease interval",
+        ),
+        Bound::new(
+            "acquire_wait_ms",
+            c.acquire_wait_ms,
+            0..=60_000,
+            "1 min; e.g. 10000",
+        ),
+    ])?;
     if let Some(tolerance) = c
         .heartbeat_error_tolerance_ms
         .filter(|t| *t <= c.task_heartbeat_interval_ms)
@@ -633,15 +627,6 @@ fn check(c: &WorkerConfig) -> Result<(), (&'static str, String)> {
                 ),
             ));
         }
-    }
-    if c.acquire_wait_ms > 60_000 {
-        return Err((
-            "acquire_wait_ms",
-            format!(
-                "is {} but must be at most 60000 (1 min); e.g. 10000",
-                c.acquire_wait_ms
-            ),
-        ));
     }
     Ok(())
 }
