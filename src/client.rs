@@ -95,7 +95,9 @@ impl Client {
     /// the likely cause is a plaintext client talking to a TLS cluster.
     fn error(&self, error: CallError) -> ClientError {
         let mut last_error = match error {
-            CallError::Rejected(status) => return ClientError::Rejected(status),
+            CallError::Rejected(status) | CallError::LeaseLost(status) => {
+                return ClientError::Rejected(status)
+            }
             CallError::Unavailable { last_error, .. } => last_error,
         };
         // What a TLS server's refusal of a plaintext HTTP/2 preface looks like from here.

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::backoff::Backoff;
-use super::contract::{describe, is_retryable_elsewhere, redirect_address};
+use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason};
 use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -40,9 +40,41 @@ pub enum CallError {
         deadline: Duration,
         last_error: String,
     },
+    /// The lease the call carried is no longer current (FAILED_PRECONDITION, reason
+    /// LEASE_LOST): the master ended that attempt, and nothing more of it is worth sending.
+    #[error("lease lost: {}", .0.message())]
+    LeaseLost(Status),
     /// A replica answered with an error that retrying will not fix.
     #[error("{}: {}", .0.code(), .0.message())]
     Rejected(Status),
+}
+
+impl CallError {
+    /// A replica's definite refusal, told apart by its reason.
+    fn refused(status: Status) -> CallError {
+        match Reason::of(&status) {
+            Some(Reason::LeaseLost) => CallError::LeaseLost(status),
+            _ => CallError::Rejected(status),
+        }
+    }
+
+    /// The replica's answer, when one refused the call.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            CallError::Rejected(status) | CallError::LeaseLost(status) => Some(status),
+            CallError::Unavailable { .. } => None,
+        }
+    }
+
+    /// The reason the replica gave for refusing the call.
+    pub fn reason(&self) -> Option<Reason> {
+        self.status().and_then(Reason::of)
+    }
+
+    /// A refusal with this gRPC code.
+    pub fn is_rejected_with(&self, code: Code) -> bool {
+        self.status().is_some_and(|status| status.code() == code)
+    }
 }
 
 /// A list of endpoints that cannot be dialled.
@@ -225,7 +257,7 @@ impl Replicas {
                 Next::GiveUp(status) => {
                     // A definite answer: keep talking to this replica.
                     self.remember_leader(Some(target));
-                    return Err(CallError::Rejected(status));
+                    return Err(CallError::refused(status));
                 }
                 Next::Leader(addr) if addr != target && hops < MAX_REDIRECT_HOPS => {
                     tracing::debug!(from = %target, to = %addr, "following leader redirect");
@@ -277,7 +309,7 @@ impl Replicas {
                     .await;
                 match outcome.map_err(classify) {
                     Ok(reply) => return Ok(reply),
-                    Err(Next::GiveUp(status)) => return Err(CallError::Rejected(status)),
+                    Err(Next::GiveUp(status)) => return Err(CallError::refused(status)),
                     Err(Next::Leader(_)) => last_error = format!("{endpoint}: not the leader"),
                     Err(Next::OtherEndpoint(message)) => {
                         last_error = format!("{endpoint}: {message}")
@@ -298,7 +330,37 @@ mod tests {
     use crate::pb::v1::worker_service_client::WorkerServiceClient;
     use crate::pb::v1::{HeartbeatRequest, HeartbeatResponse};
     use crate::raft::ReplicaNode;
-    use crate::rpc::contract::not_leader;
+    use std::collections::HashMap;
+
+    use crate::rpc::contract::{not_leader, with_reason};
+
+    #[test]
+    fn a_lost_lease_is_told_apart_by_its_reason() {
+        let lost = with_reason(
+            Code::FailedPrecondition,
+            Reason::LeaseLost,
+            "stale",
+            HashMap::new(),
+        );
+        assert!(matches!(CallError::refused(lost), CallError::LeaseLost(_)));
+        // A precondition failure for another reason is not a lost lease.
+        let other = CallError::refused(Status::failed_precondition("disabled"));
+        assert!(matches!(other, CallError::Rejected(_)), "{other:?}");
+        let unknown = with_reason(
+            Code::NotFound,
+            Reason::WorkerNotFound,
+            "who?",
+            HashMap::new(),
+        );
+        let unknown = CallError::refused(unknown);
+        assert_eq!(unknown.reason(), Some(Reason::WorkerNotFound));
+        assert!(unknown.is_rejected_with(Code::NotFound));
+        let unavailable = CallError::Unavailable {
+            deadline: Duration::from_secs(1),
+            last_error: "none".into(),
+        };
+        assert_eq!(unavailable.reason(), None);
+    }
 
     #[test]
     fn statuses_are_classified() {

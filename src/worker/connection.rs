@@ -10,64 +10,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::pb::v1::worker_service_client::WorkerServiceClient;
-use crate::rpc::{self, Backoff, Reason, Replicas};
+pub use crate::rpc::CallError;
+use crate::rpc::{Backoff, Replicas};
 use crate::transport::Security;
 
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(1000));
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-/// Why a call did not succeed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// No replica served the call before the deadline: the cluster is down or has no leader.
-    #[error("no replica served the call within {deadline:?} (last error: {last_error})")]
-    Unavailable {
-        deadline: Duration,
-        last_error: String,
-    },
-    /// The lease the call carried is no longer current (FAILED_PRECONDITION, LEASE_LOST).
-    #[error("lease lost: {}", .0.message())]
-    LeaseLost(Status),
-    /// A replica answered with an error that retrying will not fix.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Rejected(Status),
-}
-
-impl CallError {
-    /// A rejection with this gRPC code.
-    pub fn is_rejected_with(&self, code: Code) -> bool {
-        matches!(self, CallError::Rejected(status) if status.code() == code)
-    }
-
-    /// The reason the master gave for a rejection.
-    pub fn reason(&self) -> Option<Reason> {
-        match self {
-            CallError::Rejected(status) | CallError::LeaseLost(status) => Reason::of(status),
-            CallError::Unavailable { .. } => None,
-        }
-    }
-}
-
-impl From<rpc::CallError> for CallError {
-    fn from(error: rpc::CallError) -> Self {
-        match error {
-            rpc::CallError::Unavailable {
-                deadline,
-                last_error,
-            } => CallError::Unavailable {
-                deadline,
-                last_error,
-            },
-            rpc::CallError::Rejected(status) if Reason::of(&status) == Some(Reason::LeaseLost) => {
-                CallError::LeaseLost(status)
-            }
-            rpc::CallError::Rejected(status) => CallError::Rejected(status),
-        }
-    }
-}
 
 /// Channels to the replicas and the last leader seen.
 pub struct Connection {
@@ -111,42 +62,5 @@ impl Connection {
                 op(client, timeout)
             })
             .await
-            .map_err(CallError::from)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-    use crate::rpc::contract::with_reason;
-
-    #[test]
-    fn a_lost_lease_is_told_apart_by_its_reason() {
-        let lost = with_reason(
-            Code::FailedPrecondition,
-            Reason::LeaseLost,
-            "stale",
-            HashMap::new(),
-        );
-        assert!(matches!(
-            CallError::from(rpc::CallError::Rejected(lost)),
-            CallError::LeaseLost(_)
-        ));
-        // A precondition failure for another reason is not a lost lease.
-        let other = CallError::from(rpc::CallError::Rejected(Status::failed_precondition(
-            "disabled",
-        )));
-        assert!(matches!(other, CallError::Rejected(_)), "{other:?}");
-        let unknown = with_reason(
-            Code::NotFound,
-            Reason::WorkerNotFound,
-            "who?",
-            HashMap::new(),
-        );
-        let unknown = CallError::from(rpc::CallError::Rejected(unknown));
-        assert_eq!(unknown.reason(), Some(Reason::WorkerNotFound));
-        assert!(unknown.is_rejected_with(Code::NotFound));
     }
 }
