@@ -1241,3 +1241,100 @@ async fn log_lines_sent_while_no_quorum_are_stored_and_shipped_once() {
     drop(cluster);
     server.stop();
 }
+
+/// A replica that loses office and later leads again takes up its duties again, in its new
+/// term: the old term's shipper is gone (SSISDB's fence has seen a newer term since, and would
+/// refuse it), and a new one ships under the new term. No other test has a replica lead twice:
+/// a leader loop that kept the old term's duties after losing office passed them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_leads_again_ships_again_in_its_new_term() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let mut cluster = start_cluster(server.port, &env.password_file, &[]);
+    let (first, first_term) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(worker("w1")).expect("worker");
+    let mut sql = sql(server.port, &env.password_file).await;
+    let mut jobs = vec![run_one(&cluster, "in the first term").await];
+    wait_shipped(&mut sql, &jobs).await;
+    assert_eq!(fence(&mut sql).await, (first_term, first));
+
+    // Another replica leads, and ships a job of its own term.
+    let (second, second_term) = depose(&cluster, first).await;
+    jobs.push(run_one(&cluster, "in the second term").await);
+    wait_shipped(&mut sql, &jobs).await;
+    assert_eq!(fence(&mut sql).await, (second_term, second));
+
+    // Leaders other than the first are deposed until the first leads again.
+    let deadline = Instant::now() + WAIT;
+    let mut leader = second;
+    let term = loop {
+        let (next, term) = depose(&cluster, leader).await;
+        if next == first {
+            break term;
+        }
+        assert!(Instant::now() < deadline, "replica {first} never led again");
+        leader = next;
+    };
+    jobs.push(run_one(&cluster, "when the first leads again").await);
+    wait_shipped(&mut sql, &jobs).await;
+    assert_eq!(
+        fence(&mut sql).await,
+        (term, first),
+        "replica {first} ships under its new term"
+    );
+    drop(cluster);
+    server.stop();
+}
+
+/// Submits a job that echoes `text` and waits for it to end.
+async fn run_one(cluster: &LocalCluster, text: &str) -> v1::Job {
+    let client = cluster.client().expect("client");
+    let id = client
+        .submit_job(shell(&format!("echo {text}"), 1), None)
+        .await
+        .expect("submit")
+        .job_id;
+    wait_terminal(&client, id).await
+}
+
+/// SSISDB's fencing row: (term, replica) of the newest shipper it has seen.
+async fn fence(sql: &mut ssisdb::SqlClient) -> (u64, u64) {
+    let fence = rows(sql, "SELECT term, replica_id FROM scaleout.shipper").await;
+    assert_eq!(fence.len(), 1, "one fencing row");
+    let at = |i| int(&fence[0], i).and_then(|n| u64::try_from(n).ok());
+    (at(0).expect("term"), at(1).expect("replica"))
+}
+
+/// Pauses `leader` until the other replicas agree on another leader, resumes it, and waits
+/// until every replica agrees; returns (leader, term).
+async fn depose(cluster: &LocalCluster, leader: u64) -> (u64, u64) {
+    cluster.pause(leader, true).expect("pause the leader");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut seen = Vec::new();
+        for replica in cluster.replicas.iter().filter(|r| r.id != leader) {
+            if let Ok(status) = cluster.status_of(replica.id).await {
+                seen.push(status.leader_id);
+            }
+        }
+        let agreed = seen.len() == cluster.replicas.len() - 1
+            && seen.windows(2).all(|pair| pair[0] == pair[1]);
+        if agreed && seen[0].is_some_and(|id| id != leader) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while {leader} was paused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.pause(leader, false).expect("resume");
+    cluster
+        .wait_for_leader(WAIT)
+        .await
+        .expect("an agreed leader")
+}
