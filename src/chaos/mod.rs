@@ -292,7 +292,23 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
             warn!(%error, "a submitter task failed");
         }
     }
-    injected?;
+    if let Err(error) = injected {
+        // What the replicas were doing says why a fault could not be carried out.
+        let tails: String = cluster
+            .replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "\n--- replica {} log (last lines) ---\n{}",
+                    r.id,
+                    cluster.log_tail(r.id, 40)
+                )
+            })
+            .collect();
+        return Err(error.context(format!(
+            "a fault could not be carried out; processes that exited: {crashes:?}{tails}"
+        )));
+    }
     let seconds = started.elapsed().as_secs_f64();
     println!("chaos: {seconds:>5.1} s  healed; the load has stopped, waiting for every job to end");
 
