@@ -247,12 +247,29 @@ pub(crate) async fn measure_replicas(
         .pid()
         .map(resident_mib)
         .transpose()?;
+    let restarted_heap = heap_mib(&cluster.replica(follower)?.metrics_addr).await;
     Ok(json!({
         "resident_mib_after_load": rss,
         "restart_to_serving_ms": serving.as_millis() as u64,
         "resident_mib_after_restart": restarted_rss,
+        "heap_mib_after_restart": restarted_heap
+            .map(|(in_use, free)| json!({ "in_use": in_use, "free": free })),
         "restarted_replica": follower,
     }))
+}
+
+/// What malloc holds in a replica, in use and free (MiB), from its `/metrics`; `None` when it
+/// serves no such figure (another allocator, or a build without it).
+pub(crate) async fn heap_mib(metrics_addr: &str) -> Option<(f64, f64)> {
+    let page = crate::ops::probe::get(metrics_addr, "/metrics", Duration::from_secs(5))
+        .await
+        .ok()?;
+    let samples = crate::ops::probe::samples(&page.body);
+    let mib = |name: &str| samples.get(name).map(|bytes| bytes / (1 << 20) as f64);
+    Some((
+        mib("scaleout_heap_in_use_bytes")?,
+        mib("scaleout_heap_free_bytes")?,
+    ))
 }
 
 pub(crate) fn resident_mib(pid: u32) -> anyhow::Result<f64> {

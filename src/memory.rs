@@ -33,6 +33,34 @@ pub fn return_free_memory() -> bool {
     }
 }
 
+/// What malloc holds, in bytes: in use by the program, and free but kept (not yet handed back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapUse {
+    pub in_use: u64,
+    pub free: u64,
+}
+
+/// What malloc holds now, summed over its arenas; `None` where the allocator is not glibc's.
+/// Walks every arena's free lists under its lock, as a trim does: for scrapes, not hot paths.
+pub fn heap_use() -> Option<HeapUse> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no pointer and only reads malloc's own arenas, under their
+        // locks; any thread may call it at any time.
+        let info = unsafe { libc::mallinfo2() };
+        let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Some(HeapUse {
+            // Chunks in the arenas plus those malloc mapped on their own (large ones).
+            in_use: bytes(info.uordblks).saturating_add(bytes(info.hblkhd)),
+            free: bytes(info.fordblks),
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// Trims every [`TRIM_EVERY`] until the task is aborted, off the async threads.
 pub async fn trim_periodically() {
     let mut interval = tokio::time::interval(TRIM_EVERY);

@@ -58,6 +58,8 @@ const METRICS: &[&str] = &[
     "scaleout_outbox_events",
     "scaleout_outbox_oldest_event_age_seconds",
     "scaleout_ssisdb_events_shipped_total",
+    "scaleout_heap_in_use_bytes",
+    "scaleout_heap_free_bytes",
     "scaleout_ssisdb_ship_errors_total",
     // Worker.
     "scaleout_worker_connected",

@@ -153,10 +153,13 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
         // The events it holds for SSISDB (kept `ssisdb.retention_secs` without one): in memory.
         let outbox_events = cluster.status_of(replica.id).await?.outbox_events;
         let snapshot = replica.data_dir.join("raft/snapshot/current.snap");
+        let heap = super::heap_mib(&replica.metrics_addr).await;
         replicas.insert(
             replica.id.to_string(),
             json!({
                 "resident_mib": replica.pid().map(super::resident_mib).transpose()?,
+                "heap_in_use_mib": heap.map(|(in_use, _)| in_use),
+                "heap_free_mib": heap.map(|(_, free)| free),
                 "outbox_events": outbox_events,
                 "peak_resident_mib": peaks.get(&replica.id),
                 "data_dir_mib": dir_bytes(&replica.data_dir) as f64 / (1 << 20) as f64,

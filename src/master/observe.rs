@@ -238,6 +238,7 @@ impl ReplicaObserver {
         );
         self.sample_queue();
         self.sample_shipper();
+        self.sample_heap();
     }
 
     fn sample_queue(&self) {
@@ -339,6 +340,26 @@ impl ReplicaObserver {
             &[],
         )
         .set(oldest_age_ms as f64 / 1000.0);
+    }
+
+    fn sample_heap(&self) {
+        let Some(heap) = crate::memory::heap_use() else {
+            return;
+        };
+        self.registry
+            .gauge(
+                "scaleout_heap_in_use_bytes",
+                "Bytes malloc holds in use by this replica (glibc's mallinfo2).",
+                &[],
+            )
+            .set(heap.in_use as f64);
+        self.registry
+            .gauge(
+                "scaleout_heap_free_bytes",
+                "Bytes malloc holds free, not yet handed back to the system (trimmed every 30 s).",
+                &[],
+            )
+            .set(heap.free as f64);
     }
 
     fn sample_shipper(&self) {
