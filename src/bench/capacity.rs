@@ -168,6 +168,26 @@ pub async fn capacity(options: CapacityBench) -> anyhow::Result<()> {
             }),
         );
     }
+    // Once more after each replica's periodic trim has run: what resident memory settles to
+    // once malloc has handed back the memory it holds free.
+    tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_secs(5)).await;
+    for replica in &cluster.replicas {
+        let heap = super::heap_mib(&replica.metrics_addr).await;
+        let resident = replica.pid().map(super::resident_mib).transpose()?;
+        if let Some(entry) = replicas
+            .get_mut(&replica.id.to_string())
+            .and_then(|entry| entry.as_object_mut())
+        {
+            entry.insert(
+                "after_a_trim".into(),
+                json!({
+                    "resident_mib": resident,
+                    "heap_in_use_mib": heap.map(|(in_use, _)| in_use),
+                    "heap_free_mib": heap.map(|(_, free)| free),
+                }),
+            );
+        }
+    }
     let builds: Vec<(u64, u64)> = cluster
         .replicas
         .iter()
