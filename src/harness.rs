@@ -539,6 +539,21 @@ impl LocalCluster {
         )
     }
 
+    /// The last `lines` lines of every replica's log, each under a heading, for failure
+    /// messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "\n--- replica {} log (last lines) ---\n{}",
+                    r.id,
+                    tail(&r.log_path, lines)
+                )
+            })
+            .collect()
+    }
+
     /// The last lines a replica logged, for failure messages.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         self.replica(id)
@@ -566,17 +581,7 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let tails: String = self
-            .replicas
-            .iter()
-            .map(|r| {
-                format!(
-                    "\n--- replica {} log (last lines) ---\n{}",
-                    r.id,
-                    tail(&r.log_path, 25)
-                )
-            })
-            .collect();
+        let tails = self.log_tails(25);
         bail!("no agreed leader within {timeout:?}: {last}{tails}")
     }
 

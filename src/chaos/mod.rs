@@ -294,17 +294,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     }
     if let Err(error) = injected {
         // What the replicas were doing says why a fault could not be carried out.
-        let tails: String = cluster
-            .replicas
-            .iter()
-            .map(|r| {
-                format!(
-                    "\n--- replica {} log (last lines) ---\n{}",
-                    r.id,
-                    cluster.log_tail(r.id, 40)
-                )
-            })
-            .collect();
+        let tails = cluster.log_tails(40);
         return Err(error.context(format!(
             "a fault could not be carried out; processes that exited: {crashes:?}{tails}"
         )));
