@@ -344,8 +344,10 @@ pub(crate) fn resolve_tls(
     who: &str,
     stem: &str,
 ) -> Result<Option<TlsPaths>, (&'static str, String)> {
-    if let Some(violation) = tls_choice_error(insecure, tls.is_some(), who).filter(|_| insecure) {
-        return Err(violation);
+    if insecure && tls.is_some() {
+        if let Some(violation) = tls_choice_error(true, true, who) {
+            return Err(violation);
+        }
     }
     tls.map(|raw| raw.resolve(origins, base_dir, stem))
         .transpose()

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::backoff::Backoff;
 use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason};
@@ -59,7 +59,7 @@ impl CallError {
     }
 
     /// The replica's answer, when one refused the call.
-    pub fn status(&self) -> Option<&Status> {
+    fn status(&self) -> Option<&Status> {
         match self {
             CallError::Rejected(status) | CallError::LeaseLost(status) => Some(status),
             CallError::Unavailable { .. } => None,
@@ -69,11 +69,6 @@ impl CallError {
     /// The reason the replica gave for refusing the call.
     pub fn reason(&self) -> Option<Reason> {
         self.status().and_then(Reason::of)
-    }
-
-    /// A refusal with this gRPC code.
-    pub fn is_rejected_with(&self, code: Code) -> bool {
-        self.status().is_some_and(|status| status.code() == code)
     }
 }
 
@@ -332,6 +327,8 @@ mod tests {
     use crate::raft::ReplicaNode;
     use std::collections::HashMap;
 
+    use tonic::Code;
+
     use crate::rpc::contract::{not_leader, with_reason};
 
     #[test]
@@ -354,7 +351,6 @@ mod tests {
         );
         let unknown = CallError::refused(unknown);
         assert_eq!(unknown.reason(), Some(Reason::WorkerNotFound));
-        assert!(unknown.is_rejected_with(Code::NotFound));
         let unavailable = CallError::Unavailable {
             deadline: Duration::from_secs(1),
             last_error: "none".into(),
