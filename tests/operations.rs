@@ -206,6 +206,11 @@ async fn every_replica_serves_metrics_with_sane_values() {
     assert!(value(&after, "scaleout_outbox_events") >= 0.0);
     assert!(value(&after, "scaleout_outbox_oldest_event_age_seconds") >= 0.0);
     assert_eq!(value(&after, "scaleout_ssisdb_ship_errors_total"), 0.0);
+    // What malloc holds (glibc's mallinfo2): a replica has some heap in use.
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        assert!(value(&after, "scaleout_heap_in_use_bytes") > 0.0);
+        assert!(value(&after, "scaleout_heap_free_bytes") >= 0.0);
+    }
     assert_eq!(
         value(&after, "scaleout_ssisdb_events_shipped_total"),
         0.0,
