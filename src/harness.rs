@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
+use crate::chaos::powercut::PowerCutFs;
 use crate::client::Client;
 use crate::pb::v1::ClusterStatusResponse;
 use crate::tls::Role;
@@ -330,6 +332,27 @@ impl LocalCluster {
     /// Keeps `guard` until the processes are gone (e.g. a file system mounted under the root).
     pub fn keep_until_drop(&mut self, guard: Box<dyn std::any::Any + Send + Sync>) {
         self.guards.push(guard);
+    }
+
+    /// Mounts a [`PowerCutFs`] on every replica's data dir, before the replicas start; the
+    /// cluster keeps each mount until its processes are gone. Needs /dev/fuse (the mount error
+    /// says so).
+    pub fn mount_power_cuts(&mut self) -> anyhow::Result<BTreeMap<u64, Arc<PowerCutFs>>> {
+        let mut mounts = BTreeMap::new();
+        let dirs: Vec<(u64, PathBuf)> = self
+            .replicas
+            .iter()
+            .map(|r| (r.id, r.data_dir.clone()))
+            .collect();
+        for (id, dir) in dirs {
+            fs::create_dir_all(&dir)?;
+            let mount = Arc::new(PowerCutFs::mount(&dir).with_context(|| {
+                format!("cannot put replica {id}'s data dir on a power-cut file system")
+            })?);
+            self.keep_until_drop(Box::new(mount.clone()));
+            mounts.insert(id, mount);
+        }
+        Ok(mounts)
     }
 
     /// Empties a stopped replica's data dir (a lost disk). The directory itself stays: it may

@@ -38,6 +38,9 @@ pub struct SubmitRecord {
     pub argv: Vec<String>,
 }
 
+/// How long after a fault healed a broken read is still reported as in its wake.
+const FAULT_AFTERMATH_MS: u64 = 5_000;
+
 /// A linearizable GetJob of an acknowledged job.
 #[derive(Debug, Clone)]
 pub struct ReadRecord {
@@ -52,6 +55,8 @@ pub struct ReadRecord {
     pub after_cancel: bool,
     /// The read showed the job cancelled, being cancelled (`cancel_requested`) or ended.
     pub saw_cancel: bool,
+    /// For a read that missed: the refusal, and what the replicas showed right after.
+    pub detail: String,
 }
 
 /// One injected fault, with its window in wall-clock ms since the Unix epoch (the clock of the
@@ -143,7 +148,8 @@ pub struct Report {
     pub expired_without_worker_fault: Vec<u64>,
     pub duplicate_keys: Vec<String>,
     pub inconsistent_acks: Vec<String>,
-    pub stale_reads: Vec<u64>,
+    /// `id (acknowledged at …, read at …, during …)`.
+    pub stale_reads: Vec<String>,
     pub not_terminal: Vec<u64>,
     pub diverged_replicas: Vec<String>,
     pub ssisdb_problems: Vec<String>,
@@ -195,7 +201,7 @@ impl Report {
         );
         add(
             "linearizable reads that missed an acknowledged job",
-            ids(&self.stale_reads),
+            self.stale_reads.clone(),
         );
         add(
             "acknowledged jobs not terminal after healing",
@@ -529,7 +535,49 @@ pub fn check(
     report.stale_reads = reads
         .iter()
         .filter(|r| r.invoked_ms >= r.acked_ms && (r.missing || (r.after_cancel && !r.saw_cancel)))
-        .map(|r| r.job_id)
+        .map(|r| {
+            let (acked, read) = (
+                end.started_unix_ms + r.acked_ms,
+                end.started_unix_ms + r.invoked_ms,
+            );
+            // A fault's effects outlast its healing (a restarted replica catching up), so
+            // the faults healed shortly before are named too.
+            let during: Vec<String> = faults
+                .iter()
+                .filter(|f| {
+                    f.started_unix_ms <= read && f.healed_unix_ms + FAULT_AFTERMATH_MS >= acked
+                })
+                .map(|f| {
+                    if f.healed_unix_ms < acked {
+                        format!(
+                            "{} {} (healed {:.1} s before)",
+                            f.kind,
+                            f.detail,
+                            (acked - f.healed_unix_ms) as f64 / 1000.0
+                        )
+                    } else {
+                        format!("{} {}", f.kind, f.detail)
+                    }
+                })
+                .collect();
+            format!(
+                "{} ({} acknowledged at {:.1} s, read at {:.1} s{}{})",
+                r.job_id,
+                if r.after_cancel { "cancel" } else { "submit" },
+                r.acked_ms as f64 / 1000.0,
+                r.invoked_ms as f64 / 1000.0,
+                if during.is_empty() {
+                    String::new()
+                } else {
+                    format!(", during {}", during.join("; "))
+                },
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.detail)
+                }
+            )
+        })
         .collect();
 
     // Replicas hold the same state, and the leader's linearizable view agrees with it.
@@ -746,6 +794,7 @@ mod tests {
             missing,
             after_cancel: false,
             saw_cancel: false,
+            detail: String::new(),
         }
     }
 
@@ -925,7 +974,10 @@ mod tests {
         let report = check(7, 60.0, &submits, &reads, &[], &end, 5000);
         assert_eq!(report.inconsistent_acks, vec!["a (1 and 4)".to_string()]);
         assert_eq!(report.duplicate_keys, vec!["a [1, 4]".to_string()]);
-        assert_eq!(report.stale_reads, vec![3]);
+        assert_eq!(
+            report.stale_reads,
+            vec!["3 (submit acknowledged at 1.0 s, read at 1.5 s)".to_string()]
+        );
         assert!(
             report.diverged_replicas.len() == 1,
             "the leader's jobs hold job 4, the replicas' do not: {:?}",
@@ -1129,6 +1181,37 @@ mod tests {
             .contains("never reported one applied index"));
     }
 
+    /// A missed read names what the replicas showed, and the faults it came in the wake of: the
+    /// restart of a leader healed just before it is named, one long over is not.
+    #[test]
+    fn a_missed_read_names_the_faults_it_followed() {
+        let (submits, end) = healthy();
+        let fault = |kind, started_unix_ms, healed_unix_ms| FaultRecord {
+            kind,
+            detail: "replica 1".into(),
+            started_unix_ms,
+            healed_unix_ms,
+            touches_workers: false,
+        };
+        let faults = [
+            fault("power-cut-all", 8_000, 9_000),
+            fault("kill-leader", 1_000, 2_000),
+        ];
+        let missed = ReadRecord {
+            detail: "\"job 3 not found\"".into(),
+            ..read(3, 10_000, 10_200, true)
+        };
+        let report = check(7, 60.0, &submits, &[missed], &faults, &end, 5000);
+        assert_eq!(
+            report.stale_reads,
+            vec![
+                "3 (submit acknowledged at 10.0 s, read at 10.2 s, during power-cut-all replica 1 \
+                 (healed 1.0 s before): \"job 3 not found\")"
+                    .to_string()
+            ]
+        );
+    }
+
     /// A read that began after a cancel was acknowledged and still shows the job running, not
     /// being cancelled: stale. Checking only for "not found" passed it.
     #[test]
@@ -1145,6 +1228,10 @@ mod tests {
             ..read(1, 500, 500, false)
         };
         let report = check(7, 60.0, &submits, &[stale, fresh], &[], &end, 5000);
-        assert_eq!(report.stale_reads, vec![2], "{report}");
+        assert_eq!(
+            report.stale_reads,
+            vec!["2 (cancel acknowledged at 0.5 s, read at 0.5 s)".to_string()],
+            "{report}"
+        );
     }
 }

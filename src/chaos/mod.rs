@@ -29,11 +29,11 @@ use tracing::{info, warn};
 use self::check::{FinalState, ReadRecord, ReplicaView, Report, SubmitRecord};
 use self::faults::{FaultKind, Injector};
 use self::network::ProxiedNetwork;
-use self::powercut::PowerCutFs;
 use self::ssisdb::SsisdbTarget;
 use crate::client::{Client, ClientError};
 use crate::harness::{ClusterOptions, LocalCluster, WorkerOptions};
 use crate::pb::v1;
+use crate::transport::Security;
 
 /// The lease interval of the chaos cluster: short, so a paused worker's lease runs out
 /// within the run.
@@ -168,9 +168,9 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     // Asked for by name, they must be possible; in the default plan they are left out (and
     // said so) where FUSE is not available.
     let power = if options.faults.iter().any(|k| k.is_power_cut()) {
-        mount_power_cuts(&mut cluster)?
+        cluster.mount_power_cuts()?
     } else if options.faults.is_empty() {
-        match mount_power_cuts(&mut cluster) {
+        match cluster.mount_power_cuts() {
             Ok(mounts) => mounts,
             Err(error) => {
                 println!("chaos: power-cut faults left out: {error:#}");
@@ -197,7 +197,8 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     let client = Arc::new(
         Client::new(&cluster.endpoints(), security.clone())?.with_deadline(Duration::from_secs(10)),
     );
-    let admin = Client::new(&cluster.endpoints(), security)?.with_deadline(Duration::from_secs(30));
+    let admin =
+        Client::new(&cluster.endpoints(), security.clone())?.with_deadline(Duration::from_secs(30));
     crate::harness::wait_for_workers(&client, options.workers, Duration::from_secs(60)).await?;
 
     let started = Instant::now();
@@ -209,6 +210,10 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     for index in 0..options.submitters.max(1) {
         submitters.push(tokio::spawn(submitter(
             client.clone(),
+            MissProbe {
+                endpoints: cluster.endpoints(),
+                security: security.clone(),
+            },
             options.seed.wrapping_add(1 + index as u64),
             options.pause_between_submits_ms,
             started,
@@ -358,26 +363,6 @@ fn heal_processes(cluster: &mut LocalCluster) {
     }
 }
 
-/// Mounts a [`PowerCutFs`] on every replica's data dir (before the replicas start). The
-/// cluster keeps each mount until its processes are gone.
-fn mount_power_cuts(cluster: &mut LocalCluster) -> anyhow::Result<BTreeMap<u64, Arc<PowerCutFs>>> {
-    let mut mounts = BTreeMap::new();
-    let dirs: Vec<(u64, PathBuf)> = cluster
-        .replicas
-        .iter()
-        .map(|r| (r.id, r.data_dir.clone()))
-        .collect();
-    for (id, dir) in dirs {
-        std::fs::create_dir_all(&dir)?;
-        let mount = Arc::new(PowerCutFs::mount(&dir).with_context(|| {
-            format!("cannot put replica {id}'s data dir on a power-cut file system")
-        })?);
-        cluster.keep_until_drop(Box::new(mount.clone()));
-        mounts.insert(id, mount);
-    }
-    Ok(mounts)
-}
-
 /// The job mix: mostly quick successes, some that run a while (so faults hit running work),
 /// some that fail and are retried, and a few cancels.
 fn job_spec(rng: &mut StdRng, key: &str) -> v1::JobSpec {
@@ -395,11 +380,70 @@ fn job_spec(rng: &mut StdRng, key: &str) -> v1::JobSpec {
     }
 }
 
+/// A job state's name as the API spells it.
+fn state_name(state: i32) -> &'static str {
+    v1::JobState::try_from(state).map_or("unknown", |state| state.as_str_name())
+}
+
+/// What the submitters need to look into a linearizable read that missed a job: every
+/// replica, one at a time.
+#[derive(Clone)]
+struct MissProbe {
+    endpoints: Vec<String>,
+    security: Security,
+}
+
+impl MissProbe {
+    /// What the cluster shows right after a linearizable read of `job_id` missed it: a second
+    /// linearizable read, then each replica's own view (role, term, applied index) and its stale
+    /// read of the job. For the report: a miss is a breach whose cause the run must show.
+    async fn explain_miss(&self, client: &Client, job_id: u64) -> String {
+        let again = match client.get_job(job_id, false).await {
+            Ok(job) => format!("a linearizable read found it ({})", state_name(job.state)),
+            Err(e) => format!("a linearizable read failed too ({e})"),
+        };
+        let mut views = Vec::new();
+        for endpoint in &self.endpoints {
+            let one = match Client::new(&[endpoint], self.security.clone()) {
+                Ok(one) => one.with_deadline(Duration::from_secs(2)),
+                Err(e) => {
+                    views.push(format!("{endpoint}: {e}"));
+                    continue;
+                }
+            };
+            let role = match one.cluster_status().await {
+                Ok(status) => status
+                    .replicas
+                    .iter()
+                    .find(|r| r.id == status.answered_by)
+                    .map_or_else(
+                        || format!("replica {}", status.answered_by),
+                        |r| {
+                            format!(
+                                "replica {} {} term {} applied {:?} commit {:?}",
+                                r.id, r.role, r.term, r.applied_index, r.commit_index
+                            )
+                        },
+                    ),
+                Err(e) => format!("no status ({e})"),
+            };
+            let stale = match one.get_job(job_id, true).await {
+                Ok(job) => format!("has it ({})", state_name(job.state)),
+                Err(e) => format!("does not ({e})"),
+            };
+            views.push(format!("{role}: {stale}"));
+        }
+        format!("{again}; {}", views.join("; "))
+    }
+}
+
 /// One load generator: submits keyed jobs, retrying each key until it is acknowledged (or its
 /// patience runs out), sometimes resubmits an acknowledged key, reads acknowledged jobs back
 /// linearizably, and cancels a few.
+#[allow(clippy::too_many_arguments)]
 async fn submitter(
     client: Arc<Client>,
+    probe: MissProbe,
     seed: u64,
     (pause_min, pause_max): (u64, u64),
     started: Instant,
@@ -457,15 +501,16 @@ async fn submitter(
             if rng.gen_bool(0.25) {
                 let read_at = Instant::now();
                 let missing = match client.get_job(id, false).await {
-                    Ok(_) => Some(false),
+                    Ok(_) => Some((false, String::new())),
                     Err(ClientError::Rejected(status))
                         if status.code() == tonic::Code::NotFound =>
                     {
-                        Some(true)
+                        let seen = probe.explain_miss(&client, id).await;
+                        Some((true, format!("{:?}; then {seen}", status.message())))
                     }
                     Err(_) => None,
                 };
-                if let Some(missing) = missing {
+                if let Some((missing, detail)) = missing {
                     record(&mut |h| {
                         h.reads.push(ReadRecord {
                             job_id: id,
@@ -474,6 +519,7 @@ async fn submitter(
                             missing,
                             after_cancel: false,
                             saw_cancel: false,
+                            detail: detail.clone(),
                         })
                     });
                 }
@@ -483,15 +529,20 @@ async fn submitter(
                 let cancelled = Instant::now();
                 let read = client.get_job(id, false).await;
                 let seen = match &read {
-                    Ok(job) => Some((false, job.cancel_requested || check::terminal(job.state))),
+                    Ok(job) => Some((
+                        false,
+                        job.cancel_requested || check::terminal(job.state),
+                        format!("state {}", state_name(job.state)),
+                    )),
                     Err(ClientError::Rejected(status))
                         if status.code() == tonic::Code::NotFound =>
                     {
-                        Some((true, false))
+                        let seen = probe.explain_miss(&client, id).await;
+                        Some((true, false, format!("{:?}; then {seen}", status.message())))
                     }
                     Err(_) => None,
                 };
-                if let Some((missing, saw_cancel)) = seen {
+                if let Some((missing, saw_cancel, detail)) = seen {
                     record(&mut |h| {
                         h.reads.push(ReadRecord {
                             job_id: id,
@@ -500,6 +551,7 @@ async fn submitter(
                             missing,
                             after_cancel: true,
                             saw_cancel,
+                            detail: detail.clone(),
                         })
                     });
                 }

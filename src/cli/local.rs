@@ -10,7 +10,7 @@ use super::{shutdown_signal, CliError, ClientTlsArgs, Output};
 
 /// `scaleout chaos`: exit 0 when every invariant held, 1 when one broke.
 pub async fn chaos(
-    minutes: u64,
+    minutes: f64,
     seed: Option<u64>,
     faults: &[String],
     keep_dir: Option<PathBuf>,
@@ -35,7 +35,7 @@ pub async fn chaos(
     let binary = std::env::current_exe().map_err(CliError::failed)?;
     let seed = seed.unwrap_or_else(rand::random);
     let mut options =
-        crate::chaos::ChaosOptions::new(binary, seed, Duration::from_secs(minutes * 60));
+        crate::chaos::ChaosOptions::new(binary, seed, Duration::from_secs_f64(minutes * 60.0));
     options.faults = kinds;
     options.keep_dir = keep_dir;
     // Stopped by Ctrl-C or SIGTERM, the run is dropped: its processes are killed and its

@@ -101,9 +101,10 @@ pub enum Command {
     /// faults), then every invariant checked.
     /// Exits 1 if one broke.
     Chaos {
-        /// How long to inject faults.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1440))]
-        minutes: u64,
+        /// How long to inject faults, in minutes (fractions allowed: 0.75 replays the test
+        /// suite's 45-second run).
+        #[arg(long, default_value_t = 5.0, value_parser = chaos_minutes)]
+        minutes: f64,
         /// The plan's seed (printed at the start, so a failing run can be replayed).
         #[arg(long)]
         seed: Option<u64>,
@@ -203,4 +204,17 @@ impl From<ClientError> for CliError {
 pub enum Output {
     Table,
     Json,
+}
+
+/// `--minutes` of `scaleout chaos`: more than 0 (at least one second), at most a day.
+fn chaos_minutes(text: &str) -> Result<f64, String> {
+    let minutes: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of minutes (e.g. 5 or 0.75)"))?;
+    if !(minutes * 60.0 >= 1.0 && minutes <= 1440.0) {
+        return Err(format!(
+            "{text} minutes is out of range: from 1 second (0.017) to 1440 (a day)"
+        ));
+    }
+    Ok(minutes)
 }

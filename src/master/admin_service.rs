@@ -7,8 +7,9 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::authz::{authorize, Permission};
-use super::job_service::{propose, read_error_status};
+use super::job_service::propose;
 use super::proposer::Proposer;
+use super::reads::Reads;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
     AddReplicaRequest, AddReplicaResponse, ListWorkersRequest, ListWorkersResponse,
@@ -33,6 +34,7 @@ const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
 #[derive(Clone)]
 pub struct AdminApi {
     raft: Raft,
+    reads: Reads,
     network: PeerNetwork,
     committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
     proposer: Proposer,
@@ -43,8 +45,10 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
+        reads: Reads,
         network: PeerNetwork,
         committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
         proposer: Proposer,
@@ -55,6 +59,7 @@ impl AdminApi {
         AdminApi {
             storage_id,
             raft,
+            reads,
             network,
             committed,
             proposer,
@@ -188,10 +193,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<ListWorkersResponse>, Status> {
         authorize(&request, "AdminService.ListWorkers", Permission::Operate)?;
         if !request.into_inner().stale {
-            self.raft
-                .ensure_linearizable()
-                .await
-                .map_err(read_error_status)?;
+            self.reads.linearizable().await?;
         }
         let now = now_ms();
         let offline_after = self.workers.offline_after_ms;

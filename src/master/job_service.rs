@@ -1,7 +1,7 @@
 //! JobService: submit, get, list and cancel jobs.
 //!
 //! Writes go through the [`Proposer`]; reads are linearizable (a ReadIndex round through
-//! `ensure_linearizable`) unless the caller asks for `stale`, which reads this replica's own state
+//! `ensure_linearizable`, and this replica in office: `reads.rs`) unless the caller asks for `stale`, which reads this replica's own state
 //! and is the only thing a follower answers itself.
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -10,6 +10,7 @@ use tracing::info;
 
 use super::authz::{authorize, Permission};
 use super::proposer::{ProposeError, Proposer};
+use super::reads::Reads;
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
     CancelJobRequest, CancelJobResponse, GetJobLogsRequest, GetJobLogsResponse, GetJobRequest,
@@ -17,12 +18,12 @@ use crate::pb::v1::{
 };
 use crate::pb::{spec_from_pb, state_from_pb};
 use crate::queue::{Command, CommandOutput, QueueError, QueueState};
-use crate::raft::{JobReadError, JobReader, LogReader, NodeId, Raft, ReplicaNode, SharedQueue};
+use crate::raft::{JobReadError, JobReader, LogReader, NodeId, ReplicaNode, SharedQueue};
 use crate::rpc::contract::{from_queue_error, not_leader};
 
 #[derive(Clone)]
 pub struct JobApi {
-    raft: Raft,
+    reads: Reads,
     proposer: Proposer,
     queue: SharedQueue,
     jobs: JobReader,
@@ -33,7 +34,7 @@ pub struct JobApi {
 
 impl JobApi {
     pub fn new(
-        raft: Raft,
+        reads: Reads,
         proposer: Proposer,
         queue: SharedQueue,
         jobs: JobReader,
@@ -41,7 +42,7 @@ impl JobApi {
         max_message_bytes: usize,
     ) -> Self {
         JobApi {
-            raft,
+            reads,
             proposer,
             queue,
             jobs,
@@ -66,11 +67,7 @@ impl JobApi {
             }
             return Ok(());
         }
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(read_error_status)
+        self.reads.linearizable().await
     }
 
     fn with_queue<T>(&self, read: impl FnOnce(&QueueState) -> T) -> T {

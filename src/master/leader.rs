@@ -5,8 +5,8 @@
 //! `metrics().state == Leader` is not proof of leading: a replica cut off from its peers, or an
 //! old leader just restarted, believes it leads until it hears otherwise. On becoming leader of
 //! term T, this loop first commits an `ExtendLeases` entry; that entry committing proves
-//! leadership in T (a majority accepted an entry of T, and every entry of earlier terms is
-//! applied here) and, because it pushes every live lease out by one lease interval, a failover
+//! leadership in T (a majority accepted an entry of T, and every entry before it, of this term
+//! or earlier ones, is applied here: linearizable reads wait for it, `reads.rs`) and, because it pushes every live lease out by one lease interval, a failover
 //! never expires work that kept running while no leader could take renewals. Only then does the
 //! replica hold office for T, and only then do the term's duties start: the expiry check,
 //! proposing `ExpireLeases` (stamped with this leader's clock) whenever a lease is due; every
@@ -21,6 +21,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::proposer::Proposer;
+use super::reads::Office;
 use crate::config::{RetentionSettings, WorkerSettings};
 use crate::queue::{Command, CommandOutput, CommandResult};
 use crate::raft::{Raft, SharedQueue};
@@ -45,6 +46,7 @@ const WALL_STEP_REPORTED_MS: u64 = 2_000;
 /// Runs until the Raft node shuts down.
 pub async fn run(
     raft: Raft,
+    office: Office,
     proposer: Proposer,
     queue: SharedQueue,
     settings: WorkerSettings,
@@ -89,7 +91,9 @@ pub async fn run(
                 continue;
             }
         }
-        // In office for `term`: its duties run until it ends.
+        // In office for `term`: linearizable reads may be served (`reads.rs`), and the term's
+        // duties run until it ends.
+        office.take(term);
         let _shipping = AbortOnDrop(tokio::spawn(
             shipping.clone().serve_term(term, proposer.clone()),
         ));
@@ -97,6 +101,7 @@ pub async fn run(
             () = expire_while_leading(&proposer, &queue, &settings, &retention, term) => {}
             () = office_lost(&raft, term) => info!(term, "no longer leading"),
         }
+        office.leave();
     }
 }
 

@@ -18,6 +18,7 @@ mod leader;
 mod membership;
 mod observe;
 mod proposer;
+mod reads;
 mod replica;
 mod worker_service;
 

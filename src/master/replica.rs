@@ -243,6 +243,9 @@ pub async fn run(
         }
         None => Arc::new(super::clock::SystemWallClock),
     };
+    // The leader loop announces its terms of office; linearizable reads wait for one.
+    let office = super::reads::Office::default();
+    let reads = super::reads::Reads::new(raft.clone(), office.clone());
     let proposer = Proposer::start(
         raft.clone(),
         &config.proposals,
@@ -274,7 +277,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(
             JobServiceServer::new(JobApi::new(
-                raft.clone(),
+                reads.clone(),
                 proposer.clone(),
                 queue.clone(),
                 job_reader.clone(),
@@ -287,6 +290,7 @@ pub async fn run(
         .add_service(
             AdminServiceServer::new(AdminApi::new(
                 raft.clone(),
+                reads.clone(),
                 network.clone(),
                 committed,
                 proposer.clone(),
@@ -354,6 +358,7 @@ pub async fn run(
     contact.touch();
     let leader_duties = tokio::spawn(super::leader::run(
         raft.clone(),
+        office,
         proposer.clone(),
         queue.clone(),
         config.workers.clone(),

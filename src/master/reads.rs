@@ -1,0 +1,97 @@
+//! Linearizable reads: when this replica may answer one from its own state.
+//!
+//! openraft's `ensure_linearizable` confirms leadership with a quorum and waits until the state
+//! machine has applied `max(first entry of the leader's term, commit index)`. That is not
+//! enough on a leader that restarted: openraft restores a replica whose stored vote is its own
+//! committed one as leader of the same term, and its commit index is the one it last synced
+//! (the commit index is a hint written without a sync; only log entries are synced before a
+//! write is acknowledged). Entries of that term it committed and acknowledged just before a
+//! power cut are then in its log and not yet known committed, and a read there answered from
+//! the older index missed them (the chaos suite found it; `tests/cluster.rs` replays it).
+//!
+//! So a read is also held until this replica holds office in the current term: the leader loop
+//! (`leader.rs`) has committed and applied an entry of that term, which comes after every entry
+//! of the replica's log, acknowledged or not, as of taking office.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::Status;
+
+use super::job_service::read_error_status;
+use crate::raft::Raft;
+
+/// How long a read waits for a newly elected leader to take office before it is refused (the
+/// caller retries): one commit round, normally milliseconds.
+const OFFICE_WAIT: Duration = Duration::from_secs(2);
+
+/// The term this replica holds office in, as the leader loop announces it.
+#[derive(Clone)]
+pub struct Office {
+    term: watch::Sender<Option<u64>>,
+}
+
+impl Default for Office {
+    fn default() -> Self {
+        Office {
+            term: watch::Sender::new(None),
+        }
+    }
+}
+
+impl Office {
+    /// The leader loop: this replica's entry of `term` committed and is applied here.
+    pub fn take(&self, term: u64) {
+        self.term.send_replace(Some(term));
+    }
+
+    /// The leader loop: the term of office ended.
+    pub fn leave(&self) {
+        self.term.send_replace(None);
+    }
+
+    fn held(&self) -> watch::Receiver<Option<u64>> {
+        self.term.subscribe()
+    }
+}
+
+/// Answers whether a linearizable read may be served here now; cheap to clone.
+#[derive(Clone)]
+pub struct Reads {
+    raft: Raft,
+    office: Office,
+}
+
+impl Reads {
+    pub fn new(raft: Raft, office: Office) -> Self {
+        Reads { raft, office }
+    }
+
+    /// Returns once this replica's state holds every write acknowledged before the call: it
+    /// leads (a quorum confirmed it), has applied what was committed, and holds office in its
+    /// term. A follower gets the redirect to the leader; a leader that cannot confirm or take
+    /// office in time gets `UNAVAILABLE`.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(read_error_status)?;
+        let term = self.raft.metrics().borrow().current_term;
+        let mut held = self.office.held();
+        let in_office = held.wait_for(|office| office.is_some_and(|office| office >= term));
+        let waited = tokio::time::timeout(OFFICE_WAIT, in_office)
+            .await
+            .map(|held| held.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Status::unavailable(
+                "the replica is stopping; retry another replica",
+            )),
+            Err(_) => Err(Status::unavailable(format!(
+                "this replica leads term {term} but has not yet committed an entry of it, so \
+                 it cannot tell that its state holds every acknowledged write; retry in a \
+                 moment"
+            ))),
+        }
+    }
+}
