@@ -192,6 +192,7 @@ pub async fn run(
     let contact = Arc::new(crate::raft::election::LeaderContact::default());
     let elections = tokio::spawn(crate::raft::election::drive(
         raft.clone(),
+        network.clone(),
         contact.clone(),
         crate::raft::election::ElectionTiming {
             timeout_min: std::time::Duration::from_millis(config.raft.election_timeout_min_ms),
@@ -219,6 +220,7 @@ pub async fn run(
                 committed.clone(),
                 contact.clone(),
                 admission,
+                std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
             ))
             .max_decoding_message_size(peer_max_bytes)
             .max_encoding_message_size(peer_max_bytes),

@@ -25,8 +25,13 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::admission::Admission;
-use super::Raft;
+use std::collections::BTreeSet;
+
+use super::admission::{Admission, STORAGE_ID_HEADER};
+use super::pre_vote::{self, PreVoteReply, PreVoteRequest};
+use super::{NodeId, PeerNetwork, Raft, ReplicaNode};
+use crate::pb::raft::raft_service_client::RaftServiceClient;
+use crate::pb::raft::RaftPayload;
 
 /// How often the driver looks at the clock.
 const CHECK_EVERY: Duration = Duration::from_millis(10);
@@ -85,12 +90,15 @@ impl ElectionTiming {
 /// a wiped one listed with its old data dir never does.
 pub async fn drive(
     raft: Raft,
+    network: PeerNetwork,
     contact: Arc<LeaderContact>,
     timing: ElectionTiming,
     admission: Admission,
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut wait = timing.first_wait(&mut rng);
+    // Pre-votes are being lost: said once, not every round.
+    let mut losing = false;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let (leading, voter, has_leader) = {
@@ -106,6 +114,7 @@ pub async fn drive(
                 contact.touch();
             }
             if leading || has_leader {
+                losing = false;
                 // A leader exists: the next loss starts with a whole lease and a fresh draw,
                 // so two survivors never keep one collision across failovers.
                 wait = timing.first_wait(&mut rng);
@@ -115,9 +124,27 @@ pub async fn drive(
         if contact.since() < wait {
             continue;
         }
+        // Pre-Vote: stand only where a quorum would vote (`pre_vote.rs`); otherwise wait a
+        // whole random timeout and ask again, with the term unchanged.
+        let (granted, refusals) = ask_for_pre_votes(&raft, &network, timing.timeout_min).await;
+        if !granted {
+            if !losing {
+                info!(
+                    silent_ms = contact.since().as_millis() as u64,
+                    refusals = %refusals.join("; "),
+                    "no leader heard from, but no quorum would vote for this replica; not \
+                     standing for election (asking again every election timeout)"
+                );
+            }
+            losing = true;
+            contact.touch();
+            wait = timing.retry_wait(&mut rng);
+            continue;
+        }
+        losing = false;
         info!(
             silent_ms = contact.since().as_millis() as u64,
-            "no leader heard from; standing for election"
+            "no leader heard from and a quorum would vote; standing for election"
         );
         if let Err(fatal) = raft.trigger().elect().await {
             warn!(error = %fatal, "the Raft node stopped; no more elections");
@@ -127,6 +154,83 @@ pub async fn drive(
         wait = timing.retry_wait(&mut rng);
         debug!(next_wait_ms = wait.as_millis() as u64, "election triggered");
     }
+}
+
+/// Asks every other voter of the membership whether it would vote for this replica, each within
+/// `timeout`; returns whether a quorum (this replica included) would, and the refusals.
+async fn ask_for_pre_votes(
+    raft: &Raft,
+    network: &PeerNetwork,
+    timeout: Duration,
+) -> (bool, Vec<String>) {
+    let (me, membership) = {
+        let m = raft.metrics().borrow().clone();
+        (m.id, m.membership_config.membership().clone())
+    };
+    let request = PreVoteRequest {
+        candidate: me,
+        last_log_id: raft.data_metrics().borrow().last_log,
+    };
+    let voters: Vec<(NodeId, ReplicaNode)> = membership
+        .voter_ids()
+        .filter(|id| *id != me)
+        .filter_map(|id| membership.get_node(&id).map(|node| (id, node.clone())))
+        .collect();
+    let asks = voters.into_iter().map(|(id, node)| {
+        let request = request.clone();
+        let network = network.clone();
+        async move {
+            let answer = tokio::time::timeout(timeout, ask_one(&network, id, &node, &request))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+            (id, answer)
+        }
+    });
+    let mut granted = BTreeSet::from([me]);
+    let mut refusals = Vec::new();
+    for (id, answer) in futures::future::join_all(asks).await {
+        match answer {
+            Ok(reply) if reply.granted => {
+                granted.insert(id);
+            }
+            Ok(reply) => refusals.push(format!("replica {id}: {}", reply.reason)),
+            Err(error) => refusals.push(format!("replica {id}: {error}")),
+        }
+    }
+    (pre_vote::is_quorum(&membership, &granted), refusals)
+}
+
+/// One voter's pre-vote answer, or why there is none.
+async fn ask_one(
+    network: &PeerNetwork,
+    id: NodeId,
+    node: &ReplicaNode,
+    request: &PreVoteRequest,
+) -> Result<PreVoteReply, String> {
+    let channel = network
+        .channel_to(id, &node.peer_addr)
+        .map_err(|e| format!("cannot dial {}: {e}", node.peer_addr))?;
+    let data = bincode::serialize(request).map_err(|e| e.to_string())?;
+    let mut call = tonic::Request::new(RaftPayload { data });
+    if let Some(storage_id) = node.storage_id {
+        let value = tonic::metadata::MetadataValue::try_from(storage_id.to_string())
+            .map_err(|e| e.to_string())?;
+        call.metadata_mut().insert(STORAGE_ID_HEADER, value);
+    }
+    let reply = match RaftServiceClient::new(channel).pre_vote(call).await {
+        Ok(reply) => reply.into_inner(),
+        // A replica of a build before Pre-Vote (a rolling upgrade): it would have voted as
+        // openraft decides, so it counts as a grant, as without Pre-Vote. Refusing here could
+        // leave the only up-to-date replica unable to stand.
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Ok(PreVoteReply {
+                granted: true,
+                reason: String::new(),
+            })
+        }
+        Err(status) => return Err(status.message().to_string()),
+    };
+    bincode::deserialize(&reply.data).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

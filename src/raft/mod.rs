@@ -22,6 +22,7 @@ mod log_reader;
 mod log_store;
 mod network;
 mod outbox_rows;
+pub mod pre_vote;
 mod service;
 #[cfg(test)]
 mod sim_disk;

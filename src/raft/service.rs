@@ -1,12 +1,15 @@
 //! The Raft transport's server side, on the `peer` listener: decodes openraft messages, hands
 //! them to the local node, and answers with openraft's result encoded the same way.
 
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::admission::{Admission, STORAGE_ID_HEADER};
 use super::election::LeaderContact;
+use super::pre_vote::{self, PreVoteRequest, VoterView};
 use super::Raft;
 use crate::pb::raft::raft_service_server::RaftService;
 use crate::pb::raft::{Member, NodeStatusRequest, NodeStatusResponse, RaftPayload};
@@ -22,6 +25,8 @@ pub struct RaftGrpcService {
     contact: std::sync::Arc<LeaderContact>,
     /// Who this replica is: messages meant for another data dir are refused.
     admission: Admission,
+    /// openraft's leader lease: a pre-vote is refused while it runs, as a real vote would be.
+    lease: Duration,
 }
 
 impl RaftGrpcService {
@@ -30,12 +35,14 @@ impl RaftGrpcService {
         committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
         contact: std::sync::Arc<LeaderContact>,
         admission: Admission,
+        lease: Duration,
     ) -> Self {
         RaftGrpcService {
             raft,
             committed,
             contact,
             admission,
+            lease,
         }
     }
 
@@ -157,6 +164,35 @@ impl RaftService for RaftGrpcService {
             self.contact.touch();
         }
         encode(&result)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressee(&request)?;
+        let asked: PreVoteRequest = decode(request)?;
+        let view = {
+            let metrics = self.raft.metrics().borrow().clone();
+            VoterView {
+                leading: metrics.state == openraft::ServerState::Leader,
+                may_vote: self
+                    .admission
+                    .may_grant_vote(metrics.membership_config.membership()),
+                since_leader: self.contact.since(),
+                lease: self.lease,
+                last_log_id: self.raft.data_metrics().borrow().last_log,
+            }
+        };
+        // Grants nothing and changes nothing: the contact is not restarted either.
+        let reply = pre_vote::decide(&view, &asked);
+        tracing::debug!(
+            candidate = asked.candidate,
+            granted = reply.granted,
+            reason = %reply.reason,
+            "pre-vote asked"
+        );
+        encode(&reply)
     }
 
     async fn install_snapshot(

@@ -1,0 +1,156 @@
+//! Elections against real `scaleout master` processes behind fault-injecting proxies: a replica
+//! that cannot win an election does not disturb the majority that has a leader (Pre-Vote).
+//!
+//! The tests run one at a time (a lock): on a 2-core machine, clusters started in parallel
+//! starve each other's elections. Every wait is a condition with a deadline.
+
+use std::path::Path;
+use std::time::Duration;
+
+use scaleout::chaos::network::ProxiedNetwork;
+use scaleout::chaos::proxy::LinkMode;
+use scaleout::client::Client;
+use scaleout::harness::{ClusterOptions, LocalCluster};
+use scaleout::pb::v1;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+const ELECTION: Duration = Duration::from_secs(60);
+/// Several election timeouts (the default maximum is 500 ms): long enough for a replica
+/// without a leader to stand, more than once.
+const FAULT: Duration = Duration::from_secs(3);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scaleout"))
+}
+
+/// Replica `id`'s own role and term, as it reports them.
+async fn own_view(cluster: &LocalCluster, id: u64) -> Option<(String, u64)> {
+    let status = cluster.status_of(id).await.ok()?;
+    status
+        .replicas
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| (r.role.clone(), r.term))
+}
+
+async fn submit(client: &Client, n: u64) {
+    let spec = v1::JobSpec {
+        argv: vec!["/bin/true".into()],
+        name: format!("job-{n}"),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    client
+        .submit_job(spec, Some(format!("key-{n}")))
+        .await
+        .unwrap_or_else(|e| panic!("submit {n}: {e}"));
+}
+
+/// For `how_long`, then as long again after healing, the majority keeps `leader` in `term`
+/// and acknowledges writes; `cut_off`'s term never rises.
+async fn majority_undisturbed(
+    cluster: &LocalCluster,
+    network: &ProxiedNetwork,
+    client: &Client,
+    (leader, term): (u64, u64),
+    cut_off: u64,
+    fault: &str,
+    next_job: &mut u64,
+) {
+    for phase in ["during", "after"] {
+        let until = Instant::now() + FAULT;
+        while Instant::now() < until {
+            for id in [1, 2, 3].into_iter().filter(|id| *id != cut_off) {
+                let view = own_view(cluster, id).await;
+                assert!(
+                    view.is_none() || view.as_ref().map(|(_, t)| *t) == Some(term),
+                    "{phase} {fault}: replica {id} is at {view:?}, was term {term} under \
+                     leader {leader}:\n{}",
+                    cluster.log_tails(15)
+                );
+            }
+            if let Some((_, cut_off_term)) = own_view(cluster, cut_off).await {
+                assert_eq!(
+                    cut_off_term,
+                    term,
+                    "{phase} {fault}: the cut-off replica {cut_off} raised its term:\n{}",
+                    cluster.log_tails(15)
+                );
+            }
+            submit(client, *next_job).await;
+            *next_job += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if phase == "during" {
+            network.heal();
+        }
+    }
+    let (leader_now, term_now) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    assert_eq!(
+        (leader_now, term_now),
+        (leader, term),
+        "after {fault}: the leader or the term changed:\n{}",
+        cluster.log_tails(15)
+    );
+}
+
+/// Pre-Vote. A follower that stops hearing the leader because of a one-way cut (the leader's
+/// messages to it vanish; its own still reach the leader), and then one isolated both ways, keeps
+/// its term: it asks before standing and nobody would vote for it (the leader leads, the other
+/// follower hears the leader). Without Pre-Vote it raised its term every election timeout, and
+/// once healed its term deposed the healthy leader (a new election, a window without writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_the_leader_raises_no_term_and_deposes_nobody() {
+    let _serial = SERIAL.lock().await;
+    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
+    let temp = tempfile::Builder::new()
+        .prefix("scaleout-elections-")
+        .tempdir()
+        .expect("temp dir");
+    let mut cluster =
+        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
+            .expect("configure");
+    cluster.own_dir(temp);
+    network.release_ports();
+    cluster.start_all().expect("start");
+    let elected = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let (leader, _) = elected;
+    let follower = cluster.follower_of(leader).expect("a follower");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    let mut next_job = 0;
+    submit(&client, next_job).await;
+    next_job += 1;
+
+    network.cut(leader, follower, LinkMode::Blackhole);
+    majority_undisturbed(
+        &cluster,
+        &network,
+        &client,
+        elected,
+        follower,
+        "a one-way cut leader -> follower",
+        &mut next_job,
+    )
+    .await;
+
+    network.isolate(follower, LinkMode::Refuse);
+    majority_undisturbed(
+        &cluster,
+        &network,
+        &client,
+        elected,
+        follower,
+        "an isolated follower",
+        &mut next_job,
+    )
+    .await;
+    let log = std::fs::read_to_string(&cluster.replica(follower).expect("follower").log_path)
+        .expect("the follower's log");
+    assert!(
+        log.contains("no quorum would vote for this replica"),
+        "the cut-off follower never asked for pre-votes:\n{}",
+        cluster.log_tail(follower, 30)
+    );
+}
