@@ -36,11 +36,16 @@ use crate::pb::raft::RaftPayload;
 /// How often the driver looks at the clock.
 const CHECK_EVERY: Duration = Duration::from_millis(10);
 
-/// The last time this replica heard from a leader (or granted a vote).
+/// When this replica last heard from a leader, and when its election wait last restarted.
 #[derive(Debug)]
 pub struct LeaderContact {
     base: Instant,
+    /// The election wait: a leader's message, a vote granted, or this replica's own attempt.
     last_ms: AtomicU64,
+    /// A leader's message only: what a pre-vote is answered by (`pre_vote.rs`). A vote granted
+    /// or an attempt of its own must not count, or after a split vote each survivor would
+    /// refuse the other's pre-vote for a whole lease, round after round.
+    leader_ms: AtomicU64,
 }
 
 impl Default for LeaderContact {
@@ -48,19 +53,35 @@ impl Default for LeaderContact {
         LeaderContact {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            leader_ms: AtomicU64::new(0),
         }
     }
 }
 
 impl LeaderContact {
+    /// Restarts the election wait (a vote granted, an attempt made).
     pub fn touch(&self) {
         let now = self.base.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// How long ago this replica last heard from a leader (or granted a vote).
+    /// A message from the current leader: restarts the election wait and the lease a pre-vote
+    /// is refused for.
+    pub fn heard_leader(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+        self.leader_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long the election wait has run.
     pub fn since(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+
+    /// How long ago this replica last heard from a leader (since it started, if never).
+    pub fn since_leader(&self) -> Duration {
+        let last = Duration::from_millis(self.leader_ms.load(Ordering::Relaxed));
         self.base.elapsed().saturating_sub(last)
     }
 }
@@ -111,7 +132,7 @@ pub async fn drive(
         };
         if leading || !voter || (has_leader && contact.since() < wait) {
             if leading {
-                contact.touch();
+                contact.heard_leader();
             }
             if leading || has_leader {
                 losing = false;
@@ -255,6 +276,18 @@ mod tests {
         // Fresh draws: no two survivors keep colliding on the same value.
         let distinct: std::collections::BTreeSet<_> = retries.iter().collect();
         assert!(distinct.len() > 100);
+    }
+
+    #[tokio::test]
+    async fn only_a_leader_restarts_the_pre_vote_lease() {
+        let contact = LeaderContact::default();
+        contact.heard_leader();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        contact.touch();
+        assert!(contact.since() < Duration::from_millis(20));
+        assert!(contact.since_leader() >= Duration::from_millis(20));
+        contact.heard_leader();
+        assert!(contact.since_leader() < Duration::from_millis(20));
     }
 
     #[tokio::test]

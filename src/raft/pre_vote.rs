@@ -41,7 +41,7 @@ pub struct PreVoteReply {
 pub struct VoterView {
     pub leading: bool,
     pub may_vote: bool,
-    /// Since it last heard from a leader (or granted a vote).
+    /// Since it last heard from a leader (its own votes and attempts do not count).
     pub since_leader: Duration,
     /// openraft's leader lease: how long a voter refuses real votes after hearing a leader.
     pub lease: Duration,

@@ -135,12 +135,12 @@ impl RaftService for RaftGrpcService {
         // leader of the newest term this replica knows: a deposed leader's late append is no
         // contact with a leader.
         if self.sent_by_current_leader(&rpc.vote) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         let result = self.raft.append_entries(rpc).await;
         if matches!(&result, Ok(reply) if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)))
         {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         encode(&result)
     }
@@ -179,7 +179,7 @@ impl RaftService for RaftGrpcService {
                 may_vote: self
                     .admission
                     .may_grant_vote(metrics.membership_config.membership()),
-                since_leader: self.contact.since(),
+                since_leader: self.contact.since_leader(),
                 lease: self.lease,
                 last_log_id: self.raft.data_metrics().borrow().last_log,
             }
@@ -204,11 +204,11 @@ impl RaftService for RaftGrpcService {
         addressee?;
         let sender = rpc.vote;
         if self.sent_by_current_leader(&sender) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         let result = self.raft.install_snapshot(rpc).await;
         if matches!(&result, Ok(reply) if reply.vote == sender) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         encode(&result)
     }
