@@ -1,5 +1,6 @@
 //! Elections against real `scaleout master` processes behind fault-injecting proxies: a replica
-//! that cannot win an election does not disturb the majority that has a leader (Pre-Vote).
+//! that cannot win an election does not disturb the majority that has a leader (Pre-Vote), and
+//! a leader cut off from its majority sends callers elsewhere at once (CheckQuorum).
 //!
 //! The tests run one at a time (a lock): on a 2-core machine, clusters started in parallel
 //! starve each other's elections. Every wait is a condition with a deadline.
@@ -12,8 +13,12 @@ use scaleout::chaos::proxy::LinkMode;
 use scaleout::client::Client;
 use scaleout::harness::{ClusterOptions, LocalCluster};
 use scaleout::pb::v1;
+use scaleout::pb::v1::job_service_client::JobServiceClient;
+use scaleout::rpc::contract::REASON_NOT_LEADER;
+use scaleout::tls::Role;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tonic_types::StatusExt;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 const ELECTION: Duration = Duration::from_secs(60);
@@ -153,4 +158,79 @@ async fn a_follower_cut_off_from_the_leader_raises_no_term_and_deposes_nobody() 
         "the cut-off follower never asked for pre-votes:\n{}",
         cluster.log_tail(follower, 30)
     );
+}
+
+/// CheckQuorum. A leader isolated from both followers (its API still reachable) answers a
+/// submit with NOT_LEADER within two election timeouts (the default maximum is 500 ms), instead
+/// of holding it until the 10 s commit timeout; the majority elects another leader, and the
+/// client, told to go elsewhere, is acknowledged there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_answers_not_leader_within_two_election_timeouts() {
+    let _serial = SERIAL.lock().await;
+    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
+    let temp = tempfile::Builder::new()
+        .prefix("scaleout-elections-")
+        .tempdir()
+        .expect("temp dir");
+    let mut cluster =
+        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
+            .expect("configure");
+    cluster.own_dir(temp);
+    network.release_ports();
+    cluster.start_all().expect("start");
+    let (leader, term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    submit(&client, 0).await;
+    let leader_api = cluster.replica(leader).expect("leader").api_addr.clone();
+    let channel = cluster
+        .channel_as(&leader_api, &Role::Operator("operator".into()))
+        .expect("a channel to the leader");
+    let mut direct = JobServiceClient::new(channel);
+
+    network.isolate(leader, LinkMode::Blackhole);
+    let isolated = Instant::now();
+    let refused_after = loop {
+        assert!(
+            isolated.elapsed() < Duration::from_secs(20),
+            "the isolated leader never answered NOT_LEADER:\n{}",
+            cluster.log_tail(leader, 30)
+        );
+        let sent = isolated.elapsed();
+        let mut call = tonic::Request::new(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                argv: vec!["/bin/true".into()],
+                name: "probe".into(),
+                max_attempts: 1,
+                ..Default::default()
+            }),
+            idempotency_key: "probe".into(),
+        });
+        call.set_timeout(Duration::from_millis(200));
+        match direct.submit_job(call).await {
+            Err(status)
+                if status
+                    .get_details_error_info()
+                    .is_some_and(|info| info.reason == REASON_NOT_LEADER) =>
+            {
+                break sent
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(
+        refused_after <= Duration::from_millis(1000),
+        "the isolated leader took {refused_after:?} to answer NOT_LEADER (two election timeouts \
+         are 1 s)"
+    );
+    // The others elect a leader; a client that tries them is acknowledged there.
+    submit(&client, 1).await;
+    let status = cluster
+        .status_of(cluster.follower_of(leader).expect("a follower"))
+        .await
+        .expect("status");
+    assert_ne!(status.leader_id, Some(leader), "{status:?}");
+    assert!(status.term > term, "{status:?}");
+    network.heal();
+    let (_, term_after) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    assert!(term_after > term);
 }

@@ -19,7 +19,7 @@ use crate::pb::v1::{
 use crate::pb::{spec_from_pb, state_from_pb};
 use crate::queue::{Command, CommandOutput, QueueError, QueueState};
 use crate::raft::{JobReadError, JobReader, LogReader, NodeId, ReplicaNode, SharedQueue};
-use crate::rpc::contract::{from_queue_error, not_leader};
+use crate::rpc::contract::{cut_off_leader, from_queue_error, not_leader};
 
 #[derive(Clone)]
 pub struct JobApi {
@@ -99,6 +99,7 @@ pub async fn propose(proposer: &Proposer, command: Command) -> Result<CommandOut
 pub fn propose_error_status(error: ProposeError) -> Status {
     match error {
         ProposeError::NotLeader { leader_id, leader } => not_leader(leader_id, leader.as_ref()),
+        ProposeError::CutOff { silent_ms } => cut_off_leader(silent_ms),
         ProposeError::ShuttingDown => {
             Status::unavailable("the replica is shutting down; retry another replica")
         }

@@ -12,6 +12,7 @@
 mod admin_service;
 pub mod authz;
 mod bootstrap;
+mod check_quorum;
 pub mod clock;
 mod job_service;
 mod leader;

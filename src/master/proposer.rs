@@ -14,6 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
+use super::check_quorum::QuorumCheck;
 use super::clock::LeaderClock;
 use super::observe::ProposalMetrics;
 use crate::config::ProposalSettings;
@@ -28,6 +29,9 @@ pub enum ProposeError {
         leader_id: Option<NodeId>,
         leader: Option<ReplicaNode>,
     },
+    /// CheckQuorum: this replica leads but has heard from no majority for the lease.
+    #[error("this replica has heard from no majority for {silent_ms} ms")]
+    CutOff { silent_ms: u64 },
     #[error("the replica is shutting down")]
     ShuttingDown,
     #[error("raft could not commit the proposal: {0}")]
@@ -50,6 +54,7 @@ struct Pending {
 pub struct Proposer {
     queue: mpsc::Sender<Pending>,
     clock: Arc<LeaderClock>,
+    quorum: QuorumCheck,
 }
 
 impl Proposer {
@@ -64,6 +69,7 @@ impl Proposer {
         outbox_limit: u64,
         metrics: ProposalMetrics,
         clock: Arc<LeaderClock>,
+        quorum: QuorumCheck,
     ) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
         let batcher = Batcher {
@@ -77,7 +83,11 @@ impl Proposer {
             clock: clock.clone(),
         };
         tokio::spawn(batcher.run(rx));
-        Proposer { queue: tx, clock }
+        Proposer {
+            queue: tx,
+            clock,
+            quorum,
+        }
     }
 
     /// The clock proposals are stamped with.
@@ -90,8 +100,15 @@ impl Proposer {
         self.clock.now_ms()
     }
 
-    /// Proposes one command and waits until it is committed and applied.
+    /// Proposes one command and waits until it is committed and applied. A leader cut off from
+    /// its majority refuses at once (`check_quorum.rs`) instead of holding the caller until the
+    /// commit timeout.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        if let Some(silence) = self.quorum.cut_off() {
+            return Err(ProposeError::CutOff {
+                silent_ms: silence.as_millis() as u64,
+            });
+        }
         let (reply, result) = oneshot::channel();
         let bytes = bincode::serialized_size(&command).map_or(usize::MAX, |n| n as usize);
         self.queue

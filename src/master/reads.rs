@@ -18,8 +18,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::Status;
 
+use super::check_quorum::QuorumCheck;
 use super::job_service::read_error_status;
 use crate::raft::Raft;
+use crate::rpc::contract::cut_off_leader;
 
 /// How long a read waits for a newly elected leader to take office before it is refused (the
 /// caller retries): one commit round, normally milliseconds.
@@ -60,11 +62,16 @@ impl Office {
 pub struct Reads {
     raft: Raft,
     office: Office,
+    quorum: QuorumCheck,
 }
 
 impl Reads {
-    pub fn new(raft: Raft, office: Office) -> Self {
-        Reads { raft, office }
+    pub fn new(raft: Raft, office: Office, quorum: QuorumCheck) -> Self {
+        Reads {
+            raft,
+            office,
+            quorum,
+        }
     }
 
     /// Returns once this replica's state holds every write acknowledged before the call: it
@@ -72,6 +79,10 @@ impl Reads {
     /// term. A follower gets the redirect to the leader; a leader that cannot confirm or take
     /// office in time gets `UNAVAILABLE`.
     pub async fn linearizable(&self) -> Result<(), Status> {
+        // A leader cut off from its majority could not confirm anyway: say so at once.
+        if let Some(silence) = self.quorum.cut_off() {
+            return Err(cut_off_leader(silence.as_millis() as u64));
+        }
         self.raft
             .ensure_linearizable()
             .await

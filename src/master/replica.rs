@@ -247,7 +247,12 @@ pub async fn run(
     };
     // The leader loop announces its terms of office; linearizable reads wait for one.
     let office = super::reads::Office::default();
-    let reads = super::reads::Reads::new(raft.clone(), office.clone());
+    let quorum = super::check_quorum::QuorumCheck::new(
+        raft.clone(),
+        network.answers(),
+        std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
+    );
+    let reads = super::reads::Reads::new(raft.clone(), office.clone(), quorum.clone());
     let proposer = Proposer::start(
         raft.clone(),
         &config.proposals,
@@ -258,6 +263,7 @@ pub async fn run(
             wall,
             config.workers.max_clock_jump_ms,
         )),
+        quorum,
     );
     let observer = Arc::new(ReplicaObserver::new(
         registry.clone(),

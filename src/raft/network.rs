@@ -41,6 +41,47 @@ pub struct PeerNetwork {
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
     /// `peer_routes`: members this replica dials somewhere else than their `peer` address.
     routes: Arc<BTreeMap<NodeId, String>>,
+    /// When each peer last answered this replica as leader or candidate (CheckQuorum).
+    heard: Arc<PeerAnswers>,
+}
+
+/// When each peer last accepted this replica's vote: answered an append without a higher vote,
+/// took a snapshot chunk under it, or granted a vote. A peer never heard from counts from when this replica started, so a
+/// leader restored at start-up is not refused before its first round trip.
+#[derive(Debug)]
+pub struct PeerAnswers {
+    started: std::time::Instant,
+    last: Mutex<BTreeMap<NodeId, std::time::Instant>>,
+}
+
+impl Default for PeerAnswers {
+    fn default() -> Self {
+        PeerAnswers {
+            started: std::time::Instant::now(),
+            last: Mutex::default(),
+        }
+    }
+}
+
+impl PeerAnswers {
+    fn record(&self, peer: NodeId) {
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(peer, std::time::Instant::now());
+    }
+
+    /// How long since `peer` last answered (since this replica started, if never).
+    pub fn silent_for(&self, peer: NodeId) -> Duration {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&peer)
+            .copied()
+            .unwrap_or(self.started);
+        last.elapsed()
+    }
 }
 
 impl PeerNetwork {
@@ -51,7 +92,13 @@ impl PeerNetwork {
             security,
             channels: Arc::default(),
             routes: Arc::default(),
+            heard: Arc::default(),
         }
+    }
+
+    /// When each peer last answered this replica as leader or candidate.
+    pub fn answers(&self) -> Arc<PeerAnswers> {
+        self.heard.clone()
     }
 
     /// Dials member `id` at `address` instead of its `peer` address (`peer_routes`).
@@ -105,6 +152,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 .max_encoding_message_size(self.max_message_bytes)
         });
         PeerClient {
+            heard: self.heard.clone(),
             my_id: self.my_id,
             max_message_bytes: self.max_message_bytes,
             target,
@@ -119,6 +167,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 /// One peer as openraft sees it.
 pub struct PeerClient {
+    heard: Arc<PeerAnswers>,
     my_id: NodeId,
     max_message_bytes: usize,
     target: NodeId,
@@ -244,8 +293,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let entries = rpc.entries.len();
-        self.call(RPCTypes::AppendEntries, &rpc, entries, &option)
-            .await
+        let reply: AppendEntriesResponse<NodeId> = self
+            .call(RPCTypes::AppendEntries, &rpc, entries, &option)
+            .await?;
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.heard.record(self.target);
+        }
+        Ok(reply)
     }
 
     async fn install_snapshot(
@@ -253,7 +307,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(RPCTypes::InstallSnapshot, &rpc, 1, &option).await
+        let sender = rpc.vote;
+        let reply: InstallSnapshotResponse<NodeId> = self
+            .call(RPCTypes::InstallSnapshot, &rpc, 1, &option)
+            .await?;
+        if reply.vote == sender {
+            self.heard.record(self.target);
+        }
+        Ok(reply)
     }
 
     async fn vote(
@@ -261,7 +322,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(RPCTypes::Vote, &rpc, 1, &option).await
+        let reply: VoteResponse<NodeId> = self.call(RPCTypes::Vote, &rpc, 1, &option).await?;
+        if reply.vote_granted {
+            self.heard.record(self.target);
+        }
+        Ok(reply)
     }
 
     /// After `Unreachable`, openraft waits along this sequence before trying the peer again:

@@ -126,6 +126,19 @@ pub fn not_leader(leader_id: Option<NodeId>, leader: Option<&ReplicaNode>) -> St
     status
 }
 
+/// UNAVAILABLE / NOT_LEADER from a leader that has heard from no majority for `silent_ms`
+/// (CheckQuorum): it may have been replaced and does not know by whom.
+pub fn cut_off_leader(silent_ms: u64) -> Status {
+    with_reason(
+        Code::Unavailable,
+        Reason::NotLeader,
+        format!(
+            "this replica was the leader but has heard from no majority of the replicas for              {silent_ms} ms (it is cut off, and another may lead by now); retry another replica"
+        ),
+        HashMap::new(),
+    )
+}
+
 /// Where a client should send a call that got `status`: the leader's API address when the
 /// answer is a NOT_LEADER redirect that names one (ErrorInfo metadata, or the header).
 pub fn redirect_address(status: &Status) -> Option<String> {
