@@ -115,7 +115,7 @@ impl ReplicaObserver {
             committed: (self.committed)(),
             snapshot: m.snapshot.map(|id| id.index),
             quorum_ack_age: m.millis_since_quorum_ack.map(Duration::from_millis),
-            contact_age: self.contact.since(),
+            contact_age: self.contact.since_leader(),
             // Every other member, with its matched index where this replica leads and knows it.
             matched: membership
                 .nodes()
