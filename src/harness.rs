@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
+use crate::chaos::network::ProxiedNetwork;
 use crate::chaos::powercut::PowerCutFs;
 use crate::client::Client;
 use crate::pb::v1::ClusterStatusResponse;
@@ -159,6 +160,23 @@ impl LocalCluster {
         let mut cluster = LocalCluster::configure(binary, temp.path(), options)?;
         cluster._temp = Some(temp);
         Ok(cluster)
+    }
+
+    /// Starts a cluster of three in a temp dir whose peer links and APIs pass through
+    /// fault-injecting proxies ([`ProxiedNetwork`]: cut, isolate, heal).
+    pub async fn start_behind_proxies(
+        binary: &Path,
+        options: ClusterOptions,
+    ) -> anyhow::Result<(LocalCluster, ProxiedNetwork)> {
+        let (network, layout) = ProxiedNetwork::start(3).await?;
+        let temp = tempfile::Builder::new()
+            .prefix("scaleout-proxied-")
+            .tempdir()?;
+        let mut cluster = LocalCluster::configure_with(binary, temp.path(), options, layout)?;
+        cluster._temp = Some(temp);
+        network.release_ports();
+        cluster.start_all()?;
+        Ok((cluster, network))
     }
 
     /// Writes configs under `root` without starting anything.

@@ -109,17 +109,10 @@ async fn majority_undisturbed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_from_the_leader_raises_no_term_and_deposes_nobody() {
     let _serial = SERIAL.lock().await;
-    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
-    let temp = tempfile::Builder::new()
-        .prefix("scaleout-elections-")
-        .tempdir()
-        .expect("temp dir");
-    let mut cluster =
-        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
-            .expect("configure");
-    cluster.own_dir(temp);
-    network.release_ports();
-    cluster.start_all().expect("start");
+    let (cluster, network) =
+        LocalCluster::start_behind_proxies(binary(), ClusterOptions::default())
+            .await
+            .expect("a cluster behind proxies");
     let elected = cluster.wait_for_leader(ELECTION).await.expect("a leader");
     let (leader, _) = elected;
     let follower = cluster.follower_of(leader).expect("a follower");
@@ -167,17 +160,10 @@ async fn a_follower_cut_off_from_the_leader_raises_no_term_and_deposes_nobody() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_answers_not_leader_within_two_election_timeouts() {
     let _serial = SERIAL.lock().await;
-    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
-    let temp = tempfile::Builder::new()
-        .prefix("scaleout-elections-")
-        .tempdir()
-        .expect("temp dir");
-    let mut cluster =
-        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
-            .expect("configure");
-    cluster.own_dir(temp);
-    network.release_ports();
-    cluster.start_all().expect("start");
+    let (cluster, network) =
+        LocalCluster::start_behind_proxies(binary(), ClusterOptions::default())
+            .await
+            .expect("a cluster behind proxies");
     let (leader, term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
     let client = cluster.client().expect("client").with_deadline(ELECTION);
     submit(&client, 0).await;

@@ -272,21 +272,13 @@ async fn a_replica_that_lost_its_disk_is_removed_and_added_back() {
 /// then the safe procedure brings B back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_voter_restarted_in_place_is_refused_and_no_acknowledged_job_is_lost() {
-    use scaleout::chaos::network::ProxiedNetwork;
     use scaleout::chaos::proxy::LinkMode;
 
     let _serial = SERIAL.lock().await;
-    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
-    let temp = tempfile::Builder::new()
-        .prefix("scaleout-wiped-")
-        .tempdir()
-        .expect("temp dir");
-    let mut cluster =
-        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
-            .expect("configure");
-    cluster.own_dir(temp);
-    network.release_ports();
-    cluster.start_all().expect("start");
+    let (mut cluster, network) =
+        LocalCluster::start_behind_proxies(binary(), ClusterOptions::default())
+            .await
+            .expect("a cluster behind proxies");
     let (a, _) = cluster.wait_for_leader(ELECTION).await.expect("leader");
     let mut others = [1, 2, 3].into_iter().filter(|id| *id != a);
     let (b, c) = (others.next().expect("b"), others.next().expect("c"));

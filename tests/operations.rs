@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use scaleout::chaos::network::ProxiedNetwork;
 use scaleout::chaos::proxy::LinkMode;
 use scaleout::client::Client;
 use scaleout::harness::{wait_for_workers, ClusterOptions, LocalCluster, WorkerOptions};
@@ -263,17 +262,10 @@ async fn every_replica_serves_metrics_with_sane_values() {
 #[tokio::test]
 async fn readyz_follows_isolation_and_rejoin() {
     let _serial = SERIAL.lock().await;
-    let (network, layout) = ProxiedNetwork::start(3).await.expect("proxies");
-    let temp = tempfile::Builder::new()
-        .prefix("scaleout-readyz-")
-        .tempdir()
-        .expect("temp dir");
-    let mut cluster =
-        LocalCluster::configure_with(binary(), temp.path(), ClusterOptions::default(), layout)
-            .expect("configure");
-    cluster.own_dir(temp);
-    network.release_ports();
-    cluster.start_all().expect("start");
+    let (cluster, network) =
+        LocalCluster::start_behind_proxies(binary(), ClusterOptions::default())
+            .await
+            .expect("a cluster behind proxies");
     let (leader, _) = cluster.wait_for_leader(SETTLE).await.expect("leader");
     let metrics_of = |id: u64| {
         cluster
