@@ -18,9 +18,9 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::proposer::Proposer;
+use super::proposer::{ProposeError, Proposer};
 use super::reads::Office;
 use crate::config::{RetentionSettings, WorkerSettings};
 use crate::queue::{Command, CommandOutput, CommandResult};
@@ -187,6 +187,11 @@ async fn expire_while_leading(
                 }
             }
             Ok(_) => {}
+            // Cut off from the majority (CheckQuorum): every check would say so again, every
+            // tick, for as long as the cut lasts; the refused calls already tell the callers.
+            Err(error @ ProposeError::CutOff { .. }) => {
+                debug!(%error, term, "lease expiry waits for a majority")
+            }
             Err(error) => warn!(%error, term, "could not propose lease expiry"),
         }
     }
