@@ -208,6 +208,21 @@ async fn an_isolated_leader_answers_not_leader_within_two_election_timeouts() {
         "the isolated leader took {refused_after:?} to answer NOT_LEADER (two election timeouts \
          are 1 s)"
     );
+    // Linearizable reads there are refused the same way, not after a heartbeat timeout.
+    let mut read = tonic::Request::new(v1::GetJobRequest {
+        job_id: 1,
+        stale: false,
+    });
+    read.set_timeout(Duration::from_millis(200));
+    let refused = direct
+        .get_job(read)
+        .await
+        .expect_err("the cut-off leader reads");
+    assert_eq!(
+        refused.get_details_error_info().map(|info| info.reason),
+        Some(REASON_NOT_LEADER.to_string()),
+        "{refused:?}"
+    );
     // The others elect a leader; a client that tries them is acknowledged there.
     submit(&client, 1).await;
     let status = cluster

@@ -55,7 +55,8 @@ pub struct ReadRecord {
     pub after_cancel: bool,
     /// The read showed the job cancelled, being cancelled (`cancel_requested`) or ended.
     pub saw_cancel: bool,
-    /// For a read that missed: the refusal, and what the replicas showed right after.
+    /// What the read saw, for the report: after a miss, the refusal and what the replicas showed
+    /// right after; after a cancel, the state it read.
     pub detail: String,
 }
 

@@ -101,7 +101,6 @@ pub async fn run(
             () = expire_while_leading(&proposer, &queue, &settings, &retention, term) => {}
             () = office_lost(&raft, term) => info!(term, "no longer leading"),
         }
-        office.leave();
     }
 }
 

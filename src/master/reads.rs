@@ -27,7 +27,8 @@ use crate::rpc::contract::cut_off_leader;
 /// caller retries): one commit round, normally milliseconds.
 const OFFICE_WAIT: Duration = Duration::from_secs(2);
 
-/// The term this replica holds office in, as the leader loop announces it.
+/// The newest term this replica took office in, as the leader loop announces it (a replica
+/// that leads again in a later term holds no office until it takes that one).
 #[derive(Clone)]
 pub struct Office {
     term: watch::Sender<Option<u64>>,
@@ -45,11 +46,6 @@ impl Office {
     /// The leader loop: this replica's entry of `term` committed and is applied here.
     pub fn take(&self, term: u64) {
         self.term.send_replace(Some(term));
-    }
-
-    /// The leader loop: the term of office ended.
-    pub fn leave(&self) {
-        self.term.send_replace(None);
     }
 
     fn held(&self) -> watch::Receiver<Option<u64>> {

@@ -46,8 +46,9 @@ pub struct PeerNetwork {
 }
 
 /// When each peer last accepted this replica's vote: answered an append without a higher vote,
-/// took a snapshot chunk under it, or granted a vote. A peer never heard from counts from when this replica started, so a
-/// leader restored at start-up is not refused before its first round trip.
+/// took a snapshot chunk under it, or granted a vote. A peer never heard from counts from when
+/// this replica started, so a leader restored at start-up is not refused before its first round
+/// trip.
 #[derive(Debug)]
 pub struct PeerAnswers {
     started: std::time::Instant,
