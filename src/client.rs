@@ -22,7 +22,7 @@ use crate::pb::v1::{
     ClusterStatusResponse, GetJobLogsRequest, GetJobLogsResponse, GetJobRequest, Job, JobSpec,
     JobState, ListJobsRequest, ListJobsResponse, ListWorkersRequest, RemoveReplicaRequest,
     RemoveReplicaResponse, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
-    SubmitJobResponse, Worker, WorkerAction,
+    SubmitJobResponse, TransferLeaderRequest, TransferLeaderResponse, Worker, WorkerAction,
 };
 use crate::rpc::{Backoff, CallError, EndpointError, Reason, Replicas};
 use crate::transport::Security;
@@ -377,6 +377,21 @@ impl Client {
             let mut call = tonic::Request::new(request);
             call.set_timeout(timeout);
             async move { AdminServiceClient::new(channel).remove_replica(call).await }
+        })
+        .await
+    }
+
+    /// Hands leadership to voter `to`, or to the most up-to-date one; returns once the new
+    /// leader leads.
+    pub async fn transfer_leader(
+        &self,
+        to: Option<u64>,
+    ) -> Result<TransferLeaderResponse, ClientError> {
+        let request = TransferLeaderRequest { to };
+        self.on_leader(|channel, timeout| {
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(timeout);
+            async move { AdminServiceClient::new(channel).transfer_leader(call).await }
         })
         .await
     }

@@ -235,3 +235,156 @@ async fn an_isolated_leader_answers_not_leader_within_two_election_timeouts() {
     let (_, term_after) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
     assert!(term_after > term);
 }
+
+/// Submits from `callers` concurrent clients until `stop` is set (at most `per_caller` each) and
+/// returns when each submit was acknowledged.
+fn submit_continuously(
+    cluster: &LocalCluster,
+    callers: u64,
+    per_caller: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Instant>>> {
+    (0..callers)
+        .map(|caller| {
+            let client = cluster.client().expect("client").with_deadline(ELECTION);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for n in 0..per_caller {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    submit(&client, caller * 1_000_000 + n).await;
+                    acks.push(Instant::now());
+                }
+                acks
+            })
+        })
+        .collect()
+}
+
+/// The longest time without an acknowledged submit between `from` and the last ack.
+fn longest_gap(mut acks: Vec<Instant>, from: Instant) -> Duration {
+    acks.sort();
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for ack in acks.into_iter().filter(|ack| *ack >= from) {
+        longest = longest.max(ack - last);
+        last = ack;
+    }
+    longest
+}
+
+/// Leader hand-over. A leader stopped with SIGTERM under a steady stream of submits hands
+/// leadership to a follower before it exits: no window without an acknowledged submit is longer
+/// than 200 ms (an election after the lease ran out took 600 ms and more), and the new leader's
+/// term is the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_without_a_gap_in_acknowledged_submits() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("a cluster");
+    let (leader, term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers = submit_continuously(&cluster, 8, 5_000, stop.clone());
+    // Warmed up: every caller has a channel to the leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = Instant::now();
+    cluster
+        .stop(leader, Duration::from_secs(15))
+        .await
+        .expect("SIGTERM");
+    let stopped_after = stopping.elapsed();
+    let (new_leader, new_term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acks = Vec::new();
+    for caller in callers {
+        acks.extend(caller.await.expect("a caller"));
+    }
+    let gap = longest_gap(acks.clone(), stopping - Duration::from_millis(100));
+    let log = std::fs::read_to_string(&cluster.replica(leader).expect("old leader").log_path)
+        .expect("the old leader's log");
+    assert!(
+        log.contains("leadership handed over"),
+        "the stopping leader did not hand over:\n{}",
+        cluster.log_tails(30)
+    );
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        new_term,
+        term + 1,
+        "the successor was not elected in the next term"
+    );
+    assert!(
+        acks.iter().any(|ack| *ack > stopping + stopped_after),
+        "no submit was acknowledged after the old leader exited"
+    );
+    assert!(
+        gap <= Duration::from_millis(200),
+        "{gap:?} without an acknowledged submit around the leader's SIGTERM (it exited after \
+         {stopped_after:?}):\n{}",
+        cluster.log_tails(30)
+    );
+    eprintln!("longest window without an acknowledged submit: {gap:?}; old leader exited after {stopped_after:?}");
+}
+
+/// `scaleout cluster transfer-leader`: to a named voter, to the most up-to-date one by default,
+/// and a clear refusal for an id that is not a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_hands_leadership_to_the_named_voter() {
+    let _serial = SERIAL.lock().await;
+    let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("a cluster");
+    let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    submit(&client, 0).await;
+    let target = cluster.follower_of(leader).expect("a follower");
+    let (_, term) = own_view(&cluster, leader).await.expect("the leader's view");
+
+    let handed = client
+        .transfer_leader(Some(target))
+        .await
+        .expect("transfer to a named voter");
+    assert_eq!(
+        (handed.from, handed.leader_id, handed.term),
+        (leader, target, term + 1),
+        "{handed:?}\n{}",
+        cluster.log_tails(40)
+    );
+    assert_eq!(
+        handed.leader_addr,
+        cluster.replica(target).expect("target").api_addr
+    );
+    assert_eq!(
+        cluster.wait_for_leader(ELECTION).await.expect("a leader"),
+        (target, term + 1)
+    );
+    submit(&client, 1).await;
+
+    // The CLI, with no id: the most up-to-date voter other than the leader.
+    let output = std::process::Command::new(binary())
+        .args(["cluster", "transfer-leader", "--endpoints"])
+        .arg(cluster.endpoints().join(","))
+        .args(cluster.cli_security_args())
+        .args(["--output", "json"])
+        .output()
+        .expect("run the CLI");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reply: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("JSON from transfer-leader");
+    assert_eq!(reply["from"], target, "{reply}");
+    assert_ne!(reply["leader_id"], target, "{reply}");
+    assert_eq!(reply["term"], term + 2, "{reply}");
+    submit(&client, 2).await;
+
+    let refused = client
+        .transfer_leader(Some(9))
+        .await
+        .expect_err("replica 9 is no member");
+    let status = refused.status().expect("a refusal");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("not a voter"), "{status:?}");
+}

@@ -37,6 +37,14 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Hand leadership to another voter without an election timeout (before maintenance on
+    /// the leader's host; a leader stopped with SIGTERM does it by itself).
+    TransferLeader {
+        /// The voter to hand over to; by default the most up-to-date one.
+        id: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 impl ClusterCommand {
@@ -55,6 +63,9 @@ impl ClusterCommand {
             }
             ClusterCommand::RemoveReplica { id, client } => {
                 cluster_remove_replica(id, &client).await
+            }
+            ClusterCommand::TransferLeader { id, client } => {
+                cluster_transfer_leader(id, &client).await
             }
         }
     }
@@ -92,6 +103,28 @@ pub async fn cluster_add_replica(
         Output::Table => println!(
             "replica {id} caught up and is a voter (entry {}); voters: {:?}",
             added.log_index, added.voters
+        ),
+    }
+    Ok(())
+}
+
+/// `cluster transfer-leader [ID]`.
+pub async fn cluster_transfer_leader(to: Option<u64>, args: &ClientArgs) -> Result<(), CliError> {
+    let handed = args.client()?.transfer_leader(to).await?;
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "from": handed.from,
+                "leader_id": handed.leader_id,
+                "leader_addr": handed.leader_addr,
+                "term": handed.term,
+                "elapsed_ms": handed.elapsed_ms,
+            })
+        ),
+        Output::Table => println!(
+            "replica {} leads now (term {}, at {}), handed over by replica {} in {} ms",
+            handed.leader_id, handed.term, handed.leader_addr, handed.from, handed.elapsed_ms
         ),
     }
     Ok(())

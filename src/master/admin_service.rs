@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::authz::{authorize, Permission};
+use super::handover::{HandoverError, Handovers};
 use super::job_service::propose;
 use super::proposer::Proposer;
 use super::reads::Reads;
@@ -14,12 +15,13 @@ use crate::config::WorkerSettings;
 use crate::pb::v1::{
     AddReplicaRequest, AddReplicaResponse, ListWorkersRequest, ListWorkersResponse,
     RemoveReplicaRequest, RemoveReplicaResponse, RemoveWorkerRequest, RemoveWorkerResponse,
-    SetWorkerStateRequest, SetWorkerStateResponse, WorkerAction,
+    SetWorkerStateRequest, SetWorkerStateResponse, TransferLeaderRequest, TransferLeaderResponse,
+    WorkerAction,
 };
 use crate::pb::{worker_id_from_pb, worker_to_pb};
 use crate::queue::{Command, CommandOutput};
 use crate::raft::SharedQueue;
-use crate::rpc::contract::from_queue_error;
+use crate::rpc::contract::{from_queue_error, not_leader};
 use crate::wall_time::now_ms;
 
 use crate::pb::raft::raft_service_client::RaftServiceClient;
@@ -38,6 +40,7 @@ pub struct AdminApi {
     network: PeerNetwork,
     committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
     proposer: Proposer,
+    handovers: Handovers,
     queue: SharedQueue,
     workers: WorkerSettings,
     /// This replica's data dir storage id, for its own status.
@@ -52,6 +55,7 @@ impl AdminApi {
         network: PeerNetwork,
         committed: std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>,
         proposer: Proposer,
+        handovers: Handovers,
         queue: SharedQueue,
         workers: WorkerSettings,
         storage_id: uuid::Uuid,
@@ -63,6 +67,7 @@ impl AdminApi {
             network,
             committed,
             proposer,
+            handovers,
             queue,
             workers,
         }
@@ -311,6 +316,41 @@ impl AdminService for AdminApi {
         Ok(Response::new(RemoveReplicaResponse {
             voters: changed.voters,
             log_index: changed.log_index,
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        authorize(
+            &request,
+            "AdminService.TransferLeader",
+            Permission::Administer,
+        )?;
+        let from = self.raft.metrics().borrow().id;
+        let handed = self
+            .handovers
+            .hand_over(request.into_inner().to)
+            .await
+            .map_err(|error| match error {
+                HandoverError::NotLeader { leader_id, leader } => {
+                    not_leader(leader_id, leader.as_ref())
+                }
+                HandoverError::NotAVoter(_) | HandoverError::NoOtherVoter => {
+                    Status::failed_precondition(error.to_string())
+                }
+                HandoverError::Busy(_)
+                | HandoverError::TargetBehind { .. }
+                | HandoverError::Refused { .. }
+                | HandoverError::NoNewLeader { .. } => Status::aborted(error.to_string()),
+            })?;
+        Ok(Response::new(TransferLeaderResponse {
+            from,
+            leader_id: handed.leader_id,
+            leader_addr: handed.leader.map(|node| node.api_addr).unwrap_or_default(),
+            term: handed.term,
+            elapsed_ms: handed.elapsed.as_millis() as u64,
         }))
     }
 }

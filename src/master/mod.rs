@@ -14,6 +14,7 @@ pub mod authz;
 mod bootstrap;
 mod check_quorum;
 pub mod clock;
+mod handover;
 mod job_service;
 mod leader;
 mod membership;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedRwLockWriteGuard, RwLock, Semaphore};
 use tracing::{debug, warn};
 
 use super::check_quorum::QuorumCheck;
@@ -55,6 +55,8 @@ pub struct Proposer {
     queue: mpsc::Sender<Pending>,
     clock: Arc<LeaderClock>,
     quorum: QuorumCheck,
+    /// Held for reading by every batch on its way to Raft; a hand-over holds it for writing.
+    gate: Arc<RwLock<()>>,
 }
 
 impl Proposer {
@@ -72,7 +74,9 @@ impl Proposer {
         quorum: QuorumCheck,
     ) -> Proposer {
         let (tx, rx) = mpsc::channel(settings.max_batch.max(1) * 4);
+        let gate = Arc::new(RwLock::new(()));
         let batcher = Batcher {
+            gate: gate.clone(),
             raft,
             max_batch: settings.max_batch.max(1),
             max_batch_bytes,
@@ -87,7 +91,14 @@ impl Proposer {
             queue: tx,
             clock,
             quorum,
+            gate,
         }
+    }
+
+    /// Pauses proposals until the guard is dropped: resolves once every batch already on its
+    /// way to Raft has its outcome; later ones wait (a leader hand-over, `handover.rs`).
+    pub async fn pause(&self) -> OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
     }
 
     /// The clock proposals are stamped with.
@@ -124,6 +135,7 @@ impl Proposer {
 }
 
 struct Batcher {
+    gate: Arc<RwLock<()>>,
     raft: Raft,
     max_batch: usize,
     max_batch_bytes: usize,
@@ -176,8 +188,11 @@ impl Batcher {
             // Stamped here, in gathering order; apply keeps cluster time from going backwards
             // when concurrent batches commit in another order.
             let now_ms = self.clock.now_ms();
+            let gate = self.gate.clone();
             tokio::spawn(async move {
+                let open = gate.read_owned().await;
                 commit(raft, batch, now_ms, outbox_limit, &metrics).await;
+                drop(open);
                 drop(permit);
             });
         }

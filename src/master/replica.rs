@@ -81,11 +81,14 @@ fn peer_message_limit(config: &MasterConfig) -> usize {
 
 fn raft_config(config: &MasterConfig) -> Result<openraft::Config, MasterError> {
     let raft = &config.raft;
+    let openraft_election = crate::raft::lease::openraft_timeouts(raft.heartbeat_interval_ms);
     openraft::Config {
         cluster_name: "scaleout".into(),
         heartbeat_interval: raft.heartbeat_interval_ms,
-        election_timeout_min: raft.election_timeout_min_ms,
-        election_timeout_max: raft.election_timeout_max_ms,
+        // openraft's elections are off; these set only its own lease and vote deadline, the
+        // real lease is kept at the peer service (`raft::lease`).
+        election_timeout_min: openraft_election.0,
+        election_timeout_max: openraft_election.1,
         install_snapshot_timeout: raft.install_snapshot_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_spacing(
             raft.snapshot_every_logs,
@@ -221,6 +224,10 @@ pub async fn run(
                 contact.clone(),
                 admission,
                 std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
+                std::time::Duration::from_millis(
+                    crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
+                ),
+                network.handover(),
             ))
             .max_decoding_message_size(peer_max_bytes)
             .max_encoding_message_size(peer_max_bytes),
@@ -265,6 +272,17 @@ pub async fn run(
         )),
         quorum,
     );
+    let handovers = super::handover::Handovers::new(
+        raft.clone(),
+        network.clone(),
+        proposer.clone(),
+        super::handover::HandoverTiming::for_election_timeout(std::time::Duration::from_millis(
+            config.raft.election_timeout_max_ms,
+        )),
+        std::time::Duration::from_millis(
+            crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
+        ),
+    );
     let observer = Arc::new(ReplicaObserver::new(
         registry.clone(),
         &config,
@@ -302,6 +320,7 @@ pub async fn run(
                 network.clone(),
                 committed,
                 proposer.clone(),
+                handovers.clone(),
                 queue.clone(),
                 config.workers.clone(),
                 admission.storage_id,
@@ -407,7 +426,14 @@ pub async fn run(
         result = wait_server("peer", &mut peer_task) => result,
     };
     info!("shutting down");
-    // First: a stopping replica hears no more heartbeats and must not stand for election.
+    // A stopping leader first hands leadership over (both servers still up: the successor's
+    // vote request comes to the peer port, and the calls held meanwhile get their redirect).
+    if raft.metrics().borrow().state == openraft::ServerState::Leader {
+        if let Err(error) = handovers.hand_over(None).await {
+            warn!(%error, "could not hand leadership over before stopping; the others elect a leader when this replica's lease runs out");
+        }
+    }
+    // Then: a stopping replica hears no more heartbeats and must not stand for election.
     elections.abort();
     let _ = stop_tx.send(true);
     // Let in-flight calls finish (bounded), then stop Raft.

@@ -15,7 +15,9 @@
 
 pub mod admission;
 pub mod election;
+pub mod handover;
 mod job_rows;
+pub mod lease;
 mod legacy;
 mod log_blocks;
 mod log_reader;

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::handover::{Handover, Ticket, HANDOVER_HEADER};
 use super::{NodeId, ReplicaNode, TypeConfig};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftPayload;
@@ -43,6 +44,8 @@ pub struct PeerNetwork {
     routes: Arc<BTreeMap<NodeId, String>>,
     /// When each peer last answered this replica as leader or candidate (CheckQuorum).
     heard: Arc<PeerAnswers>,
+    /// A leader's hand-over to this replica, shown with its vote requests.
+    handover: Arc<Handover>,
 }
 
 /// When each peer last accepted this replica's vote: answered an append without a higher vote,
@@ -94,7 +97,13 @@ impl PeerNetwork {
             channels: Arc::default(),
             routes: Arc::default(),
             heard: Arc::default(),
+            handover: Arc::default(),
         }
+    }
+
+    /// This replica's hand-over state (`handover.rs`).
+    pub fn handover(&self) -> Arc<Handover> {
+        self.handover.clone()
     }
 
     /// When each peer last answered this replica as leader or candidate.
@@ -154,6 +163,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         });
         PeerClient {
             heard: self.heard.clone(),
+            handover: self.handover.clone(),
             my_id: self.my_id,
             max_message_bytes: self.max_message_bytes,
             target,
@@ -169,6 +179,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 /// One peer as openraft sees it.
 pub struct PeerClient {
     heard: Arc<PeerAnswers>,
+    handover: Arc<Handover>,
     my_id: NodeId,
     max_message_bytes: usize,
     target: NodeId,
@@ -194,13 +205,15 @@ enum TransportError {
 
 impl PeerClient {
     /// `entries`: how many log entries the request carries, so an append too large for one
-    /// message can be split (openraft resends fewer entries on `PayloadTooLarge`).
+    /// message can be split (openraft resends fewer entries on `PayloadTooLarge`). `ticket`: a
+    /// hand-over to show the voters (`handover.rs`).
     async fn call<Req, Resp, E>(
         &mut self,
         action: RPCTypes,
         request: &Req,
         entries: usize,
         option: &RPCOption,
+        ticket: Option<Ticket>,
     ) -> Result<Resp, RpcError<E>>
     where
         Req: Serialize,
@@ -241,6 +254,9 @@ impl PeerClient {
             grpc_request
                 .metadata_mut()
                 .insert(super::admission::STORAGE_ID_HEADER, expected.clone());
+        }
+        if let Some(value) = ticket.and_then(|t| t.header_value().parse().ok()) {
+            grpc_request.metadata_mut().insert(HANDOVER_HEADER, value);
         }
         let call = async {
             match action {
@@ -295,7 +311,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let entries = rpc.entries.len();
         let reply: AppendEntriesResponse<NodeId> = self
-            .call(RPCTypes::AppendEntries, &rpc, entries, &option)
+            .call(RPCTypes::AppendEntries, &rpc, entries, &option, None)
             .await?;
         if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
             self.heard.record(self.target);
@@ -310,7 +326,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
         let sender = rpc.vote;
         let reply: InstallSnapshotResponse<NodeId> = self
-            .call(RPCTypes::InstallSnapshot, &rpc, 1, &option)
+            .call(RPCTypes::InstallSnapshot, &rpc, 1, &option, None)
             .await?;
         if reply.vote == sender {
             self.heard.record(self.target);
@@ -323,7 +339,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        let reply: VoteResponse<NodeId> = self.call(RPCTypes::Vote, &rpc, 1, &option).await?;
+        let ticket = self.handover.ticket_for(rpc.vote.leader_id().term);
+        let reply: VoteResponse<NodeId> =
+            self.call(RPCTypes::Vote, &rpc, 1, &option, ticket).await?;
         if reply.vote_granted {
             self.heard.record(self.target);
         }

@@ -9,8 +9,10 @@ use tonic::{Request, Response, Status};
 
 use super::admission::{Admission, STORAGE_ID_HEADER};
 use super::election::LeaderContact;
+use super::handover::{self, Handover, TargetView, Ticket, TimeoutNowReply, TimeoutNowRequest};
+use super::lease::{self, VoterLease};
 use super::pre_vote::{self, PreVoteRequest, VoterView};
-use super::Raft;
+use super::{NodeId, Raft};
 use crate::pb::raft::raft_service_server::RaftService;
 use crate::pb::raft::{Member, NodeStatusRequest, NodeStatusResponse, RaftPayload};
 
@@ -25,8 +27,12 @@ pub struct RaftGrpcService {
     contact: std::sync::Arc<LeaderContact>,
     /// Who this replica is: messages meant for another data dir are refused.
     admission: Admission,
-    /// openraft's leader lease: a pre-vote is refused while it runs, as a real vote would be.
+    /// The leader lease: pre-votes and votes are refused while it runs (`lease.rs`).
     lease: Duration,
+    /// openraft's own, shorter lease (`lease::openraft_timeouts`).
+    openraft_lease: Duration,
+    /// Hand-overs to and from this replica.
+    handover: std::sync::Arc<Handover>,
 }
 
 impl RaftGrpcService {
@@ -36,6 +42,8 @@ impl RaftGrpcService {
         contact: std::sync::Arc<LeaderContact>,
         admission: Admission,
         lease: Duration,
+        openraft_lease: Duration,
+        handover: std::sync::Arc<Handover>,
     ) -> Self {
         RaftGrpcService {
             raft,
@@ -43,7 +51,69 @@ impl RaftGrpcService {
             contact,
             admission,
             lease,
+            openraft_lease,
+            handover,
         }
+    }
+
+    /// Why this replica will not consider `candidate`'s vote now (the leader lease), if so.
+    fn lease_refusal(&self, candidate: NodeId, ticket: Option<Ticket>) -> Option<String> {
+        let view = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let leading = m.state == openraft::ServerState::Leader;
+            VoterLease {
+                leading,
+                leader: m.current_leader,
+                term: m.current_term,
+                since_leader: if leading {
+                    Duration::ZERO
+                } else {
+                    self.contact.since_leader()
+                },
+                lease: self.lease,
+                handing_over_to_candidate: leading && self.handover.hands_over_to(candidate),
+            }
+        };
+        lease::refusal(&view, candidate, ticket)
+    }
+
+    /// Takes over from the leader that sent `request`: stands for election at once.
+    async fn take_over(&self, request: &TimeoutNowRequest) -> Result<(), String> {
+        let (view, membership) = {
+            let m = self.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership().clone();
+            let view = TargetView {
+                me: m.id,
+                following: m.state == openraft::ServerState::Follower,
+                may_vote: self.admission.may_grant_vote(&membership),
+                leader: m.current_leader,
+                term: m.current_term,
+            };
+            (view, membership)
+        };
+        let ticket = handover::accept(&view, request)?;
+        self.handover.hold(ticket);
+        // The ticket waives our lease, not openraft's (about one heartbeat since the leader's
+        // last message): with more voters than this replica and the leader can make a
+        // majority, the others must be past it.
+        let voters = membership.voter_ids().count();
+        if voters / 2 + 1 > 2 {
+            let wait = (self.openraft_lease + Duration::from_millis(5))
+                .saturating_sub(self.contact.since_leader());
+            tokio::time::sleep(wait).await;
+        }
+        tracing::info!(
+            from = request.leader,
+            term = request.term,
+            "the leader hands leadership over to this replica; standing for election"
+        );
+        self.contact.touch();
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|fatal| format!("its Raft node stopped: {fatal}"))
     }
 
     /// Refuses a message meant for another data dir than this one.
@@ -158,7 +228,24 @@ impl RaftService for RaftGrpcService {
                 self.admission.node_id, self.admission.storage_id
             )));
         }
-        let rpc = decode(request)?;
+        let ticket = request
+            .metadata()
+            .get(handover::HANDOVER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(Ticket::parse);
+        let rpc: openraft::raft::VoteRequest<NodeId> = decode(request)?;
+        if let Some(candidate) = rpc.vote.leader_id().voted_for() {
+            if let Some(reason) = self.lease_refusal(candidate, ticket) {
+                tracing::debug!(candidate, %reason, "vote refused");
+                let refused: Result<_, openraft::error::RaftError<NodeId>> =
+                    Ok(openraft::raft::VoteResponse {
+                        vote: self.raft.metrics().borrow().vote,
+                        vote_granted: false,
+                        last_log_id: self.raft.data_metrics().borrow().last_log,
+                    });
+                return encode(&refused);
+            }
+        }
         let result = self.raft.vote(rpc).await;
         if matches!(&result, Ok(reply) if reply.vote_granted) {
             self.contact.touch();
@@ -192,6 +279,28 @@ impl RaftService for RaftGrpcService {
             reason = %reply.reason,
             "pre-vote asked"
         );
+        encode(&reply)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.check_addressee(&request)?;
+        let asked: TimeoutNowRequest = decode(request)?;
+        let reply = match self.take_over(&asked).await {
+            Ok(()) => TimeoutNowReply {
+                accepted: true,
+                reason: String::new(),
+            },
+            Err(reason) => {
+                tracing::info!(from = asked.leader, term = asked.term, %reason, "hand-over refused");
+                TimeoutNowReply {
+                    accepted: false,
+                    reason,
+                }
+            }
+        };
         encode(&reply)
     }
 

@@ -133,7 +133,8 @@ pub fn cut_off_leader(silent_ms: u64) -> Status {
         Code::Unavailable,
         Reason::NotLeader,
         format!(
-            "this replica was the leader but has heard from no majority of the replicas for              {silent_ms} ms (it is cut off, and another may lead by now); retry another replica"
+            "this replica was the leader but has heard from no majority of the replicas for \
+             {silent_ms} ms (it is cut off, and another may lead by now); retry another replica"
         ),
         HashMap::new(),
     )
