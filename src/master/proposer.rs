@@ -19,6 +19,7 @@ use super::clock::LeaderClock;
 use super::observe::ProposalMetrics;
 use crate::config::ProposalSettings;
 use crate::queue::{Command, CommandResult};
+use crate::raft::election::LeaderContact;
 use crate::raft::{NodeId, Proposal, Raft, ReplicaNode};
 
 /// Why a command got no result from the log.
@@ -57,6 +58,9 @@ pub struct Proposer {
     quorum: QuorumCheck,
     /// Held for reading by every batch on its way to Raft; a hand-over holds it for writing.
     gate: Arc<RwLock<()>>,
+    raft: Raft,
+    /// Whether this replica saw its leader's process go (`raft::leader_watch`).
+    contact: Option<Arc<LeaderContact>>,
 }
 
 impl Proposer {
@@ -77,7 +81,7 @@ impl Proposer {
         let gate = Arc::new(RwLock::new(()));
         let batcher = Batcher {
             gate: gate.clone(),
-            raft,
+            raft: raft.clone(),
             max_batch: settings.max_batch.max(1),
             max_batch_bytes,
             linger: Duration::from_micros(settings.linger_us),
@@ -92,7 +96,16 @@ impl Proposer {
             clock,
             quorum,
             gate,
+            raft,
+            contact: None,
         }
+    }
+
+    /// Treats a leader this replica saw go as no leader: a call waits for its successor
+    /// instead of being redirected to a dead address.
+    pub fn with_leader_contact(mut self, contact: Arc<LeaderContact>) -> Self {
+        self.contact = Some(contact);
+        self
     }
 
     /// Pauses proposals until the guard is dropped: resolves once every batch already on its
@@ -115,6 +128,7 @@ impl Proposer {
     /// its majority refuses at once (`check_quorum.rs`) instead of holding the caller until the
     /// commit timeout.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+        self.await_election().await;
         if let Some(silence) = self.quorum.cut_off() {
             return Err(ProposeError::CutOff {
                 silent_ms: silence.as_millis() as u64,
@@ -131,6 +145,34 @@ impl Proposer {
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         result.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+}
+
+/// How long a call that reaches a replica during an election waits for a leader to be known.
+const ELECTION_WAIT: Duration = Duration::from_millis(500);
+
+impl Proposer {
+    /// During an election (no leader known, or the one known is gone), waits up to
+    /// [`ELECTION_WAIT`] for one, so the caller is told where the new leader is (or this
+    /// replica, elected, takes the command) instead of being sent away to poll the others.
+    async fn await_election(&self) {
+        let contact = self.contact.clone();
+        let electing = move |m: &openraft::RaftMetrics<NodeId, ReplicaNode>| {
+            m.state != openraft::ServerState::Leader
+                && m.current_leader.is_none_or(|leader| {
+                    contact
+                        .as_ref()
+                        .is_some_and(|contact| contact.is_gone(leader, m.current_term))
+                })
+        };
+        if !electing(&self.raft.metrics().borrow()) {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(ELECTION_WAIT))
+            .metrics(|m| !electing(m), "a leader known")
+            .await;
     }
 }
 

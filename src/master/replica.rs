@@ -200,8 +200,16 @@ pub async fn run(
         crate::raft::election::ElectionTiming {
             timeout_min: std::time::Duration::from_millis(config.raft.election_timeout_min_ms),
             timeout_max: std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
+            openraft_lease: std::time::Duration::from_millis(
+                crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
+            ),
         },
         admission,
+    ));
+    let leader_watch = tokio::spawn(crate::raft::leader_watch::watch(
+        raft.clone(),
+        network.clone(),
+        contact.clone(),
     ));
 
     let api_addr = local_addr(&api_listener);
@@ -218,17 +226,20 @@ pub async fn run(
         .timeout(REQUEST_TIMEOUT)
         .layer(GrpcTimingLayer::new(registry.clone()))
         .add_service(InterceptedService::new(
-            RaftServiceServer::new(RaftGrpcService::new(
-                raft.clone(),
-                committed.clone(),
-                contact.clone(),
-                admission,
-                std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
-                std::time::Duration::from_millis(
-                    crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
-                ),
-                network.handover(),
-            ))
+            RaftServiceServer::new(
+                RaftGrpcService::new(
+                    raft.clone(),
+                    committed.clone(),
+                    contact.clone(),
+                    admission,
+                    std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
+                    std::time::Duration::from_millis(
+                        crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
+                    ),
+                    network.handover(),
+                )
+                .ending_lines_on(stop_rx.clone()),
+            )
             .max_decoding_message_size(peer_max_bytes)
             .max_encoding_message_size(peer_max_bytes),
             |request: tonic::Request<()>| {
@@ -271,7 +282,8 @@ pub async fn run(
             config.workers.max_clock_jump_ms,
         )),
         quorum,
-    );
+    )
+    .with_leader_contact(contact.clone());
     let handovers = super::handover::Handovers::new(
         raft.clone(),
         network.clone(),
@@ -376,6 +388,7 @@ pub async fn run(
             error!(%error, "bootstrap failed");
         }
         elections.abort();
+        leader_watch.abort();
         health_duties.abort();
         let _ = stop_tx.send(true);
         let _ = raft.shutdown().await;
@@ -435,6 +448,7 @@ pub async fn run(
     }
     // Then: a stopping replica hears no more heartbeats and must not stand for election.
     elections.abort();
+    leader_watch.abort();
     let _ = stop_tx.send(true);
     // Let in-flight calls finish (bounded), then stop Raft.
     let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use std::collections::BTreeSet;
 
 use super::admission::{Admission, STORAGE_ID_HEADER};
+use super::leader_watch;
 use super::pre_vote::{self, PreVoteReply, PreVoteRequest};
 use super::{NodeId, PeerNetwork, Raft, ReplicaNode};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
@@ -46,6 +47,8 @@ pub struct LeaderContact {
     /// or an attempt of its own must not count, or after a split vote each survivor would
     /// refuse the other's pre-vote for a whole lease, round after round.
     leader_ms: AtomicU64,
+    /// The leader whose process this replica saw go, and its term (`leader_watch.rs`).
+    gone: tokio::sync::watch::Sender<Option<(NodeId, u64)>>,
 }
 
 impl Default for LeaderContact {
@@ -54,6 +57,7 @@ impl Default for LeaderContact {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             leader_ms: AtomicU64::new(0),
+            gone: tokio::sync::watch::channel(None).0,
         }
     }
 }
@@ -71,6 +75,25 @@ impl LeaderContact {
         let now = self.base.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(now, Ordering::Relaxed);
         self.leader_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// This replica saw the process of `leader`, its leader in `term`, go away.
+    pub fn leader_gone(&self, leader: NodeId, term: u64) {
+        self.gone.send_replace(Some((leader, term)));
+    }
+
+    /// Whether this replica saw `leader` of `term` go away.
+    pub fn is_gone(&self, leader: NodeId, term: u64) -> bool {
+        *self.gone.borrow() == Some((leader, term))
+    }
+
+    /// Waits up to `within` until this replica sees `leader` of `term` go away (a candidate
+    /// that saw it first asks before this replica's own line has broken); whether it did.
+    pub async fn wait_gone(&self, leader: NodeId, term: u64, within: Duration) -> bool {
+        let mut seen = self.gone.subscribe();
+        tokio::time::timeout(within, seen.wait_for(|gone| *gone == Some((leader, term))))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
     }
 
     /// How long the election wait has run.
@@ -91,6 +114,24 @@ impl LeaderContact {
 pub struct ElectionTiming {
     pub timeout_min: Duration,
     pub timeout_max: Duration,
+    /// openraft's own lease (`lease.rs`): a replica whose leader's process is gone stands once
+    /// it has heard nothing for this long (the voters' openraft refuses until then).
+    pub openraft_lease: Duration,
+}
+
+/// Added to openraft's lease: the voters heard the leader's last heartbeat a little after or
+/// before this replica did.
+const LEASE_MARGIN: Duration = Duration::from_millis(10);
+/// When the leader's process is gone every follower sees it at the same moment; standing all
+/// at once would split the vote. They stand in turn, by id, this far apart: enough for the
+/// first one's vote request to arrive before the next one's turn.
+const TURN: Duration = Duration::from_millis(50);
+
+/// How long after the leader's last message this replica may stand once it knows the leader's
+/// process is gone: openraft's lease, then its turn among the surviving voters.
+fn fast_wait(timing: &ElectionTiming, me: NodeId, gone: NodeId, voters: &[NodeId]) -> Duration {
+    let turn = voters.iter().filter(|id| **id != gone && **id < me).count() as u32;
+    timing.openraft_lease + LEASE_MARGIN + TURN * turn
 }
 
 impl ElectionTiming {
@@ -122,15 +163,24 @@ pub async fn drive(
     let mut losing = false;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let (leading, voter, has_leader) = {
+        let (leading, voter, leader, term, me, voters) = {
             let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
             (
                 m.state == ServerState::Leader,
-                admission.may_vote(m.membership_config.membership()),
-                m.current_leader.is_some() && m.current_leader != Some(m.id),
+                admission.may_vote(membership),
+                m.current_leader.filter(|leader| *leader != m.id),
+                m.current_term,
+                m.id,
+                membership.voter_ids().collect::<Vec<_>>(),
             )
         };
-        if leading || !voter || (has_leader && contact.since() < wait) {
+        let has_leader = leader.is_some();
+        // The leader's process is gone (`leader_watch.rs`): no need to wait out the lease.
+        let gone = leader.filter(|leader| contact.is_gone(*leader, term));
+        let fast = gone
+            .is_some_and(|gone| contact.since_leader() >= fast_wait(&timing, me, gone, &voters));
+        if leading || !voter || (has_leader && contact.since() < wait && !fast) {
             if leading {
                 contact.heard_leader();
             }
@@ -142,12 +192,14 @@ pub async fn drive(
             }
             continue;
         }
-        if contact.since() < wait {
+        if contact.since() < wait && !fast {
             continue;
         }
         // Pre-Vote: stand only where a quorum would vote (`pre_vote.rs`); otherwise wait a
         // whole random timeout and ask again, with the term unchanged.
-        let (granted, refusals) = ask_for_pre_votes(&raft, &network, timing.timeout_min).await;
+        let gone = gone.map(|leader| (leader, term));
+        let (granted, refusals) =
+            ask_for_pre_votes(&raft, &network, timing.timeout_min, gone).await;
         if !granted {
             if !losing {
                 info!(
@@ -163,10 +215,18 @@ pub async fn drive(
             continue;
         }
         losing = false;
-        info!(
-            silent_ms = contact.since().as_millis() as u64,
-            "no leader heard from and a quorum would vote; standing for election"
-        );
+        match gone {
+            Some((leader, term)) => info!(
+                leader,
+                term,
+                silent_ms = contact.since_leader().as_millis() as u64,
+                "the leader's process is gone and a quorum would vote; standing for election"
+            ),
+            None => info!(
+                silent_ms = contact.since().as_millis() as u64,
+                "no leader heard from and a quorum would vote; standing for election"
+            ),
+        }
         if let Err(fatal) = raft.trigger().elect().await {
             warn!(error = %fatal, "the Raft node stopped; no more elections");
             return;
@@ -178,11 +238,13 @@ pub async fn drive(
 }
 
 /// Asks every other voter of the membership whether it would vote for this replica, each within
-/// `timeout`; returns whether a quorum (this replica included) would, and the refusals.
+/// `timeout`, telling them which leader it saw go (`gone`); returns whether a quorum (this
+/// replica included) would, and the refusals.
 async fn ask_for_pre_votes(
     raft: &Raft,
     network: &PeerNetwork,
     timeout: Duration,
+    gone: Option<(NodeId, u64)>,
 ) -> (bool, Vec<String>) {
     let (me, membership) = {
         let m = raft.metrics().borrow().clone();
@@ -201,9 +263,12 @@ async fn ask_for_pre_votes(
         let request = request.clone();
         let network = network.clone();
         async move {
-            let answer = tokio::time::timeout(timeout, ask_one(&network, id, &node, &request))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+            let answer =
+                tokio::time::timeout(timeout, ask_one(&network, id, &node, &request, gone))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!("no answer within {} ms", timeout.as_millis()))
+                    });
             (id, answer)
         }
     });
@@ -227,6 +292,7 @@ async fn ask_one(
     id: NodeId,
     node: &ReplicaNode,
     request: &PreVoteRequest,
+    gone: Option<(NodeId, u64)>,
 ) -> Result<PreVoteReply, String> {
     let channel = network
         .channel_to(id, &node.peer_addr)
@@ -237,6 +303,12 @@ async fn ask_one(
         let value = tonic::metadata::MetadataValue::try_from(storage_id.to_string())
             .map_err(|e| e.to_string())?;
         call.metadata_mut().insert(STORAGE_ID_HEADER, value);
+    }
+    if let Some(value) =
+        gone.and_then(|(leader, term)| leader_watch::gone_header(leader, term).parse().ok())
+    {
+        call.metadata_mut()
+            .insert(leader_watch::LEADER_GONE_HEADER, value);
     }
     let reply = match RaftServiceClient::new(channel).pre_vote(call).await {
         Ok(reply) => reply.into_inner(),
@@ -263,6 +335,7 @@ mod tests {
         let timing = ElectionTiming {
             timeout_min: Duration::from_millis(250),
             timeout_max: Duration::from_millis(500),
+            openraft_lease: Duration::from_millis(102),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let firsts: Vec<Duration> = (0..200).map(|_| timing.first_wait(&mut rng)).collect();
@@ -276,6 +349,23 @@ mod tests {
         // Fresh draws: no two survivors keep colliding on the same value.
         let distinct: std::collections::BTreeSet<_> = retries.iter().collect();
         assert!(distinct.len() > 100);
+    }
+
+    #[test]
+    fn survivors_of_a_gone_leader_stand_in_turn_by_id() {
+        let timing = ElectionTiming {
+            timeout_min: Duration::from_millis(250),
+            timeout_max: Duration::from_millis(500),
+            openraft_lease: Duration::from_millis(102),
+        };
+        let voters = [1, 2, 3, 4, 5];
+        let waits: Vec<u64> = [1, 3, 4, 5]
+            .iter()
+            .map(|me| fast_wait(&timing, *me, 2, &voters).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, vec![112, 162, 212, 262]);
+        // Every turn comes well before the lease would have run out.
+        assert!(fast_wait(&timing, 3, 1, &[1, 2, 3]) < timing.timeout_max);
     }
 
     #[tokio::test]

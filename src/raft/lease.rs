@@ -5,9 +5,10 @@
 //! openraft 0.9 keeps this lease itself, with no exceptions: a leader's hand-over
 //! (`handover.rs`) would still wait out a whole lease. So openraft's own lease is cut to just
 //! over one heartbeat ([`openraft_timeouts`]) and the lease is kept here, at the peer service,
-//! before a vote request reaches openraft, with one exception: the election of a leader's chosen
+//! before a vote request reaches openraft, with two exceptions: the election of a leader's chosen
 //! successor (its ticket names the leader this voter follows, in its term; the leader itself
-//! waives it for the target it chose). Pre-votes are answered by the same lease
+//! waives it for the target it chose), and when this voter saw its leader's process go
+//! (`leader_watch.rs`). Pre-votes are answered by the same lease
 //! (`pre_vote.rs`), so a candidate that stands has already been told it would get its votes.
 
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct VoterLease {
     pub lease: Duration,
     /// As leader, it is handing over to the candidate.
     pub handing_over_to_candidate: bool,
+    /// It saw its leader's process go (`leader_watch.rs`).
+    pub leader_gone: bool,
 }
 
 /// Why this voter refuses to consider `candidate`'s vote request now, if it does; the request
@@ -40,12 +43,12 @@ pub fn refusal(view: &VoterLease, candidate: NodeId, ticket: Option<Ticket>) -> 
     if view.leading {
         return (!view.handing_over_to_candidate).then(|| "it leads".to_string());
     }
-    if ticket
+    let ticket_of_leader = ticket
         == Some(Ticket {
             leader,
             term: view.term,
-        })
-    {
+        });
+    if view.leader_gone || ticket_of_leader {
         return None;
     }
     (view.since_leader < view.lease).then(|| {
@@ -80,6 +83,7 @@ mod tests {
             since_leader: Duration::from_millis(80),
             lease: Duration::from_millis(500),
             handing_over_to_candidate: false,
+            leader_gone: false,
         }
     }
 
@@ -94,6 +98,11 @@ mod tests {
             ..follower()
         };
         assert_eq!(refusal(&lapsed, 2, None), None);
+        let gone = VoterLease {
+            leader_gone: true,
+            ..follower()
+        };
+        assert_eq!(refusal(&gone, 2, None), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod admission;
 pub mod election;
 pub mod handover;
 mod job_rows;
+pub mod leader_watch;
 pub mod lease;
 mod legacy;
 mod log_blocks;

@@ -131,6 +131,18 @@ impl PeerNetwork {
         self.channel(self.address_of(id, peer_addr))
     }
 
+    /// A new channel to member `id`, shared with nothing: its first call makes a connection.
+    pub fn fresh_channel_to(
+        &self,
+        id: NodeId,
+        peer_addr: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.security
+            .channel(self.address_of(id, peer_addr), |endpoint| {
+                endpoint.connect_timeout(CONNECT_TIMEOUT)
+            })
+    }
+
     /// The channel to `peer_addr`, created on first use. The channel reconnects by itself, so a
     /// restarted peer is reached again without a new one.
     pub fn channel(&self, peer_addr: &str) -> Result<Channel, tonic::transport::Error> {

@@ -9,7 +9,8 @@
 //! side); it only keeps a replica that would lose from disturbing the others.
 //!
 //! A voter would vote for the candidate when it has not heard from a leader for the leader
-//! lease (as openraft refuses real votes until then), does not lead itself, holds a membership
+//! lease (as `lease.rs` refuses real votes until then) or saw that leader's process go
+//! (`leader_watch.rs`), does not lead itself, holds a membership
 //! that admits it as a voter (`admission.rs`), and the candidate's log is at least as up to date
 //! as its own. Terms play no part: a candidate whose term is behind learns the newer one from
 //! the real election, as without Pre-Vote.
@@ -43,8 +44,10 @@ pub struct VoterView {
     pub may_vote: bool,
     /// Since it last heard from a leader (its own votes and attempts do not count).
     pub since_leader: Duration,
-    /// openraft's leader lease: how long a voter refuses real votes after hearing a leader.
+    /// The leader lease: how long a voter refuses real votes after hearing a leader.
     pub lease: Duration,
+    /// This voter saw its leader's process go (`leader_watch.rs`): the lease is waived.
+    pub leader_gone: bool,
     pub last_log_id: Option<LogId>,
 }
 
@@ -60,7 +63,7 @@ pub fn decide(view: &VoterView, request: &PreVoteRequest) -> PreVoteReply {
     if !view.may_vote {
         return refuse("its membership does not admit it as a voter".into());
     }
-    if view.since_leader < view.lease {
+    if view.since_leader < view.lease && !view.leader_gone {
         return refuse(format!(
             "it heard from a leader {} ms ago",
             view.since_leader.as_millis()
@@ -110,6 +113,7 @@ mod tests {
             may_vote: true,
             since_leader: Duration::from_millis(900),
             lease: Duration::from_millis(500),
+            leader_gone: false,
             last_log_id: log_id(3, 40),
         }
     }
@@ -154,6 +158,13 @@ mod tests {
                 reason: "it heard from a leader 120 ms ago".into()
             }
         );
+        // Unless it saw that leader's process go itself.
+        let gone = VoterView {
+            leader_gone: true,
+            ..recent
+        };
+        assert!(decide(&gone, &asking(log_id(9, 99))).granted);
+        assert!(!decide(&gone, &asking(log_id(3, 39))).granted);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -10,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::admission::{Admission, STORAGE_ID_HEADER};
 use super::election::LeaderContact;
 use super::handover::{self, Handover, TargetView, Ticket, TimeoutNowReply, TimeoutNowRequest};
+use super::leader_watch::{self, WatchLeaderRequest};
 use super::lease::{self, VoterLease};
 use super::pre_vote::{self, PreVoteRequest, VoterView};
 use super::{NodeId, Raft};
@@ -33,6 +35,9 @@ pub struct RaftGrpcService {
     openraft_lease: Duration,
     /// Hand-overs to and from this replica.
     handover: std::sync::Arc<Handover>,
+    /// Turns true when the replica stops: the leader lines end (a graceful stop waits for the
+    /// calls in flight).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftGrpcService {
@@ -53,7 +58,14 @@ impl RaftGrpcService {
             lease,
             openraft_lease,
             handover,
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Ends the leader lines when `stopping` turns true.
+    pub fn ending_lines_on(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Why this replica will not consider `candidate`'s vote now (the leader lease), if so.
@@ -73,6 +85,9 @@ impl RaftGrpcService {
                 },
                 lease: self.lease,
                 handing_over_to_candidate: leading && self.handover.hands_over_to(candidate),
+                leader_gone: m
+                    .current_leader
+                    .is_some_and(|leader| self.contact.is_gone(leader, m.current_term)),
             }
         };
         lease::refusal(&view, candidate, ticket)
@@ -190,8 +205,43 @@ fn encode<T: Serialize>(reply: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(format!("cannot encode the raft reply: {e}")))
 }
 
+/// The line a follower holds open to its leader (`leader_watch.rs`).
+type LeaderLine =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftService for RaftGrpcService {
+    type WatchLeaderStream = LeaderLine;
+
+    async fn watch_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<LeaderLine>, Status> {
+        self.check_addressee(&request)?;
+        let asked: WatchLeaderRequest = decode(request)?;
+        let mut metrics = self.raft.metrics();
+        let leads = move |m: &openraft::RaftMetrics<NodeId, super::ReplicaNode>| {
+            m.state == openraft::ServerState::Leader && m.current_term == asked.term
+        };
+        if !leads(&metrics.borrow()) {
+            return Err(Status::failed_precondition(format!(
+                "this replica does not lead in term {}",
+                asked.term
+            )));
+        }
+        // Sends nothing; ends once this replica no longer leads in that term, or stops.
+        let mut stopping = self.stopping.clone();
+        let line = futures::stream::once(async move {
+            tokio::select! {
+                _ = metrics.wait_for(|m| !leads(m)) => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            }
+            None
+        })
+        .filter_map(|end: Option<Result<RaftPayload, Status>>| async move { end });
+        Ok(Response::new(Box::pin(line)))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
@@ -258,18 +308,37 @@ impl RaftService for RaftGrpcService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.check_addressee(&request)?;
+        let claimed_gone = request
+            .metadata()
+            .get(leader_watch::LEADER_GONE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(leader_watch::parse_gone_header);
         let asked: PreVoteRequest = decode(request)?;
-        let view = {
-            let metrics = self.raft.metrics().borrow().clone();
-            VoterView {
-                leading: metrics.state == openraft::ServerState::Leader,
-                may_vote: self
-                    .admission
-                    .may_grant_vote(metrics.membership_config.membership()),
-                since_leader: self.contact.since_leader(),
-                lease: self.lease,
-                last_log_id: self.raft.data_metrics().borrow().last_log,
+        let metrics = self.raft.metrics().borrow().clone();
+        let mine = metrics
+            .current_leader
+            .map(|leader| (leader, metrics.current_term));
+        let since_leader = self.contact.since_leader();
+        // The candidate saw our leader's process go: our own line to it should break too, a
+        // moment later if not yet. Only our own view counts.
+        let leader_gone = match mine {
+            Some((leader, term)) if self.contact.is_gone(leader, term) => true,
+            Some((leader, term)) if claimed_gone == mine && since_leader < self.lease => {
+                self.contact
+                    .wait_gone(leader, term, leader_watch::GONE_GRACE)
+                    .await
             }
+            _ => false,
+        };
+        let view = VoterView {
+            leading: metrics.state == openraft::ServerState::Leader,
+            may_vote: self
+                .admission
+                .may_grant_vote(metrics.membership_config.membership()),
+            since_leader: self.contact.since_leader(),
+            lease: self.lease,
+            leader_gone,
+            last_log_id: self.raft.data_metrics().borrow().last_log,
         };
         // Grants nothing and changes nothing: the contact is not restarted either.
         let reply = pre_vote::decide(&view, &asked);
