@@ -22,7 +22,7 @@ mod capacity;
 mod failover;
 
 pub use capacity::{capacity, CapacityBench};
-pub use failover::{failover, FailoverBench};
+pub use failover::{failover, FailoverBench, Fault};
 
 pub struct SubmitBench {
     /// Replicas to load; empty starts a local cluster.
@@ -56,6 +56,28 @@ pub(crate) async fn local_cluster(insecure: bool) -> anyhow::Result<LocalCluster
         .await
         .context("the new cluster elected no leader")?;
     Ok(cluster)
+}
+
+/// [`local_cluster`] with its peer links behind chaos proxies, so a replica can be cut off.
+pub(crate) async fn local_cluster_behind_proxies(
+    insecure: bool,
+) -> anyhow::Result<(LocalCluster, crate::chaos::network::ProxiedNetwork)> {
+    let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
+    let (cluster, network) = LocalCluster::start_behind_proxies(
+        &binary,
+        ClusterOptions {
+            log_filter: "warn".into(),
+            tls: !insecure,
+            ..ClusterOptions::default()
+        },
+    )
+    .await
+    .context("cannot start the local cluster behind proxies")?;
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .context("the new cluster elected no leader")?;
+    Ok((cluster, network))
 }
 
 /// Runs `count` submits from `submitters` concurrent tasks and reports rate and latency.

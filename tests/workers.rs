@@ -957,3 +957,64 @@ async fn with_manual_approval_a_new_worker_waits_for_an_admin() {
     let workers: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(workers[0]["draining"], true, "{out}");
 }
+
+/// Workers whose first endpoint is the leader ride out that leader's freeze: it is paused
+/// (SIGSTOP) for twice the 3 s lease while their tasks run. A worker's call to the silent leader
+/// gives up within a third of the lease (and its connection is dropped by HTTP/2 keepalive within
+/// about a second), the next goes to another replica and is redirected to the new leader, which
+/// extended every live lease when it took office: no lease expires, no attempt is lost or
+/// repeated, and every result is accepted, also from the tasks that end while the old leader
+/// is still frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_ride_out_a_frozen_leader_that_is_their_first_endpoint() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    let leader_api = cluster.replica(leader).expect("leader").api_addr.clone();
+    let mut endpoints = vec![leader_api.clone()];
+    endpoints.extend(
+        cluster
+            .endpoints()
+            .into_iter()
+            .filter(|addr| *addr != leader_api),
+    );
+    for name in ["a", "b"] {
+        cluster
+            .start_worker(WorkerOptions {
+                endpoints: Some(endpoints.clone()),
+                ..fast_worker(name)
+            })
+            .expect("worker");
+    }
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 2).await;
+    let mut jobs = Vec::new();
+    for n in 0..6 {
+        jobs.push(
+            client
+                // Half end while the leader is frozen, half after it resumed.
+                .submit_job(
+                    shell(if n % 2 == 0 { "sleep 4" } else { "sleep 9" }),
+                    Some(format!("frozen-{n}")),
+                )
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    for id in &jobs {
+        wait_running(&client, *id).await;
+    }
+    cluster.pause(leader, true).expect("SIGSTOP the leader");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cluster.pause(leader, false).expect("SIGCONT the leader");
+    for id in &jobs {
+        let job = wait_terminal(&client, *id, &cluster).await;
+        assert_eq!(
+            outcomes(&job),
+            vec![AttemptOutcome::Succeeded],
+            "job {id}: {job:?}\n{}",
+            cluster.worker_log_tail("a", 20)
+        );
+    }
+}

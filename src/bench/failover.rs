@@ -1,21 +1,25 @@
-//! `scaleout bench failover`: how long writes stop when the leader dies.
+//! `scaleout bench failover`: how long writes stop when the leader fails.
 //!
 //! A local 3-replica cluster (mutual TLS unless `--insecure`, default Raft settings) is loaded
 //! by a few tasks that submit jobs back to back through one [`Client`]. Then, `kills` times:
-//! wait for an agreed leader and a write committed on the whole cluster, SIGKILL the leader,
-//! and measure the time from the kill to the first acknowledged submit that was *invoked after*
-//! the leader was dead. A submit acknowledged after the kill may still have been committed by
+//! wait for an agreed leader and a write committed on the whole cluster, inject the fault into
+//! the leader, and measure the time from the fault to the first acknowledged submit that was
+//! *invoked after* it. A submit acknowledged after the fault may still have been committed by
 //! the old leader just before it (the answer was in flight), so only fresh invocations count;
-//! this makes each figure conservative by at most one submit's latency. The killed replica is
-//! then restarted on its data dir and waited for until it has applied what the new leader had,
-//! so every kill hits a full cluster.
+//! this makes each figure conservative by at most one submit's latency. The old leader is then
+//! brought back and waited for until it has applied what the new leader had, so every fault
+//! hits a full cluster.
 //!
-//! The gap is what a client sees: failure detection (openraft's leader lease plus the
-//! randomized election timeout), the election, and the client's own backoff and redirect
-//! hops, all together. To tell the election from the rest, the survivors are also asked for
-//! their view every few milliseconds, and the time until one of them names a new leader is
-//! reported beside the gap. The bench does not measure a partition or a paused leader: a
-//! killed process closes its sockets, which a partition does not.
+//! The faults ([`Fault`]): `kill` (SIGKILL; its sockets close and its port refuses, which the
+//! followers notice at once), `terminate` (SIGTERM: a graceful stop hands leadership over),
+//! `pause` (SIGSTOP for [`HOLD`]: nothing closes, only silence tells) and `isolate` (every peer
+//! link to and from the leader blackholed for [`HOLD`] through chaos proxies; its API stays
+//! reachable and answers NOT_LEADER once it knows it is cut off).
+//!
+//! The gap is what a client sees: failure detection, the election, and the client's own
+//! backoff and redirect hops, all together. To tell the election from the rest, the survivors
+//! are also asked for their view every few milliseconds, and the time until one of them names a
+//! new leader is reported beside the gap.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::bench_spec;
+use crate::chaos::proxy::LinkMode;
 use crate::client::Client;
 use crate::harness::LocalCluster;
 
@@ -46,13 +51,39 @@ const RUN_LIMIT_PER_KILL: Duration = Duration::from_secs(180);
 const SUBMITS_LIMIT_PER_KILL: u64 = 1_000_000;
 /// Pause of a submitter after a failed submit, so a refusal cannot become a busy loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How long a paused or isolated leader stays so.
+const HOLD: Duration = Duration::from_secs(10);
+/// How long a terminated leader may take to exit.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// What happens to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Kill,
+    Terminate,
+    Pause,
+    Isolate,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Terminate => "terminate",
+            Fault::Pause => "pause",
+            Fault::Isolate => "isolate",
+        }
+    }
+}
+
 /// How often the survivors are asked whom they follow after a kill, and how long one may take.
 const OBSERVE_EVERY: Duration = Duration::from_millis(10);
 const OBSERVE_DEADLINE: Duration = Duration::from_millis(200);
 
 pub struct FailoverBench {
-    /// Leader kills in all.
+    /// Faults in all.
     pub kills: u32,
+    pub fault: Fault,
     /// Tasks submitting back to back.
     pub submitters: usize,
     /// Pause once the killed replica has caught up, before the next kill.
@@ -207,7 +238,13 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
     progress.enable_steady_tick(Duration::from_millis(100));
     progress.set_message("starting a local 3-replica cluster");
 
-    let mut cluster = super::local_cluster(options.insecure).await?;
+    let (mut cluster, network) = if options.fault == Fault::Isolate {
+        let (cluster, network) = super::local_cluster_behind_proxies(options.insecure).await?;
+        (cluster, Some(network))
+    } else {
+        (super::local_cluster(options.insecure).await?, None)
+    };
+    let fault = options.fault;
     let client = Arc::new(
         Client::new(&cluster.endpoints(), cluster.client_security()?)?
             .with_deadline(SUBMIT_DEADLINE),
@@ -247,17 +284,44 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
             .with_context(|| format!("kill {n}: the load is not flowing before the kill"))?;
 
         progress.set_message(format!(
-            "kill {n}: killed leader {old_leader}, waiting for the next commit"
+            "{} {n}: leader {old_leader}, waiting for the next commit",
+            fault.name()
         ));
-        let killed_at = Instant::now();
-        cluster
-            .kill(old_leader)
-            .with_context(|| format!("kill {n}: cannot kill leader {old_leader}"))?;
-        let dead_at = Instant::now();
-        let (committed, named) = tokio::join!(
-            load.commit_after(dead_at, COMMIT_WAIT),
-            leader_named(&observers, old_leader, old_term, COMMIT_WAIT)
-        );
+        let injected_at = Instant::now();
+        let (committed, named, stopped) = match fault {
+            Fault::Terminate => {
+                tokio::join!(
+                    load.commit_after(injected_at, COMMIT_WAIT),
+                    leader_named(&observers, old_leader, old_term, COMMIT_WAIT),
+                    cluster.stop(old_leader, STOP_GRACE)
+                )
+            }
+            _ => {
+                match fault {
+                    Fault::Kill => cluster.kill(old_leader),
+                    Fault::Pause => cluster.pause(old_leader, true),
+                    Fault::Isolate => {
+                        if let Some(network) = &network {
+                            network.isolate(old_leader, LinkMode::Blackhole);
+                        }
+                        Ok(())
+                    }
+                    Fault::Terminate => Ok(()),
+                }
+                .with_context(|| {
+                    format!("{} {n}: cannot reach leader {old_leader}", fault.name())
+                })?;
+                let since = Instant::now();
+                let (committed, named) = tokio::join!(
+                    load.commit_after(since, COMMIT_WAIT),
+                    leader_named(&observers, old_leader, old_term, COMMIT_WAIT)
+                );
+                (committed, named, Ok(()))
+            }
+        };
+        stopped
+            .with_context(|| format!("{} {n}: leader {old_leader} did not stop", fault.name()))?;
+        let killed_at = injected_at;
         let committed = committed.with_context(|| {
             format!("kill {n}: no write committed after killing leader {old_leader}")
         })?;
@@ -290,12 +354,25 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         });
 
         progress.set_message(format!(
-            "last gap {} ms; restarting replica {old_leader}",
+            "last gap {} ms; bringing replica {old_leader} back",
             gap.as_millis()
         ));
-        restart_and_catch_up(&mut cluster, old_leader, new_leader)
+        match fault {
+            Fault::Kill | Fault::Terminate => cluster.restart(old_leader)?,
+            Fault::Pause | Fault::Isolate => {
+                tokio::time::sleep_until(injected_at + HOLD).await;
+                if fault == Fault::Pause {
+                    cluster.pause(old_leader, false)?;
+                } else if let Some(network) = &network {
+                    network.heal();
+                }
+            }
+        }
+        catch_up(&cluster, old_leader, new_leader)
             .await
-            .with_context(|| format!("kill {n}: replica {old_leader} did not rejoin"))?;
+            .with_context(|| {
+                format!("{} {n}: replica {old_leader} did not rejoin", fault.name())
+            })?;
         progress.inc(1);
         progress.set_message(format!("last gap {} ms", gap.as_millis()));
         tokio::time::sleep(options.settle).await;
@@ -333,13 +410,14 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
     };
     let report = json!({
         "benchmark": "failover",
+        "fault": fault.name(),
         "transport": transport,
         "submitters": options.submitters,
         "submits": submits,
         "errors": errors,
         "seconds": elapsed.as_secs_f64(),
-        "kill_to_commit_ms": summary(&gaps),
-        "kill_to_leader_named_ms": summary(&elections),
+        "fault_to_commit_ms": summary(&gaps),
+        "fault_to_leader_named_ms": summary(&elections),
         "failed_election_rounds": failed_rounds,
         "elections_between_kills": unprovoked,
         "kills": done.iter().map(|kill| json!({
@@ -355,12 +433,13 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "failover ({transport}): {} leader kills under {} submitters in {:.1} s \
-             ({submits} submits, {errors} errors); kill to next commit p50 {:.0} ms, \
+            "failover ({transport}): {} leader faults ({}) under {} submitters in {:.1} s \
+             ({submits} submits, {errors} errors); fault to next commit p50 {:.0} ms, \
              p99 {:.0} ms, max {:.0} ms, min {:.0} ms (new leader named p50 {:.0} ms, \
              p99 {:.0} ms; {failed_rounds} failed election rounds, {unprovoked} elections between \
-             kills)",
+             faults)",
             gaps.len(),
+            fault.name(),
             options.submitters,
             elapsed.as_secs_f64(),
             us_to_ms(gaps.value_at_quantile(0.50)),
@@ -372,8 +451,9 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         );
         for (n, kill) in done.iter().enumerate() {
             println!(
-                "  kill {:>3}: leader {} (term {}) -> {} (term {}) named after {:.0} ms, \
+                "  {} {:>3}: leader {} (term {}) -> {} (term {}) named after {:.0} ms, \
                  next commit after {:.0} ms",
+                fault.name(),
                 n + 1,
                 kill.old_leader,
                 kill.old_term,
@@ -416,14 +496,9 @@ async fn leader_named(
     anyhow::bail!("within {timeout:?}: {last}")
 }
 
-/// Restarts `id` on its data dir and waits until it has applied what `leader` had applied
+/// Waits until `id` (restarted, resumed or reconnected) has applied what `leader` had applied
 /// and every replica agrees on the leader again.
-async fn restart_and_catch_up(
-    cluster: &mut LocalCluster,
-    id: u64,
-    leader: u64,
-) -> anyhow::Result<()> {
-    cluster.restart(id)?;
+async fn catch_up(cluster: &LocalCluster, id: u64, leader: u64) -> anyhow::Result<()> {
     let applied = cluster
         .status_of(leader)
         .await

@@ -112,9 +112,15 @@ pub struct BenchCapacityArgs {
 
 #[derive(Args)]
 pub struct BenchFailoverArgs {
-    /// Leader kills (SIGKILL); the killed replica is restarted and caught up before the next.
+    /// Faults injected into the leader, one after another; the old leader is brought back and
+    /// caught up before the next.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     kills: u32,
+    /// kill: SIGKILL; terminate: SIGTERM (a graceful stop hands leadership over); pause:
+    /// SIGSTOP for 10 s; isolate: every peer link to and from the leader blackholed for 10 s
+    /// (through chaos proxies).
+    #[arg(long, value_enum, default_value = "kill")]
+    fault: FailoverFault,
     /// Tasks submitting jobs back to back throughout.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     submitters: u64,
@@ -126,6 +132,14 @@ pub struct BenchFailoverArgs {
     insecure: bool,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FailoverFault {
+    Kill,
+    Terminate,
+    Pause,
+    Isolate,
 }
 
 #[derive(Args)]
@@ -208,6 +222,12 @@ impl BenchCommand {
             .map_err(CliError::failed),
             BenchCommand::Failover(args) => crate::bench::failover(crate::bench::FailoverBench {
                 kills: args.kills,
+                fault: match args.fault {
+                    FailoverFault::Kill => crate::bench::Fault::Kill,
+                    FailoverFault::Terminate => crate::bench::Fault::Terminate,
+                    FailoverFault::Pause => crate::bench::Fault::Pause,
+                    FailoverFault::Isolate => crate::bench::Fault::Isolate,
+                },
                 submitters: args.submitters as usize,
                 settle: Duration::from_millis(args.settle_ms),
                 insecure: args.insecure,

@@ -69,4 +69,18 @@ impl QuorumCheck {
             .unwrap_or(Duration::ZERO);
         (worst > self.lease).then_some(worst)
     }
+
+    /// Resolves once this replica, leading, has heard from no majority for the lease (checked
+    /// every [`CUT_OFF_CHECK`]): a proposal in flight then has no hope of committing soon.
+    pub async fn until_cut_off(&self) -> Duration {
+        loop {
+            if let Some(silence) = self.cut_off() {
+                return silence;
+            }
+            tokio::time::sleep(CUT_OFF_CHECK).await;
+        }
+    }
 }
+
+/// How often a proposal in flight checks whether its leader was cut off.
+const CUT_OFF_CHECK: Duration = Duration::from_millis(50);

@@ -81,6 +81,7 @@ impl Proposer {
         let gate = Arc::new(RwLock::new(()));
         let batcher = Batcher {
             gate: gate.clone(),
+            quorum: quorum.clone(),
             raft: raft.clone(),
             max_batch: settings.max_batch.max(1),
             max_batch_bytes,
@@ -178,6 +179,7 @@ impl Proposer {
 
 struct Batcher {
     gate: Arc<RwLock<()>>,
+    quorum: QuorumCheck,
     raft: Raft,
     max_batch: usize,
     max_batch_bytes: usize,
@@ -231,9 +233,10 @@ impl Batcher {
             // when concurrent batches commit in another order.
             let now_ms = self.clock.now_ms();
             let gate = self.gate.clone();
+            let quorum = self.quorum.clone();
             tokio::spawn(async move {
                 let open = gate.read_owned().await;
-                commit(raft, batch, now_ms, outbox_limit, &metrics).await;
+                commit(raft, &quorum, batch, now_ms, outbox_limit, &metrics).await;
                 drop(open);
                 drop(permit);
             });
@@ -243,6 +246,7 @@ impl Batcher {
 
 async fn commit(
     raft: Raft,
+    quorum: &QuorumCheck,
     batch: Vec<Pending>,
     now_ms: u64,
     outbox_limit: u64,
@@ -260,10 +264,15 @@ async fn commit(
         commands,
     };
     // openraft answers only once the entry commits or is truncated; a leader cut off from the
-    // majority would hold its callers (and a pipeline slot) forever without this bound.
-    let outcome = match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(proposal)).await {
-        Ok(outcome) => outcome.map_err(classify),
-        Err(_) => Err(ProposeError::Raft(format!(
+    // majority would hold its callers (and a pipeline slot) forever without a bound. Once
+    // CheckQuorum says it is cut off, its callers are told at once (the outcome is unknown:
+    // they retry elsewhere with the same idempotency key); the timeout bounds the rest.
+    let outcome = tokio::select! {
+        outcome = raft.client_write(proposal) => outcome.map_err(classify),
+        silence = quorum.until_cut_off() => Err(ProposeError::CutOff {
+            silent_ms: silence.as_millis() as u64,
+        }),
+        () = tokio::time::sleep(COMMIT_TIMEOUT) => Err(ProposeError::Raft(format!(
             "not committed within {COMMIT_TIMEOUT:?}; the outcome is unknown"
         ))),
     };
@@ -286,7 +295,10 @@ async fn commit(
         }
         Err(error) => {
             metrics.errors.increment(1);
-            if !matches!(error, ProposeError::NotLeader { .. }) {
+            if !matches!(
+                error,
+                ProposeError::NotLeader { .. } | ProposeError::CutOff { .. }
+            ) {
                 warn!(%error, commands = count, "proposal failed");
             }
             for reply in replies {

@@ -7,8 +7,9 @@
 //! whose whole budget is one such timeout would never reach the new leader). A follower's
 //! NOT_LEADER answer names the leader's API address and the call goes there at once; during an
 //! election (no address), or when a replica does not answer within the per-call timeout, the call
-//! moves to the next endpoint after a jittered, growing [`Backoff`]. All of it is bounded by the
-//! caller's deadline. Which answers are retried is the contract's
+//! moves to the next endpoint after a jittered, growing [`Backoff`]. A replica that stops
+//! answering altogether (frozen, cut off) is noticed sooner, by HTTP/2 keepalive pings. All of
+//! it is bounded by the caller's deadline. Which answers are retried is the contract's
 //! ([`is_retryable_elsewhere`]): every call the replicas serve is safe to repeat.
 
 use std::collections::BTreeMap;
@@ -26,6 +27,13 @@ use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason
 use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// An HTTP/2 ping this often on every connection, answered within [`KEEPALIVE_TIMEOUT`] or the
+/// connection is dropped and the calls on it fail: a frozen or cut-off replica (SIGSTOP, a
+/// blackholed link) answers nothing, and without this a call to it waits its whole per-call
+/// timeout. With it, the call moves to the next replica within about a second, whatever its
+/// own timeout (long polls included).
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(400);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(800);
 /// Redirects one call follows before it counts as a failure (leaders changing under it).
 const MAX_REDIRECT_HOPS: usize = 16;
 /// How much longer than its request's own timeout an attempt may take before it is abandoned.
@@ -181,7 +189,13 @@ impl Replicas {
         }
         let channel = self
             .security
-            .channel(addr, |endpoint| endpoint.connect_timeout(CONNECT_TIMEOUT))
+            .channel(addr, |endpoint| {
+                endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(KEEPALIVE_EVERY)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+            })
             .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
