@@ -434,3 +434,29 @@ async fn a_killed_leader_is_replaced_before_its_lease_runs_out() {
         cluster.restart(leader).expect("restart");
     }
 }
+
+/// A frozen leader (SIGSTOP) breaks no connection: the followers wait out the lease, then one of
+/// them is elected, in one round, and writes resume well within 1.5 s of the freeze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_in_one_election_round() {
+    let _serial = SERIAL.lock().await;
+    let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("a cluster");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    submit(&client, 0).await;
+    let (_, term) = own_view(&cluster, leader).await.expect("the leader's view");
+    cluster.pause(leader, true).expect("SIGSTOP");
+    let frozen = Instant::now();
+    submit(&client, 1).await;
+    let gap = frozen.elapsed();
+    let follower = cluster.follower_of(leader).expect("a follower");
+    let view = own_view(&cluster, follower).await;
+    cluster.pause(leader, false).expect("SIGCONT");
+    assert!(
+        gap <= Duration::from_millis(1500) && view.as_ref().is_some_and(|(_, t)| *t == term + 1),
+        "frozen in term {term}: a submit was acknowledged after {gap:?}; replica {follower} \
+         now sees {view:?}:\n{}",
+        election_lines(&cluster)
+    );
+    eprintln!("acknowledged {gap:?} after the freeze");
+}

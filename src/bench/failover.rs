@@ -37,6 +37,10 @@ use super::bench_spec;
 use crate::chaos::proxy::LinkMode;
 use crate::client::Client;
 use crate::harness::LocalCluster;
+use crate::pb::raft::raft_service_client::RaftServiceClient;
+use crate::pb::raft::NodeStatusRequest;
+use crate::tls::Role;
+use tonic::transport::Channel;
 
 /// How long the cluster may take to agree on a leader (at start, after a kill, after a restart).
 const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -103,6 +107,9 @@ struct Kill {
     leader_named: Duration,
     /// From the kill to the first acknowledged submit invoked after it.
     gap: Duration,
+    /// The longest time without any acknowledged submit, from the fault until a submit invoked
+    /// after the new leader was named is acknowledged.
+    window: Duration,
 }
 
 /// The next commit the kill loop waits for, filled in by the submitters.
@@ -116,6 +123,8 @@ struct NextCommit {
 /// The load: submitters and what they have done so far.
 struct Load {
     next: Arc<watch::Sender<NextCommit>>,
+    /// When each submit was acknowledged (recent ones; cleared before each fault).
+    acks: Arc<std::sync::Mutex<Vec<Instant>>>,
     submits: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -138,6 +147,7 @@ impl Load {
         });
         let mut load = Load {
             next: Arc::new(next),
+            acks: Arc::default(),
             submits: Arc::default(),
             errors: Arc::default(),
             stop: Arc::default(),
@@ -148,6 +158,7 @@ impl Load {
         for _ in 0..submitters.max(1) {
             let client = client.clone();
             let next = load.next.clone();
+            let acks = load.acks.clone();
             let (submits, errors, stop) =
                 (load.submits.clone(), load.errors.clone(), load.stop.clone());
             let issued = issued.clone();
@@ -161,6 +172,9 @@ impl Load {
                         Ok(_) => {
                             let acknowledged = Instant::now();
                             submits.fetch_add(1, Ordering::Relaxed);
+                            acks.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(acknowledged);
                             // Submitters finish out of order: keep the earliest acknowledgement.
                             next.send_if_modified(|next| {
                                 let first = invoked >= next.since
@@ -206,6 +220,36 @@ impl Load {
         committed.context("the next commit was not recorded")
     }
 
+    /// Forgets the acknowledgements recorded so far.
+    fn forget_acks(&self) {
+        self.acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
+    /// The longest time between `from`, the acknowledgements after it, and `to`, with nothing
+    /// acknowledged.
+    fn longest_window(&self, from: Instant, to: Instant) -> Duration {
+        let mut acks: Vec<Instant> = self
+            .acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .filter(|ack| *ack >= from && *ack <= to)
+            .collect();
+        acks.sort_unstable();
+        acks.push(to);
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for ack in acks {
+            longest = longest.max(ack.saturating_duration_since(last));
+            last = ack;
+        }
+        longest
+    }
+
     /// Stops the submitters and waits for them: (submits acknowledged, submits failed).
     async fn finish(mut self) -> anyhow::Result<(u64, u64)> {
         self.stop.store(true, Ordering::Relaxed);
@@ -249,12 +293,14 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         Client::new(&cluster.endpoints(), cluster.client_security()?)?
             .with_deadline(SUBMIT_DEADLINE),
     );
+    // Each replica's own view, through its peer port (as a replica would ask): `ClusterStatus`
+    // asks every member in turn and waits for a frozen one.
     let observers = cluster
         .replicas
         .iter()
         .map(|replica| {
-            let client = cluster.client_at(&replica.api_addr)?;
-            Ok((replica.id, client.with_deadline(OBSERVE_DEADLINE)))
+            let channel = cluster.channel_as(&replica.peer_addr, &Role::Replica(replica.id))?;
+            Ok((replica.id, RaftServiceClient::new(channel)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     client
@@ -271,6 +317,7 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut gaps = Histogram::<u64>::new(3)?;
+    let mut windows = Histogram::<u64>::new(3)?;
     let mut elections = Histogram::<u64>::new(3)?;
     let mut done = Vec::new();
     for n in 1..=kills {
@@ -287,6 +334,7 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
             "{} {n}: leader {old_leader}, waiting for the next commit",
             fault.name()
         ));
+        load.forget_acks();
         let injected_at = Instant::now();
         let (committed, named, stopped) = match fault {
             Fault::Terminate => {
@@ -325,17 +373,22 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         let committed = committed.with_context(|| {
             format!("kill {n}: no write committed after killing leader {old_leader}")
         })?;
-        let named = named.with_context(|| {
+        let (named, new_leader, new_term) = named.with_context(|| {
             format!("kill {n}: no survivor named a new leader after killing {old_leader}")
         })?;
         let gap = committed.saturating_duration_since(killed_at);
         let leader_named = named.saturating_duration_since(killed_at);
+        let settled = load
+            .commit_after(named, COMMIT_WAIT)
+            .await
+            .with_context(|| {
+                format!("{} {n}: no write committed by the new leader", fault.name())
+            })?;
+        let window = load.longest_window(injected_at, settled);
+        windows.record(window.as_micros() as u64)?;
         gaps.record(gap.as_micros() as u64)?;
         elections.record(leader_named.as_micros() as u64)?;
-        let (new_leader, new_term) = cluster
-            .wait_for_leader(LEADER_WAIT)
-            .await
-            .with_context(|| format!("kill {n}: no agreed leader after the kill"))?;
+
         tracing::info!(
             kill = n,
             old_leader,
@@ -351,6 +404,7 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
             new_term,
             leader_named,
             gap,
+            window,
         });
 
         progress.set_message(format!(
@@ -417,6 +471,7 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         "errors": errors,
         "seconds": elapsed.as_secs_f64(),
         "fault_to_commit_ms": summary(&gaps),
+        "longest_window_without_ack_ms": summary(&windows),
         "fault_to_leader_named_ms": summary(&elections),
         "failed_election_rounds": failed_rounds,
         "elections_between_kills": unprovoked,
@@ -427,6 +482,7 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
             "new_term": kill.new_term,
             "leader_named_ms": ms(kill.leader_named),
             "gap_ms": ms(kill.gap),
+            "window_ms": ms(kill.window),
         })).collect::<Vec<_>>(),
     });
     if options.json {
@@ -435,7 +491,8 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
         println!(
             "failover ({transport}): {} leader faults ({}) under {} submitters in {:.1} s \
              ({submits} submits, {errors} errors); fault to next commit p50 {:.0} ms, \
-             p99 {:.0} ms, max {:.0} ms, min {:.0} ms (new leader named p50 {:.0} ms, \
+             p99 {:.0} ms, max {:.0} ms, min {:.0} ms; longest window without an acknowledged \
+             submit p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (new leader named p50 {:.0} ms, \
              p99 {:.0} ms; {failed_rounds} failed election rounds, {unprovoked} elections between \
              faults)",
             gaps.len(),
@@ -446,13 +503,16 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
             us_to_ms(gaps.value_at_quantile(0.99)),
             us_to_ms(gaps.max()),
             us_to_ms(gaps.min()),
+            us_to_ms(windows.value_at_quantile(0.50)),
+            us_to_ms(windows.value_at_quantile(0.99)),
+            us_to_ms(windows.max()),
             us_to_ms(elections.value_at_quantile(0.50)),
             us_to_ms(elections.value_at_quantile(0.99)),
         );
         for (n, kill) in done.iter().enumerate() {
             println!(
                 "  {} {:>3}: leader {} (term {}) -> {} (term {}) named after {:.0} ms, \
-                 next commit after {:.0} ms",
+                 next commit after {:.0} ms, longest window without an ack {:.0} ms",
                 fault.name(),
                 n + 1,
                 kill.old_leader,
@@ -460,35 +520,43 @@ pub async fn failover(options: FailoverBench) -> anyhow::Result<()> {
                 kill.new_leader,
                 kill.new_term,
                 ms(kill.leader_named),
-                ms(kill.gap)
+                ms(kill.gap),
+                ms(kill.window)
             );
         }
     }
     Ok(())
 }
 
-/// When a replica other than `old_leader` first names another leader in a later term, asking
-/// each survivor every [`OBSERVE_EVERY`] until `timeout`.
+/// When a replica other than `old_leader` first names another leader in a later term, and
+/// which leader in which term, asking each survivor every [`OBSERVE_EVERY`] until `timeout`.
 async fn leader_named(
-    observers: &[(u64, Client)],
+    observers: &[(u64, RaftServiceClient<Channel>)],
     old_leader: u64,
     old_term: u64,
     timeout: Duration,
-) -> anyhow::Result<Instant> {
+) -> anyhow::Result<(Instant, u64, u64)> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         for (id, observer) in observers.iter().filter(|(id, _)| *id != old_leader) {
-            match observer.cluster_status().await {
-                Ok(status) => match status.leader_id {
-                    Some(leader) if leader != old_leader && status.term > old_term => {
-                        return Ok(Instant::now());
+            let mut call = tonic::Request::new(NodeStatusRequest {});
+            call.set_timeout(OBSERVE_DEADLINE);
+            let mut observer = observer.clone();
+            match tokio::time::timeout(OBSERVE_DEADLINE, observer.node_status(call)).await {
+                Ok(Ok(status)) => {
+                    let status = status.into_inner();
+                    match status.leader_id {
+                        Some(leader) if leader != old_leader && status.term > old_term => {
+                            return Ok((Instant::now(), leader, status.term));
+                        }
+                        leader => {
+                            last = format!("replica {id}: leader {leader:?}, term {}", status.term)
+                        }
                     }
-                    leader => {
-                        last = format!("replica {id}: leader {leader:?}, term {}", status.term)
-                    }
-                },
-                Err(error) => last = format!("replica {id}: {error}"),
+                }
+                Ok(Err(status)) => last = format!("replica {id}: {}", status.message()),
+                Err(_) => last = format!("replica {id}: no answer within {OBSERVE_DEADLINE:?}"),
             }
         }
         tokio::time::sleep(OBSERVE_EVERY).await;

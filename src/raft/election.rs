@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::ServerState;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -198,8 +199,15 @@ pub async fn drive(
         // Pre-Vote: stand only where a quorum would vote (`pre_vote.rs`); otherwise wait a
         // whole random timeout and ask again, with the term unchanged.
         let gone = gone.map(|leader| (leader, term));
+        let asked = Instant::now();
         let (granted, refusals) =
             ask_for_pre_votes(&raft, &network, timing.timeout_min, gone).await;
+        // The answers take up to a pre-vote timeout to come in (a frozen voter never answers);
+        // a leader elected meanwhile would be deposed by standing on them.
+        if contact.since_leader() < asked.elapsed() {
+            debug!("a leader was heard while the pre-votes came in; not standing");
+            continue;
+        }
         if !granted {
             if !losing {
                 info!(
@@ -274,7 +282,13 @@ async fn ask_for_pre_votes(
     });
     let mut granted = BTreeSet::from([me]);
     let mut refusals = Vec::new();
-    for (id, answer) in futures::future::join_all(asks).await {
+    let mut answers: futures::stream::FuturesUnordered<_> = asks.collect();
+    // Done as soon as a quorum would vote: a voter that does not answer (frozen, cut off) must
+    // not hold the election up for the whole timeout.
+    while !pre_vote::is_quorum(&membership, &granted) {
+        let Some((id, answer)) = answers.next().await else {
+            break;
+        };
         match answer {
             Ok(reply) if reply.granted => {
                 granted.insert(id);

@@ -32,8 +32,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// blackholed link) answers nothing, and without this a call to it waits its whole per-call
 /// timeout. With it, the call moves to the next replica within about a second, whatever its
 /// own timeout (long polls included).
-const KEEPALIVE_EVERY: Duration = Duration::from_millis(400);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(800);
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(250);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Redirects one call follows before it counts as a failure (leaders changing under it).
 const MAX_REDIRECT_HOPS: usize = 16;
 /// How much longer than its request's own timeout an attempt may take before it is abandoned.
