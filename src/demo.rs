@@ -5,8 +5,9 @@
 //! certificate and a certificate-less client being refused), submits sample
 //! jobs (some fail and are retried, some fail for good, one is cancelled while it runs), kills
 //! the leader with SIGKILL while work is flowing, keeps submitting through the new leader,
-//! restarts the old leader and checks that it caught up and that every acknowledged job ran to
-//! its end exactly as recorded. Prints the jobs with their attempts, the failover and a summary;
+//! restarts the old leader, checks that it caught up, hands leadership back to it (as a leader
+//! stopped with SIGTERM hands it over), and checks that every acknowledged job ran to its end
+//! exactly as recorded. Prints the jobs with their attempts, the failover and a summary;
 //! leaves nothing behind.
 
 use std::path::Path;
@@ -179,6 +180,14 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
         .context("the leader reports no applied index")?;
     cluster.wait_for_applied(leader, applied, WAIT).await?;
     println!("replica {leader} restarted from its data dir and caught up to index {applied}");
+    // What SIGTERM on a leader does before it stops, here on demand (`cluster transfer-leader`).
+    match client.transfer_leader(Some(leader)).await {
+        Ok(handed) => println!(
+            "leadership handed back to replica {} (term {}) in {} ms, without an election timeout",
+            handed.leader_id, handed.term, handed.elapsed_ms
+        ),
+        Err(error) => println!("leadership could not be handed back to replica {leader}: {error}"),
+    }
     let rejoined = cluster.client_at(&cluster.replica(leader)?.api_addr)?;
     let mut lost = Vec::new();
     for job in &finished {

@@ -460,3 +460,48 @@ async fn a_frozen_leader_is_replaced_in_one_election_round() {
     );
     eprintln!("acknowledged {gap:?} after the freeze");
 }
+
+/// Five voters: a hand-over needs a follower besides the leader to vote for the successor (the
+/// leader stops heartbeats so that one is past openraft's lease), and after a kill -9 four
+/// survivors stand in turn. Both still take one term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_voters_hand_over_and_replace_a_killed_leader_in_one_term() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::start(
+        binary(),
+        ClusterOptions {
+            replicas: 5,
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("a cluster");
+    let client = cluster.client().expect("client").with_deadline(ELECTION);
+    let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    submit(&client, 0).await;
+    let (_, term) = own_view(&cluster, leader).await.expect("the leader's view");
+    let target = (1..=5).find(|id| *id != leader).expect("another voter");
+    let handed = client
+        .transfer_leader(Some(target))
+        .await
+        .unwrap_or_else(|e| panic!("hand-over to {target}: {e}\n{}", election_lines(&cluster)));
+    assert_eq!(
+        (handed.leader_id, handed.term),
+        (target, term + 1),
+        "{handed:?}"
+    );
+    submit(&client, 1).await;
+    // Every follower's line to the new leader is open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(target).expect("kill -9");
+    let killed = Instant::now();
+    submit(&client, 2).await;
+    let gap = killed.elapsed();
+    let (new_leader, new_term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    assert!(
+        gap <= Duration::from_millis(500) && new_term == term + 2,
+        "after killing leader {target} (term {}): acknowledged after {gap:?}, leader \
+         {new_leader} in term {new_term}:\n{}",
+        term + 1,
+        election_lines(&cluster)
+    );
+}

@@ -283,6 +283,8 @@ impl AdminService for AdminApi {
             0 => super::membership::DEFAULT_CATCH_UP,
             ms => Duration::from_millis(u64::from(ms)),
         };
+        // Membership entries go around the proposer: they too wait while a hand-over runs.
+        let _open = self.proposer.open().await;
         let changed = super::membership::add_replica(
             &self.raft,
             &self.network,
@@ -311,6 +313,7 @@ impl AdminService for AdminApi {
             "AdminService.RemoveReplica",
             Permission::Administer,
         )?;
+        let _open = self.proposer.open().await;
         let changed =
             super::membership::remove_replica(&self.raft, request.into_inner().id).await?;
         Ok(Response::new(RemoveReplicaResponse {
@@ -337,13 +340,18 @@ impl AdminService for AdminApi {
                 HandoverError::NotLeader { leader_id, leader } => {
                     not_leader(leader_id, leader.as_ref())
                 }
-                HandoverError::NotAVoter(_) | HandoverError::NoOtherVoter => {
-                    Status::failed_precondition(error.to_string())
-                }
-                HandoverError::Busy(_)
+                // Not retried by the call loop: a hand-over is not idempotent (a retry that
+                // reaches the new leader would hand leadership on again).
+                HandoverError::NotAVoter(_)
+                | HandoverError::NoOtherVoter
+                | HandoverError::NoLiveVoter
+                | HandoverError::MembershipChanging
+                | HandoverError::Busy(_)
                 | HandoverError::TargetBehind { .. }
                 | HandoverError::Refused { .. }
-                | HandoverError::NoNewLeader { .. } => Status::aborted(error.to_string()),
+                | HandoverError::NoNewLeader { .. } => {
+                    Status::failed_precondition(error.to_string())
+                }
             })?;
         Ok(Response::new(TransferLeaderResponse {
             from,

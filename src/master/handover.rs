@@ -8,8 +8,10 @@
 //! 4. Once it leads, proposals resume here; openraft now answers them with a redirect, so the
 //!    callers that waited go to the new leader at once.
 //!
-//! Each step is bounded; a hand-over that fails leaves this replica leading (or, if it failed
-//! after the target stood, to an ordinary election) and says which step failed.
+//! Each step is bounded; a hand-over that fails before the target stood leaves this replica
+//! leading, one that fails after leaves the cluster to an ordinary election; either way the
+//! error says which step failed. It runs in its own task: a caller that goes away does not leave
+//! proposals paused or heartbeats off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,12 @@ pub enum HandoverError {
     NotAVoter(NodeId),
     #[error("this replica is the only voter: there is no one to hand leadership to")]
     NoOtherVoter,
+    #[error(
+        "no other voter has answered this leader lately: there is no one to hand leadership to"
+    )]
+    NoLiveVoter,
+    #[error("a membership change is under way; hand leadership over once it has finished")]
+    MembershipChanging,
     #[error("proposals still in flight after {0:?}; try again")]
     Busy(Duration),
     #[error("replica {target} did not catch up with the leader's log within {waited:?} (it holds index {matched:?} of {last}); pick another or try again")]
@@ -120,8 +128,22 @@ impl Handovers {
         }
     }
 
-    /// Hands leadership to `to` (a voter), or to the most up-to-date voter.
+    /// Hands leadership to `to` (a voter), or to the most up-to-date voter that answers. Runs
+    /// to its end even if the caller goes away (a dropped call must not leave proposals paused
+    /// or heartbeats off).
     pub async fn hand_over(&self, to: Option<NodeId>) -> Result<HandedOver, HandoverError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.run(to).await })
+            .await
+            .unwrap_or_else(|join| {
+                Err(HandoverError::Refused {
+                    target: to.unwrap_or_default(),
+                    reason: format!("the hand-over task failed: {join}"),
+                })
+            })
+    }
+
+    async fn run(&self, to: Option<NodeId>) -> Result<HandedOver, HandoverError> {
         let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
         let m = self.raft.metrics().borrow().clone();
@@ -137,14 +159,36 @@ impl Handovers {
         let me = m.id;
         let term = m.current_term;
         let membership = m.membership_config.membership().clone();
+        if to == Some(me) {
+            // Already there (a retried call whose first attempt succeeded lands here too).
+            return Ok(HandedOver {
+                leader_id: me,
+                leader: membership.get_node(&me).cloned(),
+                term,
+                elapsed: started.elapsed(),
+            });
+        }
+        if membership.get_joint_config().len() > 1 {
+            return Err(HandoverError::MembershipChanging);
+        }
         let voters: Vec<NodeId> = membership.voter_ids().filter(|id| *id != me).collect();
         let target = match to {
-            Some(id) if id == me || !voters.contains(&id) => {
-                return Err(HandoverError::NotAVoter(id))
-            }
+            Some(id) if !voters.contains(&id) => return Err(HandoverError::NotAVoter(id)),
             Some(id) => id,
-            None => most_up_to_date(&voters, m.replication.as_ref())
-                .ok_or(HandoverError::NoOtherVoter)?,
+            None => {
+                // A voter that has not answered for the lease is likely down: not a successor.
+                let answers = self.network.answers();
+                let live: Vec<NodeId> = voters
+                    .iter()
+                    .copied()
+                    .filter(|id| answers.silent_for(*id) < self.timing.settle)
+                    .collect();
+                most_up_to_date(&live, m.replication.as_ref()).ok_or(if voters.is_empty() {
+                    HandoverError::NoOtherVoter
+                } else {
+                    HandoverError::NoLiveVoter
+                })?
+            }
         };
         let Some(node) = membership.get_node(&target).cloned() else {
             return Err(HandoverError::NotAVoter(target));

@@ -109,6 +109,12 @@ impl Proposer {
         self
     }
 
+    /// Waits while a hand-over has proposals paused; holding the guard keeps the next one from
+    /// starting (for log writes that do not go through the proposer: membership changes).
+    pub async fn open(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.gate.clone().read_owned().await
+    }
+
     /// Pauses proposals until the guard is dropped: resolves once every batch already on its
     /// way to Raft has its outcome; later ones wait (a leader hand-over, `handover.rs`).
     pub async fn pause(&self) -> OwnedRwLockWriteGuard<()> {

@@ -162,6 +162,8 @@ pub async fn drive(
     let mut wait = timing.first_wait(&mut rng);
     // Pre-votes are being lost: said once, not every round.
     let mut losing = false;
+    // The gone leader (and term) this replica already stood fast against.
+    let mut fast_tried: Option<(NodeId, u64)> = None;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         let (leading, voter, leader, term, me, voters) = {
@@ -178,7 +180,10 @@ pub async fn drive(
         };
         let has_leader = leader.is_some();
         // The leader's process is gone (`leader_watch.rs`): no need to wait out the lease.
-        let gone = leader.filter(|leader| contact.is_gone(*leader, term));
+        // One fast attempt per leader gone; if it makes no leader, the usual waits apply.
+        let gone = leader
+            .filter(|leader| contact.is_gone(*leader, term))
+            .filter(|leader| fast_tried != Some((*leader, term)));
         let fast = gone
             .is_some_and(|gone| contact.since_leader() >= fast_wait(&timing, me, gone, &voters));
         if leading || !voter || (has_leader && contact.since() < wait && !fast) {
@@ -198,7 +203,10 @@ pub async fn drive(
         }
         // Pre-Vote: stand only where a quorum would vote (`pre_vote.rs`); otherwise wait a
         // whole random timeout and ask again, with the term unchanged.
-        let gone = gone.map(|leader| (leader, term));
+        let gone = gone.filter(|_| fast).map(|leader| (leader, term));
+        if gone.is_some() {
+            fast_tried = gone;
+        }
         let asked = Instant::now();
         let (granted, refusals) =
             ask_for_pre_votes(&raft, &network, timing.timeout_min, gone).await;

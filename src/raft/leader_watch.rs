@@ -53,6 +53,8 @@ pub struct WatchLeaderRequest {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// The pause before opening the line again after it ended without a verdict.
 const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+/// The pause before asking again a leader that does not serve the line.
+const UNSUPPORTED_PAUSE: Duration = Duration::from_secs(5);
 
 /// Runs until the node shuts down: keeps a line open to the current leader and reports its
 /// process gone when the line breaks and its port refuses.
@@ -134,6 +136,11 @@ async fn hold_line(
     }
     let mut stream = match RaftServiceClient::new(channel).watch_leader(call).await {
         Ok(reply) => reply.into_inner(),
+        // A leader of a build without the line (a rolling upgrade): ask again now and then.
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            tokio::time::sleep(UNSUPPORTED_PAUSE).await;
+            return false;
+        }
         Err(status) => return broken(&status),
     };
     loop {

@@ -24,9 +24,10 @@ use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftPayload;
 use crate::transport::Security;
 
-/// Votes and snapshot chunks get at least this long. (Appends cannot: openraft 0.9 wraps each
-/// append in its own timeout of one heartbeat interval, which is why appends are kept small:
-/// see `MAX_APPEND_ENTRIES` in the replica's raft settings.)
+/// Snapshot chunks get at least this long. (Appends and votes cannot: openraft 0.9 wraps each
+/// append in its own timeout of one heartbeat interval, which is why appends are kept small
+/// (see `MAX_APPEND_ENTRIES` in the replica's raft settings), and each vote request in one of
+/// its `election_timeout_min`, which is one heartbeat plus 1 ms (`lease::openraft_timeouts`).)
 pub const PEER_RPC_TIMEOUT_FLOOR: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 

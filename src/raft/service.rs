@@ -36,8 +36,8 @@ pub struct RaftGrpcService {
     /// Hand-overs to and from this replica.
     handover: std::sync::Arc<Handover>,
     /// Turns true when the replica stops: the leader lines end (a graceful stop waits for the
-    /// calls in flight).
-    stopping: tokio::sync::watch::Receiver<bool>,
+    /// calls in flight). `None`: they end only when this replica stops leading.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RaftGrpcService {
@@ -58,13 +58,13 @@ impl RaftGrpcService {
             lease,
             openraft_lease,
             handover,
-            stopping: tokio::sync::watch::channel(false).1,
+            stopping: None,
         }
     }
 
     /// Ends the leader lines when `stopping` turns true.
     pub fn ending_lines_on(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.stopping = stopping;
+        self.stopping = Some(stopping);
         self
     }
 
@@ -230,11 +230,19 @@ impl RaftService for RaftGrpcService {
             )));
         }
         // Sends nothing; ends once this replica no longer leads in that term, or stops.
-        let mut stopping = self.stopping.clone();
+        let stopping = self.stopping.clone();
         let line = futures::stream::once(async move {
+            let stopped = async move {
+                match stopping {
+                    Some(mut stopping) => {
+                        let _ = stopping.wait_for(|stop| *stop).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = metrics.wait_for(|m| !leads(m)) => {}
-                _ = stopping.wait_for(|stop| *stop) => {}
+                () = stopped => {}
             }
             None
         })
