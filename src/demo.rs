@@ -181,13 +181,20 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
     cluster.wait_for_applied(leader, applied, WAIT).await?;
     println!("replica {leader} restarted from its data dir and caught up to index {applied}");
     // What SIGTERM on a leader does before it stops, here on demand (`cluster transfer-leader`).
-    match client.transfer_leader(Some(leader)).await {
-        Ok(handed) => println!(
-            "leadership handed back to replica {} (term {}) in {} ms, without an election timeout",
-            handed.leader_id, handed.term, handed.elapsed_ms
-        ),
-        Err(error) => println!("leadership could not be handed back to replica {leader}: {error}"),
-    }
+    let current_leader = match client.transfer_leader(Some(leader)).await {
+        Ok(handed) => {
+            println!(
+                "leadership handed back to replica {} (term {}) in {} ms, without an election \
+                 timeout",
+                handed.leader_id, handed.term, handed.elapsed_ms
+            );
+            handed.leader_id
+        }
+        Err(error) => {
+            println!("leadership could not be handed back to replica {leader}: {error}");
+            new_leader
+        }
+    };
     let rejoined = cluster.client_at(&cluster.replica(leader)?.api_addr)?;
     let mut lost = Vec::new();
     for job in &finished {
@@ -268,7 +275,7 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
          prunes them (`scaleout ssisdb install-schema` and an [ssisdb] section ship them)",
         status.outbox_events
     );
-    show_operations(&cluster, new_leader).await?;
+    show_operations(&cluster, current_leader).await?;
     drop(cluster);
     if !lost.is_empty() || twice > 0 {
         bail!("invariants broken: lost {lost:?}, completed twice {twice}");
