@@ -193,6 +193,10 @@ pub async fn run(
     .map_err(|e| MasterError::RaftStart(e.to_string()))?;
     let watcher = tokio::spawn(watch_role(raft.clone()));
     let contact = Arc::new(crate::raft::election::LeaderContact::default());
+    // openraft's own lease (`raft::lease`): what a fast election and a hand-over wait out.
+    let openraft_lease = std::time::Duration::from_millis(
+        crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
+    );
     let elections = tokio::spawn(crate::raft::election::drive(
         raft.clone(),
         network.clone(),
@@ -200,9 +204,7 @@ pub async fn run(
         crate::raft::election::ElectionTiming {
             timeout_min: std::time::Duration::from_millis(config.raft.election_timeout_min_ms),
             timeout_max: std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
-            openraft_lease: std::time::Duration::from_millis(
-                crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
-            ),
+            openraft_lease,
         },
         admission,
     ));
@@ -233,9 +235,7 @@ pub async fn run(
                     contact.clone(),
                     admission,
                     std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
-                    std::time::Duration::from_millis(
-                        crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
-                    ),
+                    openraft_lease,
                     network.handover(),
                 )
                 .ending_lines_on(stop_rx.clone()),
@@ -291,9 +291,7 @@ pub async fn run(
         super::handover::HandoverTiming::for_election_timeout(std::time::Duration::from_millis(
             config.raft.election_timeout_max_ms,
         )),
-        std::time::Duration::from_millis(
-            crate::raft::lease::openraft_timeouts(config.raft.heartbeat_interval_ms).1,
-        ),
+        openraft_lease,
     );
     let observer = Arc::new(ReplicaObserver::new(
         registry.clone(),
