@@ -175,6 +175,23 @@ async fn an_isolated_leader_answers_not_leader_within_two_election_timeouts() {
 
     network.isolate(leader, LinkMode::Blackhole);
     let isolated = Instant::now();
+    // Sent at once, before the leader knows it is cut off: it is taken and proposed, and can
+    // never commit. It is answered NOT_LEADER once the leader knows (not after the proposer's
+    // 10 s commit timeout).
+    let in_flight = {
+        let mut direct = direct.clone();
+        let mut call = tonic::Request::new(v1::SubmitJobRequest {
+            spec: Some(v1::JobSpec {
+                argv: vec!["/bin/true".into()],
+                name: "in flight".into(),
+                max_attempts: 1,
+                ..Default::default()
+            }),
+            idempotency_key: "in-flight".into(),
+        });
+        call.set_timeout(Duration::from_secs(8));
+        tokio::spawn(async move { (direct.submit_job(call).await, isolated.elapsed()) })
+    };
     let refused_after = loop {
         assert!(
             isolated.elapsed() < Duration::from_secs(20),
@@ -207,6 +224,17 @@ async fn an_isolated_leader_answers_not_leader_within_two_election_timeouts() {
         refused_after <= Duration::from_millis(1000),
         "the isolated leader took {refused_after:?} to answer NOT_LEADER (two election timeouts \
          are 1 s)"
+    );
+    let (answer, answered_after) = in_flight.await.expect("the in-flight submit");
+    let refused = answer.expect_err("a cut-off leader cannot commit");
+    assert_eq!(
+        refused.get_details_error_info().map(|info| info.reason),
+        Some(REASON_NOT_LEADER.to_string()),
+        "{refused:?} after {answered_after:?}"
+    );
+    assert!(
+        answered_after <= Duration::from_millis(2000),
+        "the submit in flight when the leader was cut off was answered after {answered_after:?}"
     );
     // Linearizable reads there are refused the same way, not after a heartbeat timeout.
     let mut read = tonic::Request::new(v1::GetJobRequest {
