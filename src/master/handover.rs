@@ -21,9 +21,9 @@ use tracing::{info, warn};
 
 use super::proposer::Proposer;
 use crate::pb::raft::raft_service_client::RaftServiceClient;
-use crate::pb::raft::RaftPayload;
 use crate::raft::handover::{Handover, TimeoutNowReply, TimeoutNowRequest};
-use crate::raft::{NodeId, PeerNetwork, Raft, ReplicaNode};
+use crate::raft::lease;
+use crate::raft::{peer_request, NodeId, PeerNetwork, Raft, ReplicaNode};
 
 /// How far each follower's log matches the leader's (openraft's replication metrics).
 type Matched = std::collections::BTreeMap<NodeId, Option<openraft::LogId<NodeId>>>;
@@ -202,10 +202,10 @@ impl Handovers {
             .unwrap_or_else(|p| p.into_inner())
             .filter(|(elected_in, _)| *elected_in == term)
             .map_or(Duration::ZERO, |(_, at)| at.elapsed());
-        tokio::time::sleep((self.openraft_lease + LEASE_MARGIN).saturating_sub(led_for)).await;
+        tokio::time::sleep((self.openraft_lease + lease::MARGIN).saturating_sub(led_for)).await;
         // With more than three voters the successor also needs followers past openraft's lease,
         // which every heartbeat renews: none are sent until the hand-over ends.
-        let quiet = membership.voter_ids().count() / 2 + 1 > 2;
+        let quiet = lease::successor_needs_a_follower(membership.voter_ids().count());
         if quiet {
             self.raft.runtime_config().heartbeat(false);
         }
@@ -321,15 +321,8 @@ impl Handovers {
             .network
             .channel_to(target, &node.peer_addr)
             .map_err(|e| format!("cannot dial {}: {e}", node.peer_addr))?;
-        let data = bincode::serialize(&request).map_err(|e| e.to_string())?;
-        let mut call = tonic::Request::new(RaftPayload { data });
+        let mut call = peer_request(node, &request)?;
         call.set_timeout(self.timing.settle);
-        if let Some(storage_id) = node.storage_id {
-            let value = tonic::metadata::MetadataValue::try_from(storage_id.to_string())
-                .map_err(|e| e.to_string())?;
-            call.metadata_mut()
-                .insert(crate::raft::admission::STORAGE_ID_HEADER, value);
-        }
         let reply = RaftServiceClient::new(channel)
             .timeout_now(call)
             .await
@@ -343,9 +336,6 @@ impl Handovers {
         bincode::deserialize(&reply.data).map_err(|e| e.to_string())
     }
 }
-
-/// Added to openraft's lease where a step waits for it to run out.
-const LEASE_MARGIN: Duration = Duration::from_millis(10);
 
 /// Keeps `elected` at the term this replica last became leader in, and when it saw that.
 async fn note_elections(raft: Raft, elected: Arc<std::sync::Mutex<Option<(u64, Instant)>>>) {

@@ -39,6 +39,9 @@ pub enum ProposeError {
     Raft(String),
 }
 
+/// How long a call that reaches a replica during an election waits for a leader to be known.
+const ELECTION_WAIT: Duration = Duration::from_millis(500);
+
 /// How long a proposal may wait for its commit before its callers are told the outcome is
 /// unknown (they retry with the same idempotency key).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,12 +156,7 @@ impl Proposer {
             .map_err(|_| ProposeError::ShuttingDown)?;
         result.await.map_err(|_| ProposeError::ShuttingDown)?
     }
-}
 
-/// How long a call that reaches a replica during an election waits for a leader to be known.
-const ELECTION_WAIT: Duration = Duration::from_millis(500);
-
-impl Proposer {
     /// During an election (no leader known, or the one known is gone), waits up to
     /// [`ELECTION_WAIT`] for one, so the caller is told where the new leader is (or this
     /// replica, elected, takes the command) instead of being sent away to poll the others.
@@ -166,11 +164,10 @@ impl Proposer {
         let contact = self.contact.clone();
         let electing = move |m: &openraft::RaftMetrics<NodeId, ReplicaNode>| {
             m.state != openraft::ServerState::Leader
-                && m.current_leader.is_none_or(|leader| {
-                    contact
+                && (m.current_leader.is_none()
+                    || contact
                         .as_ref()
-                        .is_some_and(|contact| contact.is_gone(leader, m.current_term))
-                })
+                        .is_some_and(|contact| contact.leader_lost(m)))
         };
         if !electing(&self.raft.metrics().borrow()) {
             return;

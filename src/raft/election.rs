@@ -28,12 +28,12 @@ use tracing::{debug, info, warn};
 
 use std::collections::BTreeSet;
 
-use super::admission::{Admission, STORAGE_ID_HEADER};
+use super::admission::Admission;
 use super::leader_watch;
+use super::lease::{self, LeaderTerm};
 use super::pre_vote::{self, PreVoteReply, PreVoteRequest};
 use super::{NodeId, PeerNetwork, Raft, ReplicaNode};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
-use crate::pb::raft::RaftPayload;
 
 /// How often the driver looks at the clock.
 const CHECK_EVERY: Duration = Duration::from_millis(10);
@@ -88,6 +88,12 @@ impl LeaderContact {
         *self.gone.borrow() == Some((leader, term))
     }
 
+    /// Whether the leader this replica follows now (in `m`) is one it saw go.
+    pub fn leader_lost(&self, m: &openraft::RaftMetrics<NodeId, ReplicaNode>) -> bool {
+        m.current_leader
+            .is_some_and(|leader| self.is_gone(leader, m.current_term))
+    }
+
     /// Waits up to `within` until this replica sees `leader` of `term` go away (a candidate
     /// that saw it first asks before this replica's own line has broken); whether it did.
     pub async fn wait_gone(&self, leader: NodeId, term: u64, within: Duration) -> bool {
@@ -120,9 +126,6 @@ pub struct ElectionTiming {
     pub openraft_lease: Duration,
 }
 
-/// Added to openraft's lease: the voters heard the leader's last heartbeat a little after or
-/// before this replica did.
-const LEASE_MARGIN: Duration = Duration::from_millis(10);
 /// When the leader's process is gone every follower sees it at the same moment; standing all
 /// at once would split the vote. They stand in turn, by id, this far apart: enough for the
 /// first one's vote request to arrive before the next one's turn.
@@ -132,7 +135,7 @@ const TURN: Duration = Duration::from_millis(50);
 /// process is gone: openraft's lease, then its turn among the surviving voters.
 fn fast_wait(timing: &ElectionTiming, me: NodeId, gone: NodeId, voters: &[NodeId]) -> Duration {
     let turn = voters.iter().filter(|id| **id != gone && **id < me).count() as u32;
-    timing.openraft_lease + LEASE_MARGIN + TURN * turn
+    timing.openraft_lease + lease::MARGIN + TURN * turn
 }
 
 impl ElectionTiming {
@@ -319,18 +322,10 @@ async fn ask_one(
     let channel = network
         .channel_to(id, &node.peer_addr)
         .map_err(|e| format!("cannot dial {}: {e}", node.peer_addr))?;
-    let data = bincode::serialize(request).map_err(|e| e.to_string())?;
-    let mut call = tonic::Request::new(RaftPayload { data });
-    if let Some(storage_id) = node.storage_id {
-        let value = tonic::metadata::MetadataValue::try_from(storage_id.to_string())
-            .map_err(|e| e.to_string())?;
-        call.metadata_mut().insert(STORAGE_ID_HEADER, value);
-    }
-    if let Some(value) =
-        gone.and_then(|(leader, term)| leader_watch::gone_header(leader, term).parse().ok())
-    {
-        call.metadata_mut()
-            .insert(leader_watch::LEADER_GONE_HEADER, value);
+    let mut call = super::peer_request(node, request)?;
+    if let Some((leader, term)) = gone {
+        LeaderTerm { leader, term }
+            .insert_into(call.metadata_mut(), leader_watch::LEADER_GONE_HEADER);
     }
     let reply = match RaftServiceClient::new(channel).pre_vote(call).await {
         Ok(reply) => reply.into_inner(),

@@ -2,7 +2,7 @@
 //!
 //! The leader (`master::handover`) pauses proposals, waits until the target holds its whole
 //! log, then sends it `TimeoutNow`. The target checks that the sender is the leader it follows
-//! in the current term, keeps a [`Ticket`], and stands for election at once (no pre-vote: the
+//! in the current term, keeps the leader and term as its ticket ([`LeaderTerm`]), and stands for election at once (no pre-vote: the
 //! leader itself asked). Its vote requests carry the ticket in [`HANDOVER_HEADER`]; a voter that
 //! follows the same leader in the same term waives the leader lease for it (`lease.rs`), and the
 //! leader waives it for the target it chose. Without a hand-over a stopping leader costs a whole
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::lease::LeaderTerm;
 use super::NodeId;
 
 /// gRPC metadata on a vote request: `<leader id>/<term>` of the hand-over it answers.
@@ -36,28 +37,6 @@ pub struct TimeoutNowReply {
     pub reason: String,
 }
 
-/// A leader's hand-over to this replica: who handed over, in which term.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket {
-    pub leader: NodeId,
-    pub term: u64,
-}
-
-impl Ticket {
-    pub fn header_value(&self) -> String {
-        format!("{}/{}", self.leader, self.term)
-    }
-
-    /// The ticket a vote request carries, if its header is well formed.
-    pub fn parse(value: &str) -> Option<Ticket> {
-        let (leader, term) = value.split_once('/')?;
-        Some(Ticket {
-            leader: leader.parse().ok()?,
-            term: term.parse().ok()?,
-        })
-    }
-}
-
 /// What the target knows when `TimeoutNow` arrives.
 #[derive(Debug, Clone)]
 pub struct TargetView {
@@ -69,7 +48,7 @@ pub struct TargetView {
 }
 
 /// Whether the target takes the hand-over: only from the leader it follows, in its term.
-pub fn accept(view: &TargetView, request: &TimeoutNowRequest) -> Result<Ticket, String> {
+pub fn accept(view: &TargetView, request: &TimeoutNowRequest) -> Result<LeaderTerm, String> {
     if !view.may_vote {
         return Err("its membership does not admit it as a voter".into());
     }
@@ -89,7 +68,7 @@ pub fn accept(view: &TargetView, request: &TimeoutNowRequest) -> Result<Ticket, 
     if request.leader == view.me {
         return Err("a replica cannot hand over to itself".into());
     }
-    Ok(Ticket {
+    Ok(LeaderTerm {
         leader: request.leader,
         term: request.term,
     })
@@ -102,7 +81,7 @@ pub struct Handover {
     /// On a leader: the voter it is handing over to.
     outgoing: Mutex<Option<NodeId>>,
     /// On a successor: the ticket it stands with, and since when.
-    ticket: Mutex<Option<(Ticket, Instant)>>,
+    ticket: Mutex<Option<(LeaderTerm, Instant)>>,
 }
 
 impl Handover {
@@ -117,13 +96,13 @@ impl Handover {
     }
 
     /// This replica takes over from the ticket's leader.
-    pub fn hold(&self, ticket: Ticket) {
+    pub fn hold(&self, ticket: LeaderTerm) {
         *self.ticket.lock().unwrap_or_else(|p| p.into_inner()) = Some((ticket, Instant::now()));
     }
 
     /// The ticket to show with a vote request of `term`: the election right after the
     /// hand-over's term, while it is recent.
-    pub fn ticket_for(&self, term: u64) -> Option<Ticket> {
+    pub fn ticket_for(&self, term: u64) -> Option<LeaderTerm> {
         let held = *self.ticket.lock().unwrap_or_else(|p| p.into_inner());
         held.filter(|(ticket, since)| {
             ticket.term.checked_add(1) == Some(term) && since.elapsed() < TICKET_LIFETIME
@@ -151,7 +130,7 @@ mod tests {
         let request = TimeoutNowRequest { leader: 1, term: 7 };
         assert_eq!(
             accept(&follower_of(1, 7), &request),
-            Ok(Ticket { leader: 1, term: 7 })
+            Ok(LeaderTerm { leader: 1, term: 7 })
         );
         assert_eq!(
             accept(&follower_of(1, 8), &request),
@@ -179,23 +158,14 @@ mod tests {
     }
 
     #[test]
-    fn a_ticket_travels_as_a_header_and_bad_ones_are_ignored() {
-        let ticket = Ticket {
-            leader: 3,
-            term: 41,
-        };
-        assert_eq!(Ticket::parse(&ticket.header_value()), Some(ticket));
-        for bad in ["", "3", "3/", "/41", "x/41", "3/41/2", "-1/4"] {
-            assert_eq!(Ticket::parse(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn a_ticket_is_shown_only_in_the_election_right_after_its_term() {
         let handover = Handover::default();
         assert_eq!(handover.ticket_for(8), None);
-        handover.hold(Ticket { leader: 1, term: 7 });
-        assert_eq!(handover.ticket_for(8), Some(Ticket { leader: 1, term: 7 }));
+        handover.hold(LeaderTerm { leader: 1, term: 7 });
+        assert_eq!(
+            handover.ticket_for(8),
+            Some(LeaderTerm { leader: 1, term: 7 })
+        );
         assert_eq!(handover.ticket_for(7), None);
         assert_eq!(handover.ticket_for(9), None);
     }

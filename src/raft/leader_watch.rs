@@ -18,28 +18,16 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use super::admission::STORAGE_ID_HEADER;
 use super::election::LeaderContact;
 use super::{NodeId, PeerNetwork, Raft, ReplicaNode};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
-use crate::pb::raft::{NodeStatusRequest, RaftPayload};
+use crate::pb::raft::NodeStatusRequest;
 
-/// gRPC metadata on a pre-vote: `<leader id>/<term>` of the leader the candidate saw go.
+/// gRPC metadata on a pre-vote: the leader the candidate saw go ([`LeaderTerm`]).
 pub const LEADER_GONE_HEADER: &str = "x-scaleout-leader-gone";
 
 /// How long a voter asked by such a candidate waits for its own line to that leader to break.
 pub const GONE_GRACE: Duration = Duration::from_millis(100);
-
-/// The header value for `leader` of `term`.
-pub fn gone_header(leader: NodeId, term: u64) -> String {
-    format!("{leader}/{term}")
-}
-
-/// The leader and term a pre-vote's header names, if it is well formed.
-pub fn parse_gone_header(value: &str) -> Option<(NodeId, u64)> {
-    let (leader, term) = value.split_once('/')?;
-    Some((leader.parse().ok()?, term.parse().ok()?))
-}
 
 /// A follower asks its leader of `term` to hold the line open.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,17 +111,10 @@ async fn hold_line(
         std::future::pending::<()>().await;
         return false;
     };
-    let Ok(data) = bincode::serialize(&WatchLeaderRequest { follower: me, term }) else {
+    let Ok(call) = super::peer_request(node, &WatchLeaderRequest { follower: me, term }) else {
         std::future::pending::<()>().await;
         return false;
     };
-    let mut call = tonic::Request::new(RaftPayload { data });
-    if let Some(value) = node
-        .storage_id
-        .and_then(|id| tonic::metadata::MetadataValue::try_from(id.to_string()).ok())
-    {
-        call.metadata_mut().insert(STORAGE_ID_HEADER, value);
-    }
     let mut stream = match RaftServiceClient::new(channel).watch_leader(call).await {
         Ok(reply) => reply.into_inner(),
         // A leader of a build without the line (a rolling upgrade): ask again now and then.
@@ -185,14 +166,6 @@ async fn refuses(network: &PeerNetwork, leader: NodeId, node: &ReplicaNode) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_gone_header_round_trips_and_bad_ones_are_ignored() {
-        assert_eq!(parse_gone_header(&gone_header(3, 41)), Some((3, 41)));
-        for bad in ["", "3", "3/", "/4", "a/4", "3/4/5"] {
-            assert_eq!(parse_gone_header(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn only_transport_failures_break_the_line() {

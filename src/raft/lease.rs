@@ -13,8 +13,52 @@
 
 use std::time::Duration;
 
-use super::handover::Ticket;
 use super::NodeId;
+
+/// A leader and its term, as the lease waivers name it in gRPC metadata (`<leader id>/<term>`):
+/// the hand-over ticket (`handover.rs`) and the leader a candidate saw go (`leader_watch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderTerm {
+    pub leader: NodeId,
+    pub term: u64,
+}
+
+impl LeaderTerm {
+    pub fn header_value(&self) -> String {
+        format!("{}/{}", self.leader, self.term)
+    }
+
+    /// The value of a well-formed header.
+    pub fn parse(value: &str) -> Option<LeaderTerm> {
+        let (leader, term) = value.split_once('/')?;
+        Some(LeaderTerm {
+            leader: leader.parse().ok()?,
+            term: term.parse().ok()?,
+        })
+    }
+
+    /// What `header` of a request's metadata names, if it is there and well formed.
+    pub fn from_metadata(metadata: &tonic::metadata::MetadataMap, header: &str) -> Option<Self> {
+        LeaderTerm::parse(metadata.get(header)?.to_str().ok()?)
+    }
+
+    /// Sets `header` of `metadata` to this leader and term.
+    pub fn insert_into(&self, metadata: &mut tonic::metadata::MetadataMap, header: &'static str) {
+        if let Ok(value) = self.header_value().parse() {
+            metadata.insert(header, value);
+        }
+    }
+}
+
+/// Added where a step waits for openraft's lease to run out on the other voters: they heard
+/// the leader's last message a little before or after this replica did.
+pub const MARGIN: Duration = Duration::from_millis(10);
+
+/// Whether a successor needs, besides its own vote and the old leader's, a follower past
+/// openraft's lease (which every heartbeat renews): with more than three voters.
+pub fn successor_needs_a_follower(voters: usize) -> bool {
+    voters / 2 + 1 > 2
+}
 
 /// What a voter knows when a vote request arrives.
 #[derive(Debug, Clone)]
@@ -35,7 +79,7 @@ pub struct VoterLease {
 
 /// Why this voter refuses to consider `candidate`'s vote request now, if it does; the request
 /// then never reaches openraft (the candidate sees a plain refusal).
-pub fn refusal(view: &VoterLease, candidate: NodeId, ticket: Option<Ticket>) -> Option<String> {
+pub fn refusal(view: &VoterLease, candidate: NodeId, ticket: Option<LeaderTerm>) -> Option<String> {
     let leader = view.leader?;
     if leader == candidate {
         return None;
@@ -44,7 +88,7 @@ pub fn refusal(view: &VoterLease, candidate: NodeId, ticket: Option<Ticket>) -> 
         return (!view.handing_over_to_candidate).then(|| "it leads".to_string());
     }
     let ticket_of_leader = ticket
-        == Some(Ticket {
+        == Some(LeaderTerm {
             leader,
             term: view.term,
         });
@@ -107,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_leaders_ticket_waives_the_lease_only_for_its_term() {
-        let ticket = |leader, term| Some(Ticket { leader, term });
+        let ticket = |leader, term| Some(LeaderTerm { leader, term });
         assert_eq!(refusal(&follower(), 2, ticket(1, 5)), None);
         assert!(refusal(&follower(), 2, ticket(1, 4)).is_some());
         assert!(refusal(&follower(), 2, ticket(3, 5)).is_some());
@@ -138,6 +182,30 @@ mod tests {
         assert_eq!(refusal(&leaderless, 2, None), None);
         // A request from its own leader (a re-election) is openraft's to judge.
         assert_eq!(refusal(&follower(), 1, None), None);
+    }
+
+    #[test]
+    fn a_leader_and_term_travel_as_a_header_and_bad_ones_are_ignored() {
+        let named = LeaderTerm {
+            leader: 3,
+            term: 41,
+        };
+        assert_eq!(LeaderTerm::parse(&named.header_value()), Some(named));
+        for bad in ["", "3", "3/", "/41", "x/41", "3/41/2", "-1/4"] {
+            assert_eq!(LeaderTerm::parse(bad), None, "{bad:?}");
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        named.insert_into(&mut metadata, "x-test");
+        assert_eq!(LeaderTerm::from_metadata(&metadata, "x-test"), Some(named));
+        assert_eq!(LeaderTerm::from_metadata(&metadata, "x-other"), None);
+    }
+
+    #[test]
+    fn only_more_than_three_voters_need_a_follower_for_a_successor() {
+        assert!(!successor_needs_a_follower(2));
+        assert!(!successor_needs_a_follower(3));
+        assert!(successor_needs_a_follower(4));
+        assert!(successor_needs_a_follower(5));
     }
 
     #[test]

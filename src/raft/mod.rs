@@ -49,7 +49,7 @@ use crate::queue::{Command, CommandResult};
 pub use job_rows::{JobReadError, JobReader};
 pub use log_reader::{LogReadError, LogReader, MAX_LOG_PAGE_SIZE};
 pub use log_store::{LogStore, WalStats};
-pub use network::{PeerAnswers, PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
+pub use network::{peer_request, PeerAnswers, PeerNetwork, PEER_RPC_TIMEOUT_FLOOR};
 pub use outbox_rows::{AgedEvents, OutboxReadError, OutboxReader};
 pub use service::{role_name, RaftGrpcService};
 pub use snapshot_file::SnapshotFile;

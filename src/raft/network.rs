@@ -18,7 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::handover::{Handover, Ticket, HANDOVER_HEADER};
+use super::handover::{Handover, HANDOVER_HEADER};
+use super::lease::LeaderTerm;
 use super::{NodeId, ReplicaNode, TypeConfig};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftPayload;
@@ -33,6 +34,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 type RpcError<E = openraft::error::Infallible> =
     RPCError<NodeId, ReplicaNode, RaftError<NodeId, E>>;
+
+/// A request carrying `message` (bincode) to member `node`, addressed to the data dir the
+/// membership admitted for it (`admission.rs`): for the peer RPCs outside openraft's
+/// (pre-vote, `TimeoutNow`, `WatchLeader`).
+pub fn peer_request<T: Serialize>(
+    node: &ReplicaNode,
+    message: &T,
+) -> Result<tonic::Request<RaftPayload>, String> {
+    let data = bincode::serialize(message).map_err(|e| format!("cannot encode: {e}"))?;
+    let mut request = tonic::Request::new(RaftPayload { data });
+    if let Some(storage_id) = node.storage_id {
+        let value = tonic::metadata::MetadataValue::try_from(storage_id.to_string())
+            .map_err(|e| format!("storage id {storage_id} is not a header value: {e}"))?;
+        request
+            .metadata_mut()
+            .insert(super::admission::STORAGE_ID_HEADER, value);
+    }
+    Ok(request)
+}
 
 /// Creates the per-peer clients openraft asks for, sharing one channel per peer address.
 #[derive(Clone)]
@@ -226,7 +246,7 @@ impl PeerClient {
         request: &Req,
         entries: usize,
         option: &RPCOption,
-        ticket: Option<Ticket>,
+        ticket: Option<LeaderTerm>,
     ) -> Result<Resp, RpcError<E>>
     where
         Req: Serialize,
@@ -268,8 +288,8 @@ impl PeerClient {
                 .metadata_mut()
                 .insert(super::admission::STORAGE_ID_HEADER, expected.clone());
         }
-        if let Some(value) = ticket.and_then(|t| t.header_value().parse().ok()) {
-            grpc_request.metadata_mut().insert(HANDOVER_HEADER, value);
+        if let Some(ticket) = ticket {
+            ticket.insert_into(grpc_request.metadata_mut(), HANDOVER_HEADER);
         }
         let call = async {
             match action {

@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::admission::{Admission, STORAGE_ID_HEADER};
 use super::election::LeaderContact;
-use super::handover::{self, Handover, TargetView, Ticket, TimeoutNowReply, TimeoutNowRequest};
+use super::handover::{self, Handover, TargetView, TimeoutNowReply, TimeoutNowRequest};
 use super::leader_watch::{self, WatchLeaderRequest};
-use super::lease::{self, VoterLease};
+use super::lease::{self, LeaderTerm, VoterLease};
 use super::pre_vote::{self, PreVoteRequest, VoterView};
 use super::{NodeId, Raft};
 use crate::pb::raft::raft_service_server::RaftService;
@@ -69,7 +69,7 @@ impl RaftGrpcService {
     }
 
     /// Why this replica will not consider `candidate`'s vote now (the leader lease), if so.
-    fn lease_refusal(&self, candidate: NodeId, ticket: Option<Ticket>) -> Option<String> {
+    fn lease_refusal(&self, candidate: NodeId, ticket: Option<LeaderTerm>) -> Option<String> {
         let view = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -85,9 +85,7 @@ impl RaftGrpcService {
                 },
                 lease: self.lease,
                 handing_over_to_candidate: leading && self.handover.hands_over_to(candidate),
-                leader_gone: m
-                    .current_leader
-                    .is_some_and(|leader| self.contact.is_gone(leader, m.current_term)),
+                leader_gone: self.contact.leader_lost(&m),
             }
         };
         lease::refusal(&view, candidate, ticket)
@@ -112,10 +110,9 @@ impl RaftGrpcService {
         // The ticket waives our lease, not openraft's (about one heartbeat since the leader's
         // last message): with more voters than this replica and the leader can make a
         // majority, the others must be past it.
-        let voters = membership.voter_ids().count();
-        if voters / 2 + 1 > 2 {
-            let wait = (self.openraft_lease + Duration::from_millis(5))
-                .saturating_sub(self.contact.since_leader());
+        if lease::successor_needs_a_follower(membership.voter_ids().count()) {
+            let wait =
+                (self.openraft_lease + lease::MARGIN).saturating_sub(self.contact.since_leader());
             tokio::time::sleep(wait).await;
         }
         tracing::info!(
@@ -286,11 +283,7 @@ impl RaftService for RaftGrpcService {
                 self.admission.node_id, self.admission.storage_id
             )));
         }
-        let ticket = request
-            .metadata()
-            .get(handover::HANDOVER_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(Ticket::parse);
+        let ticket = LeaderTerm::from_metadata(request.metadata(), handover::HANDOVER_HEADER);
         let rpc: openraft::raft::VoteRequest<NodeId> = decode(request)?;
         if let Some(candidate) = rpc.vote.leader_id().voted_for() {
             if let Some(reason) = self.lease_refusal(candidate, ticket) {
@@ -316,11 +309,9 @@ impl RaftService for RaftGrpcService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.check_addressee(&request)?;
-        let claimed_gone = request
-            .metadata()
-            .get(leader_watch::LEADER_GONE_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(leader_watch::parse_gone_header);
+        let claimed_gone =
+            LeaderTerm::from_metadata(request.metadata(), leader_watch::LEADER_GONE_HEADER)
+                .map(|gone| (gone.leader, gone.term));
         let asked: PreVoteRequest = decode(request)?;
         let metrics = self.raft.metrics().borrow().clone();
         let mine = metrics
@@ -330,7 +321,7 @@ impl RaftService for RaftGrpcService {
         // The candidate saw our leader's process go: our own line to it should break too, a
         // moment later if not yet. Only our own view counts.
         let leader_gone = match mine {
-            Some((leader, term)) if self.contact.is_gone(leader, term) => true,
+            _ if self.contact.leader_lost(&metrics) => true,
             Some((leader, term)) if claimed_gone == mine && since_leader < self.lease => {
                 self.contact
                     .wait_gone(leader, term, leader_watch::GONE_GRACE)
