@@ -23,7 +23,7 @@ use super::{NodeId, PeerNetwork, Raft, ReplicaNode};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::NodeStatusRequest;
 
-/// gRPC metadata on a pre-vote: the leader the candidate saw go ([`LeaderTerm`]).
+/// gRPC metadata on a pre-vote: the leader the candidate saw go ([`super::lease::LeaderTerm`]).
 pub const LEADER_GONE_HEADER: &str = "x-scaleout-leader-gone";
 
 /// How long a voter asked by such a candidate waits for its own line to that leader to break.
