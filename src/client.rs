@@ -24,7 +24,7 @@ use crate::pb::v1::{
     RemoveReplicaResponse, RemoveWorkerRequest, SetWorkerStateRequest, SubmitJobRequest,
     SubmitJobResponse, TransferLeaderRequest, TransferLeaderResponse, Worker, WorkerAction,
 };
-use crate::rpc::{Backoff, CallError, EndpointError, Reason, Replicas};
+use crate::rpc::{leader_request, Backoff, CallError, EndpointError, Reason, Replicas};
 use crate::transport::Security;
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
@@ -171,8 +171,7 @@ impl Client {
             idempotency_key,
         };
         self.on_leader(|channel, timeout| {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(timeout);
+            let call = leader_request(request.clone(), timeout);
             async move { Self::job_client(channel).submit_job(call).await }
         })
         .await
@@ -180,8 +179,7 @@ impl Client {
 
     pub async fn get_job(&self, job_id: u64, stale: bool) -> Result<Job, ClientError> {
         let op = |channel, timeout| {
-            let mut call = tonic::Request::new(GetJobRequest { job_id, stale });
-            call.set_timeout(timeout);
+            let call = leader_request(GetJobRequest { job_id, stale }, timeout);
             async move { Self::job_client(channel).get_job(call).await }
         };
         let reply = if stale {
@@ -208,8 +206,7 @@ impl Client {
             stale,
         };
         let op = |channel, timeout| {
-            let mut call = tonic::Request::new(request);
-            call.set_timeout(timeout);
+            let call = leader_request(request, timeout);
             async move { Self::job_client(channel).list_jobs(call).await }
         };
         if stale {
@@ -240,8 +237,7 @@ impl Client {
     pub async fn cancel_job(&self, job_id: u64) -> Result<Job, ClientError> {
         let reply = self
             .on_leader(|channel, timeout| {
-                let mut call = tonic::Request::new(CancelJobRequest { job_id });
-                call.set_timeout(timeout);
+                let call = leader_request(CancelJobRequest { job_id }, timeout);
                 async move { Self::job_client(channel).cancel_job(call).await }
             })
             .await?;
@@ -258,13 +254,15 @@ impl Client {
         stale: bool,
     ) -> Result<GetJobLogsResponse, ClientError> {
         let op = |channel, timeout| {
-            let mut call = tonic::Request::new(GetJobLogsRequest {
-                job_id,
-                after_sequence,
-                limit: 0,
-                stale,
-            });
-            call.set_timeout(timeout);
+            let call = leader_request(
+                GetJobLogsRequest {
+                    job_id,
+                    after_sequence,
+                    limit: 0,
+                    stale,
+                },
+                timeout,
+            );
             async move { Self::job_client(channel).get_job_logs(call).await }
         };
         if stale {
@@ -276,8 +274,7 @@ impl Client {
 
     pub async fn list_workers(&self, stale: bool) -> Result<Vec<Worker>, ClientError> {
         let op = |channel, timeout| {
-            let mut call = tonic::Request::new(ListWorkersRequest { stale });
-            call.set_timeout(timeout);
+            let call = leader_request(ListWorkersRequest { stale }, timeout);
             async move { AdminServiceClient::new(channel).list_workers(call).await }
         };
         let reply = if stale {
@@ -300,8 +297,7 @@ impl Client {
         };
         let reply = self
             .on_leader(|channel, timeout| {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(timeout);
+                let call = leader_request(request.clone(), timeout);
                 async move {
                     AdminServiceClient::new(channel)
                         .set_worker_state(call)
@@ -323,8 +319,7 @@ impl Client {
         let maybe_removed = std::sync::atomic::AtomicBool::new(false);
         let outcome = self
             .on_leader(|channel, timeout| {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(timeout);
+                let call = leader_request(request.clone(), timeout);
                 let maybe_removed = &maybe_removed;
                 async move {
                     let reply = AdminServiceClient::new(channel).remove_worker(call).await;
@@ -363,8 +358,7 @@ impl Client {
             catch_up_timeout_ms: u32::try_from(catch_up.as_millis()).unwrap_or(u32::MAX),
         };
         self.on_leader_with(catch_up + PER_CALL_TIMEOUT, |channel, timeout| {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(timeout);
+            let call = leader_request(request.clone(), timeout);
             async move { AdminServiceClient::new(channel).add_replica(call).await }
         })
         .await
@@ -374,8 +368,7 @@ impl Client {
     pub async fn remove_replica(&self, id: u64) -> Result<RemoveReplicaResponse, ClientError> {
         let request = RemoveReplicaRequest { id };
         self.on_leader_with(PER_CALL_TIMEOUT * 4, |channel, timeout| {
-            let mut call = tonic::Request::new(request);
-            call.set_timeout(timeout);
+            let call = leader_request(request, timeout);
             async move { AdminServiceClient::new(channel).remove_replica(call).await }
         })
         .await
@@ -389,8 +382,7 @@ impl Client {
     ) -> Result<TransferLeaderResponse, ClientError> {
         let request = TransferLeaderRequest { to };
         self.on_leader(|channel, timeout| {
-            let mut call = tonic::Request::new(request);
-            call.set_timeout(timeout);
+            let call = leader_request(request, timeout);
             async move { AdminServiceClient::new(channel).transfer_leader(call).await }
         })
         .await
@@ -399,8 +391,7 @@ impl Client {
     /// The cluster as the first replica that answers sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
         self.on_any(|channel, timeout| {
-            let mut call = tonic::Request::new(ClusterStatusRequest {});
-            call.set_timeout(timeout);
+            let call = leader_request(ClusterStatusRequest {}, timeout);
             async move { AdminServiceClient::new(channel).cluster_status(call).await }
         })
         .await

@@ -10,8 +10,8 @@ use std::time::Duration;
 use scaleout::client::Client;
 use scaleout::harness::{ClusterOptions, LocalCluster};
 use scaleout::pb::v1::job_service_client::JobServiceClient;
-use scaleout::pb::v1::{self, SubmitJobRequest};
-use scaleout::rpc::contract::{LEADER_HEADER, REASON_NOT_LEADER};
+use scaleout::pb::v1::{self, GetJobRequest, SubmitJobRequest};
+use scaleout::rpc::contract::{leader_request, LEADER_HEADER, REASON_NOT_LEADER};
 use scaleout::tls::Role;
 use tokio::sync::Mutex;
 use tonic_types::StatusExt;
@@ -183,8 +183,11 @@ async fn sample_configs_elect_exactly_one_leader_seen_by_all() {
     assert_eq!(leaders, 1, "exactly one replica calls itself leader");
 }
 
+/// A follower answers a write or a linearizable read with a redirect to the leader (DESIGN.md's
+/// contract); a write whose caller asks for forwarding (`x-scaleout-forward`, which the client
+/// library sends) it carries to the leader, naming the leader in its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_redirects_to_the_leader() {
+async fn a_follower_redirects_to_the_leader_or_forwards_when_asked() {
     let _serial = SERIAL.lock().await;
     let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
     let (leader, _) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
@@ -196,31 +199,73 @@ async fn a_follower_redirects_to_the_leader() {
         .clone();
     let leader_addr = cluster.replica(leader).expect("leader").api_addr.clone();
 
-    // The raw answer of a follower.
+    // The raw answers of a follower.
     let mut raw = JobServiceClient::new(
         cluster
             .channel_as(&follower_addr, &Role::Admin("admin".into()))
             .expect("dial"),
     );
-    let status = raw
-        .submit_job(SubmitJobRequest {
-            spec: Some(spec(1)),
-            idempotency_key: String::new(),
-        })
+    let assert_redirect = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, REASON_NOT_LEADER);
+        assert_eq!(info.metadata.get("leader_addr"), Some(&leader_addr));
+        assert_eq!(info.metadata.get("leader_id"), Some(&leader.to_string()));
+        let header = status
+            .metadata()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(header, Some(leader_addr.as_str()));
+    };
+    let submit = SubmitJobRequest {
+        spec: Some(spec(1)),
+        idempotency_key: "through a follower".into(),
+    };
+    assert_redirect(
+        raw.submit_job(submit.clone())
+            .await
+            .expect_err("a follower redirects a write whose caller did not ask for forwarding"),
+    );
+    let forwarded = raw
+        .submit_job(leader_request(submit, Duration::from_secs(10)))
         .await
-        .expect_err("a follower does not accept writes");
-    assert_eq!(status.code(), tonic::Code::Unavailable);
-    let info = status.get_details_error_info().expect("ErrorInfo");
-    assert_eq!(info.reason, REASON_NOT_LEADER);
-    assert_eq!(info.metadata.get("leader_addr"), Some(&leader_addr));
-    assert_eq!(info.metadata.get("leader_id"), Some(&leader.to_string()));
-    let header = status
+        .expect("a follower forwards a write when asked");
+    let header = forwarded
         .metadata()
         .get(LEADER_HEADER)
         .and_then(|v| v.to_str().ok());
     assert_eq!(header, Some(leader_addr.as_str()));
+    let forwarded_id = forwarded.into_inner().job_id;
+    // Even asked, a linearizable read is not forwarded: only the leader serves it.
+    assert_redirect(
+        raw.get_job(leader_request(
+            GetJobRequest {
+                job_id: forwarded_id,
+                stale: false,
+            },
+            Duration::from_secs(10),
+        ))
+        .await
+        .expect_err("a follower does not serve linearizable reads"),
+    );
+    // The follower answered once it had applied the write itself.
+    let here = raw
+        .get_job(GetJobRequest {
+            job_id: forwarded_id,
+            stale: true,
+        })
+        .await
+        .expect("the forwarded job, read on the follower");
+    assert_eq!(here.into_inner().job.map(|job| job.id), Some(forwarded_id));
+    let on_leader = cluster
+        .client_at(&leader_addr)
+        .expect("client")
+        .get_job(forwarded_id, false)
+        .await
+        .expect("the forwarded job, read on the leader");
+    assert_eq!(on_leader.id, forwarded_id);
 
-    // The client, given only the follower, follows the redirect.
+    // The client, given only the follower, writes through it and follows the read's redirect.
     let client = cluster.client_at(&follower_addr).expect("client");
     let reply = client
         .submit_job(spec(2), None)

@@ -356,6 +356,67 @@ async fn a_leader_stopped_with_sigterm_hands_over_without_a_gap_in_acknowledged_
     eprintln!("longest window without an acknowledged submit: {gap:?}; old leader exited after {stopped_after:?}");
 }
 
+/// Write forwarding. While clients cannot reach the leader's API at all (refused, then
+/// blackholed) but its followers hear it, submits sent to the replicas keep being acknowledged:
+/// the followers forward them over the peer network. Nobody stands for election, and no window
+/// without an acknowledged submit is longer than a client needs to notice the dead address
+/// (refused: at once; blackholed: its keepalive, under a second). Redirect-only routing had a
+/// window as long as the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_a_leader_whose_api_no_client_can_reach() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, network) =
+        LocalCluster::start_behind_proxies(binary(), ClusterOptions::default())
+            .await
+            .expect("a cluster behind proxies");
+    let (leader, term) = cluster.wait_for_leader(ELECTION).await.expect("a leader");
+    for (mode, bound) in [
+        (LinkMode::Refuse, Duration::from_millis(600)),
+        (LinkMode::Blackhole, Duration::from_millis(1500)),
+    ] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers = submit_continuously(&cluster, 4, 20_000, stop.clone());
+        // Warmed up: every caller has found the leader.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cut = Instant::now();
+        network.cut_api(leader, mode);
+        tokio::time::sleep(FAULT).await;
+        network.heal();
+        let healed = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acks = Vec::new();
+        for caller in callers {
+            acks.extend(caller.await.expect("a caller"));
+        }
+        let during = acks
+            .iter()
+            .filter(|ack| **ack > cut + bound && **ack < healed)
+            .count();
+        let gap = longest_gap(acks, cut);
+        eprintln!(
+            "leader's API {mode:?} for {FAULT:?}: longest window without an acknowledged \
+             submit {gap:?}, {during} submits acknowledged during the cut"
+        );
+        assert!(
+            during > 0,
+            "no submit was acknowledged while the leader's API was cut ({mode:?}):\n{}",
+            cluster.log_tails(20)
+        );
+        assert!(
+            gap <= bound,
+            "{gap:?} without an acknowledged submit while the leader's API was cut ({mode:?}); \
+             at most {bound:?} expected:\n{}",
+            cluster.log_tails(20)
+        );
+        assert_eq!(
+            own_view(&cluster, leader).await,
+            Some(("leader".to_string(), term)),
+            "the leader changed or its term rose while only its API was cut ({mode:?})"
+        );
+    }
+}
+
 /// `scaleout cluster transfer-leader`: to a named voter, to the most up-to-date one by default,
 /// and a clear refusal for an id that is not a voter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use tracing::info;
 use super::authz::{authorize, Permission};
 use super::handover::{HandoverError, Handovers};
 use super::job_service::propose;
-use super::proposer::Proposer;
+use super::proposer::{OnFollower, Proposer};
 use super::reads::Reads;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
@@ -73,8 +73,12 @@ impl AdminApi {
         }
     }
 
-    async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
-        propose(&self.proposer, command).await
+    async fn propose(
+        &self,
+        command: Command,
+        on_follower: OnFollower,
+    ) -> Result<CommandOutput, Status> {
+        propose(&self.proposer, command, on_follower).await
     }
 
     async fn ask(&self, id: u64, node: &ReplicaNode) -> Result<NodeStatusResponse, String> {
@@ -219,6 +223,7 @@ impl AdminService for AdminApi {
             "AdminService.SetWorkerState",
             Permission::Administer,
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(|e| from_queue_error(&e))?;
         let (enabled, draining) = match WorkerAction::try_from(request.action) {
@@ -232,11 +237,14 @@ impl AdminService for AdminApi {
             }
         };
         match self
-            .propose(Command::SetWorkerState {
-                worker,
-                enabled,
-                draining,
-            })
+            .propose(
+                Command::SetWorkerState {
+                    worker,
+                    enabled,
+                    draining,
+                },
+                on_follower,
+            )
             .await?
         {
             CommandOutput::WorkerUpdated { worker: updated } => {
@@ -262,9 +270,13 @@ impl AdminService for AdminApi {
             "AdminService.RemoveWorker",
             Permission::Administer,
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let worker =
             worker_id_from_pb(&request.into_inner().worker_id).map_err(|e| from_queue_error(&e))?;
-        match self.propose(Command::RemoveWorker { worker }).await? {
+        match self
+            .propose(Command::RemoveWorker { worker }, on_follower)
+            .await?
+        {
             CommandOutput::WorkerRemoved => {
                 info!(%worker, "worker removed");
                 Ok(Response::new(RemoveWorkerResponse {}))

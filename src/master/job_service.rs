@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::authz::{authorize, Permission};
-use super::proposer::{ProposeError, Proposer};
+use super::proposer::{OnFollower, ProposeError, Proposer};
 use super::reads::Reads;
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
@@ -51,8 +51,12 @@ impl JobApi {
         }
     }
 
-    async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
-        propose(&self.proposer, command).await
+    async fn propose(
+        &self,
+        command: Command,
+        on_follower: OnFollower,
+    ) -> Result<CommandOutput, Status> {
+        propose(&self.proposer, command, on_follower).await
     }
 
     /// Waits until this replica may answer a read: for a linearizable one, until it has applied
@@ -88,8 +92,12 @@ fn job_read_status(error: JobReadError) -> Status {
 }
 
 /// Proposes a command for an API call: its output, or the status the caller gets.
-pub async fn propose(proposer: &Proposer, command: Command) -> Result<CommandOutput, Status> {
-    match proposer.propose(command).await {
+pub async fn propose(
+    proposer: &Proposer,
+    command: Command,
+    on_follower: OnFollower,
+) -> Result<CommandOutput, Status> {
+    match proposer.propose(command, on_follower).await {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(rejection)) => Err(from_queue_error(&rejection)),
         Err(error) => Err(propose_error_status(error)),
@@ -133,6 +141,7 @@ impl JobService for JobApi {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
         authorize(&request, "JobService.SubmitJob", Permission::Operate)?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let spec = request
             .spec
@@ -142,10 +151,13 @@ impl JobService for JobApi {
         spec.validate().map_err(|e| from_queue_error(&e))?;
         let idempotency_key = Some(request.idempotency_key).filter(|key| !key.is_empty());
         match self
-            .propose(Command::SubmitJob {
-                spec,
-                idempotency_key,
-            })
+            .propose(
+                Command::SubmitJob {
+                    spec,
+                    idempotency_key,
+                },
+                on_follower,
+            )
             .await?
         {
             CommandOutput::Submitted {
@@ -214,11 +226,16 @@ impl JobService for JobApi {
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
         authorize(&request, "JobService.CancelJob", Permission::Operate)?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let job_id = request.into_inner().job_id;
-        match self.propose(Command::CancelJob { job_id }).await? {
+        match self
+            .propose(Command::CancelJob { job_id }, on_follower)
+            .await?
+        {
             CommandOutput::Cancelled { job_id, state } => {
                 info!(job_id, %state, "job cancelled");
-                // Read after the cancel applied here (the leader answers once it has).
+                // Read after the cancel applied here: the leader answers once it has, and a
+                // follower that forwarded it once it has applied as far as the leader had.
                 let job = self.jobs.job(job_id).map_err(job_read_status)?;
                 Ok(Response::new(CancelJobResponse {
                     job: Some((&job).into()),

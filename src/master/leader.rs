@@ -73,7 +73,7 @@ pub async fn run(
         let applied_ms = queue.read().unwrap_or_else(|p| p.into_inner()).clock_ms();
         proposer.clock().begin_term(term, applied_ms);
         match proposer
-            .propose(Command::ExtendLeases {
+            .propose_here(Command::ExtendLeases {
                 lease_ms: settings.lease_interval_ms,
             })
             .await
@@ -133,7 +133,7 @@ impl Drop for AbortOnDrop {
 /// The shipper commits through the leader's proposer, in the leader's time.
 impl Committer for Proposer {
     async fn commit(&self, command: Command) -> Result<CommandResult, String> {
-        self.propose(command).await.map_err(|e| e.to_string())
+        self.propose_here(command).await.map_err(|e| e.to_string())
     }
 
     fn now_ms(&self) -> u64 {
@@ -179,7 +179,7 @@ async fn expire_while_leading(
         if !due {
             continue;
         }
-        match proposer.propose(Command::ExpireLeases).await {
+        match proposer.propose_here(Command::ExpireLeases).await {
             Ok(Ok(CommandOutput::Expired { jobs })) if !jobs.is_empty() => {
                 for job_id in jobs {
                     warn!(job_id, term, "lease expired");
@@ -222,7 +222,7 @@ async fn sweep_finished_jobs(
             return;
         }
         match proposer
-            .propose(Command::RemoveFinishedJobs {
+            .propose_here(Command::RemoveFinishedJobs {
                 retention_ms,
                 max_finished,
                 until_shipped: retention.until_shipped,

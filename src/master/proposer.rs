@@ -16,14 +16,16 @@ use tracing::{debug, warn};
 
 use super::check_quorum::QuorumCheck;
 use super::clock::LeaderClock;
+use super::forward::Forwarder;
 use super::observe::ProposalMetrics;
 use crate::config::ProposalSettings;
 use crate::queue::{Command, CommandResult};
 use crate::raft::election::LeaderContact;
 use crate::raft::{NodeId, Proposal, Raft, ReplicaNode};
 
-/// Why a command got no result from the log.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why a command got no result from the log. Travels from leader to follower with a forwarded
+/// command's answer (`forward.rs`).
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     #[error("this replica is not the leader")]
     NotLeader {
@@ -39,12 +41,36 @@ pub enum ProposeError {
     Raft(String),
 }
 
+/// What a follower does with a command an API caller brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFollower {
+    /// Refuses it with the leader's address (DESIGN.md's leader redirect).
+    Redirect,
+    /// Carries it to the leader (`forward.rs`): the caller asked, with `x-scaleout-forward`.
+    Forward,
+}
+
+impl OnFollower {
+    /// What the caller of a request with `metadata` asked for.
+    pub fn asked_in(metadata: &tonic::metadata::MetadataMap) -> OnFollower {
+        if crate::rpc::contract::asks_forwarding(metadata) {
+            OnFollower::Forward
+        } else {
+            OnFollower::Redirect
+        }
+    }
+}
+
 /// How long a call that reaches a replica during an election waits for a leader to be known.
 const ELECTION_WAIT: Duration = Duration::from_millis(500);
 
 /// How long a proposal may wait for its commit before its callers are told the outcome is
 /// unknown (they retry with the same idempotency key).
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Leaders a forwarded command is sent to before the caller is redirected instead: each one
+/// that refuses proposed nothing and names the next (a hand-over, an election under way).
+const MAX_FORWARD_HOPS: usize = 3;
 
 struct Pending {
     command: Command,
@@ -64,6 +90,8 @@ pub struct Proposer {
     raft: Raft,
     /// Whether this replica saw its leader's process go (`raft::leader_watch`).
     contact: Option<Arc<LeaderContact>>,
+    /// Carries API callers' commands to the leader while this replica follows.
+    forwarder: Option<Forwarder>,
 }
 
 impl Proposer {
@@ -102,7 +130,15 @@ impl Proposer {
             gate,
             raft,
             contact: None,
+            forwarder: None,
         }
+    }
+
+    /// Commands proposed through [`Proposer::propose`] on a follower go to the leader through
+    /// `forwarder` instead of being refused with a redirect.
+    pub fn with_forwarding(mut self, forwarder: Forwarder) -> Self {
+        self.forwarder = Some(forwarder);
+        self
     }
 
     /// Treats a leader this replica saw go as no leader: a call waits for its successor
@@ -134,10 +170,91 @@ impl Proposer {
         self.clock.now_ms()
     }
 
-    /// Proposes one command and waits until it is committed and applied. A leader cut off from
-    /// its majority refuses at once (`check_quorum.rs`) instead of holding the caller until the
-    /// commit timeout.
-    pub async fn propose(&self, command: Command) -> Result<CommandResult, ProposeError> {
+    /// Proposes one command an API caller brought and waits until it is committed and applied:
+    /// here on the leader. On a follower, `on_follower` says whether it is refused with the
+    /// leader's address (NOT_LEADER) or carried to the leader (`forward.rs`), and then refused
+    /// only when no leader can be reached that way.
+    pub async fn propose(
+        &self,
+        command: Command,
+        on_follower: OnFollower,
+    ) -> Result<CommandResult, ProposeError> {
+        let forwarder = match (&self.forwarder, on_follower) {
+            (Some(forwarder), OnFollower::Forward) => forwarder,
+            _ => return self.propose_here(command).await,
+        };
+        self.await_election().await;
+        // A leader that refused named this one: it knows better than this replica's own view.
+        let mut named: Option<(NodeId, ReplicaNode)> = None;
+        for _ in 0..MAX_FORWARD_HOPS {
+            let Some((leader, node)) = named.take().or_else(|| self.leader_elsewhere()) else {
+                break;
+            };
+            match forwarder.forward(leader, &node, &command).await {
+                Err(ProposeError::NotLeader {
+                    leader_id,
+                    leader: next,
+                }) => {
+                    let me = self.raft.metrics().borrow().id;
+                    named = leader_id
+                        .zip(next)
+                        .filter(|(id, _)| *id != leader && *id != me);
+                    if named.is_none() {
+                        self.await_leader_other_than(leader).await;
+                    }
+                }
+                answer => return answer,
+            }
+        }
+        self.propose_here(command).await
+    }
+
+    /// The leader this replica follows, when it is another replica it has not seen go.
+    fn leader_elsewhere(&self) -> Option<(NodeId, ReplicaNode)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state == openraft::ServerState::Leader {
+            return None;
+        }
+        let leader = m.current_leader.filter(|id| *id != m.id)?;
+        if self
+            .contact
+            .as_ref()
+            .is_some_and(|contact| contact.leader_lost(&m))
+        {
+            return None;
+        }
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    /// Waits up to [`ELECTION_WAIT`] for this replica to lead or to follow another leader than
+    /// `old`.
+    async fn await_leader_other_than(&self, old: NodeId) {
+        let contact = self.contact.clone();
+        let _ = self
+            .raft
+            .wait(Some(ELECTION_WAIT))
+            .metrics(
+                move |m| {
+                    m.state == openraft::ServerState::Leader
+                        || m.current_leader.is_some_and(|leader| {
+                            leader != old
+                                && !contact
+                                    .as_ref()
+                                    .is_some_and(|contact| contact.leader_lost(m))
+                        })
+                },
+                "another leader known",
+            )
+            .await;
+    }
+
+    /// Proposes one command on this replica, never forwarding it (the leader's own duties, and
+    /// commands a follower forwarded here), and waits until it is committed and applied. A
+    /// leader cut off from its majority refuses at once (`check_quorum.rs`) instead of holding
+    /// the caller until the commit timeout.
+    pub async fn propose_here(&self, command: Command) -> Result<CommandResult, ProposeError> {
         self.await_election().await;
         if let Some(silence) = self.quorum.cut_off() {
             return Err(ProposeError::CutOff {

@@ -12,12 +12,15 @@ use tracing::{error, info, warn};
 use super::admin_service::AdminApi;
 use super::authz::{authorize, Permission};
 use super::bootstrap::bootstrap;
+use super::forward::{ForwardApi, Forwarder};
 use super::job_service::JobApi;
+use super::leader_hint::LeaderHintLayer;
 use super::observe::{ProposalMetrics, ReplicaObserver};
 use super::proposer::Proposer;
 use super::worker_service::WorkerApi;
 use crate::config::MasterConfig;
 use crate::ops::{GrpcTimingLayer, Observed, Registry};
+use crate::pb::raft::forward_service_server::ForwardServiceServer;
 use crate::pb::raft::raft_service_server::RaftServiceServer;
 use crate::pb::v1::admin_service_server::AdminServiceServer;
 use crate::pb::v1::job_service_server::JobServiceServer;
@@ -219,38 +222,10 @@ pub async fn run(
     info!(api = %api_addr, peer = %peer_addr, data_dir = %config.data_dir.display(), "replica listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let max_bytes = config.api.max_message_bytes;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-
-    let max_bytes = config.api.max_message_bytes;
-    let peer_server = Server::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .layer(GrpcTimingLayer::new(registry.clone()))
-        .add_service(InterceptedService::new(
-            RaftServiceServer::new(
-                RaftGrpcService::new(
-                    raft.clone(),
-                    committed.clone(),
-                    contact.clone(),
-                    admission,
-                    std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
-                    openraft_lease,
-                    network.handover(),
-                )
-                .ending_lines_on(stop_rx.clone()),
-            )
-            .max_decoding_message_size(peer_max_bytes)
-            .max_encoding_message_size(peer_max_bytes),
-            |request: tonic::Request<()>| {
-                authorize(&request, "RaftService", Permission::Replicate).map(|()| request)
-            },
-        ))
-        .serve_with_incoming_shutdown(
-            incoming(peer_listener, security.clone(), "peer"),
-            stopped(stop_rx.clone()),
-        );
-    let mut peer_task = tokio::spawn(peer_server);
 
     let wall: Arc<dyn super::clock::WallClock> = match &config.workers.test_clock_offset_file {
         Some(path) => {
@@ -283,7 +258,50 @@ pub async fn run(
         )),
         quorum,
     )
-    .with_leader_contact(contact.clone());
+    .with_leader_contact(contact.clone())
+    .with_forwarding(Forwarder::new(
+        raft.clone(),
+        network.clone(),
+        contact.clone(),
+        peer_max_bytes,
+        super::proposer::COMMIT_TIMEOUT,
+        &registry,
+    ));
+    let peer_server = Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .layer(GrpcTimingLayer::new(registry.clone()))
+        .add_service(InterceptedService::new(
+            RaftServiceServer::new(
+                RaftGrpcService::new(
+                    raft.clone(),
+                    committed.clone(),
+                    contact.clone(),
+                    admission,
+                    std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
+                    openraft_lease,
+                    network.handover(),
+                )
+                .ending_lines_on(stop_rx.clone()),
+            )
+            .max_decoding_message_size(peer_max_bytes)
+            .max_encoding_message_size(peer_max_bytes),
+            |request: tonic::Request<()>| {
+                authorize(&request, "RaftService", Permission::Replicate).map(|()| request)
+            },
+        ))
+        .add_service(InterceptedService::new(
+            ForwardServiceServer::new(ForwardApi::new(proposer.clone(), raft.clone()))
+                .max_decoding_message_size(peer_max_bytes)
+                .max_encoding_message_size(peer_max_bytes),
+            |request: tonic::Request<()>| {
+                authorize(&request, "ForwardService", Permission::Replicate).map(|()| request)
+            },
+        ))
+        .serve_with_incoming_shutdown(
+            incoming(peer_listener, security.clone(), "peer"),
+            stopped(stop_rx.clone()),
+        );
+    let mut peer_task = tokio::spawn(peer_server);
     let handovers = super::handover::Handovers::new(
         raft.clone(),
         network.clone(),
@@ -308,6 +326,7 @@ pub async fn run(
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .layer(GrpcTimingLayer::new(registry.clone()))
+        .layer(LeaderHintLayer::new(raft.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

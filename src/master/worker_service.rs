@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 use super::authz::{authorize, Permission};
 use super::job_service::propose_error_status;
-use super::proposer::{ProposeError, Proposer};
+use super::proposer::{OnFollower, ProposeError, Proposer};
 use crate::config::{WorkerApproval, WorkerSettings};
 use crate::pb::v1::worker_service_server::WorkerService;
 use crate::pb::v1::{
@@ -94,9 +94,13 @@ impl WorkerApi {
             .clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 
-    async fn propose_within(&self, command: Command) -> Result<CommandResult, ProposeError> {
+    async fn propose_within(
+        &self,
+        command: Command,
+        on_follower: OnFollower,
+    ) -> Result<CommandResult, ProposeError> {
         let wait = self.commit_wait();
-        tokio::time::timeout(wait, self.proposer.propose(command))
+        tokio::time::timeout(wait, self.proposer.propose(command, on_follower))
             .await
             .unwrap_or_else(|_| {
                 Err(ProposeError::Raft(format!(
@@ -105,8 +109,12 @@ impl WorkerApi {
             })
     }
 
-    async fn propose(&self, command: Command) -> Result<CommandOutput, Status> {
-        match self.propose_within(command).await {
+    async fn propose(
+        &self,
+        command: Command,
+        on_follower: OnFollower,
+    ) -> Result<CommandOutput, Status> {
+        match self.propose_within(command, on_follower).await {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(rejection_error)) => Err(rejection(rejection_error)),
             Err(error) => Err(propose_error_status(error)),
@@ -169,6 +177,7 @@ impl WorkerService for WorkerApi {
                     .map_or("", |info| info.worker_id.as_str()),
             ),
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let info = request
             .into_inner()
             .info
@@ -178,7 +187,7 @@ impl WorkerService for WorkerApi {
         let worker = info.id;
         let auto_enable = self.settings.approval == WorkerApproval::Auto;
         match self
-            .propose(Command::RegisterWorker { info, auto_enable })
+            .propose(Command::RegisterWorker { info, auto_enable }, on_follower)
             .await?
         {
             CommandOutput::WorkerRegistered { enabled } => {
@@ -201,6 +210,7 @@ impl WorkerService for WorkerApi {
             "WorkerService.Heartbeat",
             Permission::ActAsWorker(&request.get_ref().worker_id),
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let running = request
@@ -217,7 +227,7 @@ impl WorkerService for WorkerApi {
             cpu_percent_x10: percent_x10(request.cpu_percent),
             free_memory_mb: request.free_memory_mb,
         };
-        match self.propose(command).await? {
+        match self.propose(command, on_follower).await? {
             CommandOutput::Heartbeat {
                 enabled,
                 draining,
@@ -270,7 +280,8 @@ impl WorkerService for WorkerApi {
                     min_free_memory_mb: request.task_request_min_memory_mb,
                     request_id: Some(request.request_id.clone()).filter(|id| !id.is_empty()),
                 };
-                match self.propose(command).await? {
+                // Only the leader serves a long poll (above): nothing to forward.
+                match self.propose(command, OnFollower::Redirect).await? {
                     CommandOutput::Acquired { tasks } if !tasks.is_empty() => {
                         for task in &tasks {
                             info!(job_id = task.job_id, lease = task.token, attempt = task.attempt, %worker, "task leased");
@@ -313,6 +324,7 @@ impl WorkerService for WorkerApi {
             "WorkerService.RenewLeases",
             Permission::ActAsWorker(&request.get_ref().worker_id),
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let leases = request
@@ -328,7 +340,7 @@ impl WorkerService for WorkerApi {
             leases,
             lease_ms: self.settings.lease_interval_ms,
         };
-        match self.propose(command).await? {
+        match self.propose(command, on_follower).await? {
             CommandOutput::Renewed { leases } => Ok(Response::new(RenewLeasesResponse {
                 leases: leases.iter().map(Into::into).collect(),
             })),
@@ -345,17 +357,21 @@ impl WorkerService for WorkerApi {
             "WorkerService.AppendLogs",
             Permission::ActAsWorker(&request.get_ref().worker_id),
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let lease = lease_from_pb(request.lease).map_err(rejection)?;
         let lines = request.lines.into_iter().map(log_line_from_pb).collect();
         match self
-            .propose(Command::AppendLogBatch {
-                worker,
-                lease,
-                batch: request.batch_sequence,
-                lines,
-            })
+            .propose(
+                Command::AppendLogBatch {
+                    worker,
+                    lease,
+                    batch: request.batch_sequence,
+                    lines,
+                },
+                on_follower,
+            )
             .await?
         {
             CommandOutput::LogsAppended { late: false } => Ok(Response::new(AppendLogsResponse {})),
@@ -375,6 +391,7 @@ impl WorkerService for WorkerApi {
             "WorkerService.CompleteTask",
             Permission::ActAsWorker(&request.get_ref().worker_id),
         )?;
+        let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
         let lease = lease_from_pb(request.lease).map_err(rejection)?;
@@ -387,7 +404,7 @@ impl WorkerService for WorkerApi {
             error: request.error.clone(),
         };
         match self
-            .propose_within(command)
+            .propose_within(command, on_follower)
             .await
             .map_err(propose_error_status)?
         {

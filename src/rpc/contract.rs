@@ -14,8 +14,33 @@ use crate::raft::{NodeId, ReplicaNode};
 pub const ERROR_DOMAIN: &str = "scaleout";
 /// ErrorInfo reason of a write or linearizable read sent to a replica that does not lead.
 pub const REASON_NOT_LEADER: &str = Reason::NotLeader.as_str();
-/// The metadata header carrying the leader's API address on a redirect.
+/// The metadata header carrying the leader's API address on a redirect, and on a follower's
+/// answer to a call it forwarded to the leader.
 pub const LEADER_HEADER: &str = "x-scaleout-leader";
+/// The request header with which a caller asks a follower to forward its write to the leader
+/// rather than redirect the caller (value `1`). Callers that do not send it get the redirect of
+/// DESIGN.md; the client library and the worker agent always send it, so a write reaches the
+/// leader through any replica that hears it, even when the caller cannot reach the leader.
+pub const FORWARD_HEADER: &str = "x-scaleout-forward";
+
+/// A request for a call meant for the leader: with its timeout, and asking a follower that
+/// gets it to forward it ([`FORWARD_HEADER`]).
+pub fn leader_request<M>(message: M, timeout: std::time::Duration) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request.metadata_mut().insert(
+        FORWARD_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request
+}
+
+/// Whether the caller asked a follower to forward its write ([`FORWARD_HEADER`]).
+pub fn asks_forwarding(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get(FORWARD_HEADER)
+        .is_some_and(|value| value.as_bytes() == b"1")
+}
 
 /// Why a replica refused a call, as its ErrorInfo names it: callers decide on this, never on
 /// the message text.

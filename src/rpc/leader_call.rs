@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::backoff::Backoff;
-use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason};
+use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason, LEADER_HEADER};
 use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -38,6 +38,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_REDIRECT_HOPS: usize = 16;
 /// How much longer than its request's own timeout an attempt may take before it is abandoned.
 const ANSWER_GRACE: Duration = Duration::from_millis(250);
+/// How long an address that failed a call is not taken from a follower's leader hint: a leader
+/// whose API this caller cannot reach is reached through the follower that forwarded for it.
+const HINT_DISTRUST: Duration = Duration::from_secs(10);
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,8 @@ pub struct Replicas {
     leader: Mutex<Option<String>>,
     /// Where a call starts when no leader is known: moved past every endpoint that fails.
     start: AtomicUsize,
+    /// When each address last failed a call (see [`HINT_DISTRUST`]).
+    failed: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl Replicas {
@@ -148,6 +153,7 @@ impl Replicas {
             channels: Mutex::default(),
             leader: Mutex::default(),
             start: AtomicUsize::new(0),
+            failed: Mutex::default(),
         })
     }
 
@@ -169,6 +175,27 @@ impl Replicas {
 
     fn remember_leader(&self, addr: Option<String>) {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    fn remember_failure(&self, addr: &str) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), Instant::now());
+    }
+
+    /// Where the next call goes after `target` served one: the leader a follower named in
+    /// its answer (it forwarded the call), unless this caller failed to reach that leader
+    /// lately; else `target` itself.
+    fn after_success(&self, target: String, hint: Option<String>) -> String {
+        let Some(hint) = hint.filter(|hint| *hint != target) else {
+            return target;
+        };
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match failed.get(&hint) {
+            Some(at) if at.elapsed() < HINT_DISTRUST => target,
+            _ => hint,
+        }
     }
 
     /// The endpoint a call starts at: the leader if known, else the one after the last failure;
@@ -204,14 +231,15 @@ impl Replicas {
     /// Runs `op` once on `addr` with `timeout` for its request (which travels to the server),
     /// bounded also while the connection is being made: by `timeout` plus a short grace, so
     /// that `op` normally sees its own request's DEADLINE_EXCEEDED (a caller may need to know
-    /// the outcome is unknown), but never past `remaining`, the caller's whole deadline.
+    /// the outcome is unknown), but never past `remaining`, the caller's whole deadline. The
+    /// answer comes with the leader's address when a follower named it (`x-scaleout-leader`).
     async fn attempt<T, F, Fut>(
         &self,
         addr: &str,
         timeout: Duration,
         remaining: Duration,
         op: &mut F,
-    ) -> Result<T, Status>
+    ) -> Result<(T, Option<String>), Status>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -219,7 +247,14 @@ impl Replicas {
         let channel = self.channel(addr)?;
         let bound = (timeout + ANSWER_GRACE).min(remaining);
         match tokio::time::timeout(bound, op(channel, timeout)).await {
-            Ok(outcome) => outcome.map(tonic::Response::into_inner),
+            Ok(outcome) => outcome.map(|response| {
+                let hint = response
+                    .metadata()
+                    .get(LEADER_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .map(String::from);
+                (response.into_inner(), hint)
+            }),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer within {timeout:?}"
             ))),
@@ -256,8 +291,8 @@ impl Replicas {
                 .attempt(&target, remaining.min(per_call), remaining, &mut op)
                 .await
             {
-                Ok(reply) => {
-                    self.remember_leader(Some(target));
+                Ok((reply, hint)) => {
+                    self.remember_leader(Some(self.after_success(target, hint)));
                     return Ok(reply);
                 }
                 Err(status) => status,
@@ -277,6 +312,7 @@ impl Replicas {
                 Next::Leader(addr) => last_error = format!("{target} redirected to {addr}"),
                 Next::OtherEndpoint(message) => last_error = format!("{target}: {message}"),
             }
+            self.remember_failure(&target);
             self.remember_leader(None);
             let pause = pauses
                 .next_jittered()
@@ -317,7 +353,7 @@ impl Replicas {
                     .attempt(endpoint, remaining.min(per_call), remaining, &mut op)
                     .await;
                 match outcome.map_err(classify) {
-                    Ok(reply) => return Ok(reply),
+                    Ok((reply, _)) => return Ok(reply),
                     Err(Next::GiveUp(status)) => return Err(CallError::refused(status)),
                     Err(Next::Leader(_)) => last_error = format!("{endpoint}: not the leader"),
                     Err(Next::OtherEndpoint(message)) => {
@@ -480,6 +516,32 @@ mod tests {
         // A known leader still comes first.
         replicas.remember_leader(Some(endpoints[2].clone()));
         assert_eq!(replicas.first_target().0, endpoints[2]);
+    }
+
+    /// A follower that forwarded a call names the leader; the next call goes there, unless this
+    /// caller failed to reach it lately (its API is cut off from this caller: the follower is
+    /// the way in).
+    #[test]
+    fn a_forwarded_answer_moves_the_caller_to_the_leader_it_can_reach() {
+        let replicas =
+            Replicas::new(&["10.0.0.1:1", "10.0.0.2:1"], Security::Insecure, BACKOFF).unwrap();
+        let follower = "10.0.0.2:1".to_string();
+        let leader = "10.0.0.1:1".to_string();
+        assert_eq!(replicas.after_success(follower.clone(), None), follower);
+        assert_eq!(
+            replicas.after_success(follower.clone(), Some(leader.clone())),
+            leader
+        );
+        assert_eq!(
+            replicas.after_success(leader.clone(), Some(leader.clone())),
+            leader
+        );
+        replicas.remember_failure(&leader);
+        assert_eq!(
+            replicas.after_success(follower.clone(), Some(leader.clone())),
+            follower,
+            "a leader this caller just failed to reach"
+        );
     }
 
     /// A call that times out itself is not cut off first: it sees its own DEADLINE_EXCEEDED

@@ -1,7 +1,8 @@
 //! The contract between the replicas and everyone who calls them, and the one way to keep it.
 //!
 //! - [`contract`]: how a replica's answers look on the wire (codes, ErrorInfo [`Reason`]s, the
-//!   leader redirect) and which of them a caller may retry on another replica.
+//!   leader redirect, the request for write forwarding) and which of them a caller may retry on
+//!   another replica.
 //! - [`Replicas`]: the call loop of the client library and the worker agent: leader first,
 //!   redirects followed, failures retried elsewhere after a [`Backoff`], all within a deadline.
 //! - [`backoff`]: growing, jittered pauses for every retry loop.
@@ -11,5 +12,5 @@ pub mod contract;
 mod leader_call;
 
 pub use backoff::{jitter, Backoff};
-pub use contract::Reason;
+pub use contract::{leader_request, Reason};
 pub use leader_call::{CallError, EndpointError, Replicas};

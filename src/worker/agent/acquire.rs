@@ -14,6 +14,7 @@ use super::{
 };
 use crate::disk::{write_atomically, OsDisk};
 use crate::pb::v1::AcquireTasksRequest;
+use crate::rpc::leader_request;
 use crate::worker::connection::CallError;
 
 impl Agent {
@@ -93,8 +94,7 @@ impl Agent {
                     wait + PER_CALL_TIMEOUT,
                     wait + REGISTER_DEADLINE,
                     |mut client, timeout| {
-                        let mut call = tonic::Request::new(request.clone());
-                        call.set_timeout(timeout);
+                        let call = leader_request(request.clone(), timeout);
                         async move { client.acquire_tasks(call).await }
                     },
                 )

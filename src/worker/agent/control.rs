@@ -7,6 +7,7 @@ use tracing::{error, info, warn};
 
 use super::{lock, worker_unknown, Agent, PER_CALL_TIMEOUT, REGISTER_DEADLINE, RETRY};
 use crate::pb::v1::{HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest, WorkerInfo};
+use crate::rpc::leader_request;
 use crate::worker::connection::CallError;
 use crate::worker::runner::KillReason;
 
@@ -49,8 +50,7 @@ impl Agent {
                 PER_CALL_TIMEOUT,
                 REGISTER_DEADLINE,
                 |mut client, timeout| {
-                    let mut call = tonic::Request::new(request.clone());
-                    call.set_timeout(timeout);
+                    let call = leader_request(request.clone(), timeout);
                     async move { client.register_worker(call).await }
                 },
             )
@@ -145,8 +145,7 @@ impl Agent {
         let result = self
             .connection
             .call(PER_CALL_TIMEOUT, deadline, |mut client, timeout| {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(timeout);
+                let call = leader_request(request.clone(), timeout);
                 async move { client.heartbeat(call).await }
             })
             .await;

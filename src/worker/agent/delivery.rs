@@ -12,6 +12,7 @@ use super::{
     PER_CALL_TIMEOUT, RETRY,
 };
 use crate::pb::v1::{AppendLogsRequest, AttemptOutcome, CompleteTaskRequest, JobState, LogLine};
+use crate::rpc::leader_request;
 use crate::worker::connection::CallError;
 use crate::worker::spool::{Spool, SpoolEntry, SpooledOutcome};
 
@@ -162,8 +163,7 @@ impl Agent {
         };
         self.connection
             .call(PER_CALL_TIMEOUT, deadline, |mut client, timeout| {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(timeout);
+                let call = leader_request(request.clone(), timeout);
                 async move { client.append_logs(call).await }
             })
             .await
@@ -194,8 +194,7 @@ impl Agent {
         let reply = self
             .connection
             .call(PER_CALL_TIMEOUT, deadline, |mut client, timeout| {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(timeout);
+                let call = leader_request(request.clone(), timeout);
                 async move { client.complete_task(call).await }
             })
             .await?;

@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::{lock, worker_unknown, Agent, KILL_CHECK_EVERY, PER_CALL_TIMEOUT};
 use crate::pb::v1::{LeaseRef, RenewLeasesRequest};
+use crate::rpc::leader_request;
 use crate::worker::connection::CallError;
 use crate::worker::runner::KillReason;
 
@@ -52,8 +53,7 @@ impl Agent {
         let result = self
             .connection
             .call(PER_CALL_TIMEOUT, deadline, |mut client, timeout| {
-                let mut call = tonic::Request::new(request.clone());
-                call.set_timeout(timeout);
+                let call = leader_request(request.clone(), timeout);
                 async move { client.renew_leases(call).await }
             })
             .await;
