@@ -35,6 +35,9 @@ pub struct SubmitBench {
     pub count: u64,
     pub max_seconds: u64,
     pub measure_restart: bool,
+    /// Local cluster only: refuse every connection to the leader's API for the whole run, so
+    /// every submit goes through a follower (write forwarding).
+    pub through_followers: bool,
     pub json: bool,
 }
 
@@ -83,7 +86,22 @@ pub(crate) async fn local_cluster_behind_proxies(
 /// Runs `count` submits from `submitters` concurrent tasks and reports rate and latency.
 pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     let mut cluster = None;
-    let (endpoints, security) = if options.endpoints.is_empty() {
+    // Held for the run: the proxies in front of the replicas.
+    let mut _network = None;
+    let (endpoints, security) = if options.through_followers {
+        anyhow::ensure!(
+            options.endpoints.is_empty(),
+            "--through-followers needs the local cluster (no --endpoints)"
+        );
+        let (local, network) = local_cluster_behind_proxies(options.insecure).await?;
+        let (leader, _) = local.wait_for_leader(Duration::from_secs(30)).await?;
+        network.cut_api(leader, crate::chaos::proxy::LinkMode::Refuse);
+        let endpoints = local.endpoints();
+        let security = local.client_security()?;
+        cluster = Some(local);
+        _network = Some(network);
+        (endpoints, security)
+    } else if options.endpoints.is_empty() {
         let local = local_cluster(options.insecure).await?;
         let endpoints = local.endpoints();
         let security = local.client_security()?;
@@ -140,6 +158,11 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
     let mut report = json!({
         "benchmark": "submit",
         "transport": if security_is_tls { "mutual TLS" } else { "plaintext" },
+        "route": if options.through_followers {
+            "through followers (the leader's API refused)"
+        } else {
+            "any replica"
+        },
         "submitters": options.submitters,
         "submits": done,
         "errors": errors,
@@ -169,9 +192,11 @@ pub async fn submit(options: SubmitBench) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "submit ({}): {done} submits in {:.1} s from {} submitters = {rate:.0} submits/s \
-             (errors {errors}, elections {}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "submit ({}, {}): {done} submits in {:.1} s from {} submitters = {rate:.0} \
+             submits/s (errors {errors}, elections {}); latency p50 {:.2} ms, p99 {:.2} ms, max \
+             {:.2} ms",
             report["transport"].as_str().unwrap_or("?"),
+            report["route"].as_str().unwrap_or("?"),
             elapsed.as_secs_f64(),
             options.submitters,
             term_after.saturating_sub(term_before),

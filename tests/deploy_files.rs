@@ -45,6 +45,7 @@ const METRICS: &[&str] = &[
     "scaleout_proposal_commands_total",
     "scaleout_proposal_batch_commands",
     "scaleout_proposal_errors_total",
+    "scaleout_forwarded_commands_total",
     "scaleout_rpc_duration_seconds",
     "scaleout_jobs",
     "scaleout_jobs_submitted_total",

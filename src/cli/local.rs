@@ -179,6 +179,10 @@ pub struct BenchSubmitArgs {
     /// After the load, measure a replica's resident memory and its restart time.
     #[arg(long)]
     measure_restart: bool,
+    /// Refuse the local leader's API for the whole run (behind proxies): every submit goes
+    /// through a follower, which forwards it to the leader.
+    #[arg(long, conflicts_with = "endpoints")]
+    through_followers: bool,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
     /// With --endpoints: the client certificate (or --insecure). Without: --insecure runs the
@@ -204,6 +208,7 @@ impl BenchCommand {
                     count: args.count,
                     max_seconds: args.max_seconds,
                     measure_restart: args.measure_restart,
+                    through_followers: args.through_followers,
                     json: matches!(args.output, Output::Json),
                 })
                 .await

@@ -2,7 +2,8 @@
 //!
 //! A replica listens on two addresses, like etcd: `api` for clients and workers (JobService,
 //! AdminService) and `peer` for Raft traffic between replicas. Any replica answers; a follower
-//! redirects writes and linearizable reads to the leader (see [`crate::rpc::contract::not_leader`]).
+//! redirects writes and linearizable reads to the leader (see [`crate::rpc::contract::not_leader`]),
+//! or forwards a write to it over the peer network when its caller asks (`forward.rs`).
 //!
 //! Start-up order: open the data dir, start the Raft node, bind both listeners, then bootstrap:
 //! a pristine replica of a pristine cluster initializes it with the static member list (the

@@ -11,6 +11,11 @@
 //! answering altogether (frozen, cut off) is noticed sooner, by HTTP/2 keepalive pings. All of
 //! it is bounded by the caller's deadline. Which answers are retried is the contract's
 //! ([`is_retryable_elsewhere`]): every call the replicas serve is safe to repeat.
+//!
+//! The callers' requests ask followers to forward writes to the leader
+//! ([`super::contract::leader_request`]); a follower that did names the leader in its answer, and
+//! the next call goes there, unless this caller failed to reach that address lately: then the
+//! follower stays its way in (a leader whose API this caller cannot reach).
 
 use std::collections::BTreeMap;
 use std::future::Future;
