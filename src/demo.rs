@@ -195,6 +195,27 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
             new_leader
         }
     };
+    // Write forwarding: a client that reaches only a follower still gets its writes in.
+    let follower = cluster.follower_of(current_leader)?;
+    let through = cluster
+        .client_at(&cluster.replica(follower)?.api_addr)?
+        .with_deadline(WAIT);
+    let sent = Instant::now();
+    let forwarded = submit(
+        &through,
+        shell("through-a-follower".into(), "true".into(), 1),
+        jobs,
+    )
+    .await?;
+    println!(
+        "a client that dials only replica {follower}, a follower: its submit was forwarded to \
+         the leader and acknowledged in {} ms ({} writes forwarded by that replica so far)",
+        sent.elapsed().as_millis(),
+        forwarded_by(&cluster, follower)
+            .await
+            .map_or_else(|| "?".to_string(), |n| n.to_string())
+    );
+    finished.push(wait_for_end(&client, forwarded).await?);
     let rejoined = cluster.client_at(&cluster.replica(leader)?.api_addr)?;
     let mut lost = Vec::new();
     for job in &finished {
@@ -281,6 +302,17 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
         bail!("invariants broken: lost {lost:?}, completed twice {twice}");
     }
     Ok(())
+}
+
+/// How many writes replica `id` forwarded to a leader and got answered, from its `/metrics`.
+async fn forwarded_by(cluster: &LocalCluster, id: u64) -> Option<u64> {
+    let addr = &cluster.replica(id).ok()?.metrics_addr;
+    let page = crate::ops::probe::get(addr, "/metrics", Duration::from_secs(5))
+        .await
+        .ok()?;
+    crate::ops::probe::samples(&page.body)
+        .get("scaleout_forwarded_commands_total{outcome=\"answered\"}")
+        .map(|value| *value as u64)
 }
 
 /// What an operator would watch: each replica's readiness and metrics endpoint, and a few

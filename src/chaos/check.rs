@@ -134,6 +134,9 @@ pub struct Report {
     /// Where that window began (seconds into the run) and the faults it overlapped.
     pub longest_commit_gap_from_s: f64,
     pub longest_commit_gap_during: Vec<String>,
+    /// The next longest such windows (up to four), longest first: each its length, start and
+    /// the faults it overlapped, as one line.
+    pub next_commit_gaps: Vec<String>,
     pub reads_checked: u64,
     /// Rows in scaleout.event_messages at the end (when the run shipped to SSISDB).
     pub ssisdb_events: Option<u64>,
@@ -272,6 +275,13 @@ impl fmt::Display for Report {
                 format!(", during {}", self.longest_commit_gap_during.join("; "))
             }
         )?;
+        if !self.next_commit_gaps.is_empty() {
+            writeln!(
+                f,
+                "next longest windows: {}",
+                self.next_commit_gaps.join(" | ")
+            )?;
+        }
         if let Some(events) = self.ssisdb_events {
             writeln!(
                 f,
@@ -597,20 +607,40 @@ pub fn check(
         .map(|s| s.completed_ms)
         .collect();
     completions.sort_unstable();
-    if let Some((from, to)) = completions
-        .windows(2)
-        .map(|w| (w[0], w[1]))
-        .max_by_key(|(from, to)| to - from)
-    {
-        report.longest_commit_gap_ms = to - from;
-        report.longest_commit_gap_from_s = from as f64 / 1000.0;
+    let mut gaps: Vec<(u64, u64)> = completions.windows(2).map(|w| (w[0], w[1])).collect();
+    // Longest first; the earlier of two equal ones first.
+    gaps.sort_by_key(|(from, to)| (std::cmp::Reverse(to - from), *from));
+    let during = |from: u64, to: u64| -> Vec<String> {
         let (from, to) = (end.started_unix_ms + from, end.started_unix_ms + to);
-        report.longest_commit_gap_during = faults
+        faults
             .iter()
             .filter(|f| f.started_unix_ms <= to && f.healed_unix_ms >= from)
             .map(|f| format!("{} {}", f.kind, f.detail))
-            .collect();
+            .collect()
+    };
+    if let Some(&(from, to)) = gaps.first() {
+        report.longest_commit_gap_ms = to - from;
+        report.longest_commit_gap_from_s = from as f64 / 1000.0;
+        report.longest_commit_gap_during = during(from, to);
     }
+    report.next_commit_gaps = gaps
+        .iter()
+        .skip(1)
+        .take(4)
+        .map(|&(from, to)| {
+            let faults = during(from, to);
+            format!(
+                "{} ms from {:.1} s{}",
+                to - from,
+                from as f64 / 1000.0,
+                if faults.is_empty() {
+                    String::new()
+                } else {
+                    format!(" during {}", faults.join("; "))
+                }
+            )
+        })
+        .collect();
     report
 }
 
@@ -851,6 +881,8 @@ mod tests {
         assert_eq!(report.jobs_completed, 3);
         assert_eq!(report.longest_commit_gap_ms, 900);
         assert!((report.longest_commit_gap_from_s - 0.105).abs() < 1e-9);
+        assert_eq!(report.next_commit_gaps.len(), 1, "{report}");
+        assert!(report.to_string().contains("next longest windows: "));
         assert_eq!(report.stale_completions_refused, 2);
         assert!(report.to_string().contains("every invariant held"));
     }
