@@ -69,7 +69,7 @@ const ELECTION_WAIT: Duration = Duration::from_millis(500);
 pub(super) const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Leaders a forwarded command is sent to before the caller is redirected instead: each one
-/// that refuses proposed nothing and names the next (a hand-over, an election under way).
+/// that refuses proposed nothing (a hand-over, an election under way).
 const MAX_FORWARD_HOPS: usize = 3;
 
 struct Pending {
@@ -184,29 +184,32 @@ impl Proposer {
             _ => return self.propose_here(command).await,
         };
         self.await_election().await;
-        // A leader that refused named this one: it knows better than this replica's own view.
-        let mut named: Option<(NodeId, ReplicaNode)> = None;
+        // The last refusal and who sent it: that leader's view of who leads now.
+        let mut refusal: Option<(NodeId, ProposeError)> = None;
         for _ in 0..MAX_FORWARD_HOPS {
-            let Some((leader, node)) = named.take().or_else(|| self.leader_elsewhere()) else {
+            let Some((leader, node)) = self.leader_elsewhere() else {
                 break;
             };
+            if refusal.as_ref().is_some_and(|(by, _)| *by == leader) {
+                // Refused by this leader already, and no other known since.
+                break;
+            }
             match forwarder.forward(leader, &node, &command).await {
-                Err(ProposeError::NotLeader {
-                    leader_id,
-                    leader: next,
-                }) => {
-                    let me = self.raft.metrics().borrow().id;
-                    named = leader_id
-                        .zip(next)
-                        .filter(|(id, _)| *id != leader && *id != me);
-                    if named.is_none() {
-                        self.await_leader_other_than(leader).await;
-                    }
+                // It proposed nothing: the command may go on, to the leader this replica
+                // learns of next (forwarding to one only the refusing leader knows would end
+                // at once: this replica waits no longer than the reign it sees).
+                Err(refused @ ProposeError::NotLeader { .. }) => {
+                    refusal = Some((leader, refused));
+                    self.await_leader_other_than(leader).await;
                 }
                 answer => return answer,
             }
         }
-        self.propose_here(command).await
+        let leading = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        match refusal {
+            Some((_, refused)) if !leading => Err(refused),
+            _ => self.propose_here(command).await,
+        }
     }
 
     /// The leader this replica follows, when it is another replica it has not seen go.
