@@ -391,7 +391,8 @@ impl Client {
     /// The cluster as the first replica that answers sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
         self.on_any(|channel, timeout| {
-            let call = leader_request(ClusterStatusRequest {}, timeout);
+            let mut call = tonic::Request::new(ClusterStatusRequest {});
+            call.set_timeout(timeout);
             async move { AdminServiceClient::new(channel).cluster_status(call).await }
         })
         .await

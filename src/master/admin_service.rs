@@ -73,14 +73,6 @@ impl AdminApi {
         }
     }
 
-    async fn propose(
-        &self,
-        command: Command,
-        on_follower: OnFollower,
-    ) -> Result<CommandOutput, Status> {
-        propose(&self.proposer, command, on_follower).await
-    }
-
     async fn ask(&self, id: u64, node: &ReplicaNode) -> Result<NodeStatusResponse, String> {
         if id == self.raft.metrics().borrow().id {
             return Ok(RaftGrpcService::node_status(
@@ -236,16 +228,16 @@ impl AdminService for AdminApi {
                 ))
             }
         };
-        match self
-            .propose(
-                Command::SetWorkerState {
-                    worker,
-                    enabled,
-                    draining,
-                },
-                on_follower,
-            )
-            .await?
+        match propose(
+            &self.proposer,
+            Command::SetWorkerState {
+                worker,
+                enabled,
+                draining,
+            },
+            on_follower,
+        )
+        .await?
         {
             CommandOutput::WorkerUpdated { worker: updated } => {
                 info!(%worker, enabled = updated.enabled, draining = updated.draining, "worker state changed");
@@ -273,9 +265,12 @@ impl AdminService for AdminApi {
         let on_follower = OnFollower::asked_in(request.metadata());
         let worker =
             worker_id_from_pb(&request.into_inner().worker_id).map_err(|e| from_queue_error(&e))?;
-        match self
-            .propose(Command::RemoveWorker { worker }, on_follower)
-            .await?
+        match propose(
+            &self.proposer,
+            Command::RemoveWorker { worker },
+            on_follower,
+        )
+        .await?
         {
             CommandOutput::WorkerRemoved => {
                 info!(%worker, "worker removed");

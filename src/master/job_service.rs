@@ -51,14 +51,6 @@ impl JobApi {
         }
     }
 
-    async fn propose(
-        &self,
-        command: Command,
-        on_follower: OnFollower,
-    ) -> Result<CommandOutput, Status> {
-        propose(&self.proposer, command, on_follower).await
-    }
-
     /// Waits until this replica may answer a read: for a linearizable one, until it has applied
     /// everything committed when the read arrived, as confirmed by a quorum.
     async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
@@ -150,15 +142,15 @@ impl JobService for JobApi {
         // Checked here too so a bad spec costs no Raft round; apply checks again.
         spec.validate().map_err(|e| from_queue_error(&e))?;
         let idempotency_key = Some(request.idempotency_key).filter(|key| !key.is_empty());
-        match self
-            .propose(
-                Command::SubmitJob {
-                    spec,
-                    idempotency_key,
-                },
-                on_follower,
-            )
-            .await?
+        match propose(
+            &self.proposer,
+            Command::SubmitJob {
+                spec,
+                idempotency_key,
+            },
+            on_follower,
+        )
+        .await?
         {
             CommandOutput::Submitted {
                 job_id,
@@ -228,10 +220,7 @@ impl JobService for JobApi {
         authorize(&request, "JobService.CancelJob", Permission::Operate)?;
         let on_follower = OnFollower::asked_in(request.metadata());
         let job_id = request.into_inner().job_id;
-        match self
-            .propose(Command::CancelJob { job_id }, on_follower)
-            .await?
-        {
+        match propose(&self.proposer, Command::CancelJob { job_id }, on_follower).await? {
             CommandOutput::Cancelled { job_id, state } => {
                 info!(job_id, %state, "job cancelled");
                 // Read after the cancel applied here: the leader answers once it has, and a

@@ -3,41 +3,23 @@
 //! (`forward.rs`) can send the next one straight to the leader. Refusals carry the address in
 //! their own way (NOT_LEADER's ErrorInfo) and are left alone.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use crate::raft::Raft;
 use crate::rpc::contract::LEADER_HEADER;
 
-/// Wraps the API server's services so a follower's answers name the leader.
-#[derive(Clone)]
-pub struct LeaderHintLayer {
+/// The layer for the API server: a follower's successful answers name the leader.
+pub fn layer(
     raft: Raft,
-}
-
-impl LeaderHintLayer {
-    pub fn new(raft: Raft) -> Self {
-        LeaderHintLayer { raft }
-    }
-}
-
-impl<S> tower::Layer<S> for LeaderHintLayer {
-    type Service = LeaderHint<S>;
-
-    fn layer(&self, inner: S) -> LeaderHint<S> {
-        LeaderHint {
-            inner,
-            raft: self.raft.clone(),
+) -> tower::util::MapResponseLayer<
+    impl Fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> + Clone,
+> {
+    tower::util::MapResponseLayer::new(move |mut response: http::Response<tonic::body::Body>| {
+        if succeeded(response.headers()) {
+            if let Some(leader) = leader_api_addr(&raft) {
+                response.headers_mut().insert(LEADER_HEADER, leader);
+            }
         }
-    }
-}
-
-/// The service [`LeaderHintLayer`] makes.
-#[derive(Clone)]
-pub struct LeaderHint<S> {
-    inner: S,
-    raft: Raft,
+        response
+    })
 }
 
 /// The leader's API address, when this replica follows a known leader.
@@ -58,35 +40,6 @@ fn succeeded(headers: &http::HeaderMap) -> bool {
     headers
         .get("grpc-status")
         .is_none_or(|status| status.as_bytes() == b"0")
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for LeaderHint<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let raft = self.raft.clone();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            if succeeded(response.headers()) {
-                if let Some(leader) = leader_api_addr(&raft) {
-                    response.headers_mut().insert(LEADER_HEADER, leader);
-                }
-            }
-            Ok(response)
-        })
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use super::authz::{authorize, Permission};
 use super::bootstrap::bootstrap;
 use super::forward::{ForwardApi, Forwarder};
 use super::job_service::JobApi;
-use super::leader_hint::LeaderHintLayer;
 use super::observe::{ProposalMetrics, ReplicaObserver};
 use super::proposer::Proposer;
 use super::worker_service::WorkerApi;
@@ -326,7 +325,7 @@ pub async fn run(
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .layer(GrpcTimingLayer::new(registry.clone()))
-        .layer(LeaderHintLayer::new(raft.clone()))
+        .layer(super::leader_hint::layer(raft.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
