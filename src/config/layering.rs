@@ -5,18 +5,44 @@
 
 use super::*;
 
-/// A config file's text, and the directory relative paths written in it are relative to.
-pub(crate) fn read_config_file(path: &Path) -> Result<(String, PathBuf), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let base_dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    Ok((text, base_dir.to_path_buf()))
+/// A config's text, the file it came from (named in errors) and the directory relative paths
+/// written in it are relative to.
+pub(crate) struct ConfigText {
+    pub(crate) text: String,
+    pub(crate) file: PathBuf,
+    pub(crate) base_dir: PathBuf,
 }
+
+impl ConfigText {
+    /// Reads the file at `path`.
+    pub(crate) fn read(path: &Path) -> Result<ConfigText, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Ok(ConfigText {
+            text,
+            file: path.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
+        })
+    }
+
+    /// Text given in memory, named `<inline config>` in errors.
+    pub(crate) fn inline(text: &str, base_dir: &Path) -> ConfigText {
+        ConfigText {
+            text: text.to_string(),
+            file: PathBuf::from(INLINE),
+            base_dir: base_dir.to_path_buf(),
+        }
+    }
+}
+
+/// What errors call a config given as text rather than as a file.
+pub(crate) const INLINE: &str = "<inline config>";
 
 /// The process's environment as layering reads it (a name or value that is not UTF-8 is
 /// skipped).
@@ -138,13 +164,12 @@ const REPLICA_LAYERS: Layers = Layers {
 
 /// Parse, merge overrides, check the shape, deserialize, resolve defaults and paths, validate.
 pub(super) fn build(
-    text: &str,
-    file: &Path,
-    base_dir: &Path,
+    source: &ConfigText,
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<MasterConfig, ConfigError> {
-    let Layered { tree, origins } = REPLICA_LAYERS.layer(text, file, overrides, env)?;
+    let (file, base_dir) = (source.file.as_path(), source.base_dir.as_path());
+    let Layered { tree, origins } = REPLICA_LAYERS.layer(&source.text, file, overrides, env)?;
 
     let raw: RawConfig = Value::Table(tree)
         .try_into()

@@ -127,7 +127,7 @@ pub(crate) use ssisdb::{parse_connection_string, LOGIN_KEYS, PASSWORD_KEYS};
 
 use layering::*;
 pub(crate) use layering::{
-    process_env, read_config_file, resolve_path, resolve_tls, Layered, Layers, RawTls,
+    process_env, resolve_path, resolve_tls, ConfigText, Layered, Layers, RawTls,
 };
 use schema::*;
 pub(crate) use schema::{opt, Field, Kind, TLS};
@@ -137,9 +137,6 @@ pub const ENV_PREFIX: &str = "SCALEOUT_";
 
 /// `SCALEOUT_*` variables used elsewhere by the CLI; never read as config keys.
 const IGNORED_ENV: &[&str] = &["SCALEOUT_ENDPOINTS", "SCALEOUT_LOG", "SCALEOUT_CONFIG"];
-
-/// The file name shown in errors for configs that did not come from a file.
-const INLINE: &str = "<inline config>";
 
 /// A replica's validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -261,13 +258,7 @@ impl MasterConfig {
         base_dir: &Path,
         overrides: &[String],
     ) -> Result<Self, ConfigError> {
-        build(
-            text,
-            Path::new(INLINE),
-            base_dir,
-            overrides,
-            std::iter::empty(),
-        )
+        build(&ConfigText::inline(text, base_dir), overrides, [])
     }
 
     /// Checks the rules in the module documentation; loads the TLS identity (when `tls` is set)
@@ -575,8 +566,7 @@ pub(crate) fn load_with_env(
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<MasterConfig, ConfigError> {
-    let (text, base_dir) = read_config_file(path)?;
-    build(&text, path, &base_dir, overrides, env)
+    build(&ConfigText::read(path)?, overrides, env)
 }
 
 impl fmt::Display for MemberConfig {

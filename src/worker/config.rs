@@ -73,13 +73,10 @@ use super::agent_id;
 pub use super::agent_id::{AgentIdSource, AGENT_ID_FILE};
 use crate::config::{
     check_addr, check_bounds, check_dir_possible, keys_of, opt, origin_note, probe_dir,
-    process_env, read_config_file, resolve_path, resolve_tls, tls_choice_error, Bound, ConfigError,
+    process_env, resolve_path, resolve_tls, tls_choice_error, Bound, ConfigError, ConfigText,
     Field, Kind, Layered, Layers, RawTls, TLS,
 };
 use crate::tls::TlsPaths;
-
-/// The file name shown in errors for configs that did not come from a file.
-const INLINE: &str = "<inline config>";
 
 /// Every key of the file.
 const KEYS: &[Field] = &[
@@ -341,8 +338,7 @@ impl WorkerConfig {
     /// (`"key=value"`, as given to `--set`), fills in defaults, validates, and settles the agent
     /// id (generating one on first start). Writes nothing: see [`WorkerConfig::prepare`].
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, WorkerConfigError> {
-        let (text, base_dir) = read_config_file(path)?;
-        build(&text, path, &base_dir, overrides, process_env())
+        build(&ConfigText::read(path)?, overrides, process_env())
     }
 
     /// Like [`WorkerConfig::load`] for text, without environment variables; relative paths in
@@ -352,25 +348,18 @@ impl WorkerConfig {
         base_dir: &Path,
         overrides: &[String],
     ) -> Result<Self, WorkerConfigError> {
-        build(
-            text,
-            Path::new(INLINE),
-            base_dir,
-            overrides,
-            std::iter::empty(),
-        )
+        build(&ConfigText::inline(text, base_dir), overrides, [])
     }
 }
 
 /// Parse, merge overrides, check keys, deserialize, fill defaults, validate, settle the id;
 /// nothing written.
 fn build(
-    text: &str,
-    file: &Path,
-    base_dir: &Path,
+    source: &ConfigText,
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<WorkerConfig, WorkerConfigError> {
+    let (text, file, base_dir) = (&source.text, source.file.as_path(), &source.base_dir);
     // Absolute from the start, so task folders and the spool do not depend on the cwd later.
     let base_dir: PathBuf = if base_dir.is_absolute() {
         base_dir.to_path_buf()
@@ -899,7 +888,7 @@ insecure = true
             assert_eq!(err.key(), Some(key), "{msg}");
             assert!(msg.contains(&format!("`{key}`")), "{key}: {msg}");
             assert!(msg.contains(fragment), "{key}: {fragment:?} not in {msg}");
-            assert!(msg.contains(INLINE), "{msg}");
+            assert!(msg.contains("<inline config>"), "{msg}");
         }
         let err = parse(dir.path(), "endpoints = [", &[]).unwrap_err();
         assert!(matches!(err, WorkerConfigError::Parse { .. }), "{err}");
@@ -966,7 +955,7 @@ insecure = true
         };
         let build_with = |sets: &[&str], vars: &[(&str, &str)]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            build(MINIMAL, Path::new(INLINE), dir.path(), &sets, env(vars))
+            build(&ConfigText::inline(MINIMAL, dir.path()), &sets, env(vars))
         };
         let state = dir.path().join("from-env");
         let state_text = state.display().to_string();
