@@ -62,6 +62,8 @@ const METRICS: &[&str] = &[
     "scaleout_heap_in_use_bytes",
     "scaleout_heap_free_bytes",
     "scaleout_ssisdb_ship_errors_total",
+    "scaleout_ssisdb_requests_total",
+    "scaleout_ssisdb_statements_total",
     // Worker.
     "scaleout_worker_connected",
     "scaleout_worker_running_tasks",

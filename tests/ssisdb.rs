@@ -1049,7 +1049,7 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
     );
     let status_query = status_query.as_str();
 
-    ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(1))
+    ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(1), 1000)
         .await
         .expect("the leader of term 1 ships the running job");
     // Picked up (2), its attempt not ended.
@@ -1057,14 +1057,15 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
         job_and_attempt(&mut client, status_query).await,
         Some((Some(2), None))
     );
-    ssisdb::write_events(&mut client, &ended.0, ended.1.clone(), fence(2))
+    ssisdb::write_events(&mut client, &ended.0, ended.1.clone(), fence(2), 1000)
         .await
         .expect("the leader of term 2 ships it ended");
     let done = Some((Some(5), Some("succeeded".to_string())));
     assert_eq!(job_and_attempt(&mut client, status_query).await, done);
 
     // The deposed leader of term 1 writes its batch again, as after an ack that timed out.
-    let refused = ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(1)).await;
+    let refused =
+        ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(1), 1000).await;
     assert!(
         matches!(
             refused,
@@ -1079,7 +1080,7 @@ async fn an_older_term_or_an_older_state_never_overwrites_rows() {
     assert_eq!(job_and_attempt(&mut client, status_query).await, done);
 
     // An older state under the current term (it cannot happen; the rows are guarded anyway).
-    ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(2))
+    ssisdb::write_events(&mut client, &running.0, running.1.clone(), fence(2), 1000)
         .await
         .expect("the same term passes the fence");
     assert_eq!(
@@ -1117,10 +1118,10 @@ async fn a_batch_written_twice_lands_once() {
         term: 1,
         replica: 1,
     };
-    let first = ssisdb::write_events(&mut client, &queue, queue_events.clone(), fence)
+    let first = ssisdb::write_events(&mut client, &queue, queue_events.clone(), fence, 1000)
         .await
         .expect("first write");
-    let again = ssisdb::write_events(&mut client, &queue, queue_events.clone(), fence)
+    let again = ssisdb::write_events(&mut client, &queue, queue_events.clone(), fence, 1000)
         .await
         .expect("the same events again");
     assert_eq!((first, again), (made, made));

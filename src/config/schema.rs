@@ -111,6 +111,7 @@ pub(super) const SSISDB: &[Field] = &[
     opt("batch_events", Kind::Int),
     opt("connect_timeout_ms", Kind::Int),
     opt("ship_interval_ms", Kind::Int),
+    opt("rows_per_statement", Kind::Int),
 ];
 
 pub(super) const TOP: &[Field] = &[

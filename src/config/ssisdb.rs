@@ -31,6 +31,8 @@ pub struct SsisdbSettings {
     pub connect_timeout_ms: u64,
     /// How often the leader looks for new events when idle.
     pub ship_interval_ms: u64,
+    /// Most rows one shipped statement writes or reads (a `VALUES` list, an `IN` list).
+    pub rows_per_statement: u32,
 }
 
 impl Default for SsisdbSettings {
@@ -45,6 +47,7 @@ impl Default for SsisdbSettings {
             batch_events: 1_000,
             connect_timeout_ms: 15_000,
             ship_interval_ms: 200,
+            rows_per_statement: 1_000,
         }
     }
 }
@@ -140,6 +143,12 @@ impl SsisdbSettings {
                 self.ship_interval_ms,
                 10..=60_000,
                 "the default is 200",
+            ),
+            Bound::new(
+                "ssisdb.rows_per_statement",
+                self.rows_per_statement,
+                1..=1_000,
+                "SQL Server takes at most 1000 rows in one VALUES list; the default is 1000",
             ),
         ])?;
         let Some(text) = self.connection_string.as_deref().filter(|_| self.enabled()) else {

@@ -1428,6 +1428,7 @@ ship_interval_ms = 50
             batch_events: 500,
             connect_timeout_ms: 5_000,
             ship_interval_ms: 50,
+            rows_per_statement: 1_000,
         }
     );
     assert_eq!(c.ssisdb.password().unwrap(), "pw");

@@ -378,6 +378,20 @@ impl ReplicaObserver {
                 &[],
             )
             .absolute(status.ship_errors.load(Ordering::Relaxed));
+        self.registry
+            .counter(
+                "scaleout_ssisdb_requests_total",
+                "Requests (round trips) of shipped batches, committed ones only.",
+                &[],
+            )
+            .absolute(status.requests.load(Ordering::Relaxed));
+        self.registry
+            .counter(
+                "scaleout_ssisdb_statements_total",
+                "SQL statements in those requests.",
+                &[],
+            )
+            .absolute(status.statements.load(Ordering::Relaxed));
     }
 }
 

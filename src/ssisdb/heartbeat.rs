@@ -6,8 +6,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::connect::{connect_target, target, SqlClient};
-use super::rows::p;
-use super::sql::{big, clip, send, sql_time, Packer, Param};
+use super::sql::{big, clip, simple};
+use super::upsert::Lit;
 use crate::config::SsisdbSettings;
 use crate::raft::Raft;
 use crate::rpc::jitter;
@@ -40,36 +40,49 @@ pub async fn heartbeat(
             };
             let (role, term, leader) = {
                 let m = raft.metrics().borrow().clone();
-                (crate::raft::role_name(m.state), m.current_term, m.current_leader)
+                (
+                    crate::raft::role_name(m.state),
+                    m.current_term,
+                    m.current_leader,
+                )
             };
             let now = now_ms();
-            let mut packer = Packer::default();
-            let set = || -> Vec<Param> {
-                vec![
-                    p(clip(&api, 256)),
-                    p(clip(&peer, 256)),
-                    p(role),
-                    p(big(term)),
-                    p(leader.map(big)),
-                    p(sql_time(now)),
-                    p(big(now)),
-                ]
-            };
-            let mut params = vec![p(big(replica_id))];
-            params.extend(set());
-            params.push(p(big(replica_id)));
-            params.push(p(big(replica_id)));
-            params.extend(set());
-            packer.push(
-                "IF EXISTS (SELECT 1 FROM scaleout.replicas WHERE replica_id = ?) \
-                 UPDATE scaleout.replicas SET api_address = ?, peer_address = ?, role = ?, term = ?, \
-                 leader_id = ?, last_online_time = CAST(? AS DATETIME2), last_online_ms = ? \
-                 WHERE replica_id = ? ELSE INSERT INTO scaleout.replicas (replica_id, api_address, \
-                 peer_address, role, term, leader_id, last_online_time, last_online_ms) VALUES \
-                 (?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?)",
-                params,
+            let id = big(replica_id);
+            let columns = [
+                "api_address",
+                "peer_address",
+                "role",
+                "term",
+                "leader_id",
+                "last_online_time",
+                "last_online_ms",
+            ];
+            let values: Vec<String> = [
+                Lit::text(clip(&api, 256)),
+                Lit::text(clip(&peer, 256)),
+                Lit::text(role),
+                Lit::Big(big(term)),
+                leader.map_or(Lit::Null, |l| Lit::Big(big(l))),
+                Lit::Time(now),
+                Lit::Big(big(now)),
+            ]
+            .iter()
+            .map(Lit::to_sql)
+            .collect();
+            let set: Vec<String> = columns
+                .iter()
+                .zip(&values)
+                .map(|(column, value)| format!("{column} = {value}"))
+                .collect();
+            let sql = format!(
+                "IF EXISTS (SELECT 1 FROM scaleout.replicas WHERE replica_id = {id}) \
+                 UPDATE scaleout.replicas SET {} WHERE replica_id = {id} \
+                 ELSE INSERT INTO scaleout.replicas (replica_id, {}) VALUES ({id}, {})",
+                set.join(", "),
+                columns.join(", "),
+                values.join(", "),
             );
-            send(c, addr, packer.finish()).await
+            simple(c, addr, &sql).await
         }
         .await;
         match result {

@@ -19,6 +19,7 @@ mod rows;
 pub mod schema;
 pub mod shipper;
 mod sql;
+mod upsert;
 
 pub use connect::{connect, SqlClient, SsisdbError};
 pub use heartbeat::heartbeat;

@@ -7,7 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::connect::{SqlClient, SsisdbError};
-use super::sql::{big, clip, rollback, send, simple, sql_time, Packer, Param, MAX_STRING};
+use super::sql::{big, clip, count_at, rollback, simple, sql_time, MAX_STRING};
+use super::upsert::{
+    insert_statements, key_text, present_keys_query, statements, Lit, Row, TableShape,
+};
 use crate::queue::{
     EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, QueueState, Worker,
     WorkerId,
@@ -61,14 +64,6 @@ fn message_type(level: LogLevel) -> i32 {
     }
 }
 
-pub(super) fn p<T: tiberius::ToSql + 'static>(v: T) -> Param {
-    Box::new(v)
-}
-
-fn opt_ms(ms: Option<u64>) -> (Param, Param) {
-    (p(ms.map(sql_time)), p(ms.map(big)))
-}
-
 /// `events` and the rows they name, as they are now in `q` (finished jobs and lines are read
 /// from the store next).
 pub(super) fn read_batch(q: &QueueState, events: Vec<OutboxEvent>) -> Batch {
@@ -120,42 +115,45 @@ pub async fn write_events(
     queue: &QueueState,
     events: Vec<OutboxEvent>,
     fence: Fence,
+    rows_per_statement: usize,
 ) -> Result<usize, SsisdbError> {
     let batch = read_batch(queue, events);
-    write_batch(client, "SSISDB", &batch, fence).await?;
+    write_batch(client, "SSISDB", &batch, fence, rows_per_statement).await?;
     Ok(batch.events.len())
 }
 
+/// What one batch sent, for the benchmark and the logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTrips {
+    /// Requests sent to the server (round trips).
+    pub requests: u32,
+    /// SQL statements in them.
+    pub statements: u32,
+}
+
+/// Writes `batch` in one transaction fenced by `fence`: claim the fencing row and read which of
+/// the batch's keys each table holds (one request), write every table set-based (one request:
+/// per table an UPDATE of the present rows and an INSERT of the absent ones, per
+/// `rows_per_statement` rows), count the batch's events back, COMMIT.
 pub(super) async fn write_batch(
     client: &mut SqlClient,
     addr: &str,
     batch: &Batch,
     fence: Fence,
-) -> Result<(), SsisdbError> {
-    let mut packer = Packer::default();
-    for (id, worker) in &batch.workers {
-        push_worker(&mut packer, *id, worker.as_ref(), batch.version);
-    }
-    for job in batch.jobs.values() {
-        push_job(&mut packer, job, batch.version);
-        for (_, number) in batch.attempts.range((job.id, 0)..=(job.id, u32::MAX)) {
-            if let Some(attempt) = job.attempts.iter().find(|a| a.number == *number) {
-                push_attempt(&mut packer, job.id, attempt, batch.version);
-            }
-        }
-    }
-    for event in &batch.events {
-        push_event(&mut packer, event, batch);
-    }
-    let trips = packer.finish();
+    rows_per_statement: usize,
+) -> Result<BatchTrips, SsisdbError> {
     let (first, last) = match (batch.events.first(), batch.events.last()) {
-        (Some(f), Some(l)) => (f.id, l.id),
-        _ => return Ok(()),
+        (Some(f), Some(l)) => (big(f.id), big(l.id)),
+        _ => return Ok(BatchTrips::default()),
     };
+    let rows = BatchRows::of(batch);
+    let mut trips = BatchTrips::default();
     // A replica that a newer leader has superseded learns it here, before opening a
     // transaction it would only roll back (a rollback racing another session's commit can undo
     // that commit on iridium_server, the tests' SQL Server).
     let stored = fence_term(client, addr).await?;
+    trips.requests += 1;
+    trips.statements += 1;
     if stored > fence.term {
         return Err(SsisdbError::Superseded {
             replica: fence.replica,
@@ -163,22 +161,29 @@ pub(super) async fn write_batch(
             newer_term: stored,
         });
     }
-    simple(client, addr, "BEGIN TRANSACTION").await?;
     let result = async {
-        claim_fence(client, addr, fence).await?;
-        send(client, addr, trips).await?;
-        // Count the batch back: only this batch's events have ids in [first, last].
-        let row = client
-            .query(
-                "SELECT COUNT(*) FROM scaleout.event_messages WHERE event_id >= @P1 AND event_id <= @P2",
-                &[&big(first), &big(last)],
-            )
-            .await
-            .map_err(|e| SsisdbError::from_sql(addr, e))?
-            .into_row()
-            .await
-            .map_err(|e| SsisdbError::from_sql(addr, e))?;
-        let stored = row.as_ref().map(super::sql::count_of).unwrap_or(0);
+        let (claim, reads) = claim_and_read_sql(&rows, fence, first, last, rows_per_statement);
+        trips.requests += 1;
+        trips.statements += 3 + reads;
+        let found = run(client, addr, &claim).await;
+        // Opened by the request above, whatever it answered.
+        let found = found?;
+        let present = Present::from_rows(&found, fence)?;
+        let mut writes = rows.statements(&present, rows_per_statement);
+        trips.statements += writes.len() as u32 + 1;
+        writes.push(format!(
+            "SELECT {COUNT_TAG} AS tag, COUNT(*) AS k FROM scaleout.event_messages \
+             WHERE event_id >= {first} AND event_id <= {last}"
+        ));
+        trips.requests += 1;
+        let counted = run(client, addr, &writes.join(";\n")).await?;
+        // Count the batch back: only this batch's events have ids in [first, last]. A server
+        // that dropped a statement fails the batch instead of losing events.
+        let stored = counted
+            .iter()
+            .find(|row| tag_of(row) == Some(COUNT_TAG))
+            .map(|row| count_at(row, 1))
+            .unwrap_or(0);
         if stored != batch.events.len() as i64 {
             return Err(SsisdbError::Sql(format!(
                 "SSISDB holds {stored} of the {} events {first}..={last} after writing them \
@@ -186,13 +191,128 @@ pub(super) async fn write_batch(
                 batch.events.len()
             )));
         }
+        trips.requests += 1;
+        trips.statements += 1;
         simple(client, addr, "COMMIT TRANSACTION").await
     }
     .await;
     if result.is_err() {
         rollback(client).await;
     }
-    result
+    result.map(|()| trips)
+}
+
+/// Tags of the result rows of the claim request (column 0), telling its result sets apart.
+const FENCE_TAG: i32 = 0;
+const COUNT_TAG: i32 = 9;
+
+/// The first request of a batch's transaction: BEGIN, claim `scaleout.shipper` for
+/// `fence.term` unless a newer term holds it (the UPDATE locks the row until COMMIT, so the
+/// read after it sees the newest committed term: the lock waited for any transaction holding
+/// it), read the fence back, and read which of the batch's keys each table holds. Returns the
+/// SQL and how many key reads it holds.
+fn claim_and_read_sql(
+    rows: &BatchRows,
+    fence: Fence,
+    first: i64,
+    last: i64,
+    rows_per_statement: usize,
+) -> (String, u32) {
+    let now = now_ms();
+    let mut sql = format!(
+        "BEGIN TRANSACTION;\nUPDATE scaleout.shipper SET term = {term}, replica_id = {replica}, \
+         claimed_time = CAST(N'{time}' AS DATETIME2), claimed_ms = {now} \
+         WHERE shipper_id = 1 AND term <= {term};\n\
+         SELECT {FENCE_TAG} AS tag, term AS k FROM scaleout.shipper WHERE shipper_id = 1;\n\
+         SELECT {EVENTS_TAG} AS tag, event_id AS k FROM scaleout.event_messages \
+         WHERE event_id >= {first} AND event_id <= {last}",
+        term = big(fence.term),
+        replica = big(fence.replica),
+        time = sql_time(now),
+    );
+    let mut reads = 1;
+    for (tag, shape, table_rows) in rows.tables() {
+        let keys: Vec<&Lit> = table_rows.iter().map(|r| &r.key).collect();
+        for read in present_keys_query(shape, tag, &keys, rows_per_statement) {
+            sql.push_str(";\n");
+            sql.push_str(&read);
+            reads += 1;
+        }
+    }
+    (sql, reads)
+}
+
+/// Sends `sql` as one request and returns every row of every result set.
+async fn run(
+    client: &mut SqlClient,
+    addr: &str,
+    sql: &str,
+) -> Result<Vec<tiberius::Row>, SsisdbError> {
+    Ok(client
+        .simple_query(sql)
+        .await
+        .map_err(|e| SsisdbError::from_sql(addr, e))?
+        .into_results()
+        .await
+        .map_err(|e| SsisdbError::from_sql(addr, e))?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+fn tag_of(row: &tiberius::Row) -> Option<i32> {
+    row.try_get::<i32, _>(0).ok().flatten()
+}
+
+/// The keys each table already holds, as [`key_text`] renders them, by table tag.
+struct Present {
+    by_tag: BTreeMap<i32, BTreeSet<String>>,
+}
+
+impl Present {
+    /// Reads the claim request's rows; fails when the fence shows another term than ours.
+    fn from_rows(rows: &[tiberius::Row], fence: Fence) -> Result<Present, SsisdbError> {
+        let mut by_tag: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        let mut stored_term = None;
+        for row in rows {
+            let Some(tag) = tag_of(row) else { continue };
+            let key = match row.try_get::<i64, _>(1) {
+                Ok(Some(n)) => Lit::Big(n),
+                _ => match row.try_get::<&str, _>(1) {
+                    Ok(Some(text)) => Lit::text(text),
+                    _ => continue,
+                },
+            };
+            if tag == FENCE_TAG {
+                if let Lit::Big(term) = key {
+                    stored_term = Some(u64::try_from(term).unwrap_or(0));
+                }
+                continue;
+            }
+            by_tag.entry(tag).or_default().insert(key_text(&key));
+        }
+        let stored = stored_term.ok_or_else(|| SsisdbError::MissingSchema {
+            missing: "the row of scaleout.shipper (schema 2)".into(),
+        })?;
+        match stored.cmp(&fence.term) {
+            std::cmp::Ordering::Equal => Ok(Present { by_tag }),
+            std::cmp::Ordering::Greater => Err(SsisdbError::Superseded {
+                replica: fence.replica,
+                term: fence.term,
+                newer_term: stored,
+            }),
+            std::cmp::Ordering::Less => Err(SsisdbError::Sql(format!(
+                "scaleout.shipper still shows term {stored} after claiming it for term {} (the \
+                 server dropped the UPDATE); the batch is rolled back and retried",
+                fence.term
+            ))),
+        }
+    }
+
+    fn of(&self, tag: i32) -> &BTreeSet<String> {
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        self.by_tag.get(&tag).unwrap_or(&NONE)
+    }
 }
 
 /// The term in `scaleout.shipper` now.
@@ -212,168 +332,298 @@ async fn fence_term(client: &mut SqlClient, addr: &str) -> Result<u64, SsisdbErr
         })
 }
 
-/// Step 1 of a batch, inside its transaction: takes `scaleout.shipper` for `fence.term` unless
-/// a newer term holds it. The UPDATE locks the row until COMMIT, and the read after it sees the
-/// newest committed term (the lock waited for any transaction holding it).
-async fn claim_fence(client: &mut SqlClient, addr: &str, fence: Fence) -> Result<(), SsisdbError> {
-    let now = now_ms();
-    let row = client
-        .query(
-            "UPDATE scaleout.shipper SET term = @P1, replica_id = @P2, \
-             claimed_time = CAST(@P3 AS DATETIME2), claimed_ms = @P4 \
-             WHERE shipper_id = 1 AND term <= @P1; \
-             SELECT term FROM scaleout.shipper WHERE shipper_id = 1",
-            &[
-                &big(fence.term),
-                &big(fence.replica),
-                &sql_time(now),
-                &big(now),
-            ],
-        )
-        .await
-        .map_err(|e| SsisdbError::from_sql(addr, e))?
-        .into_results()
-        .await
-        .map_err(|e| SsisdbError::from_sql(addr, e))?
-        .into_iter()
-        .flatten()
-        .next_back();
-    let stored = row
-        .as_ref()
-        .and_then(|r| r.try_get::<i64, _>(0).ok().flatten())
-        .ok_or_else(|| SsisdbError::MissingSchema {
-            missing: "the row of scaleout.shipper (schema 2)".into(),
-        })?;
-    let stored = u64::try_from(stored).unwrap_or(0);
-    match stored.cmp(&fence.term) {
-        std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Greater => Err(SsisdbError::Superseded {
-            replica: fence.replica,
-            term: fence.term,
-            newer_term: stored,
-        }),
-        std::cmp::Ordering::Less => Err(SsisdbError::Sql(format!(
-            "scaleout.shipper still shows term {stored} after claiming it for term {} (the \
-             server dropped the UPDATE); the batch is rolled back and retried",
-            fence.term
-        ))),
+const EVENTS_TAG: i32 = 1;
+const WORKERS_TAG: i32 = 2;
+const JOBS_TAG: i32 = 3;
+const TASKS_TAG: i32 = 4;
+const ATTEMPTS_TAG: i32 = 5;
+
+const WORKERS: TableShape = TableShape {
+    table: "scaleout.worker_agents",
+    key: "worker_agent_id",
+    fixed: &["registered_time", "registered_ms"],
+    changing: &[
+        "display_name",
+        "description",
+        "machine_name",
+        "tags",
+        "max_tasks",
+        "agent_version",
+        "is_enabled",
+        "is_draining",
+        "is_removed",
+        "last_online_time",
+        "last_online_ms",
+        "row_version",
+    ],
+};
+
+/// A removed worker: its row (if any) marked removed, nothing inserted.
+const REMOVED_WORKERS: TableShape = TableShape {
+    table: "scaleout.worker_agents",
+    key: "worker_agent_id",
+    fixed: &[],
+    changing: &["is_removed", "row_version"],
+};
+
+const JOBS: TableShape = TableShape {
+    table: "scaleout.jobs",
+    key: "job_id",
+    fixed: &[
+        "job_name",
+        "package_path",
+        "command_line",
+        "priority",
+        "max_attempts",
+        "created_time",
+        "created_ms",
+    ],
+    changing: &[
+        "state",
+        "status",
+        "attempt_count",
+        "cancel_requested",
+        "worker_agent_id",
+        "updated_time",
+        "updated_ms",
+        "row_version",
+    ],
+};
+
+/// The task of a job (task_id = job_id), shaped like SSIS's internal.tasks.
+const TASKS: TableShape = TableShape {
+    table: "scaleout.tasks",
+    key: "task_id",
+    fixed: &[
+        "job_id",
+        "task_type",
+        "input_data",
+        "max_executed_count",
+        "is_critical",
+        "priority",
+        "created_time",
+        "created_ms",
+    ],
+    changing: &[
+        "executed_count",
+        "status",
+        "ready_for_dispatch_time",
+        "ready_for_dispatch_ms",
+        "last_updated_time",
+        "last_updated_ms",
+        "worker_agent_id",
+        "expired_time",
+        "expired_ms",
+        "is_cancelled",
+        "last_pickup_time",
+        "last_pickup_ms",
+        "row_version",
+    ],
+};
+
+const ATTEMPTS: TableShape = TableShape {
+    table: "scaleout.task_attempts",
+    key: "task_attempt_id",
+    fixed: &[
+        "task_id",
+        "attempt_number",
+        "worker_agent_id",
+        "lease_token",
+        "started_time",
+        "started_ms",
+    ],
+    changing: &[
+        "ended_time",
+        "ended_ms",
+        "outcome",
+        "exit_code",
+        "error_message",
+        "row_version",
+    ],
+};
+
+const EVENTS: TableShape = TableShape {
+    table: "scaleout.event_messages",
+    key: "event_id",
+    fixed: &[
+        "event_time",
+        "event_ms",
+        "event_kind",
+        "message_type",
+        "job_id",
+        "attempt_number",
+        "worker_agent_id",
+        "log_sequence",
+        "message",
+    ],
+    changing: &[],
+};
+
+/// The rows of every table a batch writes.
+struct BatchRows {
+    workers: Vec<Row>,
+    removed_workers: Vec<Row>,
+    jobs: Vec<Row>,
+    tasks: Vec<Row>,
+    attempts: Vec<Row>,
+    events: Vec<Row>,
+}
+
+impl BatchRows {
+    fn of(batch: &Batch) -> BatchRows {
+        let version = Lit::Big(batch.version);
+        let mut rows = BatchRows {
+            workers: Vec::new(),
+            removed_workers: Vec::new(),
+            jobs: Vec::new(),
+            tasks: Vec::new(),
+            attempts: Vec::new(),
+            events: Vec::new(),
+        };
+        for (id, worker) in &batch.workers {
+            match worker {
+                Some(w) => rows.workers.push(worker_row(*id, w, &version)),
+                None => rows.removed_workers.push(Row {
+                    key: Lit::text(id.to_string()),
+                    fixed: Vec::new(),
+                    changing: vec![Lit::Bit(true), version.clone()],
+                }),
+            }
+        }
+        for job in batch.jobs.values() {
+            rows.jobs.push(job_row(job, &version));
+            rows.tasks.push(task_row(job, &version));
+            for (_, number) in batch.attempts.range((job.id, 0)..=(job.id, u32::MAX)) {
+                if let Some(attempt) = job.attempts.iter().find(|a| a.number == *number) {
+                    rows.attempts.push(attempt_row(job.id, attempt, &version));
+                }
+            }
+        }
+        rows.events = batch.events.iter().map(|e| event_row(e, batch)).collect();
+        rows
+    }
+
+    /// The tables whose present keys are read, with their tags.
+    fn tables(&self) -> [(i32, &TableShape, Vec<&Row>); 4] {
+        [
+            (
+                WORKERS_TAG,
+                &WORKERS,
+                self.workers.iter().chain(&self.removed_workers).collect(),
+            ),
+            (JOBS_TAG, &JOBS, self.jobs.iter().collect()),
+            (TASKS_TAG, &TASKS, self.tasks.iter().collect()),
+            (ATTEMPTS_TAG, &ATTEMPTS, self.attempts.iter().collect()),
+        ]
+    }
+
+    /// Every write of the batch, given the keys the tables hold.
+    fn statements(&self, present: &Present, rows_per_statement: usize) -> Vec<String> {
+        let per = rows_per_statement;
+        let workers = present.of(WORKERS_TAG);
+        let mut out = statements(&WORKERS, &self.workers, workers, true, per);
+        out.extend(statements(
+            &REMOVED_WORKERS,
+            &self.removed_workers,
+            workers,
+            false,
+            per,
+        ));
+        out.extend(statements(
+            &JOBS,
+            &self.jobs,
+            present.of(JOBS_TAG),
+            true,
+            per,
+        ));
+        out.extend(statements(
+            &TASKS,
+            &self.tasks,
+            present.of(TASKS_TAG),
+            true,
+            per,
+        ));
+        out.extend(statements(
+            &ATTEMPTS,
+            &self.attempts,
+            present.of(ATTEMPTS_TAG),
+            true,
+            per,
+        ));
+        // Events are written once: those already there (a batch written again) are left.
+        let shipped = present.of(EVENTS_TAG);
+        let new: Vec<&Row> = self
+            .events
+            .iter()
+            .filter(|row| !shipped.contains(&key_text(&row.key)))
+            .collect();
+        out.extend(insert_statements(&EVENTS, &new, per));
+        out
     }
 }
 
-fn push_worker(packer: &mut Packer, id: WorkerId, worker: Option<&Worker>, version: i64) {
-    let Some(w) = worker else {
-        packer.push(
-            "UPDATE scaleout.worker_agents SET is_removed = 1, row_version = ? \
-             WHERE worker_agent_id = ? AND row_version <= ?",
-            vec![p(version), p(id.to_string()), p(version)],
-        );
-        return;
-    };
+fn int(n: impl TryInto<i32>) -> Lit {
+    Lit::Int(n.try_into().unwrap_or(i32::MAX).into())
+}
+
+fn worker_row(id: WorkerId, w: &Worker, version: &Lit) -> Row {
     let info = &w.info;
-    let id_text = id.to_string();
-    // The columns the UPDATE and the INSERT share, in the same order in both.
-    let described = || -> Vec<Param> {
-        vec![
-            p(clip(&info.display_name, 256)),
-            p(clip(&info.description, 256)),
-            p(clip(&info.machine_name, 256)),
-            p(clip(&info.tags.join(","), MAX_STRING)),
-            p(i32::try_from(info.max_tasks).unwrap_or(i32::MAX)),
-            p(clip(&info.version, 256)),
-            p(w.enabled),
-            p(w.draining),
-        ]
-    };
-    // Parameters are numbered in the order the `?`s appear: IF EXISTS id; UPDATE columns,
-    // online time and ms, version, WHERE id and version; INSERT id, columns, registered and
-    // online times, version.
-    let mut ordered = vec![p(id_text.clone())];
-    ordered.extend(described());
-    ordered.extend([
-        p(sql_time(w.last_heartbeat_ms)),
-        p(big(w.last_heartbeat_ms)),
-        p(version),
-    ]);
-    ordered.push(p(id_text.clone()));
-    ordered.push(p(version));
-    ordered.push(p(id_text));
-    ordered.extend(described());
-    ordered.extend([
-        p(sql_time(w.registered_at_ms)),
-        p(big(w.registered_at_ms)),
-        p(sql_time(w.last_heartbeat_ms)),
-        p(big(w.last_heartbeat_ms)),
-        p(version),
-    ]);
-    packer.push(
-        "IF EXISTS (SELECT 1 FROM scaleout.worker_agents WHERE worker_agent_id = ?) \
-         UPDATE scaleout.worker_agents SET display_name = ?, description = ?, machine_name = ?, \
-         tags = ?, max_tasks = ?, agent_version = ?, is_enabled = ?, is_draining = ?, \
-         is_removed = 0, last_online_time = CAST(? AS DATETIME2), last_online_ms = ?, \
-         row_version = ? WHERE worker_agent_id = ? AND row_version <= ? \
-         ELSE INSERT INTO scaleout.worker_agents (worker_agent_id, display_name, description, \
-         machine_name, tags, max_tasks, agent_version, is_enabled, is_draining, is_removed, \
-         registered_time, registered_ms, last_online_time, last_online_ms, row_version) VALUES \
-         (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?)",
-        ordered,
-    );
+    let mut changing = vec![
+        Lit::text(clip(&info.display_name, 256)),
+        Lit::text(clip(&info.description, 256)),
+        Lit::text(clip(&info.machine_name, 256)),
+        Lit::text(clip(&info.tags.join(","), MAX_STRING)),
+        int(info.max_tasks),
+        Lit::text(clip(&info.version, 256)),
+        Lit::Bit(w.enabled),
+        Lit::Bit(w.draining),
+        Lit::Bit(false),
+    ];
+    changing.extend(Lit::time(w.last_heartbeat_ms));
+    changing.push(version.clone());
+    Row {
+        key: Lit::text(id.to_string()),
+        fixed: Lit::time(w.registered_at_ms).into(),
+        changing,
+    }
 }
 
 fn command_line(job: &Job) -> String {
     clip(&job.spec.argv.join(" "), MAX_STRING)
 }
 
-fn push_job(packer: &mut Packer, job: &Job, version: i64) {
+fn job_row(job: &Job, version: &Lit) -> Row {
     let worker = job
         .lease
         .as_ref()
         .map(|l| l.worker)
         .or_else(|| job.attempts.last().map(|a| a.worker))
         .map(|w| w.to_string());
-    let attempts = i32::try_from(job.attempts.len()).unwrap_or(i32::MAX);
-    let set = || -> Vec<Param> {
-        vec![
-            p(job.state.as_str()),
-            p(status_code(job.state)),
-            p(attempts),
-            p(job.cancel_requested),
-            p(worker.clone()),
-            p(sql_time(job.updated_at_ms)),
-            p(big(job.updated_at_ms)),
-            p(version),
-        ]
-    };
-    let mut params = vec![p(big(job.id))];
-    params.extend(set());
-    params.push(p(big(job.id)));
-    params.push(p(version));
-    params.extend(vec![
-        p(big(job.id)),
-        p(clip(&job.spec.name, 256)),
-        p(job.spec.package.as_deref().map(|s| clip(s, MAX_STRING))),
-        p(command_line(job)),
-        p(job.spec.priority),
-        p(i32::try_from(job.spec.max_attempts).unwrap_or(i32::MAX)),
-        p(sql_time(job.created_at_ms)),
-        p(big(job.created_at_ms)),
-    ]);
-    params.extend(set());
-    packer.push(
-        "IF EXISTS (SELECT 1 FROM scaleout.jobs WHERE job_id = ?) \
-         UPDATE scaleout.jobs SET state = ?, status = ?, attempt_count = ?, cancel_requested = ?, \
-         worker_agent_id = ?, updated_time = CAST(? AS DATETIME2), updated_ms = ?, \
-         row_version = ? WHERE job_id = ? AND row_version <= ? \
-         ELSE INSERT INTO scaleout.jobs (job_id, job_name, package_path, command_line, priority, \
-         max_attempts, created_time, created_ms, state, status, attempt_count, cancel_requested, \
-         worker_agent_id, updated_time, updated_ms, row_version) VALUES (?, ?, ?, ?, ?, ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, ?)",
-        params,
-    );
+    let mut fixed = vec![
+        Lit::text(clip(&job.spec.name, 256)),
+        Lit::opt_text(job.spec.package.as_deref().map(|s| clip(s, MAX_STRING))),
+        Lit::text(command_line(job)),
+        Lit::Int(job.spec.priority.into()),
+        int(job.spec.max_attempts),
+    ];
+    fixed.extend(Lit::time(job.created_at_ms));
+    let mut changing = vec![
+        Lit::text(job.state.as_str()),
+        Lit::Int(status_code(job.state).into()),
+        int(job.attempts.len()),
+        Lit::Bit(job.cancel_requested),
+        Lit::opt_text(worker),
+    ];
+    changing.extend(Lit::time(job.updated_at_ms));
+    changing.push(version.clone());
+    Row {
+        key: Lit::Big(big(job.id)),
+        fixed,
+        changing,
+    }
+}
 
-    // The task (task_id = job_id), shaped like internal.tasks.
-    let lease_worker = job.lease.as_ref().map(|l| l.worker.to_string());
-    let expires = job.lease.as_ref().map(|l| l.expires_at_ms);
-    let pickup = job.attempts.last().map(|a| a.started_at_ms);
+fn task_row(job: &Job, version: &Lit) -> Row {
     let input = clip(
         &job.spec
             .package
@@ -381,56 +631,35 @@ fn push_job(packer: &mut Packer, job: &Job, version: i64) {
             .unwrap_or_else(|| job.spec.argv.join(" ")),
         MAX_STRING,
     );
-    let task_set = || -> Vec<Param> {
-        let (exp_t, exp_ms) = opt_ms(expires);
-        let (pick_t, pick_ms) = opt_ms(pickup);
-        vec![
-            p(attempts),
-            p(status_code(job.state)),
-            p(sql_time(job.ready_at_ms)),
-            p(big(job.ready_at_ms)),
-            p(sql_time(job.updated_at_ms)),
-            p(big(job.updated_at_ms)),
-            p(lease_worker.clone()),
-            exp_t,
-            exp_ms,
-            p(job.state == JobState::Cancelled || job.cancel_requested),
-            pick_t,
-            pick_ms,
-            p(version),
-        ]
-    };
-    let mut params = vec![p(big(job.id))];
-    params.extend(task_set());
-    params.push(p(big(job.id)));
-    params.push(p(version));
-    params.extend(vec![
-        p(big(job.id)),
-        p(big(job.id)),
-        p(input),
-        p(i32::try_from(job.spec.max_attempts).unwrap_or(i32::MAX)),
-        p(job.spec.priority),
-        p(sql_time(job.created_at_ms)),
-        p(big(job.created_at_ms)),
-    ]);
-    params.extend(task_set());
-    packer.push(
-        "IF EXISTS (SELECT 1 FROM scaleout.tasks WHERE task_id = ?) \
-         UPDATE scaleout.tasks SET executed_count = ?, status = ?, \
-         ready_for_dispatch_time = CAST(? AS DATETIME2), ready_for_dispatch_ms = ?, \
-         last_updated_time = CAST(? AS DATETIME2), last_updated_ms = ?, worker_agent_id = ?, \
-         expired_time = CAST(? AS DATETIME2), expired_ms = ?, is_cancelled = ?, \
-         last_pickup_time = CAST(? AS DATETIME2), last_pickup_ms = ?, row_version = ? \
-         WHERE task_id = ? AND row_version <= ? \
-         ELSE INSERT INTO scaleout.tasks (task_id, job_id, task_type, input_data, \
-         max_executed_count, is_critical, priority, created_time, created_ms, executed_count, \
-         status, ready_for_dispatch_time, ready_for_dispatch_ms, last_updated_time, \
-         last_updated_ms, worker_agent_id, expired_time, expired_ms, is_cancelled, \
-         last_pickup_time, last_pickup_ms, row_version) VALUES (?, ?, 0, ?, ?, 0, ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, CAST(? AS DATETIME2), ?, CAST(? AS DATETIME2), ?, ?, \
-         CAST(? AS DATETIME2), ?, ?, CAST(? AS DATETIME2), ?, ?)",
-        params,
-    );
+    let mut fixed = vec![
+        Lit::Big(big(job.id)),
+        Lit::Int(0),
+        Lit::text(input),
+        int(job.spec.max_attempts),
+        Lit::Bit(false),
+        Lit::Int(job.spec.priority.into()),
+    ];
+    fixed.extend(Lit::time(job.created_at_ms));
+    let mut changing = vec![
+        int(job.attempts.len()),
+        Lit::Int(status_code(job.state).into()),
+    ];
+    changing.extend(Lit::time(job.ready_at_ms));
+    changing.extend(Lit::time(job.updated_at_ms));
+    changing.push(Lit::opt_text(
+        job.lease.as_ref().map(|l| l.worker.to_string()),
+    ));
+    changing.extend(Lit::opt_time(job.lease.as_ref().map(|l| l.expires_at_ms)));
+    changing.push(Lit::Bit(
+        job.state == JobState::Cancelled || job.cancel_requested,
+    ));
+    changing.extend(Lit::opt_time(job.attempts.last().map(|a| a.started_at_ms)));
+    changing.push(version.clone());
+    Row {
+        key: Lit::Big(big(job.id)),
+        fixed,
+        changing,
+    }
 }
 
 /// task_attempt_id: one column key (iridium does not enforce composite keys).
@@ -440,48 +669,26 @@ pub fn task_attempt_id(job: JobId, attempt: u32) -> i64 {
         .saturating_add(i64::from(attempt))
 }
 
-fn push_attempt(packer: &mut Packer, job: JobId, attempt: &crate::queue::Attempt, version: i64) {
-    let key = task_attempt_id(job, attempt.number);
-    let set = || -> Vec<Param> {
-        let (end_t, end_ms) = opt_ms(attempt.ended_at_ms);
-        vec![
-            end_t,
-            end_ms,
-            p(attempt.outcome.map(|o| o.as_str())),
-            p(attempt.exit_code),
-            p(if attempt.error.is_empty() {
-                None
-            } else {
-                Some(clip(&attempt.error, MAX_STRING))
-            }),
-            p(version),
-        ]
-    };
-    let mut params = vec![p(key)];
-    params.extend(set());
-    params.push(p(key));
-    params.push(p(version));
-    params.extend(vec![
-        p(key),
-        p(big(job)),
-        p(i32::try_from(attempt.number).unwrap_or(i32::MAX)),
-        p(attempt.worker.to_string()),
-        p(big(attempt.token)),
-        p(sql_time(attempt.started_at_ms)),
-        p(big(attempt.started_at_ms)),
+fn attempt_row(job: JobId, attempt: &crate::queue::Attempt, version: &Lit) -> Row {
+    let mut fixed = vec![
+        Lit::Big(big(job)),
+        int(attempt.number),
+        Lit::text(attempt.worker.to_string()),
+        Lit::Big(big(attempt.token)),
+    ];
+    fixed.extend(Lit::time(attempt.started_at_ms));
+    let mut changing = Lit::opt_time(attempt.ended_at_ms).to_vec();
+    changing.extend([
+        Lit::opt_text(attempt.outcome.map(|o| o.as_str())),
+        attempt.exit_code.map_or(Lit::Null, |c| Lit::Int(c.into())),
+        Lit::opt_text((!attempt.error.is_empty()).then(|| clip(&attempt.error, MAX_STRING))),
+        version.clone(),
     ]);
-    params.extend(set());
-    packer.push(
-        "IF EXISTS (SELECT 1 FROM scaleout.task_attempts WHERE task_attempt_id = ?) \
-         UPDATE scaleout.task_attempts SET ended_time = CAST(? AS DATETIME2), ended_ms = ?, \
-         outcome = ?, exit_code = ?, error_message = ?, row_version = ? \
-         WHERE task_attempt_id = ? AND row_version <= ? \
-         ELSE INSERT INTO scaleout.task_attempts (task_attempt_id, task_id, attempt_number, \
-         worker_agent_id, lease_token, started_time, started_ms, ended_time, ended_ms, outcome, \
-         exit_code, error_message, row_version) VALUES (?, ?, ?, ?, ?, CAST(? AS DATETIME2), ?, \
-         CAST(? AS DATETIME2), ?, ?, ?, ?, ?)",
-        params,
-    );
+    Row {
+        key: Lit::Big(task_attempt_id(job, attempt.number)),
+        fixed,
+        changing,
+    }
 }
 
 /// The event's kind name, SSIS message type, attempt, worker, log sequence and message.
@@ -594,30 +801,25 @@ pub fn describe(
     }
 }
 
-fn push_event(packer: &mut Packer, event: &OutboxEvent, batch: &Batch) {
+fn event_row(event: &OutboxEvent, batch: &Batch) -> Row {
     let line = match &event.kind {
         EventKind::LogLine { job, sequence } => batch.lines.get(&(*job, *sequence)),
         _ => None,
     };
     let (kind, ty, attempt, worker, log_seq, message) = describe(event, line);
-    let id = big(event.id);
-    packer.push(
-        "INSERT INTO scaleout.event_messages (event_id, event_time, event_ms, event_kind, \
-         message_type, job_id, attempt_number, worker_agent_id, log_sequence, message) \
-         SELECT ?, CAST(? AS DATETIME2), ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS \
-         (SELECT 1 FROM scaleout.event_messages WHERE event_id = ?)",
-        vec![
-            p(id),
-            p(sql_time(event.at_ms)),
-            p(big(event.at_ms)),
-            p(kind),
-            p(ty),
-            p(event.kind.job().map(big)),
-            p(attempt.map(|a| i32::try_from(a).unwrap_or(i32::MAX))),
-            p(worker.map(|w| w.to_string())),
-            p(log_seq.map(big)),
-            p(clip(&message, MAX_STRING)),
-            p(id),
-        ],
-    );
+    let mut fixed = Lit::time(event.at_ms).to_vec();
+    fixed.extend([
+        Lit::text(kind),
+        Lit::Int(ty.into()),
+        event.kind.job().map_or(Lit::Null, |j| Lit::Big(big(j))),
+        attempt.map_or(Lit::Null, int),
+        Lit::opt_text(worker.map(|w| w.to_string())),
+        log_seq.map_or(Lit::Null, |s| Lit::Big(big(s))),
+        Lit::text(clip(&message, MAX_STRING)),
+    ]);
+    Row {
+        key: Lit::Big(big(event.id)),
+        fixed,
+        changing: Vec::new(),
+    }
 }

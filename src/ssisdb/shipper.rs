@@ -64,6 +64,9 @@ pub struct ShipperStatus {
     pub events_shipped: AtomicU64,
     /// Shipping attempts that failed (connection, SQL or commit of the cursor).
     pub ship_errors: AtomicU64,
+    /// Requests (round trips) and SQL statements of the batches shipped.
+    pub requests: AtomicU64,
+    pub statements: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -280,7 +283,14 @@ impl Shipper {
             term,
             replica: self.replica_id,
         };
-        write_batch(client, addr, &batch, fence).await?;
+        let trips = write_batch(
+            client,
+            addr,
+            &batch,
+            fence,
+            self.settings.rows_per_statement as usize,
+        )
+        .await?;
         let n = batch.events.len();
         let release = Command::ReleaseOutbox {
             after: acked,
@@ -318,6 +328,12 @@ impl Shipper {
         self.status
             .events_shipped
             .fetch_add(n as u64, Ordering::Relaxed);
+        self.status
+            .requests
+            .fetch_add(trips.requests.into(), Ordering::Relaxed);
+        self.status
+            .statements
+            .fetch_add(trips.statements.into(), Ordering::Relaxed);
         if self.status.set_error(None) {
             info!(replica = self.replica_id, %addr, "SSISDB shipping recovered");
         }
@@ -326,6 +342,8 @@ impl Shipper {
             replica = self.replica_id,
             events = n,
             up_to = last,
+            requests = trips.requests,
+            statements = trips.statements,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "shipped a batch to SSISDB"
         );

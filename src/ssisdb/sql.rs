@@ -1,22 +1,10 @@
-//! Building the SQL the shipper sends: time text, clipped strings, and statements packed into
-//! few round trips.
-//!
-//! Limits that shape this (measured against iridium_server 0.1.13, see
-//! /tmp/notes/ssisdb-research.md): a statement text over 4,000 UTF-16 units goes as
-//! NVARCHAR(MAX), which iridium rejects ("unsupported RPC request") or silently drops, and an
-//! RPC with about 250 parameters or more is silently dropped too. So a round trip carries at
-//! most [`MAX_TEXT`] characters and [`MAX_PARAMS`] parameters; SQL Server allows far more (2,100
-//! parameters), so these are safe there as well.
-
-use tiberius::ToSql;
+//! SQL helpers of the shipper: time text, clipped strings, BIGINTs, plain requests, ROLLBACK
+//! and COUNT(*). The statements themselves are written by `upsert.rs` (set-based table writes)
+//! and `rows.rs`.
 
 use super::connect::{SqlClient, SsisdbError};
 
-/// Most characters of SQL text in one round trip.
-pub(crate) const MAX_TEXT: usize = 3_800;
-/// Most parameters in one round trip.
-pub(crate) const MAX_PARAMS: usize = 200;
-/// Longest string parameter, in UTF-16 units (longer ones go as NVARCHAR(MAX)).
+/// Longest text written, in UTF-16 units: the `NVARCHAR(4000)` columns of the schema.
 pub(crate) const MAX_STRING: usize = 4_000;
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC, whole seconds) of a leader-clock reading, for
@@ -57,69 +45,6 @@ pub(crate) fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-pub(crate) type Param = Box<dyn ToSql>;
-
-/// One round trip: SQL text and its parameters.
-#[derive(Default)]
-pub(crate) struct Trip {
-    pub sql: String,
-    pub params: Vec<Param>,
-}
-
-/// Packs statements into round trips within [`MAX_TEXT`] and [`MAX_PARAMS`]. A statement's
-/// template marks each parameter with `?`, in order (templates hold no other `?`).
-#[derive(Default)]
-pub(crate) struct Packer {
-    trips: Vec<Trip>,
-    current: Trip,
-}
-
-impl Packer {
-    pub fn push(&mut self, template: &str, params: Vec<Param>) {
-        let len = template.len() + params.len() * 4 + 2;
-        if !self.current.params.is_empty()
-            && (self.current.sql.len() + len > MAX_TEXT
-                || self.current.params.len() + params.len() > MAX_PARAMS)
-        {
-            self.trips.push(std::mem::take(&mut self.current));
-        }
-        let mut n = self.current.params.len();
-        for part in template.split('?').enumerate() {
-            if part.0 > 0 {
-                n += 1;
-                self.current.sql.push_str("@P");
-                self.current.sql.push_str(&n.to_string());
-            }
-            self.current.sql.push_str(part.1);
-        }
-        self.current.sql.push_str(";\n");
-        self.current.params.extend(params);
-    }
-
-    pub fn finish(mut self) -> Vec<Trip> {
-        if !self.current.sql.is_empty() {
-            self.trips.push(self.current);
-        }
-        self.trips
-    }
-}
-
-/// Sends each round trip, draining its results.
-pub(crate) async fn send(
-    client: &mut SqlClient,
-    addr: &str,
-    trips: Vec<Trip>,
-) -> Result<(), SsisdbError> {
-    for trip in trips {
-        let refs: Vec<&dyn ToSql> = trip.params.iter().map(|p| p.as_ref()).collect();
-        client
-            .execute(trip.sql.as_str(), &refs)
-            .await
-            .map_err(|e| SsisdbError::from_sql(addr, e))?;
-    }
-    Ok(())
-}
-
 /// Runs a statement without parameters, draining its results.
 pub(crate) async fn simple(
     client: &mut SqlClient,
@@ -146,11 +71,16 @@ pub(crate) async fn rollback(client: &mut SqlClient) {
 
 /// Reads a COUNT(*) (BIGINT on iridium, INT on SQL Server).
 pub(crate) fn count_of(row: &tiberius::Row) -> i64 {
-    row.try_get::<i32, _>(0)
+    count_at(row, 0)
+}
+
+/// Reads a COUNT(*) in column `column`.
+pub(crate) fn count_at(row: &tiberius::Row, column: usize) -> i64 {
+    row.try_get::<i32, _>(column)
         .ok()
         .flatten()
         .map(i64::from)
-        .or_else(|| row.try_get::<i64, _>(0).ok().flatten())
+        .or_else(|| row.try_get::<i64, _>(column).ok().flatten())
         .unwrap_or(0)
 }
 
@@ -169,29 +99,5 @@ mod tests {
         assert_eq!(clip("abc", 2), "ab");
         assert_eq!(clip("a😀b", 2), "a");
         assert_eq!(clip("a😀b", 3), "a😀");
-    }
-
-    #[test]
-    fn packs_within_limits() {
-        let mut p = Packer::default();
-        for i in 0..300i64 {
-            p.push(
-                "INSERT INTO t (a, b) VALUES (?, ?)",
-                vec![Box::new(i), Box::new(i)],
-            );
-        }
-        let trips = p.finish();
-        assert!(trips.len() >= 3);
-        for t in &trips {
-            assert!(t.params.len() <= MAX_PARAMS);
-            assert!(t.sql.len() <= MAX_TEXT);
-        }
-        assert!(trips[0]
-            .sql
-            .starts_with("INSERT INTO t (a, b) VALUES (@P1, @P2);"));
-        assert!(trips[1]
-            .sql
-            .starts_with("INSERT INTO t (a, b) VALUES (@P1, @P2);"));
-        assert_eq!(trips.iter().map(|t| t.params.len()).sum::<usize>(), 600);
     }
 }
