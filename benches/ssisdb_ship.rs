@@ -87,6 +87,7 @@ async fn run() -> anyhow::Result<()> {
     // Let the registrations ship, so the measurement starts from an empty outbox.
     wait_drained(&client, Duration::from_secs(120)).await?;
     let shipped_before = shipped_events(&settings).await?;
+    let trips_before = shipping_trips(&cluster).await?;
 
     let started = Instant::now();
     let issued = Arc::new(AtomicU64::new(0));
@@ -135,6 +136,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let drained = started.elapsed();
     let events = shipped_events(&settings).await? - shipped_before;
+    let trips = shipping_trips(&cluster).await?;
+    let per_thousand = |n: f64| 1000.0 * n / (trips.events - trips_before.events).max(1.0);
+    let requests = per_thousand(trips.requests - trips_before.requests);
+    let statements = per_thousand(trips.statements - trips_before.statements);
     let load = load_done.context("the load never finished")?;
     lag_samples.sort_unstable();
     let median_lag = lag_samples[lag_samples.len() / 2];
@@ -150,9 +155,12 @@ async fn run() -> anyhow::Result<()> {
     server.stop();
 
     let ceiling = iridium_ceiling(events, &dir.path().join("ceiling")).await?;
+    let rate = events as f64 / drained.as_secs_f64();
     println!(
         "ssisdb_ship: iridium's own ceiling for {events} event rows (plain multi-row INSERT, \
-         1,000 rows per transaction): {ceiling:.0} rows/s"
+         1,000 rows per transaction): {ceiling:.0} rows/s; shipping reached {:.0} % of it, \
+         with {requests:.1} requests and {statements:.1} statements per 1,000 events",
+        100.0 * rate / ceiling
     );
     Ok(())
 }
@@ -211,6 +219,42 @@ async fn wait_drained(client: &scaleout::client::Client, timeout: Duration) -> a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// What the replicas' shippers have sent so far, summed over the replicas (only a leader
+/// ships), from their `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Trips {
+    events: f64,
+    requests: f64,
+    statements: f64,
+}
+
+async fn shipping_trips(cluster: &LocalCluster) -> anyhow::Result<Trips> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sum = Trips::default();
+    for replica in &cluster.replicas {
+        let mut stream = tokio::net::TcpStream::connect(&replica.metrics_addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            match name {
+                "scaleout_ssisdb_events_shipped_total" => sum.events += value,
+                "scaleout_ssisdb_requests_total" => sum.requests += value,
+                "scaleout_ssisdb_statements_total" => sum.statements += value,
+                _ => {}
+            }
+        }
+    }
+    Ok(sum)
 }
 
 async fn shipped_events(settings: &SsisdbSettings) -> anyhow::Result<u64> {
