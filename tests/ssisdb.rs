@@ -1339,3 +1339,293 @@ async fn depose(cluster: &LocalCluster, leader: u64) -> (u64, u64) {
         .await
         .expect("an agreed leader")
 }
+
+/// The arguments of `scaleout.submit_job`, in its order.
+#[derive(Default)]
+struct SubmitArgs<'a> {
+    name: &'a str,
+    argv: Option<&'a str>,
+    package: Option<&'a str>,
+    parameters: Option<&'a str>,
+    max_attempts: Option<i32>,
+    request_key: Option<&'a str>,
+}
+
+/// `EXEC scaleout.submit_job …` as a SQL Agent step would run it; returns the request id.
+/// Arguments go by position: iridium binds EXEC arguments by position even when named (SQL
+/// Server by name; positional calls work on both).
+async fn submit_from_sql(sql: &mut ssisdb::SqlClient, args: SubmitArgs<'_>) -> i64 {
+    let quoted = |v: Option<&str>| {
+        v.map_or("NULL".to_string(), |v| {
+            format!("N'{}'", v.replace('\'', "''"))
+        })
+    };
+    let query = format!(
+        "EXEC scaleout.submit_job {}, {}, {}, {}, {}, NULL, NULL, {}",
+        quoted(Some(args.name)),
+        quoted(args.argv),
+        quoted(args.package),
+        quoted(args.parameters),
+        args.max_attempts
+            .map_or("NULL".to_string(), |n| n.to_string()),
+        quoted(args.request_key),
+    );
+    let rows = rows(sql, &query).await;
+    rows.first()
+        .and_then(|row| int(row, 0))
+        .unwrap_or_else(|| panic!("{query} returned no request id"))
+}
+
+/// (request state, job id, error message) of a request row.
+async fn request_row(
+    sql: &mut ssisdb::SqlClient,
+    request_id: i64,
+) -> (String, Option<i64>, Option<String>) {
+    let found = rows(
+        sql,
+        &format!(
+            "SELECT state, job_id, error_message FROM scaleout.job_requests \
+             WHERE request_id = {request_id}"
+        ),
+    )
+    .await;
+    let row = found.first().expect("the request row");
+    (text(row, 0).expect("state"), int(row, 1), text(row, 2))
+}
+
+/// Waits until the request is no longer pending.
+async fn wait_processed(
+    sql: &mut ssisdb::SqlClient,
+    request_id: i64,
+) -> (String, Option<i64>, Option<String>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = request_row(sql, request_id).await;
+        if row.0 != "pending" {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {request_id} still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Job intake from T-SQL: a request row becomes a job that runs, the row shows the job id and,
+/// through scaleout.job_request_status and the catalog-shaped views, its final state and log;
+/// a malformed request gets an error on its own row and nothing else is affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_from_t_sql_runs_and_its_row_follows_it() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let mut cluster = start_cluster(
+        server.port,
+        &env.password_file,
+        &["ssisdb.intake_interval_ms=200"],
+    );
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let mut sql = sql(server.port, &env.password_file).await;
+    let bad = SubmitArgs {
+        name: "bad",
+        argv: Some("echo not json"),
+        request_key: Some("bad-1"),
+        ..SubmitArgs::default()
+    };
+    let bad = submit_from_sql(&mut sql, bad).await;
+    let good = SubmitArgs {
+        name: "from sql",
+        argv: Some(r#"["/bin/sh","-c","echo hello from t-sql"]"#),
+        parameters: Some(r#"{"Date":"2026-12-06"}"#),
+        max_attempts: Some(2),
+        ..SubmitArgs::default()
+    };
+    let good = submit_from_sql(&mut sql, good).await;
+    let zero = SubmitArgs {
+        name: "zero",
+        package: Some(r"\\share\load.dtsx"),
+        max_attempts: Some(0),
+        ..SubmitArgs::default()
+    };
+    let zero = submit_from_sql(&mut sql, zero).await;
+
+    let (state, job, error) = wait_processed(&mut sql, bad).await;
+    assert_eq!((state.as_str(), job), ("rejected", None));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("@argv is not a JSON array")),
+        "{error:?}"
+    );
+    let (state, _, error) = wait_processed(&mut sql, zero).await;
+    assert_eq!(state, "rejected");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("@max_attempts is 0")),
+        "{error:?}"
+    );
+    let (state, job, error) = wait_processed(&mut sql, good).await;
+    assert_eq!((state.as_str(), error), ("submitted", None));
+    let job_id = job.expect("the job id on the row");
+
+    cluster.start_worker(worker("w1")).expect("worker");
+    let client = cluster.client().expect("client");
+    let job = wait_terminal(&client, u64::try_from(job_id).expect("id")).await;
+    assert_eq!(job.state, JobState::Succeeded as i32);
+    let spec = job.spec.as_ref().expect("spec");
+    assert_eq!((spec.name.as_str(), spec.max_attempts), ("from sql", 2));
+    assert_eq!(
+        spec.params.get("Date").map(String::as_str),
+        Some("2026-12-06")
+    );
+    let all = client.list_jobs(None, 0, 100, false).await.expect("list");
+    assert_eq!(all.jobs.len(), 1, "only the valid request became a job");
+
+    // The request's view and the catalog shapes follow the job to its end.
+    wait_shipped(&mut sql, std::slice::from_ref(&job)).await;
+    let status = rows(
+        &mut sql,
+        &format!(
+            "SELECT request_state, job_state, job_status FROM scaleout.job_request_status \
+             WHERE request_id = {good}"
+        ),
+    )
+    .await;
+    assert_eq!(
+        (text(&status[0], 0), text(&status[0], 1), int(&status[0], 2)),
+        (Some("submitted".into()), Some("succeeded".into()), Some(5))
+    );
+    // Nullable DATETIME2 values do not travel from iridium to tiberius ("invalid token type"),
+    // so the times are checked for presence.
+    let execution = rows(
+        &mut sql,
+        &format!(
+            "SELECT status, package_name, CASE WHEN start_time IS NULL THEN 0 ELSE 1 END, \
+             CASE WHEN end_time IS NULL THEN 0 ELSE 1 END FROM scaleout.catalog_executions \
+             WHERE execution_id = {job_id}"
+        ),
+    )
+    .await;
+    assert_eq!(execution.len(), 1);
+    assert_eq!(int(&execution[0], 0), Some(7), "succeeded is status 7");
+    assert_eq!(text(&execution[0], 1).as_deref(), Some("from sql"));
+    assert_eq!(
+        (int(&execution[0], 2), int(&execution[0], 3)),
+        (Some(1), Some(1)),
+        "start and end times are there"
+    );
+    let messages = rows(
+        &mut sql,
+        &format!(
+            "SELECT message FROM scaleout.catalog_operation_messages WHERE operation_id = \
+             {job_id} AND message_source_type = 30"
+        ),
+    )
+    .await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| text(m, 0).as_deref() == Some("hello from t-sql")),
+        "the job's log line is an operation message"
+    );
+    drop(cluster);
+    server.stop();
+}
+
+/// The leader killed while it takes requests: every request becomes exactly one job. The
+/// request key is the idempotency key, so a request whose job was submitted by a leader that
+/// died before marking the row is submitted again by the next leader as the same job: the
+/// test makes that case certain (the job of request 0 is submitted, under the key the leader
+/// uses, while the replicas cannot reach SQL), then kills the leader while it takes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_while_taking_requests_makes_one_job_per_request() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(PASSWORD);
+    let server = Iridium::start(0, &env.data_dir(), PASSWORD).expect("iridium");
+    ssisdb::install_schema(&settings(server.port, &env.password_file))
+        .await
+        .expect("install");
+    let target = SsisdbTarget {
+        server: format!("127.0.0.1:{}", server.port)
+            .parse()
+            .expect("address"),
+        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
+        password_file: env.password_file.clone(),
+    };
+    let sql_link = target.proxy().await.expect("SQL proxy");
+    sql_link.set(LinkMode::Refuse);
+    let mut cluster = start_cluster(
+        sql_link.addr().port(),
+        &env.password_file,
+        &["ssisdb.intake_interval_ms=100"],
+    );
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    let mut sql = sql(server.port, &env.password_file).await;
+    let mut requests = Vec::new();
+    for i in 0..12 {
+        requests.push(
+            submit_from_sql(
+                &mut sql,
+                SubmitArgs {
+                    name: &format!("req {i}"),
+                    argv: Some(r#"["/bin/true"]"#),
+                    ..SubmitArgs::default()
+                },
+            )
+            .await,
+        );
+    }
+    // Request 0's job as a leader submits it before it marks the row.
+    let client = cluster.client().expect("client");
+    let submitted = client
+        .submit_job(
+            v1::JobSpec {
+                argv: vec!["/bin/true".into()],
+                name: "req 0".into(),
+                max_attempts: 1,
+                ..Default::default()
+            },
+            Some(format!("ssisdb-request-{}", requests[0])),
+        )
+        .await
+        .expect("submit")
+        .job_id;
+    sql_link.set(LinkMode::Pass);
+    // Killed as soon as it has taken the first request: the others are in flight or pending.
+    let (_, job, _) = wait_processed(&mut sql, requests[0]).await;
+    assert_eq!(
+        job,
+        Some(submitted as i64),
+        "the request's job is the one already submitted"
+    );
+    cluster.kill(leader).expect("kill -9 the leader");
+    cluster.wait_for_leader(WAIT).await.expect("a new leader");
+    let mut job_ids = Vec::new();
+    for request in &requests {
+        let (state, job, error) = wait_processed(&mut sql, *request).await;
+        assert_eq!(state, "submitted", "{error:?}");
+        job_ids.push(job.expect("job id"));
+    }
+    let mut distinct = job_ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        requests.len(),
+        "one job per request: {job_ids:?}"
+    );
+    let client = cluster.client().expect("client");
+    let jobs = client.list_jobs(None, 0, 100, false).await.expect("list");
+    assert_eq!(
+        jobs.jobs.len(),
+        requests.len(),
+        "no request made a second job"
+    );
+    drop(cluster);
+    server.stop();
+}

@@ -33,3 +33,17 @@ ALTER ROLE scaleout_writer ADD MEMBER scaleout_master;
 GO
 -- Nothing else: public's defaults only. To check: EXECUTE AS USER = N'scaleout_master';
 -- SELECT * FROM fn_my_permissions(N'scaleout', N'SCHEMA'); REVERT;
+
+-- Job intake from T-SQL (schema 3): whoever submits jobs from SQL (a SQL Agent job step's
+-- login, an ETL service account) gets role scaleout_submitter: it may run scaleout.submit_job
+-- and read what became of its requests and the jobs' history, and nothing else (the procedure
+-- writes scaleout.job_requests through ownership chaining; no table permission is granted).
+-- Add members with: ALTER ROLE scaleout_submitter ADD MEMBER [CORP\sqlagent_etl];
+IF DATABASE_PRINCIPAL_ID(N'scaleout_submitter') IS NULL
+    CREATE ROLE scaleout_submitter;
+GO
+GRANT EXECUTE ON OBJECT::scaleout.submit_job TO scaleout_submitter;
+GRANT SELECT ON OBJECT::scaleout.job_request_status TO scaleout_submitter;
+GRANT SELECT ON OBJECT::scaleout.catalog_executions TO scaleout_submitter;
+GRANT SELECT ON OBJECT::scaleout.catalog_operation_messages TO scaleout_submitter;
+GO

@@ -216,3 +216,120 @@ IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 2)
 INSERT INTO scaleout.schema_version (version, description, installed_time)
 VALUES (2, N'scaleout schema 2: the shipping fence (scaleout.shipper) and row_version on worker_agents, jobs, tasks, task_attempts', SYSUTCDATETIME())
 GO
+
+-- Version 3: job intake from T-SQL, and history in the shapes of catalog.executions and
+-- catalog.operation_messages.
+--
+-- A SQL Agent job step or a stored procedure submits a job with
+--   EXEC scaleout.submit_job @name = N'nightly load', @package = N'\\share\etl\load.dtsx',
+--        @parameters = N'{"Date":"2026-12-06"}', @max_attempts = 3, @request_key = N'load-20261206';
+-- which adds a row to scaleout.job_requests and returns its request_id. The leader reads pending
+-- rows every ssisdb.intake_interval_ms, submits each with request_key (or "ssisdb-request-<id>")
+-- as the idempotency key, so a request is one job however often it is read, and writes back
+-- state 'submitted' and the job id, or 'rejected' and why. Poll scaleout.job_request_status
+-- for the job's state. Arguments:
+--   @name          the job's name (required);
+--   @argv          the command and its arguments as a JSON array of strings,
+--                  e.g. N'["cmd.exe","/c","echo hi"]'; or
+--   @package       the path of an SSIS package, run through the worker's executor template;
+--   @parameters    package parameters as a JSON object of strings, e.g. N'{"Date":"2026-12-06"}';
+--   @max_attempts  1 to 100 (default 1); @tags: comma-separated tags a worker must all have;
+--   @worker        comma-separated worker agent ids allowed to run it (default: any);
+--   @request_key   the idempotency key (default: one per request row).
+IF OBJECT_ID(N'scaleout.job_requests', N'U') IS NULL
+CREATE TABLE scaleout.job_requests (
+    request_id BIGINT IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    request_key NVARCHAR(128) NULL,
+    job_name NVARCHAR(256) NULL,
+    argv NVARCHAR(4000) NULL,
+    package_path NVARCHAR(4000) NULL,
+    parameters NVARCHAR(4000) NULL,
+    max_attempts INT NULL,
+    tags NVARCHAR(4000) NULL,
+    worker_agent_ids NVARCHAR(4000) NULL,
+    requested_time DATETIME2 NOT NULL DEFAULT SYSUTCDATETIME(),
+    state NVARCHAR(16) NOT NULL DEFAULT N'pending',
+    job_id BIGINT NULL,
+    error_message NVARCHAR(4000) NULL,
+    processed_time DATETIME2 NULL,
+    processed_ms BIGINT NULL,
+    processed_by BIGINT NULL
+)
+GO
+
+IF OBJECT_ID(N'scaleout.submit_job', N'P') IS NULL
+EXEC(N'CREATE PROCEDURE scaleout.submit_job
+    @name NVARCHAR(256),
+    @argv NVARCHAR(4000) = NULL,
+    @package NVARCHAR(4000) = NULL,
+    @parameters NVARCHAR(4000) = NULL,
+    @max_attempts INT = NULL,
+    @tags NVARCHAR(4000) = NULL,
+    @worker NVARCHAR(4000) = NULL,
+    @request_key NVARCHAR(128) = NULL
+AS
+BEGIN
+    INSERT INTO scaleout.job_requests (request_key, job_name, argv, package_path, parameters,
+        max_attempts, tags, worker_agent_ids)
+    VALUES (@request_key, @name, @argv, @package, @parameters, @max_attempts, @tags, @worker);
+    SELECT CAST(SCOPE_IDENTITY() AS BIGINT) AS request_id;
+END')
+GO
+
+-- A request and the job it became: request_state pending | submitted | rejected; job_state
+-- and job_status (the SSIS task code) once shipped.
+IF OBJECT_ID(N'scaleout.job_request_status', N'V') IS NULL
+EXEC(N'CREATE VIEW scaleout.job_request_status AS
+SELECT r.request_id, r.request_key, r.job_name, r.state AS request_state, r.error_message,
+       r.job_id, j.state AS job_state, j.status AS job_status, j.attempt_count,
+       r.requested_time, r.processed_time, j.updated_time AS job_updated_time
+FROM scaleout.job_requests AS r LEFT JOIN scaleout.jobs AS j ON j.job_id = r.job_id')
+GO
+
+-- When a job's first attempt started and when the job ended, for catalog_executions (written
+-- by the shipper like the other columns).
+IF COL_LENGTH(N'scaleout.jobs', N'started_time') IS NULL
+ALTER TABLE scaleout.jobs ADD started_time DATETIME2 NULL
+GO
+IF COL_LENGTH(N'scaleout.jobs', N'ended_time') IS NULL
+ALTER TABLE scaleout.jobs ADD ended_time DATETIME2 NULL
+GO
+
+-- catalog.executions' shape (SSIS column names; status: 1 created, 2 running, 3 canceled,
+-- 4 failed, 5 pending, 6 ended unexpectedly, 7 succeeded, 8 stopping). A queued job is
+-- pending (5), a picked-up or running one running (2), or stopping (8) once a cancel is asked.
+IF OBJECT_ID(N'scaleout.catalog_executions', N'V') IS NULL
+EXEC(N'CREATE VIEW scaleout.catalog_executions AS
+SELECT j.job_id AS execution_id, N''scaleout'' AS folder_name, N''scaleout'' AS project_name,
+       COALESCE(j.package_path, j.job_name) AS package_name, j.job_name AS job_name,
+       CAST(200 AS INT) AS operation_type, j.created_time AS created_time,
+       CAST(20 AS INT) AS object_type,
+       CASE j.state WHEN N''queued'' THEN 5
+                    WHEN N''picked_up'' THEN CASE WHEN j.cancel_requested = 1 THEN 8 ELSE 2 END
+                    WHEN N''running'' THEN CASE WHEN j.cancel_requested = 1 THEN 8 ELSE 2 END
+                    WHEN N''succeeded'' THEN 7
+                    WHEN N''failed'' THEN 4
+                    WHEN N''cancelled'' THEN 3
+                    ELSE 1 END AS status,
+       j.started_time AS start_time, j.ended_time AS end_time,
+       j.worker_agent_id AS worker_agent_id, j.attempt_count AS attempt_count,
+       j.max_attempts AS max_attempts
+FROM scaleout.jobs AS j')
+GO
+
+-- catalog.operation_messages' shape: operation_id is the job (execution) id, message_type
+-- 120 error, 110 warning, 70 information, 10 verbose; message_source_type 30 for the
+-- package's own log lines, 20 (the process that runs it) for scaleout's events.
+IF OBJECT_ID(N'scaleout.catalog_operation_messages', N'V') IS NULL
+EXEC(N'CREATE VIEW scaleout.catalog_operation_messages AS
+SELECT e.event_id AS operation_message_id, e.job_id AS operation_id, e.event_time AS message_time,
+       e.message_type AS message_type,
+       CASE WHEN e.event_kind = N''LogLine'' THEN 30 ELSE 20 END AS message_source_type,
+       e.message AS message, e.event_kind AS event_kind, e.attempt_number AS attempt_number
+FROM scaleout.event_messages AS e WHERE e.job_id IS NOT NULL')
+GO
+
+IF NOT EXISTS (SELECT 1 FROM scaleout.schema_version WHERE version = 3)
+INSERT INTO scaleout.schema_version (version, description, installed_time)
+VALUES (3, N'scaleout schema 3: job intake (scaleout.job_requests, scaleout.submit_job, scaleout.job_request_status) and the catalog_executions and catalog_operation_messages views', SYSUTCDATETIME())
+GO

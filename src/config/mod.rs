@@ -75,6 +75,7 @@
 //! | `ssisdb.connect_timeout_ms` | (default: 15000) Deadline for connecting and logging in to SQL Server (100..=300000). |
 //! | `ssisdb.ship_interval_ms` | (default: 200) How often the leader looks for new events when it has shipped everything (10..=60000). |
 //! | `ssisdb.rows_per_statement` | (default: 1000) Most rows one statement of a shipped batch writes or reads: each table's rows go as one `UPDATE … FROM (VALUES …)` and one `INSERT … VALUES` per this many rows, values written as literals (SQL Server takes at most 1000 rows in a `VALUES` list and 2,100 parameters in a request, too few for parameters) (1..=1000). |
+//! | `ssisdb.intake_interval_ms` | (default: 2000) How often the leader reads `scaleout.job_requests` for jobs submitted from T-SQL with `EXEC scaleout.submit_job` (schema 3), submits each pending request (its `request_key` or `ssisdb-request-<id>` is the idempotency key: one job per request however often it is read) and writes back the job id or why it was rejected. 0: no intake (100..=600000). |
 //!
 //! # Overrides
 //! Every key can be overridden. Sources, in increasing precedence:

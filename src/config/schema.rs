@@ -112,6 +112,7 @@ pub(super) const SSISDB: &[Field] = &[
     opt("connect_timeout_ms", Kind::Int),
     opt("ship_interval_ms", Kind::Int),
     opt("rows_per_statement", Kind::Int),
+    opt("intake_interval_ms", Kind::Int),
 ];
 
 pub(super) const TOP: &[Field] = &[

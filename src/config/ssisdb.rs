@@ -33,6 +33,8 @@ pub struct SsisdbSettings {
     pub ship_interval_ms: u64,
     /// Most rows one shipped statement writes or reads (a `VALUES` list, an `IN` list).
     pub rows_per_statement: u32,
+    /// How often the leader reads `scaleout.job_requests` for jobs submitted from T-SQL; 0: never.
+    pub intake_interval_ms: u64,
 }
 
 impl Default for SsisdbSettings {
@@ -48,6 +50,7 @@ impl Default for SsisdbSettings {
             connect_timeout_ms: 15_000,
             ship_interval_ms: 200,
             rows_per_statement: 1_000,
+            intake_interval_ms: 2_000,
         }
     }
 }
@@ -107,6 +110,10 @@ impl SsisdbSettings {
     pub fn ship_interval(&self) -> Duration {
         Duration::from_millis(self.ship_interval_ms)
     }
+    /// How often the leader reads job requests; `None`: intake is off.
+    pub fn intake_interval(&self) -> Option<Duration> {
+        (self.intake_interval_ms > 0).then(|| Duration::from_millis(self.intake_interval_ms))
+    }
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_secs)
     }
@@ -150,6 +157,13 @@ impl SsisdbSettings {
                 1..=1_000,
                 "SQL Server takes at most 1000 rows in one VALUES list; the default is 1000",
             ),
+            Bound::new(
+                "ssisdb.intake_interval_ms",
+                self.intake_interval_ms,
+                100..=600_000,
+                "the default is 2000",
+            )
+            .or_zero("no intake from T-SQL"),
         ])?;
         let Some(text) = self.connection_string.as_deref().filter(|_| self.enabled()) else {
             // No SSISDB: the password and CA settings are not used.

@@ -1429,6 +1429,7 @@ ship_interval_ms = 50
             connect_timeout_ms: 5_000,
             ship_interval_ms: 50,
             rows_per_statement: 1_000,
+            intake_interval_ms: 2_000,
         }
     );
     assert_eq!(c.ssisdb.password().unwrap(), "pw");

@@ -12,9 +12,12 @@
 //! - [`shipper`]: the leader's shipping duty (started by the leader loop for each term of
 //!   office); `rows.rs`: the rows a batch writes, fenced by the term; `heartbeat.rs`: every
 //!   replica's own row.
+//! - [`intake`]: jobs submitted from T-SQL (`EXEC scaleout.submit_job`), read and submitted by
+//!   the leader.
 
 pub mod connect;
 mod heartbeat;
+pub mod intake;
 mod rows;
 pub mod schema;
 pub mod shipper;

@@ -386,6 +386,8 @@ const JOBS: TableShape = TableShape {
         "worker_agent_id",
         "updated_time",
         "updated_ms",
+        "started_time",
+        "ended_time",
         "row_version",
     ],
 };
@@ -615,6 +617,10 @@ fn job_row(job: &Job, version: &Lit) -> Row {
         Lit::opt_text(worker),
     ];
     changing.extend(Lit::time(job.updated_at_ms));
+    let started = job.attempts.first().map(|a| a.started_at_ms);
+    changing.push(started.map_or(Lit::NoTime, Lit::Time));
+    let ended = job.state.is_terminal().then_some(job.updated_at_ms);
+    changing.push(ended.map_or(Lit::NoTime, Lit::Time));
     changing.push(version.clone());
     Row {
         key: Lit::Big(big(job.id)),

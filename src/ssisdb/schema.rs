@@ -12,13 +12,13 @@ use super::sql::simple;
 use crate::config::SsisdbSettings;
 
 /// The schema version this build writes; `check` wants at least this.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The schema script, re-runnable, batches separated by `GO` lines.
 pub const SCHEMA_SQL: &str = include_str!("../../deploy/sql/scaleout-schema.sql");
 
 /// Tables the shipper writes and views DBAs read, as `check` looks for them.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "scaleout.schema_version",
     "scaleout.shipper",
     "scaleout.replicas",
@@ -27,8 +27,17 @@ pub const TABLES: [&str; 8] = [
     "scaleout.tasks",
     "scaleout.task_attempts",
     "scaleout.event_messages",
+    "scaleout.job_requests",
 ];
-pub const VIEWS: [&str; 2] = ["scaleout.catalog_worker_agents", "scaleout.internal_tasks"];
+pub const VIEWS: [&str; 5] = [
+    "scaleout.catalog_worker_agents",
+    "scaleout.internal_tasks",
+    "scaleout.job_request_status",
+    "scaleout.catalog_executions",
+    "scaleout.catalog_operation_messages",
+];
+/// Procedures callers run (job intake from T-SQL).
+pub const PROCEDURES: [&str; 1] = ["scaleout.submit_job"];
 
 /// The script's batches: the text between `GO` lines, comments kept (SQL Server ignores them).
 pub fn schema_batches() -> Vec<&'static str> {
@@ -164,7 +173,7 @@ async fn exists(client: &mut SqlClient, name: &str) -> Result<bool, tiberius::er
 
 async fn check_objects(client: &mut SqlClient, addr: &str, report: &mut CheckReport) {
     let mut missing = Vec::new();
-    for name in TABLES.iter().chain(VIEWS.iter()) {
+    for name in TABLES.iter().chain(&VIEWS).chain(&PROCEDURES) {
         match exists(client, name).await {
             Ok(true) => {}
             Ok(false) => missing.push(*name),
@@ -182,7 +191,12 @@ async fn check_objects(client: &mut SqlClient, addr: &str, report: &mut CheckRep
         report.add(
             "schema objects",
             true,
-            format!("{} tables and {} views present", TABLES.len(), VIEWS.len()),
+            format!(
+                "{} tables, {} views and {} procedure present",
+                TABLES.len(),
+                VIEWS.len(),
+                PROCEDURES.len()
+            ),
         );
     } else {
         report.add(
@@ -280,6 +294,12 @@ mod tests {
             assert!(
                 SCHEMA_SQL.contains(&format!("IF OBJECT_ID(N'{v}', N'V') IS NULL")),
                 "{v}"
+            );
+        }
+        for p in PROCEDURES {
+            assert!(
+                SCHEMA_SQL.contains(&format!("IF OBJECT_ID(N'{p}', N'P') IS NULL")),
+                "{p}"
             );
         }
     }

@@ -43,6 +43,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::connect::{connect_target, target, SqlClient, SsisdbError};
+use super::intake;
 use super::rows::{read_batch, write_batch, Batch, Fence};
 use crate::config::SsisdbSettings;
 use crate::queue::{Command, CommandOutput, CommandResult, OutboxEvent, QueueState};
@@ -112,10 +113,24 @@ pub struct Shipping {
 }
 
 impl Shipping {
-    /// Ships (or, without SSISDB, prunes) the outbox for one term of office. Runs until the
-    /// leader loop aborts it when the role or the term changes; dropping the connection then
-    /// makes SQL Server roll back a batch caught mid-way.
+    /// Ships (or, without SSISDB, prunes) the outbox for one term of office, and takes the jobs
+    /// submitted from T-SQL (`intake.rs`). Runs until the leader loop aborts it when the role or
+    /// the term changes; dropping the connections then makes SQL Server roll back a batch caught
+    /// mid-way.
     pub async fn serve_term(self, term: u64, committer: impl Committer) {
+        let intake = async {
+            match (self.settings.enabled(), self.settings.intake_interval()) {
+                (true, Some(every)) => {
+                    intake::take_requests(&self.settings, &committer, every, self.replica_id).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::join!(self.clone().ship_term(term, &committer), intake);
+    }
+
+    /// Ships (or prunes) the outbox for one term; never returns.
+    async fn ship_term(self, term: u64, committer: &impl Committer) {
         let mut shipper = Shipper {
             settings: self.settings,
             status: ShipperStatus::global(),
@@ -125,10 +140,10 @@ impl Shipping {
         };
         let readers = self.readers;
         if !shipper.settings.enabled() {
-            prune_while_leading(&readers, &committer, &shipper.settings).await;
+            prune_while_leading(&readers, committer, &shipper.settings).await;
         }
         loop {
-            match shipper.ship_once(&readers, &committer, term).await {
+            match shipper.ship_once(&readers, committer, term).await {
                 Ok(0) => tokio::time::sleep(shipper.settings.ship_interval()).await,
                 Ok(_) => {}
                 Err(e @ SsisdbError::Superseded { .. }) => {
