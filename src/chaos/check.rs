@@ -692,22 +692,27 @@ fn ssisdb_problems(sql: &SsisdbEnd, jobs: &[v1::Job], acked: &BTreeSet<u64>) -> 
 fn ssisdb_rows_behind(sql: &SsisdbEnd, jobs: &[v1::Job]) -> Vec<String> {
     let mut problems = Vec::new();
     for job in jobs {
-        let want_job = vec![(status_code(job.state), job.attempts.len() as i64)];
+        let want_job = vec![(
+            status_code(job.state),
+            job.attempts.len() as i64,
+            job.updated_at_ms as i64,
+        )];
         let got_job = sql.view.job_rows.get(&job.id).cloned().unwrap_or_default();
         if got_job != want_job {
             problems.push(format!(
-                "job {}: jobs row (status, attempts) {got_job:?}, not {want_job:?}",
+                "job {}: jobs row (status, attempts, updated ms) {got_job:?}, not {want_job:?}",
                 job.id
             ));
         }
         let got_task = sql.view.task_rows.get(&job.id).cloned().unwrap_or_default();
         if got_task != want_job {
             problems.push(format!(
-                "job {}: tasks row (status, executed) {got_task:?}, not {want_job:?}",
+                "job {}: tasks row (status, executed, updated ms) {got_task:?}, not \
+                 {want_job:?}",
                 job.id
             ));
         }
-        let want_attempts: Vec<(i64, i64, String)> = job
+        let want_attempts: Vec<(i64, i64, String, i64)> = job
             .attempts
             .iter()
             .map(|a| {
@@ -715,6 +720,12 @@ fn ssisdb_rows_behind(sql: &SsisdbEnd, jobs: &[v1::Job]) -> Vec<String> {
                     i64::from(a.number),
                     a.lease_token as i64,
                     outcome_name(a.outcome).to_string(),
+                    // 0 while running: the column is NULL.
+                    if a.ended_at_ms == 0 {
+                        -1
+                    } else {
+                        a.ended_at_ms as i64
+                    },
                 )
             })
             .collect();
@@ -1072,11 +1083,12 @@ mod tests {
             outbox_left: 0,
             shipped_up_to: 90,
         };
-        sql.view.job_rows.insert(2, vec![(3, 2)]);
-        sql.view
-            .attempt_rows
-            .insert(2, vec![(1, 0, "failed".into()), (2, 0, String::new())]);
-        sql.view.task_rows.insert(9, vec![(1, 0)]);
+        sql.view.job_rows.insert(2, vec![(3, 2, 0)]);
+        sql.view.attempt_rows.insert(
+            2,
+            vec![(1, 0, "failed".into(), 20), (2, 0, String::new(), -1)],
+        );
+        sql.view.task_rows.insert(9, vec![(1, 0, 0)]);
         end.ssisdb = Some(sql);
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert!(report.ssisdb_problems.is_empty(), "{report}");
@@ -1087,9 +1099,10 @@ mod tests {
         assert_eq!(
             report.ssisdb_rows_behind,
             vec![
-                "job 2: jobs row (status, attempts) [(3, 2)], not [(5, 2)]".to_string(),
-                "job 2: attempt rows [(1, 0, \"failed\"), (2, 0, \"\")], not [(1, 0, \"failed\"), \
-                 (2, 0, \"succeeded\")]"
+                "job 2: jobs row (status, attempts, updated ms) [(3, 2, 0)], not [(5, 2, 0)]"
+                    .to_string(),
+                "job 2: attempt rows [(1, 0, \"failed\", 20), (2, 0, \"\", -1)], not \
+                 [(1, 0, \"failed\", 20), (2, 0, \"succeeded\", 40)]"
                     .into(),
                 "job 9: rows in SSISDB for a job the state does not hold".into(),
             ]
@@ -1121,15 +1134,23 @@ mod tests {
                 ),
                 (3, events(&[("JobSubmitted", 1)])),
             ]),
-            job_rows: BTreeMap::from([(1, vec![(5, 1)]), (2, vec![(5, 2)]), (3, vec![(6, 0)])]),
-            task_rows: BTreeMap::from([(1, vec![(5, 1)]), (2, vec![(5, 2)]), (3, vec![(6, 0)])]),
+            job_rows: BTreeMap::from([
+                (1, vec![(5, 1, 0)]),
+                (2, vec![(5, 2, 0)]),
+                (3, vec![(6, 0, 0)]),
+            ]),
+            task_rows: BTreeMap::from([
+                (1, vec![(5, 1, 0)]),
+                (2, vec![(5, 2, 0)]),
+                (3, vec![(6, 0, 0)]),
+            ]),
             attempt_rows: BTreeMap::from([
-                (1, vec![(1, 0, "succeeded".to_string())]),
+                (1, vec![(1, 0, "succeeded".to_string(), 20)]),
                 (
                     2,
                     vec![
-                        (1, 0, "failed".to_string()),
-                        (2, 0, "succeeded".to_string()),
+                        (1, 0, "failed".to_string(), 20),
+                        (2, 0, "succeeded".to_string(), 40),
                     ],
                 ),
             ]),

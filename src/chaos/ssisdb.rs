@@ -51,12 +51,16 @@ pub struct SsisdbView {
     pub max_event_id: u64,
     /// Job id → event kind → rows.
     pub by_job: BTreeMap<u64, BTreeMap<String, u64>>,
-    /// Job id → (status code, attempt count) of its `scaleout.jobs` row (one per job).
-    pub job_rows: BTreeMap<u64, Vec<(i64, i64)>>,
-    /// Job id → (status code, executed count) of its `scaleout.tasks` row (task id = job id).
-    pub task_rows: BTreeMap<u64, Vec<(i64, i64)>>,
-    /// Job id → its `scaleout.task_attempts` rows: (attempt number, lease token, outcome).
-    pub attempt_rows: BTreeMap<u64, Vec<(i64, i64, String)>>,
+    /// Job id → (status code, attempt count, updated ms) of its `scaleout.jobs` row (one per
+    /// job): the time of the job's last change tells the final state from an earlier one with
+    /// the same status.
+    pub job_rows: BTreeMap<u64, Vec<(i64, i64, i64)>>,
+    /// Job id → (status code, executed count, updated ms) of its `scaleout.tasks` row (task id
+    /// = job id).
+    pub task_rows: BTreeMap<u64, Vec<(i64, i64, i64)>>,
+    /// Job id → its `scaleout.task_attempts` rows: (attempt number, lease token, outcome,
+    /// ended ms or -1).
+    pub attempt_rows: BTreeMap<u64, Vec<(i64, i64, String, i64)>>,
 }
 
 /// An integer column, whatever integer type the server sent.
@@ -100,7 +104,7 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
     }
     view.distinct_ids = ids.len() as u64;
     let jobs = client
-        .simple_query("SELECT job_id, status, attempt_count FROM scaleout.jobs")
+        .simple_query("SELECT job_id, status, attempt_count, updated_ms FROM scaleout.jobs")
         .await?
         .into_first_result()
         .await?;
@@ -109,10 +113,14 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
         view.job_rows
             .entry(u64::try_from(job).unwrap_or_default())
             .or_default()
-            .push((int(&row, 1).unwrap_or(-1), int(&row, 2).unwrap_or(-1)));
+            .push((
+                int(&row, 1).unwrap_or(-1),
+                int(&row, 2).unwrap_or(-1),
+                int(&row, 3).unwrap_or(-1),
+            ));
     }
     let tasks = client
-        .simple_query("SELECT task_id, status, executed_count FROM scaleout.tasks")
+        .simple_query("SELECT task_id, status, executed_count, last_updated_ms FROM scaleout.tasks")
         .await?
         .into_first_result()
         .await?;
@@ -121,12 +129,16 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
         view.task_rows
             .entry(u64::try_from(task).unwrap_or_default())
             .or_default()
-            .push((int(&row, 1).unwrap_or(-1), int(&row, 2).unwrap_or(-1)));
+            .push((
+                int(&row, 1).unwrap_or(-1),
+                int(&row, 2).unwrap_or(-1),
+                int(&row, 3).unwrap_or(-1),
+            ));
     }
     let attempts = client
         .simple_query(
-            "SELECT task_id, attempt_number, lease_token, outcome FROM scaleout.task_attempts \
-             ORDER BY task_id, attempt_number",
+            "SELECT task_id, attempt_number, lease_token, outcome, ended_ms \
+             FROM scaleout.task_attempts ORDER BY task_id, attempt_number",
         )
         .await?
         .into_first_result()
@@ -140,6 +152,7 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
                 int(&row, 1).unwrap_or(-1),
                 int(&row, 2).unwrap_or(-1),
                 row.try_get::<&str, _>(3)?.unwrap_or_default().to_string(),
+                int(&row, 4).unwrap_or(-1),
             ));
     }
     Ok(view)
