@@ -49,8 +49,9 @@ async fn a_short_chaos_run_keeps_every_invariant() {
 
 /// Shipping to SSISDB (iridium_server in this process) through a proxy that goes dark now and
 /// then, while the leader is killed, paused, cut off, and cut off from its peers alone for 25 s
-/// or more (it keeps shipping its older state meanwhile): every event lands exactly once, and
-/// every row shows the final replicated state.
+/// or more (it keeps shipping its older state meanwhile), and jobs also come from T-SQL
+/// (`scaleout.job_requests`): every event lands exactly once, every row shows the final
+/// replicated state, and every request is exactly one job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssisdb_outages_and_failovers_lose_and_duplicate_no_event() {
     let _serial = SERIAL.lock().await;
@@ -94,6 +95,10 @@ async fn ssisdb_outages_and_failovers_lose_and_duplicate_no_event() {
         "{report}"
     );
     assert!(report.ssisdb_events.unwrap_or(0) > 0, "{report}");
+    assert!(
+        report.ssisdb_requests > 0,
+        "no job request from T-SQL: {report}"
+    );
     server.stop();
 }
 

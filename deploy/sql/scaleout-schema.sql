@@ -295,6 +295,19 @@ IF COL_LENGTH(N'scaleout.jobs', N'ended_time') IS NULL
 ALTER TABLE scaleout.jobs ADD ended_time DATETIME2 NULL
 GO
 
+-- A hash of each shipped job, task and attempt row's content (0: none yet): the shipper leaves
+-- a row whose content has not changed alone instead of writing it again for every batch that
+-- names it.
+IF COL_LENGTH(N'scaleout.jobs', N'row_digest') IS NULL
+ALTER TABLE scaleout.jobs ADD row_digest BIGINT NOT NULL DEFAULT 0
+GO
+IF COL_LENGTH(N'scaleout.tasks', N'row_digest') IS NULL
+ALTER TABLE scaleout.tasks ADD row_digest BIGINT NOT NULL DEFAULT 0
+GO
+IF COL_LENGTH(N'scaleout.task_attempts', N'row_digest') IS NULL
+ALTER TABLE scaleout.task_attempts ADD row_digest BIGINT NOT NULL DEFAULT 0
+GO
+
 -- catalog.executions' shape (SSIS column names; status: 1 created, 2 running, 3 canceled,
 -- 4 failed, 5 pending, 6 ended unexpectedly, 7 succeeded, 8 stopping). A queued job is
 -- pending (5), a picked-up or running one running (2), or stopping (8) once a cancel is asked.

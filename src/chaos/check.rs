@@ -80,6 +80,8 @@ pub struct SsisdbEnd {
     pub outbox_left: u64,
     /// The committed shipped cursor.
     pub shipped_up_to: u64,
+    /// Keys of the job requests written to `scaleout.job_requests` during the run.
+    pub sent_requests: Vec<String>,
 }
 
 /// What the cluster holds at the end.
@@ -158,10 +160,12 @@ pub struct Report {
     pub diverged_replicas: Vec<String>,
     pub ssisdb_problems: Vec<String>,
     pub unexpected_exits: Vec<String>,
-    /// SSISDB rows (jobs, task_attempts) that do not show a job as it ended. Reported, not yet
-    /// an invariant: a deposed leader can still write an older state over a newer one, and
-    /// fencing the rows is issue 18's first item.
+    /// SSISDB rows (jobs, tasks, task_attempts) that do not show a job's final change.
     pub ssisdb_rows_behind: Vec<String>,
+    /// Job requests from T-SQL written during the run, and those that did not become exactly
+    /// one job.
+    pub ssisdb_requests: usize,
+    pub ssisdb_requests_wrong: Vec<String>,
 }
 
 impl Report {
@@ -219,6 +223,10 @@ impl Report {
         add(
             "SSISDB rows that differ from the replicated state",
             self.ssisdb_rows_behind.clone(),
+        );
+        add(
+            "job requests from T-SQL that are not exactly one job",
+            self.ssisdb_requests_wrong.clone(),
         );
         add(
             "processes that exited by themselves",
@@ -285,8 +293,11 @@ impl fmt::Display for Report {
         if let Some(events) = self.ssisdb_events {
             writeln!(
                 f,
-                "SSISDB: {events} events, {} problems",
-                self.ssisdb_problems.len()
+                "SSISDB: {events} events, {} problems; {} job requests from T-SQL, {} not \
+                 exactly one job",
+                self.ssisdb_problems.len(),
+                self.ssisdb_requests,
+                self.ssisdb_requests_wrong.len()
             )?;
             writeln!(
                 f,
@@ -598,6 +609,8 @@ pub fn check(
         report.ssisdb_events = Some(sql.view.rows);
         report.ssisdb_problems = ssisdb_problems(sql, &end.jobs, &acked_ids);
         report.ssisdb_rows_behind = ssisdb_rows_behind(sql, &end.jobs);
+        report.ssisdb_requests = sql.sent_requests.len();
+        report.ssisdb_requests_wrong = ssisdb_requests_wrong(sql, &end.jobs);
     }
 
     // The longest stretch between two acknowledged submits.
@@ -755,6 +768,36 @@ fn ssisdb_rows_behind(sql: &SsisdbEnd, jobs: &[v1::Job]) -> Vec<String> {
         problems.push(format!(
             "job {id}: rows in SSISDB for a job the state does not hold"
         ));
+    }
+    problems
+}
+
+/// Every job request written during the run has one row, marked submitted with a job that
+/// carries the request's key (the idempotency key the leader submits it with); a request made
+/// into two jobs shows as two jobs with one key (`duplicate_keys`) or a row naming another job.
+fn ssisdb_requests_wrong(sql: &SsisdbEnd, jobs: &[v1::Job]) -> Vec<String> {
+    let by_id: BTreeMap<u64, &v1::Job> = jobs.iter().map(|j| (j.id, j)).collect();
+    let mut problems = Vec::new();
+    for key in &sql.sent_requests {
+        let rows = sql.view.requests.get(key).cloned().unwrap_or_default();
+        let [(state, job)] = rows.as_slice() else {
+            problems.push(format!("request {key}: {} rows, not 1", rows.len()));
+            continue;
+        };
+        if state != "submitted" {
+            problems.push(format!("request {key}: {state}, not submitted"));
+            continue;
+        }
+        match u64::try_from(*job).ok().and_then(|id| by_id.get(&id)) {
+            Some(found) if found.idempotency_key == *key => {}
+            Some(found) => problems.push(format!(
+                "request {key}: names job {job}, whose key is {:?}",
+                found.idempotency_key
+            )),
+            None => problems.push(format!(
+                "request {key}: names job {job}, which is not there"
+            )),
+        }
     }
     problems
 }
@@ -1049,6 +1092,7 @@ mod tests {
             view: healthy_sql_view(),
             outbox_left: 0,
             shipped_up_to: 90,
+            sent_requests: Vec::new(),
         };
         end.ssisdb = Some(sql.clone());
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
@@ -1082,6 +1126,7 @@ mod tests {
             view: healthy_sql_view(),
             outbox_left: 0,
             shipped_up_to: 90,
+            sent_requests: Vec::new(),
         };
         sql.view.job_rows.insert(2, vec![(3, 2, 0)]);
         sql.view.attempt_rows.insert(
@@ -1105,6 +1150,47 @@ mod tests {
                  [(1, 0, \"failed\", 20), (2, 0, \"succeeded\", 40)]"
                     .into(),
                 "job 9: rows in SSISDB for a job the state does not hold".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_job_request_from_t_sql_is_exactly_one_job() {
+        let (submits, mut end) = healthy();
+        // Jobs 1 and 2 came from requests "a" and "b" (their keys); "c" made job 3.
+        let mut view = healthy_sql_view();
+        view.requests = BTreeMap::from([
+            ("a".to_string(), vec![("submitted".to_string(), 1)]),
+            ("b".to_string(), vec![("submitted".to_string(), 2)]),
+            ("c".to_string(), vec![("submitted".to_string(), 3)]),
+        ]);
+        let mut sql = SsisdbEnd {
+            view,
+            outbox_left: 0,
+            shipped_up_to: 90,
+            sent_requests: vec!["a".into(), "b".into(), "c".into()],
+        };
+        end.ssisdb = Some(sql.clone());
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(report.ok(), "{report}");
+
+        // A request left pending, one naming the job of another key, one never written.
+        sql.view
+            .requests
+            .insert("a".into(), vec![("pending".into(), -1)]);
+        sql.view
+            .requests
+            .insert("b".into(), vec![("submitted".into(), 3)]);
+        sql.sent_requests.push("d".into());
+        end.ssisdb = Some(sql);
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert!(!report.ok(), "{report}");
+        assert_eq!(
+            report.ssisdb_requests_wrong,
+            vec![
+                "request a: pending, not submitted".to_string(),
+                "request b: names job 3, whose key is \"c\"".into(),
+                "request d: 0 rows, not 1".into(),
             ]
         );
     }
@@ -1154,6 +1240,7 @@ mod tests {
                     ],
                 ),
             ]),
+            requests: BTreeMap::new(),
         }
     }
 

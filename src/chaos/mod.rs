@@ -24,7 +24,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::check::{FinalState, ReadRecord, ReplicaView, Report, SubmitRecord};
 use self::faults::{FaultKind, Injector};
@@ -132,6 +132,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
                 format!("ssisdb.password_file={}", target.password_file.display()),
                 "ssisdb.ship_interval_ms=100".into(),
                 "ssisdb.connect_timeout_ms=3000".into(),
+                "ssisdb.intake_interval_ms=500".into(),
             ]);
             Some(proxy)
         }
@@ -227,6 +228,18 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
         )));
     }
 
+    // Jobs also arrive from T-SQL, as SQL Agent steps submit them: each request must become
+    // exactly one job whatever the faults.
+    let sql_requests = Arc::new(Mutex::new(Vec::new()));
+    let sql_submitter = options.ssisdb.clone().map(|target| {
+        tokio::spawn(sql_submitter(
+            target,
+            options.seed.wrapping_add(1_000),
+            stop.clone(),
+            sql_requests.clone(),
+        ))
+    });
+
     let kinds: Vec<FaultKind> = if options.faults.is_empty() {
         FaultKind::ALL.to_vec()
     } else {
@@ -296,7 +309,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     }
     heal_processes(&mut cluster);
     stop.store(true, Ordering::Relaxed);
-    for submitter in submitters {
+    for submitter in submitters.into_iter().chain(sql_submitter) {
         if let Err(error) = submitter.await {
             warn!(%error, "a submitter task failed");
         }
@@ -311,7 +324,8 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     let seconds = started.elapsed().as_secs_f64();
     println!("chaos: {seconds:>5.1} s  healed; the load has stopped, waiting for every job to end");
 
-    let mut end = final_state(&cluster, &client, options.ssisdb.as_ref()).await?;
+    let sent = std::mem::take(&mut *sql_requests.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut end = final_state(&cluster, &client, options.ssisdb.as_ref(), sent).await?;
     end.started_unix_ms = started_unix_ms;
     crashes.extend(cluster.reap_exited());
     end.crashes = crashes;
@@ -575,12 +589,19 @@ async fn final_state(
     cluster: &LocalCluster,
     client: &Client,
     ssisdb: Option<&SsisdbTarget>,
+    sent_requests: Vec<String>,
 ) -> anyhow::Result<FinalState> {
     let (leader, _) = cluster
         .wait_for_leader(Duration::from_secs(60))
         .await
         .context("no leader after the faults healed")?;
     let deadline = Instant::now() + DRAIN;
+    // Requests from T-SQL become jobs first, so the jobs read next are all there are.
+    if let Some(target) = ssisdb {
+        while ssisdb::pending_requests(target).await? > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let jobs = loop {
         let jobs = client
             .list_all_jobs(None, false)
@@ -620,7 +641,7 @@ async fn final_state(
         })
         .sum();
     let ssisdb = match ssisdb {
-        Some(target) => Some(drained_ssisdb(client, target).await?),
+        Some(target) => Some(drained_ssisdb(client, target, sent_requests).await?),
         None => None,
     };
     // After the drain: shipping acks change the outbox until then.
@@ -729,6 +750,7 @@ async fn replicas_at_one_index(
 async fn drained_ssisdb(
     client: &Client,
     target: &SsisdbTarget,
+    sent_requests: Vec<String>,
 ) -> anyhow::Result<check::SsisdbEnd> {
     let deadline = Instant::now() + DRAIN;
     let status = loop {
@@ -742,5 +764,34 @@ async fn drained_ssisdb(
         view: ssisdb::read(target).await?,
         outbox_left: status.outbox_events,
         shipped_up_to: status.outbox_shipped_up_to,
+        sent_requests,
     })
+}
+
+/// Adds a job request row every 0.5–2 s until `stop`, straight to the SQL Server (as a SQL
+/// Agent step would, whatever the replicas' link to it); records each key once its row is in.
+async fn sql_submitter(
+    target: SsisdbTarget,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<String>>>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Bounded: at most this many requests, whatever the run's length.
+    for n in 0..10_000u64 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = format!("chaos-sql-{n}");
+        let spec = job_spec(&mut rng, &key);
+        match ssisdb::request_job(&target, &key, &spec.argv).await {
+            Ok(()) => sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(key),
+            // iridium's no-wait locks meet the shipper's now and then: the next one goes in.
+            Err(error) => debug!(%error, key, "a job request row was not written"),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+    }
 }

@@ -61,6 +61,41 @@ pub struct SsisdbView {
     /// Job id → its `scaleout.task_attempts` rows: (attempt number, lease token, outcome,
     /// ended ms or -1).
     pub attempt_rows: BTreeMap<u64, Vec<(i64, i64, String, i64)>>,
+    /// Request key → the `scaleout.job_requests` rows of that key: (state, job id or -1).
+    pub requests: BTreeMap<String, Vec<(String, i64)>>,
+}
+
+/// A job request as a SQL Agent step makes it, written straight to the server (not through
+/// the proxy): the row `EXEC scaleout.submit_job` adds, named and keyed `key`.
+pub async fn request_job(target: &SsisdbTarget, key: &str, argv: &[String]) -> anyhow::Result<()> {
+    let settings = target.settings_at(target.server);
+    let mut client = crate::ssisdb::connect(&settings).await?;
+    let quote = |text: &str| format!("N'{}'", text.replace('\'', "''"));
+    let argv = serde_json::to_string(argv)?;
+    client
+        .simple_query(format!(
+            "INSERT INTO scaleout.job_requests (request_key, job_name, argv, max_attempts) \
+             VALUES ({key}, {key}, {argv}, 3)",
+            key = quote(key),
+            argv = quote(&argv),
+        ))
+        .await?
+        .into_results()
+        .await?;
+    Ok(())
+}
+
+/// How many job requests are still pending.
+pub async fn pending_requests(target: &SsisdbTarget) -> anyhow::Result<i64> {
+    let settings = target.settings_at(target.server);
+    let mut client = crate::ssisdb::connect(&settings).await?;
+    let row = client
+        .simple_query("SELECT COUNT(*) FROM scaleout.job_requests WHERE state = N'pending'")
+        .await?
+        .into_row()
+        .await?
+        .context("no count of pending requests")?;
+    int(&row, 0).context("a count that is not a number")
 }
 
 /// An integer column, whatever integer type the server sent.
@@ -143,6 +178,18 @@ pub async fn read(target: &SsisdbTarget) -> anyhow::Result<SsisdbView> {
         .await?
         .into_first_result()
         .await?;
+    let requests = client
+        .simple_query("SELECT request_key, state, job_id FROM scaleout.job_requests")
+        .await?
+        .into_first_result()
+        .await?;
+    for row in requests {
+        let key = row.try_get::<&str, _>(0)?.unwrap_or_default().to_string();
+        view.requests.entry(key).or_default().push((
+            row.try_get::<&str, _>(1)?.unwrap_or_default().to_string(),
+            int(&row, 2).unwrap_or(-1),
+        ));
+    }
     for row in attempts {
         let job = int(&row, 0).context("an attempt row without task_id")?;
         view.attempt_rows

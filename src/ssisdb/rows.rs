@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::connect::{SqlClient, SsisdbError};
 use super::sql::{big, clip, count_at, rollback, simple, sql_time, MAX_STRING};
 use super::upsert::{
-    insert_statements, key_text, present_keys_query, statements, Lit, Row, TableShape,
+    insert_statements, key_text, present_keys_query, statements, Lit, PresentKeys, Row, TableShape,
 };
 use crate::queue::{
     EventKind, Job, JobId, JobLogLine, JobState, LogLevel, OutboxEvent, QueueState, Worker,
@@ -165,9 +165,8 @@ pub(super) async fn write_batch(
         let (claim, reads) = claim_and_read_sql(&rows, fence, first, last, rows_per_statement);
         trips.requests += 1;
         trips.statements += 3 + reads;
-        let found = run(client, addr, &claim).await;
-        // Opened by the request above, whatever it answered.
-        let found = found?;
+        // An error from here on rolls back what the request's BEGIN opened.
+        let found = run(client, addr, &claim).await?;
         let present = Present::from_rows(&found, fence)?;
         let mut writes = rows.statements(&present, rows_per_statement);
         trips.statements += writes.len() as u32 + 1;
@@ -264,15 +263,16 @@ fn tag_of(row: &tiberius::Row) -> Option<i32> {
     row.try_get::<i32, _>(0).ok().flatten()
 }
 
-/// The keys each table already holds, as [`key_text`] renders them, by table tag.
+/// The keys each table already holds, as [`key_text`] renders them, with their digests, by
+/// table tag.
 struct Present {
-    by_tag: BTreeMap<i32, BTreeSet<String>>,
+    by_tag: BTreeMap<i32, PresentKeys>,
 }
 
 impl Present {
     /// Reads the claim request's rows; fails when the fence shows another term than ours.
     fn from_rows(rows: &[tiberius::Row], fence: Fence) -> Result<Present, SsisdbError> {
-        let mut by_tag: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        let mut by_tag: BTreeMap<i32, PresentKeys> = BTreeMap::new();
         let mut stored_term = None;
         for row in rows {
             let Some(tag) = tag_of(row) else { continue };
@@ -289,7 +289,17 @@ impl Present {
                 }
                 continue;
             }
-            by_tag.entry(tag).or_default().insert(key_text(&key));
+            // Column 2, where read, is the stored digest (`try_get` past the last column
+            // panics).
+            let digest = if row.len() > 2 {
+                row.try_get::<i64, _>(2).ok().flatten()
+            } else {
+                None
+            };
+            by_tag
+                .entry(tag)
+                .or_default()
+                .insert(key_text(&key), digest);
         }
         let stored = stored_term.ok_or_else(|| SsisdbError::MissingSchema {
             missing: "the row of scaleout.shipper (schema 2)".into(),
@@ -309,8 +319,8 @@ impl Present {
         }
     }
 
-    fn of(&self, tag: i32) -> &BTreeSet<String> {
-        static NONE: BTreeSet<String> = BTreeSet::new();
+    fn of(&self, tag: i32) -> &PresentKeys {
+        static NONE: PresentKeys = PresentKeys::new();
         self.by_tag.get(&tag).unwrap_or(&NONE)
     }
 }
@@ -356,6 +366,7 @@ const WORKERS: TableShape = TableShape {
         "last_online_ms",
         "row_version",
     ],
+    skip_unchanged: false,
 };
 
 /// A removed worker: its row (if any) marked removed, nothing inserted.
@@ -364,6 +375,7 @@ const REMOVED_WORKERS: TableShape = TableShape {
     key: "worker_agent_id",
     fixed: &[],
     changing: &["is_removed", "row_version"],
+    skip_unchanged: false,
 };
 
 const JOBS: TableShape = TableShape {
@@ -390,6 +402,7 @@ const JOBS: TableShape = TableShape {
         "ended_time",
         "row_version",
     ],
+    skip_unchanged: true,
 };
 
 /// The task of a job (task_id = job_id), shaped like SSIS's internal.tasks.
@@ -421,6 +434,7 @@ const TASKS: TableShape = TableShape {
         "last_pickup_ms",
         "row_version",
     ],
+    skip_unchanged: true,
 };
 
 const ATTEMPTS: TableShape = TableShape {
@@ -442,6 +456,7 @@ const ATTEMPTS: TableShape = TableShape {
         "error_message",
         "row_version",
     ],
+    skip_unchanged: true,
 };
 
 const EVENTS: TableShape = TableShape {
@@ -459,6 +474,7 @@ const EVENTS: TableShape = TableShape {
         "message",
     ],
     changing: &[],
+    skip_unchanged: false,
 };
 
 /// The rows of every table a batch writes.
@@ -557,7 +573,7 @@ impl BatchRows {
         let new: Vec<&Row> = self
             .events
             .iter()
-            .filter(|row| !shipped.contains(&key_text(&row.key)))
+            .filter(|row| !shipped.contains_key(&key_text(&row.key)))
             .collect();
         out.extend(insert_statements(&EVENTS, &new, per));
         out

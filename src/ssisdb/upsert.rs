@@ -5,14 +5,22 @@
 //! `ssisdb.rows_per_statement` rows, guarded by `row_version` so that no row goes back to an
 //! older state, and the absent ones one plain multi-row `INSERT … VALUES` per as many rows.
 //!
+//! A table whose rows only move forward (a job's, a task's, an attempt's: each change moves a
+//! time or a count on) also keeps `row_digest`, a hash of the row's content: a row whose stored
+//! digest is the batch's is left alone, so a job named by several batches is written once per
+//! change, not once per batch (the shipper reads rows as they are now, so a lagging shipper
+//! reads a job's final state in the first batch that names it).
+//!
 //! Values go into the statement text as literals ([`Lit`]), not as parameters: a 1,000-row
 //! statement of ten columns needs 10,000 values, and SQL Server takes at most 2,100 parameters in
 //! a request (iridium, the tests' server, about 200). A batch request's text has no such bound
 //! (SQL Server: 65,536 network packets); 1,000 rows is the most SQL Server takes in one
 //! `VALUES` list, and the default.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt::Write;
+
+use ring::digest::{digest, SHA256};
 
 use super::sql::sql_time;
 
@@ -102,6 +110,10 @@ pub(crate) struct TableShape {
     pub fixed: &'static [&'static str],
     /// Columns written on insert and on update; the last one is `row_version`, the guard.
     pub changing: &'static [&'static str],
+    /// Whether the table keeps `row_digest` and unchanged rows are left alone: only for rows
+    /// whose content never comes back to an earlier value (see the module documentation), or
+    /// a row left alone could keep an older `row_version` than its content's.
+    pub skip_unchanged: bool,
 }
 
 /// One row: its key, then values for [`TableShape::fixed`] and [`TableShape::changing`].
@@ -112,20 +124,48 @@ pub(crate) struct Row {
     pub changing: Vec<Lit>,
 }
 
+impl Row {
+    /// A hash of the changing values but `row_version`: equal for equal content; never 0, the
+    /// schema's "no digest yet".
+    pub(crate) fn digest(&self) -> i64 {
+        let content = self.changing.len().saturating_sub(1);
+        let mut text = String::new();
+        for value in &self.changing[..content] {
+            value.write(&mut text);
+            text.push('\u{1F}');
+        }
+        let hash = digest(&SHA256, text.as_bytes());
+        let mut first = [0; 8];
+        first.copy_from_slice(&hash.as_ref()[..8]);
+        (i64::from_le_bytes(first) & i64::MAX).max(1)
+    }
+}
+
+/// Keys a table holds (as [`key_text`] renders them), with their stored `row_digest` (`None`
+/// where the table keeps none, or the row has none yet).
+pub(crate) type PresentKeys = BTreeMap<String, Option<i64>>;
+
 /// The statements that write `rows` into a table whose present keys are `present` (keys
 /// rendered as [`Lit::write`] renders them, e.g. `CAST(7 AS BIGINT)` or `N'…'`). Rows whose key
 /// is absent are inserted only when `insert_absent`.
 pub(crate) fn statements(
     shape: &TableShape,
     rows: &[Row],
-    present: &BTreeSet<String>,
+    present: &PresentKeys,
     insert_absent: bool,
     rows_per_statement: usize,
 ) -> Vec<String> {
     let per = rows_per_statement.max(1);
-    let (update, insert): (Vec<&Row>, Vec<&Row>) = rows
+    let (present_rows, insert): (Vec<&Row>, Vec<&Row>) = rows
         .iter()
-        .partition(|row| present.contains(&key_text(&row.key)));
+        .partition(|row| present.contains_key(&key_text(&row.key)));
+    let update: Vec<&Row> = present_rows
+        .into_iter()
+        .filter(|row| {
+            !shape.skip_unchanged
+                || present.get(&key_text(&row.key)).copied().flatten() != Some(row.digest())
+        })
+        .collect();
     let mut out: Vec<String> = update
         .chunks(per)
         .map(|chunk| update_statement(shape, chunk))
@@ -152,7 +192,7 @@ pub(crate) fn key_text(key: &Lit) -> String {
     key.to_sql()
 }
 
-fn values(out: &mut String, rows: &[&Row], with_fixed: bool) {
+fn values(out: &mut String, shape: &TableShape, rows: &[&Row], with_fixed: bool) {
     for (i, row) in rows.iter().enumerate() {
         out.push_str(if i == 0 { "(" } else { ", (" });
         row.key.write(out);
@@ -161,22 +201,36 @@ fn values(out: &mut String, rows: &[&Row], with_fixed: bool) {
             out.push_str(", ");
             value.write(out);
         }
+        if shape.skip_unchanged {
+            out.push_str(", ");
+            Lit::Big(row.digest()).write(out);
+        }
         out.push(')');
     }
 }
 
+/// The changing columns, then `row_digest` where the table keeps it.
+fn changing_columns(shape: &TableShape) -> impl Iterator<Item = &'static str> {
+    let digest: &'static [&'static str] = if shape.skip_unchanged {
+        &["row_digest"]
+    } else {
+        &[]
+    };
+    shape.changing.iter().chain(digest).copied()
+}
+
 fn update_statement(shape: &TableShape, rows: &[&Row]) -> String {
     let mut s = String::from("UPDATE t SET ");
-    for (i, column) in shape.changing.iter().enumerate() {
+    for (i, column) in changing_columns(shape).enumerate() {
         if i > 0 {
             s.push_str(", ");
         }
         let _ = write!(s, "{column} = v.{column}");
     }
     let _ = write!(s, " FROM {} AS t INNER JOIN (VALUES ", shape.table);
-    values(&mut s, rows, false);
+    values(&mut s, shape, rows, false);
     let _ = write!(s, ") AS v({}", shape.key);
-    for column in shape.changing {
+    for column in changing_columns(shape) {
         let _ = write!(s, ", {column}");
     }
     let _ = write!(
@@ -189,17 +243,17 @@ fn update_statement(shape: &TableShape, rows: &[&Row]) -> String {
 
 fn insert_statement(shape: &TableShape, rows: &[&Row]) -> String {
     let mut s = format!("INSERT INTO {} ({}", shape.table, shape.key);
-    for column in shape.fixed.iter().chain(shape.changing) {
+    for column in shape.fixed.iter().copied().chain(changing_columns(shape)) {
         let _ = write!(s, ", {column}");
     }
     s.push_str(") VALUES ");
-    values(&mut s, rows, true);
+    values(&mut s, shape, rows, true);
     s
 }
 
-/// `SELECT <tag>, key FROM table WHERE key IN (…)` for `keys`, split every
-/// `rows_per_statement` keys: which of them the table holds. The tag tells the result sets
-/// apart when several are read in one request.
+/// `SELECT <tag>, key[, row_digest] FROM table WHERE key IN (…)` for `keys`, split every
+/// `rows_per_statement` keys: which of them the table holds (and their digests). The tag tells
+/// the result sets apart when several are read in one request.
 pub(crate) fn present_keys_query(
     shape: &TableShape,
     tag: i32,
@@ -208,8 +262,13 @@ pub(crate) fn present_keys_query(
 ) -> Vec<String> {
     keys.chunks(rows_per_statement.max(1))
         .map(|chunk| {
+            let digest = if shape.skip_unchanged {
+                ", row_digest AS d"
+            } else {
+                ""
+            };
             let mut s = format!(
-                "SELECT {tag} AS tag, {key} AS k FROM {table} WHERE {key} IN (",
+                "SELECT {tag} AS tag, {key} AS k{digest} FROM {table} WHERE {key} IN (",
                 key = shape.key,
                 table = shape.table
             );
@@ -234,6 +293,7 @@ mod tests {
         key: "job_id",
         fixed: &["job_name"],
         changing: &["state", "row_version"],
+        skip_unchanged: false,
     };
 
     fn row(id: i64, name: &str, state: &str, version: i64) -> Row {
@@ -269,7 +329,7 @@ mod tests {
     #[test]
     fn present_rows_are_updated_with_the_guard_and_absent_ones_inserted() {
         let rows = vec![row(1, "a", "running", 9), row(2, "b", "queued", 9)];
-        let present: BTreeSet<String> = [key_text(&Lit::Big(1))].into();
+        let present: PresentKeys = [(key_text(&Lit::Big(1)), None)].into();
         let sql = statements(&SHAPE, &rows, &present, true, 1000);
         assert_eq!(
             sql,
@@ -288,9 +348,40 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_rows_are_left_alone_where_the_table_keeps_digests() {
+        let shape = TableShape {
+            skip_unchanged: true,
+            ..SHAPE
+        };
+        let rows = vec![row(1, "a", "running", 9), row(2, "b", "queued", 9)];
+        // Row 1 as stored at an older version: same content, same digest.
+        let stored = row(1, "a", "running", 5).digest();
+        assert_eq!(stored, rows[0].digest());
+        assert_ne!(stored, row(1, "a", "succeeded", 9).digest());
+        let present: PresentKeys = [
+            (key_text(&Lit::Big(1)), Some(stored)),
+            (key_text(&Lit::Big(2)), Some(stored)),
+        ]
+        .into();
+        let sql = statements(&shape, &rows, &present, true, 1000);
+        assert_eq!(sql.len(), 1, "{sql:?}");
+        assert!(sql[0].starts_with("UPDATE t SET state = v.state, row_version = v.row_version, row_digest = v.row_digest FROM"), "{}", sql[0]);
+        assert!(
+            sql[0].contains("(CAST(2 AS BIGINT), N'queued', CAST(9 AS BIGINT), CAST("),
+            "{}",
+            sql[0]
+        );
+        let inserted = statements(&shape, &rows, &PresentKeys::new(), true, 1000);
+        assert!(inserted[0].starts_with("INSERT INTO scaleout.jobs (job_id, job_name, state, row_version, row_digest) VALUES"), "{}", inserted[0]);
+        let keys: Vec<&Lit> = rows.iter().map(|r| &r.key).collect();
+        assert!(present_keys_query(&shape, 3, &keys, 1000)[0]
+            .starts_with("SELECT 3 AS tag, job_id AS k, row_digest AS d FROM"));
+    }
+
+    #[test]
     fn statements_hold_at_most_the_rows_per_statement() {
         let rows: Vec<Row> = (0..2500).map(|i| row(i, "n", "queued", 1)).collect();
-        let sql = statements(&SHAPE, &rows, &BTreeSet::new(), true, 1000);
+        let sql = statements(&SHAPE, &rows, &PresentKeys::new(), true, 1000);
         assert_eq!(sql.len(), 3);
         assert_eq!(sql[2].matches("), (").count() + 1, 500);
         let keys: Vec<&Lit> = rows.iter().map(|r| &r.key).collect();
