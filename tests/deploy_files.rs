@@ -85,7 +85,7 @@ const PROMETHEUS_SERIES: &[&str] = &["up"];
 
 /// Names that look like metrics in the docs but are not: the SSISDB login and role of
 /// deploy/sql/scaleout-login.sql.
-const NOT_METRICS: &[&str] = &["scaleout_master", "scaleout_writer"];
+const NOT_METRICS: &[&str] = &["scaleout_master", "scaleout_writer", "scaleout_submitter"];
 
 /// The worker id used for a worker sample whose certificate file name names none.
 const DEFAULT_WORKER: &str = "5e0f3d1c-9a7b-4c2e-8f61-0d3b2a1c4e5f";

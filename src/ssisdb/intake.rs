@@ -193,7 +193,8 @@ pub(super) async fn take_requests(
     }
 }
 
-/// One read of the pending requests; returns how many it read.
+/// One read of the pending requests; returns how many it took (fewer than it read when the
+/// cluster could not take one).
 async fn poll_once(
     settings: &SsisdbSettings,
     committer: &impl Committer,
@@ -208,6 +209,7 @@ async fn poll_once(
         return Ok(0);
     };
     let requests = pending(sql, addr).await?;
+    let mut taken = 0;
     for request in &requests {
         let outcome = match request.spec() {
             Err(reason) => Outcome::Rejected { reason },
@@ -234,10 +236,11 @@ async fn poll_once(
                     Ok(Err(e)) => Outcome::Rejected {
                         reason: e.to_string(),
                     },
-                    // Not committed (no quorum, office lost): the row stays pending.
+                    // Not committed (no quorum, office lost): the row stays pending, and the
+                    // next read waits for the interval.
                     Err(e) => {
                         debug!(replica = replica_id, request_id = request.request_id, error = %e, "job request not submitted; it stays pending");
-                        return Ok(requests.len());
+                        return Ok(taken);
                     }
                 }
             }
@@ -251,6 +254,7 @@ async fn poll_once(
             committer.now_ms(),
         )
         .await?;
+        taken += 1;
         match &outcome {
             Outcome::Submitted { job_id } => {
                 info!(
@@ -265,7 +269,7 @@ async fn poll_once(
             }
         }
     }
-    Ok(requests.len())
+    Ok(taken)
 }
 
 /// The oldest pending requests, at most [`REQUESTS_PER_READ`].
