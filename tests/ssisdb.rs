@@ -105,6 +105,15 @@ fn shell(script: &str, max_attempts: u32) -> v1::JobSpec {
     }
 }
 
+/// The server at `port` as the chaos module's proxies take it.
+fn target_at(port: u16, password_file: &Path) -> SsisdbTarget {
+    SsisdbTarget {
+        server: format!("127.0.0.1:{port}").parse().expect("address"),
+        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
+        password_file: password_file.to_path_buf(),
+    }
+}
+
 async fn sql(port: u16, password_file: &Path) -> ssisdb::SqlClient {
     ssisdb::connect(&settings(port, password_file))
         .await
@@ -653,13 +662,7 @@ async fn a_leader_cut_off_from_its_peers_never_turns_rows_back() {
     ssisdb::install_schema(&settings(server.port, &env.password_file))
         .await
         .expect("install");
-    let target = SsisdbTarget {
-        server: format!("127.0.0.1:{}", server.port)
-            .parse()
-            .expect("address"),
-        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
-        password_file: env.password_file.clone(),
-    };
+    let target = target_at(server.port, &env.password_file);
     let sql_link = target.proxy().await.expect("SQL proxy");
     let (network, layout) = ProxiedNetwork::start(3).await.expect("peer proxies");
     let overrides = vec![
@@ -765,13 +768,7 @@ async fn retention_waits_for_ssisdb_to_hold_a_jobs_events() {
     ssisdb::install_schema(&settings(server.port, &env.password_file))
         .await
         .expect("install");
-    let target = SsisdbTarget {
-        server: format!("127.0.0.1:{}", server.port)
-            .parse()
-            .expect("address"),
-        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
-        password_file: env.password_file.clone(),
-    };
+    let target = target_at(server.port, &env.password_file);
     let sql_link = target.proxy().await.expect("SQL proxy");
     let cap = 100u64;
     let mut cluster = start_cluster(
@@ -1550,13 +1547,7 @@ async fn the_leader_killed_while_taking_requests_makes_one_job_per_request() {
     ssisdb::install_schema(&settings(server.port, &env.password_file))
         .await
         .expect("install");
-    let target = SsisdbTarget {
-        server: format!("127.0.0.1:{}", server.port)
-            .parse()
-            .expect("address"),
-        options: format!("Database=SSISDB;User Id={USER};Encrypt=DANGER_PLAINTEXT"),
-        password_file: env.password_file.clone(),
-    };
+    let target = target_at(server.port, &env.password_file);
     let sql_link = target.proxy().await.expect("SQL proxy");
     sql_link.set(LinkMode::Refuse);
     let mut cluster = start_cluster(
