@@ -1155,6 +1155,26 @@ mod tests {
     }
 
     #[test]
+    fn a_row_with_the_final_status_from_an_earlier_change_is_seen() {
+        // Job 1's rows show succeeded, but written from a change at 7 ms, not its last at 0;
+        // its first attempt's end from another time than the final one.
+        let (submits, mut end) = healthy();
+        let mut view = healthy_sql_view();
+        view.job_rows.insert(1, vec![(5, 1, 7)]);
+        view.attempt_rows
+            .insert(1, vec![(1, 0, "succeeded".to_string(), 15)]);
+        end.ssisdb = Some(SsisdbEnd {
+            view,
+            outbox_left: 0,
+            shipped_up_to: 90,
+            sent_requests: Vec::new(),
+        });
+        let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
+        assert_eq!(report.ssisdb_rows_behind.len(), 2, "{report}");
+        assert!(!report.ok(), "{report}");
+    }
+
+    #[test]
     fn every_job_request_from_t_sql_is_exactly_one_job() {
         let (submits, mut end) = healthy();
         // Jobs 1 and 2 came from requests "a" and "b" (their keys); "c" made job 3.
