@@ -1,6 +1,7 @@
 //! `scaleout bench`: throughput and latency measured against real replica processes.
 //!
-//! `submit` loads the cluster with submits, `e2e` runs jobs through real workers,
+//! `submit` loads the cluster with submits, [`e2e`] runs the job round trip through simulated
+//! workers (in `bench/round_trip.rs`),
 //! [`failover`] kills the leader again and again under load (in `bench/failover.rs`), and
 //! [`capacity`] measures what a replica costs with a long history (`bench/capacity.rs`).
 
@@ -20,9 +21,11 @@ use crate::transport::Security;
 
 mod capacity;
 mod failover;
+mod round_trip;
 
 pub use capacity::{capacity, CapacityBench};
 pub use failover::{failover, FailoverBench, Fault};
+pub use round_trip::{e2e, ConsumerCalls, E2eBench};
 
 pub struct SubmitBench {
     /// Replicas to load; empty starts a local cluster.
@@ -327,170 +330,4 @@ pub(crate) fn resident_mib(pid: u32) -> anyhow::Result<f64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS in /proc status")?;
     Ok(kib / 1024.0)
-}
-
-pub struct E2eBench {
-    pub workers: usize,
-    pub slots: u32,
-    pub jobs: u64,
-    pub submitters: usize,
-    pub paced_seconds: u64,
-    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
-    pub insecure: bool,
-    pub json: bool,
-}
-
-/// Submit → lease → complete through `workers` × `slots` with a no-op executor: the jobs/s the
-/// cluster sustains end to end, then submit-to-start latency at half that rate.
-pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
-    let mut cluster = local_cluster(options.insecure).await?;
-    for n in 0..options.workers {
-        cluster.start_worker(crate::harness::WorkerOptions {
-            max_tasks: options.slots,
-            extra_config: vec![
-                "noop_executor = true".into(),
-                "task_request_max_cpu = 100.0".into(),
-                "task_request_min_memory_mb = 0".into(),
-                "acquire_wait_ms = 1000".into(),
-            ],
-            ..crate::harness::WorkerOptions::named(&format!("bench-{n}"))
-        })?;
-    }
-    let client = Arc::new(cluster.client()?.with_deadline(Duration::from_secs(60)));
-    crate::harness::wait_for_workers(&client, options.workers, Duration::from_secs(60)).await?;
-
-    // Phase 1: as fast as it goes.
-    let first_id = client.submit_job(bench_spec(0), None).await?.job_id;
-    let started = Instant::now();
-    let issued = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..options.submitters.max(1) {
-        let client = client.clone();
-        let issued = issued.clone();
-        let jobs = options.jobs;
-        tasks.push(tokio::spawn(async move {
-            while issued.fetch_add(1, Ordering::Relaxed) < jobs {
-                client.submit_job(bench_spec(1), None).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let submitted_in = started.elapsed();
-    wait_all_done(&client, first_id, Duration::from_secs(600)).await?;
-    let elapsed = started.elapsed();
-    let rate = options.jobs as f64 / elapsed.as_secs_f64();
-
-    // Phase 2: paced at half that rate; submit-to-start latency from the attempt records.
-    let paced_rate = (rate / 2.0).max(1.0);
-    let paced_jobs = (paced_rate * options.paced_seconds as f64) as u64;
-    let interval = Duration::from_secs_f64(1.0 / paced_rate);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut paced = Vec::new();
-    let mut paced_ids = tokio::task::JoinSet::new();
-    for _ in 0..paced_jobs {
-        ticker.tick().await;
-        let client = client.clone();
-        paced_ids.spawn(async move {
-            client
-                .submit_job(bench_spec(2), None)
-                .await
-                .map(|r| r.job_id)
-        });
-    }
-    while let Some(id) = paced_ids.join_next().await {
-        paced.push(id??);
-    }
-    paced.sort_unstable();
-    let first_paced = *paced.first().context("no paced jobs")?;
-    wait_all_done(&client, first_paced, Duration::from_secs(600)).await?;
-    let mut latency = Histogram::<u64>::new(3)?;
-    let mut after = first_paced - 1;
-    loop {
-        let page = client.list_jobs(None, after, 1000, false).await?;
-        for job in &page.jobs {
-            if let Some(attempt) = job.attempts.first() {
-                latency.record(attempt.started_at_ms.saturating_sub(job.created_at_ms))?;
-            }
-        }
-        if page.next_after_id == 0 {
-            break;
-        }
-        after = page.next_after_id;
-    }
-    let report = json!({
-        "benchmark": "e2e",
-        "transport": if options.insecure { "plaintext" } else { "mutual TLS" },
-        "workers": options.workers,
-        "slots_per_worker": options.slots,
-        "jobs": options.jobs,
-        "submit_seconds": submitted_in.as_secs_f64(),
-        "seconds": elapsed.as_secs_f64(),
-        "jobs_per_sec": rate,
-        "paced_jobs_per_sec": paced_rate,
-        "paced_jobs": latency.len(),
-        "submit_to_start_ms": {
-            "p50": latency.value_at_quantile(0.50),
-            "p99": latency.value_at_quantile(0.99),
-            "max": latency.max(),
-        },
-    });
-    if options.json {
-        println!("{report}");
-    } else {
-        println!(
-            "e2e ({}): {} jobs through {} workers x {} slots in {:.1} s = {rate:.0} jobs/s \
-             (submitted in {:.1} s); at {paced_rate:.0} jobs/s submit-to-start p50 {} ms, \
-             p99 {} ms, max {} ms",
-            report["transport"].as_str().unwrap_or("?"),
-            options.jobs,
-            options.workers,
-            options.slots,
-            elapsed.as_secs_f64(),
-            submitted_in.as_secs_f64(),
-            latency.value_at_quantile(0.50),
-            latency.value_at_quantile(0.99),
-            latency.max()
-        );
-    }
-    Ok(())
-}
-
-/// Waits until every job from `first_id` on is terminal, scanning forward (stale reads from
-/// one replica: cheap, and lateness only makes the figure conservative).
-pub(crate) async fn wait_all_done(
-    client: &Client,
-    first_id: u64,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut after = first_id.saturating_sub(1);
-    loop {
-        let page = client.list_jobs(None, after, 1000, true).await?;
-        let mut all_done = true;
-        for job in &page.jobs {
-            let terminal = crate::pb::state_from_pb(job.state)
-                .ok()
-                .flatten()
-                .is_some_and(crate::queue::JobState::is_terminal);
-            if !terminal {
-                all_done = false;
-                break;
-            }
-            after = job.id;
-        }
-        if all_done && page.next_after_id == 0 {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "jobs still unfinished after {timeout:?}"
-        );
-        if !all_done {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }

@@ -452,6 +452,18 @@ impl LocalCluster {
         })?)
     }
 
+    /// How a worker with `agent_id` connects: its own certificate, issued now (or plaintext
+    /// when the cluster is insecure).
+    pub fn worker_security(&self, agent_id: uuid::Uuid) -> anyhow::Result<Security> {
+        match &self.certs {
+            Some(certs) => {
+                certs.issue(Role::Worker(agent_id))?;
+                certs.security(&Role::Worker(agent_id))
+            }
+            None => Ok(Security::Insecure),
+        }
+    }
+
     /// The CLI flags that make `scaleout job|workers|cluster ...` talk to this cluster as its
     /// admin: `--tls-dir DIR --identity admin`, or `--insecure`.
     pub fn cli_security_args(&self) -> Vec<String> {

@@ -142,23 +142,40 @@ pub enum FailoverFault {
     Isolate,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Calls {
+    Combined,
+    Separate,
+}
+
 #[derive(Args)]
 pub struct BenchE2eArgs {
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    workers: u64,
+    /// Submitting tasks, each awaiting its acknowledgment before the next submit.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    publishers: u64,
+    /// Simulated workers (in this process, no task processes).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    consumers: u64,
+    /// Tasks each consumer holds at most (its MaxTaskCount).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    slots: u32,
+    outstanding: u32,
     /// Jobs in the throughput phase.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     jobs: u64,
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    submitters: u64,
     /// Length of the latency phase at half the measured rate.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     paced_seconds: u64,
     /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS, to compare.
     #[arg(long)]
     insecure: bool,
+    /// Run the replicas from this scaleout binary (another build, for an A/B) instead of
+    /// this one.
+    #[arg(long)]
+    binary: Option<std::path::PathBuf>,
+    /// How the simulated workers call: `combined` sends results with the next AcquireTasks,
+    /// `separate` calls CompleteTask per task (what builds before the combined call take).
+    #[arg(long, value_enum, default_value = "combined")]
+    calls: Calls,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -215,12 +232,17 @@ impl BenchCommand {
                 .map_err(CliError::failed)
             }
             BenchCommand::E2e(args) => crate::bench::e2e(crate::bench::E2eBench {
-                workers: args.workers as usize,
-                slots: args.slots,
+                publishers: args.publishers as usize,
+                consumers: args.consumers as usize,
+                outstanding: args.outstanding,
                 jobs: args.jobs,
-                submitters: args.submitters as usize,
                 paced_seconds: args.paced_seconds,
                 insecure: args.insecure,
+                binary: args.binary,
+                calls: match args.calls {
+                    Calls::Combined => crate::bench::ConsumerCalls::Combined,
+                    Calls::Separate => crate::bench::ConsumerCalls::Separate,
+                },
                 json: matches!(args.output, Output::Json),
             })
             .await

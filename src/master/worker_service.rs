@@ -17,12 +17,15 @@ use crate::pb::v1::{
     AcquireTasksRequest, AcquireTasksResponse, AppendLogsRequest, AppendLogsResponse,
     CompleteTaskRequest, CompleteTaskResponse, HeartbeatRequest, HeartbeatResponse,
     RegisterWorkerRequest, RegisterWorkerResponse, RenewLeasesRequest, RenewLeasesResponse,
+    TaskResult, TaskResultStatus,
 };
 use crate::pb::{
     lease_from_pb, log_line_from_pb, outcome_from_pb, percent_x10, worker_id_from_pb,
     worker_info_from_pb,
 };
-use crate::queue::{Command, CommandOutput, CommandResult, LeaseRef, QueueError};
+use crate::queue::{
+    AcquireRequest, Command, CommandOutput, CommandResult, LeaseRef, QueueError, TaskReport,
+};
 use crate::raft::{Raft, SharedQueue};
 use crate::rpc::contract::{from_queue_error, not_leader, with_reason};
 use crate::rpc::Reason;
@@ -156,6 +159,58 @@ impl WorkerApi {
     }
 }
 
+fn report_from_pb(result: &TaskResult) -> Result<TaskReport, QueueError> {
+    Ok(TaskReport {
+        lease: lease_from_pb(result.lease)?,
+        outcome: outcome_from_pb(result.outcome)?,
+        exit_code: result.exit_code,
+        error: result.error.clone(),
+    })
+}
+
+/// Each result's fate, as CompleteTask would answer it, in the request's order.
+fn result_statuses(
+    sent: &[TaskResult],
+    answers: Vec<CommandResult>,
+    worker: crate::queue::WorkerId,
+) -> Vec<TaskResultStatus> {
+    sent.iter()
+        .zip(answers)
+        .map(|(result, answer)| {
+            let lease = result.lease;
+            let (job_id, token) = lease.map_or((0, 0), |l| (l.job_id, l.lease_token));
+            let recorded = |state: crate::queue::JobState| TaskResultStatus {
+                lease,
+                recorded: true,
+                job_state: crate::pb::v1::JobState::from(state) as i32,
+                refusal: String::new(),
+            };
+            let refused = |refusal: String| TaskResultStatus {
+                lease,
+                recorded: false,
+                job_state: 0,
+                refusal,
+            };
+            match answer {
+                Ok(CommandOutput::Completed { state }) => {
+                    info!(job_id, lease = token, %worker, state = %state, "task completed");
+                    recorded(state)
+                }
+                Ok(CommandOutput::CompletedBefore { state }) => recorded(state),
+                Ok(CommandOutput::CompletedLate) => {
+                    info!(job_id, lease = token, %worker, "late completion recorded, not applied");
+                    refused(
+                        "the lease was lost: the result was recorded as late and not applied"
+                            .into(),
+                    )
+                }
+                Ok(_) => refused("the master answered this result unexpectedly".into()),
+                Err(error) => refused(error.to_string()),
+            }
+        })
+        .collect()
+}
+
 fn unexpected(output: CommandOutput) -> Status {
     Status::internal(format!("unexpected command output {output:?}"))
 }
@@ -254,59 +309,80 @@ impl WorkerService for WorkerApi {
         )?;
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
+        let mut reports = request
+            .results
+            .iter()
+            .map(report_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(rejection)?;
         let wait = Duration::from_millis(
             u64::from(request.wait_ms).min(self.settings.max_acquire_wait_ms),
         );
         let deadline = tokio::time::Instant::now() + wait;
-        if request.free_slots == 0 {
+        if request.free_slots == 0 && reports.is_empty() {
             // Nothing can be granted; waiting would only hold the call.
             return Ok(Response::new(AcquireTasksResponse::default()));
         }
+        let acquire = AcquireRequest {
+            free_slots: request.free_slots,
+            lease_ms: self.settings.lease_interval_ms,
+            cpu_percent_x10: percent_x10(request.cpu_percent),
+            free_memory_mb: request.free_memory_mb,
+            max_cpu_percent_x10: percent_x10(request.task_request_max_cpu),
+            min_free_memory_mb: request.task_request_min_memory_mb,
+            request_id: Some(request.request_id.clone()).filter(|id| !id.is_empty()),
+        };
+        let mut results = Vec::new();
         let mut applied = self.raft.metrics();
         let mut first = true;
         loop {
             self.require_leader()?;
             // The first call always goes through the log: it is also the worker's liveness
-            // signal. Later rounds propose only when the leader's state shows work for it.
-            if first || self.has_eligible_task(&request, worker) {
-                first = false;
-                let command = Command::AcquireTasks {
-                    worker,
-                    free_slots: request.free_slots,
-                    lease_ms: self.settings.lease_interval_ms,
-                    cpu_percent_x10: percent_x10(request.cpu_percent),
-                    free_memory_mb: request.free_memory_mb,
-                    max_cpu_percent_x10: percent_x10(request.task_request_max_cpu),
-                    min_free_memory_mb: request.task_request_min_memory_mb,
-                    request_id: Some(request.request_id.clone()).filter(|id| !id.is_empty()),
-                };
-                // Only the leader serves a long poll (above): nothing to forward.
-                match self.propose(command, OnFollower::Redirect).await? {
-                    CommandOutput::Acquired { tasks } if !tasks.is_empty() => {
-                        for task in &tasks {
-                            info!(job_id = task.job_id, lease = task.token, attempt = task.attempt, %worker, "task leased");
-                        }
-                        return Ok(Response::new(AcquireTasksResponse {
-                            tasks: tasks.iter().map(Into::into).collect(),
-                        }));
+            // signal, and it records the results. Later rounds propose only when the leader's
+            // state shows work for it.
+            if first || (request.free_slots > 0 && self.has_eligible_task(&request, worker)) {
+                let command = if first && !reports.is_empty() {
+                    Command::ReportAndAcquire {
+                        worker,
+                        reports: std::mem::take(&mut reports),
+                        acquire: acquire.clone(),
                     }
-                    CommandOutput::Acquired { .. } => {
-                        // The pre-check and apply use the same rules, so this was a race with
-                        // another worker for the same task; a short pause keeps a run of such
-                        // races from turning into a stream of entries.
-                        tokio::time::sleep(
-                            RACE_PAUSE.min(
-                                deadline.saturating_duration_since(tokio::time::Instant::now()),
-                            ),
-                        )
-                        .await;
+                } else {
+                    acquire.clone().into_command(worker)
+                };
+                first = false;
+                // Only the leader serves a long poll (above): nothing to forward.
+                let tasks = match self.propose(command, OnFollower::Redirect).await? {
+                    CommandOutput::Acquired { tasks } => tasks,
+                    CommandOutput::ReportedAndAcquired { reports, acquired } => {
+                        results = result_statuses(&request.results, reports, worker);
+                        acquired.map_err(rejection)?
                     }
                     other => return Err(unexpected(other)),
+                };
+                if !tasks.is_empty() || request.free_slots == 0 {
+                    for task in &tasks {
+                        info!(job_id = task.job_id, lease = task.token, attempt = task.attempt, %worker, "task leased");
+                    }
+                    return Ok(Response::new(AcquireTasksResponse {
+                        tasks: tasks.iter().map(Into::into).collect(),
+                        results,
+                    }));
                 }
+                // The pre-check and apply use the same rules, so this was a race with another
+                // worker for the same task; a short pause keeps a run of such races from
+                // turning into a stream of entries.
+                tokio::time::sleep(
+                    RACE_PAUSE.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+                )
+                .await;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(Response::new(AcquireTasksResponse::default()));
+                return Ok(Response::new(AcquireTasksResponse {
+                    tasks: Vec::new(),
+                    results,
+                }));
             }
             // Wake on the next apply (a submit, a requeue) or recheck shortly for retry delays.
             let nap = (deadline - now).min(POLL_RECHECK);

@@ -148,6 +148,66 @@ pub enum Command {
         exit_code: Option<i32>,
         error: String,
     },
+    /// A worker's verdicts on the tasks it finished and its request for the next ones, as one
+    /// command: each report is applied as [`Command::ReportResult`], in order, then the acquire
+    /// as [`Command::AcquireTasks`], so the slots the reports free are free for it. One call and
+    /// one command per task instead of two keeps a worker's slots busy.
+    ReportAndAcquire {
+        worker: WorkerId,
+        reports: Vec<TaskReport>,
+        acquire: AcquireRequest,
+    },
+}
+
+/// A worker's verdict on one attempt (see [`Command::ReportResult`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub lease: LeaseRef,
+    /// Succeeded, Failed or Cancelled; Expired is the master's to decide.
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    pub error: String,
+}
+
+/// What a worker asks for when it acquires tasks (see [`Command::AcquireTasks`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub free_slots: u32,
+    pub lease_ms: u64,
+    pub cpu_percent_x10: u32,
+    pub free_memory_mb: u64,
+    pub max_cpu_percent_x10: u32,
+    pub min_free_memory_mb: u64,
+    pub request_id: Option<String>,
+}
+
+impl AcquireRequest {
+    /// The same request as a [`Command::AcquireTasks`] of `worker`.
+    pub fn into_command(self, worker: WorkerId) -> Command {
+        Command::AcquireTasks {
+            worker,
+            free_slots: self.free_slots,
+            lease_ms: self.lease_ms,
+            cpu_percent_x10: self.cpu_percent_x10,
+            free_memory_mb: self.free_memory_mb,
+            max_cpu_percent_x10: self.max_cpu_percent_x10,
+            min_free_memory_mb: self.min_free_memory_mb,
+            request_id: self.request_id,
+        }
+    }
+}
+
+impl TaskReport {
+    /// The same report as a [`Command::ReportResult`] of `worker`.
+    pub fn into_command(self, worker: WorkerId) -> Command {
+        Command::ReportResult {
+            worker,
+            lease: self.lease,
+            outcome: self.outcome,
+            exit_code: self.exit_code,
+            error: self.error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +282,12 @@ pub enum CommandOutput {
     JobsRemoved {
         removed: u64,
         more: bool,
+    },
+    /// Each report's result, in order (as [`Command::ReportResult`] answers it), and the
+    /// acquire's: the tasks leased, or why none could be.
+    ReportedAndAcquired {
+        reports: Vec<CommandResult>,
+        acquired: Result<Vec<Assignment>, QueueError>,
     },
 }
 

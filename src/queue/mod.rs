@@ -35,7 +35,9 @@ pub use attempt::{
     Assignment, Attempt, AttemptOutcome, Lease, LeaseRef, LeaseStatus, MAX_ATTEMPT_ERROR_BYTES,
     MAX_LEASE_MS,
 };
-pub use command::{ApplyContext, Command, CommandOutput, CommandResult};
+pub use command::{
+    AcquireRequest, ApplyContext, Command, CommandOutput, CommandResult, TaskReport,
+};
 pub use error::QueueError;
 pub use finished::{spec_digest, FinishedJob, SpecDigest, UNKNOWN_LAST_EVENT};
 pub use job::{Job, JobId, JobSpec, JobState, MAX_RETRY_DELAY_SECS, MAX_TIMEOUT_SECS};

@@ -482,6 +482,11 @@ impl QueueState {
                 exit_code,
                 error,
             } => self.complete(worker, lease, (outcome, exit_code, error), true, now),
+            Command::ReportAndAcquire {
+                worker,
+                reports,
+                acquire,
+            } => Ok(self.report_and_acquire(worker, reports, acquire, now)),
             Command::ExpireLeases => Ok(self.expire(now)),
             Command::ExtendLeases { lease_ms } => self.extend(lease_ms, now),
             Command::SetWorkerState {

@@ -9,8 +9,8 @@ use crate::queue::attempt::{truncate_utf8, MAX_ATTEMPT_ERROR_BYTES, MAX_LEASE_MS
 use crate::queue::dispatch::{worker_capacity, LoadLimits};
 use crate::queue::worker::Grant;
 use crate::queue::{
-    Assignment, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState, LeaseRef,
-    LeaseStatus, LogLevel, LogLine, QueueError, WorkerId,
+    AcquireRequest, Assignment, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState,
+    LeaseRef, LeaseStatus, LogLevel, LogLine, QueueError, TaskReport, WorkerId,
 };
 
 /// Longest request id an AcquireTasks may carry.
@@ -145,6 +145,50 @@ impl QueueState {
             });
         }
         Ok(CommandOutput::Renewed { leases: statuses })
+    }
+
+    /// [`Command::ReportAndAcquire`](crate::queue::Command): every report as `ReportResult`,
+    /// then the acquire, each answering as its own command would (a refused report changes
+    /// nothing and does not stop the others or the acquire).
+    pub(super) fn report_and_acquire(
+        &mut self,
+        worker: WorkerId,
+        reports: Vec<TaskReport>,
+        acquire: AcquireRequest,
+        now_ms: u64,
+    ) -> CommandOutput {
+        let reports = reports
+            .into_iter()
+            .map(|report| {
+                self.complete(
+                    worker,
+                    report.lease,
+                    (report.outcome, report.exit_code, report.error),
+                    true,
+                    now_ms,
+                )
+            })
+            .collect();
+        let acquired = self
+            .acquire(
+                worker,
+                acquire.free_slots,
+                acquire.lease_ms,
+                (acquire.cpu_percent_x10, acquire.free_memory_mb),
+                LoadLimits {
+                    max_cpu_percent_x10: acquire.max_cpu_percent_x10,
+                    min_free_memory_mb: acquire.min_free_memory_mb,
+                },
+                acquire.request_id,
+                now_ms,
+            )
+            .and_then(|output| match output {
+                CommandOutput::Acquired { tasks } => Ok(tasks),
+                other => Err(QueueError::InvalidRequest(format!(
+                    "acquire answered {other:?}"
+                ))),
+            });
+        CommandOutput::ReportedAndAcquired { reports, acquired }
     }
 
     /// The worker's verdict on its attempt. Only the current lease's holder may give it, once:

@@ -85,6 +85,7 @@ impl Agent {
                 task_request_max_cpu: self.config.task_request_max_cpu,
                 task_request_min_memory_mb: self.config.task_request_min_memory_mb,
                 request_id: request_id.clone(),
+                results: Vec::new(),
             };
             let wait = self.config.acquire_wait();
             let sent = Instant::now();
