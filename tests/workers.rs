@@ -1018,3 +1018,143 @@ async fn workers_ride_out_a_frozen_leader_that_is_their_first_endpoint() {
         );
     }
 }
+
+/// A worker that reports its finished tasks with its next AcquireTasks: the results are
+/// recorded before the grant (their slots are free for it), a retry of the same results is
+/// answered as recorded and changes nothing, and a stale result is refused on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_ride_on_the_next_acquire() {
+    let _serial = SERIAL.lock().await;
+    let cluster = fast_cluster();
+    cluster.wait_for_leader(WAIT).await.expect("leader");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    let agent = uuid::Uuid::new_v4();
+    let worker = scaleout::worker::connection::Connection::new(
+        &cluster.endpoints(),
+        cluster.worker_security(agent).expect("worker certificate"),
+    )
+    .expect("endpoints");
+    let call = |request: v1::AcquireTasksRequest| {
+        let worker = &worker;
+        async move {
+            worker
+                .call(Duration::from_secs(10), WAIT, |mut c, t| {
+                    let request = request.clone();
+                    async move {
+                        c.acquire_tasks(scaleout::rpc::contract::leader_request(request, t))
+                            .await
+                    }
+                })
+                .await
+                .expect("AcquireTasks")
+        }
+    };
+    worker
+        .call(Duration::from_secs(10), WAIT, |mut c, t| async move {
+            c.register_worker(scaleout::rpc::contract::leader_request(
+                v1::RegisterWorkerRequest {
+                    info: Some(v1::WorkerInfo {
+                        worker_id: agent.to_string(),
+                        display_name: "raw".into(),
+                        max_tasks: 2,
+                        ..Default::default()
+                    }),
+                },
+                t,
+            ))
+            .await
+        })
+        .await
+        .expect("register");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            client
+                .submit_job(shell(&format!("echo {n}")), None)
+                .await
+                .expect("submit")
+                .job_id,
+        );
+    }
+    let acquire = |free_slots: u32, results: Vec<v1::TaskResult>| v1::AcquireTasksRequest {
+        worker_id: agent.to_string(),
+        free_slots,
+        wait_ms: 1000,
+        task_request_max_cpu: 100.0,
+        request_id: uuid::Uuid::new_v4().to_string(),
+        results,
+        ..Default::default()
+    };
+    let first = call(acquire(2, Vec::new())).await;
+    assert_eq!(first.tasks.len(), 2, "{first:?}");
+    let result = |task: &v1::TaskAssignment, outcome: AttemptOutcome, code: i32| v1::TaskResult {
+        lease: Some(v1::LeaseRef {
+            job_id: task.job_id,
+            lease_token: task.lease_token,
+        }),
+        outcome: outcome as i32,
+        exit_code: Some(code),
+        error: String::new(),
+    };
+    let results = vec![
+        result(&first.tasks[0], AttemptOutcome::Succeeded, 0),
+        result(&first.tasks[1], AttemptOutcome::Failed, 3),
+    ];
+    // Both slots are busy until the results are recorded: the grant needs them first.
+    let second = call(acquire(2, results.clone())).await;
+    let recorded: Vec<(bool, i32)> = second
+        .results
+        .iter()
+        .map(|s| (s.recorded, s.job_state))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![
+            (true, JobState::Succeeded as i32),
+            (true, JobState::Failed as i32)
+        ]
+    );
+    assert_eq!(
+        second.tasks.iter().map(|t| t.job_id).collect::<Vec<_>>(),
+        vec![ids[2]],
+        "the third job is granted in the same call"
+    );
+    // The same results again (their answer lost): recorded before, nothing changes, and with no
+    // free slot the call answers at once.
+    let started = Instant::now();
+    let again = call(acquire(0, results)).await;
+    assert!(again.results.iter().all(|s| s.recorded), "{again:?}");
+    assert!(again.tasks.is_empty());
+    assert!(started.elapsed() < Duration::from_millis(900));
+    // A stale result is refused on its own; the good one beside it is recorded.
+    let stale = v1::TaskResult {
+        lease: Some(v1::LeaseRef {
+            job_id: ids[2],
+            lease_token: second.tasks[0].lease_token + 1000,
+        }),
+        outcome: AttemptOutcome::Succeeded as i32,
+        exit_code: Some(0),
+        error: String::new(),
+    };
+    let mixed = call(acquire(
+        0,
+        vec![
+            stale,
+            result(&second.tasks[0], AttemptOutcome::Succeeded, 0),
+        ],
+    ))
+    .await;
+    assert!(!mixed.results[0].recorded);
+    assert!(!mixed.results[0].refusal.is_empty());
+    assert!(mixed.results[1].recorded);
+    for (id, state) in ids
+        .iter()
+        .zip([JobState::Succeeded, JobState::Failed, JobState::Succeeded])
+    {
+        let job = client.get_job(*id, false).await.expect("get");
+        assert_eq!(job.state, state as i32, "{job:?}");
+        assert_eq!(job.attempts.len(), 1, "{job:?}");
+    }
+    let failed = client.get_job(ids[1], false).await.expect("get");
+    assert_eq!(failed.attempts[0].exit_code, Some(3));
+}

@@ -151,7 +151,8 @@ pub enum Command {
     /// A worker's verdicts on the tasks it finished and its request for the next ones, as one
     /// command: each report is applied as [`Command::ReportResult`], in order, then the acquire
     /// as [`Command::AcquireTasks`], so the slots the reports free are free for it. One call and
-    /// one command per task instead of two keeps a worker's slots busy.
+    /// one command per task instead of two keeps a worker's slots busy. Refused (with the
+    /// acquire's error) only when every part is.
     ReportAndAcquire {
         worker: WorkerId,
         reports: Vec<TaskReport>,

@@ -486,7 +486,7 @@ impl QueueState {
                 worker,
                 reports,
                 acquire,
-            } => Ok(self.report_and_acquire(worker, reports, acquire, now)),
+            } => self.report_and_acquire(worker, reports, acquire, now),
             Command::ExpireLeases => Ok(self.expire(now)),
             Command::ExtendLeases { lease_ms } => self.extend(lease_ms, now),
             Command::SetWorkerState {

@@ -149,26 +149,29 @@ impl QueueState {
 
     /// [`Command::ReportAndAcquire`](crate::queue::Command): every report as `ReportResult`,
     /// then the acquire, each answering as its own command would (a refused report changes
-    /// nothing and does not stop the others or the acquire).
+    /// nothing and does not stop the others or the acquire). Refused as a whole, with the
+    /// acquire's error, only when every part was refused: then nothing changed.
     pub(super) fn report_and_acquire(
         &mut self,
         worker: WorkerId,
         reports: Vec<TaskReport>,
         acquire: AcquireRequest,
         now_ms: u64,
-    ) -> CommandOutput {
-        let reports = reports
-            .into_iter()
-            .map(|report| {
-                self.complete(
-                    worker,
-                    report.lease,
-                    (report.outcome, report.exit_code, report.error),
-                    true,
-                    now_ms,
-                )
-            })
-            .collect();
+    ) -> CommandResult {
+        let mut answers = Vec::with_capacity(reports.len());
+        for report in reports {
+            answers.push(self.complete(
+                worker,
+                report.lease,
+                (report.outcome, report.exit_code, report.error),
+                true,
+                now_ms,
+            ));
+            // What `apply` does after each command, so each part ends as its own would.
+            self.archive_finishing();
+            self.drop_passing_truncations();
+        }
+        let reports = answers;
         let acquired = self
             .acquire(
                 worker,
@@ -184,11 +187,14 @@ impl QueueState {
             )
             .and_then(|output| match output {
                 CommandOutput::Acquired { tasks } => Ok(tasks),
-                other => Err(QueueError::InvalidRequest(format!(
-                    "acquire answered {other:?}"
-                ))),
+                _ => Err(QueueError::InvalidRequest(
+                    "the acquire answered something other than tasks".into(),
+                )),
             });
-        CommandOutput::ReportedAndAcquired { reports, acquired }
+        match acquired {
+            Err(error) if reports.iter().all(Result::is_err) => Err(error),
+            acquired => Ok(CommandOutput::ReportedAndAcquired { reports, acquired }),
+        }
     }
 
     /// The worker's verdict on its attempt. Only the current lease's holder may give it, once:

@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use super::test_support::*;
 use super::QueueState;
 use crate::queue::{
-    ApplyContext, AttemptOutcome, Command, CommandOutput, JobId, JobSpec, JobState, LeaseRef,
-    OutboxEvent, QueueError, WorkerId,
+    AcquireRequest, ApplyContext, AttemptOutcome, Command, CommandOutput, JobId, JobSpec, JobState,
+    LeaseRef, OutboxEvent, QueueError, TaskReport, WorkerId,
 };
 
 const TAGS: [&str; 2] = ["sql", "gpu"];
@@ -75,6 +75,13 @@ enum Op {
         worker: u8,
         outcome: u8,
     },
+    /// Results of some leases and an acquire, in one command (the combined call).
+    ReportAndAcquire {
+        picks: Vec<usize>,
+        worker: u8,
+        free_slots: u32,
+        outcome: u8,
+    },
     Expire,
     Extend,
     SetState {
@@ -121,6 +128,8 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
             .prop_map(|(pick, own, worker, lines, batch)| Op::AppendLogs { pick, own, worker, lines, batch }),
         5 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..16)
             .prop_map(|(pick, own, worker, outcome)| Op::Complete { pick, own, worker, outcome }),
+        3 => (proptest::collection::vec(any::<usize>(), 0..3), w.clone(), 0u32..4, 0u8..8)
+            .prop_map(|(picks, worker, free_slots, outcome)| Op::ReportAndAcquire { picks, worker, free_slots, outcome }),
         2 => Just(Op::Expire),
         1 => Just(Op::Extend),
         1 => (w.clone(), proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>()))
@@ -224,6 +233,37 @@ fn to_command(
             max_cpu_percent_x10: MAX_CPU,
             min_free_memory_mb: MIN_MEM,
             request_id: None,
+        },
+        Op::ReportAndAcquire {
+            picks,
+            worker,
+            free_slots,
+            outcome,
+        } => Command::ReportAndAcquire {
+            worker: wid(worker),
+            reports: picks
+                .iter()
+                .map(|&i| TaskReport {
+                    lease: pick(i).unwrap_or(no_lease).0,
+                    outcome: [
+                        AttemptOutcome::Succeeded,
+                        AttemptOutcome::Failed,
+                        AttemptOutcome::Cancelled,
+                        AttemptOutcome::Expired,
+                    ][(usize::from(outcome) + i) % 4],
+                    exit_code: Some(i32::from(outcome)),
+                    error: String::new(),
+                })
+                .collect(),
+            acquire: AcquireRequest {
+                free_slots,
+                lease_ms: LEASE_MS,
+                cpu_percent_x10: 0,
+                free_memory_mb: 4096,
+                max_cpu_percent_x10: MAX_CPU,
+                min_free_memory_mb: MIN_MEM,
+                request_id: None,
+            },
         },
         Op::Renew { worker, leases } => Command::RenewLeases {
             worker: wid(worker),
@@ -489,6 +529,37 @@ proptest! {
                         );
                     }
                 }
+                (
+                    Command::ReportAndAcquire { worker, reports, acquire },
+                    Ok(CommandOutput::ReportedAndAcquired { reports: answers, acquired }),
+                ) => {
+                    // The same as its parts applied one after another in the same entry.
+                    let mut parts = before.clone();
+                    let ctx = ApplyContext { log_index: sim.index, now_ms: sim.now, outbox_limit };
+                    let part_answers: Vec<_> = reports
+                        .iter()
+                        .map(|report| parts.apply(&ctx, report.clone().into_command(*worker)))
+                        .collect();
+                    let part_acquired = parts.apply(&ctx, acquire.clone().into_command(*worker));
+                    prop_assert_eq!(answers, &part_answers);
+                    match (&part_acquired, acquired) {
+                        (Ok(CommandOutput::Acquired { tasks: expected }), Ok(tasks)) => {
+                            prop_assert_eq!(expected, tasks)
+                        }
+                        (Err(expected), Err(error)) => prop_assert_eq!(expected, error),
+                        (expected, got) => prop_assert!(false, "acquire {:?} vs its part {:?}", got, expected),
+                    }
+                    // The same rows to write, and the same state.
+                    let mut combined = before.clone();
+                    let _ = combined.apply(&ctx, command.clone());
+                    prop_assert_eq!(parts.take_changes(), combined.take_changes());
+                    prop_assert_eq!(&parts, &sim.state);
+                    for task in acquired.iter().flatten() {
+                        prop_assert!(task.token > last_token, "token {} after {}", task.token, last_token);
+                        last_token = task.token;
+                        granted.push((LeaseRef { job_id: task.job_id, token: task.token }, *worker));
+                    }
+                }
                 (Command::RenewLeases { worker, leases, .. }, Ok(CommandOutput::Renewed { leases: statuses })) => {
                     prop_assert_eq!(leases.len(), statuses.len());
                     for (lease, status) in leases.iter().zip(statuses) {
@@ -603,9 +674,13 @@ proptest! {
             }
             for old in before.jobs().filter(|j| !removed.contains(&j.id)) {
                 let new = sim.state.job(old.id).expect("jobs are never dropped but by retention");
-                // Only legal transitions; a terminal job never changes state again.
+                // Only legal transitions; a terminal job never changes state again. A combined
+                // command may make two: a result (running -> queued for a retry), then a grant.
+                let two_steps = matches!(command, Command::ReportAndAcquire { .. })
+                    && old.state.can_become(JobState::Queued)
+                    && JobState::Queued.can_become(new.state);
                 prop_assert!(
-                    new.state == old.state || old.state.can_become(new.state),
+                    new.state == old.state || old.state.can_become(new.state) || two_steps,
                     "illegal {} -> {} on {:?}", old.state, new.state, op
                 );
                 // Attempt history is append-only: ended attempts never change.
@@ -627,7 +702,16 @@ proptest! {
                 if job.state.is_terminal() {
                     let first = *terminal.entry(job.id).or_insert(job.state);
                     prop_assert_eq!(first, job.state, "job {} completed twice", job.id);
-                    last_event.entry(job.id).or_insert(newest);
+                    // A combined command finishes its jobs before its acquire makes events; it
+                    // was checked above to end exactly as its parts, so its own record is right.
+                    let finished_at = match &command {
+                        Command::ReportAndAcquire { .. } => sim
+                            .state
+                            .finished_job(job.id)
+                            .map_or(newest, |kept| kept.last_event),
+                        _ => newest,
+                    };
+                    last_event.entry(job.id).or_insert(finished_at);
                 }
             }
             if let (Command::ReleaseOutbox { after, up_to, events }, Ok(CommandOutput::OutboxAcked { acked_up_to, removed })) = (&command, &result) {
