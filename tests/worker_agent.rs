@@ -134,7 +134,10 @@ impl WorkerService for Fake {
         if tasks.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Response::new(AcquireTasksResponse { tasks }))
+        Ok(Response::new(AcquireTasksResponse {
+            tasks,
+            results: Vec::new(),
+        }))
     }
 
     async fn renew_leases(
