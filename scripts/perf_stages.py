@@ -29,10 +29,11 @@ STAGES = [
     ("openraft", r"\bopenraft::"),
     ("scaleout services (master)", r"scaleout::master::|scaleout::rpc::"),
     ("tracing/metrics", r"\btracing|\bmetrics::|metrics_exporter"),
-    ("allocator", r"\bmalloc|\bfree\b|_int_malloc|_int_free|cfree|realloc|__libc_calloc|sdallocx"),
     ("tokio runtime", r"\btokio::"),
 ]
 COMPILED = [(name, re.compile(pattern)) for name, pattern in STAGES]
+# Counted to the stage that called them (and shown as that stage's allocator share).
+ALLOCATOR = re.compile(r"^(malloc|free|cfree|realloc|calloc|_int_malloc|_int_free|_int_realloc|__libc_\w+|malloc_consolidate|unlink_chunk|tcache_\w+|alloc::alloc::\w+|__rust_\w*alloc\w*|__memmove\w*|__memcpy\w*|__memset\w*)")
 
 
 def samples(stream):
@@ -74,12 +75,17 @@ def function_of(frame):
 
 
 def stage_of(frames):
+    """(stage, whether the sample is in malloc/free/memcpy called from that stage)."""
+    in_allocator = False
     for frame in frames:
         function = function_of(frame)
+        if ALLOCATOR.search(function):
+            in_allocator = True
+            continue
         for name, pattern in COMPILED:
             if pattern.search(function):
-                return name
-    return "other"
+                return name, in_allocator
+    return "other", in_allocator
 
 
 def main():
@@ -88,10 +94,19 @@ def main():
     cpu = report.get("cpu_us_per_job", {})
     names = {str(pid): name for name, pid in report.get("replica_pids", {}).items()}
     by_pid = collections.defaultdict(collections.Counter)
+    allocating = collections.defaultdict(collections.Counter)
     for header, frames in samples(sys.stdin):
         match = re.search(r"(\d+)/\d+", header)
         if match:
-            by_pid[match.group(1)][stage_of(frames)] += 1
+            stage, in_allocator = stage_of(frames)
+            by_pid[match.group(1)][stage] += 1
+            if in_allocator:
+                allocating[match.group(1)][stage] += 1
+    if not names:
+        # A report without pids (an older bench): the replica with most samples used most CPU.
+        busiest = sorted(by_pid, key=lambda pid: -sum(by_pid[pid].values()))
+        costliest = sorted(cpu, key=lambda name: -cpu[name])
+        names = dict(zip(busiest, costliest))
     print(f"{report['jobs_per_sec']:.0f} jobs/s, CPU per job (all stages): "
           + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(cpu.items())))
     for pid, stages in sorted(by_pid.items(), key=lambda item: names.get(item[0], "")):
@@ -99,9 +114,12 @@ def main():
         us_per_job = cpu.get(name, 0.0)
         total = sum(stages.values())
         print(f"\n{name} (pid {pid}, {total} samples, {us_per_job:.0f} us/job)")
+        print(f"  {'stage':34} {'share':>7}  {'us/job':>6}  of which malloc/free/memcpy")
         for stage, count in stages.most_common():
             share = count / total
-            print(f"  {stage:34} {share * 100:5.1f} %  {share * us_per_job:6.1f} us/job")
+            alloc = allocating[pid][stage] / total
+            print(f"  {stage:34} {share * 100:5.1f} %  {share * us_per_job:6.1f}"
+                  f"  {alloc * us_per_job:6.1f}")
 
 
 if __name__ == "__main__":
