@@ -1,11 +1,18 @@
 //! Where the `sm` tree keeps the outbox, and reading it back for the SSISDB shipper, the
 //! leader's retention cut and the metrics.
 //!
-//! Every pending event is a row `outbox/<event id, 8 bytes BE>` (so rows sort by id, which is
-//! log order and time order), written by the apply that recorded it and removed by the apply
-//! that released it; the queue holds counters only (`queue/outbox.rs`). The pending truncation
-//! event of each live job is also a row `truncation/<job id BE>`, read at open: the queue
-//! rewrites those in place.
+//! The events one apply recorded are one row, a block: `outbox/<first event id, 8 bytes BE>+`,
+//! holding them in id order (a job's life makes about five events; one row per event was two
+//! thirds of the sled writes per job, `docs/profiling.md`). The events of an apply that writes a
+//! job's log truncation event (rewritten in place later) and every event of a held outbox
+//! (whose prune removes events one by one) are single rows `outbox/<event id BE>`, as every
+//! event was before blocks; so no single row lies inside a block's span, and the block holding
+//! an id, if any, is the last row starting at or before it. Rows sort by their first id and a
+//! reader merges them in id order. A release
+//! removes the rows whose events are all released and rewrites the one block it cuts through
+//! under its first remaining id, so no stored event is at or before the shipped cursor. The
+//! queue holds counters only (`queue/outbox.rs`). The pending truncation event of each live job
+//! is also a row `truncation/<job id BE>`, read at open: the queue rewrites those in place.
 //!
 //! Readers see the rows of the applies written so far: a prefix of the events in id order (each
 //! apply's rows land in one batch, after the rows of earlier entries), behind the queue by at
@@ -22,6 +29,57 @@ pub(super) const TRUNCATION_PREFIX: &[u8] = b"truncation/";
 
 pub(super) fn outbox_key(id: u64) -> Vec<u8> {
     id_key(OUTBOX_PREFIX, id)
+}
+
+/// Marks a block's key: right after the single row of its first id.
+const BLOCK_MARK: u8 = b'+';
+
+/// The key of a block whose first event is `first`.
+pub(super) fn block_key(first: u64) -> Vec<u8> {
+    let mut key = outbox_key(first);
+    key.push(BLOCK_MARK);
+    key
+}
+
+/// Whether `key` is a block's (else a single event's, if an outbox key at all).
+pub(super) fn is_block_key(key: &[u8]) -> bool {
+    key.len() == OUTBOX_PREFIX.len() + 9 && key.ends_with(&[BLOCK_MARK])
+}
+
+/// The first event id a row's key names, and whether the row is a block.
+fn parse_key(key: &[u8]) -> Option<(u64, bool)> {
+    let rest = key.strip_prefix(OUTBOX_PREFIX)?;
+    let (id, mark) = rest.split_first_chunk::<8>()?;
+    let block = match mark {
+        [] => false,
+        [BLOCK_MARK] => true,
+        _ => return None,
+    };
+    Some((u64::from_be_bytes(*id), block))
+}
+
+/// The events of one stored row: a block's, or a single event.
+pub(super) fn decode_row(key: &[u8], value: &[u8]) -> Result<Vec<OutboxEvent>, OutboxReadError> {
+    let corrupt = |detail: String| OutboxReadError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail,
+    };
+    let (first, block) = parse_key(key).ok_or_else(|| corrupt("not an outbox key".into()))?;
+    let events = if block {
+        decode::<Vec<OutboxEvent>>(value).map_err(|e| corrupt(e.to_string()))?
+    } else {
+        vec![decode::<OutboxEvent>(value).map_err(|e| corrupt(e.to_string()))?]
+    };
+    if events.first().map(|event| event.id) != Some(first) {
+        return Err(corrupt(format!(
+            "its first event is {:?}",
+            events.first().map(|event| event.id)
+        )));
+    }
+    if events.windows(2).any(|pair| pair[0].id >= pair[1].id) {
+        return Err(corrupt("its events are not in id order".into()));
+    }
+    Ok(events)
 }
 
 pub(super) fn truncation_key(job: JobId) -> Vec<u8> {
@@ -106,30 +164,44 @@ impl OutboxReader {
         Ok(aged)
     }
 
-    /// The stored events from id `first` on, oldest first; a row whose event is not the one its
-    /// key names is damage.
+    /// The stored events from id `first` on, oldest first; a row whose events are not the ones
+    /// its key names is damage.
     fn rows_from(
         &self,
         first: u64,
-    ) -> impl Iterator<Item = Result<OutboxEvent, OutboxReadError>> + '_ {
-        let start = outbox_key(first);
-        self.tree
+    ) -> Box<dyn Iterator<Item = Result<OutboxEvent, OutboxReadError>> + '_> {
+        // The block holding `first` may start before it: begin at the last row that starts at
+        // or before it.
+        let start = match self
+            .tree
+            .range(outbox_key(0)..=block_key(first))
+            .keys()
+            .next_back()
+            .transpose()
+        {
+            Ok(Some(key)) => key.to_vec(),
+            Ok(None) => outbox_key(first),
+            Err(e) => return Box::new(std::iter::once(Err(OutboxReadError::Store(e.to_string())))),
+        };
+        let rows = self
+            .tree
             .range(start..)
             .take_while(|row| {
                 row.as_ref()
                     .map_or(true, |(k, _)| k.starts_with(OUTBOX_PREFIX))
             })
-            .map(|row| {
-                let (key, value) = row.map_err(|e| OutboxReadError::Store(e.to_string()))?;
-                let corrupt = |detail: String| OutboxReadError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    detail,
-                };
-                let event = decode::<OutboxEvent>(&value).map_err(|e| corrupt(e.to_string()))?;
-                if key[OUTBOX_PREFIX.len()..] != event.id.to_be_bytes() {
-                    return Err(corrupt(format!("it holds event {}", event.id)));
+            .flat_map(|row| {
+                let events = row
+                    .map_err(|e| OutboxReadError::Store(e.to_string()))
+                    .and_then(|(key, value)| decode_row(&key, &value));
+                // Rows do not overlap (see the module docs): in key order, events are in id
+                // order.
+                match events {
+                    Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(error) => vec![Err(error)],
                 }
-                Ok(event)
             })
+            .filter(move |event| event.as_ref().map_or(true, |event| event.id >= first));
+        Box::new(rows)
     }
 }

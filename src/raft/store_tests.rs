@@ -1395,6 +1395,55 @@ async fn the_outbox_is_stored_not_held_and_a_restart_does_not_read_it() {
     );
 }
 
+/// Each apply stores its events as one block row; a reader finds an id inside a block, a release
+/// that cuts through a block keeps the block's later events (and only those), and a restart
+/// reads the same.
+#[tokio::test]
+async fn one_apply_stores_its_events_as_one_row_and_a_release_cuts_blocks() {
+    let dir = TempDir::new().unwrap();
+    let events = {
+        let (_log, mut sm) = open(dir.path());
+        apply_sample(&mut sm).await;
+        let events = sm.outbox_reader().after(0, usize::MAX).unwrap();
+        let rows = sm.tree().scan_prefix(b"outbox/").count();
+        assert!(
+            rows < events.len() / 2,
+            "{rows} rows for {} events",
+            events.len()
+        );
+        // From any id, the events after it, inside a block or at its start.
+        for (n, event) in events.iter().enumerate() {
+            assert_eq!(
+                sm.outbox_reader().after(event.id, usize::MAX).unwrap(),
+                events[n + 1..].to_vec()
+            );
+            assert_eq!(
+                sm.outbox_reader().after(event.id - 1, 2).unwrap(),
+                events[n..(n + 2).min(events.len())].to_vec()
+            );
+        }
+        // Cut through the middle of the largest block.
+        let cut = events[events.len() / 2].id;
+        sm.apply([normal(1, 20, vec![release_through(&sm, cut)])])
+            .await
+            .unwrap();
+        let left: Vec<_> = events.iter().filter(|e| e.id > cut).cloned().collect();
+        assert_eq!(sm.outbox_reader().after(0, usize::MAX).unwrap(), left);
+        assert_eq!(sm.outbox_reader().oldest().unwrap(), left.first().cloned());
+        for row in sm.tree().scan_prefix(b"outbox/") {
+            let (key, _) = row.unwrap();
+            let first = u64::from_be_bytes(key[7..15].try_into().unwrap());
+            assert!(
+                first > cut,
+                "a row starting at {first} outlived the cut at {cut}"
+            );
+        }
+        left
+    };
+    let (_log, sm) = open(dir.path());
+    assert_eq!(sm.outbox_reader().after(0, usize::MAX).unwrap(), events);
+}
+
 /// The rows of an earlier build's outbox (its counters without `pending` and `held`): the queue
 /// holds them, as that build did, applies its acks as it did, and lets go of them at the first
 /// release; the stored rows follow, and a restart finds the same state.

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use super::{log_batch_key, sm_write_error, worker_key, OUTBOX_META_KEY};
 use crate::queue::{
-    FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, QueueState, Worker, WorkerId,
+    EventKind, FinishedJob, Job, JobId, JobLogLine, OutboxEvent, OutboxMeta, QueueState, Worker,
+    WorkerId,
 };
 use crate::raft::job_rows::{archive_key, finished_key, job_key};
 use crate::raft::log_blocks::{encode_block, job_blocks, BlockPacker};
-use crate::raft::outbox_rows::{outbox_key, truncation_key};
+use crate::raft::outbox_rows::{block_key, decode_row, is_block_key, outbox_key, truncation_key};
 use crate::raft::storage::encode;
 use crate::raft::StorageError;
 
@@ -42,6 +43,8 @@ pub(super) struct ChangedRows {
     outbox_removed: BTreeSet<u64>,
     truncations: Vec<(JobId, Option<OutboxEvent>)>,
     outbox_meta: Option<OutboxMeta>,
+    /// The outbox is held (an earlier build's data): every event a single row.
+    held_outbox: bool,
     log_batches: Vec<(JobId, u64, Option<u64>)>,
     pub(super) next_job_id: JobId,
     pub(super) next_lease_token: u64,
@@ -107,6 +110,7 @@ impl ChangedRows {
                 .map(|job| (job, queue.truncation(job).cloned()))
                 .collect(),
             outbox_meta: changes.outbox_meta.then(|| queue.outbox_meta().clone()),
+            held_outbox: queue.outbox_meta().held,
             log_batches: changes
                 .log_batches
                 .into_iter()
@@ -125,21 +129,58 @@ impl ChangedRows {
         tree: &sled::Tree,
     ) -> Result<(), StorageError> {
         if let Some(up_to) = self.outbox_released {
-            // Only the released rows are left before the cut (earlier ones went with earlier
-            // releases), so this reads what it removes.
+            // Only the released rows, and perhaps one block the cut goes through, start at or
+            // before the cut (earlier ones went with earlier releases), so this reads what it
+            // removes.
             let first = outbox_key(0);
-            let cut = outbox_key(up_to);
-            for key in tree.range(first.as_slice()..=cut.as_slice()).keys() {
-                batch.remove(key.map_err(|e| sm_write_error(&e))?);
+            let past_cut = outbox_key(up_to.saturating_add(1));
+            for row in tree.range(first.as_slice()..past_cut.as_slice()) {
+                let (key, value) = row.map_err(|e| sm_write_error(&e))?;
+                if !is_block_key(&key) {
+                    batch.remove(key);
+                    continue;
+                }
+                let events = decode_row(&key, &value).map_err(|e| sm_write_error(&e))?;
+                batch.remove(key);
+                let kept: Vec<OutboxEvent> = events
+                    .into_iter()
+                    .filter(|event| event.id > up_to)
+                    .collect();
+                if let Some(first_kept) = kept.first() {
+                    batch.insert(
+                        block_key(first_kept.id),
+                        encode(&kept).map_err(|e| sm_write_error(&e))?,
+                    );
+                }
             }
         }
         for id in self.outbox_removed {
             batch.remove(outbox_key(id));
         }
-        for event in self.outbox_written {
+        // New events in one block. Single rows instead for a held outbox's (pruned one by
+        // one) and for every event of an apply that writes a job's log truncation event (which
+        // is rewritten in place later): so no single row falls inside a block's span, which
+        // readers rely on to find the block holding an id.
+        let singles = self.held_outbox
+            || self
+                .outbox_written
+                .iter()
+                .any(|event| matches!(event.kind, EventKind::LogTruncated { .. }));
+        let (single, block): (Vec<OutboxEvent>, Vec<OutboxEvent>) = if singles {
+            (self.outbox_written, Vec::new())
+        } else {
+            (Vec::new(), self.outbox_written)
+        };
+        for event in single {
             batch.insert(
                 outbox_key(event.id),
                 encode(&event).map_err(|e| sm_write_error(&e))?,
+            );
+        }
+        if let Some(first) = block.first() {
+            batch.insert(
+                block_key(first.id),
+                encode(&block).map_err(|e| sm_write_error(&e))?,
             );
         }
         for (job, event) in self.truncations {
