@@ -3,7 +3,8 @@
 //! `submit` loads the cluster with submits, [`e2e`] runs the job round trip through simulated
 //! workers (in `bench/round_trip.rs`),
 //! [`failover`] kills the leader again and again under load (in `bench/failover.rs`), and
-//! [`capacity`] measures what a replica costs with a long history (`bench/capacity.rs`).
+//! [`capacity`] measures what a replica costs with a long history (`bench/capacity.rs`), and
+//! [`scale`] what many idle workers and a deep queue cost the leader (`bench/scale.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,10 +23,12 @@ use crate::transport::Security;
 mod capacity;
 mod failover;
 mod round_trip;
+mod scale;
 
 pub use capacity::{capacity, CapacityBench};
 pub use failover::{failover, FailoverBench, Fault};
 pub use round_trip::{e2e, ConsumerCalls, E2eBench};
+pub use scale::{scale, ScaleBench};
 
 pub struct SubmitBench {
     /// Replicas to load; empty starts a local cluster.

@@ -74,6 +74,8 @@ pub enum BenchCommand {
     Failover(BenchFailoverArgs),
     /// What a replica costs with a long history: memory, disk, snapshots, restart (issue 15).
     Capacity(BenchCapacityArgs),
+    /// Many idle workers and a deep queue: the leader's CPU, and dispatch latency.
+    Scale(BenchScaleArgs),
 }
 
 #[derive(Args)]
@@ -140,6 +142,33 @@ pub enum FailoverFault {
     Terminate,
     Pause,
     Isolate,
+}
+
+#[derive(Args)]
+pub struct BenchScaleArgs {
+    /// Simulated idle workers (each with its own certificate and connection).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    workers: u64,
+    /// Their heartbeat interval (the agent's default).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    heartbeat_ms: u64,
+    /// Their long-poll wait (the agent's default).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=60_000))]
+    acquire_wait_ms: u32,
+    /// How long the leader's CPU is sampled, without and with the workers.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    sample_seconds: u64,
+    /// Jobs queued for the deep-queue dispatch probe (a tenth pinned to an absent worker).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    queued: u64,
+    /// Dispatches timed per queue depth.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    probes: u64,
+    /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS.
+    #[arg(long)]
+    insecure: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -243,6 +272,18 @@ impl BenchCommand {
                     Calls::Combined => crate::bench::ConsumerCalls::Combined,
                     Calls::Separate => crate::bench::ConsumerCalls::Separate,
                 },
+                json: matches!(args.output, Output::Json),
+            })
+            .await
+            .map_err(CliError::failed),
+            BenchCommand::Scale(args) => crate::bench::scale(crate::bench::ScaleBench {
+                workers: args.workers as usize,
+                heartbeat_ms: args.heartbeat_ms,
+                acquire_wait_ms: args.acquire_wait_ms,
+                sample_seconds: args.sample_seconds,
+                queued: args.queued,
+                probes: args.probes,
+                insecure: args.insecure,
                 json: matches!(args.output, Output::Json),
             })
             .await

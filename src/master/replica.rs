@@ -170,6 +170,7 @@ pub async fn run(
         Security::Insecure => tokio::spawn(warn_insecure_every_minute("replica")),
     };
     let readers = state_machine.readers();
+    let dispatch = state_machine.dispatch_signal();
     let queue = readers.queue.clone();
     let log_reader = readers.logs.clone();
     let job_reader = readers.jobs.clone();
@@ -361,6 +362,7 @@ pub async fn run(
                 raft.clone(),
                 proposer.clone(),
                 queue.clone(),
+                dispatch.clone(),
                 config.workers.clone(),
             ))
             .max_decoding_message_size(max_bytes)

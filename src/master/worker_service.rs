@@ -26,7 +26,7 @@ use crate::pb::{
 use crate::queue::{
     AcquireRequest, Command, CommandOutput, CommandResult, LeaseRef, QueueError, TaskReport,
 };
-use crate::raft::{Raft, SharedQueue};
+use crate::raft::{DispatchSignal, Raft, SharedQueue};
 use crate::rpc::contract::{from_queue_error, not_leader, with_reason};
 use crate::rpc::Reason;
 
@@ -41,6 +41,7 @@ pub struct WorkerApi {
     raft: Raft,
     proposer: Proposer,
     queue: SharedQueue,
+    dispatch: DispatchSignal,
     settings: WorkerSettings,
 }
 
@@ -75,12 +76,14 @@ impl WorkerApi {
         raft: Raft,
         proposer: Proposer,
         queue: SharedQueue,
+        dispatch: DispatchSignal,
         settings: WorkerSettings,
     ) -> Self {
         WorkerApi {
             raft,
             proposer,
             queue,
+            dispatch,
             settings,
         }
     }
@@ -333,7 +336,7 @@ impl WorkerService for WorkerApi {
             request_id: Some(request.request_id.clone()).filter(|id| !id.is_empty()),
         };
         let mut results = Vec::new();
-        let mut applied = self.raft.metrics();
+        let mut wake = self.dispatch.watch(worker);
         let mut first = true;
         loop {
             self.require_leader()?;
@@ -384,9 +387,10 @@ impl WorkerService for WorkerApi {
                     results,
                 }));
             }
-            // Wake on the next apply (a submit, a requeue) or recheck shortly for retry delays.
+            // Wake when an apply makes work for this worker (a submit, a requeue, a slot of its
+            // freed) or recheck shortly (retry delays running out, a lost leadership).
             let nap = (deadline - now).min(POLL_RECHECK);
-            let _ = tokio::time::timeout(nap, applied.changed()).await;
+            let _ = tokio::time::timeout(nap, wake.changed()).await;
             debug!(%worker, "long-poll recheck");
         }
     }

@@ -14,6 +14,7 @@
 //! Not here: the leader-only loops and the public API (`crate::master`).
 
 pub mod admission;
+mod dispatch_signal;
 pub mod election;
 pub mod handover;
 mod job_rows;
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{Command, CommandResult};
 
+pub use dispatch_signal::{DispatchSignal, DispatchWatch};
 pub use job_rows::{JobReadError, JobReader};
 pub use log_reader::{LogReadError, LogReader, MAX_LOG_PAGE_SIZE};
 pub use log_store::{LogStore, WalStats};

@@ -34,6 +34,7 @@
 use std::io::{Seek, SeekFrom};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
+use super::dispatch_signal::DispatchSignal;
 use super::job_rows::{job_key, JobReader, ARCHIVE_PREFIX, FINISHED_PREFIX, JOB_PREFIX};
 use super::legacy::{decode_finished, decode_job, decode_outbox_meta};
 use super::log_blocks::{
@@ -165,6 +166,8 @@ pub struct StateMachine {
     /// durable in it.
     log: LogStore,
     queue: SharedQueue,
+    /// Wakes the leader's long-polls after an apply that may have made work for them.
+    dispatch: DispatchSignal,
     last_applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -321,6 +324,7 @@ impl StateMachine {
             snapshots,
             log,
             queue: Arc::new(RwLock::new(queue)),
+            dispatch: DispatchSignal::default(),
             last_applied,
             membership,
         };
@@ -375,6 +379,11 @@ impl StateMachine {
     /// The stored log lines, for the API's and the shipper's reads.
     pub fn log_reader(&self) -> LogReader {
         LogReader::new(self.sm.clone())
+    }
+
+    /// What the worker service's long-polls wait on.
+    pub fn dispatch_signal(&self) -> DispatchSignal {
+        self.dispatch.clone()
     }
 
     /// Every reader at once, for the shipper and the metrics.
@@ -531,6 +540,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // re-applies the entries after the recovered `last_applied`, producing the same rows and
         // ids again.
         let mut batch = sled::Batch::default();
+        let (new_work, changed_workers) = changed.dispatch_wake();
         let archived = std::mem::take(&mut changed.archived);
         let (next_job_id, next_lease_token, clock_ms) = (
             changed.next_job_id,
@@ -562,6 +572,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !archived.is_empty() {
             self.lock_for_apply()?.release_archived(archived);
         }
+        self.dispatch.publish(new_work, changed_workers);
         Ok(outcomes)
     }
 
@@ -651,6 +662,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // Anything may have changed: every poll looks again.
+        self.dispatch.publish(true, []);
         // The old state and the rewrite's buffers are gone: the largest burst of garbage a
         // replica makes (`memory.rs`). Off this task, once the new state serves reads.
         tokio::task::spawn_blocking(crate::memory::return_free_memory);

@@ -122,6 +122,17 @@ impl ChangedRows {
         }
     }
 
+    /// Whether a job became (or stayed, changed) queued, and the workers whose rows changed:
+    /// what may have made work for a waiting long-poll ([`DispatchSignal`]).
+    ///
+    /// [`DispatchSignal`]: crate::raft::DispatchSignal
+    pub(super) fn dispatch_wake(&self) -> (bool, Vec<WorkerId>) {
+        let new_work = self.jobs.iter().any(|(_, rows)| {
+            matches!(rows, JobRows::Live(job) if job.state == crate::queue::JobState::Queued)
+        });
+        (new_work, self.workers.iter().map(|(id, _)| *id).collect())
+    }
+
     /// Adds the rows to `batch`; `tree` is read to find the lines of removed jobs.
     pub(super) fn write(
         self,
