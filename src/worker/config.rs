@@ -43,7 +43,7 @@
 //! | `tls.key` | | | PEM file of the private key of `tls.cert`. All three are required when `[tls]` is given. Development certificates: `scaleout certs init --dir certs --workers N`. |
 //! | `acquire_wait_ms` | | 10000 | How long one AcquireTasks long-poll waits for work (the master caps it). |
 //! | `metrics_listen` | | none (off) | Socket address of the plain-HTTP endpoint serving `/metrics` (Prometheus text format), `/healthz` (the process is alive) and `/readyz` (registered with the cluster and in touch with its leader), e.g. `0.0.0.0:9465`. |
-//! | `noop_executor` | | false | Benchmarks only: tasks succeed at once without starting a process (`scaleout bench e2e`). |
+//! | `noop_executor` | | false | Benchmarks only: tasks succeed at once without starting a process (`scaleout bench capacity`). |
 //! | `noop_log_lines` | | 0 | Benchmarks only: with `noop_executor`, each task first sends this many log lines of `noop_log_line_bytes` bytes (`scaleout bench capacity`). |
 //! | `noop_log_line_bytes` | | 100 | Benchmarks only: the length of each of those lines (at most 16384). |
 //!
