@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::dispatch::{DispatchIndex, LoadLimits};
+use super::dispatch::DispatchIndex;
 use super::{
-    Activity, ApplyContext, Command, CommandResult, FinishedJob, Job, JobId, JobLogLine, JobState,
-    OutboxEvent, OutboxMeta, Worker, WorkerId,
+    AcquireRequest, Activity, ApplyContext, Command, CommandOutput, CommandResult, FinishedJob,
+    Job, JobId, JobLogLine, JobState, OutboxEvent, OutboxMeta, Worker, WorkerId,
 };
 
 #[cfg(test)]
@@ -440,18 +440,21 @@ impl QueueState {
                 max_cpu_percent_x10,
                 min_free_memory_mb,
                 request_id,
-            } => self.acquire(
-                worker,
-                free_slots,
-                lease_ms,
-                (cpu_percent_x10, free_memory_mb),
-                LoadLimits {
-                    max_cpu_percent_x10,
-                    min_free_memory_mb,
-                },
-                request_id,
-                now,
-            ),
+            } => self
+                .acquire(
+                    worker,
+                    AcquireRequest {
+                        free_slots,
+                        lease_ms,
+                        cpu_percent_x10,
+                        free_memory_mb,
+                        max_cpu_percent_x10,
+                        min_free_memory_mb,
+                        request_id,
+                    },
+                    now,
+                )
+                .map(|tasks| CommandOutput::Acquired { tasks }),
             Command::RenewLeases {
                 worker,
                 leases,

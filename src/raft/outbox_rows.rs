@@ -6,13 +6,13 @@
 //! thirds of the sled writes per job, `docs/profiling.md`). The events of an apply that writes a
 //! job's log truncation event (rewritten in place later) and every event of a held outbox
 //! (whose prune removes events one by one) are single rows `outbox/<event id BE>`, as every
-//! event was before blocks; so no single row lies inside a block's span, and the block holding
-//! an id, if any, is the last row starting at or before it. Rows sort by their first id and a
-//! reader merges them in id order. A release
-//! removes the rows whose events are all released and rewrites the one block it cuts through
-//! under its first remaining id, so no stored event is at or before the shipped cursor. The
-//! queue holds counters only (`queue/outbox.rs`). The pending truncation event of each live job
-//! is also a row `truncation/<job id BE>`, read at open: the queue rewrites those in place.
+//! event was before blocks. So no row lies inside another's span: read in key order, the rows
+//! give the events in id order, and the row holding an id, if any, is the last one starting at
+//! or before it. A release removes the rows whose events are all released and rewrites the one
+//! block it cuts through under its first remaining id, so no stored event is at or before the
+//! shipped cursor. The queue holds counters only (`queue/outbox.rs`). The pending truncation
+//! event of each live job is also a row `truncation/<job id BE>`, read at open: the queue
+//! rewrites those in place.
 //!
 //! Readers see the rows of the applies written so far: a prefix of the events in id order (each
 //! apply's rows land in one batch, after the rows of earlier entries), behind the queue by at
@@ -43,7 +43,7 @@ pub(super) fn block_key(first: u64) -> Vec<u8> {
 
 /// Whether `key` is a block's (else a single event's, if an outbox key at all).
 pub(super) fn is_block_key(key: &[u8]) -> bool {
-    key.len() == OUTBOX_PREFIX.len() + 9 && key.ends_with(&[BLOCK_MARK])
+    parse_key(key).is_some_and(|(_, block)| block)
 }
 
 /// The first event id a row's key names, and whether the row is a block.

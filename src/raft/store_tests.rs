@@ -1444,6 +1444,91 @@ async fn one_apply_stores_its_events_as_one_row_and_a_release_cuts_blocks() {
     assert_eq!(sm.outbox_reader().after(0, usize::MAX).unwrap(), events);
 }
 
+/// Past the outbox limit a running job's dropped log lines are counted in one truncation event,
+/// rewritten in place by later applies: those applies' events stay single rows, so the stored
+/// events are still each stored once, in id order, and readable from any id.
+#[tokio::test]
+async fn rewritten_truncation_events_leave_the_blocks_in_order() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    apply_worker_sample(&mut sm).await;
+    let limit = queue_of(&sm).outbox_len() as u64;
+    let limited = |index: u64, commands: Vec<Command>| Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Proposal {
+            now_ms: 1_700_000_000_000 + index,
+            outbox_limit: limit,
+            commands,
+        }),
+    };
+    // Job 1 (worker 1, token 1) logs past the limit beside other changes, apply after apply.
+    for index in 6..12 {
+        sm.apply([limited(
+            index,
+            vec![
+                submit("more", None),
+                log_lines(1, 1, 1, 2),
+                submit("again", None),
+            ],
+        )])
+        .await
+        .unwrap();
+    }
+    let events = sm.outbox_reader().after(0, usize::MAX).unwrap();
+    assert!(
+        events.windows(2).all(|pair| pair[0].id < pair[1].id),
+        "{:?}",
+        events.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(events.len(), queue_of(&sm).outbox_len());
+    let truncated: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            crate::queue::EventKind::LogTruncated { dropped, .. } => Some(dropped),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        truncated,
+        vec![12],
+        "one truncation event, as last rewritten"
+    );
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(
+            sm.outbox_reader().after(event.id, usize::MAX).unwrap(),
+            events[n + 1..].to_vec()
+        );
+    }
+}
+
+/// An apply wakes every waiting poll when it queues a job, and only a worker's own poll when it
+/// changes that worker's row.
+#[tokio::test]
+async fn an_apply_wakes_the_polls_it_made_work_for() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    apply_sample(&mut sm).await;
+    sm.apply([normal(1, 4, vec![register(1), register(2)])])
+        .await
+        .unwrap();
+    let signal = sm.dispatch_signal();
+    let woken = |watch: &mut crate::raft::DispatchWatch| {
+        futures::FutureExt::now_or_never(watch.changed()).is_some()
+    };
+    let (mut one, mut two) = (signal.watch(worker(1)), signal.watch(worker(2)));
+    sm.apply([normal(1, 5, vec![acquire(1, 1)])]).await.unwrap();
+    assert!(woken(&mut one), "worker 1's row changed");
+    assert!(!woken(&mut two), "nothing for worker 2");
+    sm.apply([normal(1, 6, vec![submit("new", None)])])
+        .await
+        .unwrap();
+    assert!(
+        woken(&mut one) && woken(&mut two),
+        "a queued job is work for both"
+    );
+}
+
 /// The rows of an earlier build's outbox (its counters without `pending` and `held`): the queue
 /// holds them, as that build did, applies its acks as it did, and lets go of them at the first
 /// release; the stored rows follow, and a restart finds the same state.

@@ -17,18 +17,26 @@ use crate::queue::{
 const MAX_REQUEST_ID_BYTES: usize = 128;
 
 impl QueueState {
-    // The arguments are the command's fields, one to one.
-    #[allow(clippy::too_many_arguments)]
+    /// `AcquireTasks`: leases up to the free slots' worth of eligible tasks to `worker`.
     pub(super) fn acquire(
         &mut self,
         worker: WorkerId,
-        free_slots: u32,
-        lease_ms: u64,
-        (cpu_percent_x10, free_memory_mb): (u32, u64),
-        limits: LoadLimits,
-        request_id: Option<String>,
+        request: AcquireRequest,
         now_ms: u64,
-    ) -> CommandResult {
+    ) -> Result<Vec<Assignment>, QueueError> {
+        let AcquireRequest {
+            free_slots,
+            lease_ms,
+            cpu_percent_x10,
+            free_memory_mb,
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+            request_id,
+        } = request;
+        let limits = LoadLimits {
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+        };
         validate_lease_ms(lease_ms)?;
         if request_id
             .as_ref()
@@ -54,7 +62,7 @@ impl QueueState {
                     .filter_map(|lease| self.held_assignment(worker, *lease))
                     .collect();
                 if !tasks.is_empty() {
-                    return Ok(CommandOutput::Acquired { tasks });
+                    return Ok(tasks);
                 }
             }
         }
@@ -80,7 +88,7 @@ impl QueueState {
                 w.last_grant = Some(Grant { request_id, leases });
             }
         }
-        Ok(CommandOutput::Acquired { tasks })
+        Ok(tasks)
     }
 
     /// The assignment of a lease `worker` still holds, as it was granted.
@@ -172,25 +180,7 @@ impl QueueState {
             self.drop_passing_truncations();
         }
         let reports = answers;
-        let acquired = self
-            .acquire(
-                worker,
-                acquire.free_slots,
-                acquire.lease_ms,
-                (acquire.cpu_percent_x10, acquire.free_memory_mb),
-                LoadLimits {
-                    max_cpu_percent_x10: acquire.max_cpu_percent_x10,
-                    min_free_memory_mb: acquire.min_free_memory_mb,
-                },
-                acquire.request_id,
-                now_ms,
-            )
-            .and_then(|output| match output {
-                CommandOutput::Acquired { tasks } => Ok(tasks),
-                _ => Err(QueueError::InvalidRequest(
-                    "the acquire answered something other than tasks".into(),
-                )),
-            });
+        let acquired = self.acquire(worker, acquire, now_ms);
         match acquired {
             Err(error) if reports.iter().all(Result::is_err) => Err(error),
             acquired => Ok(CommandOutput::ReportedAndAcquired { reports, acquired }),
