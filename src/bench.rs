@@ -24,6 +24,7 @@ mod capacity;
 mod failover;
 mod round_trip;
 mod scale;
+mod sim_worker;
 
 pub use capacity::{capacity, CapacityBench};
 pub use failover::{failover, FailoverBench, Fault};
@@ -51,8 +52,16 @@ pub struct SubmitBench {
 /// `insecure`), once it has a leader.
 pub(crate) async fn local_cluster(insecure: bool) -> anyhow::Result<LocalCluster> {
     let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
+    local_cluster_from(&binary, insecure).await
+}
+
+/// [`local_cluster`] of another scaleout binary (an earlier build, for an A/B).
+pub(crate) async fn local_cluster_from(
+    binary: &std::path::Path,
+    insecure: bool,
+) -> anyhow::Result<LocalCluster> {
     let cluster = LocalCluster::start(
-        &binary,
+        binary,
         ClusterOptions {
             log_filter: "warn".into(),
             tls: !insecure,

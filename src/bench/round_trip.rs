@@ -21,9 +21,9 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::harness::{ClusterOptions, LocalCluster};
+use super::sim_worker::{succeeded, SimWorker};
+use crate::harness::LocalCluster;
 use crate::pb::v1;
-use crate::worker::connection::Connection;
 
 pub struct E2eBench {
     pub publishers: usize,
@@ -95,24 +95,14 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
         Some(binary) => binary.clone(),
         None => std::env::current_exe().context("cannot find the scaleout binary")?,
     };
-    let cluster = LocalCluster::start(
-        &binary,
-        ClusterOptions {
-            log_filter: "warn".into(),
-            tls: !options.insecure,
-            ..ClusterOptions::default()
-        },
-    )
-    .context("cannot start the local cluster")?;
-    let (leader, _) = cluster
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .context("the new cluster elected no leader")?;
+    let cluster = super::local_cluster_from(&binary, options.insecure).await?;
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let client = Arc::new(cluster.client()?.with_deadline(Duration::from_secs(60)));
-    let mut connections = Vec::new();
+    let mut workers = Vec::new();
     for n in 0..options.consumers {
-        connections.push(Arc::new(
-            register_consumer(&cluster, n, options.outstanding).await?,
+        let name = format!("bench-consumer-{n}");
+        workers.push(Arc::new(
+            SimWorker::register(&cluster, &name, options.outstanding).await?,
         ));
     }
     // Warm up: every connection open, the leader known.
@@ -122,7 +112,7 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
     let cpu_before = replica_cpu(&cluster);
     let phase = Arc::new(Phase::new(options.jobs));
     let started = Instant::now();
-    let consumers = start_consumers(&connections, &phase, &options);
+    let consumers = start_consumers(&workers, &phase, &options);
     publish_all(&client, &phase, options.publishers, None).await?;
     let submitted_in = started.elapsed();
     finish(consumers, &phase).await?;
@@ -135,7 +125,7 @@ pub async fn e2e(options: E2eBench) -> anyhow::Result<()> {
     let paced_rate = (rate / 2.0).max(1.0);
     let paced_jobs = ((paced_rate * options.paced_seconds as f64) as u64).max(1);
     let paced = Arc::new(Phase::new(paced_jobs));
-    let consumers = start_consumers(&connections, &paced, &options);
+    let consumers = start_consumers(&workers, &paced, &options);
     publish_all(
         &client,
         &paced,
@@ -230,65 +220,23 @@ fn spec(n: u64) -> v1::JobSpec {
     }
 }
 
-/// Registers the `n`th simulated worker and returns its connection (as that worker).
-async fn register_consumer(
-    cluster: &LocalCluster,
-    n: usize,
-    outstanding: u32,
-) -> anyhow::Result<(uuid::Uuid, Connection)> {
-    let agent_id = uuid::Uuid::new_v4();
-    let security = cluster.worker_security(agent_id)?;
-    let connection = Connection::new(&cluster.endpoints(), security)
-        .map_err(|e| anyhow::anyhow!("bad endpoints: {e}"))?;
-    let info = v1::WorkerInfo {
-        worker_id: agent_id.to_string(),
-        display_name: format!("bench-consumer-{n}"),
-        machine_name: "localhost".into(),
-        max_tasks: outstanding,
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    };
-    let registered = connection
-        .call(
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-            |mut c, t| {
-                let info = info.clone();
-                async move {
-                    c.register_worker(crate::rpc::contract::leader_request(
-                        v1::RegisterWorkerRequest { info: Some(info) },
-                        t,
-                    ))
-                    .await
-                }
-            },
-        )
-        .await
-        .with_context(|| format!("consumer {n} could not register"))?;
-    anyhow::ensure!(
-        registered.enabled,
-        "consumer {n} registered but is not enabled (workers.auto_enable is off?)"
-    );
-    Ok((agent_id, connection))
-}
-
 type Consumers = Vec<tokio::task::JoinHandle<anyhow::Result<()>>>;
 
 fn start_consumers(
-    connections: &[Arc<(uuid::Uuid, Connection)>],
+    workers: &[Arc<SimWorker>],
     phase: &Arc<Phase>,
     options: &E2eBench,
 ) -> Consumers {
-    connections
+    workers
         .iter()
-        .map(|connection| {
-            let (connection, phase) = (connection.clone(), phase.clone());
+        .map(|worker| {
+            let (worker, phase) = (worker.clone(), phase.clone());
             match options.calls {
                 ConsumerCalls::Separate => {
-                    tokio::spawn(consume(connection, phase, options.outstanding))
+                    tokio::spawn(consume(worker, phase, options.outstanding))
                 }
                 ConsumerCalls::Combined => {
-                    tokio::spawn(consume_combined(connection, phase, options.outstanding))
+                    tokio::spawn(consume_combined(worker, phase, options.outstanding))
                 }
             }
         })
@@ -297,16 +245,17 @@ fn start_consumers(
 
 /// Calls in flight per simulated worker with combined calls.
 const PIPELINE: usize = 2;
+/// A consumer's long-poll: short, so it notices soon that every job was received.
+const POLL_MS: u32 = 200;
 
 /// One simulated worker with combined calls: each call carries the results of the tasks that
 /// ended since the last one and asks for as many tasks as the slots not yet asked for.
 async fn consume_combined(
-    connection: Arc<(uuid::Uuid, Connection)>,
+    worker: Arc<SimWorker>,
     phase: Arc<Phase>,
     outstanding: u32,
 ) -> anyhow::Result<()> {
     use futures::stream::{FuturesUnordered, StreamExt};
-    let worker_id = connection.0.to_string();
     let mut in_flight = FuturesUnordered::new();
     let mut ended: Vec<v1::TaskResult> = Vec::new();
     // Tasks whose results are in calls in flight, and slots those calls ask for.
@@ -327,33 +276,9 @@ async fn consume_combined(
             let (reports, asks) = (results.len() as u32, free);
             reporting += reports;
             asking += asks;
-            let request = v1::AcquireTasksRequest {
-                worker_id: worker_id.clone(),
-                free_slots: asks,
-                wait_ms: 200,
-                task_request_max_cpu: 100.0,
-                request_id: uuid::Uuid::new_v4().to_string(),
-                results,
-                ..Default::default()
-            };
-            let connection = connection.clone();
-            in_flight.push(async move {
-                let reply = connection
-                    .1
-                    .call(
-                        Duration::from_secs(10),
-                        Duration::from_secs(30),
-                        |mut c, t| {
-                            let request = request.clone();
-                            async move {
-                                c.acquire_tasks(crate::rpc::contract::leader_request(request, t))
-                                    .await
-                            }
-                        },
-                    )
-                    .await;
-                (reports, asks, reply)
-            });
+            let request = worker.acquire_request(asks, POLL_MS, results);
+            let worker = worker.clone();
+            in_flight.push(async move { (reports, asks, worker.acquire(request).await) });
             continue;
         }
         let Some((reports, asks, reply)) = in_flight.next().await else {
@@ -377,18 +302,10 @@ async fn consume_combined(
             reply.tasks.len() as u32 <= asks,
             "the master granted more tasks than asked for"
         );
-        for task in reply.tasks {
-            phase.note_received(&task);
+        for task in &reply.tasks {
+            phase.note_received(task);
             // A no-op task: it ends as it arrives.
-            ended.push(v1::TaskResult {
-                lease: Some(v1::LeaseRef {
-                    job_id: task.job_id,
-                    lease_token: task.lease_token,
-                }),
-                outcome: v1::AttemptOutcome::Succeeded as i32,
-                exit_code: Some(0),
-                error: String::new(),
-            });
+            ended.push(succeeded(task));
         }
     }
 }
@@ -396,11 +313,10 @@ async fn consume_combined(
 /// One simulated worker, as the agent works: one acquire loop long-polling for as many tasks as
 /// it has free slots, and a completion call per task as soon as it arrives (a no-op task).
 async fn consume(
-    connection: Arc<(uuid::Uuid, Connection)>,
+    worker: Arc<SimWorker>,
     phase: Arc<Phase>,
     outstanding: u32,
 ) -> anyhow::Result<()> {
-    let worker_id = connection.0.to_string();
     let slots = Arc::new(Semaphore::new(outstanding as usize));
     let mut completions = tokio::task::JoinSet::new();
     while phase.received.load(Ordering::Relaxed) < phase.total() {
@@ -409,27 +325,9 @@ async fn consume(
         while let Ok(permit) = slots.clone().try_acquire_owned() {
             held.push(permit);
         }
-        let request = v1::AcquireTasksRequest {
-            worker_id: worker_id.clone(),
-            free_slots: held.len() as u32,
-            wait_ms: 200,
-            task_request_max_cpu: 100.0,
-            request_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        };
-        let tasks = connection
-            .1
-            .call(
-                Duration::from_secs(10),
-                Duration::from_secs(30),
-                |mut c, t| {
-                    let request = request.clone();
-                    async move {
-                        c.acquire_tasks(crate::rpc::contract::leader_request(request, t))
-                            .await
-                    }
-                },
-            )
+        let request = worker.acquire_request(held.len() as u32, POLL_MS, Vec::new());
+        let tasks = worker
+            .acquire(request)
             .await
             .context("AcquireTasks failed")?
             .tasks;
@@ -438,33 +336,10 @@ async fn consume(
                 anyhow::bail!("the master granted more tasks than free slots");
             };
             phase.note_received(&task);
-            let connection = connection.clone();
-            let phase = phase.clone();
-            let worker_id = worker_id.clone();
+            let (worker, phase) = (worker.clone(), phase.clone());
             completions.spawn(async move {
-                let request = v1::CompleteTaskRequest {
-                    worker_id,
-                    lease: Some(v1::LeaseRef {
-                        job_id: task.job_id,
-                        lease_token: task.lease_token,
-                    }),
-                    outcome: v1::AttemptOutcome::Succeeded as i32,
-                    exit_code: Some(0),
-                    error: String::new(),
-                };
-                connection
-                    .1
-                    .call(
-                        Duration::from_secs(10),
-                        Duration::from_secs(30),
-                        |mut c, t| {
-                            let request = request.clone();
-                            async move {
-                                c.complete_task(crate::rpc::contract::leader_request(request, t))
-                                    .await
-                            }
-                        },
-                    )
+                worker
+                    .complete(succeeded(&task))
                     .await
                     .context("CompleteTask failed")?;
                 phase.completed.fetch_add(1, Ordering::Relaxed);

@@ -16,10 +16,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::round_trip::process_cpu_seconds;
-use crate::harness::{ClusterOptions, LocalCluster};
+use super::sim_worker::{succeeded, SimWorker};
 use crate::pb::v1;
-use crate::rpc::contract::leader_request;
-use crate::worker::connection::Connection;
 
 pub struct ScaleBench {
     pub workers: usize,
@@ -33,19 +31,8 @@ pub struct ScaleBench {
     pub json: bool,
 }
 
-const CALL: Duration = Duration::from_secs(30);
-
 pub async fn scale(options: ScaleBench) -> anyhow::Result<()> {
-    let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
-    let cluster = LocalCluster::start(
-        &binary,
-        ClusterOptions {
-            log_filter: "warn".into(),
-            tls: !options.insecure,
-            ..ClusterOptions::default()
-        },
-    )
-    .context("cannot start the local cluster")?;
+    let cluster = super::local_cluster(options.insecure).await?;
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let leader_pid = cluster
         .replica(leader)?
@@ -60,20 +47,13 @@ pub async fn scale(options: ScaleBench) -> anyhow::Result<()> {
     let calls = Arc::new(AtomicU64::new(0));
     let registered_at = Instant::now();
     for n in 0..options.workers {
-        let (agent_id, connection) = register(&cluster, &format!("idle-{n}"), 4).await?;
-        let connection = Arc::new(connection);
+        let worker = Arc::new(SimWorker::register(&cluster, &format!("idle-{n}"), 4).await?);
         workers.spawn(heartbeat_loop(
-            connection.clone(),
-            agent_id,
+            worker.clone(),
             Duration::from_millis(options.heartbeat_ms),
             calls.clone(),
         ));
-        workers.spawn(poll_loop(
-            connection,
-            agent_id,
-            options.acquire_wait_ms,
-            calls.clone(),
-        ));
+        workers.spawn(poll_loop(worker, options.acquire_wait_ms, calls.clone()));
     }
     let registration = registered_at.elapsed();
     // Let every worker's first heartbeat and poll go by.
@@ -89,13 +69,13 @@ pub async fn scale(options: ScaleBench) -> anyhow::Result<()> {
     while workers.join_next().await.is_some() {}
 
     // Phase 2: dispatch with an (almost) empty queue, then with a deep one.
-    let (probe_id, probe) = register(&cluster, "probe", 1).await?;
-    let empty = probe_dispatch(&client, &probe, probe_id, options.probes).await?;
+    let probe = SimWorker::register(&cluster, "probe", 1).await?;
+    let empty = probe_dispatch(&client, &probe, options.probes).await?;
     let absent = uuid::Uuid::new_v4();
     let filled_at = Instant::now();
     fill(&client, options.queued, absent).await?;
     let fill_seconds = filled_at.elapsed().as_secs_f64();
-    let deep = probe_dispatch(&client, &probe, probe_id, options.probes).await?;
+    let deep = probe_dispatch(&client, &probe, options.probes).await?;
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let report = json!({
@@ -149,90 +129,22 @@ async fn leader_cpu_percent(pid: u32, window: Duration) -> anyhow::Result<f64> {
     Ok((after - before) * 100.0 / window.as_secs_f64())
 }
 
-/// Registers a simulated worker with `max_tasks` slots and returns its connection.
-async fn register(
-    cluster: &LocalCluster,
-    name: &str,
-    max_tasks: u32,
-) -> anyhow::Result<(uuid::Uuid, Connection)> {
-    let agent_id = uuid::Uuid::new_v4();
-    let connection = Connection::new(&cluster.endpoints(), cluster.worker_security(agent_id)?)
-        .map_err(|e| anyhow::anyhow!("bad endpoints: {e}"))?;
-    let info = v1::WorkerInfo {
-        worker_id: agent_id.to_string(),
-        display_name: name.into(),
-        machine_name: "localhost".into(),
-        max_tasks,
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    };
-    let reply = connection
-        .call(CALL, CALL, |mut c, t| {
-            let info = info.clone();
-            async move {
-                c.register_worker(leader_request(
-                    v1::RegisterWorkerRequest { info: Some(info) },
-                    t,
-                ))
-                .await
-            }
-        })
-        .await
-        .with_context(|| format!("worker {name} could not register"))?;
-    anyhow::ensure!(reply.enabled, "worker {name} is not enabled");
-    Ok((agent_id, connection))
-}
-
 /// The agent heartbeat of an idle worker, every `every`.
-async fn heartbeat_loop(
-    connection: Arc<Connection>,
-    agent_id: uuid::Uuid,
-    every: Duration,
-    calls: Arc<AtomicU64>,
-) {
+async fn heartbeat_loop(worker: Arc<SimWorker>, every: Duration, calls: Arc<AtomicU64>) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        let request = v1::HeartbeatRequest {
-            worker_id: agent_id.to_string(),
-            cpu_percent: 1.0,
-            free_memory_mb: 4096,
-            ..Default::default()
-        };
-        let _ = connection
-            .call(CALL, CALL, |mut c, t| {
-                let request = request.clone();
-                async move { c.heartbeat(leader_request(request, t)).await }
-            })
-            .await;
+        // A failed heartbeat is retried on the next tick, as the agent does.
+        let _ = worker.heartbeat().await;
         calls.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// An idle worker's long-poll for tasks, one after another; it never gets any.
-async fn poll_loop(
-    connection: Arc<Connection>,
-    agent_id: uuid::Uuid,
-    wait_ms: u32,
-    calls: Arc<AtomicU64>,
-) {
+async fn poll_loop(worker: Arc<SimWorker>, wait_ms: u32, calls: Arc<AtomicU64>) {
     loop {
-        let request = v1::AcquireTasksRequest {
-            worker_id: agent_id.to_string(),
-            free_slots: 4,
-            wait_ms,
-            cpu_percent: 1.0,
-            free_memory_mb: 4096,
-            task_request_max_cpu: 100.0,
-            request_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        };
-        let wait = Duration::from_millis(u64::from(wait_ms));
-        let answer = connection
-            .call(wait + CALL, wait + CALL, |mut c, t| {
-                let request = request.clone();
-                async move { c.acquire_tasks(leader_request(request, t)).await }
-            })
+        let answer = worker
+            .acquire(worker.acquire_request(4, wait_ms, Vec::new()))
             .await;
         calls.fetch_add(1, Ordering::Relaxed);
         if answer.is_err() {
@@ -242,11 +154,10 @@ async fn poll_loop(
 }
 
 /// `probes` times: submits a job at the top priority, then times the AcquireTasks that hands it
-/// to the probe and the completion that frees the slot.
+/// to the probe and the result that frees the slot.
 async fn probe_dispatch(
     client: &crate::client::Client,
-    probe: &Connection,
-    probe_id: uuid::Uuid,
+    probe: &SimWorker,
     probes: u64,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut latency = Histogram::<u64>::new(3)?;
@@ -265,19 +176,8 @@ async fn probe_dispatch(
             .await?
             .job_id;
         let started = Instant::now();
-        let request = v1::AcquireTasksRequest {
-            worker_id: probe_id.to_string(),
-            free_slots: 1,
-            wait_ms: 5000,
-            task_request_max_cpu: 100.0,
-            request_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        };
         let granted = probe
-            .call(CALL, CALL, |mut c, t| {
-                let request = request.clone();
-                async move { c.acquire_tasks(leader_request(request, t)).await }
-            })
+            .acquire(probe.acquire_request(1, 5000, Vec::new()))
             .await
             .context("the probe's AcquireTasks failed")?;
         let task = granted
@@ -289,24 +189,8 @@ async fn probe_dispatch(
             "the probe got job {} instead of {job}",
             task.job_id
         );
-        let result = v1::AcquireTasksRequest {
-            worker_id: probe_id.to_string(),
-            results: vec![v1::TaskResult {
-                lease: Some(v1::LeaseRef {
-                    job_id: task.job_id,
-                    lease_token: task.lease_token,
-                }),
-                outcome: v1::AttemptOutcome::Succeeded as i32,
-                exit_code: Some(0),
-                error: String::new(),
-            }],
-            ..Default::default()
-        };
         probe
-            .call(CALL, CALL, |mut c, t| {
-                let result = result.clone();
-                async move { c.acquire_tasks(leader_request(result, t)).await }
-            })
+            .acquire(probe.acquire_request(0, 0, vec![succeeded(task)]))
             .await
             .context("the probe's result failed")?;
         latency.record(started.elapsed().as_micros() as u64)?;
