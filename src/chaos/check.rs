@@ -90,10 +90,11 @@ pub struct FinalState {
     /// Every job, read linearizably from the leader.
     pub jobs: Vec<v1::Job>,
     /// Replica id → what it holds, each read from that replica's own state while every replica
-    /// reported one applied index (empty when they never did: see `replicas_converged`).
+    /// reported one applied index (empty when they never did: see `replicas_apart`).
     pub per_replica: BTreeMap<u64, ReplicaView>,
-    /// Whether the replicas ever reported one applied index at the end.
-    pub replicas_converged: bool,
+    /// `None` when the replicas reported one applied index at the end; otherwise what they
+    /// reported on the last try (each replica's applied index before and after its reads).
+    pub replicas_apart: Option<String>,
     /// Replica id → (events in its outbox, its shipped cursor): the outbox is replicated
     /// state, so every replica holds the same (the SSISDB side of invariant 5 is
     /// `tests/ssisdb.rs`).
@@ -329,8 +330,10 @@ impl fmt::Display for Report {
 /// and the leader's linearizable list of jobs.
 fn compare_replicas(end: &FinalState) -> Vec<String> {
     let mut found = Vec::new();
-    if !end.replicas_converged {
-        found.push("the replicas never reported one applied index at the end".to_string());
+    if let Some(apart) = &end.replicas_apart {
+        found.push(format!(
+            "the replicas never reported one applied index at the end ({apart})"
+        ));
         return found;
     }
     let mut views = end.per_replica.iter();
@@ -915,7 +918,7 @@ mod tests {
         ];
         let end = FinalState {
             per_replica: views(&jobs),
-            replicas_converged: true,
+            replicas_apart: None,
             outboxes: BTreeMap::from([(1, (40, 7)), (2, (40, 7))]),
             jobs,
             stale_refused: 2,
@@ -1333,7 +1336,7 @@ mod tests {
         assert_eq!(report.diverged_replicas.len(), 2, "{report}");
         // Replicas that never agree on an applied index are a finding, not a skipped check.
         let (submits, mut end) = healthy();
-        end.replicas_converged = false;
+        end.replicas_apart = Some("replica 1 at 10 → 12, replica 2 at 9 → 9".into());
         end.per_replica.clear();
         let report = check(7, 60.0, &submits, &[], &[], &end, 5000);
         assert!(!report.ok());

@@ -325,7 +325,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<Report> {
     println!("chaos: {seconds:>5.1} s  healed; the load has stopped, waiting for every job to end");
 
     let sent = std::mem::take(&mut *sql_requests.lock().unwrap_or_else(PoisonError::into_inner));
-    let mut end = final_state(&cluster, &client, options.ssisdb.as_ref(), sent).await?;
+    let mut end = final_state(&mut cluster, &client, options.ssisdb.as_ref(), sent).await?;
     end.started_unix_ms = started_unix_ms;
     crashes.extend(cluster.reap_exited());
     end.crashes = crashes;
@@ -586,7 +586,7 @@ async fn submitter(
 /// from the leader and from every replica, and counts the stale completions the workers were
 /// refused.
 async fn final_state(
-    cluster: &LocalCluster,
+    cluster: &mut LocalCluster,
     client: &Client,
     ssisdb: Option<&SsisdbTarget>,
     sent_requests: Vec<String>,
@@ -621,6 +621,12 @@ async fn final_state(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Their work is done, and each heartbeat and long-poll of theirs is a log entry: with them
+    // running, a slow machine rarely finds every replica at one applied index while it reads.
+    let names: Vec<String> = cluster.workers.iter().map(|w| w.name.clone()).collect();
+    for name in names {
+        cluster.kill_worker(&name)?;
+    }
     // Every replica's own view, once it has applied what the leader has.
     let leader_status = cluster.status_of(leader).await?;
     let commit = crate::harness::applied_index(&leader_status, leader).unwrap_or(0);
@@ -645,13 +651,13 @@ async fn final_state(
         None => None,
     };
     // After the drain: shipping acks change the outbox until then.
-    let (per_replica, outboxes) = match replicas_at_one_index(cluster).await? {
-        Some((views, outboxes)) => (views, outboxes),
-        None => (BTreeMap::new(), BTreeMap::new()),
+    let (per_replica, outboxes, replicas_apart) = match replicas_at_one_index(cluster).await? {
+        Ok((views, outboxes)) => (views, outboxes, None),
+        Err(apart) => (BTreeMap::new(), BTreeMap::new(), Some(apart)),
     };
     Ok(FinalState {
         jobs,
-        replicas_converged: !per_replica.is_empty(),
+        replicas_apart,
         per_replica,
         outboxes,
         stale_refused,
@@ -663,16 +669,21 @@ async fn final_state(
 
 /// Every replica's own state and (outbox events, shipped cursor), read while all of them
 /// report one applied index before and after the reads (a replica still applying would
-/// differ); `None` if they never do within a minute.
+/// differ); if they never do within a minute, what the last try saw.
 #[allow(clippy::type_complexity)]
 async fn replicas_at_one_index(
     cluster: &LocalCluster,
-) -> anyhow::Result<Option<(BTreeMap<u64, ReplicaView>, BTreeMap<u64, (u64, u64)>)>> {
+) -> anyhow::Result<Result<(BTreeMap<u64, ReplicaView>, BTreeMap<u64, (u64, u64)>), String>> {
     let applied = |status: &v1::ClusterStatusResponse| {
         crate::harness::applied_index(status, status.answered_by)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_try = String::from("no try finished");
+    let mut tries = 0;
     while Instant::now() < deadline {
+        let began = Instant::now();
+        tries += 1;
+        let mut seen = Vec::new();
         let mut indexes = std::collections::BTreeSet::new();
         let mut views = BTreeMap::new();
         let mut outboxes = BTreeMap::new();
@@ -723,6 +734,12 @@ async fn replicas_at_one_index(
             let after = cluster.status_of(replica.id).await?;
             indexes.insert(applied(&before));
             indexes.insert(applied(&after));
+            seen.push(format!(
+                "replica {} at {} → {}",
+                replica.id,
+                applied(&before).map_or("?".into(), |i| i.to_string()),
+                applied(&after).map_or("?".into(), |i| i.to_string()),
+            ));
             outboxes.insert(
                 replica.id,
                 (after.outbox_events, after.outbox_shipped_up_to),
@@ -737,12 +754,21 @@ async fn replicas_at_one_index(
             );
         }
         if indexes.len() == 1 {
-            return Ok(Some((views, outboxes)));
+            println!(
+                "chaos: every replica read at one applied index ({tries} tries, the last took {} ms)",
+                began.elapsed().as_millis()
+            );
+            return Ok(Ok((views, outboxes)));
         }
+        last_try = format!(
+            "{tries} tries, the last took {} ms: {}",
+            began.elapsed().as_millis(),
+            seen.join(", ")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    warn!("the replicas never reported one applied index");
-    Ok(None)
+    warn!(last_try, "the replicas never reported one applied index");
+    Ok(Err(last_try))
 }
 
 /// Waits until the leader has shipped its whole outbox (or [`DRAIN`] passes), then reads what
