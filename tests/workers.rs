@@ -1022,18 +1022,177 @@ async fn workers_ride_out_a_frozen_leader_that_is_their_first_endpoint() {
 /// A worker that reports its finished tasks with its next AcquireTasks: the results are
 /// recorded before the grant (their slots are free for it), a retry of the same results is
 /// answered as recorded and changes nothing, and a stale result is refused on its own.
+/// A worker's connection without the agent (its calls made by the test), registered with
+/// `max_tasks` slots.
+async fn registered_raw_worker(
+    cluster: &LocalCluster,
+    max_tasks: u32,
+) -> (uuid::Uuid, scaleout::worker::connection::Connection) {
+    let agent = uuid::Uuid::new_v4();
+    let worker = scaleout::worker::connection::Connection::new(
+        &cluster.endpoints(),
+        cluster.worker_security(agent).expect("worker certificate"),
+        scaleout::rpc::Keepalive::CLIENT,
+    )
+    .expect("endpoints");
+    worker
+        .call(Duration::from_secs(10), WAIT, |mut c, t| async move {
+            c.register_worker(scaleout::rpc::contract::leader_request(
+                v1::RegisterWorkerRequest {
+                    info: Some(v1::WorkerInfo {
+                        worker_id: agent.to_string(),
+                        display_name: "raw".into(),
+                        max_tasks,
+                        ..Default::default()
+                    }),
+                },
+                t,
+            ))
+            .await
+        })
+        .await
+        .expect("register");
+    (agent, worker)
+}
+
+/// Heartbeats and polls with nothing to grant are answered from the leader's state, not
+/// written to the log one by one: the leader commits its sightings in one entry per interval
+/// (a sixth of `workers.offline_after_ms`, 500 ms here), its own list shows them at once and a
+/// follower's within an interval. A lease the worker runs and does not hold still goes through
+/// the log, and is answered lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_heartbeats_and_polls_are_sightings_not_log_entries() {
+    let _serial = SERIAL.lock().await;
+    let cluster = fast_cluster();
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    let (agent, worker) = registered_raw_worker(&cluster, 2).await;
+    let heartbeat = |cpu_percent: f64, running: Vec<v1::LeaseRef>| {
+        let worker = &worker;
+        async move {
+            worker
+                .call(Duration::from_secs(10), WAIT, |mut c, t| {
+                    let request = v1::HeartbeatRequest {
+                        worker_id: agent.to_string(),
+                        running: running.clone(),
+                        cpu_percent,
+                        free_memory_mb: 4321,
+                    };
+                    async move {
+                        c.heartbeat(scaleout::rpc::contract::leader_request(request, t))
+                            .await
+                    }
+                })
+                .await
+                .expect("Heartbeat")
+        }
+    };
+    let poll = || {
+        let worker = &worker;
+        async move {
+            worker
+                .call(Duration::from_secs(10), WAIT, |mut c, t| {
+                    let request = v1::AcquireTasksRequest {
+                        worker_id: agent.to_string(),
+                        free_slots: 2,
+                        wait_ms: 0,
+                        cpu_percent: 12.5,
+                        free_memory_mb: 4321,
+                        task_request_max_cpu: 100.0,
+                        request_id: uuid::Uuid::new_v4().to_string(),
+                        ..Default::default()
+                    };
+                    async move {
+                        c.acquire_tasks(scaleout::rpc::contract::leader_request(request, t))
+                            .await
+                    }
+                })
+                .await
+                .expect("AcquireTasks")
+        }
+    };
+    let applied = || async {
+        let status = cluster.status_of(leader).await.expect("leader status");
+        scaleout::harness::applied_index(&status, leader).expect("applied index")
+    };
+    // Only a leader in office answers from its state: a linearizable read waits for office.
+    client.list_workers(false).await.expect("list");
+    let before = applied().await;
+    let started = Instant::now();
+    const CALLS: u32 = 40;
+    for n in 0..CALLS {
+        if n % 4 == 0 {
+            assert!(poll().await.tasks.is_empty());
+        } else {
+            let answer = heartbeat(42.5, Vec::new()).await;
+            assert!(answer.enabled && answer.lost.is_empty(), "{answer:?}");
+        }
+    }
+    let entries = applied().await - before;
+    // One WorkersSeen per interval, and perhaps one more as the calls end.
+    let intervals = (started.elapsed().as_millis() / 500) as u64 + 2;
+    assert!(
+        entries <= intervals && entries < u64::from(CALLS) / 4,
+        "{CALLS} idle calls in {:?} wrote {entries} log entries",
+        started.elapsed()
+    );
+    // The leader's own (linearizable) list shows the last sighting at once.
+    let shown = |workers: Vec<v1::Worker>| {
+        workers
+            .into_iter()
+            .find(|w| {
+                w.info
+                    .as_ref()
+                    .is_some_and(|i| i.worker_id == agent.to_string())
+            })
+            .map(|w| (w.cpu_percent, w.free_memory_mb, w.online))
+    };
+    assert_eq!(
+        shown(client.list_workers(false).await.expect("list")),
+        Some((42.5, 4321, true))
+    );
+    // A follower's own state has it once the batch commits.
+    let follower = cluster.follower_of(leader).expect("a follower");
+    let at_follower = cluster
+        .client_at(&cluster.replica(follower).expect("follower").api_listen)
+        .expect("client")
+        .with_deadline(WAIT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = shown(at_follower.list_workers(true).await.expect("stale list"));
+        if seen == Some((42.5, 4321, true)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {follower} shows {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A lease the leader does not know the worker holds: decided through the log, lost.
+    let before = applied().await;
+    let answer = heartbeat(
+        1.0,
+        vec![v1::LeaseRef {
+            job_id: 77,
+            lease_token: 99,
+        }],
+    )
+    .await;
+    assert_eq!(answer.lost.len(), 1, "{answer:?}");
+    assert!(
+        applied().await > before,
+        "the lost lease was not decided in the log"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_ride_on_the_next_acquire() {
     let _serial = SERIAL.lock().await;
     let cluster = fast_cluster();
     cluster.wait_for_leader(WAIT).await.expect("leader");
     let client = cluster.client().expect("client").with_deadline(WAIT);
-    let agent = uuid::Uuid::new_v4();
-    let worker = scaleout::worker::connection::Connection::new(
-        &cluster.endpoints(),
-        cluster.worker_security(agent).expect("worker certificate"),
-    )
-    .expect("endpoints");
+    let (agent, worker) = registered_raw_worker(&cluster, 2).await;
     let call = |request: v1::AcquireTasksRequest| {
         let worker = &worker;
         async move {
@@ -1049,23 +1208,6 @@ async fn results_ride_on_the_next_acquire() {
                 .expect("AcquireTasks")
         }
     };
-    worker
-        .call(Duration::from_secs(10), WAIT, |mut c, t| async move {
-            c.register_worker(scaleout::rpc::contract::leader_request(
-                v1::RegisterWorkerRequest {
-                    info: Some(v1::WorkerInfo {
-                        worker_id: agent.to_string(),
-                        display_name: "raw".into(),
-                        max_tasks: 2,
-                        ..Default::default()
-                    }),
-                },
-                t,
-            ))
-            .await
-        })
-        .await
-        .expect("register");
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(

@@ -28,11 +28,16 @@ pub struct ScaleBench {
     pub queued: u64,
     pub probes: u64,
     pub insecure: bool,
+    /// Another scaleout build to run the replicas from (for an A/B).
+    pub binary: Option<std::path::PathBuf>,
     pub json: bool,
 }
 
 pub async fn scale(options: ScaleBench) -> anyhow::Result<()> {
-    let cluster = super::local_cluster(options.insecure).await?;
+    let cluster = match &options.binary {
+        Some(binary) => super::local_cluster_from(binary, options.insecure).await?,
+        None => super::local_cluster(options.insecure).await?,
+    };
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let leader_pid = cluster
         .replica(leader)?

@@ -8,8 +8,10 @@ use anyhow::Context;
 use crate::harness::LocalCluster;
 use crate::pb::v1;
 use crate::rpc::contract::leader_request;
-use crate::worker::connection::{CallError, Connection};
+use crate::worker::connection::{keepalive_for, CallError, Connection};
 
+/// The agent's default `task_heartbeat_interval_ms`, which sets how often it pings.
+const AGENT_RENEWAL_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest a call (beyond its long-poll wait) keeps trying the replicas.
 const CALL: Duration = Duration::from_secs(30);
 /// The longest one try waits for its answer (beyond the long-poll wait).
@@ -28,8 +30,13 @@ impl SimWorker {
         max_tasks: u32,
     ) -> anyhow::Result<SimWorker> {
         let id = uuid::Uuid::new_v4();
-        let connection = Connection::new(&cluster.endpoints(), cluster.worker_security(id)?)
-            .map_err(|e| anyhow::anyhow!("bad endpoints: {e}"))?;
+        // Pinging as an agent with the default renewal interval does.
+        let connection = Connection::new(
+            &cluster.endpoints(),
+            cluster.worker_security(id)?,
+            keepalive_for(AGENT_RENEWAL_INTERVAL),
+        )
+        .map_err(|e| anyhow::anyhow!("bad endpoints: {e}"))?;
         let info = v1::WorkerInfo {
             worker_id: id.to_string(),
             display_name: name.into(),

@@ -167,6 +167,10 @@ pub struct BenchScaleArgs {
     /// Run the cluster plaintext (`insecure = true`) instead of mutual TLS.
     #[arg(long)]
     insecure: bool,
+    /// Run the replicas from this scaleout binary (another build, for an A/B) instead of
+    /// this one.
+    #[arg(long)]
+    binary: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -284,6 +288,7 @@ impl BenchCommand {
                 queued: args.queued,
                 probes: args.probes,
                 insecure: args.insecure,
+                binary: args.binary,
                 json: matches!(args.output, Output::Json),
             })
             .await

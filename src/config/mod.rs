@@ -58,7 +58,7 @@
 //! | `retention.max_finished_jobs` | (default: 100000) The oldest finished jobs beyond this many are removed too, whatever their age; 0: no cap (at least 100 otherwise). |
 //! | `retention.sweep_interval_ms` | (default: 10000) How often the leader looks for finished jobs to remove (100..=3600000); one sweep removes at most 1,000 and the next follows at once while more are due. |
 //! | `workers.lease_interval_ms` | (default: 30000) How long a task's lease lasts without a renewal (SSIS LeaseInterval). An expired lease consumes an attempt and requeues the task. |
-//! | `workers.offline_after_ms` | (default: 60000) A worker with no heartbeat for this long shows offline. |
+//! | `workers.offline_after_ms` | (default: 60000) A worker with no heartbeat for this long shows offline. The leader commits the heartbeats it hears every sixth of this (at most every 10 s), so a follower shows them that much later. |
 //! | `workers.approval` | (default: `manual`) `manual` keeps a new worker disabled until an admin enables it (`scaleout workers enable ID`), as SSIS does; `auto` enables it when it registers. |
 //! | `workers.max_acquire_wait_ms` | (default: 10000) The longest an AcquireTasks long-poll waits for work (at most 60000). |
 //! | `workers.expiry_check_interval_ms` | (default: 500) How often the leader looks for expired leases (10..=60000). |

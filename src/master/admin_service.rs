@@ -11,6 +11,7 @@ use super::handover::{HandoverError, Handovers};
 use super::job_service::propose;
 use super::proposer::{OnFollower, Proposer};
 use super::reads::Reads;
+use super::sightings::Sightings;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
     AddReplicaRequest, AddReplicaResponse, ListWorkersRequest, ListWorkersResponse,
@@ -43,6 +44,8 @@ pub struct AdminApi {
     handovers: Handovers,
     queue: SharedQueue,
     workers: WorkerSettings,
+    /// What the leader heard from workers since its last `WorkersSeen`.
+    sightings: Sightings,
     /// This replica's data dir storage id, for its own status.
     storage_id: uuid::Uuid,
 }
@@ -58,10 +61,12 @@ impl AdminApi {
         handovers: Handovers,
         queue: SharedQueue,
         workers: WorkerSettings,
+        sightings: Sightings,
         storage_id: uuid::Uuid,
     ) -> Self {
         AdminApi {
             storage_id,
+            sightings,
             raft,
             reads,
             network,
@@ -193,15 +198,21 @@ impl AdminService for AdminApi {
         request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
         authorize(&request, "AdminService.ListWorkers", Permission::Operate)?;
-        if !request.into_inner().stale {
+        let stale = request.into_inner().stale;
+        if !stale {
             self.reads.linearizable().await?;
         }
         let now = now_ms();
         let offline_after = self.workers.offline_after_ms;
         let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+        // A linearizable list comes from the leader, which also knows the sightings it has not
+        // committed yet; a stale one shows this replica's state as it is.
         let workers = queue
             .workers()
-            .map(|w| worker_to_pb(w, now, offline_after))
+            .map(|w| match stale {
+                true => worker_to_pb(w, now, offline_after),
+                false => worker_to_pb(&self.sightings.overlay(w), now, offline_after),
+            })
             .collect();
         Ok(Response::new(ListWorkersResponse { workers }))
     }

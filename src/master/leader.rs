@@ -11,8 +11,9 @@
 //! replica hold office for T, and only then do the term's duties start: the expiry check,
 //! proposing `ExpireLeases` (stamped with this leader's clock) whenever a lease is due; every
 //! `retention.sweep_interval_ms` a `RemoveFinishedJobs` when finished jobs are due for removal
-//! (`queue/state/retention.rs`); and the SSISDB shipper (`ssisdb::Shipping`), which carries T
-//! into the database's fencing row so SSISDB refuses a writer older than one it has seen. When
+//! (`queue/state/retention.rs`); the SSISDB shipper (`ssisdb::Shipping`), which carries T
+//! into the database's fencing row so SSISDB refuses a writer older than one it has seen; and
+//! the commit of worker sightings (`sightings.rs`) every sixth of `workers.offline_after_ms`. When
 //! the term or the role changes, the duties are dropped at once (a batch caught mid-way loses
 //! its connection and is rolled back) and the loop starts over.
 
@@ -22,9 +23,10 @@ use tracing::{debug, info, warn};
 
 use super::proposer::{ProposeError, Proposer};
 use super::reads::Office;
+use super::sightings::Sightings;
 use crate::config::{RetentionSettings, WorkerSettings};
 use crate::queue::{Command, CommandOutput, CommandResult};
-use crate::raft::{Raft, SharedQueue};
+use crate::raft::{DispatchSignal, Raft, SharedQueue};
 use crate::ssisdb::{Committer, Shipping};
 
 /// Most finished jobs one `RemoveFinishedJobs` removes: bounds the entry and its apply.
@@ -40,6 +42,17 @@ pub struct Retention {
     pub until_shipped: bool,
 }
 
+/// What a term of office does besides lease expiry, each ended with the term.
+pub struct TermDuties {
+    pub retention: Retention,
+    /// Ships the outbox to SSISDB (or prunes it when none is configured).
+    pub shipping: Shipping,
+    /// Commits the workers' sightings (`sightings.rs`).
+    pub sightings: Sightings,
+    /// Woken when the term of office ends: the long-polls waiting here must go elsewhere.
+    pub dispatch: DispatchSignal,
+}
+
 /// How far the wall clock may drift from a term's time before a warning says it stepped.
 const WALL_STEP_REPORTED_MS: u64 = 2_000;
 
@@ -50,9 +63,15 @@ pub async fn run(
     proposer: Proposer,
     queue: SharedQueue,
     settings: WorkerSettings,
-    retention: Retention,
-    shipping: Shipping,
+    duties: TermDuties,
 ) {
+    let TermDuties {
+        retention,
+        shipping,
+        sightings,
+        dispatch,
+    } = duties;
+    let sighting_interval = Sightings::interval(&settings);
     let mut metrics = raft.metrics();
     loop {
         // Wait to lead.
@@ -97,10 +116,16 @@ pub async fn run(
         let _shipping = AbortOnDrop(tokio::spawn(
             shipping.clone().serve_term(term, proposer.clone()),
         ));
+        let _sightings = AbortOnDrop(tokio::spawn(sightings.clone().commit_while_leading(
+            proposer.clone(),
+            sighting_interval,
+            term,
+        )));
         tokio::select! {
             () = expire_while_leading(&proposer, &queue, &settings, &retention, term) => {}
             () = office_lost(&raft, term) => info!(term, "no longer leading"),
         }
+        dispatch.wake_all();
     }
 }
 

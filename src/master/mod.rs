@@ -25,6 +25,7 @@ mod observe;
 mod proposer;
 mod reads;
 mod replica;
+mod sightings;
 mod worker_service;
 
 pub use bootstrap::BootstrapError;

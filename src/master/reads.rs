@@ -70,6 +70,29 @@ impl Reads {
         }
     }
 
+    /// Whether this replica leads, is not cut off from its majority, and holds office in its
+    /// current term, as of now and without waiting or asking its peers: its state then holds
+    /// every entry committed before its term, and every entry it committed since. The leader
+    /// answers from its state the calls whose only change would be a worker's sighting
+    /// (`sightings.rs`); a leader deposed without knowing it yet may answer one stale, which
+    /// those answers tolerate (a cancel heard one heartbeat later).
+    pub fn in_office_now(&self) -> bool {
+        if self.quorum.cut_off().is_some() {
+            return false;
+        }
+        let (leads, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.state == openraft::ServerState::Leader, m.current_term)
+        };
+        leads
+            && self
+                .office
+                .term
+                .borrow()
+                .is_some_and(|office| office >= term)
+    }
+
     /// Returns once this replica's state holds every write acknowledged before the call: it
     /// leads (a quorum confirmed it), has applied what was committed, and holds office in its
     /// term. A follower gets the redirect to the leader; a leader that cannot confirm or take

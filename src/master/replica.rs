@@ -246,6 +246,8 @@ pub async fn run(
         std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
     );
     let reads = super::reads::Reads::new(raft.clone(), office.clone(), quorum.clone());
+    // Heartbeats and idle polls the leader answers without log entries (`sightings.rs`).
+    let sightings = super::sightings::Sightings::default();
     let proposer = Proposer::start(
         raft.clone(),
         &config.proposals,
@@ -352,6 +354,7 @@ pub async fn run(
                 handovers.clone(),
                 queue.clone(),
                 config.workers.clone(),
+                sightings.clone(),
                 admission.storage_id,
             ))
             .max_decoding_message_size(max_bytes)
@@ -360,9 +363,11 @@ pub async fn run(
         .add_service(
             WorkerServiceServer::new(WorkerApi::new(
                 raft.clone(),
+                reads.clone(),
                 proposer.clone(),
                 queue.clone(),
                 dispatch.clone(),
+                sightings.clone(),
                 config.workers.clone(),
             ))
             .max_decoding_message_size(max_bytes)
@@ -420,16 +425,18 @@ pub async fn run(
         proposer.clone(),
         queue.clone(),
         config.workers.clone(),
-        super::leader::Retention {
-            settings: config.retention.clone(),
-            until_shipped: config.ssisdb.enabled(),
-        },
-        // Ships the outbox to SSISDB in each term of office (or prunes it when none is
-        // configured).
-        crate::ssisdb::Shipping {
-            readers,
-            settings: config.ssisdb.clone(),
-            replica_id: config.id,
+        super::leader::TermDuties {
+            retention: super::leader::Retention {
+                settings: config.retention.clone(),
+                until_shipped: config.ssisdb.enabled(),
+            },
+            shipping: crate::ssisdb::Shipping {
+                readers,
+                settings: config.ssisdb.clone(),
+                replica_id: config.id,
+            },
+            sightings,
+            dispatch: dispatch.clone(),
         },
     ));
     let memory_duties = tokio::spawn(crate::memory::trim_periodically());

@@ -1,6 +1,8 @@
 //! WorkerService: what worker agents call. Every call that changes the queue (registration,
-//! heartbeats, acquisition, renewals, logs, completions) is a command through the Raft log, so
-//! leases and their fencing tokens are decided in apply, identically on every replica.
+//! acquisition, renewals, logs, completions) is a command through the Raft log, so leases and
+//! their fencing tokens are decided in apply, identically on every replica. A heartbeat, and a
+//! long-poll with nothing to grant, change only the worker's sighting: the leader in office
+//! answers them from its state and commits the sightings in batches (`sightings.rs`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,6 +13,8 @@ use tracing::{debug, info};
 use super::authz::{authorize, Permission};
 use super::job_service::propose_error_status;
 use super::proposer::{OnFollower, ProposeError, Proposer};
+use super::reads::Reads;
+use super::sightings::Sightings;
 use crate::config::{WorkerApproval, WorkerSettings};
 use crate::pb::v1::worker_service_server::WorkerService;
 use crate::pb::v1::{
@@ -25,23 +29,27 @@ use crate::pb::{
 };
 use crate::queue::{
     AcquireRequest, Command, CommandOutput, CommandResult, LeaseRef, QueueError, TaskReport,
+    WorkerId, WorkerSeen,
 };
 use crate::raft::{DispatchSignal, Raft, SharedQueue};
 use crate::rpc::contract::{from_queue_error, not_leader, with_reason};
 use crate::rpc::Reason;
 
-/// How often a waiting long-poll looks again when nothing was applied (a retry delay may have
-/// made a task ready in the meantime).
-const POLL_RECHECK: Duration = Duration::from_millis(250);
+/// How often a waiting long-poll looks again when nothing was applied: a retry delay (whole
+/// seconds) may have made a task ready in the meantime. A lost leadership wakes every poll at
+/// once (`leader.rs`), so this is not what bounds a poll held by a deposed leader.
+const POLL_RECHECK: Duration = Duration::from_secs(1);
 /// After a proposal that granted nothing.
 const RACE_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(Clone)]
 pub struct WorkerApi {
     raft: Raft,
+    reads: Reads,
     proposer: Proposer,
     queue: SharedQueue,
     dispatch: DispatchSignal,
+    sightings: Sightings,
     settings: WorkerSettings,
 }
 
@@ -74,18 +82,32 @@ fn rejection(error: QueueError) -> Status {
 impl WorkerApi {
     pub fn new(
         raft: Raft,
+        reads: Reads,
         proposer: Proposer,
         queue: SharedQueue,
         dispatch: DispatchSignal,
+        sightings: Sightings,
         settings: WorkerSettings,
     ) -> Self {
         WorkerApi {
             raft,
+            reads,
             proposer,
             queue,
             dispatch,
+            sightings,
             settings,
         }
+    }
+
+    /// Records that `worker` was heard from now, with the load it reported.
+    fn sighted(&self, worker: WorkerId, cpu_percent_x10: u32, free_memory_mb: u64) {
+        self.sightings.record(WorkerSeen {
+            worker,
+            at_ms: self.proposer.now_ms(),
+            cpu_percent_x10,
+            free_memory_mb,
+        });
     }
 
     /// How long a worker call waits for its commit. A leader cut off from its peers keeps
@@ -129,10 +151,11 @@ impl WorkerApi {
 
     /// A follower's local state may lag, so only the leader decides a long-poll has nothing.
     fn require_leader(&self) -> Result<(), Status> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state == openraft::ServerState::Leader {
+        // Every poll asks at every recheck: only the refusal copies the metrics.
+        if self.raft.metrics().borrow().state == openraft::ServerState::Leader {
             return Ok(());
         }
+        let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader;
         let node = leader.and_then(|id| {
             metrics
@@ -144,21 +167,13 @@ impl WorkerApi {
         Err(not_leader(leader, node.as_ref()))
     }
 
-    fn has_eligible_task(
-        &self,
-        request: &AcquireTasksRequest,
-        worker: crate::queue::WorkerId,
-    ) -> bool {
+    /// Whether the acquire would lease anything (a task, or a retry's grant), judged on this
+    /// leader's state with the request's own load; refused as the command would be.
+    fn would_grant(&self, worker: WorkerId, acquire: &AcquireRequest) -> Result<bool, Status> {
         let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
-        // The request's own load: a worker that just registered has none stored yet.
-        queue.has_eligible_task_at_load(
-            worker,
-            self.proposer.now_ms(),
-            percent_x10(request.cpu_percent),
-            request.free_memory_mb,
-            percent_x10(request.task_request_max_cpu),
-            request.task_request_min_memory_mb,
-        )
+        queue
+            .acquire_would_grant(worker, acquire, self.proposer.now_ms())
+            .map_err(rejection)
     }
 }
 
@@ -271,7 +286,7 @@ impl WorkerService for WorkerApi {
         let on_follower = OnFollower::asked_in(request.metadata());
         let request = request.into_inner();
         let worker = worker_id_from_pb(&request.worker_id).map_err(rejection)?;
-        let running = request
+        let running: Vec<LeaseRef> = request
             .running
             .iter()
             .map(|lease| LeaseRef {
@@ -279,10 +294,39 @@ impl WorkerService for WorkerApi {
                 token: lease.lease_token,
             })
             .collect();
+        let cpu_percent_x10 = percent_x10(request.cpu_percent);
+        // In office, the answer is this state's. Leases the worker runs that this state says it
+        // does not hold go through the log all the same: the worker stops those tasks, so that
+        // verdict must not come from a leader deposed without knowing it yet.
+        if self.reads.in_office_now() {
+            let answer = {
+                let queue = self.queue.read().unwrap_or_else(|p| p.into_inner());
+                queue
+                    .heartbeat_answer(worker, &running)
+                    .map_err(rejection)?
+            };
+            if let CommandOutput::Heartbeat {
+                enabled,
+                draining,
+                cancel,
+                lost,
+            } = answer
+            {
+                if lost.is_empty() {
+                    self.sighted(worker, cpu_percent_x10, request.free_memory_mb);
+                    return Ok(Response::new(HeartbeatResponse {
+                        enabled,
+                        draining,
+                        cancel: cancel.iter().map(Into::into).collect(),
+                        lost: Vec::new(),
+                    }));
+                }
+            }
+        }
         let command = Command::WorkerHeartbeat {
             worker,
             running,
-            cpu_percent_x10: percent_x10(request.cpu_percent),
+            cpu_percent_x10,
             free_memory_mb: request.free_memory_mb,
         };
         match self.propose(command, on_follower).await? {
@@ -340,11 +384,23 @@ impl WorkerService for WorkerApi {
         let mut first = true;
         loop {
             self.require_leader()?;
-            // The first call always goes through the log: it is also the worker's liveness
-            // signal, and it records the results. Later rounds propose only when the leader's
-            // state shows work for it.
-            if first || (request.free_slots > 0 && self.has_eligible_task(&request, worker)) {
-                let command = if first && !reports.is_empty() {
+            // Results always go through the log, and so does a first round the leader cannot
+            // vouch for its state in (not yet in office: a retry's grant may be committed and
+            // not applied here). Otherwise a round proposes only when the acquire would lease
+            // something; a first round that would not is a sighting.
+            let propose = if first && (!reports.is_empty() || !self.reads.in_office_now()) {
+                true
+            } else {
+                let grant = self.would_grant(worker, &acquire)?;
+                if first && !grant {
+                    self.sighted(worker, acquire.cpu_percent_x10, acquire.free_memory_mb);
+                }
+                grant
+            };
+            let with_reports = first && !reports.is_empty();
+            first = false;
+            if propose {
+                let command = if with_reports {
                     Command::ReportAndAcquire {
                         worker,
                         reports: std::mem::take(&mut reports),
@@ -353,7 +409,6 @@ impl WorkerService for WorkerApi {
                 } else {
                     acquire.clone().into_command(worker)
                 };
-                first = false;
                 // Only the leader serves a long poll (above): nothing to forward.
                 let tasks = match self.propose(command, OnFollower::Redirect).await? {
                     CommandOutput::Acquired { tasks } => tasks,

@@ -158,6 +158,21 @@ pub enum Command {
         reports: Vec<TaskReport>,
         acquire: AcquireRequest,
     },
+    /// The workers the leader heard from without a log entry (heartbeats, and long-polls that
+    /// had nothing to grant) since its last such command, each with the time and load of its
+    /// last sighting: one command per interval for all of them, so an idle worker costs no
+    /// entry of its own while every replica still shows when it was last heard from.
+    WorkersSeen { seen: Vec<WorkerSeen> },
+}
+
+/// One worker's latest sighting by the leader (see [`Command::WorkersSeen`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSeen {
+    pub worker: WorkerId,
+    /// The leader's clock when it heard from the worker.
+    pub at_ms: u64,
+    pub cpu_percent_x10: u32,
+    pub free_memory_mb: u64,
 }
 
 /// A worker's verdict on one attempt (see [`Command::ReportResult`]).
@@ -289,6 +304,11 @@ pub enum CommandOutput {
     ReportedAndAcquired {
         reports: Vec<CommandResult>,
         acquired: Result<Vec<Assignment>, QueueError>,
+    },
+    /// How many sightings were recorded (the others were of removed workers, or older than
+    /// what the log already had).
+    WorkersSeen {
+        recorded: u32,
     },
 }
 

@@ -1,7 +1,7 @@
 //! Dispatch: which queued job a worker gets next, and whether it may get one at all.
 //!
 //! Both the apply of `AcquireTasks` and the leader's cheap pre-check
-//! ([`QueueState::has_eligible_task`](super::QueueState::has_eligible_task)) go through the
+//! ([`QueueState::acquire_would_grant`](super::QueueState::acquire_would_grant)) go through the
 //! functions here, so the leader never proposes an acquire that apply would answer differently
 //! for lack of a rule, and idle long-polls cost no log entries.
 //!
@@ -124,10 +124,25 @@ pub(super) struct LoadLimits {
 /// How many new tasks `worker` may take now: 0 unless it is enabled, not draining and within
 /// the load limits; else its free slots under MaxTaskCount.
 pub(super) fn worker_capacity(worker: &Worker, limits: LoadLimits) -> u32 {
+    worker_capacity_at(
+        worker,
+        worker.cpu_percent_x10,
+        worker.free_memory_mb,
+        limits,
+    )
+}
+
+/// [`worker_capacity`] had the worker reported this load.
+pub(super) fn worker_capacity_at(
+    worker: &Worker,
+    cpu_percent_x10: u32,
+    free_memory_mb: u64,
+    limits: LoadLimits,
+) -> u32 {
     let accepts = worker.enabled
         && !worker.draining
-        && worker.cpu_percent_x10 <= limits.max_cpu_percent_x10
-        && worker.free_memory_mb >= limits.min_free_memory_mb;
+        && cpu_percent_x10 <= limits.max_cpu_percent_x10
+        && free_memory_mb >= limits.min_free_memory_mb;
     if accepts {
         worker.free_slots()
     } else {

@@ -36,7 +36,7 @@ pub use attempt::{
     MAX_LEASE_MS,
 };
 pub use command::{
-    AcquireRequest, ApplyContext, Command, CommandOutput, CommandResult, TaskReport,
+    AcquireRequest, ApplyContext, Command, CommandOutput, CommandResult, TaskReport, WorkerSeen,
 };
 pub use error::QueueError;
 pub use finished::{spec_digest, FinishedJob, SpecDigest, UNKNOWN_LAST_EVENT};

@@ -505,6 +505,7 @@ impl QueueState {
                 up_to,
                 events,
             } => self.release_outbox(after, up_to, events),
+            Command::WorkersSeen { seen } => self.workers_seen(seen, now),
             Command::RemoveFinishedJobs {
                 retention_ms,
                 max_finished,

@@ -4,8 +4,9 @@
 //!
 //! Polls used to wake on every change of openraft's metrics, which move with every apply and
 //! every replication ack, and each woken poll rechecked the queue: 1,000 idle workers cost the
-//! leader 1.4 cores (`scaleout bench scale`). A poll still rechecks on its own every few hundred
-//! milliseconds, for jobs whose retry delay runs out and for a leadership it lost.
+//! leader 1.4 cores (`scaleout bench scale`). The leader loop wakes every poll when its term of
+//! office ends, so each learns at once that it must go elsewhere; a poll still rechecks on its
+//! own every second, for jobs whose retry delay runs out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -70,6 +71,11 @@ impl DispatchSignal {
             new_work: self.inner.new_work.subscribe(),
             own,
         }
+    }
+
+    /// Wakes every waiting poll (this replica stopped leading: they must answer so).
+    pub fn wake_all(&self) {
+        self.publish(true, []);
     }
 
     /// After an apply: whether it made a job queued, and the workers whose rows it changed.

@@ -32,13 +32,26 @@ use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason
 use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
-/// An HTTP/2 ping this often on every connection, answered within [`KEEPALIVE_TIMEOUT`] or the
+
+/// An HTTP/2 ping every `every` on each connection, answered within `timeout` or the
 /// connection is dropped and the calls on it fail: a frozen or cut-off replica (SIGSTOP, a
 /// blackholed link) answers nothing, and without this a call to it waits its whole per-call
-/// timeout. With it, the call moves to the next replica within about a second, whatever its
-/// own timeout (long polls included).
-const KEEPALIVE_EVERY: Duration = Duration::from_millis(250);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// timeout. With it, the call moves to the next replica within `every + timeout`, whatever its
+/// own timeout (long polls included). Each ping is a wake-up, a TLS record each way and two
+/// syscalls on the replica: a few callers may ping often, a fleet of workers may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    /// Clients (the CLI, the library, tests): a silent replica is left within 0.75 s.
+    pub const CLIENT: Keepalive = Keepalive {
+        every: Duration::from_millis(250),
+        timeout: Duration::from_millis(500),
+    };
+}
 /// Redirects one call follows before it counts as a failure (leaders changing under it).
 const MAX_REDIRECT_HOPS: usize = 16;
 /// How much longer than its request's own timeout an attempt may take before it is abandoned.
@@ -119,6 +132,7 @@ pub struct Replicas {
     endpoints: Vec<String>,
     security: Security,
     backoff: Backoff,
+    keepalive: Keepalive,
     channels: Mutex<BTreeMap<String, Channel>>,
     leader: Mutex<Option<String>>,
     /// Where a call starts when no leader is known: moved past every endpoint that fails.
@@ -155,11 +169,18 @@ impl Replicas {
             endpoints,
             security,
             backoff,
+            keepalive: Keepalive::CLIENT,
             channels: Mutex::default(),
             leader: Mutex::default(),
             start: AtomicUsize::new(0),
             failed: Mutex::default(),
         })
+    }
+
+    /// Pings the replicas as `keepalive` says instead of [`Keepalive::CLIENT`].
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Replicas {
+        self.keepalive = keepalive;
+        self
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -224,8 +245,8 @@ impl Replicas {
             .channel(addr, |endpoint| {
                 endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
-                    .http2_keep_alive_interval(KEEPALIVE_EVERY)
-                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .http2_keep_alive_interval(self.keepalive.every)
+                    .keep_alive_timeout(self.keepalive.timeout)
                     .keep_alive_while_idle(true)
             })
             .map_err(|e| Status::invalid_argument(format!("bad address {addr:?}: {e}")))?;

@@ -13,4 +13,4 @@ mod leader_call;
 
 pub use backoff::{jitter, Backoff};
 pub use contract::{leader_request, Reason};
-pub use leader_call::{CallError, EndpointError, Replicas};
+pub use leader_call::{CallError, EndpointError, Keepalive, Replicas};

@@ -14,11 +14,24 @@ use tonic::Status;
 
 use crate::pb::v1::worker_service_client::WorkerServiceClient;
 pub use crate::rpc::CallError;
-use crate::rpc::{Backoff, Replicas};
+use crate::rpc::{Backoff, Keepalive, Replicas};
 use crate::transport::Security;
 
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(1000));
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// How the agent pings the replicas, from its renewal interval: a call held by a silent replica
+/// (paused, cut off) fails within a fifth of that interval, so renewals go on elsewhere, yet an
+/// agent with the default 10 s renewals pings once a second rather than four times (a fleet's
+/// pings are most of what idle workers cost the leader: `bench scale`). Between 250 ms and 2 s.
+pub fn keepalive_for(task_heartbeat_interval: Duration) -> Keepalive {
+    let every =
+        (task_heartbeat_interval / 10).clamp(Duration::from_millis(250), Duration::from_secs(2));
+    Keepalive {
+        every,
+        timeout: every.max(Duration::from_millis(500)),
+    }
+}
 
 /// Channels to the replicas and the last leader seen.
 pub struct Connection {
@@ -26,9 +39,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection to the replicas at `endpoints` (host:port, validated by the config).
-    pub fn new(endpoints: &[String], security: Security) -> Result<Connection, String> {
-        let replicas = Replicas::new(endpoints, security, BACKOFF).map_err(|e| e.to_string())?;
+    /// A connection to the replicas at `endpoints` (host:port, validated by the config),
+    /// pinging them as `keepalive` says ([`keepalive_for`]).
+    pub fn new(
+        endpoints: &[String],
+        security: Security,
+        keepalive: Keepalive,
+    ) -> Result<Connection, String> {
+        let replicas = Replicas::new(endpoints, security, BACKOFF)
+            .map_err(|e| e.to_string())?
+            .with_keepalive(keepalive);
         Ok(Connection { replicas })
     }
 
@@ -62,5 +82,25 @@ impl Connection {
                 op(client, timeout)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ping_interval_is_a_tenth_of_the_renewal_interval_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            keepalive_for(ms(10_000)),
+            Keepalive {
+                every: ms(1000),
+                timeout: ms(1000)
+            }
+        );
+        // Short renewals (tests, chaos) keep the clients' quick pings.
+        assert_eq!(keepalive_for(ms(1000)), Keepalive::CLIENT);
+        assert_eq!(keepalive_for(ms(60_000)).every, ms(2000));
     }
 }

@@ -152,8 +152,12 @@ impl Worker {
                     ))),
                 ),
             };
-            let connection = connection::Connection::new(&config.endpoints, security)
-                .map_err(WorkerError::Endpoints)?;
+            let connection = connection::Connection::new(
+                &config.endpoints,
+                security,
+                connection::keepalive_for(config.task_heartbeat_interval()),
+            )
+            .map_err(WorkerError::Endpoints)?;
             info!(
                 display_name = %config.display_name,
                 endpoints = ?config.endpoints,

@@ -6,7 +6,7 @@
 
 use super::QueueState;
 use crate::queue::attempt::{truncate_utf8, MAX_ATTEMPT_ERROR_BYTES, MAX_LEASE_MS};
-use crate::queue::dispatch::{worker_capacity, LoadLimits};
+use crate::queue::dispatch::{worker_capacity, worker_capacity_at, LoadLimits};
 use crate::queue::worker::Grant;
 use crate::queue::{
     AcquireRequest, Assignment, AttemptOutcome, CommandOutput, CommandResult, JobId, JobState,
@@ -37,35 +37,15 @@ impl QueueState {
             max_cpu_percent_x10,
             min_free_memory_mb,
         };
-        validate_lease_ms(lease_ms)?;
-        if request_id
-            .as_ref()
-            .is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES)
-        {
-            return Err(QueueError::InvalidRequest(format!(
-                "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
-            )));
-        }
+        validate_acquire(lease_ms, request_id.as_deref())?;
         self.record_load(worker, cpu_percent_x10, free_memory_mb, now_ms)?;
+        if let Some(tasks) = self.regrant(worker, request_id.as_deref()) {
+            return Ok(tasks);
+        }
         let w = self
             .workers
             .get(&worker)
             .ok_or(QueueError::WorkerNotFound(worker))?;
-        // A retry of a call that was granted: answer with what it was granted and still holds.
-        // When none of it is held any more (the worker was away longer than the lease), the
-        // retry is an ordinary request.
-        if let (Some(id), Some(grant)) = (&request_id, &w.last_grant) {
-            if *id == grant.request_id {
-                let tasks: Vec<Assignment> = grant
-                    .leases
-                    .iter()
-                    .filter_map(|lease| self.held_assignment(worker, *lease))
-                    .collect();
-                if !tasks.is_empty() {
-                    return Ok(tasks);
-                }
-            }
-        }
         let wanted = free_slots.min(worker_capacity(w, limits)) as usize;
         let chosen: Vec<JobId> = if wanted == 0 {
             Vec::new()
@@ -89,6 +69,58 @@ impl QueueState {
             }
         }
         Ok(tasks)
+    }
+
+    /// Whether [`Command::AcquireTasks`](crate::queue::Command) with `request` would lease
+    /// anything to `worker` at `now_ms`: a task it may take, or the grant a retry of the same
+    /// request gets back. When it would not, the command would change nothing but the worker's
+    /// load and heartbeat time, so a leader in office answers the poll without a log entry.
+    /// Refused as the command would refuse it.
+    pub fn acquire_would_grant(
+        &self,
+        worker: WorkerId,
+        request: &AcquireRequest,
+        now_ms: u64,
+    ) -> Result<bool, QueueError> {
+        validate_acquire(request.lease_ms, request.request_id.as_deref())?;
+        let w = self
+            .workers
+            .get(&worker)
+            .ok_or(QueueError::WorkerNotFound(worker))?;
+        if self
+            .regrant(worker, request.request_id.as_deref())
+            .is_some()
+        {
+            return Ok(true);
+        }
+        // Judged on the load the command would record before it checks the limits.
+        let limits = LoadLimits {
+            max_cpu_percent_x10: request.max_cpu_percent_x10,
+            min_free_memory_mb: request.min_free_memory_mb,
+        };
+        let capacity =
+            worker_capacity_at(w, request.cpu_percent_x10, request.free_memory_mb, limits);
+        Ok(
+            request.free_slots > 0
+                && capacity > 0
+                && self.eligible_jobs(w, now_ms).next().is_some(),
+        )
+    }
+
+    /// A retry of a call that was granted is answered with what it was granted and still
+    /// holds; when none of it is held any more (the worker was away longer than the lease), the
+    /// retry is an ordinary request (`None`).
+    fn regrant(&self, worker: WorkerId, request_id: Option<&str>) -> Option<Vec<Assignment>> {
+        let grant = self.workers.get(&worker)?.last_grant.as_ref()?;
+        if request_id? != grant.request_id {
+            return None;
+        }
+        let tasks: Vec<Assignment> = grant
+            .leases
+            .iter()
+            .filter_map(|lease| self.held_assignment(worker, *lease))
+            .collect();
+        (!tasks.is_empty()).then_some(tasks)
     }
 
     /// The assignment of a lease `worker` still holds, as it was granted.
@@ -308,6 +340,16 @@ impl QueueState {
             leases: live.len() as u64,
         })
     }
+}
+
+fn validate_acquire(lease_ms: u64, request_id: Option<&str>) -> Result<(), QueueError> {
+    validate_lease_ms(lease_ms)?;
+    if request_id.is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES) {
+        return Err(QueueError::InvalidRequest(format!(
+            "request_id is longer than {MAX_REQUEST_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_lease_ms(lease_ms: u64) -> Result<(), QueueError> {

@@ -12,7 +12,7 @@ use super::test_support::*;
 use super::QueueState;
 use crate::queue::{
     AcquireRequest, ApplyContext, AttemptOutcome, Command, CommandOutput, JobId, JobSpec, JobState,
-    LeaseRef, OutboxEvent, QueueError, TaskReport, WorkerId,
+    LeaseRef, OutboxEvent, QueueError, TaskReport, WorkerId, WorkerSeen,
 };
 
 const TAGS: [&str; 2] = ["sql", "gpu"];
@@ -56,6 +56,8 @@ enum Op {
         free_slots: u32,
         cpu: u32,
         mem: u64,
+        /// One of two request ids, so a call is sometimes a retry of a granted one.
+        request: Option<u8>,
     },
     Renew {
         worker: u8,
@@ -105,6 +107,10 @@ enum Op {
         part: u8,
         stale: bool,
     },
+    /// The leader's batch of sightings: (worker, how long before now, cpu).
+    Seen {
+        sightings: Vec<(u8, u64, u32)>,
+    },
 }
 
 fn op(workers: u8) -> impl Strategy<Value = Op> {
@@ -120,8 +126,8 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
         }),
         1 => (w.clone(), proptest::collection::vec(any::<usize>(), 0..3), 0u32..1000)
             .prop_map(|(worker, report, cpu)| Op::Heartbeat { worker, report, cpu }),
-        4 => (w.clone(), 0u32..4, 0u32..760, 60u64..1000)
-            .prop_map(|(worker, free_slots, cpu, mem)| Op::Acquire { worker, free_slots, cpu, mem }),
+        4 => (w.clone(), 0u32..4, 0u32..760, 60u64..1000, proptest::option::weighted(0.5, 0u8..2))
+            .prop_map(|(worker, free_slots, cpu, mem, request)| Op::Acquire { worker, free_slots, cpu, mem, request }),
         3 => (w.clone(), proptest::collection::vec(any::<usize>(), 0..4))
             .prop_map(|(worker, leases)| Op::Renew { worker, leases }),
         2 => (any::<usize>(), proptest::bool::weighted(0.8), w.clone(), 0u8..4, proptest::option::weighted(0.7, 1u64..4))
@@ -141,6 +147,8 @@ fn op(workers: u8) -> impl Strategy<Value = Op> {
             }),
         1 => (any::<u8>(), proptest::bool::weighted(0.2))
             .prop_map(|(part, stale)| Op::Release { part, stale }),
+        1 => proptest::collection::vec((0u8..4, 0u64..3_000, 0u32..1000), 0..4)
+            .prop_map(|sightings| Op::Seen { sightings }),
     ]
 }
 
@@ -152,6 +160,7 @@ fn to_command(
     live: &[(LeaseRef, WorkerId)],
     max_tasks: &BTreeMap<u8, u32>,
     (stored, acked): (&[OutboxEvent], u64),
+    now: u64,
 ) -> Command {
     let wid = |w: u8| worker_id(u128::from(w));
     let pick = |i: usize| {
@@ -224,6 +233,7 @@ fn to_command(
             free_slots,
             cpu,
             mem,
+            request,
         } => Command::AcquireTasks {
             worker: wid(worker),
             free_slots,
@@ -232,7 +242,7 @@ fn to_command(
             free_memory_mb: mem,
             max_cpu_percent_x10: MAX_CPU,
             min_free_memory_mb: MIN_MEM,
-            request_id: None,
+            request_id: request.map(|r| format!("r{r}")),
         },
         Op::ReportAndAcquire {
             picks,
@@ -364,6 +374,18 @@ fn to_command(
             limit,
         },
         // Counted as a leader counts the rows it read.
+        // Worker 3 is never registered: a sighting of a removed worker.
+        Op::Seen { sightings } => Command::WorkersSeen {
+            seen: sightings
+                .into_iter()
+                .map(|(worker, ago, cpu)| WorkerSeen {
+                    worker: wid(worker),
+                    at_ms: now.saturating_sub(ago),
+                    cpu_percent_x10: cpu,
+                    free_memory_mb: 2048,
+                })
+                .collect(),
+        },
         Op::Release { part, .. } => {
             let events = stored.len() * usize::from(part) / 255;
             Command::ReleaseOutbox {
@@ -372,6 +394,34 @@ fn to_command(
                 events: events as u64,
             }
         }
+    }
+}
+
+/// The worker and request of an `AcquireTasks` command.
+fn acquire_request(command: &Command) -> Option<(WorkerId, AcquireRequest)> {
+    match command.clone() {
+        Command::AcquireTasks {
+            worker,
+            free_slots,
+            lease_ms,
+            cpu_percent_x10,
+            free_memory_mb,
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+            request_id,
+        } => Some((
+            worker,
+            AcquireRequest {
+                free_slots,
+                lease_ms,
+                cpu_percent_x10,
+                free_memory_mb,
+                max_cpu_percent_x10,
+                min_free_memory_mb,
+                request_id,
+            },
+        )),
+        _ => None,
     }
 }
 
@@ -433,7 +483,7 @@ proptest! {
                 (Op::Release { stale: true, .. }, Some((stored, acked))) => (stored.as_slice(), *acked),
                 _ => (stored_before.as_slice(), acked_before),
             };
-            let command = to_command(op, &granted, &live, &max_tasks, outbox);
+            let command = to_command(op, &granted, &live, &max_tasks, outbox, at);
             let before = sim.state.clone();
             let newest_before = before.outbox_meta().newest_event_id();
             let eligible_before = match op {
@@ -454,10 +504,56 @@ proptest! {
             replica.release_archived(written);
             prop_assert_eq!(&replica, &sim.state, "releasing archived rows changed {:?}", op);
 
+            // The leader answers a heartbeat, and a poll that would be granted nothing, from its
+            // state and records a sighting for the next WorkersSeen instead of proposing the
+            // command: both must be the same as the command's.
+            let sighting = match &command {
+                Command::WorkerHeartbeat { worker, running, cpu_percent_x10, free_memory_mb } => {
+                    prop_assert_eq!(&before.heartbeat_answer(*worker, running), &result);
+                    Some((*worker, *cpu_percent_x10, *free_memory_mb))
+                }
+                Command::AcquireTasks { worker, .. } => {
+                    let (_, request) = acquire_request(&command).expect("an acquire");
+                    let would = before.acquire_would_grant(*worker, &request, at);
+                    match &result {
+                        Ok(CommandOutput::Acquired { tasks }) => prop_assert_eq!(would, Ok(!tasks.is_empty())),
+                        Err(error) => prop_assert_eq!(would, Err(error.clone())),
+                        other => prop_assert!(false, "an acquire answered {:?}", other),
+                    }
+                    matches!(&result, Ok(CommandOutput::Acquired { tasks }) if tasks.is_empty())
+                        .then_some((*worker, request.cpu_percent_x10, request.free_memory_mb))
+                }
+                _ => None,
+            };
+            if let (Some((worker, cpu_percent_x10, free_memory_mb)), Ok(_)) = (sighting, &result) {
+                let mut seen = before.clone();
+                let recorded = seen.apply(&ctx, Command::WorkersSeen {
+                    seen: vec![WorkerSeen { worker, at_ms: at, cpu_percent_x10, free_memory_mb }],
+                });
+                prop_assert_eq!(recorded, Ok(CommandOutput::WorkersSeen { recorded: 1 }));
+                prop_assert_eq!(&seen, &sim.state, "a sighting is not the same as {:?}", op);
+            }
+
             match (&command, &result) {
                 (Command::RegisterWorker { info, .. }, Ok(_)) => {
                     let w = (0..3u8).find(|w| worker_id(u128::from(*w)) == info.id).expect("ours");
                     max_tasks.entry(w).or_insert(info.max_tasks);
+                }
+                (Command::AcquireTasks { worker, request_id: Some(id), .. }, Ok(CommandOutput::Acquired { tasks }))
+                    if !tasks.is_empty()
+                        && before.worker(*worker).and_then(|w| w.last_grant.as_ref()).is_some_and(|g| {
+                            g.request_id == *id
+                                && g.leases.iter().any(|l| before.job(l.job_id).is_some_and(|j| j.holds_lease(*worker, l.token)))
+                        }) =>
+                {
+                    // A retry of a granted call: what it was granted and still holds, nothing new.
+                    let grant = before.worker(*worker).and_then(|w| w.last_grant.clone()).expect("grant");
+                    for task in tasks {
+                        let lease = LeaseRef { job_id: task.job_id, token: task.token };
+                        prop_assert!(grant.leases.contains(&lease), "{:?} was not granted to {}", lease, id);
+                        prop_assert!(before.job(task.job_id).is_some_and(|j| j.holds_lease(*worker, task.token)));
+                        prop_assert_eq!(sim.state.job(task.job_id), before.job(task.job_id));
+                    }
                 }
                 (Command::AcquireTasks { worker, free_slots, .. }, Ok(CommandOutput::Acquired { tasks })) => {
                     // The leader's pre-check agrees with apply.

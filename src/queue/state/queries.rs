@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{Changes, JobPage, QueueState, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::queue::dispatch::{job_eligible, worker_capacity, LoadLimits};
+use crate::queue::dispatch::job_eligible;
 use crate::queue::{FinishedJob, Job, JobId, JobState, Worker, WorkerId};
 
 impl QueueState {
@@ -143,55 +143,6 @@ impl QueueState {
     /// passes this.
     pub fn next_lease_expiry(&self) -> Option<u64> {
         self.expiry.first().map(|&(at, _)| at)
-    }
-
-    /// Whether `AcquireTasks` from `worker` at `now_ms` would grant anything, judged on the
-    /// worker's last recorded load. The leader asks before proposing, so an idle long-poll
-    /// costs no log entry; apply uses the same rules.
-    pub fn has_eligible_task(
-        &self,
-        worker: WorkerId,
-        now_ms: u64,
-        max_cpu_percent_x10: u32,
-        min_free_memory_mb: u64,
-    ) -> bool {
-        let Some(w) = self.workers.get(&worker) else {
-            return false;
-        };
-        self.has_eligible_task_at_load(
-            worker,
-            now_ms,
-            w.cpu_percent_x10,
-            w.free_memory_mb,
-            max_cpu_percent_x10,
-            min_free_memory_mb,
-        )
-    }
-
-    /// As [`QueueState::has_eligible_task`], but with the load the worker reports in the request
-    /// at hand (which `AcquireTasks` records before it checks the limits).
-    pub fn has_eligible_task_at_load(
-        &self,
-        worker: WorkerId,
-        now_ms: u64,
-        cpu_percent_x10: u32,
-        free_memory_mb: u64,
-        max_cpu_percent_x10: u32,
-        min_free_memory_mb: u64,
-    ) -> bool {
-        let Some(w) = self.workers.get(&worker) else {
-            return false;
-        };
-        let w = Worker {
-            cpu_percent_x10,
-            free_memory_mb,
-            ..w.clone()
-        };
-        let limits = LoadLimits {
-            max_cpu_percent_x10,
-            min_free_memory_mb,
-        };
-        worker_capacity(&w, limits) > 0 && self.eligible_jobs(&w, now_ms).next().is_some()
     }
 
     /// What changed since the last call, for the state machine to persist.

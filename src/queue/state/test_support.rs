@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::{Parts, QueueState};
+use crate::queue::dispatch::{worker_capacity, LoadLimits};
 use crate::queue::{
     ApplyContext, Assignment, AttemptOutcome, Command, CommandOutput, CommandResult, FinishedJob,
     Job, JobId, JobLogLine, JobSpec, LeaseRef, LeaseStatus, LogLevel, LogLine, OutboxEvent,
@@ -433,5 +434,57 @@ impl Sim {
     /// The persisted rows rebuild exactly the live state.
     pub fn assert_rows_rebuild(&self) {
         assert_eq!(self.rows.rebuild(), self.state);
+    }
+}
+
+/// Dispatch as the tests check it, beside the leader's own pre-check.
+impl QueueState {
+    /// Whether a new `AcquireTasks` from `worker` at `now_ms` would grant a task, judged on the
+    /// worker's last recorded load: what the tests check dispatch against. The leader asks
+    /// [`QueueState::acquire_would_grant`], which also knows a retry's grant.
+    pub fn has_eligible_task(
+        &self,
+        worker: WorkerId,
+        now_ms: u64,
+        max_cpu_percent_x10: u32,
+        min_free_memory_mb: u64,
+    ) -> bool {
+        let Some(w) = self.workers.get(&worker) else {
+            return false;
+        };
+        self.has_eligible_task_at_load(
+            worker,
+            now_ms,
+            w.cpu_percent_x10,
+            w.free_memory_mb,
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+        )
+    }
+
+    /// As [`QueueState::has_eligible_task`], but with the load the worker reports in the request
+    /// at hand (which `AcquireTasks` records before it checks the limits).
+    pub fn has_eligible_task_at_load(
+        &self,
+        worker: WorkerId,
+        now_ms: u64,
+        cpu_percent_x10: u32,
+        free_memory_mb: u64,
+        max_cpu_percent_x10: u32,
+        min_free_memory_mb: u64,
+    ) -> bool {
+        let Some(w) = self.workers.get(&worker) else {
+            return false;
+        };
+        let w = Worker {
+            cpu_percent_x10,
+            free_memory_mb,
+            ..w.clone()
+        };
+        let limits = LoadLimits {
+            max_cpu_percent_x10,
+            min_free_memory_mb,
+        };
+        worker_capacity(&w, limits) > 0 && self.eligible_jobs(&w, now_ms).next().is_some()
     }
 }

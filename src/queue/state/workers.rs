@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use super::QueueState;
 use crate::queue::{
     CommandOutput, CommandResult, EventKind, LeaseRef, QueueError, Worker, WorkerChange, WorkerId,
-    WorkerInfo,
+    WorkerInfo, WorkerSeen,
 };
 
 impl QueueState {
@@ -55,6 +55,15 @@ impl QueueState {
         now_ms: u64,
     ) -> CommandResult {
         self.record_load(worker, cpu_percent_x10, free_memory_mb, now_ms)?;
+        self.heartbeat_answer(worker, running)
+    }
+
+    /// What [`Command::WorkerHeartbeat`](crate::queue::Command) answers `worker`, running
+    /// `running`, from this state: its admin state, the leases it holds whose jobs are to be
+    /// cancelled, and the leases it reports that it does not hold. The leader in office answers
+    /// a heartbeat from here without a log entry when nothing is lost (the sighting goes into
+    /// the next [`Command::WorkersSeen`](crate::queue::Command)).
+    pub fn heartbeat_answer(&self, worker: WorkerId, running: &[LeaseRef]) -> CommandResult {
         let w = self
             .workers
             .get(&worker)
@@ -87,6 +96,30 @@ impl QueueState {
             cancel,
             lost,
         })
+    }
+
+    /// `WorkersSeen`: the sightings the leader gathered without log entries. A worker removed
+    /// since is skipped, and so is a sighting older than the one recorded (a heartbeat that
+    /// went through the log after it); none is recorded later than the apply's own time.
+    pub(super) fn workers_seen(&mut self, seen: Vec<WorkerSeen>, now_ms: u64) -> CommandResult {
+        let mut recorded = 0;
+        for sighting in seen {
+            let at_ms = sighting.at_ms.min(now_ms);
+            let newer = self
+                .workers
+                .get(&sighting.worker)
+                .is_some_and(|w| at_ms >= w.last_heartbeat_ms);
+            if newer {
+                self.record_load(
+                    sighting.worker,
+                    sighting.cpu_percent_x10,
+                    sighting.free_memory_mb,
+                    at_ms,
+                )?;
+                recorded += 1;
+            }
+        }
+        Ok(CommandOutput::WorkersSeen { recorded })
     }
 
     /// Records what a worker just told us about itself; an unknown worker is refused (it must
