@@ -46,6 +46,9 @@ pub enum ClientError {
         deadline: Duration,
         last_error: String,
     },
+    /// Nothing listens at any endpoint (the CLI gives up at once: [`Client::failing_fast`]).
+    #[error("no replica accepts connections: are they running, and are these their API addresses (not their peer ports)? {each}")]
+    Unreachable { each: String },
     /// A replica answered with an error that retrying will not fix.
     #[error("{}: {}", .0.code(), .0.message())]
     Rejected(Status),
@@ -81,6 +84,13 @@ impl Client {
         })
     }
 
+    /// Gives up at once, unavailable, when every endpoint refused the connection, instead of
+    /// retrying until the deadline (see [`Replicas::failing_fast`]): what the CLI does.
+    pub fn failing_fast(mut self) -> Self {
+        self.replicas = self.replicas.failing_fast();
+        self
+    }
+
     /// How long one call may take in all, redirects and retries included (at most a day).
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline.min(MAX_DEADLINE);
@@ -98,6 +108,7 @@ impl Client {
             CallError::Rejected(status) | CallError::LeaseLost(status) => {
                 return ClientError::Rejected(status)
             }
+            CallError::Refused { each } => return ClientError::Unreachable { each },
             CallError::Unavailable { last_error, .. } => last_error,
         };
         // What a TLS server's refusal of a plaintext HTTP/2 preface looks like from here.

@@ -743,5 +743,32 @@ impl Drop for LocalCluster {
                 let _ = child.wait();
             }
         }
+        kill_tasks_left_under(&self.root);
+    }
+}
+
+/// Kills the processes whose working directory is under `root`: the tasks our workers started
+/// (each runs in its own folder under the worker's, in its own process group), which outlive a
+/// killed agent as they would in production, and would outlive the test.
+fn kill_tasks_left_under(root: &Path) {
+    let Ok(root) = root.canonicalize() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let under_root =
+            fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&root));
+        if under_root && pid != std::process::id() as i32 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }

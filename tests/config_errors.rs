@@ -138,14 +138,101 @@ fn client_commands_exit_3_when_the_cluster_is_unreachable() {
     );
 }
 
+/// Two local ports nothing listens on.
+fn closed_ports() -> [u16; 2] {
+    let listeners = [
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+    ];
+    listeners.map(|l| l.local_addr().expect("address").port())
+}
+
+/// Nothing listens on any endpoint (a stopped cluster, wrong ports): the CLI says so within
+/// 2 s, naming each endpoint's error, instead of retrying for its whole 15 s deadline.
+#[test]
+fn a_cluster_refusing_every_connection_fails_fast_naming_each_endpoint() {
+    let [a, b] = closed_ports();
+    let endpoints = format!("127.0.0.1:{a},127.0.0.1:{b}");
+    let started = std::time::Instant::now();
+    let output = Command::new(binary())
+        .args(["job", "get", "1", "--insecure", "--endpoints", &endpoints])
+        .output()
+        .expect("run");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(2),
+        "{elapsed:?}: {stderr}"
+    );
+    for port in [a, b] {
+        assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    }
+    assert!(
+        stderr.contains("no replica accepts connections"),
+        "{stderr}"
+    );
+
+    // A submit that reached no replica created no job: nothing to retry with a key.
+    let output = Command::new(binary())
+        .args(["job", "submit", "--insecure", "--endpoints", &endpoints])
+        .args(["--", "echo"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("outcome is unknown"), "{stderr}");
+}
+
+/// An endpoint without a port (or with a bad one) is a usage error before any call.
+#[test]
+fn an_endpoint_without_a_port_is_a_usage_error_at_once() {
+    for (endpoint, says) in [
+        ("127.0.0.1", "no port"),
+        ("127.0.0.1:99999", "not a port"),
+        (":7101", "no host"),
+    ] {
+        let started = std::time::Instant::now();
+        let output = Command::new(binary())
+            .args(["job", "get", "1", "--insecure", "--endpoints", endpoint])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{endpoint}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains(endpoint),
+            "{stderr}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+}
+
+/// `--max-attempts` outside 1–100 is refused, naming the range (0 used to mean 1).
+#[test]
+fn max_attempts_outside_its_range_is_refused() {
+    for attempts in ["0", "101"] {
+        let output = Command::new(binary())
+            .args(["job", "submit", "--insecure", "--endpoints", "127.0.0.1:1"])
+            .args(["--max-attempts", attempts, "--", "echo"])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("1..=100"), "{stderr}");
+    }
+}
+
+/// A replica that takes the connection and never answers: the submit may have arrived.
 #[test]
 fn a_submit_with_an_unknown_outcome_prints_the_key_to_retry_with() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = silent.local_addr().expect("address").to_string();
     let submit = |key: Option<&str>| {
         let mut args = vec![
             "job",
             "submit",
             "--endpoints",
-            "127.0.0.1:1",
+            &endpoint,
             "--timeout-secs",
             "1",
             "--insecure",

@@ -931,17 +931,23 @@ async fn with_manual_approval_a_new_worker_waits_for_an_admin() {
         .await
         .expect("submit")
         .job_id;
+    let started = Instant::now();
     let (code, _) = cli(
         &cluster,
-        &["job", "wait", &job.to_string(), "--timeout-secs", "1"],
+        &["job", "wait", &job.to_string(), "--timeout", "1"],
     );
     assert_eq!(code, Some(1), "the job waits: no enabled worker");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "--timeout 1 bounds the wait: {:?}",
+        started.elapsed()
+    );
 
     let (code, out) = cli(&cluster, &["workers", "enable", &worker.to_string()]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = cli(
         &cluster,
-        &["job", "wait", &job.to_string(), "--timeout-secs", "60"],
+        &["job", "wait", &job.to_string(), "--timeout", "60"],
     );
     assert_eq!(
         code,

@@ -96,6 +96,7 @@ impl ClientTlsArgs {
 impl ClientArgs {
     pub(super) fn client(&self) -> Result<Client, CliError> {
         Ok(Client::new(&self.endpoints, self.tls.security()?)?
+            .failing_fast()
             .with_deadline(std::time::Duration::from_secs(self.timeout_secs)))
     }
 }

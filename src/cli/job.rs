@@ -39,9 +39,14 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Wait until a job ends; exit 0 if it succeeded, 1 otherwise.
+    /// Wait until a job ends (for as long as it takes, unless --timeout); exit 0 if it
+    /// succeeded, 1 otherwise. On a terminal, each change of state is shown as it happens.
     Wait {
         id: u64,
+        /// Give up (exit 1) if the job has not ended after this many seconds. ETL jobs run for
+        /// hours: by default the wait has no end.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -65,7 +70,11 @@ impl JobCommand {
             } => job_list(state.as_deref(), limit, &client).await,
             JobCommand::Cancel { id, client } => job_cancel(id, &client).await,
             JobCommand::Logs { id, follow, client } => job_logs(id, follow, &client).await,
-            JobCommand::Wait { id, client } => job_wait(id, &client).await,
+            JobCommand::Wait {
+                id,
+                timeout,
+                client,
+            } => job_wait(id, timeout, &client).await,
         }
     }
 }
@@ -74,8 +83,8 @@ impl JobCommand {
 pub struct JobSubmitArgs {
     #[arg(long)]
     pub name: Option<String>,
-    /// How many times the job may run (SSIS retry_count + 1).
-    #[arg(long, default_value_t = 1)]
+    /// How many times the job may run (SSIS retry_count + 1), 1 to 100.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
     /// A worker agent id allowed to run the job (repeatable); any worker when not given.
     #[arg(long = "worker")]
@@ -280,10 +289,20 @@ pub async fn job_logs(id: u64, follow: bool, args: &ClientArgs) -> Result<(), Cl
     }
 }
 
-/// Waits until the job ends; exits 0 if it succeeded, 1 otherwise.
-pub async fn job_wait(id: u64, args: &ClientArgs) -> Result<(), CliError> {
+/// Waits until the job ends (or `timeout_secs` pass); exits 0 if it succeeded, 1 otherwise.
+/// Each call to the cluster has the client's own deadline, so a cluster that stays unavailable
+/// still ends the wait (exit 3), with the job's last known state on the terminal.
+pub async fn job_wait(
+    id: u64,
+    timeout_secs: Option<u64>,
+    args: &ClientArgs,
+) -> Result<(), CliError> {
+    use std::io::IsTerminal;
     let client = args.client()?;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    let started = tokio::time::Instant::now();
+    let deadline = timeout_secs.map(|secs| started + std::time::Duration::from_secs(secs));
+    let show_progress = std::io::stderr().is_terminal();
+    let mut shown: Option<String> = None;
     loop {
         let job = client.get_job(id, args.stale).await?;
         let state = crate::pb::state_from_pb(job.state).ok().flatten();
@@ -301,17 +320,39 @@ pub async fn job_wait(id: u64, args: &ClientArgs) -> Result<(), CliError> {
                 )))
             };
         }
-        if tokio::time::Instant::now() >= deadline {
+        let progress = wait_progress(&job);
+        if show_progress && shown.as_ref() != Some(&progress) {
+            eprintln!(
+                "[{:>6.0} s] job {id}: {progress}",
+                started.elapsed().as_secs_f64()
+            );
+            shown = Some(progress);
+        }
+        if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
             return Err(CliError {
                 code: EXIT_FAILED,
                 error: anyhow!(
-                    "job {id} is still {} after {} s (raise --timeout-secs to wait longer)",
+                    "job {id} is still {} after {} s (--timeout); it goes on: wait again, or \
+                     cancel it with `scaleout job cancel {id}`",
                     state_name(job.state),
-                    args.timeout_secs
+                    timeout_secs.unwrap_or_default()
                 ),
             });
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// One line on where a job is: its state, and its attempt and worker once it has one.
+fn wait_progress(job: &Job) -> String {
+    match job.attempts.last() {
+        Some(attempt) => format!(
+            "{} (attempt {} on worker {})",
+            state_name(job.state),
+            attempt.number,
+            attempt.worker_id
+        ),
+        None => state_name(job.state).to_string(),
     }
 }
 

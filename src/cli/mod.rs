@@ -186,7 +186,7 @@ impl From<ClientError> for CliError {
     fn from(error: ClientError) -> Self {
         let code = match &error {
             ClientError::NoEndpoints | ClientError::BadEndpoint { .. } => EXIT_USAGE,
-            ClientError::Unavailable { .. } => EXIT_UNAVAILABLE,
+            ClientError::Unavailable { .. } | ClientError::Unreachable { .. } => EXIT_UNAVAILABLE,
             ClientError::Rejected(status) if status.code() == tonic::Code::InvalidArgument => {
                 EXIT_USAGE
             }

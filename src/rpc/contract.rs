@@ -200,6 +200,22 @@ pub fn describe(status: &Status) -> String {
     text
 }
 
+/// Whether `status` is a connection the replica's host refused (nothing listens on that port):
+/// unlike a timeout, it is a definite answer that arrives at once.
+pub fn is_connection_refused(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Whether another replica (or the same one, later) may serve a call that got `status`:
 /// UNAVAILABLE (no leader, shutting down, outcome unknown), a call cut short by the caller's own
 /// timeout (CANCELLED, DEADLINE_EXCEEDED), a broken connection or HTTP/2 stream (UNKNOWN,

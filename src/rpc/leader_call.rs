@@ -28,7 +28,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::backoff::Backoff;
-use super::contract::{describe, is_retryable_elsewhere, redirect_address, Reason, LEADER_HEADER};
+use super::contract::{
+    describe, is_connection_refused, is_retryable_elsewhere, redirect_address, Reason,
+    LEADER_HEADER,
+};
 use crate::transport::Security;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -69,6 +72,11 @@ pub enum CallError {
         deadline: Duration,
         last_error: String,
     },
+    /// Every try of the call was refused the connection, at every endpoint (nothing listens
+    /// there), and the caller asked to fail fast ([`Replicas::failing_fast`]): each endpoint
+    /// with its error. The request reached no replica.
+    #[error("every replica refused the connection: {each}")]
+    Refused { each: String },
     /// The lease the call carried is no longer current (FAILED_PRECONDITION, reason
     /// LEASE_LOST): the master ended that attempt, and nothing more of it is worth sending.
     #[error("lease lost: {}", .0.message())]
@@ -91,7 +99,7 @@ impl CallError {
     fn status(&self) -> Option<&Status> {
         match self {
             CallError::Rejected(status) | CallError::LeaseLost(status) => Some(status),
-            CallError::Unavailable { .. } => None,
+            CallError::Unavailable { .. } | CallError::Refused { .. } => None,
         }
     }
 
@@ -108,6 +116,71 @@ pub enum EndpointError {
     None,
     #[error("endpoint {endpoint:?} is not a valid address: {message}")]
     Invalid { endpoint: String, message: String },
+}
+
+/// Checks that `endpoint` is HOST:PORT: without a port a call would dial port 80 and wait out its
+/// deadline instead of saying what is wrong.
+fn validate_endpoint(endpoint: &str) -> Result<(), EndpointError> {
+    let invalid = |message: String| EndpointError::Invalid {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| {
+        invalid(
+            "it has no port: write HOST:PORT, e.g. 127.0.0.1:7101 (a replica's API address)".into(),
+        )
+    })?;
+    if host.is_empty() || host.ends_with(':') {
+        return Err(invalid(
+            "it has no host: write HOST:PORT, e.g. 127.0.0.1:7101 ([::1]:7101 for IPv6)".into(),
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => {}
+        _ => {
+            return Err(invalid(format!(
+                "{port:?} is not a port (1-65535): write HOST:PORT, e.g. 127.0.0.1:7101"
+            )))
+        }
+    }
+    Endpoint::from_shared(format!("http://{endpoint}"))
+        .map(|_| ())
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The refusals of a call's tries while every try so far was refused the connection; once each
+/// endpoint has refused, a caller that asked to fail fast gets them all at once instead of
+/// retrying until its deadline (nothing listens there: a stopped cluster, or wrong ports). Any
+/// other failure (a timeout, a redirect, a broken stream) may have delivered the request, and
+/// the call then runs its course as before.
+#[derive(Default)]
+struct Refusals {
+    each: BTreeMap<String, String>,
+    reached_a_replica: bool,
+}
+
+impl Refusals {
+    fn note(&mut self, endpoint: &str, status: &Status) {
+        if is_connection_refused(status) {
+            self.each.insert(endpoint.to_string(), describe(status));
+        } else {
+            self.reached_a_replica = true;
+        }
+    }
+
+    /// Every endpoint refused: the error to give up with.
+    fn everywhere(&self, endpoints: &[String]) -> Option<CallError> {
+        if self.reached_a_replica || !endpoints.iter().all(|e| self.each.contains_key(e)) {
+            return None;
+        }
+        let each: Vec<String> = endpoints
+            .iter()
+            .map(|e| format!("{e}: {}", self.each[e]))
+            .collect();
+        Some(CallError::Refused {
+            each: each.join("; "),
+        })
+    }
 }
 
 /// Where a failed call goes next.
@@ -133,6 +206,8 @@ pub struct Replicas {
     security: Security,
     backoff: Backoff,
     keepalive: Keepalive,
+    /// Give up as soon as every endpoint refused the connection ([`Replicas::failing_fast`]).
+    fail_fast: bool,
     channels: Mutex<BTreeMap<String, Channel>>,
     leader: Mutex<Option<String>>,
     /// Where a call starts when no leader is known: moved past every endpoint that fails.
@@ -158,23 +233,28 @@ impl Replicas {
             return Err(EndpointError::None);
         }
         for endpoint in &endpoints {
-            Endpoint::from_shared(format!("http://{endpoint}")).map_err(|e| {
-                EndpointError::Invalid {
-                    endpoint: endpoint.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+            validate_endpoint(endpoint)?;
         }
         Ok(Replicas {
             endpoints,
             security,
             backoff,
             keepalive: Keepalive::CLIENT,
+            fail_fast: false,
             channels: Mutex::default(),
             leader: Mutex::default(),
             start: AtomicUsize::new(0),
             failed: Mutex::default(),
         })
+    }
+
+    /// A call gives up, unavailable, as soon as every endpoint refused the connection, rather
+    /// than retrying until its deadline: for a person at a terminal (the CLI), who would rather
+    /// hear at once that nothing listens there. Workers and the client library keep retrying
+    /// (replicas restarting all at once refuse connections for a moment).
+    pub fn failing_fast(mut self) -> Replicas {
+        self.fail_fast = true;
+        self
     }
 
     /// Pings the replicas as `keepalive` says instead of [`Keepalive::CLIENT`].
@@ -305,6 +385,7 @@ impl Replicas {
         let mut hops = 0;
         let mut pauses = self.backoff.pauses();
         let mut last_error = String::from("none");
+        let mut refusals = Refusals::default();
         loop {
             let remaining = until.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -323,6 +404,7 @@ impl Replicas {
                 }
                 Err(status) => status,
             };
+            refusals.note(&target, &status);
             match classify(status) {
                 Next::GiveUp(status) => {
                     // A definite answer: keep talking to this replica.
@@ -340,6 +422,12 @@ impl Replicas {
             }
             self.remember_failure(&target);
             self.remember_leader(None);
+            if let Some(error) = refusals
+                .everywhere(&self.endpoints)
+                .filter(|_| self.fail_fast)
+            {
+                return Err(error);
+            }
             let pause = pauses
                 .next_jittered()
                 .min(until.saturating_duration_since(Instant::now()));
@@ -366,6 +454,7 @@ impl Replicas {
         let until = Instant::now() + deadline;
         let mut last_error = String::from("none");
         let mut pauses = self.backoff.pauses();
+        let mut refusals = Refusals::default();
         loop {
             for endpoint in &self.endpoints {
                 let remaining = until.saturating_duration_since(Instant::now());
@@ -378,6 +467,9 @@ impl Replicas {
                 let outcome = self
                     .attempt(endpoint, remaining.min(per_call), remaining, &mut op)
                     .await;
+                if let Err(status) = &outcome {
+                    refusals.note(endpoint, status);
+                }
                 match outcome.map_err(classify) {
                     Ok((reply, _)) => return Ok(reply),
                     Err(Next::GiveUp(status)) => return Err(CallError::refused(status)),
@@ -386,6 +478,12 @@ impl Replicas {
                         last_error = format!("{endpoint}: {message}")
                     }
                 }
+            }
+            if let Some(error) = refusals
+                .everywhere(&self.endpoints)
+                .filter(|_| self.fail_fast)
+            {
+                return Err(error);
             }
             let pause = pauses
                 .next_jittered()
