@@ -410,6 +410,22 @@ async fn clients_are_refused_on_the_peer_port_and_replicas_on_the_api_port() {
             .expect_err("a client on the peer port");
         assert_role_refused(&refused, &role);
     }
+    // Every call there from a client is refused the same way, whatever service it names, and
+    // is told the API address (it used to get an empty UNIMPLEMENTED for the API's services).
+    let operator = Role::Operator("operator".into());
+    let mut jobs = v1::job_service_client::JobServiceClient::new(
+        cluster
+            .channel_as(&replica.peer_addr, &operator)
+            .expect("channel"),
+    );
+    for _ in 0..20 {
+        let refused = jobs
+            .submit_job(v1::SubmitJobRequest::default())
+            .await
+            .expect_err("a client's submit on the peer port");
+        assert_role_refused(&refused, &operator);
+        assert!(refused.message().contains(&replica.api_addr), "{refused:?}");
+    }
     // The replica's own certificate works there ...
     let mut raft = RaftServiceClient::new(
         cluster

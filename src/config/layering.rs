@@ -58,6 +58,13 @@ pub(crate) struct Layers {
     pub(crate) env_prefix: &'static str,
     /// Variables under the prefix that belong to something else (the CLI's).
     pub(crate) ignored_env: &'static [&'static str],
+    /// Longer prefixes under this one that belong to something else (the worker's, for the
+    /// replica).
+    pub(crate) foreign_env: &'static [&'static str],
+    /// Every other variable under the prefix must name a key (a typo is an error, as in the
+    /// file); otherwise only names with `__` (a nested key path) must, and the rest are
+    /// somebody else's.
+    pub(crate) every_env_is_a_key: bool,
     /// An override, for the error when one is not `key=value`.
     pub(crate) example: &'static str,
     /// Key paths, for the error when a key is not one.
@@ -87,24 +94,60 @@ impl Layers {
         })?;
         let mut origins = Origins::default();
 
-        // Environment: only names that map to keys; shallow keys first so `SCALEOUT_MEMBERS`
-        // is applied before `SCALEOUT_MEMBERS__0__API`.
-        let mut from_env: Vec<(Vec<Seg>, Kind, String, String)> = env
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let rest = name.strip_prefix(self.env_prefix)?;
-                if self.ignored_env.contains(&name.as_str()) || rest.is_empty() {
-                    return None;
+        // Environment: names under the prefix that are this config's must map to keys (a typo
+        // is an error, as in the file or --set); shallow keys first so `SCALEOUT_MEMBERS` is
+        // applied before `SCALEOUT_MEMBERS__0__API`.
+        let mut from_env: Vec<(Vec<Seg>, Kind, String, String)> = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(self.env_prefix) else {
+                continue;
+            };
+            if rest.is_empty()
+                || self.ignored_env.contains(&name.as_str())
+                || self.foreign_env.iter().any(|p| name.starts_with(p))
+            {
+                continue;
+            }
+            let ours = self.every_env_is_a_key || rest.contains("__");
+            let origin = format!("environment variable {name}");
+            let segs: Option<Vec<Seg>> = rest
+                .split("__")
+                .map(|part| parse_segment(&part.to_ascii_lowercase()))
+                .collect();
+            let Some(segs) = segs else {
+                if ours {
+                    return Err(ConfigError::Override {
+                        path: file.to_path_buf(),
+                        arg: origin,
+                        message: format!(
+                            "`{rest}` is not a key path; write keys as {}KEY or \
+                             {}TABLE__KEY (array items as TABLE__0__KEY)",
+                            self.env_prefix, self.env_prefix
+                        ),
+                    });
                 }
-                let segs: Option<Vec<Seg>> = rest
-                    .split("__")
-                    .map(|part| parse_segment(&part.to_ascii_lowercase()))
-                    .collect();
-                let segs = segs?;
-                let kind = lookup(self.schema, &segs).ok()?;
-                Some((segs, kind, name, value))
-            })
-            .collect();
+                continue;
+            };
+            match lookup(self.schema, &segs) {
+                Ok(kind) => from_env.push((segs, kind, name, value)),
+                Err(_) if !ours => {}
+                Err(LookupError::Unknown { at, expected }) => {
+                    return Err(ConfigError::UnknownKey {
+                        path: file.to_path_buf(),
+                        key: display_path(&segs[..=at]),
+                        origin: Some(origin),
+                        expected: expected_list(expected),
+                    })
+                }
+                Err(LookupError::Shape { at, message }) => {
+                    return Err(ConfigError::Override {
+                        path: file.to_path_buf(),
+                        arg: origin,
+                        message: format!("`{}` {message}", display_path(&segs[..at])),
+                    })
+                }
+            }
+        }
         from_env.sort_by(|a, b| (a.0.len(), &a.2).cmp(&(b.0.len(), &b.2)));
         for (segs, kind, name, raw) in from_env {
             let origin = format!("environment variable {name}");
@@ -158,6 +201,8 @@ const REPLICA_LAYERS: Layers = Layers {
     schema: TOP,
     env_prefix: ENV_PREFIX,
     ignored_env: IGNORED_ENV,
+    foreign_env: &[crate::worker::config::WORKER_ENV_PREFIX],
+    every_env_is_a_key: false,
     example: "raft.heartbeat_interval_ms=150",
     key_examples: "raft.heartbeat_interval_ms or members[0].api",
 };

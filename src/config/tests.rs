@@ -756,7 +756,11 @@ fn env_and_set_overrides_apply_in_precedence_order() {
             ("SCALEOUT_LOG".to_string(), "debug".to_string()),
             ("SCALEOUT_CONFIG".to_string(), "/nowhere.toml".to_string()),
             ("SCALEOUT_SOMETHING_ELSE".to_string(), "1".to_string()),
-            ("SCALEOUT_RAFT__NOPE".to_string(), "1".to_string()),
+            // The worker's.
+            (
+                "SCALEOUT_WORKER_TLS__CERT".to_string(),
+                "/w.pem".to_string(),
+            ),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -765,6 +769,21 @@ fn env_and_set_overrides_apply_in_precedence_order() {
 
     let c = load_with_env(&file, &[], env(&[])).unwrap();
     assert_eq!(c.raft.heartbeat_interval_ms, 110, "env beats the file");
+    // A nested key path is this config's: a typo in it is an error naming the variable and
+    // the key, as the same typo in the file or --set is.
+    let err = load_with_env(
+        &file,
+        &[],
+        env(&[("SCALEOUT_RAFT__HEARTBEAT_INTERVL_MS", "100")]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("SCALEOUT_RAFT__HEARTBEAT_INTERVL_MS")
+            && text.contains("raft.heartbeat_intervl_ms")
+            && text.contains("heartbeat_interval_ms"),
+        "{text}"
+    );
     assert_eq!(c.proposals.max_batch, 64);
     assert_eq!(
         c.data_dir,

@@ -22,6 +22,7 @@ mod leader;
 mod leader_hint;
 mod membership;
 mod observe;
+mod peer_port;
 mod proposer;
 mod reads;
 mod replica;

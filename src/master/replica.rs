@@ -269,9 +269,24 @@ pub async fn run(
         super::proposer::COMMIT_TIMEOUT,
         &registry,
     ));
+    // Whoever dials the peer port by mistake is pointed at the API address the others know.
+    let peer_port_only = {
+        use tonic::server::NamedService;
+        let api_known = config
+            .member(config.id)
+            .map_or_else(|| api_addr.clone(), |me| me.api.clone());
+        super::peer_port::PeerPortLayer::new(
+            &[
+                <RaftServiceServer<RaftGrpcService> as NamedService>::NAME,
+                <ForwardServiceServer<ForwardApi> as NamedService>::NAME,
+            ],
+            &api_known,
+        )
+    };
     let peer_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .layer(GrpcTimingLayer::new(registry.clone()))
+        .layer(peer_port_only)
         .add_service(InterceptedService::new(
             RaftServiceServer::new(
                 RaftGrpcService::new(

@@ -9,7 +9,11 @@ use super::v1;
 
 /// Parses a worker agent id, naming the field on error.
 pub fn worker_id_from_pb(text: &str) -> Result<WorkerId, QueueError> {
-    JobSpec::parse_worker_id(text)
+    // The same check as a job's allowed workers, but a worker call's id is not a job spec.
+    JobSpec::parse_worker_id(text).map_err(|error| match error {
+        QueueError::InvalidSpec(message) => QueueError::InvalidRequest(message),
+        other => other,
+    })
 }
 
 /// A percentage as the domain stores it: tenths of a percent, an integer so apply stays exact.

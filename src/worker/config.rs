@@ -113,7 +113,10 @@ pub const WORKER_ENV_PREFIX: &str = "SCALEOUT_WORKER_";
 const LAYERS: Layers = Layers {
     schema: KEYS,
     env_prefix: WORKER_ENV_PREFIX,
-    ignored_env: &[],
+    // The CLI's: where `scaleout worker` reads its file.
+    ignored_env: &["SCALEOUT_WORKER_CONFIG"],
+    foreign_env: &[],
+    every_env_is_a_key: true,
     example: "max_task_count=4",
     key_examples: "max_task_count or tls.cert",
 };
@@ -983,6 +986,16 @@ insecure = true
             msg.contains("set by environment variable SCALEOUT_WORKER_MAX_TASK_COUNT"),
             "{msg}"
         );
+
+        // Every SCALEOUT_WORKER_* is the worker's: a typo is an error naming it and the key.
+        let err = build_with(&[], &[("SCALEOUT_WORKER_MAX_TASKS_COUNT", "4")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("SCALEOUT_WORKER_MAX_TASKS_COUNT") && msg.contains("max_tasks_count"),
+            "{msg}"
+        );
+        // The CLI's own variable is not a key.
+        assert!(build_with(&[], &[("SCALEOUT_WORKER_CONFIG", "/etc/w.toml")]).is_ok());
     }
 
     #[test]
