@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use tonic::{Code, Status};
 
 use super::authz::{authorize, Permission};
+use crate::tls::Role;
+use crate::transport::PeerIdentity;
 
 /// What the peer port serves, and the API address to point everyone else to.
 #[derive(Clone)]
@@ -33,6 +35,16 @@ impl PeerPortLayer {
     /// The refusal for a call to `path`, or `None` to serve it.
     fn refusal<B>(&self, request: &http::Request<B>) -> Option<Status> {
         let path = request.uri().path();
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        // Every replication call passes here: a replica (or a plaintext peer) calling a service
+        // of the port goes through without an allocation.
+        let a_peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .is_some_and(|identity| matches!(identity.role, None | Some(Role::Replica(_))));
+        if a_peer && self.services.contains(&service) {
+            return None;
+        }
         let hint = format!(
             "this is a replica's peer port, which only the other replicas call; clients and \
              workers call its API address {}",
@@ -51,7 +63,6 @@ impl PeerPortLayer {
                 refused.details().to_vec().into(),
             ));
         }
-        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         if self.services.contains(&service) {
             None
         } else {
@@ -107,8 +118,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::Role;
-    use crate::transport::PeerIdentity;
     use tower::{Layer, Service, ServiceExt};
 
     fn request(path: &str, role: Role) -> http::Request<()> {
