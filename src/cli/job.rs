@@ -364,6 +364,39 @@ pub(super) fn format_ms(ms: u64) -> String {
     format!("{:.1} s ago", age as f64 / 1000.0)
 }
 
+/// When an attempt started, in UTC to the second (`-` when unknown).
+fn started_at(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    // 2026-12-04T10:15:30.123Z → 2026-12-04 10:15:30Z
+    let text = crate::wall_time::rfc3339_ms(ms);
+    format!("{} {}Z", &text[..10], &text[11..19])
+}
+
+/// How long an attempt ran (`… so far` while it runs), from the leader's clock readings.
+fn attempt_duration(attempt: &v1::Attempt, now_ms: u64) -> String {
+    if attempt.started_at_ms == 0 {
+        return "-".into();
+    }
+    let (end, running) = match attempt.ended_at_ms {
+        0 => (now_ms, true),
+        ended => (ended, false),
+    };
+    let secs = end.saturating_sub(attempt.started_at_ms) as f64 / 1000.0;
+    let shown = if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else {
+        let whole = secs as u64;
+        format!("{}h{:02}m{:02}s", whole / 3600, whole / 60 % 60, whole % 60)
+    };
+    if running {
+        format!("{shown} so far")
+    } else {
+        shown
+    }
+}
+
 fn outcome_name(outcome: i32) -> &'static str {
     match v1::AttemptOutcome::try_from(outcome) {
         Ok(v1::AttemptOutcome::Succeeded) => "succeeded",
@@ -410,13 +443,17 @@ pub fn print_job_detail(job: &Job) {
                 a.worker_id.clone(),
                 a.lease_token.to_string(),
                 outcome_name(a.outcome).to_string(),
+                started_at(a.started_at_ms),
+                attempt_duration(a, crate::wall_time::now_ms()),
                 a.exit_code.map_or("-".into(), |c| c.to_string()),
                 a.error.clone(),
             ]
         })
         .collect();
     print_table(
-        &["ATTEMPT", "WORKER", "LEASE", "OUTCOME", "EXIT", "ERROR"],
+        &[
+            "ATTEMPT", "WORKER", "LEASE", "OUTCOME", "STARTED", "DURATION", "EXIT", "ERROR",
+        ],
         &rows,
     );
 }
@@ -474,4 +511,31 @@ fn print_jobs(jobs: &[Job]) {
         })
         .collect();
     print_table(&["ID", "STATE", "NAME", "ATTEMPTS", "COMMAND"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_show_their_start_in_utc_and_how_long_they_ran() {
+        assert_eq!(started_at(1_795_669_200_123), "2026-11-26 05:00:00Z");
+        assert_eq!(started_at(0), "-");
+        let attempt = |started_at_ms, ended_at_ms| v1::Attempt {
+            started_at_ms,
+            ended_at_ms,
+            ..Default::default()
+        };
+        assert_eq!(attempt_duration(&attempt(1_000, 13_300), 99_000), "12.3 s");
+        assert_eq!(
+            attempt_duration(&attempt(1_000, 0), 4_000),
+            "3.0 s so far",
+            "a running attempt"
+        );
+        assert_eq!(attempt_duration(&attempt(0, 7_200_000 + 65_000), 0), "-");
+        assert_eq!(
+            attempt_duration(&attempt(1_000, 1_000 + 3_725_000), 0),
+            "1h02m05s"
+        );
+    }
 }
