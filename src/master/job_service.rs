@@ -118,8 +118,16 @@ pub fn read_error_status(
             not_leader(forward.leader_id, forward.leader_node.as_ref())
         }
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
+            // openraft's own text dumps the membership's Debug form: name the replicas instead.
+            let answered: Vec<String> = e.got.iter().map(u64::to_string).collect();
             Status::unavailable(format!(
-                "this replica could not confirm it still leads ({e}); retry, or read with --stale"
+                "this replica could not confirm it still leads: no majority answered it \
+                 (replicas that did: {}); retry, or read with --stale",
+                if answered.is_empty() {
+                    "none".to_string()
+                } else {
+                    answered.join(", ")
+                }
             ))
         }
         RaftError::Fatal(fatal) => Status::unavailable(format!("the replica is stopping: {fatal}")),
@@ -275,5 +283,28 @@ impl JobService for JobApi {
             lines: reply,
             complete,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_without_a_majority_names_the_replicas_not_the_membership_dump() {
+        let error = RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
+            openraft::error::QuorumNotEnough {
+                cluster: "{voters:[{1:ReplicaNode { api: \"a\" }}]}".into(),
+                got: [1].into_iter().collect(),
+            },
+        ));
+        let status = read_error_status(error);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().contains("replicas that did: 1")
+                && !status.message().contains("ReplicaNode"),
+            "{}",
+            status.message()
+        );
     }
 }
