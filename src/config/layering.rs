@@ -131,21 +131,7 @@ impl Layers {
             match lookup(self.schema, &segs) {
                 Ok(kind) => from_env.push((segs, kind, name, value)),
                 Err(_) if !ours => {}
-                Err(LookupError::Unknown { at, expected }) => {
-                    return Err(ConfigError::UnknownKey {
-                        path: file.to_path_buf(),
-                        key: display_path(&segs[..=at]),
-                        origin: Some(origin),
-                        expected: expected_list(expected),
-                    })
-                }
-                Err(LookupError::Shape { at, message }) => {
-                    return Err(ConfigError::Override {
-                        path: file.to_path_buf(),
-                        arg: origin,
-                        message: format!("`{}` {message}", display_path(&segs[..at])),
-                    })
-                }
+                Err(error) => return Err(not_a_key(error, &segs, file, origin)),
             }
         }
         from_env.sort_by(|a, b| (a.0.len(), &a.2).cmp(&(b.0.len(), &b.2)));
@@ -173,26 +159,32 @@ impl Layers {
                 ))
             })?;
             let origin = format!("--set {shown}");
-            let kind = match lookup(self.schema, &segs) {
-                Ok(kind) => kind,
-                Err(LookupError::Unknown { at, expected }) => {
-                    return Err(ConfigError::UnknownKey {
-                        path: file.to_path_buf(),
-                        key: display_path(&segs[..=at]),
-                        origin: Some(origin),
-                        expected: expected_list(expected),
-                    })
-                }
-                Err(LookupError::Shape { at, message }) => {
-                    return Err(bad(format!("`{}` {message}", display_path(&segs[..at]))))
-                }
-            };
+            let kind = lookup(self.schema, &segs)
+                .map_err(|error| not_a_key(error, &segs, file, origin.clone()))?;
             apply(&mut tree, &segs, parse_value(raw, kind), file, &origin)?;
             origins.set(&segs, origin);
         }
 
         check_table(&tree, self.schema, &mut Vec::new(), file, &origins)?;
         Ok(Layered { tree, origins })
+    }
+}
+
+/// The error for an override (`origin`: `--set …` or `environment variable …`) whose key path
+/// `segs` the schema does not have.
+fn not_a_key(error: LookupError, segs: &[Seg], file: &Path, origin: String) -> ConfigError {
+    match error {
+        LookupError::Unknown { at, expected } => ConfigError::UnknownKey {
+            path: file.to_path_buf(),
+            key: display_path(&segs[..=at]),
+            origin: Some(origin),
+            expected: expected_list(expected),
+        },
+        LookupError::Shape { at, message } => ConfigError::Override {
+            path: file.to_path_buf(),
+            arg: origin,
+            message: format!("`{}` {message}", display_path(&segs[..at])),
+        },
     }
 }
 

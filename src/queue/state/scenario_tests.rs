@@ -5,7 +5,7 @@
 use super::test_support::*;
 use super::QueueState;
 use crate::queue::{
-    AttemptOutcome, Command, CommandOutput, JobSpec, JobState, LeaseRef, QueueError,
+    AttemptOutcome, Command, CommandOutput, JobSpec, JobState, LeaseRef, QueueError, WorkerSeen,
     MAX_LOG_LINES_PER_JOB,
 };
 
@@ -1072,4 +1072,34 @@ fn job_counts_and_activity_follow_every_step() {
     assert_eq!(rebuilt, sim.state);
     assert_eq!(rebuilt.activity(), crate::queue::Activity::default());
     assert_eq!(rebuilt.jobs_in(JobState::Succeeded), 1);
+}
+
+/// A batch of sightings records each known worker's newest one, never later than the apply's
+/// own time, never over a newer one, and skips a worker removed since.
+#[test]
+fn sightings_record_known_workers_never_ahead_of_the_apply_or_behind_the_log() {
+    let mut sim = Sim::new();
+    let w = sim.register(1, &[], 2);
+    let gone = worker_id(9);
+    let seen = |worker, at_ms, cpu| WorkerSeen {
+        worker,
+        at_ms,
+        cpu_percent_x10: cpu,
+        free_memory_mb: 512,
+    };
+    let now = sim.now;
+    let out = sim.apply(Command::WorkersSeen {
+        seen: vec![seen(w, now + 5_000, 10), seen(gone, now, 20)],
+    });
+    assert_eq!(out, Ok(CommandOutput::WorkersSeen { recorded: 1 }));
+    let worker = sim.state.worker(w).expect("registered");
+    assert_eq!(worker.last_heartbeat_ms, now, "clamped to the apply's time");
+    assert_eq!(worker.cpu_percent_x10, 10);
+    // An older sighting than the one recorded changes nothing.
+    sim.now += 1_000;
+    let out = sim.apply(Command::WorkersSeen {
+        seen: vec![seen(w, now - 1, 30)],
+    });
+    assert_eq!(out, Ok(CommandOutput::WorkersSeen { recorded: 0 }));
+    assert_eq!(sim.state.worker(w).expect("registered").cpu_percent_x10, 10);
 }
