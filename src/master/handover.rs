@@ -203,27 +203,19 @@ impl Handovers {
             .filter(|(elected_in, _)| *elected_in == term)
             .map_or(Duration::ZERO, |(_, at)| at.elapsed());
         tokio::time::sleep((self.openraft_lease + lease::MARGIN).saturating_sub(led_for)).await;
-        // With more than three voters the successor also needs followers past openraft's lease,
-        // which every heartbeat renews: none are sent until the hand-over ends.
         let quiet = lease::successor_needs_a_follower(membership.voter_ids().count());
-        if quiet {
-            self.raft.runtime_config().heartbeat(false);
-        }
 
         // 1. Pause proposals; the ones in flight finish first.
         let outcome = match tokio::time::timeout(self.timing.settle, self.proposer.pause()).await {
             Ok(paused) => {
                 self.state.set_outgoing(Some(target));
-                let outcome = self.succession(me, term, target, &node).await;
+                let outcome = self.succession(me, term, target, &node, quiet).await;
                 self.state.set_outgoing(None);
                 drop(paused);
                 outcome
             }
             Err(_) => Err(HandoverError::Busy(self.timing.settle)),
         };
-        if quiet {
-            self.raft.runtime_config().heartbeat(true);
-        }
         match &outcome {
             Ok(()) => {}
             Err(error) => warn!(target, term, %error, "hand-over failed"),
@@ -257,6 +249,7 @@ impl Handovers {
         term: u64,
         target: NodeId,
         node: &ReplicaNode,
+        quiet: bool,
     ) -> Result<(), HandoverError> {
         let caught_up = self
             .raft
@@ -286,6 +279,29 @@ impl Handovers {
             });
         }
 
+        // With more than three voters the successor also needs a follower past openraft's
+        // lease, which every heartbeat renews: none are sent from here until a new leader is
+        // known. Only from here: the other followers' election timers run while no heartbeat
+        // comes, and the shorter the silence, the less likely one of them stands against the
+        // successor (the target waits out that lease before it stands, `raft::service`).
+        if quiet {
+            self.raft.runtime_config().heartbeat(false);
+        }
+        let outcome = self.stand_aside_for(me, term, target, node).await;
+        if quiet {
+            self.raft.runtime_config().heartbeat(true);
+        }
+        outcome
+    }
+
+    /// Step 3: `TimeoutNow` to the caught-up target, then the wait for a new leader.
+    async fn stand_aside_for(
+        &self,
+        me: NodeId,
+        term: u64,
+        target: NodeId,
+        node: &ReplicaNode,
+    ) -> Result<(), HandoverError> {
         let reply = self
             .send_timeout_now(target, node, TimeoutNowRequest { leader: me, term })
             .await
