@@ -134,7 +134,12 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.on_leader_with(PER_CALL_TIMEOUT, op).await
+        // Within the caller's deadline, even one shorter than a call's own timeout: a client
+        // asked for an answer within 1 s must not wait 5 s for a replica that does not answer.
+        self.replicas
+            .on_leader(PER_CALL_TIMEOUT, self.deadline, op)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// [`Client::on_leader`] for a call that may take up to `per_call` on the leader (the

@@ -77,7 +77,7 @@ pub async fn cluster_status(args: &ClientArgs) -> Result<(), CliError> {
         Output::Json => println!("{}", cluster_json(&status)),
         Output::Table => print_cluster(&status),
     }
-    Ok(())
+    super::status::no_majority(&status)
 }
 
 /// `cluster add-replica ID --api ADDR --peer ADDR`.
@@ -185,11 +185,16 @@ pub fn cluster_json(status: &ClusterStatusResponse) -> serde_json::Value {
             "commit_index": r.commit_index,
             "applied_index": r.applied_index,
             "last_log_index": r.last_log_index,
+            "version": r.version,
         })).collect::<Vec<_>>(),
+        "majority_up": super::screen::Quorum::of(status).majority_up(),
     })
 }
 
 fn print_cluster(status: &ClusterStatusResponse) {
+    if let Some(warning) = super::screen::Quorum::of(status).warning() {
+        println!("{warning}");
+    }
     match status.leader_id {
         Some(id) => println!(
             "leader: replica {id} at {}  term: {}  (answered by replica {})",

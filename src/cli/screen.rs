@@ -11,8 +11,8 @@ use super::Output;
 use crate::pb::v1::{ClusterStatusResponse, JobCounts, ReplicaStatus, Worker};
 use crate::queue::JobState;
 
-/// The screen size assumed when fitting the worker table: a classic terminal. The standard
-/// library cannot ask the terminal its size and no dependency here does, so this is fixed.
+/// The screen size assumed when fitting the worker table when the terminal does not say
+/// (output to a pipe or a file): a classic terminal.
 pub const SCREEN_LINES: usize = 24;
 /// Worker rows shown however many lines the rest of the screen takes.
 const MIN_WORKER_ROWS: usize = 3;
@@ -74,6 +74,21 @@ impl Quorum {
     /// Whether the cluster can commit: more than half of the voters are up.
     pub fn majority_up(&self) -> bool {
         self.voters > 0 && self.reachable_voters * 2 > self.voters
+    }
+
+    /// What a person must read first when the majority is down, or `None` when it is up.
+    pub fn warning(&self) -> Option<String> {
+        if self.majority_up() {
+            return None;
+        }
+        let missing = (self.voters / 2 + 1).saturating_sub(self.reachable_voters);
+        Some(format!(
+            "NO MAJORITY: {} of {} voters reachable; nothing is submitted, granted or finished \
+             until {missing} more {} back",
+            self.reachable_voters,
+            self.voters,
+            if missing == 1 { "is" } else { "are" }
+        ))
     }
 }
 
@@ -148,6 +163,30 @@ pub fn lag(status: &ClusterStatusResponse, replica: &ReplicaStatus) -> Option<u6
     Some(leader.commit_index?.saturating_sub(replica.applied_index?))
 }
 
+/// The version a replica runs: `-` when it did not answer, `?` when it is too old to say.
+fn version(replica: &ReplicaStatus) -> String {
+    match (replica.reachable, replica.version.as_str()) {
+        (false, _) => "-".into(),
+        (true, "") => "?".into(),
+        (true, version) => version.into(),
+    }
+}
+
+/// The versions the reachable replicas run, for a line of the screen: one version, or each
+/// replica's while they differ (during a rolling upgrade).
+pub fn versions(status: &ClusterStatusResponse) -> String {
+    let reachable: Vec<&ReplicaStatus> = status.replicas.iter().filter(|r| r.reachable).collect();
+    let first = reachable.first().map(|r| version(r));
+    if reachable.iter().all(|r| Some(version(r)) == first) {
+        return format!("version {}", first.unwrap_or_else(|| "-".into()));
+    }
+    let each: Vec<String> = reachable
+        .iter()
+        .map(|r| format!("{} on {}", r.id, version(r)))
+        .collect();
+    format!("versions differ: {}", each.join(", "))
+}
+
 /// The role a person should read: a non-voter that follows is a learner.
 fn role(replica: &ReplicaStatus) -> String {
     if !replica.reachable {
@@ -211,19 +250,20 @@ fn cluster_lines(status: &ClusterStatusResponse) -> Vec<String> {
         Some(id) => format!("replica {id} ({})", status.leader_api_addr),
         None => "none (an election is under way)".to_string(),
     };
-    let majority = if quorum.majority_up() {
-        format!(
-            "majority: up, {} of {} voters reachable",
-            quorum.reachable_voters, quorum.voters
-        )
-    } else {
-        let missing = (quorum.voters / 2 + 1).saturating_sub(quorum.reachable_voters);
-        format!(
-            "majority: DOWN, {} of {} voters reachable; writes wait for {missing} more",
-            quorum.reachable_voters, quorum.voters
-        )
+    let leader = format!("leader: {leader}, term {}", status.term);
+    let mut lines = match quorum.warning() {
+        // First, above the leader a replica may still believe in.
+        Some(warning) => vec![warning, leader],
+        None => vec![
+            leader,
+            format!(
+                "majority: up, {} of {} voters reachable; {}",
+                quorum.reachable_voters,
+                quorum.voters,
+                versions(status)
+            ),
+        ],
     };
-    let mut lines = vec![format!("leader: {leader}, term {}", status.term), majority];
     lines.extend(replica_table(status, false));
     lines
 }
@@ -254,6 +294,9 @@ pub fn replica_table(status: &ClusterStatusResponse, full: bool) -> Vec<String> 
                 known(r.applied_index),
                 known(lag(status, r)),
             ]);
+            if full {
+                row.push(version(r));
+            }
             row
         })
         .collect();
@@ -262,6 +305,9 @@ pub fn replica_table(status: &ClusterStatusResponse, full: bool) -> Vec<String> 
         header.push("PEER");
     }
     header.extend(["ROLE", "REACHABLE", "TERM", "COMMIT", "APPLIED", "LAG"]);
+    if full {
+        header.push("VERSION");
+    }
     let mut lines = super::table::table_lines(&header, &rows);
     lines.extend(status.replicas.iter().filter(|r| !r.reachable).map(|r| {
         let why = if r.error.is_empty() {
@@ -504,6 +550,7 @@ mod tests {
             applied_index: Some(applied),
             last_log_index: Some(120),
             voter: true,
+            version: "0.1.0".into(),
             ..ReplicaStatus::default()
         }
     }
@@ -605,7 +652,7 @@ mod tests {
         );
         assert_eq!(
             line_with(&lines, "majority:"),
-            "majority: up, 3 of 3 voters reachable"
+            "majority: up, 3 of 3 voters reachable; version 0.1.0"
         );
         let follower = line_with(&lines, "1 ");
         let cells: Vec<&str> = follower.split_whitespace().collect();
@@ -666,7 +713,7 @@ mod tests {
         assert!(error.chars().count() <= MAX_ERROR_LINE_CHARS, "{error}");
         assert_eq!(
             line_with(&lines, "majority:"),
-            "majority: up, 2 of 3 voters reachable"
+            "majority: up, 2 of 3 voters reachable; version 0.1.0"
         );
         assert_eq!(line_with(&lines, "workers:"), "workers: none registered");
         line_with(&lines, "jobs:");
@@ -692,8 +739,9 @@ mod tests {
             "leader: none (an election is under way), term 7"
         );
         assert_eq!(
-            line_with(&lines, "majority:"),
-            "majority: DOWN, 1 of 3 voters reachable; writes wait for 1 more"
+            lines[2],
+            "NO MAJORITY: 1 of 3 voters reachable; nothing is submitted, granted or finished \
+             until 1 more is back"
         );
         // No leader, no commit index to measure lag against.
         assert_eq!(lag(&status, &status.replicas[0]), None);
@@ -798,6 +846,26 @@ mod tests {
             "workers: cannot list them: PermissionDenied: nope"
         );
         line_with(&lines, "outbox:");
+    }
+
+    #[test]
+    fn versions_are_one_line_until_they_differ_and_a_column_in_the_full_table() {
+        let mut status = healthy();
+        assert_eq!(versions(&status), "version 0.1.0");
+        status.replicas[2].version = "0.2.0".into();
+        status.replicas[0].version.clear();
+        assert_eq!(
+            versions(&status),
+            "versions differ: 1 on ?, 2 on 0.1.0, 3 on 0.2.0"
+        );
+        status.replicas[2] = unreachable(3);
+        status.replicas[0].version = "0.1.0".into();
+        assert_eq!(versions(&status), "version 0.1.0", "the unreachable one is left out");
+        let table = replica_table(&status, true);
+        assert!(table[0].ends_with("VERSION"), "{table:?}");
+        assert!(table[1].ends_with("0.1.0"), "{table:?}");
+        assert!(table[3].ends_with(" -"), "{table:?}");
+        assert!(!replica_table(&status, false)[0].contains("VERSION"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! `scaleout status`: one screen of the whole system, once or `--watch`ed.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
 
 use super::screen::{self, Frame, Layout};
-use super::{shutdown_signal, CliError, ClientArgs, Output};
+use super::{shutdown_signal, CliError, ClientArgs, Output, EXIT_UNAVAILABLE};
 use crate::client::{Client, ClientError};
 use crate::pb::v1::ClusterStatusResponse;
 use crate::transport::Security;
@@ -30,98 +32,167 @@ pub struct StatusArgs {
     pub client: ClientArgs,
 }
 
-/// The shortest time a `--watch` frame may wait for the cluster: a member status that does not
-/// come takes the answering replica 1.5 s to give up on.
-const MIN_FRAME_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a frame waits for any one replica. Every replica is asked at once, so one that
+/// is dead or frozen costs a frame this much at most, never the client's whole deadline; it is
+/// above the 1.5 s an answering replica gives each member's status.
+const ASK_DEADLINE: Duration = Duration::from_millis(2500);
 
-/// How long a frame waits for the leader it was told about before it keeps a follower's answer.
-const LEADER_DEADLINE: Duration = Duration::from_secs(3);
-
-/// Where the status frames come from: ClusterStatus from the leader when there is one (its job
-/// counts are the freshest and it asked every member itself), else from whichever replica
-/// answers; ListWorkers through the leader, or from any replica while there is none.
+/// Where the status frames come from: every endpoint (and the last leader) is asked for
+/// ClusterStatus at once, each with a short deadline; the leader's own answer is kept when one
+/// came (its job counts are the freshest and it asked every member itself), else the newest
+/// term's. ListWorkers goes to the replica that answered: linearizable at a leader, stale
+/// elsewhere (without a leader a linearizable read would only wait out the deadline).
 struct FrameSource {
-    endpoints: Client,
+    endpoints: Vec<String>,
     security: Security,
     deadline: Duration,
     stale: bool,
-    /// The leader's API address and a client of it alone, so later frames go straight to it.
-    leader: Option<(String, Client)>,
+    /// One client per address asked, kept so that frames reuse their connections.
+    clients: BTreeMap<String, Arc<Client>>,
+    /// The API address of the leader of the last frame, asked next time even when it is not
+    /// among the endpoints.
+    leader: Option<String>,
 }
 
 impl FrameSource {
-    fn new(args: &ClientArgs, watch_secs: Option<u64>) -> Result<FrameSource, CliError> {
+    fn new(args: &ClientArgs) -> Result<FrameSource, CliError> {
         let security = args.tls.security()?;
-        let mut deadline = Duration::from_secs(args.timeout_secs);
-        if let Some(secs) = watch_secs {
-            // While the cluster is down, a frame must not freeze the screen much longer than
-            // the interval.
-            deadline = deadline.min(Duration::from_secs(secs).max(MIN_FRAME_DEADLINE));
-        }
+        let endpoints = Client::new(&args.endpoints, security.clone())?
+            .endpoints()
+            .to_vec();
         Ok(FrameSource {
-            endpoints: Client::new(&args.endpoints, security.clone())?.with_deadline(deadline),
+            endpoints,
             security,
-            deadline,
+            deadline: Duration::from_secs(args.timeout_secs).min(ASK_DEADLINE),
             stale: args.stale,
+            clients: BTreeMap::new(),
             leader: None,
         })
     }
 
+    fn client(&mut self, addr: &str) -> Result<Arc<Client>, ClientError> {
+        if let Some(client) = self.clients.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(
+            Client::new(&[addr], self.security.clone())?
+                .with_deadline(self.deadline)
+                .failing_fast(),
+        );
+        self.clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
     /// One frame, and the error that kept every replica from answering, if one did.
     async fn take(&mut self) -> (Frame, Option<ClientError>) {
-        let (cluster, error) = match self.cluster_status().await {
-            Ok(status) => (Ok(status), None),
-            Err(error) => (Err(error.to_string()), Some(error)),
-        };
-        let workers = match &cluster {
-            Ok(status) => {
-                // Without a leader a linearizable read would only wait out the deadline.
-                let stale = self.stale || status.leader_id.is_none();
-                self.endpoints
-                    .list_workers(stale)
-                    .await
-                    .map_err(|e| e.to_string())
+        let (cluster, workers, error) = match self.cluster_status().await {
+            Ok((status, from)) => {
+                let stale = self.stale || status.leader_id != Some(status.answered_by);
+                let workers = from.list_workers(stale).await.map_err(|e| e.to_string());
+                (Ok(status), workers, None)
             }
-            Err(_) => Err("not asked: no replica answered".to_string()),
+            Err(error) => (
+                Err(error.to_string()),
+                Err("not asked: no replica answered".to_string()),
+                Some(error),
+            ),
         };
         let frame = Frame {
             taken_at_ms: crate::wall_time::now_ms(),
             cluster,
             workers,
-            endpoints: self.endpoints.endpoints().to_vec(),
+            endpoints: self.endpoints.clone(),
         };
         (frame, error)
     }
 
-    async fn cluster_status(&mut self) -> Result<ClusterStatusResponse, ClientError> {
-        let from_leader =
-            |status: &ClusterStatusResponse| status.leader_id == Some(status.answered_by);
-        if let Some((_, leader)) = &self.leader {
-            match leader.cluster_status().await {
-                Ok(status) if from_leader(&status) => return Ok(status),
-                // It died or stepped down: find the cluster through the endpoints again.
-                _ => self.leader = None,
+    /// The best ClusterStatus any replica gave, and a client of the replica that gave it.
+    async fn cluster_status(
+        &mut self,
+    ) -> Result<(ClusterStatusResponse, Arc<Client>), ClientError> {
+        let mut asked = self.endpoints.clone();
+        if let Some(leader) = self.leader.take() {
+            if !asked.contains(&leader) {
+                asked.push(leader);
             }
         }
-        let status = self.endpoints.cluster_status().await?;
-        if status.leader_id.is_none() || status.leader_api_addr.is_empty() {
-            return Ok(status);
+        let mut answers = self.ask(&asked).await?;
+        let mut best = best_answer(&answers);
+        // A follower named a leader that is not among the endpoints: its own view is better.
+        let named = best
+            .and_then(|i| answers[i].1.as_ref().ok())
+            .filter(|status| !from_leader(status) && status.leader_id.is_some())
+            .map(|status| status.leader_api_addr.clone())
+            .filter(|named| !named.is_empty() && !asked.contains(named));
+        if let Some(named) = named {
+            answers.extend(self.ask(&[named]).await?);
+            best = best_answer(&answers);
         }
-        let leader = Client::new(&[status.leader_api_addr.as_str()], self.security.clone())?
-            .with_deadline(self.deadline.min(LEADER_DEADLINE));
-        if from_leader(&status) {
-            self.leader = Some((status.leader_api_addr.clone(), leader));
-            return Ok(status);
+        let Some(best) = best else {
+            return Err(no_answer(answers.into_iter().filter_map(|(_, a)| a.err())));
+        };
+        let (client, status) = answers.swap_remove(best);
+        let status = status.unwrap_or_default();
+        if from_leader(&status) && !status.leader_api_addr.is_empty() {
+            self.leader = Some(status.leader_api_addr.clone());
         }
-        match leader.cluster_status().await {
-            Ok(own) if from_leader(&own) => {
-                self.leader = Some((status.leader_api_addr.clone(), leader));
-                Ok(own)
-            }
-            // The follower's view is still a whole screen, if a little behind.
-            _ => Ok(status),
+        Ok((status, client))
+    }
+
+    /// Asks every address at once.
+    async fn ask(
+        &mut self,
+        addrs: &[String],
+    ) -> Result<Vec<(Arc<Client>, Result<ClusterStatusResponse, ClientError>)>, ClientError> {
+        let clients = addrs
+            .iter()
+            .map(|addr| self.client(addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let answers =
+            futures::future::join_all(clients.iter().map(|client| client.cluster_status())).await;
+        Ok(clients.into_iter().zip(answers).collect())
+    }
+}
+
+/// Why no replica answered: each one's refusal when none accepted a connection, else the
+/// first other error (a timeout says more than a refusal next to it).
+fn no_answer(errors: impl Iterator<Item = ClientError>) -> ClientError {
+    let mut refusals = Vec::new();
+    for error in errors {
+        match error {
+            ClientError::Unreachable { each } => refusals.push(each),
+            other => return other,
         }
     }
+    match refusals.is_empty() {
+        true => ClientError::NoEndpoints,
+        false => ClientError::Unreachable {
+            each: refusals.join("; "),
+        },
+    }
+}
+
+fn from_leader(status: &ClusterStatusResponse) -> bool {
+    status.leader_id == Some(status.answered_by)
+}
+
+/// Which answer a frame shows: the newest term's, its leader's if it answered, else the one
+/// that reached the most replicas, else the first.
+fn best_answer<C>(answers: &[(C, Result<ClusterStatusResponse, ClientError>)]) -> Option<usize> {
+    answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, answer))| answer.as_ref().ok().map(|status| (i, status)))
+        .max_by_key(|(i, status)| {
+            let reached = status.replicas.iter().filter(|r| r.reachable).count();
+            (
+                status.term,
+                from_leader(status),
+                reached,
+                std::cmp::Reverse(*i),
+            )
+        })
+        .map(|(i, _)| i)
 }
 
 /// Writes a frame to standard output; `Ok(false)` when the reader has gone away (`| head`).
@@ -146,8 +217,29 @@ fn print_frame(
     }
 }
 
+/// The lines a frame may take: the terminal's height, or a classic terminal's when standard
+/// output is not one (or does not say).
+fn screen_lines(terminal: bool) -> usize {
+    terminal
+        .then(terminal_size::terminal_size)
+        .flatten()
+        .map_or(screen::SCREEN_LINES, |(_, height)| usize::from(height.0))
+}
+
+/// Exit code 3 (unavailable) when the answering replica reaches no majority of the voters:
+/// the screen was drawn, but a script must not read it as a healthy cluster.
+pub fn no_majority(status: &ClusterStatusResponse) -> Result<(), CliError> {
+    match screen::Quorum::of(status).warning() {
+        None => Ok(()),
+        Some(warning) => Err(CliError {
+            code: EXIT_UNAVAILABLE,
+            error: anyhow!("{warning}"),
+        }),
+    }
+}
+
 /// `scaleout status [--watch [SECS]] [--frames N]`: the cluster, its workers and its queue on
-/// one screen. Without --watch it exits 3 when no replica answers.
+/// one screen. Without --watch it exits 3 when no replica answers or they reach no majority.
 pub async fn status(args: &StatusArgs) -> Result<(), CliError> {
     use std::io::IsTerminal;
     if let (None, Some(frames @ 2..)) = (args.watch, args.frames) {
@@ -155,17 +247,23 @@ pub async fn status(args: &StatusArgs) -> Result<(), CliError> {
             "--frames {frames} needs --watch: without it, status draws one frame"
         )));
     }
-    let mut source = FrameSource::new(&args.client, args.watch)?;
+    let mut source = FrameSource::new(&args.client)?;
     let output = args.client.output;
+    let terminal = std::io::stdout().is_terminal();
     let layout = Layout {
-        max_lines: screen::SCREEN_LINES,
+        max_lines: screen_lines(terminal),
         every_secs: args.watch,
     };
-    let terminal = std::io::stdout().is_terminal();
     let Some(every_secs) = args.watch else {
         let (frame, error) = source.take().await;
         print_frame(&frame, output, layout, terminal)?;
-        return error.map_or(Ok(()), |e| Err(e.into()));
+        if let Some(error) = error {
+            return Err(error.into());
+        }
+        return match &frame.cluster {
+            Ok(status) => no_majority(status),
+            Err(_) => Ok(()),
+        };
     };
     let stop = shutdown_signal();
     tokio::pin!(stop);

@@ -156,6 +156,7 @@ impl AdminService for AdminApi {
                         status.commit_index = own.commit_index;
                         status.applied_index = own.applied_index;
                         status.last_log_index = own.last_log_index;
+                        status.version = own.version;
                     }
                     Err(error) => {
                         status.role = "unreachable".into();

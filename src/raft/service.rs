@@ -174,6 +174,7 @@ impl RaftGrpcService {
             commit_index: committed,
             applied_index: metrics.last_applied.map(|id| id.index),
             last_log_index: metrics.last_log_index,
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }
