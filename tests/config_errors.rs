@@ -264,6 +264,27 @@ fn a_submit_with_an_unknown_outcome_prints_the_key_to_retry_with() {
     );
 }
 
+/// `--timeout-secs` bounds a call even below the client's 5 s per-call timeout: a port that
+/// accepts and never answers ends `job get --timeout-secs 1` in about a second.
+#[test]
+fn a_silent_replica_costs_no_more_than_the_timeout_asked_for() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = silent.local_addr().expect("address").to_string();
+    let started = std::time::Instant::now();
+    let output = Command::new(binary())
+        .args(["job", "get", "1", "--endpoints", &endpoint])
+        .args(["--timeout-secs", "1", "--insecure"])
+        .output()
+        .expect("run");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "took {took:?}: {stderr}"
+    );
+}
+
 #[test]
 fn an_invalid_job_spec_exits_2_before_any_network_call() {
     let output = Command::new(binary())
