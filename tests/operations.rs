@@ -1,6 +1,7 @@
 //! What an operator sees of a running cluster: `/metrics` on every replica with sane values,
-//! `/readyz` following a replica's isolation and rejoin, and the gRPC health and reflection
-//! services on the API port (what `grpcurl` uses).
+//! `/readyz` and gRPC health following a replica's isolation and rejoin together, the gRPC
+//! reflection service on the API port (what `grpcurl` uses), and logs that stay quiet while a
+//! follower is down.
 //!
 //! Serialized like the other multi-process tests: clusters started in parallel on 2 cores
 //! starve each other's elections.
@@ -280,9 +281,31 @@ async fn readyz_follows_isolation_and_rejoin() {
         wait_for_ready(&metrics_of(id), true).await;
     }
 
+    // gRPC health answers what /readyz answers, at once: asked right after /readyz changed,
+    // it has changed too.
+    let health_of = async |id: u64| {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let api = cluster.replica(id).expect("replica").api_listen.clone();
+        let channel = cluster
+            .channel_as(&api, &Role::Operator("ops".into()))
+            .expect("channel");
+        let status = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).expect("a known status")
+    };
+    use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
+    for id in 1..=3 {
+        assert_eq!(health_of(id).await, Serving);
+    }
+
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     network.isolate(follower, LinkMode::Blackhole);
     let reason = wait_for_ready(&metrics_of(follower), false).await;
+    assert_eq!(health_of(follower).await, NotServing, "readyz: {reason}");
     assert!(
         reason.contains("no word from leader") || reason.contains("no leader known"),
         "{reason}"
@@ -290,9 +313,11 @@ async fn readyz_follows_isolation_and_rejoin() {
     // The others still have a majority.
     for id in (1..=3).filter(|&id| id != follower) {
         wait_for_ready(&metrics_of(id), true).await;
+        assert_eq!(health_of(id).await, Serving);
     }
     network.heal();
     wait_for_ready(&metrics_of(follower), true).await;
+    assert_eq!(health_of(follower).await, Serving);
 
     let (leader, _) = cluster
         .wait_for_leader(SETTLE)
@@ -300,6 +325,7 @@ async fn readyz_follows_isolation_and_rejoin() {
         .expect("leader after heal");
     network.isolate(leader, LinkMode::Refuse);
     let reason = wait_for_ready(&metrics_of(leader), false).await;
+    assert_eq!(health_of(leader).await, NotServing, "readyz: {reason}");
     assert!(!reason.is_empty(), "a reason is given");
     network.heal();
     for id in 1..=3 {

@@ -296,8 +296,10 @@ async fn status_shows_replicas_workers_and_jobs_and_survives_a_dead_replica() {
     assert_eq!(output.status.code(), Some(3), "{text}\n{output:?}");
     assert!(took < Duration::from_secs(6), "took {took:?}:\n{text}");
     assert!(
-        text.contains("NO MAJORITY: 1 of 3 voters reachable; nothing is submitted, granted or \
-             finished until 1 more is back"),
+        text.contains(
+            "NO MAJORITY: 1 of 3 voters reachable; nothing is submitted, granted or \
+             finished until 1 more is back"
+        ),
         "{text}"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -345,9 +347,15 @@ async fn status_shows_replicas_workers_and_jobs_and_survives_a_dead_replica() {
         stdout(&output)
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no replica accepts connections"), "{stderr}");
+    assert!(
+        stderr.contains("no replica accepts connections"),
+        "{stderr}"
+    );
     for endpoint in cluster.endpoints() {
-        assert!(stderr.contains(&endpoint), "each endpoint's refusal: {stderr}");
+        assert!(
+            stderr.contains(&endpoint),
+            "each endpoint's refusal: {stderr}"
+        );
     }
     let output = run_status(
         &cluster,

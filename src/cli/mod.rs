@@ -122,6 +122,13 @@ pub enum Command {
         #[command(subcommand)]
         command: local::BenchCommand,
     },
+    /// Print a completion script for a shell, e.g. `scaleout completions bash >
+    /// /etc/bash_completion.d/scaleout`, or in PowerShell `scaleout completions powershell |
+    /// Out-String | Invoke-Expression` (add it to $PROFILE to keep it).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -152,6 +159,36 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             output,
         } => local::chaos(minutes, seed, &faults, keep_dir, output).await,
         Command::Bench { command } => command.run().await,
+        Command::Completions { shell } => completions(shell),
+    }
+}
+
+/// Writes `shell`'s completion script for every command and option to standard output.
+fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &completion_script(shell))
+        .map_err(|e| CliError::failed(anyhow::anyhow!("cannot write to standard output: {e}")))
+}
+
+fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "scaleout", &mut script);
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shell_completes_nested_commands_and_their_options() {
+        use clap_complete::Shell;
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish, Shell::PowerShell] {
+            let script = String::from_utf8(completion_script(shell)).expect("UTF-8");
+            for word in ["transfer-leader", "idempotency-key", "drain", "completions"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
     }
 }
 

@@ -860,7 +860,11 @@ mod tests {
         );
         status.replicas[2] = unreachable(3);
         status.replicas[0].version = "0.1.0".into();
-        assert_eq!(versions(&status), "version 0.1.0", "the unreachable one is left out");
+        assert_eq!(
+            versions(&status),
+            "version 0.1.0",
+            "the unreachable one is left out"
+        );
         let table = replica_table(&status, true);
         assert!(table[0].ends_with("VERSION"), "{table:?}");
         assert!(table[1].ends_with("0.1.0"), "{table:?}");

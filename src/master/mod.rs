@@ -17,6 +17,7 @@ mod check_quorum;
 pub mod clock;
 mod forward;
 mod handover;
+mod health;
 mod job_service;
 mod leader;
 mod leader_hint;

@@ -337,8 +337,18 @@ pub async fn run(
         committed.clone(),
         wal_stats,
     ));
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let health_duties = tokio::spawn(report_health(observer.clone(), health_reporter));
+    let health_service = {
+        use tonic::server::NamedService;
+        tonic_health::pb::health_server::HealthServer::new(super::health::ReadinessHealth::new(
+            observer.clone(),
+            &[
+                <JobServiceServer<JobApi> as NamedService>::NAME,
+                <AdminServiceServer<AdminApi> as NamedService>::NAME,
+                <WorkerServiceServer<WorkerApi> as NamedService>::NAME,
+            ],
+            stop_rx.clone(),
+        ))
+    };
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
@@ -427,7 +437,6 @@ pub async fn run(
         }
         elections.abort();
         leader_watch.abort();
-        health_duties.abort();
         let _ = stop_tx.send(true);
         let _ = raft.shutdown().await;
         return bootstrapped.map(|_| ());
@@ -505,7 +514,6 @@ pub async fn run(
         peer_task.abort();
     }
     watcher.abort();
-    health_duties.abort();
     drop(ops_server);
     leader_duties.abort();
     if let Some(heartbeat) = heartbeat_duties {
@@ -575,36 +583,6 @@ fn reflection() -> Result<
         .build_v1alpha()
         .map_err(|e| MasterError::Reflection(e.to_string()))?;
     Ok((v1, v1alpha))
-}
-
-/// How often the gRPC health service's answer is brought up to date with readiness.
-const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Keeps `grpc.health.v1.Health` answering what `/readyz` answers, for the whole server ("")
-/// and for each API service.
-async fn report_health(
-    observer: Arc<ReplicaObserver>,
-    reporter: tonic_health::server::HealthReporter,
-) {
-    use tonic::server::NamedService;
-    use tonic_health::ServingStatus;
-    let services = [
-        "",
-        <JobServiceServer<JobApi> as NamedService>::NAME,
-        <AdminServiceServer<AdminApi> as NamedService>::NAME,
-        <WorkerServiceServer<WorkerApi> as NamedService>::NAME,
-    ];
-    let mut every = tokio::time::interval(HEALTH_EVERY);
-    loop {
-        every.tick().await;
-        let status = match observer.readiness() {
-            Ok(()) => ServingStatus::Serving,
-            Err(_) => ServingStatus::NotServing,
-        };
-        for service in services {
-            reporter.set_service_status(service, status).await;
-        }
-    }
 }
 
 /// Keeps the term in every log line current and logs leadership changes.
