@@ -102,7 +102,8 @@ pub struct ClusterOptions {
     pub replicas: u64,
     /// `key=value` config overrides given to every replica (`--set`).
     pub overrides: Vec<String>,
-    /// RUST_LOG of the replicas.
+    /// RUST_LOG of the replicas; empty: not set, the replicas' own default (what an operator
+    /// who sets nothing reads).
     pub log_filter: String,
     /// Mutual TLS with certificates from a development CA made for this cluster (the default);
     /// `false` runs everything with `insecure = true`.
@@ -500,10 +501,13 @@ impl LocalCluster {
             .arg(role)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        match self.options.log_filter.as_str() {
+            "" => command.env_remove("RUST_LOG"),
+            filter => command.env("RUST_LOG", filter),
+        };
         die_with_parent(&mut command);
         Ok(command)
     }

@@ -7,9 +7,12 @@ use scaleout::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // openraft narrates every vote and replication step at info; its warnings are what matter.
+    // openraft narrates every vote and replication step at info, and logs each failed retry of
+    // an unreachable peer at warn and error; what an operator needs of that is logged once per
+    // change by this crate (`raft::peer_links`, leadership in `master::replica`). Its errors
+    // that mean action (storage) stop the replica with an error of its own.
     let default_filter = if cli.command.is_process() {
-        "info,openraft=warn"
+        "info,openraft=error,openraft::replication=off,openraft::engine::handler::replication_handler=off"
     } else {
         "warn"
     };

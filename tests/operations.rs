@@ -456,3 +456,115 @@ async fn reflection_lists_the_services_and_health_answers() {
         .into_inner();
     assert_eq!(job_service.status, ServingStatus::Serving as i32);
 }
+
+/// The lines `path` gained past byte `from`.
+fn lines_since(path: &Path, from: u64) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+    String::from_utf8_lossy(&text[start..])
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn log_size(cluster: &LocalCluster, id: u64) -> u64 {
+    let path = &cluster.replica(id).expect("replica").log_path;
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A follower down for 10 s while jobs keep coming, with the log filter an operator gets by
+/// default: the other replicas say so a handful of times at WARN (the peer lost once, back
+/// once), not once per retry, and no line carries Rust's debug text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_for_ten_seconds_costs_a_handful_of_warnings() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = LocalCluster::start(
+        binary(),
+        ClusterOptions {
+            log_filter: String::new(),
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("cluster");
+    let (leader, _) = cluster.wait_for_leader(SETTLE).await.expect("leader");
+    let client = cluster.client().expect("client");
+    submit(&client, 3, "before").await;
+    let down = cluster.follower_of(leader).expect("a follower");
+    let other = (1..=3)
+        .find(|id| ![leader, down].contains(id))
+        .expect("a third");
+    let from: Vec<(u64, u64)> = [leader, other]
+        .into_iter()
+        .map(|id| (id, log_size(&cluster, id)))
+        .collect();
+
+    cluster.kill(down).expect("kill -9");
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut submitted = 0;
+    while Instant::now() < until && submitted < 200 {
+        submit(&client, 1, &format!("during-{submitted}")).await;
+        submitted += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.restart(down).expect("restart");
+    let commit = cluster
+        .status_of(leader)
+        .await
+        .ok()
+        .and_then(|status| {
+            status
+                .replicas
+                .iter()
+                .find(|r| r.id == leader)
+                .and_then(|r| r.commit_index)
+        })
+        .expect("the leader's commit index");
+    cluster
+        .wait_for_applied(down, commit, SETTLE)
+        .await
+        .expect("the follower catches up");
+
+    for (id, from) in from {
+        let path = cluster.replica(id).expect("replica").log_path.clone();
+        let lines = lines_since(&path, from);
+        let loud: Vec<&String> = lines
+            .iter()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .collect();
+        assert!(
+            loud.len() <= 5,
+            "replica {id} ({}) logged {} WARN/ERROR lines while replica {down} was down:\n{}",
+            if id == leader { "leader" } else { "follower" },
+            loud.len(),
+            lines.join("\n")
+        );
+        if id == leader {
+            // The leader says it lost the follower once, and once that it is back.
+            let about = |message: &str| {
+                lines
+                    .iter()
+                    .filter(|line| line.contains(message) && line.contains(&format!("peer={down}")))
+                    .count()
+            };
+            assert_eq!(
+                (about("peer unreachable"), about("peer reachable again")),
+                (1, 1),
+                "the leader's log:\n{}",
+                lines.join("\n")
+            );
+        }
+        let debug_text: Vec<&String> = lines
+            .iter()
+            .filter(|line| line.contains("Some(") || line.contains("None") || line.contains("{ "))
+            .collect();
+        assert!(
+            debug_text.is_empty(),
+            "replica {id} logged Rust debug text:\n{}",
+            debug_text
+                .iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

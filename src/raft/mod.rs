@@ -26,6 +26,7 @@ mod log_reader;
 mod log_store;
 mod network;
 mod outbox_rows;
+mod peer_links;
 pub mod pre_vote;
 mod service;
 #[cfg(test)]

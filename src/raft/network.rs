@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 
 use super::handover::{Handover, HANDOVER_HEADER};
 use super::lease::LeaderTerm;
+use super::peer_links::{LinkChange, PeerLinks};
 use super::{NodeId, ReplicaNode, TypeConfig};
 use crate::pb::raft::raft_service_client::RaftServiceClient;
 use crate::pb::raft::RaftPayload;
@@ -67,6 +68,8 @@ pub struct PeerNetwork {
     heard: Arc<PeerAnswers>,
     /// A leader's hand-over to this replica, shown with its vote requests.
     handover: Arc<Handover>,
+    /// Whether each peer answers, for the log.
+    links: Arc<PeerLinks>,
 }
 
 /// When each peer last accepted this replica's vote: answered an append without a higher vote,
@@ -119,6 +122,7 @@ impl PeerNetwork {
             routes: Arc::default(),
             heard: Arc::default(),
             handover: Arc::default(),
+            links: Arc::default(),
         }
     }
 
@@ -195,6 +199,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 .max_encoding_message_size(self.max_message_bytes)
         });
         PeerClient {
+            links: self.links.clone(),
+            link_failure: None,
             heard: self.heard.clone(),
             handover: self.handover.clone(),
             my_id: self.my_id,
@@ -211,6 +217,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 /// One peer as openraft sees it.
 pub struct PeerClient {
+    links: Arc<PeerLinks>,
+    /// Why the last message did not reach the peer, when it did not.
+    link_failure: Option<String>,
     heard: Arc<PeerAnswers>,
     handover: Arc<Handover>,
     my_id: NodeId,
@@ -228,7 +237,7 @@ pub struct PeerClient {
 enum TransportError {
     #[error("peer address {addr:?} is not valid: {message}")]
     BadAddress { addr: String, message: String },
-    #[error("peer {addr}: {status}")]
+    #[error("peer {addr}: {}: {}", status.code(), status.message())]
     Status { addr: String, status: tonic::Status },
     #[error("cannot encode or decode a raft message: {0}")]
     Codec(#[from] bincode::Error),
@@ -237,10 +246,57 @@ enum TransportError {
 }
 
 impl PeerClient {
+    /// [`PeerClient::send`], and the peer's link state logged when it changes.
+    async fn call<Req, Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        request: &Req,
+        entries: usize,
+        option: &RPCOption,
+        ticket: Option<LeaderTerm>,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        self.link_failure = None;
+        let result = self.send(action, request, entries, option, ticket).await;
+        let now = std::time::Instant::now();
+        let change = match (&result, self.link_failure.take()) {
+            (Err(_), Some(reason)) => self
+                .links
+                .failed(self.target, now)
+                .map(|change| (change, Some(reason))),
+            (Ok(_) | Err(RPCError::RemoteError(_)), _) => self
+                .links
+                .answered(self.target, now)
+                .map(|change| (change, None)),
+            (Err(_), None) => None,
+        };
+        match change {
+            Some((LinkChange::Lost { failing_for }, reason)) => tracing::warn!(
+                peer = self.target,
+                peer_addr = %self.peer_addr,
+                failing_ms = failing_for.as_millis() as u64,
+                error = reason.unwrap_or_default(),
+                "peer unreachable; retrying quietly until it answers"
+            ),
+            Some((LinkChange::Back { gone_for }, _)) => tracing::info!(
+                peer = self.target,
+                peer_addr = %self.peer_addr,
+                gone_ms = gone_for.as_millis() as u64,
+                "peer reachable again"
+            ),
+            None => {}
+        }
+        result
+    }
+
     /// `entries`: how many log entries the request carries, so an append too large for one
     /// message can be split (openraft resends fewer entries on `PayloadTooLarge`). `ticket`: a
     /// hand-over to show the voters (`handover.rs`).
-    async fn call<Req, Resp, E>(
+    async fn send<Req, Resp, E>(
         &mut self,
         action: RPCTypes,
         request: &Req,
@@ -261,6 +317,7 @@ impl PeerClient {
                     addr: self.peer_addr.clone(),
                     message: message.clone(),
                 };
+                self.link_failure = Some(error.to_string());
                 return Err(RPCError::Unreachable(Unreachable::new(&error)));
             }
         };
@@ -300,12 +357,17 @@ impl PeerClient {
         };
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => {
+                self.link_failure = Some(format!(
+                    "peer {}: no answer within {} ms",
+                    self.peer_addr,
+                    timeout.as_millis()
+                ));
                 return Err(RPCError::Timeout(Timeout {
                     action,
                     id: self.my_id,
                     target: self.target,
                     timeout,
-                }))
+                }));
             }
             Ok(Err(status)) => {
                 // A replica that refuses us (FAILED_PRECONDITION: it is not the data dir the
@@ -322,6 +384,7 @@ impl PeerClient {
                     addr: self.peer_addr.clone(),
                     status,
                 };
+                self.link_failure = Some(error.to_string());
                 return Err(if unreachable {
                     RPCError::Unreachable(Unreachable::new(&error))
                 } else {
