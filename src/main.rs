@@ -9,10 +9,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // openraft narrates every vote and replication step at info, and logs each failed retry of
     // an unreachable peer at warn and error; what an operator needs of that is logged once per
-    // change by this crate (`raft::peer_links`, leadership in `master::replica`). Its errors
-    // that mean action (storage) stop the replica with an error of its own.
+    // change by this crate (`raft::peer_links`, leadership in `master::replica`); its engine
+    // logs an ERROR when replicas starting together both try to initialize the cluster, which
+    // `master::bootstrap` expects. Its errors that mean action (storage) stop the replica with
+    // an error of its own.
     let default_filter = if cli.command.is_process() {
-        "info,openraft=error,openraft::replication=off,openraft::engine::handler::replication_handler=off"
+        "info,openraft=error,openraft::replication=off,openraft::engine::handler::replication_handler=off,openraft::engine::engine_impl=off"
     } else {
         "warn"
     };

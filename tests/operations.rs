@@ -489,6 +489,18 @@ async fn a_follower_down_for_ten_seconds_costs_a_handful_of_warnings() {
     let (leader, _) = cluster.wait_for_leader(SETTLE).await.expect("leader");
     let client = cluster.client().expect("client");
     submit(&client, 3, "before").await;
+    // A first start is quiet: nothing to act on, so no WARN or ERROR anywhere.
+    for id in 1..=3 {
+        let path = cluster.replica(id).expect("replica").log_path.clone();
+        let lines = lines_since(&path, 0);
+        assert!(
+            !lines
+                .iter()
+                .any(|line| line.contains(" WARN ") || line.contains(" ERROR ")),
+            "replica {id}'s first start:\n{}",
+            lines.join("\n")
+        );
+    }
     let down = cluster.follower_of(leader).expect("a follower");
     let other = (1..=3)
         .find(|id| ![leader, down].contains(id))

@@ -153,7 +153,7 @@ pub async fn bootstrap(
         }
         if !reported_waiting {
             info!(
-                waiting_for = ?silent,
+                waiting_for = %silent.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(","),
                 "this replica has no state; waiting for every listed member to answer before \
                  starting a new cluster (or to learn that one runs)"
             );

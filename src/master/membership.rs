@@ -103,7 +103,7 @@ pub async fn add_replica(
     wait_caught_up(raft, id, needed, catch_up).await?;
 
     let changed = change(raft, ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
-    info!(replica = id, voters = ?changed.voters, log_index = changed.log_index, "replica is a voter");
+    info!(replica = id, voters = %id_list(&changed.voters), log_index = changed.log_index, "replica is a voter");
     Ok(changed)
 }
 
@@ -130,7 +130,7 @@ pub async fn remove_replica(raft: &Raft, id: NodeId) -> Result<Changed, Status> 
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
     let changed = change(raft, change_members).await?;
-    info!(replica = id, voters = ?changed.voters, log_index = changed.log_index, "replica removed");
+    info!(replica = id, voters = %id_list(&changed.voters), log_index = changed.log_index, "replica removed");
     Ok(changed)
 }
 
@@ -290,6 +290,14 @@ fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, ReplicaNode>>) 
         },
         RaftError::Fatal(fatal) => Status::unavailable(format!("the replica is stopping: {fatal}")),
     }
+}
+
+/// Replica ids for a log field: `1,2,3`.
+fn id_list(ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

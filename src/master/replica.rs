@@ -596,7 +596,11 @@ async fn watch_role(raft: Raft) {
         };
         telemetry::set_term(term);
         if (term, leader, state) != last {
-            info!(term, leader = ?leader, role = crate::raft::role_name(state), "raft role");
+            let role = crate::raft::role_name(state);
+            match leader {
+                Some(leader) => info!(term, leader, role = %role, "raft role"),
+                None => info!(term, role = %role, "raft role (no leader known)"),
+            }
             last = (term, leader, state);
         }
         if metrics.changed().await.is_err() {

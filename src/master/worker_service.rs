@@ -211,7 +211,7 @@ fn result_statuses(
             };
             match answer {
                 Ok(CommandOutput::Completed { state }) => {
-                    info!(job_id, lease = token, %worker, state = %state, "task completed");
+                    debug!(job_id, lease = token, %worker, state = %state, "task completed");
                     recorded(state)
                 }
                 Ok(CommandOutput::CompletedBefore { state }) => recorded(state),
@@ -420,7 +420,7 @@ impl WorkerService for WorkerApi {
                 };
                 if !tasks.is_empty() || request.free_slots == 0 {
                     for task in &tasks {
-                        info!(job_id = task.job_id, lease = task.token, attempt = task.attempt, %worker, "task leased");
+                        debug!(job_id = task.job_id, lease = task.token, attempt = task.attempt, %worker, "task leased");
                     }
                     return Ok(Response::new(AcquireTasksResponse {
                         tasks: tasks.iter().map(Into::into).collect(),
@@ -544,7 +544,7 @@ impl WorkerService for WorkerApi {
             .map_err(propose_error_status)?
         {
             Ok(CommandOutput::Completed { state }) => {
-                info!(job_id = lease.job_id, lease = lease.token, %worker, ?outcome, state = %state, "task completed");
+                debug!(job_id = lease.job_id, lease = lease.token, %worker, outcome = outcome.as_str(), state = %state, "task completed");
                 Ok(Response::new(CompleteTaskResponse {
                     job_state: crate::pb::v1::JobState::from(state) as i32,
                 }))
@@ -556,7 +556,7 @@ impl WorkerService for WorkerApi {
                 }))
             }
             Ok(CommandOutput::CompletedLate) => {
-                info!(job_id = lease.job_id, lease = lease.token, %worker, ?outcome, "late completion recorded, not applied");
+                info!(job_id = lease.job_id, lease = lease.token, %worker, outcome = outcome.as_str(), "late completion recorded, not applied");
                 Err(lease_lost(
                     &lease,
                     "the result was recorded as late and not applied",

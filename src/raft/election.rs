@@ -116,6 +116,9 @@ impl LeaderContact {
     }
 }
 
+/// How often a replica that no quorum would vote for says so again.
+const LOSING_REMINDER: Duration = Duration::from_secs(60);
+
 /// The election timing, from `[raft]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ElectionTiming {
@@ -163,8 +166,8 @@ pub async fn drive(
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut wait = timing.first_wait(&mut rng);
-    // Pre-votes are being lost: said once, not every round.
-    let mut losing = false;
+    // Pre-votes are being lost: said when it starts, then once a minute, not every round.
+    let mut losing: Option<Instant> = None;
     // The gone leader (and term) this replica already stood fast against.
     let mut fast_tried: Option<(NodeId, u64)> = None;
     loop {
@@ -193,8 +196,14 @@ pub async fn drive(
             if leading {
                 contact.heard_leader();
             }
+            // Only a leader heard from ends a losing streak: a replica restarted alone knows the
+            // leader of its last term, dead or not.
+            let heard = leader.is_some_and(|leader| !contact.is_gone(leader, term))
+                && contact.since_leader() < wait;
+            if leading || heard {
+                losing = None;
+            }
             if leading || has_leader {
-                losing = false;
                 // A leader exists: the next loss starts with a whole lease and a fresh draw,
                 // so two survivors never keep one collision across failovers.
                 wait = timing.first_wait(&mut rng);
@@ -220,7 +229,8 @@ pub async fn drive(
             continue;
         }
         if !granted {
-            if !losing {
+            if losing.is_none_or(|said| said.elapsed() >= LOSING_REMINDER) {
+                losing = Some(Instant::now());
                 info!(
                     silent_ms = contact.since().as_millis() as u64,
                     refusals = %refusals.join("; "),
@@ -228,12 +238,11 @@ pub async fn drive(
                      standing for election (asking again every election timeout)"
                 );
             }
-            losing = true;
             contact.touch();
             wait = timing.retry_wait(&mut rng);
             continue;
         }
-        losing = false;
+        losing = None;
         match gone {
             Some((leader, term)) => info!(
                 leader,

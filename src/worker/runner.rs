@@ -60,6 +60,17 @@ pub enum KillReason {
     Shutdown,
 }
 
+impl KillReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Cancelled => "cancelled",
+            KillReason::LeaseLost => "lease lost",
+            KillReason::NoRenewal => "no renewal in time",
+            KillReason::Shutdown => "worker shutting down",
+        }
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {

@@ -46,6 +46,16 @@ pub enum SpooledOutcome {
     Cancelled,
 }
 
+impl SpooledOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpooledOutcome::Succeeded => "succeeded",
+            SpooledOutcome::Failed => "failed",
+            SpooledOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Something the master has not received yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

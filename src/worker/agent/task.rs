@@ -194,7 +194,7 @@ impl Agent {
         match &report {
             Some((SpooledOutcome::Succeeded, _, _)) => info!("task succeeded"),
             Some((outcome, exit_code, error)) => {
-                info!(?outcome, ?exit_code, %error, "task ended");
+                info!(outcome = outcome.as_str(), exit_code, %error, "task ended");
                 // The job's own log says why, not only the attempt record.
                 if !matches!(outcome, SpooledOutcome::Failed) || exit_code.is_none() {
                     let level = match outcome {
@@ -229,7 +229,10 @@ impl Agent {
     /// renewal completes it CANCELLED; a lost lease reports nothing (the master ended it); a
     /// shutdown reports FAILED as for a running task.
     async fn end_unstarted(&self, key: Key, reason: KillReason, reporter: &mut Reporter) {
-        info!(?reason, "task not started: its lease was not confirmed");
+        info!(
+            reason = reason.as_str(),
+            "task not started: its lease was not confirmed"
+        );
         let report = match reason {
             KillReason::Cancelled => Some((
                 SpooledOutcome::Cancelled,
@@ -336,11 +339,11 @@ impl Reporter {
             {
                 Ok(state) => {
                     let job_state = state.as_str_name();
-                    return info!(?outcome, job_state, "result delivered");
+                    return info!(outcome = outcome.as_str(), job_state, "result delivered");
                 }
                 Err(CallError::LeaseLost(_)) => {
                     return warn!(
-                        ?outcome,
+                        outcome = outcome.as_str(),
                         "result refused: the lease is lost (the master recorded it as late)"
                     );
                 }
@@ -351,11 +354,14 @@ impl Reporter {
                     self.agent.forget_registration();
                 }
                 Err(call_error) => {
-                    return error!(error = %call_error, ?outcome, "result refused; dropped");
+                    return error!(error = %call_error, outcome = outcome.as_str(), "result refused; dropped");
                 }
             }
         }
-        info!(?outcome, "result spooled until a replica answers");
+        info!(
+            outcome = outcome.as_str(),
+            "result spooled until a replica answers"
+        );
         self.agent
             .spool_append(SpoolEntry::Complete {
                 job_id: self.key.0,
