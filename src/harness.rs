@@ -754,7 +754,7 @@ impl Drop for LocalCluster {
 /// Kills the processes whose working directory is under `root`: the tasks our workers started
 /// (each runs in its own folder under the worker's, in its own process group), which outlive a
 /// killed agent as they would in production, and would outlive the test.
-fn kill_tasks_left_under(root: &Path) {
+pub fn kill_tasks_left_under(root: &Path) {
     let Ok(root) = root.canonicalize() else {
         return;
     };
