@@ -397,12 +397,16 @@ fn attempt_duration(attempt: &v1::Attempt, now_ms: u64) -> String {
     }
 }
 
-fn outcome_name(outcome: i32) -> &'static str {
-    match v1::AttemptOutcome::try_from(outcome) {
+/// An attempt's state as the job's own says it: an attempt still under way is `picked_up`
+/// until its worker confirmed the lease and started the task, then `running`, exactly when the
+/// job is; an ended one is its outcome.
+fn attempt_state(attempt: &v1::Attempt, job: &Job) -> &'static str {
+    match v1::AttemptOutcome::try_from(attempt.outcome) {
         Ok(v1::AttemptOutcome::Succeeded) => "succeeded",
         Ok(v1::AttemptOutcome::Failed) => "failed",
         Ok(v1::AttemptOutcome::Expired) => "expired",
         Ok(v1::AttemptOutcome::Cancelled) => "cancelled",
+        _ if job.state == v1::JobState::PickedUp as i32 => "picked_up",
         _ => "running",
     }
 }
@@ -418,7 +422,7 @@ fn attempts_json(job: &Job) -> serde_json::Value {
                     "lease_token": a.lease_token,
                     "started_at_ms": a.started_at_ms,
                     "ended_at_ms": a.ended_at_ms,
-                    "outcome": outcome_name(a.outcome),
+                    "outcome": attempt_state(a, job),
                     "exit_code": a.exit_code,
                     "error": a.error,
                 })
@@ -442,7 +446,7 @@ pub fn print_job_detail(job: &Job) {
                 a.number.to_string(),
                 a.worker_id.clone(),
                 a.lease_token.to_string(),
-                outcome_name(a.outcome).to_string(),
+                attempt_state(a, job).to_string(),
                 started_at(a.started_at_ms),
                 attempt_duration(a, crate::wall_time::now_ms()),
                 a.exit_code.map_or("-".into(), |c| c.to_string()),
@@ -452,7 +456,7 @@ pub fn print_job_detail(job: &Job) {
         .collect();
     print_table(
         &[
-            "ATTEMPT", "WORKER", "LEASE", "OUTCOME", "STARTED", "DURATION", "EXIT", "ERROR",
+            "ATTEMPT", "WORKER", "LEASE", "STATE", "STARTED", "DURATION", "EXIT", "ERROR",
         ],
         &rows,
     );
@@ -536,6 +540,31 @@ mod tests {
         assert_eq!(
             attempt_duration(&attempt(1_000, 1_000 + 3_725_000), 0),
             "1h02m05s"
+        );
+    }
+
+    #[test]
+    fn an_attempt_under_way_is_in_the_state_of_its_job() {
+        let under_way = v1::Attempt::default();
+        let job = |state: v1::JobState| Job {
+            state: state as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            attempt_state(&under_way, &job(v1::JobState::PickedUp)),
+            "picked_up"
+        );
+        assert_eq!(
+            attempt_state(&under_way, &job(v1::JobState::Running)),
+            "running"
+        );
+        let expired = v1::Attempt {
+            outcome: v1::AttemptOutcome::Expired as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            attempt_state(&expired, &job(v1::JobState::PickedUp)),
+            "expired"
         );
     }
 }
