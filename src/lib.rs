@@ -24,25 +24,37 @@
 //! - [`cli`], [`demo`], [`bench`](mod@bench): what the binary runs; [`harness`] starts local clusters of
 //!   real replica processes for them and for the tests.
 
+#[cfg(unix)]
 pub mod bench;
 pub mod certs;
+#[cfg(unix)]
 pub mod chaos;
 pub mod cli;
 pub mod client;
+#[cfg(unix)]
 pub mod config;
+#[cfg(unix)]
 pub mod demo;
+#[cfg(unix)]
 pub mod disk;
+pub mod hangup;
+#[cfg(unix)]
 pub mod harness;
+#[cfg(unix)]
 pub mod master;
+#[cfg(unix)]
 pub mod memory;
 pub mod ops;
 pub mod pb;
 pub mod queue;
+#[cfg(unix)]
 pub mod raft;
 pub mod rpc;
+#[cfg(unix)]
 pub mod ssisdb;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod wall_time;
+#[cfg(unix)]
 pub mod worker;

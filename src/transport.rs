@@ -80,7 +80,7 @@ pub const INSECURE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// worker) talks plaintext without authentication. Also takes SIGHUP, which would otherwise
 /// end the process, and says there is nothing to reload.
 pub async fn warn_insecure_every_minute(process: &'static str) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = crate::hangup::Hangup::listen().ok();
     let mut every = tokio::time::interval(INSECURE_WARNING_INTERVAL);
     loop {
         tokio::select! {
@@ -91,7 +91,7 @@ pub async fn warn_insecure_every_minute(process: &'static str) {
                  replica. Use it only on a trusted loopback or test network; set [tls] ca, cert \
                  and key to secure it"
             ),
-            Some(()) = async {
+            () = async {
                 match hangup.as_mut() {
                     Some(signal) => signal.recv().await,
                     None => std::future::pending().await,

@@ -4,16 +4,21 @@
 //! Exit codes (DESIGN.md): 0 ok, 1 operation failed, 2 usage or config error, 3 cluster
 //! unavailable.
 
+mod certs;
 mod client_args;
 mod cluster;
 mod job;
+#[cfg(unix)]
 mod local;
 pub mod screen;
+#[cfg(unix)]
 mod serve;
+mod signal;
 mod status;
 pub mod table;
 mod workers;
 
+#[cfg(unix)]
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -23,7 +28,7 @@ use crate::telemetry::LogFormat;
 
 pub use client_args::{ClientArgs, ClientTlsArgs};
 pub use job::{state_name, JobSubmitArgs};
-use serve::shutdown_signal;
+use signal::shutdown_signal;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +47,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run a master replica.
+    #[cfg(unix)]
     Master {
         #[arg(long, env = "SCALEOUT_CONFIG")]
         config: PathBuf,
@@ -50,6 +56,7 @@ pub enum Command {
         overrides: Vec<String>,
     },
     /// Run a worker agent: it pulls tasks from the cluster and runs them.
+    #[cfg(unix)]
     Worker {
         #[arg(long, env = "SCALEOUT_WORKER_CONFIG")]
         config: PathBuf,
@@ -78,19 +85,22 @@ pub enum Command {
     /// Development certificates.
     Certs {
         #[command(subcommand)]
-        command: serve::CertsCommand,
+        command: certs::CertsCommand,
     },
     /// A replica's data dir: adopt a restored backup copy.
+    #[cfg(unix)]
     DataDir {
         #[command(subcommand)]
         command: serve::DataDirCommand,
     },
     /// The SSISDB connection of a replica's config: check it, or install the schema.
+    #[cfg(unix)]
     Ssisdb {
         #[command(subcommand)]
         command: serve::SsisdbCommand,
     },
     /// Start three local replicas, submit jobs, kill the leader, and show that nothing was lost.
+    #[cfg(unix)]
     Demo {
         /// Jobs to submit in all.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=10_000))]
@@ -100,6 +110,7 @@ pub enum Command {
     /// plan (kills, pauses, partitions, a lost disk, power cuts, clock steps, overlapping
     /// faults), then every invariant checked.
     /// Exits 1 if one broke.
+    #[cfg(unix)]
     Chaos {
         /// How long to inject faults, in minutes (fractions allowed: 0.75 replays the test
         /// suite's 45-second run).
@@ -118,6 +129,7 @@ pub enum Command {
         output: Output,
     },
     /// Benchmarks.
+    #[cfg(unix)]
     Bench {
         #[command(subcommand)]
         command: local::BenchCommand,
@@ -134,23 +146,32 @@ pub enum Command {
 impl Command {
     /// A long-running replica or worker process (they log at info by default).
     pub fn is_process(&self) -> bool {
-        matches!(self, Command::Master { .. } | Command::Worker { .. })
+        #[cfg(unix)]
+        return matches!(self, Command::Master { .. } | Command::Worker { .. });
+        #[cfg(not(unix))]
+        false
     }
 }
 
 /// Runs one command to its end.
 pub async fn run(command: Command) -> Result<(), CliError> {
     match command {
+        #[cfg(unix)]
         Command::Master { config, overrides } => serve::master(&config, &overrides).await,
+        #[cfg(unix)]
         Command::Worker { config, overrides } => serve::worker(&config, &overrides).await,
         Command::Workers { command } => command.run().await,
         Command::Cluster { command } => command.run().await,
         Command::Status(args) => status::status(&args).await,
         Command::Job { command } => command.run().await,
         Command::Certs { command } => command.run(),
+        #[cfg(unix)]
         Command::DataDir { command } => command.run(),
+        #[cfg(unix)]
         Command::Ssisdb { command } => command.run().await,
+        #[cfg(unix)]
         Command::Demo { jobs } => crate::demo::run(jobs).await.map_err(CliError::failed),
+        #[cfg(unix)]
         Command::Chaos {
             minutes,
             seed,
@@ -158,6 +179,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             keep_dir,
             output,
         } => local::chaos(minutes, seed, &faults, keep_dir, output).await,
+        #[cfg(unix)]
         Command::Bench { command } => command.run().await,
         Command::Completions { shell } => completions(shell),
     }
@@ -244,6 +266,7 @@ pub enum Output {
 }
 
 /// `--minutes` of `scaleout chaos`: more than 0 (at least one second), at most a day.
+#[cfg(unix)]
 fn chaos_minutes(text: &str) -> Result<f64, String> {
     let minutes: f64 = text
         .parse()

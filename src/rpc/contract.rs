@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::queue::QueueError;
+#[cfg(unix)]
 use crate::raft::{NodeId, ReplicaNode};
 
 /// The domain of every ErrorInfo this service sends.
@@ -127,6 +128,7 @@ pub fn with_reason(
 }
 
 /// UNAVAILABLE / NOT_LEADER, with the leader's API address when this replica knows it.
+#[cfg(unix)]
 pub fn not_leader(leader_id: Option<NodeId>, leader: Option<&ReplicaNode>) -> Status {
     let mut metadata = HashMap::new();
     if let Some(id) = leader_id {

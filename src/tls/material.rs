@@ -193,8 +193,7 @@ impl TlsMaterial {
     }
 
     async fn reload_loop(self: Arc<Self>) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
+        let mut hangup = match crate::hangup::Hangup::listen() {
             Ok(signal) => Some(signal),
             Err(error) => {
                 warn!(%error, "cannot listen for SIGHUP; certificates reload on file change only");
@@ -209,7 +208,7 @@ impl TlsMaterial {
             self.warn_if_expiring(&mut expiry_warned);
             let trigger = tokio::select! {
                 _ = poll.tick() => "file change",
-                Some(()) = async {
+                () = async {
                     match hangup.as_mut() {
                         Some(signal) => signal.recv().await,
                         None => std::future::pending().await,
