@@ -542,6 +542,68 @@ async fn cancelling_a_running_job_kills_its_process() {
     );
 }
 
+/// A cancel acknowledged by a new leader while the old one is frozen (SIGSTOP, the worker's
+/// connections to it hanging) reaches the worker within a renewal or two of the
+/// acknowledgment: the task stops writing output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_failover_reaches_the_worker_within_a_renewal() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = fast_cluster();
+    let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
+    cluster.start_worker(fast_worker("a")).expect("worker");
+    let client = cluster.client().expect("client").with_deadline(WAIT);
+    wait_workers(&client, 1).await;
+
+    let pid_file = cluster.root().join("task.pid");
+    let beat_file = cluster.root().join("task.beat");
+    let script = format!(
+        "echo $$ > {}; while true; do date +%s%N >> {}; sleep 0.05; done",
+        pid_file.display(),
+        beat_file.display()
+    );
+    let job = client
+        .submit_job(shell(&script), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let deadline = Instant::now() + WAIT;
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The job is running (its first renewal is in) before the leader freezes.
+    let deadline = Instant::now() + WAIT;
+    while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
+        assert!(Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.pause(leader, true).expect("SIGSTOP the leader");
+    let outcome = client.cancel_job(job).await;
+    let acknowledged = Instant::now();
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    while alive(pid) && acknowledged.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_after = acknowledged.elapsed();
+    cluster.pause(leader, false).expect("SIGCONT the leader");
+    outcome.expect("the cancel is acknowledged by the new leader");
+    // Two renewal intervals (2 x 500 ms) and the time to find the new leader.
+    assert!(
+        stopped_after < Duration::from_secs(2),
+        "the task still ran {stopped_after:?} after the cancel was acknowledged:\n{}",
+        cluster.worker_log_tail("a", 40)
+    );
+    let job = wait_terminal(&client, job, &cluster).await;
+    assert_eq!(job.state, JobState::Cancelled as i32);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_under_load_runs_every_job_exactly_once() {
     let _serial = SERIAL.lock().await;
