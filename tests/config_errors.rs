@@ -291,8 +291,8 @@ fn an_invalid_job_spec_exits_2_before_any_network_call() {
         .args([
             "job",
             "submit",
-            "--worker",
-            "not-a-uuid",
+            "--env",
+            "NO-EQUALS-SIGN",
             "--endpoints",
             "127.0.0.1:1",
             "--insecure",
@@ -302,7 +302,7 @@ fn an_invalid_job_spec_exits_2_before_any_network_call() {
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not-a-uuid"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NO-EQUALS-SIGN"));
 }
 
 #[test]

@@ -86,7 +86,8 @@ pub struct JobSubmitArgs {
     /// How many times the job may run (SSIS retry_count + 1), 1 to 100.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
-    /// A worker agent id allowed to run the job (repeatable); any worker when not given.
+    /// A worker allowed to run the job (repeatable): its id, a unique prefix of it or its display
+    /// name; any worker when not given.
     #[arg(long = "worker")]
     pub workers: Vec<String>,
     /// A tag the worker must have (repeatable).
@@ -131,7 +132,15 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, CliError
         .collect()
 }
 
-pub fn spec_from_args(args: &JobSubmitArgs) -> Result<v1::JobSpec, CliError> {
+/// The job spec the flags describe, checked as the replica will check it, and the `--worker`
+/// values that are not whole worker ids (a prefix or a display name, resolved through the
+/// registry by [`job_submit`]).
+pub fn spec_from_args(args: &JobSubmitArgs) -> Result<(v1::JobSpec, Vec<String>), CliError> {
+    let (ids, named): (Vec<String>, Vec<String>) = args
+        .workers
+        .iter()
+        .map(|worker| worker.trim().to_string())
+        .partition(|worker| uuid::Uuid::parse_str(worker).is_ok());
     let spec = v1::JobSpec {
         argv: args.command.clone(),
         name: args.name.clone().unwrap_or_default(),
@@ -139,7 +148,7 @@ pub fn spec_from_args(args: &JobSubmitArgs) -> Result<v1::JobSpec, CliError> {
         params: pairs(&args.params, "--param")?.into_iter().collect(),
         package: args.package.clone().unwrap_or_default(),
         max_attempts: args.max_attempts,
-        allowed_workers: args.workers.clone(),
+        allowed_workers: ids,
         tags: args.tags.clone(),
         timeout_secs: args.timeout.unwrap_or(0),
         priority: args.priority,
@@ -149,12 +158,16 @@ pub fn spec_from_args(args: &JobSubmitArgs) -> Result<v1::JobSpec, CliError> {
     crate::pb::spec_from_pb(spec.clone())
         .and_then(|domain: JobSpec| domain.validate())
         .map_err(CliError::usage)?;
-    Ok(spec)
+    Ok((spec, named))
 }
 
 pub async fn job_submit(args: &JobSubmitArgs) -> Result<(), CliError> {
-    let spec = spec_from_args(args)?;
+    let (mut spec, named) = spec_from_args(args)?;
     let client = args.client.client()?;
+    for worker in named {
+        let id = super::workers::resolve_worker(&client, &worker).await?;
+        spec.allowed_workers.push(id);
+    }
     // Made here, not in the client, so that it can be shown when the outcome is unknown.
     let key = args
         .idempotency_key
@@ -247,8 +260,10 @@ pub async fn job_cancel(id: u64, args: &ClientArgs) -> Result<(), CliError> {
 pub async fn job_logs(id: u64, follow: bool, args: &ClientArgs) -> Result<(), CliError> {
     let client = args.client()?;
     let mut after = 0;
+    let mut printed = 0;
     loop {
         let reply = client.get_job_logs(id, after, args.stale).await?;
+        printed += reply.lines.len();
         for line in &reply.lines {
             after = after.max(line.sequence);
             let text = line.line.as_ref().map_or("", |l| l.text.as_str());
@@ -281,6 +296,14 @@ pub async fn job_logs(id: u64, follow: bool, args: &ClientArgs) -> Result<(), Cl
             }
         }
         if !follow || reply.complete {
+            // Said on stderr, so a script reading the lines gets none and a person knows why.
+            if printed == 0 && args.output == Output::Table {
+                let why = match reply.complete {
+                    true => "it ended without writing any",
+                    false => "none yet; --follow waits for them",
+                };
+                eprintln!("job {id} has no log lines: {why}");
+            }
             return Ok(());
         }
         if reply.lines.is_empty() {
