@@ -585,6 +585,7 @@ async fn a_cancel_during_a_failover_reaches_the_worker_within_a_renewal() {
     }
 
     cluster.pause(leader, true).expect("SIGSTOP the leader");
+    let frozen = Instant::now();
     let outcome = client.cancel_job(job).await;
     let acknowledged = Instant::now();
     let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
@@ -593,6 +594,10 @@ async fn a_cancel_during_a_failover_reaches_the_worker_within_a_renewal() {
     }
     let stopped_after = acknowledged.elapsed();
     cluster.pause(leader, false).expect("SIGCONT the leader");
+    eprintln!(
+        "cancel acknowledged {:?} after the freeze; the task stopped {stopped_after:?} later",
+        acknowledged - frozen
+    );
     outcome.expect("the cancel is acknowledged by the new leader");
     // Two renewal intervals (2 x 500 ms) and the time to find the new leader.
     assert!(
