@@ -80,8 +80,6 @@ fn step(line: &str) -> Step {
 
 /// The bash session for `blocks`: each line echoed, then run; the first that fails stops it.
 fn session(blocks: &[Vec<String>]) -> String {
-    let scaleout = "target/release/scaleout";
-    let certs = "--tls-dir deploy/config/local/certs";
     let mut script = String::from(
         "set -euo pipefail\n\
          trap 'echo \"README line failed (exit $?): $BASH_COMMAND\" >&2' ERR\n\
@@ -94,9 +92,15 @@ fn session(blocks: &[Vec<String>]) -> String {
     );
     let mut terminal = 0;
     for block in blocks {
-        let mut started = Vec::new();
+        // What was started in the background since the last wait: the next command that
+        // needs it waits until it is ready, as a person watching those terminals would.
+        let mut started: Vec<String> = Vec::new();
         for line in block {
-            match step(line) {
+            let step = step(line);
+            if step != Step::Background && step != Step::Skip {
+                script.push_str(&readiness_waits(&std::mem::take(&mut started)));
+            }
+            match step {
                 Step::Skip => script.push_str(&format!("echo '# skipped: {}'\n", escape(line))),
                 Step::Background => {
                     terminal += 1;
@@ -113,19 +117,29 @@ fn session(blocks: &[Vec<String>]) -> String {
                 Step::Run => script.push_str(&format!("echo '+ {}' >&2\n{line}\n", escape(line))),
             }
         }
-        if started.iter().any(|line| line.contains(" master ")) {
-            script.push_str(&format!(
-                "wait_for 'a majority of the replicas' {scaleout} cluster status {certs}\n"
-            ));
-        }
-        if started.iter().any(|line| line.contains(" worker ")) {
-            script.push_str(&format!(
-                "wait_for 'the worker to register' sh -c \
-                 '{scaleout} workers list {certs} | grep -q local-worker-1'\n"
-            ));
-        }
+        script.push_str(&readiness_waits(&started));
     }
     script
+}
+
+/// The waits for what `started` (background lines) start: replicas until they have a
+/// majority, a worker until it is registered.
+fn readiness_waits(started: &[String]) -> String {
+    let scaleout = "target/release/scaleout";
+    let certs = "--tls-dir deploy/config/local/certs";
+    let mut waits = String::new();
+    if started.iter().any(|line| line.contains(" master ")) {
+        waits.push_str(&format!(
+            "wait_for 'a majority of the replicas' {scaleout} cluster status {certs}\n"
+        ));
+    }
+    if started.iter().any(|line| line.contains(" worker ")) {
+        waits.push_str(&format!(
+            "wait_for 'the worker to register' sh -c \
+             '{scaleout} workers list {certs} | grep -q local-worker-1'\n"
+        ));
+    }
+    waits
 }
 
 /// `line` inside single quotes.
@@ -272,4 +286,16 @@ fn only_sh_blocks_are_the_walkthrough() {
         Step::Run
     );
     assert_eq!(step("# a comment"), Step::Skip);
+    // A command after a background one waits until what it started is ready.
+    let blocks = vec![vec![
+        "target/release/scaleout worker --config w.toml".to_string(),
+        "target/release/scaleout workers list".to_string(),
+    ]];
+    let script = session(&blocks);
+    let wait = script.find("wait_for 'the worker").expect("a wait");
+    assert!(
+        wait < script
+            .find("\ntarget/release/scaleout workers list")
+            .expect("the list")
+    );
 }

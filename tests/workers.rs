@@ -493,6 +493,29 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     );
 }
 
+/// Submits a shell task that first writes its pid to the cluster dir, then runs `script`;
+/// returns the job and the task's pid once it runs.
+async fn start_task(client: &Client, cluster: &LocalCluster, script: &str) -> (u64, i32) {
+    let pid_file = cluster.root().join("task.pid");
+    let script = format!("echo $$ > {}; {script}", pid_file.display());
+    let job = client
+        .submit_job(shell(&script), None)
+        .await
+        .expect("submit")
+        .job_id;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return (job, pid);
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_kills_its_process() {
     let _serial = SERIAL.lock().await;
@@ -502,24 +525,7 @@ async fn cancelling_a_running_job_kills_its_process() {
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 
-    let pid_file = cluster.root().join("task.pid");
-    let script = format!("echo $$ > {}; exec sleep 600", pid_file.display());
-    let job = client
-        .submit_job(shell(&script), None)
-        .await
-        .expect("submit")
-        .job_id;
-    let deadline = Instant::now() + WAIT;
-    let pid: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the task never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (job, pid) = start_task(&client, &cluster, "exec sleep 600").await;
     let cancelled_at = Instant::now();
     client.cancel_job(job).await.expect("cancel");
     // Poll until the process is gone (bounded); the requirement is asserted below.
@@ -554,29 +560,12 @@ async fn a_cancel_during_a_failover_reaches_the_worker_within_a_renewal() {
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 
-    let pid_file = cluster.root().join("task.pid");
     let beat_file = cluster.root().join("task.beat");
     let script = format!(
-        "echo $$ > {}; while true; do date +%s%N >> {}; sleep 0.05; done",
-        pid_file.display(),
+        "while true; do date +%s%N >> {}; sleep 0.05; done",
         beat_file.display()
     );
-    let job = client
-        .submit_job(shell(&script), None)
-        .await
-        .expect("submit")
-        .job_id;
-    let deadline = Instant::now() + WAIT;
-    let pid: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the task never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (job, pid) = start_task(&client, &cluster, &script).await;
     // The job is running (its first renewal is in) before the leader freezes.
     let deadline = Instant::now() + WAIT;
     while client.get_job(job, false).await.expect("get").state != JobState::Running as i32 {
