@@ -33,6 +33,7 @@ pub mod cli;
 pub mod client;
 #[cfg(unix)]
 pub mod config;
+pub mod console;
 #[cfg(unix)]
 pub mod demo;
 #[cfg(unix)]

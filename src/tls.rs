@@ -429,7 +429,7 @@ fn parse_x509<'a>(
         })
 }
 
-fn client_verifier(
+pub(crate) fn client_verifier(
     ca: &[CertificateDer<'static>],
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();

@@ -65,6 +65,13 @@ impl ClientTlsArgs {
         if self.insecure {
             return Ok(Security::Insecure);
         }
+        let material = TlsMaterial::load(self.paths()?).map_err(CliError::usage)?;
+        Ok(Security::MutualTls(material))
+    }
+
+    /// The CA, certificate and key files these flags name; a usage error naming the flag that
+    /// is missing.
+    pub fn paths(&self) -> Result<TlsPaths, CliError> {
         let from_dir = self
             .tls_dir
             .as_ref()
@@ -88,8 +95,7 @@ impl ClientTlsArgs {
             )?,
             key: pick(&self.key, from_dir.as_ref().map(|p| p.key.clone()), "key")?,
         };
-        let material = TlsMaterial::load(paths).map_err(CliError::usage)?;
-        Ok(Security::MutualTls(material))
+        Ok(paths)
     }
 }
 

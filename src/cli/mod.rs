@@ -7,6 +7,7 @@
 mod certs;
 mod client_args;
 mod cluster;
+mod console;
 mod job;
 #[cfg(unix)]
 mod local;
@@ -134,6 +135,11 @@ pub enum Command {
         #[command(subcommand)]
         command: local::BenchCommand,
     },
+    /// The web console: sign-in tokens.
+    Console {
+        #[command(subcommand)]
+        command: console::ConsoleCommand,
+    },
     /// Print a completion script for a shell, e.g. `scaleout completions bash >
     /// /etc/bash_completion.d/scaleout`, or in PowerShell `scaleout completions powershell |
     /// Out-String | Invoke-Expression` (add it to $PROFILE to keep it).
@@ -181,6 +187,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         } => local::chaos(minutes, seed, &faults, keep_dir, output).await,
         #[cfg(unix)]
         Command::Bench { command } => command.run().await,
+        Command::Console { command } => command.run(),
         Command::Completions { shell } => completions(shell),
     }
 }
