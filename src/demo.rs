@@ -330,6 +330,22 @@ async fn show_operations(cluster: &LocalCluster, leader: u64) -> anyhow::Result<
             ready.body.trim()
         );
     }
+    let consoles: Vec<String> = cluster
+        .replicas
+        .iter()
+        .filter_map(|replica| replica.console_addr.as_ref())
+        .map(|addr| format!("https://{addr}/"))
+        .collect();
+    if let Some(certs) = cluster
+        .identity_paths(&crate::tls::Role::Operator("operator".into()))
+        .and_then(|paths| paths.ca.parent().map(|dir| dir.display().to_string()))
+    {
+        println!(
+            "web console (any replica): {}; sign in with the token of `scaleout console token \
+             --tls-dir {certs} --identity operator` (the CA is {certs}/ca.pem)",
+            consoles.join(", ")
+        );
+    }
     let page = probe::get(&cluster.replica(leader)?.metrics_addr, "/metrics", PROBE).await?;
     let samples = probe::samples(&page.body);
     let value = |series: &str| samples.get(series).copied().unwrap_or(0.0);

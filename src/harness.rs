@@ -44,6 +44,8 @@ pub struct ReplicaProcess {
     pub peer_listen: String,
     /// Where the replica serves `/metrics`, `/healthz` and `/readyz` (plain HTTP).
     pub metrics_addr: String,
+    /// Where the replica serves the web console (HTTPS), on a cluster with TLS.
+    pub console_addr: Option<String>,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
@@ -287,6 +289,14 @@ impl LocalCluster {
             (security, String::new())
         };
         let metrics_addr = format!("127.0.0.1:{}", free_ports(1)?[0]);
+        let console_addr = match self.certs {
+            Some(_) => Some(format!("127.0.0.1:{}", free_ports(1)?[0])),
+            None => None,
+        };
+        let console = console_addr
+            .as_ref()
+            .map(|addr| format!("console_listen = \"{addr}\"\n"))
+            .unwrap_or_default();
         let clock = if self.options.steppable_clocks {
             format!(
                 "test_clock_offset_file = \"{}\"\n",
@@ -299,7 +309,7 @@ impl LocalCluster {
             &config_path,
             format!(
                 "id = {id}\ndata_dir = \"{}\"\napi_listen = \"{}\"\npeer_listen = \"{}\"\n\
-                 metrics_listen = \"{metrics_addr}\"\n{top}{listed}\n[workers]\n\
+                 metrics_listen = \"{metrics_addr}\"\n{console}{top}{listed}\n[workers]\n\
                  approval = \"auto\"\n{clock}{tables}",
                 data_dir.display(),
                 me.api_listen,
@@ -313,6 +323,7 @@ impl LocalCluster {
             api_listen: me.api_listen,
             peer_listen: me.peer_listen,
             metrics_addr,
+            console_addr,
             config_path,
             data_dir,
             log_path: dir.join("replica.log"),
@@ -477,6 +488,12 @@ impl LocalCluster {
             ],
             None => vec!["--insecure".into()],
         }
+    }
+
+    /// The certificate files of `role` (an operator or admin the cluster's CA issued), on a
+    /// cluster with TLS.
+    pub fn identity_paths(&self, role: &Role) -> Option<crate::tls::TlsPaths> {
+        self.certs.as_ref().map(|certs| certs.paths(role))
     }
 
     pub fn replica(&self, id: u64) -> anyhow::Result<&ReplicaProcess> {

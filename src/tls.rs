@@ -562,6 +562,19 @@ pub fn server_config(identity: &TlsIdentity) -> Result<ServerConfig, TlsError> {
     Ok(config)
 }
 
+/// A server config for browsers (the web console): presents `identity` over HTTP/1.1 and asks
+/// for no client certificate; people sign in with a token instead (`console::token`).
+pub fn browser_server_config(identity: &TlsIdentity) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A client config that trusts only the identity's CA and presents the identity's certificate.
 pub fn client_config(identity: &TlsIdentity) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();

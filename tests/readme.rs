@@ -5,7 +5,7 @@
 //! runs of half an hour.
 //!
 //! What differs from a person following it, and why:
-//! - the sample configs' ports (71xx, 72xx) are rewritten to free ones and `SCALEOUT_ENDPOINTS`
+//! - the sample configs' ports (71xx, 72xx, 73xx) are rewritten to free ones and `SCALEOUT_ENDPOINTS`
 //!   names the new API ports (tests run in parallel; a developer's own cluster may hold 7101);
 //! - `target/release/scaleout` is this build's binary, and `cargo build --release` is skipped;
 //! - a command that runs until stopped (a replica, a worker, `status --watch` without
@@ -153,10 +153,11 @@ fn lay_out(root: &Path) -> Vec<String> {
     let samples = repository().join("deploy/config/local");
     let configs = root.join("deploy/config/local");
     std::fs::create_dir_all(&configs).expect("config dir");
-    let ports = scaleout::harness::free_ports(6).expect("free ports");
+    const SAMPLE_PORTS: [u16; 9] = [7101, 7102, 7103, 7201, 7202, 7203, 7301, 7302, 7303];
+    let ports = scaleout::harness::free_ports(SAMPLE_PORTS.len()).expect("free ports");
     let renumber = |text: &str| {
         let mut text = text.to_string();
-        for (i, sample) in [7101, 7102, 7103, 7201, 7202, 7203].iter().enumerate() {
+        for (i, sample) in SAMPLE_PORTS.iter().enumerate() {
             text = text.replace(
                 &format!("127.0.0.1:{sample}"),
                 &format!("127.0.0.1:{}", ports[i]),

@@ -270,6 +270,7 @@ pub(super) fn build(
             .or_else(|| me.map(|m| m.peer.clone()))
             .unwrap_or_default(),
         metrics_listen: raw.metrics_listen.filter(|addr| !addr.trim().is_empty()),
+        console_listen: raw.console_listen.filter(|addr| !addr.trim().is_empty()),
         members: raw.members,
         peer_routes: raw.peer_routes,
         raft: raw.raft,
@@ -322,6 +323,8 @@ pub(super) struct RawConfig {
     peer_listen: Option<String>,
     #[serde(default)]
     metrics_listen: Option<String>,
+    #[serde(default)]
+    console_listen: Option<String>,
     #[serde(default)]
     peer_routes: Vec<PeerRoute>,
     members: Vec<MemberConfig>,

@@ -42,6 +42,7 @@
 //! | `api_listen` | (default: this replica's `api`) Socket address the client/worker API binds, e.g. `0.0.0.0:7101`. |
 //! | `peer_listen` | (default: this replica's `peer`) Socket address the Raft (replica to replica) service binds. |
 //! | `metrics_listen` | (default: none, off) Socket address of the plain-HTTP endpoint serving `/metrics` (Prometheus text format), `/healthz` (the process is alive) and `/readyz` (a voter that hears a leader and has applied what it knows committed). It carries numbers and ids, never job parameters or logs; bind it to a management network. |
+//! | `console_listen` | (default: none, off) Socket address of the web console, served over HTTPS with the replica's own certificate (no client certificate asked: people sign in with a token from `scaleout console token`, checked against the CA, and get the API's rights of its operator or admin role). Needs `[tls]`. Off in the production samples, on in the local ones and the demo. |
 //! | `peer_routes` | (default: none) An array of tables (`[[peer_routes]]`), each with `id` and `address`: the host:port this replica dials to reach member `id`, instead of that member's `peer` address (NAT, a proxy, another interface). Only this replica uses it; the others still learn the member's `peer` address. |
 //! | `members` | The static bootstrap member list, an array of tables (`[[members]]`), identical in every replica's file. Each entry has `id`, `api` (host:port that clients and workers dial) and `peer` (host:port that other replicas dial). All ids and all addresses must be distinct. |
 //! | `raft.heartbeat_interval_ms` | (default: 100) Leader heartbeat interval; also openraft's append RPC deadline. |
@@ -158,6 +159,8 @@ pub struct MasterConfig {
     pub peer_listen: String,
     /// `/metrics`, `/healthz` and `/readyz` (plain HTTP); `None`: not served.
     pub metrics_listen: Option<String>,
+    /// The web console (HTTPS); `None`: not served.
+    pub console_listen: Option<String>,
     /// The static bootstrap member list.
     pub members: Vec<MemberConfig>,
     /// Where this replica dials some members instead of their `peer` address.
@@ -362,6 +365,36 @@ impl MasterConfig {
                         "{metrics_listen} is also api_listen or peer_listen; give the metrics \
                          endpoint an address of its own"
                     ),
+                );
+            }
+        }
+        if let Some(console_listen) = &self.console_listen {
+            check_addr(console_listen, true).or_else(|e| bad("console_listen", e))?;
+            let taken = [
+                Some(&self.api_listen),
+                Some(&self.peer_listen),
+                self.metrics_listen.as_ref(),
+            ];
+            if taken
+                .iter()
+                .flatten()
+                .any(|taken| taken.eq_ignore_ascii_case(console_listen))
+            {
+                return bad(
+                    "console_listen",
+                    format!(
+                        "{console_listen} is also api_listen, peer_listen or metrics_listen; give \
+                         the console an address of its own"
+                    ),
+                );
+            }
+            if self.insecure {
+                return bad(
+                    "console_listen",
+                    "the console is served over HTTPS with the replica's certificate and signs \
+                     people in with tokens checked against the CA: it needs [tls], not \
+                     insecure = true"
+                        .to_string(),
                 );
             }
         }

@@ -132,6 +132,7 @@ pub(super) const TOP: &[Field] = &[
     opt("api_listen", Kind::Str),
     opt("peer_listen", Kind::Str),
     opt("metrics_listen", Kind::Str),
+    opt("console_listen", Kind::Str),
     opt("peer_routes", Kind::TableArray(PEER_ROUTE)),
     req(
         "members",

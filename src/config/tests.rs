@@ -184,6 +184,21 @@ fn each_validation_rule_names_its_key() {
             "not host:port",
         ),
         (
+            vec!["console_listen=console-host".into()],
+            "console_listen",
+            "not host:port",
+        ),
+        (
+            vec!["console_listen=127.0.0.1:7202".into()],
+            "console_listen",
+            "address of its own",
+        ),
+        (
+            vec!["console_listen=127.0.0.1:7443".into()],
+            "console_listen",
+            "needs [tls]",
+        ),
+        (
             vec!["peer_routes=[{id=2,address=\"127.0.0.1:7999\"}]".into()],
             "peer_routes[0].id",
             "own id",
@@ -952,6 +967,7 @@ fn schema_matches_structs() {
         address: "127.0.0.1:7303".into(),
     }];
     c.metrics_listen = Some("127.0.0.1:9464".into());
+    c.console_listen = Some("127.0.0.1:7443".into());
     c.workers.test_clock_offset_file = Some(dir.path().join("clock-offset"));
     let mut from_structs = BTreeSet::new();
     leaves(

@@ -15,6 +15,7 @@ pub mod authz;
 mod bootstrap;
 mod check_quorum;
 pub mod clock;
+mod console;
 mod forward;
 mod handover;
 mod health;

@@ -138,6 +138,10 @@ pub async fn run(
         Some(addr) => Some(bind("metrics", addr).await?),
         None => None,
     };
+    let console_listener = match &config.console_listen {
+        Some(addr) => Some(bind("console", addr).await?),
+        None => None,
+    };
     let registry = Registry::new();
 
     let storage = open_storage(
@@ -350,6 +354,18 @@ pub async fn run(
         ))
     };
     let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let admin_api = AdminApi::new(
+        raft.clone(),
+        reads.clone(),
+        network.clone(),
+        committed,
+        proposer.clone(),
+        handovers.clone(),
+        queue.clone(),
+        config.workers.clone(),
+        sightings.clone(),
+        admission.storage_id,
+    );
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .layer(GrpcTimingLayer::new(registry.clone()))
@@ -370,20 +386,9 @@ pub async fn run(
             .max_encoding_message_size(max_bytes),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(
-                raft.clone(),
-                reads.clone(),
-                network.clone(),
-                committed,
-                proposer.clone(),
-                handovers.clone(),
-                queue.clone(),
-                config.workers.clone(),
-                sightings.clone(),
-                admission.storage_id,
-            ))
-            .max_decoding_message_size(max_bytes)
-            .max_encoding_message_size(max_bytes),
+            AdminServiceServer::new(admin_api.clone())
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes),
         )
         .add_service(
             WorkerServiceServer::new(WorkerApi::new(
@@ -403,6 +408,16 @@ pub async fn run(
             stopped(stop_rx.clone()),
         );
     let mut api_task = tokio::spawn(api_server);
+    // `console_listen` needs [tls] (checked with the config).
+    let console_server = match (console_listener, &security) {
+        (Some(listener), Security::MutualTls(material)) => Some(super::console::serve(
+            listener,
+            material.clone(),
+            admin_api.clone(),
+            stopped(stop_rx.clone()),
+        )?),
+        _ => None,
+    };
     let ops_server = match metrics_listener {
         Some(listener) => Some(
             crate::ops::serve(
@@ -515,6 +530,7 @@ pub async fn run(
     }
     watcher.abort();
     drop(ops_server);
+    drop(console_server);
     leader_duties.abort();
     if let Some(heartbeat) = heartbeat_duties {
         heartbeat.abort();

@@ -131,6 +131,11 @@ impl TlsMaterial {
         self.current().server.clone()
     }
 
+    /// The identity in use now (its certificate, key and CA).
+    pub fn identity(&self) -> TlsIdentity {
+        self.current().identity.clone()
+    }
+
     /// The config for making a connection now.
     pub fn client_config(&self) -> Arc<ClientConfig> {
         self.current().client.clone()

@@ -1,0 +1,214 @@
+//! The web console over HTTPS, page by page and action by action (status codes, sign-in, roles,
+//! CSRF, no stack traces), against a real local cluster. Browser tests (Chromium) are separate.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use scaleout::console::token;
+use scaleout::harness::{ClusterOptions, LocalCluster};
+use scaleout::tls::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_scaleout"))
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.0 request over TLS to `addr`, trusting `ca` (the cluster's CA).
+async fn https(
+    addr: &str,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> Answer {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("a root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(scaleout::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let host = addr.split(':').next().expect("host").to_string();
+    let name = rustls::pki_types::ServerName::try_from(host).expect("server name");
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let body = form.unwrap_or_default();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(cookie) = cookie {
+        request.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    if form.is_some() {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    tls.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(SETTLE, tls.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn token_for(cluster: &LocalCluster, role: &Role) -> String {
+    let paths = cluster.identity_paths(role).expect("a TLS cluster");
+    let identity =
+        scaleout::tls::load_identity(&paths.ca, &paths.cert, &paths.key).expect("identity");
+    token::issue(
+        &identity,
+        Duration::from_secs(3600),
+        scaleout::wall_time::now_ms(),
+    )
+    .expect("token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_see_the_cluster_and_sign_out() {
+    scaleout::tls::install_crypto_provider();
+    let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("cluster");
+    let (leader, _) = cluster.wait_for_leader(SETTLE).await.expect("a leader");
+    let follower = cluster.follower_of(leader).expect("a follower");
+    let addr = cluster
+        .replica(follower)
+        .expect("replica")
+        .console_addr
+        .clone()
+        .expect("a console");
+    let ca = cluster
+        .identity_paths(&Role::Operator("operator".into()))
+        .expect("paths")
+        .ca;
+    let get = |path: &'static str, cookie: Option<String>| {
+        let (addr, ca) = (addr.clone(), ca.clone());
+        async move { https(&addr, &ca, "GET", path, cookie.as_deref(), None).await }
+    };
+    let post = |path: &'static str, cookie: Option<String>, form: String| {
+        let (addr, ca) = (addr.clone(), ca.clone());
+        async move { https(&addr, &ca, "POST", path, cookie.as_deref(), Some(&form)).await }
+    };
+
+    // Not signed in: every page sends to the sign-in page.
+    let answer = get("/", None).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    assert_eq!(answer.header("location"), Some("/signin"));
+    let answer = get("/signin", None).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("name=\"token\""), "{}", answer.body);
+
+    // A wrong token is refused with the reason, and no trace of the server's insides.
+    let answer = post("/signin", None, "token=sot1.a.b.c".into()).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(answer.body.contains("damaged"), "{}", answer.body);
+    assert!(!answer.body.contains("panicked") && !answer.body.contains("src/"));
+
+    // The operator's token signs in: a locked-down cookie, then the overview.
+    let token = token_for(&cluster, &Role::Operator("operator".into()));
+    let answer = post("/signin", None, format!("token={}", form_encode(&token))).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let cookie = answer.header("set-cookie").expect("a cookie").to_string();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let answer = get("/", Some(session.clone())).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(
+        answer
+            .body
+            .contains(&format!("Leader: <strong>replica {leader}")),
+        "{}",
+        answer.body
+    );
+    for id in 1..=3 {
+        assert!(answer.body.contains(&format!("data-replica=\"{id}\"")));
+    }
+    assert!(
+        answer.body.contains("operator operator"),
+        "who is signed in"
+    );
+
+    // Signing out needs the page's CSRF token.
+    let answer = post("/signout", Some(session.clone()), "csrf=guess".into()).await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(answer.body.contains("CSRF"), "{}", answer.body);
+    let csrf = scaleout::console::session::csrf_for(&token);
+    let answer = post("/signout", Some(session.clone()), format!("csrf={csrf}")).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    assert!(answer
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("Max-Age=0")));
+
+    // The admin's token works on another replica too: nothing is stored where it signed in.
+    let leader_console = cluster
+        .replica(leader)
+        .expect("replica")
+        .console_addr
+        .clone()
+        .expect("a console");
+    let admin = token_for(&cluster, &Role::Admin("admin".into()));
+    let answer = https(
+        &leader_console,
+        &ca,
+        "GET",
+        "/",
+        Some(&format!("scaleout_session={admin}")),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(answer.body.contains("admin admin"));
+}
