@@ -212,3 +212,156 @@ async fn sign_in_see_the_cluster_and_sign_out() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.body.contains("admin admin"));
 }
+
+/// Waits until `path` on the console answers a page containing every one of `wanted`.
+async fn wait_for_page(addr: &str, ca: &Path, cookie: &str, path: &str, wanted: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let answer = https(addr, ca, "GET", path, Some(cookie), None).await;
+        if answer.status == 200 && wanted.iter().all(|w| answer.body.contains(w)) {
+            return answer.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never showed {wanted:?}; last answer: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_workers_through_the_forms_with_the_roles_of_the_api() {
+    use scaleout::harness::{wait_for_workers, WorkerOptions};
+    scaleout::tls::install_crypto_provider();
+    let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("cluster");
+    cluster.wait_for_leader(SETTLE).await.expect("a leader");
+    cluster
+        .start_worker(WorkerOptions {
+            extra_config: vec![
+                "task_heartbeat_interval_ms = 500".into(),
+                "agent_heartbeat_interval_ms = 300".into(),
+                "task_request_max_cpu = 100.0".into(),
+                "task_request_min_memory_mb = 0".into(),
+            ],
+            ..WorkerOptions::named("console-worker")
+        })
+        .expect("a worker");
+    let client = cluster.client().expect("client");
+    wait_for_workers(&client, 1, SETTLE)
+        .await
+        .expect("the worker online");
+    let worker_id = client.list_workers(false).await.expect("workers")[0]
+        .info
+        .clone()
+        .expect("info")
+        .worker_id;
+    let addr = cluster.replicas[0].console_addr.clone().expect("a console");
+    let ca = cluster
+        .identity_paths(&Role::Operator("operator".into()))
+        .expect("paths")
+        .ca;
+    let operator = token_for(&cluster, &Role::Operator("operator".into()));
+    let (cookie, csrf) = (
+        format!("scaleout_session={operator}"),
+        scaleout::console::session::csrf_for(&operator),
+    );
+    let post = |path: String, cookie: String, form: String| {
+        let (addr, ca) = (addr.clone(), ca.clone());
+        async move { https(&addr, &ca, "POST", &path, Some(&cookie), Some(&form)).await }
+    };
+
+    // Submit through the form; the job page follows it to succeeded with its log line.
+    let form = format!(
+        "csrf={csrf}&name=hello-console&argv={}&max_attempts=1",
+        form_encode("/bin/echo\nhello from the console")
+    );
+    let answer = post("/jobs".into(), cookie.clone(), form).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let job_path = answer
+        .header("location")
+        .expect("the job's page")
+        .to_string();
+    wait_for_page(
+        &addr,
+        &ca,
+        &cookie,
+        &job_path,
+        &["id=\"state\">succeeded", "hello from the console"],
+    )
+    .await;
+    let list = wait_for_page(
+        &addr,
+        &ca,
+        &cookie,
+        "/jobs?state=succeeded",
+        &["hello-console"],
+    )
+    .await;
+    assert!(list.contains(&format!("href=\"{job_path}\"")), "{list}");
+
+    // Bad forms are refused with the reason; a form without the CSRF token is refused.
+    let answer = post(
+        "/jobs".into(),
+        cookie.clone(),
+        format!("csrf={csrf}&argv=true&max_attempts=x"),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(answer.body.contains("attempts"), "{}", answer.body);
+    let answer = post("/jobs".into(), cookie.clone(), "argv=true".into()).await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    let answer = https(&addr, &ca, "GET", "/jobs?state=nope", Some(&cookie), None).await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+
+    // Cancel a running job from its page.
+    let form = format!(
+        "csrf={csrf}&name=sleeper&argv={}",
+        form_encode("/bin/sleep\n600")
+    );
+    let answer = post("/jobs".into(), cookie.clone(), form).await;
+    let sleeper = answer
+        .header("location")
+        .expect("the job's page")
+        .to_string();
+    wait_for_page(&addr, &ca, &cookie, &sleeper, &["id=\"state\">running"]).await;
+    let answer = post(
+        format!("{sleeper}/cancel"),
+        cookie.clone(),
+        format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    wait_for_page(&addr, &ca, &cookie, &sleeper, &["id=\"state\">cancelled"]).await;
+
+    // Workers: an operator may look but not drain; the refusal names the role needed.
+    let page = wait_for_page(&addr, &ca, &cookie, "/workers", &["console-worker"]).await;
+    assert!(page.contains(&worker_id), "{page}");
+    let drain = format!("/workers/{worker_id}/drain");
+    let answer = post(drain.clone(), cookie.clone(), format!("csrf={csrf}")).await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(
+        answer
+            .body
+            .contains("Draining a worker needs the admin role; you are signed in as operator"),
+        "{}",
+        answer.body
+    );
+    let admin = token_for(&cluster, &Role::Admin("admin".into()));
+    let admin_cookie = format!("scaleout_session={admin}");
+    let admin_csrf = scaleout::console::session::csrf_for(&admin);
+    let answer = post(drain, admin_cookie.clone(), format!("csrf={admin_csrf}")).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    wait_for_page(&addr, &ca, &admin_cookie, "/workers", &["online, draining"]).await;
+    for answer in [
+        https(&addr, &ca, "GET", "/jobs/999999", Some(&cookie), None).await,
+        post(
+            format!("/workers/{worker_id}/explode"),
+            admin_cookie.clone(),
+            format!("csrf={admin_csrf}"),
+        )
+        .await,
+    ] {
+        assert_eq!(answer.status, 404, "{answer:?}");
+        assert!(!answer.body.contains("panicked") && !answer.body.contains(".rs:"));
+    }
+}

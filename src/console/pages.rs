@@ -2,8 +2,9 @@
 //! the API's messages to HTML, escaped, with no script needed to read them. Live parts reload
 //! themselves (the overview every few seconds), so a page left open follows a failover.
 
-use crate::cli::screen::{job_counts_by_state, versions, Quorum};
-use crate::pb::v1::ClusterStatusResponse;
+use crate::cli::screen::{format_age, format_utc, job_counts_by_state, versions, Quorum};
+use crate::pb::v1::{ClusterStatusResponse, Job, JobLogLine, Worker};
+use crate::queue::JobState;
 use crate::tls::Role;
 
 /// How often the overview reloads itself.
@@ -50,7 +51,8 @@ pub fn page(
         .unwrap_or_default();
     let who = match viewer {
         Some(viewer) => format!(
-            "<a href=\"/\">Overview</a><form method=\"post\" action=\"/signout\">\
+            "<a href=\"/\">Overview</a><a href=\"/jobs\">Jobs</a><a href=\"/workers\">Workers</a>\
+             <form method=\"post\" action=\"/signout\">\
              <span>{}</span> <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button>Sign out</button></form>",
             escape(&viewer.role.to_string()),
@@ -63,6 +65,18 @@ pub fn page(
          <title>{} · scaleout</title><style>{STYLE}</style></head><body>\
          <header><strong>scaleout</strong>{who}</header><main>{body}</main></body></html>",
         escape(title)
+    )
+}
+
+/// `html` (a whole page) with `notice` shown above its content.
+pub fn with_notice(html: String, notice: &str) -> String {
+    html.replacen(
+        "<main>",
+        &format!(
+            "<main><p class=\"muted\" id=\"notice\">{}</p>",
+            escape(notice)
+        ),
+        1,
     )
 }
 
@@ -173,6 +187,238 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse) -> String {
     page("Overview", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
 }
 
+/// The name of a job state from the API's number.
+fn state_name(state: i32) -> &'static str {
+    crate::cli::state_name(state)
+}
+
+/// A form that posts to `action` with the session's CSRF token; `confirm`: a question the
+/// browser asks first.
+fn action_form(viewer: &Viewer<'_>, action: &str, label: &str, confirm: Option<&str>) -> String {
+    let confirm = confirm
+        .map(|q| format!(" onsubmit=\"return confirm('{}')\"", escape(q)))
+        .unwrap_or_default();
+    format!(
+        "<form method=\"post\" action=\"{}\" style=\"display:inline\"{confirm}>\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>{}</button></form>",
+        escape(action),
+        escape(viewer.csrf),
+        escape(label)
+    )
+}
+
+/// Jobs by id, a page at a time, filtered by `state`; the submit form below.
+pub fn jobs(viewer: &Viewer<'_>, jobs: &[Job], state: Option<JobState>, next_after: u64) -> String {
+    let mut body = String::from("<h1>Jobs</h1><p>");
+    let all = match state {
+        None => "<strong>all</strong>".to_string(),
+        Some(_) => "<a href=\"/jobs\">all</a>".to_string(),
+    };
+    body.push_str(&all);
+    for candidate in JobState::ALL {
+        let name = candidate.as_str();
+        if state == Some(candidate) {
+            body.push_str(&format!(" · <strong>{}</strong>", name.replace('_', " ")));
+        } else {
+            body.push_str(&format!(
+                " · <a href=\"/jobs?state={name}\">{}</a>",
+                name.replace('_', " ")
+            ));
+        }
+    }
+    body.push_str(
+        "</p><table id=\"jobs\"><tr><th>Job</th><th>State</th><th>Name</th><th>Attempts</th>\
+         <th>Command</th></tr>",
+    );
+    for job in jobs {
+        let spec = job.spec.clone().unwrap_or_default();
+        let command = match spec.package.is_empty() {
+            true => spec.argv.join(" "),
+            false => spec.package.clone(),
+        };
+        body.push_str(&format!(
+            "<tr data-job=\"{}\"><td><a href=\"/jobs/{}\">{}</a></td><td>{}</td><td>{}</td>\
+             <td>{}/{}</td><td><code>{}</code></td></tr>",
+            job.id,
+            job.id,
+            job.id,
+            state_name(job.state),
+            escape(&spec.name),
+            job.attempts.len(),
+            spec.max_attempts.max(1),
+            escape(&command)
+        ));
+    }
+    body.push_str("</table>");
+    if jobs.is_empty() {
+        body.push_str("<p class=\"muted\">No jobs here.</p>");
+    }
+    if next_after > 0 {
+        let filter = state
+            .map(|s| format!("state={}&amp;", s.as_str()))
+            .unwrap_or_default();
+        body.push_str(&format!(
+            "<p><a href=\"/jobs?{filter}after={next_after}\">Next page</a></p>"
+        ));
+    }
+    body.push_str(&format!(
+        "<h2>Submit a job</h2><form method=\"post\" action=\"/jobs\" id=\"submit\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <p><label>Name <input name=\"name\"></label></p>\
+         <p><label>Command, one argument per line<br>\
+         <textarea name=\"argv\" rows=\"3\" cols=\"60\"></textarea></label></p>\
+         <p><label>or an SSIS package (.dtsx) <input name=\"package\" size=\"50\"></label></p>\
+         <p><label>Parameters, NAME=VALUE per line<br>\
+         <textarea name=\"params\" rows=\"2\" cols=\"60\"></textarea></label></p>\
+         <p><label>Attempts <input name=\"max_attempts\" value=\"1\" size=\"3\"></label> \
+         <label>Priority <input name=\"priority\" value=\"0\" size=\"4\"></label> \
+         <label>Timeout (s, 0: none) <input name=\"timeout_secs\" value=\"0\" size=\"6\"></label></p>\
+         <p><label>Tags (comma-separated) <input name=\"tags\"></label> \
+         <label>Workers (ids, comma-separated) <input name=\"workers\" size=\"40\"></label></p>\
+         <p><button>Submit</button></p></form>",
+        escape(viewer.csrf)
+    ));
+    page("Jobs", Some(viewer), None, &body)
+}
+
+/// One job: its spec, its attempts as a timeline, its log, and cancel while it can be.
+pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> String {
+    let spec = job.spec.clone().unwrap_or_default();
+    let state = state_name(job.state);
+    let terminal = matches!(state, "succeeded" | "failed" | "cancelled");
+    let mut body = format!(
+        "<h1>Job {} <span id=\"state\">{state}</span></h1><p>{}</p>",
+        job.id,
+        escape(&spec.name)
+    );
+    if !terminal {
+        body.push_str(&action_form(
+            viewer,
+            &format!("/jobs/{}/cancel", job.id),
+            "Cancel this job",
+            Some("Cancel this job?"),
+        ));
+    }
+    let command = match spec.package.is_empty() {
+        true => spec.argv.join(" "),
+        false => format!("package {}", spec.package),
+    };
+    body.push_str(&format!(
+        "<h2>Spec</h2><table><tr><th>Command</th><td><code>{}</code></td></tr>\
+         <tr><th>Attempts allowed</th><td>{}</td></tr><tr><th>Tags</th><td>{}</td></tr>\
+         <tr><th>Workers</th><td>{}</td></tr><tr><th>Priority</th><td>{}</td></tr>\
+         <tr><th>Created</th><td>{}</td></tr></table>",
+        escape(&command),
+        spec.max_attempts.max(1),
+        escape(&spec.tags.join(", ")),
+        escape(&spec.allowed_workers.join(", ")),
+        spec.priority,
+        format_utc(job.created_at_ms)
+    ));
+    body.push_str(
+        "<h2>Attempts</h2><table id=\"attempts\"><tr><th>#</th><th>Worker</th><th>Lease</th>\
+         <th>Started</th><th>Ended</th><th>Outcome</th><th>Exit</th><th>Error</th></tr>",
+    );
+    for a in &job.attempts {
+        let outcome = match crate::pb::v1::AttemptOutcome::try_from(a.outcome) {
+            Ok(crate::pb::v1::AttemptOutcome::Succeeded) => "succeeded",
+            Ok(crate::pb::v1::AttemptOutcome::Failed) => "failed",
+            Ok(crate::pb::v1::AttemptOutcome::Expired) => "expired",
+            Ok(crate::pb::v1::AttemptOutcome::Cancelled) => "cancelled",
+            _ => state,
+        };
+        let ended = match a.ended_at_ms {
+            0 => format!("running {}", format_age(now_ms, a.started_at_ms)),
+            at => format_utc(at),
+        };
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{outcome}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            a.number,
+            escape(&a.worker_id),
+            a.lease_token,
+            format_utc(a.started_at_ms),
+            ended,
+            a.exit_code.map_or("-".to_string(), |c| c.to_string()),
+            escape(&a.error)
+        ));
+    }
+    body.push_str("</table><h2>Log</h2><pre id=\"log\">");
+    for line in logs {
+        let text = line.line.as_ref().map_or("", |l| l.text.as_str());
+        body.push_str(&format!("[attempt {}] {}\n", line.attempt, escape(text)));
+    }
+    body.push_str("</pre>");
+    // Follows the job while it runs: the page reloads itself until the job ends.
+    let refresh = (!terminal).then_some(OVERVIEW_REFRESH_SECS);
+    page(&format!("Job {}", job.id), Some(viewer), refresh, &body)
+}
+
+/// The worker registry, with the actions an admin may take on each worker.
+pub fn workers(viewer: &Viewer<'_>, workers: &[Worker], now_ms: u64) -> String {
+    let mut body = String::from(
+        "<h1>Workers</h1><table id=\"workers\"><tr><th>Name</th><th>Id</th><th>State</th>\
+         <th>Running</th><th>CPU</th><th>Free memory</th><th>Heartbeat</th><th></th></tr>",
+    );
+    let mut sorted: Vec<&Worker> = workers.iter().collect();
+    sorted.sort_by_cached_key(|w| w.info.clone().unwrap_or_default().display_name);
+    for w in sorted {
+        let info = w.info.clone().unwrap_or_default();
+        let state = match (w.enabled, w.draining) {
+            (false, _) => "disabled",
+            (true, true) => "draining",
+            (true, false) => "enabled",
+        };
+        let reach = if w.online { "online" } else { "offline" };
+        let id = escape(&info.worker_id);
+        let actions: String = [
+            ("enable", "Enable", None),
+            ("disable", "Disable", None),
+            (
+                "drain",
+                "Drain",
+                Some("Drain this worker? It finishes its tasks and takes no more."),
+            ),
+            (
+                "remove",
+                "Remove",
+                Some("Remove this worker from the registry?"),
+            ),
+        ]
+        .iter()
+        .map(|(action, label, confirm)| {
+            action_form(viewer, &format!("/workers/{id}/{action}"), label, *confirm)
+        })
+        .collect();
+        body.push_str(&format!(
+            "<tr data-worker=\"{}\"><td>{}</td><td><code>{id}</code></td><td>{reach}, {state}</td>\
+             <td>{}/{}</td><td>{:.0} %</td><td>{} MB</td><td>{}</td><td>{actions}</td></tr>",
+            escape(&info.display_name),
+            escape(&info.display_name),
+            w.running_jobs.len(),
+            info.max_tasks,
+            w.cpu_percent,
+            w.free_memory_mb,
+            format_age(now_ms, w.last_heartbeat_ms)
+        ));
+    }
+    body.push_str("</table>");
+    if workers.is_empty() {
+        body.push_str("<p class=\"muted\">No worker has registered.</p>");
+    }
+    page("Workers", Some(viewer), None, &body)
+}
+
+/// A request the cluster turned down (a bad form, a job that does not exist), with its reason.
+pub fn rejected(viewer: &Viewer<'_>, what: &str, reason: &str) -> String {
+    let body = format!(
+        "<h1>{}</h1><p class=\"bad\">{}</p><p><a href=\"javascript:history.back()\">Back</a></p>",
+        escape(what),
+        escape(reason)
+    );
+    page(what, Some(viewer), None, &body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +480,51 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("refused &lt;b&gt;"), "{html}");
+    }
+
+    #[test]
+    fn job_and_worker_pages_carry_their_actions_and_a_notice_goes_first() {
+        let role = Role::Admin("admin".into());
+        let sleeper = Job {
+            id: 7,
+            state: crate::pb::v1::JobState::Running as i32,
+            spec: Some(crate::pb::v1::JobSpec {
+                argv: vec!["/bin/sleep".into(), "600".into()],
+                name: "<sleeper>".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let html = job(&viewer(&role), &sleeper, &[], 0);
+        assert!(html.contains("action=\"/jobs/7/cancel\""), "{html}");
+        assert!(html.contains("&lt;sleeper&gt;") && !html.contains("<sleeper>"));
+        let listed = jobs(
+            &viewer(&role),
+            std::slice::from_ref(&sleeper),
+            Some(JobState::Running),
+            7,
+        );
+        assert!(
+            listed.contains("href=\"/jobs?state=running&amp;after=7\""),
+            "{listed}"
+        );
+        let noted = with_notice(html, "from a follower");
+        assert!(noted.contains("<main><p class=\"muted\" id=\"notice\">from a follower</p>"));
+        let worker = Worker {
+            info: Some(crate::pb::v1::WorkerInfo {
+                worker_id: "0b5c".into(),
+                display_name: "etl-1".into(),
+                ..Default::default()
+            }),
+            enabled: true,
+            online: true,
+            ..Default::default()
+        };
+        let html = workers(&viewer(&role), &[worker], 0);
+        for action in ["enable", "disable", "drain", "remove"] {
+            assert!(html.contains(&format!("/workers/0b5c/{action}")), "{html}");
+        }
+        assert!(html.contains("confirm("), "drain and remove ask first");
     }
 
     #[test]

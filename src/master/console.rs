@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -20,11 +20,18 @@ use tonic::Request;
 use tracing::{debug, info, warn};
 
 use super::admin_service::AdminApi;
+use super::job_service::JobApi;
 use crate::console::pages::{self, Viewer};
 use crate::console::session;
 use crate::console::token::{SignedIn, TokenVerifier};
 use crate::pb::v1::admin_service_server::AdminService;
-use crate::pb::v1::ClusterStatusRequest;
+use crate::pb::v1::job_service_server::JobService;
+use crate::pb::v1::{
+    CancelJobRequest, ClusterStatusRequest, GetJobLogsRequest, GetJobRequest, JobSpec,
+    ListJobsRequest, ListWorkersRequest, RemoveWorkerRequest, SetWorkerStateRequest,
+    SubmitJobRequest, WorkerAction,
+};
+use crate::queue::JobState;
 use crate::tls::TlsMaterial;
 use crate::transport::PeerIdentity;
 
@@ -36,12 +43,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The console server, running; dropping it stops it.
 pub struct ConsoleServer {
-    task: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for ConsoleServer {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -49,6 +58,7 @@ impl Drop for ConsoleServer {
 struct Console {
     tokens: Arc<TokenVerifier>,
     admin: AdminApi,
+    jobs: JobApi,
 }
 
 /// Serves the console on `listener` until `shutdown`.
@@ -56,6 +66,7 @@ pub fn serve(
     listener: TcpListener,
     tls: Arc<TlsMaterial>,
     admin: AdminApi,
+    jobs: JobApi,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ConsoleServer, crate::tls::TlsError> {
     let addr = listener
@@ -64,14 +75,22 @@ pub fn serve(
     let console = Console {
         tokens: Arc::new(TokenVerifier::new(tls.identity().ca_certs())?),
         admin,
+        jobs,
     };
     let router = Router::new()
         .route("/", get(overview))
         .route("/signin", get(signin_page).post(signin))
         .route("/signout", post(signout))
+        .route("/jobs", get(jobs_page).post(submit))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/workers", get(workers_page))
+        .route("/workers/{id}/{action}", post(worker_action))
         .with_state(console);
-    let listener = TlsListener { tcp: listener, tls };
-    let task = tokio::spawn(async move {
+    let (handshaken, accepted) = tokio::sync::mpsc::channel(64);
+    let handshakes = tokio::spawn(handshake_each(listener, tls, handshaken));
+    let listener = TlsListener { accepted, addr };
+    let server = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
@@ -80,13 +99,52 @@ pub fn serve(
         }
     });
     info!(%addr, "web console listening (HTTPS)");
-    Ok(ConsoleServer { task })
+    Ok(ConsoleServer {
+        tasks: [handshakes, server],
+    })
 }
 
-/// TCP connections that completed a TLS handshake with the replica's certificate in use now.
-struct TlsListener {
-    tcp: TcpListener,
+/// Accepts TCP connections and makes each TLS handshake in a task of its own (a client that
+/// never finishes one holds up nobody), with the replica's certificate in use at that moment.
+async fn handshake_each(
+    listener: TcpListener,
     tls: Arc<TlsMaterial>,
+    handshaken: tokio::sync::mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                debug!(%error, "console accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let config = match crate::tls::browser_server_config(&tls.identity()) {
+            Ok(config) => Arc::new(config),
+            Err(error) => {
+                warn!(%error, "the console cannot use the replica's certificate");
+                continue;
+            }
+        };
+        let handshaken = handshaken.clone();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = handshaken.send((tls, remote)).await;
+                }
+                Ok(Err(error)) => debug!(%remote, %error, "console TLS handshake failed"),
+                Err(_) => debug!(%remote, "console TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// The connections whose TLS handshake is done, for axum.
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -94,33 +152,15 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, remote) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    debug!(%error, "console accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let config = match crate::tls::browser_server_config(&self.tls.identity()) {
-                Ok(config) => Arc::new(config),
-                Err(error) => {
-                    warn!(%error, "the console cannot use the replica's certificate");
-                    continue;
-                }
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, remote),
-                Ok(Err(error)) => debug!(%remote, %error, "console TLS handshake failed"),
-                Err(_) => debug!(%remote, "console TLS handshake timed out"),
-            }
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The handshake task ended (the console is stopping): accept nothing more.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.addr)
     }
 }
 
@@ -262,4 +302,406 @@ fn csrf_refused() -> Response {
         )),
     )
         .into_response()
+}
+
+/// Shown on a page read from a follower's own state.
+const FOLLOWER_NOTICE: &str = "Read from this replica's own state (it does not lead now): it may \
+                               be a moment behind the leader.";
+
+/// `$service.$method` as a linearizable read, or, on a replica that does not lead (the API
+/// sends such reads to the leader, which a page served here cannot follow), as a read of this
+/// replica's own state; and whether it fell back. `$stale` names the flag in `$request`.
+macro_rules! read {
+    ($session:expr, $service:expr, $method:ident, |$stale:ident| $request:expr) => {{
+        let first = {
+            let $stale = false;
+            $service.$method($session.request($request)).await
+        };
+        match first {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                let $stale = true;
+                ($service.$method($session.request($request)).await, true)
+            }
+            other => (other, false),
+        }
+    }};
+}
+
+/// `html`, with [`FOLLOWER_NOTICE`] when it was read from this replica's own state.
+fn noticed(html: String, stale: bool) -> Html<String> {
+    match stale {
+        true => Html(pages::with_notice(html, FOLLOWER_NOTICE)),
+        false => Html(html),
+    }
+}
+
+/// The session of a request, or the response that sends its browser to sign in.
+#[allow(clippy::result_large_err)]
+fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, Response> {
+    Session::of(console, headers).ok_or_else(|| Redirect::to("/signin").into_response())
+}
+
+/// The page for a call the API refused or could not serve; `needs`: the role the action needs.
+fn failure(viewer: &Viewer<'_>, what: &str, needs: &str, status: tonic::Status) -> Response {
+    use tonic::Code;
+    let (code, html) = match status.code() {
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, pages::refused(viewer, what, needs)),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => (
+            StatusCode::BAD_REQUEST,
+            pages::rejected(viewer, what, status.message()),
+        ),
+        Code::NotFound => (
+            StatusCode::NOT_FOUND,
+            pages::rejected(viewer, what, status.message()),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::rejected(
+                viewer,
+                what,
+                &format!("the cluster did not answer: {}", status.message()),
+            ),
+        ),
+    };
+    (code, Html(html)).into_response()
+}
+
+const OPERATE: &str = "the operator or admin role";
+const ADMINISTER: &str = "the admin role";
+
+#[derive(Deserialize)]
+struct JobsQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    after: u64,
+}
+
+async fn jobs_page(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(query): Query<JobsQuery>,
+) -> Response {
+    let session = match session_of(&console, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let csrf = session.csrf();
+    let viewer = Viewer {
+        role: &session.signed_in.role,
+        csrf: &csrf,
+    };
+    let state = match query.state.as_str() {
+        "" => None,
+        name => match JobState::ALL.into_iter().find(|s| s.as_str() == name) {
+            Some(state) => Some(state),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Html(pages::rejected(
+                        &viewer,
+                        "Listing jobs",
+                        &format!("there is no job state {name:?}"),
+                    )),
+                )
+                    .into_response()
+            }
+        },
+    };
+    let (reply, stale) = read!(session, console.jobs, list_jobs, |stale| ListJobsRequest {
+        state: state.map_or(0, |s| crate::pb::v1::JobState::from(s) as i32),
+        after_id: query.after,
+        limit: 50,
+        stale,
+    });
+    match reply {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            let html = pages::jobs(&viewer, &reply.jobs, state, reply.next_after_id);
+            noticed(html, stale).into_response()
+        }
+        Err(status) => failure(&viewer, "Listing jobs", OPERATE, status),
+    }
+}
+
+#[derive(Deserialize)]
+struct SubmitForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    argv: String,
+    #[serde(default)]
+    package: String,
+    #[serde(default)]
+    params: String,
+    #[serde(default)]
+    max_attempts: String,
+    #[serde(default)]
+    priority: String,
+    #[serde(default)]
+    timeout_secs: String,
+    #[serde(default)]
+    tags: String,
+    #[serde(default)]
+    workers: String,
+}
+
+impl SubmitForm {
+    /// The job spec the form describes, or what is wrong with it.
+    fn spec(&self) -> Result<JobSpec, String> {
+        fn number<T: std::str::FromStr>(text: &str, field: &str, default: T) -> Result<T, String> {
+            match text.trim() {
+                "" => Ok(default),
+                text => text
+                    .parse()
+                    .map_err(|_| format!("{field}: {text:?} is not a number")),
+            }
+        }
+        let list = |text: &str| -> Vec<String> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let mut params = std::collections::HashMap::new();
+        for line in self.params.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (name, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("parameter {line:?} is not NAME=VALUE"))?;
+            params.insert(name.trim().to_string(), value.to_string());
+        }
+        let spec = JobSpec {
+            argv: self
+                .argv
+                .lines()
+                .map(|line| line.trim_end_matches('\r'))
+                .filter(|line| !line.trim().is_empty())
+                .map(String::from)
+                .collect(),
+            name: self.name.trim().to_string(),
+            package: self.package.trim().to_string(),
+            params,
+            max_attempts: number(&self.max_attempts, "attempts", 1)?,
+            priority: number(&self.priority, "priority", 0)?,
+            timeout_secs: number(&self.timeout_secs, "timeout", 0)?,
+            tags: list(&self.tags),
+            allowed_workers: list(&self.workers),
+            ..JobSpec::default()
+        };
+        // The replica's own checks, so the form says what is wrong before anything is sent.
+        crate::pb::spec_from_pb(spec.clone())
+            .and_then(|domain| domain.validate())
+            .map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
+async fn submit(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<SubmitForm>,
+) -> Response {
+    let session = match session_of(&console, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    if !session::csrf_matches(&session.token, &form.csrf) {
+        return csrf_refused();
+    }
+    let csrf = session.csrf();
+    let viewer = Viewer {
+        role: &session.signed_in.role,
+        csrf: &csrf,
+    };
+    let spec = match form.spec() {
+        Ok(spec) => spec,
+        Err(reason) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Html(pages::rejected(&viewer, "Submitting a job", &reason)),
+            )
+                .into_response()
+        }
+    };
+    let request = SubmitJobRequest {
+        spec: Some(spec),
+        idempotency_key: format!("console-{}", uuid::Uuid::new_v4()),
+    };
+    match console.jobs.submit_job(session.request(request)).await {
+        Ok(reply) => {
+            let id = reply.into_inner().job_id;
+            info!(job_id = id, role = %session.signed_in.role, "job submitted from the console");
+            Redirect::to(&format!("/jobs/{id}")).into_response()
+        }
+        Err(status) => failure(&viewer, "Submitting a job", OPERATE, status),
+    }
+}
+
+async fn job_page(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    let session = match session_of(&console, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let csrf = session.csrf();
+    let viewer = Viewer {
+        role: &session.signed_in.role,
+        csrf: &csrf,
+    };
+    let what = format!("Job {id}");
+    let (reply, stale) = read!(session, console.jobs, get_job, |stale| GetJobRequest {
+        job_id: id,
+        stale,
+    });
+    let job = match reply {
+        Ok(reply) => match reply.into_inner().job {
+            Some(job) => job,
+            None => return failure(&viewer, &what, OPERATE, tonic::Status::not_found("no job")),
+        },
+        Err(status) => return failure(&viewer, &what, OPERATE, status),
+    };
+    let logs = console
+        .jobs
+        .get_job_logs(session.request(GetJobLogsRequest {
+            job_id: id,
+            after_sequence: 0,
+            limit: 1000,
+            stale,
+        }))
+        .await
+        .map(|reply| reply.into_inner().lines)
+        .unwrap_or_default();
+    let html = pages::job(&viewer, &job, &logs, crate::wall_time::now_ms());
+    noticed(html, stale).into_response()
+}
+
+async fn cancel(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session_of(&console, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    if !session::csrf_matches(&session.token, &form.csrf) {
+        return csrf_refused();
+    }
+    let csrf = session.csrf();
+    let viewer = Viewer {
+        role: &session.signed_in.role,
+        csrf: &csrf,
+    };
+    match console
+        .jobs
+        .cancel_job(session.request(CancelJobRequest { job_id: id }))
+        .await
+    {
+        Ok(_) => {
+            info!(job_id = id, role = %session.signed_in.role, "job cancelled from the console");
+            Redirect::to(&format!("/jobs/{id}")).into_response()
+        }
+        Err(status) => failure(&viewer, &format!("Cancelling job {id}"), OPERATE, status),
+    }
+}
+
+async fn workers_page(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let session = match session_of(&console, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let csrf = session.csrf();
+    let viewer = Viewer {
+        role: &session.signed_in.role,
+        csrf: &csrf,
+    };
+    let (reply, stale) = read!(session, console.admin, list_workers, |stale| {
+        ListWorkersRequest { stale }
+    });
+    match reply {
+        Ok(reply) => {
+            let now = crate::wall_time::now_ms();
+            let html = pages::workers(&viewer, &reply.into_inner().workers, now);
+            noticed(html, stale).into_response()
+        }
+        Err(status) => failure(&viewer, "Listing workers", OPERATE, status),
+    }
+}
+
+async fn worker_action(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session_of(&console, &headers) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    if !session::csrf_matches(&session.token, &form.csrf) {
+        return csrf_refused();
+    }
+    let csrf = session.csrf();
+    let viewer = Viewer {
+        role: &session.signed_in.role,
+        csrf: &csrf,
+    };
+    let (what, outcome) = match action.as_str() {
+        "enable" | "disable" | "drain" => {
+            let (what, act) = match action.as_str() {
+                "enable" => ("Enabling a worker", WorkerAction::Enable),
+                "disable" => ("Disabling a worker", WorkerAction::Disable),
+                _ => ("Draining a worker", WorkerAction::Drain),
+            };
+            let request = SetWorkerStateRequest {
+                worker_id: id.clone(),
+                action: act as i32,
+            };
+            (
+                what,
+                console
+                    .admin
+                    .set_worker_state(session.request(request))
+                    .await
+                    .map(|_| ()),
+            )
+        }
+        "remove" => (
+            "Removing a worker",
+            console
+                .admin
+                .remove_worker(session.request(RemoveWorkerRequest {
+                    worker_id: id.clone(),
+                }))
+                .await
+                .map(|_| ()),
+        ),
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                Html(pages::rejected(
+                    &viewer,
+                    "A worker action",
+                    &format!(
+                        "there is no worker action {other:?} (enable, disable, drain, remove)"
+                    ),
+                )),
+            )
+                .into_response()
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            info!(worker = %id, action = %action, role = %session.signed_in.role, "worker changed from the console");
+            Redirect::to("/workers").into_response()
+        }
+        Err(status) => failure(&viewer, what, ADMINISTER, status),
+    }
 }

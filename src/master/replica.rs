@@ -354,6 +354,14 @@ pub async fn run(
         ))
     };
     let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let job_api = JobApi::new(
+        reads.clone(),
+        proposer.clone(),
+        queue.clone(),
+        job_reader.clone(),
+        log_reader.clone(),
+        max_bytes,
+    );
     let admin_api = AdminApi::new(
         raft.clone(),
         reads.clone(),
@@ -374,16 +382,9 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            JobServiceServer::new(JobApi::new(
-                reads.clone(),
-                proposer.clone(),
-                queue.clone(),
-                job_reader.clone(),
-                log_reader.clone(),
-                max_bytes,
-            ))
-            .max_decoding_message_size(max_bytes)
-            .max_encoding_message_size(max_bytes),
+            JobServiceServer::new(job_api.clone())
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes),
         )
         .add_service(
             AdminServiceServer::new(admin_api.clone())
@@ -414,6 +415,7 @@ pub async fn run(
             listener,
             material.clone(),
             admin_api.clone(),
+            job_api.clone(),
             stopped(stop_rx.clone()),
         )?),
         _ => None,
