@@ -168,6 +168,8 @@ impl axum::serve::Listener for TlsListener {
 struct Session {
     token: String,
     signed_in: SignedIn,
+    /// The CSRF token of the session's forms.
+    csrf: String,
 }
 
 impl Session {
@@ -181,11 +183,20 @@ impl Session {
             .tokens
             .verify(&token, crate::wall_time::now_ms())
             .ok()?;
-        Some(Session { token, signed_in })
+        let csrf = session::csrf_for(&token);
+        Some(Session {
+            token,
+            signed_in,
+            csrf,
+        })
     }
 
-    fn csrf(&self) -> String {
-        session::csrf_for(&self.token)
+    /// Who the pages say is signed in, with the CSRF token for their forms.
+    fn viewer(&self) -> Viewer<'_> {
+        Viewer {
+            role: &self.signed_in.role,
+            csrf: &self.csrf,
+        }
     }
 
     /// A request to the API services as this session's role; a write on a follower is
@@ -200,15 +211,58 @@ impl Session {
     }
 }
 
+/// Shown on a page read from a follower's own state.
+const FOLLOWER_NOTICE: &str = "Read from this replica's own state (it does not lead now): it may \
+                               be a moment behind the leader.";
+
+/// `$service.$method` as a linearizable read, or, on a replica that does not lead (the API
+/// sends such reads to the leader, which a page served here cannot follow), as a read of this
+/// replica's own state; and whether it fell back. `$stale` names the flag in `$request`.
+macro_rules! read {
+    ($session:expr, $service:expr, $method:ident, |$stale:ident| $request:expr) => {{
+        let first = {
+            let $stale = false;
+            $service.$method($session.request($request)).await
+        };
+        match first {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                let $stale = true;
+                ($service.$method($session.request($request)).await, true)
+            }
+            other => (other, false),
+        }
+    }};
+}
+
+/// `html`, with [`FOLLOWER_NOTICE`] when it was read from this replica's own state.
+fn noticed(html: String, stale: bool) -> Html<String> {
+    match stale {
+        true => Html(pages::with_notice(html, FOLLOWER_NOTICE)),
+        false => Html(html),
+    }
+}
+
+/// The request's session, or (from the handler) the answer that sends the browser to sign in;
+/// with a form's CSRF token, also checked, or the refusal of a form that is not the console's.
+macro_rules! signed_in {
+    ($console:expr, $headers:expr) => {
+        match Session::of(&$console, &$headers) {
+            Some(session) => session,
+            None => return Redirect::to("/signin").into_response(),
+        }
+    };
+    ($console:expr, $headers:expr, $csrf:expr) => {{
+        let session = signed_in!($console, $headers);
+        if !session::csrf_matches(&session.token, &$csrf) {
+            return csrf_refused();
+        }
+        session
+    }};
+}
+
 async fn overview(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let Some(session) = Session::of(&console, &headers) else {
-        return Redirect::to("/signin").into_response();
-    };
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers);
+    let viewer = session.viewer();
     match console
         .admin
         .cluster_status(session.request(ClusterStatusRequest {}))
@@ -276,12 +330,7 @@ async fn signout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(session) = Session::of(&console, &headers) else {
-        return Redirect::to("/signin").into_response();
-    };
-    if !session::csrf_matches(&session.token, &form.csrf) {
-        return csrf_refused();
-    }
+    let _session = signed_in!(console, headers, form.csrf);
     (
         [(header::SET_COOKIE, session::cleared_cookie())],
         Redirect::to("/signin"),
@@ -302,43 +351,6 @@ fn csrf_refused() -> Response {
         )),
     )
         .into_response()
-}
-
-/// Shown on a page read from a follower's own state.
-const FOLLOWER_NOTICE: &str = "Read from this replica's own state (it does not lead now): it may \
-                               be a moment behind the leader.";
-
-/// `$service.$method` as a linearizable read, or, on a replica that does not lead (the API
-/// sends such reads to the leader, which a page served here cannot follow), as a read of this
-/// replica's own state; and whether it fell back. `$stale` names the flag in `$request`.
-macro_rules! read {
-    ($session:expr, $service:expr, $method:ident, |$stale:ident| $request:expr) => {{
-        let first = {
-            let $stale = false;
-            $service.$method($session.request($request)).await
-        };
-        match first {
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                let $stale = true;
-                ($service.$method($session.request($request)).await, true)
-            }
-            other => (other, false),
-        }
-    }};
-}
-
-/// `html`, with [`FOLLOWER_NOTICE`] when it was read from this replica's own state.
-fn noticed(html: String, stale: bool) -> Html<String> {
-    match stale {
-        true => Html(pages::with_notice(html, FOLLOWER_NOTICE)),
-        false => Html(html),
-    }
-}
-
-/// The session of a request, or the response that sends its browser to sign in.
-#[allow(clippy::result_large_err)]
-fn session_of(console: &Console, headers: &HeaderMap) -> Result<Session, Response> {
-    Session::of(console, headers).ok_or_else(|| Redirect::to("/signin").into_response())
 }
 
 /// The page for a call the API refused or could not serve; `needs`: the role the action needs.
@@ -382,15 +394,8 @@ async fn jobs_page(
     headers: HeaderMap,
     Query(query): Query<JobsQuery>,
 ) -> Response {
-    let session = match session_of(&console, &headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers);
+    let viewer = session.viewer();
     let state = match query.state.as_str() {
         "" => None,
         name => match JobState::ALL.into_iter().find(|s| s.as_str() == name) {
@@ -504,18 +509,8 @@ async fn submit(
     headers: HeaderMap,
     Form(form): Form<SubmitForm>,
 ) -> Response {
-    let session = match session_of(&console, &headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    if !session::csrf_matches(&session.token, &form.csrf) {
-        return csrf_refused();
-    }
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers, form.csrf);
+    let viewer = session.viewer();
     let spec = match form.spec() {
         Ok(spec) => spec,
         Err(reason) => {
@@ -545,15 +540,8 @@ async fn job_page(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Response {
-    let session = match session_of(&console, &headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers);
+    let viewer = session.viewer();
     let what = format!("Job {id}");
     let (reply, stale) = read!(session, console.jobs, get_job, |stale| GetJobRequest {
         job_id: id,
@@ -587,18 +575,8 @@ async fn cancel(
     Path(id): Path<u64>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session_of(&console, &headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    if !session::csrf_matches(&session.token, &form.csrf) {
-        return csrf_refused();
-    }
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers, form.csrf);
+    let viewer = session.viewer();
     match console
         .jobs
         .cancel_job(session.request(CancelJobRequest { job_id: id }))
@@ -613,15 +591,8 @@ async fn cancel(
 }
 
 async fn workers_page(State(console): State<Console>, headers: HeaderMap) -> Response {
-    let session = match session_of(&console, &headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers);
+    let viewer = session.viewer();
     let (reply, stale) = read!(session, console.admin, list_workers, |stale| {
         ListWorkersRequest { stale }
     });
@@ -641,18 +612,8 @@ async fn worker_action(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session_of(&console, &headers) {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    if !session::csrf_matches(&session.token, &form.csrf) {
-        return csrf_refused();
-    }
-    let csrf = session.csrf();
-    let viewer = Viewer {
-        role: &session.signed_in.role,
-        csrf: &csrf,
-    };
+    let session = signed_in!(console, headers, form.csrf);
+    let viewer = session.viewer();
     let (what, outcome) = match action.as_str() {
         "enable" | "disable" | "drain" => {
             let (what, act) = match action.as_str() {
