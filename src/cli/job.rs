@@ -392,9 +392,7 @@ fn started_at(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    // 2026-12-04T10:15:30.123Z → 2026-12-04 10:15:30Z
-    let text = crate::wall_time::rfc3339_ms(ms);
-    format!("{} {}Z", &text[..10], &text[11..19])
+    super::screen::format_utc_with(ms, "Z")
 }
 
 /// How long an attempt ran (`… so far` while it runs), from the leader's clock readings.

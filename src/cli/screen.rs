@@ -515,9 +515,14 @@ pub fn format_age(now_ms: u64, at_ms: u64) -> String {
 
 /// `2025-06-01 12:00:03 UTC`: UTC, because that is what every replica's log shows.
 pub fn format_utc(ms: u64) -> String {
+    format_utc_with(ms, " UTC")
+}
+
+/// `ms` as `YYYY-MM-DD HH:MM:SS` followed by `suffix`.
+pub fn format_utc_with(ms: u64, suffix: &str) -> String {
     match crate::wall_time::utc(ms) {
         Some(at) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}{suffix}",
             at.year(),
             u8::from(at.month()),
             at.day(),

@@ -289,3 +289,63 @@ pub async fn status(args: &StatusArgs) -> Result<(), CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::v1::ReplicaStatus;
+
+    fn answer(
+        term: u64,
+        answered_by: u64,
+        leader: Option<u64>,
+        reached: usize,
+    ) -> ClusterStatusResponse {
+        ClusterStatusResponse {
+            term,
+            answered_by,
+            leader_id: leader,
+            replicas: (0..reached)
+                .map(|i| ReplicaStatus {
+                    id: i as u64 + 1,
+                    reachable: true,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_frame_shows_the_newest_term_and_its_leader_first() {
+        let refused = || Err(ClientError::NoEndpoints);
+        let answers: Vec<((), Result<ClusterStatusResponse, ClientError>)> = vec![
+            ((), refused()),
+            ((), Ok(answer(5, 1, Some(1), 1))),
+            ((), Ok(answer(6, 2, Some(3), 3))),
+            ((), Ok(answer(6, 3, Some(3), 2))),
+        ];
+        // A deposed leader's older term loses; in the newest term the leader's own answer wins
+        // over a follower's that reached more replicas.
+        assert_eq!(best_answer(&answers), Some(3));
+        let followers = vec![
+            ((), Ok(answer(6, 1, None, 2))),
+            ((), Ok(answer(6, 2, None, 3))),
+        ];
+        assert_eq!(
+            best_answer(&followers),
+            Some(1),
+            "the one that reached most"
+        );
+        let deposed = vec![
+            ((), Ok(answer(5, 1, Some(1), 1))),
+            ((), Ok(answer(6, 2, Some(3), 2))),
+        ];
+        assert_eq!(
+            best_answer(&deposed),
+            Some(1),
+            "a follower of the newer term"
+        );
+        assert_eq!(best_answer(&[((), refused())]), None);
+    }
+}
