@@ -249,6 +249,16 @@ pub async fn drive(
             debug!("a leader was heard while the pre-votes came in; not standing");
             continue;
         }
+        // Nor one that granted its vote to another candidate meanwhile: when a dead leader is
+        // noticed late, the survivors' turns (`fast_wait`) have all passed at once, and the next
+        // in turn would otherwise stand against the first one's election, a term later.
+        if raft.metrics().borrow().current_term != term {
+            debug!(
+                term,
+                "the term moved on while the pre-votes came in; not standing"
+            );
+            continue;
+        }
         if !granted {
             if losing.is_none_or(|said| said.elapsed() >= LOSING_REMINDER) {
                 losing = Some(Instant::now());
