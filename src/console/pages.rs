@@ -26,12 +26,10 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1b1f24}\
-header{background:#1f3a5f;color:#fff;padding:.6em 1em;display:flex;gap:1.5em;align-items:center}\
-header a{color:#fff}header form{margin-left:auto}main{padding:1em}\
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #c8ced6;padding:.25em .6em;text-align:left}\
-.alert{background:#b42318;color:#fff;padding:.6em 1em;font-weight:bold}\
-.muted{color:#5b6470}.ok{color:#176b2c}.bad{color:#b42318;font-weight:bold}";
+/// The console's stylesheet and script, served under `/static/` (the pages carry no inline
+/// style or script, so the Content-Security-Policy can forbid both).
+pub const STYLESHEET: &str = include_str!("assets/console.css");
+pub const SCRIPT: &str = include_str!("assets/console.js");
 
 /// Who is signed in, as the page header shows it, and the session's CSRF token for its forms.
 pub struct Viewer<'a> {
@@ -39,19 +37,26 @@ pub struct Viewer<'a> {
     pub csrf: &'a str,
 }
 
-/// A whole page: the header (navigation, who is signed in, sign out), then `body`.
+/// A whole page: the header (navigation, who is signed in, sign out), then `body`. A live page
+/// (`refresh_secs`) fetches itself again that often and swaps in its new content (the script;
+/// without it the browser reloads the page).
 pub fn page(
     title: &str,
     viewer: Option<&Viewer<'_>>,
     refresh_secs: Option<u32>,
     body: &str,
 ) -> String {
-    let refresh = refresh_secs
-        .map(|secs| format!("<meta http-equiv=\"refresh\" content=\"{secs}\">"))
-        .unwrap_or_default();
+    let (refresh, live) = match refresh_secs {
+        Some(secs) => (
+            format!("<noscript><meta http-equiv=\"refresh\" content=\"{secs}\"></noscript>"),
+            format!(" data-refresh=\"{secs}\""),
+        ),
+        None => (String::new(), String::new()),
+    };
     let who = match viewer {
         Some(viewer) => format!(
             "<a href=\"/\">Overview</a><a href=\"/jobs\">Jobs</a><a href=\"/workers\">Workers</a>\
+             <a href=\"/cluster\">Cluster</a>\
              <form method=\"post\" action=\"/signout\">\
              <span>{}</span> <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button>Sign out</button></form>",
@@ -62,8 +67,10 @@ pub fn page(
     };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
-         <title>{} · scaleout</title><style>{STYLE}</style></head><body>\
-         <header><strong>scaleout</strong>{who}</header><main>{body}</main></body></html>",
+         <title>{} · scaleout</title><link rel=\"stylesheet\" href=\"/static/console.css\">\
+         <script src=\"/static/console.js\" defer></script></head><body{live}>\
+         <header><strong>scaleout</strong>{who}</header>\
+         <p class=\"alert\" id=\"connection\" hidden></p><main>{body}</main></body></html>",
         escape(title)
     )
 }
@@ -196,10 +203,10 @@ fn state_name(state: i32) -> &'static str {
 /// browser asks first.
 fn action_form(viewer: &Viewer<'_>, action: &str, label: &str, confirm: Option<&str>) -> String {
     let confirm = confirm
-        .map(|q| format!(" onsubmit=\"return confirm('{}')\"", escape(q)))
+        .map(|q| format!(" data-confirm=\"{}\"", escape(q)))
         .unwrap_or_default();
     format!(
-        "<form method=\"post\" action=\"{}\" style=\"display:inline\"{confirm}>\
+        "<form method=\"post\" action=\"{}\" class=\"inline\"{confirm}>\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>{}</button></form>",
         escape(action),
         escape(viewer.csrf),
@@ -349,7 +356,7 @@ pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> 
         body.push_str(&format!("[attempt {}] {}\n", line.attempt, escape(text)));
     }
     body.push_str("</pre>");
-    // Follows the job while it runs: the page reloads itself until the job ends.
+    // Follows the job while it runs (state, attempts, log): live until the job ends.
     let refresh = (!terminal).then_some(OVERVIEW_REFRESH_SECS);
     page(&format!("Job {}", job.id), Some(viewer), refresh, &body)
 }
@@ -406,7 +413,7 @@ pub fn workers(viewer: &Viewer<'_>, workers: &[Worker], now_ms: u64) -> String {
     if workers.is_empty() {
         body.push_str("<p class=\"muted\">No worker has registered.</p>");
     }
-    page("Workers", Some(viewer), None, &body)
+    page("Workers", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
 }
 
 /// A request the cluster turned down (a bad form, a job that does not exist), with its reason.
@@ -524,7 +531,7 @@ mod tests {
         for action in ["enable", "disable", "drain", "remove"] {
             assert!(html.contains(&format!("/workers/0b5c/{action}")), "{html}");
         }
-        assert!(html.contains("confirm("), "drain and remove ask first");
+        assert!(html.contains("data-confirm="), "drain and remove ask first");
     }
 
     #[test]

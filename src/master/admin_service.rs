@@ -10,7 +10,7 @@ use super::authz::{authorize, Permission};
 use super::handover::{HandoverError, Handovers};
 use super::job_service::propose;
 use super::proposer::{OnFollower, Proposer};
-use super::reads::Reads;
+use super::reads::{ReadAnywhere, Reads};
 use super::sightings::Sightings;
 use crate::config::WorkerSettings;
 use crate::pb::v1::{
@@ -199,9 +199,10 @@ impl AdminService for AdminApi {
         request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
         authorize(&request, "AdminService.ListWorkers", Permission::Operate)?;
+        let anywhere = ReadAnywhere::asked(&request);
         let stale = request.into_inner().stale;
         if !stale {
-            self.reads.linearizable().await?;
+            self.reads.linearizable_anywhere(anywhere).await?;
         }
         let now = now_ms();
         let offline_after = self.workers.offline_after_ms;

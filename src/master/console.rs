@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::admin_service::AdminApi;
 use super::job_service::JobApi;
+use super::reads::ReadAnywhere;
 use crate::console::pages::{self, Viewer};
 use crate::console::session;
 use crate::console::token::{SignedIn, TokenVerifier};
@@ -86,6 +87,9 @@ pub fn serve(
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/workers", get(workers_page))
         .route("/workers/{id}/{action}", post(worker_action))
+        .route("/static/console.css", get(stylesheet))
+        .route("/static/console.js", get(script))
+        .layer(axum::middleware::map_response(guarded))
         .with_state(console);
     let (handshaken, accepted) = tokio::sync::mpsc::channel(64);
     let handshakes = tokio::spawn(handshake_each(listener, tls, handshaken));
@@ -207,17 +211,15 @@ impl Session {
             remote: None,
             role: Some(self.signed_in.role.clone()),
         });
+        // The page is served here: a follower answers linearizable reads itself.
+        request.extensions_mut().insert(ReadAnywhere);
         request
     }
 }
 
-/// Shown on a page read from a follower's own state.
-const FOLLOWER_NOTICE: &str = "Read from this replica's own state (it does not lead now): it may \
-                               be a moment behind the leader.";
-
-/// `$service.$method` as a linearizable read, or, on a replica that does not lead (the API
-/// sends such reads to the leader, which a page served here cannot follow), as a read of this
-/// replica's own state; and whether it fell back. `$stale` names the flag in `$request`.
+/// `$service.$method` as a linearizable read (on a follower through the leader's read index),
+/// or, when that cannot be confirmed now (an election, no majority), as a read of this
+/// replica's own state; and, then, why. `$stale` names the flag in `$request`.
 macro_rules! read {
     ($session:expr, $service:expr, $method:ident, |$stale:ident| $request:expr) => {{
         let first = {
@@ -227,18 +229,25 @@ macro_rules! read {
         match first {
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 let $stale = true;
-                ($service.$method($session.request($request)).await, true)
+                let reply = $service.$method($session.request($request)).await;
+                (reply, Some(status.message().to_string()))
             }
-            other => (other, false),
+            other => (other, None),
         }
     }};
 }
 
-/// `html`, with [`FOLLOWER_NOTICE`] when it was read from this replica's own state.
-fn noticed(html: String, stale: bool) -> Html<String> {
-    match stale {
-        true => Html(pages::with_notice(html, FOLLOWER_NOTICE)),
-        false => Html(html),
+/// `html`, with a notice when it was read from this replica's own state, and why.
+fn noticed(html: String, unconfirmed: Option<String>) -> Html<String> {
+    match unconfirmed {
+        Some(why) => Html(pages::with_notice(
+            html,
+            &format!(
+                "Read from this replica's own state, which may be behind the leader: a current \
+                 read could not be confirmed ({why})."
+            ),
+        )),
+        None => Html(html),
     }
 }
 
@@ -284,6 +293,47 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
         )
             .into_response(),
     }
+}
+
+/// Every answer: not framed by another site, no inline script or style, nothing cached that a
+/// session showed (the static files may be).
+async fn guarded(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let fixed = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    for (name, value) in fixed {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        pages::STYLESHEET,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        pages::SCRIPT,
+    )
 }
 
 async fn signin_page() -> Html<String> {
@@ -413,7 +463,7 @@ async fn jobs_page(
             }
         },
     };
-    let (reply, stale) = read!(session, console.jobs, list_jobs, |stale| ListJobsRequest {
+    let (reply, unconfirmed) = read!(session, console.jobs, list_jobs, |stale| ListJobsRequest {
         state: state.map_or(0, |s| crate::pb::v1::JobState::from(s) as i32),
         after_id: query.after,
         limit: 50,
@@ -423,7 +473,7 @@ async fn jobs_page(
         Ok(reply) => {
             let reply = reply.into_inner();
             let html = pages::jobs(&viewer, &reply.jobs, state, reply.next_after_id);
-            noticed(html, stale).into_response()
+            noticed(html, unconfirmed).into_response()
         }
         Err(status) => failure(&viewer, "Listing jobs", OPERATE, status),
     }
@@ -543,7 +593,7 @@ async fn job_page(
     let session = signed_in!(console, headers);
     let viewer = session.viewer();
     let what = format!("Job {id}");
-    let (reply, stale) = read!(session, console.jobs, get_job, |stale| GetJobRequest {
+    let (reply, unconfirmed) = read!(session, console.jobs, get_job, |stale| GetJobRequest {
         job_id: id,
         stale,
     });
@@ -560,13 +610,13 @@ async fn job_page(
             job_id: id,
             after_sequence: 0,
             limit: 1000,
-            stale,
+            stale: unconfirmed.is_some(),
         }))
         .await
         .map(|reply| reply.into_inner().lines)
         .unwrap_or_default();
     let html = pages::job(&viewer, &job, &logs, crate::wall_time::now_ms());
-    noticed(html, stale).into_response()
+    noticed(html, unconfirmed).into_response()
 }
 
 async fn cancel(
@@ -593,14 +643,14 @@ async fn cancel(
 async fn workers_page(State(console): State<Console>, headers: HeaderMap) -> Response {
     let session = signed_in!(console, headers);
     let viewer = session.viewer();
-    let (reply, stale) = read!(session, console.admin, list_workers, |stale| {
+    let (reply, unconfirmed) = read!(session, console.admin, list_workers, |stale| {
         ListWorkersRequest { stale }
     });
     match reply {
         Ok(reply) => {
             let now = crate::wall_time::now_ms();
             let html = pages::workers(&viewer, &reply.into_inner().workers, now);
-            noticed(html, stale).into_response()
+            noticed(html, unconfirmed).into_response()
         }
         Err(status) => failure(&viewer, "Listing workers", OPERATE, status),
     }

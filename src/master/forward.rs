@@ -19,10 +19,11 @@ use metrics::Counter;
 use tonic::{Request, Response, Status};
 
 use super::proposer::{ProposeError, Proposer};
+use super::reads::Reads;
 use crate::ops::Registry;
 use crate::pb::raft::forward_service_client::ForwardServiceClient;
 use crate::pb::raft::forward_service_server::ForwardService;
-use crate::pb::raft::RaftPayload;
+use crate::pb::raft::{RaftPayload, ReadIndexRequest, ReadIndexResponse};
 use crate::queue::{Command, CommandResult};
 use crate::raft::election::LeaderContact;
 use crate::raft::{peer_request, NodeId, PeerNetwork, Raft, ReplicaNode};
@@ -189,6 +190,58 @@ impl Forwarder {
         })
     }
 
+    /// The leader this replica follows, when it is another replica it has not seen go.
+    pub fn leader_elsewhere(&self) -> Option<(NodeId, ReplicaNode)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state == openraft::ServerState::Leader || self.contact.leader_lost(&m) {
+            return None;
+        }
+        let leader = m.current_leader.filter(|id| *id != m.id)?;
+        let node = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    /// Asks `leader` how far a linearizable read must see: it confirms with a quorum that it
+    /// still leads and answers the index it has applied, which holds every write acknowledged
+    /// before the call.
+    pub async fn read_index(
+        &self,
+        leader: NodeId,
+        node: &ReplicaNode,
+        within: Duration,
+    ) -> Result<u64, Status> {
+        let mut request = Request::new(ReadIndexRequest {});
+        request.set_timeout(within);
+        let channel = self
+            .network
+            .channel_to(leader, &node.peer_addr)
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot reach the leader, replica {leader} at {}: {e}",
+                    node.peer_addr
+                ))
+            })?;
+        let mut client = ForwardServiceClient::new(channel);
+        let reply = tokio::select! {
+            reply = client.read_index(request) => reply,
+            () = self.reign_ends(leader) => {
+                return Err(Status::unavailable(format!(
+                    "replica {leader} stopped leading while confirming the read; retry"
+                )));
+            }
+        };
+        reply.map(|reply| reply.into_inner().applied_index).map_err(|status| {
+            Status::new(
+                status.code(),
+                format!(
+                    "the leader, replica {leader}, could not confirm the read: {}",
+                    describe(&status)
+                ),
+            )
+        })
+    }
+
     /// Resolves when this replica no longer follows `leader`: another is named, none is, or
     /// this one saw it go.
     async fn reign_ends(&self, leader: NodeId) {
@@ -213,11 +266,24 @@ impl Forwarder {
 pub struct ForwardApi {
     proposer: Proposer,
     raft: Raft,
+    reads: Reads,
 }
 
 impl ForwardApi {
-    pub fn new(proposer: Proposer, raft: Raft) -> Self {
-        ForwardApi { proposer, raft }
+    pub fn new(proposer: Proposer, raft: Raft, reads: Reads) -> Self {
+        ForwardApi {
+            proposer,
+            raft,
+            reads,
+        }
+    }
+
+    fn applied_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|log_id| log_id.index)
     }
 }
 
@@ -234,12 +300,7 @@ impl ForwardService for ForwardApi {
             ))
         })?;
         let result = self.proposer.propose_here(command).await;
-        let applied_index = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|log_id| log_id.index);
+        let applied_index = self.applied_index();
         let answer = ForwardedAnswer {
             result,
             applied_index,
@@ -247,5 +308,17 @@ impl ForwardService for ForwardApi {
         let data = bincode::serialize(&answer)
             .map_err(|e| Status::internal(format!("cannot encode the command's result: {e}")))?;
         Ok(Response::new(RaftPayload { data }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        // Only the leader's own confirmation counts: a follower asked this refuses (the asker
+        // learns of the new leader and asks it), never forwards.
+        self.reads.linearizable().await?;
+        Ok(Response::new(ReadIndexResponse {
+            applied_index: self.applied_index().unwrap_or(0),
+        }))
     }
 }

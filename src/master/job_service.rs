@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::authz::{authorize, Permission};
 use super::proposer::{OnFollower, ProposeError, Proposer};
-use super::reads::Reads;
+use super::reads::{ReadAnywhere, Reads};
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
     CancelJobRequest, CancelJobResponse, GetJobLogsRequest, GetJobLogsResponse, GetJobRequest,
@@ -53,7 +53,8 @@ impl JobApi {
 
     /// Waits until this replica may answer a read: for a linearizable one, until it has applied
     /// everything committed when the read arrived, as confirmed by a quorum.
-    async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+    /// `anywhere`: the caller cannot follow a redirect ([`ReadAnywhere`]).
+    async fn read_barrier(&self, stale: bool, anywhere: bool) -> Result<(), Status> {
         if stale {
             if self.with_queue(QueueState::is_placeholder) {
                 return Err(Status::unavailable(
@@ -63,7 +64,7 @@ impl JobApi {
             }
             return Ok(());
         }
-        self.reads.linearizable().await
+        self.reads.linearizable_anywhere(anywhere).await
     }
 
     fn with_queue<T>(&self, read: impl FnOnce(&QueueState) -> T) -> T {
@@ -181,8 +182,9 @@ impl JobService for JobApi {
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
         authorize(&request, "JobService.GetJob", Permission::Operate)?;
+        let anywhere = ReadAnywhere::asked(&request);
         let request = request.into_inner();
-        self.read_barrier(request.stale).await?;
+        self.read_barrier(request.stale, anywhere).await?;
         let job = self.jobs.job(request.job_id).map_err(job_read_status)?;
         Ok(Response::new(GetJobResponse {
             job: Some((&job).into()),
@@ -194,9 +196,10 @@ impl JobService for JobApi {
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
         authorize(&request, "JobService.ListJobs", Permission::Operate)?;
+        let anywhere = ReadAnywhere::asked(&request);
         let request = request.into_inner();
         let state = state_from_pb(request.state).map_err(Status::invalid_argument)?;
-        self.read_barrier(request.stale).await?;
+        self.read_barrier(request.stale, anywhere).await?;
         let page =
             self.with_queue(|queue| queue.list(state, request.after_id, request.limit as usize));
         // A job removed by retention since the listing is left out.
@@ -247,8 +250,9 @@ impl JobService for JobApi {
         request: Request<GetJobLogsRequest>,
     ) -> Result<Response<GetJobLogsResponse>, Status> {
         authorize(&request, "JobService.GetJobLogs", Permission::Operate)?;
+        let anywhere = ReadAnywhere::asked(&request);
         let request = request.into_inner();
-        self.read_barrier(request.stale).await?;
+        self.read_barrier(request.stale, anywhere).await?;
         let limit = match request.limit {
             0 => 1000,
             n => (n as usize).min(10_000),

@@ -12,6 +12,11 @@
 //! So a read is also held until this replica holds office in the current term: the leader loop
 //! (`leader.rs`) has committed and applied an entry of that term, which comes after every entry
 //! of the replica's log, acknowledged or not, as of taking office.
+//!
+//! A follower answers a linearizable read itself only when the caller says it cannot follow a
+//! redirect ([`ReadAnywhere`]: the web console, whose page is served by the replica the browser
+//! opened): it asks the leader for a read index (the leader confirms as above and answers how
+//! far it has applied), applies as far, and reads its own state. Others are sent to the leader.
 
 use std::time::Duration;
 
@@ -19,6 +24,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::check_quorum::QuorumCheck;
+use super::forward::Forwarder;
 use super::job_service::read_error_status;
 use crate::raft::Raft;
 use crate::rpc::contract::cut_off_leader;
@@ -26,6 +32,23 @@ use crate::rpc::contract::cut_off_leader;
 /// How long a read waits for a newly elected leader to take office before it is refused (the
 /// caller retries): one commit round, normally milliseconds.
 const OFFICE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a follower's read waits for the leader's read index and then to apply as far:
+/// normally one round trip and the next heartbeat.
+const READ_INDEX_WAIT: Duration = Duration::from_secs(3);
+
+/// Set in a request's extensions (in-process callers only: it cannot come over the network) by
+/// a caller that cannot follow a redirect: a follower serves its linearizable read through the
+/// leader's read index instead of sending it away.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadAnywhere;
+
+impl ReadAnywhere {
+    /// Whether `request` was marked.
+    pub fn asked<T>(request: &tonic::Request<T>) -> bool {
+        request.extensions().get::<ReadAnywhere>().is_some()
+    }
+}
 
 /// The newest term this replica took office in, as the leader loop announces it (a replica
 /// that leads again in a later term holds no office until it takes that one).
@@ -59,6 +82,8 @@ pub struct Reads {
     raft: Raft,
     office: Office,
     quorum: QuorumCheck,
+    /// How a follower asks the leader for a read index.
+    forwarder: Option<Forwarder>,
 }
 
 impl Reads {
@@ -67,7 +92,43 @@ impl Reads {
             raft,
             office,
             quorum,
+            forwarder: None,
         }
+    }
+
+    /// Lets a follower serve [`ReadAnywhere`] reads through the leader's read index.
+    pub fn with_read_index(mut self, forwarder: Forwarder) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// [`Reads::linearizable`], or with `anywhere` on a follower: once this replica has applied
+    /// as far as the leader had when it confirmed it still leads, so its own state holds every
+    /// write acknowledged before the call.
+    pub async fn linearizable_anywhere(&self, anywhere: bool) -> Result<(), Status> {
+        let leads = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let forwarder = match &self.forwarder {
+            Some(forwarder) if anywhere && !leads => forwarder,
+            _ => return self.linearizable().await,
+        };
+        let Some((leader, node)) = forwarder.leader_elsewhere() else {
+            return Err(Status::unavailable(
+                "this replica follows no leader now (an election is under way, or it lost \
+                 its majority), so it cannot confirm its state is current; retry in a moment",
+            ));
+        };
+        let index = forwarder.read_index(leader, &node, READ_INDEX_WAIT).await?;
+        self.raft
+            .wait(Some(READ_INDEX_WAIT))
+            .applied_index_at_least(Some(index), "applied as far as the read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "this replica has not applied the leader's entries up to {index} within \
+                     {READ_INDEX_WAIT:?} (it lags); retry, or read from the leader"
+                ))
+            })
     }
 
     /// Whether this replica leads, is not cut off from its majority, and holds office in its

@@ -249,7 +249,16 @@ pub async fn run(
         network.answers(),
         std::time::Duration::from_millis(config.raft.election_timeout_max_ms),
     );
-    let reads = super::reads::Reads::new(raft.clone(), office.clone(), quorum.clone());
+    let forwarder = Forwarder::new(
+        raft.clone(),
+        network.clone(),
+        contact.clone(),
+        peer_max_bytes,
+        super::proposer::COMMIT_TIMEOUT,
+        &registry,
+    );
+    let reads = super::reads::Reads::new(raft.clone(), office.clone(), quorum.clone())
+        .with_read_index(forwarder.clone());
     // Heartbeats and idle polls the leader answers without log entries (`sightings.rs`).
     let sightings = super::sightings::Sightings::default();
     let proposer = Proposer::start(
@@ -265,14 +274,7 @@ pub async fn run(
         quorum,
     )
     .with_leader_contact(contact.clone())
-    .with_forwarding(Forwarder::new(
-        raft.clone(),
-        network.clone(),
-        contact.clone(),
-        peer_max_bytes,
-        super::proposer::COMMIT_TIMEOUT,
-        &registry,
-    ));
+    .with_forwarding(forwarder);
     // Whoever dials the peer port by mistake is pointed at the API address the others know.
     let peer_port_only = {
         use tonic::server::NamedService;
@@ -311,7 +313,11 @@ pub async fn run(
             },
         ))
         .add_service(InterceptedService::new(
-            ForwardServiceServer::new(ForwardApi::new(proposer.clone(), raft.clone()))
+            ForwardServiceServer::new(ForwardApi::new(
+                proposer.clone(),
+                raft.clone(),
+                reads.clone(),
+            ))
                 .max_decoding_message_size(peer_max_bytes)
                 .max_encoding_message_size(peer_max_bytes),
             |request: tonic::Request<()>| {
