@@ -4,6 +4,7 @@
 //! replica checks against its CA; the browser keeps it in a locked-down cookie, and forms carry
 //! a CSRF token derived from it ([`session`]). Pages are rendered on the server ([`pages`]).
 
+pub mod history;
 pub mod pages;
 pub mod session;
 pub mod token;

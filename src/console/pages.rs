@@ -2,6 +2,7 @@
 //! the API's messages to HTML, escaped, with no script needed to read them. Live parts reload
 //! themselves (the overview every few seconds), so a page left open follows a failover.
 
+use super::history::Minute;
 use crate::cli::screen::{format_age, format_utc, job_counts_by_state, versions, Quorum};
 use crate::pb::v1::{ClusterStatusResponse, Job, JobLogLine, Worker};
 use crate::queue::JobState;
@@ -124,8 +125,9 @@ pub fn unavailable(viewer: &Viewer<'_>, error: &str) -> String {
     page("Overview", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
 }
 
-/// The overview: the majority, the leader, each replica, jobs by state, the outbox.
-pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse) -> String {
+/// The overview: the majority, the leader, each replica, jobs by state, the outbox, and the
+/// last hour as this replica saw it.
+pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Minute]) -> String {
     let quorum = Quorum::of(status);
     let mut body = String::new();
     if let Some(warning) = quorum.warning() {
@@ -191,7 +193,126 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse) -> String {
          event {}), {} log events dropped.</p>",
         status.outbox_events, status.outbox_shipped_up_to, status.outbox_dropped_log_events
     ));
+    body.push_str(&format!(
+        "<h2>The last hour</h2><p class=\"muted\">As replica {} saw it (kept since it started; \
+         dashed lines: leader changes).</p><div class=\"charts\">{}{}</div>",
+        status.answered_by,
+        chart(
+            "chart-jobs",
+            "Jobs per minute",
+            hour,
+            &[
+                ("submitted", |m: &Minute| m.submitted),
+                ("completed", |m: &Minute| m.completed),
+                ("failed", |m: &Minute| m.failed),
+            ],
+        ),
+        chart(
+            "chart-queue",
+            "Queue depth",
+            hour,
+            &[("depth", |m: &Minute| m.queue_depth)]
+        ),
+    ));
     page("Overview", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
+}
+
+/// What a chart shows of a minute, named by its CSS class.
+type Series = (&'static str, fn(&Minute) -> u64);
+
+const CHART_LEFT: u64 = 44;
+const CHART_STEP: u64 = 8;
+const CHART_TOP: u64 = 22;
+const CHART_HEIGHT: u64 = 100;
+
+/// A chart of `hour` as inline SVG (drawn on the server: no script, no library): one bar per
+/// series and minute, or a line for a single series; leader changes as dashed lines, each
+/// with a tooltip naming the new leader.
+fn chart(id: &str, title: &str, hour: &[Minute], series: &[Series]) -> String {
+    let width = CHART_LEFT + CHART_STEP * hour.len() as u64 + 8;
+    let bottom = CHART_TOP + CHART_HEIGHT;
+    let max = hour
+        .iter()
+        .flat_map(|m| series.iter().map(move |(_, value)| value(m)))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let y = |value: u64| bottom - value * CHART_HEIGHT / max;
+    let mut svg = format!(
+        "<svg class=\"chart\" id=\"{id}\" width=\"{width}\" height=\"{}\" \
+         viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"{}\">\
+         <text x=\"{CHART_LEFT}\" y=\"12\">{}</text>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{max}</text>\
+         <text x=\"{}\" y=\"{bottom}\" text-anchor=\"end\">0</text>\
+         <line class=\"axis\" x1=\"{CHART_LEFT}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\"/>",
+        bottom + 16,
+        bottom + 16,
+        escape(title),
+        escape(title),
+        CHART_LEFT - 4,
+        CHART_TOP + 4,
+        CHART_LEFT - 4,
+        width - 8,
+    );
+    let x_of = |index: usize| CHART_LEFT + CHART_STEP * index as u64;
+    if let [(class, value)] = series {
+        let points: Vec<String> = hour
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{},{}", x_of(i) + CHART_STEP / 2, y(value(m))))
+            .collect();
+        svg.push_str(&format!(
+            "<polyline class=\"{class}\" points=\"{}\"/>",
+            points.join(" ")
+        ));
+    } else {
+        let bar = (CHART_STEP - 2) / series.len().max(1) as u64;
+        for (i, m) in hour.iter().enumerate() {
+            for (k, (class, value)) in series.iter().enumerate() {
+                let v = value(m);
+                if v == 0 {
+                    continue;
+                }
+                svg.push_str(&format!(
+                    "<rect class=\"{class}\" x=\"{}\" y=\"{}\" width=\"{bar}\" height=\"{}\">\
+                     <title>{v} {class}</title></rect>",
+                    x_of(i) + 1 + bar * k as u64,
+                    y(v),
+                    bottom - y(v)
+                ));
+            }
+        }
+    }
+    for (i, m) in hour.iter().enumerate() {
+        for change in &m.leader_changes {
+            let offset = (change.at_ms.saturating_sub(m.start_ms) * CHART_STEP / 60_000)
+                .min(CHART_STEP - 1);
+            let x = x_of(i) + offset;
+            let who = match change.leader {
+                Some(leader) => format!("replica {leader} leads"),
+                None => "no leader (election)".to_string(),
+            };
+            svg.push_str(&format!(
+                "<line class=\"leader-change\" x1=\"{x}\" y1=\"{CHART_TOP}\" x2=\"{x}\" \
+                 y2=\"{bottom}\"><title>{} UTC, term {}: {who}</title></line>",
+                format_utc(change.at_ms),
+                change.term
+            ));
+        }
+    }
+    svg.push_str(&format!(
+        "<text x=\"{CHART_LEFT}\" y=\"{}\">-{} min</text>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">now</text></svg>",
+        bottom + 14,
+        hour.len(),
+        width - 8,
+        bottom + 14
+    ));
+    let legend: String = series
+        .iter()
+        .map(|(class, _)| format!("<span class=\"{class}\"></span>{class}"))
+        .collect();
+    format!("<figure>{svg}<figcaption class=\"legend\">{legend}</figcaption></figure>")
 }
 
 /// The name of a job state from the API's number.
@@ -464,7 +585,7 @@ mod tests {
     #[test]
     fn the_overview_names_the_leader_every_replica_and_the_counts() {
         let role = Role::Operator("ops".into());
-        let html = overview(&viewer(&role), &status([true, true, true]));
+        let html = overview(&viewer(&role), &status([true, true, true]), &[]);
         assert!(html.contains("Leader: <strong>replica 2"), "{html}");
         assert!(html.contains("data-replica=\"3\""), "{html}");
         assert!(html.contains("<td>3</td>"), "{html}");
@@ -477,9 +598,41 @@ mod tests {
     }
 
     #[test]
+    fn the_overview_charts_the_hour_with_leader_changes_marked() {
+        use super::super::history::LeaderChange;
+        let role = Role::Operator("ops".into());
+        let mut hour: Vec<Minute> = (0..60)
+            .map(|i| Minute {
+                start_ms: i * 60_000,
+                ..Minute::default()
+            })
+            .collect();
+        hour[58].submitted = 40;
+        hour[58].completed = 10;
+        hour[59].queue_depth = 30;
+        hour[59].leader_changes.push(LeaderChange {
+            at_ms: 59 * 60_000 + 30_000,
+            term: 5,
+            leader: Some(3),
+        });
+        let html = overview(&viewer(&role), &status([true, true, true]), &hour);
+        assert!(html.contains("id=\"chart-jobs\"") && html.contains("id=\"chart-queue\""));
+        assert!(html.contains("<title>40 submitted</title>"), "{html}");
+        assert!(html.contains("<title>10 completed</title>"), "{html}");
+        assert!(!html.contains("0 failed</title>"), "empty bars are not drawn");
+        // The largest value tops the axis: the submitted bar is the chart's full height.
+        assert!(html.contains(&format!("height=\"{CHART_HEIGHT}\"><title>40 submitted")));
+        // Marked in both charts, half-way through its minute.
+        let mark = format!("x1=\"{}\"", CHART_LEFT + 59 * CHART_STEP + CHART_STEP / 2);
+        assert_eq!(html.matches(&mark).count(), 2, "{html}");
+        assert!(html.contains("term 5: replica 3 leads"), "{html}");
+        assert!(html.contains("class=\"depth\" points=\""));
+    }
+
+    #[test]
     fn without_a_majority_the_overview_says_so_first_and_text_is_escaped() {
         let role = Role::Admin("<script>".into());
-        let html = overview(&viewer(&role), &status([false, true, false]));
+        let html = overview(&viewer(&role), &status([false, true, false]), &[]);
         let alert = html.find("NO MAJORITY").expect("the banner");
         assert!(alert < html.find("Leader:").expect("the leader line"));
         assert!(

@@ -20,6 +20,7 @@ use tonic::Request;
 use tracing::{debug, info, warn};
 
 use super::admin_service::AdminApi;
+use super::history::RecentHistory;
 use super::job_service::JobApi;
 use super::reads::ReadAnywhere;
 use crate::console::pages::{self, Viewer};
@@ -44,7 +45,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The console server, running; dropping it stops it.
 pub struct ConsoleServer {
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    tasks: [tokio::task::JoinHandle<()>; 3],
+}
+
+/// What the console's pages are built from.
+pub struct Services {
+    pub admin: AdminApi,
+    pub jobs: JobApi,
+    /// The replica's recent history (the overview's charts), and the task that keeps it.
+    pub history: RecentHistory,
+    pub sampler: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ConsoleServer {
@@ -60,14 +70,14 @@ struct Console {
     tokens: Arc<TokenVerifier>,
     admin: AdminApi,
     jobs: JobApi,
+    history: RecentHistory,
 }
 
 /// Serves the console on `listener` until `shutdown`.
 pub fn serve(
     listener: TcpListener,
     tls: Arc<TlsMaterial>,
-    admin: AdminApi,
-    jobs: JobApi,
+    services: Services,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<ConsoleServer, crate::tls::TlsError> {
     let addr = listener
@@ -75,8 +85,9 @@ pub fn serve(
         .map_err(|e| crate::tls::TlsError::Config(e.to_string()))?;
     let console = Console {
         tokens: Arc::new(TokenVerifier::new(tls.identity().ca_certs())?),
-        admin,
-        jobs,
+        admin: services.admin,
+        jobs: services.jobs,
+        history: services.history,
     };
     let router = Router::new()
         .route("/", get(overview))
@@ -104,7 +115,7 @@ pub fn serve(
     });
     info!(%addr, "web console listening (HTTPS)");
     Ok(ConsoleServer {
-        tasks: [handshakes, server],
+        tasks: [handshakes, server, services.sampler],
     })
 }
 
@@ -277,7 +288,12 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
         .cluster_status(session.request(ClusterStatusRequest {}))
         .await
     {
-        Ok(status) => Html(pages::overview(&viewer, &status.into_inner())).into_response(),
+        Ok(status) => Html(pages::overview(
+            &viewer,
+            &status.into_inner(),
+            &console.history.last_hour(),
+        ))
+        .into_response(),
         Err(status) if status.code() == tonic::Code::PermissionDenied => (
             StatusCode::FORBIDDEN,
             Html(pages::refused(

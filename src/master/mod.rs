@@ -19,6 +19,7 @@ mod console;
 mod forward;
 mod handover;
 mod health;
+mod history;
 mod job_service;
 mod leader;
 mod leader_hint;

@@ -296,6 +296,19 @@ impl ReplicaObserver {
             )
             .absolute(activity.attempts(outcome));
         }
+        for (state, count) in [
+            ("succeeded", activity.jobs_succeeded),
+            ("failed", activity.jobs_failed),
+            ("cancelled", activity.jobs_cancelled),
+        ] {
+            r.counter(
+                "scaleout_jobs_ended_total",
+                "Jobs that reached a final state, by state, as applied on this replica since it \
+                 started.",
+                &[("state", state)],
+            )
+            .absolute(count);
+        }
         let (mut online, mut offline, mut running) = (0u64, 0u64, 0u64);
         for worker in queue.workers() {
             if worker.is_online(now, self.offline_after_ms) {

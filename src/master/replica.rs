@@ -417,13 +417,21 @@ pub async fn run(
     let mut api_task = tokio::spawn(api_server);
     // `console_listen` needs [tls] (checked with the config).
     let console_server = match (console_listener, &security) {
-        (Some(listener), Security::MutualTls(material)) => Some(super::console::serve(
-            listener,
-            material.clone(),
-            admin_api.clone(),
-            job_api.clone(),
-            stopped(stop_rx.clone()),
-        )?),
+        (Some(listener), Security::MutualTls(material)) => {
+            let history = super::history::RecentHistory::default();
+            let sampler = history.spawn_sampler(raft.clone(), queue.clone());
+            Some(super::console::serve(
+                listener,
+                material.clone(),
+                super::console::Services {
+                    admin: admin_api.clone(),
+                    jobs: job_api.clone(),
+                    history,
+                    sampler,
+                },
+                stopped(stop_rx.clone()),
+            )?)
+        }
         _ => None,
     };
     let ops_server = match metrics_listener {

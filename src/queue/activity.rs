@@ -20,6 +20,10 @@ pub struct Activity {
     pub attempts_cancelled: u64,
     /// Finished jobs removed by retention.
     pub jobs_removed: u64,
+    /// Jobs that ended, by how.
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+    pub jobs_cancelled: u64,
 }
 
 impl Activity {
@@ -31,6 +35,16 @@ impl Activity {
             AttemptOutcome::Cancelled => &mut self.attempts_cancelled,
         };
         *counter += 1;
+    }
+
+    /// A job reached `state`; counted when it is a final one.
+    pub(crate) fn job_ended(&mut self, state: super::JobState) {
+        match state {
+            super::JobState::Succeeded => self.jobs_succeeded += 1,
+            super::JobState::Failed => self.jobs_failed += 1,
+            super::JobState::Cancelled => self.jobs_cancelled += 1,
+            _ => {}
+        }
     }
 
     /// Attempts ended with `outcome`.

@@ -35,6 +35,7 @@ impl QueueState {
         job.state = next;
         job.updated_at_ms = now_ms;
         if next.is_terminal() {
+            self.activity.job_ended(next);
             self.finished.insert((now_ms, job_id));
             self.finishing.push(job_id);
         }
