@@ -151,7 +151,8 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
     ));
     body.push_str(
         "<h2>Replicas</h2><table id=\"replicas\"><tr><th>Replica</th><th>API</th><th>Role</th>\
-         <th>Reachable</th><th>Term</th><th>Commit</th><th>Applied</th><th>Version</th></tr>",
+         <th>Reachable</th><th>Term</th><th>Commit</th><th>Applied</th><th>Version</th>\
+         <th>Console</th></tr>",
     );
     let known = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for r in &status.replicas {
@@ -164,7 +165,7 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
         };
         body.push_str(&format!(
             "<tr data-replica=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{reachable}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.id,
             r.id,
             escape(&r.api_addr),
@@ -172,7 +173,8 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
             r.term,
             known(r.commit_index),
             known(r.applied_index),
-            escape(&r.version)
+            escape(&r.version),
+            console_link(&r.console_url)
         ));
     }
     body.push_str("</table><h2>Jobs</h2><table id=\"jobs\"><tr>");
@@ -535,6 +537,121 @@ pub fn workers(viewer: &Viewer<'_>, workers: &[Worker], now_ms: u64) -> String {
         body.push_str("<p class=\"muted\">No worker has registered.</p>");
     }
     page("Workers", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
+}
+
+/// A replica's console as a link, or `-` when it has none (or did not say).
+fn console_link(url: &str) -> String {
+    match url {
+        "" => "-".to_string(),
+        url => format!("<a href=\"{0}/\">{0}</a>", escape(url)),
+    }
+}
+
+/// The members: addresses, health, consoles; for admins, add, remove, and hand leadership to.
+pub fn cluster(viewer: &Viewer<'_>, status: &ClusterStatusResponse) -> String {
+    let quorum = Quorum::of(status);
+    let admin = matches!(viewer.role, Role::Admin(_));
+    let mut body = String::new();
+    if let Some(warning) = quorum.warning() {
+        body.push_str(&format!("<div class=\"alert\">{}</div>", escape(&warning)));
+    }
+    body.push_str(&format!(
+        "<h1>Cluster</h1><p>{} voters, {} reachable; leader: {}, term {}.</p>\
+         <table id=\"members\"><tr><th>Replica</th><th>Member</th><th>API</th><th>Peer</th>\
+         <th>Console</th><th>Health</th><th>Role</th><th>Commit</th><th>Applied</th>\
+         <th>Last log</th><th>Version</th>{}</tr>",
+        quorum.voters,
+        quorum.reachable_voters,
+        status
+            .leader_id
+            .map_or("none known".to_string(), |id| format!("replica {id}")),
+        status.term,
+        if admin { "<th></th>" } else { "" }
+    ));
+    let known = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for r in &status.replicas {
+        let health = match r.reachable {
+            true => "<span class=\"ok\">answers</span>".to_string(),
+            false => format!("<span class=\"bad\">no answer</span>: {}", escape(&r.error)),
+        };
+        let actions = match admin {
+            false => String::new(),
+            true => {
+                let mut forms = action_form(
+                    viewer,
+                    &format!("/cluster/{}/remove", r.id),
+                    "Remove",
+                    Some(&format!(
+                        "Remove replica {} from the cluster? Stop its process afterwards.",
+                        r.id
+                    )),
+                );
+                if r.voter && status.leader_id != Some(r.id) {
+                    forms.push_str(&action_form(
+                        viewer,
+                        &format!("/cluster/{}/lead", r.id),
+                        "Hand leadership here",
+                        Some(&format!("Hand leadership to replica {}?", r.id)),
+                    ));
+                }
+                format!("<td>{forms}</td>")
+            }
+        };
+        body.push_str(&format!(
+            "<tr data-member=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{health}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{actions}</tr>",
+            r.id,
+            r.id,
+            if r.voter { "voter" } else { "learner" },
+            escape(&r.api_addr),
+            escape(&r.peer_addr),
+            console_link(&r.console_url),
+            escape(if r.reachable { &r.role } else { "-" }),
+            known(r.commit_index),
+            known(r.applied_index),
+            known(r.last_log_index),
+            escape(&r.version)
+        ));
+    }
+    body.push_str("</table>");
+    if admin {
+        body.push_str(&format!(
+            "<h2>Add a replica</h2><p class=\"muted\">Start the new replica first (its own \
+             config, an empty data dir, this cluster's CA): it joins as a learner, catches up, and \
+             becomes a voter, as <code>scaleout cluster add-replica</code> does.</p>\
+             <form method=\"post\" action=\"/cluster\" id=\"add-replica\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>Id <input name=\"id\" size=\"4\" required></label> \
+             <label>API address <input name=\"api_addr\" placeholder=\"host:7100\" required></label> \
+             <label>Peer address <input name=\"peer_addr\" placeholder=\"host:7200\" required></label> \
+             <label>Catch-up limit (s) <input name=\"catch_up_secs\" value=\"60\" size=\"4\"></label> \
+             <button>Add</button></form>",
+            escape(viewer.csrf)
+        ));
+    } else {
+        body.push_str(
+            "<p class=\"muted\">Adding and removing replicas needs the admin role.</p>",
+        );
+    }
+    page("Cluster", Some(viewer), None, &body)
+}
+
+/// A membership change asked of a replica that does not lead: where to make it.
+pub fn not_leader(viewer: &Viewer<'_>, what: &str, leader_console: Option<&str>) -> String {
+    let go = match leader_console {
+        Some(url) => format!(
+            "Open the leader's console, <a href=\"{0}/cluster\">{0}</a>, and make it there.",
+            escape(url)
+        ),
+        None => "No leader is known now (an election is under way); try again in a moment."
+            .to_string(),
+    };
+    let body = format!(
+        "<h1>{}</h1><p class=\"bad\">Membership changes and hand-overs are made by the leader, \
+         and this replica does not lead. {go}</p><p><a href=\"/cluster\">Back</a></p>",
+        escape(what)
+    );
+    page(what, Some(viewer), None, &body)
 }
 
 /// A request the cluster turned down (a bad form, a job that does not exist), with its reason.

@@ -48,6 +48,8 @@ pub struct AdminApi {
     sightings: Sightings,
     /// This replica's data dir storage id, for its own status.
     storage_id: uuid::Uuid,
+    /// Where this replica's web console is (empty: none), for its own status.
+    console_url: String,
 }
 
 impl AdminApi {
@@ -75,7 +77,14 @@ impl AdminApi {
             handovers,
             queue,
             workers,
+            console_url: String::new(),
         }
+    }
+
+    /// Names this replica's web console in its own status.
+    pub fn with_console_url(mut self, url: String) -> Self {
+        self.console_url = url;
+        self
     }
 
     async fn ask(&self, id: u64, node: &ReplicaNode) -> Result<NodeStatusResponse, String> {
@@ -84,6 +93,7 @@ impl AdminApi {
                 &self.raft,
                 (self.committed)(),
                 self.storage_id,
+                &self.console_url,
             ));
         }
         let channel = self
@@ -157,6 +167,7 @@ impl AdminService for AdminApi {
                         status.applied_index = own.applied_index;
                         status.last_log_index = own.last_log_index;
                         status.version = own.version;
+                        status.console_url = own.console_url;
                     }
                     Err(error) => {
                         status.role = "unreachable".into();

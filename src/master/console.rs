@@ -29,11 +29,12 @@ use crate::console::token::{SignedIn, TokenVerifier};
 use crate::pb::v1::admin_service_server::AdminService;
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
-    CancelJobRequest, ClusterStatusRequest, GetJobLogsRequest, GetJobRequest, JobSpec,
-    ListJobsRequest, ListWorkersRequest, RemoveWorkerRequest, SetWorkerStateRequest,
-    SubmitJobRequest, WorkerAction,
+    AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, GetJobLogsRequest, GetJobRequest, JobSpec,
+    ListJobsRequest, ListWorkersRequest, RemoveReplicaRequest, RemoveWorkerRequest,
+    SetWorkerStateRequest, SubmitJobRequest, TransferLeaderRequest, WorkerAction,
 };
 use crate::queue::JobState;
+use crate::rpc::contract::Reason;
 use crate::tls::TlsMaterial;
 use crate::transport::PeerIdentity;
 
@@ -98,6 +99,8 @@ pub fn serve(
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/workers", get(workers_page))
         .route("/workers/{id}/{action}", post(worker_action))
+        .route("/cluster", get(cluster_page).post(add_replica))
+        .route("/cluster/{id}/{action}", post(member_action))
         .route("/static/console.css", get(stylesheet))
         .route("/static/console.js", get(script))
         .layer(axum::middleware::map_response(guarded))
@@ -117,6 +120,19 @@ pub fn serve(
     Ok(ConsoleServer {
         tasks: [handshakes, server, services.sampler],
     })
+}
+
+/// The console's address for people and the other replicas' pages: the address it is bound
+/// to, or, bound to every interface, that port on the host of the replica's API address as
+/// the members know it.
+pub fn url_for(bound: SocketAddr, advertised_api: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return format!("https://{bound}");
+    }
+    let host = advertised_api
+        .rsplit_once(':')
+        .map_or(advertised_api, |(host, _)| host);
+    format!("https://{host}:{}", bound.port())
 }
 
 /// Accepts TCP connections and makes each TLS handshake in a task of its own (a client that
@@ -730,5 +746,191 @@ async fn worker_action(
             Redirect::to("/workers").into_response()
         }
         Err(status) => failure(&viewer, what, ADMINISTER, status),
+    }
+}
+
+async fn cluster_page(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let session = signed_in!(console, headers);
+    let viewer = session.viewer();
+    match console
+        .admin
+        .cluster_status(session.request(ClusterStatusRequest {}))
+        .await
+    {
+        Ok(status) => Html(pages::cluster(&viewer, &status.into_inner())).into_response(),
+        Err(status) => failure(&viewer, "Seeing the cluster", OPERATE, status),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddReplicaForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    api_addr: String,
+    #[serde(default)]
+    peer_addr: String,
+    #[serde(default)]
+    catch_up_secs: String,
+}
+
+impl AddReplicaForm {
+    /// The request the form describes, or what is wrong with it.
+    fn request(&self) -> Result<AddReplicaRequest, String> {
+        let id: u64 = self
+            .id
+            .trim()
+            .parse()
+            .map_err(|_| format!("id: {:?} is not a replica id (a number)", self.id.trim()))?;
+        let address = |text: &str, field: &str| -> Result<String, String> {
+            let text = text.trim();
+            match text.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(text.to_string())
+                }
+                _ => Err(format!("{field}: {text:?} is not host:port")),
+            }
+        };
+        let catch_up_secs: u32 = match self.catch_up_secs.trim() {
+            "" => 60,
+            text => text
+                .parse()
+                .ok()
+                .filter(|secs| (1..=3600).contains(secs))
+                .ok_or_else(|| format!("catch-up limit: {text:?} is not 1 to 3600 seconds"))?,
+        };
+        Ok(AddReplicaRequest {
+            id,
+            api_addr: address(&self.api_addr, "API address")?,
+            peer_addr: address(&self.peer_addr, "peer address")?,
+            catch_up_timeout_ms: catch_up_secs * 1000,
+        })
+    }
+}
+
+async fn add_replica(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<AddReplicaForm>,
+) -> Response {
+    let session = signed_in!(console, headers, form.csrf);
+    let viewer = session.viewer();
+    let what = "Adding a replica";
+    let request = match form.request() {
+        Ok(request) => request,
+        Err(reason) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Html(pages::rejected(&viewer, what, &reason)),
+            )
+                .into_response()
+        }
+    };
+    let id = request.id;
+    match console.admin.add_replica(session.request(request)).await {
+        Ok(_) => {
+            info!(replica = id, role = %session.signed_in.role, "replica added from the console");
+            Redirect::to("/cluster").into_response()
+        }
+        Err(status) => membership_failure(&console, &session, what, status).await,
+    }
+}
+
+async fn member_action(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(u64, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = signed_in!(console, headers, form.csrf);
+    let viewer = session.viewer();
+    let (what, outcome) = match action.as_str() {
+        "remove" => (
+            "Removing a replica",
+            console
+                .admin
+                .remove_replica(session.request(RemoveReplicaRequest { id }))
+                .await
+                .map(|_| ()),
+        ),
+        "lead" => (
+            "Handing leadership over",
+            console
+                .admin
+                .transfer_leader(session.request(TransferLeaderRequest { to: Some(id) }))
+                .await
+                .map(|_| ()),
+        ),
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                Html(pages::rejected(
+                    &viewer,
+                    "A cluster action",
+                    &format!("there is no cluster action {other:?} (remove, lead)"),
+                )),
+            )
+                .into_response()
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            info!(replica = id, action = %action, role = %session.signed_in.role, "cluster changed from the console");
+            Redirect::to("/cluster").into_response()
+        }
+        Err(status) => membership_failure(&console, &session, what, status).await,
+    }
+}
+
+/// The page for a membership change that failed: on a replica that does not lead, where the
+/// leader's console is (membership changes are not forwarded); otherwise as any refusal.
+async fn membership_failure(
+    console: &Console,
+    session: &Session,
+    what: &str,
+    status: tonic::Status,
+) -> Response {
+    let viewer = session.viewer();
+    if Reason::of(&status) != Some(Reason::NotLeader) {
+        return failure(&viewer, what, ADMINISTER, status);
+    }
+    let leader_console = console
+        .admin
+        .cluster_status(session.request(ClusterStatusRequest {}))
+        .await
+        .ok()
+        .map(|reply| reply.into_inner())
+        .and_then(|cluster| {
+            let leader = cluster.leader_id?;
+            cluster
+                .replicas
+                .into_iter()
+                .find(|r| r.id == leader && !r.console_url.is_empty())
+                .map(|r| r.console_url)
+        });
+    (
+        StatusCode::CONFLICT,
+        Html(pages::not_leader(&viewer, what, leader_console.as_deref())),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_bound_everywhere_is_named_by_the_api_host() {
+        let everywhere: SocketAddr = "0.0.0.0:7443".parse().expect("address");
+        assert_eq!(
+            url_for(everywhere, "etl-master-2.corp.example:7100"),
+            "https://etl-master-2.corp.example:7443"
+        );
+        let v6: SocketAddr = "[::]:7443".parse().expect("address");
+        assert_eq!(url_for(v6, "[fd00::2]:7100"), "https://[fd00::2]:7443");
+        let one: SocketAddr = "127.0.0.1:7301".parse().expect("address");
+        assert_eq!(url_for(one, "ignored:1"), "https://127.0.0.1:7301");
     }
 }

@@ -224,6 +224,17 @@ pub async fn run(
     let api_addr = local_addr(&api_listener);
     let peer_addr = local_addr(&peer_listener);
     info!(api = %api_addr, peer = %peer_addr, data_dir = %config.data_dir.display(), "replica listening");
+    // Where people open this replica's console, as the others' pages link to it.
+    let console_url = console_listener
+        .as_ref()
+        .and_then(|listener| listener.local_addr().ok())
+        .map(|bound| {
+            let advertised_api = config
+                .member(config.id)
+                .map_or_else(|| api_addr.clone(), |me| me.api.clone());
+            super::console::url_for(bound, &advertised_api)
+        })
+        .unwrap_or_default();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let max_bytes = config.api.max_message_bytes;
@@ -304,7 +315,8 @@ pub async fn run(
                     openraft_lease,
                     network.handover(),
                 )
-                .ending_lines_on(stop_rx.clone()),
+                .ending_lines_on(stop_rx.clone())
+                .with_console_url(console_url.clone()),
             )
             .max_decoding_message_size(peer_max_bytes)
             .max_encoding_message_size(peer_max_bytes),
@@ -379,7 +391,8 @@ pub async fn run(
         config.workers.clone(),
         sightings.clone(),
         admission.storage_id,
-    );
+    )
+    .with_console_url(console_url.clone());
     let api_server = Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .layer(GrpcTimingLayer::new(registry.clone()))

@@ -38,6 +38,8 @@ pub struct RaftGrpcService {
     /// Turns true when the replica stops: the leader lines end (a graceful stop waits for the
     /// calls in flight). `None`: they end only when this replica stops leading.
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where this replica's web console is (empty: none), for `cluster status`.
+    console_url: String,
 }
 
 impl RaftGrpcService {
@@ -59,7 +61,14 @@ impl RaftGrpcService {
             openraft_lease,
             handover,
             stopping: None,
+            console_url: String::new(),
         }
+    }
+
+    /// Names this replica's web console in its status.
+    pub fn with_console_url(mut self, url: String) -> Self {
+        self.console_url = url;
+        self
     }
 
     /// Ends the leader lines when `stopping` turns true.
@@ -151,6 +160,7 @@ impl RaftGrpcService {
         raft: &Raft,
         committed: Option<u64>,
         storage_id: uuid::Uuid,
+        console_url: &str,
     ) -> NodeStatusResponse {
         let metrics = raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -175,6 +185,7 @@ impl RaftGrpcService {
             applied_index: metrics.last_applied.map(|id| id.index),
             last_log_index: metrics.last_log_index,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            console_url: console_url.to_string(),
         }
     }
 }
@@ -399,6 +410,7 @@ impl RaftService for RaftGrpcService {
             &self.raft,
             (self.committed)(),
             self.admission.storage_id,
+            &self.console_url,
         )))
     }
 }
