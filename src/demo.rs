@@ -99,7 +99,9 @@ fn sample_spec(n: u32, dir: &Path) -> v1::JobSpec {
     }
 }
 
-pub async fn run(jobs: u32) -> anyhow::Result<()> {
+/// `keep`: once done, leave the cluster and its workers running, with the consoles open and
+/// sign-in tokens printed, until Ctrl-C.
+pub async fn run(jobs: u32, keep: bool) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("cannot find the scaleout binary")?;
     let options = ClusterOptions {
         log_filter: "warn".into(),
@@ -297,10 +299,48 @@ pub async fn run(jobs: u32) -> anyhow::Result<()> {
         status.outbox_events
     );
     show_operations(&cluster, current_leader).await?;
+    if keep {
+        keep_open(&cluster).await?;
+    }
     drop(cluster);
     if !lost.is_empty() || twice > 0 {
         bail!("invariants broken: lost {lost:?}, completed twice {twice}");
     }
+    Ok(())
+}
+
+/// Prints the consoles and a sign-in token per role, and waits for Ctrl-C.
+async fn keep_open(cluster: &LocalCluster) -> anyhow::Result<()> {
+    use crate::tls::Role;
+    const TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+    println!();
+    for role in [Role::Operator("operator".into()), Role::Admin("admin".into())] {
+        let paths = cluster
+            .identity_paths(&role)
+            .context("the demo cluster has no certificates")?;
+        let identity = crate::tls::load_identity(&paths.ca, &paths.cert, &paths.key)?;
+        let token =
+            crate::console::token::issue(&identity, TOKEN_LIFETIME, crate::wall_time::now_ms())?;
+        println!("sign-in token for {role} (valid 8 hours):\n{token}\n");
+    }
+    for replica in &cluster.replicas {
+        if let Some(addr) = &replica.console_addr {
+            println!("replica {}'s console: https://{addr}/", replica.id);
+        }
+    }
+    println!(
+        "the browser will not know the demo's CA: accept its warning, or import {}; the cluster \
+         and its workers run until Ctrl-C",
+        cluster
+            .certs
+            .as_ref()
+            .map(|certs| certs.dir.join("ca.pem").display().to_string())
+            .unwrap_or_default()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    println!("stopping the demo cluster");
     Ok(())
 }
 

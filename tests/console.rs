@@ -181,11 +181,63 @@ async fn sign_in_see_the_cluster_and_sign_out() {
         "who is signed in"
     );
 
+    // Every answer forbids framing and inline script; the script and stylesheet are files.
+    let policy = answer.header("content-security-policy").unwrap_or_default();
+    assert!(
+        policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{answer:?}"
+    );
+    assert!(!answer.body.contains("<script>") && !answer.body.contains("style=\""));
+    let script = get("/static/console.js", None).await;
+    assert_eq!(script.status, 200, "{script:?}");
+    assert!(script
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/javascript")));
+    assert!(answer.body.contains("data-refresh=\"2\""), "the overview is live");
+
+    // A read on this follower is linearizable: a job the leader just acknowledged is on the
+    // follower's page at once, read through the leader's read index (no notice of a read
+    // from its own state).
+    let client = cluster.client().expect("client");
+    for n in 0..5 {
+        let spec = scaleout::pb::v1::JobSpec {
+            argv: vec!["/bin/true".into()],
+            name: format!("read-{n}"),
+            ..Default::default()
+        };
+        let id = client.submit_job(spec, None).await.expect("submit").job_id;
+        let path = format!("/jobs/{id}");
+        let page = https(&addr, &ca, "GET", &path, Some(&session), None).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(page.body.contains(&format!("read-{n}")), "{}", page.body);
+        assert!(!page.body.contains("id=\"notice\""), "{}", page.body);
+    }
+
+    // The cluster page: every member with its addresses and console; the operator sees no
+    // membership forms, and is refused a removal with the role named.
+    let answer = get("/cluster", Some(session.clone())).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    for replica in &cluster.replicas {
+        assert!(answer.body.contains(&format!("data-member=\"{}\"", replica.id)));
+        let url = format!("https://{}", replica.console_addr.as_deref().expect("console"));
+        assert!(answer.body.contains(&url), "{url} in {}", answer.body);
+    }
+    assert!(!answer.body.contains("id=\"add-replica\""));
+    let csrf = scaleout::console::session::csrf_for(&token);
+    let answer = post("/cluster/3/remove", Some(session.clone()), format!("csrf={csrf}")).await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(
+        answer
+            .body
+            .contains("Removing a replica needs the admin role; you are signed in as operator"),
+        "{}",
+        answer.body
+    );
+
     // Signing out needs the page's CSRF token.
     let answer = post("/signout", Some(session.clone()), "csrf=guess".into()).await;
     assert_eq!(answer.status, 403, "{answer:?}");
     assert!(answer.body.contains("CSRF"), "{}", answer.body);
-    let csrf = scaleout::console::session::csrf_for(&token);
     let answer = post("/signout", Some(session.clone()), format!("csrf={csrf}")).await;
     assert_eq!(answer.status, 303, "{answer:?}");
     assert!(answer
@@ -211,6 +263,56 @@ async fn sign_in_see_the_cluster_and_sign_out() {
     .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(answer.body.contains("admin admin"));
+
+    // Membership: the admin sees the forms; a follower sends them to the leader's console;
+    // a bad form is refused with the reason; the leader hands leadership over.
+    let admin_cookie = format!("scaleout_session={admin}");
+    let admin_csrf = scaleout::console::session::csrf_for(&admin);
+    let answer = get("/cluster", Some(admin_cookie.clone())).await;
+    assert!(answer.body.contains("id=\"add-replica\""), "{answer:?}");
+    let answer = post(
+        "/cluster/3/lead",
+        Some(admin_cookie.clone()),
+        format!("csrf={admin_csrf}"),
+    )
+    .await;
+    assert_eq!(answer.status, 409, "{answer:?}");
+    assert!(
+        answer
+            .body
+            .contains(&format!("href=\"https://{leader_console}/cluster\"")),
+        "the leader's console is named: {}",
+        answer.body
+    );
+    let on_leader = |method: &'static str, path: String, form: Option<String>| {
+        let (addr, ca, cookie) = (leader_console.clone(), ca.clone(), admin_cookie.clone());
+        async move { https(&addr, &ca, method, &path, Some(&cookie), form.as_deref()).await }
+    };
+    let answer = on_leader(
+        "POST",
+        "/cluster".into(),
+        Some(format!(
+            "csrf={admin_csrf}&id=4&api_addr=nowhere&peer_addr=127.0.0.1:1"
+        )),
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(answer.body.contains("API address"), "{}", answer.body);
+    let answer = on_leader(
+        "POST",
+        format!("/cluster/{follower}/lead"),
+        Some(format!("csrf={admin_csrf}")),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let (new_leader, _) = cluster.wait_for_leader(SETTLE).await.expect("a leader");
+    assert_eq!(new_leader, follower);
+    let answer = on_leader("GET", "/cluster".into(), None).await;
+    assert!(
+        answer.body.contains(&format!("leader: replica {follower}")),
+        "{}",
+        answer.body
+    );
 }
 
 /// Waits until `path` on the console answers a page containing every one of `wanted`.

@@ -106,6 +106,10 @@ pub enum Command {
         /// Jobs to submit in all.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(2..=10_000))]
         jobs: u32,
+        /// Keep the cluster running afterwards, with the web consoles open and sign-in tokens
+        /// printed, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
     },
     /// Chaos test: 3 replicas and workers behind fault-injecting proxies, faults from a seeded
     /// plan (kills, pauses, partitions, a lost disk, power cuts, clock steps, overlapping
@@ -176,7 +180,9 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         #[cfg(unix)]
         Command::Ssisdb { command } => command.run().await,
         #[cfg(unix)]
-        Command::Demo { jobs } => crate::demo::run(jobs).await.map_err(CliError::failed),
+        Command::Demo { jobs, keep } => crate::demo::run(jobs, keep)
+            .await
+            .map_err(CliError::failed),
         #[cfg(unix)]
         Command::Chaos {
             minutes,
