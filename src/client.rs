@@ -215,14 +215,24 @@ impl Client {
         limit: u32,
         stale: bool,
     ) -> Result<ListJobsResponse, ClientError> {
-        let request = ListJobsRequest {
+        self.list_jobs_where(ListJobsRequest {
             state: state.unwrap_or(JobState::Unspecified) as i32,
             after_id,
             limit,
             stale,
-        };
+            ..ListJobsRequest::default()
+        })
+        .await
+    }
+
+    /// One page of the jobs `request` asks for (state, name, tag, worker).
+    pub async fn list_jobs_where(
+        &self,
+        request: ListJobsRequest,
+    ) -> Result<ListJobsResponse, ClientError> {
+        let stale = request.stale;
         let op = |channel, timeout| {
-            let call = leader_request(request, timeout);
+            let call = leader_request(request.clone(), timeout);
             async move { Self::job_client(channel).list_jobs(call).await }
         };
         if stale {
@@ -238,15 +248,28 @@ impl Client {
         state: Option<JobState>,
         stale: bool,
     ) -> Result<Vec<Job>, ClientError> {
+        self.list_all_jobs_where(ListJobsRequest {
+            state: state.unwrap_or(JobState::Unspecified) as i32,
+            stale,
+            ..ListJobsRequest::default()
+        })
+        .await
+    }
+
+    /// Every job `request` asks for, following pages from its `after_id`.
+    pub async fn list_all_jobs_where(
+        &self,
+        mut request: ListJobsRequest,
+    ) -> Result<Vec<Job>, ClientError> {
         let mut jobs = Vec::new();
-        let mut after_id = 0;
+        request.limit = 1000;
         loop {
-            let page = self.list_jobs(state, after_id, 1000, stale).await?;
+            let page = self.list_jobs_where(request.clone()).await?;
             jobs.extend(page.jobs);
             if page.next_after_id == 0 {
                 return Ok(jobs);
             }
-            after_id = page.next_after_id;
+            request.after_id = page.next_after_id;
         }
     }
 

@@ -314,7 +314,10 @@ async fn keep_open(cluster: &LocalCluster) -> anyhow::Result<()> {
     use crate::tls::Role;
     const TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
     println!();
-    for role in [Role::Operator("operator".into()), Role::Admin("admin".into())] {
+    for role in [
+        Role::Operator("operator".into()),
+        Role::Admin("admin".into()),
+    ] {
         let paths = cluster
             .identity_paths(&role)
             .context("the demo cluster has no certificates")?;

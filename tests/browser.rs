@@ -33,10 +33,15 @@ fn chromium() -> Option<PathBuf> {
         return Some(PathBuf::from(named));
     }
     let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|candidate| candidate.is_file())
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+    .find(|candidate| candidate.is_file())
 }
 
 /// A headless Chromium with one page, killed when dropped.
@@ -314,7 +319,10 @@ async fn the_console_in_a_real_browser() {
 
     // Operator: the overview names the three replicas and the leader.
     browser
-        .sign_in(&console, &token_for(&cluster, &Role::Operator("operator".into())))
+        .sign_in(
+            &console,
+            &token_for(&cluster, &Role::Operator("operator".into())),
+        )
         .await;
     browser
         .wait_for(&format!(
@@ -375,9 +383,7 @@ async fn the_console_in_a_real_browser() {
         .eval("document.querySelector('#workers tr[data-worker] code').innerText")
         .await;
     let worker_id = worker_id.as_str().expect("a worker id").to_string();
-    browser
-        .press(&format!("/workers/{worker_id}/drain"))
-        .await;
+    browser.press(&format!("/workers/{worker_id}/drain")).await;
     browser
         .wait_for(
             "document.body.innerText.includes('Draining a worker needs the admin role; you are \
@@ -394,9 +400,7 @@ async fn the_console_in_a_real_browser() {
         .sign_in(&console, &token_for(&cluster, &Role::Admin("admin".into())))
         .await;
     browser.goto(&format!("https://{console}/workers")).await;
-    browser
-        .press(&format!("/workers/{worker_id}/drain"))
-        .await;
+    browser.press(&format!("/workers/{worker_id}/drain")).await;
     browser
         .wait_for(
             "location.pathname === '/workers' && \

@@ -193,7 +193,10 @@ async fn sign_in_see_the_cluster_and_sign_out() {
     assert!(script
         .header("content-type")
         .is_some_and(|t| t.starts_with("text/javascript")));
-    assert!(answer.body.contains("data-refresh=\"2\""), "the overview is live");
+    assert!(
+        answer.body.contains("data-refresh=\"2\""),
+        "the overview is live"
+    );
 
     // A read on this follower is linearizable: a job the leader just acknowledged is on the
     // follower's page at once, read through the leader's read index (no notice of a read
@@ -213,18 +216,65 @@ async fn sign_in_see_the_cluster_and_sign_out() {
         assert!(!page.body.contains("id=\"notice\""), "{}", page.body);
     }
 
+    // Filters: by name (any case), paged across the scan; by tag; on the page too.
+    let mut request = scaleout::pb::v1::ListJobsRequest {
+        name_contains: "READ-".into(),
+        limit: 2,
+        ..Default::default()
+    };
+    let mut names = Vec::new();
+    loop {
+        let page = client.list_jobs_where(request.clone()).await.expect("list");
+        assert!(page.jobs.len() <= 2);
+        names.extend(
+            page.jobs
+                .iter()
+                .map(|j| j.spec.clone().unwrap_or_default().name),
+        );
+        if page.next_after_id == 0 {
+            break;
+        }
+        request.after_id = page.next_after_id;
+    }
+    assert_eq!(names, ["read-0", "read-1", "read-2", "read-3", "read-4"]);
+    let none = client
+        .list_jobs_where(scaleout::pb::v1::ListJobsRequest {
+            tag: "nightly".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(none.jobs.is_empty() && none.next_after_id == 0, "{none:?}");
+    let page = get("/jobs?name=read-3&state=", Some(session.clone())).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains(">read-3<") && !page.body.contains(">read-4<"),
+        "{}",
+        page.body
+    );
+
     // The cluster page: every member with its addresses and console; the operator sees no
     // membership forms, and is refused a removal with the role named.
     let answer = get("/cluster", Some(session.clone())).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     for replica in &cluster.replicas {
-        assert!(answer.body.contains(&format!("data-member=\"{}\"", replica.id)));
-        let url = format!("https://{}", replica.console_addr.as_deref().expect("console"));
+        assert!(answer
+            .body
+            .contains(&format!("data-member=\"{}\"", replica.id)));
+        let url = format!(
+            "https://{}",
+            replica.console_addr.as_deref().expect("console")
+        );
         assert!(answer.body.contains(&url), "{url} in {}", answer.body);
     }
     assert!(!answer.body.contains("id=\"add-replica\""));
     let csrf = scaleout::console::session::csrf_for(&token);
-    let answer = post("/cluster/3/remove", Some(session.clone()), format!("csrf={csrf}")).await;
+    let answer = post(
+        "/cluster/3/remove",
+        Some(session.clone()),
+        format!("csrf={csrf}"),
+    )
+    .await;
     assert_eq!(answer.status, 403, "{answer:?}");
     assert!(
         answer
@@ -400,6 +450,25 @@ async fn jobs_and_workers_through_the_forms_with_the_roles_of_the_api() {
     )
     .await;
     assert!(list.contains(&format!("href=\"{job_path}\"")), "{list}");
+    let by_worker = wait_for_page(
+        &addr,
+        &ca,
+        &cookie,
+        "/jobs?worker=console-worker",
+        &["hello-console"],
+    )
+    .await;
+    assert!(by_worker.contains(&job_path), "{by_worker}");
+    let answer = https(
+        &addr,
+        &ca,
+        "GET",
+        "/jobs?worker=nobody",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(answer.body.contains("No jobs here"), "{answer:?}");
 
     // Bad forms are refused with the reason; a form without the CSRF token is refused.
     let answer = post(

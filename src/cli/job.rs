@@ -28,6 +28,8 @@ pub enum JobCommand {
         #[arg(long)]
         limit: Option<u32>,
         #[command(flatten)]
+        filter: JobListFilter,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Show a job's log lines.
@@ -66,8 +68,9 @@ impl JobCommand {
             JobCommand::List {
                 state,
                 limit,
+                filter,
                 client,
-            } => job_list(state.as_deref(), limit, &client).await,
+            } => job_list(state.as_deref(), limit, &filter, &client).await,
             JobCommand::Cancel { id, client } => job_cancel(id, &client).await,
             JobCommand::Logs { id, follow, client } => job_logs(id, follow, &client).await,
             JobCommand::Wait {
@@ -77,6 +80,20 @@ impl JobCommand {
             } => job_wait(id, timeout, &client).await,
         }
     }
+}
+
+/// `job list`'s filters besides the state.
+#[derive(Debug, Clone, Default, Args)]
+pub struct JobListFilter {
+    /// Only jobs whose name contains this (any case).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only jobs that require this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only jobs with an attempt on this worker (an id prefix or a display name).
+    #[arg(long)]
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -221,6 +238,7 @@ pub async fn job_get(id: u64, args: &ClientArgs) -> Result<(), CliError> {
 pub async fn job_list(
     state: Option<&str>,
     limit: Option<u32>,
+    filter: &JobListFilter,
     args: &ClientArgs,
 ) -> Result<(), CliError> {
     let state = state
@@ -231,9 +249,31 @@ pub async fn job_list(
         .transpose()?
         .map(v1::JobState::from);
     let client = args.client()?;
+    let request = v1::ListJobsRequest {
+        state: state.unwrap_or(v1::JobState::Unspecified) as i32,
+        stale: args.stale,
+        name_contains: filter.name.clone().unwrap_or_default(),
+        tag: filter.tag.clone().unwrap_or_default(),
+        worker: filter.worker.clone().unwrap_or_default(),
+        ..v1::ListJobsRequest::default()
+    };
     let jobs = match limit {
-        Some(limit) => client.list_jobs(state, 0, limit, args.stale).await?.jobs,
-        None => client.list_all_jobs(state, args.stale).await?,
+        // A filtered page may come back short with more to scan: follow it to `limit` jobs.
+        Some(limit) => {
+            let mut request = v1::ListJobsRequest { limit, ..request };
+            let mut jobs = Vec::new();
+            loop {
+                let page = client.list_jobs_where(request.clone()).await?;
+                jobs.extend(page.jobs);
+                if page.next_after_id == 0 || jobs.len() >= limit as usize {
+                    jobs.truncate(limit as usize);
+                    break jobs;
+                }
+                request.after_id = page.next_after_id;
+                request.limit = limit - jobs.len() as u32;
+            }
+        }
+        None => client.list_all_jobs_where(request).await?,
     };
     match args.output {
         Output::Json => {

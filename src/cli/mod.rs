@@ -180,9 +180,9 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         #[cfg(unix)]
         Command::Ssisdb { command } => command.run().await,
         #[cfg(unix)]
-        Command::Demo { jobs, keep } => crate::demo::run(jobs, keep)
-            .await
-            .map_err(CliError::failed),
+        Command::Demo { jobs, keep } => {
+            crate::demo::run(jobs, keep).await.map_err(CliError::failed)
+        }
         #[cfg(unix)]
         Command::Chaos {
             minutes,

@@ -158,7 +158,10 @@ mod tests {
         let (before, now) = (&hour[MINUTES - 2], &hour[MINUTES - 1]);
         // The first sample is the baseline: what was there before the replica looked is not
         // counted in any minute.
-        assert_eq!((before.submitted, before.completed, before.failed), (15, 5, 1));
+        assert_eq!(
+            (before.submitted, before.completed, before.failed),
+            (15, 5, 1)
+        );
         assert_eq!(before.queue_depth, 19);
         assert_eq!((now.submitted, now.completed, now.failed), (5, 15, 1));
         assert_eq!(now.queue_depth, 8);
@@ -174,10 +177,15 @@ mod tests {
         let hour = history.last_hour(later);
         assert_eq!(hour.len(), MINUTES);
         assert_eq!(hour.last().map(|m| m.start_ms), Some(later));
-        let first = hour.iter().position(|m| m.start_ms == T0).expect("T0's minute");
+        let first = hour
+            .iter()
+            .position(|m| m.start_ms == T0)
+            .expect("T0's minute");
         assert_eq!(hour[first].submitted, 3);
         // Nothing sampled since: the queue is as last seen.
-        assert!(hour[first + 1..].iter().all(|m| m.queue_depth == 7 && m.submitted == 0));
+        assert!(hour[first + 1..]
+            .iter()
+            .all(|m| m.queue_depth == 7 && m.submitted == 0));
         // Two hours on, the samples have left the window.
         for minute in 0..2 * MINUTES as u64 {
             history.record(sample(T0 + minute * MINUTE_MS + 500, 3, 0, 0, 1));
@@ -203,15 +211,23 @@ mod tests {
         assert_eq!(
             changes,
             &vec![
-                LeaderChange { at_ms: T0 + 5_000, term: 2, leader: None },
-                LeaderChange { at_ms: T0 + 5_400, term: 2, leader: Some(3) },
+                LeaderChange {
+                    at_ms: T0 + 5_000,
+                    term: 2,
+                    leader: None
+                },
+                LeaderChange {
+                    at_ms: T0 + 5_400,
+                    term: 2,
+                    leader: Some(3)
+                },
             ]
         );
     }
 
     #[test]
-    fn a_state_replaced_by_a_snapshot_or_a_clock_step_back_loses_nothing_and_counts_nothing_twice(
-    ) {
+    fn a_state_replaced_by_a_snapshot_or_a_clock_step_back_loses_nothing_and_counts_nothing_twice()
+    {
         let mut history = History::default();
         history.record(sample(T0 + 1_000, 100, 50, 0, 0));
         // Totals restart lower (a snapshot replaced the state): no negative or huge count.

@@ -287,8 +287,8 @@ fn chart(id: &str, title: &str, hour: &[Minute], series: &[Series]) -> String {
     }
     for (i, m) in hour.iter().enumerate() {
         for change in &m.leader_changes {
-            let offset = (change.at_ms.saturating_sub(m.start_ms) * CHART_STEP / 60_000)
-                .min(CHART_STEP - 1);
+            let offset =
+                (change.at_ms.saturating_sub(m.start_ms) * CHART_STEP / 60_000).min(CHART_STEP - 1);
             let x = x_of(i) + offset;
             let who = match change.leader {
                 Some(leader) => format!("replica {leader} leads"),
@@ -337,28 +337,65 @@ fn action_form(viewer: &Viewer<'_>, action: &str, label: &str, confirm: Option<&
     )
 }
 
-/// Jobs by id, a page at a time, filtered by `state`; the submit form below.
-pub fn jobs(viewer: &Viewer<'_>, jobs: &[Job], state: Option<JobState>, next_after: u64) -> String {
-    let mut body = String::from("<h1>Jobs</h1><p>");
-    let all = match state {
-        None => "<strong>all</strong>".to_string(),
-        Some(_) => "<a href=\"/jobs\">all</a>".to_string(),
-    };
-    body.push_str(&all);
-    for candidate in JobState::ALL {
-        let name = candidate.as_str();
-        if state == Some(candidate) {
-            body.push_str(&format!(" · <strong>{}</strong>", name.replace('_', " ")));
-        } else {
-            body.push_str(&format!(
-                " · <a href=\"/jobs?state={name}\">{}</a>",
-                name.replace('_', " ")
-            ));
-        }
-    }
+/// What the jobs page filters on besides the state (the query's `name`, `tag`, `worker`).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct JobsFilter {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub tag: String,
+    #[serde(default)]
+    pub worker: String,
+}
+
+/// `text` encoded for a URL's query.
+fn query_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Jobs by id, a page at a time, filtered by state, name, tag and worker; the submit form below.
+pub fn jobs(
+    viewer: &Viewer<'_>,
+    jobs: &[Job],
+    state: Option<JobState>,
+    filter: &JobsFilter,
+    next_after: u64,
+) -> String {
+    let options: String = std::iter::once(("", "any state"))
+        .chain(JobState::ALL.iter().map(|s| (s.as_str(), s.as_str())))
+        .map(|(value, label)| {
+            let selected = match (state, value) {
+                (None, "") => " selected",
+                (Some(s), v) if s.as_str() == v => " selected",
+                _ => "",
+            };
+            format!(
+                "<option value=\"{value}\"{selected}>{}</option>",
+                label.replace('_', " ")
+            )
+        })
+        .collect();
+    let mut body = format!(
+        "<h1>Jobs</h1><form method=\"get\" action=\"/jobs\" id=\"filter\">\
+         <label>State <select name=\"state\">{options}</select></label> \
+         <label>Name contains <input name=\"name\" value=\"{}\"></label> \
+         <label>Tag <input name=\"tag\" value=\"{}\" size=\"12\"></label> \
+         <label>Worker (id prefix or name) <input name=\"worker\" value=\"{}\" size=\"16\"></label> \
+         <button>Filter</button> <a href=\"/jobs\">clear</a></form>",
+        escape(&filter.name),
+        escape(&filter.tag),
+        escape(&filter.worker)
+    );
     body.push_str(
-        "</p><table id=\"jobs\"><tr><th>Job</th><th>State</th><th>Name</th><th>Attempts</th>\
-         <th>Command</th></tr>",
+        "<table id=\"jobs\"><tr><th>Job</th><th>State</th><th>Name</th><th>Attempts</th>\
+         <th>Last worker</th><th>Tags</th><th>Command</th></tr>",
     );
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
@@ -366,9 +403,13 @@ pub fn jobs(viewer: &Viewer<'_>, jobs: &[Job], state: Option<JobState>, next_aft
             true => spec.argv.join(" "),
             false => spec.package.clone(),
         };
+        let worker = job
+            .attempts
+            .last()
+            .map_or("-".to_string(), |a| a.worker_id.chars().take(8).collect());
         body.push_str(&format!(
             "<tr data-job=\"{}\"><td><a href=\"/jobs/{}\">{}</a></td><td>{}</td><td>{}</td>\
-             <td>{}/{}</td><td><code>{}</code></td></tr>",
+             <td>{}/{}</td><td><code>{}</code></td><td>{}</td><td><code>{}</code></td></tr>",
             job.id,
             job.id,
             job.id,
@@ -376,6 +417,8 @@ pub fn jobs(viewer: &Viewer<'_>, jobs: &[Job], state: Option<JobState>, next_aft
             escape(&spec.name),
             job.attempts.len(),
             spec.max_attempts.max(1),
+            escape(&worker),
+            escape(&spec.tags.join(", ")),
             escape(&command)
         ));
     }
@@ -384,11 +427,18 @@ pub fn jobs(viewer: &Viewer<'_>, jobs: &[Job], state: Option<JobState>, next_aft
         body.push_str("<p class=\"muted\">No jobs here.</p>");
     }
     if next_after > 0 {
-        let filter = state
-            .map(|s| format!("state={}&amp;", s.as_str()))
-            .unwrap_or_default();
+        let query: String = [
+            ("state", state.map_or("", |s| s.as_str())),
+            ("name", filter.name.as_str()),
+            ("tag", filter.tag.as_str()),
+            ("worker", filter.worker.as_str()),
+        ]
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| format!("{key}={}&amp;", query_encode(value)))
+        .collect();
         body.push_str(&format!(
-            "<p><a href=\"/jobs?{filter}after={next_after}\">Next page</a></p>"
+            "<p><a href=\"/jobs?{query}after={next_after}\">Next page</a></p>"
         ));
     }
     body.push_str(&format!(
@@ -629,9 +679,7 @@ pub fn cluster(viewer: &Viewer<'_>, status: &ClusterStatusResponse) -> String {
             escape(viewer.csrf)
         ));
     } else {
-        body.push_str(
-            "<p class=\"muted\">Adding and removing replicas needs the admin role.</p>",
-        );
+        body.push_str("<p class=\"muted\">Adding and removing replicas needs the admin role.</p>");
     }
     page("Cluster", Some(viewer), None, &body)
 }
@@ -643,8 +691,9 @@ pub fn not_leader(viewer: &Viewer<'_>, what: &str, leader_console: Option<&str>)
             "Open the leader's console, <a href=\"{0}/cluster\">{0}</a>, and make it there.",
             escape(url)
         ),
-        None => "No leader is known now (an election is under way); try again in a moment."
-            .to_string(),
+        None => {
+            "No leader is known now (an election is under way); try again in a moment.".to_string()
+        }
     };
     let body = format!(
         "<h1>{}</h1><p class=\"bad\">Membership changes and hand-overs are made by the leader, \
@@ -736,7 +785,10 @@ mod tests {
         assert!(html.contains("id=\"chart-jobs\"") && html.contains("id=\"chart-queue\""));
         assert!(html.contains("<title>40 submitted</title>"), "{html}");
         assert!(html.contains("<title>10 completed</title>"), "{html}");
-        assert!(!html.contains("0 failed</title>"), "empty bars are not drawn");
+        assert!(
+            !html.contains("0 failed</title>"),
+            "empty bars are not drawn"
+        );
         // The largest value tops the axis: the submitted bar is the chart's full height.
         assert!(html.contains(&format!("height=\"{CHART_HEIGHT}\"><title>40 submitted")));
         // Marked in both charts, half-way through its minute.
@@ -775,14 +827,27 @@ mod tests {
         let html = job(&viewer(&role), &sleeper, &[], 0);
         assert!(html.contains("action=\"/jobs/7/cancel\""), "{html}");
         assert!(html.contains("&lt;sleeper&gt;") && !html.contains("<sleeper>"));
+        let filter = JobsFilter {
+            name: "sleep er".into(),
+            ..JobsFilter::default()
+        };
         let listed = jobs(
             &viewer(&role),
             std::slice::from_ref(&sleeper),
             Some(JobState::Running),
+            &filter,
             7,
         );
         assert!(
-            listed.contains("href=\"/jobs?state=running&amp;after=7\""),
+            listed.contains("href=\"/jobs?state=running&amp;name=sleep%20er&amp;after=7\""),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("<option value=\"running\" selected>"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("name=\"name\" value=\"sleep er\""),
             "{listed}"
         );
         let noted = with_notice(html, "from a follower");

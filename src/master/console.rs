@@ -29,8 +29,8 @@ use crate::console::token::{SignedIn, TokenVerifier};
 use crate::pb::v1::admin_service_server::AdminService;
 use crate::pb::v1::job_service_server::JobService;
 use crate::pb::v1::{
-    AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, GetJobLogsRequest, GetJobRequest, JobSpec,
-    ListJobsRequest, ListWorkersRequest, RemoveReplicaRequest, RemoveWorkerRequest,
+    AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, GetJobLogsRequest, GetJobRequest,
+    JobSpec, ListJobsRequest, ListWorkersRequest, RemoveReplicaRequest, RemoveWorkerRequest,
     SetWorkerStateRequest, SubmitJobRequest, TransferLeaderRequest, WorkerAction,
 };
 use crate::queue::JobState;
@@ -343,7 +343,10 @@ async fn guarded(mut response: Response) -> Response {
         headers.insert(name, header::HeaderValue::from_static(value));
     }
     if !headers.contains_key(header::CACHE_CONTROL) {
-        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
     }
     response
 }
@@ -469,6 +472,8 @@ struct JobsQuery {
     state: String,
     #[serde(default)]
     after: u64,
+    #[serde(flatten)]
+    filter: pages::JobsFilter,
 }
 
 async fn jobs_page(
@@ -495,16 +500,20 @@ async fn jobs_page(
             }
         },
     };
+    let filter = &query.filter;
     let (reply, unconfirmed) = read!(session, console.jobs, list_jobs, |stale| ListJobsRequest {
         state: state.map_or(0, |s| crate::pb::v1::JobState::from(s) as i32),
         after_id: query.after,
         limit: 50,
         stale,
+        name_contains: filter.name.clone(),
+        tag: filter.tag.clone(),
+        worker: filter.worker.clone(),
     });
     match reply {
         Ok(reply) => {
             let reply = reply.into_inner();
-            let html = pages::jobs(&viewer, &reply.jobs, state, reply.next_after_id);
+            let html = pages::jobs(&viewer, &reply.jobs, state, filter, reply.next_after_id);
             noticed(html, unconfirmed).into_response()
         }
         Err(status) => failure(&viewer, "Listing jobs", OPERATE, status),

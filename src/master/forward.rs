@@ -231,15 +231,17 @@ impl Forwarder {
                 )));
             }
         };
-        reply.map(|reply| reply.into_inner().applied_index).map_err(|status| {
-            Status::new(
-                status.code(),
-                format!(
-                    "the leader, replica {leader}, could not confirm the read: {}",
-                    describe(&status)
-                ),
-            )
-        })
+        reply
+            .map(|reply| reply.into_inner().applied_index)
+            .map_err(|status| {
+                Status::new(
+                    status.code(),
+                    format!(
+                        "the leader, replica {leader}, could not confirm the read: {}",
+                        describe(&status)
+                    ),
+                )
+            })
     }
 
     /// Resolves when this replica no longer follows `leader`: another is named, none is, or

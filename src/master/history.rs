@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::console::history::{History, Minute, Sample};
 use crate::queue::JobState;
-use crate::raft::SharedQueue;
 use crate::raft::Raft;
+use crate::raft::SharedQueue;
 
 /// How often the queue is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);

@@ -17,7 +17,7 @@ use crate::pb::v1::{
     GetJobResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
 };
 use crate::pb::{spec_from_pb, state_from_pb};
-use crate::queue::{Command, CommandOutput, QueueError, QueueState};
+use crate::queue::{Command, CommandOutput, JobFilter, QueueError, QueueState, MAX_PAGE_SIZE};
 use crate::raft::{JobReadError, JobReader, LogReader, NodeId, ReplicaNode, SharedQueue};
 use crate::rpc::contract::{cut_off_leader, from_queue_error, not_leader};
 
@@ -200,15 +200,46 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let state = state_from_pb(request.state).map_err(Status::invalid_argument)?;
         self.read_barrier(request.stale, anywhere).await?;
-        let page =
-            self.with_queue(|queue| queue.list(state, request.after_id, request.limit as usize));
-        // A job removed by retention since the listing is left out.
-        let page_jobs = self.jobs.jobs(&page.ids).map_err(job_read_status)?;
+        let filter = self.with_queue(|queue| job_filter(queue, &request));
+        let limit = match request.limit {
+            0 => 100,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        // A filtered listing scans pages of the state's jobs until it has `limit` matches or
+        // scanned FILTER_SCAN_LIMIT jobs, and then says where to go on from.
+        let mut after = request.after_id;
+        let mut matched = Vec::new();
+        let mut scanned = 0;
+        let mut next_after_id = loop {
+            let page = self.with_queue(|queue| queue.list(state, after, limit));
+            // A job removed by retention since the listing is left out.
+            let page_jobs = self.jobs.jobs(&page.ids).map_err(job_read_status)?;
+            scanned += page.ids.len();
+            let mut full_at = None;
+            for job in page_jobs {
+                if filter.matches(&job) {
+                    matched.push(job);
+                    if matched.len() == limit {
+                        full_at = matched.last().map(|job| job.id);
+                        break;
+                    }
+                }
+            }
+            match (full_at, page.next_after) {
+                // The page's last job filled it and nothing comes after: no next page.
+                (Some(last), None) if page.ids.last() == Some(&last) => break 0,
+                (Some(last), _) => break last,
+                (None, None) => break 0,
+                (None, Some(next)) if filter.is_empty() || scanned >= FILTER_SCAN_LIMIT => {
+                    break next
+                }
+                (None, Some(next)) => after = next,
+            }
+        };
         // A page of large jobs can outgrow one message: stop early and let the caller page on.
-        let mut jobs = Vec::with_capacity(page_jobs.len());
+        let mut jobs = Vec::with_capacity(matched.len());
         let mut bytes = 0;
-        let mut next_after_id = page.next_after.unwrap_or(0);
-        for job in &page_jobs {
+        for job in &matched {
             let job = crate::pb::v1::Job::from(job);
             let size = prost::Message::encoded_len(&job) + 8;
             if !jobs.is_empty() && bytes + size > self.max_reply_bytes {
@@ -310,5 +341,26 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+}
+
+/// How many jobs one filtered listing call looks at, at most, before it answers with what it
+/// found and where to go on from.
+const FILTER_SCAN_LIMIT: usize = 10_000;
+
+/// The filter a listing asks for, its worker resolved against `queue`'s registry.
+fn job_filter(queue: &QueueState, request: &ListJobsRequest) -> JobFilter {
+    let set = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
+    JobFilter {
+        name_contains: set(&request.name_contains),
+        tag: set(&request.tag),
+        workers: set(&request.worker).map(|worker| {
+            JobFilter::workers_named(
+                &worker,
+                queue
+                    .workers()
+                    .map(|w| (w.info.id, w.info.display_name.as_str())),
+            )
+        }),
     }
 }

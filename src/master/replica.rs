@@ -330,8 +330,8 @@ pub async fn run(
                 raft.clone(),
                 reads.clone(),
             ))
-                .max_decoding_message_size(peer_max_bytes)
-                .max_encoding_message_size(peer_max_bytes),
+            .max_decoding_message_size(peer_max_bytes)
+            .max_encoding_message_size(peer_max_bytes),
             |request: tonic::Request<()>| {
                 authorize(&request, "ForwardService", Permission::Replicate).map(|()| request)
             },

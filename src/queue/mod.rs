@@ -25,6 +25,7 @@ mod dispatch;
 mod error;
 mod finished;
 mod job;
+mod job_filter;
 mod logs;
 mod outbox;
 mod state;
@@ -41,6 +42,7 @@ pub use command::{
 pub use error::QueueError;
 pub use finished::{spec_digest, FinishedJob, SpecDigest, UNKNOWN_LAST_EVENT};
 pub use job::{Job, JobId, JobSpec, JobState, MAX_RETRY_DELAY_SECS, MAX_TIMEOUT_SECS};
+pub use job_filter::JobFilter;
 pub use logs::{
     truncation_notice, JobLogLine, LogCounts, LogLevel, LogLine, MAX_LOG_BYTES_PER_JOB,
     MAX_LOG_LINES_PER_JOB, MAX_LOG_LINE_BYTES,
