@@ -321,6 +321,27 @@ impl JobService for JobApi {
     }
 }
 
+/// How many jobs one filtered listing call looks at, at most, before it answers with what it
+/// found and where to go on from.
+const FILTER_SCAN_LIMIT: usize = 10_000;
+
+/// The filter a listing asks for, its worker resolved against `queue`'s registry.
+fn job_filter(queue: &QueueState, request: &ListJobsRequest) -> JobFilter {
+    let set = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
+    JobFilter {
+        name_contains: set(&request.name_contains),
+        tag: set(&request.tag),
+        workers: set(&request.worker).map(|worker| {
+            JobFilter::workers_named(
+                &worker,
+                queue
+                    .workers()
+                    .map(|w| (w.info.id, w.info.display_name.as_str())),
+            )
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,26 +362,5 @@ mod tests {
             "{}",
             status.message()
         );
-    }
-}
-
-/// How many jobs one filtered listing call looks at, at most, before it answers with what it
-/// found and where to go on from.
-const FILTER_SCAN_LIMIT: usize = 10_000;
-
-/// The filter a listing asks for, its worker resolved against `queue`'s registry.
-fn job_filter(queue: &QueueState, request: &ListJobsRequest) -> JobFilter {
-    let set = |text: &str| Some(text.trim().to_string()).filter(|t| !t.is_empty());
-    JobFilter {
-        name_contains: set(&request.name_contains),
-        tag: set(&request.tag),
-        workers: set(&request.worker).map(|worker| {
-            JobFilter::workers_named(
-                &worker,
-                queue
-                    .workers()
-                    .map(|w| (w.info.id, w.info.display_name.as_str())),
-            )
-        }),
     }
 }
