@@ -299,6 +299,7 @@ impl Client {
                     after_sequence,
                     limit: 0,
                     stale,
+                    tail: false,
                 },
                 timeout,
             );

@@ -470,6 +470,30 @@ async fn jobs_and_workers_through_the_forms_with_the_roles_of_the_api() {
     .await;
     assert!(answer.body.contains("No jobs here"), "{answer:?}");
 
+    // A long log: the page follows its end.
+    let form = format!(
+        "csrf={csrf}&name=chatty&argv={}",
+        form_encode("/bin/sh\n-c\nseq 1 1200")
+    );
+    let answer = post("/jobs".into(), cookie.clone(), form).await;
+    let chatty = answer
+        .header("location")
+        .expect("the job's page")
+        .to_string();
+    let page = wait_for_page(
+        &addr,
+        &ca,
+        &cookie,
+        &chatty,
+        &["id=\"state\">succeeded", "] 1200\n"],
+    )
+    .await;
+    assert!(page.contains("The last 1000 lines"), "{page}");
+    assert!(
+        page.contains("] 201\n") && !page.contains("] 200\n"),
+        "{page}"
+    );
+
     // Bad forms are refused with the reason; a form without the CSRF token is refused.
     let answer = post(
         "/jobs".into(),

@@ -8,6 +8,9 @@ use crate::pb::v1::{ClusterStatusResponse, Job, JobLogLine, Worker};
 use crate::queue::JobState;
 use crate::tls::Role;
 
+/// How many of a job's last log lines its page shows.
+pub const LOG_LINES_SHOWN: u32 = 1000;
+
 /// How often the overview reloads itself.
 pub const OVERVIEW_REFRESH_SECS: u32 = 2;
 
@@ -127,7 +130,12 @@ pub fn unavailable(viewer: &Viewer<'_>, error: &str) -> String {
 
 /// The overview: the majority, the leader, each replica, jobs by state, the outbox, and the
 /// last hour as this replica saw it.
-pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Minute]) -> String {
+pub fn overview(
+    viewer: &Viewer<'_>,
+    status: &ClusterStatusResponse,
+    workers: Option<&[Worker]>,
+    hour: &[Minute],
+) -> String {
     let quorum = Quorum::of(status);
     let mut body = String::new();
     if let Some(warning) = quorum.warning() {
@@ -151,8 +159,8 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
     ));
     body.push_str(
         "<h2>Replicas</h2><table id=\"replicas\"><tr><th>Replica</th><th>API</th><th>Role</th>\
-         <th>Reachable</th><th>Term</th><th>Commit</th><th>Applied</th><th>Version</th>\
-         <th>Console</th></tr>",
+         <th>Reachable</th><th>Term</th><th>Commit</th><th>Applied</th><th>Lag</th>\
+         <th>Version</th><th>Console</th></tr>",
     );
     let known = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for r in &status.replicas {
@@ -165,7 +173,7 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
         };
         body.push_str(&format!(
             "<tr data-replica=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{reachable}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             r.id,
             r.id,
             escape(&r.api_addr),
@@ -173,11 +181,14 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
             r.term,
             known(r.commit_index),
             known(r.applied_index),
+            lag(status, r),
             escape(&r.version),
             console_link(&r.console_url)
         ));
     }
-    body.push_str("</table><h2>Jobs</h2><table id=\"jobs\"><tr>");
+    body.push_str("</table>");
+    body.push_str(&worker_summary(workers));
+    body.push_str("<h2>Jobs</h2><table id=\"jobs\"><tr>");
     let counts = status.job_counts.unwrap_or_default();
     let by_state = job_counts_by_state(&counts);
     for (state, _) in &by_state {
@@ -217,6 +228,39 @@ pub fn overview(viewer: &Viewer<'_>, status: &ClusterStatusResponse, hour: &[Min
         ),
     ));
     page("Overview", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
+}
+
+/// How many entries replica `r` has yet to apply of what the leader has in its log (`-`
+/// when either is not known).
+fn lag(status: &ClusterStatusResponse, r: &crate::pb::v1::ReplicaStatus) -> String {
+    let leader_log = status
+        .replicas
+        .iter()
+        .find(|leader| Some(leader.id) == status.leader_id && leader.reachable)
+        .and_then(|leader| leader.last_log_index);
+    match (leader_log, r.applied_index, r.reachable) {
+        (Some(log), Some(applied), true) => log.saturating_sub(applied).to_string(),
+        _ => "-".to_string(),
+    }
+}
+
+/// The workers by state, one line (or why they are not known).
+fn worker_summary(workers: Option<&[Worker]>) -> String {
+    let Some(workers) = workers else {
+        return "<h2>Workers</h2><p class=\"muted\">Not known now.</p>".to_string();
+    };
+    let count = |keep: &dyn Fn(&Worker) -> bool| workers.iter().filter(|w| keep(w)).count();
+    let online = count(&|w| w.online);
+    let enabled = count(&|w| w.online && w.enabled && !w.draining);
+    let draining = count(&|w| w.online && w.enabled && w.draining);
+    let disabled = count(&|w| w.online && !w.enabled);
+    let tasks: usize = workers.iter().map(|w| w.running_jobs.len()).sum();
+    format!(
+        "<h2>Workers</h2><p id=\"workers\"><a href=\"/workers\">{online} online</a> \
+         ({enabled} taking tasks, {draining} draining, {disabled} disabled), {} offline; \
+         {tasks} tasks running.</p>",
+        workers.len() - online
+    )
 }
 
 /// What a chart shows of a minute, named by its CSS class.
@@ -495,8 +539,10 @@ pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> 
         spec.priority,
         format_utc(job.created_at_ms)
     ));
+    body.push_str("<h2>Attempts</h2>");
+    body.push_str(&timeline(job, now_ms));
     body.push_str(
-        "<h2>Attempts</h2><table id=\"attempts\"><tr><th>#</th><th>Worker</th><th>Lease</th>\
+        "<table id=\"attempts\"><tr><th>#</th><th>Worker</th><th>Lease</th>\
          <th>Started</th><th>Ended</th><th>Outcome</th><th>Exit</th><th>Error</th></tr>",
     );
     for a in &job.attempts {
@@ -523,7 +569,15 @@ pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> 
             escape(&a.error)
         ));
     }
-    body.push_str("</table><h2>Log</h2><pre id=\"log\">");
+    body.push_str("</table><h2>Log</h2>");
+    if logs.first().is_some_and(|line| line.sequence > 1) {
+        body.push_str(&format!(
+            "<p class=\"muted\">The last {LOG_LINES_SHOWN} lines; <code>scaleout job logs {}</code> \
+             prints them all.</p>",
+            job.id
+        ));
+    }
+    body.push_str("<pre id=\"log\">");
     for line in logs {
         let text = line.line.as_ref().map_or("", |l| l.text.as_str());
         body.push_str(&format!("[attempt {}] {}\n", line.attempt, escape(text)));
@@ -532,6 +586,91 @@ pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> 
     // Follows the job while it runs (state, attempts, log): live until the job ends.
     let refresh = (!terminal).then_some(OVERVIEW_REFRESH_SECS);
     page(&format!("Job {}", job.id), Some(viewer), refresh, &body)
+}
+
+/// The attempts as bars on the job's time axis (from its creation to its end, or now), one row
+/// each, coloured by outcome, with worker, lease token and times in the tooltip.
+fn timeline(job: &Job, now_ms: u64) -> String {
+    if job.attempts.is_empty() {
+        return "<p class=\"muted\">No attempt yet.</p>".to_string();
+    }
+    const LEFT: u64 = 90;
+    const WIDTH: u64 = 600;
+    const ROW: u64 = 22;
+    let start = job.created_at_ms;
+    let end = job
+        .attempts
+        .iter()
+        .map(|a| {
+            if a.ended_at_ms == 0 {
+                now_ms
+            } else {
+                a.ended_at_ms
+            }
+        })
+        .max()
+        .unwrap_or(now_ms)
+        .max(start + 1);
+    let x = |at: u64| LEFT + at.clamp(start, end).saturating_sub(start) * WIDTH / (end - start);
+    let height = ROW * job.attempts.len() as u64 + 18;
+    let mut svg = format!(
+        "<svg class=\"chart\" id=\"timeline\" width=\"{}\" height=\"{height}\" \
+         viewBox=\"0 0 {} {height}\" role=\"img\" aria-label=\"attempts over time\">",
+        LEFT + WIDTH + 10,
+        LEFT + WIDTH + 10
+    );
+    for (row, a) in job.attempts.iter().enumerate() {
+        let class = match crate::pb::v1::AttemptOutcome::try_from(a.outcome) {
+            Ok(crate::pb::v1::AttemptOutcome::Succeeded) => "completed",
+            Ok(crate::pb::v1::AttemptOutcome::Failed) => "failed",
+            Ok(crate::pb::v1::AttemptOutcome::Expired) => "expired",
+            Ok(crate::pb::v1::AttemptOutcome::Cancelled) => "cancelled",
+            _ => "submitted",
+        };
+        let ended = if a.ended_at_ms == 0 {
+            now_ms
+        } else {
+            a.ended_at_ms
+        };
+        let (x0, x1) = (x(a.started_at_ms), x(ended));
+        let y = ROW * row as u64;
+        let worker: String = a.worker_id.chars().take(8).collect();
+        svg.push_str(&format!(
+            "<text x=\"0\" y=\"{}\">#{} {}</text>\
+             <rect class=\"{class}\" x=\"{x0}\" y=\"{}\" width=\"{}\" height=\"{}\">\
+             <title>attempt {} on {} (lease {}): {} to {}, {}</title></rect>",
+            y + 14,
+            a.number,
+            escape(&worker),
+            y + 3,
+            (x1 - x0).max(2),
+            ROW - 6,
+            a.number,
+            escape(&a.worker_id),
+            a.lease_token,
+            format_utc(a.started_at_ms),
+            if a.ended_at_ms == 0 {
+                "now".to_string()
+            } else {
+                format_utc(a.ended_at_ms)
+            },
+            if class == "submitted" {
+                "running"
+            } else {
+                class
+            },
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"{LEFT}\" y=\"{}\">{} (created)</text>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
+        height - 2,
+        format_utc(start),
+        LEFT + WIDTH,
+        height - 2,
+        format_utc(end)
+    ));
+    svg
 }
 
 /// The worker registry, with the actions an admin may take on each worker.
@@ -570,9 +709,14 @@ pub fn workers(viewer: &Viewer<'_>, workers: &[Worker], now_ms: u64) -> String {
             action_form(viewer, &format!("/workers/{id}/{action}"), label, *confirm)
         })
         .collect();
+        let running: String = w
+            .running_jobs
+            .iter()
+            .map(|id| format!(" <a href=\"/jobs/{id}\">job {id}</a>"))
+            .collect();
         body.push_str(&format!(
             "<tr data-worker=\"{}\"><td>{}</td><td><code>{id}</code></td><td>{reach}, {state}</td>\
-             <td>{}/{}</td><td>{:.0} %</td><td>{} MB</td><td>{}</td><td>{actions}</td></tr>",
+             <td>{}/{}{running}</td><td>{:.0} %</td><td>{} MB</td><td>{}</td><td>{actions}</td></tr>",
             escape(&info.display_name),
             escape(&info.display_name),
             w.running_jobs.len(),
@@ -751,7 +895,7 @@ mod tests {
     #[test]
     fn the_overview_names_the_leader_every_replica_and_the_counts() {
         let role = Role::Operator("ops".into());
-        let html = overview(&viewer(&role), &status([true, true, true]), &[]);
+        let html = overview(&viewer(&role), &status([true, true, true]), None, &[]);
         assert!(html.contains("Leader: <strong>replica 2"), "{html}");
         assert!(html.contains("data-replica=\"3\""), "{html}");
         assert!(html.contains("<td>3</td>"), "{html}");
@@ -781,7 +925,7 @@ mod tests {
             term: 5,
             leader: Some(3),
         });
-        let html = overview(&viewer(&role), &status([true, true, true]), &hour);
+        let html = overview(&viewer(&role), &status([true, true, true]), None, &hour);
         assert!(html.contains("id=\"chart-jobs\"") && html.contains("id=\"chart-queue\""));
         assert!(html.contains("<title>40 submitted</title>"), "{html}");
         assert!(html.contains("<title>10 completed</title>"), "{html}");
@@ -801,7 +945,7 @@ mod tests {
     #[test]
     fn without_a_majority_the_overview_says_so_first_and_text_is_escaped() {
         let role = Role::Admin("<script>".into());
-        let html = overview(&viewer(&role), &status([false, true, false]), &[]);
+        let html = overview(&viewer(&role), &status([false, true, false]), None, &[]);
         let alert = html.find("NO MAJORITY").expect("the banner");
         assert!(alert < html.find("Leader:").expect("the leader line"));
         assert!(
@@ -867,6 +1011,88 @@ mod tests {
             assert!(html.contains(&format!("/workers/0b5c/{action}")), "{html}");
         }
         assert!(html.contains("data-confirm="), "drain and remove ask first");
+    }
+
+    #[test]
+    fn the_overview_counts_workers_and_shows_each_replicas_lag() {
+        let role = Role::Operator("ops".into());
+        let mut status = status([true, true, true]);
+        status.replicas[1].last_log_index = Some(120);
+        status.replicas[0].applied_index = Some(100);
+        status.replicas[1].applied_index = Some(120);
+        let worker = |online, enabled, draining, running: &[u64]| Worker {
+            online,
+            enabled,
+            draining,
+            running_jobs: running.to_vec(),
+            ..Default::default()
+        };
+        let workers = [
+            worker(true, true, false, &[4, 5]),
+            worker(true, true, true, &[6]),
+            worker(true, false, false, &[]),
+            worker(false, true, false, &[]),
+        ];
+        let html = overview(&viewer(&role), &status, Some(&workers), &[]);
+        assert!(
+            html.contains(
+                "3 online</a> (1 taking tasks, 1 draining, 1 disabled), 1 offline; 3 tasks running"
+            ),
+            "{html}"
+        );
+        let row = |id: u64| {
+            let start = html.find(&format!("data-replica=\"{id}\"")).expect("row");
+            html[start..start + html[start..].find("</tr>").expect("end")].to_string()
+        };
+        assert!(
+            row(1).contains("<td>20</td>"),
+            "20 entries behind: {}",
+            row(1)
+        );
+        assert!(row(2).contains("<td>0</td>"), "{}", row(2));
+        assert!(row(3).contains("<td>-</td>"), "not known: {}", row(3));
+    }
+
+    #[test]
+    fn a_jobs_attempts_are_drawn_on_its_time_axis() {
+        let role = Role::Operator("ops".into());
+        let attempt = |number, started, ended, outcome: crate::pb::v1::AttemptOutcome| {
+            crate::pb::v1::Attempt {
+                number,
+                worker_id: "0b5c1234-aaaa".into(),
+                lease_token: u64::from(number) + 10,
+                started_at_ms: started,
+                ended_at_ms: ended,
+                outcome: outcome as i32,
+                ..Default::default()
+            }
+        };
+        let retried = Job {
+            id: 9,
+            state: crate::pb::v1::JobState::Running as i32,
+            created_at_ms: 1_000,
+            attempts: vec![
+                attempt(1, 1_000, 4_000, crate::pb::v1::AttemptOutcome::Failed),
+                attempt(2, 5_000, 0, crate::pb::v1::AttemptOutcome::Unspecified),
+            ],
+            ..Default::default()
+        };
+        let html = job(&viewer(&role), &retried, &[], 7_000);
+        assert!(html.contains("id=\"timeline\""), "{html}");
+        // 6 s on 600 px: the failed attempt spans its first half, the running one to now.
+        assert!(
+            html.contains("class=\"failed\" x=\"90\" y=\"3\" width=\"300\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("class=\"submitted\" x=\"490\" y=\"25\" width=\"200\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("attempt 2 on 0b5c1234-aaaa (lease 12)"),
+            "{html}"
+        );
+        assert!(html.contains(", running</title>"), "{html}");
     }
 
     #[test]

@@ -304,12 +304,22 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
         .cluster_status(session.request(ClusterStatusRequest {}))
         .await
     {
-        Ok(status) => Html(pages::overview(
-            &viewer,
-            &status.into_inner(),
-            &console.history.last_hour(),
-        ))
-        .into_response(),
+        Ok(status) => {
+            // As the rest of the overview: this replica's own state, as far as it has applied.
+            let workers = console
+                .admin
+                .list_workers(session.request(ListWorkersRequest { stale: true }))
+                .await
+                .ok()
+                .map(|reply| reply.into_inner().workers);
+            Html(pages::overview(
+                &viewer,
+                &status.into_inner(),
+                workers.as_deref(),
+                &console.history.last_hour(),
+            ))
+            .into_response()
+        }
         Err(status) if status.code() == tonic::Code::PermissionDenied => (
             StatusCode::FORBIDDEN,
             Html(pages::refused(
@@ -650,8 +660,9 @@ async fn job_page(
         .get_job_logs(session.request(GetJobLogsRequest {
             job_id: id,
             after_sequence: 0,
-            limit: 1000,
+            limit: pages::LOG_LINES_SHOWN,
             stale: unconfirmed.is_some(),
+            tail: true,
         }))
         .await
         .map(|reply| reply.into_inner().lines)

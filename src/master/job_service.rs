@@ -296,10 +296,20 @@ impl JobService for JobApi {
                     .ok_or_else(|| queue.missing_job(request.job_id))
             })
             .map_err(|e| from_queue_error(&e))?;
+        let after_sequence = match request.tail {
+            // Sequences run from 1 to the job's `log_lines` (the truncation notice last).
+            true => self
+                .jobs
+                .job(request.job_id)
+                .map_err(job_read_status)?
+                .log_lines
+                .saturating_sub(limit as u64),
+            false => request.after_sequence,
+        };
         // Read after the job: a job that ended before the read has all its lines stored.
         let lines = self
             .logs
-            .job_logs(request.job_id, request.after_sequence, limit)
+            .job_logs(request.job_id, after_sequence, limit)
             .map_err(|e| Status::internal(e.to_string()))?;
         // Bounded by size like a job listing; `complete` only when nothing was held back.
         let mut reply = Vec::with_capacity(lines.len());

@@ -187,7 +187,7 @@ impl Proposer {
         // The last refusal and who sent it: that leader's view of who leads now.
         let mut refusal: Option<(NodeId, ProposeError)> = None;
         for _ in 0..MAX_FORWARD_HOPS {
-            let Some((leader, node)) = self.leader_elsewhere() else {
+            let Some((leader, node)) = forwarder.leader_elsewhere() else {
                 break;
             };
             if refusal.as_ref().is_some_and(|(by, _)| *by == leader) {
@@ -210,25 +210,6 @@ impl Proposer {
             Some((_, refused)) if !leading => Err(refused),
             _ => self.propose_here(command).await,
         }
-    }
-
-    /// The leader this replica follows, when it is another replica it has not seen go.
-    fn leader_elsewhere(&self) -> Option<(NodeId, ReplicaNode)> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        if m.state == openraft::ServerState::Leader {
-            return None;
-        }
-        let leader = m.current_leader.filter(|id| *id != m.id)?;
-        if self
-            .contact
-            .as_ref()
-            .is_some_and(|contact| contact.leader_lost(&m))
-        {
-            return None;
-        }
-        let node = m.membership_config.membership().get_node(&leader)?.clone();
-        Some((leader, node))
     }
 
     /// Waits up to [`ELECTION_WAIT`] for this replica to lead or to follow another leader than
