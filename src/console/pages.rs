@@ -620,12 +620,13 @@ fn timeline(job: &Job, now_ms: u64) -> String {
         LEFT + WIDTH + 10
     );
     for (row, a) in job.attempts.iter().enumerate() {
-        let class = match crate::pb::v1::AttemptOutcome::try_from(a.outcome) {
-            Ok(crate::pb::v1::AttemptOutcome::Succeeded) => "completed",
-            Ok(crate::pb::v1::AttemptOutcome::Failed) => "failed",
-            Ok(crate::pb::v1::AttemptOutcome::Expired) => "expired",
-            Ok(crate::pb::v1::AttemptOutcome::Cancelled) => "cancelled",
-            _ => "submitted",
+        // The outcome, and the chart class that colours it.
+        let (outcome, class) = match crate::pb::v1::AttemptOutcome::try_from(a.outcome) {
+            Ok(crate::pb::v1::AttemptOutcome::Succeeded) => ("succeeded", "completed"),
+            Ok(crate::pb::v1::AttemptOutcome::Failed) => ("failed", "failed"),
+            Ok(crate::pb::v1::AttemptOutcome::Expired) => ("expired", "expired"),
+            Ok(crate::pb::v1::AttemptOutcome::Cancelled) => ("cancelled", "cancelled"),
+            _ => ("running", "submitted"),
         };
         let ended = if a.ended_at_ms == 0 {
             now_ms
@@ -654,11 +655,7 @@ fn timeline(job: &Job, now_ms: u64) -> String {
             } else {
                 format_utc(a.ended_at_ms)
             },
-            if class == "submitted" {
-                "running"
-            } else {
-                class
-            },
+            outcome,
         ));
     }
     svg.push_str(&format!(
