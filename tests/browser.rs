@@ -409,6 +409,16 @@ async fn the_console_in_a_real_browser() {
         .await;
     browser.screenshot("5-admin-drained").await;
 
+    // The cluster page: every member with its console; the admin's membership forms.
+    browser.goto(&format!("https://{console}/cluster")).await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#members tr[data-member]').length === 3 && \
+             document.getElementById('add-replica')",
+        )
+        .await;
+    browser.screenshot("6-cluster").await;
+
     // Kill the leader: the open overview names the new one within seconds, without a reload
     // (the marker set in this page survives).
     browser.goto(&format!("https://{console}/")).await;
@@ -423,7 +433,7 @@ async fn the_console_in_a_real_browser() {
         ))
         .await;
     let shown_after = killed_at.elapsed();
-    browser.screenshot("6-new-leader-after-kill").await;
+    browser.screenshot("7-new-leader-after-kill").await;
     let text = browser.text().await;
     eprintln!("the open page named the new leader {shown_after:?} after the kill");
     assert!(

@@ -547,6 +547,32 @@ async fn jobs_and_workers_through_the_forms_with_the_roles_of_the_api() {
     let answer = post(drain, admin_cookie.clone(), format!("csrf={admin_csrf}")).await;
     assert_eq!(answer.status, 303, "{answer:?}");
     wait_for_page(&addr, &ca, &admin_cookie, "/workers", &["online, draining"]).await;
+    for (action, shown) in [
+        ("disable", "online, disabled"),
+        ("enable", "online, enabled"),
+    ] {
+        let answer = post(
+            format!("/workers/{worker_id}/{action}"),
+            admin_cookie.clone(),
+            format!("csrf={admin_csrf}"),
+        )
+        .await;
+        assert_eq!(answer.status, 303, "{action}: {answer:?}");
+        wait_for_page(&addr, &ca, &admin_cookie, "/workers", &[shown]).await;
+    }
+    // The admin removes the worker once it is stopped (a running agent registers again).
+    cluster
+        .kill_worker("console-worker")
+        .expect("stop the worker");
+    let answer = post(
+        format!("/workers/{worker_id}/remove"),
+        admin_cookie.clone(),
+        format!("csrf={admin_csrf}"),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let page = https(&addr, &ca, "GET", "/workers", Some(&admin_cookie), None).await;
+    assert!(!page.body.contains(&worker_id), "{page:?}");
     for answer in [
         https(&addr, &ca, "GET", "/jobs/999999", Some(&cookie), None).await,
         post(
