@@ -318,12 +318,7 @@ async fn keep_open(cluster: &LocalCluster) -> anyhow::Result<()> {
         Role::Operator("operator".into()),
         Role::Admin("admin".into()),
     ] {
-        let paths = cluster
-            .identity_paths(&role)
-            .context("the demo cluster has no certificates")?;
-        let identity = crate::tls::load_identity(&paths.ca, &paths.cert, &paths.key)?;
-        let token =
-            crate::console::token::issue(&identity, TOKEN_LIFETIME, crate::wall_time::now_ms())?;
+        let token = cluster.console_token(&role, TOKEN_LIFETIME)?;
         println!("sign-in token for {role} (valid 8 hours):\n{token}\n");
     }
     for replica in &cluster.replicas {

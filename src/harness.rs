@@ -496,6 +496,19 @@ impl LocalCluster {
         self.certs.as_ref().map(|certs| certs.paths(role))
     }
 
+    /// A web console sign-in token for `role`, valid for `lifetime` (a cluster with TLS).
+    pub fn console_token(&self, role: &Role, lifetime: Duration) -> anyhow::Result<String> {
+        let paths = self
+            .identity_paths(role)
+            .context("the cluster has no certificates (it runs without TLS)")?;
+        let identity = crate::tls::load_identity(&paths.ca, &paths.cert, &paths.key)?;
+        Ok(crate::console::token::issue(
+            &identity,
+            lifetime,
+            crate::wall_time::now_ms(),
+        )?)
+    }
+
     pub fn replica(&self, id: u64) -> anyhow::Result<&ReplicaProcess> {
         self.replicas
             .iter()

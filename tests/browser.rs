@@ -260,15 +260,9 @@ impl Browser {
 }
 
 fn token_for(cluster: &LocalCluster, role: &Role) -> String {
-    let paths = cluster.identity_paths(role).expect("a TLS cluster");
-    let identity =
-        scaleout::tls::load_identity(&paths.ca, &paths.cert, &paths.key).expect("identity");
-    scaleout::console::token::issue(
-        &identity,
-        Duration::from_secs(3600),
-        scaleout::wall_time::now_ms(),
-    )
-    .expect("token")
+    cluster
+        .console_token(role, Duration::from_secs(3600))
+        .expect("a token")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scaleout::console::token;
 use scaleout::harness::{ClusterOptions, LocalCluster};
 use scaleout::tls::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,15 +104,9 @@ fn form_encode(value: &str) -> String {
 }
 
 fn token_for(cluster: &LocalCluster, role: &Role) -> String {
-    let paths = cluster.identity_paths(role).expect("a TLS cluster");
-    let identity =
-        scaleout::tls::load_identity(&paths.ca, &paths.cert, &paths.key).expect("identity");
-    token::issue(
-        &identity,
-        Duration::from_secs(3600),
-        scaleout::wall_time::now_ms(),
-    )
-    .expect("token")
+    cluster
+        .console_token(role, Duration::from_secs(3600))
+        .expect("a token")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,6 +448,11 @@ fn csrf_refused() -> Response {
         .into_response()
 }
 
+/// A request turned down before or by the cluster, with `code` and the reason.
+fn rejected(code: StatusCode, viewer: &Viewer<'_>, what: &str, reason: &str) -> Response {
+    (code, Html(pages::rejected(viewer, what, reason))).into_response()
+}
+
 /// The page for a call the API refused or could not serve; `needs`: the role the action needs.
 fn failure(viewer: &Viewer<'_>, what: &str, needs: &str, status: tonic::Status) -> Response {
     use tonic::Code;
@@ -498,15 +503,12 @@ async fn jobs_page(
         name => match JobState::ALL.into_iter().find(|s| s.as_str() == name) {
             Some(state) => Some(state),
             None => {
-                return (
+                return rejected(
                     StatusCode::BAD_REQUEST,
-                    Html(pages::rejected(
-                        &viewer,
-                        "Listing jobs",
-                        &format!("there is no job state {name:?}"),
-                    )),
+                    &viewer,
+                    "Listing jobs",
+                    &format!("there is no job state {name:?}"),
                 )
-                    .into_response()
             }
         },
     };
@@ -615,11 +617,12 @@ async fn submit(
     let spec = match form.spec() {
         Ok(spec) => spec,
         Err(reason) => {
-            return (
+            return rejected(
                 StatusCode::BAD_REQUEST,
-                Html(pages::rejected(&viewer, "Submitting a job", &reason)),
+                &viewer,
+                "Submitting a job",
+                &reason,
             )
-                .into_response()
         }
     };
     let request = SubmitJobRequest {
@@ -747,17 +750,12 @@ async fn worker_action(
                 .map(|_| ()),
         ),
         other => {
-            return (
+            return rejected(
                 StatusCode::NOT_FOUND,
-                Html(pages::rejected(
-                    &viewer,
-                    "A worker action",
-                    &format!(
-                        "there is no worker action {other:?} (enable, disable, drain, remove)"
-                    ),
-                )),
+                &viewer,
+                "A worker action",
+                &format!("there is no worker action {other:?} (enable, disable, drain, remove)"),
             )
-                .into_response()
         }
     };
     match outcome {
@@ -840,13 +838,7 @@ async fn add_replica(
     let what = "Adding a replica";
     let request = match form.request() {
         Ok(request) => request,
-        Err(reason) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Html(pages::rejected(&viewer, what, &reason)),
-            )
-                .into_response()
-        }
+        Err(reason) => return rejected(StatusCode::BAD_REQUEST, &viewer, what, &reason),
     };
     let id = request.id;
     match console.admin.add_replica(session.request(request)).await {
@@ -884,15 +876,12 @@ async fn member_action(
                 .map(|_| ()),
         ),
         other => {
-            return (
+            return rejected(
                 StatusCode::NOT_FOUND,
-                Html(pages::rejected(
-                    &viewer,
-                    "A cluster action",
-                    &format!("there is no cluster action {other:?} (remove, lead)"),
-                )),
+                &viewer,
+                "A cluster action",
+                &format!("there is no cluster action {other:?} (remove, lead)"),
             )
-                .into_response()
         }
     };
     match outcome {
