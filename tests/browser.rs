@@ -309,7 +309,7 @@ async fn the_console_in_a_real_browser() {
         .clone()
         .expect("a console");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
-    let mut browser = Browser::launch(&chromium, shots).await;
+    let mut browser = Browser::launch(&chromium, shots.clone()).await;
 
     // Operator: the overview names the three replicas and the leader.
     browser
@@ -417,6 +417,20 @@ async fn the_console_in_a_real_browser() {
     // (the marker set in this page survives).
     browser.goto(&format!("https://{console}/")).await;
     browser.eval("window.keptOpen = 'yes'").await;
+    // A second person has the leader's own console open.
+    let leader_console = cluster
+        .replica(leader)
+        .expect("replica")
+        .console_addr
+        .clone()
+        .expect("a console");
+    let mut second = Browser::launch(&chromium, shots).await;
+    second
+        .sign_in(
+            &leader_console,
+            &token_for(&cluster, &Role::Operator("operator".into())),
+        )
+        .await;
     let killed_at = Instant::now();
     cluster.kill(leader).expect("kill the leader");
     browser
@@ -435,4 +449,24 @@ async fn the_console_in_a_real_browser() {
         "the page took {shown_after:?} to show the new leader"
     );
     assert!(!text.contains("panicked"), "{text}");
+
+    // The page of the killed replica says it stopped answering and links the other consoles;
+    // following one shows the new leader (the session cookie is the host's, any port).
+    second
+        .wait_for(
+            "!document.getElementById('connection').hidden && \
+             document.querySelectorAll('#connection a.elsewhere').length === 2",
+        )
+        .await;
+    second.screenshot("8-killed-replica-page").await;
+    second
+        .eval("document.querySelector('#connection a.elsewhere').click()")
+        .await;
+    second
+        .wait_for(&format!(
+            "location.pathname === '/' && document.querySelector('#leader strong') && \
+             /^replica \\d+ /.test(document.querySelector('#leader strong').innerText) && \
+             !document.querySelector('#leader strong').innerText.startsWith('replica {leader} ')"
+        ))
+        .await;
 }

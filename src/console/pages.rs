@@ -734,7 +734,7 @@ pub fn workers(viewer: &Viewer<'_>, workers: &[Worker], now_ms: u64) -> String {
 fn console_link(url: &str) -> String {
     match url {
         "" => "-".to_string(),
-        url => format!("<a href=\"{0}/\">{0}</a>", escape(url)),
+        url => format!("<a class=\"console\" href=\"{0}/\">{0}</a>", escape(url)),
     }
 }
 

@@ -19,12 +19,41 @@
   }
   var connection = document.getElementById("connection");
 
-  function say(text) {
-    if (connection) {
-      connection.textContent = text;
-      connection.hidden = text === "";
+  // The other replicas' consoles this page last showed (the overview and cluster pages list
+  // them), so a page whose replica went away points at the others.
+  var elsewhere = [];
+
+  function remember() {
+    var seen = [];
+    document.querySelectorAll("main a.console").forEach(function (link) {
+      if (link.origin !== window.location.origin && seen.indexOf(link.href) < 0) {
+        seen.push(link.href);
+      }
+    });
+    if (seen.length) {
+      elsewhere = seen;
     }
   }
+
+  function say(text) {
+    if (!connection) {
+      return;
+    }
+    connection.textContent = text;
+    connection.hidden = text === "";
+    if (text !== "" && elsewhere.length) {
+      connection.append(" The other replicas' consoles:");
+      elsewhere.forEach(function (href) {
+        var link = document.createElement("a");
+        link.href = href;
+        link.textContent = href;
+        link.className = "elsewhere";
+        connection.append(" ", link);
+      });
+    }
+  }
+
+  remember();
 
   async function refresh() {
     try {
@@ -41,13 +70,14 @@
       var next = page.querySelector("main");
       if (next) {
         main.innerHTML = next.innerHTML;
+        remember();
       }
       every = Number(page.body.getAttribute("data-refresh") || 0) * 1000;
       say("");
     } catch (error) {
       say(
         "This replica does not answer (" + error.message + "): the page shows what it " +
-          "last said and tries again. Another replica's console shows the cluster meanwhile."
+          "last said and tries again."
       );
     }
     if (every) {
