@@ -151,13 +151,7 @@ async fn handshake_each(
                 continue;
             }
         };
-        let config = match crate::tls::browser_server_config(&tls.identity()) {
-            Ok(config) => Arc::new(config),
-            Err(error) => {
-                warn!(%error, "the console cannot use the replica's certificate");
-                continue;
-            }
-        };
+        let config = tls.browser_server_config();
         let handshaken = handshaken.clone();
         tokio::spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);

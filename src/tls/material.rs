@@ -51,6 +51,8 @@ impl TlsPaths {
 struct Loaded {
     identity: TlsIdentity,
     server: Arc<ServerConfig>,
+    /// The web console's: the same certificate, no client certificate asked, HTTP/1.1.
+    browser: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     /// The files' bytes when they were loaded, to notice a change.
     contents: Option<Vec<u8>>,
@@ -64,6 +66,7 @@ impl Loaded {
         let identity = load_identity(&paths.ca, &paths.cert, &paths.key)?;
         Ok(Loaded {
             server: Arc::new(server_config(&identity)?),
+            browser: Arc::new(super::browser_server_config(&identity)?),
             client: Arc::new(client_config(&identity)?),
             identity,
             contents,
@@ -129,6 +132,11 @@ impl TlsMaterial {
     /// The config for accepting a connection now.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.current().server.clone()
+    }
+
+    /// The config for the web console's connections now (`console_listen`).
+    pub fn browser_server_config(&self) -> Arc<ServerConfig> {
+        self.current().browser.clone()
     }
 
     /// The identity in use now (its certificate, key and CA).
