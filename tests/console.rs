@@ -112,7 +112,7 @@ fn token_for(cluster: &LocalCluster, role: &Role) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_see_the_cluster_and_sign_out() {
     scaleout::tls::install_crypto_provider();
-    let cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("cluster");
+    let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("cluster");
     let (leader, _) = cluster.wait_for_leader(SETTLE).await.expect("a leader");
     let follower = cluster.follower_of(leader).expect("a follower");
     let addr = cluster
@@ -356,6 +356,54 @@ async fn sign_in_see_the_cluster_and_sign_out() {
         "{}",
         answer.body
     );
+
+    // The new leader's console (the one this test started on) adds a fourth replica, which
+    // catches up and votes, then removes it.
+    let id = cluster
+        .configure_new_replica(scaleout::harness::ReplicaAddresses::local(4).expect("ports"))
+        .expect("configure replica 4");
+    cluster.restart(id).expect("start replica 4");
+    let (api, peer) = {
+        let r = cluster.replica(id).expect("replica 4");
+        (r.api_addr.clone(), r.peer_addr.clone())
+    };
+    // Started as a person would before adding it: listening once its process is up.
+    let deadline = std::time::Instant::now() + SETTLE;
+    while tokio::net::TcpStream::connect(&peer).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica 4 never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = post(
+        "/cluster",
+        Some(admin_cookie.clone()),
+        format!(
+            "csrf={admin_csrf}&id={id}&api_addr={}&peer_addr={}&catch_up_secs=30",
+            form_encode(&api),
+            form_encode(&peer)
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let page = get("/cluster", Some(admin_cookie.clone())).await;
+    assert!(
+        page.body.contains(&format!(
+            "<tr data-member=\"{id}\"><td>{id}</td><td>voter</td>"
+        )),
+        "{}",
+        page.body
+    );
+    let answer = post(
+        "/cluster/4/remove",
+        Some(admin_cookie.clone()),
+        format!("csrf={admin_csrf}"),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let page = get("/cluster", Some(admin_cookie.clone())).await;
+    assert!(!page.body.contains("data-member=\"4\""), "{}", page.body);
 }
 
 /// Waits until `path` on the console answers a page containing every one of `wanted`.

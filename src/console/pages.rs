@@ -847,7 +847,7 @@ pub fn not_leader(viewer: &Viewer<'_>, what: &str, leader_console: Option<&str>)
 /// A request the cluster turned down (a bad form, a job that does not exist), with its reason.
 pub fn rejected(viewer: &Viewer<'_>, what: &str, reason: &str) -> String {
     let body = format!(
-        "<h1>{}</h1><p class=\"bad\">{}</p><p><a href=\"javascript:history.back()\">Back</a></p>",
+        "<h1>{}</h1><p class=\"bad\">{}</p><p><a href=\"/\" data-back>Back</a></p>",
         escape(what),
         escape(reason)
     );

@@ -12,6 +12,14 @@
     }
   });
 
+  // "Back" on a refusal returns to the form (without the script it leads to the overview).
+  document.addEventListener("click", function (event) {
+    if (event.target.closest && event.target.closest("a[data-back]")) {
+      event.preventDefault();
+      window.history.back();
+    }
+  });
+
   var main = document.querySelector("main");
   var every = Number(document.body.getAttribute("data-refresh") || 0) * 1000;
   if (!main || !every) {
