@@ -467,8 +467,14 @@ pub fn jobs(
         ));
     }
     body.push_str("</table>");
-    if jobs.is_empty() {
-        body.push_str("<p class=\"muted\">No jobs here.</p>");
+    match (jobs.is_empty(), next_after) {
+        (true, 0) => body.push_str("<p class=\"muted\">No jobs here.</p>"),
+        // A filtered listing looks at a bounded number of jobs per page.
+        (true, _) => body.push_str(
+            "<p class=\"muted\">No match among the jobs looked at so far; the next page looks \
+             further.</p>",
+        ),
+        _ => {}
     }
     if next_after > 0 {
         let query: String = [
