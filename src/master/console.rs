@@ -925,6 +925,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_jobs_query_with_paging_and_filters_is_understood() {
+        let uri: axum::http::Uri = "/jobs?state=queued&name=sales%20load&tag=&worker=etl-1&after=7"
+            .parse()
+            .expect("uri");
+        let Query(query) = Query::<JobsQuery>::try_from_uri(&uri).expect("the next page's link");
+        assert_eq!(
+            (
+                query.state.as_str(),
+                query.after,
+                query.filter.name.as_str()
+            ),
+            ("queued", 7, "sales load")
+        );
+        assert_eq!(query.filter.worker, "etl-1");
+        let bare: axum::http::Uri = "/jobs".parse().expect("uri");
+        assert!(Query::<JobsQuery>::try_from_uri(&bare).is_ok());
+    }
+
+    #[test]
     fn a_console_bound_everywhere_is_named_by_the_api_host() {
         let everywhere: SocketAddr = "0.0.0.0:7443".parse().expect("address");
         assert_eq!(
