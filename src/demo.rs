@@ -380,7 +380,8 @@ async fn show_operations(cluster: &LocalCluster, leader: u64) -> anyhow::Result<
     {
         println!(
             "web console (any replica): {}; sign in with the token of `scaleout console token \
-             --tls-dir {certs} --identity operator` (the CA is {certs}/ca.pem)",
+             --tls-dir {certs} --identity operator` (the CA is {certs}/ca.pem); `demo --keep` \
+             keeps the cluster and its consoles running after the summary",
             consoles.join(", ")
         );
     }
