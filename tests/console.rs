@@ -238,6 +238,29 @@ async fn sign_in_see_the_cluster_and_sign_out() {
         .await
         .expect("list");
     assert!(none.jobs.is_empty() && none.next_after_id == 0, "{none:?}");
+    // The same filters from the CLI: `job list --name`, with --limit following short pages.
+    let job_list = |extra: &[&str]| {
+        let output = std::process::Command::new(binary())
+            .args(["job", "list", "--output", "json", "--endpoints"])
+            .arg(cluster.endpoints().join(","))
+            .args(cluster.cli_security_args())
+            .args(extra)
+            .output()
+            .expect("run the CLI");
+        assert!(output.status.success(), "{output:?}");
+        let jobs: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        jobs.as_array()
+            .expect("a list")
+            .iter()
+            .map(|job| job["name"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(job_list(&["--name", "READ-3"]), ["read-3"]);
+    assert_eq!(
+        job_list(&["--name", "read-", "--limit", "2"]),
+        ["read-0", "read-1"]
+    );
+    assert!(job_list(&["--tag", "nightly"]).is_empty());
     let page = get("/jobs?name=read-3&state=", Some(session.clone())).await;
     assert_eq!(page.status, 200, "{page:?}");
     assert!(

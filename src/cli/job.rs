@@ -25,7 +25,7 @@ pub enum JobCommand {
         #[arg(long)]
         state: Option<String>,
         /// At most this many (all when not given).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
         #[command(flatten)]
         filter: JobListFilter,
