@@ -285,15 +285,7 @@ async fn the_console_in_a_real_browser() {
     let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("cluster");
     let (leader, _) = cluster.wait_for_leader(SETTLE).await.expect("a leader");
     cluster
-        .start_worker(WorkerOptions {
-            extra_config: vec![
-                "task_heartbeat_interval_ms = 500".into(),
-                "agent_heartbeat_interval_ms = 300".into(),
-                "task_request_max_cpu = 100.0".into(),
-                "task_request_min_memory_mb = 0".into(),
-            ],
-            ..WorkerOptions::named("browser-worker")
-        })
+        .start_worker(WorkerOptions::fast("browser-worker"))
         .expect("a worker");
     let client = cluster.client().expect("client");
     wait_for_workers(&client, 1, SETTLE)

@@ -452,15 +452,7 @@ async fn jobs_and_workers_through_the_forms_with_the_roles_of_the_api() {
     let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("cluster");
     cluster.wait_for_leader(SETTLE).await.expect("a leader");
     cluster
-        .start_worker(WorkerOptions {
-            extra_config: vec![
-                "task_heartbeat_interval_ms = 500".into(),
-                "agent_heartbeat_interval_ms = 300".into(),
-                "task_request_max_cpu = 100.0".into(),
-                "task_request_min_memory_mb = 0".into(),
-            ],
-            ..WorkerOptions::named("console-worker")
-        })
+        .start_worker(WorkerOptions::fast("console-worker"))
         .expect("a worker");
     let client = cluster.client().expect("client");
     wait_for_workers(&client, 1, SETTLE)

@@ -23,20 +23,6 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_scaleout"))
 }
 
-fn worker_options() -> WorkerOptions {
-    WorkerOptions {
-        extra_config: vec![
-            "agent_heartbeat_interval_ms = 300".into(),
-            "task_heartbeat_interval_ms = 500".into(),
-            "acquire_wait_ms = 1000".into(),
-            // A loaded test machine must not hold tasks back.
-            "task_request_max_cpu = 100.0".into(),
-            "task_request_min_memory_mb = 0".into(),
-        ],
-        ..WorkerOptions::named(WORKER)
-    }
-}
-
 fn shell(name: &str, script: &str) -> v1::JobSpec {
     v1::JobSpec {
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -132,7 +118,7 @@ async fn status_shows_replicas_workers_and_jobs_and_survives_a_dead_replica() {
     let mut cluster = LocalCluster::start(binary(), ClusterOptions::default()).expect("start");
     let (leader, term) = cluster.wait_for_leader(WAIT).await.expect("a leader");
     let agent_id = cluster
-        .start_worker(worker_options())
+        .start_worker(WorkerOptions::fast(WORKER))
         .expect("start worker");
     let client = cluster.client().expect("client");
     wait_for_workers(&client, 1, WAIT)

@@ -35,22 +35,9 @@ fn fast_cluster() -> LocalCluster {
     LocalCluster::start(binary(), options).expect("start replicas")
 }
 
-fn fast_worker(name: &str) -> WorkerOptions {
-    WorkerOptions {
-        extra_config: vec![
-            "agent_heartbeat_interval_ms = 300".into(),
-            "task_heartbeat_interval_ms = 500".into(),
-            "acquire_wait_ms = 1000".into(),
-            "task_request_max_cpu = 100.0".into(),
-            "task_request_min_memory_mb = 0".into(),
-        ],
-        ..WorkerOptions::named(name)
-    }
-}
-
 /// [`fast_worker`] with more config lines.
 fn fast_worker_with(name: &str, extra: &[&str]) -> WorkerOptions {
-    let mut options = fast_worker(name);
+    let mut options = WorkerOptions::fast(name);
     options
         .extra_config
         .extend(extra.iter().map(|line| line.to_string()));
@@ -146,7 +133,9 @@ async fn jobs_succeed_fail_and_retry_on_a_worker() {
     let _serial = SERIAL.lock().await;
     let mut cluster = fast_cluster();
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    let worker = cluster.start_worker(fast_worker("a")).expect("worker");
+    let worker = cluster
+        .start_worker(WorkerOptions::fast("a"))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 
@@ -220,14 +209,14 @@ async fn pinning_tags_disabling_and_max_task_count_are_honoured() {
     let a = cluster
         .start_worker(WorkerOptions {
             max_tasks: 2,
-            ..fast_worker("a")
+            ..WorkerOptions::fast("a")
         })
         .expect("worker a");
     let b = cluster
         .start_worker(WorkerOptions {
             tags: vec!["etl".into()],
             max_tasks: 2,
-            ..fast_worker("b")
+            ..WorkerOptions::fast("b")
         })
         .expect("worker b");
     let client = cluster.client().expect("client").with_deadline(WAIT);
@@ -354,7 +343,9 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     let _serial = SERIAL.lock().await;
     let mut cluster = fast_cluster();
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    let a = cluster.start_worker(fast_worker("a")).expect("worker a");
+    let a = cluster
+        .start_worker(WorkerOptions::fast("a"))
+        .expect("worker a");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 
@@ -372,7 +363,9 @@ async fn a_paused_worker_loses_its_lease_and_its_late_result_is_refused() {
     // Wait until worker a runs it, then freeze worker a.
     wait_running(&client, job).await;
     cluster.pause_worker("a", true).expect("SIGSTOP");
-    let b = cluster.start_worker(fast_worker("b")).expect("worker b");
+    let b = cluster
+        .start_worker(WorkerOptions::fast("b"))
+        .expect("worker b");
 
     // The lease expires and worker b runs the task again. Worker a wakes up while attempt 2
     // still holds the lease: what it says about its own attempt is refused.
@@ -521,7 +514,9 @@ async fn cancelling_a_running_job_kills_its_process() {
     let _serial = SERIAL.lock().await;
     let mut cluster = fast_cluster();
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(fast_worker("a")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("a"))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 
@@ -556,7 +551,9 @@ async fn a_cancel_during_a_failover_reaches_the_worker_within_a_renewal() {
     let _serial = SERIAL.lock().await;
     let mut cluster = fast_cluster();
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(fast_worker("a")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("a"))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
 
@@ -606,13 +603,13 @@ async fn killing_the_leader_under_load_runs_every_job_exactly_once() {
     cluster
         .start_worker(WorkerOptions {
             max_tasks: 8,
-            ..fast_worker("a")
+            ..WorkerOptions::fast("a")
         })
         .expect("worker a");
     cluster
         .start_worker(WorkerOptions {
             max_tasks: 8,
-            ..fast_worker("b")
+            ..WorkerOptions::fast("b")
         })
         .expect("worker b");
     let client = cluster.client().expect("client").with_deadline(WAIT);
@@ -759,7 +756,9 @@ async fn clock_steps_on_the_leader_expire_no_lease() {
     };
     let mut cluster = LocalCluster::start(binary(), options).expect("start replicas");
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(fast_worker("a")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("a"))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     wait_workers(&client, 1).await;
     let mut jobs = Vec::new();
@@ -839,7 +838,7 @@ async fn a_worker_cut_off_from_the_cluster_stops_its_task_before_the_retry_start
     cluster
         .start_worker(WorkerOptions {
             endpoints: Some(vec![link.addr().to_string()]),
-            ..fast_worker("a")
+            ..WorkerOptions::fast("a")
         })
         .expect("worker a");
     let client = cluster.client().expect("client").with_deadline(WAIT);
@@ -857,7 +856,9 @@ async fn a_worker_cut_off_from_the_cluster_stops_its_task_before_the_retry_start
     };
     let job = client.submit_job(spec, None).await.expect("submit").job_id;
     wait_running(&client, job).await;
-    cluster.start_worker(fast_worker("b")).expect("worker b");
+    cluster
+        .start_worker(WorkerOptions::fast("b"))
+        .expect("worker b");
     wait_workers(&client, 2).await;
 
     // Worker a loses the cluster for 8 s (the lease is 3 s): the master gives the task to b.
@@ -958,7 +959,9 @@ async fn with_manual_approval_a_new_worker_waits_for_an_admin() {
     };
     let mut cluster = LocalCluster::start(binary(), options).expect("start");
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    let worker = cluster.start_worker(fast_worker("a")).expect("worker");
+    let worker = cluster
+        .start_worker(WorkerOptions::fast("a"))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
 
     // Registered, online, disabled.
@@ -1044,7 +1047,7 @@ async fn workers_ride_out_a_frozen_leader_that_is_their_first_endpoint() {
         cluster
             .start_worker(WorkerOptions {
                 endpoints: Some(endpoints.clone()),
-                ..fast_worker(name)
+                ..WorkerOptions::fast(name)
             })
             .expect("worker");
     }

@@ -50,6 +50,21 @@ impl WorkerOptions {
             endpoints: None,
         }
     }
+
+    /// A worker for tests: heartbeats and renewals a few times a second, short long-polls, and
+    /// no CPU or memory threshold (a loaded test machine must not hold tasks back).
+    pub fn fast(name: &str) -> Self {
+        WorkerOptions {
+            extra_config: vec![
+                "agent_heartbeat_interval_ms = 300".into(),
+                "task_heartbeat_interval_ms = 500".into(),
+                "acquire_wait_ms = 1000".into(),
+                "task_request_max_cpu = 100.0".into(),
+                "task_request_min_memory_mb = 0".into(),
+            ],
+            ..WorkerOptions::named(name)
+        }
+    }
 }
 
 /// Waits until `count` workers are online and enabled (a call that fails while the cluster
