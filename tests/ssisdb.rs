@@ -83,19 +83,6 @@ fn start_cluster(port: u16, password_file: &Path, extra: &[&str]) -> LocalCluste
     LocalCluster::start(binary(), options).expect("start replicas")
 }
 
-fn worker(name: &str) -> WorkerOptions {
-    WorkerOptions {
-        extra_config: vec![
-            "agent_heartbeat_interval_ms = 300".into(),
-            "task_heartbeat_interval_ms = 500".into(),
-            "acquire_wait_ms = 1000".into(),
-            "task_request_max_cpu = 100.0".into(),
-            "task_request_min_memory_mb = 0".into(),
-        ],
-        ..WorkerOptions::named(name)
-    }
-}
-
 fn shell(script: &str, max_attempts: u32) -> v1::JobSpec {
     v1::JobSpec {
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -472,7 +459,9 @@ async fn a_run_of_jobs_lands_row_by_row() {
         .expect("install");
     let mut cluster = start_cluster(server.port, &env.password_file, &[]);
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    let agent = cluster.start_worker(worker("w1")).expect("worker");
+    let agent = cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let jobs = run_mix(&cluster, &env.dir.path().join("marker")).await;
     let states: Vec<i32> = jobs.iter().map(|j| j.state).collect();
     assert_eq!(
@@ -532,7 +521,9 @@ async fn sql_server_down_for_20s_loses_and_duplicates_nothing() {
         .expect("install");
     let mut cluster = start_cluster(port, &env.password_file, &[]);
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let client = cluster.client().expect("client");
     let first = client
         .submit_job(shell("echo before", 1), None)
@@ -588,7 +579,9 @@ async fn kill_9_of_the_leader_mid_shipping() {
     // Small batches, so a kill lands between batches and inside one.
     let mut cluster = start_cluster(server.port, &env.password_file, &["ssisdb.batch_events=5"]);
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let client = cluster.client().expect("client");
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -686,7 +679,9 @@ async fn a_leader_cut_off_from_its_peers_never_turns_rows_back() {
     network.release_ports();
     cluster.start_all().expect("start replicas");
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let client = cluster.client().expect("client");
     scaleout::harness::wait_for_workers(&client, 1, WAIT)
         .await
@@ -780,7 +775,9 @@ async fn retention_waits_for_ssisdb_to_hold_a_jobs_events() {
         ],
     );
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let client = cluster.client().expect("client");
     sql_link.set(LinkMode::Refuse);
     let mut ids = Vec::new();
@@ -867,7 +864,9 @@ async fn dispatch_still_works(cluster: &LocalCluster) {
 async fn dispatching_cluster(port: u16, password_file: &Path) -> LocalCluster {
     let mut cluster = start_cluster(port, password_file, &[]);
     cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     dispatch_still_works(&cluster).await;
     cluster
 }
@@ -1155,7 +1154,9 @@ async fn log_lines_sent_while_no_quorum_are_stored_and_shipped_once() {
         .expect("install");
     let mut cluster = start_cluster(server.port, &env.password_file, &[]);
     let (leader, _) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let client = cluster.client().expect("client").with_deadline(WAIT);
     let go = env.dir.path().join("go");
     // Prints its three lines once the test says so (both followers paused by then).
@@ -1254,7 +1255,9 @@ async fn a_replica_that_leads_again_ships_again_in_its_new_term() {
         .expect("install");
     let mut cluster = start_cluster(server.port, &env.password_file, &[]);
     let (first, first_term) = cluster.wait_for_leader(WAIT).await.expect("leader");
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let mut sql = sql(server.port, &env.password_file).await;
     let mut jobs = vec![run_one(&cluster, "in the first term").await];
     wait_shipped(&mut sql, &jobs).await;
@@ -1470,7 +1473,9 @@ async fn a_job_submitted_from_t_sql_runs_and_its_row_follows_it() {
     assert_eq!((state.as_str(), error), ("submitted", None));
     let job_id = job.expect("the job id on the row");
 
-    cluster.start_worker(worker("w1")).expect("worker");
+    cluster
+        .start_worker(WorkerOptions::fast("w1"))
+        .expect("worker");
     let client = cluster.client().expect("client");
     let job = wait_terminal(&client, u64::try_from(job_id).expect("id")).await;
     assert_eq!(job.state, JobState::Succeeded as i32);

@@ -314,20 +314,13 @@ async fn overview(State(console): State<Console>, headers: HeaderMap) -> Respons
             ))
             .into_response()
         }
-        Err(status) if status.code() == tonic::Code::PermissionDenied => (
-            StatusCode::FORBIDDEN,
-            Html(pages::refused(
-                &viewer,
-                "Seeing the cluster",
-                "the operator or admin role",
-            )),
-        )
-            .into_response(),
-        Err(status) => (
+        // A cluster that does not answer gets a page that tries again by itself.
+        Err(status) if status.code() == tonic::Code::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             Html(pages::unavailable(&viewer, status.message())),
         )
             .into_response(),
+        Err(status) => failure(&viewer, "Seeing the cluster", OPERATE, status),
     }
 }
 
