@@ -181,8 +181,14 @@ async fn sign_in_see_the_cluster_and_sign_out() {
         "{answer:?}"
     );
     assert!(!answer.body.contains("<script>") && !answer.body.contains("style=\""));
+    assert_eq!(
+        answer.header("cache-control"),
+        Some("no-store"),
+        "{answer:?}"
+    );
     let script = get("/static/console.js", None).await;
     assert_eq!(script.status, 200, "{script:?}");
+    assert_eq!(script.header("cache-control"), Some("max-age=300"));
     assert!(script
         .header("content-type")
         .is_some_and(|t| t.starts_with("text/javascript")));

@@ -4,6 +4,7 @@
 
 use super::history::Minute;
 use crate::cli::screen::{format_age, format_utc, job_counts_by_state, versions, Quorum};
+use crate::cli::state_name;
 use crate::pb::v1::{ClusterStatusResponse, Job, JobLogLine, Worker};
 use crate::queue::JobState;
 use crate::tls::Role;
@@ -11,8 +12,8 @@ use crate::tls::Role;
 /// How many of a job's last log lines its page shows.
 pub const LOG_LINES_SHOWN: u32 = 1000;
 
-/// How often the overview reloads itself.
-pub const OVERVIEW_REFRESH_SECS: u32 = 2;
+/// How often a live page (the overview, workers, a running job) fetches itself again.
+pub const LIVE_REFRESH_SECS: u32 = 2;
 
 /// `text` made safe inside HTML text and attribute values.
 pub fn escape(text: &str) -> String {
@@ -122,10 +123,10 @@ pub fn refused(viewer: &Viewer<'_>, action: &str, needs: &str) -> String {
 pub fn unavailable(viewer: &Viewer<'_>, error: &str) -> String {
     let body = format!(
         "<div class=\"alert\">The cluster did not answer: {}</div>\
-         <p class=\"muted\">This page tries again every {OVERVIEW_REFRESH_SECS} s.</p>",
+         <p class=\"muted\">This page tries again every {LIVE_REFRESH_SECS} s.</p>",
         escape(error)
     );
-    page("Overview", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
+    page("Overview", Some(viewer), Some(LIVE_REFRESH_SECS), &body)
 }
 
 /// The overview: the majority, the leader, each replica, jobs by state, the outbox, and the
@@ -227,7 +228,7 @@ pub fn overview(
             &[("depth", |m: &Minute| m.queue_depth)]
         ),
     ));
-    page("Overview", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
+    page("Overview", Some(viewer), Some(LIVE_REFRESH_SECS), &body)
 }
 
 /// How many entries replica `r` has yet to apply of what the leader has in its log (`-`
@@ -359,11 +360,6 @@ fn chart(id: &str, title: &str, hour: &[Minute], series: &[Series]) -> String {
         .map(|(class, _)| format!("<span class=\"{class}\"></span>{class}"))
         .collect();
     format!("<figure>{svg}<figcaption class=\"legend\">{legend}</figcaption></figure>")
-}
-
-/// The name of a job state from the API's number.
-fn state_name(state: i32) -> &'static str {
-    crate::cli::state_name(state)
 }
 
 /// A form that posts to `action` with the session's CSRF token; `confirm`: a question the
@@ -515,7 +511,10 @@ pub fn jobs(
 pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> String {
     let spec = job.spec.clone().unwrap_or_default();
     let state = state_name(job.state);
-    let terminal = matches!(state, "succeeded" | "failed" | "cancelled");
+    let terminal = crate::pb::state_from_pb(job.state)
+        .ok()
+        .flatten()
+        .is_some_and(JobState::is_terminal);
     let mut body = format!(
         "<h1>Job {} <span id=\"state\">{state}</span></h1><p>{}</p>",
         job.id,
@@ -590,7 +589,7 @@ pub fn job(viewer: &Viewer<'_>, job: &Job, logs: &[JobLogLine], now_ms: u64) -> 
     }
     body.push_str("</pre>");
     // Follows the job while it runs (state, attempts, log): live until the job ends.
-    let refresh = (!terminal).then_some(OVERVIEW_REFRESH_SECS);
+    let refresh = (!terminal).then_some(LIVE_REFRESH_SECS);
     page(&format!("Job {}", job.id), Some(viewer), refresh, &body)
 }
 
@@ -733,7 +732,7 @@ pub fn workers(viewer: &Viewer<'_>, workers: &[Worker], now_ms: u64) -> String {
     if workers.is_empty() {
         body.push_str("<p class=\"muted\">No worker has registered.</p>");
     }
-    page("Workers", Some(viewer), Some(OVERVIEW_REFRESH_SECS), &body)
+    page("Workers", Some(viewer), Some(LIVE_REFRESH_SECS), &body)
 }
 
 /// A replica's console as a link, or `-` when it has none (or did not say).

@@ -35,26 +35,28 @@ impl RecentHistory {
     pub fn spawn_sampler(&self, raft: Raft, queue: SharedQueue) -> tokio::task::JoinHandle<()> {
         let history = self.clone();
         tokio::spawn(async move {
-            let mut metrics = raft.metrics();
+            // The server metrics change with the vote, role, leader or membership only, not
+            // with every apply.
+            let mut server = raft.server_metrics();
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let view = |metrics: &mut tokio::sync::watch::Receiver<_>| {
-                let m: &openraft::RaftMetrics<_, _> = &metrics.borrow_and_update();
-                (m.current_term, m.current_leader)
+            let view = |server: &mut tokio::sync::watch::Receiver<_>| {
+                let m: &openraft::metrics::RaftServerMetrics<_, _> = &server.borrow_and_update();
+                (m.vote.leader_id().term, m.current_leader)
             };
-            let mut seen = view(&mut metrics);
+            let mut seen = view(&mut server);
             loop {
                 history.record(sample(&queue, seen));
                 loop {
                     tokio::select! {
                         _ = tick.tick() => break,
-                        changed = metrics.changed() => {
+                        changed = server.changed() => {
                             if changed.is_err() {
                                 return;
                             }
-                            // Metrics change with every apply: only a new term or leader
-                            // is worth a sample before the next tick.
-                            let now = view(&mut metrics);
+                            // A new term or leader is sampled at once; a membership change
+                            // waits for the tick.
+                            let now = view(&mut server);
                             if now != seen {
                                 seen = now;
                                 break;
